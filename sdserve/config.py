@@ -1,0 +1,77 @@
+"""Settings: the one place where environment variables and CLI options are read.
+
+Every value is an explicit, typed setting with a default that works offline on a laptop.
+Environment variables use the ``SDSERVE_`` prefix (``SDSERVE_DATA_DIR``,
+``SDSERVE_ENGINE__DTYPE``...). Nothing here is read at import time: call
+:func:`load_settings` once at start-up and pass the object down.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DeviceName = Literal["auto", "cpu", "cuda", "mps"]
+DtypeName = Literal["auto", "float32", "float16", "bfloat16"]
+
+
+def default_data_dir() -> Path:
+    return Path.home() / ".local" / "share" / "sdserve"
+
+
+class LimitSettings(BaseModel):
+    """Bounds on what one request may ask for."""
+
+    max_pixels: int = Field(
+        default=2048 * 2048, ge=64 * 64, description="largest width*height of one image"
+    )
+    max_num_outputs: int = Field(default=4, ge=1, le=64, description="images per request")
+    max_steps: int = Field(default=500, ge=1)
+
+
+class EngineSettings(BaseModel):
+    """How the diffusers engine runs: device, precision, memory and optional components."""
+
+    device: DeviceName = "auto"
+    dtype: DtypeName = Field(
+        default="auto", description="auto: float16 on CUDA/MPS, float32 on CPU"
+    )
+    memory_budget_mb: int = Field(
+        default=0,
+        ge=0,
+        description="memory for cached pipelines; 0 = 80% of the device (or of RAM on CPU)",
+    )
+    lora_dir: Path | None = Field(default=None, description="folder of named LoRA files")
+    lora_cache_size: int = Field(default=8, ge=0, description="LoRA state dicts kept in memory")
+    safety_checker: str | None = Field(
+        default=None,
+        description="safety checker model (hub id or folder); None disables the check",
+    )
+    watermark: bool = Field(default=True, description="allow invisible watermarks")
+    offline: bool = Field(default=False, description="never reach the Hugging Face Hub")
+    cache_dir: Path | None = Field(default=None, description="Hugging Face cache folder")
+
+
+class Settings(BaseSettings):
+    """All sdserve settings. Built once by :func:`load_settings` and passed down."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SDSERVE_", env_nested_delimiter="__", extra="ignore"
+    )
+
+    data_dir: Path = Field(default_factory=default_data_dir)
+    models: list[str] = Field(
+        default_factory=list, description="model references to serve (hub id, folder, file)"
+    )
+    demo: bool = Field(default=False, description="build and serve the tiny offline models")
+    engine: EngineSettings = Field(default_factory=EngineSettings)
+    limits: LimitSettings = Field(default_factory=LimitSettings)
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the environment once, apply explicit overrides (CLI options), return Settings."""
+    cleaned = {key: value for key, value in overrides.items() if value is not None}
+    return Settings(**cleaned)  # type: ignore[arg-type]

@@ -1,0 +1,190 @@
+"""Canonical generation input: cog-sdxl names, ranges and per-family defaults.
+
+Every dialect translates its wire format into :class:`GenerationInput`; the engine only
+ever sees a :class:`GenerationInput` whose defaults were filled in by
+:meth:`GenerationInput.with_defaults`. Images and masks are references (URL, ``data:``
+URI or local path); the worker fetches them before the engine runs.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from sdserve.errors import InvalidInput
+
+MAX_SEED = 2**32 - 1
+OutputFormat = Literal["png", "webp", "jpg"]
+RefineMode = Literal["no_refiner", "expert_ensemble_refiner", "base_image_refiner"]
+REFINE_MODES: tuple[str, ...] = ("no_refiner", "expert_ensemble_refiner", "base_image_refiner")
+OUTPUT_FORMATS: tuple[str, ...] = ("png", "webp", "jpg")
+
+
+@dataclass(frozen=True)
+class FamilyDefaults:
+    """Defaults a model family gives to inputs the request leaves out."""
+
+    width: int
+    height: int
+    num_inference_steps: int
+    guidance_scale: float
+    scheduler: str = "K_EULER"
+
+
+@dataclass(frozen=True)
+class InputLimits:
+    """Bounds set by the operator (see ``config.LimitSettings``)."""
+
+    max_pixels: int = 2048 * 2048
+    max_num_outputs: int = 4
+    max_steps: int = 500
+
+
+class GenerationInput(BaseModel):
+    """One generation request in canonical (cog-sdxl) names.
+
+    ``None`` means "the model family's default" for size, steps and guidance, and
+    "a random 32-bit seed" for ``seed``; :meth:`with_defaults` resolves them.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    prompt: str = Field(default="", max_length=10_000, description="what to draw")
+    negative_prompt: str = Field(default="", max_length=10_000, description="what to avoid")
+    image: str | None = Field(
+        default=None, description="input image (URL, data URI or path) for img2img/inpaint"
+    )
+    mask: str | None = Field(
+        default=None, description="inpainting mask: white = repaint, black = keep"
+    )
+    width: int | None = Field(default=None, ge=64, le=8192, description="output width (multiple of 8)")
+    height: int | None = Field(
+        default=None, ge=64, le=8192, description="output height (multiple of 8)"
+    )
+    num_outputs: int = Field(default=1, ge=1, le=64, description="number of images")
+    scheduler: str | None = Field(default=None, description="sampler / scheduler name")
+    num_inference_steps: int | None = Field(
+        default=None, ge=1, le=500, description="denoising steps"
+    )
+    guidance_scale: float | None = Field(
+        default=None, ge=0, le=50, description="classifier-free guidance scale"
+    )
+    prompt_strength: float = Field(
+        default=0.8, ge=0, le=1, description="img2img/inpaint strength; 1 = ignore the image"
+    )
+    seed: int | None = Field(default=None, ge=0, le=MAX_SEED, description="random seed")
+    refine: RefineMode = Field(default="no_refiner", description="SDXL refiner mode")
+    high_noise_frac: float = Field(
+        default=0.8, ge=0, le=1, description="expert_ensemble_refiner: fraction run by the base"
+    )
+    refine_steps: int | None = Field(
+        default=None, ge=1, le=500, description="base_image_refiner: refiner steps"
+    )
+    lora: str | None = Field(default=None, description="LoRA name or .safetensors path")
+    lora_scale: float = Field(default=0.6, ge=-2, le=2, description="LoRA strength")
+    apply_watermark: bool = Field(default=True, description="add an invisible watermark")
+    disable_safety_checker: bool = Field(default=False, description="skip the safety checker")
+    output_format: OutputFormat = Field(default="png", description="image file format")
+    outpaint_left: int = Field(default=0, ge=0, le=2048, description="pixels added on the left")
+    outpaint_right: int = Field(default=0, ge=0, le=2048, description="pixels added on the right")
+    outpaint_up: int = Field(default=0, ge=0, le=2048, description="pixels added on top")
+    outpaint_down: int = Field(default=0, ge=0, le=2048, description="pixels added at the bottom")
+
+    @property
+    def outpaints(self) -> bool:
+        return any((self.outpaint_left, self.outpaint_right, self.outpaint_up, self.outpaint_down))
+
+    @property
+    def task(self) -> str:
+        """The task this input asks for: txt2img, img2img, inpaint or outpaint."""
+        if self.image is None:
+            return "txt2img"
+        if self.outpaints:
+            return "outpaint"
+        if self.mask is not None:
+            return "inpaint"
+        return "img2img"
+
+    def seed_for(self, index: int) -> int:
+        """Seed of image ``index``: ``seed + index`` so each image reproduces alone."""
+        if self.seed is None:
+            raise ValueError("seed_for() needs a resolved input; call with_defaults() first")
+        return (self.seed + index) % (MAX_SEED + 1)
+
+    def check_limits(self, limits: InputLimits) -> None:
+        """Raise :class:`InvalidInput` for values outside the operator's limits."""
+        for name in ("width", "height"):
+            value = getattr(self, name)
+            if value is not None and value % 8:
+                raise InvalidInput(name, f"must be a multiple of 8, got {value}")
+        for name in ("outpaint_left", "outpaint_right", "outpaint_up", "outpaint_down"):
+            value = getattr(self, name)
+            if value % 8:
+                raise InvalidInput(name, f"must be a multiple of 8, got {value}")
+        if self.width is not None and self.height is not None:
+            if self.width * self.height > limits.max_pixels:
+                raise InvalidInput(
+                    "width",
+                    f"{self.width}x{self.height} exceeds the limit of {limits.max_pixels} pixels",
+                )
+        if self.num_outputs > limits.max_num_outputs:
+            raise InvalidInput(
+                "num_outputs", f"must be between 1 and {limits.max_num_outputs}"
+            )
+        if self.num_inference_steps is not None and self.num_inference_steps > limits.max_steps:
+            raise InvalidInput(
+                "num_inference_steps", f"must be between 1 and {limits.max_steps}"
+            )
+        if self.mask is not None and self.image is None:
+            raise InvalidInput("mask", "a mask needs an image to inpaint")
+        if self.outpaints and self.image is None:
+            raise InvalidInput("image", "outpainting needs an image to extend")
+
+    def with_defaults(
+        self, defaults: FamilyDefaults, rng: random.Random | None = None
+    ) -> GenerationInput:
+        """Fill family defaults and a random seed where the request left them out."""
+        seed = self.seed
+        if seed is None:
+            seed = (rng or random.SystemRandom()).randint(0, MAX_SEED)
+        updates: dict[str, Any] = {
+            "seed": seed,
+            "scheduler": self.scheduler or defaults.scheduler,
+            "num_inference_steps": self.num_inference_steps or defaults.num_inference_steps,
+            "guidance_scale": (
+                defaults.guidance_scale if self.guidance_scale is None else self.guidance_scale
+            ),
+        }
+        if self.image is None:
+            updates["width"] = self.width or defaults.width
+            updates["height"] = self.height or defaults.height
+        return self.model_copy(update=updates)
+
+
+def parse_generation_input(
+    data: dict[str, Any], limits: InputLimits | None = None
+) -> GenerationInput:
+    """Validate a canonical input dict; raise :class:`InvalidInput` naming the first bad field."""
+    try:
+        parsed = GenerationInput.model_validate(data)
+    except ValidationError as exc:
+        raise invalid_input_from(exc) from None
+    parsed.check_limits(limits or InputLimits())
+    return parsed
+
+
+def invalid_input_from(exc: ValidationError) -> InvalidInput:
+    """Turn the first pydantic error into an :class:`InvalidInput` naming the field."""
+    first = exc.errors()[0]
+    field = ".".join(str(part) for part in first["loc"]) or "input"
+    if first["type"] == "extra_forbidden":
+        return InvalidInput(field, "is not an input of this model")
+    allowed = None
+    expected = (first.get("ctx") or {}).get("expected")
+    if isinstance(expected, str) and first["type"] == "literal_error":
+        allowed = [part.strip(" '") for part in expected.replace(" or ", ", ").split(",")]
+        return InvalidInput(field, f"got {first.get('input')!r}", allowed=allowed)
+    return InvalidInput(field, first["msg"])

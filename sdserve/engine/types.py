@@ -1,0 +1,68 @@
+"""What goes into and comes out of the engine. No torch here: the API process imports this."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
+
+#: Called after every denoising step with (step, total, preview or None).
+StepCallback = Callable[[int, int, "Image | None"], None]
+#: Polled between steps; returning True stops the loop with :class:`sdserve.errors.Canceled`.
+CancelCheck = Callable[[], bool]
+
+
+def _never() -> bool:
+    return False
+
+
+def _ignore_step(step: int, total: int, preview: Image | None) -> None:
+    return None
+
+
+@dataclass
+class RunHooks:
+    """How a caller watches and stops a generation.
+
+    ``want_previews``: build a small preview image every ``preview_every`` steps
+    (it costs a tiny decode; off by default).
+    ``stop_early``: polled between steps like ``should_cancel``, but a True answer
+    finishes the generation with what it has (A1111 ``interrupt``) instead of raising.
+    """
+
+    on_step: StepCallback = _ignore_step
+    should_cancel: CancelCheck = _never
+    stop_early: CancelCheck = _never
+    want_previews: bool = False
+    preview_every: int = 1
+
+
+@dataclass(frozen=True)
+class GeneratedImage:
+    """One encoded output image and what reproduces it."""
+
+    data: bytes
+    format: str  # png | webp | jpg
+    seed: int
+    nsfw: bool
+    width: int
+    height: int
+    parameters: str  # A1111-style "parameters" text also written into the file
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    """Everything a generation produced, in input order (image *i* used ``seed + i``)."""
+
+    images: list[GeneratedImage]
+    seed: int
+    model: str
+    timings: dict[str, float] = field(default_factory=dict)
+    interrupted: bool = False
+
+    @property
+    def nsfw_content_detected(self) -> list[bool]:
+        return [image.nsfw for image in self.images]

@@ -1,0 +1,163 @@
+"""The one error hierarchy of sdserve.
+
+Every error a user can see is one of these. Each dialect maps them to HTTP once
+(``api/<dialect>/errors``); the worker turns a :class:`JobFailure` into a failed job
+whose ``error`` starts with the stable ``code``.
+
+    SdserveError                    base; ``code`` is a stable machine-readable string
+    ├── InvalidInput                a client mistake in one field (HTTP 422 / OpenAI 400)
+    │   └── InvalidImage            an image or mask that cannot be decoded or used
+    ├── NotFound                    (HTTP 404)
+    │   ├── ModelNotFound           no served model has that name or version
+    │   ├── JobNotFound             no prediction or training has that id
+    │   └── FileNotFound            no uploaded or output file has that id
+    ├── Unauthorized                missing or wrong token (HTTP 401)
+    ├── Overloaded                  queue full or draining (HTTP 429/503 + Retry-After)
+    ├── Conflict                    the request contradicts the state (HTTP 409)
+    ├── ModelLoadError              a model reference that exists but cannot be loaded
+    ├── JobFailure                  a job that ran and could not finish; ends ``failed``
+    │   ├── InsufficientGpuMemory   code ``insufficient_gpu_memory``
+    │   ├── InputFetchFailed        code ``input_fetch_failed``
+    │   ├── StorageFull             code ``storage_full``
+    │   ├── WorkerLost              code ``worker_lost``
+    │   ├── JobTimeout              code ``timeout``
+    │   └── NsfwContent             code ``nsfw_content``
+    └── Canceled                    the job was canceled while it ran (not a failure)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+class SdserveError(Exception):
+    """Base of every sdserve error; ``code`` is stable and safe to show to clients."""
+
+    code = "internal_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidInput(SdserveError):
+    """A client mistake in one input field; the message teaches the allowed values."""
+
+    code = "invalid_input"
+
+    def __init__(
+        self, field: str, message: str, *, allowed: Iterable[str] | None = None
+    ) -> None:
+        allowed_list = list(allowed) if allowed is not None else None
+        text = f"{field}: {message}"
+        if allowed_list:
+            text += f" (allowed: {', '.join(allowed_list)})"
+        super().__init__(text)
+        self.field = field
+        self.allowed = allowed_list
+
+
+class InvalidImage(InvalidInput):
+    """An image or mask input that cannot be decoded or does not fit the task."""
+
+    code = "invalid_image"
+
+
+class NotFound(SdserveError):
+    """Something addressed by name or id does not exist."""
+
+    code = "not_found"
+
+
+class ModelNotFound(NotFound):
+    """No served model matches the requested name or version."""
+
+    code = "model_not_found"
+
+
+class JobNotFound(NotFound):
+    """No prediction or training has this id."""
+
+    code = "job_not_found"
+
+
+class FileNotFound(NotFound):
+    """No stored file has this id."""
+
+    code = "file_not_found"
+
+
+class Unauthorized(SdserveError):
+    """The request carries no valid token."""
+
+    code = "unauthorized"
+
+
+class Overloaded(SdserveError):
+    """The service cannot take more work right now; retry after ``retry_after`` seconds."""
+
+    code = "overloaded"
+
+    def __init__(self, message: str, *, retry_after: int = 5) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class Conflict(SdserveError):
+    """The request contradicts the current state (for example cancel of a finished job)."""
+
+    code = "conflict"
+
+
+class ModelLoadError(SdserveError):
+    """A model reference that resolves but cannot be loaded; the message says how to fix it."""
+
+    code = "model_load_error"
+
+
+class JobFailure(SdserveError):
+    """A job that ran and could not finish; it ends ``failed`` with ``code`` in its error."""
+
+    code = "job_failed"
+
+
+class InsufficientGpuMemory(JobFailure):
+    """The device ran out of memory for this request."""
+
+    code = "insufficient_gpu_memory"
+
+
+class InputFetchFailed(JobFailure):
+    """An input given by URL could not be fetched (refused, too large, unreachable)."""
+
+    code = "input_fetch_failed"
+
+
+class StorageFull(JobFailure):
+    """Outputs could not be written because the storage is full."""
+
+    code = "storage_full"
+
+
+class WorkerLost(JobFailure):
+    """The worker running the job died and the job could not be resumed."""
+
+    code = "worker_lost"
+
+
+class JobTimeout(JobFailure):
+    """The job ran longer than its allowed time."""
+
+    code = "timeout"
+
+
+class NsfwContent(JobFailure):
+    """Every output was flagged by the safety checker."""
+
+    code = "nsfw_content"
+
+
+class Canceled(SdserveError):
+    """Raised inside a running job when its cancel check fires; the job ends ``canceled``."""
+
+    code = "canceled"

@@ -1,0 +1,115 @@
+"""The job service as the HTTP layer sees it: records and the service interface.
+
+``api/*`` depends on this module only (never on the store, queue or worker), so a
+dialect is a thin translation from its wire format to these calls.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+from sdserve.domain.events import Event
+from sdserve.domain.jobs import JobKind, Status
+
+
+@dataclass(frozen=True)
+class WebhookOptions:
+    """Where and what to deliver. ``events`` ⊆ {start, output, logs, completed}."""
+
+    url: str
+    events: frozenset[str] = frozenset({"start", "output", "logs", "completed"})
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """A job as stored: what every dialect renders in its own shape."""
+
+    id: str
+    kind: JobKind
+    model: str  # "owner/name"
+    version: str
+    input: Mapping[str, Any]  # canonical input, defaults and seed resolved once started
+    status: Status
+    created_at: datetime
+    source: str = "api"  # which dialect created it: replicate | deepinfra | openai | a1111 | web
+    output: list[str] | None = None  # storage keys of output files, in order
+    error: str | None = None  # "<code>: <message>" for failed jobs
+    logs: str = ""
+    metrics: Mapping[str, Any] = field(default_factory=dict)
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+    webhook: WebhookOptions | None = None
+    deadline: datetime | None = None  # Cancel-After: aborted if not started by then
+    data_removed: bool = False
+    nsfw: list[bool] | None = None
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of a newest-first listing; cursors are opaque strings."""
+
+    results: list[JobRecord]
+    next_cursor: str | None
+    previous_cursor: str | None
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """A model the server serves, as listed to clients."""
+
+    name: str  # owner/name
+    version: str  # stable id derived from the model reference
+    family: str
+    description: str
+    created_at: datetime
+    input_schema: Mapping[str, Any]  # JSON schema of the canonical input with family defaults
+
+
+class JobService(Protocol):
+    """What the API can ask of the job service. Every accepted job reaches a terminal state."""
+
+    def models(self) -> list[ServedModel]: ...
+
+    def model(self, name: str) -> ServedModel:
+        """Resolve ``owner/name``, an alias or a version id; raise ModelNotFound."""
+        ...
+
+    def create(
+        self,
+        model: str,
+        input: Mapping[str, Any],
+        *,
+        kind: JobKind = JobKind.PREDICTION,
+        source: str = "api",
+        webhook: WebhookOptions | None = None,
+        deadline: datetime | None = None,
+    ) -> JobRecord:
+        """Validate (raise InvalidInput/ModelNotFound synchronously), persist, enqueue."""
+        ...
+
+    def get(self, job_id: str) -> JobRecord: ...
+
+    def list(self, *, cursor: str | None = None, limit: int = 100) -> Page: ...
+
+    def cancel(self, job_id: str) -> JobRecord:
+        """Cancel a queued job at once, or a running one within one denoising step."""
+        ...
+
+    async def wait(self, job_id: str, timeout: float) -> JobRecord:
+        """Return the job once terminal, or as it is after ``timeout`` seconds."""
+        ...
+
+    def events(self, job_id: str) -> AsyncIterator[Event]:
+        """Live events of a job, ending with its ``Done`` (replayed if already terminal)."""
+        ...
+
+    def open_output(self, key: str) -> tuple[bytes, str]:
+        """Bytes and content type of a stored file; raise FileNotFound."""
+        ...
+
+    def store_upload(self, data: bytes, filename: str, content_type: str) -> str:
+        """Store a client upload and return its key (resolved again when a job runs)."""
+        ...
