@@ -55,6 +55,43 @@ class EngineSettings(BaseModel):
     cache_dir: Path | None = Field(default=None, description="Hugging Face cache folder")
 
 
+class ServiceSettings(BaseModel):
+    """The job service: database, queue, files, webhooks and safe input fetching."""
+
+    database_url: str | None = Field(
+        default=None, description="SQLAlchemy URL; None = sqlite:///<data_dir>/sdserve.db"
+    )
+    broker_url: str = Field(
+        default="memory://", description="Celery broker; memory:// runs an in-process worker"
+    )
+    files_dir: Path | None = Field(default=None, description="None = <data_dir>/files")
+    public_url: str | None = Field(
+        default=None, description="base URL of file links; None = derived from the request"
+    )
+    max_queue: int = Field(default=256, ge=1, description="queued jobs before Overloaded")
+    job_attempts: int = Field(
+        default=2, ge=1, description="runs of a job whose worker died before it fails worker_lost"
+    )
+    retention_hours: float = Field(
+        default=0, ge=0, description="delete inputs/outputs this long after completion; 0 = keep"
+    )
+    webhook_secret_file: Path | None = Field(
+        default=None, description="None = <data_dir>/webhook_secret"
+    )
+    webhook_timeout_s: float = Field(default=10.0, gt=0)
+    webhook_max_attempts: int = Field(default=6, ge=1, description="tries of a terminal webhook")
+    fetch_max_bytes: int = Field(default=50 * 1024 * 1024, ge=1024)
+    fetch_timeout_s: float = Field(default=30.0, gt=0)
+    fetch_allow_private: bool = Field(
+        default=False,
+        description="let input URLs reach private/loopback/link-local hosts (SSRF guard off)",
+    )
+    fetch_local_roots: list[Path] = Field(
+        default_factory=list,
+        description="folders whose files may be given as input paths; empty = no local paths",
+    )
+
+
 class Settings(BaseSettings):
     """All sdserve settings. Built once by :func:`load_settings` and passed down."""
 
@@ -69,6 +106,7 @@ class Settings(BaseSettings):
     demo: bool = Field(default=False, description="build and serve the tiny offline models")
     engine: EngineSettings = Field(default_factory=EngineSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
+    service: ServiceSettings = Field(default_factory=ServiceSettings)
 
 
 def load_settings(**overrides: object) -> Settings:
