@@ -55,6 +55,29 @@ class EngineSettings(BaseModel):
     cache_dir: Path | None = Field(default=None, description="Hugging Face cache folder")
 
 
+class ApiSettings(BaseModel):
+    """The HTTP server: where it listens and who may call it."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    tokens: list[str] = Field(default_factory=list, description="accepted API tokens")
+    token_file: Path | None = Field(default=None, description="file with one token per line")
+    public_url: str | None = Field(
+        default=None, description="base URL clients reach us at; None = from each request"
+    )
+    max_wait_s: int = Field(default=60, ge=1, le=600, description="longest 'Prefer: wait'")
+
+    def all_tokens(self) -> list[str]:
+        """Tokens from the settings and the token file (blank lines and # comments skipped)."""
+        tokens = [token for token in self.tokens if token]
+        if self.token_file is not None:
+            for line in self.token_file.read_text().splitlines():
+                line = line.strip()
+                if line and not line.startswith("#"):
+                    tokens.append(line)
+        return tokens
+
+
 class ServiceSettings(BaseModel):
     """The job service: database, queue, files, webhooks and safe input fetching."""
 
@@ -107,6 +130,7 @@ class Settings(BaseSettings):
     engine: EngineSettings = Field(default_factory=EngineSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
     service: ServiceSettings = Field(default_factory=ServiceSettings)
+    api: ApiSettings = Field(default_factory=ApiSettings)
 
 
 def load_settings(**overrides: object) -> Settings:

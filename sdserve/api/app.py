@@ -1,0 +1,73 @@
+"""The FastAPI application: every dialect mounted over one job service.
+
+The API process never imports torch: it only talks to the service, whose worker runs
+the engine (in-process thread by default, separate ``sdserve worker`` processes at scale).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.responses import Response
+
+from sdserve.api.auth import TokenAuth
+from sdserve.api.common import FILES_PATH
+from sdserve.api.errors import ErrorRouting, install_error_handlers, problem_response
+from sdserve.api.replicate.routes import ReplicateApi
+from sdserve.config import Settings
+from sdserve.jobs.contract import JobService
+
+
+def create_app(
+    settings: Settings, service: JobService, *, manage_service: bool = True
+) -> FastAPI:
+    """Build the app. With ``manage_service`` the app starts and closes the service."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if manage_service:
+            _call_if_present(service, "start")
+        try:
+            yield
+        finally:
+            if manage_service:
+                _call_if_present(service, "close")
+
+    app = FastAPI(title="sdserve", version="0.1.0", lifespan=lifespan)
+    auth = TokenAuth(settings.api.all_tokens())
+    routing = ErrorRouting(renderers={"/": problem_response})
+    install_error_handlers(app, routing)
+
+    secret_getter = getattr(service, "webhook_secret", None)
+    replicate = ReplicateApi(
+        service,
+        public_url=settings.api.public_url,
+        max_wait_s=settings.api.max_wait_s,
+        webhook_secret=secret_getter() if callable(secret_getter) else None,
+    )
+    app.include_router(replicate.router(auth))
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "models": [model.name for model in service.models()]}
+
+    @app.get(FILES_PATH + "/{key}")
+    async def get_file(key: str) -> Response:
+        # unguessable keys: fetchable without Authorization, like Replicate's delivery URLs
+        data, content_type = service.open_output(key)
+        return Response(
+            data, media_type=content_type, headers={"Cache-Control": "private, max-age=3600"}
+        )
+
+    app.state.error_routing = routing
+    app.state.auth = auth
+    return app
+
+
+def _call_if_present(obj: object, name: str) -> None:
+    method = getattr(obj, name, None)
+    if callable(method):
+        method()

@@ -1,0 +1,202 @@
+"""Replicate's HTTP API over the job service: predictions, models, files, webhooks secret."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from sdserve.api.common import (
+    base_url,
+    data_uri,
+    parse_cancel_after,
+    parse_prefer_wait,
+)
+from sdserve.api.replicate.schemas import (
+    PredictionRequest,
+    render_file,
+    render_model,
+    render_page,
+    render_prediction,
+    render_version,
+)
+from sdserve.api.streaming import sse_events
+from sdserve.errors import InvalidInput, ModelNotFound
+from sdserve.jobs.contract import JobRecord, JobService
+
+
+class ReplicateApi:
+    """Builds the Replicate router for one service."""
+
+    def __init__(
+        self, service: JobService, *, public_url: str | None, max_wait_s: int,
+        webhook_secret: str | None = None,
+    ) -> None:
+        self.service = service
+        self.public_url = public_url
+        self.max_wait_s = max_wait_s
+        self.webhook_secret = webhook_secret
+
+    def router(self, auth: Any) -> APIRouter:
+        router = APIRouter(prefix="/v1", dependencies=[Depends(auth)])
+        router.add_api_route("/predictions", self.create_prediction, methods=["POST"])
+        router.add_api_route(
+            "/models/{owner}/{name}/predictions", self.create_model_prediction, methods=["POST"]
+        )
+        router.add_api_route("/predictions", self.list_predictions, methods=["GET"])
+        router.add_api_route("/predictions/{job_id}", self.get_prediction, methods=["GET"])
+        router.add_api_route(
+            "/predictions/{job_id}/cancel", self.cancel_prediction, methods=["POST"]
+        )
+        router.add_api_route("/predictions/{job_id}/stream", self.stream, methods=["GET"])
+        router.add_api_route("/models", self.list_models, methods=["GET"])
+        router.add_api_route("/models/{owner}/{name}", self.get_model, methods=["GET"])
+        router.add_api_route(
+            "/models/{owner}/{name}/versions", self.list_versions, methods=["GET"]
+        )
+        router.add_api_route(
+            "/models/{owner}/{name}/versions/{version_id}", self.get_version, methods=["GET"]
+        )
+        router.add_api_route("/files", self.upload_file, methods=["POST"], status_code=201)
+        router.add_api_route("/webhooks/default/secret", self.webhook_secret_key, methods=["GET"])
+        return router
+
+    # predictions -------------------------------------------------------------------------
+
+    async def create_prediction(self, request: Request, body: PredictionRequest) -> Response:
+        if not body.version:
+            raise InvalidInput("version", "is required: 'owner/name', 'owner/name:id' or an id")
+        return await self._create(request, body.version, body)
+
+    async def create_model_prediction(
+        self, request: Request, owner: str, name: str, body: PredictionRequest
+    ) -> Response:
+        return await self._create(request, f"{owner}/{name}", body)
+
+    async def _create(self, request: Request, model: str, body: PredictionRequest) -> Response:
+        wait = parse_prefer_wait(request.headers.get("prefer"), self.max_wait_s)
+        deadline = parse_cancel_after(request.headers.get("cancel-after"))
+        job = self.service.create(
+            model,
+            body.input,
+            source="replicate",
+            webhook=body.webhook_options(),
+            deadline=deadline,
+        )
+        base = base_url(request, self.public_url)
+        if wait is None:
+            return JSONResponse(render_prediction(job, base), status_code=201)
+        job = await self.service.wait(job.id, wait)
+        if not job.status.terminal:
+            # the client polls only when it sees "starting" (CLIENT_CONTRACTS §1.3)
+            body_json = render_prediction(job, base)
+            body_json["status"] = "starting"
+            body_json["output"] = None
+            return JSONResponse(body_json, status_code=201)
+        return JSONResponse(self._render_sync(job, base), status_code=201)
+
+    def _render_sync(self, job: JobRecord, base: str) -> dict[str, Any]:
+        """Terminal predictions answered inline carry outputs as data URIs."""
+        return render_prediction(job, base, output_as=lambda key: data_uri(self.service, key))
+
+    async def list_predictions(self, request: Request, cursor: str | None = None) -> Any:
+        page = self.service.list(cursor=cursor)
+        base = base_url(request, self.public_url)
+        return render_page(
+            [render_prediction(job, base) for job in page.results],
+            _page_url(base, "/v1/predictions", page.next_cursor),
+            _page_url(base, "/v1/predictions", page.previous_cursor),
+        )
+
+    async def get_prediction(self, request: Request, job_id: str) -> Any:
+        return render_prediction(self.service.get(job_id), base_url(request, self.public_url))
+
+    async def cancel_prediction(self, request: Request, job_id: str) -> Any:
+        job = self.service.cancel(job_id)
+        return render_prediction(job, base_url(request, self.public_url))
+
+    async def stream(self, request: Request, job_id: str) -> StreamingResponse:
+        self.service.get(job_id)  # 404 before the stream starts
+        base = base_url(request, self.public_url)
+        return StreamingResponse(
+            sse_events(self.service, job_id, base),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
+    # models ------------------------------------------------------------------------------
+
+    async def list_models(self, request: Request) -> Any:
+        base = base_url(request, self.public_url)
+        models = [render_model(model, base) for model in self.service.models()]
+        openai_models = [
+            {key: model[key] for key in ("id", "object", "created", "owned_by")}
+            for model in models
+        ]
+        # one body serves both Replicate's page and OpenAI's list (CLIENT_CONTRACTS §5)
+        return {**render_page(models, None, None), "object": "list", "data": openai_models}
+
+    async def get_model(self, request: Request, owner: str, name: str) -> Any:
+        model = self.service.model(f"{owner}/{name}")
+        return render_model(model, base_url(request, self.public_url))
+
+    async def list_versions(self, owner: str, name: str) -> Any:
+        model = self.service.model(f"{owner}/{name}")
+        return render_page([render_version(model)], None, None)
+
+    async def get_version(self, owner: str, name: str, version_id: str) -> Any:
+        model = self.service.model(f"{owner}/{name}")
+        if version_id != model.version:
+            raise ModelNotFound(
+                f"{owner}/{name} has no version {version_id!r}; its version is {model.version}"
+            )
+        return render_version(model)
+
+    # files and webhooks ------------------------------------------------------------------
+
+    async def upload_file(
+        self,
+        request: Request,
+        content: Annotated[UploadFile, File()],
+        metadata: Annotated[str | None, Form()] = None,
+    ) -> Any:
+        data = await content.read()
+        name = content.filename or "file"
+        content_type = content.content_type or "application/octet-stream"
+        parsed_metadata: dict[str, Any] = {}
+        if metadata:
+            try:
+                loaded = json.loads(metadata)
+            except json.JSONDecodeError:
+                raise InvalidInput("metadata", "must be a JSON object") from None
+            if not isinstance(loaded, dict):
+                raise InvalidInput("metadata", "must be a JSON object")
+            parsed_metadata = loaded
+        key = self.service.store_upload(data, name, content_type)
+        checksums = {
+            "sha256": hashlib.sha256(data).hexdigest(),
+            "md5": hashlib.md5(data, usedforsecurity=False).hexdigest(),
+        }
+        return render_file(
+            key,
+            base_url(request, self.public_url),
+            name=name,
+            content_type=content_type,
+            size=len(data),
+            checksums=checksums,
+            metadata=parsed_metadata,
+            created_at=datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+        )
+
+    async def webhook_secret_key(self) -> Any:
+        if self.webhook_secret is None:
+            raise ModelNotFound("webhooks are not configured on this server")
+        return {"key": self.webhook_secret}
+
+
+def _page_url(base: str, path: str, cursor: str | None) -> str | None:
+    return None if cursor is None else f"{base}{path}?cursor={cursor}"
