@@ -1,0 +1,276 @@
+"""Scheduler names (Replicate, AUTOMATIC1111 and a few extras) mapped to diffusers schedulers.
+
+A name resolves to a diffusers scheduler class plus config overrides; :func:`make_scheduler`
+builds a **fresh** scheduler from the pipeline's own config for every call, so the cached
+pipeline's scheduler is never mutated. Lookups ignore case and extra spaces.
+
+A1111 samplers without an exact diffusers twin map to the nearest one (documented per entry):
+``DPM fast``/``DPM adaptive`` → single-step DPM-Solver, ``Restart`` → Euler with Karras
+sigmas, ``DDIM CFG++`` → DDIM.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from diffusers import (
+    DDIMScheduler,
+    DDPMScheduler,
+    DPMSolverMultistepScheduler,
+    DPMSolverSDEScheduler,
+    DPMSolverSinglestepScheduler,
+    EulerAncestralDiscreteScheduler,
+    EulerDiscreteScheduler,
+    HeunDiscreteScheduler,
+    KDPM2AncestralDiscreteScheduler,
+    KDPM2DiscreteScheduler,
+    LCMScheduler,
+    LMSDiscreteScheduler,
+    PNDMScheduler,
+    UniPCMultistepScheduler,
+)
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+
+from sdserve.errors import InvalidInput
+
+log = logging.getLogger(__name__)
+
+# Keys that choose the noise schedule; reset on every explicit name so that the name alone
+# decides (a base config saved with Karras sigmas must not leak into "Euler").
+_SIGMA_KEYS = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas")
+
+
+@dataclass(frozen=True)
+class SchedulerChoice:
+    """A diffusers scheduler class and the config values that make it the named sampler."""
+
+    cls: type[SchedulerMixin]
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SamplerInfo:
+    """One AUTOMATIC1111 sampler as listed by ``/sdapi/v1/samplers``."""
+
+    name: str
+    aliases: tuple[str, ...]
+    scheduler: str  # diffusers class name
+    options: Mapping[str, Any]
+
+
+_KARRAS = {"use_karras_sigmas": True}
+_DPMPP_2M = {"algorithm_type": "dpmsolver++", "solver_order": 2}
+_DPMPP_2M_SDE = {"algorithm_type": "sde-dpmsolver++", "solver_order": 2}
+_DPMPP_3M_SDE = {"algorithm_type": "sde-dpmsolver++", "solver_order": 3}
+_SINGLESTEP = {"algorithm_type": "dpmsolver++", "solver_order": 2, "lower_order_final": True}
+
+
+def _choice(cls: type[SchedulerMixin], *overrides: Mapping[str, Any]) -> SchedulerChoice:
+    merged: dict[str, Any] = {}
+    for part in overrides:
+        merged.update(part)
+    return SchedulerChoice(cls, merged)
+
+
+#: Replicate (cog-sdxl) names and sdserve extras.
+REPLICATE_SCHEDULERS: dict[str, SchedulerChoice] = {
+    "DDIM": _choice(DDIMScheduler),
+    "DPMSolverMultistep": _choice(DPMSolverMultistepScheduler, _DPMPP_2M),
+    "HeunDiscrete": _choice(HeunDiscreteScheduler),
+    "KarrasDPM": _choice(DPMSolverMultistepScheduler, _DPMPP_2M, _KARRAS),
+    "K_EULER_ANCESTRAL": _choice(EulerAncestralDiscreteScheduler),
+    "K_EULER": _choice(EulerDiscreteScheduler),
+    "PNDM": _choice(PNDMScheduler),
+    "UniPC": _choice(UniPCMultistepScheduler),
+    "LCM": _choice(LCMScheduler),
+}
+
+#: AUTOMATIC1111 sampler display names (old "... Karras" spellings included) with k-diffusion
+#: aliases as A1111 lists them.
+A1111_SAMPLERS: dict[str, tuple[SchedulerChoice, tuple[str, ...]]] = {
+    "DPM++ 2M": (_choice(DPMSolverMultistepScheduler, _DPMPP_2M), ("k_dpmpp_2m",)),
+    "DPM++ 2M Karras": (
+        _choice(DPMSolverMultistepScheduler, _DPMPP_2M, _KARRAS),
+        ("k_dpmpp_2m_ka",),
+    ),
+    "DPM++ SDE": (_choice(DPMSolverSDEScheduler), ("k_dpmpp_sde",)),
+    "DPM++ SDE Karras": (_choice(DPMSolverSDEScheduler, _KARRAS), ("k_dpmpp_sde_ka",)),
+    "DPM++ 2M SDE": (_choice(DPMSolverMultistepScheduler, _DPMPP_2M_SDE), ("k_dpmpp_2m_sde",)),
+    "DPM++ 2M SDE Karras": (
+        _choice(DPMSolverMultistepScheduler, _DPMPP_2M_SDE, _KARRAS),
+        ("k_dpmpp_2m_sde_ka",),
+    ),
+    "DPM++ 2M SDE Heun": (
+        _choice(DPMSolverMultistepScheduler, _DPMPP_2M_SDE, {"solver_type": "heun"}),
+        ("k_dpmpp_2m_sde_heun",),
+    ),
+    "DPM++ 2M SDE Heun Karras": (
+        _choice(DPMSolverMultistepScheduler, _DPMPP_2M_SDE, {"solver_type": "heun"}, _KARRAS),
+        ("k_dpmpp_2m_sde_heun_ka",),
+    ),
+    "DPM++ 2S a": (_choice(DPMSolverSinglestepScheduler, _SINGLESTEP), ("k_dpmpp_2s_a",)),
+    "DPM++ 2S a Karras": (
+        _choice(DPMSolverSinglestepScheduler, _SINGLESTEP, _KARRAS),
+        ("k_dpmpp_2s_a_ka",),
+    ),
+    "DPM++ 3M SDE": (_choice(DPMSolverMultistepScheduler, _DPMPP_3M_SDE), ("k_dpmpp_3m_sde",)),
+    "DPM++ 3M SDE Karras": (
+        _choice(DPMSolverMultistepScheduler, _DPMPP_3M_SDE, _KARRAS),
+        ("k_dpmpp_3m_sde_ka",),
+    ),
+    "DPM++ 3M SDE Exponential": (
+        _choice(DPMSolverMultistepScheduler, _DPMPP_3M_SDE, {"use_exponential_sigmas": True}),
+        ("k_dpmpp_3m_sde_exp",),
+    ),
+    "Euler a": (_choice(EulerAncestralDiscreteScheduler), ("k_euler_a", "k_euler_ancestral")),
+    "Euler": (_choice(EulerDiscreteScheduler), ("k_euler",)),
+    "LMS": (_choice(LMSDiscreteScheduler), ("k_lms",)),
+    "LMS Karras": (_choice(LMSDiscreteScheduler, _KARRAS), ("k_lms_ka",)),
+    "Heun": (_choice(HeunDiscreteScheduler), ("k_heun",)),
+    "DPM2": (_choice(KDPM2DiscreteScheduler), ("k_dpm_2",)),
+    "DPM2 Karras": (_choice(KDPM2DiscreteScheduler, _KARRAS), ("k_dpm_2_ka",)),
+    "DPM2 a": (_choice(KDPM2AncestralDiscreteScheduler), ("k_dpm_2_a",)),
+    "DPM2 a Karras": (_choice(KDPM2AncestralDiscreteScheduler, _KARRAS), ("k_dpm_2_a_ka",)),
+    # k-diffusion's adaptive/fast DPM-Solver have no diffusers twin: single-step DPM-Solver
+    # is the same solver family with a fixed step count.
+    "DPM fast": (_choice(DPMSolverSinglestepScheduler, _SINGLESTEP), ("k_dpm_fast",)),
+    "DPM adaptive": (_choice(DPMSolverSinglestepScheduler, _SINGLESTEP), ("k_dpm_ad",)),
+    # Restart sampling is Euler steps on a Karras schedule with extra re-noising.
+    "Restart": (_choice(EulerDiscreteScheduler, _KARRAS), ("restart",)),
+    "DDIM": (_choice(DDIMScheduler), ("ddim",)),
+    "DDIM CFG++": (_choice(DDIMScheduler), ("ddim_cfgpp",)),
+    "DDPM": (_choice(DDPMScheduler), ("ddpm",)),
+    "PLMS": (_choice(PNDMScheduler), ("plms",)),
+    "UniPC": (_choice(UniPCMultistepScheduler), ("unipc",)),
+    "LCM": (_choice(LCMScheduler), ("k_lcm",)),
+}
+
+#: A1111 ``scheduler`` values (the noise schedule, separate from the sampler since A1111 1.9).
+#: ``None`` keeps the sampler's own schedule.
+A1111_SCHEDULES: dict[str, Mapping[str, Any] | None] = {
+    "automatic": None,
+    "uniform": {},
+    "normal": {},
+    "simple": {},
+    "karras": _KARRAS,
+    "exponential": {"use_exponential_sigmas": True},
+    # no polyexponential schedule in diffusers; exponential is its rho=1 special case
+    "polyexponential": {"use_exponential_sigmas": True},
+    "beta": {"use_beta_sigmas": True},
+    "sgm_uniform": {"timestep_spacing": "trailing"},
+    "ddim": {"timestep_spacing": "leading"},
+    # both concentrate steps at low noise like Karras; nearest available schedule
+    "kl_optimal": _KARRAS,
+    "align_your_steps": _KARRAS,
+}
+
+
+def _key(name: str) -> str:
+    return " ".join(name.lower().replace("_", " ").split())
+
+
+def _build_index() -> dict[str, tuple[str, SchedulerChoice]]:
+    index: dict[str, tuple[str, SchedulerChoice]] = {}
+    for name, choice in REPLICATE_SCHEDULERS.items():
+        index[_key(name)] = (name, choice)
+    for name, (choice, aliases) in A1111_SAMPLERS.items():
+        # a Replicate name wins over an A1111 name with the same spelling (DDIM, UniPC, LCM)
+        index.setdefault(_key(name), (name, choice))
+        for alias in aliases:
+            index.setdefault(_key(alias), (name, choice))
+    return index
+
+
+_INDEX = _build_index()
+
+
+def scheduler_names() -> list[str]:
+    """Every accepted scheduler name in its canonical spelling (Replicate first, then A1111)."""
+    names = list(REPLICATE_SCHEDULERS)
+    names += [name for name in A1111_SAMPLERS if name not in REPLICATE_SCHEDULERS]
+    return names
+
+
+def a1111_samplers() -> list[SamplerInfo]:
+    """AUTOMATIC1111 samplers with their aliases, for ``/sdapi/v1/samplers``."""
+    return [
+        SamplerInfo(
+            name=name,
+            aliases=aliases,
+            scheduler=choice.cls.__name__,
+            options={key: value for key, value in choice.overrides.items()},
+        )
+        for name, (choice, aliases) in A1111_SAMPLERS.items()
+    ]
+
+
+def a1111_schedules() -> list[str]:
+    """Accepted A1111 ``scheduler`` (noise schedule) values."""
+    return list(A1111_SCHEDULES)
+
+
+def resolve_scheduler(name: str) -> SchedulerChoice:
+    """Look a name up; raise :class:`InvalidInput` listing the valid names when unknown."""
+    found = _INDEX.get(_key(name))
+    if found is None:
+        raise InvalidInput("scheduler", f"unknown scheduler {name!r}", allowed=scheduler_names())
+    return found[1]
+
+
+def _accepted_keys(cls: type[SchedulerMixin]) -> set[str]:
+    return set(inspect.signature(cls.__init__).parameters) - {"self"}
+
+
+def make_scheduler(
+    name: str,
+    base_config: Mapping[str, Any],
+    *,
+    a1111_schedule: str | None = None,
+    noise_seeds: Sequence[int] | None = None,
+) -> SchedulerMixin:
+    """Build a new scheduler named ``name`` from a pipeline's scheduler config.
+
+    ``a1111_schedule`` applies an A1111 noise schedule (``karras``, ``exponential``...) on
+    top of the sampler. ``noise_seeds`` (one per image) seed the Brownian noise of the
+    ``DPM++ SDE`` sampler so its images reproduce like every other sampler's.
+    The pipeline's own scheduler is never touched.
+    """
+    choice = resolve_scheduler(name)
+    accepted = _accepted_keys(choice.cls)
+    overrides: dict[str, Any] = {key: False for key in _SIGMA_KEYS if key in accepted}
+    overrides.update(choice.overrides)
+    if a1111_schedule is not None:
+        overrides.update(_schedule_overrides(a1111_schedule, name, accepted))
+    if choice.cls is DPMSolverSDEScheduler and noise_seeds is not None:
+        overrides["noise_sampler_seed"] = list(noise_seeds)
+    unsupported = [key for key, value in overrides.items() if key not in accepted and value]
+    if unsupported:
+        log.warning("scheduler %s ignores %s", choice.cls.__name__, ", ".join(unsupported))
+    usable = {key: value for key, value in overrides.items() if key in accepted}
+    # keys the class does not know (another scheduler's options) are dropped, not carried along
+    config = {key: value for key, value in base_config.items() if key in accepted}
+    scheduler: SchedulerMixin = choice.cls.from_config({**config, **usable})
+    return scheduler
+
+
+def _schedule_overrides(schedule: str, sampler: str, accepted: set[str]) -> dict[str, Any]:
+    key = _key(schedule).replace(" ", "_")
+    if key not in A1111_SCHEDULES:
+        raise InvalidInput(
+            "scheduler", f"unknown noise schedule {schedule!r}", allowed=a1111_schedules()
+        )
+    values = A1111_SCHEDULES[key]
+    if values is None:
+        return {}
+    result: dict[str, Any] = {name: False for name in _SIGMA_KEYS if name in accepted}
+    missing = [name for name, value in values.items() if value and name not in accepted]
+    if missing:
+        # A1111 itself ignores a schedule the sampler has no sigmas for (DDIM, PLMS...).
+        log.warning("sampler %s has no %s schedule; using its own", sampler, schedule)
+        return {}
+    result.update(values)
+    return result
