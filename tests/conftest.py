@@ -1,4 +1,8 @@
-"""Shared fixtures: tiny real models, built once per test session."""
+"""Shared fixtures: tiny real models, built once per test session.
+
+Every model is built from the real diffusers/transformers classes at tiny sizes with random
+weights (see ``sdserve.engine.tiny``); they load through the same code path as real models.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,66 @@ from sdserve.engine import tiny
 
 
 @pytest.fixture(scope="session")
-def tiny_sd(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def tiny_models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One folder holding every tiny model of the session."""
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(scope="session")
+def tiny_sd(tiny_models_dir: Path) -> Path:
     """A tiny SD1-like pipeline in diffusers format."""
-    return tiny.build_tiny_sd(tmp_path_factory.mktemp("models") / "tiny-sd")
+    return tiny.build_tiny_sd(tiny_models_dir / "tiny-sd")
+
+
+@pytest.fixture(scope="session")
+def tiny_sd_inpaint(tiny_models_dir: Path) -> Path:
+    """A tiny SD1-like inpainting pipeline (UNet with 9 input channels)."""
+    return tiny.build_tiny_sd_inpaint(tiny_models_dir / "tiny-sd-inpaint")
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl(tiny_models_dir: Path) -> Path:
+    """A tiny SDXL-like pipeline (two text encoders, text_time conditioning)."""
+    return tiny.build_tiny_sdxl(tiny_models_dir / "tiny-sdxl")
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_refiner(tiny_models_dir: Path) -> Path:
+    """The refiner matching ``tiny_sdxl`` (same VAE, so latents can be handed over)."""
+    return tiny.build_tiny_sdxl_refiner(tiny_models_dir / "tiny-sdxl-refiner")
+
+
+@pytest.fixture(scope="session")
+def tiny_safety_checker(tiny_models_dir: Path) -> Path:
+    """A tiny safety checker folder that never flags an image."""
+    return tiny.build_tiny_safety_checker(tiny_models_dir / "tiny-safety-checker")
+
+
+@pytest.fixture(scope="session")
+def tiny_safety_checker_flagging(tiny_models_dir: Path) -> Path:
+    """A tiny safety checker folder that flags every image."""
+    return tiny.build_tiny_safety_checker(
+        tiny_models_dir / "tiny-safety-checker-flagging", always_flag=True
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_lora(tiny_sd: Path, tiny_models_dir: Path) -> Path:
+    """A LoRA ``.safetensors`` for ``tiny_sd`` (UNet + text encoder) that changes the image."""
+    return tiny.build_tiny_lora(tiny_models_dir / "loras" / "tiny-style.safetensors", tiny_sd)
+
+
+@pytest.fixture(scope="session")
+def tiny_sd_single_file(tiny_sd: Path, tiny_models_dir: Path) -> Path:
+    """``tiny_sd`` exported as one original-layout ``.safetensors`` checkpoint."""
+    from sdserve.engine.checkpoint_export import export_single_file
+
+    return export_single_file(tiny_sd, tiny_models_dir / "single" / "tiny-sd.safetensors")
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_single_file(tiny_sdxl: Path, tiny_models_dir: Path) -> Path:
+    """``tiny_sdxl`` exported as one original-layout (SGM) ``.safetensors`` checkpoint."""
+    from sdserve.engine.checkpoint_export import export_single_file
+
+    return export_single_file(tiny_sdxl, tiny_models_dir / "single" / "tiny-sdxl.safetensors")

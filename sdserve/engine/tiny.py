@@ -7,7 +7,13 @@ demo use them. Building one takes well under a second on a CPU.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTokenizer
 
 TINY_WORDS = (
     "a", "an", "the", "of", "on", "in", "with", "and", "photo", "painting", "red", "blue",
@@ -27,7 +33,7 @@ def write_tiny_tokenizer(folder: Path) -> int:
     merges = ["#version: 0.2"]
     for word in TINY_WORDS:
         # merge the word left to right so the BPE produces it as one token
-        pieces = list(word[:-1]) + [word[-1] + "</w>"]
+        pieces = [*word[:-1], word[-1] + "</w>"]
         current = pieces[0]
         for piece in pieces[1:]:
             merges.append(f"{current} {piece}")
@@ -40,50 +46,42 @@ def write_tiny_tokenizer(folder: Path) -> int:
     return len(vocab)
 
 
-def build_tiny_sd(folder: Path, *, seed: int = 0) -> Path:
-    """Build a tiny SD1-like text-to-image pipeline in diffusers format under ``folder``."""
-    import torch
-    from diffusers import (
-        AutoencoderKL,
-        EulerDiscreteScheduler,
-        StableDiffusionPipeline,
-        UNet2DConditionModel,
-    )
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+def _tiny_tokenizer(folder: Path) -> tuple[CLIPTokenizer, int]:
+    """Write the generated vocabulary under ``folder`` and open it as a CLIP tokenizer."""
+    from transformers import CLIPTokenizer
 
-    tokenizer_dir = folder / "tokenizer"
-    vocab_size = write_tiny_tokenizer(tokenizer_dir)
+    vocab_size = write_tiny_tokenizer(folder)
     tokenizer = CLIPTokenizer(
-        str(tokenizer_dir / "vocab.json"), str(tokenizer_dir / "merges.txt"), model_max_length=77
+        str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=77
     )
-    torch.manual_seed(seed)
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=vocab_size,
-            hidden_size=32,
-            intermediate_size=37,
-            num_attention_heads=4,
-            num_hidden_layers=2,
-            max_position_embeddings=77,
-            projection_dim=32,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
+    return tokenizer, vocab_size
+
+
+def _text_config(tokenizer: CLIPTokenizer, vocab_size: int) -> CLIPTextConfig:
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=37,
+        num_attention_heads=4,
+        num_hidden_layers=2,
+        max_position_embeddings=77,
+        projection_dim=32,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
     )
-    unet = UNet2DConditionModel(
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        sample_size=32,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=32,
-        attention_head_dim=8,
-        norm_num_groups=8,
-    )
-    vae = AutoencoderKL(
+
+
+def _tiny_vae(seed: int, *, scaling_factor: float = 0.18215) -> AutoencoderKL:
+    """A tiny VAE; the same ``seed`` always gives the same weights (SDXL base and refiner
+    share it so latents can be handed from one to the other)."""
+    import torch
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(seed + 1_000)
+    return AutoencoderKL(
         block_out_channels=(32, 64),
         in_channels=3,
         out_channels=3,
@@ -92,19 +90,276 @@ def build_tiny_sd(folder: Path, *, seed: int = 0) -> Path:
         latent_channels=4,
         norm_num_groups=8,
         sample_size=64,
+        scaling_factor=scaling_factor,
     )
-    scheduler = EulerDiscreteScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1
+
+
+def _euler(**extra: Any) -> EulerDiscreteScheduler:
+    from diffusers import EulerDiscreteScheduler
+
+    return EulerDiscreteScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        steps_offset=1,
+        **extra,
     )
-    pipe = StableDiffusionPipeline(
+
+
+def _tiny_sd_unet(in_channels: int) -> UNet2DConditionModel:
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        sample_size=32,
+        in_channels=in_channels,
+        out_channels=4,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=8,
+        norm_num_groups=8,
+    )
+
+
+def _tiny_sdxl_unet(*, cross_attention_dim: int, time_ids: int) -> UNet2DConditionModel:
+    """A tiny SDXL-style UNet; ``time_ids`` is 6 for the base and 5 for the refiner
+    (which adds the aesthetic score instead of the target size)."""
+    from diffusers import UNet2DConditionModel
+
+    addition_time_embed_dim = 8
+    return UNet2DConditionModel(
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        sample_size=32,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=cross_attention_dim,
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=addition_time_embed_dim,
+        transformer_layers_per_block=(1, 2),
+        # the pooled text embedding of text_encoder_2 (projection_dim 32) + the time ids
+        projection_class_embeddings_input_dim=32 + time_ids * addition_time_embed_dim,
+        norm_num_groups=8,
+    )
+
+
+def _build_sd1_like(folder: Path, *, seed: int, inpainting: bool) -> Path:
+    import torch
+    from diffusers import StableDiffusionInpaintPipeline, StableDiffusionPipeline
+    from transformers import CLIPTextModel
+
+    tokenizer, vocab_size = _tiny_tokenizer(folder / "tokenizer")
+    torch.manual_seed(seed)
+    text_encoder = CLIPTextModel(_text_config(tokenizer, vocab_size))
+    # the inpainting UNet also sees the masked image latents (4) and the mask (1)
+    unet = _tiny_sd_unet(9 if inpainting else 4)
+    vae = _tiny_vae(seed)
+    pipeline_class = StableDiffusionInpaintPipeline if inpainting else StableDiffusionPipeline
+    pipe: Any = pipeline_class(
         vae=vae,
         text_encoder=text_encoder,
         tokenizer=tokenizer,
         unet=unet,
-        scheduler=scheduler,
+        scheduler=_euler(),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
     )
     pipe.save_pretrained(folder, safe_serialization=True)
     return folder
+
+
+def build_tiny_sd(folder: Path, *, seed: int = 0) -> Path:
+    """Build a tiny SD1-like text-to-image pipeline in diffusers format under ``folder``."""
+    return _build_sd1_like(folder, seed=seed, inpainting=False)
+
+
+def build_tiny_sd_inpaint(folder: Path, *, seed: int = 0) -> Path:
+    """Build a tiny SD1-like inpainting pipeline (UNet with 9 input channels) under ``folder``."""
+    return _build_sd1_like(folder, seed=seed, inpainting=True)
+
+
+def build_tiny_sdxl(folder: Path, *, seed: int = 0) -> Path:
+    """Build a tiny SDXL-like pipeline: two CLIP text encoders, the second with projection."""
+    import torch
+    from diffusers import StableDiffusionXLPipeline
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    tokenizer, vocab_size = _tiny_tokenizer(folder / "tokenizer")
+    tokenizer_2, _ = _tiny_tokenizer(folder / "tokenizer_2")
+    torch.manual_seed(seed)
+    text_encoder = CLIPTextModel(_text_config(tokenizer, vocab_size))
+    text_encoder_2 = CLIPTextModelWithProjection(_text_config(tokenizer_2, vocab_size))
+    # SDXL concatenates both encoders' hidden states: 32 + 32
+    unet = _tiny_sdxl_unet(cross_attention_dim=64, time_ids=6)
+    vae = _tiny_vae(seed, scaling_factor=0.13025)
+    pipe: Any = StableDiffusionXLPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        text_encoder_2=text_encoder_2,
+        tokenizer=tokenizer,
+        tokenizer_2=tokenizer_2,
+        unet=unet,
+        scheduler=_euler(timestep_spacing="leading"),
+        force_zeros_for_empty_prompt=True,
+        add_watermarker=False,
+    )
+    pipe.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+def build_tiny_sdxl_refiner(folder: Path, *, seed: int = 0) -> Path:
+    """Build the refiner matching :func:`build_tiny_sdxl` with the same ``seed``.
+
+    It has only ``text_encoder_2`` and scores aesthetics like the real refiner; its VAE is
+    the tiny SDXL one, so latents from the base can be refined (expert ensemble).
+    """
+    import torch
+    from diffusers import StableDiffusionXLImg2ImgPipeline
+    from transformers import CLIPTextModelWithProjection
+
+    tokenizer_2, vocab_size = _tiny_tokenizer(folder / "tokenizer_2")
+    torch.manual_seed(seed + 1)
+    text_encoder_2 = CLIPTextModelWithProjection(_text_config(tokenizer_2, vocab_size))
+    unet = _tiny_sdxl_unet(cross_attention_dim=32, time_ids=5)
+    vae = _tiny_vae(seed, scaling_factor=0.13025)
+    pipe: Any = StableDiffusionXLImg2ImgPipeline(
+        vae=vae,
+        text_encoder=None,
+        text_encoder_2=text_encoder_2,
+        tokenizer=None,
+        tokenizer_2=tokenizer_2,
+        unet=unet,
+        scheduler=_euler(timestep_spacing="leading"),
+        requires_aesthetics_score=True,
+        force_zeros_for_empty_prompt=False,
+        add_watermarker=False,
+    )
+    pipe.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+def build_tiny_safety_checker(folder: Path, *, always_flag: bool = False) -> Path:
+    """Build a tiny ``StableDiffusionSafetyChecker`` + image processor under ``folder``.
+
+    Flags come from ``cosine(image, concept) - threshold > 0``; a cosine lies in [-1, 1],
+    so a threshold of -10 flags every image and +10 flags none.
+    """
+    import torch
+    from diffusers.pipelines.stable_diffusion.safety_checker import (
+        StableDiffusionSafetyChecker,
+    )
+    from transformers import CLIPConfig
+
+    processor_class: Any
+    try:  # the fast processor needs torchvision; the PIL one does not
+        from transformers import CLIPImageProcessorPil as processor_class
+    except ImportError:  # older transformers: the plain class is PIL based
+        from transformers import CLIPImageProcessor as processor_class
+
+    torch.manual_seed(0)
+    config = CLIPConfig(
+        text_config={
+            "hidden_size": 32, "intermediate_size": 37, "num_attention_heads": 4,
+            "num_hidden_layers": 2, "vocab_size": 100,
+        },
+        vision_config={
+            "hidden_size": 32, "intermediate_size": 37, "num_attention_heads": 4,
+            "num_hidden_layers": 2, "image_size": 32, "patch_size": 8,
+        },
+        projection_dim=32,
+    )
+    checker = StableDiffusionSafetyChecker(config)
+    threshold = -10.0 if always_flag else 10.0
+    with torch.no_grad():
+        checker.concept_embeds.normal_()
+        checker.special_care_embeds.normal_()
+        checker.concept_embeds_weights.fill_(threshold)
+        checker.special_care_embeds_weights.fill_(threshold)
+    checker.save_pretrained(folder, safe_serialization=True)
+    processor = processor_class(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    processor.save_pretrained(folder)
+    return folder
+
+
+def build_tiny_lora(path: Path, base: Path, *, rank: int = 4, seed: int = 0) -> Path:
+    """Write a LoRA for the tiny SD1 pipeline at ``base`` (UNet + text encoder) to ``path``.
+
+    The weights are random and non-zero (a fresh LoRA is a no-op), so applying it visibly
+    changes the image. The file is what ``pipe.load_lora_weights()`` reads.
+    """
+    import torch
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers.utils import convert_state_dict_to_diffusers  # type: ignore[attr-defined]
+    from peft import LoraConfig, get_peft_model_state_dict
+    from transformers import CLIPTextModel
+
+    unet = UNet2DConditionModel.from_pretrained(base, subfolder="unet", use_safetensors=True)
+    text_encoder = CLIPTextModel.from_pretrained(base, subfolder="text_encoder")
+    torch.manual_seed(seed)
+    unet.add_adapter(
+        LoraConfig(
+            r=rank,
+            lora_alpha=rank,
+            init_lora_weights=False,  # random A and B; the default B=0 changes nothing
+            target_modules=["to_q", "to_k", "to_v", "to_out.0"],
+        )
+    )
+    text_encoder.add_adapter(
+        LoraConfig(
+            r=rank,
+            lora_alpha=rank,
+            init_lora_weights=False,
+            target_modules=["q_proj", "k_proj", "v_proj", "out_proj"],
+        )
+    )
+    unet_layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
+    text_layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(text_encoder))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    StableDiffusionPipeline.save_lora_weights(
+        path.parent,
+        unet_lora_layers=unet_layers,
+        text_encoder_lora_layers=text_layers,
+        weight_name=path.name,
+        safe_serialization=True,
+    )
+    return path
+
+
+#: Demo model name → builder; the served names are ``sdserve/<name>``.
+DEMO_BUILDERS: dict[str, Callable[[Path], Path]] = {
+    "tiny-sd": build_tiny_sd,
+    "tiny-sd-inpaint": build_tiny_sd_inpaint,
+    "tiny-sdxl": build_tiny_sdxl,
+    "tiny-sdxl-refiner": build_tiny_sdxl_refiner,
+    "tiny-safety-checker": build_tiny_safety_checker,
+}
+DEMO_LORA = "tiny-style"
+
+
+def build_demo_models(data_dir: Path) -> dict[str, Path]:
+    """Build the offline demo set under ``data_dir/models`` (skipping what exists).
+
+    Returns name → path for the tiny models and the demo LoRA
+    (``data_dir/loras/tiny-style.safetensors``, made for ``tiny-sd``).
+    """
+    models_dir = data_dir / "models"
+    built: dict[str, Path] = {}
+    for name, builder in DEMO_BUILDERS.items():
+        folder = models_dir / name
+        # a folder without its index is a build that was interrupted: build it again
+        marker = "config.json" if name == "tiny-safety-checker" else "model_index.json"
+        if not (folder / marker).is_file():
+            builder(folder)
+        built[name] = folder
+    lora = data_dir / "loras" / f"{DEMO_LORA}.safetensors"
+    if not lora.is_file():
+        build_tiny_lora(lora, built["tiny-sd"])
+    built[DEMO_LORA] = lora
+    return built
