@@ -1,0 +1,224 @@
+"""The official ``replicate`` client against a real ``sdserve serve --demo`` process."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import replicate
+from PIL import Image
+from replicate.exceptions import ReplicateError
+
+from tests.e2e.conftest import ServerProcess
+from tests.e2e.receiver import WebhookReceiver
+
+MODEL = "sdserve/tiny-sd"
+FAST = {"width": 64, "height": 64, "num_inference_steps": 2}
+
+
+@pytest.fixture
+def client(server: ServerProcess) -> replicate.Client:
+    # the server has no tokens (loopback only): any token is accepted
+    return replicate.Client(api_token="anything", base_url=server.url)
+
+
+def png_pixels(data: bytes) -> bytes:
+    with Image.open(io.BytesIO(data)) as image:
+        return image.convert("RGB").tobytes()
+
+
+def sample_png(tmp_path: Path, color: tuple[int, int, int] = (200, 40, 40)) -> Path:
+    path = tmp_path / "input.png"
+    Image.new("RGB", (64, 64), color).save(path)
+    return path
+
+
+def half_mask(tmp_path: Path) -> Path:
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (0, 0, 32, 64))  # left half white = repaint
+    path = tmp_path / "mask.png"
+    mask.save(path)
+    return path
+
+
+def test_run_waits_and_returns_readable_images(client: replicate.Client) -> None:
+    output = client.run(MODEL, input={"prompt": "a red fox", "num_outputs": 2, "seed": 1, **FAST})
+    assert isinstance(output, list) and len(output) == 2
+    for item in output:
+        data = item.read()
+        with Image.open(io.BytesIO(data)) as image:
+            assert image.size == (64, 64)
+            assert image.format == "PNG"
+            assert "Seed: " in image.info["parameters"]
+
+
+def test_async_create_and_poll(client: replicate.Client, server: ServerProcess) -> None:
+    model = client.models.get(MODEL)
+    version = model.latest_version
+    assert version is not None
+    prediction = client.predictions.create(
+        version=version.id, input={"prompt": "a cat", "seed": 3, **FAST}
+    )
+    assert prediction.status in ("starting", "processing")
+    prediction.wait()
+    assert prediction.status == "succeeded", prediction.error
+    assert isinstance(prediction.output, list) and len(prediction.output) == 1
+    url = prediction.output[0]
+    assert url.startswith(server.url)
+    # output URLs are fetchable without the Authorization header
+    fetched = httpx.get(url)
+    assert fetched.status_code == 200 and fetched.headers["content-type"] == "image/png"
+    assert prediction.metrics is not None and prediction.metrics["predict_time"] > 0
+    assert "seed" in (prediction.logs or "").lower()
+    assert prediction.progress is not None and prediction.progress.percentage == 1.0
+
+
+def test_same_seed_same_pixels_and_seed_plus_index(client: replicate.Client) -> None:
+    pair = client.run(MODEL, input={"prompt": "snow", "seed": 41, "num_outputs": 2, **FAST})
+    again = client.run(MODEL, input={"prompt": "snow", "seed": 41, "num_outputs": 2, **FAST})
+    alone = client.run(MODEL, input={"prompt": "snow", "seed": 42, **FAST})
+    first, second = (png_pixels(item.read()) for item in pair)
+    assert [png_pixels(item.read()) for item in again] == [first, second]
+    assert png_pixels(alone[0].read()) == second
+    assert first != second
+
+
+def test_img2img_and_inpaint_with_uploaded_files(
+    client: replicate.Client, tmp_path: Path
+) -> None:
+    image_path = sample_png(tmp_path)
+    with image_path.open("rb") as image:
+        img2img = client.run(
+            MODEL, input={"prompt": "a dog", "image": image, "prompt_strength": 0.5, "seed": 5,
+                          "num_inference_steps": 4}
+        )
+    with Image.open(io.BytesIO(img2img[0].read())) as result:
+        assert result.size == (64, 64)
+    with image_path.open("rb") as image, half_mask(tmp_path).open("rb") as mask:
+        inpainted = client.run(
+            MODEL, input={"prompt": "a dog", "image": image, "mask": mask, "seed": 5,
+                          "num_inference_steps": 4}
+        )
+    with Image.open(io.BytesIO(inpainted[0].read())) as result:
+        assert result.size == (64, 64)
+
+
+def test_img2img_with_base64_inputs_matches_upload(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    image_path = sample_png(tmp_path, (30, 90, 200))
+    inputs = {"prompt": "a dog", "prompt_strength": 0.6, "seed": 9, "num_inference_steps": 4}
+    uploaded = replicate.Client(api_token="x", base_url=server.url)
+    b64 = replicate.Client(api_token="x", base_url=server.url)
+    with image_path.open("rb") as image:
+        by_upload = uploaded.run(MODEL, input={**inputs, "image": image})
+    with image_path.open("rb") as image:
+        by_base64 = b64.run(
+            MODEL, input={**inputs, "image": image}, file_encoding_strategy="base64"
+        )
+    assert png_pixels(by_upload[0].read()) == png_pixels(by_base64[0].read())
+
+
+def test_invalid_input_is_a_422_naming_the_field(client: replicate.Client) -> None:
+    with pytest.raises(ReplicateError) as caught:
+        client.run(MODEL, input={"prompt": "x", "width": 100, "height": 64})
+    assert caught.value.status == 422
+    assert "width" in (caught.value.detail or "")
+    with pytest.raises(ReplicateError) as caught:
+        client.run(MODEL, input={"prompt": "x", "num_inference_steps": 0})
+    assert caught.value.status == 422
+    assert "num_inference_steps" in (caught.value.detail or "")
+
+
+def test_unknown_model_is_a_404(client: replicate.Client) -> None:
+    with pytest.raises(ReplicateError) as caught:
+        client.run("nobody/nothing", input={"prompt": "x"})
+    assert caught.value.status == 404
+
+
+def test_cancel_a_long_running_prediction(client: replicate.Client) -> None:
+    prediction = client.models.predictions.create(
+        model=MODEL,
+        input={"prompt": "slow", "width": 256, "height": 256, "num_inference_steps": 500},
+    )
+    deadline = time.monotonic() + 60
+    while prediction.status == "starting" and time.monotonic() < deadline:
+        time.sleep(0.2)
+        prediction.reload()
+    prediction.cancel()
+    prediction.wait()
+    assert prediction.status == "canceled"
+    # the worker is free again: a new prediction completes
+    output = client.run(MODEL, input={"prompt": "after", **FAST})
+    assert len(output) == 1
+
+
+def test_pagination_newest_first(client: replicate.Client) -> None:
+    for i in range(3):
+        client.run(MODEL, input={"prompt": f"page {i}", **FAST})
+    first = client.predictions.list()
+    assert len(first.results) >= 3
+    created = [p.created_at for p in first.results]
+    assert created == sorted(created, reverse=True)
+    ids = {p.id for p in first.results}
+    if first.next:
+        second = client.predictions.list(first.next)
+        assert ids.isdisjoint({p.id for p in second.results})
+
+
+def test_webhook_completed_exactly_once_with_valid_signature(client: replicate.Client) -> None:
+    receiver = WebhookReceiver()
+    try:
+        prediction = client.models.predictions.create(
+            model=MODEL,
+            input={"prompt": "hook", **FAST},
+            webhook=receiver.url,
+            webhook_events_filter=["completed"],
+        )
+        prediction.wait()
+        deadline = time.monotonic() + 20
+        while not receiver.requests and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(1.5)  # anything else would arrive now
+        assert len(receiver.requests) == 1
+        received = receiver.requests[0]
+        secret = client.webhooks.default.secret()
+        assert replicate.webhooks.validate(
+            headers=received.headers, body=received.body.decode(), secret=secret
+        )
+        body = json.loads(received.body)
+        assert body["id"] == prediction.id and body["status"] == "succeeded"
+    finally:
+        receiver.close()
+
+
+def test_sse_stream_delivers_progress_and_done(client: replicate.Client, server: ServerProcess) -> None:
+    prediction = client.models.predictions.create(
+        model=MODEL, input={"prompt": "stream", "width": 64, "height": 64,
+                            "num_inference_steps": 8}
+    )
+    events: list[str] = []
+    with httpx.stream("GET", prediction.urls["stream"], timeout=60) as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        for line in response.iter_lines():
+            if line.startswith("event: "):
+                events.append(line.removeprefix("event: "))
+            if events and events[-1] == "done":
+                break
+    assert "progress" in events
+    assert "output" in events
+    assert events[-1] == "done"
+
+
+def test_data_uri_input_image_decodes(client: replicate.Client) -> None:
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), (10, 200, 10)).save(buffer, format="PNG")
+    uri = "data:application/octet-stream;base64," + base64.b64encode(buffer.getvalue()).decode()
+    output = client.run(MODEL, input={"prompt": "leaf", "image": uri, "seed": 2,
+                                      "num_inference_steps": 4})
+    assert len(output) == 1

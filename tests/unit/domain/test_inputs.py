@@ -1,0 +1,89 @@
+"""Canonical input: ranges, limits, defaults and seeds."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from sdserve.domain.inputs import (
+    FamilyDefaults,
+    GenerationInput,
+    InputLimits,
+    parse_generation_input,
+)
+from sdserve.errors import InvalidInput
+
+SD1 = FamilyDefaults(width=512, height=512, num_inference_steps=50, guidance_scale=7.5)
+
+
+@pytest.mark.parametrize(
+    ("data", "field"),
+    [
+        ({"width": 100}, "width"),  # not a multiple of 8
+        ({"width": 32}, "width"),  # below the minimum
+        ({"num_inference_steps": 0}, "num_inference_steps"),
+        ({"num_inference_steps": 501}, "num_inference_steps"),
+        ({"guidance_scale": 51}, "guidance_scale"),
+        ({"prompt_strength": 1.5}, "prompt_strength"),
+        ({"seed": -1}, "seed"),
+        ({"seed": 2**32}, "seed"),
+        ({"num_outputs": 5}, "num_outputs"),
+        ({"outpaint_left": 12, "image": "x"}, "outpaint_left"),
+        ({"mask": "m"}, "mask"),
+        ({"outpaint_up": 64}, "image"),
+        ({"colour": "red"}, "colour"),
+    ],
+)
+def test_bad_values_name_their_field(data: dict[str, object], field: str) -> None:
+    with pytest.raises(InvalidInput) as caught:
+        parse_generation_input({"prompt": "x", **data})
+    assert caught.value.field == field
+    assert caught.value.message.startswith(field)
+
+
+def test_literal_errors_list_the_allowed_values() -> None:
+    with pytest.raises(InvalidInput) as caught:
+        parse_generation_input({"refine": "sometimes"})
+    assert caught.value.allowed == ["no_refiner", "expert_ensemble_refiner", "base_image_refiner"]
+    assert "expert_ensemble_refiner" in caught.value.message
+
+
+def test_pixel_budget_and_output_count_come_from_the_operator() -> None:
+    limits = InputLimits(max_pixels=256 * 256, max_num_outputs=2)
+    parse_generation_input({"width": 256, "height": 256, "num_outputs": 2}, limits)
+    with pytest.raises(InvalidInput, match="exceeds the limit"):
+        parse_generation_input({"width": 264, "height": 256}, limits)
+    with pytest.raises(InvalidInput, match="between 1 and 2"):
+        parse_generation_input({"num_outputs": 3}, limits)
+
+
+def test_defaults_fill_only_what_is_missing() -> None:
+    resolved = GenerationInput(prompt="a", guidance_scale=0).with_defaults(
+        SD1, random.Random(1)
+    )
+    assert (resolved.width, resolved.height) == (512, 512)
+    assert resolved.num_inference_steps == 50
+    assert resolved.guidance_scale == 0  # an explicit zero is kept
+    assert resolved.scheduler == "K_EULER"
+    assert resolved.seed is not None and 0 <= resolved.seed < 2**32
+
+
+def test_img2img_keeps_size_open_for_the_input_image() -> None:
+    resolved = GenerationInput(image="data:,", prompt="a").with_defaults(SD1)
+    assert resolved.width is None and resolved.height is None
+    assert resolved.task == "img2img"
+
+
+def test_task_follows_the_inputs() -> None:
+    assert GenerationInput().task == "txt2img"
+    assert GenerationInput(image="i", mask="m").task == "inpaint"
+    assert GenerationInput(image="i", outpaint_left=64).task == "outpaint"
+
+
+def test_image_i_uses_seed_plus_i_and_wraps() -> None:
+    resolved = GenerationInput(seed=2**32 - 1).with_defaults(SD1)
+    assert resolved.seed_for(0) == 2**32 - 1
+    assert resolved.seed_for(1) == 0
+    with pytest.raises(ValueError, match="with_defaults"):
+        GenerationInput().seed_for(0)
