@@ -197,7 +197,7 @@ def test_webhook_completed_exactly_once_with_valid_signature(client: replicate.C
         receiver.close()
 
 
-def test_sse_stream_delivers_progress_and_done(client: replicate.Client, server: ServerProcess) -> None:
+def test_sse_stream_delivers_progress_and_done(client: replicate.Client) -> None:
     prediction = client.models.predictions.create(
         model=MODEL, input={"prompt": "stream", "width": 64, "height": 64,
                             "num_inference_steps": 8}

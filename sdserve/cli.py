@@ -1,0 +1,399 @@
+"""The ``sdserve`` command: serve, worker, generate, models.
+
+Heavy imports (torch, diffusers, the web stack) happen inside each command, so
+``sdserve --help`` is instant and ``serve`` never imports torch in the API process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sdserve.errors import SdserveError
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
+
+    from sdserve.config import Settings
+
+TINY_FAMILIES = ("sd", "sd-inpaint", "sdxl", "sdxl-refiner")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "run"):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.run(args) or 0)
+    except SdserveError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sdserve", description="Self-hosted Stable Diffusion service and CLI."
+    )
+    parser.add_argument("--data-dir", type=Path, help="where models, jobs and files live")
+    commands = parser.add_subparsers(title="commands")
+    _add_generate(commands)
+    _add_models(commands)
+    _add_serve(commands)
+    _add_worker(commands)
+    return parser
+
+
+# generate -------------------------------------------------------------------------------
+
+
+def _add_generate(commands: Any) -> None:
+    gen = commands.add_parser("generate", help="generate images without a server")
+    gen.add_argument("prompt")
+    gen.add_argument(
+        "--model", "-m", required=True, help="hub id, diffusers folder or .safetensors"
+    )
+    gen.add_argument("--negative-prompt", default="")
+    gen.add_argument("--seed", type=int)
+    gen.add_argument("--steps", type=int, dest="num_inference_steps")
+    gen.add_argument("--guidance", type=float, dest="guidance_scale")
+    gen.add_argument("--scheduler")
+    gen.add_argument("--width", type=int)
+    gen.add_argument("--height", type=int)
+    gen.add_argument("-n", "--num-outputs", type=int, default=1)
+    gen.add_argument("--image", type=Path, help="input image for img2img / inpaint / outpaint")
+    gen.add_argument("--mask", type=Path, help="inpainting mask: white = repaint")
+    gen.add_argument("--prompt-strength", type=float, default=0.8)
+    gen.add_argument("--outpaint", help="pixels to add per side, e.g. left=64,down=32")
+    gen.add_argument(
+        "--refine",
+        default="no_refiner",
+        choices=["no_refiner", "expert_ensemble_refiner", "base_image_refiner"],
+    )
+    gen.add_argument("--refiner", help="refiner model (hub id, folder or .safetensors)")
+    gen.add_argument("--high-noise-frac", type=float, default=0.8)
+    gen.add_argument("--refine-steps", type=int)
+    gen.add_argument("--lora", help="LoRA .safetensors path or name in the LoRA folder")
+    gen.add_argument("--lora-scale", type=float, default=0.6)
+    gen.add_argument("--lora-dir", type=Path)
+    gen.add_argument("--no-watermark", action="store_true")
+    gen.add_argument("--safety-checker", help="safety checker model (hub id or folder)")
+    gen.add_argument("--format", default="png", choices=["png", "webp", "jpg"])
+    gen.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"])
+    gen.add_argument("--dtype", choices=["auto", "float32", "float16", "bfloat16"])
+    gen.add_argument("--offline", action="store_true", help="never reach the Hugging Face Hub")
+    gen.add_argument("-o", "--output", type=Path, default=Path("out.png"))
+    gen.set_defaults(run=run_generate)
+
+
+def parse_outpaint(text: str | None) -> dict[str, int]:
+    """``left=64,down=32`` → ``{"outpaint_left": 64, "outpaint_down": 32}``."""
+    if not text:
+        return {}
+    sides = {"left", "right", "up", "down"}
+    result: dict[str, int] = {}
+    for part in text.split(","):
+        side, _, amount = part.partition("=")
+        side = side.strip().lower()
+        if side not in sides or not amount.strip().isdigit():
+            from sdserve.errors import InvalidInput
+
+            raise InvalidInput(
+                "outpaint", f"expected side=pixels, got {part!r}", allowed=sorted(sides)
+            )
+        result[f"outpaint_{side}"] = int(amount)
+    return result
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from sdserve.domain.inputs import parse_generation_input
+    from sdserve.engine.engine import Engine
+    from sdserve.engine.models import ModelRegistry
+    from sdserve.engine.types import RunHooks
+
+    settings = _settings(
+        args,
+        engine={
+            key: value
+            for key, value in {
+                "device": args.device,
+                "dtype": args.dtype,
+                "safety_checker": args.safety_checker,
+                "lora_dir": args.lora_dir,
+                "offline": args.offline or None,
+            }.items()
+            if value is not None
+        },
+    )
+    refiners = {args.model: args.refiner} if args.refiner else None
+    registry = ModelRegistry.from_references(
+        [args.model],
+        refiners=refiners,
+        cache_dir=settings.engine.cache_dir,
+        offline=settings.engine.offline,
+    )
+    model_name = registry.specs()[0].name
+    fields: dict[str, Any] = {
+        "prompt": args.prompt,
+        "negative_prompt": args.negative_prompt,
+        "num_outputs": args.num_outputs,
+        "prompt_strength": args.prompt_strength,
+        "refine": args.refine,
+        "high_noise_frac": args.high_noise_frac,
+        "lora_scale": args.lora_scale,
+        "apply_watermark": not args.no_watermark,
+        "output_format": args.format,
+        **parse_outpaint(args.outpaint),
+    }
+    for name in (
+        "seed", "num_inference_steps", "guidance_scale", "scheduler", "width", "height",
+        "refine_steps", "lora",
+    ):
+        value = getattr(args, name)
+        if value is not None:
+            fields[name] = value
+    if args.image is not None:
+        fields["image"] = str(args.image)
+    if args.mask is not None:
+        fields["mask"] = str(args.mask)
+    inp = parse_generation_input(fields, _limits(settings))
+    image = _open_image(args.image, "image") if args.image else None
+    mask = _open_image(args.mask, "mask") if args.mask else None
+
+    engine = Engine(settings.engine, registry, limits=_limits(settings))
+    bar = tqdm(total=0, unit="step", desc="generating")
+
+    def on_step(step: int, total: int, preview: Image | None) -> None:
+        if bar.total != total:
+            bar.reset(total=total)
+        bar.n = step
+        bar.refresh()
+
+    try:
+        result = engine.generate(
+            inp, model=model_name, image=image, mask=mask, hooks=RunHooks(on_step=on_step)
+        )
+    finally:
+        bar.close()
+        engine.close()
+    paths = _output_paths(args.output, [img.seed for img in result.images], args.format)
+    for path, generated in zip(paths, result.images, strict=True):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(generated.data)
+        flag = "  (NSFW: blacked out)" if generated.nsfw else ""
+        print(f"{path}  seed={generated.seed}  {generated.width}x{generated.height}{flag}")
+    print(f"seed: {result.seed}")
+    return 0
+
+
+def _open_image(path: Path, field: str) -> Image:
+    from PIL import Image, UnidentifiedImageError
+
+    from sdserve.errors import InvalidImage
+
+    try:
+        with Image.open(path) as opened:
+            opened.load()
+            return opened.copy()
+    except (OSError, UnidentifiedImageError) as exc:
+        raise InvalidImage(field, f"cannot read {path}: {exc}") from None
+
+
+def _output_paths(output: Path, seeds: list[int], fmt: str) -> list[Path]:
+    """A folder gets ``<seed>.<fmt>`` files; a file name gets ``-<i>`` suffixes when n > 1."""
+    extension = "jpg" if fmt == "jpg" else fmt
+    if output.is_dir() or str(output).endswith(("/", "\\")):
+        return [output / f"{seed}.{extension}" for seed in seeds]
+    if len(seeds) == 1:
+        return [output]
+    return [output.with_name(f"{output.stem}-{i}{output.suffix}") for i in range(len(seeds))]
+
+
+# models ---------------------------------------------------------------------------------
+
+
+def _add_models(commands: Any) -> None:
+    models = commands.add_parser("models", help="build or inspect models")
+    sub = models.add_subparsers(title="models commands")
+    tiny_cmd = sub.add_parser("tiny", help="build a tiny random-weight model (offline)")
+    tiny_cmd.add_argument("path", type=Path)
+    tiny_cmd.add_argument("--family", default="sd", choices=TINY_FAMILIES)
+    tiny_cmd.add_argument("--seed", type=int, default=0)
+    tiny_cmd.add_argument(
+        "--single-file", action="store_true", help="also write <path>.safetensors (single file)"
+    )
+    tiny_cmd.set_defaults(run=run_models_tiny)
+    lora_cmd = sub.add_parser("tiny-lora", help="build a tiny LoRA for a tiny SD model")
+    lora_cmd.add_argument("path", type=Path, help="output .safetensors file")
+    lora_cmd.add_argument("--base", type=Path, required=True, help="the tiny SD folder")
+    lora_cmd.set_defaults(run=run_models_tiny_lora)
+    info = sub.add_parser("info", help="show how sdserve sees a model reference")
+    info.add_argument("reference")
+    info.set_defaults(run=run_models_info)
+
+
+def run_models_tiny(args: argparse.Namespace) -> int:
+    from sdserve.engine import tiny
+
+    builders = {
+        "sd": tiny.build_tiny_sd,
+        "sd-inpaint": tiny.build_tiny_sd_inpaint,
+        "sdxl": tiny.build_tiny_sdxl,
+        "sdxl-refiner": tiny.build_tiny_sdxl_refiner,
+    }
+    folder = builders[args.family](args.path, seed=args.seed)
+    print(f"built tiny {args.family} model in {folder}")
+    if args.single_file:
+        from sdserve.engine.checkpoint_export import export_single_file
+
+        out = export_single_file(folder, args.path.with_suffix(".safetensors"))
+        print(f"wrote single-file checkpoint {out}")
+    if args.family == "sdxl":
+        print(f"for the refiner: sdserve models tiny {args.path}-refiner --family sdxl-refiner")
+    return 0
+
+
+def run_models_tiny_lora(args: argparse.Namespace) -> int:
+    from sdserve.engine import tiny
+
+    path = tiny.build_tiny_lora(args.path, args.base)
+    print(f"wrote tiny LoRA {path}")
+    return 0
+
+
+def run_models_info(args: argparse.Namespace) -> int:
+    from sdserve.engine.models import ModelRegistry
+
+    settings = _settings(args)
+    registry = ModelRegistry.from_references(
+        [args.reference], cache_dir=settings.engine.cache_dir, offline=settings.engine.offline
+    )
+    spec = registry.specs()[0]
+    defaults = spec.defaults
+    print(f"name:       {spec.name}")
+    print(f"reference:  {spec.reference}")
+    print(f"family:     {spec.family}{' (inpainting)' if spec.inpainting else ''}")
+    print(f"version:    {spec.version}")
+    print(f"defaults:   {defaults.width}x{defaults.height}, {defaults.num_inference_steps} steps,"
+          f" guidance {defaults.guidance_scale}, {defaults.scheduler}")
+    return 0
+
+
+# serve and worker -----------------------------------------------------------------------
+
+
+def _add_serve(commands: Any) -> None:
+    serve = commands.add_parser("serve", help="run the HTTP service")
+    serve.add_argument("--demo", action="store_true", help="serve the built-in tiny models")
+    serve.add_argument("--model", action="append", dest="models", default=None,
+                       help="model to serve (repeatable): hub id, folder or .safetensors")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.add_argument("--token", action="append", dest="tokens", default=None)
+    serve.add_argument("--token-file", type=Path)
+    serve.add_argument("--public-url")
+    serve.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"])
+    serve.add_argument("--dtype", choices=["auto", "float32", "float16", "bfloat16"])
+    serve.add_argument("--database-url")
+    serve.add_argument("--broker-url")
+    serve.add_argument("--no-worker", action="store_true",
+                       help="do not run a worker in this process (use 'sdserve worker')")
+    serve.set_defaults(run=run_serve)
+
+
+def _add_worker(commands: Any) -> None:
+    worker = commands.add_parser("worker", help="run a GPU worker for a shared queue")
+    worker.add_argument("--demo", action="store_true")
+    worker.add_argument("--model", action="append", dest="models", default=None)
+    worker.add_argument("--database-url")
+    worker.add_argument("--broker-url")
+    worker.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"])
+    worker.add_argument("--dtype", choices=["auto", "float32", "float16", "bfloat16"])
+    worker.set_defaults(run=run_worker)
+
+
+def _server_settings(args: argparse.Namespace) -> Settings:
+    api = {
+        key: value
+        for key, value in {
+            "host": getattr(args, "host", None),
+            "port": getattr(args, "port", None),
+            "tokens": getattr(args, "tokens", None),
+            "token_file": getattr(args, "token_file", None),
+            "public_url": getattr(args, "public_url", None),
+        }.items()
+        if value is not None
+    }
+    service = {
+        key: value
+        for key, value in {
+            "database_url": args.database_url,
+            "broker_url": args.broker_url,
+        }.items()
+        if value is not None
+    }
+    engine = {
+        key: value
+        for key, value in {"device": args.device, "dtype": args.dtype}.items()
+        if value is not None
+    }
+    return _settings(
+        args, api=api, service=service, engine=engine, models=args.models,
+        demo=args.demo or None,
+    )
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from sdserve.server import serve
+
+    settings = _server_settings(args)
+    return serve(settings, run_worker=not args.no_worker)
+
+
+def run_worker(args: argparse.Namespace) -> int:
+    from sdserve.server import worker
+
+    return worker(_server_settings(args))
+
+
+# settings -------------------------------------------------------------------------------
+
+
+def _settings(args: argparse.Namespace, **sections: Any) -> Settings:
+    """Environment first, then the command line on top (only options that were given)."""
+    from sdserve.config import Settings, load_settings
+
+    base = load_settings()
+    data: dict[str, Any] = base.model_dump()
+    if getattr(args, "data_dir", None) is not None:
+        data["data_dir"] = args.data_dir
+    for name, value in sections.items():
+        if value is None:
+            continue
+        if isinstance(value, dict):
+            data[name] = {**data.get(name, {}), **value}
+        else:
+            data[name] = value
+    return Settings.model_validate(data)
+
+
+def _limits(settings: Settings) -> Any:
+    from sdserve.domain.inputs import InputLimits
+
+    return InputLimits(
+        max_pixels=settings.limits.max_pixels,
+        max_num_outputs=settings.limits.max_num_outputs,
+        max_steps=settings.limits.max_steps,
+    )
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
