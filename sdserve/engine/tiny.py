@@ -19,6 +19,9 @@ TINY_WORDS = (
     "a", "an", "the", "of", "on", "in", "with", "and", "photo", "painting", "red", "blue",
     "green", "fox", "cat", "dog", "snow", "beach", "tok", "sks", "portrait", "landscape",
 )
+#: Width of the tiny SDXL second text encoder. It differs from the first (32) as in the real
+#: model (768 vs 1280); single-file loading tells the two encoders apart by that width.
+TINY_SDXL_HIDDEN_2 = 40
 
 
 def write_tiny_tokenizer(folder: Path) -> int:
@@ -57,12 +60,14 @@ def _tiny_tokenizer(folder: Path) -> tuple[CLIPTokenizer, int]:
     return tokenizer, vocab_size
 
 
-def _text_config(tokenizer: CLIPTokenizer, vocab_size: int) -> CLIPTextConfig:
+def _text_config(
+    tokenizer: CLIPTokenizer, vocab_size: int, *, hidden_size: int = 32
+) -> CLIPTextConfig:
     from transformers import CLIPTextConfig
 
     return CLIPTextConfig(
         vocab_size=vocab_size,
-        hidden_size=32,
+        hidden_size=hidden_size,
         intermediate_size=37,
         num_attention_heads=4,
         num_hidden_layers=2,
@@ -195,9 +200,11 @@ def build_tiny_sdxl(folder: Path, *, seed: int = 0) -> Path:
     tokenizer_2, _ = _tiny_tokenizer(folder / "tokenizer_2")
     torch.manual_seed(seed)
     text_encoder = CLIPTextModel(_text_config(tokenizer, vocab_size))
-    text_encoder_2 = CLIPTextModelWithProjection(_text_config(tokenizer_2, vocab_size))
-    # SDXL concatenates both encoders' hidden states: 32 + 32
-    unet = _tiny_sdxl_unet(cross_attention_dim=64, time_ids=6)
+    text_encoder_2 = CLIPTextModelWithProjection(
+        _text_config(tokenizer_2, vocab_size, hidden_size=TINY_SDXL_HIDDEN_2)
+    )
+    # SDXL concatenates both encoders' hidden states
+    unet = _tiny_sdxl_unet(cross_attention_dim=32 + TINY_SDXL_HIDDEN_2, time_ids=6)
     vae = _tiny_vae(seed, scaling_factor=0.13025)
     pipe: Any = StableDiffusionXLPipeline(
         vae=vae,
@@ -226,8 +233,10 @@ def build_tiny_sdxl_refiner(folder: Path, *, seed: int = 0) -> Path:
 
     tokenizer_2, vocab_size = _tiny_tokenizer(folder / "tokenizer_2")
     torch.manual_seed(seed + 1)
-    text_encoder_2 = CLIPTextModelWithProjection(_text_config(tokenizer_2, vocab_size))
-    unet = _tiny_sdxl_unet(cross_attention_dim=32, time_ids=5)
+    text_encoder_2 = CLIPTextModelWithProjection(
+        _text_config(tokenizer_2, vocab_size, hidden_size=TINY_SDXL_HIDDEN_2)
+    )
+    unet = _tiny_sdxl_unet(cross_attention_dim=TINY_SDXL_HIDDEN_2, time_ids=5)
     vae = _tiny_vae(seed, scaling_factor=0.13025)
     pipe: Any = StableDiffusionXLImg2ImgPipeline(
         vae=vae,
