@@ -1,0 +1,277 @@
+"""Turn an input reference (``image``/``mask``) into bytes, safely.
+
+Accepted references, in the order they are tried:
+
+* ``data:`` URIs (the declared mime type is ignored: clients often send
+  ``application/octet-stream``, and the worker decodes the bytes with PIL anyway);
+* our own files: a bare key, a ``/v1/files/<key>`` path or an absolute URL whose path
+  names one of our keys, read from the file store directly, never over HTTP;
+* ``http(s)://`` URLs, fetched with httpx under a timeout and a byte limit, refusing
+  hosts that resolve to private, loopback, link-local, multicast or reserved addresses
+  (the SSRF guard), redirects included;
+* raw base64 of an image (A1111 clients send it);
+* local paths, only inside folders the operator listed in ``fetch_local_roots``.
+
+Every failure is an :class:`InputFetchFailed` whose message says what to fix.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import ipaddress
+import re
+import socket
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from urllib.parse import unquote_to_bytes, urljoin, urlsplit
+
+import httpx
+
+from sdserve.config import ServiceSettings
+from sdserve.errors import FileNotFound, InputFetchFailed
+from sdserve.jobs.files import FileStore, valid_key
+
+#: Host name (and port) → the IP addresses it resolves to.
+Resolver = Callable[[str, int], list[str]]
+
+_OWN_PATH = re.compile(r"(?:^|/)files/([A-Za-z0-9_.-]+)/?$")
+_MAX_REDIRECTS = 5
+_SIGNATURES: tuple[tuple[bytes, str], ...] = (
+    (b"\x89PNG\r\n\x1a\n", "image/png"),
+    (b"\xff\xd8\xff", "image/jpeg"),
+    (b"GIF87a", "image/gif"),
+    (b"GIF89a", "image/gif"),
+    (b"BM", "image/bmp"),
+)
+
+
+def sniff_image_type(data: bytes) -> str | None:
+    """The image mime type the bytes really have, or None if they are no known image."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    for signature, mime in _SIGNATURES:
+        if data.startswith(signature):
+            return mime
+    return None
+
+
+def system_resolver(host: str, port: int) -> list[str]:
+    """Resolve with the operating system (every A/AAAA answer)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise InputFetchFailed(f"cannot resolve host {host!r}: {exc.strerror}") from None
+    return sorted({str(info[4][0]) for info in infos})
+
+
+def is_public_address(address: str) -> bool:
+    """False for loopback, private, link-local, multicast, reserved and unspecified IPs."""
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return not (
+        ip.is_private
+        or ip.is_loopback
+        or ip.is_link_local
+        or ip.is_multicast
+        or ip.is_reserved
+        or ip.is_unspecified
+    )
+
+
+class InputFetcher:
+    """Resolves input references to bytes. Inject ``transport``/``resolver`` in tests."""
+
+    def __init__(
+        self,
+        files: FileStore,
+        *,
+        max_bytes: int = 50 * 1024 * 1024,
+        timeout_s: float = 30.0,
+        allow_private: bool = False,
+        local_roots: Sequence[Path] = (),
+        transport: httpx.BaseTransport | None = None,
+        resolver: Resolver | None = None,
+    ) -> None:
+        self.files = files
+        self.max_bytes = max_bytes
+        self.timeout_s = timeout_s
+        self.allow_private = allow_private
+        self.local_roots = [Path(root).resolve() for root in local_roots]
+        self._transport = transport
+        self._resolve = resolver or system_resolver
+
+    @classmethod
+    def from_settings(
+        cls,
+        files: FileStore,
+        settings: ServiceSettings,
+        *,
+        transport: httpx.BaseTransport | None = None,
+        resolver: Resolver | None = None,
+    ) -> InputFetcher:
+        return cls(
+            files,
+            max_bytes=settings.fetch_max_bytes,
+            timeout_s=settings.fetch_timeout_s,
+            allow_private=settings.fetch_allow_private,
+            local_roots=settings.fetch_local_roots,
+            transport=transport,
+            resolver=resolver,
+        )
+
+    def fetch(self, reference: str, field: str = "image") -> bytes:
+        """The bytes behind ``reference``; raise :class:`InputFetchFailed`."""
+        reference = reference.strip()
+        if not reference:
+            raise InputFetchFailed(f"{field}: empty reference")
+        if reference[:5].lower() == "data:":
+            return self._data_uri(reference, field)
+        own = self._own_key(reference)
+        if own is not None:
+            return self._own_file(own, field)
+        scheme = urlsplit(reference).scheme.lower()
+        if scheme in ("http", "https"):
+            return self._http(reference, field)
+        if len(scheme) > 1:
+            raise InputFetchFailed(
+                f"{field}: unsupported URL scheme {scheme!r} (use https://, data: or an upload)"
+            )
+        raw = _raw_base64_image(reference)
+        if raw is not None:
+            return self._limit(raw, field)
+        return self._local_path(reference, field)
+
+    # -- the kinds of reference ------------------------------------------------------
+
+    def _limit(self, data: bytes, field: str) -> bytes:
+        if len(data) > self.max_bytes:
+            raise InputFetchFailed(f"{field}: larger than the limit of {self.max_bytes} bytes")
+        return data
+
+    def _data_uri(self, reference: str, field: str) -> bytes:
+        header, sep, payload = reference.partition(",")
+        if not sep:
+            raise InputFetchFailed(f"{field}: malformed data URI (no ',')")
+        if len(payload) > self.max_bytes * 4 // 3 + 4:
+            raise InputFetchFailed(f"{field}: larger than the limit of {self.max_bytes} bytes")
+        if header.lower().endswith(";base64"):
+            try:
+                data = base64.b64decode("".join(payload.split()), validate=True)
+            except (binascii.Error, ValueError):
+                raise InputFetchFailed(f"{field}: data URI is not valid base64") from None
+        else:
+            data = unquote_to_bytes(payload)
+        return self._limit(data, field)
+
+    def _own_key(self, reference: str) -> str | None:
+        if valid_key(reference):
+            return reference
+        path = urlsplit(reference).path if "://" in reference else reference
+        match = _OWN_PATH.search(path)
+        if match is None or not valid_key(match.group(1)):
+            return None
+        if not reference.startswith("/") and not self._has(match.group(1)):
+            # an absolute URL that only looks like ours: fetch it like any other URL
+            return None
+        return match.group(1)
+
+    def _has(self, key: str) -> bool:
+        try:
+            self.files.get(key)
+        except FileNotFound:
+            return False
+        return True
+
+    def _own_file(self, key: str, field: str) -> bytes:
+        try:
+            data, _ = self.files.get(key)
+        except FileNotFound:
+            raise InputFetchFailed(f"{field}: no uploaded file with id {key!r}") from None
+        return self._limit(data, field)
+
+    def _check_host(self, url: str, field: str) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise InputFetchFailed(f"{field}: not an http(s) URL: {url!r}")
+        if self.allow_private:
+            return
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        addresses = self._resolve(parts.hostname, port)
+        if not addresses:
+            raise InputFetchFailed(f"{field}: host {parts.hostname!r} has no address")
+        for address in addresses:
+            if not is_public_address(address):
+                raise InputFetchFailed(
+                    f"{field}: refusing to fetch {parts.hostname!r}: it resolves to the "
+                    f"non-public address {address} (upload the file instead)"
+                )
+
+    def _http(self, url: str, field: str) -> bytes:
+        timeout = httpx.Timeout(self.timeout_s)
+        try:
+            with httpx.Client(
+                transport=self._transport, timeout=timeout, follow_redirects=False
+            ) as client:
+                for _ in range(_MAX_REDIRECTS + 1):
+                    self._check_host(url, field)
+                    with client.stream("GET", url) as response:
+                        if response.is_redirect:
+                            location = response.headers.get("location", "")
+                            url = urljoin(url, location)
+                            continue
+                        if response.status_code != 200:
+                            raise InputFetchFailed(
+                                f"{field}: {url} answered HTTP {response.status_code}"
+                            )
+                        return self._read_limited(response, field)
+        except httpx.TimeoutException:
+            raise InputFetchFailed(f"{field}: {url} timed out after {self.timeout_s}s") from None
+        except httpx.HTTPError as exc:
+            raise InputFetchFailed(f"{field}: cannot fetch {url}: {exc}") from None
+        raise InputFetchFailed(f"{field}: more than {_MAX_REDIRECTS} redirects")
+
+    def _read_limited(self, response: httpx.Response, field: str) -> bytes:
+        declared = response.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > self.max_bytes:
+            raise InputFetchFailed(f"{field}: larger than the limit of {self.max_bytes} bytes")
+        chunks: list[bytes] = []
+        size = 0
+        for chunk in response.iter_bytes():
+            size += len(chunk)
+            if size > self.max_bytes:
+                raise InputFetchFailed(
+                    f"{field}: larger than the limit of {self.max_bytes} bytes"
+                )
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _local_path(self, reference: str, field: str) -> bytes:
+        if not self.local_roots:
+            raise InputFetchFailed(
+                f"{field}: not a URL, data URI or uploaded file (local paths are disabled)"
+            )
+        path = Path(reference).expanduser().resolve()
+        if not any(path.is_relative_to(root) for root in self.local_roots):
+            raise InputFetchFailed(f"{field}: {reference!r} is outside the allowed folders")
+        try:
+            size = path.stat().st_size
+            if size > self.max_bytes:
+                raise InputFetchFailed(
+                    f"{field}: larger than the limit of {self.max_bytes} bytes"
+                )
+            return path.read_bytes()
+        except OSError as exc:
+            raise InputFetchFailed(f"{field}: cannot read {reference!r}: {exc.strerror}") from None
+
+
+def _raw_base64_image(text: str) -> bytes | None:
+    """Decode raw base64 only if it is long and really is an image (no guessing on paths)."""
+    if len(text) < 64:
+        return None
+    try:
+        data = base64.b64decode("".join(text.split()), validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    return data if sniff_image_type(data) else None

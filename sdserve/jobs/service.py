@@ -1,0 +1,477 @@
+"""The job service: what the HTTP layer calls (:class:`sdserve.jobs.contract.JobService`).
+
+``Service`` validates and persists jobs, puts them on the Celery queue and answers reads
+from the store, which is the single source of truth; a worker (a thread of this process
+by default, ``sdserve worker`` processes at scale) runs them. It also owns start-up
+recovery, the webhook dispatcher and the retention sweeper.
+
+Embedded default (``broker_url = memory://``): start-up recovery re-queues every job a
+crash left ``starting``, and sends ``processing`` ones back to ``starting`` while they
+have attempts left (``job_attempts``), else fails them ``worker_lost``. With a remote
+broker the API process leaves running jobs alone (a healthy remote worker may own them);
+the broker redelivers the task of a dead worker and that worker applies the same rule.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sdserve.config import Settings
+from sdserve.domain.events import Done, Event, Log, Output, Progress
+from sdserve.domain.inputs import (
+    FamilyDefaults,
+    GenerationInput,
+    InputLimits,
+    parse_generation_input,
+)
+from sdserve.domain.jobs import JobKind, Status
+from sdserve.errors import InvalidInput, ModelNotFound, Overloaded
+from sdserve.jobs.contract import JobRecord, Page, ServedModel, WebhookOptions
+from sdserve.jobs.fetch import InputFetcher, Resolver, sniff_image_type
+from sdserve.jobs.files import FileStore, LocalFileStore, new_key
+from sdserve.jobs.queue import ThreadWorker, enqueue, is_memory_broker, make_celery
+from sdserve.jobs.store import Store, new_id, sqlite_url, utcnow
+from sdserve.jobs.webhooks import Renderer, WebhookDispatcher, load_or_create_secret
+from sdserve.jobs.worker import JobRunner, Predictor, RegistryLike
+
+log = logging.getLogger(__name__)
+
+#: How often ``wait`` and ``events`` look at the store (works across processes).
+POLL_INTERVAL_S = 0.15
+_EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp", "image/gif": "gif"}
+
+
+def limits_of(settings: Settings) -> InputLimits:
+    """The operator's input limits as the domain type."""
+    return InputLimits(
+        max_pixels=settings.limits.max_pixels,
+        max_num_outputs=settings.limits.max_num_outputs,
+        max_steps=settings.limits.max_steps,
+    )
+
+
+def input_schema(defaults: FamilyDefaults, limits: InputLimits) -> dict[str, Any]:
+    """JSON schema of :class:`GenerationInput` with a family's defaults and the limits.
+
+    ``anyOf [T, null]`` is flattened to ``T`` (with the family default), as cog schemas
+    have it, and ``x-order`` keeps the canonical field order for form builders.
+    """
+    schema = GenerationInput.model_json_schema()
+    properties: dict[str, Any] = schema.get("properties", {})
+    for order, (name, prop) in enumerate(list(properties.items())):
+        branches = prop.get("anyOf")
+        if branches:
+            concrete = [branch for branch in branches if branch.get("type") != "null"]
+            if len(concrete) == 1:
+                merged = {key: value for key, value in prop.items() if key != "anyOf"}
+                merged.update(concrete[0])
+                if merged.get("default", "") is None:
+                    merged.pop("default")
+                prop = merged
+        prop["x-order"] = order
+        properties[name] = prop
+    family = {
+        "width": defaults.width,
+        "height": defaults.height,
+        "num_inference_steps": defaults.num_inference_steps,
+        "guidance_scale": defaults.guidance_scale,
+        "scheduler": defaults.scheduler,
+    }
+    for name, value in family.items():
+        if name in properties:
+            properties[name]["default"] = value
+    side = max(64, min(8192, limits.max_pixels // 64))
+    for name in ("width", "height"):
+        if name in properties:
+            properties[name]["maximum"] = side
+    if "num_outputs" in properties:
+        properties["num_outputs"]["maximum"] = limits.max_num_outputs
+    for name in ("num_inference_steps", "refine_steps"):
+        if name in properties:
+            properties[name]["maximum"] = limits.max_steps
+    for name in ("image", "mask"):
+        if name in properties:
+            properties[name]["format"] = "uri"
+    schema["title"] = "Input"
+    schema.pop("additionalProperties", None)
+    return schema
+
+
+class Service:
+    """The job service (see the module docstring). Call :meth:`start` before use.
+
+    ``predictor`` is the engine (or a factory building it on the first job, so an
+    API-only process never imports torch); ``None`` means this process runs no worker.
+    ``webhook_renderers`` map ``JobRecord.source`` to the body its webhooks carry.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        registry: RegistryLike,
+        *,
+        predictor: Predictor | Callable[[], Predictor] | None = None,
+        files: FileStore | None = None,
+        webhook_renderers: Mapping[str, Renderer] | None = None,
+        webhook_transport: Any = None,
+        webhook_backoff_base_s: float = 1.0,
+        fetch_transport: Any = None,
+        fetch_resolver: Resolver | None = None,
+        sweep_interval_s: float = 60.0,
+    ) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.limits = limits_of(settings)
+        config = settings.service
+        self.store = Store(config.database_url or sqlite_url(settings.data_dir))
+        self.files: FileStore = files or LocalFileStore(
+            config.files_dir or settings.data_dir / "files"
+        )
+        self.fetcher = InputFetcher.from_settings(
+            self.files, config, transport=fetch_transport, resolver=fetch_resolver
+        )
+        self._secret: str | None = None
+        self._secret_lock = threading.Lock()
+        self.dispatcher = WebhookDispatcher(
+            self.store,
+            "",  # the secret is filled in at start(), read lazily from its file
+            renderers=webhook_renderers,
+            timeout_s=config.webhook_timeout_s,
+            max_attempts=config.webhook_max_attempts,
+            backoff_base_s=webhook_backoff_base_s,
+            transport=webhook_transport,
+        )
+        self.embedded = is_memory_broker(config.broker_url)
+        self.runner: JobRunner | None = None
+        if predictor is not None:
+            self.runner = JobRunner(
+                self.store,
+                self.files,
+                self.fetcher,
+                predictor,
+                registry,
+                worker_id=f"embedded-{new_id()[:8]}",
+                on_change=self.dispatcher.wake,
+                lost_job_policy=self._resume_or_fail,
+            )
+        self.celery = make_celery(config.broker_url, self.runner.run if self.runner else None)
+        self._worker: ThreadWorker | None = None
+        self._sweep_interval_s = sweep_interval_s
+        self._stop = threading.Event()
+        self._sweeper: threading.Thread | None = None
+        self._started_at = utcnow()
+        self._started = False
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Migrate the database, recover crashed jobs, start worker, webhooks and sweeper."""
+        if self._started:
+            return
+        self.store.migrate()
+        self.dispatcher.secret = self.webhook_secret()
+        if self.embedded:
+            self.recover()
+        if self.runner is not None:
+            self._worker = ThreadWorker(self.celery)
+            self._worker.start()
+        self.dispatcher.start()
+        if self.settings.service.retention_hours > 0:
+            self._stop.clear()
+            self._sweeper = threading.Thread(
+                target=self._sweep_loop, name="sdserve-retention", daemon=True
+            )
+            self._sweeper.start()
+        self._started = True
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Stop the worker (the running job finishes first), webhooks and sweeper."""
+        self._stop.set()
+        if self._worker is not None:
+            self._worker.stop(timeout)
+            self._worker = None
+        self.dispatcher.stop()
+        if self._sweeper is not None:
+            self._sweeper.join(5)
+            self._sweeper = None
+        self.store.close()
+        self._started = False
+
+    def recover(self) -> builtins.list[str]:
+        """Re-queue or fail jobs a crash left unfinished; return the ids touched."""
+        touched = []
+        for job_id, status, _attempts, _cancel in self.store.unfinished():
+            if status is Status.PROCESSING:
+                self._resume_or_fail(job_id)
+            if self.store.get(job_id).status is Status.STARTING:
+                enqueue(self.celery, job_id)
+            touched.append(job_id)
+        self.dispatcher.wake()
+        return touched
+
+    def _resume_or_fail(self, job_id: str) -> None:
+        """A ``processing`` job whose worker is gone: canceled, re-queued or ``worker_lost``."""
+        state = self.store.run_state(job_id)
+        if state.status is not Status.PROCESSING:
+            return
+        if state.cancel_requested:
+            self.store.transition(job_id, Status.CANCELED)
+        elif state.attempts < self.settings.service.job_attempts:
+            self.store.requeue(job_id)
+        else:
+            self.store.transition(
+                job_id,
+                Status.FAILED,
+                error=(
+                    f"worker_lost: the worker running this job stopped "
+                    f"({state.attempts} attempt(s))"
+                ),
+            )
+
+    def webhook_secret(self) -> str:
+        """The ``whsec_...`` signing secret (created on first use, kept in a file)."""
+        with self._secret_lock:
+            if self._secret is None:
+                path = self.settings.service.webhook_secret_file or (
+                    self.settings.data_dir / "webhook_secret"
+                )
+                self._secret = load_or_create_secret(path)
+            return self._secret
+
+    def set_webhook_renderer(self, source: str, render: Renderer) -> None:
+        """Render webhooks of jobs created by dialect ``source`` with ``render``."""
+        self.dispatcher.set_renderer(source, render)
+
+    # -- models ----------------------------------------------------------------------
+
+    def models(self) -> builtins.list[ServedModel]:
+        return [self._served(spec) for spec in self.registry.specs()]
+
+    def model(self, name: str) -> ServedModel:
+        return self._served(self._resolve(name))
+
+    def _resolve(self, name: str) -> Any:
+        base, _, version = name.partition(":")
+        try:
+            spec = self.registry.resolve(base)
+        except ModelNotFound:
+            spec = next((s for s in self.registry.specs() if s.version == base), None)
+            if spec is None:
+                raise
+        except KeyError:
+            raise ModelNotFound(f"no served model is called {name!r}") from None
+        if version and version != spec.version:
+            raise ModelNotFound(f"model {spec.name!r} has no version {version!r}")
+        return spec
+
+    def _served(self, spec: Any) -> ServedModel:
+        return ServedModel(
+            name=spec.name,
+            version=spec.version,
+            family=spec.family,
+            description=getattr(spec, "description", None)
+            or f"{spec.family} model served from {spec.reference}",
+            created_at=getattr(spec, "created_at", None) or self._started_at,
+            input_schema=input_schema(spec.defaults, self.limits),
+        )
+
+    # -- jobs ------------------------------------------------------------------------
+
+    def create(
+        self,
+        model: str,
+        input: Mapping[str, Any],
+        *,
+        kind: JobKind = JobKind.PREDICTION,
+        source: str = "api",
+        webhook: WebhookOptions | None = None,
+        deadline: datetime | None = None,
+    ) -> JobRecord:
+        """Validate synchronously, persist and enqueue; see :class:`JobService`."""
+        if kind is not JobKind.PREDICTION:
+            raise InvalidInput("kind", "this service runs predictions only", allowed=["prediction"])
+        parsed = parse_generation_input(dict(input), self.limits)
+        spec = self._resolve(model)
+        if self.store.count_queued() >= self.settings.service.max_queue:
+            raise Overloaded(
+                f"{self.settings.service.max_queue} jobs are already queued; retry later",
+                retry_after=10,
+            )
+        if deadline is not None and deadline.tzinfo is None:
+            deadline = deadline.replace(tzinfo=UTC)
+        record = JobRecord(
+            id=new_id(),
+            kind=kind,
+            model=spec.name,
+            version=spec.version,
+            input=parsed.model_dump(mode="json", exclude_unset=True),
+            status=Status.STARTING,
+            created_at=utcnow(),
+            source=source,
+            webhook=webhook,
+            deadline=deadline,
+        )
+        self.store.insert_job(record)
+        try:
+            enqueue(self.celery, record.id)
+        except Exception as exc:
+            log.exception("cannot enqueue job %s", record.id)
+            self.store.transition(
+                record.id, Status.FAILED, error=f"internal_error: queue unavailable ({exc})"
+            )
+            raise Overloaded("the job queue is unavailable; retry later", retry_after=10) from exc
+        return record
+
+    def get(self, job_id: str) -> JobRecord:
+        return self.store.get(job_id)
+
+    def list(self, *, cursor: str | None = None, limit: int = 100) -> Page:
+        return self.store.page(cursor=cursor, limit=limit)
+
+    def cancel(self, job_id: str) -> JobRecord:
+        """Queued: ``canceled`` at once. Running: flagged, the worker stops at the next step."""
+        for _ in range(3):
+            record = self.store.get(job_id)
+            if record.status is Status.STARTING:
+                if self.store.transition(job_id, Status.CANCELED):
+                    self.dispatcher.wake()
+                    return self.store.get(job_id)
+            elif record.status is Status.PROCESSING:
+                self.store.request_cancel(job_id)
+                return self.store.get(job_id)
+            else:
+                return record
+        return self.store.get(job_id)
+
+    async def wait(self, job_id: str, timeout: float) -> JobRecord:
+        """The job once terminal, or as it is after ``timeout`` seconds."""
+        deadline = time.monotonic() + max(0.0, timeout)
+        while True:
+            record = await asyncio.to_thread(self.store.get, job_id)
+            remaining = deadline - time.monotonic()
+            if record.status.terminal or remaining <= 0:
+                return record
+            await asyncio.sleep(min(POLL_INTERVAL_S, remaining))
+
+    async def events(self, job_id: str) -> AsyncIterator[Event]:
+        """Progress, log lines and output of a job as they happen, ending with ``Done``."""
+        self.store.get(job_id)  # JobNotFound before the stream starts
+        logs_seen = 0
+        last_step: tuple[int, int] | None = None
+        output_sent = False
+        while True:
+            record = await asyncio.to_thread(self.store.get, job_id)
+            state = await asyncio.to_thread(self.store.run_state, job_id)
+            if state.progress_step is not None and state.progress_total is not None:
+                step = (state.progress_step, state.progress_total)
+                if step != last_step:
+                    last_step = step
+                    yield Progress(step=step[0], total=step[1], preview=state.preview)
+            if len(record.logs) > logs_seen:
+                fresh = record.logs[logs_seen:]
+                complete = fresh if record.status.terminal else fresh[: fresh.rfind("\n") + 1]
+                for line in complete.splitlines():
+                    yield Log(text=line)
+                logs_seen += len(complete)
+            if record.output and not output_sent:
+                output_sent = True
+                yield Output(files=tuple(record.output))
+            if record.status.terminal:
+                yield Done(status=record.status.value, error=record.error)
+                return
+            await asyncio.sleep(POLL_INTERVAL_S)
+
+    # -- files -----------------------------------------------------------------------
+
+    def open_output(self, key: str) -> tuple[bytes, str]:
+        """Bytes and content type of a stored file; raise FileNotFound."""
+        return self.files.get(key)
+
+    def store_upload(self, data: bytes, filename: str, content_type: str) -> str:
+        """Store a client upload and return its key."""
+        sniffed = sniff_image_type(data)
+        if sniffed is not None:
+            content_type = sniffed
+        content_type = content_type or "application/octet-stream"
+        key = new_key(_EXTENSIONS.get(content_type, ""))
+        self.files.put(key, data, content_type)
+        self.store.add_file(
+            key, name=filename or "file", content_type=content_type, size=len(data),
+            purpose="upload",
+        )
+        return key
+
+    # -- retention -------------------------------------------------------------------
+
+    def sweep(self, now: datetime | None = None) -> int:
+        """Delete files of jobs completed before the retention window; return jobs swept."""
+        hours = self.settings.service.retention_hours
+        if hours <= 0:
+            return 0
+        before = (now or utcnow()) - timedelta(hours=hours)
+        swept = 0
+        for job_id in self.store.expired_jobs(before):
+            for key in self.store.files_of_job(job_id):
+                self.files.delete(key)
+                self.store.remove_file(key)
+            self.store.mark_data_removed(job_id)
+            swept += 1
+        for key in self.store.old_uploads(before):
+            self.files.delete(key)
+            self.store.remove_file(key)
+        return swept
+
+    def _sweep_loop(self) -> None:
+        while not self._stop.wait(self._sweep_interval_s):
+            try:
+                self.sweep()
+            except Exception:  # keep sweeping later; a failed pass loses nothing
+                log.exception("retention sweep failed")
+
+
+def run_worker(
+    settings: Settings,
+    *,
+    registry: RegistryLike | None = None,
+    predictor: Predictor | Callable[[], Predictor] | None = None,
+) -> None:
+    """``sdserve worker``: run jobs from a shared broker in this process until stopped.
+
+    Builds the model registry and the engine from ``settings`` unless given. The API
+    process (``sdserve serve --no-worker``) owns webhooks and retention.
+    """
+    if is_memory_broker(settings.service.broker_url):
+        raise InvalidInput(
+            "broker_url", "a separate worker needs a shared broker such as redis://host:6379/0"
+        )
+    if registry is None:
+        from sdserve.engine.models import ModelRegistry
+
+        registry = ModelRegistry.from_references(
+            settings.models, cache_dir=settings.engine.cache_dir, offline=settings.engine.offline
+        )
+    if predictor is None:
+        engine_registry = registry
+
+        def build() -> Predictor:
+            from sdserve.engine.engine import Engine
+
+            return Engine(settings.engine, engine_registry, limits=limits_of(settings))
+
+        predictor = build
+    service = Service(settings, registry, predictor=predictor)
+    service.store.migrate()
+    runner = service.runner
+    assert runner is not None
+    worker = service.celery.Worker(pool="solo", concurrency=1, loglevel="INFO")
+    try:
+        worker.start()
+    finally:
+        service.store.close()

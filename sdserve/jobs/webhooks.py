@@ -1,0 +1,200 @@
+"""Webhooks: a persistent outbox and a dispatcher thread that delivers it.
+
+Rows are written by the store in the same transaction as the state change that causes
+them (``start`` when a job is claimed, ``logs`` throttled to one per 500 ms per job,
+``output`` and ``completed`` when it finishes), so a ``completed`` webhook is queued
+exactly once and survives a restart. The dispatcher renders a row's body with the
+renderer of the job's dialect (``JobRecord.source``) on its first attempt, stores those
+bytes, signs them with Standard Webhooks and posts them; terminal rows are retried with
+exponential backoff up to ``webhook_max_attempts``. Nothing here can change a job.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import secrets
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import asdict
+from datetime import UTC, datetime, timedelta
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import httpx
+from standardwebhooks import Webhook
+
+from sdserve.jobs.contract import JobRecord
+from sdserve.jobs.store import Store, utcnow
+from sdserve.jobs.tables import WebhookRow
+
+log = logging.getLogger(__name__)
+
+#: Turns a job into the JSON body its dialect's webhook carries.
+Renderer = Callable[[JobRecord], Mapping[str, Any]]
+EVENTS: frozenset[str] = frozenset({"start", "output", "logs", "completed"})
+
+
+def new_secret() -> str:
+    """A ``whsec_`` secret in the standard base64 alphabet without ``_`` (Replicate's rule)."""
+    while True:
+        encoded = base64.b64encode(secrets.token_bytes(32)).decode()
+        if "_" not in encoded:  # standard base64 never has '_', kept explicit for clarity
+            return f"whsec_{encoded}"
+
+
+def load_or_create_secret(path: Path) -> str:
+    """Read the signing secret from ``path``, creating it (mode 0600) on first use."""
+    if path.exists():
+        secret = path.read_text().strip()
+        if secret.startswith("whsec_"):
+            return secret
+    path.parent.mkdir(parents=True, exist_ok=True)
+    secret = new_secret()
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(secret + "\n")
+    tmp.chmod(0o600)
+    tmp.replace(path)
+    return secret
+
+
+def default_render(record: JobRecord) -> dict[str, Any]:
+    """A plain JSON view of a job, for dialects that registered no renderer."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, datetime):
+            return value.isoformat()
+        if isinstance(value, Enum):
+            return value.value
+        if isinstance(value, frozenset | set):
+            return sorted(value)
+        if isinstance(value, dict):
+            return {key: plain(item) for key, item in value.items()}
+        if isinstance(value, list | tuple):
+            return [plain(item) for item in value]
+        return value
+
+    return {key: plain(value) for key, value in asdict(record).items()}
+
+
+def sign_headers(secret: str, msg_id: str, body: bytes, when: datetime) -> dict[str, str]:
+    """Standard Webhooks headers for ``body``, signed over exactly these bytes."""
+    signature = Webhook(secret).sign(msg_id=msg_id, timestamp=when, data=body.decode())
+    return {
+        "content-type": "application/json",
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(int(when.timestamp())),
+        "webhook-signature": signature,
+    }
+
+
+class WebhookDispatcher:
+    """Delivers the outbox. ``deliver_due()`` is one pass; ``start()`` runs passes in a thread."""
+
+    def __init__(
+        self,
+        store: Store,
+        secret: str,
+        *,
+        renderers: Mapping[str, Renderer] | None = None,
+        timeout_s: float = 10.0,
+        max_attempts: int = 6,
+        backoff_base_s: float = 1.0,
+        backoff_max_s: float = 300.0,
+        poll_interval_s: float = 0.2,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.store = store
+        self.secret = secret
+        self.renderers: dict[str, Renderer] = dict(renderers or {})
+        self.timeout_s = timeout_s
+        self.max_attempts = max_attempts
+        self.backoff_base_s = backoff_base_s
+        self.backoff_max_s = backoff_max_s
+        self.poll_interval_s = poll_interval_s
+        self._client = httpx.Client(transport=transport, timeout=timeout_s)
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def set_renderer(self, source: str, render: Renderer) -> None:
+        """Use ``render`` for jobs created by dialect ``source`` (``"*"``: the fallback)."""
+        self.renderers[source] = render
+
+    def wake(self) -> None:
+        """Deliver soon (called after a state change that queued a webhook)."""
+        self._wake.set()
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, name="sdserve-webhooks", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=self.timeout_s + 5)
+            self._thread = None
+        self._client.close()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.deliver_due()
+            except Exception:  # the dispatcher must outlive any one bad row or db hiccup
+                log.exception("webhook dispatcher pass failed")
+            self._wake.wait(self.poll_interval_s)
+            self._wake.clear()
+
+    def deliver_due(self) -> int:
+        """Attempt every due webhook once; return how many were attempted."""
+        attempted = 0
+        for row in self.store.due_webhooks(utcnow()):
+            lease_until = utcnow() + timedelta(seconds=self.timeout_s + 5)
+            if not self.store.lease_webhook(row.id, row.next_attempt_at, lease_until):
+                continue
+            self._attempt(row)
+            attempted += 1
+        return attempted
+
+    def _render(self, row: WebhookRow) -> bytes:
+        if row.body is not None:
+            return row.body
+        record = self.store.get(row.job_id)
+        render = self.renderers.get(record.source) or self.renderers.get("*") or default_render
+        body = json.dumps(dict(render(record)), separators=(",", ":"), default=str).encode()
+        self.store.set_webhook_body(row.id, body)
+        return body
+
+    def _attempt(self, row: WebhookRow) -> None:
+        attempts = row.attempts + 1
+        error: str | None = None
+        try:
+            body = self._render(row)
+            headers = sign_headers(self.secret, row.msg_id, body, datetime.now(UTC))
+            response = self._client.post(row.url, content=body, headers=headers)
+            if response.is_success:
+                self.store.webhook_result(row.id, delivered=True, attempts=attempts)
+                return
+            error = f"HTTP {response.status_code}"
+        except httpx.HTTPError as exc:
+            error = f"{type(exc).__name__}: {exc}"
+        except Exception as exc:  # a renderer bug must not kill the outbox
+            log.exception("rendering webhook %s of job %s failed", row.event, row.job_id)
+            error = f"render failed: {exc}"
+        retry_at = None
+        if row.terminal and attempts < self.max_attempts:
+            delay = min(self.backoff_base_s * 2 ** (attempts - 1), self.backoff_max_s)
+            retry_at = utcnow() + timedelta(seconds=delay)
+        log.info(
+            "webhook %s of job %s to %s failed (%s)%s",
+            row.event, row.job_id, row.url, error, "; will retry" if retry_at else "",
+        )
+        self.store.webhook_result(
+            row.id, delivered=False, attempts=attempts, error=error, retry_at=retry_at
+        )

@@ -1,0 +1,308 @@
+"""The worker: runs one job from claim to exactly one terminal state.
+
+It is the only place where the service touches the engine. The engine is reached
+through the small :class:`Predictor` protocol (``sdserve.engine.engine.Engine`` in
+production, an in-memory fake in unit tests), built lazily so a process that never runs
+a job never imports torch.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Protocol
+
+from sdserve.domain.inputs import FamilyDefaults, GenerationInput
+from sdserve.domain.jobs import Status
+from sdserve.engine.types import GenerationResult, RunHooks
+from sdserve.errors import (
+    Canceled,
+    InvalidImage,
+    InvalidInput,
+    JobFailure,
+    JobNotFound,
+    SdserveError,
+)
+from sdserve.jobs.fetch import InputFetcher
+from sdserve.jobs.files import FileStore, new_key
+from sdserve.jobs.store import Store
+from sdserve.jobs.tables import JobRow
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
+
+log = logging.getLogger(__name__)
+
+CONTENT_TYPES = {
+    "png": "image/png", "jpg": "image/jpeg", "jpeg": "image/jpeg", "webp": "image/webp",
+}
+#: Progress is written to the store at most this often (the last step always is).
+PROGRESS_WRITE_INTERVAL_S = 0.25
+#: The cancel flag is read from the store at most this often.
+CANCEL_POLL_INTERVAL_S = 0.1
+PREVIEW_SIZE = 128
+
+
+class Predictor(Protocol):
+    """What the worker needs of the engine."""
+
+    def generate(
+        self,
+        inp: GenerationInput,
+        *,
+        model: str,
+        image: Image | None,
+        mask: Image | None,
+        hooks: RunHooks,
+    ) -> GenerationResult: ...
+
+
+class ModelSpecLike(Protocol):
+    """The parts of ``engine.models.ModelSpec`` the service uses."""
+
+    name: str
+    reference: str
+    family: str
+    version: str
+
+    @property
+    def defaults(self) -> FamilyDefaults: ...
+
+
+class RegistryLike(Protocol):
+    """The parts of ``engine.models.ModelRegistry`` the service uses (no torch)."""
+
+    def resolve(self, name: str) -> Any: ...
+
+    def specs(self) -> Any: ...
+
+
+def tqdm_line(step: int, total: int) -> str:
+    """A tqdm-style progress line, e.g. ``' 40%|####      | 2/5'`` (Replicate parses these)."""
+    total = max(total, 1)
+    fraction = min(max(step / total, 0.0), 1.0)
+    bar = "#" * int(fraction * 10)
+    return f"{int(fraction * 100):3d}%|{bar:<10}| {step}/{total}"
+
+
+def error_text(exc: SdserveError) -> str:
+    """The job's ``error``: ``"<stable code>: <message>"``."""
+    return f"{exc.code}: {exc.message}"
+
+
+class _Progress:
+    """Step hooks of one run: throttled progress writes and a cheap cancel check."""
+
+    def __init__(self, store: Store, job_id: str, deadline: datetime | None) -> None:
+        self.store = store
+        self.job_id = job_id
+        self.deadline = deadline
+        self.lines: list[str] = []
+        self.step: tuple[int, int] | None = None
+        self.preview: bytes | None = None
+        self.last_write = 0.0
+        self.last_check = 0.0
+        self.cancel = False
+        self.deadline_passed = False
+
+    def on_step(self, step: int, total: int, preview: Image | None) -> None:
+        self.lines.append(tqdm_line(step, total) + "\n")
+        self.step = (step, total)
+        if preview is not None:
+            self.preview = _jpeg_preview(preview)
+        now = time.monotonic()
+        if now - self.last_write >= PROGRESS_WRITE_INTERVAL_S or step >= total:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.lines and self.step is None:
+            return
+        self.store.update_running(
+            self.job_id,
+            append_logs="".join(self.lines),
+            progress=self.step,
+            preview=self.preview,
+            logs_webhook=True,
+        )
+        self.lines.clear()
+        self.preview = None
+        self.last_write = time.monotonic()
+
+    def should_cancel(self) -> bool:
+        if self.deadline is not None and datetime.now(UTC) >= self.deadline:
+            self.deadline_passed = True
+            return True
+        now = time.monotonic()
+        if not self.cancel and now - self.last_check >= CANCEL_POLL_INTERVAL_S:
+            self.last_check = now
+            state = self.store.run_state(self.job_id)
+            self.cancel = state.cancel_requested or state.status is not Status.PROCESSING
+        return self.cancel
+
+
+def _jpeg_preview(image: Image) -> bytes:
+    small = image.convert("RGB")
+    small.thumbnail((PREVIEW_SIZE, PREVIEW_SIZE))
+    buffer = io.BytesIO()
+    small.save(buffer, format="JPEG", quality=70)
+    return buffer.getvalue()
+
+
+def decode_image(data: bytes, field: str) -> Image:
+    """Decode image bytes with PIL; anything undecodable is an :class:`InvalidImage`."""
+    from PIL import Image as PILImage
+
+    try:
+        image = PILImage.open(io.BytesIO(data))
+        image.load()
+    except Exception as exc:  # PIL raises many types (incl. DecompressionBombError)
+        raise InvalidImage(field, f"cannot decode the image ({exc})") from None
+    return image.convert("L" if field == "mask" else "RGB")
+
+
+class JobRunner:
+    """Runs jobs by id. Construct once per worker; ``run`` is called by the queue task."""
+
+    def __init__(
+        self,
+        store: Store,
+        files: FileStore,
+        fetcher: InputFetcher,
+        predictor: Predictor | Callable[[], Predictor],
+        registry: RegistryLike,
+        *,
+        worker_id: str,
+        on_change: Callable[[], None] | None = None,
+        lost_job_policy: Callable[[str], object] | None = None,
+    ) -> None:
+        self.store = store
+        self.files = files
+        self.fetcher = fetcher
+        self.registry = registry
+        self.worker_id = worker_id
+        self.on_change = on_change or (lambda: None)
+        self.lost_job_policy = lost_job_policy
+        self._predictor: Predictor | None = None
+        self._factory: Callable[[], Predictor] | None = None
+        if hasattr(predictor, "generate"):
+            self._predictor = predictor
+        else:
+            self._factory = predictor
+        self._lock = threading.Lock()
+
+    @property
+    def predictor(self) -> Predictor:
+        with self._lock:
+            if self._predictor is None:
+                assert self._factory is not None
+                self._predictor = self._factory()
+            return self._predictor
+
+    def run(self, job_id: str) -> Status | None:
+        """Run one job to a terminal state; None if there is no such job.
+
+        A job that is no longer ``starting`` (canceled while queued, or a duplicate
+        delivery of the task) is left as it is.
+        """
+        try:
+            record = self.store.get(job_id)
+        except JobNotFound:
+            log.warning("job %s vanished before it ran", job_id)
+            return None
+        if record.status is Status.PROCESSING and self.lost_job_policy is not None:
+            # a task delivered again for a running job: its worker died (remote brokers
+            # redeliver unacknowledged tasks); resume or fail it like start-up recovery
+            self.lost_job_policy(job_id)
+            record = self.store.get(job_id)
+        if record.status is not Status.STARTING:
+            return record.status
+        if record.deadline is not None and datetime.now(UTC) >= record.deadline:
+            self._finish(job_id, Status.ABORTED, error="deadline passed before the job started")
+            return self.store.get(job_id).status
+        if not self.store.claim(job_id, self.worker_id):
+            return self.store.get(job_id).status
+        self.on_change()
+        started = time.monotonic()
+        progress = _Progress(self.store, job_id, record.deadline)
+        try:
+            self._execute(job_id, record.model, record.input, progress, started)
+        except Canceled:
+            progress.flush()
+            why = "deadline passed" if progress.deadline_passed else "canceled"
+            self._finish(job_id, Status.CANCELED, logs=f"{why}\n")
+        except (JobFailure, InvalidInput) as exc:
+            progress.flush()
+            self._finish(job_id, Status.FAILED, error=error_text(exc))
+        except Exception as exc:
+            log.exception("job %s failed with an unexpected error", job_id)
+            self._finish(job_id, Status.FAILED, error=f"internal_error: {exc}")
+        return self.store.get(job_id).status
+
+    def _execute(
+        self,
+        job_id: str,
+        model: str,
+        raw_input: Any,
+        progress: _Progress,
+        started: float,
+    ) -> None:
+        spec = self.registry.resolve(model)
+        inp = GenerationInput.model_validate(dict(raw_input)).with_defaults(spec.defaults)
+        self.store.update_running(
+            job_id,
+            input=inp.model_dump(mode="json", exclude_none=True),
+            append_logs=f"Using seed: {inp.seed}\n",
+        )
+        image = mask = None
+        if inp.image is not None:
+            image = decode_image(self.fetcher.fetch(inp.image, "image"), "image")
+        if inp.mask is not None:
+            mask = decode_image(self.fetcher.fetch(inp.mask, "mask"), "mask")
+        if progress.should_cancel():
+            raise Canceled("canceled before the generation started")
+        hooks = RunHooks(
+            on_step=progress.on_step, should_cancel=progress.should_cancel, want_previews=True
+        )
+        result = self.predictor.generate(inp, model=model, image=image, mask=mask, hooks=hooks)
+        progress.flush()
+        keys = self._write_outputs(job_id, result)
+        predict_time = time.monotonic() - started
+        metrics: dict[str, Any] = {"predict_time": round(predict_time, 4)}
+        metrics.update({key: round(value, 4) for key, value in result.timings.items()})
+        self._finish(
+            job_id,
+            Status.SUCCEEDED,
+            output=keys,
+            nsfw=result.nsfw_content_detected,
+            metrics=metrics,
+            logs=f"seed: {result.seed}\n",
+        )
+
+    def _write_outputs(self, job_id: str, result: GenerationResult) -> list[str]:
+        keys: list[str] = []
+        for index, image in enumerate(result.images):
+            extension = image.format.lower()
+            key = new_key(extension)
+            content_type = CONTENT_TYPES.get(extension, "application/octet-stream")
+            self.files.put(key, image.data, content_type)
+            self.store.add_file(
+                key,
+                name=f"out-{index}.{extension}",
+                content_type=content_type,
+                size=len(image.data),
+                purpose="output",
+                job_id=job_id,
+            )
+            keys.append(key)
+        return keys
+
+    def _finish(self, job_id: str, status: Status, *, logs: str = "", **values: Any) -> None:
+        if logs:
+            values["logs"] = JobRow.logs + logs
+        if not self.store.transition(job_id, status, **values):
+            log.warning("job %s could not move to %s (already terminal?)", job_id, status.value)
+        self.on_change()
