@@ -1,0 +1,311 @@
+"""Load a served model's base pipeline: hub id, local diffusers folder or single file.
+
+Rules that hold for every reference: weights load from ``.safetensors`` only
+(``use_safetensors=True``; pickle files are refused before anything is read), remote code is
+never run, and the safety checker is not part of the pipeline (``engine.safety`` runs it as
+post-processing for every family).
+
+Single-file checkpoints go through diffusers' ``from_single_file`` with ``config=`` pointing
+at a local folder of diffusers configs, so nothing is fetched from the hub:
+
+- an exported checkpoint (``checkpoint_export``) carries its own config folder beside it,
+  tokenizer included: tiny models load offline through the very same call;
+- any other checkpoint uses the configs shipped in ``sdserve/engine/configs/<family>``.
+  Tokenizer vocabularies cannot be shipped, so they come from the Hugging Face cache.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sdserve.engine.models import (
+    SINGLE_FILE_CONFIG_SUFFIX,
+    ModelInfo,
+    ModelSpec,
+    check_weights_format,
+    inspect_reference,
+    is_hub_id,
+)
+from sdserve.errors import ModelLoadError
+
+if TYPE_CHECKING:
+    import torch
+    from diffusers import DiffusionPipeline, StableDiffusionXLImg2ImgPipeline
+
+    from sdserve.config import EngineSettings
+
+CONFIGS_DIR = Path(__file__).parent / "configs"
+
+#: Where a tokenizer of a real single-file checkpoint may be found in the Hugging Face
+#: cache: (repo id, subfolder), tried in order. The first is what we suggest downloading.
+TOKENIZER_SOURCES: dict[str, dict[str, Sequence[tuple[str, str]]]] = {
+    "sd1": {
+        "tokenizer": (
+            ("openai/clip-vit-large-patch14", ""),
+            ("stable-diffusion-v1-5/stable-diffusion-v1-5", "tokenizer"),
+        ),
+    },
+    "sd2": {
+        "tokenizer": (
+            ("stabilityai/stable-diffusion-2-1", "tokenizer"),
+            ("stabilityai/stable-diffusion-2", "tokenizer"),
+        ),
+    },
+    "sdxl": {
+        "tokenizer": (
+            ("openai/clip-vit-large-patch14", ""),
+            ("stabilityai/stable-diffusion-xl-base-1.0", "tokenizer"),
+        ),
+        "tokenizer_2": (
+            ("laion/CLIP-ViT-bigG-14-laion2B-39B-b160k", ""),
+            ("stabilityai/stable-diffusion-xl-base-1.0", "tokenizer_2"),
+        ),
+    },
+    "sdxl-refiner": {
+        "tokenizer_2": (
+            ("laion/CLIP-ViT-bigG-14-laion2B-39B-b160k", ""),
+            ("stabilityai/stable-diffusion-xl-refiner-1.0", "tokenizer_2"),
+        ),
+    },
+}
+#: Turbo checkpoints share their base architecture.
+ARCHITECTURE_OF = {"sd-turbo": "sd2", "sdxl-turbo": "sdxl"}
+
+
+def pipeline_class(family: str, inpainting: bool) -> type[DiffusionPipeline]:
+    """The diffusers pipeline class that serves a family's base task."""
+    import diffusers
+
+    if family == "sdxl-refiner":
+        name = "StableDiffusionXLImg2ImgPipeline"
+    elif family in ("sdxl", "sdxl-turbo"):
+        name = "StableDiffusionXLInpaintPipeline" if inpainting else "StableDiffusionXLPipeline"
+    else:
+        name = "StableDiffusionInpaintPipeline" if inpainting else "StableDiffusionPipeline"
+    cls: type[DiffusionPipeline] = getattr(diffusers, name)
+    return cls
+
+
+def load_pipeline(
+    spec: ModelSpec, *, device: str, dtype: torch.dtype, settings: EngineSettings
+) -> DiffusionPipeline:
+    """Load the base pipeline of ``spec`` on ``device`` in ``dtype``.
+
+    Raises :class:`ModelLoadError` with a how-to-fix message for pickle files, hub ids that
+    are not cached while offline, and tokenizers missing for single-file checkpoints.
+    """
+    info = ModelInfo(spec.family, spec.inpainting, spec.native_size)
+    return _load(spec.reference, info, device=device, dtype=dtype, settings=settings)
+
+
+def load_refiner(
+    reference: str, *, device: str, dtype: torch.dtype, settings: EngineSettings
+) -> StableDiffusionXLImg2ImgPipeline:
+    """Load an SDXL refiner (``StableDiffusionXLImg2ImgPipeline``) from any reference kind."""
+    info = inspect_reference(reference, cache_dir=settings.cache_dir, offline=settings.offline)
+    if info.family != "sdxl-refiner":
+        raise ModelLoadError(
+            f"{reference} is a {info.family} model, not an SDXL refiner "
+            "(a refiner has only the OpenCLIP text encoder and scores aesthetics)"
+        )
+    pipe: Any = _load(reference, info, device=device, dtype=dtype, settings=settings)
+    return pipe
+
+
+def _load(
+    reference: str,
+    info: ModelInfo,
+    *,
+    device: str,
+    dtype: torch.dtype,
+    settings: EngineSettings,
+) -> DiffusionPipeline:
+    check_weights_format(reference)
+    cls = pipeline_class(info.family, info.inpainting)
+    path = Path(reference).expanduser()
+    extra = _no_safety_checker(info.family)
+    if path.is_file():
+        pipe = _from_single_file(cls, path, info, dtype=dtype, settings=settings, extra=extra)
+    elif path.is_dir():
+        pipe = _from_pretrained(cls, str(path), dtype=dtype, extra=extra, local_files_only=True)
+    elif is_hub_id(reference):
+        pipe = _from_hub(cls, reference, dtype=dtype, settings=settings, extra=extra)
+    else:
+        raise ModelLoadError(f"{reference!r} is not a folder, a .safetensors file or a hub id")
+    loaded: Any = pipe  # diffusers' type stubs miss the pipeline mixin methods
+    loaded.to(device)
+    loaded.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _no_safety_checker(family: str) -> dict[str, Any]:
+    """SD1/SD2 pipelines carry a safety checker slot; we run safety as post-processing."""
+    if family in ("sd1", "sd2", "sd-turbo"):
+        return {"safety_checker": None, "requires_safety_checker": False}
+    return {}
+
+
+def _from_pretrained(
+    cls: type[DiffusionPipeline],
+    source: str,
+    *,
+    dtype: torch.dtype,
+    extra: dict[str, Any],
+    local_files_only: bool,
+    cache_dir: Path | None = None,
+) -> DiffusionPipeline:
+    try:
+        pipe: DiffusionPipeline = cls.from_pretrained(
+            source,
+            torch_dtype=dtype,
+            use_safetensors=True,
+            local_files_only=local_files_only,
+            cache_dir=cache_dir,
+            **extra,
+        )
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"cannot load {source}: {exc}") from exc
+    return pipe
+
+
+def hub_cache_dir(settings: EngineSettings) -> Path:
+    """The Hugging Face cache folder in use (settings, else the library's default)."""
+    if settings.cache_dir is not None:
+        return settings.cache_dir
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HUB_CACHE)
+
+
+def _is_cached(repo_id: str, settings: EngineSettings) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(repo_id, "model_index.json", cache_dir=settings.cache_dir)
+    return isinstance(found, str)
+
+
+def _not_cached_message(repo_id: str, settings: EngineSettings) -> str:
+    return (
+        f"'{repo_id}' is not in the Hugging Face cache ({hub_cache_dir(settings)}) and the hub "
+        "cannot be reached; download it on a machine with network: "
+        f"huggingface-cli download {repo_id}, or pass a local folder / .safetensors file"
+    )
+
+
+def _from_hub(
+    cls: type[DiffusionPipeline],
+    repo_id: str,
+    *,
+    dtype: torch.dtype,
+    settings: EngineSettings,
+    extra: dict[str, Any],
+) -> DiffusionPipeline:
+    cached = _is_cached(repo_id, settings)
+    if not cached and settings.offline:
+        raise ModelLoadError(_not_cached_message(repo_id, settings))
+    try:
+        pipe: DiffusionPipeline = cls.from_pretrained(
+            repo_id,
+            torch_dtype=dtype,
+            use_safetensors=True,
+            local_files_only=settings.offline,
+            cache_dir=settings.cache_dir,
+            **extra,
+        )
+    except Exception as exc:  # the hub client raises many types for "unreachable"
+        if not cached:
+            raise ModelLoadError(
+                f"{_not_cached_message(repo_id, settings)} ({type(exc).__name__}: {exc})"
+            ) from exc
+        raise ModelLoadError(f"cannot load {repo_id} from the cache: {exc}") from exc
+    return pipe
+
+
+def config_folder(path: Path, info: ModelInfo) -> tuple[Path, bool]:
+    """The diffusers config folder for a single file, and whether it holds tokenizers.
+
+    An exported checkpoint has its own (with tokenizer files); others use the shipped
+    configs of their architecture.
+    """
+    sidecar = path.with_name(path.stem + SINGLE_FILE_CONFIG_SUFFIX)
+    if (sidecar / "model_index.json").is_file():
+        return sidecar, True
+    architecture = ARCHITECTURE_OF.get(info.family, info.family)
+    name = architecture + ("-inpaint" if info.inpainting else "")
+    shipped = CONFIGS_DIR / name
+    if not (shipped / "model_index.json").is_file():
+        raise ModelLoadError(
+            f"{path}: single-file {info.family} checkpoints"
+            f"{' for inpainting' if info.inpainting else ''} are not supported; "
+            "use the model's diffusers folder instead"
+        )
+    return shipped, False
+
+
+def _from_single_file(
+    cls: type[DiffusionPipeline],
+    path: Path,
+    info: ModelInfo,
+    *,
+    dtype: torch.dtype,
+    settings: EngineSettings,
+    extra: dict[str, Any],
+) -> DiffusionPipeline:
+    if path.suffix.lower() != ".safetensors":
+        raise ModelLoadError(f"{path}: single-file checkpoints must be .safetensors")
+    config, has_tokenizers = config_folder(path, info)
+    components: dict[str, Any] = {}
+    if not has_tokenizers:
+        components = _cached_tokenizers(info.family, settings)
+    try:
+        pipe: DiffusionPipeline = cls.from_single_file(
+            str(path),
+            config=str(config),
+            torch_dtype=dtype,
+            local_files_only=True,
+            **components,
+            **extra,
+        )
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        raise ModelLoadError(
+            f"{path}: cannot load as a {info.family} checkpoint "
+            f"({type(exc).__name__}: {exc})"
+        ) from exc
+    return pipe
+
+
+def _cached_tokenizers(family: str, settings: EngineSettings) -> dict[str, Any]:
+    """Tokenizers for a real single-file checkpoint, from the Hugging Face cache."""
+    from transformers import CLIPTokenizer
+
+    architecture = ARCHITECTURE_OF.get(family, family)
+    found: dict[str, Any] = {}
+    for component, sources in TOKENIZER_SOURCES.get(architecture, {}).items():
+        for repo_id, subfolder in sources:
+            try:
+                found[component] = CLIPTokenizer.from_pretrained(
+                    repo_id,
+                    subfolder=subfolder,
+                    cache_dir=settings.cache_dir,
+                    local_files_only=settings.offline,
+                )
+                break
+            except Exception:  # not cached, or the hub client failed to reach the hub
+                continue
+        else:
+            repo_id, subfolder = sources[0]
+            files = " ".join(
+                f"{subfolder + '/' if subfolder else ''}{name}"
+                for name in ("vocab.json", "merges.txt", "tokenizer_config.json")
+            )
+            raise ModelLoadError(
+                f"a single-file {family} checkpoint needs the CLIP tokenizer '{component}' "
+                f"from {repo_id}, which is not in the Hugging Face cache "
+                f"({hub_cache_dir(settings)}) and could not be downloaded; tokenizer "
+                "vocabularies are not shipped with sdserve. On a machine with network run: "
+                f"huggingface-cli download {repo_id} "
+                f"{files} (then copy the cache here), or use the model's diffusers folder"
+            )
+    return found
