@@ -39,6 +39,10 @@ from sdserve.errors import InvalidInput
 
 log = logging.getLogger(__name__)
 
+# diffusers exports its scheduler classes through a lazy module, so mypy cannot relate them
+# to SchedulerMixin; the class is kept as Any and the built scheduler typed SchedulerMixin.
+SchedulerClass = Any
+
 # Keys that choose the noise schedule; reset on every explicit name so that the name alone
 # decides (a base config saved with Karras sigmas must not leak into "Euler").
 _SIGMA_KEYS = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas")
@@ -48,7 +52,7 @@ _SIGMA_KEYS = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas")
 class SchedulerChoice:
     """A diffusers scheduler class and the config values that make it the named sampler."""
 
-    cls: type[SchedulerMixin]
+    cls: SchedulerClass
     overrides: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -69,7 +73,7 @@ _DPMPP_3M_SDE = {"algorithm_type": "sde-dpmsolver++", "solver_order": 3}
 _SINGLESTEP = {"algorithm_type": "dpmsolver++", "solver_order": 2, "lower_order_final": True}
 
 
-def _choice(cls: type[SchedulerMixin], *overrides: Mapping[str, Any]) -> SchedulerChoice:
+def _choice(cls: SchedulerClass, *overrides: Mapping[str, Any]) -> SchedulerChoice:
     merged: dict[str, Any] = {}
     for part in overrides:
         merged.update(part)
@@ -221,7 +225,7 @@ def resolve_scheduler(name: str) -> SchedulerChoice:
     return found[1]
 
 
-def _accepted_keys(cls: type[SchedulerMixin]) -> set[str]:
+def _accepted_keys(cls: SchedulerClass) -> set[str]:
     return set(inspect.signature(cls.__init__).parameters) - {"self"}
 
 

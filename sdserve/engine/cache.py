@@ -1,0 +1,186 @@
+"""Loaded pipelines under a memory budget, least recently used evicted first.
+
+One base pipeline per model holds the weights; the img2img and inpaint pipelines of that
+model are derived from it with ``from_pipe`` (same module objects, no second copy of the
+weights), cached beside it and dropped with it.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+from diffusers import AutoPipelineForImage2Image, AutoPipelineForInpainting
+
+from sdserve.errors import InvalidInput
+
+#: diffusers pipelines are typed loosely (components are run-time attributes)
+Pipeline = Any
+
+if TYPE_CHECKING:
+    from sdserve.engine.models import ModelSpec
+
+log = logging.getLogger(__name__)
+
+Loader = Callable[["ModelSpec"], Pipeline]
+RefinerLoader = Callable[[str], Pipeline]
+
+
+@dataclass
+class _Entry:
+    pipe: Pipeline
+    size: int
+    derived: dict[str, Pipeline] = field(default_factory=dict)
+
+
+def pipeline_bytes(pipe: Pipeline) -> int:
+    """Bytes of every parameter and buffer of the pipeline's modules (shared ones once)."""
+    seen: set[int] = set()
+    total = 0
+    for component in pipe.components.values():
+        if not isinstance(component, torch.nn.Module):
+            continue
+        for tensor in [*component.parameters(), *component.buffers()]:
+            if id(tensor) not in seen:
+                seen.add(id(tensor))
+                total += tensor.numel() * tensor.element_size()
+    return total
+
+
+def _is_inpaint(pipe: Pipeline) -> bool:
+    return "Inpaint" in type(pipe).__name__
+
+
+def _is_img2img(pipe: Pipeline) -> bool:
+    return "Img2Img" in type(pipe).__name__
+
+
+class PipelineCache:
+    """Base pipelines kept LRU under ``memory_budget_bytes``; task pipelines derived on demand.
+
+    ``load`` turns a :class:`~sdserve.engine.models.ModelSpec` into its base pipeline and
+    ``load_refiner`` a refiner reference into its pipeline (refiners share the budget).
+    A model larger than the whole budget still loads, alone, with a warning.
+    """
+
+    def __init__(
+        self,
+        memory_budget_bytes: int,
+        load: Loader,
+        *,
+        load_refiner: RefinerLoader | None = None,
+    ) -> None:
+        self.budget = memory_budget_bytes
+        self._load = load
+        self._load_refiner = load_refiner
+        self._entries: OrderedDict[str, _Entry] = OrderedDict()
+        self._known_sizes: dict[str, int] = {}
+        self._lock = threading.RLock()
+
+    @property
+    def used_bytes(self) -> int:
+        """Bytes held by the cached pipelines."""
+        return sum(entry.size for entry in self._entries.values())
+
+    def loaded(self) -> list[str]:
+        """Keys of the cached pipelines, least recently used first."""
+        return list(self._entries)
+
+    def get(self, spec: ModelSpec) -> Pipeline:
+        """The base pipeline of ``spec``, loading it (and evicting others) when needed."""
+        return self._get(spec.name, lambda: self._load(spec))
+
+    def get_refiner(self, reference: str) -> Pipeline:
+        """The refiner pipeline for ``reference``, cached like a base model."""
+        if self._load_refiner is None:
+            raise InvalidInput("refine", "this engine has no refiner loader")
+        loader = self._load_refiner
+        return self._get(f"refiner:{reference}", lambda: loader(reference))
+
+    def for_task(self, spec: ModelSpec, task: str) -> Pipeline:
+        """The pipeline of ``spec`` for ``task`` (txt2img, img2img, inpaint, outpaint)."""
+        with self._lock:
+            base = self.get(spec)
+            entry = self._entries[spec.name]
+            kind = "inpaint" if task in ("inpaint", "outpaint") else task
+            if kind not in entry.derived:
+                entry.derived[kind] = self._derive(spec, base, kind)
+            return entry.derived[kind]
+
+    def evict(self, key: str) -> None:
+        """Drop a cached pipeline and its derived pipelines and free their memory."""
+        with self._lock:
+            entry = self._entries.pop(key, None)
+            if entry is None:
+                return
+            on_cuda = any(
+                getattr(module, "device", torch.device("cpu")).type == "cuda"
+                for module in entry.pipe.components.values()
+                if isinstance(module, torch.nn.Module)
+            )
+            entry.derived.clear()
+            del entry
+            gc.collect()
+            if on_cuda and torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            log.info("evicted %s from the pipeline cache", key)
+
+    def clear(self) -> None:
+        """Evict everything."""
+        with self._lock:
+            for key in list(self._entries):
+                self.evict(key)
+
+    def _get(self, key: str, load: Callable[[], Pipeline]) -> Pipeline:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None:
+                self._entries.move_to_end(key)
+                return entry.pipe
+            # Make room before loading when the size is known from an earlier load, so two
+            # large models never sit in memory at once.
+            if key in self._known_sizes:
+                self._make_room(self._known_sizes[key])
+            pipe = load()
+            size = pipeline_bytes(pipe)
+            self._known_sizes[key] = size
+            if size > self.budget:
+                log.warning(
+                    "%s needs %.1f MB, more than the whole cache budget of %.1f MB; "
+                    "it is loaded alone",
+                    key, size / 2**20, self.budget / 2**20,
+                )
+            self._make_room(size)
+            self._entries[key] = _Entry(pipe, size)
+            return pipe
+
+    def _make_room(self, size: int) -> None:
+        while self._entries and self.used_bytes + size > self.budget:
+            self.evict(next(iter(self._entries)))
+
+    @staticmethod
+    def _derive(spec: ModelSpec, base: Pipeline, kind: str) -> Pipeline:
+        if kind == "txt2img":
+            if _is_inpaint(base) or _is_img2img(base):
+                raise InvalidInput(
+                    "image",
+                    f"model {spec.name} cannot generate from text alone; give an image"
+                    + (" and a mask" if _is_inpaint(base) else ""),
+                )
+            return base
+        if kind == "img2img":
+            if _is_inpaint(base):
+                raise InvalidInput(
+                    "mask", f"model {spec.name} is an inpainting model; give a mask as well"
+                )
+            return base if _is_img2img(base) else AutoPipelineForImage2Image.from_pipe(base)
+        if kind == "inpaint":
+            return base if _is_inpaint(base) else AutoPipelineForInpainting.from_pipe(base)
+        raise InvalidInput("task", f"unknown task {kind!r}", allowed=["txt2img", "img2img",
+                                                                      "inpaint", "outpaint"])

@@ -1,0 +1,366 @@
+"""The engine facade: one synchronous ``generate`` call from canonical input to encoded images.
+
+``Engine.generate`` resolves the model, fills the family defaults, checks the input, picks
+the task, loads (or reuses) the pipeline, runs the task with a fresh scheduler and the
+request's LoRA, then post-processes every image: safety check, watermark, metadata and
+encoding. It knows nothing of HTTP; the worker and the CLI call it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import torch
+from PIL import Image
+
+from sdserve.config import EngineSettings
+from sdserve.domain.inputs import GenerationInput, InputLimits
+from sdserve.engine import device as devices
+from sdserve.engine import images as prep
+from sdserve.engine.cache import Loader, PipelineCache, RefinerLoader
+from sdserve.engine.schedulers import make_scheduler, resolve_scheduler
+from sdserve.engine.tasks import (
+    Pipeline,
+    StepWatcher,
+    img2img,
+    inpaint,
+    make_generators,
+    outpaint,
+    refine,
+    txt2img,
+    with_scheduler,
+)
+from sdserve.engine.types import GeneratedImage, GenerationResult, RunHooks
+from sdserve.errors import Canceled, InsufficientGpuMemory, InvalidImage, InvalidInput
+
+if TYPE_CHECKING:
+    from sdserve.engine.lora import LoraCache
+    from sdserve.engine.models import ModelRegistry, ModelSpec
+    from sdserve.engine.safety import SafetyChecker
+
+log = logging.getLogger(__name__)
+
+#: Share of the device (or of RAM on CPU) the pipeline cache may use when the budget is 0.
+DEFAULT_BUDGET_SHARE = 0.8
+
+
+class Engine:
+    """Generates images for canonical inputs with cached diffusers pipelines.
+
+    ``load``/``load_refiner`` replace the default loaders (``engine.loading``) to inject
+    pipelines in tests. Not thread-safe by design: one worker runs one generation at a time.
+    """
+
+    def __init__(
+        self,
+        settings: EngineSettings,
+        registry: ModelRegistry,
+        *,
+        limits: InputLimits | None = None,
+        load: Loader | None = None,
+        load_refiner: RefinerLoader | None = None,
+    ) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.limits = limits or InputLimits()
+        self.device, self.dtype = devices.resolve(settings)
+        budget = settings.memory_budget_mb * 2**20 or default_budget(self.device)
+        self.cache = PipelineCache(
+            budget,
+            load or self._load_pipeline,
+            load_refiner=load_refiner or self._load_refiner,
+        )
+        self._lora: LoraCache | None = None
+        self._safety: SafetyChecker | None = None
+
+    # -- public API ------------------------------------------------------------------------
+
+    def preload(self, model: str) -> None:
+        """Load ``model`` (and its refiner, if it has one) into the cache now."""
+        spec = self.registry.resolve(model)
+        self.cache.get(spec)
+        if spec.refiner:
+            self.cache.get_refiner(spec.refiner)
+
+    def close(self) -> None:
+        """Free every cached pipeline and the safety checker."""
+        self.cache.clear()
+        self._safety = None
+
+    def generate(
+        self,
+        inp: GenerationInput,
+        *,
+        model: str,
+        image: Image.Image | None = None,
+        mask: Image.Image | None = None,
+        hooks: RunHooks | None = None,
+    ) -> GenerationResult:
+        """Run one generation request and return the encoded images.
+
+        Raises :class:`InvalidInput`/:class:`InvalidImage` for bad input (before any model
+        is loaded where possible), :class:`Canceled` when ``hooks.should_cancel`` fires and
+        :class:`InsufficientGpuMemory` when the device runs out of memory.
+        """
+        hooks = hooks or RunHooks()
+        started = time.perf_counter()
+        spec = self.registry.resolve(model)
+        inp = inp.with_defaults(spec.defaults)
+        inp.check_limits(self.limits)
+        task = _task_of(inp, image, mask)
+        _check_refine(inp, spec, task)
+        resolve_scheduler(inp.scheduler or "")
+        prepared = self._prepare(inp, task, image, mask)
+        if hooks.should_cancel():
+            raise Canceled("canceled before start")
+
+        with _gpu_errors():
+            pipe = self.cache.for_task(spec, task)
+            base = self.cache.get(spec)
+            refiner = None
+            if inp.refine != "no_refiner" and spec.refiner:
+                refiner = self.cache.get_refiner(spec.refiner)
+            loaded = time.perf_counter()
+            watcher = StepWatcher(hooks, xl=getattr(pipe, "text_encoder_2", None) is not None)
+            with self._lora_on(base, inp):
+                results = self._run(pipe, refiner, inp, task, prepared, watcher)
+        inferred = time.perf_counter()
+
+        encoded = self._finish(results, inp, spec)
+        finished = time.perf_counter()
+        return GenerationResult(
+            images=encoded,
+            seed=inp.seed_for(0),
+            model=spec.name,
+            timings={
+                "load": loaded - started,
+                "inference": inferred - loaded,
+                "postprocess": finished - inferred,
+            },
+            interrupted=watcher.interrupted,
+        )
+
+    # -- steps -----------------------------------------------------------------------------
+
+    def _prepare(
+        self,
+        inp: GenerationInput,
+        task: str,
+        image: Image.Image | None,
+        mask: Image.Image | None,
+    ) -> dict[str, Image.Image]:
+        if image is None:
+            return {}
+        source = prep.to_rgb(image)
+        size = prep.output_size(source, inp.width, inp.height, max_pixels=self.limits.max_pixels)
+        prepared = {"image": prep.fit(source, size)}
+        if task == "outpaint":
+            grown = (
+                size[0] + inp.outpaint_left + inp.outpaint_right,
+                size[1] + inp.outpaint_up + inp.outpaint_down,
+            )
+            if grown[0] * grown[1] > self.limits.max_pixels:
+                raise InvalidInput(
+                    "outpaint_left",
+                    f"the outpainted image would be {grown[0]}x{grown[1]}, more than the "
+                    f"limit of {self.limits.max_pixels} pixels",
+                )
+        if mask is not None and task == "inpaint":
+            prepared["mask"] = prep.prepare_mask(mask, size)
+        return prepared
+
+    def _run(
+        self,
+        pipe: Pipeline,
+        refiner: Pipeline | None,
+        inp: GenerationInput,
+        task: str,
+        prepared: dict[str, Image.Image],
+        watcher: StepWatcher,
+    ) -> list[Image.Image]:
+        seeds = [inp.seed_for(index) for index in range(inp.num_outputs)]
+        scheduler_name = inp.scheduler or ""
+        view = with_scheduler(
+            pipe, make_scheduler(scheduler_name, pipe.scheduler.config, noise_seeds=seeds)
+        )
+        generators = make_generators(inp, devices.generator_device(self.device))
+        refiner_view = None
+        if refiner is not None:
+            refiner_view = with_scheduler(
+                refiner,
+                make_scheduler(scheduler_name, refiner.scheduler.config, noise_seeds=seeds),
+            )
+        if refiner_view is not None and inp.refine == "expert_ensemble_refiner":
+            return refine.run_expert_ensemble(
+                view, refiner_view, inp, generators=generators, watcher=watcher
+            )
+        if task == "txt2img":
+            results = txt2img.run(view, inp, generators=generators, watcher=watcher)
+        elif task == "img2img":
+            results = img2img.run(
+                view, inp, image=prepared["image"], generators=generators, watcher=watcher
+            )
+        elif task == "inpaint":
+            results = inpaint.run(
+                view,
+                inp,
+                image=prepared["image"],
+                mask=prepared["mask"],
+                generators=generators,
+                watcher=watcher,
+            )
+        else:
+            results = outpaint.run(
+                view, inp, image=prepared["image"], generators=generators, watcher=watcher
+            )
+        if refiner_view is not None:
+            results = refine.run_base_image(
+                results, refiner_view, inp, generators=generators, watcher=watcher
+            )
+        return results
+
+    def _finish(
+        self, results: list[Image.Image], inp: GenerationInput, spec: ModelSpec
+    ) -> list[GeneratedImage]:
+        """Safety check, watermark, metadata and encoding of every image, in order."""
+        from sdserve.engine.metadata import encode_image, format_parameters
+        from sdserve.engine.safety import blackout
+        from sdserve.engine.watermark import apply_watermark
+
+        checker = None if inp.disable_safety_checker else self._safety_checker()
+        flags = checker.check(results) if checker is not None else [False] * len(results)
+        encoded = []
+        for index, (result, nsfw) in enumerate(zip(results, flags, strict=True)):
+            picture = blackout(result) if nsfw else result
+            if inp.apply_watermark and self.settings.watermark and not nsfw:
+                picture = apply_watermark(picture)
+            seed = inp.seed_for(index)
+            parameters = format_parameters(
+                inp, seed=seed, width=picture.width, height=picture.height, model=spec.name
+            )
+            encoded.append(
+                GeneratedImage(
+                    data=encode_image(picture, inp.output_format, parameters),
+                    format=inp.output_format,
+                    seed=seed,
+                    nsfw=nsfw,
+                    width=picture.width,
+                    height=picture.height,
+                    parameters=parameters,
+                )
+            )
+        return encoded
+
+    # -- collaborators, created on first use -----------------------------------------------
+
+    def _lora_on(
+        self, pipe: Pipeline, inp: GenerationInput
+    ) -> contextlib.AbstractContextManager[None]:
+        if inp.lora is None:
+            return contextlib.nullcontext()
+        if self._lora is None:
+            from sdserve.engine.lora import LoraCache
+
+            self._lora = LoraCache(self.settings.lora_dir, max(1, self.settings.lora_cache_size))
+        return self._lora.applied(pipe, inp.lora, inp.lora_scale)
+
+    def _safety_checker(self) -> SafetyChecker | None:
+        if self.settings.safety_checker is None:
+            return None
+        if self._safety is None:
+            from sdserve.engine.safety import SafetyChecker
+
+            self._safety = SafetyChecker.load(
+                self.settings.safety_checker, device=self.device, dtype=self.dtype
+            )
+        return self._safety
+
+    def _load_pipeline(self, spec: ModelSpec) -> Pipeline:
+        from sdserve.engine.loading import load_pipeline
+
+        return load_pipeline(spec, device=self.device, dtype=self.dtype, settings=self.settings)
+
+    def _load_refiner(self, reference: str) -> Pipeline:
+        from sdserve.engine.loading import load_refiner
+
+        return load_refiner(
+            reference, device=self.device, dtype=self.dtype, settings=self.settings
+        )
+
+
+def default_budget(device: str) -> int:
+    """80% of the accelerator's memory, or of the machine's RAM on CPU."""
+    if device.startswith("cuda") and torch.cuda.is_available():
+        total = torch.cuda.get_device_properties(torch.device(device)).total_memory
+    else:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return int(total * DEFAULT_BUDGET_SHARE)
+
+
+def _task_of(
+    inp: GenerationInput, image: Image.Image | None, mask: Image.Image | None
+) -> str:
+    """The task, from the images actually given (the input's references say what to expect)."""
+    if inp.image is not None and image is None:
+        raise InvalidImage("image", "was referenced but no image was given to the engine")
+    if inp.mask is not None and mask is None:
+        raise InvalidImage("mask", "was referenced but no mask was given to the engine")
+    if image is None:
+        if mask is not None:
+            raise InvalidInput("mask", "a mask needs an image to inpaint")
+        if inp.outpaints:
+            raise InvalidInput("image", "outpainting needs an image to extend")
+        return "txt2img"
+    if inp.outpaints:
+        if mask is not None:
+            raise InvalidInput("mask", "outpainting builds its own mask; give no mask")
+        return "outpaint"
+    return "inpaint" if mask is not None else "img2img"
+
+
+def _check_refine(inp: GenerationInput, spec: ModelSpec, task: str) -> None:
+    if inp.refine == "no_refiner":
+        return
+    if not spec.refiner:
+        raise InvalidInput(
+            "refine", f"model {spec.name} has no refiner configured", allowed=["no_refiner"]
+        )
+    if inp.refine == "expert_ensemble_refiner" and task != "txt2img":
+        raise InvalidInput(
+            "refine",
+            "expert_ensemble_refiner works with text-to-image only",
+            allowed=["no_refiner", "base_image_refiner"],
+        )
+
+
+@contextlib.contextmanager
+def _gpu_errors() -> Iterator[None]:
+    """Turn the device running out of memory into :class:`InsufficientGpuMemory`."""
+    try:
+        yield
+    except torch.OutOfMemoryError as exc:
+        _release_cuda_memory()
+        raise InsufficientGpuMemory(
+            "the GPU ran out of memory; try fewer or smaller images"
+        ) from exc
+    except RuntimeError as exc:
+        # MPS and some CUDA paths report exhaustion as a plain RuntimeError
+        if "out of memory" not in str(exc).lower():
+            raise
+        _release_cuda_memory()
+        raise InsufficientGpuMemory(
+            "the device ran out of memory; try fewer or smaller images"
+        ) from exc
+
+
+def _release_cuda_memory() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+__all__ = ["Engine", "default_budget"]
