@@ -27,7 +27,8 @@ from sdserve.domain.inputs import OUTPUT_FORMATS, GenerationInput
 from sdserve.errors import InvalidImage, InvalidInput
 
 #: Our scheduler names (Replicate spellings and extras) → AUTOMATIC1111's sampler names.
-#: A name already in A1111 spelling (``Euler a``) is written unchanged.
+#: Kept here rather than taken from ``engine.schedulers`` because this module must stay
+#: importable without torch (the API process reads metadata for A1111 ``png-info``).
 A1111_SAMPLER_NAMES: dict[str, str] = {
     "DDIM": "DDIM",
     "DPMSolverMultistep": "DPM++ 2M",
@@ -40,6 +41,15 @@ A1111_SAMPLER_NAMES: dict[str, str] = {
     "LCM": "LCM",
 }
 
+#: A1111 display names, so that another spelling (``euler a``, ``k_euler``) is written the
+#: way A1111 writes it.
+_A1111_DISPLAY_NAMES = (
+    "Euler a", "Euler", "LMS", "LMS Karras", "Heun", "DPM2", "DPM2 Karras", "DPM2 a",
+    "DPM2 a Karras", "DPM++ 2M", "DPM++ 2M Karras", "DPM++ SDE", "DPM++ SDE Karras",
+    "DPM++ 2M SDE", "DPM++ 2M SDE Karras", "DPM++ 2S a", "DPM++ 2S a Karras", "DPM++ 3M SDE",
+    "DPM++ 3M SDE Karras", "DPM fast", "DPM adaptive", "Restart", "DDIM", "DDPM", "PLMS",
+    "UniPC", "LCM",
+)  # fmt: skip
 _CONTENT_TYPES = {"png": "image/png", "webp": "image/webp", "jpg": "image/jpeg"}
 _EXIF_IFD = 0x8769
 _USER_COMMENT = 0x9286
@@ -55,13 +65,21 @@ _SIZE = re.compile(r"^(\d+)x(\d+)$")
 
 
 def format_parameters(
-    inp: GenerationInput, *, seed: int, width: int, height: int, model: str
+    inp: GenerationInput,
+    *,
+    seed: int,
+    width: int,
+    height: int,
+    model: str,
+    task: str | None = None,
 ) -> str:
     """Write the A1111 ``parameters`` text for one image generated from ``inp``.
 
     ``inp`` must have its defaults filled (:meth:`GenerationInput.with_defaults`);
     ``seed``, ``width`` and ``height`` are those of this image (image *i* uses seed + i,
-    img2img sizes come from the input image).
+    img2img sizes come from the input image). ``task`` overrides ``inp.task`` when the
+    caller knows better (an image handed over directly rather than by reference); every
+    task but txt2img writes its ``Denoising strength``.
     """
     params: dict[str, str] = {
         "Steps": str(inp.num_inference_steps),
@@ -71,7 +89,7 @@ def format_parameters(
         "Size": f"{width}x{height}",
         "Model": model,
     }
-    if inp.task != "txt2img":
+    if (task or inp.task) != "txt2img":
         params["Denoising strength"] = _number(inp.prompt_strength)
     if inp.lora:
         params["Lora"] = f"{lora_display_name(inp.lora)}:{_number(inp.lora_scale)}"
@@ -86,7 +104,7 @@ def format_parameters(
 
 def sampler_display_name(scheduler: str) -> str:
     """A1111's name for ``scheduler`` when it has one, else the name itself."""
-    return A1111_SAMPLER_NAMES.get(scheduler, scheduler)
+    return _DISPLAY_INDEX.get(_name_key(scheduler), scheduler)
 
 
 def lora_display_name(ref: str) -> str:
@@ -175,6 +193,18 @@ def content_type(fmt: str) -> str:
         raise InvalidInput(
             "output_format", f"unknown format {fmt!r}", allowed=OUTPUT_FORMATS
         ) from None
+
+
+def _name_key(name: str) -> str:
+    # the engine accepts names in any case, with "_" or " ", and k-diffusion's "k_" prefix
+    key = " ".join(name.lower().replace("_", " ").split())
+    return key[2:] if key.startswith("k ") else key
+
+
+_DISPLAY_INDEX: dict[str, str] = {
+    **{_name_key(name): name for name in _A1111_DISPLAY_NAMES},
+    **{_name_key(name): display for name, display in A1111_SAMPLER_NAMES.items()},
+}
 
 
 def _number(value: float) -> str:

@@ -126,6 +126,32 @@ def test_img2img_lora_and_quoted_values_round_trip() -> None:
     assert parsed["Seed"] == "6"
 
 
+def test_task_given_by_the_caller_decides_the_denoising_strength() -> None:
+    inp = _txt2img()  # no image reference: an image handed to the engine directly
+    assert "Denoising strength" not in format_parameters(
+        inp, seed=1, width=64, height=72, model="m"
+    )
+    text = format_parameters(inp, seed=1, width=64, height=72, model="m", task="img2img")
+    assert parse_parameters(text)["Denoising strength"] == "0.8"
+
+
+@pytest.mark.parametrize(
+    ("scheduler", "sampler"),
+    [
+        ("K_EULER", "Euler"),
+        ("KarrasDPM", "DPM++ 2M Karras"),
+        ("PNDM", "PLMS"),
+        ("euler a", "Euler a"),
+        ("k_lms", "LMS"),
+        ("dpm++ 2m sde karras", "DPM++ 2M SDE Karras"),
+    ],
+)
+def test_sampler_is_written_in_a1111_spelling(scheduler: str, sampler: str) -> None:
+    inp = _txt2img().model_copy(update={"scheduler": scheduler})
+    text = format_parameters(inp, seed=1, width=64, height=72, model="m")
+    assert parse_parameters(text)["Sampler"] == sampler
+
+
 def test_unknown_scheduler_is_written_as_given() -> None:
     inp = _txt2img().model_copy(update={"scheduler": "DPM++ SDE Karras"})
     text = format_parameters(inp, seed=1, width=64, height=72, model="m")
