@@ -45,8 +45,12 @@ def make_celery(broker_url: str, handler: Callable[[str], object] | None = None)
         worker_send_task_events=False,
         enable_utc=True,
     )
+    if is_memory_broker(broker_url):
+        # kombu polls virtual transports once a second by default: a second of latency
+        # on every job; polling an in-process queue is cheap
+        app.conf.broker_transport_options = {"polling_interval": 0.02}
 
-    @app.task(name=TASK_NAME, ignore_result=True)
+    @app.task(name=TASK_NAME, ignore_result=True, shared=False)
     def run_job(job_id: str) -> None:
         if handler is None:
             raise RuntimeError("this process only enqueues jobs; no worker handler is set")
@@ -86,7 +90,13 @@ class ThreadWorker:
             ready_callback=None,
         )
         self._worker = worker
-        self._thread = threading.Thread(target=worker.start, name="sdserve-worker", daemon=True)
+        def run() -> None:
+            # the solo pool looks tasks up on the thread's current app, which must be ours
+            # (several services, e.g. in tests, each have their own app and worker thread)
+            self.app.set_current()
+            worker.start()
+
+        self._thread = threading.Thread(target=run, name="sdserve-worker", daemon=True)
         self._thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:

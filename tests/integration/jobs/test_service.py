@@ -1,0 +1,237 @@
+"""Service + worker with the in-process Celery worker and the fake engine."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import re
+import time
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from PIL import Image
+
+from sdserve.domain.events import Done, Log, Output, Progress
+from sdserve.domain.jobs import Status
+from sdserve.errors import FileNotFound, InvalidInput, ModelNotFound, Overloaded
+from sdserve.jobs.contract import JobRecord
+from sdserve.jobs.service import Service
+from tests.integration.jobs.conftest import MakeService
+from tests.integration.jobs.fakes import FakePredictor
+
+REPLICATE_PROGRESS = re.compile(r"^\s*(\d+)%\s*\|.+?\|\s*(\d+)/(\d+)")
+
+
+def wait(service: Service, job_id: str, timeout: float = 20) -> JobRecord:
+    return asyncio.run(service.wait(job_id, timeout))
+
+
+def wait_until(check, timeout: float = 10) -> None:  # type: ignore[no-untyped-def]
+    end = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < end, "condition not reached in time"
+        time.sleep(0.02)
+
+
+def png_data_uri(size: tuple[int, int] = (64, 64)) -> str:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, (1, 2, 3)).save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def test_job_runs_to_succeeded_with_outputs_logs_and_seed(make_service: MakeService) -> None:
+    service = make_service()
+    created = service.create("test/fake", {"prompt": "a cat", "num_outputs": 2, "seed": 41})
+    assert created.status is Status.STARTING and created.version == "0123456789abcdef"
+    job = wait(service, created.id)
+
+    assert job.status is Status.SUCCEEDED, job.error
+    assert job.output is not None and len(job.output) == 2
+    colors = []
+    for key in job.output:
+        data, content_type = service.open_output(key)
+        assert content_type == "image/png"
+        colors.append(Image.open(io.BytesIO(data)).getpixel((0, 0)))
+    assert colors == [(41, 0, 0), (42, 0, 0)]  # image i used seed + i
+    progress = [m for line in job.logs.splitlines() if (m := REPLICATE_PROGRESS.match(line))]
+    assert [(int(m[2]), int(m[3])) for m in progress] == [(1, 4), (2, 4), (3, 4), (4, 4)]
+    assert "seed: 41" in job.logs
+    assert job.input["seed"] == 41 and job.input["num_inference_steps"] == 4
+    assert job.metrics["predict_time"] > 0
+    assert job.nsfw == [False, False]
+    assert job.started_at and job.completed_at and job.created_at <= job.started_at
+
+
+def test_random_seed_is_resolved_and_recorded(make_service: MakeService) -> None:
+    service = make_service()
+    job = wait(service, service.create("test/fake", {"prompt": "x"}).id)
+    seed = job.input["seed"]
+    assert isinstance(seed, int) and f"seed: {seed}" in job.logs
+
+
+def test_events_stream_progress_logs_output_and_done(make_service: MakeService) -> None:
+    service = make_service(FakePredictor(step_delay=0.05))
+    job = service.create("test/fake", {"prompt": "x", "num_inference_steps": 6})
+
+    async def collect() -> list[object]:
+        return [event async for event in service.events(job.id)]
+
+    events = asyncio.run(collect())
+    assert isinstance(events[-1], Done) and events[-1].status == "succeeded"
+    steps = [e.step for e in events if isinstance(e, Progress)]
+    assert steps and steps[-1] == 6 and steps == sorted(steps)
+    assert any(isinstance(e, Progress) and e.preview for e in events)
+    assert any(isinstance(e, Log) and e.text.startswith("100%") for e in events)
+    outputs = [e for e in events if isinstance(e, Output)]
+    assert len(outputs) == 1 and len(outputs[0].files) == 1
+
+
+@pytest.mark.parametrize(
+    ("input", "error"),
+    [
+        ({"prompt": "fail:insufficient_gpu_memory"}, "insufficient_gpu_memory: CUDA out of memory"),
+        ({"prompt": "fail:storage_full"}, "storage_full: disk full"),
+        ({"prompt": "bad lora"}, "invalid_input: lora: no LoRA called 'x'"),
+        ({"prompt": "boom"}, "internal_error: unexpected kaboom"),
+        ({"image": "data:image/png;base64,aGVsbG8="}, "invalid_image: image: cannot decode"),
+        ({"image": "http://127.0.0.1:1/cat.png"}, "input_fetch_failed: image: refusing"),
+        ({"image": "/v1/files/" + "a" * 32}, "input_fetch_failed: image: no uploaded file"),
+    ],
+)
+def test_failures_end_failed_with_stable_codes(
+    make_service: MakeService, input: dict[str, str], error: str
+) -> None:
+    service = make_service()
+    job = wait(service, service.create("test/fake", input).id)
+    assert job.status is Status.FAILED
+    assert job.error is not None and job.error.startswith(error), job.error
+
+
+def test_validation_errors_are_raised_before_anything_is_stored(
+    make_service: MakeService,
+) -> None:
+    service = make_service()
+    with pytest.raises(InvalidInput, match="width: must be a multiple of 8"):
+        service.create("test/fake", {"prompt": "x", "width": 100})
+    with pytest.raises(InvalidInput, match="num_inference_steps"):
+        service.create("test/fake", {"prompt": "x", "num_inference_steps": 0})
+    with pytest.raises(InvalidInput, match="steps"):
+        service.create("test/fake", {"prompt": "x", "steps": 3})
+    with pytest.raises(ModelNotFound):
+        service.create("nobody/nothing", {"prompt": "x"})
+    assert service.list().results == []
+
+
+def test_queue_limit_raises_overloaded(make_service: MakeService) -> None:
+    predictor = FakePredictor(step_delay=0.2)
+    service = make_service(predictor, service={"max_queue": 2})
+    first = service.create("test/fake", {"prompt": "x", "num_inference_steps": 20})
+    service.create("test/fake", {"prompt": "x"})
+    with pytest.raises(Overloaded) as raised:
+        service.create("test/fake", {"prompt": "x"})
+    assert raised.value.retry_after > 0
+    service.cancel(first.id)
+
+
+def test_cancel_of_queued_job_is_immediate_and_it_never_runs(make_service: MakeService) -> None:
+    predictor = FakePredictor(step_delay=0.1)
+    service = make_service(predictor)
+    running = service.create("test/fake", {"prompt": "first", "num_inference_steps": 10})
+    queued = service.create("test/fake", {"prompt": "second"})
+    assert predictor.started.wait(10)
+    canceled = service.cancel(queued.id)
+    assert canceled.status is Status.CANCELED and canceled.completed_at is not None
+    assert wait(service, running.id).status is Status.SUCCEEDED
+    assert [call.prompt for call in predictor.calls] == ["first"]
+    assert service.cancel(queued.id).status is Status.CANCELED  # terminal: unchanged
+
+
+def test_cancel_of_running_job_stops_within_one_step(make_service: MakeService) -> None:
+    predictor = FakePredictor(step_delay=0.25)
+    service = make_service(predictor)
+    job = service.create("test/fake", {"prompt": "x", "num_inference_steps": 40})
+    wait_until(lambda: service.store.run_state(job.id).progress_step is not None)
+    step_at_cancel = service.store.run_state(job.id).progress_step or 0
+    flagged = service.cancel(job.id)
+    assert flagged.status is Status.PROCESSING  # the worker finishes the cancel
+    final = wait(service, job.id)
+    assert final.status is Status.CANCELED
+    assert predictor.steps_run[-1] <= step_at_cancel + 2  # the flush lag plus one step
+    assert final.output is None
+
+
+def test_deadline_passed_before_start_aborts(make_service: MakeService) -> None:
+    predictor = FakePredictor()
+    service = make_service(predictor)
+    past = datetime.now(UTC) - timedelta(seconds=1)
+    job = wait(service, service.create("test/fake", {"prompt": "x"}, deadline=past).id)
+    assert job.status is Status.ABORTED
+    assert predictor.calls == []
+
+
+def test_deadline_while_running_cancels(make_service: MakeService) -> None:
+    service = make_service(FakePredictor(step_delay=0.1))
+    soon = datetime.now(UTC) + timedelta(seconds=0.6)
+    job = service.create("test/fake", {"prompt": "x", "num_inference_steps": 50}, deadline=soon)
+    final = wait(service, job.id)
+    assert final.status is Status.CANCELED and "deadline passed" in final.logs
+
+
+def test_uploaded_file_is_used_as_image_input(make_service: MakeService) -> None:
+    predictor = FakePredictor()
+    service = make_service(predictor)
+    png = base64.b64decode(png_data_uri((96, 64)).split(",", 1)[1])
+    key = service.store_upload(png, "cat.png", "application/octet-stream")
+    assert service.open_output(key) == (png, "image/png")  # sniffed, not trusted
+    job = wait(service, service.create("test/fake", {"prompt": "x", "image": f"/v1/files/{key}"}).id)
+    assert job.status is Status.SUCCEEDED, job.error
+    image, mask = predictor.images_seen[-1]
+    assert image is not None and image.size == (96, 64) and mask is None
+    with_mask = service.create(
+        "test/fake", {"prompt": "x", "image": png_data_uri(), "mask": png_data_uri()}
+    )
+    assert wait(service, with_mask.id).status is Status.SUCCEEDED
+    image, mask = predictor.images_seen[-1]
+    assert image is not None and image.mode == "RGB" and mask is not None and mask.mode == "L"
+
+
+def test_list_is_newest_first(make_service: MakeService) -> None:
+    service = make_service()
+    ids = [service.create("test/fake", {"prompt": str(i)}).id for i in range(3)]
+    page = service.list(limit=2)
+    assert [r.id for r in page.results] == ids[::-1][:2] and page.next_cursor
+    rest = service.list(cursor=page.next_cursor, limit=2)
+    assert [r.id for r in rest.results] == ids[:1]
+
+
+def test_wait_returns_current_state_on_timeout(make_service: MakeService) -> None:
+    service = make_service(FakePredictor(step_delay=0.2))
+    job = service.create("test/fake", {"prompt": "x", "num_inference_steps": 20})
+    started = time.monotonic()
+    seen = asyncio.run(service.wait(job.id, 0.3))
+    assert time.monotonic() - started < 2
+    assert not seen.status.terminal
+    service.cancel(job.id)
+
+
+def test_models_carry_the_input_schema(make_service: MakeService) -> None:
+    service = make_service()
+    (model,) = service.models()
+    assert model.name == "test/fake" and model.family == "sd1"
+    assert model.input_schema["properties"]["width"]["default"] == 64
+    assert service.model("test/fake:0123456789abcdef") == model
+    assert service.model("0123456789abcdef") == model
+    with pytest.raises(ModelNotFound):
+        service.model("test/fake:other")
+
+
+def test_retention_removes_files_and_marks_jobs(make_service: MakeService) -> None:
+    service = make_service(service={"retention_hours": 1})
+    job = wait(service, service.create("test/fake", {"prompt": "x"}).id)
+    assert job.output
+    assert service.sweep() == 0  # too recent
+    assert service.sweep(now=datetime.now(UTC) + timedelta(hours=2)) == 1
+    assert service.get(job.id).data_removed is True
+    with pytest.raises(FileNotFound):
+        service.open_output(job.output[0])

@@ -1,0 +1,129 @@
+"""The store on real SQLite: migrations, conditional transitions, pagination."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import inspect
+
+from sdserve.domain.jobs import JobKind, Status
+from sdserve.errors import JobNotFound
+from sdserve.jobs.contract import JobRecord
+from sdserve.jobs.store import Store, new_id, sqlite_url
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    s = Store(sqlite_url(tmp_path / "data"))
+    s.migrate()
+    return s
+
+
+def job(created_at: datetime | None = None) -> JobRecord:
+    return JobRecord(
+        id=new_id(), kind=JobKind.PREDICTION, model="test/fake", version="v1",
+        input={"prompt": "a cat"}, status=Status.STARTING,
+        created_at=created_at or datetime.now(UTC),
+    )
+
+
+def test_migrations_create_the_schema_idempotently(tmp_path: Path) -> None:
+    store = Store(sqlite_url(tmp_path / "new" / "dir"))
+    store.migrate()
+    store.migrate()  # a second start-up is a no-op
+    tables = set(inspect(store.engine).get_table_names())
+    assert {"jobs", "files", "webhook_outbox", "alembic_version"} <= tables
+    with store.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 10_000
+
+
+def test_round_trip_keeps_every_field(store: Store) -> None:
+    record = job()
+    store.insert_job(record)
+    assert store.get(record.id) == record
+    with pytest.raises(JobNotFound):
+        store.get("nope")
+
+
+def test_double_claim_fails(store: Store) -> None:
+    record = job()
+    store.insert_job(record)
+    assert store.claim(record.id, "worker-a") is True
+    assert store.claim(record.id, "worker-b") is False
+    state = store.run_state(record.id)
+    assert (state.status, state.worker_id, state.attempts) == (Status.PROCESSING, "worker-a", 1)
+
+
+def test_terminal_state_is_never_overwritten(store: Store) -> None:
+    record = job()
+    store.insert_job(record)
+    store.claim(record.id, "w")
+    assert store.transition(record.id, Status.SUCCEEDED, output=["k.png"])
+    for late in (Status.FAILED, Status.CANCELED, Status.PROCESSING, Status.STARTING):
+        assert store.transition(record.id, late, error="late") is False
+    final = store.get(record.id)
+    assert (final.status, final.output, final.error) == (Status.SUCCEEDED, ["k.png"], None)
+    assert final.completed_at is not None
+
+
+def test_aborted_only_from_starting(store: Store) -> None:
+    queued, running = job(), job()
+    store.insert_job(queued)
+    store.insert_job(running)
+    store.claim(running.id, "w")
+    assert store.transition(queued.id, Status.ABORTED)
+    assert store.transition(running.id, Status.ABORTED) is False
+
+
+def test_pages_are_newest_first_with_cursors_both_ways(store: Store) -> None:
+    base = datetime(2025, 1, 1, tzinfo=UTC)
+    records = [job(base + timedelta(seconds=i)) for i in range(7)]
+    for record in records:
+        store.insert_job(record)
+    newest_first = [r.id for r in reversed(records)]
+
+    first = store.page(limit=3)
+    assert [r.id for r in first.results] == newest_first[:3]
+    assert first.previous_cursor is None and first.next_cursor
+    second = store.page(cursor=first.next_cursor, limit=3)
+    assert [r.id for r in second.results] == newest_first[3:6]
+    third = store.page(cursor=second.next_cursor, limit=3)
+    assert [r.id for r in third.results] == newest_first[6:]
+    assert third.next_cursor is None
+    back = store.page(cursor=third.previous_cursor, limit=3)
+    assert [r.id for r in back.results] == newest_first[3:6]
+    back_again = store.page(cursor=back.previous_cursor, limit=3)
+    assert [r.id for r in back_again.results] == newest_first[:3]
+    assert back_again.previous_cursor is None
+
+
+def test_same_timestamp_pages_do_not_skip_or_repeat(store: Store) -> None:
+    when = datetime(2025, 1, 1, tzinfo=UTC)
+    ids = set()
+    for _ in range(5):
+        record = job(when)
+        ids.add(record.id)
+        store.insert_job(record)
+    seen: list[str] = []
+    page = store.page(limit=2)
+    while True:
+        seen += [r.id for r in page.results]
+        if page.next_cursor is None:
+            break
+        page = store.page(cursor=page.next_cursor, limit=2)
+    assert sorted(seen) == sorted(ids) and len(seen) == 5
+
+
+def test_progress_updates_are_ignored_once_terminal(store: Store) -> None:
+    record = job()
+    store.insert_job(record)
+    store.claim(record.id, "w")
+    store.update_running(record.id, append_logs="a\n", progress=(1, 4))
+    store.update_running(record.id, append_logs="b\n", progress=(2, 4))
+    store.transition(record.id, Status.CANCELED)
+    store.update_running(record.id, append_logs="late\n", progress=(3, 4))
+    assert store.get(record.id).logs == "a\nb\n"
+    assert store.run_state(record.id).progress_step == 2
