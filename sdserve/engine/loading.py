@@ -16,6 +16,7 @@ at a local folder of diffusers configs, so nothing is fetched from the hub:
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -268,7 +269,7 @@ def _from_single_file(
             **components,
             **extra,
         )
-    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+    except Exception as exc:  # diffusers raises several types for a mismatched checkpoint
         raise ModelLoadError(
             f"{path}: cannot load as a {info.family} checkpoint "
             f"({type(exc).__name__}: {exc})"
@@ -277,35 +278,62 @@ def _from_single_file(
 
 
 def _cached_tokenizers(family: str, settings: EngineSettings) -> dict[str, Any]:
-    """Tokenizers for a real single-file checkpoint, from the Hugging Face cache."""
+    """Tokenizers for a real single-file checkpoint, from the Hugging Face cache.
+
+    Files are checked one by one: given a missing vocabulary, ``CLIPTokenizer`` would
+    quietly build an empty tokenizer that encodes every prompt as nothing.
+    """
     from transformers import CLIPTokenizer
 
     architecture = ARCHITECTURE_OF.get(family, family)
     found: dict[str, Any] = {}
     for component, sources in TOKENIZER_SOURCES.get(architecture, {}).items():
+        shipped = CONFIGS_DIR / architecture / component / "tokenizer_config.json"
+        options = {
+            key: value
+            for key, value in json.loads(shipped.read_text()).items()
+            if key in ("unk_token", "bos_token", "eos_token", "pad_token", "model_max_length")
+        }
         for repo_id, subfolder in sources:
-            try:
-                found[component] = CLIPTokenizer.from_pretrained(
-                    repo_id,
-                    subfolder=subfolder,
-                    cache_dir=settings.cache_dir,
-                    local_files_only=settings.offline,
-                )
+            files = _tokenizer_files(repo_id, subfolder, settings)
+            if files is not None:
+                found[component] = CLIPTokenizer(files[0], files[1], **options)
                 break
-            except Exception:  # not cached, or the hub client failed to reach the hub
-                continue
         else:
             repo_id, subfolder = sources[0]
-            files = " ".join(
-                f"{subfolder + '/' if subfolder else ''}{name}"
-                for name in ("vocab.json", "merges.txt", "tokenizer_config.json")
-            )
+            names = " ".join(_in_subfolder(subfolder, name) for name in TOKENIZER_FILES)
             raise ModelLoadError(
                 f"a single-file {family} checkpoint needs the CLIP tokenizer '{component}' "
                 f"from {repo_id}, which is not in the Hugging Face cache "
                 f"({hub_cache_dir(settings)}) and could not be downloaded; tokenizer "
                 "vocabularies are not shipped with sdserve. On a machine with network run: "
-                f"huggingface-cli download {repo_id} "
-                f"{files} (then copy the cache here), or use the model's diffusers folder"
+                f"huggingface-cli download {repo_id} {names} "
+                "(then copy the cache here), or use the model's diffusers folder"
             )
     return found
+
+
+TOKENIZER_FILES = ("vocab.json", "merges.txt")
+
+
+def _in_subfolder(subfolder: str, name: str) -> str:
+    return f"{subfolder}/{name}" if subfolder else name
+
+
+def _tokenizer_files(repo_id: str, subfolder: str, settings: EngineSettings) -> list[str] | None:
+    """Local paths of a tokenizer's vocab and merges (downloaded unless offline), or None."""
+    from huggingface_hub import hf_hub_download, try_to_load_from_cache
+
+    paths: list[str] = []
+    for name in TOKENIZER_FILES:
+        filename = _in_subfolder(subfolder, name)
+        found = try_to_load_from_cache(repo_id, filename, cache_dir=settings.cache_dir)
+        if not isinstance(found, str):
+            if settings.offline:
+                return None
+            try:
+                found = hf_hub_download(repo_id, filename, cache_dir=settings.cache_dir)
+            except Exception:  # not on the hub, or the hub cannot be reached
+                return None
+        paths.append(found)
+    return paths
