@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from sdserve.config import Settings
 from sdserve.domain.events import Done, Event, Log, Output, Progress
@@ -40,6 +40,9 @@ from sdserve.jobs.queue import ThreadWorker, enqueue, is_memory_broker, make_cel
 from sdserve.jobs.store import Store, new_id, sqlite_url, utcnow
 from sdserve.jobs.webhooks import Renderer, WebhookDispatcher, load_or_create_secret
 from sdserve.jobs.worker import JobRunner, Predictor, RegistryLike
+
+if TYPE_CHECKING:
+    from sdserve.engine.models import ModelRegistry
 
 log = logging.getLogger(__name__)
 
@@ -452,9 +455,9 @@ def run_worker(
             "broker_url", "a separate worker needs a shared broker such as redis://host:6379/0"
         )
     if registry is None:
-        from sdserve.engine.models import ModelRegistry
+        from sdserve.engine.models import ModelRegistry as Registry
 
-        registry = ModelRegistry.from_references(
+        registry = Registry.from_references(
             settings.models, cache_dir=settings.engine.cache_dir, offline=settings.engine.offline
         )
     if predictor is None:
@@ -463,7 +466,9 @@ def run_worker(
         def build() -> Predictor:
             from sdserve.engine.engine import Engine
 
-            return Engine(settings.engine, engine_registry, limits=limits_of(settings))
+            return Engine(
+                settings.engine, cast("ModelRegistry", engine_registry), limits=limits_of(settings)
+            )
 
         predictor = build
     service = Service(settings, registry, predictor=predictor)

@@ -184,7 +184,8 @@ def test_uploaded_file_is_used_as_image_input(make_service: MakeService) -> None
     png = base64.b64decode(png_data_uri((96, 64)).split(",", 1)[1])
     key = service.store_upload(png, "cat.png", "application/octet-stream")
     assert service.open_output(key) == (png, "image/png")  # sniffed, not trusted
-    job = wait(service, service.create("test/fake", {"prompt": "x", "image": f"/v1/files/{key}"}).id)
+    created = service.create("test/fake", {"prompt": "x", "image": f"/v1/files/{key}"})
+    job = wait(service, created.id)
     assert job.status is Status.SUCCEEDED, job.error
     image, mask = predictor.images_seen[-1]
     assert image is not None and image.size == (96, 64) and mask is None

@@ -1,0 +1,55 @@
+"""Crash recovery: rows left ``starting``/``processing`` by a dead process all finish."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+
+from sdserve.domain.jobs import JobKind, Status
+from sdserve.jobs.contract import JobRecord
+from sdserve.jobs.store import Store
+from tests.integration.jobs.conftest import MakeService
+from tests.integration.jobs.fakes import FakePredictor
+
+
+def crashed_job(store: Store, *, claimed: bool = False, attempts: int = 1,
+                cancel: bool = False) -> str:
+    """Write a job as a killed process would have left it."""
+    record = JobRecord(
+        id=f"job{len(store.unfinished()):02d}" + "x" * 21, kind=JobKind.PREDICTION,
+        model="test/fake", version="0123456789abcdef", input={"prompt": "left over"},
+        status=Status.STARTING, created_at=datetime.now(UTC),
+    )
+    store.insert_job(record)
+    if claimed:
+        for _ in range(attempts):
+            store.requeue(record.id)
+            assert store.claim(record.id, "dead-worker")
+        if cancel:
+            assert store.request_cancel(record.id)
+    return record.id
+
+
+def test_all_crashed_jobs_reach_a_terminal_state(make_service: MakeService) -> None:
+    dead = make_service(start=False)
+    dead.store.migrate()
+    queued = crashed_job(dead.store)
+    running_once = crashed_job(dead.store, claimed=True, attempts=1)
+    running_twice = crashed_job(dead.store, claimed=True, attempts=2)
+    cancel_pending = crashed_job(dead.store, claimed=True, cancel=True)
+    dead.store.close()
+
+    predictor = FakePredictor()
+    service = make_service(predictor)  # start() runs recovery
+    final = {
+        job_id: asyncio.run(service.wait(job_id, 20))
+        for job_id in (queued, running_once, running_twice, cancel_pending)
+    }
+    assert final[queued].status is Status.SUCCEEDED
+    assert final[running_once].status is Status.SUCCEEDED  # resumed: attempt 2 of 2
+    assert service.store.run_state(running_once).attempts == 2
+    assert final[running_twice].status is Status.FAILED
+    assert (final[running_twice].error or "").startswith("worker_lost:")
+    assert final[cancel_pending].status is Status.CANCELED
+    assert len(predictor.calls) == 2
+    assert service.store.unfinished() == []
