@@ -19,6 +19,7 @@ from sdserve.api.errors import ErrorRouting, install_error_handlers, problem_res
 from sdserve.api.replicate.routes import ReplicateApi
 from sdserve.config import Settings
 from sdserve.jobs.contract import JobService
+from sdserve.web import web_router
 
 
 def create_app(
@@ -49,6 +50,7 @@ def create_app(
         webhook_secret=secret_getter() if callable(secret_getter) else None,
     )
     app.include_router(replicate.router(auth))
+    app.include_router(web_router(auth_required=auth.enabled))
 
     @app.get("/health")
     async def health() -> dict[str, Any]:

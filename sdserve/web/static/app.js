@@ -1,0 +1,604 @@
+// The playground page: model picker, task controls, running a prediction with live
+// progress, results with reproducible snippets, and the history gallery.
+
+import { api, ApiError, follow, getToken, onUnauthorized, setToken } from "./api.js";
+import { el, SchemaForm } from "./form.js";
+import { MaskPainter } from "./mask.js";
+
+const $ = (id) => document.getElementById(id);
+const IMAGE_TASKS = new Set(["img2img", "inpaint", "outpaint"]);
+
+const state = {
+  models: new Map(), // "owner/name" -> model JSON
+  model: null,
+  task: "txt2img",
+  imageFile: null, // the File (or Blob) chosen for image tasks
+  imageRef: null, // its URL on the server once uploaded (or a URL reused from a prediction)
+  running: null, // id of the prediction being followed
+  historyNext: null,
+};
+
+const form = new SchemaForm({
+  main: $("group-main"),
+  strength: $("group-strength"),
+  outpaint: $("group-outpaint").querySelector(".grid-2"),
+  settings: $("group-settings").querySelector(".grid-2"),
+  refiner: $("group-refiner").querySelector("div"),
+  lora: $("group-lora").querySelector("div"),
+  output: $("group-output").querySelector("div"),
+  other: $("group-other").querySelector("div"),
+});
+const painter = new MaskPainter($("mask-view"));
+
+// token ----------------------------------------------------------------------------------
+
+function askToken(reason) {
+  const dialog = $("token-dialog");
+  $("token-reason").textContent = reason
+    ? `The server said: ${reason}. The token is kept in this browser tab only.`
+    : "This server needs a token. It is kept in this browser tab only (session storage).";
+  $("token-input").value = getToken();
+  return new Promise((resolve) => {
+    const done = () => {
+      dialog.removeEventListener("close", done);
+      resolve(dialog.returnValue === "save" && Boolean(getToken()));
+    };
+    dialog.addEventListener("close", done);
+    dialog.returnValue = "";
+    dialog.showModal();
+  });
+}
+
+function setupToken() {
+  $("token-form").addEventListener("submit", () => setToken($("token-input").value.trim()));
+  $("token-forget").addEventListener("click", () => {
+    setToken("");
+    $("token-input").value = "";
+    $("token-dialog").close("forget");
+  });
+  $("token-close").addEventListener("click", () => $("token-dialog").close("close"));
+  $("token-button").addEventListener("click", () => askToken(null).then((ok) => ok && loadAll()));
+  onUnauthorized((reason) => askToken(reason));
+}
+
+// models and form ------------------------------------------------------------------------
+
+async function loadModels() {
+  const help = $("model-help");
+  try {
+    const page = await api.models();
+    state.models = new Map(page.results.map((model) => [`${model.owner}/${model.name}`, model]));
+  } catch (error) {
+    help.textContent = `Could not load models: ${error.message}`;
+    return;
+  }
+  const select = $("model");
+  const previous = select.value;
+  select.replaceChildren(
+    ...[...state.models.keys()].map((name) => el("option", { value: name, text: name })),
+  );
+  if (state.models.has(previous)) select.value = previous;
+  selectModel(select.value);
+}
+
+function selectModel(name) {
+  const model = state.models.get(name);
+  if (!model) return;
+  state.model = model;
+  $("model").value = name;
+  $("model-help").textContent = [model.description, model.family && `family ${model.family}`]
+    .filter(Boolean).join(" · ");
+  const schema = model.latest_version.openapi_schema.components.schemas.Input;
+  form.build(schema);
+  $("group-refiner").hidden = !(model.family === "sdxl" && form.has("refine"));
+  applyTask();
+}
+
+async function loadLoras() {
+  // the AUTOMATIC1111 dialect lists installed LoRAs; without it the field stays free text
+  try {
+    const response = await fetch("/sdapi/v1/loras", {
+      headers: getToken() ? { Authorization: `Bearer ${getToken()}` } : {},
+    });
+    if (!response.ok) return;
+    const loras = await response.json();
+    if (Array.isArray(loras)) form.setLoras(loras.map((lora) => lora.name).filter(Boolean));
+  } catch {
+    // not served: nothing to suggest
+  }
+}
+
+// tasks ----------------------------------------------------------------------------------
+
+function visibleGroups() {
+  const groups = new Set(["main", "settings", "lora", "output", "other"]);
+  if (!$("group-refiner").hidden) groups.add("refiner");
+  if (state.task === "img2img" || state.task === "inpaint") groups.add("strength");
+  if (state.task === "outpaint") groups.add("outpaint");
+  return groups;
+}
+
+function applyTask() {
+  const task = state.task;
+  const image = IMAGE_TASKS.has(task);
+  $("image-section").hidden = !image;
+  $("group-strength").hidden = !(task === "img2img" || task === "inpaint");
+  $("group-outpaint").hidden = task !== "outpaint";
+  $("mask-tools").hidden = task !== "inpaint" || !state.imageFile;
+  $("mask-view").hidden = task !== "inpaint";
+  for (const name of ["width", "height"]) {
+    if (!form.has(name)) continue;
+    const input = $(`in-${name}`);
+    // an image task keeps the image's size unless you type one
+    input.placeholder = image ? "image size" : "";
+    if (image && String(form.get(name)) === String(form.fields.get(name).prop.default)) form.set(name, "");
+    if (!image && form.get(name) === undefined) form.set(name, form.fields.get(name).prop.default);
+  }
+}
+
+function setTask(task) {
+  state.task = task;
+  for (const radio of document.querySelectorAll('input[name="task"]')) radio.checked = radio.value === task;
+  applyTask();
+}
+
+async function setImage(file, ref = null) {
+  state.imageFile = file;
+  state.imageRef = ref;
+  $("image-error").textContent = "";
+  const preview = $("image-preview");
+  if (!file) {
+    $("image-stage").hidden = true;
+    applyTask();
+    return;
+  }
+  const url = URL.createObjectURL(file);
+  await new Promise((resolve, reject) => {
+    preview.onload = resolve;
+    preview.onerror = () => reject(new Error("not an image this browser can read"));
+    preview.src = url;
+  }).catch((error) => {
+    $("image-error").textContent = `Could not read the file: ${error.message}`;
+    state.imageFile = null;
+  });
+  if (!state.imageFile) return;
+  $("image-stage").hidden = false;
+  painter.resize(preview.naturalWidth, preview.naturalHeight);
+  $("image-help").textContent =
+    `${preview.naturalWidth}×${preview.naturalHeight}; the result keeps this size unless you set width and height.`;
+  applyTask();
+}
+
+async function loadMask(reference) {
+  const image = new Image();
+  image.src = reference;
+  await image.decode();
+  const canvas = painter.mask;
+  painter.maskCtx.drawImage(image, 0, 0, canvas.width, canvas.height);
+  painter.painted = true;
+  painter.redraw();
+}
+
+function setupTasks() {
+  for (const radio of document.querySelectorAll('input[name="task"]')) {
+    radio.addEventListener("change", () => radio.checked && setTask(radio.value));
+  }
+  $("model").addEventListener("change", () => selectModel($("model").value));
+  $("image-file").addEventListener("change", (event) => setImage(event.target.files[0] || null));
+  $("brush-size").addEventListener("input", () => {
+    painter.brush = Number($("brush-size").value);
+    $("brush-size-value").textContent = `${painter.brush} px`;
+  });
+  const tools = { brush: $("mask-brush"), eraser: $("mask-eraser") };
+  const pick = (eraser) => {
+    painter.erasing = eraser;
+    tools.brush.setAttribute("aria-pressed", String(!eraser));
+    tools.eraser.setAttribute("aria-pressed", String(eraser));
+  };
+  tools.brush.addEventListener("click", () => pick(false));
+  tools.eraser.addEventListener("click", () => pick(true));
+  $("mask-clear").addEventListener("click", () => painter.clear());
+  $("mask-invert").addEventListener("click", () => painter.invert());
+  $("reset").addEventListener("click", () => {
+    form.reset();
+    applyTask();
+  });
+}
+
+// running --------------------------------------------------------------------------------
+
+async function imageInputs() {
+  const input = {};
+  $("image-error").textContent = "";
+  $("mask-error").textContent = "";
+  if (!IMAGE_TASKS.has(state.task)) return input;
+  if (!state.imageFile) {
+    $("image-error").textContent = "Choose an image for this task.";
+    $("image-file").focus();
+    return null;
+  }
+  if (state.task === "inpaint" && !painter.hasPaint()) {
+    $("mask-error").textContent = "Paint the area to repaint (or use Invert to repaint everything).";
+    $("mask-brush").focus();
+    return null;
+  }
+  if (!state.imageRef) {
+    const uploaded = await api.upload(state.imageFile);
+    state.imageRef = uploaded.urls.get;
+  }
+  input.image = state.imageRef;
+  if (state.task === "inpaint") input.mask = painter.dataUri();
+  return input;
+}
+
+async function submit(event) {
+  event.preventDefault();
+  $("form-error").textContent = "";
+  if (!state.model || state.running) return;
+  const groups = visibleGroups();
+  if (!form.validate(groups)) return;
+  const keep = ["prompt"];
+  if (IMAGE_TASKS.has(state.task)) keep.push("width", "height");
+  const input = form.values(groups, { keep });
+  if (state.task === "outpaint" && !["outpaint_left", "outpaint_right", "outpaint_up", "outpaint_down"]
+    .some((name) => input[name] > 0)) {
+    form.showServerError("outpaint_left", "Add pixels on at least one side.", groups);
+    return;
+  }
+  const model = `${state.model.owner}/${state.model.name}`;
+  $("run").disabled = true;
+  try {
+    const images = await imageInputs();
+    if (!images) return;
+    const prediction = await api.createPrediction(model, { ...input, ...images });
+    await run(prediction);
+  } catch (error) {
+    showSubmitError(error, groups);
+  } finally {
+    $("run").disabled = false;
+  }
+}
+
+function showSubmitError(error, groups) {
+  if (error instanceof ApiError && error.field) {
+    const message = error.body.allowed ? `${error.message} (allowed: ${error.body.allowed.join(", ")})` : error.message;
+    const special = { image: "image-error", mask: "mask-error" }[error.field];
+    if (special) {
+      $(special).textContent = message;
+      return;
+    }
+    if (form.showServerError(error.field, message, groups)) return;
+    $("form-error").textContent = `${error.field}: ${message}`;
+    return;
+  }
+  $("form-error").textContent = error.message || String(error);
+}
+
+async function run(prediction) {
+  state.running = prediction.id;
+  let first = null; // {time, step} of the first progress event, for the ETA
+  $("progress").hidden = false;
+  $("cancel").disabled = false;
+  $("progress-status").textContent = "Starting…";
+  $("progress-bar").value = 0;
+  $("progress-steps").textContent = "";
+  $("progress-eta").textContent = "";
+  $("progress-preview").hidden = true;
+  $("result").replaceChildren(el("p", { class: "empty", text: `Running ${prediction.id}…` }));
+  await follow(prediction, {
+    onProgress: ({ step, total, preview }) => {
+      const now = performance.now();
+      if (!first) first = { time: now, step };
+      $("progress-status").textContent = "Processing";
+      $("progress-bar").max = total;
+      $("progress-bar").value = step;
+      $("progress-steps").textContent = `Step ${step} of ${total}.`;
+      const done = step - first.step;
+      if (done > 0 && total > step) {
+        const seconds = ((now - first.time) / done) * (total - step) / 1000;
+        $("progress-eta").textContent = `About ${formatSeconds(seconds)} left.`;
+      } else {
+        $("progress-eta").textContent = "";
+      }
+      if (preview) {
+        $("progress-preview").src = preview;
+        $("progress-preview").hidden = false;
+      }
+    },
+  });
+  state.running = null;
+  $("progress").hidden = true;
+  let final;
+  try {
+    final = await api.prediction(prediction.id);
+  } catch (error) {
+    $("result").replaceChildren(el("p", { class: "error", text: error.message }));
+    return;
+  }
+  showPrediction(final);
+  history.replaceState(null, "", `#/predictions/${final.id}`);
+  loadHistory();
+}
+
+async function cancel() {
+  if (!state.running) return;
+  $("cancel").disabled = true;
+  $("progress-status").textContent = "Canceling…";
+  try {
+    await api.cancel(state.running);
+  } catch (error) {
+    $("progress-status").textContent = `Could not cancel: ${error.message}`;
+    $("cancel").disabled = false;
+  }
+}
+
+function formatSeconds(seconds) {
+  if (seconds < 1) return "less than a second";
+  if (seconds < 90) return `${Math.round(seconds)} s`;
+  return `${Math.floor(seconds / 60)} min ${Math.round(seconds % 60)} s`;
+}
+
+// results --------------------------------------------------------------------------------
+
+function showPrediction(prediction) {
+  $("result").replaceChildren(renderPrediction(prediction));
+}
+
+function renderPrediction(prediction) {
+  const input = prediction.input || {};
+  const seed = input.seed;
+  const root = el("article", { class: "prediction", "data-id": prediction.id, "data-status": prediction.status });
+  root.append(el("div", { class: "prediction-head" },
+    el("span", { class: `badge ${prediction.status}`, text: prediction.status }),
+    el("code", { text: prediction.id })));
+  if (prediction.error) {
+    root.append(el("p", { class: "error", role: "alert", text: `Error: ${prediction.error}` }));
+  }
+  const outputs = prediction.output || [];
+  const nsfw = prediction.nsfw_content_detected || [];
+  if (outputs.length) {
+    const images = el("div", { class: "images" });
+    outputs.forEach((url, index) => {
+      const imageSeed = seed === undefined || seed === null ? null : seed + index;
+      const flagged = nsfw[index] === true;
+      const caption = el("figcaption", {},
+        el("span", { text: imageSeed === null ? `Image ${index + 1}` : `Seed ${imageSeed}` }),
+        flagged ? el("span", { class: "badge failed", text: "NSFW: blacked out" }) : null,
+        el("a", { href: url, download: `${prediction.id}-${index}.${extension(url, input)}`,
+          text: "Download" }));
+      images.append(el("figure", {},
+        el("img", { src: url, alt: `Output ${index + 1} of ${prediction.id}${flagged ? " (flagged NSFW)" : ""}` }),
+        caption));
+    });
+    root.append(images);
+  }
+  const time = prediction.metrics && prediction.metrics.predict_time;
+  const facts = el("dl", { class: "facts" });
+  const fact = (term, value) => facts.append(el("dt", { text: term }), el("dd", { text: value }));
+  fact("Model", prediction.model || "");
+  fact("Seed", seed === undefined || seed === null ? "—" : String(seed));
+  fact("Time", time === undefined || time === null ? "—" : `${Number(time).toFixed(2)} s`);
+  fact("NSFW", nsfw.length ? nsfw.map((flag, i) => `#${i + 1}: ${flag ? "flagged" : "no"}`).join(", ") : "not checked");
+  fact("Created", prediction.created_at ? new Date(prediction.created_at).toLocaleString() : "");
+  root.append(facts);
+
+  const params = el("table", { class: "params" }, el("caption", { text: "Parameters" }));
+  for (const [key, value] of Object.entries(input)) {
+    params.append(el("tr", {}, el("th", { scope: "row", text: key }), el("td", { text: shorten(value) })));
+  }
+  root.append(params);
+
+  const actions = el("div", { class: "button-row" });
+  const reuse = el("button", { type: "button", class: "primary", text: "Reuse these settings (same seed)" });
+  reuse.addEventListener("click", () => reuseSettings(prediction));
+  actions.append(reuse);
+  root.append(actions);
+
+  root.append(snippet("curl", curlSnippet(prediction)), snippet("Python (replicate)", pythonSnippet(prediction)));
+  if (prediction.logs) {
+    root.append(el("details", { class: "logs" }, el("summary", { text: "Logs" }), el("pre", { text: prediction.logs })));
+  }
+  return root;
+}
+
+function extension(url, input) {
+  const match = /\.(png|jpe?g|webp)(?:$|\?)/.exec(url);
+  return match ? match[1] : input.output_format || "png";
+}
+
+function shorten(value) {
+  const text = typeof value === "string" ? value : JSON.stringify(value);
+  if (typeof value === "string" && value.startsWith("data:")) return `${value.slice(0, 30)}… (${value.length} chars)`;
+  return text;
+}
+
+function snippet(title, code) {
+  const pre = el("pre", {}, el("code", { text: code }));
+  const copy = el("button", { type: "button", text: `Copy ${title}` });
+  copy.addEventListener("click", async () => {
+    try {
+      await navigator.clipboard.writeText(code);
+      copy.textContent = "Copied";
+    } catch {
+      // no clipboard permission (plain http): select the text for Ctrl+C instead
+      const range = document.createRange();
+      range.selectNodeContents(pre);
+      getSelection().removeAllRanges();
+      getSelection().addRange(range);
+      copy.textContent = "Selected: press Ctrl+C";
+    }
+    setTimeout(() => { copy.textContent = `Copy ${title}`; }, 2000);
+  });
+  return el("section", { class: "snippet" }, el("div", { class: "progress-head" }, el("h3", { text: title }), copy), pre);
+}
+
+// Inputs for a snippet: data URIs become a file reference the reader fills in.
+// Values equal to the model's defaults are left out (the server fills them in the same
+// way); prompt and seed always stay, so the snippet reproduces the same images.
+function snippetInput(prediction) {
+  const model = state.models.get(prediction.model);
+  const properties = model ? model.latest_version.openapi_schema.components.schemas.Input.properties || {} : {};
+  const input = {};
+  const files = {};
+  for (const [key, value] of Object.entries(prediction.input || {})) {
+    const isDefault = key in properties && properties[key].default === value;
+    if (isDefault && key !== "prompt" && key !== "seed") continue;
+    if (typeof value === "string" && value.startsWith("data:")) files[key] = `${key}.png`;
+    else input[key] = value;
+  }
+  return { input, files };
+}
+
+function curlSnippet(prediction) {
+  const { input, files } = snippetInput(prediction);
+  let body = JSON.stringify({ input }, null, 2);
+  for (const [key, file] of Object.entries(files)) {
+    // splice a base64 data URI in from the shell, keeping the JSON valid
+    const insert = `"${key}": "data:image/png;base64,'"$(base64 -w0 ${file})"'"`;
+    body = body.replace('"input": {', `"input": {\n    ${insert},`);
+  }
+  body = body.replace(/,\n(\s*)}/, "\n$1}");
+  const lines = [
+    `curl -s -X POST ${location.origin}/v1/models/${prediction.model}/predictions \\`,
+    `  -H "Authorization: Bearer $SDSERVE_TOKEN" \\`,
+    `  -H "Content-Type: application/json" \\`,
+    `  -H "Prefer: wait" \\`,
+    `  -d '${body}'`,
+  ];
+  return lines.join("\n");
+}
+
+function pythonSnippet(prediction) {
+  const { input, files } = snippetInput(prediction);
+  const entries = Object.entries(input).map(([key, value]) => `        "${key}": ${pythonLiteral(value)},`);
+  for (const [key, file] of Object.entries(files)) entries.push(`        "${key}": open("${file}", "rb"),`);
+  return [
+    "import os",
+    "",
+    "import replicate",
+    "",
+    "client = replicate.Client(",
+    '    api_token=os.environ.get("SDSERVE_TOKEN", "unused"),',
+    `    base_url="${location.origin}",`,
+    ")",
+    "output = client.run(",
+    `    "${prediction.model}",`,
+    "    input={",
+    ...entries,
+    "    },",
+    ")",
+    "for index, image in enumerate(output):",
+    '    with open(f"output-{index}.png", "wb") as file:',
+    "        file.write(image.read())",
+  ].join("\n");
+}
+
+function pythonLiteral(value) {
+  if (value === true) return "True";
+  if (value === false) return "False";
+  if (value === null || value === undefined) return "None";
+  if (Array.isArray(value)) return `[${value.map(pythonLiteral).join(", ")}]`;
+  if (typeof value === "object") {
+    return `{${Object.entries(value).map(([k, v]) => `${JSON.stringify(k)}: ${pythonLiteral(v)}`).join(", ")}}`;
+  }
+  return JSON.stringify(value);
+}
+
+async function reuseSettings(prediction) {
+  const input = prediction.input || {};
+  if (state.models.has(prediction.model)) selectModel(prediction.model);
+  let task = "txt2img";
+  if (input.image) {
+    const outpaint = ["outpaint_left", "outpaint_right", "outpaint_up", "outpaint_down"].some((k) => input[k] > 0);
+    task = outpaint ? "outpaint" : input.mask ? "inpaint" : "img2img";
+  }
+  setTask(task);
+  form.reset();
+  for (const [key, value] of Object.entries(input)) form.set(key, value);
+  if (input.image) {
+    try {
+      const blob = await (await fetch(input.image)).blob();
+      await setImage(blob, input.image.startsWith("data:") ? null : input.image);
+      if (input.mask) await loadMask(input.mask);
+    } catch (error) {
+      $("image-error").textContent = `Could not load the earlier image: ${error.message}`;
+    }
+  }
+  applyTask();
+  for (const [key, value] of Object.entries(input)) if (key === "width" || key === "height") form.set(key, value);
+  $("generate-title").scrollIntoView({ behavior: "smooth" });
+  $("in-prompt")?.focus();
+}
+
+// history --------------------------------------------------------------------------------
+
+async function loadHistory(more = false) {
+  const gallery = $("gallery");
+  let page;
+  try {
+    page = await api.predictions(more ? state.historyNext : null);
+  } catch (error) {
+    gallery.replaceChildren(el("li", { class: "error", text: `Could not load history: ${error.message}` }));
+    return;
+  }
+  if (!more) gallery.replaceChildren();
+  for (const prediction of page.results) gallery.append(historyCard(prediction));
+  if (!gallery.children.length) gallery.append(el("li", { class: "empty", text: "No predictions yet." }));
+  state.historyNext = page.next;
+  $("history-more").hidden = !page.next;
+}
+
+function historyCard(prediction) {
+  const first = (prediction.output || [])[0];
+  const prompt = (prediction.input && prediction.input.prompt) || "(no prompt)";
+  const button = el("button", { type: "button", class: "card", "data-id": prediction.id,
+    "aria-label": `${prediction.status}: ${prompt} (${prediction.id})` });
+  button.append(
+    first ? el("img", { src: first, alt: "", loading: "lazy" }) : el("div", { class: `thumb ${prediction.status}`, text: prediction.status }),
+    el("span", { class: "card-prompt", text: prompt }),
+    el("span", { class: `badge ${prediction.status}`, text: prediction.status }),
+  );
+  if (prediction.error) button.append(el("span", { class: "card-error", text: prediction.error }));
+  button.addEventListener("click", () => openPrediction(prediction.id));
+  return el("li", {}, button);
+}
+
+async function openPrediction(id) {
+  try {
+    showPrediction(await api.prediction(id));
+    history.replaceState(null, "", `#/predictions/${id}`);
+    $("result-title").scrollIntoView({ behavior: "smooth" });
+    $("result").querySelector(".prediction")?.setAttribute("tabindex", "-1");
+    $("result").querySelector(".prediction")?.focus({ preventScroll: true });
+  } catch (error) {
+    $("result").replaceChildren(el("p", { class: "error", text: error.message }));
+  }
+}
+
+// start ----------------------------------------------------------------------------------
+
+async function loadAll() {
+  await loadModels();
+  loadLoras();
+  await loadHistory();
+  const match = /^#\/predictions\/([\w-]+)$/.exec(location.hash);
+  if (match) openPrediction(match[1]);
+}
+
+async function main() {
+  setupToken();
+  setupTasks();
+  $("generate").addEventListener("submit", submit);
+  $("cancel").addEventListener("click", cancel);
+  $("history-refresh").addEventListener("click", () => loadHistory());
+  $("history-more").addEventListener("click", () => loadHistory(true));
+  window.addEventListener("hashchange", () => {
+    const match = /^#\/predictions\/([\w-]+)$/.exec(location.hash);
+    if (match) openPrediction(match[1]);
+  });
+  if (document.body.dataset.authRequired === "true" && !getToken()) await askToken(null);
+  await loadAll();
+  document.body.dataset.ready = "true";
+}
+
+main();

@@ -1,0 +1,137 @@
+// Painting an inpainting mask on the uploaded image.
+// The mask itself is an offscreen canvas of the image's own size (white = repaint,
+// black = keep); the visible canvas lies over the image and shows it in translucent red.
+
+const SHOWN = [230, 40, 60, 140]; // rgba of painted pixels on the visible canvas
+
+export class MaskPainter {
+  constructor(view) {
+    this.view = view;
+    this.viewCtx = view.getContext("2d");
+    this.mask = document.createElement("canvas");
+    this.maskCtx = this.mask.getContext("2d", { willReadFrequently: true });
+    this.brush = 32;
+    this.erasing = false;
+    this.painting = false;
+    this.last = null;
+    this.painted = false;
+    view.addEventListener("pointerdown", (event) => this.start(event));
+    view.addEventListener("pointermove", (event) => this.move(event));
+    for (const type of ["pointerup", "pointercancel", "pointerleave"]) {
+      view.addEventListener(type, () => this.stop());
+    }
+  }
+
+  // a fresh, all-black mask for an image of this size
+  resize(width, height) {
+    for (const canvas of [this.mask, this.view]) {
+      canvas.width = width;
+      canvas.height = height;
+    }
+    this.clear();
+  }
+
+  clear() {
+    this.maskCtx.globalCompositeOperation = "source-over";
+    this.maskCtx.fillStyle = "#000";
+    this.maskCtx.fillRect(0, 0, this.mask.width, this.mask.height);
+    this.painted = false;
+    this.redraw();
+  }
+
+  invert() {
+    const { width, height } = this.mask;
+    if (!width || !height) return;
+    const pixels = this.maskCtx.getImageData(0, 0, width, height);
+    const data = pixels.data;
+    let any = false;
+    for (let i = 0; i < data.length; i += 4) {
+      const value = data[i] >= 128 ? 0 : 255;
+      data[i] = data[i + 1] = data[i + 2] = value;
+      data[i + 3] = 255;
+      any ||= value === 255;
+    }
+    this.maskCtx.putImageData(pixels, 0, 0);
+    this.painted = any;
+    this.redraw();
+  }
+
+  // rebuild the red overlay from the mask (after clear/invert)
+  redraw() {
+    const { width, height } = this.mask;
+    if (!width || !height) return;
+    const source = this.maskCtx.getImageData(0, 0, width, height).data;
+    const shown = this.viewCtx.createImageData(width, height);
+    for (let i = 0; i < source.length; i += 4) {
+      if (source[i] >= 128) shown.data.set(SHOWN, i);
+    }
+    this.viewCtx.putImageData(shown, 0, 0);
+  }
+
+  // pointer position in the image's own pixels (the canvas is scaled by CSS)
+  point(event) {
+    const box = this.view.getBoundingClientRect();
+    return {
+      x: ((event.clientX - box.left) / box.width) * this.view.width,
+      y: ((event.clientY - box.top) / box.height) * this.view.height,
+    };
+  }
+
+  start(event) {
+    if (!this.mask.width) return;
+    event.preventDefault();
+    this.view.setPointerCapture?.(event.pointerId);
+    this.painting = true;
+    this.last = this.point(event);
+    this.stroke(this.last, this.last);
+  }
+
+  move(event) {
+    if (!this.painting) return;
+    const next = this.point(event);
+    this.stroke(this.last, next);
+    this.last = next;
+  }
+
+  stop() {
+    // overlapping translucent segments leave darker joins: redraw the overlay flat
+    if (this.painting) this.redraw();
+    this.painting = false;
+    this.last = null;
+  }
+
+  stroke(from, to) {
+    const [r, g, b, a] = SHOWN;
+    for (const [ctx, color] of [
+      [this.maskCtx, this.erasing ? "#000" : "#fff"],
+      [this.viewCtx, `rgba(${r}, ${g}, ${b}, ${a / 255})`],
+    ]) {
+      ctx.save();
+      ctx.lineCap = "round";
+      ctx.lineJoin = "round";
+      ctx.lineWidth = this.brush;
+      // on the overlay the eraser removes red; on the mask it paints black
+      ctx.globalCompositeOperation = this.erasing && ctx === this.viewCtx ? "destination-out" : "source-over";
+      ctx.strokeStyle = this.erasing && ctx === this.viewCtx ? "#000" : color;
+      ctx.beginPath();
+      ctx.moveTo(from.x, from.y);
+      ctx.lineTo(to.x + 0.01, to.y);
+      ctx.stroke();
+      ctx.restore();
+    }
+    if (!this.erasing) this.painted = true;
+  }
+
+  // true when at least one pixel is white (to repaint)
+  hasPaint() {
+    const { width, height } = this.mask;
+    if (!width || !this.painted) return false;
+    const data = this.maskCtx.getImageData(0, 0, width, height).data;
+    for (let i = 0; i < data.length; i += 4) if (data[i] >= 128) return true;
+    return false;
+  }
+
+  dataUri() {
+    return this.mask.toDataURL("image/png");
+  }
+}
