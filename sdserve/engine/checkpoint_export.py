@@ -21,6 +21,7 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sdserve.engine.models import SINGLE_FILE_CONFIG_SUFFIX
 from sdserve.errors import InvalidInput
 
 if TYPE_CHECKING:
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
 
 StateDict = dict[str, "torch.Tensor"]
 
-CONFIG_SUFFIX = ".sdserve-config"
+CONFIG_SUFFIX = SINGLE_FILE_CONFIG_SUFFIX
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt", ".pth")
 
 _RESNET_RENAMES = (
