@@ -70,6 +70,10 @@ _KARRAS = {"use_karras_sigmas": True}
 _DPMPP_2M = {"algorithm_type": "dpmsolver++", "solver_order": 2}
 _DPMPP_2M_SDE = {"algorithm_type": "sde-dpmsolver++", "solver_order": 2}
 _DPMPP_3M_SDE = {"algorithm_type": "sde-dpmsolver++", "solver_order": 3}
+# Stable Diffusion's own settings for these samplers (the diffusers class defaults are for
+# pixel-space models): PLMS without Runge-Kutta warm-up steps, DDIM without clipping.
+_PLMS = {"skip_prk_steps": True}
+_DDIM = {"clip_sample": False, "set_alpha_to_one": False}
 _SINGLESTEP = {"algorithm_type": "dpmsolver++", "solver_order": 2, "lower_order_final": True}
 
 
@@ -82,13 +86,13 @@ def _choice(cls: SchedulerClass, *overrides: Mapping[str, Any]) -> SchedulerChoi
 
 #: Replicate (cog-sdxl) names and sdserve extras.
 REPLICATE_SCHEDULERS: dict[str, SchedulerChoice] = {
-    "DDIM": _choice(DDIMScheduler),
+    "DDIM": _choice(DDIMScheduler, _DDIM),
     "DPMSolverMultistep": _choice(DPMSolverMultistepScheduler, _DPMPP_2M),
     "HeunDiscrete": _choice(HeunDiscreteScheduler),
     "KarrasDPM": _choice(DPMSolverMultistepScheduler, _DPMPP_2M, _KARRAS),
     "K_EULER_ANCESTRAL": _choice(EulerAncestralDiscreteScheduler),
     "K_EULER": _choice(EulerDiscreteScheduler),
-    "PNDM": _choice(PNDMScheduler),
+    "PNDM": _choice(PNDMScheduler, _PLMS),
     "UniPC": _choice(UniPCMultistepScheduler),
     "LCM": _choice(LCMScheduler),
 }
@@ -145,10 +149,10 @@ A1111_SAMPLERS: dict[str, tuple[SchedulerChoice, tuple[str, ...]]] = {
     "DPM adaptive": (_choice(DPMSolverSinglestepScheduler, _SINGLESTEP), ("k_dpm_ad",)),
     # Restart sampling is Euler steps on a Karras schedule with extra re-noising.
     "Restart": (_choice(EulerDiscreteScheduler, _KARRAS), ("restart",)),
-    "DDIM": (_choice(DDIMScheduler), ("ddim",)),
-    "DDIM CFG++": (_choice(DDIMScheduler), ("ddim_cfgpp",)),
-    "DDPM": (_choice(DDPMScheduler), ("ddpm",)),
-    "PLMS": (_choice(PNDMScheduler), ("plms",)),
+    "DDIM": (_choice(DDIMScheduler, _DDIM), ("ddim",)),
+    "DDIM CFG++": (_choice(DDIMScheduler, _DDIM), ("ddim_cfgpp",)),
+    "DDPM": (_choice(DDPMScheduler, {"clip_sample": False}), ("ddpm",)),
+    "PLMS": (_choice(PNDMScheduler, _PLMS), ("plms",)),
     "UniPC": (_choice(UniPCMultistepScheduler), ("unipc",)),
     "LCM": (_choice(LCMScheduler), ("k_lcm",)),
 }
