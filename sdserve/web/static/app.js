@@ -316,8 +316,19 @@ async function run(prediction) {
     return;
   }
   showPrediction(final);
+  if (final.status === "failed") showJobError(final.error || "");
   history.replaceState(null, "", `#/predictions/${final.id}`);
   loadHistory();
+}
+
+// A job that failed on a bad input ("invalid_input: scheduler: unknown …") is explained
+// beside that field too, as a 422 would be.
+function showJobError(error) {
+  const match = /^(?:invalid_input|invalid_image|input_fetch_failed): (\w+): (.+)$/s.exec(error);
+  if (!match) return;
+  const [, field, message] = match;
+  const error422 = new ApiError(422, { detail: message, field });
+  showSubmitError(error422, visibleGroups());
 }
 
 async function cancel() {
