@@ -6,6 +6,7 @@ the engine (in-process thread by default, separate ``sdserve worker`` processes 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -17,6 +18,7 @@ from sdserve.api.auth import TokenAuth
 from sdserve.api.common import FILES_PATH
 from sdserve.api.errors import ErrorRouting, install_error_handlers, problem_response
 from sdserve.api.replicate.routes import ReplicateApi
+from sdserve.api.replicate.schemas import render_prediction
 from sdserve.config import Settings
 from sdserve.jobs.contract import JobService
 from sdserve.web import web_router
@@ -50,6 +52,7 @@ def create_app(
         webhook_secret=secret_getter() if callable(secret_getter) else None,
     )
     app.include_router(replicate.router(auth))
+    _register_webhook_renderers(service, settings)
     app.include_router(web_router(auth_required=auth.enabled))
 
     @app.get("/health")
@@ -67,6 +70,19 @@ def create_app(
     app.state.error_routing = routing
     app.state.auth = auth
     return app
+
+
+def _register_webhook_renderers(service: JobService, settings: Settings) -> None:
+    """Webhook bodies are the creating dialect's JSON, with absolute URLs."""
+    register = getattr(service, "set_webhook_renderer", None)
+    if not callable(register):
+        return
+    base = (settings.api.public_url or f"http://{settings.api.host}:{settings.api.port}").rstrip(
+        "/"
+    )
+    render = functools.partial(render_prediction, base=base)
+    register("replicate", render)
+    register("*", render)  # jobs of other dialects default to the prediction shape
 
 
 def _call_if_present(obj: object, name: str) -> None:

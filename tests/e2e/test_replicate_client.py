@@ -13,6 +13,7 @@ import pytest
 import replicate
 from PIL import Image
 from replicate.exceptions import ReplicateError
+from replicate.webhook import InvalidSignatureError
 
 from tests.e2e.conftest import ServerProcess
 from tests.e2e.receiver import WebhookReceiver
@@ -30,6 +31,11 @@ def client(server: ServerProcess) -> replicate.Client:
 def png_pixels(data: bytes) -> bytes:
     with Image.open(io.BytesIO(data)) as image:
         return image.convert("RGB").tobytes()
+
+
+def max_level_difference(a: bytes, b: bytes) -> int:
+    assert len(a) == len(b)
+    return max(abs(x - y) for x, y in zip(a, b, strict=True))
 
 
 def sample_png(tmp_path: Path, color: tuple[int, int, int] = (200, 40, 40)) -> Path:
@@ -83,9 +89,13 @@ def test_same_seed_same_pixels_and_seed_plus_index(client: replicate.Client) -> 
     again = client.run(MODEL, input={"prompt": "snow", "seed": 41, "num_outputs": 2, **FAST})
     alone = client.run(MODEL, input={"prompt": "snow", "seed": 42, **FAST})
     first, second = (png_pixels(item.read()) for item in pair)
+    # the same request twice: identical pixels
     assert [png_pixels(item.read()) for item in again] == [first, second]
-    assert png_pixels(alone[0].read()) == second
-    assert first != second
+    # image 1 alone with seed + 1: the same image; a batched forward rounds differently
+    # from a single one, so a pixel may differ by a level or two, never more
+    alone_pixels = png_pixels(alone[0].read())
+    assert max_level_difference(alone_pixels, second) <= 2
+    assert max_level_difference(alone_pixels, first) > 10
 
 
 def test_img2img_and_inpaint_with_uploaded_files(
@@ -188,9 +198,14 @@ def test_webhook_completed_exactly_once_with_valid_signature(client: replicate.C
         assert len(receiver.requests) == 1
         received = receiver.requests[0]
         secret = client.webhooks.default.secret()
-        assert replicate.webhooks.validate(
+        # validate() raises InvalidSignatureError unless the signature matches the body
+        replicate.webhooks.validate(
             headers=received.headers, body=received.body.decode(), secret=secret
         )
+        with pytest.raises(InvalidSignatureError):
+            replicate.webhooks.validate(
+                headers=received.headers, body=received.body.decode() + " ", secret=secret
+            )
         body = json.loads(received.body)
         assert body["id"] == prediction.id and body["status"] == "succeeded"
     finally:
