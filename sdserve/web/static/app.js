@@ -569,7 +569,7 @@ function historyCard(prediction) {
     el("span", { class: "card-prompt", text: prompt }),
     el("span", { class: `badge ${prediction.status}`, text: prediction.status }),
   );
-  if (prediction.error) button.append(el("span", { class: "card-error", text: prediction.error }));
+  if (prediction.error) button.append(el("span", { class: "card-error", title: prediction.error, text: prediction.error }));
   button.addEventListener("click", () => openPrediction(prediction.id));
   return el("li", {}, button);
 }
