@@ -33,7 +33,7 @@ def test_sigkill_then_restart_every_job_reaches_a_terminal_state(tmp_path: Path)
     proc = ServerProcess(data_dir=tmp_path, port=free_port())
     proc.start()
     try:
-        running = create(proc.url, steps=300)
+        running = create(proc.url, steps=60)
         queued = [create(proc.url, steps=2) for _ in range(3)]
         deadline = time.monotonic() + 60
         while status(proc.url, running) != "processing" and time.monotonic() < deadline:
