@@ -16,7 +16,9 @@ from fastapi.responses import Response
 
 from sdserve.api.auth import TokenAuth
 from sdserve.api.common import FILES_PATH
+from sdserve.api.deepinfra import mount as mount_deepinfra
 from sdserve.api.errors import ErrorRouting, install_error_handlers, problem_response
+from sdserve.api.openai import mount as mount_openai
 from sdserve.api.replicate.routes import ReplicateApi
 from sdserve.api.replicate.schemas import render_prediction
 from sdserve.config import Settings
@@ -53,6 +55,8 @@ def create_app(
     )
     app.include_router(replicate.router(auth))
     _register_webhook_renderers(service, settings)
+    mount_openai(app, service, auth=auth, routing=routing, public_url=settings.api.public_url)
+    mount_deepinfra(app, service, auth=auth, routing=routing)
     app.include_router(web_router(auth_required=auth.enabled))
 
     @app.get("/health")

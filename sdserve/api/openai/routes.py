@@ -1,0 +1,192 @@
+"""OpenAI Images over the job service: generations, edits and variations.
+
+Each request becomes one job (``source`` is the dialect that mounted the router) and is
+answered when the job ends, as OpenAI answers: the client's read timeout is 600 s. A
+client that hangs up cancels its job, so abandoned requests do not hold the GPU.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, Response
+from starlette.datastructures import FormData, UploadFile
+
+from sdserve.api.common import base_url, file_url
+from sdserve.api.openai.schemas import (
+    OPENAI_PARAM,
+    VARIATION_STRENGTH,
+    ImagesParams,
+    has_transparency,
+    images_response,
+    job_failure_response,
+    open_image,
+    openai_mask_to_sd,
+    parse_params,
+    rename_field,
+)
+from sdserve.domain.jobs import Status
+from sdserve.errors import InvalidInput
+from sdserve.jobs.contract import JobRecord, JobService
+
+#: How long one wait lasts before the route checks whether the client is still there.
+WAIT_SLICE_S = 1.0
+#: Multipart parts that carry files, not parameters.
+_FILE_PARTS = ("image", "image[]", "mask")
+
+
+class OpenAIImagesApi:
+    """Builds the OpenAI Images router for one service.
+
+    ``source`` is recorded on every job (``openai``, or ``deepinfra`` when mounted under
+    DeepInfra's ``/v1/openai`` prefix); ``list_models`` adds ``GET {prefix}/models``
+    where no other dialect serves it.
+    """
+
+    def __init__(
+        self, service: JobService, *, public_url: str | None, source: str = "openai"
+    ) -> None:
+        self.service = service
+        self.public_url = public_url
+        self.source = source
+
+    def router(self, auth: Any, *, prefix: str = "/v1", list_models: bool = False) -> APIRouter:
+        router = APIRouter(prefix=prefix, dependencies=[Depends(auth)])
+        router.add_api_route("/images/generations", self.generations, methods=["POST"])
+        router.add_api_route("/images/edits", self.edits, methods=["POST"])
+        router.add_api_route("/images/variations", self.variations, methods=["POST"])
+        if list_models:
+            router.add_api_route("/models", self.models, methods=["GET"])
+        return router
+
+    # routes -------------------------------------------------------------------------------
+
+    async def generations(self, request: Request) -> Response:
+        data = await _json_object(request)
+        params = parse_params(data)
+        if not params.prompt:
+            raise InvalidInput("prompt", "is required")
+        return await self._generate(request, params, params.canonical())
+
+    async def edits(self, request: Request) -> Response:
+        form = await _multipart(request)
+        params = parse_params(_text_parts(form))
+        if not params.prompt:
+            raise InvalidInput("prompt", "is required")
+        image_bytes, image_name = await _one_image(form)
+        image = open_image(image_bytes, "image")
+        canonical = params.canonical()
+        canonical["image"] = self.service.store_upload(image_bytes, image_name, "image/png")
+        mask_part = form.get("mask")
+        mask_png: bytes | None = None
+        if isinstance(mask_part, UploadFile):
+            mask = open_image(await mask_part.read(), "mask")
+            mask_png = openai_mask_to_sd(mask, image.size)
+        elif mask_part is not None:
+            raise InvalidInput("mask", "must be a file part (a PNG with an alpha channel)")
+        elif has_transparency(image):
+            # OpenAI: without a mask, the image's own transparent pixels mark the edit
+            mask_png = openai_mask_to_sd(image, image.size, param="image")
+        if mask_png is not None:
+            canonical["mask"] = self.service.store_upload(mask_png, "mask.png", "image/png")
+        return await self._generate(request, params, canonical)
+
+    async def variations(self, request: Request) -> Response:
+        form = await _multipart(request)
+        params = parse_params(_text_parts(form))
+        image_bytes, image_name = await _one_image(form)
+        open_image(image_bytes, "image")
+        canonical = params.canonical()
+        canonical["image"] = self.service.store_upload(image_bytes, image_name, "image/png")
+        canonical.setdefault("prompt_strength", VARIATION_STRENGTH)
+        return await self._generate(request, params, canonical)
+
+    async def models(self) -> Any:
+        return {
+            "object": "list",
+            "data": [
+                {
+                    "id": model.name,
+                    "object": "model",
+                    "created": int(model.created_at.timestamp()),
+                    "owned_by": model.name.split("/", 1)[0],
+                }
+                for model in self.service.models()
+            ],
+        }
+
+    # the one path every route ends in -------------------------------------------------------
+
+    async def _generate(
+        self, request: Request, params: ImagesParams, canonical: dict[str, Any]
+    ) -> Response:
+        model = params.model or self.service.models()[0].name
+        try:
+            job = self.service.create(model, canonical, source=self.source)
+        except InvalidInput as error:
+            raise rename_field(error, OPENAI_PARAM) from None
+        job = await _wait(self.service, job.id, request)
+        if job.status is not Status.SUCCEEDED or not job.output:
+            return job_failure_response(job, OPENAI_PARAM)
+        base = base_url(request, self.public_url)
+        items: list[dict[str, Any]] = []
+        for key in job.output:
+            if params.response_format == "url":
+                items.append({"url": file_url(base, key)})
+            else:
+                data, _ = self.service.open_output(key)
+                items.append({"b64_json": base64.b64encode(data).decode("ascii")})
+        size = None
+        if "width" in job.input and "height" in job.input:
+            size = (int(job.input["width"]), int(job.input["height"]))
+        return JSONResponse(images_response(job, items, size=size))
+
+
+async def _wait(service: JobService, job_id: str, request: Request) -> JobRecord:
+    """Wait for the job to end; cancel it if the client hangs up first."""
+    while True:
+        job = await service.wait(job_id, WAIT_SLICE_S)
+        if job.status.terminal:
+            return job
+        if await request.is_disconnected():
+            return service.cancel(job_id)
+
+
+async def _json_object(request: Request) -> dict[str, Any]:
+    try:
+        data = await request.json()
+    except ValueError:
+        raise InvalidInput("body", "must be a JSON object") from None
+    if not isinstance(data, dict):
+        raise InvalidInput("body", "must be a JSON object")
+    return data
+
+
+async def _multipart(request: Request) -> FormData:
+    content_type = request.headers.get("content-type", "")
+    if not content_type.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
+        raise InvalidInput("image", "send the image as multipart/form-data")
+    return await request.form()
+
+
+def _text_parts(form: FormData) -> dict[str, str]:
+    return {
+        key: value
+        for key, value in form.multi_items()
+        if isinstance(value, str) and key not in _FILE_PARTS
+    }
+
+
+async def _one_image(form: FormData) -> tuple[bytes, str]:
+    """The single input image, sent as ``image`` or as one ``image[]`` part."""
+    parts = [*form.getlist("image"), *form.getlist("image[]")]
+    if not parts:
+        raise InvalidInput("image", "is required")
+    if len(parts) > 1:
+        raise InvalidInput("image", f"got {len(parts)} images; this server edits one at a time")
+    part = parts[0]
+    if not isinstance(part, UploadFile):
+        raise InvalidInput("image", "must be a file part")
+    return await part.read(), part.filename or "image.png"
