@@ -6,6 +6,7 @@ dialect is a thin translation from its wire format to these calls.
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -68,6 +69,16 @@ class ServedModel:
     input_schema: Mapping[str, Any]  # JSON schema of the canonical input with family defaults
 
 
+@dataclass(frozen=True)
+class RunProgress:
+    """Live progress of one job: the last denoising step written and a small preview."""
+
+    step: int | None
+    total: int | None
+    preview: bytes | None  # small JPEG of the latest step, while the job runs
+    stop_requested: bool = False
+
+
 class JobService(Protocol):
     """What the API can ask of the job service. Every accepted job reaches a terminal state."""
 
@@ -112,4 +123,16 @@ class JobService(Protocol):
 
     def store_upload(self, data: bytes, filename: str, content_type: str) -> str:
         """Store a client upload and return its key (resolved again when a job runs)."""
+        ...
+
+    def interrupt(self, job_id: str) -> JobRecord:
+        """Finish a running job early: it succeeds with the images it has (A1111 interrupt)."""
+        ...
+
+    def active(self, *, source: str | None = None) -> builtins.list[JobRecord]:
+        """Jobs not yet terminal (created by dialect ``source`` if given), oldest first."""
+        ...
+
+    def progress(self, job_id: str) -> RunProgress:
+        """Last step, total and preview of a job; raise JobNotFound."""
         ...

@@ -33,7 +33,7 @@ from sdserve.domain.inputs import (
 )
 from sdserve.domain.jobs import JobKind, Status
 from sdserve.errors import InvalidInput, ModelNotFound, Overloaded
-from sdserve.jobs.contract import JobRecord, Page, ServedModel, WebhookOptions
+from sdserve.jobs.contract import JobRecord, Page, RunProgress, ServedModel, WebhookOptions
 from sdserve.jobs.fetch import InputFetcher, Resolver, sniff_image_type
 from sdserve.jobs.files import FileStore, LocalFileStore, new_key
 from sdserve.jobs.queue import ThreadWorker, enqueue, is_memory_broker, make_celery
@@ -352,6 +352,25 @@ class Service:
             else:
                 return record
         return self.store.get(job_id)
+
+    def interrupt(self, job_id: str) -> JobRecord:
+        """Running: flagged, the worker finishes after the current step with what it has."""
+        self.store.request_stop(job_id)
+        return self.store.get(job_id)
+
+    def active(self, *, source: str | None = None) -> builtins.list[JobRecord]:
+        """Jobs not yet terminal, oldest first."""
+        return self.store.active_jobs(source)
+
+    def progress(self, job_id: str) -> RunProgress:
+        """Last step, total and preview of a job (cheap: no logs or input)."""
+        state = self.store.run_state(job_id)
+        return RunProgress(
+            step=state.progress_step,
+            total=state.progress_total,
+            preview=state.preview,
+            stop_requested=state.stop_requested,
+        )
 
     async def wait(self, job_id: str, timeout: float) -> JobRecord:
         """The job once terminal, or as it is after ``timeout`` seconds."""

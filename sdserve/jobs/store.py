@@ -63,6 +63,7 @@ class RunState:
     progress_total: int | None
     preview: bytes | None
     deadline: datetime | None
+    stop_requested: bool = False
 
 
 @dataclass(frozen=True)
@@ -195,6 +196,7 @@ class Store:
                     JobRow.progress_total,
                     JobRow.preview,
                     JobRow.deadline,
+                    JobRow.stop_requested,
                 ).where(JobRow.id == job_id)
             ).first()
         if found is None:
@@ -208,6 +210,7 @@ class Store:
             progress_total=found[5],
             preview=found[6],
             deadline=found[7],
+            stop_requested=bool(found[8]),
         )
 
     def page(self, *, cursor: str | None = None, limit: int = 100) -> Page:
@@ -339,6 +342,31 @@ class Store:
                 ),
             )
             return result.rowcount == 1
+
+    def request_stop(self, job_id: str) -> bool:
+        """Ask a running job to finish early with what it has. False if not running."""
+        with self._tx(write=True) as session:
+            result = cast(
+                CursorResult[Any],
+                session.execute(
+                    update(JobRow)
+                    .where(JobRow.id == job_id, JobRow.status == Status.PROCESSING.value)
+                    .values(stop_requested=True)
+                    .execution_options(synchronize_session=False)
+                ),
+            )
+            return result.rowcount == 1
+
+    def active_jobs(self, source: str | None = None, limit: int = 1000) -> list[JobRecord]:
+        """Jobs not yet terminal (of one ``source`` if given), oldest first."""
+        query = select(JobRow).where(JobRow.status.in_(
+            [state.value for state in Status if state not in TERMINAL]
+        ))
+        if source is not None:
+            query = query.where(JobRow.source == source)
+        query = query.order_by(JobRow.created_at, JobRow.id).limit(limit)
+        with self._tx() as session:
+            return [to_record(row) for row in session.scalars(query)]
 
     def update_running(
         self,

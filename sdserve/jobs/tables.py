@@ -63,6 +63,8 @@ class JobRow(Base):
     webhook_events: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
     data_removed: Mapped[bool] = mapped_column(Boolean, default=False)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    # A1111 interrupt: finish now with what the run has (not a cancel)
+    stop_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     worker_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
     progress_step: Mapped[int | None] = mapped_column(Integer, nullable=True)

@@ -108,6 +108,7 @@ class _Progress:
         self.last_check = 0.0
         self.cancel = False
         self.deadline_passed = False
+        self.stop = False
 
     def on_step(self, step: int, total: int, preview: Image | None) -> None:
         self.lines.append(tqdm_line(step, total) + "\n")
@@ -141,7 +142,22 @@ class _Progress:
             self.last_check = now
             state = self.store.run_state(self.job_id)
             self.cancel = state.cancel_requested or state.status is not Status.PROCESSING
+            self.stop = state.stop_requested
         return self.cancel
+
+    def stop_early(self) -> bool:
+        """A1111 interrupt: read with the cancel flag (``should_cancel`` runs first)."""
+        return self.stop
+
+
+def _interrupted_line(result: GenerationResult, progress: _Progress) -> str:
+    """A log line for a run that an interrupt finished early, else nothing."""
+    if not result.interrupted:
+        return ""
+    if progress.step is None:
+        return "interrupted: finished early with the partial image(s)\n"
+    step, total = progress.step
+    return f"interrupted after step {step} of {total}: finished early with the partial image(s)\n"
 
 
 def _jpeg_preview(image: Image) -> bytes:
@@ -265,7 +281,10 @@ class JobRunner:
         if progress.should_cancel():
             raise Canceled("canceled before the generation started")
         hooks = RunHooks(
-            on_step=progress.on_step, should_cancel=progress.should_cancel, want_previews=True
+            on_step=progress.on_step,
+            should_cancel=progress.should_cancel,
+            stop_early=progress.stop_early,
+            want_previews=True,
         )
         result = self.predictor.generate(inp, model=model, image=image, mask=mask, hooks=hooks)
         progress.flush()
@@ -279,7 +298,7 @@ class JobRunner:
             output=keys,
             nsfw=result.nsfw_content_detected,
             metrics=metrics,
-            logs=f"seed: {result.seed}\n",
+            logs=_interrupted_line(result, progress) + f"seed: {result.seed}\n",
         )
 
     def _write_outputs(self, job_id: str, result: GenerationResult) -> list[str]:
