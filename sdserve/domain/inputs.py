@@ -92,6 +92,18 @@ class GenerationInput(BaseModel):
     outpaint_right: int = Field(default=0, ge=0, le=2048, description="pixels added on the right")
     outpaint_up: int = Field(default=0, ge=0, le=2048, description="pixels added on top")
     outpaint_down: int = Field(default=0, ge=0, le=2048, description="pixels added at the bottom")
+    hires_scale: float | None = Field(
+        default=None,
+        ge=1,
+        le=4,
+        description="hires fix (text-to-image): upscale by this factor, then re-draw lightly",
+    )
+    hires_steps: int | None = Field(
+        default=None, ge=1, le=500, description="hires fix: steps of the second pass"
+    )
+    hires_strength: float = Field(
+        default=0.7, ge=0, le=1, description="hires fix: denoising strength of the second pass"
+    )
 
     @property
     def outpaints(self) -> bool:
@@ -107,6 +119,15 @@ class GenerationInput(BaseModel):
         if self.mask is not None:
             return "inpaint"
         return "img2img"
+
+    def hires_size(self) -> tuple[int, int] | None:
+        """Output size of the hires fix (a multiple of 8), or None without one."""
+        if self.hires_scale is None or self.width is None or self.height is None:
+            return None
+        return (
+            max(64, int(self.width * self.hires_scale) // 8 * 8),
+            max(64, int(self.height * self.hires_scale) // 8 * 8),
+        )
 
     def seed_for(self, index: int) -> int:
         """Seed of image ``index``: ``seed + index`` so each image reproduces alone."""
@@ -140,6 +161,21 @@ class GenerationInput(BaseModel):
             )
         if self.mask is not None and self.image is None:
             raise InvalidInput("mask", "a mask needs an image to inpaint")
+        if self.hires_scale is not None and self.image is not None:
+            raise InvalidInput("hires_scale", "the hires fix works with text-to-image only")
+        if self.hires_scale is not None and self.refine == "expert_ensemble_refiner":
+            raise InvalidInput(
+                "hires_scale", "the hires fix cannot follow the expert_ensemble_refiner"
+            )
+        hires = self.hires_size()
+        if hires is not None and hires[0] * hires[1] > limits.max_pixels:
+            raise InvalidInput(
+                "hires_scale",
+                f"the hires fix would make {hires[0]}x{hires[1]} images, more than the "
+                f"limit of {limits.max_pixels} pixels",
+            )
+        if self.hires_steps is not None and self.hires_steps > limits.max_steps:
+            raise InvalidInput("hires_steps", f"must be between 1 and {limits.max_steps}")
         if self.outpaints and self.image is None:
             raise InvalidInput("image", "outpainting needs an image to extend")
 

@@ -27,6 +27,7 @@ from sdserve.engine.schedulers import make_scheduler, resolve_scheduler
 from sdserve.engine.tasks import (
     Pipeline,
     StepWatcher,
+    hires,
     img2img,
     inpaint,
     make_generators,
@@ -125,10 +126,18 @@ class Engine:
             refiner = None
             if inp.refine != "no_refiner" and spec.refiner:
                 refiner = self.cache.get_refiner(spec.refiner)
+            # hires fix: a second, image-to-image pass of the same model (from_pipe)
+            hires_pipe = None
+            if task == "txt2img" and inp.hires_size() is not None:
+                hires_pipe = self.cache.for_task(spec, "img2img")
             loaded = time.perf_counter()
             watcher = StepWatcher(hooks, xl=getattr(pipe, "text_encoder_2", None) is not None)
+            if hires_pipe is not None:
+                watcher.planned = (inp.num_inference_steps or 0) + hires.second_pass_steps(inp)
             with self._lora_on(base, inp):
-                results = self._run(pipe, refiner, inp, task, prepared, watcher)
+                results = self._run(
+                    pipe, refiner, inp, task, prepared, watcher, hires_pipe=hires_pipe
+                )
         inferred = time.perf_counter()
 
         encoded = self._finish(results, inp, spec)
@@ -182,6 +191,8 @@ class Engine:
         task: str,
         prepared: dict[str, Image.Image],
         watcher: StepWatcher,
+        *,
+        hires_pipe: Pipeline | None = None,
     ) -> list[Image.Image]:
         seeds = [inp.seed_for(index) for index in range(inp.num_outputs)]
         scheduler_name = inp.scheduler or ""
@@ -201,6 +212,14 @@ class Engine:
             )
         if task == "txt2img":
             results = txt2img.run(view, inp, generators=generators, watcher=watcher)
+            if hires_pipe is not None:
+                hires_view = with_scheduler(
+                    hires_pipe,
+                    make_scheduler(scheduler_name, hires_pipe.scheduler.config, noise_seeds=seeds),
+                )
+                results = hires.run(
+                    hires_view, results, inp, generators=generators, watcher=watcher
+                )
         elif task == "img2img":
             results = img2img.run(
                 view, inp, image=prepared["image"], generators=generators, watcher=watcher

@@ -91,6 +91,12 @@ def format_parameters(
     }
     if (task or inp.task) != "txt2img":
         params["Denoising strength"] = _number(inp.prompt_strength)
+    if inp.hires_scale is not None:
+        # A1111's spelling; the strength is that of the hires pass
+        params["Denoising strength"] = _number(inp.hires_strength)
+        params["Hires upscale"] = _number(inp.hires_scale)
+        if inp.hires_steps is not None:
+            params["Hires steps"] = str(inp.hires_steps)
     if inp.lora:
         params["Lora"] = f"{lora_display_name(inp.lora)}:{_number(inp.lora_scale)}"
     if inp.refine != "no_refiner":

@@ -1,0 +1,59 @@
+"""Hires fix (AUTOMATIC1111): draw at the requested size, upscale, then re-draw lightly.
+
+The first pass is plain text-to-image. Its images are upscaled in pixel space (Lanczos)
+to :meth:`GenerationInput.hires_size` and handed to the model's image-to-image pipeline
+(derived with ``from_pipe``, sharing the weights) for ``hires_steps`` steps at
+``hires_strength``: the second pass adds detail at the larger size instead of the blur a
+plain resize leaves. Each image keeps its own generator, so image *i* still reproduces
+alone from ``seed + i``.
+"""
+
+from __future__ import annotations
+
+import torch
+from PIL import Image as PILImage
+from PIL.Image import Image
+
+from sdserve.domain.inputs import GenerationInput
+from sdserve.engine.prompts import prompt_kwargs
+from sdserve.engine.tasks import Pipeline, StepWatcher, common_kwargs
+
+
+def second_pass_steps(inp: GenerationInput) -> int:
+    """Steps the second pass runs: ``hires_steps`` (default: the request's) x strength."""
+    steps = inp.hires_steps or inp.num_inference_steps or 1
+    return int(steps * inp.hires_strength)
+
+
+def run(
+    pipe: Pipeline,
+    images: list[Image],
+    inp: GenerationInput,
+    *,
+    generators: list[torch.Generator],
+    watcher: StepWatcher,
+) -> list[Image]:
+    """Upscale ``images`` and re-draw them with the image-to-image ``pipe``.
+
+    An interrupted first pass returns its images as they are (as A1111 does).
+    """
+    size = inp.hires_size()
+    if size is None or watcher.interrupted:
+        return images
+    upscaled = [image.resize(size, PILImage.Resampling.LANCZOS) for image in images]
+    if second_pass_steps(inp) < 1:
+        # strength 0 (or too few steps to run one): the upscale is the result
+        return upscaled
+    watcher.next_stage(watcher.steps_run)
+    result = pipe(
+        **prompt_kwargs(pipe, inp.prompt, inp.negative_prompt),
+        image=upscaled,
+        strength=inp.hires_strength,
+        generator=generators,
+        output_type="pil",
+        **{
+            **common_kwargs(inp, watcher),
+            "num_inference_steps": inp.hires_steps or inp.num_inference_steps,
+        },
+    )
+    return list(result.images)
