@@ -66,6 +66,11 @@ class GenerationInput(BaseModel):
     )
     num_outputs: int = Field(default=1, ge=1, le=64, description="number of images")
     scheduler: str | None = Field(default=None, description="sampler / scheduler name")
+    noise_schedule: str | None = Field(
+        default=None,
+        description="A1111 noise schedule for the sampler (karras, exponential...); "
+        "None = the sampler's own",
+    )
     num_inference_steps: int | None = Field(
         default=None, ge=1, le=500, description="denoising steps"
     )

@@ -196,8 +196,12 @@ class Engine:
     ) -> list[Image.Image]:
         seeds = [inp.seed_for(index) for index in range(inp.num_outputs)]
         scheduler_name = inp.scheduler or ""
+        schedule = inp.noise_schedule
         view = with_scheduler(
-            pipe, make_scheduler(scheduler_name, pipe.scheduler.config, noise_seeds=seeds)
+            pipe,
+            make_scheduler(
+                scheduler_name, pipe.scheduler.config, a1111_schedule=schedule, noise_seeds=seeds
+            ),
         )
         generators = make_generators(inp, devices.generator_device(self.device))
         refiner_view = None
@@ -215,7 +219,12 @@ class Engine:
             if hires_pipe is not None:
                 hires_view = with_scheduler(
                     hires_pipe,
-                    make_scheduler(scheduler_name, hires_pipe.scheduler.config, noise_seeds=seeds),
+                    make_scheduler(
+                        scheduler_name,
+                        hires_pipe.scheduler.config,
+                        a1111_schedule=schedule,
+                        noise_seeds=seeds,
+                    ),
                 )
                 results = hires.run(
                     hires_view, results, inp, generators=generators, watcher=watcher

@@ -89,6 +89,8 @@ def format_parameters(
         "Size": f"{width}x{height}",
         "Model": model,
     }
+    if inp.noise_schedule and inp.noise_schedule.lower() != "automatic":
+        params["Schedule type"] = inp.noise_schedule.replace("_", " ").title()
     if (task or inp.task) != "txt2img":
         params["Denoising strength"] = _number(inp.prompt_strength)
     if inp.hires_scale is not None:
