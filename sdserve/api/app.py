@@ -14,6 +14,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.responses import Response
 
+from sdserve.api.a1111 import mount as mount_a1111
 from sdserve.api.auth import TokenAuth
 from sdserve.api.common import FILES_PATH
 from sdserve.api.deepinfra import mount as mount_deepinfra
@@ -57,6 +58,7 @@ def create_app(
     _register_webhook_renderers(service, settings)
     mount_openai(app, service, auth=auth, routing=routing, public_url=settings.api.public_url)
     mount_deepinfra(app, service, auth=auth, routing=routing)
+    mount_a1111(app, service, auth=auth, routing=routing, lora_dir=settings.engine.lora_dir)
     app.include_router(web_router(auth_required=auth.enabled))
 
     @app.get("/health")

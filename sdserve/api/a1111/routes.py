@@ -1,0 +1,325 @@
+"""AUTOMATIC1111's ``/sdapi/v1`` over the job service (what ``webuiapi`` and plugins call).
+
+A txt2img/img2img request becomes one job (``source="a1111"``, ``batch_size * n_iter``
+images, image *i* with seed + i) and the route awaits it without holding any lock, so
+``/progress`` and ``/interrupt`` are answered while it runs. ``/interrupt`` (and
+``/skip``: one job per request, so skipping its image is finishing it) asks the running
+A1111 jobs to stop after the current step; they succeed with the partial images, and
+the waiting txt2img call answers 200 with them, as A1111 does.
+
+The current model (``options.sd_model_checkpoint``) and other options live in this API
+process, as A1111 keeps them in its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import threading
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, Depends
+from fastapi.responses import JSONResponse, Response
+
+from sdserve.api.a1111.schemas import (
+    LATENT_UPSCALE_MODES,
+    UPSCALERS,
+    CheckpointInfo,
+    Img2ImgRequest,
+    OptionsRequest,
+    PngInfoRequest,
+    Txt2ImgRequest,
+    canonical_input,
+    checkpoint_of,
+    decode_b64_image,
+    echo,
+    error_body,
+    find_checkpoint,
+    idle_progress,
+    job_timestamp,
+    render_info,
+    render_progress,
+    render_samplers,
+    render_schedules,
+)
+from sdserve.domain.jobs import Status
+from sdserve.engine.metadata import parse_parameters, read_parameters
+from sdserve.errors import InvalidInput, ModelNotFound, Overloaded, SdserveError, Unauthorized
+from sdserve.jobs.contract import JobRecord, JobService
+
+SOURCE = "a1111"
+#: How long one ``service.wait`` call holds before the route looks again (no overall limit:
+#: A1111 answers when the image is done, however long that takes).
+WAIT_SLICE_S = 30.0
+#: HTTP status of a failed job, by the stable code at the start of its ``error``.
+FAILURE_STATUS = {
+    "invalid_input": 422,
+    "invalid_image": 422,
+    "input_fetch_failed": 422,
+    "nsfw_content": 422,
+    "insufficient_gpu_memory": 503,
+    "model_load_error": 500,
+}
+_ERROR_TYPES = {401: "Unauthorized", 404: "NotFound", 422: "ValidationError", 429: "Overloaded"}
+
+
+def a1111_error_response(error: SdserveError, status: int) -> Response:
+    """A1111-style error JSON (``{"error", "detail", "body", "errors"}``) for ``/sdapi``."""
+    extra: dict[str, Any] = {"code": error.code}
+    if isinstance(error, InvalidInput):
+        extra["field"] = error.field
+        if error.allowed:
+            extra["allowed"] = error.allowed
+    headers: dict[str, str] = {}
+    if isinstance(error, Unauthorized):
+        headers["WWW-Authenticate"] = 'Basic realm="sdserve"'
+    if isinstance(error, Overloaded):
+        headers["Retry-After"] = str(error.retry_after)
+    error_type = _ERROR_TYPES.get(status, type(error).__name__)
+    return JSONResponse(
+        error_body(error_type, error.message, **extra), status_code=status, headers=headers
+    )
+
+
+class A1111Api:
+    """Builds the ``/sdapi/v1`` router for one service.
+
+    ``lora_dir`` is the engine's LoRA folder (listed by ``/loras``; unknown
+    ``<lora:...>`` tags fail with 422).
+    """
+
+    def __init__(self, service: JobService, *, lora_dir: Path | None = None) -> None:
+        self.service = service
+        self.lora_dir = lora_dir
+        self._lock = threading.Lock()
+        self._current: str | None = None  # model name chosen through options
+        self._options: dict[str, Any] = {}
+
+    def router(self, auth: Any) -> APIRouter:
+        router = APIRouter(prefix="/sdapi/v1", dependencies=[Depends(auth)])
+        post, get = ["POST"], ["GET"]
+        router.add_api_route("/txt2img", self.txt2img, methods=post)
+        router.add_api_route("/img2img", self.img2img, methods=post)
+        router.add_api_route("/progress", self.progress, methods=get)
+        router.add_api_route("/interrupt", self.interrupt, methods=post)
+        router.add_api_route("/skip", self.interrupt, methods=post)
+        router.add_api_route("/options", self.get_options, methods=get)
+        router.add_api_route("/options", self.set_options, methods=post)
+        router.add_api_route("/sd-models", self.sd_models, methods=get)
+        router.add_api_route("/samplers", self.samplers, methods=get)
+        router.add_api_route("/schedulers", self.schedulers, methods=get)
+        router.add_api_route("/loras", self.loras, methods=get)
+        router.add_api_route("/png-info", self.png_info, methods=post)
+        router.add_api_route("/cmd-flags", self.cmd_flags, methods=get)
+        router.add_api_route("/upscalers", self.upscalers, methods=get)
+        router.add_api_route("/latent-upscale-modes", self.latent_upscale_modes, methods=get)
+        router.add_api_route("/embeddings", self.embeddings, methods=get)
+        router.add_api_route("/scripts", self.scripts, methods=get)
+        for path in ("/sd-vae", "/hypernetworks", "/face-restorers", "/realesrgan-models",
+                     "/prompt-styles", "/script-info"):
+            router.add_api_route(path, self.empty_list, methods=get)
+        for path in ("/refresh-checkpoints", "/refresh-loras", "/refresh-vae"):
+            router.add_api_route(path, self.refresh, methods=post)
+        return router
+
+    # generation ---------------------------------------------------------------------------
+
+    async def txt2img(self, body: Txt2ImgRequest) -> Response:
+        return await self._generate(body, img2img=False)
+
+    async def img2img(self, body: Img2ImgRequest) -> Response:
+        return await self._generate(body, img2img=True)
+
+    async def _generate(self, body: Txt2ImgRequest, *, img2img: bool) -> Response:
+        checkpoint = self._checkpoint_for(body)
+        values = await asyncio.to_thread(
+            canonical_input, body, known_loras=self._lora_names(), img2img=img2img
+        )
+        job = await asyncio.to_thread(
+            self.service.create, checkpoint.name, values, source=SOURCE
+        )
+        while not job.status.terminal:
+            job = await self.service.wait(job.id, WAIT_SLICE_S)
+        if job.status is not Status.SUCCEEDED:
+            return _failure(job)
+        files = await asyncio.to_thread(self._outputs, job)
+        infotexts = [read_parameters(data) or "" for data in files]
+        images = [base64.b64encode(data).decode("ascii") for data in files]
+        return JSONResponse(
+            {
+                "images": images if body.send_images is not False else [],
+                "parameters": echo(body),
+                "info": render_info(job, body, infotexts=infotexts, checkpoint=checkpoint),
+            }
+        )
+
+    def _outputs(self, job: JobRecord) -> list[bytes]:
+        return [self.service.open_output(key)[0] for key in job.output or []]
+
+    # progress and interrupt (sync: run in the thread pool, never behind a generation) -----
+
+    def progress(self, skip_current_image: bool = False) -> Any:
+        jobs = self.service.active(source=SOURCE)
+        if not jobs:
+            return idle_progress()
+        running = next((job for job in jobs if job.status is Status.PROCESSING), None)
+        if running is None:
+            return render_progress(
+                progress=0.0, eta=0.0, job_count=len(jobs), step=0, steps=0,
+                interrupted=False, timestamp=job_timestamp(jobs[0].created_at), preview=None,
+                textinfo="Waiting...",
+            )
+        live = self.service.progress(running.id)
+        step, total = live.step or 0, live.total or int(running.input.get("num_inference_steps", 0))
+        fraction = min(max(step / total, 0.0), 1.0) if total else 0.0
+        eta = 0.0
+        if running.started_at is not None and fraction > 0:
+            elapsed = (datetime.now(UTC) - running.started_at).total_seconds()
+            eta = max(0.0, elapsed / fraction - elapsed)
+        return render_progress(
+            progress=fraction, eta=eta, job_count=len(jobs), step=step, steps=total,
+            interrupted=live.stop_requested, timestamp=job_timestamp(running.created_at),
+            preview=None if skip_current_image else live.preview,
+            textinfo=f"Sampling step {step}/{total}" if total else None,
+        )
+
+    def interrupt(self) -> Any:
+        for job in self.service.active(source=SOURCE):
+            if job.status is Status.PROCESSING:
+                self.service.interrupt(job.id)
+        return {}
+
+    # options and models -------------------------------------------------------------------
+
+    def get_options(self) -> Any:
+        current = self._current_checkpoint()
+        with self._lock:
+            stored = dict(self._options)
+        return {
+            "samples_format": "png",
+            "sd_vae": "Automatic",
+            "CLIP_stop_at_last_layers": 1,
+            "eta_noise_seed_delta": 0,
+            **stored,
+            "sd_model_checkpoint": current.title,
+            "sd_checkpoint_hash": current.sha256,
+        }
+
+    def set_options(self, body: OptionsRequest) -> Any:
+        values = body.model_dump(exclude={"sd_model_checkpoint"})
+        if body.sd_model_checkpoint:
+            chosen = find_checkpoint(body.sd_model_checkpoint, self._checkpoints())
+            with self._lock:
+                self._current = chosen.name
+        with self._lock:
+            # stored and echoed back; they change nothing else
+            self._options.update({k: v for k, v in values.items() if k != "sd_checkpoint_hash"})
+        return None
+
+    def sd_models(self) -> Any:
+        return [checkpoint.render() for checkpoint in self._checkpoints()]
+
+    def samplers(self) -> Any:
+        return render_samplers()
+
+    def schedulers(self) -> Any:
+        return render_schedules()
+
+    def loras(self) -> Any:
+        if self.lora_dir is None or not self.lora_dir.is_dir():
+            return []
+        return [
+            {"name": path.stem, "alias": path.stem, "path": str(path), "metadata": {}}
+            for path in sorted(self.lora_dir.glob("*.safetensors"))
+        ]
+
+    # small read-only endpoints ------------------------------------------------------------
+
+    def png_info(self, body: PngInfoRequest) -> Any:
+        from PIL import Image
+
+        data = decode_b64_image(body.image, "image")
+        text = read_parameters(data)
+        with Image.open(io.BytesIO(data)) as image:
+            items = {
+                key: value for key, value in image.info.items()
+                if key != "parameters" and isinstance(value, str | int | float)
+            }
+        return {
+            "info": text or "",
+            "items": items,
+            "parameters": parse_parameters(text) if text else {},
+        }
+
+    def cmd_flags(self) -> Any:
+        return {"api": True, "nowebui": True, "api_auth": None, "lora_dir": str(self.lora_dir)}
+
+    def upscalers(self) -> Any:
+        return [
+            {"name": name, "model_name": None, "model_path": None, "model_url": None,
+             "scale": 4}
+            for name in UPSCALERS
+        ]
+
+    def latent_upscale_modes(self) -> Any:
+        return [{"name": name} for name in LATENT_UPSCALE_MODES]
+
+    def embeddings(self) -> Any:
+        return {"loaded": {}, "skipped": {}}
+
+    def scripts(self) -> Any:
+        # no extension scripts: webuiapi then adds no ControlNet/ADetailer arguments
+        return {"txt2img": [], "img2img": []}
+
+    def empty_list(self) -> Any:
+        return []
+
+    def refresh(self) -> Any:
+        return None
+
+    # helpers ------------------------------------------------------------------------------
+
+    def _checkpoints(self) -> list[CheckpointInfo]:
+        return [checkpoint_of(model) for model in self.service.models()]
+
+    def _current_checkpoint(self) -> CheckpointInfo:
+        checkpoints = self._checkpoints()
+        if not checkpoints:
+            raise ModelNotFound("this server serves no model")
+        with self._lock:
+            current = self._current
+        for checkpoint in checkpoints:
+            if checkpoint.name == current:
+                return checkpoint
+        return checkpoints[0]
+
+    def _checkpoint_for(self, body: Txt2ImgRequest) -> CheckpointInfo:
+        override = (body.override_settings or {}).get("sd_model_checkpoint")
+        if override:
+            return find_checkpoint(
+                str(override), self._checkpoints(), "override_settings.sd_model_checkpoint"
+            )
+        return self._current_checkpoint()
+
+    def _lora_names(self) -> set[str] | None:
+        if self.lora_dir is None or not self.lora_dir.is_dir():
+            return None
+        return {path.stem for path in self.lora_dir.glob("*.safetensors")}
+
+
+def _failure(job: JobRecord) -> Response:
+    """A job that did not succeed, as A1111's error JSON with a non-200 status."""
+    code, _, message = (job.error or "").partition(": ")
+    if job.status is Status.CANCELED:
+        code, message = "canceled", message or "the job was canceled"
+    elif job.status is Status.ABORTED:
+        code, message = "aborted", message or job.error or "the job was aborted"
+    status = FAILURE_STATUS.get(code, 409 if code in ("canceled", "aborted") else 500)
+    return JSONResponse(
+        error_body(code or "internal_error", message or job.error or "the job failed",
+                   job_id=job.id),
+        status_code=status,
+    )

@@ -1,0 +1,501 @@
+"""AUTOMATIC1111 ``/sdapi/v1`` wire models and their mapping onto the canonical input.
+
+Requests accept every key A1111 (and ``webuiapi``, which always sends all ~47 of them)
+knows: the keys sdserve uses are declared, every other one is kept for the echo in
+``parameters`` and otherwise ignored. No torch here: the sampler and schedule tables are
+plain data, checked against the engine's tables by a unit test.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import io
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from sdserve.engine.lora import parse_a1111_lora_tags
+from sdserve.errors import InvalidImage, InvalidInput
+from sdserve.jobs.contract import JobRecord, ServedModel
+
+#: A1111 sampler display names and their aliases (k-diffusion spellings), in A1111's order.
+SAMPLERS: dict[str, tuple[str, ...]] = {
+    "DPM++ 2M": ("k_dpmpp_2m",),
+    "DPM++ 2M Karras": ("k_dpmpp_2m_ka",),
+    "DPM++ SDE": ("k_dpmpp_sde",),
+    "DPM++ SDE Karras": ("k_dpmpp_sde_ka",),
+    "DPM++ 2M SDE": ("k_dpmpp_2m_sde",),
+    "DPM++ 2M SDE Karras": ("k_dpmpp_2m_sde_ka",),
+    "DPM++ 2M SDE Heun": ("k_dpmpp_2m_sde_heun",),
+    "DPM++ 2M SDE Heun Karras": ("k_dpmpp_2m_sde_heun_ka",),
+    "DPM++ 2S a": ("k_dpmpp_2s_a",),
+    "DPM++ 2S a Karras": ("k_dpmpp_2s_a_ka",),
+    "DPM++ 3M SDE": ("k_dpmpp_3m_sde",),
+    "DPM++ 3M SDE Karras": ("k_dpmpp_3m_sde_ka",),
+    "DPM++ 3M SDE Exponential": ("k_dpmpp_3m_sde_exp",),
+    "Euler a": ("k_euler_a", "k_euler_ancestral"),
+    "Euler": ("k_euler",),
+    "LMS": ("k_lms",),
+    "LMS Karras": ("k_lms_ka",),
+    "Heun": ("k_heun",),
+    "DPM2": ("k_dpm_2",),
+    "DPM2 Karras": ("k_dpm_2_ka",),
+    "DPM2 a": ("k_dpm_2_a",),
+    "DPM2 a Karras": ("k_dpm_2_a_ka",),
+    "DPM fast": ("k_dpm_fast",),
+    "DPM adaptive": ("k_dpm_ad",),
+    "Restart": ("restart",),
+    "DDIM": ("ddim",),
+    "DDIM CFG++": ("ddim_cfgpp",),
+    "DDPM": ("ddpm",),
+    "PLMS": ("plms",),
+    "UniPC": ("unipc",),
+    "LCM": ("k_lcm",),
+}
+
+#: A1111 noise schedules (the ``scheduler`` field since A1111 1.9) with their labels.
+SCHEDULES: dict[str, str] = {
+    "automatic": "Automatic",
+    "uniform": "Uniform",
+    "karras": "Karras",
+    "exponential": "Exponential",
+    "polyexponential": "Polyexponential",
+    "sgm_uniform": "SGM Uniform",
+    "kl_optimal": "KL Optimal",
+    "align_your_steps": "Align Your Steps",
+    "simple": "Simple",
+    "normal": "Normal",
+    "ddim": "DDIM",
+    "beta": "Beta",
+}
+
+#: Hires upscalers A1111 offers. sdserve upscales every one of them with Lanczos in pixel
+#: space before the second pass (the second pass is what adds the detail).
+LATENT_UPSCALE_MODES = (
+    "Latent", "Latent (antialiased)", "Latent (bicubic)", "Latent (bicubic antialiased)",
+    "Latent (nearest)", "Latent (nearest-exact)",
+)  # fmt: skip
+UPSCALERS = ("None", "Lanczos", "Nearest")
+DEFAULT_SAMPLER = "Euler"  # A1111's API default when a request names none
+
+
+def _key(name: str) -> str:
+    return " ".join(name.lower().replace("_", " ").split())
+
+
+_SAMPLER_INDEX: dict[str, str] = {}
+for _name, _aliases in SAMPLERS.items():
+    _SAMPLER_INDEX[_key(_name)] = _name
+    for _alias in _aliases:
+        _SAMPLER_INDEX.setdefault(_key(_alias), _name)
+
+
+def resolve_sampler(name: str, field: str = "sampler_name") -> str:
+    """The A1111 display name of a sampler (any case, aliases too); InvalidInput if unknown."""
+    found = _SAMPLER_INDEX.get(_key(name))
+    if found is None:
+        raise InvalidInput(field, f"unknown sampler {name!r}", allowed=list(SAMPLERS))
+    return found
+
+
+def resolve_schedule(name: str | None) -> str | None:
+    """The canonical noise schedule for an A1111 ``scheduler`` value (None = automatic)."""
+    if name is None or not name.strip():
+        return None
+    key = _key(name).replace(" ", "_")
+    if key not in SCHEDULES:
+        # labels ("SGM Uniform") are accepted as well as names
+        by_label = {_key(label): value for value, label in SCHEDULES.items()}
+        found = by_label.get(_key(name))
+        if found is None:
+            raise InvalidInput("scheduler", f"unknown scheduler {name!r}", allowed=list(SCHEDULES))
+        key = found
+    return None if key == "automatic" else key
+
+
+class Txt2ImgRequest(BaseModel):
+    """``POST /sdapi/v1/txt2img``: the keys sdserve uses; every other key is kept and ignored."""
+
+    model_config = ConfigDict(extra="allow")
+
+    prompt: str | None = ""
+    negative_prompt: str | None = ""
+    styles: list[str] | None = None
+    seed: int | None = -1
+    subseed: int | None = -1
+    batch_size: int | None = Field(default=1, ge=1)
+    n_iter: int | None = Field(default=1, ge=1)
+    steps: int | None = Field(default=50, ge=1)
+    cfg_scale: float | None = 7.0
+    width: int | None = 512
+    height: int | None = 512
+    sampler_name: str | None = None
+    sampler_index: str | None = None
+    scheduler: str | None = None
+    denoising_strength: float | None = None
+    enable_hr: bool | None = False
+    hr_scale: float | None = 2.0
+    hr_upscaler: str | None = None
+    hr_second_pass_steps: int | None = 0
+    hr_resize_x: int | None = 0
+    hr_resize_y: int | None = 0
+    override_settings: dict[str, Any] | None = None
+    send_images: bool | None = True
+
+
+class Img2ImgRequest(Txt2ImgRequest):
+    """``POST /sdapi/v1/img2img``: txt2img's keys plus the init image and the mask."""
+
+    init_images: list[str] | None = None
+    mask: str | None = None
+    mask_blur: int | None = Field(default=4, ge=0)
+    inpainting_mask_invert: int | bool | None = 0
+    inpaint_full_res: bool | int | None = True
+    resize_mode: int | None = 0
+    include_init_images: bool | None = False
+
+
+class OptionsRequest(BaseModel):
+    """``POST /sdapi/v1/options``: any option; ``sd_model_checkpoint`` switches the model."""
+
+    model_config = ConfigDict(extra="allow")
+
+    sd_model_checkpoint: str | None = None
+
+
+class PngInfoRequest(BaseModel):
+    """``POST /sdapi/v1/png-info``."""
+
+    image: str = Field(min_length=1)
+
+
+# -- models ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """One served model as A1111 lists checkpoints."""
+
+    name: str  # owner/name
+    sha256: str
+
+    @property
+    def short_hash(self) -> str:
+        return self.sha256[:10]
+
+    @property
+    def title(self) -> str:
+        return f"{self.name} [{self.short_hash}]"
+
+    def names(self) -> set[str]:
+        """Every spelling that selects this model, lower-cased."""
+        short = self.name.rsplit("/", 1)[-1]
+        return {
+            self.title.lower(), self.name.lower(), short.lower(), self.short_hash, self.sha256,
+        }
+
+    def render(self) -> dict[str, Any]:
+        return {
+            "title": self.title,
+            "model_name": self.name,
+            "hash": self.short_hash,
+            "sha256": self.sha256,
+            "filename": self.name,
+            "config": None,
+        }
+
+
+def checkpoint_of(model: ServedModel) -> CheckpointInfo:
+    """A1111 checkpoint facts of a served model (hashes derive from its stable version)."""
+    return CheckpointInfo(model.name, hashlib.sha256(model.version.encode()).hexdigest())
+
+
+def find_checkpoint(
+    value: str, checkpoints: Sequence[CheckpointInfo], field: str = "sd_model_checkpoint"
+) -> CheckpointInfo:
+    """The checkpoint a title, name, short name or hash selects (case-insensitive)."""
+    wanted = value.strip().lower()
+    bare = wanted.split(" [", 1)[0].strip()  # "name [hash]" typed with another hash
+    for candidate in (wanted, bare):
+        for checkpoint in checkpoints:
+            if candidate in checkpoint.names():
+                return checkpoint
+    raise InvalidInput(
+        field, f"no served model is called {value!r}", allowed=[c.title for c in checkpoints]
+    )
+
+
+# -- request mapping ------------------------------------------------------------------------
+
+
+def to_data_uri(value: str, field: str) -> str:
+    """A ``data:`` URI, or raw base64 wrapped as one (the fetcher sniffs the real type)."""
+    text = value.strip()
+    if text[:5].lower() == "data:":
+        return text
+    try:
+        base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidImage(field, "must be base64 image data or a data: URI") from None
+    return f"data:image/png;base64,{text}"
+
+
+def decode_b64_image(value: str, field: str) -> bytes:
+    """The bytes of a ``data:`` URI or raw base64 string."""
+    text = value.strip()
+    if text[:5].lower() == "data:":
+        text = text.partition(",")[2]
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidImage(field, "must be base64 image data or a data: URI") from None
+
+
+def prepare_mask(value: str, *, blur: int, invert: bool) -> str:
+    """The A1111 mask as a PNG data URI: inverted if asked, edges blurred by ``blur`` px."""
+    from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
+
+    data = decode_b64_image(value, "mask")
+    try:
+        mask: Image.Image = Image.open(io.BytesIO(data))
+        mask.load()
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        raise InvalidImage("mask", f"cannot be decoded as an image ({exc})") from None
+    if mask.mode in ("RGBA", "LA"):
+        # transparent pixels count as black (keep), as A1111 reads such masks
+        background = Image.new("RGBA", mask.size, (0, 0, 0, 255))
+        mask = Image.alpha_composite(background, mask.convert("RGBA"))
+    gray = mask.convert("L")
+    if invert:
+        gray = ImageOps.invert(gray)
+    if blur > 0:
+        gray = gray.filter(ImageFilter.GaussianBlur(blur))
+    buffer = io.BytesIO()
+    gray.save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def canonical_input(
+    request: Txt2ImgRequest, *, known_loras: set[str] | None, img2img: bool
+) -> dict[str, Any]:
+    """Map an A1111 request onto canonical :class:`GenerationInput` names.
+
+    ``known_loras`` (names in the LoRA folder; None = no folder) lets an unknown
+    ``<lora:name:w>`` tag fail at once with the names that exist.
+    """
+    prompt, loras = parse_a1111_lora_tags(request.prompt or "")
+    negative, negative_loras = parse_a1111_lora_tags(request.negative_prompt or "")
+    if negative_loras:
+        raise InvalidInput("negative_prompt", "LoRA tags belong in the prompt")
+    sampler = request.sampler_name or request.sampler_index or DEFAULT_SAMPLER
+    field = "sampler_name" if request.sampler_name else "sampler_index"
+    values: dict[str, Any] = {
+        "prompt": prompt,
+        "negative_prompt": negative,
+        "num_outputs": (request.batch_size or 1) * (request.n_iter or 1),
+        "scheduler": resolve_sampler(sampler, field),
+        "output_format": "png",
+    }
+    schedule = resolve_schedule(request.scheduler)
+    if schedule is not None:
+        values["noise_schedule"] = schedule
+    if request.seed is not None and request.seed >= 0:
+        values["seed"] = request.seed
+    if request.steps is not None:
+        values["num_inference_steps"] = request.steps
+    if request.cfg_scale is not None:
+        values["guidance_scale"] = request.cfg_scale
+    if request.width:
+        values["width"] = request.width
+    if request.height:
+        values["height"] = request.height
+    if loras:
+        if len(loras) > 1:
+            raise InvalidInput("prompt", "one <lora:name:weight> tag per prompt is supported")
+        name, weight = loras[0]
+        if known_loras is not None and name not in known_loras:
+            raise InvalidInput("prompt", f"no LoRA called {name!r}", allowed=sorted(known_loras))
+        values["lora"], values["lora_scale"] = name, weight
+    if img2img:
+        assert isinstance(request, Img2ImgRequest)
+        values.update(_img2img_values(request))
+    elif request.enable_hr:
+        values.update(_hires_values(request))
+    return values
+
+
+def _img2img_values(request: Img2ImgRequest) -> dict[str, Any]:
+    images = request.init_images or []
+    if not images:
+        raise InvalidInput("init_images", "img2img needs one init image")
+    if len(images) > 1:
+        raise InvalidInput("init_images", "one init image per request is supported")
+    values: dict[str, Any] = {"image": to_data_uri(images[0], "init_images")}
+    strength = request.denoising_strength
+    values["prompt_strength"] = 0.75 if strength is None else strength
+    if request.mask:
+        values["mask"] = prepare_mask(
+            request.mask,
+            blur=request.mask_blur or 0,
+            invert=bool(request.inpainting_mask_invert),
+        )
+    return values
+
+
+def _hires_values(request: Txt2ImgRequest) -> dict[str, Any]:
+    width, height = request.width or 512, request.height or 512
+    scale = request.hr_scale or 2.0
+    if request.hr_resize_x or request.hr_resize_y:
+        # an explicit target size wins over the scale, as in A1111
+        scale = max((request.hr_resize_x or 0) / width, (request.hr_resize_y or 0) / height)
+    values: dict[str, Any] = {"hires_scale": scale}
+    if request.hr_second_pass_steps:
+        values["hires_steps"] = request.hr_second_pass_steps
+    if request.denoising_strength is not None:
+        values["hires_strength"] = request.denoising_strength
+    return values
+
+
+def echo(request: Txt2ImgRequest) -> dict[str, Any]:
+    """The request as A1111 echoes it in ``parameters`` (images left out unless asked)."""
+    data = request.model_dump(mode="json")
+    if isinstance(request, Img2ImgRequest) and not request.include_init_images:
+        data["init_images"] = None
+        data["mask"] = None
+    return data
+
+
+# -- responses ------------------------------------------------------------------------------
+
+
+def job_timestamp(moment: datetime) -> str:
+    """A1111's ``job_timestamp`` format."""
+    return moment.strftime("%Y%m%d%H%M%S")
+
+
+def render_info(
+    job: JobRecord,
+    request: Txt2ImgRequest,
+    *,
+    infotexts: list[str],
+    checkpoint: CheckpointInfo,
+) -> str:
+    """The ``info`` JSON string of a finished job (the actual seed, per-image infotexts)."""
+    used = dict(job.input)
+    seed = int(used.get("seed", request.seed if request.seed is not None else -1))
+    count = max(len(infotexts), int(used.get("num_outputs", 1)))
+    seeds = [seed + index for index in range(count)]
+    prompt = request.prompt or ""
+    negative = request.negative_prompt or ""
+    info: dict[str, Any] = {
+        "prompt": prompt,
+        "all_prompts": [prompt] * count,
+        "negative_prompt": negative,
+        "all_negative_prompts": [negative] * count,
+        "seed": seed,
+        "all_seeds": seeds,
+        "subseed": seed,
+        "all_subseeds": seeds,
+        "subseed_strength": 0,
+        "width": used.get("width", request.width),
+        "height": used.get("height", request.height),
+        "sampler_name": used.get("scheduler"),
+        "cfg_scale": used.get("guidance_scale", request.cfg_scale),
+        "steps": used.get("num_inference_steps", request.steps),
+        "batch_size": request.batch_size or 1,
+        "restore_faces": False,
+        "face_restoration_model": None,
+        "sd_model_name": checkpoint.name,
+        "sd_model_hash": checkpoint.short_hash,
+        "sd_vae_name": None,
+        "sd_vae_hash": None,
+        "seed_resize_from_w": -1,
+        "seed_resize_from_h": -1,
+        "denoising_strength": request.denoising_strength,
+        "extra_generation_params": {},
+        "index_of_first_image": 0,
+        "infotexts": infotexts,
+        "styles": request.styles or [],
+        "job_timestamp": job_timestamp(job.created_at),
+        "clip_skip": 1,
+        "is_using_inpainting_conditioning": False,
+        "version": "sdserve",
+    }
+    return json.dumps(info, ensure_ascii=False)
+
+
+def idle_progress() -> dict[str, Any]:
+    """``/progress`` with nothing queued or running (what ``util_wait_for_ready`` waits for)."""
+    return render_progress(
+        progress=0.0, eta=0.0, job_count=0, step=0, steps=0, interrupted=False,
+        timestamp="0", preview=None, textinfo=None,
+    )
+
+
+def render_progress(
+    *,
+    progress: float,
+    eta: float,
+    job_count: int,
+    step: int,
+    steps: int,
+    interrupted: bool,
+    timestamp: str,
+    preview: bytes | None,
+    textinfo: str | None,
+) -> dict[str, Any]:
+    """The ``/progress`` body."""
+    return {
+        "progress": progress,
+        "eta_relative": eta,
+        "state": {
+            "skipped": False,
+            "interrupted": interrupted,
+            "stopping_generation": interrupted,
+            "job": "scripts_txt2img" if job_count else "",
+            "job_count": job_count,
+            "job_timestamp": timestamp,
+            "job_no": 0,
+            "sampling_step": step,
+            "sampling_steps": steps,
+        },
+        "current_image": base64.b64encode(preview).decode("ascii") if preview else None,
+        "textinfo": textinfo,
+    }
+
+
+def render_samplers() -> list[dict[str, Any]]:
+    """``/samplers``."""
+    return [
+        {
+            "name": name,
+            "aliases": list(aliases),
+            "options": {"scheduler": "karras"} if name.endswith("Karras") else {},
+        }
+        for name, aliases in SAMPLERS.items()
+    ]
+
+
+def render_schedules() -> list[dict[str, Any]]:
+    """``/schedulers``."""
+    return [
+        {
+            "name": name,
+            "label": label,
+            "aliases": None,
+            "default_rho": 7.0 if name == "karras" else -1,
+            "need_inner_model": False,
+        }
+        for name, label in SCHEDULES.items()
+    ]
+
+
+def error_body(error_type: str, detail: str, **extra: Any) -> dict[str, Any]:
+    """A1111's error JSON (its FastAPI exception handler shape)."""
+    return {"error": error_type, "detail": detail, "body": None, "errors": detail, **extra}
