@@ -141,16 +141,21 @@ export class SchemaForm {
         type: "range", min: kind.minimum, max: kind.maximum, step: (kind.maximum - kind.minimum) / 100,
         "aria-label": `${labelOf(name, prop)} slider`, tabindex: -1,
       });
-      slider.addEventListener("input", () => { input.value = slider.value; input.dispatchEvent(new Event("change")); });
+      slider.addEventListener("input", () => { input.value = slider.value; input.dispatchEvent(new Event("input")); });
       input.addEventListener("input", () => { slider.value = input.value; });
-      input.addEventListener("change", () => { slider.value = input.value; });
       wrapper.append(slider);
       wrapper.classList.add("with-slider");
     }
     if (name === "scheduler") wrapper.append(datalist("scheduler-list", SCHEDULERS));
     if (name === "lora") wrapper.append(datalist("lora-list", this.loras));
     wrapper.append(el("p", { class: "help", id: `${id}-help`, text: help }), error);
-    input.addEventListener("change", () => this.validateField(name));
+    // validate shortly after typing stops, not on blur: an error appearing on blur moves
+    // the Run button between mouse-down and mouse-up, and the click is lost
+    let timer = null;
+    input.addEventListener("input", () => {
+      clearTimeout(timer);
+      timer = setTimeout(() => this.validateField(name), 500);
+    });
     this.groups[group].append(wrapper);
     this.fields.set(name, { prop, kind, input, error, wrapper, group });
   }
