@@ -565,7 +565,7 @@ function historyCard(prediction) {
   const button = el("button", { type: "button", class: "card", "data-id": prediction.id,
     "aria-label": `${prediction.status}: ${prompt} (${prediction.id})` });
   button.append(
-    first ? el("img", { src: first, alt: "", loading: "lazy" }) : el("div", { class: `thumb ${prediction.status}`, text: prediction.status }),
+    first ? el("img", { src: first, alt: "" }) : el("div", { class: `thumb ${prediction.status}`, text: prediction.status }),
     el("span", { class: "card-prompt", text: prompt }),
     el("span", { class: `badge ${prediction.status}`, text: prediction.status }),
   );
