@@ -15,7 +15,7 @@ from PIL import Image
 from replicate.exceptions import ReplicateError
 from replicate.webhook import InvalidSignatureError
 
-from tests.e2e.conftest import ServerProcess
+from tests.e2e.conftest import ServerProcess, free_port
 from tests.e2e.receiver import WebhookReceiver
 
 MODEL = "sdserve/tiny-sd"
@@ -237,3 +237,76 @@ def test_data_uri_input_image_decodes(client: replicate.Client) -> None:
     output = client.run(MODEL, input={"prompt": "leaf", "image": uri, "seed": 2,
                                       "num_inference_steps": 4})
     assert len(output) == 1
+
+
+def test_wait_that_expires_answers_starting_then_the_client_polls(
+    server: ServerProcess,
+) -> None:
+    slow = {"prompt": "slow", "width": 128, "height": 128, "num_inference_steps": 60}
+    response = httpx.post(
+        f"{server.url}/v1/models/{MODEL}/predictions",
+        json={"input": slow},
+        headers={"Prefer": "wait=1"},
+        timeout=30,
+    )
+    assert response.status_code == 201
+    body = response.json()
+    # run() only polls when it sees "starting" (CLIENT_CONTRACTS §1.3)
+    assert body["status"] == "starting" and body["output"] is None
+    httpx.post(body["urls"]["cancel"], timeout=30)
+
+
+def test_cancel_after_deadline_aborts_a_queued_prediction(
+    client: replicate.Client, server: ServerProcess
+) -> None:
+    blocker = client.models.predictions.create(
+        model=MODEL, input={"prompt": "blocker", "width": 128, "height": 128,
+                            "num_inference_steps": 60}
+    )
+    response = httpx.post(
+        f"{server.url}/v1/models/{MODEL}/predictions",
+        json={"input": {"prompt": "late", **FAST}},
+        headers={"Cancel-After": "1s"},
+        timeout=30,
+    )
+    assert response.status_code == 201
+    queued_id = response.json()["id"]
+    time.sleep(1.5)
+    blocker.cancel()
+    late = client.predictions.get(queued_id)
+    late.wait()
+    # "aborted" is not a status the client accepts: it reads canceled, the error says why
+    assert late.status == "canceled"
+    assert late.error is not None and "aborted" in late.error
+    bad = httpx.post(
+        f"{server.url}/v1/models/{MODEL}/predictions",
+        json={"input": {"prompt": "x"}},
+        headers={"Cancel-After": "soon"},
+        timeout=30,
+    )
+    assert bad.status_code == 422 and "Cancel-After" in bad.json()["detail"]
+
+
+def test_unknown_prediction_is_a_404(client: replicate.Client) -> None:
+    with pytest.raises(ReplicateError) as caught:
+        client.predictions.get("doesnotexist")
+    assert caught.value.status == 404
+
+
+def test_tokens_are_required_when_configured(tmp_path: Path) -> None:
+    secured = ServerProcess(data_dir=tmp_path, port=free_port(), extra_args=["--token", "s3cret"])
+    secured.start()
+    try:
+        good = replicate.Client(api_token="s3cret", base_url=secured.url)
+        assert len(good.run(MODEL, input={"prompt": "ok", **FAST})) == 1
+        bad = replicate.Client(api_token="wrong", base_url=secured.url)
+        with pytest.raises(ReplicateError) as caught:
+            bad.run(MODEL, input={"prompt": "no", **FAST})
+        assert caught.value.status == 401
+        assert httpx.get(f"{secured.url}/v1/predictions").status_code == 401
+        assert httpx.get(
+            f"{secured.url}/v1/predictions", headers={"Authorization": "Token s3cret"}
+        ).status_code == 200
+        assert httpx.get(f"{secured.url}/health").status_code == 200
+    finally:
+        secured.stop()

@@ -47,8 +47,9 @@ def render_prediction(
     """A job as Replicate's prediction JSON. ``output_as`` turns a file key into a string."""
     to_string = output_as or (lambda key: file_url(base, key))
     error = job.error
-    if job.status is Status.ABORTED and not error:
-        error = "aborted: the Cancel-After deadline passed before the prediction started"
+    if job.status is Status.ABORTED:
+        # shown as "canceled" (the client's statuses); the error keeps the real state
+        error = f"aborted: {error or 'the Cancel-After deadline passed before it started'}"
     urls = {
         "get": f"{base}/v1/predictions/{job.id}",
         "cancel": f"{base}/v1/predictions/{job.id}/cancel",
