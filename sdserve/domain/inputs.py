@@ -60,7 +60,9 @@ class GenerationInput(BaseModel):
     mask: str | None = Field(
         default=None, description="inpainting mask: white = repaint, black = keep"
     )
-    width: int | None = Field(default=None, ge=64, le=8192, description="output width (multiple of 8)")
+    width: int | None = Field(
+        default=None, ge=64, le=8192, description="output width (multiple of 8)"
+    )
     height: int | None = Field(
         default=None, ge=64, le=8192, description="output height (multiple of 8)"
     )
@@ -150,12 +152,16 @@ class GenerationInput(BaseModel):
             value = getattr(self, name)
             if value % 8:
                 raise InvalidInput(name, f"must be a multiple of 8, got {value}")
-        if self.width is not None and self.height is not None:
-            if self.width * self.height > limits.max_pixels:
-                raise InvalidInput(
-                    "width",
-                    f"{self.width}x{self.height} exceeds the limit of {limits.max_pixels} pixels",
-                )
+        too_big = (
+            self.width is not None
+            and self.height is not None
+            and self.width * self.height > limits.max_pixels
+        )
+        if too_big:
+            raise InvalidInput(
+                "width",
+                f"{self.width}x{self.height} exceeds the limit of {limits.max_pixels} pixels",
+            )
         if self.num_outputs > limits.max_num_outputs:
             raise InvalidInput(
                 "num_outputs", f"must be between 1 and {limits.max_num_outputs}"
