@@ -11,11 +11,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DeviceName = Literal["auto", "cpu", "cuda", "mps"]
 DtypeName = Literal["auto", "float32", "float16", "bfloat16"]
+FastSwitch = Literal["auto", "on", "off"]
+CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
 
 
 def default_data_dir() -> Path:
@@ -53,6 +55,37 @@ class EngineSettings(BaseModel):
     watermark: bool = Field(default=True, description="allow invisible watermarks")
     offline: bool = Field(default=False, description="never reach the Hugging Face Hub")
     cache_dir: Path | None = Field(default=None, description="Hugging Face cache folder")
+    # -- fast path (engine/fastpath.py); "auto" = on for CUDA, off elsewhere ---------------
+    attention: Literal["sdpa", "default"] = Field(
+        default="sdpa", description="sdpa: torch scaled_dot_product_attention (AttnProcessor2_0)"
+    )
+    channels_last: FastSwitch = Field(default="auto", description="UNet/VAE in channels_last")
+    fuse_qkv: FastSwitch = Field(
+        default="auto", description="fused QKV projections (unfused once if a LoRA is applied)"
+    )
+    compile: FastSwitch = Field(default="auto", description="torch.compile the UNet")
+    compile_vae: bool = Field(default=True, description="also compile the VAE decoder")
+    compile_mode: CompileMode = Field(
+        default="max-autotune",
+        description="torch.compile mode; max-autotune/reduce-overhead use CUDA graphs",
+    )
+    compile_fullgraph: bool = Field(default=False, description="torch.compile fullgraph=True")
+    compile_cache_dir: Path | None = Field(
+        default=None,
+        description="inductor FX-graph cache, reused across restarts; None = <data_dir>/compile",
+    )
+    compile_warmup: bool = Field(
+        default=True, description="run a short generation at load so compiling is not billed"
+    )
+    lora_hotswap_rank: int = Field(
+        default=0, ge=0, description="> 0: prepare LoRA hot-swap up to this rank before compile"
+    )
+    vae_tiling_pixels: int = Field(
+        default=1536 * 1536,
+        ge=0,
+        description="decode in tiles above this many pixels (width*height); 0 = never",
+    )
+    vae_slicing: bool = Field(default=False, description="decode a batch one image at a time")
 
 
 class ApiSettings(BaseModel):
@@ -113,6 +146,16 @@ class ServiceSettings(BaseModel):
         default_factory=list,
         description="folders whose files may be given as input paths; empty = no local paths",
     )
+    batch_max_size: int = Field(
+        default=0,
+        ge=0,
+        le=64,
+        description="jobs run as one batched forward; 0 = auto (4 on CUDA with the embedded "
+        "queue, else 1 = off)",
+    )
+    batch_window_ms: int = Field(
+        default=20, ge=0, le=10_000, description="how long a claimed job waits for partners"
+    )
 
 
 class Settings(BaseSettings):
@@ -131,6 +174,13 @@ class Settings(BaseSettings):
     limits: LimitSettings = Field(default_factory=LimitSettings)
     service: ServiceSettings = Field(default_factory=ServiceSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
+
+    @model_validator(mode="after")
+    def _compile_cache_under_data_dir(self) -> Settings:
+        # the compile cache belongs with the data so it survives restarts with it
+        if self.engine.compile_cache_dir is None:
+            self.engine.compile_cache_dir = self.data_dir / "compile"
+        return self
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -12,7 +12,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
 import torch
@@ -21,6 +21,7 @@ from PIL import Image
 from sdserve.config import EngineSettings
 from sdserve.domain.inputs import GenerationInput, InputLimits
 from sdserve.engine import device as devices
+from sdserve.engine import fastpath
 from sdserve.engine import images as prep
 from sdserve.engine.cache import Loader, PipelineCache, RefinerLoader
 from sdserve.engine.schedulers import make_scheduler, resolve_scheduler
@@ -78,6 +79,7 @@ class Engine:
         )
         self._lora: LoraCache | None = None
         self._safety: SafetyChecker | None = None
+        self.fast = fastpath.resolve(settings, self.device)
 
     # -- public API ------------------------------------------------------------------------
 
@@ -153,6 +155,99 @@ class Engine:
             },
             interrupted=watcher.interrupted,
         )
+
+    def generate_batch(
+        self,
+        requests: Sequence[tuple[GenerationInput, str]],
+        *,
+        hooks: RunHooks | None = None,
+    ) -> list[GenerationResult]:
+        """Run compatible text-to-image requests ``(input, model)`` as one batched forward.
+
+        Compatible means :func:`batch_signature` is equal (and not None) for every request:
+        same model, size, steps, scheduler, guidance; no LoRA, refiner, hires fix or
+        weighted prompt. Image *i* of each request keeps its own generator (``seed + i``),
+        so every request gets the pixels it would get alone, within kernel tolerance.
+        ``hooks`` watch the whole batch: cancel it only when every request is canceled.
+        Results come back in request order.
+        """
+        hooks = hooks or RunHooks()
+        started = time.perf_counter()
+        resolved: list[GenerationInput] = []
+        spec = None
+        signature = None
+        for inp, model in requests:
+            spec = self.registry.resolve(model)
+            full = inp.with_defaults(spec.defaults)
+            full.check_limits(self.limits)
+            resolve_scheduler(full.scheduler or "")
+            this = (spec.name, batch_signature(full))
+            if this[1] is None or (signature is not None and this != signature):
+                raise InvalidInput("input", "these requests cannot run as one batch")
+            signature = this
+            resolved.append(full)
+        if spec is None:
+            return []
+        if hooks.should_cancel():
+            raise Canceled("canceled before start")
+        first = resolved[0]
+        seeds = [inp.seed_for(index) for inp in resolved for index in range(inp.num_outputs)]
+        with _gpu_errors():
+            pipe = self.cache.for_task(spec, "txt2img")
+            loaded = time.perf_counter()
+            view = with_scheduler(
+                pipe,
+                make_scheduler(
+                    first.scheduler or "",
+                    pipe.scheduler.config,
+                    a1111_schedule=first.noise_schedule,
+                    noise_seeds=seeds,
+                ),
+            )
+            generator_device = devices.generator_device(self.device)
+            generators = [torch.Generator(generator_device).manual_seed(seed) for seed in seeds]
+            prompts = [inp.prompt for inp in resolved for _ in range(inp.num_outputs)]
+            negatives = [
+                inp.negative_prompt or "" for inp in resolved for _ in range(inp.num_outputs)
+            ]
+            watcher = StepWatcher(hooks, xl=getattr(pipe, "text_encoder_2", None) is not None)
+            result = view(
+                prompt=prompts,
+                # all empty -> None, as a lone request passes it (SDXL then uses zeros)
+                negative_prompt=negatives if any(negatives) else None,
+                width=first.width,
+                height=first.height,
+                generator=generators,
+                output_type="pil",
+                num_inference_steps=first.num_inference_steps,
+                guidance_scale=first.guidance_scale,
+                num_images_per_prompt=1,
+                callback_on_step_end=watcher,
+            )
+            images = list(result.images)
+        inferred = time.perf_counter()
+        results = []
+        offset = 0
+        for inp in resolved:
+            mine = images[offset : offset + inp.num_outputs]
+            offset += inp.num_outputs
+            post_started = time.perf_counter()
+            encoded = self._finish(mine, inp, spec)
+            results.append(
+                GenerationResult(
+                    images=encoded,
+                    seed=inp.seed_for(0),
+                    model=spec.name,
+                    timings={
+                        "load": loaded - started,
+                        "inference": inferred - loaded,
+                        "postprocess": time.perf_counter() - post_started,
+                        "batch_size": float(len(resolved)),
+                    },
+                    interrupted=watcher.interrupted,
+                )
+            )
+        return results
 
     # -- steps -----------------------------------------------------------------------------
 
@@ -291,6 +386,7 @@ class Engine:
     ) -> contextlib.AbstractContextManager[None]:
         if inp.lora is None:
             return contextlib.nullcontext()
+        fastpath.unfuse_for_lora(pipe)
         if self._lora is None:
             from sdserve.engine.lora import LoraCache
 
@@ -311,14 +407,59 @@ class Engine:
     def _load_pipeline(self, spec: ModelSpec) -> Pipeline:
         from sdserve.engine.loading import load_pipeline
 
-        return load_pipeline(spec, device=self.device, dtype=self.dtype, settings=self.settings)
+        pipe = load_pipeline(spec, device=self.device, dtype=self.dtype, settings=self.settings)
+        return self._fast(pipe, spec.native_size)
+
+    def _fast(self, pipe: Pipeline, native_size: int | None) -> Pipeline:
+        """Apply the fast path (``engine.fastpath``) to a freshly loaded pipeline."""
+        applied = fastpath.apply(pipe, self.fast, cache_dir=self.settings.compile_cache_dir)
+        if applied:
+            log.info("fast path: %s", ", ".join(applied))
+        if self.fast.compile and self.fast.compile_warmup and not _is_derived_task(pipe):
+            size = native_size or 512
+            fastpath.warm_up(pipe, width=size, height=size)
+        return pipe
 
     def _load_refiner(self, reference: str) -> Pipeline:
         from sdserve.engine.loading import load_refiner
 
-        return load_refiner(
+        pipe = load_refiner(
             reference, device=self.device, dtype=self.dtype, settings=self.settings
         )
+        # the refiner is an img2img pipeline: no text-to-image warm-up, it compiles on use
+        fastpath.apply(pipe, self.fast, cache_dir=self.settings.compile_cache_dir)
+        return pipe
+
+
+def batch_signature(inp: GenerationInput) -> tuple[object, ...] | None:
+    """What must match for requests to share one batched forward; None = never batched.
+
+    ``inp`` has the family defaults filled in. Output settings (format, watermark, safety)
+    are applied per image afterwards and do not matter.
+    """
+    from sdserve.engine.prompts import is_weighted
+
+    if (
+        inp.image is not None
+        or inp.mask is not None
+        or inp.outpaints
+        or inp.lora is not None
+        or inp.refine != "no_refiner"
+        or inp.hires_size() is not None
+        or is_weighted(inp.prompt)
+        or is_weighted(inp.negative_prompt or "")
+    ):
+        return None
+    return (
+        inp.width,
+        inp.height,
+        inp.num_inference_steps,
+        inp.scheduler or "",
+        inp.noise_schedule,
+        inp.guidance_scale,
+        # SDXL encodes an empty negative prompt as zeros, a given one as text: keep apart
+        bool(inp.negative_prompt),
+    )
 
 
 def default_budget(device: str) -> int:
@@ -328,6 +469,11 @@ def default_budget(device: str) -> int:
     else:
         total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     return int(total * DEFAULT_BUDGET_SHARE)
+
+
+def _is_derived_task(pipe: Pipeline) -> bool:
+    name = type(pipe).__name__
+    return "Img2Img" in name or "Inpaint" in name
 
 
 def _task_of(
@@ -391,4 +537,4 @@ def _release_cuda_memory() -> None:
         torch.cuda.empty_cache()
 
 
-__all__ = ["Engine", "default_budget"]
+__all__ = ["Engine", "batch_signature", "default_budget"]
