@@ -244,7 +244,7 @@ def measure_ours(
         seconds, its = _timed_runs(run_once, device, runs, warmup)
     applied = _applied_switches(engine)
     engine.close()
-    del engine
+
     _free(device)
     return PathResult(
         cold_load_s=cold,
@@ -310,7 +310,7 @@ def measure_baseline(
                 image.save(io.BytesIO(), format="PNG")
 
         seconds, its = _timed_runs(run_once, device, runs, warmup)
-    del pipe
+    pipe = None
     _free(device)
     return PathResult(
         cold_load_s=cold,
@@ -456,8 +456,8 @@ def _import_libraries() -> None:
     from diffusers import AutoPipelineForText2Image, StableDiffusionXLPipeline  # noqa: F401
     from transformers import CLIPTextModel, CLIPTokenizer  # noqa: F401
 
-    import sdserve.engine.engine  # noqa: F401
-    import sdserve.engine.loading  # noqa: F401
+    import sdserve.engine.engine
+    import sdserve.engine.loading
     import sdserve.engine.metadata  # noqa: F401
 
 
