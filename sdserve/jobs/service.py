@@ -33,6 +33,7 @@ from sdserve.domain.inputs import (
 )
 from sdserve.domain.jobs import JobKind, Status
 from sdserve.errors import InvalidInput, ModelNotFound, Overloaded
+from sdserve.jobs.batching import BatchPolicy
 from sdserve.jobs.contract import JobRecord, Page, RunProgress, ServedModel, WebhookOptions
 from sdserve.jobs.fetch import InputFetcher, Resolver, sniff_image_type
 from sdserve.jobs.files import FileStore, LocalFileStore, new_key
@@ -163,6 +164,9 @@ class Service:
                 worker_id=f"embedded-{new_id()[:8]}",
                 on_change=self.dispatcher.wake,
                 lost_job_policy=self._resume_or_fail,
+                batch_policy=BatchPolicy(
+                    config.batch_max_size, config.batch_window_ms, single_worker=self.embedded
+                ),
             )
         self.celery = make_celery(config.broker_url, self.runner.run if self.runner else None)
         self._worker: ThreadWorker | None = None

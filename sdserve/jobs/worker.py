@@ -35,6 +35,8 @@ from sdserve.jobs.tables import JobRow
 if TYPE_CHECKING:
     from PIL.Image import Image
 
+    from sdserve.jobs.batching import BatchPolicy
+
 log = logging.getLogger(__name__)
 
 CONTENT_TYPES = {
@@ -194,6 +196,7 @@ class JobRunner:
         worker_id: str,
         on_change: Callable[[], None] | None = None,
         lost_job_policy: Callable[[str], object] | None = None,
+        batch_policy: BatchPolicy | None = None,
     ) -> None:
         self.store = store
         self.files = files
@@ -202,6 +205,7 @@ class JobRunner:
         self.worker_id = worker_id
         self.on_change = on_change or (lambda: None)
         self.lost_job_policy = lost_job_policy
+        self.batch_policy = batch_policy
         self._predictor: Predictor | None = None
         self._factory: Callable[[], Predictor] | None = None
         if hasattr(predictor, "generate"):
@@ -243,6 +247,8 @@ class JobRunner:
             return self.store.get(job_id).status
         self.on_change()
         started = time.monotonic()
+        if self.batch_policy is not None and self._run_in_batch(job_id, record, started):
+            return self.store.get(job_id).status
         progress = _Progress(self.store, job_id, record.deadline)
         try:
             self._execute(job_id, record.model, record.input, progress, started)
@@ -257,6 +263,12 @@ class JobRunner:
             log.exception("job %s failed with an unexpected error", job_id)
             self._finish(job_id, Status.FAILED, error=f"internal_error: {exc}")
         return self.store.get(job_id).status
+
+    def _run_in_batch(self, job_id: str, record: Any, started: float) -> bool:
+        """Run the claimed job with compatible queued jobs as one batch (jobs/batching)."""
+        from sdserve.jobs.batching import run_batched
+
+        return run_batched(self, job_id, record, started)
 
     def _execute(
         self,
