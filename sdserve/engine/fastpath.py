@@ -153,7 +153,9 @@ def _vae_memory(vae: Any, fast: FastPath) -> list[str]:
         side = max(64, int(math.sqrt(fast.vae_tiling_pixels)) // 8 * 8)
         vae.enable_tiling()
         vae.tile_sample_min_size = side
-        vae.tile_latent_min_size = side // 8
+        # the latent tile follows the VAE's own downsampling (8 for SD; less for tiny VAEs)
+        factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        vae.tile_latent_min_size = side // factor
         applied.append(f"vae_tiling(>{side}px)")
     if fast.vae_slicing and hasattr(vae, "enable_slicing"):
         vae.enable_slicing()
