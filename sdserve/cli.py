@@ -47,7 +47,25 @@ def build_parser() -> argparse.ArgumentParser:
     _add_models(commands)
     _add_serve(commands)
     _add_worker(commands)
+    _add_bench(commands)
     return parser
+
+
+def _add_bench(commands: Any) -> None:
+    from sdserve import bench
+
+    sub = commands.add_parser(
+        "bench", help="our engine vs the plain diffusers pipeline (random-weight SD models)"
+    )
+    bench.add_arguments(sub)
+    sub.set_defaults(run=run_bench)
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    from sdserve import bench
+
+    print(bench.markdown(bench.run(args)))
+    return 0
 
 
 # generate -------------------------------------------------------------------------------
