@@ -37,8 +37,17 @@ def prepare_demo(settings: Settings) -> Settings:
     return settings.model_copy(update={"engine": engine})
 
 
+def with_trained_loras(settings: Settings) -> Settings:
+    """Without a LoRA folder, use ``<data_dir>/loras`` (where trainings copy their LoRAs)."""
+    if settings.engine.lora_dir is not None:
+        return settings
+    engine = settings.engine.model_copy(update={"lora_dir": settings.data_dir / "loras"})
+    return settings.model_copy(update={"engine": engine})
+
+
 def build_registry(settings: Settings) -> ModelRegistry:
-    """The served models: ``--model`` references, plus the tiny set with ``--demo``."""
+    """The served models: ``--model`` references, the tiny set with ``--demo``, and the
+    fine-tuned models published in the data folder."""
     from sdserve.engine.models import ModelRegistry
 
     registry = ModelRegistry.from_references(
@@ -52,6 +61,9 @@ def build_registry(settings: Settings) -> ModelRegistry:
             # the refiner serves the SDXL refine modes; it is not a model to call by itself
             if spec.family != "sdxl-refiner":
                 registry.add(spec)
+    from sdserve.training.runner import trained_models
+
+    trained_models(settings).register(registry)
     if not registry.specs():
         raise InvalidInput("model", "nothing to serve: pass --model <reference> or --demo")
     return registry
@@ -60,8 +72,10 @@ def build_registry(settings: Settings) -> ModelRegistry:
 def build_service(settings: Settings, *, run_worker: bool = True) -> Service:
     """The job service with an in-process engine worker (built lazily on the first job)."""
     from sdserve.jobs.service import Service, limits_of
+    from sdserve.training.runner import trained_models
 
     registry = build_registry(settings)
+    catalog = trained_models(settings)
     predictor = None
     if run_worker:
 
@@ -71,7 +85,13 @@ def build_service(settings: Settings, *, run_worker: bool = True) -> Service:
             return Engine(settings.engine, registry, limits=limits_of(settings))
 
         predictor = build_engine
-    return Service(settings, registry, predictor=predictor)
+    return Service(
+        settings,
+        registry,
+        predictor=predictor,
+        # a remote worker may publish fine-tuned models: pick them up when listing
+        refresh_models=lambda: catalog.register(registry),
+    )
 
 
 def check_binding(settings: Settings) -> None:
@@ -101,7 +121,7 @@ def serve(settings: Settings, *, run_worker: bool = True) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     check_binding(settings)
-    settings = prepare_demo(settings)
+    settings = with_trained_loras(prepare_demo(settings))
     service = build_service(settings, run_worker=run_worker)
     app = create_app(settings, service)
     log.info("serving %s on http://%s:%s", [m.name for m in service.models()],
@@ -115,6 +135,6 @@ def worker(settings: Settings) -> int:
     from sdserve.jobs.service import run_worker
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    settings = prepare_demo(settings)
+    settings = with_trained_loras(prepare_demo(settings))
     run_worker(settings, registry=build_registry(settings))
     return 0

@@ -21,7 +21,7 @@ from sdserve.api.deepinfra import mount as mount_deepinfra
 from sdserve.api.errors import ErrorRouting, install_error_handlers, problem_response
 from sdserve.api.openai import mount as mount_openai
 from sdserve.api.replicate.routes import ReplicateApi
-from sdserve.api.replicate.schemas import render_prediction
+from sdserve.api.replicate.trainings import TrainingsApi, render_replicate_job
 from sdserve.config import Settings
 from sdserve.jobs.contract import JobService
 from sdserve.web import web_router
@@ -55,6 +55,7 @@ def create_app(
         webhook_secret=secret_getter() if callable(secret_getter) else None,
     )
     app.include_router(replicate.router(auth))
+    app.include_router(TrainingsApi(service, public_url=settings.api.public_url).router(auth))
     _register_webhook_renderers(service, settings)
     mount_openai(app, service, auth=auth, routing=routing, public_url=settings.api.public_url)
     mount_deepinfra(app, service, auth=auth, routing=routing)
@@ -86,7 +87,8 @@ def _register_webhook_renderers(service: JobService, settings: Settings) -> None
     base = (settings.api.public_url or f"http://{settings.api.host}:{settings.api.port}").rstrip(
         "/"
     )
-    render = functools.partial(render_prediction, base=base)
+    # trainings render as Replicate's Training JSON, everything else as a prediction
+    render = functools.partial(render_replicate_job, base=base)
     register("replicate", render)
     register("*", render)  # jobs of other dialects default to the prediction shape
 

@@ -136,7 +136,7 @@ class Engine:
             watcher = StepWatcher(hooks, xl=getattr(pipe, "text_encoder_2", None) is not None)
             if hires_pipe is not None:
                 watcher.planned = (inp.num_inference_steps or 0) + hires.second_pass_steps(inp)
-            with self._lora_on(base, inp):
+            with self._lora_on(base, inp, spec.lora):
                 results = self._run(
                     pipe, refiner, inp, task, prepared, watcher, hires_pipe=hires_pipe
                 )
@@ -181,7 +181,8 @@ class Engine:
             full = inp.with_defaults(spec.defaults)
             full.check_limits(self.limits)
             resolve_scheduler(full.scheduler or "")
-            this = (spec.name, batch_signature(full))
+            # a fine-tuned model's LoRA is applied to the whole batch at one scale
+            this = (spec.name, batch_signature(full), full.lora_scale if spec.lora else None)
             if this[1] is None or (signature is not None and this != signature):
                 raise InvalidInput("input", "these requests cannot run as one batch")
             signature = this
@@ -211,19 +212,20 @@ class Engine:
                 inp.negative_prompt or "" for inp in resolved for _ in range(inp.num_outputs)
             ]
             watcher = StepWatcher(hooks, xl=getattr(pipe, "text_encoder_2", None) is not None)
-            result = view(
-                prompt=prompts,
-                # all empty -> None, as a lone request passes it (SDXL then uses zeros)
-                negative_prompt=negatives if any(negatives) else None,
-                width=first.width,
-                height=first.height,
-                generator=generators,
-                output_type="pil",
-                num_inference_steps=first.num_inference_steps,
-                guidance_scale=first.guidance_scale,
-                num_images_per_prompt=1,
-                callback_on_step_end=watcher,
-            )
+            with self._lora_on(self.cache.get(spec), first, spec.lora):
+                result = view(
+                    prompt=prompts,
+                    # all empty -> None, as a lone request passes it (SDXL then uses zeros)
+                    negative_prompt=negatives if any(negatives) else None,
+                    width=first.width,
+                    height=first.height,
+                    generator=generators,
+                    output_type="pil",
+                    num_inference_steps=first.num_inference_steps,
+                    guidance_scale=first.guidance_scale,
+                    num_images_per_prompt=1,
+                    callback_on_step_end=watcher,
+                )
             images = list(result.images)
         inferred = time.perf_counter()
         results = []
@@ -382,16 +384,18 @@ class Engine:
     # -- collaborators, created on first use -----------------------------------------------
 
     def _lora_on(
-        self, pipe: Pipeline, inp: GenerationInput
+        self, pipe: Pipeline, inp: GenerationInput, model_lora: str | None = None
     ) -> contextlib.AbstractContextManager[None]:
-        if inp.lora is None:
+        # a fine-tuned model (spec.lora) brings its LoRA unless the request names another
+        ref = inp.lora or model_lora
+        if ref is None:
             return contextlib.nullcontext()
         fastpath.unfuse_for_lora(pipe)
         if self._lora is None:
             from sdserve.engine.lora import LoraCache
 
             self._lora = LoraCache(self.settings.lora_dir, max(1, self.settings.lora_cache_size))
-        return self._lora.applied(pipe, inp.lora, inp.lora_scale)
+        return self._lora.applied(pipe, ref, inp.lora_scale)
 
     def _safety_checker(self) -> SafetyChecker | None:
         if self.settings.safety_checker is None:

@@ -89,6 +89,10 @@ class ModelSpec:
     refiner: str | None
     version: str
     native_size: int | None = field(default=None, compare=False)
+    #: a fine-tuned model: the base weights plus this LoRA (a ``.safetensors`` path), applied
+    #: when a request names no LoRA of its own
+    lora: str | None = None
+    description: str | None = field(default=None, compare=False)
 
     @property
     def defaults(self) -> FamilyDefaults:

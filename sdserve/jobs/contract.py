@@ -46,6 +46,7 @@ class JobRecord:
     deadline: datetime | None = None  # Cancel-After: aborted if not started by then
     data_removed: bool = False
     nsfw: list[bool] | None = None
+    destination: str | None = None  # trainings: the "owner/name" model the result creates
 
 
 @dataclass(frozen=True)
@@ -97,13 +98,21 @@ class JobService(Protocol):
         source: str = "api",
         webhook: WebhookOptions | None = None,
         deadline: datetime | None = None,
+        destination: str | None = None,
     ) -> JobRecord:
-        """Validate (raise InvalidInput/ModelNotFound synchronously), persist, enqueue."""
+        """Validate (raise InvalidInput/ModelNotFound synchronously), persist, enqueue.
+
+        A ``training`` job takes a training input and the ``destination`` model it creates.
+        """
         ...
 
     def get(self, job_id: str) -> JobRecord: ...
 
-    def list(self, *, cursor: str | None = None, limit: int = 100) -> Page: ...
+    def list(
+        self, *, cursor: str | None = None, limit: int = 100, kind: JobKind | None = None
+    ) -> Page:
+        """Jobs newest first; only predictions or only trainings when ``kind`` is given."""
+        ...
 
     def cancel(self, job_id: str) -> JobRecord:
         """Cancel a queued job at once, or a running one within one denoising step."""

@@ -32,6 +32,7 @@ from sdserve.domain.inputs import (
     parse_generation_input,
 )
 from sdserve.domain.jobs import JobKind, Status
+from sdserve.domain.training import check_destination, check_trainable, parse_training_input
 from sdserve.errors import InvalidInput, ModelNotFound, Overloaded
 from sdserve.jobs.batching import BatchPolicy
 from sdserve.jobs.contract import JobRecord, Page, RunProgress, ServedModel, WebhookOptions
@@ -129,8 +130,12 @@ class Service:
         fetch_transport: Any = None,
         fetch_resolver: Resolver | None = None,
         sweep_interval_s: float = 60.0,
+        trainer: Callable[[], Any] | None = None,
+        refresh_models: Callable[[], object] | None = None,
     ) -> None:
         self.settings = settings
+        # models another process may have added (fine-tuned models published by a worker)
+        self._refresh_models = refresh_models or (lambda: None)
         self.registry = registry
         self.limits = limits_of(settings)
         config = settings.service
@@ -167,6 +172,7 @@ class Service:
                 batch_policy=BatchPolicy(
                     config.batch_max_size, config.batch_window_ms, single_worker=self.embedded
                 ),
+                trainer=trainer or self._build_trainer,
             )
         self.celery = make_celery(config.broker_url, self.runner.run if self.runner else None)
         self._worker: ThreadWorker | None = None
@@ -258,13 +264,27 @@ class Service:
 
     # -- models ----------------------------------------------------------------------
 
+    def _build_trainer(self) -> Any:
+        """The training runner of this worker (imports torch only when a training runs)."""
+        from sdserve.training.runner import TrainingRunner
+
+        return TrainingRunner(self.settings, self.registry)
+
     def models(self) -> builtins.list[ServedModel]:
+        self._refresh_models()
         return [self._served(spec) for spec in self.registry.specs()]
 
     def model(self, name: str) -> ServedModel:
         return self._served(self._resolve(name))
 
     def _resolve(self, name: str) -> Any:
+        try:
+            return self._resolve_once(name)
+        except ModelNotFound:
+            self._refresh_models()  # a fine-tuned model published since we last looked?
+            return self._resolve_once(name)
+
+    def _resolve_once(self, name: str) -> Any:
         base, _, version = name.partition(":")
         try:
             spec = self.registry.resolve(base)
@@ -300,12 +320,20 @@ class Service:
         source: str = "api",
         webhook: WebhookOptions | None = None,
         deadline: datetime | None = None,
+        destination: str | None = None,
     ) -> JobRecord:
         """Validate synchronously, persist and enqueue; see :class:`JobService`."""
-        if kind is not JobKind.PREDICTION:
-            raise InvalidInput("kind", "this service runs predictions only", allowed=["prediction"])
-        parsed = parse_generation_input(dict(input), self.limits)
-        spec = self._resolve(model)
+        if kind is JobKind.TRAINING:
+            stored_input = parse_training_input(dict(input)).model_dump(
+                mode="json", exclude_unset=True
+            )
+            spec = self._resolve(model)
+            destination = self._check_training(spec, destination)
+        else:
+            parsed = parse_generation_input(dict(input), self.limits)
+            stored_input = parsed.model_dump(mode="json", exclude_unset=True)
+            spec = self._resolve(model)
+            destination = None
         if self.store.count_queued() >= self.settings.service.max_queue:
             raise Overloaded(
                 f"{self.settings.service.max_queue} jobs are already queued; retry later",
@@ -318,12 +346,13 @@ class Service:
             kind=kind,
             model=spec.name,
             version=spec.version,
-            input=parsed.model_dump(mode="json", exclude_unset=True),
+            input=stored_input,
             status=Status.STARTING,
             created_at=utcnow(),
             source=source,
             webhook=webhook,
             deadline=deadline,
+            destination=destination,
         )
         self.store.insert_job(record)
         try:
@@ -339,8 +368,25 @@ class Service:
     def get(self, job_id: str) -> JobRecord:
         return self.store.get(job_id)
 
-    def list(self, *, cursor: str | None = None, limit: int = 100) -> Page:
-        return self.store.page(cursor=cursor, limit=limit)
+    def _check_training(self, spec: Any, destination: str | None) -> str:
+        """A trainable base model and a destination that is not a served base model."""
+        check_trainable(spec.name, spec.family, spec.inpainting, spec.lora is not None)
+        destination = check_destination(destination)
+        try:
+            existing = self._resolve_once(destination)
+        except ModelNotFound:
+            return destination
+        if existing.lora is None:
+            raise InvalidInput(
+                "destination",
+                f"{destination} is a served base model; choose a new name such as me/my-model",
+            )
+        return destination
+
+    def list(
+        self, *, cursor: str | None = None, limit: int = 100, kind: JobKind | None = None
+    ) -> Page:
+        return self.store.page(cursor=cursor, limit=limit, kind=kind)
 
     def cancel(self, job_id: str) -> JobRecord:
         """Queued: ``canceled`` at once. Running: flagged, the worker stops at the next step."""

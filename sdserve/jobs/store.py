@@ -23,6 +23,7 @@ from typing import Any, cast
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import CursorResult, and_, create_engine, delete, event, func, or_, select, update
+from sqlalchemy import true as sql_true
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import StaticPool
@@ -172,6 +173,7 @@ class Store:
                     data_removed=record.data_removed,
                     cancel_requested=False,
                     attempts=0,
+                    destination=record.destination,
                 )
             )
 
@@ -213,13 +215,17 @@ class Store:
             stop_requested=bool(found[8]),
         )
 
-    def page(self, *, cursor: str | None = None, limit: int = 100) -> Page:
-        """Jobs newest first. ``cursor`` is a ``next``/``previous`` value of an earlier page."""
+    def page(
+        self, *, cursor: str | None = None, limit: int = 100, kind: JobKind | None = None
+    ) -> Page:
+        """Jobs newest first (only ``kind`` if given). ``cursor`` is a ``next``/``previous``
+        value of an earlier page."""
         limit = max(1, min(limit, 1000))
         direction, key = decode_cursor(cursor) if cursor else ("next", None)
         newest_first = (JobRow.created_at.desc(), JobRow.id.desc())
+        of_kind = JobRow.kind == kind.value if kind is not None else sql_true()
         with self._tx() as session:
-            query = select(JobRow)
+            query = select(JobRow).where(of_kind)
             if key is None:
                 query = query.order_by(*newest_first)
             elif direction == "next":
@@ -244,7 +250,9 @@ class Store:
             if has_newer and direction == "next":
                 # a page reached through ``next`` has newer rows only if some exist
                 has_newer = session.execute(
-                    select(JobRow.id).where(_newer_than(first.created_at, first.id)).limit(1)
+                    select(JobRow.id)
+                    .where(of_kind, _newer_than(first.created_at, first.id))
+                    .limit(1)
                 ).first() is not None
         return Page(
             results=records,
@@ -662,6 +670,7 @@ def to_record(row: JobRow) -> JobRecord:
         deadline=row.deadline,
         data_removed=bool(row.data_removed),
         nsfw=list(row.nsfw) if row.nsfw is not None else None,
+        destination=row.destination,
     )
 
 

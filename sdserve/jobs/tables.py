@@ -70,6 +70,8 @@ class JobRow(Base):
     progress_step: Mapped[int | None] = mapped_column(Integer, nullable=True)
     progress_total: Mapped[int | None] = mapped_column(Integer, nullable=True)
     preview: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    # trainings: the "owner/name" model the result creates (migration 0003)
+    destination: Mapped[str | None] = mapped_column(String(300), nullable=True)
 
     __table_args__ = (Index("ix_jobs_created", "created_at", "id"),)
 

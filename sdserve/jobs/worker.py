@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
 from sdserve.domain.inputs import FamilyDefaults, GenerationInput
-from sdserve.domain.jobs import Status
+from sdserve.domain.jobs import JobKind, Status
 from sdserve.engine.types import GenerationResult, RunHooks
 from sdserve.errors import (
     Canceled,
@@ -36,6 +36,8 @@ if TYPE_CHECKING:
     from PIL.Image import Image
 
     from sdserve.jobs.batching import BatchPolicy
+    from sdserve.jobs.contract import JobRecord
+    from sdserve.training.runner import TrainingRunner
 
 log = logging.getLogger(__name__)
 
@@ -197,6 +199,7 @@ class JobRunner:
         on_change: Callable[[], None] | None = None,
         lost_job_policy: Callable[[str], object] | None = None,
         batch_policy: BatchPolicy | None = None,
+        trainer: Callable[[], TrainingRunner] | None = None,
     ) -> None:
         self.store = store
         self.files = files
@@ -206,6 +209,8 @@ class JobRunner:
         self.on_change = on_change or (lambda: None)
         self.lost_job_policy = lost_job_policy
         self.batch_policy = batch_policy
+        self._trainer_factory = trainer
+        self._trainer: TrainingRunner | None = None
         self._predictor: Predictor | None = None
         self._factory: Callable[[], Predictor] | None = None
         if hasattr(predictor, "generate"):
@@ -247,11 +252,19 @@ class JobRunner:
             return self.store.get(job_id).status
         self.on_change()
         started = time.monotonic()
-        if self.batch_policy is not None and self._run_in_batch(job_id, record, started):
+        training = record.kind is JobKind.TRAINING
+        if (
+            not training
+            and self.batch_policy is not None
+            and self._run_in_batch(job_id, record, started)
+        ):
             return self.store.get(job_id).status
         progress = _Progress(self.store, job_id, record.deadline)
         try:
-            self._execute(job_id, record.model, record.input, progress, started)
+            if training:
+                self._train(job_id, record, progress, started)
+            else:
+                self._execute(job_id, record.model, record.input, progress, started)
         except Canceled:
             progress.flush()
             why = "deadline passed" if progress.deadline_passed else "canceled"
@@ -263,6 +276,62 @@ class JobRunner:
             log.exception("job %s failed with an unexpected error", job_id)
             self._finish(job_id, Status.FAILED, error=f"internal_error: {exc}")
         return self.store.get(job_id).status
+
+    @property
+    def trainer(self) -> TrainingRunner:
+        """The training runner, built on the first training job (imports torch, peft)."""
+        with self._lock:
+            if self._trainer is None:
+                if self._trainer_factory is None:
+                    raise InvalidInput("kind", "this worker does not run trainings")
+                self._trainer = self._trainer_factory()
+            return self._trainer
+
+    def _train(self, job_id: str, record: JobRecord, progress: _Progress, started: float) -> None:
+        """A training job: archive → LoRA → published destination model (sdserve.training)."""
+        from sdserve.training.runner import JobHooks, format_step
+
+        def on_step(step: int, total: int, loss: float, lr: float) -> None:
+            progress.lines.append(format_step(step, total, loss, lr) + "\n")
+            progress.step = (step, total)
+            if time.monotonic() - progress.last_write >= PROGRESS_WRITE_INTERVAL_S or (
+                step >= total
+            ):
+                progress.flush()
+
+        def on_log(text: str) -> None:
+            progress.lines.append(text + "\n")
+            progress.flush()
+
+        def on_input(resolved: dict[str, Any]) -> None:
+            self.store.update_running(job_id, input=resolved)
+
+        trainer = self.trainer
+        archive = self.fetcher.fetch(str(record.input.get("input_images", "")), "input_images")
+        outcome = trainer.train(
+            job_id=job_id,
+            model=record.model,
+            raw_input=record.input,
+            destination=record.destination,
+            archive=archive,
+            hooks=JobHooks(on_step, on_log, on_input, progress.should_cancel),
+        )
+        progress.flush()
+        data = outcome.weights.read_bytes()
+        key = new_key("safetensors")
+        self.files.put(key, data, "application/octet-stream")
+        self.store.add_file(
+            key,
+            name=f"{outcome.destination.partition('/')[2]}.safetensors",
+            content_type="application/octet-stream",
+            size=len(data),
+            purpose="output",
+            job_id=job_id,
+        )
+        metrics: dict[str, Any] = {"predict_time": round(time.monotonic() - started, 4)}
+        metrics.update(outcome.metrics)
+        metrics["destination_version"] = outcome.version
+        self._finish(job_id, Status.SUCCEEDED, output=[key], metrics=metrics)
 
     def _run_in_batch(self, job_id: str, record: Any, started: float) -> bool:
         """Run the claimed job with compatible queued jobs as one batch (jobs/batching)."""

@@ -1,0 +1,160 @@
+"""Fine-tuned models on disk: what a finished training publishes and every process serves.
+
+A published model is a folder ``<data_dir>/trained/<owner>--<name>/`` holding its LoRA
+(``lora-<version>.safetensors``) and ``model.json`` (the base model's reference and family,
+the version, the training id). Publishing also copies the LoRA into the LoRA folder as
+``<name>.safetensors`` so every dialect can use it by name. :meth:`TrainedModels.register`
+adds the models to a registry: at start-up, after a training in this process, and when
+another process (a remote worker) may have published one.
+
+Torch-free: the API process imports this module.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import threading
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sdserve.engine.models import ModelSpec
+
+log = logging.getLogger(__name__)
+MANIFEST = "model.json"
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    """One published fine-tuned model: a base model plus a LoRA."""
+
+    name: str  # owner/name
+    version: str
+    lora: str  # absolute path of the .safetensors
+    base_name: str
+    base_reference: str
+    family: str
+    native_size: int | None
+    training_id: str
+    created_at: str  # ISO 8601
+
+    def spec(self) -> ModelSpec:
+        """The served model: the base weights with this LoRA applied."""
+        return ModelSpec(
+            name=self.name,
+            reference=self.base_reference,
+            family=self.family,  # type: ignore[arg-type]
+            inpainting=False,
+            refiner=None,
+            version=self.version,
+            native_size=self.native_size,
+            lora=self.lora,
+            description=f"{self.base_name} fine-tuned with LoRA (training {self.training_id})",
+        )
+
+
+def version_for(base_version: str, lora: Path) -> str:
+    """A 64-hex version id: the base model's version and the LoRA's bytes."""
+    digest = hashlib.sha256(base_version.encode())
+    with lora.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class TrainedModels:
+    """The fine-tuned models under ``folder`` (``<data_dir>/trained``)."""
+
+    def __init__(self, folder: Path, *, lora_dir: Path | None = None) -> None:
+        self.folder = folder
+        self.lora_dir = lora_dir
+        self._seen: dict[Path, int] = {}
+        self._lock = threading.Lock()
+
+    def publish(
+        self, destination: str, base: Any, lora: Path, *, training_id: str
+    ) -> TrainedModel:
+        """Copy ``lora`` in as the new version of ``destination`` (base: a ``ModelSpec``)."""
+        owner, _, name = destination.partition("/")
+        folder = self.folder / f"{owner}--{name}"
+        folder.mkdir(parents=True, exist_ok=True)
+        version = version_for(base.version, lora)
+        target = folder / f"lora-{version[:16]}.safetensors"
+        _copy_atomic(lora, target)
+        model = TrainedModel(
+            name=destination,
+            version=version,
+            lora=str(target.resolve()),
+            base_name=base.name,
+            base_reference=base.reference,
+            family=base.family,
+            native_size=base.native_size,
+            training_id=training_id,
+            created_at=datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+        )
+        _write_atomic(folder / MANIFEST, json.dumps(asdict(model), indent=2).encode())
+        for old in folder.glob("lora-*.safetensors"):
+            if old != target:
+                old.unlink(missing_ok=True)
+        if self.lora_dir is not None:
+            self.lora_dir.mkdir(parents=True, exist_ok=True)
+            _copy_atomic(target, self.lora_dir / f"{name}.safetensors")
+        return model
+
+    def all(self) -> list[TrainedModel]:
+        """Every published model, oldest first; unreadable manifests are skipped (logged)."""
+        if not self.folder.is_dir():
+            return []
+        models = []
+        for manifest in sorted(self.folder.glob(f"*/{MANIFEST}")):
+            try:
+                models.append(TrainedModel(**json.loads(manifest.read_text())))
+            except (OSError, ValueError, TypeError) as exc:
+                log.warning("skipping unreadable trained model %s: %s", manifest, exc)
+        return sorted(models, key=lambda model: model.created_at)
+
+    def register(self, registry: Any) -> list[str]:
+        """Add (or update) every published model in ``registry``; return the names added.
+
+        Cheap when nothing changed (one directory listing and a stat per model), so it is
+        called whenever the served models are listed.
+        """
+        if not self.folder.is_dir():
+            return []
+        with self._lock:
+            changed = False
+            for manifest in self.folder.glob(f"*/{MANIFEST}"):
+                try:
+                    mtime = manifest.stat().st_mtime_ns
+                except OSError:
+                    continue
+                if self._seen.get(manifest) != mtime:
+                    self._seen[manifest] = mtime
+                    changed = True
+            if not changed:
+                return []
+            added = []
+            for model in self.all():
+                if not Path(model.lora).is_file():
+                    log.warning("trained model %s has lost its LoRA %s", model.name, model.lora)
+                    continue
+                registry.add(model.spec())
+                added.append(model.name)
+            return added
+
+
+def _copy_atomic(source: Path, target: Path) -> None:
+    partial = target.with_name(f".{target.name}.partial")
+    shutil.copyfile(source, partial)
+    os.replace(partial, target)
+
+
+def _write_atomic(target: Path, data: bytes) -> None:
+    partial = target.with_name(f".{target.name}.partial")
+    partial.write_bytes(data)
+    os.replace(partial, target)

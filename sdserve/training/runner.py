@@ -1,0 +1,156 @@
+"""The training job runner: one training job from its archive to a published model.
+
+The worker hands it a claimed job of kind ``training`` and the fetched archive bytes;
+:meth:`TrainingRunner.train` opens the archive safely into the job's folder, builds the
+examples, loads the base pipeline (a fresh copy: adapters are added to it), trains the
+LoRA with resumable checkpoints, and publishes ``destination`` (base + LoRA) so it is
+served at once. Nothing is written outside ``<data_dir>/training/<job id>/`` except the
+published model (``<data_dir>/trained``) and its copy in the LoRA folder.
+
+Torch is imported only when a training runs, so the worker module can import this one.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sdserve.config import Settings
+from sdserve.domain.training import TrainingInput, check_destination, check_trainable
+from sdserve.training.archive import ArchiveLimits, read_archive
+from sdserve.training.catalog import TrainedModels
+
+log = logging.getLogger(__name__)
+
+
+def format_step(step: int, total: int, loss: float, lr: float) -> str:
+    """A training progress line: tqdm-style (Replicate parses it) plus loss and lr."""
+    total = max(total, 1)
+    fraction = min(max(step / total, 0.0), 1.0)
+    bar = "#" * int(fraction * 10)
+    return f"{int(fraction * 100):3d}%|{bar:<10}| {step}/{total} loss={loss:.5f} lr={lr:.3e}"
+
+
+@dataclass
+class JobHooks:
+    """How a training reports: progress lines, other log lines, the resolved input, cancel."""
+
+    on_step: Callable[[int, int, float, float], None] = lambda step, total, loss, lr: None
+    on_log: Callable[[str], None] = lambda text: None
+    on_input: Callable[[dict[str, Any]], None] = lambda resolved: None
+    should_cancel: Callable[[], bool] = lambda: False
+
+
+@dataclass(frozen=True)
+class TrainingOutcome:
+    """A finished training: the LoRA file, the model it created and a few metrics."""
+
+    weights: Path
+    destination: str
+    version: str
+    metrics: Mapping[str, Any] = field(default_factory=dict)
+
+
+def trained_models(settings: Settings) -> TrainedModels:
+    """The catalog of fine-tuned models of this data folder (LoRA copies in ``lora_dir``)."""
+    lora_dir = settings.engine.lora_dir or settings.data_dir / "loras"
+    return TrainedModels(settings.data_dir / "trained", lora_dir=lora_dir)
+
+
+class TrainingRunner:
+    """Runs training jobs for one worker. ``registry`` gets the published models."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        registry: Any,
+        *,
+        catalog: TrainedModels | None = None,
+        archive_limits: ArchiveLimits | None = None,
+    ) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.catalog = catalog or trained_models(settings)
+        self.archive_limits = archive_limits or ArchiveLimits()
+        self.root = settings.data_dir / "training"
+
+    def work_dir(self, job_id: str) -> Path:
+        """The job's own folder: extracted images, checkpoints and the LoRA."""
+        return self.root / job_id
+
+    def train(
+        self,
+        *,
+        job_id: str,
+        model: str,
+        raw_input: Mapping[str, Any],
+        destination: str | None,
+        archive: bytes,
+        hooks: JobHooks,
+    ) -> TrainingOutcome:
+        """Train, publish ``destination`` and return the outcome.
+
+        Raises :class:`InvalidInput` for a bad archive or model and :class:`Canceled`
+        when ``hooks.should_cancel`` fires (within one optimizer step).
+        """
+        import torch
+
+        from sdserve.engine import device as devices
+        from sdserve.engine.loading import load_pipeline
+        from sdserve.training.dataset import build_examples
+        from sdserve.training.lora_trainer import TrainingHooks, train_lora
+
+        destination = check_destination(destination)
+        inp = TrainingInput.model_validate(dict(raw_input)).with_seed()
+        hooks.on_input(inp.model_dump(mode="json"))
+        spec = self.registry.resolve(model)
+        check_trainable(spec.name, spec.family, spec.inpainting, spec.lora is not None)
+        work = self.work_dir(job_id)
+        images_dir = work / "images"
+        # extracted again on a resumed run: the archive is the truth, the folder a cache
+        shutil.rmtree(images_dir, ignore_errors=True)
+        images = read_archive(
+            archive, images_dir, kind=inp.input_images_filetype, limits=self.archive_limits
+        )
+        resolution = inp.resolution or spec.defaults.width
+        examples = build_examples(images, inp, resolution)
+        hooks.on_log(
+            f"training a rank-{inp.lora_rank} LoRA for {spec.name} on {len(examples)} image(s) "
+            f"at {resolution}x{resolution}, seed {inp.seed}"
+        )
+        device, dtype = devices.resolve(self.settings.engine)
+        engine_settings = self.settings.engine
+        pipe = load_pipeline(spec, device=device, dtype=torch.float32, settings=engine_settings)
+        result = train_lora(
+            pipe,
+            examples,
+            inp,
+            work_dir=work,
+            device=device,
+            weight_dtype=torch.float32 if device == "cpu" else dtype,
+            hooks=TrainingHooks(
+                on_step=hooks.on_step, on_log=hooks.on_log, should_cancel=hooks.should_cancel
+            ),
+        )
+        del pipe
+        published = self.catalog.publish(destination, spec, result.lora_path, training_id=job_id)
+        self.catalog.register(self.registry)
+        self.registry.add(published.spec())
+        shutil.rmtree(work / "checkpoints", ignore_errors=True)
+        metrics: dict[str, Any] = {"train_steps": result.steps}
+        if result.losses:
+            metrics["final_loss"] = round(result.losses[-1], 6)
+        if result.resumed_from is not None:
+            metrics["resumed_from_step"] = result.resumed_from
+        hooks.on_log(f"published {destination}:{published.version}")
+        return TrainingOutcome(
+            weights=result.lora_path,
+            destination=destination,
+            version=published.version,
+            metrics=metrics,
+        )
+
