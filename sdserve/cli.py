@@ -1,4 +1,4 @@
-"""The ``sdserve`` command: serve, worker, generate, models.
+"""The ``sdserve`` command: serve, worker, generate, train, models.
 
 Heavy imports (torch, diffusers, the web stack) happen inside each command, so
 ``sdserve --help`` is instant and ``serve`` never imports torch in the API process.
@@ -47,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_models(commands)
     _add_serve(commands)
     _add_worker(commands)
+    _add_train(commands)
     _add_bench(commands)
     return parser
 
@@ -380,6 +381,127 @@ def run_worker(args: argparse.Namespace) -> int:
     from sdserve.server import worker
 
     return worker(_server_settings(args))
+
+
+# train ----------------------------------------------------------------------------------
+
+#: ``sdserve train`` option → training input field (Replicate's names).
+_TRAIN_FIELDS = (
+    "seed", "resolution", "train_batch_size", "num_train_epochs", "max_train_steps",
+    "lora_lr", "lora_rank", "lr_scheduler", "lr_warmup_steps", "token_string",
+    "caption_prefix", "checkpointing_steps",
+)
+
+
+def _add_train(commands: Any) -> None:
+    train = commands.add_parser(
+        "train",
+        help="fine-tune a LoRA on a .zip/.tar of images and serve it as a new model",
+        description="Train a LoRA in this process and publish DESTINATION in the data folder; "
+        "'sdserve serve' (same --data-dir) then serves it. Re-running the same command after "
+        "an interruption resumes from the last checkpoint.",
+    )
+    train.add_argument("archive", type=Path, help=".zip or .tar of images (+ name.txt captions)")
+    train.add_argument("--model", "-m", required=True,
+                       help="base model: served name (sdserve/tiny-sd), hub id or folder")
+    train.add_argument("--destination", "-d", required=True, help="new model name: owner/name")
+    train.add_argument("--demo", action="store_true",
+                       help="use the tiny demo models (implied by --model sdserve/tiny-*)")
+    train.add_argument("--token-string", dest="token_string")
+    train.add_argument("--caption-prefix", dest="caption_prefix")
+    train.add_argument("--max-train-steps", type=int, dest="max_train_steps")
+    train.add_argument("--num-train-epochs", type=int, dest="num_train_epochs")
+    train.add_argument("--resolution", type=int)
+    train.add_argument("--batch-size", type=int, dest="train_batch_size")
+    train.add_argument("--lora-rank", type=int, dest="lora_rank")
+    train.add_argument("--lora-lr", type=float, dest="lora_lr")
+    train.add_argument("--lr-scheduler", choices=["constant", "linear", "cosine"])
+    train.add_argument("--lr-warmup-steps", type=int, dest="lr_warmup_steps")
+    train.add_argument("--checkpointing-steps", type=int, dest="checkpointing_steps")
+    train.add_argument("--seed", type=int)
+    train.add_argument("--train-text-encoder", action="store_true")
+    train.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"])
+    train.add_argument("--dtype", choices=["auto", "float32", "float16", "bfloat16"])
+    train.set_defaults(run=run_train)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    import hashlib
+    import json
+    import shutil
+
+    from tqdm import tqdm
+
+    from sdserve.domain.training import check_destination, parse_training_input
+    from sdserve.errors import InvalidInput
+    from sdserve.server import build_registry, prepare_demo, with_trained_loras
+    from sdserve.training.runner import JobHooks, TrainingRunner
+
+    destination = check_destination(args.destination)
+    demo = args.demo or args.model.lower().startswith("sdserve/tiny-")
+    engine = {key: value for key, value in {"device": args.device, "dtype": args.dtype}.items()
+              if value is not None}
+    settings = _settings(args, engine=engine, demo=demo or None,
+                         models=None if demo else [args.model])
+    settings = with_trained_loras(prepare_demo(settings))
+    registry = build_registry(settings)
+    model = args.model if demo else registry.specs()[0].name
+    spec = registry.resolve(model)
+    try:
+        archive = args.archive.read_bytes()
+    except OSError as exc:
+        raise InvalidInput("input_images", f"cannot read {args.archive}: {exc}") from None
+    fields: dict[str, Any] = {"input_images": str(args.archive)}
+    for name in _TRAIN_FIELDS:
+        value = getattr(args, name)
+        if value is not None:
+            fields[name] = value
+    if args.train_text_encoder:
+        fields["train_text_encoder"] = True
+    inp = parse_training_input(fields)
+    if inp.seed is None:
+        # a fixed seed keeps a resumed run on the same data order and noise
+        fields["seed"] = int(hashlib.sha256(archive).hexdigest()[:8], 16)
+    runner = TrainingRunner(settings, registry)
+    # one folder per destination: the same command again resumes from its checkpoints
+    owner, _, name = destination.partition("/")
+    job_id = f"cli-{owner}--{name}"
+    work = runner.work_dir(job_id)
+    fingerprint = hashlib.sha256(
+        archive + json.dumps([spec.version, fields], sort_keys=True).encode()
+    ).hexdigest()
+    marker = work / "fingerprint"
+    if work.exists() and (not marker.is_file() or marker.read_text() != fingerprint):
+        shutil.rmtree(work)  # another training: its checkpoints do not apply
+    work.mkdir(parents=True, exist_ok=True)
+    marker.write_text(fingerprint)
+
+    bar = tqdm(total=0, unit="step", desc=f"training {destination}")
+
+    def on_step(step: int, total: int, loss: float, lr: float) -> None:
+        if bar.total != total:
+            bar.reset(total=total)
+        bar.n = step
+        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", refresh=False)
+        bar.refresh()
+
+    try:
+        outcome = runner.train(
+            job_id=job_id,
+            model=model,
+            raw_input=fields,
+            destination=destination,
+            archive=archive,
+            hooks=JobHooks(on_step=on_step, on_log=lambda text: tqdm.write(text)),
+        )
+    finally:
+        bar.close()
+    print(f"model:   {destination}:{outcome.version}")
+    print(f"weights: {outcome.weights}")
+    print(f"LoRA:    {name} (in {settings.engine.lora_dir})")
+    serve = "sdserve" + (f" --data-dir {args.data_dir}" if args.data_dir else "") + " serve"
+    print(f"serve it: {serve}{' --demo' if demo else f' --model {args.model}'}")
+    return 0
 
 
 # settings -------------------------------------------------------------------------------

@@ -102,7 +102,11 @@ def train_lora(
     from diffusers.optimization import get_scheduler
 
     xl = is_xl(pipe)
-    trained = _add_adapters(pipe, inp, xl)
+    # peft draws the initial LoRA weights from the global RNG: seed it (and restore it
+    # after) so a run, and a run resumed from a checkpoint, are reproducible
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(inp.seed)
+        trained = _add_adapters(pipe, inp, xl)
     _place(pipe, device, weight_dtype)
     params = [p for module in trained.values() for p in module.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=inp.lora_lr, weight_decay=1e-2)
@@ -218,13 +222,19 @@ def _place(pipe: Any, device: str, weight_dtype: torch.dtype) -> None:
     for name in ("unet", "text_encoder", "text_encoder_2"):
         module = getattr(pipe, name, None)
         if module is not None:
-            module.to(device, dtype=weight_dtype)
+            _move(module, device, weight_dtype)
     # the SDXL VAE overflows in float16; it only encodes here, so float32 costs little
-    pipe.vae.to(device, dtype=torch.float32)
+    _move(pipe.vae, device, torch.float32)
     if weight_dtype != torch.float32:
         modules = [getattr(pipe, name) for name in ("unet", "text_encoder", "text_encoder_2")
                    if getattr(pipe, name, None) is not None]
         cast_training_params(modules, dtype=torch.float32)
+
+
+def _move(module: Any, device: str, dtype: torch.dtype) -> None:
+    """Move only when needed (diffusers warns on every ``to(dtype)`` of a loaded model)."""
+    if module.device != torch.device(device) or module.dtype != dtype:
+        module.to(device, dtype=dtype)
 
 
 def _autocast(device: str, weight_dtype: torch.dtype) -> Any:
