@@ -33,6 +33,8 @@ from sdserve.jobs.store import Store
 from sdserve.jobs.tables import JobRow
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from PIL.Image import Image
 
     from sdserve.jobs.batching import BatchPolicy
@@ -306,6 +308,22 @@ class JobRunner:
         def on_input(resolved: dict[str, Any]) -> None:
             self.store.update_running(job_id, input=resolved)
 
+        keys: list[str] = []
+
+        def on_weights(path: Path) -> None:
+            data = path.read_bytes()
+            key = new_key()  # keys allow short extensions only; the stored name has it
+            self.files.put(key, data, "application/octet-stream")
+            self.store.add_file(
+                key,
+                name=f"{(record.destination or 'lora').partition('/')[2]}.safetensors",
+                content_type="application/octet-stream",
+                size=len(data),
+                purpose="output",
+                job_id=job_id,
+            )
+            keys.append(key)
+
         trainer = self.trainer
         archive = self.fetcher.fetch(str(record.input.get("input_images", "")), "input_images")
         outcome = trainer.train(
@@ -314,24 +332,13 @@ class JobRunner:
             raw_input=record.input,
             destination=record.destination,
             archive=archive,
-            hooks=JobHooks(on_step, on_log, on_input, progress.should_cancel),
+            hooks=JobHooks(on_step, on_log, on_input, progress.should_cancel, on_weights),
         )
         progress.flush()
-        data = outcome.weights.read_bytes()
-        key = new_key("safetensors")
-        self.files.put(key, data, "application/octet-stream")
-        self.store.add_file(
-            key,
-            name=f"{outcome.destination.partition('/')[2]}.safetensors",
-            content_type="application/octet-stream",
-            size=len(data),
-            purpose="output",
-            job_id=job_id,
-        )
         metrics: dict[str, Any] = {"predict_time": round(time.monotonic() - started, 4)}
         metrics.update(outcome.metrics)
         metrics["destination_version"] = outcome.version
-        self._finish(job_id, Status.SUCCEEDED, output=[key], metrics=metrics)
+        self._finish(job_id, Status.SUCCEEDED, output=keys, metrics=metrics)
 
     def _run_in_batch(self, job_id: str, record: Any, started: float) -> bool:
         """Run the claimed job with compatible queued jobs as one batch (jobs/batching)."""

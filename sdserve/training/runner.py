@@ -37,12 +37,15 @@ def format_step(step: int, total: int, loss: float, lr: float) -> str:
 
 @dataclass
 class JobHooks:
-    """How a training reports: progress lines, other log lines, the resolved input, cancel."""
+    """How a training reports: progress lines, other log lines, the resolved input, cancel,
+    and ``on_weights(path)``: the finished LoRA, called before the model is published (so
+    a failure to store it leaves no model behind)."""
 
     on_step: Callable[[int, int, float, float], None] = lambda step, total, loss, lr: None
     on_log: Callable[[str], None] = lambda text: None
     on_input: Callable[[dict[str, Any]], None] = lambda resolved: None
     should_cancel: Callable[[], bool] = lambda: False
+    on_weights: Callable[[Path], None] = lambda path: None
 
 
 @dataclass(frozen=True)
@@ -137,6 +140,7 @@ class TrainingRunner:
             ),
         )
         del pipe
+        hooks.on_weights(result.lora_path)
         published = self.catalog.publish(destination, spec, result.lora_path, training_id=job_id)
         self.catalog.register(self.registry)
         self.registry.add(published.spec())
