@@ -230,6 +230,7 @@ def test_bad_training_inputs_are_refused_at_once(client: replicate.Client) -> No
 
 
 def test_training_resumes_after_the_server_is_killed(tmp_path: Path) -> None:
+    (tmp_path / "server").mkdir()
     proc = ServerProcess(data_dir=tmp_path / "server", port=free_port())
     proc.start()
     try:
