@@ -274,7 +274,7 @@ def test_sdserve_train_cli_publishes_a_model_that_serve_serves(tmp_path: Path) -
     try:
         client = replicate.Client(api_token="anything", base_url=proc.url)
         version = client.models.get("me/cli-dog").latest_version
-        assert version is not None and done.stdout.count(version.id) == 1
+        assert version is not None and f"model:   me/cli-dog:{version.id}" in done.stdout
         assert client.run("me/cli-dog", input=FAST)[0].read().startswith(b"\x89PNG")
     finally:
         proc.stop()
