@@ -57,7 +57,9 @@ def base_url(request: pytest.FixtureRequest) -> str:
     return server.url
 
 
-@pytest.fixture(scope="session")
+# module scope: Playwright's sync API keeps an event loop running in this thread while it
+# lives, which would break asyncio.run() in every test collected after this module
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     with playwright_sync.sync_playwright() as playwright:
         launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
