@@ -25,6 +25,7 @@ from sdserve.api.replicate.schemas import (
     render_version,
 )
 from sdserve.api.streaming import sse_events
+from sdserve.domain.jobs import JobKind
 from sdserve.errors import InvalidInput, ModelNotFound
 from sdserve.jobs.contract import JobRecord, JobService
 
@@ -104,7 +105,7 @@ class ReplicateApi:
         return render_prediction(job, base, output_as=lambda key: data_uri(self.service, key))
 
     async def list_predictions(self, request: Request, cursor: str | None = None) -> Any:
-        page = self.service.list(cursor=cursor)
+        page = self.service.list(cursor=cursor, kind=JobKind.PREDICTION)
         base = base_url(request, self.public_url)
         return render_page(
             [render_prediction(job, base) for job in page.results],
