@@ -10,9 +10,12 @@ would not be a fair baseline):
   its compile warm-up, because a server pays it before the first request);
 - UNet it/s: denoising steps per second between the first and the last step's end;
 - end to end seconds per image: text encoding, denoising, VAE decode and image encoding;
-- peak memory: ``torch.cuda.max_memory_allocated`` on CUDA, peak RSS growth on CPU.
+- peak memory: ``torch.cuda.max_memory_allocated`` on CUDA, peak RSS growth on CPU, over
+  the load and the warm-up runs of that path alone.
 
-Warm-up runs are excluded; medians of ``--runs`` (>= 5) runs. Ratios compare the two paths of
+The two paths are loaded one after the other, then their timed runs alternate (and which
+goes first alternates), so a change in the machine's load hits both alike. Warm-up runs are
+excluded; medians of ``--runs`` (>= 5) runs. Ratios compare the two paths of
 the same run. With ``--peak-tflops`` the compute floor (FLOPs of one image / peak) is given
 too. Results: ``<out>/speed.json`` and ``<out>/speed.md``.
 
@@ -180,32 +183,44 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def _timed_runs(
-    run_once: Callable[[StepClock], None], device: str, runs: int, warmup: int
-) -> tuple[list[float], list[float]]:
-    """Wall seconds and UNet it/s of ``runs`` runs after ``warmup`` runs."""
-    seconds: list[float] = []
-    its: list[float] = []
-    for index in range(warmup + runs):
-        clock = StepClock(device)
+RunOnce = Callable[[StepClock], None]
+
+
+@dataclass
+class Loaded:
+    """One path, loaded: how to run it once, and what loading it cost."""
+
+    run_once: RunOnce
+    close: Callable[[], None]
+    cold_load_s: float
+    peak_memory_mb: float
+    dtype: str
+    notes: list[str]
+
+
+def _load_measured(device: str, warmup: int, load: Callable[[], tuple[RunOnce, Callable[[], None]]]
+                   ) -> tuple[RunOnce, Callable[[], None], float, float]:
+    """Load a path and run its warm-up runs, measuring cold load and peak memory."""
+    with PeakMemory(device) as memory:
         _sync(device)
         started = time.perf_counter()
-        run_once(clock)
+        run_once, close = load()
         _sync(device)
-        elapsed = time.perf_counter() - started
-        if index >= warmup:
-            seconds.append(elapsed)
-            rate = clock.its()
-            if rate is not None:
-                its.append(rate)
-    return seconds, its
+        cold = time.perf_counter() - started
+        for _ in range(warmup):
+            run_once(StepClock(device))
+    return run_once, close, cold, memory.peak_bytes / 2**20
 
 
-def measure_ours(
-    folder: Path, case: Case, *, device: str, dtype: str, runs: int, warmup: int,
+def load_ours(
+    folder: Path, case: Case, *, device: str, dtype: str, warmup: int,
     engine_options: dict[str, Any], compile_cache: Path,
-) -> PathResult:
-    """Our path: ``Engine.generate`` (fast path, PNG encoding, metadata) on ``folder``."""
+) -> Loaded:
+    """Our path: ``Engine.generate`` (fast path, PNG encoding, metadata) on ``folder``.
+
+    Its cold load includes the fast path and the compile warm-up: a server pays them
+    before its first request.
+    """
     from sdserve.config import EngineSettings
     from sdserve.domain.inputs import parse_generation_input
     from sdserve.engine.engine import Engine
@@ -230,30 +245,24 @@ def measure_ours(
             "apply_watermark": False, "disable_safety_checker": True, "output_format": "png",
         }
     )
-    with PeakMemory(device) as memory:
-        started = time.perf_counter()
+    engines: list[Any] = []
+
+    def load() -> tuple[RunOnce, Callable[[], None]]:
         engine = Engine(settings, registry)
         engine.preload(model)
-        _sync(device)
-        cold = time.perf_counter() - started
+        engines.append(engine)
 
         def run_once(clock: StepClock) -> None:
             hooks = RunHooks(on_step=lambda step, total, preview: clock.tick())
             engine.generate(inp, model=model, hooks=hooks)
 
-        seconds, its = _timed_runs(run_once, device, runs, warmup)
-    applied = _applied_switches(engine)
-    engine.close()
+        return run_once, engine.close
 
-    _free(device)
-    return PathResult(
-        cold_load_s=cold,
-        e2e_s=statistics.median(seconds),
-        e2e_runs=seconds,
-        unet_it_s=statistics.median(its) if its else None,
-        peak_memory_mb=memory.peak_bytes / 2**20,
+    run_once, close, cold, peak = _load_measured(device, warmup, load)
+    return Loaded(
+        run_once, close, cold, peak,
         dtype=str(_engine_dtype(device, dtype)).replace("torch.", ""),
-        notes=applied,
+        notes=_applied_switches(engines[0]),
     )
 
 
@@ -272,22 +281,20 @@ def _applied_switches(engine: Any) -> list[str]:
     )
 
 
-def measure_baseline(
-    folder: Path, case: Case, *, device: str, runs: int, warmup: int
-) -> PathResult:
+def load_baseline(folder: Path, case: Case, *, device: str, warmup: int) -> Loaded:
     """The plain diffusers pipeline, default settings: float16 on CUDA, float32 on CPU."""
     import torch
     from diffusers import AutoPipelineForText2Image, EulerDiscreteScheduler
 
     dtype = torch.float16 if device.startswith("cuda") else torch.float32
-    with PeakMemory(device) as memory:
-        started = time.perf_counter()
+    holder: dict[str, Any] = {}
+
+    def load() -> tuple[RunOnce, Callable[[], None]]:
         pipe: Any = AutoPipelineForText2Image.from_pretrained(
             str(folder), torch_dtype=dtype, use_safetensors=True, local_files_only=True
         )
         pipe.to(device)
-        _sync(device)
-        cold = time.perf_counter() - started
+        holder["pipe"] = pipe
         # the same sampler as our path, so both run the same number of UNet evaluations
         pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
         pipe.set_progress_bar_config(disable=True)
@@ -300,7 +307,7 @@ def measure_baseline(
                 return tensors
 
             generator = torch.Generator(device).manual_seed(1234)
-            images = pipe(
+            images = holder["pipe"](
                 prompt=PROMPT, negative_prompt=NEGATIVE, width=case.width,
                 height=case.height, num_inference_steps=case.steps,
                 guidance_scale=case.guidance, generator=generator,
@@ -309,17 +316,46 @@ def measure_baseline(
             for image in images:  # PIL's default PNG settings, as a plain script would
                 image.save(io.BytesIO(), format="PNG")
 
-        seconds, its = _timed_runs(run_once, device, runs, warmup)
-    pipe = None
-    _free(device)
+        return run_once, holder.clear
+
+    run_once, close, cold, peak = _load_measured(device, warmup, load)
+    return Loaded(run_once, close, cold, peak, dtype=str(dtype).replace("torch.", ""),
+                  notes=["diffusers defaults"])
+
+
+def interleaved(
+    paths: Sequence[Loaded], device: str, runs: int
+) -> list[tuple[list[float], list[float]]]:
+    """Timed runs, alternating the paths run by run, so drift in the machine's load (other
+    processes, clocks) hits every path alike. Returns (seconds, it/s) per path."""
+    results: list[tuple[list[float], list[float]]] = [([], []) for _ in paths]
+    for index in range(runs):
+        # alternate which path goes first too
+        order = list(range(len(paths)))
+        if index % 2:
+            order.reverse()
+        for which in order:
+            clock = StepClock(device)
+            _sync(device)
+            started = time.perf_counter()
+            paths[which].run_once(clock)
+            _sync(device)
+            results[which][0].append(time.perf_counter() - started)
+            rate = clock.its()
+            if rate is not None:
+                results[which][1].append(rate)
+    return results
+
+
+def _result(loaded: Loaded, seconds: list[float], its: list[float]) -> PathResult:
     return PathResult(
-        cold_load_s=cold,
+        cold_load_s=loaded.cold_load_s,
         e2e_s=statistics.median(seconds),
         e2e_runs=seconds,
         unet_it_s=statistics.median(its) if its else None,
-        peak_memory_mb=memory.peak_bytes / 2**20,
-        dtype=str(dtype).replace("torch.", ""),
-        notes=["diffusers defaults"],
+        peak_memory_mb=loaded.peak_memory_mb,
+        dtype=loaded.dtype,
+        notes=loaded.notes,
     )
 
 
@@ -414,11 +450,23 @@ def run_case(
     # neither pays a one-off cost the other is spared
     _read_all(folder)
     _import_libraries()
-    baseline = measure_baseline(folder, case, device=device, runs=runs, warmup=warmup)
-    ours = measure_ours(
-        folder, case, device=device, dtype=dtype, runs=runs, warmup=warmup,
+    # loaded one after the other (cold load and peak memory of each alone), then timed
+    # run by run in turn
+    baseline_path = load_baseline(folder, case, device=device, warmup=warmup)
+    ours_path = load_ours(
+        folder, case, device=device, dtype=dtype, warmup=warmup,
         engine_options=engine_options, compile_cache=compile_cache,
     )
+    try:
+        (base_s, base_its), (ours_s, ours_its) = interleaved(
+            [baseline_path, ours_path], device, runs
+        )
+    finally:
+        baseline_path.close()
+        ours_path.close()
+        _free(device)
+    baseline = _result(baseline_path, base_s, base_its)
+    ours = _result(ours_path, ours_s, ours_its)
     record: dict[str, Any] = {
         "case": case.name,
         "architecture": case.arch,
