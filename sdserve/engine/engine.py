@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 
 from sdserve.config import EngineSettings
+from sdserve.domain.batching import batch_signature
 from sdserve.domain.inputs import GenerationInput, InputLimits
 from sdserve.engine import device as devices
 from sdserve.engine import fastpath
@@ -181,8 +182,7 @@ class Engine:
             full = inp.with_defaults(spec.defaults)
             full.check_limits(self.limits)
             resolve_scheduler(full.scheduler or "")
-            # a fine-tuned model's LoRA is applied to the whole batch at one scale
-            this = (spec.name, batch_signature(full), full.lora_scale if spec.lora else None)
+            this = (spec.name, batch_signature(full))
             if this[1] is None or (signature is not None and this != signature):
                 raise InvalidInput("input", "these requests cannot run as one batch")
             signature = this
@@ -435,37 +435,6 @@ class Engine:
         return pipe
 
 
-def batch_signature(inp: GenerationInput) -> tuple[object, ...] | None:
-    """What must match for requests to share one batched forward; None = never batched.
-
-    ``inp`` has the family defaults filled in. Output settings (format, watermark, safety)
-    are applied per image afterwards and do not matter.
-    """
-    from sdserve.engine.prompts import is_weighted
-
-    if (
-        inp.image is not None
-        or inp.mask is not None
-        or inp.outpaints
-        or inp.lora is not None
-        or inp.refine != "no_refiner"
-        or inp.hires_size() is not None
-        or is_weighted(inp.prompt)
-        or is_weighted(inp.negative_prompt or "")
-    ):
-        return None
-    return (
-        inp.width,
-        inp.height,
-        inp.num_inference_steps,
-        inp.scheduler or "",
-        inp.noise_schedule,
-        inp.guidance_scale,
-        # SDXL encodes an empty negative prompt as zeros, a given one as text: keep apart
-        bool(inp.negative_prompt),
-    )
-
-
 def default_budget(device: str) -> int:
     """80% of the accelerator's memory, or of the machine's RAM on CPU."""
     if device.startswith("cuda") and torch.cuda.is_available():
@@ -541,4 +510,4 @@ def _release_cuda_memory() -> None:
         torch.cuda.empty_cache()
 
 
-__all__ = ["Engine", "batch_signature", "default_budget"]
+__all__ = ["Engine", "default_budget"]

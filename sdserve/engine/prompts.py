@@ -18,12 +18,8 @@ import torch
 from compel import Compel, ReturnedEmbeddingsType
 from compel.convenience_wrappers import CompelForSD, CompelForSDXL
 
-# compel-only constructs: "(words)1.3", "(words)++", "word+", "word--", ".blend(" / ".and("
-_COMPEL_SYNTAX = re.compile(
-    r"\)\s*[0-9]*\.?[0-9]+|\)[+-]+|[\w\"][+]+(?=[\s,.)]|$)|\w--+(?=[\s,.)]|$)|\.(?:blend|and|swap)\("
-)
-# an unescaped bracket means A1111 attention syntax
-_A1111_SYNTAX = re.compile(r"(?<!\\)[()\[\]]")
+from sdserve.domain.prompts import is_weighted, uses_compel_syntax
+
 _A1111_TOKEN = re.compile(r"\\[()\[\]\\]|\\|\(|\[|:\s*([+-]?[.\d]+)\s*\)|\)|\]|[^\\()\[\]:]+|:")
 _UP = 1.1
 
@@ -46,16 +42,6 @@ class PromptEmbeds:
             kwargs["pooled_prompt_embeds"] = self.pooled_prompt_embeds
             kwargs["negative_pooled_prompt_embeds"] = self.negative_pooled_prompt_embeds
         return kwargs
-
-
-def uses_compel_syntax(text: str) -> bool:
-    """True when the prompt uses compel's own weighting syntax (``word++``, ``(word)1.3``)."""
-    return bool(_COMPEL_SYNTAX.search(text))
-
-
-def is_weighted(text: str) -> bool:
-    """True when the prompt has any weighting syntax, A1111 or compel."""
-    return uses_compel_syntax(text) or bool(_A1111_SYNTAX.search(text))
 
 
 def parse_a1111(text: str) -> list[tuple[str, float]]:

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from sdserve.domain.batching import batch_signature
 from sdserve.domain.inputs import GenerationInput
 from sdserve.domain.jobs import Status
 from sdserve.engine.types import GenerationResult, RunHooks
@@ -69,34 +70,9 @@ class BatchPolicy:
 
 
 def batch_key(inp: GenerationInput, model: str) -> tuple[object, ...] | None:
-    """What must be equal for two jobs to share a batch; None = this job is never batched.
-
-    ``inp`` must have its family defaults filled in. Output settings (format, watermark,
-    safety checker, seed, prompt) may differ: they are per image.
-    """
-    from sdserve.engine.prompts import is_weighted
-
-    if (
-        inp.image is not None
-        or inp.mask is not None
-        or inp.outpaints
-        or inp.lora is not None
-        or inp.refine != "no_refiner"
-        or inp.hires_size() is not None
-        or is_weighted(inp.prompt)
-        or is_weighted(inp.negative_prompt or "")
-    ):
-        return None
-    return (
-        model,
-        inp.width,
-        inp.height,
-        inp.num_inference_steps,
-        inp.scheduler or "",
-        inp.noise_schedule,
-        inp.guidance_scale,
-        bool(inp.negative_prompt),
-    )
+    """What must be equal for two jobs to share a batch; None = this job is never batched."""
+    signature = batch_signature(inp)
+    return None if signature is None else (model, *signature)
 
 
 @dataclass
