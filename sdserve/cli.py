@@ -107,7 +107,10 @@ def _add_generate(commands: Any) -> None:
     gen.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"])
     gen.add_argument("--dtype", choices=["auto", "float32", "float16", "bfloat16"])
     gen.add_argument("--offline", action="store_true", help="never reach the Hugging Face Hub")
-    gen.add_argument("-o", "--output", type=Path, default=Path("out.png"))
+    gen.add_argument(
+        "-o", "--output", default="out.png",
+        help="output file, or a folder (ending in /) for one file per seed",
+    )
     gen.set_defaults(run=run_generate)
 
 
@@ -188,9 +191,12 @@ def run_generate(args: argparse.Namespace) -> int:
     mask = _open_image(args.mask, "mask") if args.mask else None
 
     engine = Engine(settings.engine, registry, limits=_limits(settings))
-    bar = tqdm(total=0, unit="step", desc="generating")
+    bars: list[tqdm[Any]] = []  # created on the first step, so a load error prints no bar
 
     def on_step(step: int, total: int, preview: Image | None) -> None:
+        if not bars:
+            bars.append(tqdm(total=total, unit="step", desc="generating"))
+        bar = bars[0]
         if bar.total != total:
             bar.reset(total=total)
         bar.n = step
@@ -201,7 +207,8 @@ def run_generate(args: argparse.Namespace) -> int:
             inp, model=model_name, image=image, mask=mask, hooks=RunHooks(on_step=on_step)
         )
     finally:
-        bar.close()
+        for bar in bars:
+            bar.close()
         engine.close()
     paths = _output_paths(args.output, [img.seed for img in result.images], args.format)
     for path, generated in zip(paths, result.images, strict=True):
@@ -226,14 +233,15 @@ def _open_image(path: Path, field: str) -> Image:
         raise InvalidImage(field, f"cannot read {path}: {exc}") from None
 
 
-def _output_paths(output: Path, seeds: list[int], fmt: str) -> list[Path]:
-    """A folder gets ``<seed>.<fmt>`` files; a file name gets ``-<i>`` suffixes when n > 1."""
-    extension = "jpg" if fmt == "jpg" else fmt
-    if output.is_dir() or str(output).endswith(("/", "\\")):
-        return [output / f"{seed}.{extension}" for seed in seeds]
+def _output_paths(output: str, seeds: list[int], fmt: str) -> list[Path]:
+    """A folder (existing, or written with a trailing slash) gets ``<seed>.<fmt>`` files;
+    a file name gets ``-<i>`` suffixes when n > 1."""
+    path = Path(output)
+    if path.is_dir() or output.endswith(("/", "\\")):
+        return [path / f"{seed}.{fmt}" for seed in seeds]
     if len(seeds) == 1:
-        return [output]
-    return [output.with_name(f"{output.stem}-{i}{output.suffix}") for i in range(len(seeds))]
+        return [path]
+    return [path.with_name(f"{path.stem}-{i}{path.suffix}") for i in range(len(seeds))]
 
 
 # models ---------------------------------------------------------------------------------
