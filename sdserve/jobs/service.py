@@ -40,6 +40,7 @@ from sdserve.jobs.fetch import InputFetcher, Resolver, sniff_image_type
 from sdserve.jobs.files import FileStore, LocalFileStore, new_key
 from sdserve.jobs.queue import ThreadWorker, enqueue, is_memory_broker, make_celery
 from sdserve.jobs.store import Store, new_id, sqlite_url, utcnow
+from sdserve.jobs.waiters import JobWaiters
 from sdserve.jobs.webhooks import Renderer, WebhookDispatcher, load_or_create_secret
 from sdserve.jobs.worker import JobRunner, Predictor, RegistryLike
 
@@ -148,6 +149,7 @@ class Service:
         )
         self._secret: str | None = None
         self._secret_lock = threading.Lock()
+        self._waiters = JobWaiters()
         self.dispatcher = WebhookDispatcher(
             self.store,
             "",  # the secret is filled in at start(), read lazily from its file
@@ -167,7 +169,7 @@ class Service:
                 predictor,
                 registry,
                 worker_id=f"embedded-{new_id()[:8]}",
-                on_change=self.dispatcher.wake,
+                on_change=self._job_changed,
                 lost_job_policy=self._resume_or_fail,
                 batch_policy=BatchPolicy(
                     config.batch_max_size, config.batch_window_ms, single_worker=self.embedded
@@ -247,6 +249,11 @@ class Service:
                     f"({state.attempts} attempt(s))"
                 ),
             )
+
+    def _job_changed(self) -> None:
+        """A job changed in this process: deliver its webhooks and answer its waiters."""
+        self.dispatcher.wake()
+        self._waiters.wake_all()
 
     def webhook_secret(self) -> str:
         """The ``whsec_...`` signing secret (created on first use, kept in a file)."""
@@ -426,11 +433,16 @@ class Service:
         """The job once terminal, or as it is after ``timeout`` seconds."""
         deadline = time.monotonic() + max(0.0, timeout)
         while True:
-            record = await asyncio.to_thread(self.store.get, job_id)
-            remaining = deadline - time.monotonic()
-            if record.status.terminal or remaining <= 0:
-                return record
-            await asyncio.sleep(min(POLL_INTERVAL_S, remaining))
+            woken = self._waiters.register()
+            try:
+                record = await asyncio.to_thread(self.store.get, job_id)
+                remaining = deadline - time.monotonic()
+                if record.status.terminal or remaining <= 0:
+                    return record
+                # an in-process worker wakes us at once; a remote one leaves us polling
+                await self._waiters.wait(woken, min(POLL_INTERVAL_S, remaining))
+            finally:
+                self._waiters.discard(woken)
 
     async def events(self, job_id: str) -> AsyncIterator[Event]:
         """Progress, log lines and output of a job as they happen, ending with ``Done``."""
