@@ -15,9 +15,7 @@ import json
 import os
 import platform
 import signal
-import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -26,36 +24,20 @@ from typing import Any
 
 import httpx
 
+from bench.demo_server import start_demo_server
+
 INPUT = {"prompt": "a red fox", "width": 64, "height": 64, "num_inference_steps": 4}
 
 
 def start_server(data_dir: Path, batch: int, window_ms: int) -> tuple[subprocess.Popen[bytes], str]:
     """A demo server with ``batch_max_size=batch`` (1 = off)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    env = {
-        **os.environ,
-        "HF_HUB_OFFLINE": "1",
-        "SDSERVE_SERVICE__BATCH_MAX_SIZE": str(batch),
-        "SDSERVE_SERVICE__BATCH_WINDOW_MS": str(window_ms),
-    }
-    log = (data_dir / "server.log").open("ab")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "sdserve.cli", "--data-dir", str(data_dir), "serve", "--demo",
-         "--port", str(port)],
-        stdout=log, stderr=subprocess.STDOUT, env=env,
+    return start_demo_server(
+        data_dir,
+        env={
+            "SDSERVE_SERVICE__BATCH_MAX_SIZE": str(batch),
+            "SDSERVE_SERVICE__BATCH_WINDOW_MS": str(window_ms),
+        },
     )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return process, url
-        except httpx.HTTPError:
-            time.sleep(0.3)
-    process.kill()
-    raise RuntimeError("server did not start; see server.log")
 
 
 def throughput(url: str, concurrency: int, requests: int) -> dict[str, Any]:

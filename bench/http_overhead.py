@@ -14,10 +14,7 @@ import json
 import os
 import platform
 import signal
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -25,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
+from bench.demo_server import start_demo_server
 
 INPUT = {"prompt": "a red fox", "width": 64, "height": 64, "num_inference_steps": 2, "seed": 1}
 
@@ -51,28 +50,6 @@ def build_engine(data_dir: Path) -> Any:
 
     settings = prepare_demo(Settings(data_dir=data_dir, demo=True))
     return Engine(settings.engine, build_registry(settings))
-
-
-def start_server(data_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    url = f"http://127.0.0.1:{port}"
-    log = (data_dir / "server.log").open("ab")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "sdserve.cli", "--data-dir", str(data_dir), "serve", "--demo",
-         "--port", str(port)],
-        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"},
-    )
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return process, url
-        except httpx.HTTPError:
-            time.sleep(0.3)
-    process.kill()
-    raise RuntimeError("server did not start; see server.log")
 
 
 def interleaved(
@@ -147,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = Path(tmp)
-        process, url = start_server(data_dir)
+        process, url = start_demo_server(data_dir)
         engine = build_engine(data_dir)
         try:
             direct, http, job_id = interleaved(engine, url, args.requests, args.warmup)

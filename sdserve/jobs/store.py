@@ -339,27 +339,20 @@ class Store:
 
     def request_cancel(self, job_id: str) -> bool:
         """Flag a running job; its worker stops at the next step. False if not running."""
-        with self._tx(write=True) as session:
-            result = cast(
-                CursorResult[Any],
-                session.execute(
-                    update(JobRow)
-                    .where(JobRow.id == job_id, JobRow.status == Status.PROCESSING.value)
-                    .values(cancel_requested=True)
-                    .execution_options(synchronize_session=False)
-                ),
-            )
-            return result.rowcount == 1
+        return self._flag_running(job_id, cancel_requested=True)
 
     def request_stop(self, job_id: str) -> bool:
         """Ask a running job to finish early with what it has. False if not running."""
+        return self._flag_running(job_id, stop_requested=True)
+
+    def _flag_running(self, job_id: str, **flags: bool) -> bool:
         with self._tx(write=True) as session:
             result = cast(
                 CursorResult[Any],
                 session.execute(
                     update(JobRow)
                     .where(JobRow.id == job_id, JobRow.status == Status.PROCESSING.value)
-                    .values(stop_requested=True)
+                    .values(**flags)
                     .execution_options(synchronize_session=False)
                 ),
             )
