@@ -186,11 +186,11 @@ def run_generate(args: argparse.Namespace) -> int:
         fields["image"] = str(args.image)
     if args.mask is not None:
         fields["mask"] = str(args.mask)
-    inp = parse_generation_input(fields, _limits(settings))
+    inp = parse_generation_input(fields, settings.limits.input_limits())
     image = _open_image(args.image, "image") if args.image else None
     mask = _open_image(args.mask, "mask") if args.mask else None
 
-    engine = Engine(settings.engine, registry, limits=_limits(settings))
+    engine = Engine(settings.engine, registry, limits=settings.limits.input_limits())
     bars: list[tqdm[Any]] = []  # created on the first step, so a load error prints no bar
 
     def on_step(step: int, total: int, preview: Image | None) -> None:
@@ -531,16 +531,6 @@ def _settings(args: argparse.Namespace, **sections: Any) -> Settings:
         else:
             data[name] = value
     return Settings.model_validate(data)
-
-
-def _limits(settings: Settings) -> Any:
-    from sdserve.domain.inputs import InputLimits
-
-    return InputLimits(
-        max_pixels=settings.limits.max_pixels,
-        max_num_outputs=settings.limits.max_num_outputs,
-        max_steps=settings.limits.max_steps,
-    )
 
 
 if __name__ == "__main__":

@@ -14,6 +14,8 @@ from typing import Literal
 from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from sdserve.domain.inputs import InputLimits
+
 DeviceName = Literal["auto", "cpu", "cuda", "mps"]
 DtypeName = Literal["auto", "float32", "float16", "bfloat16"]
 FastSwitch = Literal["auto", "on", "off"]
@@ -32,6 +34,14 @@ class LimitSettings(BaseModel):
     )
     max_num_outputs: int = Field(default=4, ge=1, le=64, description="images per request")
     max_steps: int = Field(default=500, ge=1)
+
+    def input_limits(self) -> InputLimits:
+        """The same limits as the domain type the input checks take."""
+        return InputLimits(
+            max_pixels=self.max_pixels,
+            max_num_outputs=self.max_num_outputs,
+            max_steps=self.max_steps,
+        )
 
 
 class EngineSettings(BaseModel):

@@ -71,7 +71,7 @@ def build_registry(settings: Settings) -> ModelRegistry:
 
 def build_service(settings: Settings, *, run_worker: bool = True) -> Service:
     """The job service with an in-process engine worker (built lazily on the first job)."""
-    from sdserve.jobs.service import Service, limits_of
+    from sdserve.jobs.service import Service
     from sdserve.training.runner import trained_models
 
     registry = build_registry(settings)
@@ -82,7 +82,7 @@ def build_service(settings: Settings, *, run_worker: bool = True) -> Service:
         def build_engine():  # type: ignore[no-untyped-def]
             from sdserve.engine.engine import Engine
 
-            return Engine(settings.engine, registry, limits=limits_of(settings))
+            return Engine(settings.engine, registry, limits=settings.limits.input_limits())
 
         predictor = build_engine
     return Service(

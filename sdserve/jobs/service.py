@@ -54,15 +54,6 @@ POLL_INTERVAL_S = 0.15
 _EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp", "image/gif": "gif"}
 
 
-def limits_of(settings: Settings) -> InputLimits:
-    """The operator's input limits as the domain type."""
-    return InputLimits(
-        max_pixels=settings.limits.max_pixels,
-        max_num_outputs=settings.limits.max_num_outputs,
-        max_steps=settings.limits.max_steps,
-    )
-
-
 def input_schema(defaults: FamilyDefaults, limits: InputLimits) -> dict[str, Any]:
     """JSON schema of :class:`GenerationInput` with a family's defaults and the limits.
 
@@ -138,7 +129,7 @@ class Service:
         # models another process may have added (fine-tuned models published by a worker)
         self._refresh_models = refresh_models or (lambda: None)
         self.registry = registry
-        self.limits = limits_of(settings)
+        self.limits = settings.limits.input_limits()
         config = settings.service
         self.store = Store(config.database_url or sqlite_url(settings.data_dir))
         self.files: FileStore = files or LocalFileStore(
@@ -548,7 +539,9 @@ def run_worker(
             from sdserve.engine.engine import Engine
 
             return Engine(
-                settings.engine, cast("ModelRegistry", engine_registry), limits=limits_of(settings)
+                settings.engine,
+                cast("ModelRegistry", engine_registry),
+                limits=settings.limits.input_limits(),
             )
 
         predictor = build

@@ -19,7 +19,7 @@ from sdserve.domain.jobs import Status
 from sdserve.engine.engine import Engine
 from sdserve.engine.models import ModelRegistry
 from sdserve.engine.types import GenerationResult, RunHooks
-from sdserve.jobs.service import Service, limits_of
+from sdserve.jobs.service import Service
 
 #: The batched UNet may pick other kernels than batch 1; images stay this close (0-255).
 PIXEL_TOLERANCE = 2
@@ -62,7 +62,7 @@ def make(tmp_path: Path, registry: ModelRegistry) -> Iterator[Callable[..., Serv
             engine=EngineSettings(device="cpu"),
             service=ServiceSettings(batch_max_size=batch, batch_window_ms=window_ms),
         )
-        engine = CountingEngine(settings.engine, registry, limits=limits_of(settings))
+        engine = CountingEngine(settings.engine, registry, limits=settings.limits.input_limits())
         service = Service(settings, registry, predictor=engine)
         service.engine = engine  # type: ignore[attr-defined]  # the test reads its calls
         service.start()

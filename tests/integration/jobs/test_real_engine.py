@@ -12,7 +12,7 @@ from sdserve.config import EngineSettings, Settings
 from sdserve.domain.jobs import Status
 from sdserve.engine.engine import Engine
 from sdserve.engine.models import ModelRegistry
-from sdserve.jobs.service import Service, limits_of
+from sdserve.jobs.service import Service
 
 
 def test_tiny_sd_job_through_the_real_worker(tmp_path: Path, tiny_sd: Path) -> None:
@@ -22,7 +22,7 @@ def test_tiny_sd_job_through_the_real_worker(tmp_path: Path, tiny_sd: Path) -> N
     engines: list[Engine] = []
 
     def build() -> Engine:  # built lazily in the worker thread, on the first job
-        engines.append(Engine(settings.engine, registry, limits=limits_of(settings)))
+        engines.append(Engine(settings.engine, registry, limits=settings.limits.input_limits()))
         return engines[-1]
 
     service = Service(settings, registry, predictor=build)
