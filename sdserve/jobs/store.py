@@ -347,16 +347,7 @@ class Store:
 
     def _flag_running(self, job_id: str, **flags: bool) -> bool:
         with self._tx(write=True) as session:
-            result = cast(
-                CursorResult[Any],
-                session.execute(
-                    update(JobRow)
-                    .where(JobRow.id == job_id, JobRow.status == Status.PROCESSING.value)
-                    .values(**flags)
-                    .execution_options(synchronize_session=False)
-                ),
-            )
-            return result.rowcount == 1
+            return _update_if_processing(session, job_id, flags)
 
     def active_jobs(self, source: str | None = None, limit: int = 1000) -> list[JobRecord]:
         """Jobs not yet terminal (of one ``source`` if given), oldest first."""
@@ -398,16 +389,7 @@ class Store:
         if not values:
             return
         with self._tx(write=True) as session:
-            result = cast(
-                CursorResult[Any],
-                session.execute(
-                    update(JobRow)
-                    .where(JobRow.id == job_id, JobRow.status == Status.PROCESSING.value)
-                    .values(**values)
-                    .execution_options(synchronize_session=False)
-                ),
-            )
-            if result.rowcount != 1 or not logs_webhook:
+            if not _update_if_processing(session, job_id, values) or not logs_webhook:
                 return
             hook = session.execute(
                 select(JobRow.webhook_url, JobRow.webhook_events).where(JobRow.id == job_id)
@@ -601,6 +583,20 @@ def _add_webhook(
             created_at=now,
         )
     )
+
+
+def _update_if_processing(session: Session, job_id: str, values: Mapping[str, Any]) -> bool:
+    """Set ``values`` on a job only while it is ``processing``; True if it was."""
+    result = cast(
+        CursorResult[Any],
+        session.execute(
+            update(JobRow)
+            .where(JobRow.id == job_id, JobRow.status == Status.PROCESSING.value)
+            .values(**values)
+            .execution_options(synchronize_session=False)
+        ),
+    )
+    return result.rowcount == 1
 
 
 def _aware(value: datetime) -> datetime:
