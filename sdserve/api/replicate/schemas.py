@@ -41,15 +41,19 @@ def wire_status(status: Status) -> str:
     return "canceled" if status is Status.ABORTED else status.value
 
 
+def wire_error(job: JobRecord) -> str | None:
+    """The job's error; an ``aborted`` job (shown as ``canceled``) says so here."""
+    if job.status is Status.ABORTED:
+        reason = job.error or "the Cancel-After deadline passed before it started"
+        return f"aborted: {reason}"
+    return job.error
+
+
 def render_prediction(
     job: JobRecord, base: str, *, output_as: Callable[[str], str] | None = None
 ) -> dict[str, Any]:
     """A job as Replicate's prediction JSON. ``output_as`` turns a file key into a string."""
     to_string = output_as or (lambda key: file_url(base, key))
-    error = job.error
-    if job.status is Status.ABORTED:
-        # shown as "canceled" (the client's statuses); the error keeps the real state
-        error = f"aborted: {error or 'the Cancel-After deadline passed before it started'}"
     urls = {
         "get": f"{base}/v1/predictions/{job.id}",
         "cancel": f"{base}/v1/predictions/{job.id}/cancel",
@@ -65,7 +69,7 @@ def render_prediction(
         "logs": job.logs,
         "output": None if job.output is None else [to_string(key) for key in job.output],
         "data_removed": job.data_removed,
-        "error": error,
+        "error": wire_error(job),
         "status": wire_status(job.status),
         "source": job.source,
         "created_at": iso(job.created_at),

@@ -18,6 +18,7 @@ from sdserve.api.replicate.schemas import (
     PredictionRequest,
     render_page,
     render_prediction,
+    wire_error,
     wire_status,
 )
 from sdserve.domain.jobs import JobKind, Status
@@ -40,9 +41,6 @@ def render_training(job: JobRecord, base: str) -> dict[str, Any]:
             "version": f"{job.destination}:{version}",
             "weights": file_url(base, job.output[0]),
         }
-    error = job.error
-    if job.status is Status.ABORTED and not error:
-        error = "aborted: the Cancel-After deadline passed before the training started"
     return {
         "id": job.id,
         "model": job.model,
@@ -51,7 +49,7 @@ def render_training(job: JobRecord, base: str) -> dict[str, Any]:
         "input": dict(job.input),
         "logs": job.logs,
         "output": output,
-        "error": error,
+        "error": wire_error(job),
         "status": wire_status(job.status),
         "source": job.source,
         "created_at": iso(job.created_at),

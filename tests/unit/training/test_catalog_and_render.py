@@ -64,7 +64,17 @@ def test_training_json_parses_in_the_official_client() -> None:
     running = Training(**render_training(job(Status.PROCESSING), "http://h"))
     assert running.output is None
     aborted = render_training(job(Status.ABORTED), "http://h")
-    assert aborted["status"] == "canceled" and aborted["error"]
+    assert aborted["status"] == "canceled" and aborted["error"].startswith("aborted: ")
+
+
+def test_an_aborted_job_says_so_in_every_replicate_shape() -> None:
+    # the worker sets its own error; the client only knows "canceled", so the error must
+    # still carry the real state, for trainings and predictions alike
+    reason = "deadline passed before the job started"
+    for kind in (JobKind.TRAINING, JobKind.PREDICTION):
+        body = render_replicate_job(job(Status.ABORTED, kind=kind, error=reason), "http://h")
+        assert body["status"] == "canceled"
+        assert body["error"] == f"aborted: {reason}"
 
 
 def test_webhooks_render_trainings_as_trainings() -> None:
