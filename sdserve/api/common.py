@@ -27,6 +27,17 @@ def file_url(base: str, key: str) -> str:
     return f"{base}{FILES_PATH}/{key}"
 
 
+PAGE_SIZE = 100
+
+
+def page_url(base: str, path: str, cursor: str | None, limit: int = PAGE_SIZE) -> str | None:
+    """Absolute link to another page of a listing; a non-default page size is kept."""
+    if cursor is None:
+        return None
+    size = "" if limit == PAGE_SIZE else f"&limit={limit}"
+    return f"{base}{path}?cursor={cursor}{size}"
+
+
 def data_uri(service: JobService, key: str) -> str:
     """A stored file as a ``data:`` URI."""
     data, content_type = service.open_output(key)

@@ -7,12 +7,14 @@ import json
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from sdserve.api.common import (
+    PAGE_SIZE,
     base_url,
     data_uri,
+    page_url,
     parse_cancel_after,
     parse_prefer_wait,
 )
@@ -104,13 +106,18 @@ class ReplicateApi:
         """Terminal predictions answered inline carry outputs as data URIs."""
         return render_prediction(job, base, output_as=lambda key: data_uri(self.service, key))
 
-    async def list_predictions(self, request: Request, cursor: str | None = None) -> Any:
-        page = self.service.list(cursor=cursor, kind=JobKind.PREDICTION)
+    async def list_predictions(
+        self,
+        request: Request,
+        cursor: str | None = None,
+        limit: Annotated[int, Query(ge=1, le=PAGE_SIZE)] = PAGE_SIZE,
+    ) -> Any:
+        page = self.service.list(cursor=cursor, limit=limit, kind=JobKind.PREDICTION)
         base = base_url(request, self.public_url)
         return render_page(
             [render_prediction(job, base) for job in page.results],
-            _page_url(base, "/v1/predictions", page.next_cursor),
-            _page_url(base, "/v1/predictions", page.previous_cursor),
+            page_url(base, "/v1/predictions", page.next_cursor, limit),
+            page_url(base, "/v1/predictions", page.previous_cursor, limit),
         )
 
     async def get_prediction(self, request: Request, job_id: str) -> Any:
@@ -197,7 +204,3 @@ class ReplicateApi:
         if self.webhook_secret is None:
             raise ModelNotFound("webhooks are not configured on this server")
         return {"key": self.webhook_secret}
-
-
-def _page_url(base: str, path: str, cursor: str | None) -> str | None:
-    return None if cursor is None else f"{base}{path}?cursor={cursor}"

@@ -8,12 +8,12 @@ training's ``output`` is ``{"version": "<destination>:<version id>", "weights": 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 
-from sdserve.api.common import base_url, file_url, iso
+from sdserve.api.common import PAGE_SIZE, base_url, file_url, iso, page_url
 from sdserve.api.replicate.schemas import (
     PredictionRequest,
     render_page,
@@ -103,13 +103,18 @@ class TrainingsApi:
         )
         return JSONResponse(render_training(job, self._base(request)), status_code=201)
 
-    async def list_trainings(self, request: Request, cursor: str | None = None) -> Any:
-        page = self.service.list(cursor=cursor, kind=JobKind.TRAINING)
+    async def list_trainings(
+        self,
+        request: Request,
+        cursor: str | None = None,
+        limit: Annotated[int, Query(ge=1, le=PAGE_SIZE)] = PAGE_SIZE,
+    ) -> Any:
+        page = self.service.list(cursor=cursor, limit=limit, kind=JobKind.TRAINING)
         base = self._base(request)
         return render_page(
             [render_training(job, base) for job in page.results],
-            _page_url(base, page.next_cursor),
-            _page_url(base, page.previous_cursor),
+            page_url(base, "/v1/trainings", page.next_cursor, limit),
+            page_url(base, "/v1/trainings", page.previous_cursor, limit),
         )
 
     async def get_training(self, request: Request, job_id: str) -> Any:
@@ -127,7 +132,3 @@ class TrainingsApi:
 
     def _base(self, request: Request) -> str:
         return base_url(request, self.public_url)
-
-
-def _page_url(base: str, cursor: str | None) -> str | None:
-    return None if cursor is None else f"{base}/v1/trainings?cursor={cursor}"
