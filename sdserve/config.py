@@ -131,9 +131,6 @@ class ServiceSettings(BaseModel):
         default="memory://", description="Celery broker; memory:// runs an in-process worker"
     )
     files_dir: Path | None = Field(default=None, description="None = <data_dir>/files")
-    public_url: str | None = Field(
-        default=None, description="base URL of file links; None = derived from the request"
-    )
     max_queue: int = Field(default=256, ge=1, description="queued jobs before Overloaded")
     job_attempts: int = Field(
         default=2, ge=1, description="runs of a job whose worker died before it fails worker_lost"
