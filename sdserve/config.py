@@ -88,7 +88,10 @@ class EngineSettings(BaseModel):
         default=True, description="run a short generation at load so compiling is not billed"
     )
     lora_hotswap_rank: int = Field(
-        default=0, ge=0, description="> 0: prepare LoRA hot-swap up to this rank before compile"
+        default=64,
+        ge=0,
+        description="with compile: a LoRA slot of this rank, so LoRAs swap without "
+        "recompiling (fused QKV is skipped then); 0 = no slot",
     )
     vae_tiling_pixels: int = Field(
         default=1536 * 1536,

@@ -430,8 +430,11 @@ class Engine:
         pipe = load_refiner(
             reference, device=self.device, dtype=self.dtype, settings=self.settings
         )
-        # the refiner is an img2img pipeline: no text-to-image warm-up, it compiles on use
-        fastpath.apply(pipe, self.fast, cache_dir=self.settings.compile_cache_dir)
+        # the refiner is an img2img pipeline: no text-to-image warm-up, it compiles on use;
+        # it serves no LoRA, so it gets no hot-swap slot
+        fastpath.apply(
+            pipe, self.fast, cache_dir=self.settings.compile_cache_dir, lora_slot=False
+        )
         return pipe
 
 

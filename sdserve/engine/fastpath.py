@@ -11,8 +11,9 @@ stay within a small tolerance of the eager float32 path (see the fast-path tests
 - ``torch.compile`` of the UNet and the VAE decoder, with a warm-up at load and an inductor
   FX-graph cache under the data dir reused across restarts; ``max-autotune`` and
   ``reduce-overhead`` capture CUDA graphs where shapes are static;
-- LoRA hot-swap prepared before compiling (``enable_lora_hotswap``), so a later adapter swap
-  does not recompile;
+- a LoRA hot-swap slot prepared before compiling (:mod:`sdserve.engine.hotswap`), so a LoRA
+  request copies weights into the compiled UNet instead of recompiling it (fused QKV is
+  skipped then: LoRAs target the separate projections);
 - VAE tiling above a pixel threshold (automatic: tiles only when the image is larger) and
   optional VAE slicing for batches.
 """
@@ -52,6 +53,11 @@ class FastPath:
     lora_hotswap_rank: int
     vae_tiling_pixels: int
     vae_slicing: bool
+
+    @property
+    def lora_slot(self) -> bool:
+        """A hot-swap slot is prepared only in a UNet that gets compiled."""
+        return self.compile and self.lora_hotswap_rank > 0
 
     @property
     def eager(self) -> bool:
@@ -100,15 +106,19 @@ def configure_compile_cache(cache_dir: Path | None) -> None:
         inductor.autotune_local_cache = True
 
 
-def apply(pipe: Pipeline, fast: FastPath, *, cache_dir: Path | None = None) -> list[str]:
+def apply(
+    pipe: Pipeline, fast: FastPath, *, cache_dir: Path | None = None, lora_slot: bool = True
+) -> list[str]:
     """Apply the fast path to a freshly loaded pipeline; return the names of what was applied.
 
-    Order matters: attention processors and QKV fusion change the module tree, LoRA hot-swap
-    must be prepared before compiling, and compiling comes last.
+    Order matters: attention processors, the LoRA slot and QKV fusion change the module tree
+    and must come before compiling, which comes last. ``lora_slot=False`` leaves the slot
+    out (a refiner, which serves no LoRA).
     """
     applied: list[str] = []
     unet = getattr(pipe, "unet", None)
     vae = getattr(pipe, "vae", None)
+    slot = fast.lora_slot and lora_slot and unet is not None and hasattr(unet, "add_adapter")
     if fast.sdpa and unet is not None:
         from diffusers.models.attention_processor import AttnProcessor2_0
 
@@ -118,19 +128,24 @@ def apply(pipe: Pipeline, fast: FastPath, *, cache_dir: Path | None = None) -> l
         if vae is not None:
             vae.set_attn_processor(AttnProcessor2_0())
         applied.append("sdpa")
+    if slot:
+        from sdserve.engine.hotswap import prepare_slot, slot_of
+
+        if slot_of(unet) is None:
+            prepare_slot(unet, fast.lora_hotswap_rank)
+        applied.append(f"lora_hotswap_slot(rank={fast.lora_hotswap_rank})")
     if fast.channels_last:
         for module in (unet, vae):
             if module is not None:
                 module.to(memory_format=torch.channels_last)
         applied.append("channels_last")
-    if fast.fuse_qkv and hasattr(pipe, "fuse_qkv_projections"):
+    if fast.fuse_qkv and slot:
+        log.info("fused QKV skipped: the LoRA hot-swap slot holds the separate projections")
+    elif fast.fuse_qkv and hasattr(pipe, "fuse_qkv_projections"):
         pipe.fuse_qkv_projections()
         applied.append("fuse_qkv")
     if vae is not None:
         applied += _vae_memory(vae, fast)
-    if fast.lora_hotswap_rank > 0 and hasattr(pipe, "enable_lora_hotswap"):
-        pipe.enable_lora_hotswap(target_rank=fast.lora_hotswap_rank)
-        applied.append(f"lora_hotswap(rank={fast.lora_hotswap_rank})")
     if fast.compile:
         configure_compile_cache(cache_dir)
         options: dict[str, Any] = {"mode": fast.compile_mode, "fullgraph": fast.compile_fullgraph}
@@ -181,18 +196,29 @@ def unfuse_for_lora(pipe: Pipeline) -> bool:
 def warm_up(pipe: Pipeline, *, width: int, height: int, steps: int = 2) -> float:
     """Run one short generation so compilation (and CUDA-graph capture) happen at load.
 
-    Returns the seconds it took. Shapes other than this one compile on first use.
+    With a LoRA hot-swap slot, a second run with the (empty) slot switched on compiles the
+    graph that LoRA requests use. Returns the seconds it took. Shapes other than this one
+    compile on first use.
     """
+    from sdserve.engine.hotswap import slot_of
+
     started = time.perf_counter()
-    generator = torch.Generator(pipe.device).manual_seed(0)
-    pipe(
-        prompt="warm up",
-        width=width,
-        height=height,
-        num_inference_steps=steps,
-        generator=generator,
-        output_type="pil",
-    )
+    slot = slot_of(getattr(pipe, "unet", None))
+    for with_slot in (False, True) if slot is not None else (False,):
+        if slot is not None and with_slot:
+            slot.activate(0.0)
+        try:
+            pipe(
+                prompt="warm up",
+                width=width,
+                height=height,
+                num_inference_steps=steps,
+                generator=torch.Generator(pipe.device).manual_seed(0),
+                output_type="pil",
+            )
+        finally:
+            if slot is not None:
+                slot.unet.disable_lora()
     seconds = time.perf_counter() - started
     log.info("fast-path warm-up at %dx%d took %.1fs", width, height, seconds)
     return seconds

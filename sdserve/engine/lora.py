@@ -13,6 +13,7 @@ through one is present (and switched) in all of them.
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 import threading
 from collections import OrderedDict
@@ -25,6 +26,10 @@ from sdserve.errors import InvalidInput
 
 if TYPE_CHECKING:
     import torch
+
+    from sdserve.engine.hotswap import Slot
+
+log = logging.getLogger(__name__)
 
 LORA_SUFFIX = ".safetensors"
 # Pickle-based formats can run arbitrary code when loaded; they are refused outright.
@@ -42,7 +47,8 @@ class LoraCache:
     restricts references to names in ``lora_dir`` (for a server whose clients must not
     name files on its disk).
 
-    ``disk_reads`` and ``injections`` count file reads and adapter injections, so the
+    ``disk_reads``, ``injections`` and ``hotswaps`` count file reads, adapter injections and
+    copies into a compiled UNet's hot-swap slot (:mod:`sdserve.engine.hotswap`), so the
     effect of the cache can be observed. One lock serialises :meth:`applied` blocks,
     because an adapter's state lives in modules shared by every derived pipeline.
     """
@@ -57,6 +63,7 @@ class LoraCache:
         self.allow_paths = allow_paths
         self.disk_reads = 0
         self.injections = 0
+        self.hotswaps = 0
         self._state_dicts: OrderedDict[str, dict[str, torch.Tensor]] = OrderedDict()
         self._recent_adapters: OrderedDict[str, None] = OrderedDict()
         self._lock = threading.RLock()
@@ -108,9 +115,9 @@ class LoraCache:
                     _disable_all(pipe)
                 return
             path = self.resolve(ref)
-            adapter = self._ensure_injected(pipe, path, ref)
+            adapter, slot = self._ensure_loaded(pipe, path, ref)
             try:
-                _activate_only(pipe, adapter, scale)
+                _activate_only(pipe, adapter, scale, slot)
                 yield
             finally:
                 _disable_all(pipe)
@@ -137,11 +144,82 @@ class LoraCache:
         where = "in the LoRA folder" if self.lora_dir is not None else "(no LoRA folder is set)"
         raise InvalidInput("lora", f"no LoRA named {ref!r} {where}", allowed=names)
 
-    def _ensure_injected(self, pipe: Any, path: Path, ref: str) -> str:
+    def _ensure_loaded(self, pipe: Any, path: Path, ref: str) -> tuple[str, Slot | None]:
+        """Load the LoRA at ``path`` into ``pipe`` unless it is there; return its adapter
+        name and, when its UNet part sits in the hot-swap slot, the slot."""
         key = _file_key(path)
         adapter = _ADAPTER_PREFIX + hashlib.sha1(key.encode()).hexdigest()[:16]
         self._recent_adapters[adapter] = None
         self._recent_adapters.move_to_end(adapter)
+        from sdserve.engine.hotswap import slot_of  # torch: not at import (the API imports us)
+
+        slot = slot_of(getattr(pipe, "unet", None))
+        if slot is not None and self._in_slot(pipe, slot, key, adapter, path, ref):
+            return adapter, slot
+        return self._ensure_injected(pipe, key, adapter, path, ref), None
+
+    def _in_slot(
+        self, pipe: Any, slot: Slot, key: str, adapter: str, path: Path, ref: str
+    ) -> bool:
+        """Put the LoRA's UNet part into the slot (its text-encoder part, if any, goes in
+        as a usual adapter); False if it does not fit and must be injected instead."""
+        from sdserve.engine.hotswap import SlotMismatch, unet_part
+
+        if adapter in _loaded_adapters(pipe, pipe.unet):
+            return False  # it did not fit before: it is injected in the UNet already
+        if slot.holding == key:
+            return True
+        state_dict = self._state_dict(key, path, ref)
+        try:
+            converted, alphas, metadata = pipe.lora_state_dict(
+                dict(state_dict), return_lora_metadata=True
+            )
+            unet_weights, config = unet_part(converted, alphas, metadata, pipe.unet)
+            slot.swap_in(key, unet_weights, config)
+        except SlotMismatch as exc:
+            log.warning("LoRA %r is loaded as its own adapter (the UNet recompiles): %s",
+                        ref, exc)
+            return False
+        except (ValueError, RuntimeError, KeyError) as exc:
+            raise InvalidInput("lora", f"{ref!r} does not fit this model: {exc}") from None
+        self.hotswaps += 1
+        if adapter not in _loaded_adapters(pipe):
+            self._make_room(pipe, keep=adapter)
+            self._inject_text_encoders(pipe, converted, alphas, metadata, adapter, ref)
+        return True
+
+    def _inject_text_encoders(
+        self,
+        pipe: Any,
+        converted: dict[str, torch.Tensor],
+        alphas: dict[str, float] | None,
+        metadata: dict[str, Any] | None,
+        adapter: str,
+        ref: str,
+    ) -> None:
+        """Inject a LoRA's text-encoder parts (the slot holds only UNet weights)."""
+        injected = False
+        for name in getattr(pipe, "_lora_loadable_modules", ()):
+            module = getattr(pipe, name, None)
+            if name == "unet" or module is None:
+                continue
+            if not any(k.startswith(f"{name}.") for k in converted):
+                continue
+            try:
+                pipe.load_lora_into_text_encoder(
+                    converted, network_alphas=alphas, text_encoder=module, prefix=name,
+                    lora_scale=pipe.lora_scale, adapter_name=adapter, _pipeline=pipe,
+                    metadata=metadata,
+                )
+            except (ValueError, RuntimeError, KeyError) as exc:
+                if adapter in _loaded_adapters(pipe):
+                    pipe.delete_adapters(adapter)
+                raise InvalidInput("lora", f"{ref!r} does not fit this model: {exc}") from None
+            injected = True
+        if injected:
+            self.injections += 1
+
+    def _ensure_injected(self, pipe: Any, key: str, adapter: str, path: Path, ref: str) -> str:
         if adapter in _loaded_adapters(pipe):
             return adapter
         self._make_room(pipe, keep=adapter)
@@ -231,8 +309,14 @@ def _components(pipe: Any) -> list[tuple[str, Any]]:
     return found
 
 
-def _loaded_adapters(pipe: Any) -> set[str]:
-    return {adapter for _, module in _components(pipe) for adapter in module.peft_config}
+def _loaded_adapters(pipe: Any, only: Any = None) -> set[str]:
+    """Adapter names injected in the pipeline's modules (or only in module ``only``)."""
+    return {
+        adapter
+        for _, module in _components(pipe)
+        if only is None or module is only
+        for adapter in module.peft_config
+    }
 
 
 def _disable_all(pipe: Any) -> None:
@@ -242,8 +326,11 @@ def _disable_all(pipe: Any) -> None:
         _disable_module(module, isinstance(module, ModelMixin))
 
 
-def _activate_only(pipe: Any, adapter: str, scale: float) -> None:
-    """Enable ``adapter`` at ``scale`` in each module that has it; disable the others."""
+def _activate_only(pipe: Any, adapter: str, scale: float, slot: Slot | None = None) -> None:
+    """Enable ``adapter`` at ``scale`` in each module that has it; disable the others.
+
+    With ``slot``, the UNet runs the LoRA held in its hot-swap slot instead.
+    """
     from diffusers.loaders.lora_base import (
         enable_lora_for_text_encoder,
         set_adapters_for_text_encoder,
@@ -252,7 +339,9 @@ def _activate_only(pipe: Any, adapter: str, scale: float) -> None:
 
     for _, module in _components(pipe):
         is_model = isinstance(module, ModelMixin)
-        if adapter not in module.peft_config:
+        if slot is not None and module is slot.unet:
+            slot.activate(scale)
+        elif adapter not in module.peft_config:
             # e.g. a UNet-only LoRA: the text encoder keeps only other (disabled) adapters
             _disable_module(module, is_model)
         elif is_model:

@@ -297,11 +297,19 @@ def build_tiny_safety_checker(folder: Path, *, always_flag: bool = False) -> Pat
     return folder
 
 
-def build_tiny_lora(path: Path, base: Path, *, rank: int = 4, seed: int = 0) -> Path:
+def build_tiny_lora(
+    path: Path,
+    base: Path,
+    *,
+    rank: int = 4,
+    seed: int = 0,
+    unet_targets: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0"),
+) -> Path:
     """Write a LoRA for the tiny SD1 pipeline at ``base`` (UNet + text encoder) to ``path``.
 
     The weights are random and non-zero (a fresh LoRA is a no-op), so applying it visibly
-    changes the image. The file is what ``pipe.load_lora_weights()`` reads.
+    changes the image. ``unet_targets`` are peft target module names in the UNet. The file
+    is what ``pipe.load_lora_weights()`` reads.
     """
     import torch
     from diffusers import StableDiffusionPipeline, UNet2DConditionModel
@@ -317,7 +325,7 @@ def build_tiny_lora(path: Path, base: Path, *, rank: int = 4, seed: int = 0) -> 
             r=rank,
             lora_alpha=rank,
             init_lora_weights=False,  # random A and B; the default B=0 changes nothing
-            target_modules=["to_q", "to_k", "to_v", "to_out.0"],
+            target_modules=list(unet_targets),
         )
     )
     text_encoder.add_adapter(
