@@ -11,8 +11,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import threading
 import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 import torch
@@ -50,6 +52,8 @@ log = logging.getLogger(__name__)
 
 #: Share of the device (or of RAM on CPU) the pipeline cache may use when the budget is 0.
 DEFAULT_BUDGET_SHARE = 0.8
+#: Most threads that watermark and encode images (one per core up to this).
+POST_THREADS_MAX = 8
 
 
 class Engine:
@@ -81,6 +85,8 @@ class Engine:
         self._lora: LoraCache | None = None
         self._safety: SafetyChecker | None = None
         self.fast = fastpath.resolve(settings, self.device)
+        self._post: ThreadPoolExecutor | None = None  # watermark + encoding, made on first use
+        self._post_lock = threading.Lock()
 
     # -- public API ------------------------------------------------------------------------
 
@@ -92,9 +98,13 @@ class Engine:
             self.cache.get_refiner(spec.refiner)
 
     def close(self) -> None:
-        """Free every cached pipeline and the safety checker."""
+        """Free every cached pipeline and the safety checker; stop the encoding threads."""
         self.cache.clear()
         self._safety = None
+        with self._post_lock:
+            if self._post is not None:
+                self._post.shutdown(wait=True)
+                self._post = None
 
     def generate(
         self,
@@ -228,13 +238,16 @@ class Engine:
                 )
             images = list(result.images)
         inferred = time.perf_counter()
-        results = []
+        # every job's images go to the encoding threads at once, then each job collects its own
+        post_started = time.perf_counter()
+        pending = []
         offset = 0
         for inp in resolved:
-            mine = images[offset : offset + inp.num_outputs]
+            pending.append(self._finish_soon(images[offset : offset + inp.num_outputs], inp, spec))
             offset += inp.num_outputs
-            post_started = time.perf_counter()
-            encoded = self._finish(mine, inp, spec)
+        results = []
+        for inp, futures in zip(resolved, pending, strict=True):
+            encoded = [future.result() for future in futures]
             results.append(
                 GenerationResult(
                     images=encoded,
@@ -353,33 +366,55 @@ class Engine:
         self, results: list[Image.Image], inp: GenerationInput, spec: ModelSpec
     ) -> list[GeneratedImage]:
         """Safety check, watermark, metadata and encoding of every image, in order."""
+        return [future.result() for future in self._finish_soon(results, inp, spec)]
+
+    def _finish_soon(
+        self, results: list[Image.Image], inp: GenerationInput, spec: ModelSpec
+    ) -> list[Future[GeneratedImage]]:
+        """Safety-check the images now (one batched forward), then watermark and encode
+        each on the post-processing threads: PNG/WebP encoders and the watermark's
+        transforms release the GIL, so the images of a request or a batch encode in
+        parallel instead of one after another."""
+        checker = None if inp.disable_safety_checker else self._safety_checker()
+        flags = checker.check(results) if checker is not None else [False] * len(results)
+        pool = self._post_threads()
+        return [
+            pool.submit(self._post_process, result, nsfw, inp, index, spec.name)
+            for index, (result, nsfw) in enumerate(zip(results, flags, strict=True))
+        ]
+
+    def _post_process(
+        self, result: Image.Image, nsfw: bool, inp: GenerationInput, index: int, model: str
+    ) -> GeneratedImage:
         from sdserve.engine.metadata import encode_image, format_parameters
         from sdserve.engine.safety import blackout
         from sdserve.engine.watermark import apply_watermark
 
-        checker = None if inp.disable_safety_checker else self._safety_checker()
-        flags = checker.check(results) if checker is not None else [False] * len(results)
-        encoded = []
-        for index, (result, nsfw) in enumerate(zip(results, flags, strict=True)):
-            picture = blackout(result) if nsfw else result
-            if inp.apply_watermark and self.settings.watermark and not nsfw:
-                picture = apply_watermark(picture)
-            seed = inp.seed_for(index)
-            parameters = format_parameters(
-                inp, seed=seed, width=picture.width, height=picture.height, model=spec.name
-            )
-            encoded.append(
-                GeneratedImage(
-                    data=encode_image(picture, inp.output_format, parameters),
-                    format=inp.output_format,
-                    seed=seed,
-                    nsfw=nsfw,
-                    width=picture.width,
-                    height=picture.height,
-                    parameters=parameters,
+        picture = blackout(result) if nsfw else result
+        if inp.apply_watermark and self.settings.watermark and not nsfw:
+            picture = apply_watermark(picture)
+        seed = inp.seed_for(index)
+        parameters = format_parameters(
+            inp, seed=seed, width=picture.width, height=picture.height, model=model
+        )
+        return GeneratedImage(
+            data=encode_image(picture, inp.output_format, parameters),
+            format=inp.output_format,
+            seed=seed,
+            nsfw=nsfw,
+            width=picture.width,
+            height=picture.height,
+            parameters=parameters,
+        )
+
+    def _post_threads(self) -> ThreadPoolExecutor:
+        with self._post_lock:
+            if self._post is None:
+                self._post = ThreadPoolExecutor(
+                    max_workers=min(POST_THREADS_MAX, os.cpu_count() or 1),
+                    thread_name_prefix="sdserve-encode",
                 )
-            )
-        return encoded
+            return self._post
 
     # -- collaborators, created on first use -----------------------------------------------
 
