@@ -157,8 +157,8 @@ def unet_part(
     weights = {k.removeprefix(prefix): v for k, v in state_dict.items() if k.startswith(prefix)}
     if not weights:
         raise SlotMismatch("it has no UNet weights")
-    if "lora_A" not in next(iter(weights)):
-        weights = convert_unet_state_dict_to_peft(weights)
+    # diffusers looks at the first key only; converting every key also covers mixed files
+    weights = convert_unet_state_dict_to_peft(weights)
     ranks = {f"^{k}": v.shape[1] for k, v in weights.items() if "lora_B" in k and v.ndim > 1}
     alphas = {
         k.removeprefix(prefix): v for k, v in (network_alphas or {}).items() if k.startswith(prefix)

@@ -171,3 +171,34 @@ def test_a_compiled_unet_swaps_loras_without_recompiling(
         assert np.abs(mine - theirs).max() <= TOLERANCE, extra
     assert np.abs(got[1] - got[0]).max() > TOLERANCE  # the LoRA did change the image
     assert getattr(pipe.unet, "original_attn_processors", None) is None  # QKV not fused
+
+
+def test_an_sdxl_lora_with_its_own_alpha_fits_the_slot(tiny_sdxl: Path, tmp_path: Path) -> None:
+    from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
+    from peft import LoraConfig, get_peft_model_state_dict
+
+    unet = UNet2DConditionModel.from_pretrained(tiny_sdxl, subfolder="unet")
+    torch.manual_seed(0)
+    # alpha 8 at rank 4 (scaling 2), and feed-forward and proj_in layers besides attention
+    unet.add_adapter(LoraConfig(r=4, lora_alpha=8, init_lora_weights=False,
+                                target_modules=["to_q", "to_k", "to_v", "to_out.0",
+                                                "ff.net.2", "proj_in"]))
+    StableDiffusionXLPipeline.save_lora_weights(
+        tmp_path, unet_lora_layers=get_peft_model_state_dict(unet), weight_name="xl.safetensors"
+    )
+
+    def pipe() -> Any:
+        pipeline = StableDiffusionXLPipeline.from_pretrained(tiny_sdxl, use_safetensors=True)
+        pipeline.set_progress_bar_config(disable=True)
+        return pipeline
+
+    usual, slotted = pipe(), pipe()
+    slot = prepare_slot(slotted.unet, SLOT_RANK)
+    plain = _generate(usual)
+    with LoraCache(tmp_path).applied(usual, "xl", 0.6):
+        expected = _generate(usual)
+    with LoraCache(tmp_path).applied(slotted, "xl", 0.6):
+        got = _generate(slotted)
+    assert slot.swaps == 1 and set(slotted.unet.peft_config) == {SLOT_ADAPTER}
+    assert np.abs(got - expected).max() < 1e-5
+    assert np.abs(got - plain).max() > 1e-3
