@@ -15,7 +15,7 @@ Outcomes, per job:
 - the batched call fails: each job is run again alone, so one bad job cannot fail the others
   and every job still reaches exactly one terminal state.
 
-The Celery messages of the partner jobs stay on the queue; when they arrive the job is no
+The partner jobs' own queue messages stay on the queue; when they arrive the job is no
 longer ``starting`` and the worker skips them (claims are conditional in the store).
 """
 

@@ -1,15 +1,17 @@
 """The job service: what the HTTP layer calls (:class:`sdserve.jobs.contract.JobService`).
 
-``Service`` validates and persists jobs, puts them on the Celery queue and answers reads
-from the store, which is the single source of truth; a worker (a thread of this process
-by default, ``sdserve worker`` processes at scale) runs them. It also owns start-up
-recovery, the webhook dispatcher and the retention sweeper.
+``Service`` validates and persists jobs, puts them on the job queue
+(:mod:`sdserve.jobs.queue`) and answers reads from the store, which is the single source
+of truth; a worker (a thread of this process by default, ``sdserve worker`` processes at
+scale) runs them. It also owns start-up recovery, the webhook dispatcher and the
+retention sweeper.
 
-Embedded default (``broker_url = memory://``): start-up recovery re-queues every job a
-crash left ``starting``, and sends ``processing`` ones back to ``starting`` while they
-have attempts left (``job_attempts``), else fails them ``worker_lost``. With a remote
-broker the API process leaves running jobs alone (a healthy remote worker may own them);
-the broker redelivers the task of a dead worker and that worker applies the same rule.
+Embedded queues (``broker_url`` ``local://``, the default, or Celery's ``memory://``):
+start-up recovery re-queues every job a crash left ``starting``, and sends ``processing``
+ones back to ``starting`` while they have attempts left (``job_attempts``), else fails
+them ``worker_lost``. With a remote broker the API process leaves running jobs alone (a
+healthy remote worker may own them); the broker redelivers the task of a dead worker and
+that worker applies the same rule.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from sdserve.jobs.batching import BatchPolicy
 from sdserve.jobs.contract import JobRecord, Page, RunProgress, ServedModel, WebhookOptions
 from sdserve.jobs.fetch import InputFetcher, Resolver, sniff_image_type
 from sdserve.jobs.files import FileStore, LocalFileStore, new_key
-from sdserve.jobs.queue import ThreadWorker, enqueue, is_memory_broker, make_celery
+from sdserve.jobs.queue import is_embedded, make_queue
 from sdserve.jobs.store import Store, new_id, sqlite_url, utcnow
 from sdserve.jobs.waiters import JobWaiters
 from sdserve.jobs.webhooks import Renderer, WebhookDispatcher, load_or_create_secret
@@ -150,7 +152,7 @@ class Service:
             backoff_base_s=webhook_backoff_base_s,
             transport=webhook_transport,
         )
-        self.embedded = is_memory_broker(config.broker_url)
+        self.embedded = is_embedded(config.broker_url)
         self.runner: JobRunner | None = None
         if predictor is not None:
             self.runner = JobRunner(
@@ -167,8 +169,8 @@ class Service:
                 ),
                 trainer=trainer or self._build_trainer,
             )
-        self.celery = make_celery(config.broker_url, self.runner.run if self.runner else None)
-        self._worker: ThreadWorker | None = None
+        self.queue = make_queue(config.broker_url, self.runner.run if self.runner else None)
+        self._consuming = False
         self._sweep_interval_s = sweep_interval_s
         self._stop = threading.Event()
         self._sweeper: threading.Thread | None = None
@@ -186,8 +188,8 @@ class Service:
         if self.embedded:
             self.recover()
         if self.runner is not None:
-            self._worker = ThreadWorker(self.celery)
-            self._worker.start()
+            self.queue.start()
+            self._consuming = True
         self.dispatcher.start()
         if self.settings.service.retention_hours > 0:
             self._stop.clear()
@@ -200,9 +202,9 @@ class Service:
     def close(self, timeout: float = 30.0) -> None:
         """Stop the worker (the running job finishes first), webhooks and sweeper."""
         self._stop.set()
-        if self._worker is not None:
-            self._worker.stop(timeout)
-            self._worker = None
+        if self._consuming:
+            self.queue.stop(timeout)
+            self._consuming = False
         self.dispatcher.stop()
         if self._sweeper is not None:
             self._sweeper.join(5)
@@ -217,7 +219,7 @@ class Service:
             if status is Status.PROCESSING:
                 self._resume_or_fail(job_id)
             if self.store.get(job_id).status is Status.STARTING:
-                enqueue(self.celery, job_id)
+                self.queue.enqueue(job_id)
             touched.append(job_id)
         self.dispatcher.wake()
         return touched
@@ -354,7 +356,7 @@ class Service:
         )
         self.store.insert_job(record)
         try:
-            enqueue(self.celery, record.id)
+            self.queue.enqueue(record.id)
         except Exception as exc:
             log.exception("cannot enqueue job %s", record.id)
             self.store.transition(
@@ -522,7 +524,7 @@ def run_worker(
     Builds the model registry and the engine from ``settings`` unless given. The API
     process (``sdserve serve --no-worker``) owns webhooks and retention.
     """
-    if is_memory_broker(settings.service.broker_url):
+    if is_embedded(settings.service.broker_url):
         raise InvalidInput(
             "broker_url", "a separate worker needs a shared broker such as redis://host:6379/0"
         )
@@ -547,10 +549,8 @@ def run_worker(
         predictor = build
     service = Service(settings, registry, predictor=predictor)
     service.store.migrate()
-    runner = service.runner
-    assert runner is not None
-    worker = service.celery.Worker(pool="solo", concurrency=1, loglevel="INFO")
+    assert service.runner is not None
     try:
-        worker.start()
+        service.queue.run()
     finally:
         service.store.close()
