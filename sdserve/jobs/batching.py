@@ -173,7 +173,7 @@ def _run_members(
     runner: JobRunner, members: list[_Member], predictor: Any, started: float
 ) -> None:
     for member in members:
-        runner.on_change()
+        runner.on_change(member.job_id, Status.PROCESSING)
         runner.store.update_running(
             member.job_id,
             input=member.inp.model_dump(mode="json", exclude_none=True),

@@ -53,6 +53,9 @@ log = logging.getLogger(__name__)
 
 #: How often ``wait`` and ``events`` look at the store (works across processes).
 POLL_INTERVAL_S = 0.15
+#: How often ``wait`` looks when this process runs the jobs itself: each job's end wakes
+#: its waiters, so this is only a safety net (and costs the running job no CPU).
+WOKEN_POLL_INTERVAL_S = 1.0
 _EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp", "image/gif": "gif"}
 
 
@@ -170,6 +173,8 @@ class Service:
                 trainer=trainer or self._build_trainer,
             )
         self.queue = make_queue(config.broker_url, self.runner.run if self.runner else None)
+        local_worker = self.runner is not None and self.embedded
+        self._wait_poll_s = WOKEN_POLL_INTERVAL_S if local_worker else POLL_INTERVAL_S
         self._consuming = False
         self._sweep_interval_s = sweep_interval_s
         self._stop = threading.Event()
@@ -229,24 +234,26 @@ class Service:
         state = self.store.run_state(job_id)
         if state.status is not Status.PROCESSING:
             return
+        values: dict[str, Any] = {}
         if state.cancel_requested:
-            self.store.transition(job_id, Status.CANCELED)
+            ended = Status.CANCELED
         elif state.attempts < self.settings.service.job_attempts:
             self.store.requeue(job_id)
+            return
         else:
-            self.store.transition(
-                job_id,
-                Status.FAILED,
-                error=(
-                    f"worker_lost: the worker running this job stopped "
-                    f"({state.attempts} attempt(s))"
-                ),
+            ended = Status.FAILED
+            values["error"] = (
+                f"worker_lost: the worker running this job stopped ({state.attempts} attempt(s))"
             )
+        if self.store.transition(job_id, ended, **values):
+            self._job_changed(job_id, ended)
 
-    def _job_changed(self) -> None:
-        """A job changed in this process: deliver its webhooks and answer its waiters."""
+    def _job_changed(self, job_id: str, status: Status) -> None:
+        """A job changed in this process: deliver its webhooks, and answer its waiters once
+        it has ended (``wait`` returns only then)."""
         self.dispatcher.wake()
-        self._waiters.wake_all()
+        if status.terminal:
+            self._waiters.wake(job_id)
 
     def webhook_secret(self) -> str:
         """The ``whsec_...`` signing secret (created on first use, kept in a file)."""
@@ -394,7 +401,7 @@ class Service:
             record = self.store.get(job_id)
             if record.status is Status.STARTING:
                 if self.store.transition(job_id, Status.CANCELED):
-                    self.dispatcher.wake()
+                    self._job_changed(job_id, Status.CANCELED)
                     return self.store.get(job_id)
             elif record.status is Status.PROCESSING:
                 self.store.request_cancel(job_id)
@@ -426,16 +433,16 @@ class Service:
         """The job once terminal, or as it is after ``timeout`` seconds."""
         deadline = time.monotonic() + max(0.0, timeout)
         while True:
-            woken = self._waiters.register()
+            woken = self._waiters.register(job_id)
             try:
                 record = await asyncio.to_thread(self.store.get, job_id)
                 remaining = deadline - time.monotonic()
                 if record.status.terminal or remaining <= 0:
                     return record
                 # an in-process worker wakes us at once; a remote one leaves us polling
-                await self._waiters.wait(woken, min(POLL_INTERVAL_S, remaining))
+                await self._waiters.wait(woken, min(self._wait_poll_s, remaining))
             finally:
-                self._waiters.discard(woken)
+                self._waiters.discard(job_id, woken)
 
     async def events(self, job_id: str) -> AsyncIterator[Event]:
         """Progress, log lines and output of a job as they happen, ending with ``Done``."""

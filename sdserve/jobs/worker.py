@@ -198,7 +198,7 @@ class JobRunner:
         registry: RegistryLike,
         *,
         worker_id: str,
-        on_change: Callable[[], None] | None = None,
+        on_change: Callable[[str, Status], None] | None = None,
         lost_job_policy: Callable[[str], object] | None = None,
         batch_policy: BatchPolicy | None = None,
         trainer: Callable[[], TrainingRunner] | None = None,
@@ -208,7 +208,7 @@ class JobRunner:
         self.fetcher = fetcher
         self.registry = registry
         self.worker_id = worker_id
-        self.on_change = on_change or (lambda: None)
+        self.on_change = on_change or (lambda job_id, status: None)
         self.lost_job_policy = lost_job_policy
         self.batch_policy = batch_policy
         self._trainer_factory = trainer
@@ -252,7 +252,7 @@ class JobRunner:
             return self.store.get(job_id).status
         if not self.store.claim(job_id, self.worker_id):
             return self.store.get(job_id).status
-        self.on_change()
+        self.on_change(job_id, Status.PROCESSING)
         started = time.monotonic()
         training = record.kind is JobKind.TRAINING
         if (
@@ -412,4 +412,5 @@ class JobRunner:
             values["logs"] = JobRow.logs + logs
         if not self.store.transition(job_id, status, **values):
             log.warning("job %s could not move to %s (already terminal?)", job_id, status.value)
-        self.on_change()
+            status = self.store.get(job_id).status
+        self.on_change(job_id, status)
