@@ -199,31 +199,13 @@ def _run_members(
         if member.progress.cancel:
             _cancel(runner, member)
             continue
-        _succeed(runner, member, result, started)
+        runner.succeed(member.job_id, result, member.progress, started)
 
 
 def _cancel(runner: JobRunner, member: _Member) -> None:
     member.progress.flush()
     why = "deadline passed" if member.progress.deadline_passed else "canceled"
     runner._finish(member.job_id, Status.CANCELED, logs=f"{why}\n")
-
-
-def _succeed(
-    runner: JobRunner, member: _Member, result: GenerationResult, started: float
-) -> None:
-    from sdserve.jobs.worker import _interrupted_line
-
-    keys = runner._write_outputs(member.job_id, result)
-    metrics: dict[str, Any] = {"predict_time": round(time.monotonic() - started, 4)}
-    metrics.update({key: round(value, 4) for key, value in result.timings.items()})
-    runner._finish(
-        member.job_id,
-        Status.SUCCEEDED,
-        output=keys,
-        nsfw=result.nsfw_content_detected,
-        metrics=metrics,
-        logs=_interrupted_line(result, member.progress) + f"seed: {result.seed}\n",
-    )
 
 
 def _run_alone(runner: JobRunner, member: _Member, started: float) -> None:

@@ -136,7 +136,10 @@ class Service:
         self.registry = registry
         self.limits = settings.limits.input_limits()
         config = settings.service
-        self.store = Store(config.database_url or sqlite_url(settings.data_dir))
+        self.store = Store(
+            config.database_url or sqlite_url(settings.data_dir),
+            on_webhook=self._webhook_queued,
+        )
         self.files: FileStore = files or LocalFileStore(
             config.files_dir or settings.data_dir / "files"
         )
@@ -249,11 +252,14 @@ class Service:
             self._job_changed(job_id, ended)
 
     def _job_changed(self, job_id: str, status: Status) -> None:
-        """A job changed in this process: deliver its webhooks, and answer its waiters once
-        it has ended (``wait`` returns only then)."""
-        self.dispatcher.wake()
+        """A job changed in this process: answer its waiters once it has ended (``wait``
+        returns only then). The store wakes the webhook dispatcher itself."""
         if status.terminal:
             self._waiters.wake(job_id)
+
+    def _webhook_queued(self) -> None:
+        """The store queued a webhook in this process: deliver it now."""
+        self.dispatcher.wake()
 
     def webhook_secret(self) -> str:
         """The ``whsec_...`` signing secret (created on first use, kept in a file)."""
@@ -341,11 +347,6 @@ class Service:
             stored_input = parsed.model_dump(mode="json", exclude_unset=True)
             spec = self._resolve(model)
             destination = None
-        if self.store.count_queued() >= self.settings.service.max_queue:
-            raise Overloaded(
-                f"{self.settings.service.max_queue} jobs are already queued; retry later",
-                retry_after=10,
-            )
         if deadline is not None and deadline.tzinfo is None:
             deadline = deadline.replace(tzinfo=UTC)
         record = JobRecord(
@@ -361,7 +362,9 @@ class Service:
             deadline=deadline,
             destination=destination,
         )
-        self.store.insert_job(record)
+        max_queue = self.settings.service.max_queue
+        if not self.store.insert_job(record, max_queued=max_queue):
+            raise Overloaded(f"{max_queue} jobs are already queued; retry later", retry_after=10)
         try:
             self.queue.enqueue(record.id)
         except Exception as exc:

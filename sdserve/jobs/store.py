@@ -13,7 +13,7 @@ import base64
 import json
 import os
 import secrets
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -85,11 +85,19 @@ class Store:
 
     Thread-safe: every method opens its own short transaction. On SQLite, write
     transactions start with ``BEGIN IMMEDIATE`` so concurrent writers queue on the busy
-    timeout instead of failing on a stale snapshot.
+    timeout instead of failing on a stale snapshot. ``on_webhook`` is called after a
+    transaction that queued a webhook has committed (to wake this process's dispatcher).
     """
 
-    def __init__(self, url: str, *, busy_timeout_ms: int = 10_000) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        busy_timeout_ms: int = 10_000,
+        on_webhook: Callable[[], None] | None = None,
+    ) -> None:
         self.url = url
+        self._on_webhook = on_webhook or (lambda: None)
         self._sqlite = url.startswith("sqlite")
         kwargs: dict[str, Any] = {}
         if self._sqlite:
@@ -147,9 +155,13 @@ class Store:
 
     # -- jobs ------------------------------------------------------------------------
 
-    def insert_job(self, record: JobRecord) -> None:
-        """Persist a new job (status ``starting``)."""
+    def insert_job(self, record: JobRecord, *, max_queued: int | None = None) -> bool:
+        """Persist a new job (status ``starting``). With ``max_queued``, nothing is written
+        and False returned when that many jobs are already waiting or running (checked in
+        the same transaction, so concurrent requests cannot overshoot the bound)."""
         with self._tx(write=True) as session:
+            if max_queued is not None and _count_queued(session) >= max_queued:
+                return False
             session.add(
                 JobRow(
                     id=record.id,
@@ -176,6 +188,7 @@ class Store:
                     destination=record.destination,
                 )
             )
+        return True
 
     def get(self, job_id: str) -> JobRecord:
         """The job with this id; raise :class:`JobNotFound`."""
@@ -265,13 +278,7 @@ class Store:
     def count_queued(self) -> int:
         """Jobs waiting or running (what ``max_queue`` bounds)."""
         with self._tx() as session:
-            return int(
-                session.execute(
-                    select(func.count())
-                    .select_from(JobRow)
-                    .where(JobRow.status.in_([Status.STARTING.value, Status.PROCESSING.value]))
-                ).scalar_one()
-            )
+            return _count_queued(session)
 
     def unfinished(self) -> list[tuple[str, Status, int, bool]]:
         """(id, status, attempts, cancel_requested) of every job not yet terminal, oldest first."""
@@ -283,53 +290,72 @@ class Store:
             ).all()
         return [(row[0], Status(row[1]), int(row[2]), bool(row[3])) for row in rows]
 
-    def transition(self, job_id: str, new: Status, **values: Any) -> bool:
+    def transition(
+        self, job_id: str, new: Status, *, files: Sequence[StoredFile] = (), **values: Any
+    ) -> bool:
         """Move a job to ``new`` if its current state allows it; False if it did not move.
 
         Reaching a terminal state sets ``completed_at`` and, in the same transaction,
         queues the ``completed`` webhook (so it is queued exactly once). Reaching
-        ``processing`` queues the ``start`` webhook.
+        ``processing`` queues the ``start`` webhook. ``files`` (the job's outputs) are
+        recorded in the same transaction, also when the job does not move, so no stored
+        file is left without its row.
         """
         now = utcnow()
         changes: dict[str, Any] = {"status": new.value, **values}
         if new in TERMINAL:
             changes.setdefault("completed_at", now)
         with self._tx(write=True) as session:
-            result = cast(
-                CursorResult[Any],
-                session.execute(
-                    update(JobRow)
-                    .where(JobRow.id == job_id, JobRow.status.in_(sources_of(new)))
-                    .values(**changes)
-                    .execution_options(synchronize_session=False)
-                ),
-            )
-            if result.rowcount != 1:
-                return False
+            session.add_all([_file_row(meta) for meta in files])
             hook = session.execute(
-                select(JobRow.webhook_url, JobRow.webhook_events).where(JobRow.id == job_id)
+                update(JobRow)
+                .where(JobRow.id == job_id, JobRow.status.in_(sources_of(new)))
+                .values(**changes)
+                .returning(JobRow.webhook_url, JobRow.webhook_events)
+                .execution_options(synchronize_session=False)
             ).first()
-            if hook is not None and hook[0]:
-                events = set(hook[1] or ())
-                if new in TERMINAL:
-                    if "output" in events and values.get("output"):
-                        _add_webhook(session, job_id, "output", hook[0], terminal=False, now=now)
-                    if "completed" in events:
-                        _add_webhook(session, job_id, "completed", hook[0], terminal=True, now=now)
-                elif new is Status.PROCESSING and "start" in events:
-                    _add_webhook(session, job_id, "start", hook[0], terminal=False, now=now)
-            return True
+            if hook is None:
+                return False
+            url: str = hook[0] or ""
+            queued = _webhooks_on(new, set(hook[1] or ()), values) if url else []
+            for name, terminal in queued:
+                _add_webhook(session, job_id, name, url, terminal=terminal, now=now)
+        if queued:
+            self._on_webhook()
+        return True
 
-    def claim(self, job_id: str, worker_id: str) -> bool:
-        """Atomically take a ``starting`` job for this worker (``processing``)."""
-        return self.transition(
-            job_id,
-            Status.PROCESSING,
-            worker_id=worker_id,
-            attempts=JobRow.attempts + 1,
-            started_at=func.coalesce(JobRow.started_at, utcnow()),
-            cancel_requested=False,
-        )
+    def claim(self, job_id: str, worker_id: str) -> JobRecord | None:
+        """Atomically take a ``starting`` job whose deadline has not passed for this worker
+        (``processing``, queuing its ``start`` webhook): the job as claimed, or None when
+        it was not claimable (see :meth:`get` for why)."""
+        now = utcnow()
+        with self._tx(write=True) as session:
+            row = session.scalars(
+                update(JobRow)
+                .where(
+                    JobRow.id == job_id,
+                    JobRow.status.in_(sources_of(Status.PROCESSING)),
+                    or_(JobRow.deadline.is_(None), JobRow.deadline > now),
+                )
+                .values(
+                    status=Status.PROCESSING.value,
+                    worker_id=worker_id,
+                    attempts=JobRow.attempts + 1,
+                    started_at=func.coalesce(JobRow.started_at, now),
+                    cancel_requested=False,
+                )
+                .returning(JobRow)
+                .execution_options(synchronize_session=False)
+            ).first()
+            if row is None:
+                return None
+            record = to_record(row)
+            start_hook = row.webhook_url if "start" in (row.webhook_events or ()) else None
+            if start_hook:
+                _add_webhook(session, job_id, "start", start_hook, terminal=False, now=now)
+        if start_hook:
+            self._on_webhook()
+        return record
 
     def requeue(self, job_id: str) -> bool:
         """A ``processing`` job whose worker died goes back to ``starting``."""
@@ -389,12 +415,14 @@ class Store:
         if not values:
             return
         with self._tx(write=True) as session:
-            if not _update_if_processing(session, job_id, values) or not logs_webhook:
-                return
             hook = session.execute(
-                select(JobRow.webhook_url, JobRow.webhook_events).where(JobRow.id == job_id)
+                update(JobRow)
+                .where(JobRow.id == job_id, JobRow.status == Status.PROCESSING.value)
+                .values(**values)
+                .returning(JobRow.webhook_url, JobRow.webhook_events)
+                .execution_options(synchronize_session=False)
             ).first()
-            if hook is None or not hook[0] or "logs" not in (hook[1] or ()):
+            if hook is None or not logs_webhook or not hook[0] or "logs" not in (hook[1] or ()):
                 return
             latest = session.execute(
                 select(func.max(WebhookRow.created_at)).where(
@@ -404,6 +432,7 @@ class Store:
             if latest is not None and _aware(latest) > now - timedelta(seconds=WEBHOOK_THROTTLE_S):
                 return
             _add_webhook(session, job_id, "logs", hook[0], terminal=False, now=now)
+        self._on_webhook()
 
     def mark_data_removed(self, job_id: str) -> None:
         with self._tx(write=True) as session:
@@ -443,17 +472,7 @@ class Store:
     ) -> StoredFile:
         meta = StoredFile(key, name, content_type, size, purpose, job_id, utcnow())
         with self._tx(write=True) as session:
-            session.add(
-                FileRow(
-                    key=key,
-                    name=name[:300],
-                    content_type=content_type,
-                    size=size,
-                    purpose=purpose,
-                    job_id=job_id,
-                    created_at=meta.created_at,
-                )
-            )
+            session.add(_file_row(meta))
         return meta
 
     def get_file(self, key: str) -> StoredFile | None:
@@ -582,6 +601,40 @@ def _add_webhook(
             given_up=False,
             created_at=now,
         )
+    )
+
+
+def _webhooks_on(
+    new: Status, events: set[str], values: Mapping[str, Any]
+) -> list[tuple[str, bool]]:
+    """(event, terminal) of the webhooks that a move to ``new`` queues for a job subscribed
+    to ``events``."""
+    if new in TERMINAL:
+        queued = [("output", False)] if "output" in events and values.get("output") else []
+        return queued + ([("completed", True)] if "completed" in events else [])
+    return [("start", False)] if new is Status.PROCESSING and "start" in events else []
+
+
+def _file_row(meta: StoredFile) -> FileRow:
+    return FileRow(
+        key=meta.key,
+        name=meta.name[:300],
+        content_type=meta.content_type,
+        size=meta.size,
+        purpose=meta.purpose,
+        job_id=meta.job_id,
+        created_at=meta.created_at,
+    )
+
+
+def _count_queued(session: Session) -> int:
+    """Jobs waiting or running."""
+    return int(
+        session.execute(
+            select(func.count())
+            .select_from(JobRow)
+            .where(JobRow.status.in_([Status.STARTING.value, Status.PROCESSING.value]))
+        ).scalar_one()
     )
 
 

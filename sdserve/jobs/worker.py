@@ -29,7 +29,7 @@ from sdserve.errors import (
 )
 from sdserve.jobs.fetch import InputFetcher
 from sdserve.jobs.files import FileStore, new_key
-from sdserve.jobs.store import Store
+from sdserve.jobs.store import Store, StoredFile, utcnow
 from sdserve.jobs.tables import JobRow
 
 if TYPE_CHECKING:
@@ -46,9 +46,11 @@ log = logging.getLogger(__name__)
 CONTENT_TYPES = {
     "png": "image/png", "jpg": "image/jpeg", "jpeg": "image/jpeg", "webp": "image/webp",
 }
-#: Progress is written to the store at most this often (the last step always is).
+#: Progress is written to the store at most this often, counted from the claim (the last
+#: step always is): a short job writes its progress once.
 PROGRESS_WRITE_INTERVAL_S = 0.25
-#: The cancel flag is read from the store at most this often.
+#: The cancel flag is read from the store at most this often, counted from the claim
+#: (which cleared it).
 CANCEL_POLL_INTERVAL_S = 0.1
 PREVIEW_SIZE = 128
 
@@ -109,9 +111,9 @@ class _Progress:
         self.deadline = deadline
         self.lines: list[str] = []
         self.step: tuple[int, int] | None = None
+        self.written_step: tuple[int, int] | None = None
         self.preview: bytes | None = None
-        self.last_write = 0.0
-        self.last_check = 0.0
+        self.last_write = self.last_check = time.monotonic()
         self.cancel = False
         self.deadline_passed = False
         self.stop = False
@@ -126,7 +128,8 @@ class _Progress:
             self.flush()
 
     def flush(self) -> None:
-        if not self.lines and self.step is None:
+        """Write what is new since the last write (nothing new: no write)."""
+        if not self.lines and self.step == self.written_step:
             return
         self.store.update_running(
             self.job_id,
@@ -137,6 +140,7 @@ class _Progress:
         )
         self.lines.clear()
         self.preview = None
+        self.written_step = self.step
         self.last_write = time.monotonic()
 
     def should_cancel(self) -> bool:
@@ -235,23 +239,14 @@ class JobRunner:
         A job that is no longer ``starting`` (canceled while queued, or a duplicate
         delivery of the task) is left as it is.
         """
-        try:
-            record = self.store.get(job_id)
-        except JobNotFound:
-            log.warning("job %s vanished before it ran", job_id)
-            return None
-        if record.status is Status.PROCESSING and self.lost_job_policy is not None:
-            # a task delivered again for a running job: its worker died (remote brokers
-            # redeliver unacknowledged tasks); resume or fail it like start-up recovery
-            self.lost_job_policy(job_id)
-            record = self.store.get(job_id)
-        if record.status is not Status.STARTING:
-            return record.status
-        if record.deadline is not None and datetime.now(UTC) >= record.deadline:
-            self._finish(job_id, Status.ABORTED, error="deadline passed before the job started")
-            return self.store.get(job_id).status
-        if not self.store.claim(job_id, self.worker_id):
-            return self.store.get(job_id).status
+        record = self.store.claim(job_id, self.worker_id)
+        if record is None:
+            status = self._unclaimed(job_id)
+            if status is not Status.STARTING:
+                return status
+            record = self.store.claim(job_id, self.worker_id)  # re-queued just now
+            if record is None:
+                return self.store.get(job_id).status
         self.on_change(job_id, Status.PROCESSING)
         started = time.monotonic()
         training = record.kind is JobKind.TRAINING
@@ -264,20 +259,44 @@ class JobRunner:
         progress = _Progress(self.store, job_id, record.deadline)
         try:
             if training:
-                self._train(job_id, record, progress, started)
-            else:
-                self._execute(job_id, record.model, record.input, progress, started)
+                return self._train(job_id, record, progress, started)
+            return self._execute(job_id, record.model, record.input, progress, started)
         except Canceled:
             progress.flush()
             why = "deadline passed" if progress.deadline_passed else "canceled"
-            self._finish(job_id, Status.CANCELED, logs=f"{why}\n")
+            return self._finish(job_id, Status.CANCELED, logs=f"{why}\n")
         except (JobFailure, InvalidInput) as exc:
             progress.flush()
-            self._finish(job_id, Status.FAILED, error=error_text(exc))
+            return self._finish(job_id, Status.FAILED, error=error_text(exc))
         except Exception as exc:
             log.exception("job %s failed with an unexpected error", job_id)
-            self._finish(job_id, Status.FAILED, error=f"internal_error: {exc}")
-        return self.store.get(job_id).status
+            return self._finish(job_id, Status.FAILED, error=f"internal_error: {exc}")
+
+    def _unclaimed(self, job_id: str) -> Status | None:
+        """Deal with a job that could not be claimed; its status now (None: no such job).
+
+        ``processing``: a task delivered again for a running job, whose worker died
+        (remote brokers redeliver unacknowledged tasks): resumed (``starting`` again) or
+        failed like start-up recovery does. ``starting`` past its deadline: aborted.
+        Anything else (canceled while queued, a duplicate delivery) is left as it is.
+        """
+        try:
+            record = self.store.get(job_id)
+        except JobNotFound:
+            log.warning("job %s vanished before it ran", job_id)
+            return None
+        if record.status is Status.PROCESSING and self.lost_job_policy is not None:
+            self.lost_job_policy(job_id)
+            record = self.store.get(job_id)
+        if (
+            record.status is Status.STARTING
+            and record.deadline is not None
+            and datetime.now(UTC) >= record.deadline
+        ):
+            return self._finish(
+                job_id, Status.ABORTED, error="deadline passed before the job started"
+            )
+        return record.status
 
     @property
     def trainer(self) -> TrainingRunner:
@@ -289,7 +308,9 @@ class JobRunner:
                 self._trainer = self._trainer_factory()
             return self._trainer
 
-    def _train(self, job_id: str, record: JobRecord, progress: _Progress, started: float) -> None:
+    def _train(
+        self, job_id: str, record: JobRecord, progress: _Progress, started: float
+    ) -> Status:
         """A training job: archive → LoRA → published destination model (sdserve.training)."""
         from sdserve.training.runner import JobHooks, format_step
 
@@ -338,7 +359,7 @@ class JobRunner:
         metrics: dict[str, Any] = {"predict_time": round(time.monotonic() - started, 4)}
         metrics.update(outcome.metrics)
         metrics["destination_version"] = outcome.version
-        self._finish(job_id, Status.SUCCEEDED, output=keys, metrics=metrics)
+        return self._finish(job_id, Status.SUCCEEDED, output=keys, metrics=metrics)
 
     def _run_in_batch(self, job_id: str, record: Any, started: float) -> bool:
         """Run the claimed job with compatible queued jobs as one batch (jobs/batching)."""
@@ -353,7 +374,7 @@ class JobRunner:
         raw_input: Any,
         progress: _Progress,
         started: float,
-    ) -> None:
+    ) -> Status:
         spec = self.registry.resolve(model)
         inp = GenerationInput.model_validate(dict(raw_input)).with_defaults(spec.defaults)
         self.store.update_running(
@@ -376,41 +397,52 @@ class JobRunner:
         )
         result = self.predictor.generate(inp, model=model, image=image, mask=mask, hooks=hooks)
         progress.flush()
-        keys = self._write_outputs(job_id, result)
-        predict_time = time.monotonic() - started
-        metrics: dict[str, Any] = {"predict_time": round(predict_time, 4)}
+        return self.succeed(job_id, result, progress, started)
+
+    def succeed(
+        self, job_id: str, result: GenerationResult, progress: _Progress, started: float
+    ) -> Status:
+        """Store the images of a generation and end its job ``succeeded``, in one write."""
+        outputs = self._write_outputs(job_id, result)
+        metrics: dict[str, Any] = {"predict_time": round(time.monotonic() - started, 4)}
         metrics.update({key: round(value, 4) for key, value in result.timings.items()})
-        self._finish(
+        return self._finish(
             job_id,
             Status.SUCCEEDED,
-            output=keys,
+            files=outputs,
+            output=[meta.key for meta in outputs],
             nsfw=result.nsfw_content_detected,
             metrics=metrics,
             logs=_interrupted_line(result, progress) + f"seed: {result.seed}\n",
         )
 
-    def _write_outputs(self, job_id: str, result: GenerationResult) -> list[str]:
-        keys: list[str] = []
+    def _write_outputs(self, job_id: str, result: GenerationResult) -> list[StoredFile]:
+        """Put the images in the file store; their rows are written with the job's end."""
+        outputs: list[StoredFile] = []
         for index, image in enumerate(result.images):
             extension = image.format.lower()
             key = new_key(extension)
             content_type = CONTENT_TYPES.get(extension, "application/octet-stream")
             self.files.put(key, image.data, content_type)
-            self.store.add_file(
-                key,
-                name=f"out-{index}.{extension}",
-                content_type=content_type,
-                size=len(image.data),
-                purpose="output",
-                job_id=job_id,
+            outputs.append(
+                StoredFile(
+                    key=key,
+                    name=f"out-{index}.{extension}",
+                    content_type=content_type,
+                    size=len(image.data),
+                    purpose="output",
+                    job_id=job_id,
+                    created_at=utcnow(),
+                )
             )
-            keys.append(key)
-        return keys
+        return outputs
 
-    def _finish(self, job_id: str, status: Status, *, logs: str = "", **values: Any) -> None:
+    def _finish(self, job_id: str, status: Status, *, logs: str = "", **values: Any) -> Status:
+        """Move the job to ``status``; return the status it has afterwards."""
         if logs:
             values["logs"] = JobRow.logs + logs
         if not self.store.transition(job_id, status, **values):
             log.warning("job %s could not move to %s (already terminal?)", job_id, status.value)
             status = self.store.get(job_id).status
         self.on_change(job_id, status)
+        return status
