@@ -31,7 +31,7 @@ from sdserve.domain.batching import batch_signature
 from sdserve.domain.inputs import GenerationInput
 from sdserve.domain.jobs import Status
 from sdserve.engine.types import GenerationResult, RunHooks
-from sdserve.errors import Canceled, InvalidInput, JobFailure
+from sdserve.errors import Canceled
 
 if TYPE_CHECKING:
     from sdserve.jobs.contract import JobRecord
@@ -210,23 +210,15 @@ def _cancel(runner: JobRunner, member: _Member) -> None:
 
 def _run_alone(runner: JobRunner, member: _Member, started: float) -> None:
     """The fallback after a failed batch: the job's ordinary run, with its own errors."""
-    from sdserve.jobs.worker import _Progress, error_text
+    from sdserve.jobs.worker import _Progress
 
     progress = _Progress(runner.store, member.job_id, member.record.deadline)
-    try:
-        runner._execute(
-            member.job_id, member.record.model, member.record.input, progress, started
-        )
-    except Canceled:
-        progress.flush()
-        why = "deadline passed" if progress.deadline_passed else "canceled"
-        runner._finish(member.job_id, Status.CANCELED, logs=f"{why}\n")
-    except (JobFailure, InvalidInput) as exc:
-        progress.flush()
-        runner._finish(member.job_id, Status.FAILED, error=error_text(exc))
-    except Exception as exc:
-        log.exception("job %s failed with an unexpected error", member.job_id)
-        runner._finish(member.job_id, Status.FAILED, error=f"internal_error: {exc}")
+    record = member.record
+    runner.guarded(
+        member.job_id,
+        progress,
+        lambda: runner._execute(member.job_id, record.model, record.input, progress, started),
+    )
 
 
 __all__ = ["BatchPolicy", "batch_key", "run_batched"]

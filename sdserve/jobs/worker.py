@@ -8,6 +8,7 @@ a job never imports torch.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import threading
@@ -103,7 +104,11 @@ def error_text(exc: SdserveError) -> str:
 
 
 class _Progress:
-    """Step hooks of one run: throttled progress writes and a cheap cancel check."""
+    """Step hooks of one run: throttled progress writes and a cheap cancel check.
+
+    What the run has to say (log lines, the step, the latest preview, the resolved input)
+    is collected and written in one store update per flush.
+    """
 
     def __init__(self, store: Store, job_id: str, deadline: datetime | None) -> None:
         self.store = store
@@ -112,17 +117,24 @@ class _Progress:
         self.lines: list[str] = []
         self.step: tuple[int, int] | None = None
         self.written_step: tuple[int, int] | None = None
-        self.preview: bytes | None = None
+        self.preview: Image | None = None
+        self.input: dict[str, Any] | None = None
         self.last_write = self.last_check = time.monotonic()
         self.cancel = False
         self.deadline_passed = False
         self.stop = False
 
+    def resolved(self, inp: GenerationInput) -> None:
+        """The run's input with defaults and seed, written (with its ``Using seed`` line) by
+        the next flush rather than by a store round trip of its own before the run."""
+        self.input = inp.model_dump(mode="json", exclude_none=True)
+        self.lines.append(f"Using seed: {inp.seed}\n")
+
     def on_step(self, step: int, total: int, preview: Image | None) -> None:
         self.lines.append(tqdm_line(step, total) + "\n")
         self.step = (step, total)
         if preview is not None:
-            self.preview = _jpeg_preview(preview)
+            self.preview = preview  # encoded only if a flush writes it
         now = time.monotonic()
         if now - self.last_write >= PROGRESS_WRITE_INTERVAL_S or step >= total:
             self.flush()
@@ -135,11 +147,13 @@ class _Progress:
             self.job_id,
             append_logs="".join(self.lines),
             progress=self.step,
-            preview=self.preview,
+            preview=None if self.preview is None else _jpeg_preview(self.preview),
+            input=self.input,
             logs_webhook=True,
         )
         self.lines.clear()
         self.preview = None
+        self.input = None
         self.written_step = self.step
         self.last_write = time.monotonic()
 
@@ -256,11 +270,20 @@ class JobRunner:
             and self._run_in_batch(job_id, record, started)
         ):
             return self.store.get(job_id).status
-        progress = _Progress(self.store, job_id, record.deadline)
-        try:
+        claimed, progress = record, _Progress(self.store, job_id, record.deadline)
+
+        def work() -> Status:
             if training:
-                return self._train(job_id, record, progress, started)
-            return self._execute(job_id, record.model, record.input, progress, started)
+                return self._train(job_id, claimed, progress, started)
+            return self._execute(job_id, claimed.model, claimed.input, progress, started)
+
+        return self.guarded(job_id, progress, work)
+
+    def guarded(self, job_id: str, progress: _Progress, work: Callable[[], Status]) -> Status:
+        """Run ``work`` (which ends the job itself when all goes well); a cancel or an error
+        ends the job ``canceled`` or ``failed`` with what the run had to say."""
+        try:
+            return work()
         except Canceled:
             progress.flush()
             why = "deadline passed" if progress.deadline_passed else "canceled"
@@ -270,6 +293,8 @@ class JobRunner:
             return self._finish(job_id, Status.FAILED, error=error_text(exc))
         except Exception as exc:
             log.exception("job %s failed with an unexpected error", job_id)
+            with contextlib.suppress(Exception):  # the store may be what failed
+                progress.flush()
             return self._finish(job_id, Status.FAILED, error=f"internal_error: {exc}")
 
     def _unclaimed(self, job_id: str) -> Status | None:
@@ -377,11 +402,7 @@ class JobRunner:
     ) -> Status:
         spec = self.registry.resolve(model)
         inp = GenerationInput.model_validate(dict(raw_input)).with_defaults(spec.defaults)
-        self.store.update_running(
-            job_id,
-            input=inp.model_dump(mode="json", exclude_none=True),
-            append_logs=f"Using seed: {inp.seed}\n",
-        )
+        progress.resolved(inp)
         image = mask = None
         if inp.image is not None:
             image = decode_image(self.fetcher.fetch(inp.image, "image"), "image")

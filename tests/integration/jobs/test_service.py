@@ -1,4 +1,4 @@
-"""Service + worker with the in-process Celery worker and the fake engine."""
+"""Service + worker with the in-process queue and worker and the fake engine."""
 
 from __future__ import annotations
 
@@ -106,6 +106,8 @@ def test_failures_end_failed_with_stable_codes(
     job = wait(service, service.create("test/fake", input).id)
     assert job.status is Status.FAILED
     assert job.error is not None and job.error.startswith(error), job.error
+    # the run had resolved its input: it is kept, whatever failed afterwards
+    assert f"Using seed: {job.input['seed']}" in job.logs
 
 
 def test_validation_errors_are_raised_before_anything_is_stored(
