@@ -438,7 +438,9 @@ class Service:
         while True:
             woken = self._waiters.register(job_id)
             try:
-                record = await asyncio.to_thread(self.store.get, job_id)
+                # read in the event loop like any GET: a primary-key read, which on SQLite
+                # (WAL) never waits for a writer; a thread hop would cost about as much again
+                record = self.store.get(job_id)
                 remaining = deadline - time.monotonic()
                 if record.status.terminal or remaining <= 0:
                     return record
