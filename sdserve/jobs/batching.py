@@ -195,7 +195,6 @@ def _run_members(
             _run_alone(runner, member, started)
         return
     for member, result in zip(members, results, strict=True):
-        member.progress.flush()
         if member.progress.cancel:
             _cancel(runner, member)
             continue
@@ -203,9 +202,8 @@ def _run_members(
 
 
 def _cancel(runner: JobRunner, member: _Member) -> None:
-    member.progress.flush()
     why = "deadline passed" if member.progress.deadline_passed else "canceled"
-    runner._finish(member.job_id, Status.CANCELED, logs=f"{why}\n")
+    runner._finish(member.job_id, Status.CANCELED, progress=member.progress, logs=f"{why}\n")
 
 
 def _run_alone(runner: JobRunner, member: _Member, started: float) -> None:

@@ -8,7 +8,6 @@ a job never imports torch.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import logging
 import threading
@@ -47,8 +46,8 @@ log = logging.getLogger(__name__)
 CONTENT_TYPES = {
     "png": "image/png", "jpg": "image/jpeg", "jpeg": "image/jpeg", "webp": "image/webp",
 }
-#: Progress is written to the store at most this often, counted from the claim (the last
-#: step always is): a short job writes its progress once.
+#: Progress is written to the store at most this often, counted from the claim; what a run
+#: has not written yet goes out with its end (a shorter job writes nothing while it runs).
 PROGRESS_WRITE_INTERVAL_S = 0.25
 #: The cancel flag is read from the store at most this often, counted from the claim
 #: (which cleared it).
@@ -107,7 +106,8 @@ class _Progress:
     """Step hooks of one run: throttled progress writes and a cheap cancel check.
 
     What the run has to say (log lines, the step, the latest preview, the resolved input)
-    is collected and written in one store update per flush.
+    is collected and written in one store update per flush, or with the job's terminal
+    transition (:meth:`unwritten`).
     """
 
     def __init__(self, store: Store, job_id: str, deadline: datetime | None) -> None:
@@ -135,27 +135,39 @@ class _Progress:
         self.step = (step, total)
         if preview is not None:
             self.preview = preview  # encoded only if a flush writes it
-        now = time.monotonic()
-        if now - self.last_write >= PROGRESS_WRITE_INTERVAL_S or step >= total:
+        if time.monotonic() - self.last_write >= PROGRESS_WRITE_INTERVAL_S:
             self.flush()
 
     def flush(self) -> None:
         """Write what is new since the last write (nothing new: no write)."""
-        if not self.lines and self.step == self.written_step:
+        text, columns = self.unwritten()
+        if not text and not columns:
             return
+        step = columns.get("progress_step")
         self.store.update_running(
             self.job_id,
-            append_logs="".join(self.lines),
-            progress=self.step,
-            preview=None if self.preview is None else _jpeg_preview(self.preview),
-            input=self.input,
+            append_logs=text,
+            progress=None if step is None else (step, columns["progress_total"]),
+            preview=columns.get("preview"),
+            input=columns.get("input"),
             logs_webhook=True,
         )
-        self.lines.clear()
-        self.preview = None
-        self.input = None
-        self.written_step = self.step
         self.last_write = time.monotonic()
+
+    def unwritten(self) -> tuple[str, dict[str, Any]]:
+        """Log text and job columns that no write has carried yet; they count as written
+        from now on (the caller writes them)."""
+        text = "".join(self.lines)
+        columns: dict[str, Any] = {}
+        if self.step is not None and self.step != self.written_step:
+            columns["progress_step"], columns["progress_total"] = self.step
+        if self.preview is not None:
+            columns["preview"] = _jpeg_preview(self.preview)
+        if self.input is not None:
+            columns["input"] = self.input
+        self.lines.clear()
+        self.written_step, self.preview, self.input = self.step, None, None
+        return text, columns
 
     def should_cancel(self) -> bool:
         if self.deadline is not None and datetime.now(UTC) >= self.deadline:
@@ -285,17 +297,14 @@ class JobRunner:
         try:
             return work()
         except Canceled:
-            progress.flush()
             why = "deadline passed" if progress.deadline_passed else "canceled"
-            return self._finish(job_id, Status.CANCELED, logs=f"{why}\n")
+            return self._finish(job_id, Status.CANCELED, progress=progress, logs=f"{why}\n")
         except (JobFailure, InvalidInput) as exc:
-            progress.flush()
-            return self._finish(job_id, Status.FAILED, error=error_text(exc))
+            return self._finish(job_id, Status.FAILED, progress=progress, error=error_text(exc))
         except Exception as exc:
             log.exception("job %s failed with an unexpected error", job_id)
-            with contextlib.suppress(Exception):  # the store may be what failed
-                progress.flush()
-            return self._finish(job_id, Status.FAILED, error=f"internal_error: {exc}")
+            error = f"internal_error: {exc}"
+            return self._finish(job_id, Status.FAILED, progress=progress, error=error)
 
     def _unclaimed(self, job_id: str) -> Status | None:
         """Deal with a job that could not be claimed; its status now (None: no such job).
@@ -380,11 +389,12 @@ class JobRunner:
             archive=archive,
             hooks=JobHooks(on_step, on_log, on_input, progress.should_cancel, on_weights),
         )
-        progress.flush()
         metrics: dict[str, Any] = {"predict_time": round(time.monotonic() - started, 4)}
         metrics.update(outcome.metrics)
         metrics["destination_version"] = outcome.version
-        return self._finish(job_id, Status.SUCCEEDED, output=keys, metrics=metrics)
+        return self._finish(
+            job_id, Status.SUCCEEDED, progress=progress, output=keys, metrics=metrics
+        )
 
     def _run_in_batch(self, job_id: str, record: Any, started: float) -> bool:
         """Run the claimed job with compatible queued jobs as one batch (jobs/batching)."""
@@ -417,7 +427,6 @@ class JobRunner:
             want_previews=True,
         )
         result = self.predictor.generate(inp, model=model, image=image, mask=mask, hooks=hooks)
-        progress.flush()
         return self.succeed(job_id, result, progress, started)
 
     def succeed(
@@ -430,6 +439,7 @@ class JobRunner:
         return self._finish(
             job_id,
             Status.SUCCEEDED,
+            progress=progress,
             files=outputs,
             output=[meta.key for meta in outputs],
             nsfw=result.nsfw_content_detected,
@@ -458,8 +468,21 @@ class JobRunner:
             )
         return outputs
 
-    def _finish(self, job_id: str, status: Status, *, logs: str = "", **values: Any) -> Status:
-        """Move the job to ``status``; return the status it has afterwards."""
+    def _finish(
+        self,
+        job_id: str,
+        status: Status,
+        *,
+        progress: _Progress | None = None,
+        logs: str = "",
+        **values: Any,
+    ) -> Status:
+        """Move the job to ``status`` with what its run has not written yet; return the
+        status it has afterwards."""
+        if progress is not None:
+            unwritten, columns = progress.unwritten()
+            logs = unwritten + logs
+            values = {**columns, **values}
         if logs:
             values["logs"] = JobRow.logs + logs
         if not self.store.transition(job_id, status, **values):

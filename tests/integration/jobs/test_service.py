@@ -61,6 +61,9 @@ def test_job_runs_to_succeeded_with_outputs_logs_and_seed(make_service: MakeServ
     assert job.metrics["predict_time"] > 0
     assert job.nsfw == [False, False]
     assert job.started_at and job.completed_at and job.created_at <= job.started_at
+    # a job shorter than the progress throttle writes its progress with its end
+    state = service.store.run_state(job.id)
+    assert (state.progress_step, state.progress_total) == (4, 4) and state.preview
 
 
 def test_random_seed_is_resolved_and_recorded(make_service: MakeService) -> None:
