@@ -141,9 +141,10 @@ def _claim_partners(
             inp = resolved_input(runner, other)
             if inp is None or batch_key(inp, other.model) != key:
                 continue
-            if runner.store.claim(other_id, runner.worker_id):
-                found.append(_Member(other_id, other, inp,
-                                     _Progress(runner.store, other_id, other.deadline)))
+            claimed = runner.store.claim(other_id, runner.worker_id)
+            if claimed is not None:
+                progress = _Progress(runner.store, other_id, claimed.deadline)
+                found.append(_Member(other_id, claimed, inp, progress))
         if len(found) >= wanted or time.monotonic() >= deadline:
             return found
         time.sleep(POLL_INTERVAL_S)
@@ -173,7 +174,7 @@ def _run_members(
     runner: JobRunner, members: list[_Member], predictor: Any, started: float
 ) -> None:
     for member in members:
-        runner.on_change(member.job_id, Status.PROCESSING)
+        runner.on_change(member.record)
         runner.store.update_running(
             member.job_id,
             input=member.inp.model_dump(mode="json", exclude_none=True),

@@ -176,8 +176,11 @@ class Service:
                 trainer=trainer or self._build_trainer,
             )
         self.queue = make_queue(config.broker_url, self.runner.run if self.runner else None)
-        local_worker = self.runner is not None and self.embedded
-        self._wait_poll_s = WOKEN_POLL_INTERVAL_S if local_worker else POLL_INTERVAL_S
+        self._local_worker = self.runner is not None and self.embedded
+        self._wait_poll_s = WOKEN_POLL_INTERVAL_S if self._local_worker else POLL_INTERVAL_S
+        # jobs created here that this process's worker has not ended yet: their end wakes
+        # their waiters with the final record, so ``wait`` need not read them first
+        self._unended: set[str] = set()
         self._consuming = False
         self._sweep_interval_s = sweep_interval_s
         self._stop = threading.Event()
@@ -248,14 +251,16 @@ class Service:
             values["error"] = (
                 f"worker_lost: the worker running this job stopped ({state.attempts} attempt(s))"
             )
-        if self.store.transition(job_id, ended, **values):
-            self._job_changed(job_id, ended)
+        record = self.store.transition(job_id, ended, **values)
+        if record is not None:
+            self._job_changed(record)
 
-    def _job_changed(self, job_id: str, status: Status) -> None:
-        """A job changed in this process: answer its waiters once it has ended (``wait``
-        returns only then). The store wakes the webhook dispatcher itself."""
-        if status.terminal:
-            self._waiters.wake(job_id)
+    def _job_changed(self, record: JobRecord) -> None:
+        """A job changed in this process: once it has ended, answer its waiters with its
+        record (``wait`` returns only then). The store wakes the webhook dispatcher."""
+        if record.status.terminal:
+            self._unended.discard(record.id)
+            self._waiters.wake(record.id, record)
 
     def _webhook_queued(self) -> None:
         """The store queued a webhook in this process: deliver it now."""
@@ -365,10 +370,13 @@ class Service:
         max_queue = self.settings.service.max_queue
         if not self.store.insert_job(record, max_queued=max_queue):
             raise Overloaded(f"{max_queue} jobs are already queued; retry later", retry_after=10)
+        if self._local_worker:
+            self._unended.add(record.id)
         try:
             self.queue.enqueue(record.id)
         except Exception as exc:
             log.exception("cannot enqueue job %s", record.id)
+            self._unended.discard(record.id)
             self.store.transition(
                 record.id, Status.FAILED, error=f"internal_error: queue unavailable ({exc})"
             )
@@ -403,9 +411,10 @@ class Service:
         for _ in range(3):
             record = self.store.get(job_id)
             if record.status is Status.STARTING:
-                if self.store.transition(job_id, Status.CANCELED):
-                    self._job_changed(job_id, Status.CANCELED)
-                    return self.store.get(job_id)
+                canceled = self.store.transition(job_id, Status.CANCELED)
+                if canceled is not None:
+                    self._job_changed(canceled)
+                    return canceled
             elif record.status is Status.PROCESSING:
                 self.store.request_cancel(job_id)
                 return self.store.get(job_id)
@@ -435,19 +444,24 @@ class Service:
     async def wait(self, job_id: str, timeout: float) -> JobRecord:
         """The job once terminal, or as it is after ``timeout`` seconds."""
         deadline = time.monotonic() + max(0.0, timeout)
+        look = job_id not in self._unended  # else its end brings the record: nothing to read
         while True:
-            woken = self._waiters.register(job_id)
+            waiter = self._waiters.register(job_id)
             try:
-                # read in the event loop like any GET: a primary-key read, which on SQLite
-                # (WAL) never waits for a writer; a thread hop would cost about as much again
-                record = self.store.get(job_id)
                 remaining = deadline - time.monotonic()
-                if record.status.terminal or remaining <= 0:
-                    return record
+                if look or remaining <= 0:
+                    # read in the event loop like any GET: a primary-key read, which on
+                    # SQLite (WAL) never waits for a writer; a thread hop costs as much again
+                    record = self.store.get(job_id)
+                    if record.status.terminal or remaining <= 0:
+                        return record
+                look = True
                 # an in-process worker wakes us at once; a remote one leaves us polling
-                await self._waiters.wait(woken, min(self._wait_poll_s, remaining))
+                ended = await self._waiters.wait(waiter, min(self._wait_poll_s, remaining))
+                if ended is not None:
+                    return ended
             finally:
-                self._waiters.discard(job_id, woken)
+                self._waiters.discard(job_id, waiter)
 
     async def events(self, job_id: str) -> AsyncIterator[Event]:
         """Progress, log lines and output of a job as they happen, ending with ``Done``."""

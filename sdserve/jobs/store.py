@@ -292,8 +292,9 @@ class Store:
 
     def transition(
         self, job_id: str, new: Status, *, files: Sequence[StoredFile] = (), **values: Any
-    ) -> bool:
-        """Move a job to ``new`` if its current state allows it; False if it did not move.
+    ) -> JobRecord | None:
+        """Move a job to ``new`` if its current state allows it: the job as it is then, or
+        None if it did not move.
 
         Reaching a terminal state sets ``completed_at`` and, in the same transaction,
         queues the ``completed`` webhook (so it is queued exactly once). Reaching
@@ -307,22 +308,23 @@ class Store:
             changes.setdefault("completed_at", now)
         with self._tx(write=True) as session:
             session.add_all([_file_row(meta) for meta in files])
-            hook = session.execute(
+            row = session.scalars(
                 update(JobRow)
                 .where(JobRow.id == job_id, JobRow.status.in_(sources_of(new)))
                 .values(**changes)
-                .returning(JobRow.webhook_url, JobRow.webhook_events)
+                .returning(JobRow)
                 .execution_options(synchronize_session=False)
             ).first()
-            if hook is None:
-                return False
-            url: str = hook[0] or ""
-            queued = _webhooks_on(new, set(hook[1] or ()), values) if url else []
+            if row is None:
+                return None
+            record = to_record(row)
+            url = row.webhook_url or ""
+            queued = _webhooks_on(new, set(row.webhook_events or ()), values) if url else []
             for name, terminal in queued:
                 _add_webhook(session, job_id, name, url, terminal=terminal, now=now)
         if queued:
             self._on_webhook()
-        return True
+        return record
 
     def claim(self, job_id: str, worker_id: str) -> JobRecord | None:
         """Atomically take a ``starting`` job whose deadline has not passed for this worker
@@ -359,9 +361,10 @@ class Store:
 
     def requeue(self, job_id: str) -> bool:
         """A ``processing`` job whose worker died goes back to ``starting``."""
-        return self.transition(
+        moved = self.transition(
             job_id, Status.STARTING, worker_id=None, progress_step=None, progress_total=None
         )
+        return moved is not None
 
     def request_cancel(self, job_id: str) -> bool:
         """Flag a running job; its worker stops at the next step. False if not running."""

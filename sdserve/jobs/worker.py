@@ -228,7 +228,7 @@ class JobRunner:
         registry: RegistryLike,
         *,
         worker_id: str,
-        on_change: Callable[[str, Status], None] | None = None,
+        on_change: Callable[[JobRecord], None] | None = None,
         lost_job_policy: Callable[[str], object] | None = None,
         batch_policy: BatchPolicy | None = None,
         trainer: Callable[[], TrainingRunner] | None = None,
@@ -238,7 +238,7 @@ class JobRunner:
         self.fetcher = fetcher
         self.registry = registry
         self.worker_id = worker_id
-        self.on_change = on_change or (lambda job_id, status: None)
+        self.on_change = on_change or (lambda record: None)
         self.lost_job_policy = lost_job_policy
         self.batch_policy = batch_policy
         self._trainer_factory = trainer
@@ -273,7 +273,7 @@ class JobRunner:
             record = self.store.claim(job_id, self.worker_id)  # re-queued just now
             if record is None:
                 return self.store.get(job_id).status
-        self.on_change(job_id, Status.PROCESSING)
+        self.on_change(record)
         started = time.monotonic()
         training = record.kind is JobKind.TRAINING
         if (
@@ -485,8 +485,9 @@ class JobRunner:
             values = {**columns, **values}
         if logs:
             values["logs"] = JobRow.logs + logs
-        if not self.store.transition(job_id, status, **values):
+        record = self.store.transition(job_id, status, **values)
+        if record is None:
             log.warning("job %s could not move to %s (already terminal?)", job_id, status.value)
-            status = self.store.get(job_id).status
-        self.on_change(job_id, status)
-        return status
+            record = self.store.get(job_id)
+        self.on_change(record)
+        return record.status

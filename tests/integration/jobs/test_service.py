@@ -6,6 +6,7 @@ import asyncio
 import base64
 import io
 import re
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -209,6 +210,23 @@ def test_list_is_newest_first(make_service: MakeService) -> None:
     assert [r.id for r in page.results] == ids[::-1][:2] and page.next_cursor
     rest = service.list(cursor=page.next_cursor, limit=2)
     assert [r.id for r in rest.results] == ids[:1]
+
+
+def test_wait_answers_with_the_record_the_job_ended_with(make_service: MakeService) -> None:
+    service = make_service()
+    job = wait(service, service.create("test/fake", {"prompt": "x"}).id)
+    assert job.status is Status.SUCCEEDED and job == service.get(job.id)
+
+
+def test_wait_looks_at_the_store_when_no_wake_comes(make_service: MakeService) -> None:
+    """A job ended behind the service's back (no wake) is still seen, by the safety poll."""
+    service = make_service(start=False)  # no worker: the job stays queued
+    service.store.migrate()
+    job = service.create("test/fake", {"prompt": "x"})
+    threading.Timer(0.1, service.store.transition, args=(job.id, Status.CANCELED)).start()
+    started = time.monotonic()
+    assert wait(service, job.id, timeout=10).status is Status.CANCELED
+    assert time.monotonic() - started < 5
 
 
 def test_wait_returns_current_state_on_timeout(make_service: MakeService) -> None:

@@ -91,7 +91,7 @@ def test_output_files_are_recorded_with_the_terminal_transition(store: Store) ->
     assert store.transition(record.id, Status.SUCCEEDED, files=outputs, output=["out0.png"])
     assert store.files_of_job(record.id) == ["out0.png", "out1.png"]
     late = [StoredFile("late.png", "late.png", "image/png", 1, "output", record.id, utcnow())]
-    assert store.transition(record.id, Status.FAILED, files=late) is False
+    assert store.transition(record.id, Status.FAILED, files=late) is None
     assert store.get_file("late.png") is not None  # no stored file is left without its row
 
 
@@ -115,7 +115,7 @@ def test_terminal_state_is_never_overwritten(store: Store) -> None:
     store.claim(record.id, "w")
     assert store.transition(record.id, Status.SUCCEEDED, output=["k.png"])
     for late in (Status.FAILED, Status.CANCELED, Status.PROCESSING, Status.STARTING):
-        assert store.transition(record.id, late, error="late") is False
+        assert store.transition(record.id, late, error="late") is None
     final = store.get(record.id)
     assert (final.status, final.output, final.error) == (Status.SUCCEEDED, ["k.png"], None)
     assert final.completed_at is not None
@@ -127,7 +127,7 @@ def test_aborted_only_from_starting(store: Store) -> None:
     store.insert_job(running)
     store.claim(running.id, "w")
     assert store.transition(queued.id, Status.ABORTED)
-    assert store.transition(running.id, Status.ABORTED) is False
+    assert store.transition(running.id, Status.ABORTED) is None
 
 
 def test_pages_are_newest_first_with_cursors_both_ways(store: Store) -> None:
