@@ -5,6 +5,10 @@ SQLite-only, so PostgreSQL works with only ``database_url`` changed. Every statu
 is a conditional ``UPDATE ... WHERE status IN (<states allowed to move there>)`` derived
 from :func:`sdserve.domain.jobs.can_transition`: two workers can never both claim a job
 and a terminal state is never overwritten.
+
+The statements every job runs (insert, get, claim, progress, transition) are Core
+statements on a plain connection (:meth:`Store._conn`): the ORM's unit of work cost more
+than the statement itself there. Listings, files and the webhook outbox use ORM sessions.
 """
 
 from __future__ import annotations
@@ -22,9 +26,22 @@ from typing import Any, cast
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import CursorResult, and_, create_engine, delete, event, func, or_, select, update
+from sqlalchemy import (
+    CursorResult,
+    Table,
+    and_,
+    create_engine,
+    delete,
+    event,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy import true as sql_true
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection, Engine, Row
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import StaticPool
 
@@ -34,6 +51,9 @@ from sdserve.jobs.contract import JobRecord, Page, WebhookOptions
 from sdserve.jobs.tables import FileRow, JobRow, WebhookRow
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+JOBS = cast(Table, JobRow.__table__)
+FILES = cast(Table, FileRow.__table__)
+WEBHOOKS = cast(Table, WebhookRow.__table__)
 #: Non-terminal webhooks of one job are sent at most this often.
 WEBHOOK_THROTTLE_S = 0.5
 
@@ -146,12 +166,18 @@ class Store:
 
     @contextmanager
     def _tx(self, *, write: bool = False) -> Iterator[Session]:
+        with self._conn(write=write) as conn, Session(bind=conn, expire_on_commit=False) as session:
+            yield session
+            session.flush()
+
+    @contextmanager
+    def _conn(self, *, write: bool = False) -> Iterator[Connection]:
+        """One transaction on a plain connection (``write``: ``BEGIN IMMEDIATE`` on SQLite)."""
         with self.engine.connect() as conn:
             if write:
                 conn.execution_options(sdserve_write=True)
-            with conn.begin(), Session(bind=conn, expire_on_commit=False) as session:
-                yield session
-                session.flush()
+            with conn.begin():
+                yield conn
 
     # -- jobs ------------------------------------------------------------------------
 
@@ -159,60 +185,62 @@ class Store:
         """Persist a new job (status ``starting``). With ``max_queued``, nothing is written
         and False returned when that many jobs are already waiting or running (checked in
         the same transaction, so concurrent requests cannot overshoot the bound)."""
-        with self._tx(write=True) as session:
-            if max_queued is not None and _count_queued(session) >= max_queued:
+        with self._conn(write=True) as conn:
+            if max_queued is not None and _count_queued(conn) >= max_queued:
                 return False
-            session.add(
-                JobRow(
-                    id=record.id,
-                    kind=record.kind.value,
-                    model=record.model,
-                    version=record.version,
-                    source=record.source,
-                    status=record.status.value,
-                    input=dict(record.input),
-                    output=record.output,
-                    error=record.error,
-                    logs=record.logs,
-                    metrics=dict(record.metrics),
-                    nsfw=record.nsfw,
-                    created_at=record.created_at,
-                    started_at=record.started_at,
-                    completed_at=record.completed_at,
-                    deadline=record.deadline,
-                    webhook_url=record.webhook.url if record.webhook else None,
-                    webhook_events=sorted(record.webhook.events) if record.webhook else None,
-                    data_removed=record.data_removed,
-                    cancel_requested=False,
-                    attempts=0,
-                    destination=record.destination,
-                )
+            conn.execute(
+                insert(JOBS),
+                {
+                    "id": record.id,
+                    "kind": record.kind.value,
+                    "model": record.model,
+                    "version": record.version,
+                    "source": record.source,
+                    "status": record.status.value,
+                    "input": dict(record.input),
+                    "output": record.output,
+                    "error": record.error,
+                    "logs": record.logs,
+                    "metrics": dict(record.metrics),
+                    "nsfw": record.nsfw,
+                    "created_at": record.created_at,
+                    "started_at": record.started_at,
+                    "completed_at": record.completed_at,
+                    "deadline": record.deadline,
+                    "webhook_url": record.webhook.url if record.webhook else None,
+                    "webhook_events": sorted(record.webhook.events) if record.webhook else None,
+                    "data_removed": record.data_removed,
+                    "cancel_requested": False,
+                    "stop_requested": False,
+                    "attempts": 0,
+                    "destination": record.destination,
+                },
             )
         return True
 
     def get(self, job_id: str) -> JobRecord:
         """The job with this id; raise :class:`JobNotFound`."""
-        with self._tx() as session:
-            row = session.get(JobRow, job_id)
-            if row is None:
-                raise JobNotFound(f"no prediction or training with id {job_id!r}")
-            return to_record(row)
+        with self._conn() as conn:
+            row = conn.execute(select(JOBS).where(JOBS.c.id == job_id)).first()
+        if row is None:
+            raise JobNotFound(f"no prediction or training with id {job_id!r}")
+        return to_record(row)
 
     def run_state(self, job_id: str) -> RunState:
         """Cancel flag, attempts and progress of a job (cheap: no logs, no input)."""
-        with self._tx() as session:
-            found = session.execute(
+        with self._conn() as conn:
+            found = conn.execute(
                 select(
-                    JobRow.status,
-                    JobRow.cancel_requested,
-                    JobRow.attempts,
-                    JobRow.worker_id,
-                    JobRow.progress_step,
-                    JobRow.progress_total,
-                    JobRow.preview,
-                    JobRow.deadline,
-                    JobRow.stop_requested,
-                ).where(JobRow.id == job_id)
+                    JOBS.c.status,
+                    JOBS.c.cancel_requested,
+                    JOBS.c.attempts,
+                    JOBS.c.worker_id,
+                    JOBS.c.progress_step,
+                    JOBS.c.progress_total,
+                    JOBS.c.preview,
+                    JOBS.c.deadline,
+                    JOBS.c.stop_requested,
+                ).where(JOBS.c.id == job_id)
             ).first()
         if found is None:
             raise JobNotFound(f"no prediction or training with id {job_id!r}")
@@ -277,8 +305,8 @@ class Store:
 
     def count_queued(self) -> int:
         """Jobs waiting or running (what ``max_queue`` bounds)."""
-        with self._tx() as session:
-            return _count_queued(session)
+        with self._conn() as conn:
+            return _count_queued(conn)
 
     def unfinished(self) -> list[tuple[str, Status, int, bool]]:
         """(id, status, attempts, cancel_requested) of every job not yet terminal, oldest first."""
@@ -306,14 +334,14 @@ class Store:
         changes: dict[str, Any] = {"status": new.value, **values}
         if new in TERMINAL:
             changes.setdefault("completed_at", now)
-        with self._tx(write=True) as session:
-            session.add_all([_file_row(meta) for meta in files])
-            row = session.scalars(
-                update(JobRow)
-                .where(JobRow.id == job_id, JobRow.status.in_(sources_of(new)))
+        with self._conn(write=True) as conn:
+            if files:
+                conn.execute(insert(FILES), [_file_values(meta) for meta in files])
+            row = conn.execute(
+                update(JOBS)
+                .where(JOBS.c.id == job_id, JOBS.c.status.in_(sources_of(new)))
                 .values(**changes)
-                .returning(JobRow)
-                .execution_options(synchronize_session=False)
+                .returning(*JOBS.c)
             ).first()
             if row is None:
                 return None
@@ -321,7 +349,7 @@ class Store:
             url = row.webhook_url or ""
             queued = _webhooks_on(new, set(row.webhook_events or ()), values) if url else []
             for name, terminal in queued:
-                _add_webhook(session, job_id, name, url, terminal=terminal, now=now)
+                _add_webhook(conn, job_id, name, url, terminal=terminal, now=now)
         if queued:
             self._on_webhook()
         return record
@@ -331,30 +359,31 @@ class Store:
         (``processing``, queuing its ``start`` webhook): the job as claimed, or None when
         it was not claimable (see :meth:`get` for why)."""
         now = utcnow()
-        with self._tx(write=True) as session:
-            row = session.scalars(
-                update(JobRow)
+        with self._conn(write=True) as conn:
+            row = conn.execute(
+                update(JOBS)
                 .where(
-                    JobRow.id == job_id,
-                    JobRow.status.in_(sources_of(Status.PROCESSING)),
-                    or_(JobRow.deadline.is_(None), JobRow.deadline > now),
+                    JOBS.c.id == job_id,
+                    JOBS.c.status.in_(sources_of(Status.PROCESSING)),
+                    or_(JOBS.c.deadline.is_(None), JOBS.c.deadline > now),
                 )
                 .values(
                     status=Status.PROCESSING.value,
                     worker_id=worker_id,
-                    attempts=JobRow.attempts + 1,
-                    started_at=func.coalesce(JobRow.started_at, now),
+                    attempts=JOBS.c.attempts + 1,
+                    started_at=func.coalesce(
+                        JOBS.c.started_at, literal(now, JOBS.c.started_at.type)
+                    ),
                     cancel_requested=False,
                 )
-                .returning(JobRow)
-                .execution_options(synchronize_session=False)
+                .returning(*JOBS.c)
             ).first()
             if row is None:
                 return None
             record = to_record(row)
             start_hook = row.webhook_url if "start" in (row.webhook_events or ()) else None
             if start_hook:
-                _add_webhook(session, job_id, "start", start_hook, terminal=False, now=now)
+                _add_webhook(conn, job_id, "start", start_hook, terminal=False, now=now)
         if start_hook:
             self._on_webhook()
         return record
@@ -375,8 +404,8 @@ class Store:
         return self._flag_running(job_id, stop_requested=True)
 
     def _flag_running(self, job_id: str, **flags: bool) -> bool:
-        with self._tx(write=True) as session:
-            return _update_if_processing(session, job_id, flags)
+        with self._conn(write=True) as conn:
+            return _update_if_processing(conn, job_id, flags)
 
     def active_jobs(self, source: str | None = None, limit: int = 1000) -> list[JobRecord]:
         """Jobs not yet terminal (of one ``source`` if given), oldest first."""
@@ -417,24 +446,23 @@ class Store:
             values["input"] = dict(input)
         if not values:
             return
-        with self._tx(write=True) as session:
-            hook = session.execute(
-                update(JobRow)
-                .where(JobRow.id == job_id, JobRow.status == Status.PROCESSING.value)
+        with self._conn(write=True) as conn:
+            hook = conn.execute(
+                update(JOBS)
+                .where(JOBS.c.id == job_id, JOBS.c.status == Status.PROCESSING.value)
                 .values(**values)
-                .returning(JobRow.webhook_url, JobRow.webhook_events)
-                .execution_options(synchronize_session=False)
+                .returning(JOBS.c.webhook_url, JOBS.c.webhook_events)
             ).first()
             if hook is None or not logs_webhook or not hook[0] or "logs" not in (hook[1] or ()):
                 return
-            latest = session.execute(
-                select(func.max(WebhookRow.created_at)).where(
-                    WebhookRow.job_id == job_id, WebhookRow.terminal.is_(False)
+            latest = conn.execute(
+                select(func.max(WEBHOOKS.c.created_at)).where(
+                    WEBHOOKS.c.job_id == job_id, WEBHOOKS.c.terminal.is_(False)
                 )
             ).scalar_one_or_none()
             if latest is not None and _aware(latest) > now - timedelta(seconds=WEBHOOK_THROTTLE_S):
                 return
-            _add_webhook(session, job_id, "logs", hook[0], terminal=False, now=now)
+            _add_webhook(conn, job_id, "logs", hook[0], terminal=False, now=now)
         self._on_webhook()
 
     def mark_data_removed(self, job_id: str) -> None:
@@ -474,8 +502,8 @@ class Store:
         job_id: str | None = None,
     ) -> StoredFile:
         meta = StoredFile(key, name, content_type, size, purpose, job_id, utcnow())
-        with self._tx(write=True) as session:
-            session.add(_file_row(meta))
+        with self._conn(write=True) as conn:
+            conn.execute(insert(FILES), _file_values(meta))
         return meta
 
     def get_file(self, key: str) -> StoredFile | None:
@@ -590,20 +618,21 @@ class Store:
 
 
 def _add_webhook(
-    session: Session, job_id: str, event_name: str, url: str, *, terminal: bool, now: datetime
+    conn: Connection, job_id: str, event_name: str, url: str, *, terminal: bool, now: datetime
 ) -> None:
-    session.add(
-        WebhookRow(
-            msg_id=f"msg_{new_id()}",
-            job_id=job_id,
-            event=event_name,
-            url=url,
-            terminal=terminal,
-            attempts=0,
-            next_attempt_at=now,
-            given_up=False,
-            created_at=now,
-        )
+    conn.execute(
+        insert(WEBHOOKS),
+        {
+            "msg_id": f"msg_{new_id()}",
+            "job_id": job_id,
+            "event": event_name,
+            "url": url,
+            "terminal": terminal,
+            "attempts": 0,
+            "next_attempt_at": now,
+            "given_up": False,
+            "created_at": now,
+        },
     )
 
 
@@ -618,39 +647,35 @@ def _webhooks_on(
     return [("start", False)] if new is Status.PROCESSING and "start" in events else []
 
 
-def _file_row(meta: StoredFile) -> FileRow:
-    return FileRow(
-        key=meta.key,
-        name=meta.name[:300],
-        content_type=meta.content_type,
-        size=meta.size,
-        purpose=meta.purpose,
-        job_id=meta.job_id,
-        created_at=meta.created_at,
-    )
+def _file_values(meta: StoredFile) -> dict[str, Any]:
+    return {
+        "key": meta.key,
+        "name": meta.name[:300],
+        "content_type": meta.content_type,
+        "size": meta.size,
+        "purpose": meta.purpose,
+        "job_id": meta.job_id,
+        "created_at": meta.created_at,
+    }
 
 
-def _count_queued(session: Session) -> int:
+def _count_queued(conn: Connection) -> int:
     """Jobs waiting or running."""
     return int(
-        session.execute(
+        conn.execute(
             select(func.count())
-            .select_from(JobRow)
-            .where(JobRow.status.in_([Status.STARTING.value, Status.PROCESSING.value]))
+            .select_from(JOBS)
+            .where(JOBS.c.status.in_([Status.STARTING.value, Status.PROCESSING.value]))
         ).scalar_one()
     )
 
 
-def _update_if_processing(session: Session, job_id: str, values: Mapping[str, Any]) -> bool:
+def _update_if_processing(conn: Connection, job_id: str, values: Mapping[str, Any]) -> bool:
     """Set ``values`` on a job only while it is ``processing``; True if it was."""
-    result = cast(
-        CursorResult[Any],
-        session.execute(
-            update(JobRow)
-            .where(JobRow.id == job_id, JobRow.status == Status.PROCESSING.value)
-            .values(**values)
-            .execution_options(synchronize_session=False)
-        ),
+    result = conn.execute(
+        update(JOBS)
+        .where(JOBS.c.id == job_id, JOBS.c.status == Status.PROCESSING.value)
+        .values(**values)
     )
     return result.rowcount == 1
 
@@ -691,8 +716,9 @@ def decode_cursor(cursor: str) -> tuple[str, tuple[datetime, str]]:
         raise InvalidInput("cursor", "is not a cursor returned by a listing") from exc
 
 
-def to_record(row: JobRow) -> JobRecord:
-    """Map a database row to the :class:`JobRecord` the API renders."""
+def to_record(row: JobRow | Row[Any]) -> JobRecord:
+    """Map a database row (ORM object or Core row) to the :class:`JobRecord` the API
+    renders."""
     webhook = None
     if row.webhook_url:
         webhook = WebhookOptions(url=row.webhook_url, events=frozenset(row.webhook_events or ()))
