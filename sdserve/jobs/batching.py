@@ -97,7 +97,6 @@ def run_batched(runner: JobRunner, job_id: str, record: JobRecord, started: floa
 
     Returns True when the job (and its partners) reached their terminal states here.
     """
-    from sdserve.jobs.worker import _Progress
 
     policy = runner.batch_policy
     if policy is None:
@@ -110,7 +109,7 @@ def run_batched(runner: JobRunner, job_id: str, record: JobRecord, started: floa
     key = None if inp is None else batch_key(inp, record.model)
     if inp is None or key is None:
         return False
-    leader = _Member(job_id, record, inp, _Progress(runner.store, job_id, record.deadline))
+    leader = _Member(job_id, record, inp, runner.progress_for(record))
     members = [leader, *_claim_partners(runner, key, size - 1, policy.window_ms / 1000)]
     if len(members) == 1:
         return False
@@ -123,7 +122,6 @@ def _claim_partners(
     runner: JobRunner, key: tuple[object, ...], wanted: int, window_s: float
 ) -> list[_Member]:
     """Claim up to ``wanted`` queued jobs with ``key``, looking for at most ``window_s``."""
-    from sdserve.jobs.worker import _Progress
 
     found: list[_Member] = []
     seen: set[str] = set()
@@ -143,8 +141,7 @@ def _claim_partners(
                 continue
             claimed = runner.store.claim(other_id, runner.worker_id)
             if claimed is not None:
-                progress = _Progress(runner.store, other_id, claimed.deadline)
-                found.append(_Member(other_id, claimed, inp, progress))
+                found.append(_Member(other_id, claimed, inp, runner.progress_for(claimed)))
         if len(found) >= wanted or time.monotonic() >= deadline:
             return found
         time.sleep(POLL_INTERVAL_S)
@@ -209,9 +206,8 @@ def _cancel(runner: JobRunner, member: _Member) -> None:
 
 def _run_alone(runner: JobRunner, member: _Member, started: float) -> None:
     """The fallback after a failed batch: the job's ordinary run, with its own errors."""
-    from sdserve.jobs.worker import _Progress
 
-    progress = _Progress(runner.store, member.job_id, member.record.deadline)
+    progress = runner.progress_for(member.record)
     record = member.record
     runner.guarded(
         member.job_id,

@@ -174,6 +174,7 @@ class Service:
                     config.batch_max_size, config.batch_window_ms, single_worker=self.embedded
                 ),
                 trainer=trainer or self._build_trainer,
+                flags_notified=self.embedded,
             )
         self.queue = make_queue(config.broker_url, self.runner.run if self.runner else None)
         self._local_worker = self.runner is not None and self.embedded
@@ -417,6 +418,7 @@ class Service:
                     return canceled
             elif record.status is Status.PROCESSING:
                 self.store.request_cancel(job_id)
+                self._flags_changed(job_id)
                 return self.store.get(job_id)
             else:
                 return record
@@ -425,7 +427,12 @@ class Service:
     def interrupt(self, job_id: str) -> JobRecord:
         """Running: flagged, the worker finishes after the current step with what it has."""
         self.store.request_stop(job_id)
+        self._flags_changed(job_id)
         return self.store.get(job_id)
+
+    def _flags_changed(self, job_id: str) -> None:
+        if self.runner is not None:
+            self.runner.flags_changed(job_id)
 
     def active(self, *, source: str | None = None) -> builtins.list[JobRecord]:
         """Jobs not yet terminal, oldest first."""

@@ -49,9 +49,12 @@ CONTENT_TYPES = {
 #: Progress is written to the store at most this often, counted from the claim; what a run
 #: has not written yet goes out with its end (a shorter job writes nothing while it runs).
 PROGRESS_WRITE_INTERVAL_S = 0.25
-#: The cancel flag is read from the store at most this often, counted from the claim
-#: (which cleared it).
+#: The cancel and stop flags are read from the store at most this often, counted from the
+#: claim (which cleared them), when another process may set them.
 CANCEL_POLL_INTERVAL_S = 0.1
+#: ... and when they are set in this process, which tells the runner (``flags_changed``):
+#: the poll is then a safety net only.
+NOTIFIED_POLL_INTERVAL_S = 1.0
 PREVIEW_SIZE = 128
 
 
@@ -110,10 +113,20 @@ class _Progress:
     transition (:meth:`unwritten`).
     """
 
-    def __init__(self, store: Store, job_id: str, deadline: datetime | None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        job_id: str,
+        deadline: datetime | None,
+        *,
+        poll_s: float = CANCEL_POLL_INTERVAL_S,
+        flagged: Callable[[], bool] = lambda: False,
+    ) -> None:
         self.store = store
         self.job_id = job_id
         self.deadline = deadline
+        self.poll_s = poll_s
+        self.flagged = flagged
         self.lines: list[str] = []
         self.step: tuple[int, int] | None = None
         self.written_step: tuple[int, int] | None = None
@@ -174,7 +187,7 @@ class _Progress:
             self.deadline_passed = True
             return True
         now = time.monotonic()
-        if not self.cancel and now - self.last_check >= CANCEL_POLL_INTERVAL_S:
+        if not self.cancel and (now - self.last_check >= self.poll_s or self.flagged()):
             self.last_check = now
             state = self.store.run_state(self.job_id)
             self.cancel = state.cancel_requested or state.status is not Status.PROCESSING
@@ -232,7 +245,10 @@ class JobRunner:
         lost_job_policy: Callable[[str], object] | None = None,
         batch_policy: BatchPolicy | None = None,
         trainer: Callable[[], TrainingRunner] | None = None,
+        flags_notified: bool = False,
     ) -> None:
+        """``flags_notified``: every cancel/stop request reaches :meth:`flags_changed`
+        (the API runs in this process and no other process serves it)."""
         self.store = store
         self.files = files
         self.fetcher = fetcher
@@ -250,6 +266,26 @@ class JobRunner:
         else:
             self._factory = predictor
         self._lock = threading.Lock()
+        self._flag_poll_s = NOTIFIED_POLL_INTERVAL_S if flags_notified else CANCEL_POLL_INTERVAL_S
+        self._flagged: set[str] = set()
+
+    def flags_changed(self, job_id: str) -> None:
+        """A cancel or stop of ``job_id`` was written to the store: its run reads the flags
+        at its next step instead of at its next poll."""
+        self._flagged.add(job_id)
+
+    def progress_for(self, record: JobRecord) -> _Progress:
+        """The step hooks of a claimed job's run."""
+
+        def flagged() -> bool:
+            if record.id not in self._flagged:
+                return False
+            self._flagged.discard(record.id)
+            return True
+
+        return _Progress(
+            self.store, record.id, record.deadline, poll_s=self._flag_poll_s, flagged=flagged
+        )
 
     @property
     def predictor(self) -> Predictor:
@@ -282,7 +318,7 @@ class JobRunner:
             and self._run_in_batch(job_id, record, started)
         ):
             return self.store.get(job_id).status
-        claimed, progress = record, _Progress(self.store, job_id, record.deadline)
+        claimed, progress = record, self.progress_for(record)
 
         def work() -> Status:
             if training:
@@ -485,6 +521,7 @@ class JobRunner:
             values = {**columns, **values}
         if logs:
             values["logs"] = JobRow.logs + logs
+        self._flagged.discard(job_id)
         record = self.store.transition(job_id, status, **values)
         if record is None:
             log.warning("job %s could not move to %s (already terminal?)", job_id, status.value)

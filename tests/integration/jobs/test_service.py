@@ -167,6 +167,18 @@ def test_cancel_of_running_job_stops_within_one_step(make_service: MakeService) 
     assert final.output is None
 
 
+def test_a_cancel_flag_set_behind_the_services_back_is_seen(make_service: MakeService) -> None:
+    """In-process cancels tell the worker at once; a flag written to the store by anything
+    else is still read by the worker's safety poll."""
+    predictor = FakePredictor(step_delay=0.05)
+    service = make_service(predictor)
+    job = service.create("test/fake", {"prompt": "x", "num_inference_steps": 200})
+    assert predictor.started.wait(10)
+    assert service.store.request_cancel(job.id)
+    assert wait(service, job.id).status is Status.CANCELED
+    assert predictor.steps_run[-1] < 100  # well before its 10 s end
+
+
 def test_deadline_passed_before_start_aborts(make_service: MakeService) -> None:
     predictor = FakePredictor()
     service = make_service(predictor)
