@@ -30,12 +30,12 @@ from sqlalchemy import (
     CursorResult,
     Table,
     and_,
+    bindparam,
     create_engine,
     delete,
     event,
     func,
     insert,
-    literal,
     or_,
     select,
     update,
@@ -70,6 +70,56 @@ def new_id() -> str:
 def sources_of(new: Status) -> list[str]:
     """States from which a job may move to ``new`` (the ``WHERE status IN`` list)."""
     return [state.value for state in Status if can_transition(state, new)]
+
+
+# The hot statements, built once (building one costs more than running it); parameters are
+# bound at execution: job_id, now, worker.
+_GET_JOB = select(JOBS).where(JOBS.c.id == bindparam("job_id"))
+_COUNT_QUEUED = (
+    select(func.count())
+    .select_from(JOBS)
+    .where(JOBS.c.status.in_([Status.STARTING.value, Status.PROCESSING.value]))
+)
+_RUN_STATE = select(
+    JOBS.c.status,
+    JOBS.c.cancel_requested,
+    JOBS.c.attempts,
+    JOBS.c.worker_id,
+    JOBS.c.progress_step,
+    JOBS.c.progress_total,
+    JOBS.c.preview,
+    JOBS.c.deadline,
+    JOBS.c.stop_requested,
+).where(JOBS.c.id == bindparam("job_id"))
+_NOW = bindparam("now", type_=JOBS.c.started_at.type)
+_CLAIM = (
+    update(JOBS)
+    .where(
+        JOBS.c.id == bindparam("job_id"),
+        JOBS.c.status.in_(sources_of(Status.PROCESSING)),
+        or_(JOBS.c.deadline.is_(None), JOBS.c.deadline > _NOW),
+    )
+    .values(
+        status=Status.PROCESSING.value,
+        worker_id=bindparam("worker"),
+        attempts=JOBS.c.attempts + 1,
+        started_at=func.coalesce(JOBS.c.started_at, _NOW),
+        cancel_requested=False,
+    )
+    .returning(*JOBS.c)
+)
+#: A conditional move to each status; the values are added per call.
+_MOVE = {
+    new: update(JOBS)
+    .where(JOBS.c.id == bindparam("job_id"), JOBS.c.status.in_(sources_of(new)))
+    .returning(*JOBS.c)
+    for new in Status
+}
+_UPDATE_RUNNING = (
+    update(JOBS)
+    .where(JOBS.c.id == bindparam("job_id"), JOBS.c.status == Status.PROCESSING.value)
+    .returning(JOBS.c.webhook_url, JOBS.c.webhook_events)
+)
 
 
 @dataclass(frozen=True)
@@ -221,7 +271,7 @@ class Store:
     def get(self, job_id: str) -> JobRecord:
         """The job with this id; raise :class:`JobNotFound`."""
         with self._conn() as conn:
-            row = conn.execute(select(JOBS).where(JOBS.c.id == job_id)).first()
+            row = conn.execute(_GET_JOB, {"job_id": job_id}).first()
         if row is None:
             raise JobNotFound(f"no prediction or training with id {job_id!r}")
         return to_record(row)
@@ -229,19 +279,7 @@ class Store:
     def run_state(self, job_id: str) -> RunState:
         """Cancel flag, attempts and progress of a job (cheap: no logs, no input)."""
         with self._conn() as conn:
-            found = conn.execute(
-                select(
-                    JOBS.c.status,
-                    JOBS.c.cancel_requested,
-                    JOBS.c.attempts,
-                    JOBS.c.worker_id,
-                    JOBS.c.progress_step,
-                    JOBS.c.progress_total,
-                    JOBS.c.preview,
-                    JOBS.c.deadline,
-                    JOBS.c.stop_requested,
-                ).where(JOBS.c.id == job_id)
-            ).first()
+            found = conn.execute(_RUN_STATE, {"job_id": job_id}).first()
         if found is None:
             raise JobNotFound(f"no prediction or training with id {job_id!r}")
         return RunState(
@@ -337,12 +375,7 @@ class Store:
         with self._conn(write=True) as conn:
             if files:
                 conn.execute(insert(FILES), [_file_values(meta) for meta in files])
-            row = conn.execute(
-                update(JOBS)
-                .where(JOBS.c.id == job_id, JOBS.c.status.in_(sources_of(new)))
-                .values(**changes)
-                .returning(*JOBS.c)
-            ).first()
+            row = conn.execute(_MOVE[new].values(**changes), {"job_id": job_id}).first()
             if row is None:
                 return None
             record = to_record(row)
@@ -360,24 +393,8 @@ class Store:
         it was not claimable (see :meth:`get` for why)."""
         now = utcnow()
         with self._conn(write=True) as conn:
-            row = conn.execute(
-                update(JOBS)
-                .where(
-                    JOBS.c.id == job_id,
-                    JOBS.c.status.in_(sources_of(Status.PROCESSING)),
-                    or_(JOBS.c.deadline.is_(None), JOBS.c.deadline > now),
-                )
-                .values(
-                    status=Status.PROCESSING.value,
-                    worker_id=worker_id,
-                    attempts=JOBS.c.attempts + 1,
-                    started_at=func.coalesce(
-                        JOBS.c.started_at, literal(now, JOBS.c.started_at.type)
-                    ),
-                    cancel_requested=False,
-                )
-                .returning(*JOBS.c)
-            ).first()
+            params = {"job_id": job_id, "now": now, "worker": worker_id}
+            row = conn.execute(_CLAIM, params).first()
             if row is None:
                 return None
             record = to_record(row)
@@ -447,12 +464,7 @@ class Store:
         if not values:
             return
         with self._conn(write=True) as conn:
-            hook = conn.execute(
-                update(JOBS)
-                .where(JOBS.c.id == job_id, JOBS.c.status == Status.PROCESSING.value)
-                .values(**values)
-                .returning(JOBS.c.webhook_url, JOBS.c.webhook_events)
-            ).first()
+            hook = conn.execute(_UPDATE_RUNNING.values(**values), {"job_id": job_id}).first()
             if hook is None or not logs_webhook or not hook[0] or "logs" not in (hook[1] or ()):
                 return
             latest = conn.execute(
@@ -661,13 +673,7 @@ def _file_values(meta: StoredFile) -> dict[str, Any]:
 
 def _count_queued(conn: Connection) -> int:
     """Jobs waiting or running."""
-    return int(
-        conn.execute(
-            select(func.count())
-            .select_from(JOBS)
-            .where(JOBS.c.status.in_([Status.STARTING.value, Status.PROCESSING.value]))
-        ).scalar_one()
-    )
+    return int(conn.execute(_COUNT_QUEUED).scalar_one())
 
 
 def _update_if_processing(conn: Connection, job_id: str, values: Mapping[str, Any]) -> bool:
