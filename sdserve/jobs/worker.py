@@ -378,9 +378,7 @@ class JobRunner:
                 self._trainer = self._trainer_factory()
             return self._trainer
 
-    def _train(
-        self, job_id: str, record: JobRecord, progress: _Progress, started: float
-    ) -> Status:
+    def _train(self, job_id: str, record: JobRecord, progress: _Progress, started: float) -> Status:
         """A training job: archive → LoRA → published destination model (sdserve.training)."""
         from sdserve.training.runner import JobHooks, format_step
 

@@ -64,8 +64,12 @@ def test_jobs_left_by_a_crash_are_run_at_start_up(make_service: MakeService, bro
     dead = make_service(start=False, service={"broker_url": broker})
     dead.store.migrate()
     left = JobRecord(
-        id="crashedjob" + "x" * 16, kind=JobKind.PREDICTION, model="test/fake",
-        version="0123456789abcdef", input={"prompt": "left over"}, status=Status.STARTING,
+        id="crashedjob" + "x" * 16,
+        kind=JobKind.PREDICTION,
+        model="test/fake",
+        version="0123456789abcdef",
+        input={"prompt": "left over"},
+        status=Status.STARTING,
         created_at=datetime.now(UTC),
     )
     dead.store.insert_job(left)

@@ -13,8 +13,13 @@ from sdserve.jobs.contract import JobRecord
 from sdserve.jobs.waiters import JobWaiters
 
 ENDED = JobRecord(
-    id="job-a", kind=JobKind.PREDICTION, model="test/fake", version="v", input={},
-    status=Status.SUCCEEDED, created_at=datetime.now(UTC),
+    id="job-a",
+    kind=JobKind.PREDICTION,
+    model="test/fake",
+    version="v",
+    input={},
+    status=Status.SUCCEEDED,
+    created_at=datetime.now(UTC),
 )
 
 
