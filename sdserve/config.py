@@ -131,7 +131,10 @@ class ServiceSettings(BaseModel):
         default=None, description="SQLAlchemy URL; None = sqlite:///<data_dir>/sdserve.db"
     )
     broker_url: str = Field(
-        default="memory://", description="Celery broker; memory:// runs an in-process worker"
+        default="local://",
+        description="job queue: local:// = in-process queue and worker; memory:// = Celery's "
+        "in-memory transport, in-process; a shared broker (redis://host:6379/0) = Celery, "
+        "for 'sdserve worker' processes",
     )
     files_dir: Path | None = Field(default=None, description="None = <data_dir>/files")
     max_queue: int = Field(default=256, ge=1, description="queued jobs before Overloaded")

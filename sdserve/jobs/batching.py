@@ -15,7 +15,7 @@ Outcomes, per job:
 - the batched call fails: each job is run again alone, so one bad job cannot fail the others
   and every job still reaches exactly one terminal state.
 
-The Celery messages of the partner jobs stay on the queue; when they arrive the job is no
+The partner jobs' own queue messages stay on the queue; when they arrive the job is no
 longer ``starting`` and the worker skips them (claims are conditional in the store).
 """
 
@@ -31,7 +31,7 @@ from sdserve.domain.batching import batch_signature
 from sdserve.domain.inputs import GenerationInput
 from sdserve.domain.jobs import Status
 from sdserve.engine.types import GenerationResult, RunHooks
-from sdserve.errors import Canceled, InvalidInput, JobFailure
+from sdserve.errors import Canceled
 
 if TYPE_CHECKING:
     from sdserve.jobs.contract import JobRecord
@@ -97,7 +97,6 @@ def run_batched(runner: JobRunner, job_id: str, record: JobRecord, started: floa
 
     Returns True when the job (and its partners) reached their terminal states here.
     """
-    from sdserve.jobs.worker import _Progress
 
     policy = runner.batch_policy
     if policy is None:
@@ -110,7 +109,7 @@ def run_batched(runner: JobRunner, job_id: str, record: JobRecord, started: floa
     key = None if inp is None else batch_key(inp, record.model)
     if inp is None or key is None:
         return False
-    leader = _Member(job_id, record, inp, _Progress(runner.store, job_id, record.deadline))
+    leader = _Member(job_id, record, inp, runner.progress_for(record))
     members = [leader, *_claim_partners(runner, key, size - 1, policy.window_ms / 1000)]
     if len(members) == 1:
         return False
@@ -123,7 +122,6 @@ def _claim_partners(
     runner: JobRunner, key: tuple[object, ...], wanted: int, window_s: float
 ) -> list[_Member]:
     """Claim up to ``wanted`` queued jobs with ``key``, looking for at most ``window_s``."""
-    from sdserve.jobs.worker import _Progress
 
     found: list[_Member] = []
     seen: set[str] = set()
@@ -141,9 +139,9 @@ def _claim_partners(
             inp = resolved_input(runner, other)
             if inp is None or batch_key(inp, other.model) != key:
                 continue
-            if runner.store.claim(other_id, runner.worker_id):
-                found.append(_Member(other_id, other, inp,
-                                     _Progress(runner.store, other_id, other.deadline)))
+            claimed = runner.store.claim(other_id, runner.worker_id)
+            if claimed is not None:
+                found.append(_Member(other_id, claimed, inp, runner.progress_for(claimed)))
         if len(found) >= wanted or time.monotonic() >= deadline:
             return found
         time.sleep(POLL_INTERVAL_S)
@@ -173,7 +171,7 @@ def _run_members(
     runner: JobRunner, members: list[_Member], predictor: Any, started: float
 ) -> None:
     for member in members:
-        runner.on_change()
+        runner.on_change(member.record)
         runner.store.update_running(
             member.job_id,
             input=member.inp.model_dump(mode="json", exclude_none=True),
@@ -195,56 +193,27 @@ def _run_members(
             _run_alone(runner, member, started)
         return
     for member, result in zip(members, results, strict=True):
-        member.progress.flush()
         if member.progress.cancel:
             _cancel(runner, member)
             continue
-        _succeed(runner, member, result, started)
+        runner.succeed(member.job_id, result, member.progress, started)
 
 
 def _cancel(runner: JobRunner, member: _Member) -> None:
-    member.progress.flush()
     why = "deadline passed" if member.progress.deadline_passed else "canceled"
-    runner._finish(member.job_id, Status.CANCELED, logs=f"{why}\n")
-
-
-def _succeed(
-    runner: JobRunner, member: _Member, result: GenerationResult, started: float
-) -> None:
-    from sdserve.jobs.worker import _interrupted_line
-
-    keys = runner._write_outputs(member.job_id, result)
-    metrics: dict[str, Any] = {"predict_time": round(time.monotonic() - started, 4)}
-    metrics.update({key: round(value, 4) for key, value in result.timings.items()})
-    runner._finish(
-        member.job_id,
-        Status.SUCCEEDED,
-        output=keys,
-        nsfw=result.nsfw_content_detected,
-        metrics=metrics,
-        logs=_interrupted_line(result, member.progress) + f"seed: {result.seed}\n",
-    )
+    runner._finish(member.job_id, Status.CANCELED, progress=member.progress, logs=f"{why}\n")
 
 
 def _run_alone(runner: JobRunner, member: _Member, started: float) -> None:
     """The fallback after a failed batch: the job's ordinary run, with its own errors."""
-    from sdserve.jobs.worker import _Progress, error_text
 
-    progress = _Progress(runner.store, member.job_id, member.record.deadline)
-    try:
-        runner._execute(
-            member.job_id, member.record.model, member.record.input, progress, started
-        )
-    except Canceled:
-        progress.flush()
-        why = "deadline passed" if progress.deadline_passed else "canceled"
-        runner._finish(member.job_id, Status.CANCELED, logs=f"{why}\n")
-    except (JobFailure, InvalidInput) as exc:
-        progress.flush()
-        runner._finish(member.job_id, Status.FAILED, error=error_text(exc))
-    except Exception as exc:
-        log.exception("job %s failed with an unexpected error", member.job_id)
-        runner._finish(member.job_id, Status.FAILED, error=f"internal_error: {exc}")
+    progress = runner.progress_for(member.record)
+    record = member.record
+    runner.guarded(
+        member.job_id,
+        progress,
+        lambda: runner._execute(member.job_id, record.model, record.input, progress, started),
+    )
 
 
 __all__ = ["BatchPolicy", "batch_key", "run_batched"]

@@ -1,111 +1,127 @@
-"""The Celery queue: one task, ``sdserve.run_job(job_id)``; the store is the truth.
+"""The job queue: job ids waiting for a worker; the store is the truth.
 
-No result backend: a task only carries a job id, and every outcome is written to the
-store by the worker. ``memory://`` (the embedded default) gets a queue name unique to
-this app, because kombu's memory transport shares queues across a whole process.
+A message only carries a job id and every outcome is written to the store by the worker,
+so a lost message loses no job: start-up recovery re-queues what the store says is
+unfinished (embedded queues), and a shared broker redelivers the task of a dead worker.
+
+``broker_url`` picks the implementation (:func:`make_queue`):
+
+- ``local://`` (default): :class:`LocalQueue`, a FIFO in this process consumed by a worker
+  thread of this process. A job starts as soon as it is enqueued; an idle worker sleeps
+  on a condition variable instead of polling.
+- ``memory://``: Celery with kombu's in-memory transport and the same in-process worker
+  thread (:mod:`sdserve.jobs.celery_queue`); kombu polls it every 20 ms.
+- a shared broker (``redis://...``): Celery, consumed by ``sdserve worker`` processes.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections import deque
 from collections.abc import Callable
-
-from celery import Celery
-from celery.worker import WorkController
-
-from sdserve.jobs.store import new_id
+from typing import Protocol
 
 log = logging.getLogger(__name__)
-TASK_NAME = "sdserve.run_job"
+
+LOCAL_BROKER = "local://"
+
+Handler = Callable[[str], object]
 
 
-def is_memory_broker(broker_url: str) -> bool:
-    return broker_url.startswith("memory://")
+def is_embedded(broker_url: str) -> bool:
+    """True when the queue lives in this process only (no other process can run its jobs)."""
+    return broker_url.startswith((LOCAL_BROKER, "memory://"))
 
 
-def make_celery(broker_url: str, handler: Callable[[str], object] | None = None) -> Celery:
-    """A Celery app for ``broker_url`` whose ``sdserve.run_job`` task calls ``handler``.
+class JobQueue(Protocol):
+    """Where accepted jobs wait. ``handler(job_id)`` runs a job (``JobRunner.run``)."""
 
-    An app without a handler can only enqueue (the API process with remote workers).
-    """
-    queue = f"sdserve-{new_id()[:10]}" if is_memory_broker(broker_url) else "sdserve"
-    app = Celery("sdserve", broker=broker_url, set_as_current=False)
-    app.conf.update(
-        task_acks_late=True,
-        task_reject_on_worker_lost=True,
-        worker_prefetch_multiplier=1,
-        task_ignore_result=True,
-        task_store_errors_even_if_ignored=False,
-        task_default_queue=queue,
-        task_serializer="json",
-        accept_content=["json"],
-        broker_connection_retry_on_startup=True,
-        worker_hijack_root_logger=False,
-        worker_send_task_events=False,
-        enable_utc=True,
-    )
-    if is_memory_broker(broker_url):
-        # kombu polls virtual transports once a second by default: a second of latency
-        # on every job; polling an in-process queue is cheap
-        app.conf.broker_transport_options = {"polling_interval": 0.02}
-
-    @app.task(name=TASK_NAME, ignore_result=True, shared=False)
-    def run_job(job_id: str) -> None:
-        if handler is None:
-            raise RuntimeError("this process only enqueues jobs; no worker handler is set")
-        handler(job_id)
-
-    return app
-
-
-def enqueue(app: Celery, job_id: str) -> None:
-    """Put ``job_id`` on the queue."""
-    app.send_task(TASK_NAME, args=[job_id])
-
-
-class ThreadWorker:
-    """A Celery worker (solo pool, concurrency 1) in a daemon thread of this process.
-
-    One job at a time: the embedded default for one GPU. ``sdserve worker`` runs the same
-    task in a separate process instead (:func:`sdserve.jobs.service.run_worker`).
-    """
-
-    def __init__(self, app: Celery, *, hostname: str | None = None) -> None:
-        self.app = app
-        self.hostname = hostname or f"sdserve-{new_id()[:8]}@embedded"
-        self._worker: WorkController | None = None
-        self._thread: threading.Thread | None = None
+    def enqueue(self, job_id: str) -> None:
+        """Put ``job_id`` on the queue (any thread)."""
+        ...
 
     def start(self) -> None:
-        worker = WorkController(
-            app=self.app,
-            hostname=self.hostname,
-            pool="solo",
-            concurrency=1,
-            loglevel="WARNING",
-            without_heartbeat=True,
-            without_mingle=True,
-            without_gossip=True,
-            ready_callback=None,
-        )
-        self._worker = worker
-        def run() -> None:
-            # the solo pool looks tasks up on the thread's current app, which must be ours
-            # (several services, e.g. in tests, each have their own app and worker thread)
-            self.app.set_current()
-            worker.start()
-
-        self._thread = threading.Thread(target=run, name="sdserve-worker", daemon=True)
-        self._thread.start()
+        """Consume in a daemon thread of this process, one job at a time."""
+        ...
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Warm shutdown: the running job (if any) finishes first, up to ``timeout``."""
-        if self._worker is None or self._thread is None:
+        """Warm shutdown: the running job finishes first, up to ``timeout`` seconds."""
+        ...
+
+    def run(self) -> None:
+        """Consume in the calling thread until stopped (``sdserve worker``)."""
+        ...
+
+
+def make_queue(broker_url: str, handler: Handler | None = None) -> JobQueue:
+    """The queue for ``broker_url``; without a ``handler`` it can only enqueue."""
+    if broker_url.startswith(LOCAL_BROKER):
+        return LocalQueue(handler)
+    # Celery is imported only for a broker that needs it
+    from sdserve.jobs.celery_queue import CeleryQueue
+
+    return CeleryQueue(broker_url, handler)
+
+
+class LocalQueue:
+    """An in-process FIFO and one worker thread that runs its jobs in order.
+
+    Messages live in memory only: jobs still queued when the process stops stay
+    ``starting`` in the store and start-up recovery puts them back.
+    """
+
+    def __init__(self, handler: Handler | None = None) -> None:
+        self._handler = handler
+        self._jobs: deque[str] = deque()
+        self._ready = threading.Condition()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+
+    def enqueue(self, job_id: str) -> None:
+        with self._ready:
+            self._jobs.append(job_id)
+            self._ready.notify()
+
+    def __len__(self) -> int:
+        """Jobs waiting (not the running one)."""
+        with self._ready:
+            return len(self._jobs)
+
+    def start(self) -> None:
+        if self._thread is not None:
             return
-        self._worker.stop(in_sighandler=False)
+        if self._handler is None:
+            raise RuntimeError("this queue only enqueues jobs; no worker handler is set")
+        with self._ready:
+            self._stopping = False
+        self._thread = threading.Thread(target=self.run, name="sdserve-worker", daemon=True)
+        self._thread.start()
+
+    def run(self) -> None:
+        handler = self._handler
+        if handler is None:
+            raise RuntimeError("this queue only enqueues jobs; no worker handler is set")
+        while (job_id := self._next()) is not None:
+            try:
+                handler(job_id)
+            except Exception:  # the worker outlives a failed job (e.g. the database is down)
+                log.exception("running job %s failed", job_id)
+
+    def _next(self) -> str | None:
+        """The next job id, waiting as long as it takes; None once stopping."""
+        with self._ready:
+            while not self._jobs and not self._stopping:
+                self._ready.wait()
+            return None if self._stopping else self._jobs.popleft()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        with self._ready:
+            self._stopping = True
+            self._ready.notify_all()
+        if self._thread is None:
+            return
         self._thread.join(timeout)
         if self._thread.is_alive():
             log.warning("embedded worker did not stop within %.0fs", timeout)
-        self._worker = None
         self._thread = None

@@ -1,15 +1,17 @@
 """The job service: what the HTTP layer calls (:class:`sdserve.jobs.contract.JobService`).
 
-``Service`` validates and persists jobs, puts them on the Celery queue and answers reads
-from the store, which is the single source of truth; a worker (a thread of this process
-by default, ``sdserve worker`` processes at scale) runs them. It also owns start-up
-recovery, the webhook dispatcher and the retention sweeper.
+``Service`` validates and persists jobs, puts them on the job queue
+(:mod:`sdserve.jobs.queue`) and answers reads from the store, which is the single source
+of truth; a worker (a thread of this process by default, ``sdserve worker`` processes at
+scale) runs them. It also owns start-up recovery, the webhook dispatcher and the
+retention sweeper.
 
-Embedded default (``broker_url = memory://``): start-up recovery re-queues every job a
-crash left ``starting``, and sends ``processing`` ones back to ``starting`` while they
-have attempts left (``job_attempts``), else fails them ``worker_lost``. With a remote
-broker the API process leaves running jobs alone (a healthy remote worker may own them);
-the broker redelivers the task of a dead worker and that worker applies the same rule.
+Embedded queues (``broker_url`` ``local://``, the default, or Celery's ``memory://``):
+start-up recovery re-queues every job a crash left ``starting``, and sends ``processing``
+ones back to ``starting`` while they have attempts left (``job_attempts``), else fails
+them ``worker_lost``. With a remote broker the API process leaves running jobs alone (a
+healthy remote worker may own them); the broker redelivers the task of a dead worker and
+that worker applies the same rule.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from sdserve.jobs.batching import BatchPolicy
 from sdserve.jobs.contract import JobRecord, Page, RunProgress, ServedModel, WebhookOptions
 from sdserve.jobs.fetch import InputFetcher, Resolver, sniff_image_type
 from sdserve.jobs.files import FileStore, LocalFileStore, new_key
-from sdserve.jobs.queue import ThreadWorker, enqueue, is_memory_broker, make_celery
+from sdserve.jobs.queue import is_embedded, make_queue
 from sdserve.jobs.store import Store, new_id, sqlite_url, utcnow
 from sdserve.jobs.waiters import JobWaiters
 from sdserve.jobs.webhooks import Renderer, WebhookDispatcher, load_or_create_secret
@@ -51,6 +53,9 @@ log = logging.getLogger(__name__)
 
 #: How often ``wait`` and ``events`` look at the store (works across processes).
 POLL_INTERVAL_S = 0.15
+#: How often ``wait`` looks when this process runs the jobs itself: each job's end wakes
+#: its waiters, so this is only a safety net (and costs the running job no CPU).
+WOKEN_POLL_INTERVAL_S = 1.0
 _EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp", "image/gif": "gif"}
 
 
@@ -131,7 +136,10 @@ class Service:
         self.registry = registry
         self.limits = settings.limits.input_limits()
         config = settings.service
-        self.store = Store(config.database_url or sqlite_url(settings.data_dir))
+        self.store = Store(
+            config.database_url or sqlite_url(settings.data_dir),
+            on_webhook=self._webhook_queued,
+        )
         self.files: FileStore = files or LocalFileStore(
             config.files_dir or settings.data_dir / "files"
         )
@@ -150,7 +158,7 @@ class Service:
             backoff_base_s=webhook_backoff_base_s,
             transport=webhook_transport,
         )
-        self.embedded = is_memory_broker(config.broker_url)
+        self.embedded = is_embedded(config.broker_url)
         self.runner: JobRunner | None = None
         if predictor is not None:
             self.runner = JobRunner(
@@ -166,9 +174,15 @@ class Service:
                     config.batch_max_size, config.batch_window_ms, single_worker=self.embedded
                 ),
                 trainer=trainer or self._build_trainer,
+                flags_notified=self.embedded,
             )
-        self.celery = make_celery(config.broker_url, self.runner.run if self.runner else None)
-        self._worker: ThreadWorker | None = None
+        self.queue = make_queue(config.broker_url, self.runner.run if self.runner else None)
+        self._local_worker = self.runner is not None and self.embedded
+        self._wait_poll_s = WOKEN_POLL_INTERVAL_S if self._local_worker else POLL_INTERVAL_S
+        # jobs created here that this process's worker has not ended yet: their end wakes
+        # their waiters with the final record, so ``wait`` need not read them first
+        self._unended: set[str] = set()
+        self._consuming = False
         self._sweep_interval_s = sweep_interval_s
         self._stop = threading.Event()
         self._sweeper: threading.Thread | None = None
@@ -186,8 +200,8 @@ class Service:
         if self.embedded:
             self.recover()
         if self.runner is not None:
-            self._worker = ThreadWorker(self.celery)
-            self._worker.start()
+            self.queue.start()
+            self._consuming = True
         self.dispatcher.start()
         if self.settings.service.retention_hours > 0:
             self._stop.clear()
@@ -200,9 +214,9 @@ class Service:
     def close(self, timeout: float = 30.0) -> None:
         """Stop the worker (the running job finishes first), webhooks and sweeper."""
         self._stop.set()
-        if self._worker is not None:
-            self._worker.stop(timeout)
-            self._worker = None
+        if self._consuming:
+            self.queue.stop(timeout)
+            self._consuming = False
         self.dispatcher.stop()
         if self._sweeper is not None:
             self._sweeper.join(5)
@@ -217,7 +231,7 @@ class Service:
             if status is Status.PROCESSING:
                 self._resume_or_fail(job_id)
             if self.store.get(job_id).status is Status.STARTING:
-                enqueue(self.celery, job_id)
+                self.queue.enqueue(job_id)
             touched.append(job_id)
         self.dispatcher.wake()
         return touched
@@ -227,24 +241,31 @@ class Service:
         state = self.store.run_state(job_id)
         if state.status is not Status.PROCESSING:
             return
+        values: dict[str, Any] = {}
         if state.cancel_requested:
-            self.store.transition(job_id, Status.CANCELED)
+            ended = Status.CANCELED
         elif state.attempts < self.settings.service.job_attempts:
             self.store.requeue(job_id)
+            return
         else:
-            self.store.transition(
-                job_id,
-                Status.FAILED,
-                error=(
-                    f"worker_lost: the worker running this job stopped "
-                    f"({state.attempts} attempt(s))"
-                ),
+            ended = Status.FAILED
+            values["error"] = (
+                f"worker_lost: the worker running this job stopped ({state.attempts} attempt(s))"
             )
+        record = self.store.transition(job_id, ended, **values)
+        if record is not None:
+            self._job_changed(record)
 
-    def _job_changed(self) -> None:
-        """A job changed in this process: deliver its webhooks and answer its waiters."""
+    def _job_changed(self, record: JobRecord) -> None:
+        """A job changed in this process: once it has ended, answer its waiters with its
+        record (``wait`` returns only then). The store wakes the webhook dispatcher."""
+        if record.status.terminal:
+            self._unended.discard(record.id)
+            self._waiters.wake(record.id, record)
+
+    def _webhook_queued(self) -> None:
+        """The store queued a webhook in this process: deliver it now."""
         self.dispatcher.wake()
-        self._waiters.wake_all()
 
     def webhook_secret(self) -> str:
         """The ``whsec_...`` signing secret (created on first use, kept in a file)."""
@@ -332,11 +353,6 @@ class Service:
             stored_input = parsed.model_dump(mode="json", exclude_unset=True)
             spec = self._resolve(model)
             destination = None
-        if self.store.count_queued() >= self.settings.service.max_queue:
-            raise Overloaded(
-                f"{self.settings.service.max_queue} jobs are already queued; retry later",
-                retry_after=10,
-            )
         if deadline is not None and deadline.tzinfo is None:
             deadline = deadline.replace(tzinfo=UTC)
         record = JobRecord(
@@ -352,11 +368,16 @@ class Service:
             deadline=deadline,
             destination=destination,
         )
-        self.store.insert_job(record)
+        max_queue = self.settings.service.max_queue
+        if not self.store.insert_job(record, max_queued=max_queue):
+            raise Overloaded(f"{max_queue} jobs are already queued; retry later", retry_after=10)
+        if self._local_worker:
+            self._unended.add(record.id)
         try:
-            enqueue(self.celery, record.id)
+            self.queue.enqueue(record.id)
         except Exception as exc:
             log.exception("cannot enqueue job %s", record.id)
+            self._unended.discard(record.id)
             self.store.transition(
                 record.id, Status.FAILED, error=f"internal_error: queue unavailable ({exc})"
             )
@@ -391,11 +412,13 @@ class Service:
         for _ in range(3):
             record = self.store.get(job_id)
             if record.status is Status.STARTING:
-                if self.store.transition(job_id, Status.CANCELED):
-                    self.dispatcher.wake()
-                    return self.store.get(job_id)
+                canceled = self.store.transition(job_id, Status.CANCELED)
+                if canceled is not None:
+                    self._job_changed(canceled)
+                    return canceled
             elif record.status is Status.PROCESSING:
                 self.store.request_cancel(job_id)
+                self._flags_changed(job_id)
                 return self.store.get(job_id)
             else:
                 return record
@@ -404,7 +427,12 @@ class Service:
     def interrupt(self, job_id: str) -> JobRecord:
         """Running: flagged, the worker finishes after the current step with what it has."""
         self.store.request_stop(job_id)
+        self._flags_changed(job_id)
         return self.store.get(job_id)
+
+    def _flags_changed(self, job_id: str) -> None:
+        if self.runner is not None:
+            self.runner.flags_changed(job_id)
 
     def active(self, *, source: str | None = None) -> builtins.list[JobRecord]:
         """Jobs not yet terminal, oldest first."""
@@ -423,17 +451,24 @@ class Service:
     async def wait(self, job_id: str, timeout: float) -> JobRecord:
         """The job once terminal, or as it is after ``timeout`` seconds."""
         deadline = time.monotonic() + max(0.0, timeout)
+        look = job_id not in self._unended  # else its end brings the record: nothing to read
         while True:
-            woken = self._waiters.register()
+            waiter = self._waiters.register(job_id)
             try:
-                record = await asyncio.to_thread(self.store.get, job_id)
                 remaining = deadline - time.monotonic()
-                if record.status.terminal or remaining <= 0:
-                    return record
+                if look or remaining <= 0:
+                    # read in the event loop like any GET: a primary-key read, which on
+                    # SQLite (WAL) never waits for a writer; a thread hop costs as much again
+                    record = self.store.get(job_id)
+                    if record.status.terminal or remaining <= 0:
+                        return record
+                look = True
                 # an in-process worker wakes us at once; a remote one leaves us polling
-                await self._waiters.wait(woken, min(POLL_INTERVAL_S, remaining))
+                ended = await self._waiters.wait(waiter, min(self._wait_poll_s, remaining))
+                if ended is not None:
+                    return ended
             finally:
-                self._waiters.discard(woken)
+                self._waiters.discard(job_id, waiter)
 
     async def events(self, job_id: str) -> AsyncIterator[Event]:
         """Progress, log lines and output of a job as they happen, ending with ``Done``."""
@@ -522,7 +557,7 @@ def run_worker(
     Builds the model registry and the engine from ``settings`` unless given. The API
     process (``sdserve serve --no-worker``) owns webhooks and retention.
     """
-    if is_memory_broker(settings.service.broker_url):
+    if is_embedded(settings.service.broker_url):
         raise InvalidInput(
             "broker_url", "a separate worker needs a shared broker such as redis://host:6379/0"
         )
@@ -547,10 +582,8 @@ def run_worker(
         predictor = build
     service = Service(settings, registry, predictor=predictor)
     service.store.migrate()
-    runner = service.runner
-    assert runner is not None
-    worker = service.celery.Worker(pool="solo", concurrency=1, loglevel="INFO")
+    assert service.runner is not None
     try:
-        worker.start()
+        service.queue.run()
     finally:
         service.store.close()

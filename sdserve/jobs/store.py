@@ -5,6 +5,10 @@ SQLite-only, so PostgreSQL works with only ``database_url`` changed. Every statu
 is a conditional ``UPDATE ... WHERE status IN (<states allowed to move there>)`` derived
 from :func:`sdserve.domain.jobs.can_transition`: two workers can never both claim a job
 and a terminal state is never overwritten.
+
+The statements every job runs (insert, get, claim, progress, transition) are Core
+statements on a plain connection (:meth:`Store._conn`): the ORM's unit of work cost more
+than the statement itself there. Listings, files and the webhook outbox use ORM sessions.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import base64
 import json
 import os
 import secrets
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -22,9 +26,22 @@ from typing import Any, cast
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import CursorResult, and_, create_engine, delete, event, func, or_, select, update
+from sqlalchemy import (
+    CursorResult,
+    Table,
+    and_,
+    bindparam,
+    create_engine,
+    delete,
+    event,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy import true as sql_true
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection, Engine, Row
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import StaticPool
 
@@ -34,6 +51,9 @@ from sdserve.jobs.contract import JobRecord, Page, WebhookOptions
 from sdserve.jobs.tables import FileRow, JobRow, WebhookRow
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+JOBS = cast(Table, JobRow.__table__)
+FILES = cast(Table, FileRow.__table__)
+WEBHOOKS = cast(Table, WebhookRow.__table__)
 #: Non-terminal webhooks of one job are sent at most this often.
 WEBHOOK_THROTTLE_S = 0.5
 
@@ -50,6 +70,56 @@ def new_id() -> str:
 def sources_of(new: Status) -> list[str]:
     """States from which a job may move to ``new`` (the ``WHERE status IN`` list)."""
     return [state.value for state in Status if can_transition(state, new)]
+
+
+# The hot statements, built once (building one costs more than running it); parameters are
+# bound at execution: job_id, now, worker.
+_GET_JOB = select(JOBS).where(JOBS.c.id == bindparam("job_id"))
+_COUNT_QUEUED = (
+    select(func.count())
+    .select_from(JOBS)
+    .where(JOBS.c.status.in_([Status.STARTING.value, Status.PROCESSING.value]))
+)
+_RUN_STATE = select(
+    JOBS.c.status,
+    JOBS.c.cancel_requested,
+    JOBS.c.attempts,
+    JOBS.c.worker_id,
+    JOBS.c.progress_step,
+    JOBS.c.progress_total,
+    JOBS.c.preview,
+    JOBS.c.deadline,
+    JOBS.c.stop_requested,
+).where(JOBS.c.id == bindparam("job_id"))
+_NOW = bindparam("now", type_=JOBS.c.started_at.type)
+_CLAIM = (
+    update(JOBS)
+    .where(
+        JOBS.c.id == bindparam("job_id"),
+        JOBS.c.status.in_(sources_of(Status.PROCESSING)),
+        or_(JOBS.c.deadline.is_(None), JOBS.c.deadline > _NOW),
+    )
+    .values(
+        status=Status.PROCESSING.value,
+        worker_id=bindparam("worker"),
+        attempts=JOBS.c.attempts + 1,
+        started_at=func.coalesce(JOBS.c.started_at, _NOW),
+        cancel_requested=False,
+    )
+    .returning(*JOBS.c)
+)
+#: A conditional move to each status; the values are added per call.
+_MOVE = {
+    new: update(JOBS)
+    .where(JOBS.c.id == bindparam("job_id"), JOBS.c.status.in_(sources_of(new)))
+    .returning(*JOBS.c)
+    for new in Status
+}
+_UPDATE_RUNNING = (
+    update(JOBS)
+    .where(JOBS.c.id == bindparam("job_id"), JOBS.c.status == Status.PROCESSING.value)
+    .returning(JOBS.c.webhook_url, JOBS.c.webhook_events)
+)
 
 
 @dataclass(frozen=True)
@@ -85,11 +155,19 @@ class Store:
 
     Thread-safe: every method opens its own short transaction. On SQLite, write
     transactions start with ``BEGIN IMMEDIATE`` so concurrent writers queue on the busy
-    timeout instead of failing on a stale snapshot.
+    timeout instead of failing on a stale snapshot. ``on_webhook`` is called after a
+    transaction that queued a webhook has committed (to wake this process's dispatcher).
     """
 
-    def __init__(self, url: str, *, busy_timeout_ms: int = 10_000) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        busy_timeout_ms: int = 10_000,
+        on_webhook: Callable[[], None] | None = None,
+    ) -> None:
         self.url = url
+        self._on_webhook = on_webhook or (lambda: None)
         self._sqlite = url.startswith("sqlite")
         kwargs: dict[str, Any] = {}
         if self._sqlite:
@@ -138,69 +216,70 @@ class Store:
 
     @contextmanager
     def _tx(self, *, write: bool = False) -> Iterator[Session]:
+        with self._conn(write=write) as conn, Session(bind=conn, expire_on_commit=False) as session:
+            yield session
+            session.flush()
+
+    @contextmanager
+    def _conn(self, *, write: bool = False) -> Iterator[Connection]:
+        """One transaction on a plain connection (``write``: ``BEGIN IMMEDIATE`` on SQLite)."""
         with self.engine.connect() as conn:
             if write:
                 conn.execution_options(sdserve_write=True)
-            with conn.begin(), Session(bind=conn, expire_on_commit=False) as session:
-                yield session
-                session.flush()
+            with conn.begin():
+                yield conn
 
     # -- jobs ------------------------------------------------------------------------
 
-    def insert_job(self, record: JobRecord) -> None:
-        """Persist a new job (status ``starting``)."""
-        with self._tx(write=True) as session:
-            session.add(
-                JobRow(
-                    id=record.id,
-                    kind=record.kind.value,
-                    model=record.model,
-                    version=record.version,
-                    source=record.source,
-                    status=record.status.value,
-                    input=dict(record.input),
-                    output=record.output,
-                    error=record.error,
-                    logs=record.logs,
-                    metrics=dict(record.metrics),
-                    nsfw=record.nsfw,
-                    created_at=record.created_at,
-                    started_at=record.started_at,
-                    completed_at=record.completed_at,
-                    deadline=record.deadline,
-                    webhook_url=record.webhook.url if record.webhook else None,
-                    webhook_events=sorted(record.webhook.events) if record.webhook else None,
-                    data_removed=record.data_removed,
-                    cancel_requested=False,
-                    attempts=0,
-                    destination=record.destination,
-                )
+    def insert_job(self, record: JobRecord, *, max_queued: int | None = None) -> bool:
+        """Persist a new job (status ``starting``). With ``max_queued``, nothing is written
+        and False returned when that many jobs are already waiting or running (checked in
+        the same transaction, so concurrent requests cannot overshoot the bound)."""
+        with self._conn(write=True) as conn:
+            if max_queued is not None and _count_queued(conn) >= max_queued:
+                return False
+            conn.execute(
+                insert(JOBS),
+                {
+                    "id": record.id,
+                    "kind": record.kind.value,
+                    "model": record.model,
+                    "version": record.version,
+                    "source": record.source,
+                    "status": record.status.value,
+                    "input": dict(record.input),
+                    "output": record.output,
+                    "error": record.error,
+                    "logs": record.logs,
+                    "metrics": dict(record.metrics),
+                    "nsfw": record.nsfw,
+                    "created_at": record.created_at,
+                    "started_at": record.started_at,
+                    "completed_at": record.completed_at,
+                    "deadline": record.deadline,
+                    "webhook_url": record.webhook.url if record.webhook else None,
+                    "webhook_events": sorted(record.webhook.events) if record.webhook else None,
+                    "data_removed": record.data_removed,
+                    "cancel_requested": False,
+                    "stop_requested": False,
+                    "attempts": 0,
+                    "destination": record.destination,
+                },
             )
+        return True
 
     def get(self, job_id: str) -> JobRecord:
         """The job with this id; raise :class:`JobNotFound`."""
-        with self._tx() as session:
-            row = session.get(JobRow, job_id)
-            if row is None:
-                raise JobNotFound(f"no prediction or training with id {job_id!r}")
-            return to_record(row)
+        with self._conn() as conn:
+            row = conn.execute(_GET_JOB, {"job_id": job_id}).first()
+        if row is None:
+            raise JobNotFound(f"no prediction or training with id {job_id!r}")
+        return to_record(row)
 
     def run_state(self, job_id: str) -> RunState:
         """Cancel flag, attempts and progress of a job (cheap: no logs, no input)."""
-        with self._tx() as session:
-            found = session.execute(
-                select(
-                    JobRow.status,
-                    JobRow.cancel_requested,
-                    JobRow.attempts,
-                    JobRow.worker_id,
-                    JobRow.progress_step,
-                    JobRow.progress_total,
-                    JobRow.preview,
-                    JobRow.deadline,
-                    JobRow.stop_requested,
-                ).where(JobRow.id == job_id)
-            ).first()
+        with self._conn() as conn:
+            found = conn.execute(_RUN_STATE, {"job_id": job_id}).first()
         if found is None:
             raise JobNotFound(f"no prediction or training with id {job_id!r}")
         return RunState(
@@ -264,14 +343,8 @@ class Store:
 
     def count_queued(self) -> int:
         """Jobs waiting or running (what ``max_queue`` bounds)."""
-        with self._tx() as session:
-            return int(
-                session.execute(
-                    select(func.count())
-                    .select_from(JobRow)
-                    .where(JobRow.status.in_([Status.STARTING.value, Status.PROCESSING.value]))
-                ).scalar_one()
-            )
+        with self._conn() as conn:
+            return _count_queued(conn)
 
     def unfinished(self) -> list[tuple[str, Status, int, bool]]:
         """(id, status, attempts, cancel_requested) of every job not yet terminal, oldest first."""
@@ -283,59 +356,61 @@ class Store:
             ).all()
         return [(row[0], Status(row[1]), int(row[2]), bool(row[3])) for row in rows]
 
-    def transition(self, job_id: str, new: Status, **values: Any) -> bool:
-        """Move a job to ``new`` if its current state allows it; False if it did not move.
+    def transition(
+        self, job_id: str, new: Status, *, files: Sequence[StoredFile] = (), **values: Any
+    ) -> JobRecord | None:
+        """Move a job to ``new`` if its current state allows it: the job as it is then, or
+        None if it did not move.
 
         Reaching a terminal state sets ``completed_at`` and, in the same transaction,
         queues the ``completed`` webhook (so it is queued exactly once). Reaching
-        ``processing`` queues the ``start`` webhook.
+        ``processing`` queues the ``start`` webhook. ``files`` (the job's outputs) are
+        recorded in the same transaction, also when the job does not move, so no stored
+        file is left without its row.
         """
         now = utcnow()
         changes: dict[str, Any] = {"status": new.value, **values}
         if new in TERMINAL:
             changes.setdefault("completed_at", now)
-        with self._tx(write=True) as session:
-            result = cast(
-                CursorResult[Any],
-                session.execute(
-                    update(JobRow)
-                    .where(JobRow.id == job_id, JobRow.status.in_(sources_of(new)))
-                    .values(**changes)
-                    .execution_options(synchronize_session=False)
-                ),
-            )
-            if result.rowcount != 1:
-                return False
-            hook = session.execute(
-                select(JobRow.webhook_url, JobRow.webhook_events).where(JobRow.id == job_id)
-            ).first()
-            if hook is not None and hook[0]:
-                events = set(hook[1] or ())
-                if new in TERMINAL:
-                    if "output" in events and values.get("output"):
-                        _add_webhook(session, job_id, "output", hook[0], terminal=False, now=now)
-                    if "completed" in events:
-                        _add_webhook(session, job_id, "completed", hook[0], terminal=True, now=now)
-                elif new is Status.PROCESSING and "start" in events:
-                    _add_webhook(session, job_id, "start", hook[0], terminal=False, now=now)
-            return True
+        with self._conn(write=True) as conn:
+            if files:
+                conn.execute(insert(FILES), [_file_values(meta) for meta in files])
+            row = conn.execute(_MOVE[new].values(**changes), {"job_id": job_id}).first()
+            if row is None:
+                return None
+            record = to_record(row)
+            url = row.webhook_url or ""
+            queued = _webhooks_on(new, set(row.webhook_events or ()), values) if url else []
+            for name, terminal in queued:
+                _add_webhook(conn, job_id, name, url, terminal=terminal, now=now)
+        if queued:
+            self._on_webhook()
+        return record
 
-    def claim(self, job_id: str, worker_id: str) -> bool:
-        """Atomically take a ``starting`` job for this worker (``processing``)."""
-        return self.transition(
-            job_id,
-            Status.PROCESSING,
-            worker_id=worker_id,
-            attempts=JobRow.attempts + 1,
-            started_at=func.coalesce(JobRow.started_at, utcnow()),
-            cancel_requested=False,
-        )
+    def claim(self, job_id: str, worker_id: str) -> JobRecord | None:
+        """Atomically take a ``starting`` job whose deadline has not passed for this worker
+        (``processing``, queuing its ``start`` webhook): the job as claimed, or None when
+        it was not claimable (see :meth:`get` for why)."""
+        now = utcnow()
+        with self._conn(write=True) as conn:
+            params = {"job_id": job_id, "now": now, "worker": worker_id}
+            row = conn.execute(_CLAIM, params).first()
+            if row is None:
+                return None
+            record = to_record(row)
+            start_hook = row.webhook_url if "start" in (row.webhook_events or ()) else None
+            if start_hook:
+                _add_webhook(conn, job_id, "start", start_hook, terminal=False, now=now)
+        if start_hook:
+            self._on_webhook()
+        return record
 
     def requeue(self, job_id: str) -> bool:
         """A ``processing`` job whose worker died goes back to ``starting``."""
-        return self.transition(
+        moved = self.transition(
             job_id, Status.STARTING, worker_id=None, progress_step=None, progress_total=None
         )
+        return moved is not None
 
     def request_cancel(self, job_id: str) -> bool:
         """Flag a running job; its worker stops at the next step. False if not running."""
@@ -346,8 +421,8 @@ class Store:
         return self._flag_running(job_id, stop_requested=True)
 
     def _flag_running(self, job_id: str, **flags: bool) -> bool:
-        with self._tx(write=True) as session:
-            return _update_if_processing(session, job_id, flags)
+        with self._conn(write=True) as conn:
+            return _update_if_processing(conn, job_id, flags)
 
     def active_jobs(self, source: str | None = None, limit: int = 1000) -> list[JobRecord]:
         """Jobs not yet terminal (of one ``source`` if given), oldest first."""
@@ -388,22 +463,19 @@ class Store:
             values["input"] = dict(input)
         if not values:
             return
-        with self._tx(write=True) as session:
-            if not _update_if_processing(session, job_id, values) or not logs_webhook:
+        with self._conn(write=True) as conn:
+            hook = conn.execute(_UPDATE_RUNNING.values(**values), {"job_id": job_id}).first()
+            if hook is None or not logs_webhook or not hook[0] or "logs" not in (hook[1] or ()):
                 return
-            hook = session.execute(
-                select(JobRow.webhook_url, JobRow.webhook_events).where(JobRow.id == job_id)
-            ).first()
-            if hook is None or not hook[0] or "logs" not in (hook[1] or ()):
-                return
-            latest = session.execute(
-                select(func.max(WebhookRow.created_at)).where(
-                    WebhookRow.job_id == job_id, WebhookRow.terminal.is_(False)
+            latest = conn.execute(
+                select(func.max(WEBHOOKS.c.created_at)).where(
+                    WEBHOOKS.c.job_id == job_id, WEBHOOKS.c.terminal.is_(False)
                 )
             ).scalar_one_or_none()
             if latest is not None and _aware(latest) > now - timedelta(seconds=WEBHOOK_THROTTLE_S):
                 return
-            _add_webhook(session, job_id, "logs", hook[0], terminal=False, now=now)
+            _add_webhook(conn, job_id, "logs", hook[0], terminal=False, now=now)
+        self._on_webhook()
 
     def mark_data_removed(self, job_id: str) -> None:
         with self._tx(write=True) as session:
@@ -442,18 +514,8 @@ class Store:
         job_id: str | None = None,
     ) -> StoredFile:
         meta = StoredFile(key, name, content_type, size, purpose, job_id, utcnow())
-        with self._tx(write=True) as session:
-            session.add(
-                FileRow(
-                    key=key,
-                    name=name[:300],
-                    content_type=content_type,
-                    size=size,
-                    purpose=purpose,
-                    job_id=job_id,
-                    created_at=meta.created_at,
-                )
-            )
+        with self._conn(write=True) as conn:
+            conn.execute(insert(FILES), _file_values(meta))
         return meta
 
     def get_file(self, key: str) -> StoredFile | None:
@@ -568,33 +630,58 @@ class Store:
 
 
 def _add_webhook(
-    session: Session, job_id: str, event_name: str, url: str, *, terminal: bool, now: datetime
+    conn: Connection, job_id: str, event_name: str, url: str, *, terminal: bool, now: datetime
 ) -> None:
-    session.add(
-        WebhookRow(
-            msg_id=f"msg_{new_id()}",
-            job_id=job_id,
-            event=event_name,
-            url=url,
-            terminal=terminal,
-            attempts=0,
-            next_attempt_at=now,
-            given_up=False,
-            created_at=now,
-        )
+    conn.execute(
+        insert(WEBHOOKS),
+        {
+            "msg_id": f"msg_{new_id()}",
+            "job_id": job_id,
+            "event": event_name,
+            "url": url,
+            "terminal": terminal,
+            "attempts": 0,
+            "next_attempt_at": now,
+            "given_up": False,
+            "created_at": now,
+        },
     )
 
 
-def _update_if_processing(session: Session, job_id: str, values: Mapping[str, Any]) -> bool:
+def _webhooks_on(
+    new: Status, events: set[str], values: Mapping[str, Any]
+) -> list[tuple[str, bool]]:
+    """(event, terminal) of the webhooks that a move to ``new`` queues for a job subscribed
+    to ``events``."""
+    if new in TERMINAL:
+        queued = [("output", False)] if "output" in events and values.get("output") else []
+        return queued + ([("completed", True)] if "completed" in events else [])
+    return [("start", False)] if new is Status.PROCESSING and "start" in events else []
+
+
+def _file_values(meta: StoredFile) -> dict[str, Any]:
+    return {
+        "key": meta.key,
+        "name": meta.name[:300],
+        "content_type": meta.content_type,
+        "size": meta.size,
+        "purpose": meta.purpose,
+        "job_id": meta.job_id,
+        "created_at": meta.created_at,
+    }
+
+
+def _count_queued(conn: Connection) -> int:
+    """Jobs waiting or running."""
+    return int(conn.execute(_COUNT_QUEUED).scalar_one())
+
+
+def _update_if_processing(conn: Connection, job_id: str, values: Mapping[str, Any]) -> bool:
     """Set ``values`` on a job only while it is ``processing``; True if it was."""
-    result = cast(
-        CursorResult[Any],
-        session.execute(
-            update(JobRow)
-            .where(JobRow.id == job_id, JobRow.status == Status.PROCESSING.value)
-            .values(**values)
-            .execution_options(synchronize_session=False)
-        ),
+    result = conn.execute(
+        update(JOBS)
+        .where(JOBS.c.id == job_id, JOBS.c.status == Status.PROCESSING.value)
+        .values(**values)
     )
     return result.rowcount == 1
 
@@ -635,8 +722,9 @@ def decode_cursor(cursor: str) -> tuple[str, tuple[datetime, str]]:
         raise InvalidInput("cursor", "is not a cursor returned by a listing") from exc
 
 
-def to_record(row: JobRow) -> JobRecord:
-    """Map a database row to the :class:`JobRecord` the API renders."""
+def to_record(row: JobRow | Row[Any]) -> JobRecord:
+    """Map a database row (ORM object or Core row) to the :class:`JobRecord` the API
+    renders."""
     webhook = None
     if row.webhook_url:
         webhook = WebhookOptions(url=row.webhook_url, events=frozenset(row.webhook_events or ()))

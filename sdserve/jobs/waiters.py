@@ -1,8 +1,9 @@
-"""Wake async waiters when a job changes in this process.
+"""Wake async waiters when a job ends in this process.
 
-An in-process worker calls :meth:`JobWaiters.wake_all` after every status change, so a
-``Prefer: wait`` request answers as soon as its job ends instead of at the next poll.
-Waiters still poll the store as a fallback, which is all a remote worker gives them.
+An in-process worker calls :meth:`JobWaiters.wake` with the job's final record when it
+ends, so a ``Prefer: wait`` request answers at once, without reading the store again.
+Only the waiters of that job wake: other requests' waits are not disturbed. Waiters still
+poll the store as a fallback, which is all a remote worker gives them.
 """
 
 from __future__ import annotations
@@ -10,36 +11,61 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from sdserve.jobs.contract import JobRecord
+
+
+@dataclass(eq=False)
+class Waiter:
+    """One waiting coroutine: its event, its loop, and the record it was woken with."""
+
+    loop: asyncio.AbstractEventLoop
+    event: asyncio.Event = field(default_factory=asyncio.Event)
+    record: JobRecord | None = None
 
 
 class JobWaiters:
-    """A thread-safe set of asyncio events; waking sets every one of them."""
+    """Thread-safe waiters per job id; waking a job wakes each of its waiters."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._events: dict[asyncio.Event, asyncio.AbstractEventLoop] = {}
+        self._waiters: dict[str, list[Waiter]] = {}
 
-    def register(self) -> asyncio.Event:
-        """A fresh event for the calling coroutine; register it *before* reading the store
+    def register(self, job_id: str) -> Waiter:
+        """A fresh waiter for the calling coroutine; register it *before* reading the store
         so that a change between the read and the wait is not missed."""
-        event = asyncio.Event()
+        waiter = Waiter(asyncio.get_running_loop())
         with self._lock:
-            self._events[event] = asyncio.get_running_loop()
-        return event
+            self._waiters.setdefault(job_id, []).append(waiter)
+        return waiter
 
-    def discard(self, event: asyncio.Event) -> None:
+    def discard(self, job_id: str, waiter: Waiter) -> None:
         with self._lock:
-            self._events.pop(event, None)
+            waiters = self._waiters.get(job_id)
+            if waiters is not None and waiter in waiters:
+                waiters.remove(waiter)
+                if not waiters:
+                    del self._waiters[job_id]
 
-    def wake_all(self) -> None:
-        """Called from any thread after a job changed."""
+    def wake(self, job_id: str, record: JobRecord | None = None) -> None:
+        """Called from any thread after job ``job_id`` changed (``record``: as it is now)."""
         with self._lock:
-            waiting = list(self._events.items())
-        for event, loop in waiting:
-            if not loop.is_closed():
-                loop.call_soon_threadsafe(event.set)
+            waiting = list(self._waiters.get(job_id, ()))
+        for waiter in waiting:
+            waiter.record = record
+            if not waiter.loop.is_closed():
+                waiter.loop.call_soon_threadsafe(waiter.event.set)
 
-    async def wait(self, event: asyncio.Event, timeout: float) -> None:
-        """Until woken or ``timeout`` seconds passed, whichever comes first."""
+    def __len__(self) -> int:
+        """Waiters registered (for tests and diagnostics)."""
+        with self._lock:
+            return sum(len(waiters) for waiters in self._waiters.values())
+
+    async def wait(self, waiter: Waiter, timeout: float) -> JobRecord | None:
+        """Until woken or ``timeout`` seconds passed: the record it was woken with, if any."""
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(event.wait(), timeout)
+            await asyncio.wait_for(waiter.event.wait(), timeout)
+        return waiter.record if waiter.event.is_set() else None

@@ -29,7 +29,7 @@ from sdserve.errors import (
 )
 from sdserve.jobs.fetch import InputFetcher
 from sdserve.jobs.files import FileStore, new_key
-from sdserve.jobs.store import Store
+from sdserve.jobs.store import Store, StoredFile, utcnow
 from sdserve.jobs.tables import JobRow
 
 if TYPE_CHECKING:
@@ -46,10 +46,15 @@ log = logging.getLogger(__name__)
 CONTENT_TYPES = {
     "png": "image/png", "jpg": "image/jpeg", "jpeg": "image/jpeg", "webp": "image/webp",
 }
-#: Progress is written to the store at most this often (the last step always is).
+#: Progress is written to the store at most this often, counted from the claim; what a run
+#: has not written yet goes out with its end (a shorter job writes nothing while it runs).
 PROGRESS_WRITE_INTERVAL_S = 0.25
-#: The cancel flag is read from the store at most this often.
+#: The cancel and stop flags are read from the store at most this often, counted from the
+#: claim (which cleared them), when another process may set them.
 CANCEL_POLL_INTERVAL_S = 0.1
+#: ... and when they are set in this process, which tells the runner (``flags_changed``):
+#: the poll is then a safety net only.
+NOTIFIED_POLL_INTERVAL_S = 1.0
 PREVIEW_SIZE = 128
 
 
@@ -101,50 +106,88 @@ def error_text(exc: SdserveError) -> str:
 
 
 class _Progress:
-    """Step hooks of one run: throttled progress writes and a cheap cancel check."""
+    """Step hooks of one run: throttled progress writes and a cheap cancel check.
 
-    def __init__(self, store: Store, job_id: str, deadline: datetime | None) -> None:
+    What the run has to say (log lines, the step, the latest preview, the resolved input)
+    is collected and written in one store update per flush, or with the job's terminal
+    transition (:meth:`unwritten`).
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        job_id: str,
+        deadline: datetime | None,
+        *,
+        poll_s: float = CANCEL_POLL_INTERVAL_S,
+        flagged: Callable[[], bool] = lambda: False,
+    ) -> None:
         self.store = store
         self.job_id = job_id
         self.deadline = deadline
+        self.poll_s = poll_s
+        self.flagged = flagged
         self.lines: list[str] = []
         self.step: tuple[int, int] | None = None
-        self.preview: bytes | None = None
-        self.last_write = 0.0
-        self.last_check = 0.0
+        self.written_step: tuple[int, int] | None = None
+        self.preview: Image | None = None
+        self.input: dict[str, Any] | None = None
+        self.last_write = self.last_check = time.monotonic()
         self.cancel = False
         self.deadline_passed = False
         self.stop = False
+
+    def resolved(self, inp: GenerationInput) -> None:
+        """The run's input with defaults and seed, written (with its ``Using seed`` line) by
+        the next flush rather than by a store round trip of its own before the run."""
+        self.input = inp.model_dump(mode="json", exclude_none=True)
+        self.lines.append(f"Using seed: {inp.seed}\n")
 
     def on_step(self, step: int, total: int, preview: Image | None) -> None:
         self.lines.append(tqdm_line(step, total) + "\n")
         self.step = (step, total)
         if preview is not None:
-            self.preview = _jpeg_preview(preview)
-        now = time.monotonic()
-        if now - self.last_write >= PROGRESS_WRITE_INTERVAL_S or step >= total:
+            self.preview = preview  # encoded only if a flush writes it
+        if time.monotonic() - self.last_write >= PROGRESS_WRITE_INTERVAL_S:
             self.flush()
 
     def flush(self) -> None:
-        if not self.lines and self.step is None:
+        """Write what is new since the last write (nothing new: no write)."""
+        text, columns = self.unwritten()
+        if not text and not columns:
             return
+        step = columns.get("progress_step")
         self.store.update_running(
             self.job_id,
-            append_logs="".join(self.lines),
-            progress=self.step,
-            preview=self.preview,
+            append_logs=text,
+            progress=None if step is None else (step, columns["progress_total"]),
+            preview=columns.get("preview"),
+            input=columns.get("input"),
             logs_webhook=True,
         )
-        self.lines.clear()
-        self.preview = None
         self.last_write = time.monotonic()
+
+    def unwritten(self) -> tuple[str, dict[str, Any]]:
+        """Log text and job columns that no write has carried yet; they count as written
+        from now on (the caller writes them)."""
+        text = "".join(self.lines)
+        columns: dict[str, Any] = {}
+        if self.step is not None and self.step != self.written_step:
+            columns["progress_step"], columns["progress_total"] = self.step
+        if self.preview is not None:
+            columns["preview"] = _jpeg_preview(self.preview)
+        if self.input is not None:
+            columns["input"] = self.input
+        self.lines.clear()
+        self.written_step, self.preview, self.input = self.step, None, None
+        return text, columns
 
     def should_cancel(self) -> bool:
         if self.deadline is not None and datetime.now(UTC) >= self.deadline:
             self.deadline_passed = True
             return True
         now = time.monotonic()
-        if not self.cancel and now - self.last_check >= CANCEL_POLL_INTERVAL_S:
+        if not self.cancel and (now - self.last_check >= self.poll_s or self.flagged()):
             self.last_check = now
             state = self.store.run_state(self.job_id)
             self.cancel = state.cancel_requested or state.status is not Status.PROCESSING
@@ -198,17 +241,20 @@ class JobRunner:
         registry: RegistryLike,
         *,
         worker_id: str,
-        on_change: Callable[[], None] | None = None,
+        on_change: Callable[[JobRecord], None] | None = None,
         lost_job_policy: Callable[[str], object] | None = None,
         batch_policy: BatchPolicy | None = None,
         trainer: Callable[[], TrainingRunner] | None = None,
+        flags_notified: bool = False,
     ) -> None:
+        """``flags_notified``: every cancel/stop request reaches :meth:`flags_changed`
+        (the API runs in this process and no other process serves it)."""
         self.store = store
         self.files = files
         self.fetcher = fetcher
         self.registry = registry
         self.worker_id = worker_id
-        self.on_change = on_change or (lambda: None)
+        self.on_change = on_change or (lambda record: None)
         self.lost_job_policy = lost_job_policy
         self.batch_policy = batch_policy
         self._trainer_factory = trainer
@@ -220,6 +266,26 @@ class JobRunner:
         else:
             self._factory = predictor
         self._lock = threading.Lock()
+        self._flag_poll_s = NOTIFIED_POLL_INTERVAL_S if flags_notified else CANCEL_POLL_INTERVAL_S
+        self._flagged: set[str] = set()
+
+    def flags_changed(self, job_id: str) -> None:
+        """A cancel or stop of ``job_id`` was written to the store: its run reads the flags
+        at its next step instead of at its next poll."""
+        self._flagged.add(job_id)
+
+    def progress_for(self, record: JobRecord) -> _Progress:
+        """The step hooks of a claimed job's run."""
+
+        def flagged() -> bool:
+            if record.id not in self._flagged:
+                return False
+            self._flagged.discard(record.id)
+            return True
+
+        return _Progress(
+            self.store, record.id, record.deadline, poll_s=self._flag_poll_s, flagged=flagged
+        )
 
     @property
     def predictor(self) -> Predictor:
@@ -235,24 +301,15 @@ class JobRunner:
         A job that is no longer ``starting`` (canceled while queued, or a duplicate
         delivery of the task) is left as it is.
         """
-        try:
-            record = self.store.get(job_id)
-        except JobNotFound:
-            log.warning("job %s vanished before it ran", job_id)
-            return None
-        if record.status is Status.PROCESSING and self.lost_job_policy is not None:
-            # a task delivered again for a running job: its worker died (remote brokers
-            # redeliver unacknowledged tasks); resume or fail it like start-up recovery
-            self.lost_job_policy(job_id)
-            record = self.store.get(job_id)
-        if record.status is not Status.STARTING:
-            return record.status
-        if record.deadline is not None and datetime.now(UTC) >= record.deadline:
-            self._finish(job_id, Status.ABORTED, error="deadline passed before the job started")
-            return self.store.get(job_id).status
-        if not self.store.claim(job_id, self.worker_id):
-            return self.store.get(job_id).status
-        self.on_change()
+        record = self.store.claim(job_id, self.worker_id)
+        if record is None:
+            status = self._unclaimed(job_id)
+            if status is not Status.STARTING:
+                return status
+            record = self.store.claim(job_id, self.worker_id)  # re-queued just now
+            if record is None:
+                return self.store.get(job_id).status
+        self.on_change(record)
         started = time.monotonic()
         training = record.kind is JobKind.TRAINING
         if (
@@ -261,23 +318,55 @@ class JobRunner:
             and self._run_in_batch(job_id, record, started)
         ):
             return self.store.get(job_id).status
-        progress = _Progress(self.store, job_id, record.deadline)
-        try:
+        claimed, progress = record, self.progress_for(record)
+
+        def work() -> Status:
             if training:
-                self._train(job_id, record, progress, started)
-            else:
-                self._execute(job_id, record.model, record.input, progress, started)
+                return self._train(job_id, claimed, progress, started)
+            return self._execute(job_id, claimed.model, claimed.input, progress, started)
+
+        return self.guarded(job_id, progress, work)
+
+    def guarded(self, job_id: str, progress: _Progress, work: Callable[[], Status]) -> Status:
+        """Run ``work`` (which ends the job itself when all goes well); a cancel or an error
+        ends the job ``canceled`` or ``failed`` with what the run had to say."""
+        try:
+            return work()
         except Canceled:
-            progress.flush()
             why = "deadline passed" if progress.deadline_passed else "canceled"
-            self._finish(job_id, Status.CANCELED, logs=f"{why}\n")
+            return self._finish(job_id, Status.CANCELED, progress=progress, logs=f"{why}\n")
         except (JobFailure, InvalidInput) as exc:
-            progress.flush()
-            self._finish(job_id, Status.FAILED, error=error_text(exc))
+            return self._finish(job_id, Status.FAILED, progress=progress, error=error_text(exc))
         except Exception as exc:
             log.exception("job %s failed with an unexpected error", job_id)
-            self._finish(job_id, Status.FAILED, error=f"internal_error: {exc}")
-        return self.store.get(job_id).status
+            error = f"internal_error: {exc}"
+            return self._finish(job_id, Status.FAILED, progress=progress, error=error)
+
+    def _unclaimed(self, job_id: str) -> Status | None:
+        """Deal with a job that could not be claimed; its status now (None: no such job).
+
+        ``processing``: a task delivered again for a running job, whose worker died
+        (remote brokers redeliver unacknowledged tasks): resumed (``starting`` again) or
+        failed like start-up recovery does. ``starting`` past its deadline: aborted.
+        Anything else (canceled while queued, a duplicate delivery) is left as it is.
+        """
+        try:
+            record = self.store.get(job_id)
+        except JobNotFound:
+            log.warning("job %s vanished before it ran", job_id)
+            return None
+        if record.status is Status.PROCESSING and self.lost_job_policy is not None:
+            self.lost_job_policy(job_id)
+            record = self.store.get(job_id)
+        if (
+            record.status is Status.STARTING
+            and record.deadline is not None
+            and datetime.now(UTC) >= record.deadline
+        ):
+            return self._finish(
+                job_id, Status.ABORTED, error="deadline passed before the job started"
+            )
+        return record.status
 
     @property
     def trainer(self) -> TrainingRunner:
@@ -289,7 +378,7 @@ class JobRunner:
                 self._trainer = self._trainer_factory()
             return self._trainer
 
-    def _train(self, job_id: str, record: JobRecord, progress: _Progress, started: float) -> None:
+    def _train(self, job_id: str, record: JobRecord, progress: _Progress, started: float) -> Status:
         """A training job: archive → LoRA → published destination model (sdserve.training)."""
         from sdserve.training.runner import JobHooks, format_step
 
@@ -334,11 +423,12 @@ class JobRunner:
             archive=archive,
             hooks=JobHooks(on_step, on_log, on_input, progress.should_cancel, on_weights),
         )
-        progress.flush()
         metrics: dict[str, Any] = {"predict_time": round(time.monotonic() - started, 4)}
         metrics.update(outcome.metrics)
         metrics["destination_version"] = outcome.version
-        self._finish(job_id, Status.SUCCEEDED, output=keys, metrics=metrics)
+        return self._finish(
+            job_id, Status.SUCCEEDED, progress=progress, output=keys, metrics=metrics
+        )
 
     def _run_in_batch(self, job_id: str, record: Any, started: float) -> bool:
         """Run the claimed job with compatible queued jobs as one batch (jobs/batching)."""
@@ -353,14 +443,10 @@ class JobRunner:
         raw_input: Any,
         progress: _Progress,
         started: float,
-    ) -> None:
+    ) -> Status:
         spec = self.registry.resolve(model)
         inp = GenerationInput.model_validate(dict(raw_input)).with_defaults(spec.defaults)
-        self.store.update_running(
-            job_id,
-            input=inp.model_dump(mode="json", exclude_none=True),
-            append_logs=f"Using seed: {inp.seed}\n",
-        )
+        progress.resolved(inp)
         image = mask = None
         if inp.image is not None:
             image = decode_image(self.fetcher.fetch(inp.image, "image"), "image")
@@ -375,41 +461,68 @@ class JobRunner:
             want_previews=True,
         )
         result = self.predictor.generate(inp, model=model, image=image, mask=mask, hooks=hooks)
-        progress.flush()
-        keys = self._write_outputs(job_id, result)
-        predict_time = time.monotonic() - started
-        metrics: dict[str, Any] = {"predict_time": round(predict_time, 4)}
+        return self.succeed(job_id, result, progress, started)
+
+    def succeed(
+        self, job_id: str, result: GenerationResult, progress: _Progress, started: float
+    ) -> Status:
+        """Store the images of a generation and end its job ``succeeded``, in one write."""
+        outputs = self._write_outputs(job_id, result)
+        metrics: dict[str, Any] = {"predict_time": round(time.monotonic() - started, 4)}
         metrics.update({key: round(value, 4) for key, value in result.timings.items()})
-        self._finish(
+        return self._finish(
             job_id,
             Status.SUCCEEDED,
-            output=keys,
+            progress=progress,
+            files=outputs,
+            output=[meta.key for meta in outputs],
             nsfw=result.nsfw_content_detected,
             metrics=metrics,
             logs=_interrupted_line(result, progress) + f"seed: {result.seed}\n",
         )
 
-    def _write_outputs(self, job_id: str, result: GenerationResult) -> list[str]:
-        keys: list[str] = []
+    def _write_outputs(self, job_id: str, result: GenerationResult) -> list[StoredFile]:
+        """Put the images in the file store; their rows are written with the job's end."""
+        outputs: list[StoredFile] = []
         for index, image in enumerate(result.images):
             extension = image.format.lower()
             key = new_key(extension)
             content_type = CONTENT_TYPES.get(extension, "application/octet-stream")
             self.files.put(key, image.data, content_type)
-            self.store.add_file(
-                key,
-                name=f"out-{index}.{extension}",
-                content_type=content_type,
-                size=len(image.data),
-                purpose="output",
-                job_id=job_id,
+            outputs.append(
+                StoredFile(
+                    key=key,
+                    name=f"out-{index}.{extension}",
+                    content_type=content_type,
+                    size=len(image.data),
+                    purpose="output",
+                    job_id=job_id,
+                    created_at=utcnow(),
+                )
             )
-            keys.append(key)
-        return keys
+        return outputs
 
-    def _finish(self, job_id: str, status: Status, *, logs: str = "", **values: Any) -> None:
+    def _finish(
+        self,
+        job_id: str,
+        status: Status,
+        *,
+        progress: _Progress | None = None,
+        logs: str = "",
+        **values: Any,
+    ) -> Status:
+        """Move the job to ``status`` with what its run has not written yet; return the
+        status it has afterwards."""
+        if progress is not None:
+            unwritten, columns = progress.unwritten()
+            logs = unwritten + logs
+            values = {**columns, **values}
         if logs:
             values["logs"] = JobRow.logs + logs
-        if not self.store.transition(job_id, status, **values):
+        self._flagged.discard(job_id)
+        record = self.store.transition(job_id, status, **values)
+        if record is None:
             log.warning("job %s could not move to %s (already terminal?)", job_id, status.value)
-        self.on_change()
+            record = self.store.get(job_id)
+        self.on_change(record)
+        return record.status

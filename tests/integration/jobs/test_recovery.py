@@ -53,3 +53,22 @@ def test_all_crashed_jobs_reach_a_terminal_state(make_service: MakeService) -> N
     assert final[cancel_pending].status is Status.CANCELED
     assert len(predictor.calls) == 2
     assert service.store.unfinished() == []
+
+
+def test_a_task_delivered_again_for_a_job_of_a_dead_worker(make_service: MakeService) -> None:
+    """What a shared broker does when a worker dies mid-job: the task comes again, to a
+    worker that finds the job ``processing`` under the dead one."""
+    predictor = FakePredictor()
+    service = make_service(predictor, start=False)
+    service.store.migrate()
+    resumed = crashed_job(service.store, claimed=True, attempts=1)
+    given_up = crashed_job(service.store, claimed=True, attempts=2)
+    runner = service.runner
+    assert runner is not None
+    assert runner.run(resumed) is Status.SUCCEEDED  # back to starting, claimed, run
+    assert service.store.run_state(resumed).attempts == 2
+    assert runner.run(given_up) is Status.FAILED
+    assert (service.store.get(given_up).error or "").startswith("worker_lost:")
+    assert runner.run(resumed) is Status.SUCCEEDED  # a duplicate delivery changes nothing
+    assert runner.run("no-such-job") is None
+    assert len(predictor.calls) == 1

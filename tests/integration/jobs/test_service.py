@@ -1,4 +1,4 @@
-"""Service + worker with the in-process Celery worker and the fake engine."""
+"""Service + worker with the in-process queue and worker and the fake engine."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import asyncio
 import base64
 import io
 import re
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -61,6 +62,9 @@ def test_job_runs_to_succeeded_with_outputs_logs_and_seed(make_service: MakeServ
     assert job.metrics["predict_time"] > 0
     assert job.nsfw == [False, False]
     assert job.started_at and job.completed_at and job.created_at <= job.started_at
+    # a job shorter than the progress throttle writes its progress with its end
+    state = service.store.run_state(job.id)
+    assert (state.progress_step, state.progress_total) == (4, 4) and state.preview
 
 
 def test_random_seed_is_resolved_and_recorded(make_service: MakeService) -> None:
@@ -106,6 +110,8 @@ def test_failures_end_failed_with_stable_codes(
     job = wait(service, service.create("test/fake", input).id)
     assert job.status is Status.FAILED
     assert job.error is not None and job.error.startswith(error), job.error
+    # the run had resolved its input: it is kept, whatever failed afterwards
+    assert f"Using seed: {job.input['seed']}" in job.logs
 
 
 def test_validation_errors_are_raised_before_anything_is_stored(
@@ -161,6 +167,18 @@ def test_cancel_of_running_job_stops_within_one_step(make_service: MakeService) 
     assert final.output is None
 
 
+def test_a_cancel_flag_set_behind_the_services_back_is_seen(make_service: MakeService) -> None:
+    """In-process cancels tell the worker at once; a flag written to the store by anything
+    else is still read by the worker's safety poll."""
+    predictor = FakePredictor(step_delay=0.05)
+    service = make_service(predictor)
+    job = service.create("test/fake", {"prompt": "x", "num_inference_steps": 200})
+    assert predictor.started.wait(10)
+    assert service.store.request_cancel(job.id)
+    assert wait(service, job.id).status is Status.CANCELED
+    assert predictor.steps_run[-1] < 100  # well before its 10 s end
+
+
 def test_deadline_passed_before_start_aborts(make_service: MakeService) -> None:
     predictor = FakePredictor()
     service = make_service(predictor)
@@ -204,6 +222,23 @@ def test_list_is_newest_first(make_service: MakeService) -> None:
     assert [r.id for r in page.results] == ids[::-1][:2] and page.next_cursor
     rest = service.list(cursor=page.next_cursor, limit=2)
     assert [r.id for r in rest.results] == ids[:1]
+
+
+def test_wait_answers_with_the_record_the_job_ended_with(make_service: MakeService) -> None:
+    service = make_service()
+    job = wait(service, service.create("test/fake", {"prompt": "x"}).id)
+    assert job.status is Status.SUCCEEDED and job == service.get(job.id)
+
+
+def test_wait_looks_at_the_store_when_no_wake_comes(make_service: MakeService) -> None:
+    """A job ended behind the service's back (no wake) is still seen, by the safety poll."""
+    service = make_service(start=False)  # no worker: the job stays queued
+    service.store.migrate()
+    job = service.create("test/fake", {"prompt": "x"})
+    threading.Timer(0.1, service.store.transition, args=(job.id, Status.CANCELED)).start()
+    started = time.monotonic()
+    assert wait(service, job.id, timeout=10).status is Status.CANCELED
+    assert time.monotonic() - started < 5
 
 
 def test_wait_returns_current_state_on_timeout(make_service: MakeService) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -10,8 +11,8 @@ from sqlalchemy import inspect
 
 from sdserve.domain.jobs import JobKind, Status
 from sdserve.errors import JobNotFound
-from sdserve.jobs.contract import JobRecord
-from sdserve.jobs.store import Store, new_id, sqlite_url
+from sdserve.jobs.contract import JobRecord, WebhookOptions
+from sdserve.jobs.store import Store, StoredFile, new_id, sqlite_url, utcnow
 
 
 @pytest.fixture
@@ -51,10 +52,61 @@ def test_round_trip_keeps_every_field(store: Store) -> None:
 def test_double_claim_fails(store: Store) -> None:
     record = job()
     store.insert_job(record)
-    assert store.claim(record.id, "worker-a") is True
-    assert store.claim(record.id, "worker-b") is False
+    claimed = store.claim(record.id, "worker-a")
+    assert claimed is not None and claimed == store.get(record.id)
+    assert claimed.status is Status.PROCESSING and claimed.started_at is not None
+    assert store.claim(record.id, "worker-b") is None
     state = store.run_state(record.id)
     assert (state.status, state.worker_id, state.attempts) == (Status.PROCESSING, "worker-a", 1)
+
+
+def test_a_job_past_its_deadline_is_not_claimed(store: Store) -> None:
+    late = replace(job(), deadline=datetime.now(UTC) - timedelta(seconds=1))
+    on_time = replace(job(), deadline=datetime.now(UTC) + timedelta(minutes=5))
+    for record in (late, on_time):
+        store.insert_job(record)
+    assert store.claim(late.id, "w") is None
+    assert store.get(late.id).status is Status.STARTING  # the worker aborts it
+    assert store.claim(on_time.id, "w") is not None
+
+
+def test_the_queue_bound_is_checked_in_the_insert(store: Store) -> None:
+    first, second, third = job(), job(), job()
+    assert store.insert_job(first, max_queued=2) and store.insert_job(second, max_queued=2)
+    assert store.insert_job(third, max_queued=2) is False
+    with pytest.raises(JobNotFound):
+        store.get(third.id)
+    store.transition(first.id, Status.CANCELED)
+    assert store.insert_job(third, max_queued=2)
+
+
+def test_output_files_are_recorded_with_the_terminal_transition(store: Store) -> None:
+    record = job()
+    store.insert_job(record)
+    store.claim(record.id, "w")
+    outputs = [
+        StoredFile(f"out{i}.png", f"out-{i}.png", "image/png", 10, "output", record.id, utcnow())
+        for i in range(2)
+    ]
+    assert store.transition(record.id, Status.SUCCEEDED, files=outputs, output=["out0.png"])
+    assert store.files_of_job(record.id) == ["out0.png", "out1.png"]
+    late = [StoredFile("late.png", "late.png", "image/png", 1, "output", record.id, utcnow())]
+    assert store.transition(record.id, Status.FAILED, files=late) is None
+    assert store.get_file("late.png") is not None  # no stored file is left without its row
+
+
+def test_on_webhook_is_called_only_when_a_webhook_was_queued(tmp_path: Path) -> None:
+    calls: list[str] = []
+    store = Store(sqlite_url(tmp_path), on_webhook=lambda: calls.append("wake"))
+    store.migrate()
+    plain = job()
+    hooked = replace(job(), webhook=WebhookOptions("http://hook.test/", frozenset({"start"})))
+    for record in (plain, hooked):
+        store.insert_job(record)
+        store.claim(record.id, "w")
+        store.transition(record.id, Status.SUCCEEDED)
+    assert calls == ["wake"]  # the start webhook of the hooked job; it wants no completed
+    assert [row.event for row in store.webhooks_of(hooked.id)] == ["start"]
 
 
 def test_terminal_state_is_never_overwritten(store: Store) -> None:
@@ -63,7 +115,7 @@ def test_terminal_state_is_never_overwritten(store: Store) -> None:
     store.claim(record.id, "w")
     assert store.transition(record.id, Status.SUCCEEDED, output=["k.png"])
     for late in (Status.FAILED, Status.CANCELED, Status.PROCESSING, Status.STARTING):
-        assert store.transition(record.id, late, error="late") is False
+        assert store.transition(record.id, late, error="late") is None
     final = store.get(record.id)
     assert (final.status, final.output, final.error) == (Status.SUCCEEDED, ["k.png"], None)
     assert final.completed_at is not None
@@ -75,7 +127,7 @@ def test_aborted_only_from_starting(store: Store) -> None:
     store.insert_job(running)
     store.claim(running.id, "w")
     assert store.transition(queued.id, Status.ABORTED)
-    assert store.transition(running.id, Status.ABORTED) is False
+    assert store.transition(running.id, Status.ABORTED) is None
 
 
 def test_pages_are_newest_first_with_cursors_both_ways(store: Store) -> None:

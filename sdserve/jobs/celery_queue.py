@@ -1,0 +1,116 @@
+"""The Celery queue: one task, ``sdserve.run_job(job_id)`` (see :mod:`sdserve.jobs.queue`).
+
+No result backend: a task only carries a job id, and every outcome is written to the
+store by the worker. ``memory://`` gets a queue name unique to this app, because kombu's
+memory transport shares queues across a whole process.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from celery import Celery
+from celery.worker import WorkController
+
+from sdserve.jobs.queue import Handler
+from sdserve.jobs.store import new_id
+
+log = logging.getLogger(__name__)
+TASK_NAME = "sdserve.run_job"
+
+
+def is_memory_broker(broker_url: str) -> bool:
+    return broker_url.startswith("memory://")
+
+
+def make_celery(broker_url: str, handler: Handler | None = None) -> Celery:
+    """A Celery app for ``broker_url`` whose ``sdserve.run_job`` task calls ``handler``.
+
+    An app without a handler can only enqueue (the API process with remote workers).
+    """
+    queue = f"sdserve-{new_id()[:10]}" if is_memory_broker(broker_url) else "sdserve"
+    app = Celery("sdserve", broker=broker_url, set_as_current=False)
+    app.conf.update(
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_ignore_result=True,
+        task_store_errors_even_if_ignored=False,
+        task_default_queue=queue,
+        task_serializer="json",
+        accept_content=["json"],
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+        worker_send_task_events=False,
+        enable_utc=True,
+    )
+    if is_memory_broker(broker_url):
+        # kombu polls virtual transports once a second by default: a second of latency
+        # on every job; polling an in-process queue is cheap
+        app.conf.broker_transport_options = {"polling_interval": 0.02}
+
+    @app.task(name=TASK_NAME, ignore_result=True, shared=False)
+    def run_job(job_id: str) -> None:
+        if handler is None:
+            raise RuntimeError("this process only enqueues jobs; no worker handler is set")
+        handler(job_id)
+
+    return app
+
+
+class CeleryQueue:
+    """:class:`sdserve.jobs.queue.JobQueue` on a Celery broker.
+
+    ``start`` runs a Celery worker (solo pool, concurrency 1) in a daemon thread of this
+    process: one job at a time, the embedded ``memory://`` mode. ``run`` is the worker of
+    ``sdserve worker`` processes on a shared broker.
+    """
+
+    def __init__(self, broker_url: str, handler: Handler | None = None) -> None:
+        self.app = make_celery(broker_url, handler)
+        self.hostname = f"sdserve-{new_id()[:8]}@embedded"
+        self._worker: WorkController | None = None
+        self._thread: threading.Thread | None = None
+
+    def enqueue(self, job_id: str) -> None:
+        self.app.send_task(TASK_NAME, args=[job_id])
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        worker = WorkController(
+            app=self.app,
+            hostname=self.hostname,
+            pool="solo",
+            concurrency=1,
+            loglevel="WARNING",
+            without_heartbeat=True,
+            without_mingle=True,
+            without_gossip=True,
+            ready_callback=None,
+        )
+        self._worker = worker
+
+        def run() -> None:
+            # the solo pool looks tasks up on the thread's current app, which must be ours
+            # (several services, e.g. in tests, each have their own app and worker thread)
+            self.app.set_current()
+            worker.start()
+
+        self._thread = threading.Thread(target=run, name="sdserve-worker", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self._worker is None or self._thread is None:
+            return
+        self._worker.stop(in_sighandler=False)
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            log.warning("embedded worker did not stop within %.0fs", timeout)
+        self._worker = None
+        self._thread = None
+
+    def run(self) -> None:
+        worker = self.app.Worker(pool="solo", concurrency=1, loglevel="INFO")
+        worker.start()
