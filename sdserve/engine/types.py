@@ -27,8 +27,10 @@ def _ignore_step(step: int, total: int, preview: Image | None) -> None:
 class RunHooks:
     """How a caller watches and stops a generation.
 
-    ``want_previews``: build a small preview image every ``preview_every`` steps
-    (it costs a tiny decode; off by default).
+    ``want_previews``: build a small preview image every ``preview_every`` steps and
+    at most once per ``preview_interval_s`` seconds (off by default). A preview is a
+    linear map of the latents, but copying them to the CPU waits for the device, so a
+    server asks for one only as often as it can show one.
     ``stop_early``: polled between steps like ``should_cancel``, but a True answer
     finishes the generation with what it has (A1111 ``interrupt``) instead of raising.
     """
@@ -38,6 +40,7 @@ class RunHooks:
     stop_early: CancelCheck = _never
     want_previews: bool = False
     preview_every: int = 1
+    preview_interval_s: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ from sdserve.domain.inputs import GenerationInput
 from sdserve.domain.jobs import Status
 from sdserve.engine.types import GenerationResult, RunHooks
 from sdserve.errors import Canceled
+from sdserve.jobs.worker import PROGRESS_WRITE_INTERVAL_S
 
 if TYPE_CHECKING:
     from sdserve.jobs.contract import JobRecord
@@ -163,7 +164,11 @@ def _batch_hooks(members: list[_Member]) -> RunHooks:
         return all(member.progress.stop_early() for member in members)
 
     return RunHooks(
-        on_step=on_step, should_cancel=should_cancel, stop_early=stop_early, want_previews=True
+        on_step=on_step,
+        should_cancel=should_cancel,
+        stop_early=stop_early,
+        want_previews=True,
+        preview_interval_s=PROGRESS_WRITE_INTERVAL_S,
     )
 
 

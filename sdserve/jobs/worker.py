@@ -459,6 +459,8 @@ class JobRunner:
             should_cancel=progress.should_cancel,
             stop_early=progress.stop_early,
             want_previews=True,
+            # the latest preview goes out with the next progress write: none are built faster
+            preview_interval_s=PROGRESS_WRITE_INTERVAL_S,
         )
         result = self.predictor.generate(inp, model=model, image=image, mask=mask, hooks=hooks)
         return self.succeed(job_id, result, progress, started)

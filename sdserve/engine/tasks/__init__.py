@@ -9,6 +9,8 @@ resolved :class:`~sdserve.domain.inputs.GenerationInput`, prepared images, one s
 from __future__ import annotations
 
 import copy
+import math
+import time
 from typing import Any
 
 import torch
@@ -65,6 +67,7 @@ class StepWatcher:
         self.planned: int | None = None
         self.steps_run = 0
         self.interrupted = False
+        self.last_preview = -math.inf  # monotonic time of the last preview built
 
     def __call__(
         self, pipe: Pipeline, step: int, timestep: Any, tensors: dict[str, Any]
@@ -74,10 +77,11 @@ class StepWatcher:
         stage_total = int(getattr(pipe, "_num_timesteps", 0) or step + 1)
         total = max(self.planned or 0, self.offset + stage_total, done)
         preview = None
-        if self.hooks.want_previews and done % max(1, self.hooks.preview_every) == 0:
+        if self._preview_due(done):
             latents = tensors.get("latents")
             if isinstance(latents, torch.Tensor) and latents.ndim == 4:
                 preview = latent_preview(latents, xl=self.xl)
+                self.last_preview = time.monotonic()
         self.hooks.on_step(done, total, preview)
         if self.hooks.should_cancel():
             raise Canceled(f"canceled after step {done} of {total}")
@@ -85,6 +89,14 @@ class StepWatcher:
             self.interrupted = True
             pipe._interrupt = True
         return tensors
+
+    def _preview_due(self, done: int) -> bool:
+        hooks = self.hooks
+        return (
+            hooks.want_previews
+            and done % max(1, hooks.preview_every) == 0
+            and time.monotonic() - self.last_preview >= hooks.preview_interval_s
+        )
 
     def next_stage(self, steps_done: int) -> None:
         """Number the next pipeline call's steps after ``steps_done`` steps."""

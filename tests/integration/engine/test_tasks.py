@@ -282,6 +282,15 @@ def test_previews_are_small_images_per_step(engine: Engine, tiny_sd: Path) -> No
     assert previews[1] is not None and previews[1].size == (64 // factor, 64 // factor)
 
 
+def test_previews_are_built_at_most_once_per_interval(engine: Engine, tiny_sd: Path) -> None:
+    previews: list[Image.Image | None] = []
+    hooks = RunHooks(on_step=lambda s, t, p: previews.append(p), want_previews=True,
+                     preview_interval_s=3600.0)
+    gen(engine, tiny_sd, num_inference_steps=4, hooks=hooks)
+    # the first step's preview, then none until an hour has passed; every step still reports
+    assert [p is not None for p in previews] == [True, False, False, False]
+
+
 # -- bad input -----------------------------------------------------------------------------
 
 def test_too_small_image_is_invalid_image(engine: Engine, tiny_sd: Path) -> None:
