@@ -63,19 +63,27 @@ def _generate(pipe: Any) -> np.ndarray[Any, Any]:
     return np.asarray(result.images[0])
 
 
+def _generate_with(pipe: Any, cache: LoraCache, lora: str, scale: float) -> np.ndarray[Any, Any]:
+    with cache.applied(pipe, lora, scale):
+        return _generate(pipe)
+
+
+def _pipes_with_and_without_slot(tiny_sd: Path) -> tuple[Any, Any]:
+    usual, slotted = _pipe(tiny_sd), _pipe(tiny_sd)
+    prepare_slot(slotted.unet, SLOT_RANK)
+    return usual, slotted
+
+
 def test_loras_in_the_slot_give_the_images_of_usual_adapters(
     tiny_sd: Path, lora_dir: Path
 ) -> None:
-    usual, slotted = _pipe(tiny_sd), _pipe(tiny_sd)
-    prepare_slot(slotted.unet, SLOT_RANK)
+    usual, slotted = _pipes_with_and_without_slot(tiny_sd)
     usual_cache, slot_cache = LoraCache(lora_dir), LoraCache(lora_dir)
     plain = _generate(usual)
     assert np.array_equal(_generate(slotted), plain)  # an empty, disabled slot changes nothing
     for name, scale in [("rank4", 0.7), ("rank8", 1.0), ("rank4", 1.0), ("rank4", 0.0)]:
-        with usual_cache.applied(usual, name, scale):
-            expected = _generate(usual)
-        with slot_cache.applied(slotted, name, scale):
-            got = _generate(slotted)
+        expected = _generate_with(usual, usual_cache, name, scale)
+        got = _generate_with(slotted, slot_cache, name, scale)
         assert np.abs(got - expected).max() < 1e-5, (name, scale)
         if scale:
             assert np.abs(got - plain).max() > 1e-3, (name, scale)  # the LoRA is applied
@@ -90,14 +98,11 @@ def test_loras_in_the_slot_give_the_images_of_usual_adapters(
 def test_a_lora_that_does_not_fit_the_slot_is_loaded_the_usual_way(
     tiny_sd: Path, lora_dir: Path
 ) -> None:
-    usual, slotted = _pipe(tiny_sd), _pipe(tiny_sd)
-    prepare_slot(slotted.unet, SLOT_RANK)
+    usual, slotted = _pipes_with_and_without_slot(tiny_sd)
     usual_cache, slot_cache = LoraCache(lora_dir), LoraCache(lora_dir)
     for name in ["rank16", "convs", "rank4", "rank16"]:
-        with usual_cache.applied(usual, name, 0.8):
-            expected = _generate(usual)
-        with slot_cache.applied(slotted, name, 0.8):
-            got = _generate(slotted)
+        expected = _generate_with(usual, usual_cache, name, 0.8)
+        got = _generate_with(slotted, slot_cache, name, 0.8)
         assert np.abs(got - expected).max() < 1e-5, name
     # rank16 and convs became adapters of their own; rank4 went into the slot once
     assert slot_cache.hotswaps == 1
@@ -195,10 +200,8 @@ def test_an_sdxl_lora_with_its_own_alpha_fits_the_slot(tiny_sdxl: Path, tmp_path
     usual, slotted = pipe(), pipe()
     slot = prepare_slot(slotted.unet, SLOT_RANK)
     plain = _generate(usual)
-    with LoraCache(tmp_path).applied(usual, "xl", 0.6):
-        expected = _generate(usual)
-    with LoraCache(tmp_path).applied(slotted, "xl", 0.6):
-        got = _generate(slotted)
+    expected = _generate_with(usual, LoraCache(tmp_path), "xl", 0.6)
+    got = _generate_with(slotted, LoraCache(tmp_path), "xl", 0.6)
     assert slot.swaps == 1 and set(slotted.unet.peft_config) == {SLOT_ADAPTER}
     assert np.abs(got - expected).max() < 1e-5
     assert np.abs(got - plain).max() > 1e-3

@@ -272,10 +272,7 @@ def test_stop_early_returns_partial_images(engine: Engine, tiny_sd: Path) -> Non
 
 
 def test_previews_are_small_images_per_step(engine: Engine, tiny_sd: Path) -> None:
-    previews: list[Image.Image | None] = []
-    hooks = RunHooks(on_step=lambda s, t, p: previews.append(p), want_previews=True,
-                     preview_every=2)
-    gen(engine, tiny_sd, num_inference_steps=4, hooks=hooks)
+    previews = _previews(engine, tiny_sd, preview_every=2)
     assert [p is not None for p in previews] == [False, True, False, True]
     # one preview pixel per latent cell: no VAE decode
     factor = engine.cache.get(engine.registry.resolve(name_of(engine, tiny_sd))).vae_scale_factor
@@ -283,12 +280,17 @@ def test_previews_are_small_images_per_step(engine: Engine, tiny_sd: Path) -> No
 
 
 def test_previews_are_built_at_most_once_per_interval(engine: Engine, tiny_sd: Path) -> None:
-    previews: list[Image.Image | None] = []
-    hooks = RunHooks(on_step=lambda s, t, p: previews.append(p), want_previews=True,
-                     preview_interval_s=3600.0)
-    gen(engine, tiny_sd, num_inference_steps=4, hooks=hooks)
+    previews = _previews(engine, tiny_sd, preview_interval_s=3600.0)
     # the first step's preview, then none until an hour has passed; every step still reports
     assert [p is not None for p in previews] == [True, False, False, False]
+
+
+def _previews(engine: Engine, tiny_sd: Path, **options: Any) -> list[Image.Image | None]:
+    """What a 4-step generation hands ``on_step`` as previews, with these hook options."""
+    previews: list[Image.Image | None] = []
+    hooks = RunHooks(on_step=lambda s, t, p: previews.append(p), want_previews=True, **options)
+    gen(engine, tiny_sd, num_inference_steps=4, hooks=hooks)
+    return previews
 
 
 # -- bad input -----------------------------------------------------------------------------
