@@ -64,6 +64,7 @@ class LoraCache:
         self.disk_reads = 0
         self.injections = 0
         self.hotswaps = 0
+        self._text_parts: dict[str, bool] = {}  # file key -> has text-encoder weights
         self._state_dicts: OrderedDict[str, dict[str, torch.Tensor]] = OrderedDict()
         self._recent_adapters: OrderedDict[str, None] = OrderedDict()
         self._lock = threading.RLock()
@@ -167,25 +168,33 @@ class LoraCache:
 
         if adapter in _loaded_adapters(pipe, pipe.unet):
             return False  # it did not fit before: it is injected in the UNet already
-        if slot.holding == key:
-            return True
-        state_dict = self._state_dict(key, path, ref)
+        parts: tuple[Any, Any, Any] | None = None  # converted weights, alphas, metadata
         try:
-            converted, alphas, metadata = pipe.lora_state_dict(
-                dict(state_dict), return_lora_metadata=True
-            )
-            unet_weights, config = unet_part(converted, alphas, metadata, pipe.unet)
-            slot.swap_in(key, unet_weights, config)
+            if slot.holding != key:
+                parts = pipe.lora_state_dict(
+                    dict(self._state_dict(key, path, ref)), return_lora_metadata=True
+                )
+                converted, alphas, metadata = parts
+                slot.swap_in(key, *unet_part(converted, alphas, metadata, pipe.unet))
+                self.hotswaps += 1
+            # the text-encoder adapter may have been evicted while the slot kept the UNet part
+            if self._text_parts.get(key, True) and adapter not in _loaded_adapters(pipe):
+                if parts is None:
+                    parts = pipe.lora_state_dict(
+                        dict(self._state_dict(key, path, ref)), return_lora_metadata=True
+                    )
+                converted, alphas, metadata = parts
+                self._text_parts[key] = self._inject_text_encoders(
+                    pipe, converted, alphas, metadata, adapter
+                )
         except SlotMismatch as exc:
             log.warning("LoRA %r is loaded as its own adapter (the UNet recompiles): %s",
                         ref, exc)
             return False
         except (ValueError, RuntimeError, KeyError) as exc:
+            if adapter in _loaded_adapters(pipe):
+                pipe.delete_adapters(adapter)
             raise InvalidInput("lora", f"{ref!r} does not fit this model: {exc}") from None
-        self.hotswaps += 1
-        if adapter not in _loaded_adapters(pipe):
-            self._make_room(pipe, keep=adapter)
-            self._inject_text_encoders(pipe, converted, alphas, metadata, adapter, ref)
         return True
 
     def _inject_text_encoders(
@@ -195,29 +204,27 @@ class LoraCache:
         alphas: dict[str, float] | None,
         metadata: dict[str, Any] | None,
         adapter: str,
-        ref: str,
-    ) -> None:
-        """Inject a LoRA's text-encoder parts (the slot holds only UNet weights)."""
-        injected = False
-        for name in getattr(pipe, "_lora_loadable_modules", ()):
-            module = getattr(pipe, name, None)
-            if name == "unet" or module is None:
-                continue
-            if not any(k.startswith(f"{name}.") for k in converted):
-                continue
-            try:
-                pipe.load_lora_into_text_encoder(
-                    converted, network_alphas=alphas, text_encoder=module, prefix=name,
-                    lora_scale=pipe.lora_scale, adapter_name=adapter, _pipeline=pipe,
-                    metadata=metadata,
-                )
-            except (ValueError, RuntimeError, KeyError) as exc:
-                if adapter in _loaded_adapters(pipe):
-                    pipe.delete_adapters(adapter)
-                raise InvalidInput("lora", f"{ref!r} does not fit this model: {exc}") from None
-            injected = True
-        if injected:
-            self.injections += 1
+    ) -> bool:
+        """Inject a LoRA's text-encoder parts (the slot holds only UNet weights); False if
+        it has none."""
+        encoders = [
+            (name, module)
+            for name in getattr(pipe, "_lora_loadable_modules", ())
+            if name != "unet"
+            and (module := getattr(pipe, name, None)) is not None
+            and any(k.startswith(f"{name}.") for k in converted)
+        ]
+        if not encoders:
+            return False
+        self._make_room(pipe, keep=adapter)
+        for name, module in encoders:
+            pipe.load_lora_into_text_encoder(
+                converted, network_alphas=alphas, text_encoder=module, prefix=name,
+                lora_scale=pipe.lora_scale, adapter_name=adapter, _pipeline=pipe,
+                metadata=metadata,
+            )
+        self.injections += 1
+        return True
 
     def _ensure_injected(self, pipe: Any, key: str, adapter: str, path: Path, ref: str) -> str:
         if adapter in _loaded_adapters(pipe):

@@ -205,3 +205,22 @@ def test_an_sdxl_lora_with_its_own_alpha_fits_the_slot(tiny_sdxl: Path, tmp_path
     assert slot.swaps == 1 and set(slotted.unet.peft_config) == {SLOT_ADAPTER}
     assert np.abs(got - expected).max() < 1e-5
     assert np.abs(got - plain).max() > 1e-3
+
+
+def test_a_slot_lora_gets_its_text_encoder_part_back_after_an_eviction(
+    tiny_sd: Path, lora_dir: Path
+) -> None:
+    usual, slotted = _pipes_with_and_without_slot(tiny_sd)
+    usual_cache, slot_cache = LoraCache(lora_dir), LoraCache(lora_dir, max_entries=2)
+    expected = _generate_with(usual, usual_cache, "rank4", 1.0)
+    _generate_with(slotted, slot_cache, "rank4", 1.0)
+    # two LoRAs that do not fit the slot push rank4's text-encoder adapter out (LRU of 2)
+    for name in ["rank16", "convs"]:
+        _generate_with(slotted, slot_cache, name, 1.0)
+    slot = slot_of(slotted.unet)
+    assert slot is not None and slot.holding is not None and "rank4" in slot.holding
+    injected = slot_cache.injections
+    got = _generate_with(slotted, slot_cache, "rank4", 1.0)
+    # the slot still held rank4's UNet part (no copy), its text-encoder part came back
+    assert slot_cache.hotswaps == 1 and slot_cache.injections == injected + 1
+    assert np.abs(got - expected).max() < 1e-5
