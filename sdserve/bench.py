@@ -275,10 +275,12 @@ def _engine_dtype(device: str, dtype: str) -> Any:
 
 def _applied_switches(engine: Any) -> list[str]:
     fast = engine.fast
-    return [name for name in ("sdpa", "channels_last", "fuse_qkv", "compile", "vae_slicing")
-            if getattr(fast, name)] + (
-        [f"compile_mode={fast.compile_mode}"] if fast.compile else []
-    )
+    names = [name for name in ("sdpa", "channels_last", "fuse_qkv", "compile", "vae_slicing")
+             if getattr(fast, name)]
+    if fast.lora_slot:  # the slot replaces fused QKV (fastpath.apply)
+        names = [name for name in names if name != "fuse_qkv"]
+        names.append(f"lora_slot(rank={fast.lora_hotswap_rank})")
+    return names + ([f"compile_mode={fast.compile_mode}"] if fast.compile else [])
 
 
 def load_baseline(folder: Path, case: Case, *, device: str, warmup: int) -> Loaded:
