@@ -66,12 +66,15 @@ class Slot:
         hotswap_adapter_from_state_dict(
             model=self.unet, state_dict=named, adapter_name=SLOT_ADAPTER, config=config
         )
-        # the LoRA's own alpha/rank per layer, read back once; a request multiplies them
+        self._read_scalings()
+        self.holding = key
+        self.swaps += 1
+
+    def _read_scalings(self) -> None:
+        # each layer's alpha/rank of the LoRA in the slot, read once; a request scales them
         self._scalings = {
             name: float(layer.scaling[SLOT_ADAPTER]) for name, layer in self._layers.items()
         }
-        self.holding = key
-        self.swaps += 1
 
     def activate(self, scale: float) -> None:
         """Turn the slot on at ``scale`` (the request's ``lora_scale``), in place."""
@@ -133,7 +136,7 @@ def prepare_slot(unet: Any, rank: int) -> Slot:
     prepare_model_for_compiled_hotswap(unet, target_rank=rank, check_compiled="error")
     unet.disable_lora()
     slot = Slot(unet=unet, rank=rank, _layers=layers)
-    slot._scalings = {name: float(layer.scaling[SLOT_ADAPTER]) for name, layer in layers.items()}
+    slot._read_scalings()
     _slots[unet] = slot
     log.info("LoRA hot-swap slot: rank %d in %d UNet layers", rank, len(layers))
     return slot

@@ -77,10 +77,15 @@ class ServerProcess:
             self.kill()
 
 
-@pytest.fixture(scope="session")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """One shared demo server for the end-to-end tests (no tokens: loopback only)."""
-    proc = ServerProcess(data_dir=tmp_path_factory.mktemp("server"), port=free_port())
+def running_server(data_dir: Path, extra_args: list[str] | None = None) -> Iterator[ServerProcess]:
+    """A started demo server on a free port, stopped (SIGTERM) when the fixture ends."""
+    proc = ServerProcess(data_dir=data_dir, port=free_port(), extra_args=extra_args or [])
     proc.start()
     yield proc
     proc.stop()
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """One shared demo server for the end-to-end tests (no tokens: loopback only)."""
+    yield from running_server(tmp_path_factory.mktemp("server"))

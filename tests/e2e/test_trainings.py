@@ -20,7 +20,7 @@ from PIL import Image
 from replicate.exceptions import ReplicateError
 from replicate.training import Training
 
-from tests.e2e.conftest import ServerProcess, free_port
+from tests.e2e.conftest import ServerProcess, free_port, running_server
 from tests.e2e.receiver import WebhookReceiver
 
 BASE = "sdserve/tiny-sd"
@@ -35,10 +35,7 @@ LOSS = re.compile(r"\|\s*(\d+)/(\d+) loss=([0-9.]+) lr=")
 @pytest.fixture(scope="module")
 def trainer_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """A server of our own: the tests look into its data folder."""
-    proc = ServerProcess(data_dir=tmp_path_factory.mktemp("train-server"), port=free_port())
-    proc.start()
-    yield proc
-    proc.stop()
+    yield from running_server(tmp_path_factory.mktemp("train-server"))
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ import io
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -16,7 +15,7 @@ import pytest
 import webuiapi
 from PIL import Image
 
-from tests.e2e.conftest import ServerProcess, free_port
+from tests.e2e.conftest import ServerProcess, running_server
 
 FAST: dict[str, Any] = {"width": 64, "height": 64, "steps": 3}
 
@@ -214,13 +213,7 @@ def test_unknown_keys_and_bad_values(api: webuiapi.WebUIApi, server: ServerProce
 
 @pytest.fixture(scope="module")
 def token_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    proc = ServerProcess(
-        data_dir=Path(tmp_path_factory.mktemp("a1111-token")), port=free_port(),
-        extra_args=["--token", "t"],
-    )
-    proc.start()
-    yield proc
-    proc.stop()
+    yield from running_server(tmp_path_factory.mktemp("a1111-token"), ["--token", "t"])
 
 
 def test_basic_auth_with_the_token_as_password(token_server: ServerProcess) -> None:

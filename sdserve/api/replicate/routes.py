@@ -14,13 +14,13 @@ from sdserve.api.common import (
     PAGE_SIZE,
     base_url,
     data_uri,
-    page_url,
     parse_cancel_after,
     parse_prefer_wait,
 )
 from sdserve.api.replicate.schemas import (
     PredictionRequest,
     render_file,
+    render_job_page,
     render_model,
     render_page,
     render_prediction,
@@ -114,10 +114,8 @@ class ReplicateApi:
     ) -> Any:
         page = self.service.list(cursor=cursor, limit=limit, kind=JobKind.PREDICTION)
         base = base_url(request, self.public_url)
-        return render_page(
-            [render_prediction(job, base) for job in page.results],
-            page_url(base, "/v1/predictions", page.next_cursor, limit),
-            page_url(base, "/v1/predictions", page.previous_cursor, limit),
+        return render_job_page(
+            page, lambda job: render_prediction(job, base), base, "/v1/predictions", limit
         )
 
     async def get_prediction(self, request: Request, job_id: str) -> Any:

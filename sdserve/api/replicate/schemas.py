@@ -7,9 +7,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from sdserve.api.common import file_url, iso
+from sdserve.api.common import file_url, iso, page_url
 from sdserve.domain.jobs import Status
-from sdserve.jobs.contract import JobRecord, ServedModel, WebhookOptions
+from sdserve.jobs.contract import JobRecord, Page, ServedModel, WebhookOptions
 
 WebhookEvent = Literal["start", "output", "logs", "completed"]
 COG_VERSION = "0.9.0"  # the client reads the schema differently below 0.3.9
@@ -135,6 +135,17 @@ def render_page(
     results: list[dict[str, Any]], next_url: str | None, previous_url: str | None
 ) -> dict[str, Any]:
     return {"results": results, "next": next_url, "previous": previous_url}
+
+
+def render_job_page(
+    page: Page, render: Callable[[JobRecord], dict[str, Any]], base: str, path: str, limit: int
+) -> dict[str, Any]:
+    """One page of a job listing (predictions or trainings) with links to its neighbours."""
+    return render_page(
+        [render(job) for job in page.results],
+        page_url(base, path, page.next_cursor, limit),
+        page_url(base, path, page.previous_cursor, limit),
+    )
 
 
 def render_file(

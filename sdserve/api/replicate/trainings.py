@@ -13,10 +13,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 
-from sdserve.api.common import PAGE_SIZE, base_url, file_url, iso, page_url
+from sdserve.api.common import PAGE_SIZE, base_url, file_url, iso
 from sdserve.api.replicate.schemas import (
     PredictionRequest,
-    render_page,
+    render_job_page,
     render_prediction,
     wire_error,
     wire_status,
@@ -111,10 +111,8 @@ class TrainingsApi:
     ) -> Any:
         page = self.service.list(cursor=cursor, limit=limit, kind=JobKind.TRAINING)
         base = self._base(request)
-        return render_page(
-            [render_training(job, base) for job in page.results],
-            page_url(base, "/v1/trainings", page.next_cursor, limit),
-            page_url(base, "/v1/trainings", page.previous_cursor, limit),
+        return render_job_page(
+            page, lambda job: render_training(job, base), base, "/v1/trainings", limit
         )
 
     async def get_training(self, request: Request, job_id: str) -> Any:
