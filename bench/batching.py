@@ -106,13 +106,15 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = []
     for off, on in zip(runs["off"], runs["on"], strict=True):
-        rows.append({
-            "concurrency": off["concurrency"],
-            "off_images_per_s": off["images_per_s"],
-            "on_images_per_s": on["images_per_s"],
-            "speedup": round(on["images_per_s"] / off["images_per_s"], 3),
-            "jobs_batched_when_on": on["jobs_run_in_a_batch"],
-        })
+        rows.append(
+            {
+                "concurrency": off["concurrency"],
+                "off_images_per_s": off["images_per_s"],
+                "on_images_per_s": on["images_per_s"],
+                "speedup": round(on["images_per_s"] / off["images_per_s"], 3),
+                "jobs_batched_when_on": on["jobs_run_in_a_batch"],
+            }
+        )
     result = {
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
         "input": INPUT,
@@ -123,8 +125,10 @@ def main(argv: list[str] | None = None) -> int:
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "batching.json").write_text(json.dumps(result, indent=2))
-    lines = ["| concurrency | off images/s | on images/s | on / off | jobs batched |",
-             "|---|---|---|---|---|"]
+    lines = [
+        "| concurrency | off images/s | on images/s | on / off | jobs batched |",
+        "|---|---|---|---|---|",
+    ]
     lines += [
         f"| {row['concurrency']} | {row['off_images_per_s']} | {row['on_images_per_s']} | "
         f"{row['speedup']} | {row['jobs_batched_when_on']}/{args.requests} |"

@@ -23,8 +23,17 @@ def start_demo_server(
     url = f"http://127.0.0.1:{port}"
     log = (data_dir / "server.log").open("ab")
     process = subprocess.Popen(
-        [sys.executable, "-m", "sdserve.cli", "--data-dir", str(data_dir), "serve", "--demo",
-         "--port", str(port)],
+        [
+            sys.executable,
+            "-m",
+            "sdserve.cli",
+            "--data-dir",
+            str(data_dir),
+            "serve",
+            "--demo",
+            "--port",
+            str(port),
+        ],
         stdout=log,
         stderr=subprocess.STDOUT,
         env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})},

@@ -46,8 +46,12 @@ def random_unet_lora(model: Path, path: Path, *, rank: int, seed: int) -> Path:
     unet = UNet2DConditionModel.from_pretrained(model, subfolder="unet")
     torch.manual_seed(seed)
     unet.add_adapter(
-        LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian",
-                   target_modules=["to_q", "to_k", "to_v", "to_out.0"])
+        LoraConfig(
+            r=rank,
+            lora_alpha=rank,
+            init_lora_weights="gaussian",
+            target_modules=["to_q", "to_k", "to_v", "to_out.0"],
+        )
     )
     layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
     # the SD1 writer stores UNet layers under "unet."; SDXL's loader reads the same layout
@@ -58,8 +62,15 @@ def random_unet_lora(model: Path, path: Path, *, rank: int, seed: int) -> Path:
 
 
 def run_sequence(
-    model: Path, case: Case, loras: Path, *, device: str, slot_rank: int, compile_mode: str,
-    cache_dir: Path, repeats: int,
+    model: Path,
+    case: Case,
+    loras: Path,
+    *,
+    device: str,
+    slot_rank: int,
+    compile_mode: str,
+    cache_dir: Path,
+    repeats: int,
 ) -> dict[str, Any]:
     """Load a compiled engine, then time each request of :data:`SEQUENCE`."""
     from sdserve.config import EngineSettings
@@ -70,8 +81,12 @@ def run_sequence(
     registry = ModelRegistry.from_references([str(model)], offline=True)
     name = registry.specs()[0].name
     settings = EngineSettings(
-        device=device, compile="on", compile_mode=compile_mode, compile_cache_dir=cache_dir,
-        lora_hotswap_rank=slot_rank, lora_dir=loras,
+        device=device,
+        compile="on",
+        compile_mode=compile_mode,
+        compile_cache_dir=cache_dir,
+        lora_hotswap_rank=slot_rank,
+        lora_dir=loras,
     )
     engine = Engine(settings, registry)
     try:
@@ -80,12 +95,19 @@ def run_sequence(
         load_s = time.perf_counter() - started
         rows = []
         for label, lora in SEQUENCE:
-            inp = parse_generation_input({
-                "prompt": "a red fox in the snow", "width": case.width, "height": case.height,
-                "num_inference_steps": case.steps, "guidance_scale": case.guidance, "seed": 1,
-                "apply_watermark": False, "disable_safety_checker": True,
-                **({"lora": lora} if lora else {}),
-            })
+            inp = parse_generation_input(
+                {
+                    "prompt": "a red fox in the snow",
+                    "width": case.width,
+                    "height": case.height,
+                    "num_inference_steps": case.steps,
+                    "guidance_scale": case.guidance,
+                    "seed": 1,
+                    "apply_watermark": False,
+                    "disable_safety_checker": True,
+                    **({"lora": lora} if lora else {}),
+                }
+            )
             # the first call pays whatever the request causes (a swap or a recompile);
             # repeats show the steady time with that LoRA
             timings = []
@@ -93,8 +115,13 @@ def run_sequence(
                 began = time.perf_counter()
                 engine.generate(inp, model=name)
                 timings.append(time.perf_counter() - began)
-            rows.append({"request": label, "first_s": round(timings[0], 4),
-                         "steady_s": round(statistics.median(timings[1:]), 4) if repeats else None})
+            rows.append(
+                {
+                    "request": label,
+                    "first_s": round(timings[0], 4),
+                    "steady_s": round(statistics.median(timings[1:]), 4) if repeats else None,
+                }
+            )
         return {"slot_rank": slot_rank, "load_s": round(load_s, 2), "requests": rows}
     finally:
         engine.close()
@@ -133,8 +160,13 @@ def main() -> int:
     args = parser.parse_args()
     case = scaled(CASES[args.case], args.scale)
     result: dict[str, Any] = {
-        "case": case.name, "width": case.width, "height": case.height, "steps": case.steps,
-        "device": args.device, "machine": platform.node(), "compile_mode": args.compile_mode,
+        "case": case.name,
+        "width": case.width,
+        "height": case.height,
+        "steps": case.steps,
+        "device": args.device,
+        "machine": platform.node(),
+        "compile_mode": args.compile_mode,
     }
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(scratch)
@@ -146,8 +178,14 @@ def main() -> int:
             # a fresh process per engine, so neither reuses what the other compiled
             with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
                 result[key] = pool.submit(
-                    run_sequence, model, case, loras, device=args.device, slot_rank=rank,
-                    compile_mode=args.compile_mode, cache_dir=root / f"compile-{key}",
+                    run_sequence,
+                    model,
+                    case,
+                    loras,
+                    device=args.device,
+                    slot_rank=rank,
+                    compile_mode=args.compile_mode,
+                    cache_dir=root / f"compile-{key}",
                     repeats=args.repeats,
                 ).result()
     args.out.mkdir(parents=True, exist_ok=True)

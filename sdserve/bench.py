@@ -198,8 +198,9 @@ class Loaded:
     notes: list[str]
 
 
-def _load_measured(device: str, warmup: int, load: Callable[[], tuple[RunOnce, Callable[[], None]]]
-                   ) -> tuple[RunOnce, Callable[[], None], float, float]:
+def _load_measured(
+    device: str, warmup: int, load: Callable[[], tuple[RunOnce, Callable[[], None]]]
+) -> tuple[RunOnce, Callable[[], None], float, float]:
     """Load a path and run its warm-up runs, measuring cold load and peak memory."""
     with PeakMemory(device) as memory:
         _sync(device)
@@ -213,8 +214,14 @@ def _load_measured(device: str, warmup: int, load: Callable[[], tuple[RunOnce, C
 
 
 def load_ours(
-    folder: Path, case: Case, *, device: str, dtype: str, warmup: int,
-    engine_options: dict[str, Any], compile_cache: Path,
+    folder: Path,
+    case: Case,
+    *,
+    device: str,
+    dtype: str,
+    warmup: int,
+    engine_options: dict[str, Any],
+    compile_cache: Path,
 ) -> Loaded:
     """Our path: ``Engine.generate`` (fast path, PNG encoding, metadata) on ``folder``.
 
@@ -239,10 +246,17 @@ def load_ours(
     model = registry.specs()[0].name
     inp = parse_generation_input(
         {
-            "prompt": PROMPT, "negative_prompt": NEGATIVE, "width": case.width,
-            "height": case.height, "num_inference_steps": case.steps,
-            "guidance_scale": case.guidance, "seed": 1234, "scheduler": "K_EULER",
-            "apply_watermark": False, "disable_safety_checker": True, "output_format": "png",
+            "prompt": PROMPT,
+            "negative_prompt": NEGATIVE,
+            "width": case.width,
+            "height": case.height,
+            "num_inference_steps": case.steps,
+            "guidance_scale": case.guidance,
+            "seed": 1234,
+            "scheduler": "K_EULER",
+            "apply_watermark": False,
+            "disable_safety_checker": True,
+            "output_format": "png",
         }
     )
     engines: list[Any] = []
@@ -260,7 +274,10 @@ def load_ours(
 
     run_once, close, cold, peak = _load_measured(device, warmup, load)
     return Loaded(
-        run_once, close, cold, peak,
+        run_once,
+        close,
+        cold,
+        peak,
         dtype=str(_engine_dtype(device, dtype)).replace("torch.", ""),
         notes=_applied_switches(engines[0]),
     )
@@ -275,8 +292,11 @@ def _engine_dtype(device: str, dtype: str) -> Any:
 
 def _applied_switches(engine: Any) -> list[str]:
     fast = engine.fast
-    names = [name for name in ("sdpa", "channels_last", "fuse_qkv", "compile", "vae_slicing")
-             if getattr(fast, name)]
+    names = [
+        name
+        for name in ("sdpa", "channels_last", "fuse_qkv", "compile", "vae_slicing")
+        if getattr(fast, name)
+    ]
     if fast.lora_slot:  # the slot replaces fused QKV (fastpath.apply)
         names = [name for name in names if name != "fuse_qkv"]
         names.append(f"lora_slot(rank={fast.lora_hotswap_rank})")
@@ -310,9 +330,13 @@ def load_baseline(folder: Path, case: Case, *, device: str, warmup: int) -> Load
 
             generator = torch.Generator(device).manual_seed(1234)
             images = holder["pipe"](
-                prompt=PROMPT, negative_prompt=NEGATIVE, width=case.width,
-                height=case.height, num_inference_steps=case.steps,
-                guidance_scale=case.guidance, generator=generator,
+                prompt=PROMPT,
+                negative_prompt=NEGATIVE,
+                width=case.width,
+                height=case.height,
+                num_inference_steps=case.steps,
+                guidance_scale=case.guidance,
+                generator=generator,
                 callback_on_step_end=on_step,
             ).images
             for image in images:  # PIL's default PNG settings, as a plain script would
@@ -321,8 +345,14 @@ def load_baseline(folder: Path, case: Case, *, device: str, warmup: int) -> Load
         return run_once, holder.clear
 
     run_once, close, cold, peak = _load_measured(device, warmup, load)
-    return Loaded(run_once, close, cold, peak, dtype=str(dtype).replace("torch.", ""),
-                  notes=["diffusers defaults"])
+    return Loaded(
+        run_once,
+        close,
+        cold,
+        peak,
+        dtype=str(dtype).replace("torch.", ""),
+        notes=["diffusers defaults"],
+    )
 
 
 def interleaved(
@@ -399,8 +429,9 @@ def image_flops(folder: Path, case: Case) -> float:
                 cls = CLIPTextModelWithProjection if name.endswith("_2") else CLIPTextModel
                 encoders.append(cls(config))
         factor = 8  # 2 ** (len(vae.block_out_channels) - 1)
-        latents = torch.zeros(batch, unet.config.in_channels, case.height // factor,
-                              case.width // factor)
+        latents = torch.zeros(
+            batch, unet.config.in_channels, case.height // factor, case.width // factor
+        )
         tokens = torch.zeros(batch, 77, dtype=torch.long)
         context = torch.zeros(batch, 77, unet.config.cross_attention_dim)
         extra: dict[str, Any] = {}
@@ -420,8 +451,11 @@ def image_flops(folder: Path, case: Case) -> float:
             unet(latents, torch.tensor(10), encoder_hidden_states=context, **extra)
         total += counter.get_total_flops() * case.steps
         with FlopCounterMode(display=False) as counter:
-            vae.decode(torch.zeros(1, vae.config.latent_channels, case.height // factor,
-                                   case.width // factor))
+            vae.decode(
+                torch.zeros(
+                    1, vae.config.latent_channels, case.height // factor, case.width // factor
+                )
+            )
         total += counter.get_total_flops()
     return float(total)
 
@@ -444,8 +478,16 @@ def build_model(case: Case, models_dir: Path) -> Path:
 
 
 def run_case(
-    case: Case, folder: Path, *, device: str, dtype: str, runs: int, warmup: int,
-    peak_tflops: float | None, engine_options: dict[str, Any], compile_cache: Path,
+    case: Case,
+    folder: Path,
+    *,
+    device: str,
+    dtype: str,
+    runs: int,
+    warmup: int,
+    peak_tflops: float | None,
+    engine_options: dict[str, Any],
+    compile_cache: Path,
 ) -> dict[str, Any]:
     """Measure both paths for one case; return the JSON record."""
     # both cold loads read from the page cache and find the libraries imported, so
@@ -456,8 +498,13 @@ def run_case(
     # run by run in turn
     baseline_path = load_baseline(folder, case, device=device, warmup=warmup)
     ours_path = load_ours(
-        folder, case, device=device, dtype=dtype, warmup=warmup,
-        engine_options=engine_options, compile_cache=compile_cache,
+        folder,
+        case,
+        device=device,
+        dtype=dtype,
+        warmup=warmup,
+        engine_options=engine_options,
+        compile_cache=compile_cache,
     )
     try:
         (base_s, base_its), (ours_s, ours_its) = interleaved(
@@ -495,8 +542,10 @@ def run_case(
         if peak_tflops:
             floor = flops / (peak_tflops * 1e12)
             record["compute_floor_s"] = floor
-            record["ratio_to_floor"] = {"ours": ours.e2e_s / floor,
-                                        "baseline": baseline.e2e_s / floor}
+            record["ratio_to_floor"] = {
+                "ours": ours.e2e_s / floor,
+                "baseline": baseline.e2e_s / floor,
+            }
     return record
 
 
@@ -594,24 +643,42 @@ def build_parser() -> argparse.ArgumentParser:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the bench options to ``parser`` (shared by the CLI subcommand)."""
     parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
-    parser.add_argument("--dtype", default="auto",
-                        choices=["auto", "float32", "float16", "bfloat16"],
-                        help="our engine's dtype (auto: float16 on CUDA, float32 on CPU)")
-    parser.add_argument("--cases", default="sd15,sd21,sdxl,sdxl-turbo",
-                        help=f"comma-separated, of: {', '.join(CASES)}")
-    parser.add_argument("--scale", default="full", choices=["full", "small"],
-                        help="small: reduced size/steps so a CPU run takes minutes")
+    parser.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "float32", "float16", "bfloat16"],
+        help="our engine's dtype (auto: float16 on CUDA, float32 on CPU)",
+    )
+    parser.add_argument(
+        "--cases",
+        default="sd15,sd21,sdxl,sdxl-turbo",
+        help=f"comma-separated, of: {', '.join(CASES)}",
+    )
+    parser.add_argument(
+        "--scale",
+        default="full",
+        choices=["full", "small"],
+        help="small: reduced size/steps so a CPU run takes minutes",
+    )
     parser.add_argument("--width", type=int, help="override every case's size")
     parser.add_argument("--steps", type=int, help="override every case's steps")
     parser.add_argument("--runs", type=int, default=MIN_RUNS, help=f">= {MIN_RUNS}")
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--peak-tflops", type=float,
-                        help="device peak (e.g. 989 for H100 SXM bf16 dense): adds the floor")
-    parser.add_argument("--models-dir", type=Path,
-                        help="keep built random-weight models here (default: a temp dir)")
+    parser.add_argument(
+        "--peak-tflops",
+        type=float,
+        help="device peak (e.g. 989 for H100 SXM bf16 dense): adds the floor",
+    )
+    parser.add_argument(
+        "--models-dir", type=Path, help="keep built random-weight models here (default: a temp dir)"
+    )
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
-    parser.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
-                        help="our engine's torch.compile switch")
+    parser.add_argument(
+        "--compile",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="our engine's torch.compile switch",
+    )
     parser.add_argument("--compile-mode", default=None, help="our engine's compile mode")
 
 
@@ -639,9 +706,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             folder = build_model(case, models_dir)
             records.append(
                 run_case(
-                    case, folder, device=args.device, dtype=args.dtype, runs=args.runs,
-                    warmup=args.warmup, peak_tflops=args.peak_tflops,
-                    engine_options=engine_options, compile_cache=models_dir / "compile-cache",
+                    case,
+                    folder,
+                    device=args.device,
+                    dtype=args.dtype,
+                    runs=args.runs,
+                    warmup=args.warmup,
+                    peak_tflops=args.peak_tflops,
+                    engine_options=engine_options,
+                    compile_cache=models_dir / "compile-cache",
                 )
             )
     result: dict[str, Any] = {
@@ -649,8 +722,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "scale": args.scale,
         "runs": args.runs,
         "warmup": args.warmup,
-        "baseline_dtype": "float16" if args.device.startswith("cuda") else
-        "float32 (float16 on CPU is not a fair baseline)",
+        "baseline_dtype": "float16"
+        if args.device.startswith("cuda")
+        else "float32 (float16 on CPU is not a fair baseline)",
         "peak_tflops": args.peak_tflops,
         "cases": records,
     }

@@ -108,7 +108,9 @@ def _add_generate(commands: Any) -> None:
     gen.add_argument("--dtype", choices=["auto", "float32", "float16", "bfloat16"])
     gen.add_argument("--offline", action="store_true", help="never reach the Hugging Face Hub")
     gen.add_argument(
-        "-o", "--output", default="out.png",
+        "-o",
+        "--output",
+        default="out.png",
         help="output file, or a folder (ending in /) for one file per seed",
     )
     gen.set_defaults(run=run_generate)
@@ -176,8 +178,14 @@ def run_generate(args: argparse.Namespace) -> int:
         **parse_outpaint(args.outpaint),
     }
     for name in (
-        "seed", "num_inference_steps", "guidance_scale", "scheduler", "width", "height",
-        "refine_steps", "lora",
+        "seed",
+        "num_inference_steps",
+        "guidance_scale",
+        "scheduler",
+        "width",
+        "height",
+        "refine_steps",
+        "lora",
     ):
         value = getattr(args, name)
         if value is not None:
@@ -309,8 +317,10 @@ def run_models_info(args: argparse.Namespace) -> int:
     print(f"reference:  {spec.reference}")
     print(f"family:     {spec.family}{' (inpainting)' if spec.inpainting else ''}")
     print(f"version:    {spec.version}")
-    print(f"defaults:   {defaults.width}x{defaults.height}, {defaults.num_inference_steps} steps,"
-          f" guidance {defaults.guidance_scale}, {defaults.scheduler}")
+    print(
+        f"defaults:   {defaults.width}x{defaults.height}, {defaults.num_inference_steps} steps,"
+        f" guidance {defaults.guidance_scale}, {defaults.scheduler}"
+    )
     return 0
 
 
@@ -320,8 +330,13 @@ def run_models_info(args: argparse.Namespace) -> int:
 def _add_serve(commands: Any) -> None:
     serve = commands.add_parser("serve", help="run the HTTP service")
     serve.add_argument("--demo", action="store_true", help="serve the built-in tiny models")
-    serve.add_argument("--model", action="append", dest="models", default=None,
-                       help="model to serve (repeatable): hub id, folder or .safetensors")
+    serve.add_argument(
+        "--model",
+        action="append",
+        dest="models",
+        default=None,
+        help="model to serve (repeatable): hub id, folder or .safetensors",
+    )
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
     serve.add_argument("--token", action="append", dest="tokens", default=None)
@@ -331,8 +346,11 @@ def _add_serve(commands: Any) -> None:
     serve.add_argument("--dtype", choices=["auto", "float32", "float16", "bfloat16"])
     serve.add_argument("--database-url")
     serve.add_argument("--broker-url")
-    serve.add_argument("--no-worker", action="store_true",
-                       help="do not run a worker in this process (use 'sdserve worker')")
+    serve.add_argument(
+        "--no-worker",
+        action="store_true",
+        help="do not run a worker in this process (use 'sdserve worker')",
+    )
     serve.set_defaults(run=run_serve)
 
 
@@ -373,7 +391,11 @@ def _server_settings(args: argparse.Namespace) -> Settings:
         if value is not None
     }
     return _settings(
-        args, api=api, service=service, engine=engine, models=args.models,
+        args,
+        api=api,
+        service=service,
+        engine=engine,
+        models=args.models,
         demo=args.demo or None,
     )
 
@@ -395,9 +417,18 @@ def run_worker(args: argparse.Namespace) -> int:
 
 #: ``sdserve train`` option → training input field (Replicate's names).
 _TRAIN_FIELDS = (
-    "seed", "resolution", "train_batch_size", "num_train_epochs", "max_train_steps",
-    "lora_lr", "lora_rank", "lr_scheduler", "lr_warmup_steps", "token_string",
-    "caption_prefix", "checkpointing_steps",
+    "seed",
+    "resolution",
+    "train_batch_size",
+    "num_train_epochs",
+    "max_train_steps",
+    "lora_lr",
+    "lora_rank",
+    "lr_scheduler",
+    "lr_warmup_steps",
+    "token_string",
+    "caption_prefix",
+    "checkpointing_steps",
 )
 
 
@@ -410,11 +441,18 @@ def _add_train(commands: Any) -> None:
         "an interruption resumes from the last checkpoint.",
     )
     train.add_argument("archive", type=Path, help=".zip or .tar of images (+ name.txt captions)")
-    train.add_argument("--model", "-m", required=True,
-                       help="base model: served name (sdserve/tiny-sd), hub id or folder")
+    train.add_argument(
+        "--model",
+        "-m",
+        required=True,
+        help="base model: served name (sdserve/tiny-sd), hub id or folder",
+    )
     train.add_argument("--destination", "-d", required=True, help="new model name: owner/name")
-    train.add_argument("--demo", action="store_true",
-                       help="use the tiny demo models (implied by --model sdserve/tiny-*)")
+    train.add_argument(
+        "--demo",
+        action="store_true",
+        help="use the tiny demo models (implied by --model sdserve/tiny-*)",
+    )
     train.add_argument("--token-string", dest="token_string")
     train.add_argument("--caption-prefix", dest="caption_prefix")
     train.add_argument("--max-train-steps", type=int, dest="max_train_steps")
@@ -447,10 +485,14 @@ def run_train(args: argparse.Namespace) -> int:
 
     destination = check_destination(args.destination)
     demo = args.demo or args.model.lower().startswith("sdserve/tiny-")
-    engine = {key: value for key, value in {"device": args.device, "dtype": args.dtype}.items()
-              if value is not None}
-    settings = _settings(args, engine=engine, demo=demo or None,
-                         models=None if demo else [args.model])
+    engine = {
+        key: value
+        for key, value in {"device": args.device, "dtype": args.dtype}.items()
+        if value is not None
+    }
+    settings = _settings(
+        args, engine=engine, demo=demo or None, models=None if demo else [args.model]
+    )
     settings = with_trained_loras(prepare_demo(settings))
     registry = build_registry(settings)
     model = args.model if demo else registry.specs()[0].name

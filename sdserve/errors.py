@@ -45,9 +45,7 @@ class InvalidInput(SdserveError):
 
     code = "invalid_input"
 
-    def __init__(
-        self, field: str, message: str, *, allowed: Iterable[str] | None = None
-    ) -> None:
+    def __init__(self, field: str, message: str, *, allowed: Iterable[str] | None = None) -> None:
         allowed_list = list(allowed) if allowed is not None else None
         text = f"{field}: {message}"
         if allowed_list:

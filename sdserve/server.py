@@ -30,8 +30,7 @@ def prepare_demo(settings: Settings) -> Settings:
     engine = settings.engine.model_copy(
         update={
             "lora_dir": settings.engine.lora_dir or settings.data_dir / "demo" / "loras",
-            "safety_checker": settings.engine.safety_checker
-            or str(built["tiny-safety-checker"]),
+            "safety_checker": settings.engine.safety_checker or str(built["tiny-safety-checker"]),
         }
     )
     return settings.model_copy(update={"engine": engine})
@@ -124,8 +123,12 @@ def serve(settings: Settings, *, run_worker: bool = True) -> int:
     settings = with_trained_loras(prepare_demo(settings))
     service = build_service(settings, run_worker=run_worker)
     app = create_app(settings, service)
-    log.info("serving %s on http://%s:%s", [m.name for m in service.models()],
-             settings.api.host, settings.api.port)
+    log.info(
+        "serving %s on http://%s:%s",
+        [m.name for m in service.models()],
+        settings.api.host,
+        settings.api.port,
+    )
     uvicorn.run(app, host=settings.api.host, port=settings.api.port, log_level="info")
     return 0
 

@@ -27,9 +27,7 @@ from sdserve.jobs.contract import JobService
 from sdserve.web import web_router
 
 
-def create_app(
-    settings: Settings, service: JobService, *, manage_service: bool = True
-) -> FastAPI:
+def create_app(settings: Settings, service: JobService, *, manage_service: bool = True) -> FastAPI:
     """Build the app. With ``manage_service`` the app starts and closes the service."""
 
     @asynccontextmanager

@@ -163,13 +163,9 @@ class GenerationInput(BaseModel):
                 f"{self.width}x{self.height} exceeds the limit of {limits.max_pixels} pixels",
             )
         if self.num_outputs > limits.max_num_outputs:
-            raise InvalidInput(
-                "num_outputs", f"must be between 1 and {limits.max_num_outputs}"
-            )
+            raise InvalidInput("num_outputs", f"must be between 1 and {limits.max_num_outputs}")
         if self.num_inference_steps is not None and self.num_inference_steps > limits.max_steps:
-            raise InvalidInput(
-                "num_inference_steps", f"must be between 1 and {limits.max_steps}"
-            )
+            raise InvalidInput("num_inference_steps", f"must be between 1 and {limits.max_steps}")
         if self.mask is not None and self.image is None:
             raise InvalidInput("mask", "a mask needs an image to inpaint")
         if self.hires_scale is not None and self.image is not None:

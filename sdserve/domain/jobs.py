@@ -30,9 +30,7 @@ TERMINAL: frozenset[Status] = frozenset(
 )
 
 _ALLOWED: dict[Status, frozenset[Status]] = {
-    Status.STARTING: frozenset(
-        {Status.PROCESSING, Status.FAILED, Status.CANCELED, Status.ABORTED}
-    ),
+    Status.STARTING: frozenset({Status.PROCESSING, Status.FAILED, Status.CANCELED, Status.ABORTED}),
     Status.PROCESSING: frozenset(
         # back to starting: a job re-queued after its worker was lost
         {Status.SUCCEEDED, Status.FAILED, Status.CANCELED, Status.STARTING}

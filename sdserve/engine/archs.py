@@ -68,8 +68,9 @@ def build_architecture(name: str, folder: Path, *, seed: int = 0, dtype: str = "
     import torch
 
     if name not in ARCHITECTURES:
-        raise InvalidInput("architecture", f"unknown architecture {name!r}",
-                           allowed=list(ARCHITECTURES))
+        raise InvalidInput(
+            "architecture", f"unknown architecture {name!r}", allowed=list(ARCHITECTURES)
+        )
     if (folder / COMPLETE).is_file():
         return folder
     source = CONFIGS_DIR / ARCHITECTURES[name]
@@ -98,7 +99,9 @@ def build_architecture(name: str, folder: Path, *, seed: int = 0, dtype: str = "
         )
     else:
         pipe = diffusers.StableDiffusionPipeline(
-            **components, safety_checker=None, feature_extractor=None,
+            **components,
+            safety_checker=None,
+            feature_extractor=None,
             requires_safety_checker=False,
         )
     pipe.to(dtype=getattr(torch, dtype))

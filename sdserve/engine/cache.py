@@ -154,7 +154,9 @@ class PipelineCache:
                 log.warning(
                     "%s needs %.1f MB, more than the whole cache budget of %.1f MB; "
                     "it is loaded alone",
-                    key, size / 2**20, self.budget / 2**20,
+                    key,
+                    size / 2**20,
+                    self.budget / 2**20,
                 )
             self._make_room(size)
             self._entries[key] = _Entry(pipe, size)
@@ -182,5 +184,6 @@ class PipelineCache:
             return base if _is_img2img(base) else AutoPipelineForImage2Image.from_pipe(base)
         if kind == "inpaint":
             return base if _is_inpaint(base) else AutoPipelineForInpainting.from_pipe(base)
-        raise InvalidInput("task", f"unknown task {kind!r}", allowed=["txt2img", "img2img",
-                                                                      "inpaint", "outpaint"])
+        raise InvalidInput(
+            "task", f"unknown task {kind!r}", allowed=["txt2img", "img2img", "inpaint", "outpaint"]
+        )

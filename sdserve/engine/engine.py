@@ -462,14 +462,10 @@ class Engine:
     def _load_refiner(self, reference: str) -> Pipeline:
         from sdserve.engine.loading import load_refiner
 
-        pipe = load_refiner(
-            reference, device=self.device, dtype=self.dtype, settings=self.settings
-        )
+        pipe = load_refiner(reference, device=self.device, dtype=self.dtype, settings=self.settings)
         # the refiner is an img2img pipeline: no text-to-image warm-up, it compiles on use;
         # it serves no LoRA, so it gets no hot-swap slot
-        fastpath.apply(
-            pipe, self.fast, cache_dir=self.settings.compile_cache_dir, lora_slot=False
-        )
+        fastpath.apply(pipe, self.fast, cache_dir=self.settings.compile_cache_dir, lora_slot=False)
         return pipe
 
 
@@ -487,9 +483,7 @@ def _is_derived_task(pipe: Pipeline) -> bool:
     return "Img2Img" in name or "Inpaint" in name
 
 
-def _task_of(
-    inp: GenerationInput, image: Image.Image | None, mask: Image.Image | None
-) -> str:
+def _task_of(inp: GenerationInput, image: Image.Image | None, mask: Image.Image | None) -> str:
     """The task, from the images actually given (the input's references say what to expect)."""
     if inp.image is not None and image is None:
         raise InvalidImage("image", "was referenced but no image was given to the engine")

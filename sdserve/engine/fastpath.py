@@ -224,5 +224,4 @@ def warm_up(pipe: Pipeline, *, width: int, height: int, steps: int = 2) -> float
     return seconds
 
 
-__all__ = ["FastPath", "apply", "configure_compile_cache", "resolve", "unfuse_for_lora",
-           "warm_up"]
+__all__ = ["FastPath", "apply", "configure_compile_cache", "resolve", "unfuse_for_lora", "warm_up"]

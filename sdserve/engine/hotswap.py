@@ -85,9 +85,7 @@ class Slot:
             self.unet.set_adapter(SLOT_ADAPTER)
         self.unet.enable_lora()
 
-    def _check(
-        self, state_dict: dict[str, torch.Tensor], config: Any
-    ) -> dict[str, torch.Tensor]:
+    def _check(self, state_dict: dict[str, torch.Tensor], config: Any) -> dict[str, torch.Tensor]:
         if getattr(config, "use_dora", False):
             raise SlotMismatch("DoRA adapters cannot be hot-swapped")
         named: dict[str, torch.Tensor] = {}
@@ -182,5 +180,12 @@ def slot_of(unet: Any) -> Slot | None:
     return _slots.get(unet) if unet is not None else None
 
 
-__all__ = ["SLOT_ADAPTER", "SLOT_TARGETS", "Slot", "SlotMismatch", "prepare_slot", "slot_of",
-           "unet_part"]
+__all__ = [
+    "SLOT_ADAPTER",
+    "SLOT_TARGETS",
+    "Slot",
+    "SlotMismatch",
+    "prepare_slot",
+    "slot_of",
+    "unet_part",
+]

@@ -19,12 +19,20 @@ OUTPAINT_OVERLAP = 8
 # Linear latent -> RGB approximations (rows: latent channels, columns: R, G, B), fitted by
 # the community on real VAEs; good enough for a progress thumbnail, never for output.
 _SD_FACTORS = torch.tensor(
-    [[0.3512, 0.2297, 0.3227], [0.3250, 0.4974, 0.2350],
-     [-0.2829, 0.1762, 0.2721], [-0.2120, -0.2616, -0.7177]]
+    [
+        [0.3512, 0.2297, 0.3227],
+        [0.3250, 0.4974, 0.2350],
+        [-0.2829, 0.1762, 0.2721],
+        [-0.2120, -0.2616, -0.7177],
+    ]
 )
 _SDXL_FACTORS = torch.tensor(
-    [[0.3651, 0.4232, 0.4341], [-0.2533, -0.0042, 0.1068],
-     [0.1076, 0.1111, -0.0362], [-0.3165, -0.2492, -0.2188]]
+    [
+        [0.3651, 0.4232, 0.4341],
+        [-0.2533, -0.0042, 0.1068],
+        [0.1076, 0.1111, -0.0362],
+        [-0.3165, -0.2492, -0.2188],
+    ]
 )
 _SDXL_BIAS = torch.tensor([0.1084, -0.0175, -0.0011])
 
@@ -89,9 +97,12 @@ def outpaint_canvas(
         canvas = np.pad(pixels, pad, mode="edge")
     elif fill == "noise":
         rng = np.random.default_rng(0)
-        canvas = rng.integers(0, 256, size=(
-            pixels.shape[0] + up + down, pixels.shape[1] + left + right, 3
-        ), dtype=np.uint8)
+        canvas = rng.integers(
+            0,
+            256,
+            size=(pixels.shape[0] + up + down, pixels.shape[1] + left + right, 3),
+            dtype=np.uint8,
+        )
         canvas[up : up + pixels.shape[0], left : left + pixels.shape[1]] = pixels
     else:
         raise InvalidImage("outpaint", f"unknown fill {fill!r}", allowed=["edge", "noise"])

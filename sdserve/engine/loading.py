@@ -271,8 +271,7 @@ def _from_single_file(
         )
     except Exception as exc:  # diffusers raises several types for a mismatched checkpoint
         raise ModelLoadError(
-            f"{path}: cannot load as a {info.family} checkpoint "
-            f"({type(exc).__name__}: {exc})"
+            f"{path}: cannot load as a {info.family} checkpoint ({type(exc).__name__}: {exc})"
         ) from exc
     return pipe
 

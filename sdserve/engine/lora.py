@@ -159,9 +159,7 @@ class LoraCache:
             return adapter, slot
         return self._ensure_injected(pipe, key, adapter, path, ref), None
 
-    def _in_slot(
-        self, pipe: Any, slot: Slot, key: str, adapter: str, path: Path, ref: str
-    ) -> bool:
+    def _in_slot(self, pipe: Any, slot: Slot, key: str, adapter: str, path: Path, ref: str) -> bool:
         """Put the LoRA's UNet part into the slot (its text-encoder part, if any, goes in
         as a usual adapter); False if it does not fit and must be injected instead."""
         from sdserve.engine.hotswap import SlotMismatch, unet_part
@@ -188,8 +186,7 @@ class LoraCache:
                     pipe, converted, alphas, metadata, adapter
                 )
         except SlotMismatch as exc:
-            log.warning("LoRA %r is loaded as its own adapter (the UNet recompiles): %s",
-                        ref, exc)
+            log.warning("LoRA %r is loaded as its own adapter (the UNet recompiles): %s", ref, exc)
             return False
         except (ValueError, RuntimeError, KeyError) as exc:
             if adapter in _loaded_adapters(pipe):
@@ -219,8 +216,13 @@ class LoraCache:
         self._make_room(pipe, keep=adapter)
         for name, module in encoders:
             pipe.load_lora_into_text_encoder(
-                converted, network_alphas=alphas, text_encoder=module, prefix=name,
-                lora_scale=pipe.lora_scale, adapter_name=adapter, _pipeline=pipe,
+                converted,
+                network_alphas=alphas,
+                text_encoder=module,
+                prefix=name,
+                lora_scale=pipe.lora_scale,
+                adapter_name=adapter,
+                _pipeline=pipe,
                 metadata=metadata,
             )
         self.injections += 1

@@ -16,8 +16,28 @@ if TYPE_CHECKING:
     from transformers import CLIPTextConfig, CLIPTokenizer
 
 TINY_WORDS = (
-    "a", "an", "the", "of", "on", "in", "with", "and", "photo", "painting", "red", "blue",
-    "green", "fox", "cat", "dog", "snow", "beach", "tok", "sks", "portrait", "landscape",
+    "a",
+    "an",
+    "the",
+    "of",
+    "on",
+    "in",
+    "with",
+    "and",
+    "photo",
+    "painting",
+    "red",
+    "blue",
+    "green",
+    "fox",
+    "cat",
+    "dog",
+    "snow",
+    "beach",
+    "tok",
+    "sks",
+    "portrait",
+    "landscape",
 )
 #: Width of the tiny SDXL second text encoder. It differs from the first (32) as in the real
 #: model (768 vs 1280); single-file loading tells the two encoders apart by that width.
@@ -275,12 +295,19 @@ def build_tiny_safety_checker(folder: Path, *, always_flag: bool = False) -> Pat
     torch.manual_seed(0)
     config = CLIPConfig(
         text_config={
-            "hidden_size": 32, "intermediate_size": 37, "num_attention_heads": 4,
-            "num_hidden_layers": 2, "vocab_size": 100,
+            "hidden_size": 32,
+            "intermediate_size": 37,
+            "num_attention_heads": 4,
+            "num_hidden_layers": 2,
+            "vocab_size": 100,
         },
         vision_config={
-            "hidden_size": 32, "intermediate_size": 37, "num_attention_heads": 4,
-            "num_hidden_layers": 2, "image_size": 32, "patch_size": 8,
+            "hidden_size": 32,
+            "intermediate_size": 37,
+            "num_attention_heads": 4,
+            "num_hidden_layers": 2,
+            "image_size": 32,
+            "patch_size": 8,
         },
         projection_dim=32,
     )

@@ -172,9 +172,7 @@ def _batch_hooks(members: list[_Member]) -> RunHooks:
     )
 
 
-def _run_members(
-    runner: JobRunner, members: list[_Member], predictor: Any, started: float
-) -> None:
+def _run_members(runner: JobRunner, members: list[_Member], predictor: Any, started: float) -> None:
     for member in members:
         runner.on_change(member.record)
         runner.store.update_running(

@@ -241,9 +241,7 @@ class InputFetcher:
         for chunk in response.iter_bytes():
             size += len(chunk)
             if size > self.max_bytes:
-                raise InputFetchFailed(
-                    f"{field}: larger than the limit of {self.max_bytes} bytes"
-                )
+                raise InputFetchFailed(f"{field}: larger than the limit of {self.max_bytes} bytes")
             chunks.append(chunk)
         return b"".join(chunks)
 
@@ -258,9 +256,7 @@ class InputFetcher:
         try:
             size = path.stat().st_size
             if size > self.max_bytes:
-                raise InputFetchFailed(
-                    f"{field}: larger than the limit of {self.max_bytes} bytes"
-                )
+                raise InputFetchFailed(f"{field}: larger than the limit of {self.max_bytes} bytes")
             return path.read_bytes()
         except OSError as exc:
             raise InputFetchFailed(f"{field}: cannot read {reference!r}: {exc.strerror}") from None

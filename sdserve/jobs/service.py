@@ -513,7 +513,10 @@ class Service:
         key = new_key(_EXTENSIONS.get(content_type, ""))
         self.files.put(key, data, content_type)
         self.store.add_file(
-            key, name=filename or "file", content_type=content_type, size=len(data),
+            key,
+            name=filename or "file",
+            content_type=content_type,
+            size=len(data),
             purpose="upload",
         )
         return key

@@ -328,11 +328,14 @@ class Store:
                 has_older, has_newer = True, more
             if has_newer and direction == "next":
                 # a page reached through ``next`` has newer rows only if some exist
-                has_newer = session.execute(
-                    select(JobRow.id)
-                    .where(of_kind, _newer_than(first.created_at, first.id))
-                    .limit(1)
-                ).first() is not None
+                has_newer = (
+                    session.execute(
+                        select(JobRow.id)
+                        .where(of_kind, _newer_than(first.created_at, first.id))
+                        .limit(1)
+                    ).first()
+                    is not None
+                )
         return Page(
             results=records,
             next_cursor=encode_cursor("next", last.created_at, last.id) if has_older else None,
@@ -426,9 +429,9 @@ class Store:
 
     def active_jobs(self, source: str | None = None, limit: int = 1000) -> list[JobRecord]:
         """Jobs not yet terminal (of one ``source`` if given), oldest first."""
-        query = select(JobRow).where(JobRow.status.in_(
-            [state.value for state in Status if state not in TERMINAL]
-        ))
+        query = select(JobRow).where(
+            JobRow.status.in_([state.value for state in Status if state not in TERMINAL])
+        )
         if source is not None:
             query = query.where(JobRow.source == source)
         query = query.order_by(JobRow.created_at, JobRow.id).limit(limit)
@@ -524,7 +527,12 @@ class Store:
             if row is None:
                 return None
             return StoredFile(
-                row.key, row.name, row.content_type, row.size, row.purpose, row.job_id,
+                row.key,
+                row.name,
+                row.content_type,
+                row.size,
+                row.purpose,
+                row.job_id,
                 row.created_at,
             )
 

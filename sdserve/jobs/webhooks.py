@@ -193,7 +193,11 @@ class WebhookDispatcher:
             retry_at = utcnow() + timedelta(seconds=delay)
         log.info(
             "webhook %s of job %s to %s failed (%s)%s",
-            row.event, row.job_id, row.url, error, "; will retry" if retry_at else "",
+            row.event,
+            row.job_id,
+            row.url,
+            error,
+            "; will retry" if retry_at else "",
         )
         self.store.webhook_result(
             row.id, delivered=False, attempts=attempts, error=error, retry_at=retry_at

@@ -89,8 +89,8 @@ def read_archive(
                 f"{name!r} is not an image or a .txt caption",
                 allowed=sorted([*IMAGE_SUFFIXES, CAPTION_SUFFIX]),
             )
-        member_limit = limits.max_caption_bytes if suffix == CAPTION_SUFFIX else (
-            limits.max_member_bytes
+        member_limit = (
+            limits.max_caption_bytes if suffix == CAPTION_SUFFIX else (limits.max_member_bytes)
         )
         _check_declared(name, declared, member_limit, total, limits)
         content = _read_bounded(opener, name, member_limit, limits.max_total_bytes - total)

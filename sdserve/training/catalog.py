@@ -76,9 +76,7 @@ class TrainedModels:
         self._seen: dict[Path, int] = {}
         self._lock = threading.Lock()
 
-    def publish(
-        self, destination: str, base: Any, lora: Path, *, training_id: str
-    ) -> TrainedModel:
+    def publish(self, destination: str, base: Any, lora: Path, *, training_id: str) -> TrainedModel:
         """Copy ``lora`` in as the new version of ``destination`` (base: a ``ModelSpec``)."""
         owner, _, name = destination.partition("/")
         folder = self.folder / f"{owner}--{name}"

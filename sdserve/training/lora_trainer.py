@@ -199,8 +199,9 @@ def _add_adapters(pipe: Any, inp: TrainingInput, xl: bool) -> dict[str, Any]:
             module.requires_grad_(False)
     rank = inp.lora_rank
     pipe.unet.add_adapter(
-        LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian",
-                   target_modules=UNET_TARGETS)
+        LoraConfig(
+            r=rank, lora_alpha=rank, init_lora_weights="gaussian", target_modules=UNET_TARGETS
+        )
     )
     trained: dict[str, Any] = {"unet": pipe.unet}
     if inp.train_text_encoder:
@@ -208,8 +209,12 @@ def _add_adapters(pipe: Any, inp: TrainingInput, xl: bool) -> dict[str, Any]:
         for name in encoders:
             module = getattr(pipe, name)
             module.add_adapter(
-                LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian",
-                           target_modules=TEXT_TARGETS)
+                LoraConfig(
+                    r=rank,
+                    lora_alpha=rank,
+                    init_lora_weights="gaussian",
+                    target_modules=TEXT_TARGETS,
+                )
             )
             trained[name] = module
     return trained
@@ -226,8 +231,11 @@ def _place(pipe: Any, device: str, weight_dtype: torch.dtype) -> None:
     # the SDXL VAE overflows in float16; it only encodes here, so float32 costs little
     _move(pipe.vae, device, torch.float32)
     if weight_dtype != torch.float32:
-        modules = [getattr(pipe, name) for name in ("unet", "text_encoder", "text_encoder_2")
-                   if getattr(pipe, name, None) is not None]
+        modules = [
+            getattr(pipe, name)
+            for name in ("unet", "text_encoder", "text_encoder_2")
+            if getattr(pipe, name, None) is not None
+        ]
         cast_training_params(modules, dtype=torch.float32)
 
 
@@ -255,7 +263,7 @@ def _batch_indices(step: int, per_epoch: int, count: int, batch_size: int, seed:
     """The examples of ``step``: a per-epoch shuffle seeded by (seed, epoch)."""
     epoch, position = divmod(step, per_epoch)
     order = torch.randperm(count, generator=torch.Generator().manual_seed(seed + epoch))
-    return [int(index) for index in order[position * batch_size:(position + 1) * batch_size]]
+    return [int(index) for index in order[position * batch_size : (position + 1) * batch_size]]
 
 
 def _tokens(tokenizer: Any, captions: list[str], device: str) -> torch.Tensor:
@@ -278,15 +286,18 @@ def _encode_text(
         return {"encoder_hidden_states": hidden}
     states = []
     pooled = None
-    for tokenizer, encoder in ((pipe.tokenizer, pipe.text_encoder),
-                               (pipe.tokenizer_2, pipe.text_encoder_2)):
+    for tokenizer, encoder in (
+        (pipe.tokenizer, pipe.text_encoder),
+        (pipe.tokenizer_2, pipe.text_encoder_2),
+    ):
         out = encoder(_tokens(tokenizer, captions, device), output_hidden_states=True)
         pooled = out[0]  # the projected pooled embedding of the last encoder is used
         states.append(out.hidden_states[-2])
     hidden = torch.cat(states, dim=-1)
     # (original size, crop top-left, target size): images were fitted to a square
-    time_ids = torch.tensor([[resolution, resolution, 0, 0, resolution, resolution]],
-                            dtype=hidden.dtype, device=device).repeat(len(captions), 1)
+    time_ids = torch.tensor(
+        [[resolution, resolution, 0, 0, resolution, resolution]], dtype=hidden.dtype, device=device
+    ).repeat(len(captions), 1)
     return {
         "encoder_hidden_states": hidden,
         "added_cond_kwargs": {"text_embeds": pooled, "time_ids": time_ids},
@@ -323,7 +334,7 @@ def latest_checkpoint(folder: Path) -> Path | None:
     for child in folder.iterdir():
         if child.name.startswith(_CHECKPOINT_PREFIX) and (child / "meta.json").is_file():
             try:
-                found.append((int(child.name[len(_CHECKPOINT_PREFIX):]), child))
+                found.append((int(child.name[len(_CHECKPOINT_PREFIX) :]), child))
             except ValueError:
                 continue
     return max(found)[1] if found else None
@@ -384,8 +395,9 @@ def _load_checkpoint(
     weights = load_file(str(path / "adapters.safetensors"))
     for name, module in trained.items():
         prefix = f"{name}."
-        own = {key[len(prefix):]: value for key, value in weights.items()
-               if key.startswith(prefix)}
+        own = {
+            key[len(prefix) :]: value for key, value in weights.items() if key.startswith(prefix)
+        }
         set_peft_model_state_dict(module, own)
     # written by this code in the job's own folder; weights_only keeps it to plain data
     state = torch.load(path / "state.pt", weights_only=True)

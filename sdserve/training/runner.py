@@ -157,4 +157,3 @@ class TrainingRunner:
             version=published.version,
             metrics=metrics,
         )
-

@@ -43,8 +43,16 @@ class ServerProcess:
     def start(self, timeout: float = 180.0) -> None:
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", **self.env}
         command = [
-            sys.executable, "-m", "sdserve.cli", "--data-dir", str(self.data_dir),
-            "serve", "--demo", "--port", str(self.port), *self.extra_args,
+            sys.executable,
+            "-m",
+            "sdserve.cli",
+            "--data-dir",
+            str(self.data_dir),
+            "serve",
+            "--demo",
+            "--port",
+            str(self.port),
+            *self.extra_args,
         ]
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)

@@ -15,8 +15,9 @@ TERMINAL = {"succeeded", "failed", "canceled"}
 def create(url: str, steps: int) -> str:
     response = httpx.post(
         f"{url}/v1/models/sdserve/tiny-sd/predictions",
-        json={"input": {"prompt": "crash", "width": 64, "height": 64,
-                        "num_inference_steps": steps}},
+        json={
+            "input": {"prompt": "crash", "width": 64, "height": 64, "num_inference_steps": steps}
+        },
         timeout=30,
     )
     assert response.status_code == 201, response.text

@@ -85,15 +85,28 @@ def test_random_seed_is_reported_and_reproduces_the_image(http: httpx.Client) ->
 
 
 def test_multipart_with_string_fields_matches_json(http: httpx.Client) -> None:
-    fields = {"prompt": "a lighthouse", "seed": "23", "num_inference_steps": "2",
-              "guidance_scale": "7.5", "width": "64", "height": "64", "num_images": "1"}
+    fields = {
+        "prompt": "a lighthouse",
+        "seed": "23",
+        "num_inference_steps": "2",
+        "guidance_scale": "7.5",
+        "width": "64",
+        "height": "64",
+        "num_images": "1",
+    }
     # curl -F sends multipart even without files; httpx does for files= only
     by_form = http.post(f"/v1/inference/{MODEL}", files={k: (None, v) for k, v in fields.items()})
     assert by_form.status_code == 200, by_form.text
     by_json = http.post(
         f"/v1/inference/{MODEL}",
-        json={"prompt": "a lighthouse", "seed": 23, "num_inference_steps": 2,
-              "guidance_scale": 7.5, "width": 64, "height": 64},
+        json={
+            "prompt": "a lighthouse",
+            "seed": 23,
+            "num_inference_steps": 2,
+            "guidance_scale": 7.5,
+            "width": 64,
+            "height": 64,
+        },
     )
     assert pixels_of(by_form.json()["images"][0]) == pixels_of(by_json.json()["images"][0])
 
@@ -104,7 +117,8 @@ def test_img2img_and_inpaint_with_file_parts_and_data_urls(http: httpx.Client) -
     mask.paste(255, (0, 0, 32, 64))  # white = repaint
     fields = {"prompt": "a dog", "seed": "5", "num_inference_steps": "3", "strength": "0.6"}
     img2img = http.post(
-        f"/v1/inference/{MODEL}", data=fields,
+        f"/v1/inference/{MODEL}",
+        data=fields,
         files={"image": ("in.png", png_bytes(source), "image/png")},
     )
     assert img2img.status_code == 200, img2img.text
@@ -112,14 +126,22 @@ def test_img2img_and_inpaint_with_file_parts_and_data_urls(http: httpx.Client) -
     # the same img2img with a data URL in JSON: the same pixels
     as_json = http.post(
         f"/v1/inference/{MODEL}",
-        json={"prompt": "a dog", "seed": 5, "num_inference_steps": 3, "strength": 0.6,
-              "image": data_uri(source)},
+        json={
+            "prompt": "a dog",
+            "seed": 5,
+            "num_inference_steps": 3,
+            "strength": 0.6,
+            "image": data_uri(source),
+        },
     )
     assert pixels_of(as_json.json()["images"][0]) == pixels_of(img2img.json()["images"][0])
     inpaint = http.post(
-        f"/v1/inference/{MODEL}", data=fields,
-        files={"image": ("in.png", png_bytes(source), "image/png"),
-               "mask": ("mask.png", png_bytes(mask), "image/png")},
+        f"/v1/inference/{MODEL}",
+        data=fields,
+        files={
+            "image": ("in.png", png_bytes(source), "image/png"),
+            "mask": ("mask.png", png_bytes(mask), "image/png"),
+        },
     )
     assert inpaint.status_code == 200, inpaint.text
     check_result(inpaint.json(), 1)
@@ -148,7 +170,8 @@ def test_validation_errors_are_422_naming_the_field(
 
 def test_undecodable_image_part_is_422(http: httpx.Client) -> None:
     response = http.post(
-        f"/v1/inference/{MODEL}", data={"prompt": "x"},
+        f"/v1/inference/{MODEL}",
+        data={"prompt": "x"},
         files={"image": ("in.png", b"not an image", "image/png")},
     )
     assert response.status_code == 422

@@ -63,7 +63,10 @@ def test_generate_url_is_absolute_and_fetchable_without_a_token(
     client: openai.OpenAI, server: ServerProcess
 ) -> None:
     result = client.images.generate(
-        model=MODEL, prompt="a cat", size="64x128", response_format="url",
+        model=MODEL,
+        prompt="a cat",
+        size="64x128",
+        response_format="url",
         extra_body={"seed": 3, **FAST},
     )
     assert result.data is not None
@@ -115,8 +118,11 @@ def test_edit_transparent_mask_means_white_repaint(
 
     def edit(mask: Image.Image) -> bytes:
         result = client.images.edit(
-            model=MODEL, image=png_file(source, "image.png"), mask=png_file(mask, "mask.png"),
-            prompt="a blue lake", extra_body={"seed": 5, **FAST},
+            model=MODEL,
+            image=png_file(source, "image.png"),
+            mask=png_file(mask, "mask.png"),
+            prompt="a blue lake",
+            extra_body={"seed": 5, **FAST},
         )
         assert result.data is not None and len(result.data) == 1
         image = decode(result.data[0].b64_json)
@@ -128,8 +134,13 @@ def test_edit_transparent_mask_means_white_repaint(
     sd_mask.paste(255, (0, 0, 32, 64))
     reference = httpx.post(
         f"{server.url}/v1/inference/{MODEL}",
-        json={"prompt": "a blue lake", "image": data_uri(source), "mask": data_uri(sd_mask),
-              "seed": 5, **FAST},
+        json={
+            "prompt": "a blue lake",
+            "image": data_uri(source),
+            "mask": data_uri(sd_mask),
+            "seed": 5,
+            **FAST,
+        },
         timeout=300,
     )
     assert reference.status_code == 200, reference.text
@@ -154,7 +165,9 @@ def test_edit_with_a_list_of_images_uses_image_array_parts(client: openai.OpenAI
 def test_variation(client: openai.OpenAI) -> None:
     source = Image.new("RGB", (64, 64), (40, 40, 200))
     result = client.images.create_variation(
-        model=MODEL, image=png_file(source, "image.png"), n=2,
+        model=MODEL,
+        image=png_file(source, "image.png"),
+        n=2,
         extra_body={"seed": 4, **FAST},
     )
     assert result.data is not None and len(result.data) == 2
@@ -188,8 +201,10 @@ def test_edit_mask_without_alpha_is_a_bad_request(client: openai.OpenAI) -> None
     source = Image.new("RGB", (64, 64), (1, 2, 3))
     with pytest.raises(openai.BadRequestError) as caught:
         client.images.edit(
-            model=MODEL, image=png_file(source, "image.png"),
-            mask=png_file(Image.new("L", (64, 64), 255), "mask.png"), prompt="x",
+            model=MODEL,
+            image=png_file(source, "image.png"),
+            mask=png_file(Image.new("L", (64, 64), 255), "mask.png"),
+            prompt="x",
         )
     assert caught.value.param == "mask"
 
@@ -207,9 +222,7 @@ def test_models_list(client: openai.OpenAI) -> None:
 
 
 def test_deepinfra_openai_compatible_prefix(server: ServerProcess) -> None:
-    deepinfra = openai.OpenAI(
-        api_key="anything", base_url=f"{server.url}/v1/openai", max_retries=0
-    )
+    deepinfra = openai.OpenAI(api_key="anything", base_url=f"{server.url}/v1/openai", max_retries=0)
     assert "sdserve/tiny-sd" in [model.id for model in deepinfra.models.list()]
     result = deepinfra.images.generate(
         model=MODEL, prompt="a boat", size="64x64", extra_body={"seed": 2, **FAST}

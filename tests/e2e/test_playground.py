@@ -26,8 +26,14 @@ expect = playwright_sync.expect
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
 ]
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts" / "playground"
 RUN_TIMEOUT_MS = 240_000  # a first request loads the tiny pipeline on a shared CPU
@@ -119,7 +125,8 @@ def loaded_size(page: Page, selector: str) -> tuple[int, int]:
     """Natural size of an image once the browser decoded it (0x0 if it failed)."""
     page.wait_for_function(
         "s => { const i = document.querySelector(s); return i && i.complete; }",
-        arg=selector, timeout=30_000,
+        arg=selector,
+        timeout=30_000,
     )
     size = page.eval_on_selector(selector, "i => [i.naturalWidth, i.naturalHeight]")
     return int(size[0]), int(size[1])
@@ -159,8 +166,18 @@ def test_page_builds_the_form_from_the_model_schema(page: Page, base_url: str) -
     assert page.get_attribute("#in-width", "max") == str(width["maximum"])
     expect(page.locator("#in-width-help")).to_contain_text(str(width["maximum"]))
     expect(page.locator("#in-guidance_scale-help")).to_contain_text("guidance")
-    for name in ("prompt", "negative_prompt", "seed", "scheduler", "num_outputs", "lora",
-                 "lora_scale", "output_format", "apply_watermark", "disable_safety_checker"):
+    for name in (
+        "prompt",
+        "negative_prompt",
+        "seed",
+        "scheduler",
+        "num_outputs",
+        "lora",
+        "lora_scale",
+        "output_format",
+        "apply_watermark",
+        "disable_safety_checker",
+    ):
         assert page.locator(f"#in-{name}").count() == 1, name
 
 
@@ -199,9 +216,7 @@ def test_generate_from_text_shows_image_and_seed(
     expect(page.locator("#in-prompt")).to_have_value("a lighthouse at dusk")
 
 
-def test_live_progress_and_cancel_a_long_job(
-    page: Page, base_url: str, artifacts: Path
-) -> None:
+def test_live_progress_and_cancel_a_long_job(page: Page, base_url: str, artifacts: Path) -> None:
     page.fill("#in-prompt", "a very long job")
     fill_small(page, steps=500)  # minutes of work on a CPU: long enough to cancel mid-way
     with page.expect_response(lambda r: r.url.endswith("/predictions") and r.status == 201) as made:
@@ -288,9 +303,11 @@ def test_mask_tools_invert_and_clear(page: Page, tmp_path: Path) -> None:
     page.get_by_label("Inpaint", exact=True).check()
     page.set_input_files("#image-file", str(write_photo(tmp_path / "photo.png")))
     expect(page.locator("#mask-tools")).to_be_visible()
-    painted = "() => { const d = document.getElementById('mask-view').getContext('2d')" \
-        ".getImageData(0, 0, 64, 64).data; let n = 0; for (let i = 3; i < d.length; i += 4)" \
+    painted = (
+        "() => { const d = document.getElementById('mask-view').getContext('2d')"
+        ".getImageData(0, 0, 64, 64).data; let n = 0; for (let i = 3; i < d.length; i += 4)"
         " if (d[i] > 0) n++; return n; }"
+    )
     assert page.evaluate(painted) == 0
     page.get_by_role("button", name="Invert").click()
     assert page.evaluate(painted) == 64 * 64
@@ -337,9 +354,7 @@ def test_server_side_input_error_shown_beside_its_field(page: Page, artifacts: P
     shot(page, artifacts, "08-server-error")
 
 
-def test_gallery_lists_the_new_predictions(
-    page: Page, base_url: str, artifacts: Path
-) -> None:
+def test_gallery_lists_the_new_predictions(page: Page, base_url: str, artifacts: Path) -> None:
     page.fill("#in-prompt", "for the gallery")
     fill_small(page)
     page.click("#run")
@@ -371,7 +386,9 @@ def test_gallery_lists_the_new_predictions(
 
 def test_phone_sized_viewport(browser: Browser, base_url: str, artifacts: Path) -> None:
     context = browser.new_context(
-        viewport={"width": 390, "height": 844}, device_scale_factor=2, is_mobile=True,
+        viewport={"width": 390, "height": 844},
+        device_scale_factor=2,
+        is_mobile=True,
         has_touch=True,
     )
     page = context.new_page()
@@ -393,7 +410,8 @@ def test_page_asks_for_a_token_when_the_server_has_tokens(
     browser: Browser, tmp_path_factory: pytest.TempPathFactory, artifacts: Path
 ) -> None:
     server = ServerProcess(
-        data_dir=tmp_path_factory.mktemp("token-server"), port=free_port(),
+        data_dir=tmp_path_factory.mktemp("token-server"),
+        port=free_port(),
         extra_args=["--token", "s3cret-token"],
     )
     server.start()

@@ -98,29 +98,37 @@ def test_same_seed_same_pixels_and_seed_plus_index(client: replicate.Client) -> 
     assert max_level_difference(alone_pixels, first) > 10
 
 
-def test_img2img_and_inpaint_with_uploaded_files(
-    client: replicate.Client, tmp_path: Path
-) -> None:
+def test_img2img_and_inpaint_with_uploaded_files(client: replicate.Client, tmp_path: Path) -> None:
     image_path = sample_png(tmp_path)
     with image_path.open("rb") as image:
         img2img = client.run(
-            MODEL, input={"prompt": "a dog", "image": image, "prompt_strength": 0.5, "seed": 5,
-                          "num_inference_steps": 4}
+            MODEL,
+            input={
+                "prompt": "a dog",
+                "image": image,
+                "prompt_strength": 0.5,
+                "seed": 5,
+                "num_inference_steps": 4,
+            },
         )
     with Image.open(io.BytesIO(img2img[0].read())) as result:
         assert result.size == (64, 64)
     with image_path.open("rb") as image, half_mask(tmp_path).open("rb") as mask:
         inpainted = client.run(
-            MODEL, input={"prompt": "a dog", "image": image, "mask": mask, "seed": 5,
-                          "num_inference_steps": 4}
+            MODEL,
+            input={
+                "prompt": "a dog",
+                "image": image,
+                "mask": mask,
+                "seed": 5,
+                "num_inference_steps": 4,
+            },
         )
     with Image.open(io.BytesIO(inpainted[0].read())) as result:
         assert result.size == (64, 64)
 
 
-def test_img2img_with_base64_inputs_matches_upload(
-    server: ServerProcess, tmp_path: Path
-) -> None:
+def test_img2img_with_base64_inputs_matches_upload(server: ServerProcess, tmp_path: Path) -> None:
     image_path = sample_png(tmp_path, (30, 90, 200))
     inputs = {"prompt": "a dog", "prompt_strength": 0.6, "seed": 9, "num_inference_steps": 4}
     uploaded = replicate.Client(api_token="x", base_url=server.url)
@@ -169,8 +177,10 @@ def test_cancel_a_long_running_prediction(client: replicate.Client) -> None:
 
 
 def test_pagination_newest_first(client: replicate.Client, server: ServerProcess) -> None:
-    made = [client.models.predictions.create(model=MODEL, input={"prompt": f"page {i}", **FAST})
-            for i in range(3)]
+    made = [
+        client.models.predictions.create(model=MODEL, input={"prompt": f"page {i}", **FAST})
+        for i in range(3)
+    ]
     for prediction in made:
         prediction.wait()
     # pages of two, so three new predictions always span more than one page
@@ -222,8 +232,7 @@ def test_webhook_completed_exactly_once_with_valid_signature(client: replicate.C
 
 def test_sse_stream_delivers_progress_and_done(client: replicate.Client) -> None:
     prediction = client.models.predictions.create(
-        model=MODEL, input={"prompt": "stream", "width": 64, "height": 64,
-                            "num_inference_steps": 8}
+        model=MODEL, input={"prompt": "stream", "width": 64, "height": 64, "num_inference_steps": 8}
     )
     events: list[str] = []
     with httpx.stream("GET", prediction.urls["stream"], timeout=60) as response:
@@ -242,8 +251,9 @@ def test_data_uri_input_image_decodes(client: replicate.Client) -> None:
     buffer = io.BytesIO()
     Image.new("RGB", (64, 64), (10, 200, 10)).save(buffer, format="PNG")
     uri = "data:application/octet-stream;base64," + base64.b64encode(buffer.getvalue()).decode()
-    output = client.run(MODEL, input={"prompt": "leaf", "image": uri, "seed": 2,
-                                      "num_inference_steps": 4})
+    output = client.run(
+        MODEL, input={"prompt": "leaf", "image": uri, "seed": 2, "num_inference_steps": 4}
+    )
     assert len(output) == 1
 
 
@@ -268,8 +278,8 @@ def test_cancel_after_deadline_aborts_a_queued_prediction(
     client: replicate.Client, server: ServerProcess
 ) -> None:
     blocker = client.models.predictions.create(
-        model=MODEL, input={"prompt": "blocker", "width": 128, "height": 128,
-                            "num_inference_steps": 60}
+        model=MODEL,
+        input={"prompt": "blocker", "width": 128, "height": 128, "num_inference_steps": 60},
     )
     response = httpx.post(
         f"{server.url}/v1/models/{MODEL}/predictions",
@@ -312,9 +322,12 @@ def test_tokens_are_required_when_configured(tmp_path: Path) -> None:
             bad.run(MODEL, input={"prompt": "no", **FAST})
         assert caught.value.status == 401
         assert httpx.get(f"{secured.url}/v1/predictions").status_code == 401
-        assert httpx.get(
-            f"{secured.url}/v1/predictions", headers={"Authorization": "Token s3cret"}
-        ).status_code == 200
+        assert (
+            httpx.get(
+                f"{secured.url}/v1/predictions", headers={"Authorization": "Token s3cret"}
+            ).status_code
+            == 200
+        )
         assert httpx.get(f"{secured.url}/health").status_code == 200
     finally:
         secured.stop()

@@ -54,9 +54,14 @@ def replicate_pixels(http: httpx.Client) -> list[bytes]:
         headers={"Prefer": "wait"},
         json={
             "input": {
-                "prompt": PROMPT, "seed": SEED, "num_inference_steps": STEPS,
-                "guidance_scale": GUIDANCE, "width": SIZE, "height": SIZE,
-                "scheduler": "K_EULER", "num_outputs": COUNT,
+                "prompt": PROMPT,
+                "seed": SEED,
+                "num_inference_steps": STEPS,
+                "guidance_scale": GUIDANCE,
+                "width": SIZE,
+                "height": SIZE,
+                "scheduler": "K_EULER",
+                "num_outputs": COUNT,
             }
         },
     )
@@ -72,18 +77,21 @@ def test_deepinfra_gives_the_same_pixels(http: httpx.Client, replicate_pixels: l
     response = http.post(
         f"/v1/inference/{MODEL}",
         json={
-            "prompt": PROMPT, "seed": SEED, "num_inference_steps": STEPS,
-            "guidance_scale": GUIDANCE, "width": SIZE, "height": SIZE,
-            "scheduler": "K_EULER", "num_images": COUNT,
+            "prompt": PROMPT,
+            "seed": SEED,
+            "num_inference_steps": STEPS,
+            "guidance_scale": GUIDANCE,
+            "width": SIZE,
+            "height": SIZE,
+            "scheduler": "K_EULER",
+            "num_images": COUNT,
         },
     )
     assert response.status_code == 200, response.text
     assert [from_data_uri(uri) for uri in response.json()["images"]] == replicate_pixels
 
 
-def test_openai_gives_the_same_pixels(
-    server: ServerProcess, replicate_pixels: list[bytes]
-) -> None:
+def test_openai_gives_the_same_pixels(server: ServerProcess, replicate_pixels: list[bytes]) -> None:
     client = openai.OpenAI(api_key="anything", base_url=f"{server.url}/v1", max_retries=0)
     result = client.images.generate(
         model=MODEL,
@@ -91,7 +99,9 @@ def test_openai_gives_the_same_pixels(
         n=COUNT,
         size=f"{SIZE}x{SIZE}",
         extra_body={
-            "seed": SEED, "num_inference_steps": STEPS, "guidance_scale": GUIDANCE,
+            "seed": SEED,
+            "num_inference_steps": STEPS,
+            "guidance_scale": GUIDANCE,
             "scheduler": "K_EULER",
         },
     )
@@ -104,9 +114,16 @@ def test_a1111_gives_the_same_pixels(http: httpx.Client, replicate_pixels: list[
     response = http.post(
         "/sdapi/v1/txt2img",
         json={
-            "prompt": PROMPT, "negative_prompt": "", "seed": SEED, "steps": STEPS,
-            "cfg_scale": GUIDANCE, "width": SIZE, "height": SIZE, "sampler_name": "Euler",
-            "batch_size": COUNT, "n_iter": 1,
+            "prompt": PROMPT,
+            "negative_prompt": "",
+            "seed": SEED,
+            "steps": STEPS,
+            "cfg_scale": GUIDANCE,
+            "width": SIZE,
+            "height": SIZE,
+            "sampler_name": "Euler",
+            "batch_size": COUNT,
+            "n_iter": 1,
             "override_settings": {"sd_model_checkpoint": MODEL},
         },
     )

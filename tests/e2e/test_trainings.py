@@ -91,8 +91,13 @@ def test_train_then_generate_with_the_new_model(
             training = client.trainings.create(
                 model=BASE,
                 version=base_version(client),
-                input={"input_images": archive, "token_string": "TOK", "max_train_steps": 12,
-                       "seed": 5, **LEARN},
+                input={
+                    "input_images": archive,
+                    "token_string": "TOK",
+                    "max_train_steps": 12,
+                    "seed": 5,
+                    **LEARN,
+                },
                 destination="me/my-dog",
                 webhook=receiver.url,
                 webhook_events_filter=["completed"],
@@ -154,7 +159,11 @@ def _loads_in_plain_diffusers(data: bytes, data_dir: Path, tmp_path: Path) -> No
 
     def render() -> torch.Tensor:
         return pipe(
-            "a photo of tok", num_inference_steps=2, width=64, height=64, output_type="pt",
+            "a photo of tok",
+            num_inference_steps=2,
+            width=64,
+            height=64,
+            output_type="pt",
             generator=torch.Generator().manual_seed(1),
         ).images
 
@@ -187,12 +196,15 @@ def test_hostile_archive_fails_and_writes_nothing_outside_the_job(
 ) -> None:
     buffer = io.BytesIO()
     Image.new("RGB", (64, 64)).save(buffer, format="PNG")
-    evil = image_zip(tmp_path / "evil.zip", {"ok.png": buffer.getvalue(),
-                                               "../../evil.png": buffer.getvalue()})
+    evil = image_zip(
+        tmp_path / "evil.zip", {"ok.png": buffer.getvalue(), "../../evil.png": buffer.getvalue()}
+    )
     with evil.open("rb") as archive:
         training = client.trainings.create(
-            model=BASE, version=base_version(client),
-            input={"input_images": archive, "max_train_steps": 2}, destination="me/evil",
+            model=BASE,
+            version=base_version(client),
+            input={"input_images": archive, "max_train_steps": 2},
+            destination="me/evil",
         )
     wait(training, lambda t: t.status in TERMINAL, timeout=120)
     assert training.status == "failed"
@@ -203,26 +215,34 @@ def test_hostile_archive_fails_and_writes_nothing_outside_the_job(
     # the job's folder holds the one member read before the refusal, under a generated name
     job = root / "training" / training.id
     assert sorted(str(path.relative_to(job)) for path in job.rglob("*")) == [
-        "images", "images/00000.png"
+        "images",
+        "images/00000.png",
     ]
 
 
 def test_bad_training_inputs_are_refused_at_once(client: replicate.Client) -> None:
     version = base_version(client)
     with pytest.raises(ReplicateError) as full:
-        client.trainings.create(model=BASE, version=version,
-                                input={"input_images": "data:,x", "is_lora": False},
-                                destination="me/full")
+        client.trainings.create(
+            model=BASE,
+            version=version,
+            input={"input_images": "data:,x", "is_lora": False},
+            destination="me/full",
+        )
     assert full.value.status == 422
     assert "full fine-tuning is not supported; use is_lora=true" in (full.value.detail or "")
     with pytest.raises(ReplicateError) as clash:
-        client.trainings.create(model=BASE, version=version,
-                                input={"input_images": "data:,x"}, destination=BASE)
+        client.trainings.create(
+            model=BASE, version=version, input={"input_images": "data:,x"}, destination=BASE
+        )
     assert clash.value.status == 422 and "served base model" in (clash.value.detail or "")
     with pytest.raises(ReplicateError) as scheduler:
-        client.trainings.create(model=BASE, version=version,
-                                input={"input_images": "data:,x", "lr_scheduler": "polynomial"},
-                                destination="me/x")
+        client.trainings.create(
+            model=BASE,
+            version=version,
+            input={"input_images": "data:,x", "lr_scheduler": "polynomial"},
+            destination="me/x",
+        )
     assert scheduler.value.status == 422 and "constant" in (scheduler.value.detail or "")
 
 
@@ -234,9 +254,14 @@ def test_training_resumes_after_the_server_is_killed(tmp_path: Path) -> None:
         client = replicate.Client(api_token="anything", base_url=proc.url)
         with image_zip(tmp_path / "dog.zip").open("rb") as archive:
             training = client.trainings.create(
-                model=BASE, version=base_version(client),
-                input={"input_images": archive, "max_train_steps": 10, "checkpointing_steps": 3,
-                       **{**LEARN, "train_batch_size": 2}},
+                model=BASE,
+                version=base_version(client),
+                input={
+                    "input_images": archive,
+                    "max_train_steps": 10,
+                    "checkpointing_steps": 3,
+                    **{**LEARN, "train_batch_size": 2},
+                },
                 destination="me/resumed",
             )
         wait(training, lambda t: t.status in TERMINAL or "saved checkpoint" in (t.logs or ""))
@@ -257,11 +282,31 @@ def test_training_resumes_after_the_server_is_killed(tmp_path: Path) -> None:
 def test_sdserve_train_cli_publishes_a_model_that_serve_serves(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     done = subprocess.run(
-        [sys.executable, "-m", "sdserve.cli", "--data-dir", str(data_dir), "train",
-         str(image_zip(tmp_path / "dog.zip")), "--model", BASE, "--destination", "me/cli-dog",
-         "--token-string", "TOK", "--max-train-steps", "3", "--lora-rank", "4",
-         "--batch-size", "2"],
-        capture_output=True, text=True, timeout=600, env={**_env(), "HF_HUB_OFFLINE": "1"},
+        [
+            sys.executable,
+            "-m",
+            "sdserve.cli",
+            "--data-dir",
+            str(data_dir),
+            "train",
+            str(image_zip(tmp_path / "dog.zip")),
+            "--model",
+            BASE,
+            "--destination",
+            "me/cli-dog",
+            "--token-string",
+            "TOK",
+            "--max-train-steps",
+            "3",
+            "--lora-rank",
+            "4",
+            "--batch-size",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**_env(), "HF_HUB_OFFLINE": "1"},
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "model:   me/cli-dog:" in done.stdout

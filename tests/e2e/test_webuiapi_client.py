@@ -56,8 +56,9 @@ def test_batch_size_times_n_iter_images_with_consecutive_seeds(api: webuiapi.Web
 
 def test_img2img_resizes_the_init_image_to_the_requested_size(api: webuiapi.WebUIApi) -> None:
     init = Image.new("RGB", (96, 80), (200, 40, 40))
-    result = api.img2img(images=[init], prompt="a red square", denoising_strength=0.5,
-                         seed=4, **FAST)
+    result = api.img2img(
+        images=[init], prompt="a red square", denoising_strength=0.5, seed=4, **FAST
+    )
     assert len(result.images) == 1 and result.image.size == (64, 64)
     assert "Denoising strength: 0.5" in result.info["infotexts"][0]
 
@@ -67,8 +68,14 @@ def test_inpainting_follows_the_mask_and_its_invert_flag(api: webuiapi.WebUIApi)
     left = Image.new("L", (64, 64), 0)
     left.paste(255, (0, 0, 32, 64))  # left half: repaint
     right = Image.eval(left, lambda value: 255 - value)
-    common: dict[str, Any] = {"images": [init], "prompt": "grass", "mask_blur": 0,
-                              "denoising_strength": 1.0, "seed": 9, **FAST}
+    common: dict[str, Any] = {
+        "images": [init],
+        "prompt": "grass",
+        "mask_blur": 0,
+        "denoising_strength": 1.0,
+        "seed": 9,
+        **FAST,
+    }
     with_left = api.img2img(mask_image=left, **common)
     with_right = api.img2img(mask_image=right, **common)
     left_inverted = api.img2img(mask_image=left, inpainting_mask_invert=1, **common)
@@ -84,8 +91,9 @@ def test_sd_models_and_switching_the_current_model(api: webuiapi.WebUIApi) -> No
     models = api.get_sd_models()
     titles = api.util_get_model_names()
     assert {m["model_name"] for m in models} >= {"sdserve/tiny-sd", "sdserve/tiny-sdxl"}
-    assert all({"title", "model_name", "hash", "sha256", "filename", "config"} <= m.keys()
-               for m in models)
+    assert all(
+        {"title", "model_name", "hash", "sha256", "filename", "config"} <= m.keys() for m in models
+    )
     sdxl = next(t for t in titles if t.startswith("sdserve/tiny-sdxl"))
     default = api.util_get_current_model()
     try:
@@ -97,8 +105,9 @@ def test_sd_models_and_switching_the_current_model(api: webuiapi.WebUIApi) -> No
     finally:
         api.set_options({"sd_model_checkpoint": default})
     assert api.util_get_current_model() == default
-    per_request = api.txt2img(prompt="a boat", seed=1,
-                              override_settings={"sd_model_checkpoint": sdxl}, **FAST)
+    per_request = api.txt2img(
+        prompt="a boat", seed=1, override_settings={"sd_model_checkpoint": sdxl}, **FAST
+    )
     assert per_request.info["sd_model_name"] == "sdserve/tiny-sdxl"
     with pytest.raises(RuntimeError) as caught:
         api.txt2img(prompt="x", override_settings={"sd_model_checkpoint": "nope"}, **FAST)
@@ -111,14 +120,22 @@ def test_every_listed_sampler_generates(api: webuiapi.WebUIApi) -> None:
     assert {"Euler a", "Euler", "DPM++ 2M", "DDIM", "LMS", "Heun", "UniPC"} <= set(names)
     assert all({"name", "aliases", "options"} <= sampler.keys() for sampler in samplers)
     for name in names:
-        result = api.txt2img(prompt="a tree", seed=2, sampler_name=name, width=64, height=64,
-                             steps=4)
+        result = api.txt2img(
+            prompt="a tree", seed=2, sampler_name=name, width=64, height=64, steps=4
+        )
         assert result.image.size == (64, 64), name
         assert f"Sampler: {name}" in result.info["infotexts"][0]
     schedulers = {item["name"] for item in api.get_schedulers()}
     assert {"automatic", "karras", "exponential"} <= schedulers
-    karras = api.txt2img(prompt="a tree", seed=2, sampler_name="Euler", scheduler="karras",
-                         width=64, height=64, steps=4)
+    karras = api.txt2img(
+        prompt="a tree",
+        seed=2,
+        sampler_name="Euler",
+        scheduler="karras",
+        width=64,
+        height=64,
+        steps=4,
+    )
     assert "Schedule type: Karras" in karras.info["infotexts"][0]
 
 
@@ -131,8 +148,9 @@ def test_progress_and_interrupt_of_a_long_job(
 
     def long_job() -> None:
         try:
-            outcome["result"] = api.txt2img(prompt="a long night", seed=5, width=128,
-                                            height=128, steps=300)
+            outcome["result"] = api.txt2img(
+                prompt="a long night", seed=5, width=128, height=128, steps=300
+            )
         except Exception as exc:  # reported by the assertions below
             outcome["error"] = exc
 
@@ -185,8 +203,15 @@ def test_lora_tag_changes_the_image(api: webuiapi.WebUIApi) -> None:
 
 
 def test_hires_fix_scales_the_output(api: webuiapi.WebUIApi) -> None:
-    result = api.txt2img(prompt="a castle", seed=3, enable_hr=True, hr_scale=2,
-                         hr_second_pass_steps=2, denoising_strength=0.5, **FAST)
+    result = api.txt2img(
+        prompt="a castle",
+        seed=3,
+        enable_hr=True,
+        hr_scale=2,
+        hr_second_pass_steps=2,
+        denoising_strength=0.5,
+        **FAST,
+    )
     assert result.image.size == (128, 128)
     assert "Hires upscale: 2" in result.info["infotexts"][0]
 
@@ -201,8 +226,15 @@ def test_small_endpoints_answer_json(api: webuiapi.WebUIApi) -> None:
 
 
 def test_unknown_keys_and_bad_values(api: webuiapi.WebUIApi, server: ServerProcess) -> None:
-    body = {"prompt": "x", "width": 64, "height": 64, "steps": 2, "hr_checkpoint_name": None,
-            "alwayson_scripts": {}, "some_future_key": [1, 2]}
+    body = {
+        "prompt": "x",
+        "width": 64,
+        "height": 64,
+        "steps": 2,
+        "hr_checkpoint_name": None,
+        "alwayson_scripts": {},
+        "some_future_key": [1, 2],
+    }
     answer = httpx.post(f"{server.url}/sdapi/v1/txt2img", json=body, timeout=120)
     assert answer.status_code == 200
     assert answer.json()["parameters"]["some_future_key"] == [1, 2]
@@ -217,12 +249,12 @@ def token_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerPro
 
 
 def test_basic_auth_with_the_token_as_password(token_server: ServerProcess) -> None:
-    api = webuiapi.WebUIApi(host="127.0.0.1", port=token_server.port, username="u",
-                            password="t")
+    api = webuiapi.WebUIApi(host="127.0.0.1", port=token_server.port, username="u", password="t")
     result = api.txt2img(prompt="a key", seed=1, **FAST)
     assert result.image.size == (64, 64)
-    wrong = webuiapi.WebUIApi(host="127.0.0.1", port=token_server.port, username="u",
-                              password="wrong")
+    wrong = webuiapi.WebUIApi(
+        host="127.0.0.1", port=token_server.port, username="u", password="wrong"
+    )
     with pytest.raises(RuntimeError) as caught:
         wrong.txt2img(prompt="a key", **FAST)
     assert caught.value.args[0] == 401

@@ -118,8 +118,14 @@ class A1111Api:
         router.add_api_route("/latent-upscale-modes", self.latent_upscale_modes, methods=get)
         router.add_api_route("/embeddings", self.embeddings, methods=get)
         router.add_api_route("/scripts", self.scripts, methods=get)
-        for path in ("/sd-vae", "/hypernetworks", "/face-restorers", "/realesrgan-models",
-                     "/prompt-styles", "/script-info"):
+        for path in (
+            "/sd-vae",
+            "/hypernetworks",
+            "/face-restorers",
+            "/realesrgan-models",
+            "/prompt-styles",
+            "/script-info",
+        ):
             router.add_api_route(path, self.empty_list, methods=get)
         for path in ("/refresh-checkpoints", "/refresh-loras", "/refresh-vae"):
             router.add_api_route(path, self.refresh, methods=post)
@@ -138,9 +144,7 @@ class A1111Api:
         values = await asyncio.to_thread(
             canonical_input, body, known_loras=self._lora_names(), img2img=img2img
         )
-        job = await asyncio.to_thread(
-            self.service.create, checkpoint.name, values, source=SOURCE
-        )
+        job = await asyncio.to_thread(self.service.create, checkpoint.name, values, source=SOURCE)
         while not job.status.terminal:
             job = await self.service.wait(job.id, WAIT_SLICE_S)
         if job.status is not Status.SUCCEEDED:
@@ -168,8 +172,14 @@ class A1111Api:
         running = next((job for job in jobs if job.status is Status.PROCESSING), None)
         if running is None:
             return render_progress(
-                progress=0.0, eta=0.0, job_count=len(jobs), step=0, steps=0,
-                interrupted=False, timestamp=job_timestamp(jobs[0].created_at), preview=None,
+                progress=0.0,
+                eta=0.0,
+                job_count=len(jobs),
+                step=0,
+                steps=0,
+                interrupted=False,
+                timestamp=job_timestamp(jobs[0].created_at),
+                preview=None,
                 textinfo="Waiting...",
             )
         live = self.service.progress(running.id)
@@ -180,8 +190,13 @@ class A1111Api:
             elapsed = (datetime.now(UTC) - running.started_at).total_seconds()
             eta = max(0.0, elapsed / fraction - elapsed)
         return render_progress(
-            progress=fraction, eta=eta, job_count=len(jobs), step=step, steps=total,
-            interrupted=live.stop_requested, timestamp=job_timestamp(running.created_at),
+            progress=fraction,
+            eta=eta,
+            job_count=len(jobs),
+            step=step,
+            steps=total,
+            interrupted=live.stop_requested,
+            timestamp=job_timestamp(running.created_at),
             preview=None if skip_current_image else live.preview,
             textinfo=f"Sampling step {step}/{total}" if total else None,
         )
@@ -245,7 +260,8 @@ class A1111Api:
         text = read_parameters(data)
         with Image.open(io.BytesIO(data)) as image:
             items = {
-                key: value for key, value in image.info.items()
+                key: value
+                for key, value in image.info.items()
                 if key != "parameters" and isinstance(value, str | int | float)
             }
         return {
@@ -259,8 +275,7 @@ class A1111Api:
 
     def upscalers(self) -> Any:
         return [
-            {"name": name, "model_name": None, "model_path": None, "model_url": None,
-             "scale": 4}
+            {"name": name, "model_name": None, "model_path": None, "model_url": None, "scale": 4}
             for name in UPSCALERS
         ]
 
@@ -319,7 +334,8 @@ def _failure(job: JobRecord) -> Response:
         code, message = "aborted", message or job.error or "the job was aborted"
     status = FAILURE_STATUS.get(code, 409 if code in ("canceled", "aborted") else 500)
     return JSONResponse(
-        error_body(code or "internal_error", message or job.error or "the job failed",
-                   job_id=job.id),
+        error_body(
+            code or "internal_error", message or job.error or "the job failed", job_id=job.id
+        ),
         status_code=status,
     )

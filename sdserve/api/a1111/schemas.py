@@ -197,7 +197,11 @@ class CheckpointInfo:
         """Every spelling that selects this model, lower-cased."""
         short = self.name.rsplit("/", 1)[-1]
         return {
-            self.title.lower(), self.name.lower(), short.lower(), self.short_hash, self.sha256,
+            self.title.lower(),
+            self.name.lower(),
+            short.lower(),
+            self.short_hash,
+            self.sha256,
         }
 
     def render(self) -> dict[str, Any]:
@@ -433,8 +437,15 @@ def render_info(
 def idle_progress() -> dict[str, Any]:
     """``/progress`` with nothing queued or running (what ``util_wait_for_ready`` waits for)."""
     return render_progress(
-        progress=0.0, eta=0.0, job_count=0, step=0, steps=0, interrupted=False,
-        timestamp="0", preview=None, textinfo=None,
+        progress=0.0,
+        eta=0.0,
+        job_count=0,
+        step=0,
+        steps=0,
+        interrupted=False,
+        timestamp="0",
+        preview=None,
+        textinfo=None,
     )
 
 

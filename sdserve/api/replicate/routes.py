@@ -36,7 +36,11 @@ class ReplicateApi:
     """Builds the Replicate router for one service."""
 
     def __init__(
-        self, service: JobService, *, public_url: str | None, max_wait_s: int,
+        self,
+        service: JobService,
+        *,
+        public_url: str | None,
+        max_wait_s: int,
         webhook_secret: str | None = None,
     ) -> None:
         self.service = service
@@ -58,9 +62,7 @@ class ReplicateApi:
         router.add_api_route("/predictions/{job_id}/stream", self.stream, methods=["GET"])
         router.add_api_route("/models", self.list_models, methods=["GET"])
         router.add_api_route("/models/{owner}/{name}", self.get_model, methods=["GET"])
-        router.add_api_route(
-            "/models/{owner}/{name}/versions", self.list_versions, methods=["GET"]
-        )
+        router.add_api_route("/models/{owner}/{name}/versions", self.list_versions, methods=["GET"])
         router.add_api_route(
             "/models/{owner}/{name}/versions/{version_id}", self.get_version, methods=["GET"]
         )
@@ -140,8 +142,7 @@ class ReplicateApi:
         base = base_url(request, self.public_url)
         models = [render_model(model, base) for model in self.service.models()]
         openai_models = [
-            {key: model[key] for key in ("id", "object", "created", "owned_by")}
-            for model in models
+            {key: model[key] for key in ("id", "object", "created", "owned_by")} for model in models
         ]
         # one body serves both Replicate's page and OpenAI's list (CLIENT_CONTRACTS §5)
         return {**render_page(models, None, None), "object": "list", "data": openai_models}

@@ -149,8 +149,15 @@ def render_job_page(
 
 
 def render_file(
-    key: str, base: str, *, name: str, content_type: str, size: int, checksums: Mapping[str, str],
-    metadata: Mapping[str, Any], created_at: str,
+    key: str,
+    base: str,
+    *,
+    name: str,
+    content_type: str,
+    size: int,
+    checksums: Mapping[str, str],
+    metadata: Mapping[str, Any],
+    created_at: str,
 ) -> dict[str, Any]:
     return {
         "id": key,

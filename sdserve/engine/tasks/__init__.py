@@ -46,8 +46,7 @@ def with_scheduler(pipe: Pipeline, scheduler: SchedulerMixin) -> Pipeline:
 def make_generators(inp: GenerationInput, device: str) -> list[torch.Generator]:
     """One generator per image; image *i* is seeded ``seed + i`` so it reproduces alone."""
     return [
-        torch.Generator(device).manual_seed(inp.seed_for(index))
-        for index in range(inp.num_outputs)
+        torch.Generator(device).manual_seed(inp.seed_for(index)) for index in range(inp.num_outputs)
     ]
 
 

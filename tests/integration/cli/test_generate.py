@@ -14,8 +14,22 @@ def test_generate_writes_the_image_with_its_seed(
     tiny_sd: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "out.png"
-    code = main(["generate", "a red fox, (snow:1.3)", "--model", str(tiny_sd), "--seed", "7",
-                 "--steps", "2", "--scheduler", "K_EULER", "-o", str(out)])
+    code = main(
+        [
+            "generate",
+            "a red fox, (snow:1.3)",
+            "--model",
+            str(tiny_sd),
+            "--seed",
+            "7",
+            "--steps",
+            "2",
+            "--scheduler",
+            "K_EULER",
+            "-o",
+            str(out),
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr()
     assert "seed: 7" in printed.out
@@ -29,9 +43,26 @@ def test_a_folder_gets_one_file_per_seed(tiny_sd: Path, tmp_path: Path) -> None:
     folder = tmp_path / "outdir"
     init = tmp_path / "in.png"
     Image.new("RGB", (64, 64), (200, 50, 50)).save(init)
-    code = main(["generate", "a fox", "--model", str(tiny_sd), "--image", str(init),
-                 "--prompt-strength", "0.6", "-n", "2", "--seed", "40", "--steps", "2",
-                 "-o", f"{folder}/"])
+    code = main(
+        [
+            "generate",
+            "a fox",
+            "--model",
+            str(tiny_sd),
+            "--image",
+            str(init),
+            "--prompt-strength",
+            "0.6",
+            "-n",
+            "2",
+            "--seed",
+            "40",
+            "--steps",
+            "2",
+            "-o",
+            f"{folder}/",
+        ]
+    )
     assert code == 0
     assert sorted(path.name for path in folder.iterdir()) == ["40.png", "41.png"]
 
@@ -40,8 +71,22 @@ def test_outpaint_grows_the_canvas(tiny_sd: Path, tmp_path: Path) -> None:
     init = tmp_path / "in.png"
     Image.new("RGB", (64, 64), (20, 50, 200)).save(init)
     out = tmp_path / "wider.png"
-    code = main(["generate", "a fox", "--model", str(tiny_sd), "--image", str(init),
-                 "--outpaint", "left=64,down=32", "--steps", "2", "-o", str(out)])
+    code = main(
+        [
+            "generate",
+            "a fox",
+            "--model",
+            str(tiny_sd),
+            "--image",
+            str(init),
+            "--outpaint",
+            "left=64,down=32",
+            "--steps",
+            "2",
+            "-o",
+            str(out),
+        ]
+    )
     assert code == 0
     with Image.open(out) as image:
         assert image.size == (128, 96)
@@ -56,11 +101,25 @@ def test_outpaint_grows_the_canvas(tiny_sd: Path, tmp_path: Path) -> None:
     ],
 )
 def test_bad_input_exits_1_naming_the_field(
-    tiny_sd: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str],
+    tiny_sd: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    args: list[str],
     field: str,
 ) -> None:
-    code = main(["generate", "x", "--model", str(tiny_sd), "--steps", "2",
-                 "-o", str(tmp_path / "o.png"), *args])
+    code = main(
+        [
+            "generate",
+            "x",
+            "--model",
+            str(tiny_sd),
+            "--steps",
+            "2",
+            "-o",
+            str(tmp_path / "o.png"),
+            *args,
+        ]
+    )
     assert code == 1
     assert capsys.readouterr().err.startswith(f"error: {field}")
 
@@ -72,6 +131,21 @@ def test_models_tiny_builds_a_loadable_single_file(
     checkpoint = tmp_path / "mine.safetensors"
     assert checkpoint.is_file()
     out = tmp_path / "sf.png"
-    assert main(["generate", "a fox", "--model", str(checkpoint), "--steps", "2", "--seed",
-                 "3", "-o", str(out)]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                "a fox",
+                "--model",
+                str(checkpoint),
+                "--steps",
+                "2",
+                "--seed",
+                "3",
+                "-o",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert "seed: 3" in capsys.readouterr().out

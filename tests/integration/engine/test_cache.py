@@ -107,8 +107,14 @@ def test_generation_never_changes_the_cached_scheduler(tiny_sd: Path) -> None:
     scheduler, config = base.scheduler, dict(base.scheduler.config)
     for name in ("DDIM", "DPM++ 2M Karras", "K_EULER_ANCESTRAL"):
         engine.generate(
-            GenerationInput(scheduler=name, width=64, height=64, num_inference_steps=2, seed=1,
-                            apply_watermark=False),
+            GenerationInput(
+                scheduler=name,
+                width=64,
+                height=64,
+                num_inference_steps=2,
+                seed=1,
+                apply_watermark=False,
+            ),
             model=spec.name,
         )
     assert base.scheduler is scheduler

@@ -40,9 +40,13 @@ def model(engine: Engine) -> str:
 
 
 def test_result_carries_seed_sizes_metadata_and_timings(engine: Engine) -> None:
-    inp = GenerationInput(**{**FAST, "num_outputs": 2}, prompt="a red fox",
-                          negative_prompt="blue", scheduler="DPM++ 2M Karras",
-                          apply_watermark=False)
+    inp = GenerationInput(
+        **{**FAST, "num_outputs": 2},
+        prompt="a red fox",
+        negative_prompt="blue",
+        scheduler="DPM++ 2M Karras",
+        apply_watermark=False,
+    )
     result = engine.generate(inp, model=model(engine))
     assert result.seed == 5 and result.model == model(engine)
     assert set(result.timings) == {"load", "inference", "postprocess"}
@@ -62,8 +66,10 @@ def test_output_formats(engine: Engine, fmt: str) -> None:
     inp = GenerationInput(**FAST, output_format=fmt, apply_watermark=False)
     image = engine.generate(inp, model=model(engine)).images[0]
     assert image.format == fmt
-    assert Image.open(io.BytesIO(image.data)).format == {"png": "PNG", "webp": "WEBP",
-                                                          "jpg": "JPEG"}[fmt]
+    assert (
+        Image.open(io.BytesIO(image.data)).format
+        == {"png": "PNG", "webp": "WEBP", "jpg": "JPEG"}[fmt]
+    )
 
 
 def test_watermark_follows_input_and_settings(tiny_sd: Path, engine: Engine) -> None:
@@ -82,8 +88,9 @@ def test_flagged_images_are_blacked_out(tiny_sd: Path, tiny_safety_checker_flagg
     result = engine.generate(GenerationInput(**FAST), model=model(engine))
     assert result.nsfw_content_detected == [True]
     assert pixels(result.images[0].data).max() == 0
-    skipped = engine.generate(GenerationInput(**FAST, disable_safety_checker=True),
-                              model=model(engine))
+    skipped = engine.generate(
+        GenerationInput(**FAST, disable_safety_checker=True), model=model(engine)
+    )
     assert skipped.nsfw_content_detected == [False]
     assert pixels(skipped.images[0].data).max() > 0
 
@@ -91,8 +98,9 @@ def test_flagged_images_are_blacked_out(tiny_sd: Path, tiny_safety_checker_flagg
 def test_passing_checker_keeps_images(tiny_sd: Path, tiny_safety_checker: Path) -> None:
     engine = make(tiny_sd, safety_checker=str(tiny_safety_checker))
     result = engine.generate(GenerationInput(**FAST, apply_watermark=False), model=model(engine))
-    plain = make(tiny_sd).generate(GenerationInput(**FAST, apply_watermark=False),
-                                   model=model(engine))
+    plain = make(tiny_sd).generate(
+        GenerationInput(**FAST, apply_watermark=False), model=model(engine)
+    )
     assert result.nsfw_content_detected == [False]
     assert result.images[0].data == plain.images[0].data
 
@@ -100,10 +108,12 @@ def test_passing_checker_keeps_images(tiny_sd: Path, tiny_safety_checker: Path) 
 def test_lora_changes_the_image_and_leaves_no_trace(engine: Engine, tiny_lora: Path) -> None:
     inp = GenerationInput(**FAST, prompt="a photo of a fox", apply_watermark=False)
     before = engine.generate(inp, model=model(engine)).images[0]
-    styled = engine.generate(inp.model_copy(update={"lora": str(tiny_lora), "lora_scale": 1.0}),
-                             model=model(engine)).images[0]
-    by_name = engine.generate(inp.model_copy(update={"lora": tiny_lora.stem, "lora_scale": 1.0}),
-                              model=model(engine)).images[0]
+    styled = engine.generate(
+        inp.model_copy(update={"lora": str(tiny_lora), "lora_scale": 1.0}), model=model(engine)
+    ).images[0]
+    by_name = engine.generate(
+        inp.model_copy(update={"lora": tiny_lora.stem, "lora_scale": 1.0}), model=model(engine)
+    ).images[0]
     after = engine.generate(inp, model=model(engine)).images[0]
     assert not np.array_equal(pixels(before.data), pixels(styled.data))
     assert by_name.data == styled.data

@@ -20,8 +20,15 @@ from sdserve.engine.engine import Engine
 from sdserve.engine.models import ModelRegistry
 
 TOLERANCE = 2
-INPUT = {"prompt": "a red fox", "width": 64, "height": 64, "num_inference_steps": 2,
-         "seed": 5, "num_outputs": 2, "apply_watermark": False}
+INPUT = {
+    "prompt": "a red fox",
+    "width": 64,
+    "height": 64,
+    "num_inference_steps": 2,
+    "seed": 5,
+    "num_outputs": 2,
+    "apply_watermark": False,
+}
 
 
 def _pixels(engine: Engine, model: str, **extra: object) -> list[np.ndarray]:
@@ -33,9 +40,14 @@ def _pixels(engine: Engine, model: str, **extra: object) -> list[np.ndarray]:
 
 
 def _engine(registry: ModelRegistry, **switches: object) -> Engine:
-    base: dict[str, object] = {"device": "cpu", "dtype": "float32", "compile": "off",
-                               "channels_last": "off", "fuse_qkv": "off",
-                               "vae_tiling_pixels": 0}
+    base: dict[str, object] = {
+        "device": "cpu",
+        "dtype": "float32",
+        "compile": "off",
+        "channels_last": "off",
+        "fuse_qkv": "off",
+        "vae_tiling_pixels": 0,
+    }
     return Engine(EngineSettings(**{**base, **switches}), registry)  # type: ignore[arg-type]
 
 
@@ -108,8 +120,13 @@ def test_vae_tiling_applies_only_above_its_threshold(
 def test_torch_compile_on_cpu_stays_within_tolerance(
     registry: ModelRegistry, eager: list[np.ndarray], tmp_path: Path
 ) -> None:
-    engine = _engine(registry, compile="on", compile_mode="default",
-                     compile_cache_dir=str(tmp_path / "compile"), compile_warmup=False)
+    engine = _engine(
+        registry,
+        compile="on",
+        compile_mode="default",
+        compile_cache_dir=str(tmp_path / "compile"),
+        compile_warmup=False,
+    )
     model = registry.specs()[0].name
     try:
         fast = _pixels(engine, model)

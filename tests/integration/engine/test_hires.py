@@ -19,7 +19,11 @@ from sdserve.engine.types import RunHooks
 from sdserve.errors import InvalidInput
 
 FAST: dict[str, Any] = {
-    "prompt": "a lighthouse", "num_inference_steps": 2, "seed": 11, "width": 64, "height": 64,
+    "prompt": "a lighthouse",
+    "num_inference_steps": 2,
+    "seed": 11,
+    "width": 64,
+    "height": 64,
     "apply_watermark": False,
 }
 
@@ -50,8 +54,10 @@ def test_hires_doubles_the_size_and_writes_its_parameters(engine: Engine) -> Non
 
 def test_second_pass_redraws_rather_than_only_resizing(engine: Engine) -> None:
     plain = engine.generate(GenerationInput(**FAST), model=model(engine)).images[0]
-    resized = Image.open(io.BytesIO(plain.data)).convert("RGB").resize(
-        (128, 128), Image.Resampling.LANCZOS
+    resized = (
+        Image.open(io.BytesIO(plain.data))
+        .convert("RGB")
+        .resize((128, 128), Image.Resampling.LANCZOS)
     )
     fixed = engine.generate(
         GenerationInput(**FAST, hires_scale=2, hires_strength=1.0), model=model(engine)
@@ -75,8 +81,7 @@ def test_each_image_of_a_batch_reproduces_alone(engine: Engine) -> None:
 def test_progress_counts_both_passes(engine: Engine) -> None:
     steps: list[tuple[int, int]] = []
     hooks = RunHooks(on_step=lambda step, total, _: steps.append((step, total)))
-    inp = GenerationInput(**{**FAST, "num_inference_steps": 4}, hires_scale=2,
-                          hires_strength=0.5)
+    inp = GenerationInput(**{**FAST, "num_inference_steps": 4}, hires_scale=2, hires_strength=0.5)
     engine.generate(inp, model=model(engine), hooks=hooks)
     # 4 first-pass steps, then int(4 * 0.5) = 2 image-to-image steps, numbered on
     assert [step for step, _ in steps] == [1, 2, 3, 4, 5, 6]
@@ -102,6 +107,7 @@ def test_hires_needs_text_to_image_and_fits_the_pixel_limit(engine: Engine) -> N
     with pytest.raises(InvalidInput) as caught:
         engine.generate(
             GenerationInput(**FAST, image="data:x", hires_scale=2),
-            model=model(engine), image=white,
+            model=model(engine),
+            image=white,
         )
     assert caught.value.field == "hires_scale"

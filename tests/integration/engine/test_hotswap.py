@@ -74,9 +74,7 @@ def _pipes_with_and_without_slot(tiny_sd: Path) -> tuple[Any, Any]:
     return usual, slotted
 
 
-def test_loras_in_the_slot_give_the_images_of_usual_adapters(
-    tiny_sd: Path, lora_dir: Path
-) -> None:
+def test_loras_in_the_slot_give_the_images_of_usual_adapters(tiny_sd: Path, lora_dir: Path) -> None:
     usual, slotted = _pipes_with_and_without_slot(tiny_sd)
     usual_cache, slot_cache = LoraCache(lora_dir), LoraCache(lora_dir)
     plain = _generate(usual)
@@ -120,8 +118,14 @@ def test_a_lora_for_another_model_is_refused_naming_the_field(
     from safetensors.torch import load_file, save_file
 
     lora = load_file(tiny.build_tiny_lora(folder / "base.safetensors", tiny_sd, rank=4))
-    wrong = {k: (torch.zeros(v.shape[0], v.shape[1] + 8) if ".down." in k and k.startswith(
-        "unet.") else v) for k, v in lora.items()}
+    wrong = {
+        k: (
+            torch.zeros(v.shape[0], v.shape[1] + 8)
+            if ".down." in k and k.startswith("unet.")
+            else v
+        )
+        for k, v in lora.items()
+    }
     save_file(wrong, folder / "wrong.safetensors")
     slotted = _pipe(tiny_sd)
     slot = prepare_slot(slotted.unet, SLOT_RANK)
@@ -137,24 +141,46 @@ def test_a_compiled_unet_swaps_loras_without_recompiling(
 ) -> None:
     registry = ModelRegistry.from_references([str(tiny_sd)], offline=True)
     model = registry.specs()[0].name
-    base: dict[str, Any] = {"device": "cpu", "dtype": "float32", "channels_last": "off",
-                            "vae_tiling_pixels": 0, "lora_dir": lora_dir}
+    base: dict[str, Any] = {
+        "device": "cpu",
+        "dtype": "float32",
+        "channels_last": "off",
+        "vae_tiling_pixels": 0,
+        "lora_dir": lora_dir,
+    }
     eager = Engine(EngineSettings(**base, compile="off", fuse_qkv="off"), registry)
     compiled = Engine(
-        EngineSettings(**base, compile="on", compile_mode="default", compile_vae=False,
-                       fuse_qkv="on", compile_cache_dir=tmp_path / "compile",
-                       lora_hotswap_rank=SLOT_RANK),
+        EngineSettings(
+            **base,
+            compile="on",
+            compile_mode="default",
+            compile_vae=False,
+            fuse_qkv="on",
+            compile_cache_dir=tmp_path / "compile",
+            lora_hotswap_rank=SLOT_RANK,
+        ),
         registry,
     )
     requests: list[dict[str, Any]] = [
-        {}, {"lora": "rank4", "lora_scale": 0.7}, {"lora": "rank8"},
-        {"lora": "rank4", "lora_scale": 1.0}, {},
+        {},
+        {"lora": "rank4", "lora_scale": 0.7},
+        {"lora": "rank8"},
+        {"lora": "rank4", "lora_scale": 1.0},
+        {},
     ]
 
     def pixels(engine: Engine, extra: dict[str, Any]) -> np.ndarray[Any, Any]:
-        inp = parse_generation_input({"prompt": PROMPT, "width": 64, "height": 64,
-                                      "num_inference_steps": 2, "seed": 5,
-                                      "apply_watermark": False, **extra})
+        inp = parse_generation_input(
+            {
+                "prompt": PROMPT,
+                "width": 64,
+                "height": 64,
+                "num_inference_steps": 2,
+                "seed": 5,
+                "apply_watermark": False,
+                **extra,
+            }
+        )
         data = engine.generate(inp, model=model).images[0].data
         return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), dtype=np.int16)
 
@@ -185,9 +211,14 @@ def test_an_sdxl_lora_with_its_own_alpha_fits_the_slot(tiny_sdxl: Path, tmp_path
     unet = UNet2DConditionModel.from_pretrained(tiny_sdxl, subfolder="unet")
     torch.manual_seed(0)
     # alpha 8 at rank 4 (scaling 2), and feed-forward and proj_in layers besides attention
-    unet.add_adapter(LoraConfig(r=4, lora_alpha=8, init_lora_weights=False,
-                                target_modules=["to_q", "to_k", "to_v", "to_out.0",
-                                                "ff.net.2", "proj_in"]))
+    unet.add_adapter(
+        LoraConfig(
+            r=4,
+            lora_alpha=8,
+            init_lora_weights=False,
+            target_modules=["to_q", "to_k", "to_v", "to_out.0", "ff.net.2", "proj_in"],
+        )
+    )
     StableDiffusionXLPipeline.save_lora_weights(
         tmp_path, unet_lora_layers=get_peft_model_state_dict(unet), weight_name="xl.safetensors"
     )

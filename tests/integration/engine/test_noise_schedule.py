@@ -23,10 +23,18 @@ def engine(tiny_sd: Path) -> Engine:
 
 
 def generate(engine: Engine, **values: object) -> tuple[np.ndarray, dict[str, str]]:
-    inp = GenerationInput.model_validate({
-        "prompt": "a hill", "num_inference_steps": 3, "seed": 3, "width": 64, "height": 64,
-        "scheduler": "Euler", "apply_watermark": False, **values,
-    })
+    inp = GenerationInput.model_validate(
+        {
+            "prompt": "a hill",
+            "num_inference_steps": 3,
+            "seed": 3,
+            "width": 64,
+            "height": 64,
+            "scheduler": "Euler",
+            "apply_watermark": False,
+            **values,
+        }
+    )
     image = engine.generate(inp, model=engine.registry.specs()[0].name).images[0]
     array = np.asarray(Image.open(io.BytesIO(image.data)).convert("RGB"))
     return array, parse_parameters(image.parameters)

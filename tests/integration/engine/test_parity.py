@@ -72,8 +72,16 @@ def _plain_kwargs() -> dict[str, object]:
 
 def _source() -> Image.Image:
     ramp = np.linspace(0, 255, 64, dtype=np.uint8)
-    return Image.fromarray(np.stack([np.tile(ramp, (64, 1)), np.tile(ramp[:, None], (1, 64)),
-                                     np.full((64, 64), 90, np.uint8)], axis=-1))
+    return Image.fromarray(
+        np.stack(
+            [
+                np.tile(ramp, (64, 1)),
+                np.tile(ramp[:, None], (1, 64)),
+                np.full((64, 64), 90, np.uint8),
+            ],
+            axis=-1,
+        )
+    )
 
 
 def _mask() -> Image.Image:

@@ -44,9 +44,15 @@ def pixels(result: GenerationResult, index: int = 0) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(result.images[index].data)).convert("RGB"))
 
 
-def gen(engine: Engine, folder: Path, *, image: Image.Image | None = None,
-        mask: Image.Image | None = None, hooks: RunHooks | None = None,
-        **fields: Any) -> GenerationResult:
+def gen(
+    engine: Engine,
+    folder: Path,
+    *,
+    image: Image.Image | None = None,
+    mask: Image.Image | None = None,
+    hooks: RunHooks | None = None,
+    **fields: Any,
+) -> GenerationResult:
     values = {**FAST, "seed": 7, **fields}
     if image is not None:
         values["image"] = "in.png"
@@ -55,8 +61,13 @@ def gen(engine: Engine, folder: Path, *, image: Image.Image | None = None,
         values.setdefault("height", 64)
     if mask is not None:
         values["mask"] = "mask.png"
-    return engine.generate(GenerationInput(**values), model=name_of(engine, folder),
-                           image=image, mask=mask, hooks=hooks)
+    return engine.generate(
+        GenerationInput(**values),
+        model=name_of(engine, folder),
+        image=image,
+        mask=mask,
+        hooks=hooks,
+    )
 
 
 def photo(width: int = 64, height: int = 64) -> Image.Image:
@@ -72,6 +83,7 @@ def square_mask(size: int = 64, box: tuple[int, int, int, int] = (16, 16, 48, 48
 
 # -- tasks ---------------------------------------------------------------------------------
 
+
 def test_txt2img_gives_requested_size_and_count(engine: Engine, tiny_sd: Path) -> None:
     result = gen(engine, tiny_sd, width=64, height=80, num_outputs=2)
     assert [(i.width, i.height) for i in result.images] == [(64, 80), (64, 80)]
@@ -86,9 +98,7 @@ def test_img2img_size_follows_image_rounded_down(engine: Engine, tiny_sd: Path) 
     assert (explicit.images[0].width, explicit.images[0].height) == (64, 64)
 
 
-def test_img2img_strength_zero_runs_no_step_and_one_runs_all(
-    engine: Engine, tiny_sd: Path
-) -> None:
+def test_img2img_strength_zero_runs_no_step_and_one_runs_all(engine: Engine, tiny_sd: Path) -> None:
     steps: list[int] = []
     hooks = RunHooks(on_step=lambda step, total, preview: steps.append(total))
     gen(engine, tiny_sd, image=photo(), prompt_strength=1.0, num_inference_steps=4, hooks=hooks)
@@ -134,8 +144,16 @@ def test_sdxl_refiner_modes(engine: Engine, tiny_sdxl: Path, mode: str) -> None:
     plain = gen(engine, tiny_sdxl, num_inference_steps=4)
     steps: list[tuple[int, int]] = []
     hooks = RunHooks(on_step=lambda step, total, preview: steps.append((step, total)))
-    refined = gen(engine, tiny_sdxl, num_inference_steps=4, refine=mode, high_noise_frac=0.5,
-                  refine_steps=4, num_outputs=2, hooks=hooks)
+    refined = gen(
+        engine,
+        tiny_sdxl,
+        num_inference_steps=4,
+        refine=mode,
+        high_noise_frac=0.5,
+        refine_steps=4,
+        num_outputs=2,
+        hooks=hooks,
+    )
     assert [(i.width, i.height) for i in refined.images] == [(64, 64), (64, 64)]
     assert not np.array_equal(pixels(plain), pixels(refined))
     # steps keep counting across base and refiner
@@ -150,6 +168,7 @@ def test_refine_without_refiner_is_refused(engine: Engine, tiny_sd: Path) -> Non
 
 
 # -- schedulers ----------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("scheduler", scheduler_names())
 def test_every_scheduler_produces_an_image(engine: Engine, tiny_sd: Path, scheduler: str) -> None:
@@ -179,6 +198,7 @@ def test_unknown_scheduler_lists_valid_names(engine: Engine, tiny_sd: Path) -> N
 
 
 # -- seeds ---------------------------------------------------------------------------------
+
 
 def test_same_input_and_seed_give_identical_pixels(engine: Engine, tiny_sd: Path) -> None:
     first = gen(engine, tiny_sd, scheduler="K_EULER_ANCESTRAL", seed=42)
@@ -210,11 +230,12 @@ def test_missing_seed_is_random_and_returned(engine: Engine, tiny_sd: Path) -> N
 
 # -- prompts -------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("weighted", ["a red (fox:1.8) on the beach", "a red fox++ on the beach",
-                                      "a red ((fox)) on [the beach]"])
-def test_prompt_weighting_changes_the_image(
-    engine: Engine, tiny_sd: Path, weighted: str
-) -> None:
+
+@pytest.mark.parametrize(
+    "weighted",
+    ["a red (fox:1.8) on the beach", "a red fox++ on the beach", "a red ((fox)) on [the beach]"],
+)
+def test_prompt_weighting_changes_the_image(engine: Engine, tiny_sd: Path, weighted: str) -> None:
     plain = gen(engine, tiny_sd, prompt="a red fox on the beach")
     heavy = gen(engine, tiny_sd, prompt=weighted)
     assert not np.array_equal(pixels(plain), pixels(heavy))
@@ -237,6 +258,7 @@ def test_weighting_works_on_sdxl_and_long_prompts(engine: Engine, tiny_sdxl: Pat
 
 
 # -- hooks ---------------------------------------------------------------------------------
+
 
 def test_cancel_stops_within_one_step(engine: Engine, tiny_sd: Path) -> None:
     calls: list[int] = []
@@ -295,6 +317,7 @@ def _previews(engine: Engine, tiny_sd: Path, **options: Any) -> list[Image.Image
 
 # -- bad input -----------------------------------------------------------------------------
 
+
 def test_too_small_image_is_invalid_image(engine: Engine, tiny_sd: Path) -> None:
     with pytest.raises(InvalidImage) as caught:
         gen(engine, tiny_sd, image=photo(40, 40))
@@ -309,8 +332,11 @@ def test_image_beyond_pixel_limit_is_invalid_image(engine: Engine, tiny_sd: Path
 
 def test_referenced_mask_must_be_given(engine: Engine, tiny_sd: Path) -> None:
     with pytest.raises(InvalidImage) as caught:
-        engine.generate(GenerationInput(**FAST, image="in.png", mask="m.png"),
-                        model=name_of(engine, tiny_sd), image=photo())
+        engine.generate(
+            GenerationInput(**FAST, image="in.png", mask="m.png"),
+            model=name_of(engine, tiny_sd),
+            image=photo(),
+        )
     assert caught.value.field == "mask"
 
 
@@ -320,11 +346,14 @@ def test_inpainting_model_needs_a_mask(engine: Engine, tiny_sd_inpaint: Path) ->
     assert caught.value.field == "mask"
 
 
-@pytest.mark.parametrize(("fields", "field"), [
-    ({"width": 76}, "width"),
-    ({"num_outputs": 5}, "num_outputs"),
-    ({"width": 512, "height": 512}, "width"),
-])
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        ({"width": 76}, "width"),
+        ({"num_outputs": 5}, "num_outputs"),
+        ({"width": 512, "height": 512}, "width"),
+    ],
+)
 def test_out_of_limit_fields_name_the_field(
     engine: Engine, tiny_sd: Path, fields: dict[str, Any], field: str
 ) -> None:

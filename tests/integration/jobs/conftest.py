@@ -21,15 +21,18 @@ def make_service(tmp_path: Path) -> Iterator[MakeService]:
     started: list[Service] = []
 
     def make(
-        predictor: Any = None, *, start: bool = True, service: dict[str, Any] | None = None,
+        predictor: Any = None,
+        *,
+        start: bool = True,
+        service: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> Service:
-        settings = Settings(
-            data_dir=tmp_path, service=ServiceSettings(**(service or {}))
-        )
+        settings = Settings(data_dir=tmp_path, service=ServiceSettings(**(service or {})))
         svc = Service(
-            settings, FakeRegistry(),
-            predictor=predictor if predictor is not None else FakePredictor(), **kwargs,
+            settings,
+            FakeRegistry(),
+            predictor=predictor if predictor is not None else FakePredictor(),
+            **kwargs,
         )
         if start:
             svc.start()

@@ -102,7 +102,7 @@ class FakePredictor:
             preview = Image.new("RGB", (8, 8), (step * 10 % 256, 0, 0))
             hooks.on_step(step, total, preview)
         self.steps_run.append(done)
-        width, height = (image.size if image is not None else (inp.width or 64, inp.height or 64))
+        width, height = image.size if image is not None else (inp.width or 64, inp.height or 64)
         images = []
         for index in range(inp.num_outputs):
             seed = inp.seed_for(index)
@@ -111,8 +111,13 @@ class FakePredictor:
             Image.new("RGB", (width, height), color).save(buffer, format="PNG")
             images.append(
                 GeneratedImage(
-                    data=buffer.getvalue(), format="png", seed=seed, nsfw=False,
-                    width=width, height=height, parameters=f"{inp.prompt}\nSeed: {seed}",
+                    data=buffer.getvalue(),
+                    format="png",
+                    seed=seed,
+                    nsfw=False,
+                    width=width,
+                    height=height,
+                    parameters=f"{inp.prompt}\nSeed: {seed}",
                 )
             )
         return GenerationResult(images=images, seed=inp.seed, model=model)

@@ -159,9 +159,7 @@ def test_a_canceled_job_in_a_batch_ends_canceled_and_the_others_succeed(
 
 
 @pytest.mark.slow
-def test_a_failed_batch_loses_no_job(
-    make: Callable[..., Service], registry: ModelRegistry
-) -> None:
+def test_a_failed_batch_loses_no_job(make: Callable[..., Service], registry: ModelRegistry) -> None:
     service = make(batch=3)
     engine = service.engine  # type: ignore[attr-defined]
     failures = threading.Event()

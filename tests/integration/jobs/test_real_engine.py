@@ -30,8 +30,14 @@ def test_tiny_sd_job_through_the_real_worker(tmp_path: Path, tiny_sd: Path) -> N
     try:
         job = service.create(
             name,
-            {"prompt": "a red fox", "num_outputs": 2, "seed": 7, "num_inference_steps": 2,
-             "width": 64, "height": 64},
+            {
+                "prompt": "a red fox",
+                "num_outputs": 2,
+                "seed": 7,
+                "num_inference_steps": 2,
+                "width": 64,
+                "height": 64,
+            },
         )
         final = asyncio.run(service.wait(job.id, 240))
         assert final.status is Status.SUCCEEDED, final.error

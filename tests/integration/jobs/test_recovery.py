@@ -12,13 +12,18 @@ from tests.integration.jobs.conftest import MakeService
 from tests.integration.jobs.fakes import FakePredictor
 
 
-def crashed_job(store: Store, *, claimed: bool = False, attempts: int = 1,
-                cancel: bool = False) -> str:
+def crashed_job(
+    store: Store, *, claimed: bool = False, attempts: int = 1, cancel: bool = False
+) -> str:
     """Write a job as a killed process would have left it."""
     record = JobRecord(
-        id=f"job{len(store.unfinished()):02d}" + "x" * 21, kind=JobKind.PREDICTION,
-        model="test/fake", version="0123456789abcdef", input={"prompt": "left over"},
-        status=Status.STARTING, created_at=datetime.now(UTC),
+        id=f"job{len(store.unfinished()):02d}" + "x" * 21,
+        kind=JobKind.PREDICTION,
+        model="test/fake",
+        version="0123456789abcdef",
+        input={"prompt": "left over"},
+        status=Status.STARTING,
+        created_at=datetime.now(UTC),
     )
     store.insert_job(record)
     if claimed:

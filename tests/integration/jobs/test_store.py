@@ -24,8 +24,12 @@ def store(tmp_path: Path) -> Store:
 
 def job(created_at: datetime | None = None) -> JobRecord:
     return JobRecord(
-        id=new_id(), kind=JobKind.PREDICTION, model="test/fake", version="v1",
-        input={"prompt": "a cat"}, status=Status.STARTING,
+        id=new_id(),
+        kind=JobKind.PREDICTION,
+        model="test/fake",
+        version="v1",
+        input={"prompt": "a cat"},
+        status=Status.STARTING,
         created_at=created_at or datetime.now(UTC),
     )
 

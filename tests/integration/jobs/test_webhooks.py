@@ -59,7 +59,8 @@ def test_completed_only_is_delivered_exactly_once_and_signed(make_service: MakeS
     receiver = Receiver()
     service = make_service(webhook_transport=receiver.transport)
     job = service.create(
-        "test/fake", {"prompt": "x"},
+        "test/fake",
+        {"prompt": "x"},
         webhook=WebhookOptions(URL, frozenset({"completed"})),
     )
     assert finish(service, job).status is Status.SUCCEEDED
@@ -77,7 +78,9 @@ def test_renderer_of_the_jobs_dialect_shapes_the_body(make_service: MakeService)
     service = make_service(webhook_transport=receiver.transport)
     service.set_webhook_renderer("replicate", lambda r: {"id": r.id, "dialect": "replicate"})
     job = service.create(
-        "test/fake", {"prompt": "x"}, source="replicate",
+        "test/fake",
+        {"prompt": "x"},
+        source="replicate",
         webhook=WebhookOptions(URL, frozenset({"completed"})),
     )
     finish(service, job)
@@ -127,7 +130,8 @@ def test_non_terminal_events_are_filtered_and_throttled(make_service: MakeServic
     receiver = Receiver()
     service = make_service(FakePredictor(step_delay=0.05), webhook_transport=receiver.transport)
     job = service.create(
-        "test/fake", {"prompt": "x", "num_inference_steps": 40},
+        "test/fake",
+        {"prompt": "x", "num_inference_steps": 40},
         webhook=WebhookOptions(URL, frozenset({"start", "logs", "completed"})),
     )
     started = time.monotonic()
@@ -153,14 +157,15 @@ def test_webhook_to_unreachable_receiver_never_changes_the_job(
         raise httpx.ConnectError("connection refused")
 
     service = make_service(
-        webhook_transport=httpx.MockTransport(refuse), webhook_backoff_base_s=0.01,
+        webhook_transport=httpx.MockTransport(refuse),
+        webhook_backoff_base_s=0.01,
         service={"webhook_max_attempts": 2},
     )
     job = service.create("test/fake", {"prompt": "x"}, webhook=WebhookOptions(URL))
     assert finish(service, job).status is Status.SUCCEEDED
-    wait_for(lambda: all(
-        row.given_up or row.delivered_at for row in service.store.webhooks_of(job.id)
-    ))
+    wait_for(
+        lambda: all(row.given_up or row.delivered_at for row in service.store.webhooks_of(job.id))
+    )
     completed = [r for r in service.store.webhooks_of(job.id) if r.event == "completed"]
     assert completed[0].attempts == 2 and completed[0].given_up
     assert "ConnectError" in (completed[0].last_error or "")

@@ -42,8 +42,12 @@ def fast_input(**overrides: object) -> TrainingInput:
 
 def render(pipe: object, seed: int = 3) -> torch.Tensor:
     image = pipe(  # type: ignore[operator]
-        "a photo of tok", num_inference_steps=2, width=64, height=64,
-        generator=torch.Generator().manual_seed(seed), output_type="pt",
+        "a photo of tok",
+        num_inference_steps=2,
+        width=64,
+        height=64,
+        generator=torch.Generator().manual_seed(seed),
+        output_type="pt",
     ).images
     return image
 
@@ -77,8 +81,13 @@ def test_sdxl_with_text_encoders_saves_every_part(tiny_sdxl: Path, tmp_path: Pat
     result = train_lora(
         StableDiffusionXLPipeline.from_pretrained(tiny_sdxl),
         solid_examples(2),
-        fast_input(max_train_steps=2, train_text_encoder=True, lr_scheduler="cosine",
-                   lr_warmup_steps=1, train_batch_size=2),
+        fast_input(
+            max_train_steps=2,
+            train_text_encoder=True,
+            lr_scheduler="cosine",
+            lr_warmup_steps=1,
+            train_batch_size=2,
+        ),
         work_dir=tmp_path,
     )
     prefixes = {key.split(".")[0] for key in load_file(str(result.lora_path))}
@@ -103,7 +112,9 @@ def test_cancel_then_resume_gives_the_same_lora_as_one_run(tiny_sd: Path, tmp_pa
     ends with exactly the weights of an uninterrupted run (same data order and noise)."""
     inp = fast_input(max_train_steps=4, checkpointing_steps=2, train_batch_size=2)
     straight = train_lora(
-        StableDiffusionPipeline.from_pretrained(tiny_sd), solid_examples(), inp,
+        StableDiffusionPipeline.from_pretrained(tiny_sd),
+        solid_examples(),
+        inp,
         work_dir=tmp_path / "straight",
     )
 
@@ -111,7 +122,9 @@ def test_cancel_then_resume_gives_the_same_lora_as_one_run(tiny_sd: Path, tmp_pa
     seen: list[int] = []
     with pytest.raises(Canceled, match="after step 3 of 4"):
         train_lora(
-            StableDiffusionPipeline.from_pretrained(tiny_sd), solid_examples(), inp,
+            StableDiffusionPipeline.from_pretrained(tiny_sd),
+            solid_examples(),
+            inp,
             work_dir=work,
             hooks=TrainingHooks(
                 on_step=lambda step, *_: seen.append(step), should_cancel=lambda: len(seen) >= 3
@@ -123,8 +136,11 @@ def test_cancel_then_resume_gives_the_same_lora_as_one_run(tiny_sd: Path, tmp_pa
 
     logs: list[str] = []
     resumed = train_lora(
-        StableDiffusionPipeline.from_pretrained(tiny_sd), solid_examples(), inp,
-        work_dir=work, hooks=TrainingHooks(on_log=logs.append),
+        StableDiffusionPipeline.from_pretrained(tiny_sd),
+        solid_examples(),
+        inp,
+        work_dir=work,
+        hooks=TrainingHooks(on_log=logs.append),
     )
     assert resumed.resumed_from == 2
     assert "resumed from checkpoint at step 2 of 4" in logs

@@ -146,9 +146,9 @@ def test_mask_is_inverted_and_blurred_as_asked() -> None:
     mask.paste(255, (0, 0, 32, 64))  # left half: repaint
     plain = mask_of(img2img(init_images=[image], mask=png_b64(mask), mask_blur=0))
     assert plain[5, 5] == 255 and plain[5, 60] == 0
-    inverted = mask_of(img2img(
-        init_images=[image], mask=png_b64(mask), mask_blur=0, inpainting_mask_invert=1
-    ))
+    inverted = mask_of(
+        img2img(init_images=[image], mask=png_b64(mask), mask_blur=0, inpainting_mask_invert=1)
+    )
     assert inverted[5, 5] == 0 and inverted[5, 60] == 255
     blurred = mask_of(img2img(init_images=[image], mask=png_b64(mask), mask_blur=4))
     assert 0 < blurred[5, 32] < 255  # a soft edge
@@ -173,8 +173,13 @@ CHECKPOINTS = [
 def test_checkpoints_match_by_title_name_or_hash_in_any_case() -> None:
     sdxl = CHECKPOINTS[1]
     assert sdxl.title == f"sdserve/Tiny-SDXL [{'cd' * 5}]"
-    for spelling in (sdxl.title.lower(), "SDSERVE/TINY-SDXL", "tiny-sdxl", "cdcdcdcdcd",
-                     "sdserve/tiny-sdxl [0000000000]"):
+    for spelling in (
+        sdxl.title.lower(),
+        "SDSERVE/TINY-SDXL",
+        "tiny-sdxl",
+        "cdcdcdcdcd",
+        "sdserve/tiny-sdxl [0000000000]",
+    ):
         assert find_checkpoint(spelling, CHECKPOINTS) is sdxl
     with pytest.raises(InvalidInput) as caught:
         find_checkpoint("sd15", CHECKPOINTS)
@@ -183,10 +188,21 @@ def test_checkpoints_match_by_title_name_or_hash_in_any_case() -> None:
 
 def test_info_carries_the_actual_seed_and_every_infotext() -> None:
     job = JobRecord(
-        id="j", kind=JobKind.PREDICTION, model="sdserve/tiny-sd", version="v",
-        input={"seed": 1234, "num_outputs": 2, "width": 64, "height": 64,
-               "scheduler": "Euler a", "guidance_scale": 7.0, "num_inference_steps": 3},
-        status=Status.SUCCEEDED, created_at=datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC),
+        id="j",
+        kind=JobKind.PREDICTION,
+        model="sdserve/tiny-sd",
+        version="v",
+        input={
+            "seed": 1234,
+            "num_outputs": 2,
+            "width": 64,
+            "height": 64,
+            "scheduler": "Euler a",
+            "guidance_scale": 7.0,
+            "num_inference_steps": 3,
+        },
+        status=Status.SUCCEEDED,
+        created_at=datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC),
     )
     request = Txt2ImgRequest.model_validate({**WEBUIAPI_TXT2IMG, "batch_size": 2})
     info = json.loads(render_info(job, request, infotexts=["a", "b"], checkpoint=CHECKPOINTS[0]))

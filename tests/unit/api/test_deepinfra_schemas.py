@@ -24,15 +24,29 @@ from sdserve.jobs.contract import JobRecord
 
 def test_multipart_strings_map_to_the_canonical_input() -> None:
     fields = {
-        "prompt": "a fox", "negative_prompt": "", "num_images": "2", "seed": "42",
-        "num_inference_steps": "3", "guidance_scale": "6.5", "strength": "0.6",
-        "width": "64", "height": "128", "use_compel": "true", "scheduler": "",
+        "prompt": "a fox",
+        "negative_prompt": "",
+        "num_images": "2",
+        "seed": "42",
+        "num_inference_steps": "3",
+        "guidance_scale": "6.5",
+        "strength": "0.6",
+        "width": "64",
+        "height": "128",
+        "use_compel": "true",
+        "scheduler": "",
     }
     request = parse_request(form_values(fields))
     assert request.canonical() == {
-        "prompt": "a fox", "negative_prompt": "", "num_outputs": 2, "seed": 42,
-        "num_inference_steps": 3, "guidance_scale": 6.5, "prompt_strength": 0.6,
-        "width": 64, "height": 128,
+        "prompt": "a fox",
+        "negative_prompt": "",
+        "num_outputs": 2,
+        "seed": 42,
+        "num_inference_steps": 3,
+        "guidance_scale": 6.5,
+        "prompt_strength": 0.6,
+        "width": 64,
+        "height": 128,
     }
 
 
@@ -76,9 +90,15 @@ def test_canonical_errors_use_deepinfra_names() -> None:
 def _job(status: Status, **values: object) -> JobRecord:
     created = datetime(2026, 1, 1, tzinfo=UTC)
     defaults: dict[str, object] = {
-        "id": "req1", "kind": JobKind.PREDICTION, "model": "o/n", "version": "v",
-        "input": {"seed": 1234}, "status": status, "created_at": created,
-        "started_at": created, "completed_at": created + timedelta(seconds=2),
+        "id": "req1",
+        "kind": JobKind.PREDICTION,
+        "model": "o/n",
+        "version": "v",
+        "input": {"seed": 1234},
+        "status": status,
+        "created_at": created,
+        "started_at": created,
+        "completed_at": created + timedelta(seconds=2),
     }
     defaults.update(values)
     return JobRecord(**defaults)  # type: ignore[arg-type]
@@ -86,7 +106,9 @@ def _job(status: Status, **values: object) -> JobRecord:
 
 def test_result_json_of_a_succeeded_job() -> None:
     job = _job(
-        Status.SUCCEEDED, output=["a.png", "b.png"], nsfw=[False, True],
+        Status.SUCCEEDED,
+        output=["a.png", "b.png"],
+        nsfw=[False, True],
         metrics={"predict_time": 1.25},
     )
     body = render_result(job, lambda key: f"data:image/png;base64,{key}")

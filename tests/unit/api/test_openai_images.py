@@ -51,16 +51,33 @@ def test_bad_size_names_the_size_param(size: str) -> None:
 def test_extra_body_and_multipart_strings_map_to_the_canonical_input() -> None:
     params = parse_params(
         {
-            "prompt": "a fox", "n": "2", "size": "64x128", "seed": "7", "strength": "0.5",
-            "guidance_scale": "3", "num_inference_steps": "2", "scheduler": "K_EULER",
-            "negative_prompt": "blur", "quality": "hd", "style": "vivid", "user": "u1",
+            "prompt": "a fox",
+            "n": "2",
+            "size": "64x128",
+            "seed": "7",
+            "strength": "0.5",
+            "guidance_scale": "3",
+            "num_inference_steps": "2",
+            "scheduler": "K_EULER",
+            "negative_prompt": "blur",
+            "quality": "hd",
+            "style": "vivid",
+            "user": "u1",
             "output_format": "jpeg",
         }
     )
     assert params.canonical() == {
-        "prompt": "a fox", "num_outputs": 2, "width": 64, "height": 128, "seed": 7,
-        "prompt_strength": 0.5, "guidance_scale": 3.0, "num_inference_steps": 2,
-        "scheduler": "K_EULER", "negative_prompt": "blur", "output_format": "jpg",
+        "prompt": "a fox",
+        "num_outputs": 2,
+        "width": 64,
+        "height": 128,
+        "seed": 7,
+        "prompt_strength": 0.5,
+        "guidance_scale": 3.0,
+        "num_inference_steps": 2,
+        "scheduler": "K_EULER",
+        "negative_prompt": "blur",
+        "output_format": "jpg",
     }
     assert params.response_format == "b64_json"
 
@@ -161,8 +178,14 @@ def test_errors_use_openais_envelope(
 
 def _failed(error: str | None, status: Status = Status.FAILED) -> JobRecord:
     return JobRecord(
-        id="job1", kind=JobKind.PREDICTION, model="o/n", version="v", input={},
-        status=status, created_at=datetime.now(UTC), error=error,
+        id="job1",
+        kind=JobKind.PREDICTION,
+        model="o/n",
+        version="v",
+        input={},
+        status=status,
+        created_at=datetime.now(UTC),
+        error=error,
     )
 
 
@@ -171,8 +194,13 @@ def _failed(error: str | None, status: Status = Status.FAILED) -> JobRecord:
     [
         ("nsfw_content: every image was flagged", 400, "content_policy_violation", None, "false"),
         ("invalid_image: image: cannot decode", 400, "invalid_image", "image", "false"),
-        ("insufficient_gpu_memory: CUDA out of memory", 500, "insufficient_gpu_memory", None,
-         "false"),
+        (
+            "insufficient_gpu_memory: CUDA out of memory",
+            500,
+            "insufficient_gpu_memory",
+            None,
+            "false",
+        ),
         ("worker_lost: the worker died", 503, "worker_lost", None, "true"),
         ("internal_error: boom", 500, "internal_error", None, "false"),
     ],

@@ -33,9 +33,25 @@ def test_fewer_than_five_runs_are_refused(tmp_path: Path) -> None:
 def test_bench_command_writes_json_and_markdown(tmp_path: Path) -> None:
     out = tmp_path / "results"
     code = cli.main(
-        ["bench", "--device", "cpu", "--cases", "tiny", "--runs", "5", "--warmup", "1",
-         "--steps", "2", "--models-dir", str(tmp_path / "models"), "--out", str(out),
-         "--peak-tflops", "1"]
+        [
+            "bench",
+            "--device",
+            "cpu",
+            "--cases",
+            "tiny",
+            "--runs",
+            "5",
+            "--warmup",
+            "1",
+            "--steps",
+            "2",
+            "--models-dir",
+            str(tmp_path / "models"),
+            "--out",
+            str(out),
+            "--peak-tflops",
+            "1",
+        ]
     )
     assert code == 0
     result = json.loads((out / "speed.json").read_text())

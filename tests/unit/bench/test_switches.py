@@ -15,7 +15,12 @@ def _switches(**settings: object) -> list[str]:
 
 
 def test_the_lora_slot_replaces_fused_qkv_under_compile() -> None:
-    assert _switches() == ["sdpa", "channels_last", "compile", "lora_slot(rank=64)",
-                           "compile_mode=max-autotune"]
+    assert _switches() == [
+        "sdpa",
+        "channels_last",
+        "compile",
+        "lora_slot(rank=64)",
+        "compile_mode=max-autotune",
+    ]
     assert "fuse_qkv" in _switches(lora_hotswap_rank=0)
     assert "fuse_qkv" in _switches(compile="off")  # no compile, no slot

@@ -59,9 +59,7 @@ def test_pixel_budget_and_output_count_come_from_the_operator() -> None:
 
 
 def test_defaults_fill_only_what_is_missing() -> None:
-    resolved = GenerationInput(prompt="a", guidance_scale=0).with_defaults(
-        SD1, random.Random(1)
-    )
+    resolved = GenerationInput(prompt="a", guidance_scale=0).with_defaults(SD1, random.Random(1))
     assert (resolved.width, resolved.height) == (512, 512)
     assert resolved.num_inference_steps == 50
     assert resolved.guidance_scale == 0  # an explicit zero is kept

@@ -16,8 +16,13 @@ def test_auto_switches_are_off_on_cpu_and_on_on_cuda() -> None:
 
 
 def test_explicit_switches_win_over_the_device() -> None:
-    settings = EngineSettings(channels_last="on", compile="off", fuse_qkv="off",
-                              compile_mode="reduce-overhead", attention="default")
+    settings = EngineSettings(
+        channels_last="on",
+        compile="off",
+        fuse_qkv="off",
+        compile_mode="reduce-overhead",
+        attention="default",
+    )
     cpu = fastpath.resolve(settings, "cpu")
     cuda = fastpath.resolve(settings, "cuda")
     assert cpu.channels_last and cuda.channels_last

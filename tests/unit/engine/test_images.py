@@ -13,7 +13,9 @@ from sdserve.errors import InvalidImage
 
 def test_output_size_rounds_down_to_multiples_of_8() -> None:
     assert images.output_size(Image.new("RGB", (75, 130)), None, None, max_pixels=10**6) == (
-        72, 128)
+        72,
+        128,
+    )
     assert images.output_size(Image.new("RGB", (75, 130)), 64, 96, max_pixels=10**6) == (64, 96)
 
 
@@ -47,9 +49,9 @@ def test_outpaint_canvas_and_mask() -> None:
     assert canvas.size == (80, 72) and mask.size == (80, 72)
     pixels, repaint = np.asarray(canvas), np.asarray(mask)
     assert (pixels[:, :16] == (10, 200, 30)).all()  # edge-extended, not black
-    assert (repaint[:, :16 + images.OUTPAINT_OVERLAP] == 255).all()  # new area + seam
-    assert (repaint[64 - images.OUTPAINT_OVERLAP:, :] == 255).all()
-    assert (repaint[: 64 - images.OUTPAINT_OVERLAP, 16 + images.OUTPAINT_OVERLAP:] == 0).all()
+    assert (repaint[:, : 16 + images.OUTPAINT_OVERLAP] == 255).all()  # new area + seam
+    assert (repaint[64 - images.OUTPAINT_OVERLAP :, :] == 255).all()
+    assert (repaint[: 64 - images.OUTPAINT_OVERLAP, 16 + images.OUTPAINT_OVERLAP :] == 0).all()
     # the right and top sides did not grow, so nothing of them is repainted
     assert repaint[0, -1] == 0
 
@@ -79,35 +81,48 @@ def test_latent_preview_is_a_small_rgb_image(xl: bool) -> None:
 
 # -- prompt weighting syntax (prompts.py) ----------------------------------------------------
 
-@pytest.mark.parametrize(("text", "runs"), [
-    ("a red fox, (snow:1.3)", [("a red fox, ", 1.0), ("snow", 1.3)]),
-    ("((fox))", [("fox", 1.1 * 1.1)]),
-    ("[cat] on beach", [("cat", 1 / 1.1), (" on beach", 1.0)]),
-    ("a (b [c] d:1.5) e", [("a ", 1.0), ("b ", 1.5), ("c", 1.5 / 1.1), (" d", 1.5), (" e", 1.0)]),
-    ("(unclosed fox", [("unclosed fox", 1.1)]),
-    (r"a \(literal\) fox", [("a (literal) fox", 1.0)]),
-])
+
+@pytest.mark.parametrize(
+    ("text", "runs"),
+    [
+        ("a red fox, (snow:1.3)", [("a red fox, ", 1.0), ("snow", 1.3)]),
+        ("((fox))", [("fox", 1.1 * 1.1)]),
+        ("[cat] on beach", [("cat", 1 / 1.1), (" on beach", 1.0)]),
+        (
+            "a (b [c] d:1.5) e",
+            [("a ", 1.0), ("b ", 1.5), ("c", 1.5 / 1.1), (" d", 1.5), (" e", 1.0)],
+        ),
+        ("(unclosed fox", [("unclosed fox", 1.1)]),
+        (r"a \(literal\) fox", [("a (literal) fox", 1.0)]),
+    ],
+)
 def test_parse_a1111(text: str, runs: list[tuple[str, float]]) -> None:
     parsed = prompts.parse_a1111(text)
     assert [chunk for chunk, _ in parsed] == [chunk for chunk, _ in runs]
     assert [weight for _, weight in parsed] == pytest.approx([weight for _, weight in runs])
 
 
-@pytest.mark.parametrize(("text", "compel"), [
-    ("a red fox, (snow:1.3)", "a red fox, (snow)1.3"),
-    ("fox++ in snow", "fox++ in snow"),  # compel syntax is kept as written
-    ("(fox)1.3 in snow", "(fox)1.3 in snow"),
-])
+@pytest.mark.parametrize(
+    ("text", "compel"),
+    [
+        ("a red fox, (snow:1.3)", "a red fox, (snow)1.3"),
+        ("fox++ in snow", "fox++ in snow"),  # compel syntax is kept as written
+        ("(fox)1.3 in snow", "(fox)1.3 in snow"),
+    ],
+)
 def test_to_compel(text: str, compel: str) -> None:
     assert prompts.to_compel(text) == compel
 
 
-@pytest.mark.parametrize(("text", "weighted"), [
-    ("a photo of a fox", False),
-    ("close-up of a fox, 4k", False),
-    ("a (fox)", True),
-    ("a fox++", True),
-    ("a [fox]", True),
-])
+@pytest.mark.parametrize(
+    ("text", "weighted"),
+    [
+        ("a photo of a fox", False),
+        ("close-up of a fox, 4k", False),
+        ("a (fox)", True),
+        ("a fox++", True),
+        ("a [fox]", True),
+    ],
+)
 def test_only_weighted_prompts_go_through_compel(text: str, weighted: bool) -> None:
     assert prompts.is_weighted(text) is weighted

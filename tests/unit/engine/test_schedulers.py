@@ -16,12 +16,40 @@ BASE = EulerDiscreteScheduler(
     beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1
 ).config
 
-REPLICATE = ["DDIM", "DPMSolverMultistep", "HeunDiscrete", "KarrasDPM", "K_EULER_ANCESTRAL",
-             "K_EULER", "PNDM", "UniPC", "LCM"]
-A1111 = ["Euler a", "Euler", "LMS", "LMS Karras", "Heun", "DPM2", "DPM2 a", "DPM++ 2M",
-         "DPM++ 2M Karras", "DPM++ 2M SDE", "DPM++ 2M SDE Karras", "DPM++ SDE",
-         "DPM++ SDE Karras", "DPM++ 2S a", "DPM fast", "DPM adaptive", "DDIM", "PLMS", "UniPC",
-         "LCM", "DPM++ 3M SDE"]
+REPLICATE = [
+    "DDIM",
+    "DPMSolverMultistep",
+    "HeunDiscrete",
+    "KarrasDPM",
+    "K_EULER_ANCESTRAL",
+    "K_EULER",
+    "PNDM",
+    "UniPC",
+    "LCM",
+]
+A1111 = [
+    "Euler a",
+    "Euler",
+    "LMS",
+    "LMS Karras",
+    "Heun",
+    "DPM2",
+    "DPM2 a",
+    "DPM++ 2M",
+    "DPM++ 2M Karras",
+    "DPM++ 2M SDE",
+    "DPM++ 2M SDE Karras",
+    "DPM++ SDE",
+    "DPM++ SDE Karras",
+    "DPM++ 2S a",
+    "DPM fast",
+    "DPM adaptive",
+    "DDIM",
+    "PLMS",
+    "UniPC",
+    "LCM",
+    "DPM++ 3M SDE",
+]
 
 
 @pytest.mark.parametrize("name", REPLICATE + A1111)

@@ -27,7 +27,9 @@ def public_resolver(host: str, port: int) -> list[str]:
 def fetcher(handler=None, **kwargs) -> InputFetcher:  # type: ignore[no-untyped-def]
     transport = httpx.MockTransport(handler) if handler else None
     return InputFetcher(
-        InMemoryFileStore(), transport=transport, resolver=kwargs.pop("resolver", public_resolver),
+        InMemoryFileStore(),
+        transport=transport,
+        resolver=kwargs.pop("resolver", public_resolver),
         **kwargs,
     )
 

@@ -53,7 +53,9 @@ def test_input_schema_has_family_defaults_and_limits() -> None:
     assert props["width"]["default"] == 1024 and props["width"]["type"] == "integer"
     assert props["width"]["maximum"] == 512 * 512 // 64  # widest image 64 px tall
     assert props["num_inference_steps"] == props["num_inference_steps"] | {
-        "default": 30, "maximum": 80, "minimum": 1,
+        "default": 30,
+        "maximum": 80,
+        "minimum": 1,
     }
     assert props["guidance_scale"]["default"] == 5.0
     assert props["num_outputs"]["maximum"] == 3

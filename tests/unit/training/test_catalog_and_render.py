@@ -13,8 +13,15 @@ from sdserve.engine.models import ModelRegistry, ModelSpec
 from sdserve.jobs.contract import JobRecord
 from sdserve.training.catalog import TrainedModels
 
-BASE = ModelSpec(name="sdserve/tiny-sd", reference="/models/tiny-sd", family="sd1",
-                 inpainting=False, refiner=None, version="b" * 64, native_size=64)
+BASE = ModelSpec(
+    name="sdserve/tiny-sd",
+    reference="/models/tiny-sd",
+    family="sd1",
+    inpainting=False,
+    refiner=None,
+    version="b" * 64,
+    native_size=64,
+)
 
 
 def test_publish_serves_the_base_with_the_lora_and_copies_it_by_name(tmp_path: Path) -> None:
@@ -45,9 +52,14 @@ def test_publish_serves_the_base_with_the_lora_and_copies_it_by_name(tmp_path: P
 
 def job(status: Status, **values: object) -> JobRecord:
     base: dict[str, object] = {
-        "id": "abc", "kind": JobKind.TRAINING, "model": "sdserve/tiny-sd", "version": "v1",
-        "input": {"input_images": "https://x/dog.zip"}, "status": status,
-        "created_at": datetime(2025, 1, 1, tzinfo=UTC), "source": "replicate",
+        "id": "abc",
+        "kind": JobKind.TRAINING,
+        "model": "sdserve/tiny-sd",
+        "version": "v1",
+        "input": {"input_images": "https://x/dog.zip"},
+        "status": status,
+        "created_at": datetime(2025, 1, 1, tzinfo=UTC),
+        "source": "replicate",
         "destination": "me/my-dog",
     }
     base.update(values)

@@ -58,8 +58,11 @@ def test_destination_must_be_owner_slash_name(bad: str | None) -> None:
 def test_inpainting_refiner_and_fine_tuned_models_cannot_be_trained() -> None:
     check_trainable("sdserve/tiny-sd", "sd1", False, False)
     check_trainable("x/xl", "sdxl", False, False)
-    for args in [("i", "sd1", True, False), ("r", "sdxl-refiner", False, False),
-                 ("me/dog", "sd1", False, True)]:
+    for args in [
+        ("i", "sd1", True, False),
+        ("r", "sdxl-refiner", False, False),
+        ("me/dog", "sd1", False, True),
+    ]:
         with pytest.raises(InvalidInput) as caught:
             check_trainable(*args)
         assert caught.value.field == "model"
@@ -67,8 +70,11 @@ def test_inpainting_refiner_and_fine_tuned_models_cannot_be_trained() -> None:
 
 @pytest.mark.parametrize(
     ("prefix", "token", "caption"),
-    [("a photo of TOK, ", "TOK", "a photo of TOK"), ("a photo of ", "sks", "a photo of sks"),
-     ("", "TOK", "TOK")],
+    [
+        ("a photo of TOK, ", "TOK", "a photo of TOK"),
+        ("a photo of ", "sks", "a photo of sks"),
+        ("", "TOK", "TOK"),
+    ],
 )
 def test_default_caption_names_the_token(prefix: str, token: str, caption: str) -> None:
     inp = parse_training_input(
@@ -83,11 +89,13 @@ def test_examples_use_txt_captions_else_the_prefix(tmp_path: Path) -> None:
     image.paste((0, 0, 255), (0, 0, 50, 100))  # a blue band the center crop cuts off
     image.save(wide)
     Image.new("RGB", (30, 90), (0, 255, 0)).save(tall)
-    inp = parse_training_input({"input_images": "x", "token_string": "sks",
-                                "caption_prefix": "a photo of "})
+    inp = parse_training_input(
+        {"input_images": "x", "token_string": "sks", "caption_prefix": "a photo of "}
+    )
     examples = build_examples(
         [ArchiveImage("a/wide.png", wide, "sks on a table"), ArchiveImage("tall.png", tall, None)],
-        inp, 64,
+        inp,
+        64,
     )
     assert [example.caption for example in examples] == ["sks on a table", "a photo of sks"]
     assert all(example.image.size == (64, 64) for example in examples)
@@ -103,13 +111,15 @@ def test_resolution_must_be_a_multiple_of_8(tmp_path: Path) -> None:
     path = tmp_path / "a.png"
     Image.new("RGB", (8, 8)).save(path)
     with pytest.raises(InvalidInput, match="multiple of 8"):
-        build_examples([ArchiveImage("a.png", path, None)],
-                       parse_training_input({"input_images": "x"}), 100)
+        build_examples(
+            [ArchiveImage("a.png", path, None)], parse_training_input({"input_images": "x"}), 100
+        )
 
 
 def test_steps_are_the_smaller_of_max_steps_and_epochs() -> None:
-    inp = parse_training_input({"input_images": "x", "train_batch_size": 4,
-                                "num_train_epochs": 3, "max_train_steps": 100})
+    inp = parse_training_input(
+        {"input_images": "x", "train_batch_size": 4, "num_train_epochs": 3, "max_train_steps": 100}
+    )
     assert plan_steps(10, inp) == (9, 3)  # ceil(10 / 4) = 3 steps per epoch
     assert plan_steps(1000, inp)[0] == 100
 
