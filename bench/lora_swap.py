@@ -73,10 +73,10 @@ def run_sequence(
     repeats: int,
 ) -> dict[str, Any]:
     """Load a compiled engine, then time each request of :data:`SEQUENCE`."""
-    from sdserve.config import EngineSettings
     from sdserve.domain.inputs import parse_generation_input
     from sdserve.engine.engine import Engine
-    from sdserve.engine.models import ModelRegistry
+    from sdserve.models.catalog import ModelRegistry
+    from sdserve.models.settings import EngineSettings
 
     registry = ModelRegistry.from_references([str(model)], offline=True)
     name = registry.specs()[0].name

@@ -41,6 +41,8 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from sdserve.models.settings import DTYPE_NAMES
+
 PROMPT = "a photo of a red fox in the snow, detailed, 35mm"
 NEGATIVE = "blurry, low quality"
 MIN_RUNS = 5
@@ -228,11 +230,11 @@ def load_ours(
     Its cold load includes the fast path and the compile warm-up: a server pays them
     before its first request.
     """
-    from sdserve.config import EngineSettings
     from sdserve.domain.inputs import parse_generation_input
     from sdserve.engine.engine import Engine
-    from sdserve.engine.models import ModelRegistry
-    from sdserve.engine.types import RunHooks
+    from sdserve.models.catalog import ModelRegistry
+    from sdserve.models.results import RunHooks
+    from sdserve.models.settings import EngineSettings
 
     settings = EngineSettings(
         device=device,  # type: ignore[arg-type]
@@ -284,10 +286,9 @@ def load_ours(
 
 
 def _engine_dtype(device: str, dtype: str) -> Any:
-    from sdserve.config import EngineSettings
     from sdserve.engine.device import resolve_dtype
 
-    return resolve_dtype(EngineSettings(dtype=dtype), device)  # type: ignore[arg-type]
+    return resolve_dtype(dtype, device)
 
 
 def _applied_switches(engine: Any) -> list[str]:
@@ -557,7 +558,7 @@ def _import_libraries() -> None:
 
     import sdserve.engine.engine
     import sdserve.engine.loading
-    import sdserve.engine.metadata  # noqa: F401
+    import sdserve.models.metadata  # noqa: F401
 
 
 def _read_all(folder: Path) -> None:
@@ -646,7 +647,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dtype",
         default="auto",
-        choices=["auto", "float32", "float16", "bfloat16"],
+        choices=DTYPE_NAMES,
         help="our engine's dtype (auto: float16 on CUDA, float32 on CPU)",
     )
     parser.add_argument(

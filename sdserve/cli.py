@@ -140,8 +140,8 @@ def run_generate(args: argparse.Namespace) -> int:
 
     from sdserve.domain.inputs import parse_generation_input
     from sdserve.engine.engine import Engine
-    from sdserve.engine.models import ModelRegistry
-    from sdserve.engine.types import RunHooks
+    from sdserve.models.catalog import ModelRegistry
+    from sdserve.models.results import RunHooks
 
     settings = _settings(
         args,
@@ -305,7 +305,7 @@ def run_models_tiny_lora(args: argparse.Namespace) -> int:
 
 
 def run_models_info(args: argparse.Namespace) -> int:
-    from sdserve.engine.models import ModelRegistry
+    from sdserve.models.catalog import ModelRegistry
 
     settings = _settings(args)
     registry = ModelRegistry.from_references(

@@ -4,22 +4,21 @@ Every value is an explicit, typed setting with a default that works offline on a
 Environment variables use the ``SDSERVE_`` prefix (``SDSERVE_DATA_DIR``,
 ``SDSERVE_ENGINE__DTYPE``...). Nothing here is read at import time: call
 :func:`load_settings` once at start-up and pass the object down.
+
+The engine's section (:class:`~sdserve.models.settings.EngineSettings`) is defined with the
+engine's other torch-free types, because the engine may not import this module; it is read
+here like every other section and handed to the engine.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
 from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from sdserve.domain.inputs import InputLimits
-
-DeviceName = Literal["auto", "cpu", "cuda", "mps"]
-DtypeName = Literal["auto", "float32", "float16", "bfloat16"]
-FastSwitch = Literal["auto", "on", "off"]
-CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
+from sdserve.models.settings import EngineSettings
 
 
 def default_data_dir() -> Path:
@@ -42,63 +41,6 @@ class LimitSettings(BaseModel):
             max_num_outputs=self.max_num_outputs,
             max_steps=self.max_steps,
         )
-
-
-class EngineSettings(BaseModel):
-    """How the diffusers engine runs: device, precision, memory and optional components."""
-
-    device: DeviceName = "auto"
-    dtype: DtypeName = Field(
-        default="auto", description="auto: float16 on CUDA/MPS, float32 on CPU"
-    )
-    memory_budget_mb: int = Field(
-        default=0,
-        ge=0,
-        description="memory for cached pipelines; 0 = 80% of the device (or of RAM on CPU)",
-    )
-    lora_dir: Path | None = Field(default=None, description="folder of named LoRA files")
-    lora_cache_size: int = Field(default=8, ge=0, description="LoRA state dicts kept in memory")
-    safety_checker: str | None = Field(
-        default=None,
-        description="safety checker model (hub id or folder); None disables the check",
-    )
-    watermark: bool = Field(default=True, description="allow invisible watermarks")
-    offline: bool = Field(default=False, description="never reach the Hugging Face Hub")
-    cache_dir: Path | None = Field(default=None, description="Hugging Face cache folder")
-    # -- fast path (engine/fastpath.py); "auto" = on for CUDA, off elsewhere ---------------
-    attention: Literal["sdpa", "default"] = Field(
-        default="sdpa", description="sdpa: torch scaled_dot_product_attention (AttnProcessor2_0)"
-    )
-    channels_last: FastSwitch = Field(default="auto", description="UNet/VAE in channels_last")
-    fuse_qkv: FastSwitch = Field(
-        default="auto", description="fused QKV projections (unfused once if a LoRA is applied)"
-    )
-    compile: FastSwitch = Field(default="auto", description="torch.compile the UNet")
-    compile_vae: bool = Field(default=True, description="also compile the VAE decoder")
-    compile_mode: CompileMode = Field(
-        default="max-autotune",
-        description="torch.compile mode; max-autotune/reduce-overhead use CUDA graphs",
-    )
-    compile_fullgraph: bool = Field(default=False, description="torch.compile fullgraph=True")
-    compile_cache_dir: Path | None = Field(
-        default=None,
-        description="inductor FX-graph cache, reused across restarts; None = <data_dir>/compile",
-    )
-    compile_warmup: bool = Field(
-        default=True, description="run a short generation at load so compiling is not billed"
-    )
-    lora_hotswap_rank: int = Field(
-        default=64,
-        ge=0,
-        description="with compile: a LoRA slot of this rank, so LoRAs swap without "
-        "recompiling (fused QKV is skipped then); 0 = no slot",
-    )
-    vae_tiling_pixels: int = Field(
-        default=1536 * 1536,
-        ge=0,
-        description="decode in tiles above this many pixels (width*height); 0 = never",
-    )
-    vae_slicing: bool = Field(default=False, description="decode a batch one image at a time")
 
 
 class ApiSettings(BaseModel):

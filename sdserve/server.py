@@ -14,8 +14,8 @@ from sdserve.config import Settings
 from sdserve.errors import InvalidInput
 
 if TYPE_CHECKING:
-    from sdserve.engine.models import ModelRegistry
     from sdserve.jobs.service import Service
+    from sdserve.models.catalog import ModelRegistry
 
 log = logging.getLogger("sdserve")
 
@@ -47,7 +47,7 @@ def with_trained_loras(settings: Settings) -> Settings:
 def build_registry(settings: Settings) -> ModelRegistry:
     """The served models: ``--model`` references, the tiny set with ``--demo``, and the
     fine-tuned models published in the data folder."""
-    from sdserve.engine.models import ModelRegistry
+    from sdserve.models.catalog import ModelRegistry
 
     registry = ModelRegistry.from_references(
         settings.models, cache_dir=settings.engine.cache_dir, offline=settings.engine.offline

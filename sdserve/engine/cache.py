@@ -24,7 +24,7 @@ from sdserve.errors import InvalidInput
 Pipeline = Any
 
 if TYPE_CHECKING:
-    from sdserve.engine.models import ModelSpec
+    from sdserve.models.catalog import ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ def _is_img2img(pipe: Pipeline) -> bool:
 class PipelineCache:
     """Base pipelines kept LRU under ``memory_budget_bytes``; task pipelines derived on demand.
 
-    ``load`` turns a :class:`~sdserve.engine.models.ModelSpec` into its base pipeline and
+    ``load`` turns a :class:`~sdserve.models.catalog.ModelSpec` into its base pipeline and
     ``load_refiner`` a refiner reference into its pipeline (refiners share the budget).
     A model larger than the whole budget still loads, alone, with a warning.
     """

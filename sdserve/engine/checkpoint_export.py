@@ -21,16 +21,20 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sdserve.engine.models import SINGLE_FILE_CONFIG_SUFFIX
 from sdserve.errors import InvalidInput
+from sdserve.models.references import (
+    PICKLE_SUFFIXES,
+    SAFETENSORS_SUFFIX,
+    SINGLE_FILE_CONFIG_SUFFIX,
+)
 
 if TYPE_CHECKING:
     import torch
 
 StateDict = dict[str, "torch.Tensor"]
 
-CONFIG_SUFFIX = SINGLE_FILE_CONFIG_SUFFIX
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt", ".pth")
+#: Files a diffusers folder keeps weights in (left out when its configs are copied).
+WEIGHT_SUFFIXES = (SAFETENSORS_SUFFIX, *PICKLE_SUFFIXES)
 
 _RESNET_RENAMES = (
     ("norm1.", "in_layers.0."),
@@ -69,7 +73,7 @@ _CLIP_LAYER_RENAMES = (
 
 def config_folder_for(checkpoint: Path) -> Path:
     """Where the config folder of an exported checkpoint lives (beside the file)."""
-    return checkpoint.with_name(checkpoint.stem + CONFIG_SUFFIX)
+    return checkpoint.with_name(checkpoint.stem + SINGLE_FILE_CONFIG_SUFFIX)
 
 
 def _rename_by_prefix(key: str, prefixes: dict[str, str]) -> str | None:

@@ -1,10 +1,14 @@
-"""Device and precision resolution: the one place ``auto`` becomes a concrete choice."""
+"""Device and precision resolution: the one place ``auto`` becomes a concrete choice.
+
+The names come from :mod:`sdserve.models.settings` (``DEVICE_NAMES``, ``DTYPE_NAMES``);
+everything that turns one into a torch device or dtype calls this module.
+"""
 
 from __future__ import annotations
 
 import torch
 
-from sdserve.config import EngineSettings
+from sdserve.models.settings import EngineSettings
 
 _DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
@@ -13,10 +17,10 @@ _DTYPES: dict[str, torch.dtype] = {
 }
 
 
-def resolve_device(settings: EngineSettings) -> str:
+def resolve_device(name: str) -> str:
     """``auto`` picks CUDA, then Apple MPS, then the CPU; explicit names are kept."""
-    if settings.device != "auto":
-        return settings.device
+    if name != "auto":
+        return name
     if torch.cuda.is_available():
         return "cuda"
     mps = getattr(torch.backends, "mps", None)
@@ -25,20 +29,20 @@ def resolve_device(settings: EngineSettings) -> str:
     return "cpu"
 
 
-def resolve_dtype(settings: EngineSettings, device: str) -> torch.dtype:
+def resolve_dtype(name: str, device: str) -> torch.dtype:
     """``auto`` is float16 on accelerators (half the memory, same images) and float32 on CPU.
 
     CPU kernels for float16 are slow or missing, which is why CPU stays in float32.
     """
-    if settings.dtype != "auto":
-        return _DTYPES[settings.dtype]
+    if name != "auto":
+        return _DTYPES[name]
     return torch.float32 if device == "cpu" else torch.float16
 
 
 def resolve(settings: EngineSettings) -> tuple[str, torch.dtype]:
     """Return ``(device, dtype)`` for these settings."""
-    device = resolve_device(settings)
-    return device, resolve_dtype(settings, device)
+    device = resolve_device(settings.device)
+    return device, resolve_dtype(settings.dtype, device)
 
 
 def generator_device(device: str) -> str:

@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING
 import torch
 from PIL import Image
 
-from sdserve.config import EngineSettings
 from sdserve.domain.batching import batch_signature
 from sdserve.domain.inputs import GenerationInput, InputLimits
 from sdserve.engine import device as devices
@@ -40,13 +39,14 @@ from sdserve.engine.tasks import (
     txt2img,
     with_scheduler,
 )
-from sdserve.engine.types import GeneratedImage, GenerationResult, RunHooks
 from sdserve.errors import Canceled, InsufficientGpuMemory, InvalidImage, InvalidInput
+from sdserve.models.results import GeneratedImage, GenerationResult, RunHooks
+from sdserve.models.settings import EngineSettings
 
 if TYPE_CHECKING:
     from sdserve.engine.lora import LoraCache
-    from sdserve.engine.models import ModelRegistry, ModelSpec
     from sdserve.engine.safety import SafetyChecker
+    from sdserve.models.catalog import ModelRegistry, ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -386,9 +386,9 @@ class Engine:
     def _post_process(
         self, result: Image.Image, nsfw: bool, inp: GenerationInput, index: int, model: str
     ) -> GeneratedImage:
-        from sdserve.engine.metadata import encode_image, format_parameters
         from sdserve.engine.safety import blackout
         from sdserve.engine.watermark import apply_watermark
+        from sdserve.models.metadata import encode_image, format_parameters
 
         picture = blackout(result) if nsfw else result
         if inp.apply_watermark and self.settings.watermark and not nsfw:

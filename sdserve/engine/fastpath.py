@@ -1,6 +1,6 @@
 """The GPU fast path: every speed switch of the engine, applied once when a pipeline loads.
 
-Each switch is an explicit :class:`~sdserve.config.EngineSettings` field. ``auto`` turns a
+Each switch is an explicit :class:`~sdserve.models.settings.EngineSettings` field. ``auto`` turns a
 switch on for CUDA and off elsewhere, so a CPU or MPS box runs the plain eager path unless a
 switch is asked for by name. Nothing here changes what a request computes, only how: images
 stay within a small tolerance of the eager float32 path (see the fast-path tests).
@@ -30,7 +30,7 @@ from typing import Any, Literal
 
 import torch
 
-from sdserve.config import EngineSettings
+from sdserve.models.settings import EngineSettings
 
 log = logging.getLogger(__name__)
 

@@ -21,21 +21,22 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sdserve.engine.models import (
+from sdserve.errors import ModelLoadError
+from sdserve.models.catalog import ModelSpec
+from sdserve.models.references import (
+    SAFETENSORS_SUFFIX,
     SINGLE_FILE_CONFIG_SUFFIX,
     ModelInfo,
-    ModelSpec,
     check_weights_format,
     inspect_reference,
     is_hub_id,
 )
-from sdserve.errors import ModelLoadError
 
 if TYPE_CHECKING:
     import torch
     from diffusers import DiffusionPipeline, StableDiffusionXLImg2ImgPipeline
 
-    from sdserve.config import EngineSettings
+    from sdserve.models.settings import EngineSettings
 
 CONFIGS_DIR = Path(__file__).parent / "configs"
 
@@ -254,7 +255,7 @@ def _from_single_file(
     settings: EngineSettings,
     extra: dict[str, Any],
 ) -> DiffusionPipeline:
-    if path.suffix.lower() != ".safetensors":
+    if path.suffix.lower() != SAFETENSORS_SUFFIX:
         raise ModelLoadError(f"{path}: single-file checkpoints must be .safetensors")
     config, has_tokenizers = config_folder(path, info)
     components: dict[str, Any] = {}

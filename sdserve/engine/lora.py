@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import re
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sdserve.errors import InvalidInput
+from sdserve.models.references import SAFETENSORS_SUFFIX, is_pickle
 
 if TYPE_CHECKING:
     import torch
@@ -31,12 +31,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-LORA_SUFFIX = ".safetensors"
-# Pickle-based formats can run arbitrary code when loaded; they are refused outright.
-PICKLE_SUFFIXES = frozenset({".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pickle"})
 # Our adapters are named after the file's identity, so a replaced file gets a new one.
 _ADAPTER_PREFIX = "sdserve_"
-_TAG = re.compile(r"<lora:([^:>]+)(?::([^:>]*))?(?::[^>]*)?>")
 
 
 class LoraCache:
@@ -76,7 +72,7 @@ class LoraCache:
         return sorted(
             path.stem
             for path in self.lora_dir.iterdir()
-            if path.suffix == LORA_SUFFIX and path.is_file()
+            if path.suffix == SAFETENSORS_SUFFIX and path.is_file()
         )
 
     def resolve(self, ref: str) -> Path:
@@ -89,7 +85,7 @@ class LoraCache:
         if not ref:
             raise InvalidInput("lora", "is empty", allowed=self.names())
         suffix = Path(ref).suffix.lower()
-        if suffix in PICKLE_SUFFIXES:
+        if is_pickle(ref):
             raise InvalidInput(
                 "lora",
                 f"{ref!r} is a pickle file, which can run code when loaded; "
@@ -130,8 +126,8 @@ class LoraCache:
                 f"{ref!r}: only names of installed LoRAs are accepted",
                 allowed=self.names(),
             )
-        if suffix != LORA_SUFFIX:
-            raise InvalidInput("lora", f"{ref!r} is not a {LORA_SUFFIX} file")
+        if suffix != SAFETENSORS_SUFFIX:
+            raise InvalidInput("lora", f"{ref!r} is not a {SAFETENSORS_SUFFIX} file")
         path = Path(ref).expanduser()
         if not path.is_file():
             raise InvalidInput("lora", f"no file at {ref!r}")
@@ -139,9 +135,9 @@ class LoraCache:
 
     def _resolve_name(self, ref: str) -> Path:
         names = self.names()
-        name = ref[: -len(LORA_SUFFIX)] if ref.endswith(LORA_SUFFIX) else ref
+        name = ref[: -len(SAFETENSORS_SUFFIX)] if ref.endswith(SAFETENSORS_SUFFIX) else ref
         if self.lora_dir is not None and name in names:
-            return (self.lora_dir / f"{name}{LORA_SUFFIX}").resolve()
+            return (self.lora_dir / f"{name}{SAFETENSORS_SUFFIX}").resolve()
         where = "in the LoRA folder" if self.lora_dir is not None else "(no LoRA folder is set)"
         raise InvalidInput("lora", f"no LoRA named {ref!r} {where}", allowed=names)
 
@@ -276,27 +272,6 @@ class LoraCache:
         # position in the recency order; unknown (loaded by an earlier cache) = oldest
         order = list(self._recent_adapters)
         return order.index(adapter) if adapter in order else -1
-
-
-def parse_a1111_lora_tags(prompt: str) -> tuple[str, list[tuple[str, float]]]:
-    """Strip AUTOMATIC1111 ``<lora:name:weight>`` tags from ``prompt``.
-
-    Returns the prompt without the tags (runs of spaces collapsed) and the ``(name,
-    weight)`` pairs in order; a missing weight is 1.0. Extra fields after the weight
-    (A1111's separate text-encoder/UNet weights) are ignored.
-    """
-    loras: list[tuple[str, float]] = []
-    for match in _TAG.finditer(prompt):
-        name, weight = match.group(1).strip(), (match.group(2) or "").strip()
-        try:
-            value = float(weight) if weight else 1.0
-        except ValueError:
-            raise InvalidInput(
-                "prompt", f"LoRA tag {match.group(0)!r} has a weight that is not a number"
-            ) from None
-        loras.append((name, value))
-    cleaned = re.sub(r"[ \t]{2,}", " ", _TAG.sub("", prompt)).strip()
-    return cleaned, loras
 
 
 def _looks_like_path(ref: str) -> bool:

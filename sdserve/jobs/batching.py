@@ -30,9 +30,9 @@ from typing import TYPE_CHECKING, Any
 from sdserve.domain.batching import batch_signature
 from sdserve.domain.inputs import GenerationInput
 from sdserve.domain.jobs import Status
-from sdserve.engine.types import GenerationResult, RunHooks
 from sdserve.errors import Canceled
 from sdserve.jobs.worker import PROGRESS_WRITE_INTERVAL_S
+from sdserve.models.results import GenerationResult, RunHooks
 
 if TYPE_CHECKING:
     from sdserve.jobs.contract import JobRecord

@@ -47,7 +47,7 @@ from sdserve.jobs.webhooks import Renderer, WebhookDispatcher, load_or_create_se
 from sdserve.jobs.worker import JobRunner, Predictor, RegistryLike
 
 if TYPE_CHECKING:
-    from sdserve.engine.models import ModelRegistry
+    from sdserve.models.catalog import ModelRegistry
 
 log = logging.getLogger(__name__)
 
@@ -565,7 +565,7 @@ def run_worker(
             "broker_url", "a separate worker needs a shared broker such as redis://host:6379/0"
         )
     if registry is None:
-        from sdserve.engine.models import ModelRegistry as Registry
+        from sdserve.models.catalog import ModelRegistry as Registry
 
         registry = Registry.from_references(
             settings.models, cache_dir=settings.engine.cache_dir, offline=settings.engine.offline

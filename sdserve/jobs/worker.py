@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from sdserve.domain.inputs import FamilyDefaults, GenerationInput
 from sdserve.domain.jobs import JobKind, Status
-from sdserve.engine.types import GenerationResult, RunHooks
 from sdserve.errors import (
     Canceled,
     InvalidImage,
@@ -31,6 +30,7 @@ from sdserve.jobs.fetch import InputFetcher
 from sdserve.jobs.files import FileStore, new_key
 from sdserve.jobs.store import Store, StoredFile, utcnow
 from sdserve.jobs.tables import JobRow
+from sdserve.models.results import GenerationResult, RunHooks
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -76,7 +76,7 @@ class Predictor(Protocol):
 
 
 class ModelSpecLike(Protocol):
-    """The parts of ``engine.models.ModelSpec`` the service uses."""
+    """The parts of ``models.catalog.ModelSpec`` the service uses."""
 
     name: str
     reference: str
@@ -88,7 +88,7 @@ class ModelSpecLike(Protocol):
 
 
 class RegistryLike(Protocol):
-    """The parts of ``engine.models.ModelRegistry`` the service uses (no torch)."""
+    """The parts of ``models.catalog.ModelRegistry`` the service uses (no torch)."""
 
     def resolve(self, name: str) -> Any: ...
 

@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sdserve.engine.models import ModelSpec
+from sdserve.models.catalog import ModelSpec
 
 log = logging.getLogger(__name__)
 MANIFEST = "model.json"

@@ -46,9 +46,9 @@ from sdserve.api.a1111.schemas import (
     render_schedules,
 )
 from sdserve.domain.jobs import Status
-from sdserve.engine.metadata import parse_parameters, read_parameters
 from sdserve.errors import InvalidInput, ModelNotFound, Overloaded, SdserveError, Unauthorized
 from sdserve.jobs.contract import JobRecord, JobService
+from sdserve.models.metadata import parse_parameters, read_parameters
 
 SOURCE = "a1111"
 #: How long one ``service.wait`` call holds before the route looks again (no overall limit:

@@ -20,9 +20,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from sdserve.engine.lora import parse_a1111_lora_tags
 from sdserve.errors import InvalidImage, InvalidInput
 from sdserve.jobs.contract import JobRecord, ServedModel
+from sdserve.models.lora_tags import parse_a1111_lora_tags
 
 #: A1111 sampler display names and their aliases (k-diffusion spellings), in A1111's order.
 SAMPLERS: dict[str, tuple[str, ...]] = {

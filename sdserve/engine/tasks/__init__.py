@@ -18,8 +18,8 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from sdserve.domain.inputs import GenerationInput
 from sdserve.engine.images import latent_preview
-from sdserve.engine.types import RunHooks
 from sdserve.errors import Canceled
+from sdserve.models.results import RunHooks
 
 #: A diffusers pipeline. Its components are attributes set at run time, which mypy cannot
 #: see through diffusers' lazy exports, so pipelines are typed loosely.

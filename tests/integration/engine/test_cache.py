@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from sdserve.config import EngineSettings
 from sdserve.domain.inputs import GenerationInput
 from sdserve.engine.cache import PipelineCache, pipeline_bytes
 from sdserve.engine.engine import Engine
 from sdserve.engine.loading import load_pipeline
-from sdserve.engine.models import ModelRegistry, ModelSpec, spec_for
+from sdserve.models.catalog import ModelRegistry, ModelSpec, spec_for
+from sdserve.models.settings import EngineSettings
 
 SETTINGS = EngineSettings(device="cpu")
 

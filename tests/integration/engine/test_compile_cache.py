@@ -18,9 +18,9 @@ import pytest
 LOAD_AND_REPORT = """
 import json, sys, time
 from torch._dynamo.utils import counters
-from sdserve.config import EngineSettings
+from sdserve.models.settings import EngineSettings
 from sdserve.engine.engine import Engine
-from sdserve.engine.models import ModelRegistry
+from sdserve.models.catalog import ModelRegistry
 
 registry = ModelRegistry.from_references([sys.argv[1]], offline=True)
 settings = EngineSettings(device="cpu", dtype="float32", compile="on", compile_mode="default",

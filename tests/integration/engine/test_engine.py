@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sdserve.config import EngineSettings
 from sdserve.domain.inputs import GenerationInput
 from sdserve.engine.engine import Engine
-from sdserve.engine.metadata import parse_parameters, read_parameters
-from sdserve.engine.models import ModelRegistry
 from sdserve.engine.watermark import read_watermark
 from sdserve.errors import ModelNotFound
+from sdserve.models.catalog import ModelRegistry
+from sdserve.models.metadata import parse_parameters, read_parameters
+from sdserve.models.settings import EngineSettings
 
 FAST: dict[str, Any] = {"num_inference_steps": 2, "seed": 5, "width": 64, "height": 64}
 

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sdserve.config import EngineSettings
 from sdserve.domain.inputs import parse_generation_input
 from sdserve.engine.engine import Engine
-from sdserve.engine.models import ModelRegistry
+from sdserve.models.catalog import ModelRegistry
+from sdserve.models.settings import EngineSettings
 
 TOLERANCE = 2
 INPUT = {

@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sdserve.config import EngineSettings
 from sdserve.domain.inputs import GenerationInput
 from sdserve.engine.engine import Engine
-from sdserve.engine.metadata import parse_parameters
-from sdserve.engine.models import ModelRegistry
-from sdserve.engine.types import RunHooks
 from sdserve.errors import InvalidInput
+from sdserve.models.catalog import ModelRegistry
+from sdserve.models.metadata import parse_parameters
+from sdserve.models.results import RunHooks
+from sdserve.models.settings import EngineSettings
 
 FAST: dict[str, Any] = {
     "prompt": "a lighthouse",

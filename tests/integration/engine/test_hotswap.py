@@ -17,14 +17,14 @@ import torch
 from diffusers import StableDiffusionPipeline
 from PIL import Image
 
-from sdserve.config import EngineSettings
 from sdserve.domain.inputs import parse_generation_input
 from sdserve.engine import tiny
 from sdserve.engine.engine import Engine
 from sdserve.engine.hotswap import SLOT_ADAPTER, prepare_slot, slot_of
 from sdserve.engine.lora import LoraCache
-from sdserve.engine.models import ModelRegistry
 from sdserve.errors import InvalidInput
+from sdserve.models.catalog import ModelRegistry
+from sdserve.models.settings import EngineSettings
 
 TOLERANCE = 2
 SLOT_RANK = 8

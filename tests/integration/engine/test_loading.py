@@ -10,10 +10,10 @@ import pytest
 import torch
 from safetensors.numpy import save_file
 
-from sdserve.config import EngineSettings
 from sdserve.engine.loading import load_pipeline, load_refiner
-from sdserve.engine.models import spec_for
 from sdserve.errors import ModelLoadError
+from sdserve.models.catalog import spec_for
+from sdserve.models.settings import EngineSettings
 
 
 @pytest.fixture
@@ -117,7 +117,7 @@ def test_single_file_keeps_the_family(
 def test_pickle_files_are_refused_before_reading(
     tmp_path: Path, settings: EngineSettings, suffix: str
 ) -> None:
-    from sdserve.engine.models import ModelSpec
+    from sdserve.models.catalog import ModelSpec
 
     checkpoint = tmp_path / f"model{suffix}"
     checkpoint.write_bytes(b"\x80\x04 pickle would run code")

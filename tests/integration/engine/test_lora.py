@@ -13,8 +13,9 @@ from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
 from safetensors.torch import save_file
 
 from sdserve.engine import tiny
-from sdserve.engine.lora import LoraCache, parse_a1111_lora_tags
+from sdserve.engine.lora import LoraCache
 from sdserve.errors import InvalidInput
+from sdserve.models.lora_tags import parse_a1111_lora_tags
 
 PROMPT = "a red fox in the snow"
 

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sdserve.config import EngineSettings
 from sdserve.domain.inputs import GenerationInput
 from sdserve.engine.engine import Engine
-from sdserve.engine.metadata import parse_parameters
-from sdserve.engine.models import ModelRegistry
 from sdserve.errors import InvalidInput
+from sdserve.models.catalog import ModelRegistry
+from sdserve.models.metadata import parse_parameters
+from sdserve.models.settings import EngineSettings
 
 
 @pytest.fixture(scope="module")

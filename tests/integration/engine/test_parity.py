@@ -21,10 +21,10 @@ from diffusers import (
 )
 from PIL import Image
 
-from sdserve.config import EngineSettings
 from sdserve.domain.inputs import GenerationInput
 from sdserve.engine.engine import Engine
-from sdserve.engine.models import ModelRegistry
+from sdserve.models.catalog import ModelRegistry
+from sdserve.models.settings import EngineSettings
 
 SEED = 1234
 COMMON = {

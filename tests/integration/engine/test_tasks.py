@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sdserve.config import EngineSettings
 from sdserve.domain.inputs import GenerationInput, InputLimits
 from sdserve.engine.engine import Engine
-from sdserve.engine.models import ModelRegistry
 from sdserve.engine.schedulers import scheduler_names
-from sdserve.engine.types import GenerationResult, RunHooks
 from sdserve.errors import Canceled, InvalidImage, InvalidInput
+from sdserve.models.catalog import ModelRegistry
+from sdserve.models.results import GenerationResult, RunHooks
+from sdserve.models.settings import EngineSettings
 
 FAST = {"num_inference_steps": 3, "apply_watermark": False, "disable_safety_checker": True}
 

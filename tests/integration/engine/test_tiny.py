@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from sdserve.engine import tiny
-from sdserve.engine.models import ModelRegistry
+from sdserve.models.catalog import ModelRegistry
 
 
 def run(pipe: Any, **kwargs: Any) -> np.ndarray:

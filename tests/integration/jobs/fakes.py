@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from PIL import Image
 
 from sdserve.domain.inputs import FamilyDefaults, GenerationInput
-from sdserve.engine.types import GeneratedImage, GenerationResult, RunHooks
 from sdserve.errors import (
     Canceled,
     InputFetchFailed,
@@ -24,6 +23,7 @@ from sdserve.errors import (
     ModelNotFound,
     StorageFull,
 )
+from sdserve.models.results import GeneratedImage, GenerationResult, RunHooks
 
 FAILURES = {
     "insufficient_gpu_memory": InsufficientGpuMemory("CUDA out of memory (tried 2 GiB)"),

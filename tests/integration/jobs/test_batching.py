@@ -13,13 +13,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sdserve.config import EngineSettings, ServiceSettings, Settings
+from sdserve.config import ServiceSettings, Settings
 from sdserve.domain.inputs import GenerationInput
 from sdserve.domain.jobs import Status
 from sdserve.engine.engine import Engine
-from sdserve.engine.models import ModelRegistry
-from sdserve.engine.types import GenerationResult, RunHooks
 from sdserve.jobs.service import Service
+from sdserve.models.catalog import ModelRegistry
+from sdserve.models.results import GenerationResult, RunHooks
+from sdserve.models.settings import EngineSettings
 
 #: The batched UNet may pick other kernels than batch 1; images stay this close (0-255).
 PIXEL_TOLERANCE = 2

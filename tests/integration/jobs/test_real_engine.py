@@ -8,11 +8,12 @@ from pathlib import Path
 
 from PIL import Image
 
-from sdserve.config import EngineSettings, Settings
+from sdserve.config import Settings
 from sdserve.domain.jobs import Status
 from sdserve.engine.engine import Engine
-from sdserve.engine.models import ModelRegistry
 from sdserve.jobs.service import Service
+from sdserve.models.catalog import ModelRegistry
+from sdserve.models.settings import EngineSettings
 
 
 def test_tiny_sd_job_through_the_real_worker(tmp_path: Path, tiny_sd: Path) -> None:

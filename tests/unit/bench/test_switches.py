@@ -5,8 +5,8 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 from sdserve.bench import _applied_switches
-from sdserve.config import EngineSettings
 from sdserve.engine import fastpath
+from sdserve.models.settings import EngineSettings
 
 
 def _switches(**settings: object) -> list[str]:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from sdserve.config import EngineSettings, Settings
+from sdserve.config import Settings
 from sdserve.engine import fastpath
+from sdserve.models.settings import EngineSettings
 
 
 def test_auto_switches_are_off_on_cpu_and_on_on_cuda() -> None:

@@ -8,14 +8,14 @@ import pytest
 from PIL import Image
 
 from sdserve.domain.inputs import GenerationInput
-from sdserve.engine.metadata import (
+from sdserve.errors import InvalidImage, InvalidInput
+from sdserve.models.metadata import (
     content_type,
     encode_image,
     format_parameters,
     parse_parameters,
     read_parameters,
 )
-from sdserve.errors import InvalidImage, InvalidInput
 
 FORMATS = ["png", "webp", "jpg"]
 

@@ -11,17 +11,16 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from sdserve.engine.models import (
+from sdserve.errors import ModelLoadError, ModelNotFound
+from sdserve.models.catalog import (
     SDXL_BASE_HUB_ID,
     SDXL_REFINER_HUB_ID,
     ModelRegistry,
     ModelSpec,
-    detect_family,
-    family_defaults,
-    inspect_reference,
     spec_for,
 )
-from sdserve.errors import ModelLoadError, ModelNotFound
+from sdserve.models.families import family_defaults
+from sdserve.models.references import detect_family, inspect_reference
 
 SHIPPED = Path(__file__).parents[3] / "sdserve" / "engine" / "configs"
 UNET = "model.diffusion_model."
@@ -290,7 +289,7 @@ def test_detection_does_not_import_torch(tmp_path: Path) -> None:
 
     checkpoint = write_checkpoint(tmp_path / "m.safetensors", sd_keys(768))
     code = (
-        "import sys; from sdserve.engine.models import detect_family;"
+        "import sys; from sdserve.models.references import detect_family;"
         f"print(detect_family({str(checkpoint)!r}), 'torch' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -9,8 +9,8 @@ from replicate.training import Training
 
 from sdserve.api.replicate.trainings import render_replicate_job, render_training
 from sdserve.domain.jobs import JobKind, Status
-from sdserve.engine.models import ModelRegistry, ModelSpec
 from sdserve.jobs.contract import JobRecord
+from sdserve.models.catalog import ModelRegistry, ModelSpec
 from sdserve.training.catalog import TrainedModels
 
 BASE = ModelSpec(

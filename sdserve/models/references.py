@@ -1,4 +1,4 @@
-"""Model references → family (sd1, sd2, sdxl, turbo…), defaults and served names.
+"""What a model reference is, the weight formats we refuse, and what detection learns from it.
 
 A reference is a Hugging Face hub id, a local diffusers folder or a single-file
 ``.safetensors`` checkpoint. Detection reads only small JSON configs and the safetensors
@@ -12,57 +12,24 @@ import hashlib
 import json
 import re
 import struct
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from sdserve.domain.inputs import FamilyDefaults
-from sdserve.errors import ModelLoadError, ModelNotFound
+from sdserve.errors import ModelLoadError
+from sdserve.models.families import ModelFamily
 
-ModelFamily = Literal["sd1", "sd2", "sdxl", "sdxl-refiner", "sdxl-turbo", "sd-turbo"]
-MODEL_FAMILIES: tuple[str, ...] = ("sd1", "sd2", "sdxl", "sdxl-refiner", "sdxl-turbo", "sd-turbo")
-
-#: Pickle-based weight formats: loading them can run arbitrary code, so we refuse them.
-PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth", ".pkl")
-SDXL_BASE_HUB_ID = "stabilityai/stable-diffusion-xl-base-1.0"
-SDXL_REFINER_HUB_ID = "stabilityai/stable-diffusion-xl-refiner-1.0"
+SAFETENSORS_SUFFIX = ".safetensors"
+#: Pickle-based weight formats: loading them can run arbitrary code, so we refuse them
+#: (models and LoRAs alike).
+PICKLE_SUFFIXES: tuple[str, ...] = (".ckpt", ".bin", ".pt", ".pth", ".pkl", ".pickle")
 #: Suffix of the config folder written beside exported tiny checkpoints
-#: (see ``checkpoint_export``); kept here so detection needs no torch import.
+#: (see ``engine.checkpoint_export``); kept here so detection needs no torch import.
 SINGLE_FILE_CONFIG_SUFFIX = ".sdserve-config"
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _HEADER_LIMIT = 100 * 1024 * 1024  # a safetensors header is JSON; refuse absurd sizes
-
-_FAMILY_DEFAULTS: dict[str, FamilyDefaults] = {
-    "sd1": FamilyDefaults(width=512, height=512, num_inference_steps=50, guidance_scale=7.5),
-    "sd2": FamilyDefaults(width=768, height=768, num_inference_steps=50, guidance_scale=7.5),
-    "sdxl": FamilyDefaults(width=1024, height=1024, num_inference_steps=50, guidance_scale=7.5),
-    "sdxl-refiner": FamilyDefaults(
-        width=1024, height=1024, num_inference_steps=50, guidance_scale=7.5
-    ),
-    # turbo models are distilled for 1-4 steps without classifier-free guidance
-    "sdxl-turbo": FamilyDefaults(width=512, height=512, num_inference_steps=4, guidance_scale=0.0),
-    "sd-turbo": FamilyDefaults(width=512, height=512, num_inference_steps=4, guidance_scale=0.0),
-}
-
-#: Replicate model names → the families that may answer them (first served match wins).
-REPLICATE_ALIASES: dict[str, tuple[str, ...]] = {
-    "stability-ai/sdxl": ("sdxl",),
-    "stability-ai/stable-diffusion": ("sd1", "sd2"),
-    "stability-ai/stable-diffusion-inpainting": ("sd1", "sd2"),
-    "stability-ai/sdxl-turbo": ("sdxl-turbo",),
-}
-
-
-def family_defaults(family: ModelFamily | str) -> FamilyDefaults:
-    """Defaults a family gives to requests: size, steps, guidance and scheduler."""
-    try:
-        return _FAMILY_DEFAULTS[family]
-    except KeyError:
-        raise ModelLoadError(
-            f"unknown model family {family!r} (known: {', '.join(MODEL_FAMILIES)})"
-        ) from None
 
 
 @dataclass(frozen=True)
@@ -78,37 +45,6 @@ class ModelInfo:
     native_size: int | None = None
 
 
-@dataclass(frozen=True)
-class ModelSpec:
-    """One served model: its name, where its weights are and how to use it."""
-
-    name: str
-    reference: str
-    family: ModelFamily
-    inpainting: bool
-    refiner: str | None
-    version: str
-    native_size: int | None = field(default=None, compare=False)
-    #: a fine-tuned model: the base weights plus this LoRA (a ``.safetensors`` path), applied
-    #: when a request names no LoRA of its own
-    lora: str | None = None
-    description: str | None = field(default=None, compare=False)
-
-    @property
-    def defaults(self) -> FamilyDefaults:
-        """Family defaults, with the model's own training size when known (tiny models: 64)."""
-        base = family_defaults(self.family)
-        if self.native_size is None:
-            return base
-        return FamilyDefaults(
-            width=self.native_size,
-            height=self.native_size,
-            num_inference_steps=base.num_inference_steps,
-            guidance_scale=base.guidance_scale,
-            scheduler=base.scheduler,
-        )
-
-
 # ---------------------------------------------------------------------------------------
 # reference kinds
 
@@ -118,9 +54,14 @@ def is_hub_id(reference: str) -> bool:
     return bool(_HUB_ID.match(reference)) and not Path(reference).expanduser().exists()
 
 
+def is_pickle(reference: str) -> bool:
+    """True for a file name in a pickle-based weight format (which can run code when loaded)."""
+    return reference.lower().endswith(PICKLE_SUFFIXES)
+
+
 def check_weights_format(reference: str) -> None:
     """Refuse pickle checkpoints: only ``.safetensors`` can be loaded without running code."""
-    if reference.lower().endswith(PICKLE_SUFFIXES):
+    if is_pickle(reference):
         raise ModelLoadError(
             f"{reference}: only .safetensors checkpoints are accepted; pickle formats "
             f"({', '.join(PICKLE_SUFFIXES)}) can run arbitrary code when loaded. Convert it "
@@ -140,7 +81,7 @@ def served_name(reference: str) -> str:
     if is_hub_id(reference):
         return reference
     path = Path(reference).expanduser()
-    stem = path.stem if path.suffix == ".safetensors" else path.name
+    stem = path.stem if path.suffix == SAFETENSORS_SUFFIX else path.name
     return f"local/{stem}"
 
 
@@ -170,7 +111,7 @@ def inspect_reference(
     if path.is_dir():
         return _with_turbo(_info_from_folder(path), path.name)
     if path.is_file():
-        if path.suffix.lower() != ".safetensors":
+        if path.suffix.lower() != SAFETENSORS_SUFFIX:
             raise ModelLoadError(f"{reference}: a single-file checkpoint must be .safetensors")
         return _with_turbo(_info_from_single_file(path), path.stem)
     if is_hub_id(reference):
@@ -330,130 +271,3 @@ def _info_from_hub_id(repo_id: str) -> ModelInfo:
     else:
         family = "sd1"
     return ModelInfo(family, inpainting)
-
-
-# ---------------------------------------------------------------------------------------
-# registry
-
-
-def spec_for(
-    reference: str,
-    *,
-    name: str | None = None,
-    refiner: str | None = None,
-    cache_dir: Path | str | None = None,
-    offline: bool = False,
-) -> ModelSpec:
-    """Build the :class:`ModelSpec` of one reference (detecting its family)."""
-    info = inspect_reference(reference, cache_dir=cache_dir, offline=offline)
-    if refiner is None and info.family == "sdxl" and reference == SDXL_BASE_HUB_ID:
-        refiner = SDXL_REFINER_HUB_ID
-    if refiner is not None:
-        check_weights_format(refiner)
-    return ModelSpec(
-        name=name or served_name(reference),
-        reference=reference,
-        family=info.family,
-        inpainting=info.inpainting,
-        refiner=refiner,
-        version=version_of(reference),
-        native_size=info.native_size,
-    )
-
-
-class ModelRegistry:
-    """The served models, looked up by name, alias or version (case-insensitive)."""
-
-    def __init__(
-        self, specs: Iterable[ModelSpec] = (), aliases: Mapping[str, str] | None = None
-    ) -> None:
-        self._specs: dict[str, ModelSpec] = {}
-        self._aliases = {alias.lower(): target for alias, target in (aliases or {}).items()}
-        for spec in specs:
-            self.add(spec)
-
-    @classmethod
-    def from_references(
-        cls,
-        references: Iterable[str],
-        *,
-        refiners: Mapping[str, str] | None = None,
-        cache_dir: Path | str | None = None,
-        offline: bool = False,
-    ) -> ModelRegistry:
-        """Detect and register each reference; ``refiners`` maps a reference to its refiner."""
-        refiners = refiners or {}
-        return cls(
-            spec_for(
-                reference,
-                refiner=refiners.get(reference),
-                cache_dir=cache_dir,
-                offline=offline,
-            )
-            for reference in references
-        )
-
-    @classmethod
-    def from_demo(cls, models: Mapping[str, Path]) -> ModelRegistry:
-        """Register the tiny demo models (``tiny.build_demo_models``) as ``sdserve/<name>``.
-
-        The safety checker and LoRAs are not generation models and are left out; the tiny
-        SDXL uses the tiny refiner.
-        """
-        refiner = models.get("tiny-sdxl-refiner")
-        specs = []
-        for name, path in models.items():
-            if not (path / "model_index.json").is_file():
-                continue
-            specs.append(
-                spec_for(
-                    str(path),
-                    name=f"sdserve/{name}",
-                    refiner=str(refiner) if name == "tiny-sdxl" and refiner else None,
-                )
-            )
-        return cls(specs)
-
-    def add(self, spec: ModelSpec) -> None:
-        """Serve ``spec`` (replacing a model of the same name)."""
-        self._specs[spec.name.lower()] = spec
-
-    def specs(self) -> list[ModelSpec]:
-        """Served models in the order they were added."""
-        return list(self._specs.values())
-
-    def resolve(self, name: str) -> ModelSpec:
-        """Find a model by served name, alias, version id or ``owner/name:version``."""
-        wanted = name.strip()
-        base, _, version = wanted.partition(":")
-        spec = self._lookup(base)
-        if spec is None:
-            raise ModelNotFound(self._not_found(wanted))
-        if version and version.lower() != spec.version:
-            raise ModelNotFound(
-                f"model {spec.name!r} has no version {version!r}; its version is {spec.version}"
-            )
-        return spec
-
-    def _lookup(self, name: str) -> ModelSpec | None:
-        key = name.lower()
-        if key in self._specs:
-            return self._specs[key]
-        for spec in self._specs.values():
-            if spec.version == key:
-                return spec
-        if key in self._aliases:
-            return self._specs.get(self._aliases[key].lower())
-        families = REPLICATE_ALIASES.get(key)
-        if families:
-            candidates = [spec for spec in self._specs.values() if spec.family in families]
-            # the plain alias prefers a text-to-image model; the inpainting alias the opposite
-            wants_inpainting = "inpainting" in key
-            candidates.sort(key=lambda spec: spec.inpainting != wants_inpainting)
-            if candidates:
-                return candidates[0]
-        return None
-
-    def _not_found(self, name: str) -> str:
-        served = ", ".join(spec.name for spec in self._specs.values()) or "none"
-        return f"model {name!r} is not served here; served models: {served}"

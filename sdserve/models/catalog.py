@@ -1,0 +1,186 @@
+"""The served models: names, aliases and versions of model references.
+
+A hub id is served under its own name, a local folder or file as ``local/<stem>``; Replicate's
+model names (``stability-ai/sdxl``) are aliases for the first served model of their family.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sdserve.domain.inputs import FamilyDefaults
+from sdserve.errors import ModelNotFound
+from sdserve.models.families import ModelFamily, family_defaults
+from sdserve.models.references import (
+    check_weights_format,
+    inspect_reference,
+    served_name,
+    version_of,
+)
+
+SDXL_BASE_HUB_ID = "stabilityai/stable-diffusion-xl-base-1.0"
+SDXL_REFINER_HUB_ID = "stabilityai/stable-diffusion-xl-refiner-1.0"
+
+#: Replicate model names → the families that may answer them (first served match wins).
+REPLICATE_ALIASES: dict[str, tuple[str, ...]] = {
+    "stability-ai/sdxl": ("sdxl",),
+    "stability-ai/stable-diffusion": ("sd1", "sd2"),
+    "stability-ai/stable-diffusion-inpainting": ("sd1", "sd2"),
+    "stability-ai/sdxl-turbo": ("sdxl-turbo",),
+}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One served model: its name, where its weights are and how to use it."""
+
+    name: str
+    reference: str
+    family: ModelFamily
+    inpainting: bool
+    refiner: str | None
+    version: str
+    native_size: int | None = field(default=None, compare=False)
+    #: a fine-tuned model: the base weights plus this LoRA (a ``.safetensors`` path), applied
+    #: when a request names no LoRA of its own
+    lora: str | None = None
+    description: str | None = field(default=None, compare=False)
+
+    @property
+    def defaults(self) -> FamilyDefaults:
+        """Family defaults, with the model's own training size when known (tiny models: 64)."""
+        base = family_defaults(self.family)
+        if self.native_size is None:
+            return base
+        return FamilyDefaults(
+            width=self.native_size,
+            height=self.native_size,
+            num_inference_steps=base.num_inference_steps,
+            guidance_scale=base.guidance_scale,
+            scheduler=base.scheduler,
+        )
+
+
+def spec_for(
+    reference: str,
+    *,
+    name: str | None = None,
+    refiner: str | None = None,
+    cache_dir: Path | str | None = None,
+    offline: bool = False,
+) -> ModelSpec:
+    """Build the :class:`ModelSpec` of one reference (detecting its family)."""
+    info = inspect_reference(reference, cache_dir=cache_dir, offline=offline)
+    if refiner is None and info.family == "sdxl" and reference == SDXL_BASE_HUB_ID:
+        refiner = SDXL_REFINER_HUB_ID
+    if refiner is not None:
+        check_weights_format(refiner)
+    return ModelSpec(
+        name=name or served_name(reference),
+        reference=reference,
+        family=info.family,
+        inpainting=info.inpainting,
+        refiner=refiner,
+        version=version_of(reference),
+        native_size=info.native_size,
+    )
+
+
+class ModelRegistry:
+    """The served models, looked up by name, alias or version (case-insensitive)."""
+
+    def __init__(
+        self, specs: Iterable[ModelSpec] = (), aliases: Mapping[str, str] | None = None
+    ) -> None:
+        self._specs: dict[str, ModelSpec] = {}
+        self._aliases = {alias.lower(): target for alias, target in (aliases or {}).items()}
+        for spec in specs:
+            self.add(spec)
+
+    @classmethod
+    def from_references(
+        cls,
+        references: Iterable[str],
+        *,
+        refiners: Mapping[str, str] | None = None,
+        cache_dir: Path | str | None = None,
+        offline: bool = False,
+    ) -> ModelRegistry:
+        """Detect and register each reference; ``refiners`` maps a reference to its refiner."""
+        refiners = refiners or {}
+        return cls(
+            spec_for(
+                reference,
+                refiner=refiners.get(reference),
+                cache_dir=cache_dir,
+                offline=offline,
+            )
+            for reference in references
+        )
+
+    @classmethod
+    def from_demo(cls, models: Mapping[str, Path]) -> ModelRegistry:
+        """Register the tiny demo models (``tiny.build_demo_models``) as ``sdserve/<name>``.
+
+        The safety checker and LoRAs are not generation models and are left out; the tiny
+        SDXL uses the tiny refiner.
+        """
+        refiner = models.get("tiny-sdxl-refiner")
+        specs = []
+        for name, path in models.items():
+            if not (path / "model_index.json").is_file():
+                continue
+            specs.append(
+                spec_for(
+                    str(path),
+                    name=f"sdserve/{name}",
+                    refiner=str(refiner) if name == "tiny-sdxl" and refiner else None,
+                )
+            )
+        return cls(specs)
+
+    def add(self, spec: ModelSpec) -> None:
+        """Serve ``spec`` (replacing a model of the same name)."""
+        self._specs[spec.name.lower()] = spec
+
+    def specs(self) -> list[ModelSpec]:
+        """Served models in the order they were added."""
+        return list(self._specs.values())
+
+    def resolve(self, name: str) -> ModelSpec:
+        """Find a model by served name, alias, version id or ``owner/name:version``."""
+        wanted = name.strip()
+        base, _, version = wanted.partition(":")
+        spec = self._lookup(base)
+        if spec is None:
+            raise ModelNotFound(self._not_found(wanted))
+        if version and version.lower() != spec.version:
+            raise ModelNotFound(
+                f"model {spec.name!r} has no version {version!r}; its version is {spec.version}"
+            )
+        return spec
+
+    def _lookup(self, name: str) -> ModelSpec | None:
+        key = name.lower()
+        if key in self._specs:
+            return self._specs[key]
+        for spec in self._specs.values():
+            if spec.version == key:
+                return spec
+        if key in self._aliases:
+            return self._specs.get(self._aliases[key].lower())
+        families = REPLICATE_ALIASES.get(key)
+        if families:
+            candidates = [spec for spec in self._specs.values() if spec.family in families]
+            # the plain alias prefers a text-to-image model; the inpainting alias the opposite
+            wants_inpainting = "inpainting" in key
+            candidates.sort(key=lambda spec: spec.inpainting != wants_inpainting)
+            if candidates:
+                return candidates[0]
+        return None
+
+    def _not_found(self, name: str) -> str:
+        served = ", ".join(spec.name for spec in self._specs.values()) or "none"
+        return f"model {name!r} is not served here; served models: {served}"
