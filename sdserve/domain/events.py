@@ -37,3 +37,15 @@ class Done:
 
 
 Event = Progress | Log | Output | Done
+
+
+def tqdm_line(step: int, total: int) -> str:
+    """The log line of a :class:`Progress`, tqdm-style: ``' 40%|####      | 2/5'``.
+
+    Replicate's clients read a job's progress from lines of this shape in its logs; every
+    kind of job (generation, training) writes them this way.
+    """
+    total = max(total, 1)
+    fraction = min(max(step / total, 0.0), 1.0)
+    bar = "#" * int(fraction * 10)
+    return f"{int(fraction * 100):3d}%|{bar:<10}| {step}/{total}"

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
+from sdserve.domain.events import tqdm_line
 from sdserve.domain.inputs import FamilyDefaults, GenerationInput
 from sdserve.domain.jobs import JobKind, Status
 from sdserve.errors import (
@@ -93,14 +94,6 @@ class RegistryLike(Protocol):
     def resolve(self, name: str) -> Any: ...
 
     def specs(self) -> Any: ...
-
-
-def tqdm_line(step: int, total: int) -> str:
-    """A tqdm-style progress line, e.g. ``' 40%|####      | 2/5'`` (Replicate parses these)."""
-    total = max(total, 1)
-    fraction = min(max(step / total, 0.0), 1.0)
-    bar = "#" * int(fraction * 10)
-    return f"{int(fraction * 100):3d}%|{bar:<10}| {step}/{total}"
 
 
 def error_text(exc: SdserveError) -> str:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from sdserve.config import Settings
+from sdserve.domain.events import tqdm_line
 from sdserve.domain.training import TrainingInput, check_destination, check_trainable
 from sdserve.training.archive import ArchiveLimits, read_archive
 from sdserve.training.catalog import TrainedModels
@@ -28,11 +29,8 @@ log = logging.getLogger(__name__)
 
 
 def format_step(step: int, total: int, loss: float, lr: float) -> str:
-    """A training progress line: tqdm-style (Replicate parses it) plus loss and lr."""
-    total = max(total, 1)
-    fraction = min(max(step / total, 0.0), 1.0)
-    bar = "#" * int(fraction * 10)
-    return f"{int(fraction * 100):3d}%|{bar:<10}| {step}/{total} loss={loss:.5f} lr={lr:.3e}"
+    """A training progress line: the tqdm-style line (Replicate parses it) plus loss and lr."""
+    return f"{tqdm_line(step, total)} loss={loss:.5f} lr={lr:.3e}"
 
 
 @dataclass
