@@ -25,10 +25,10 @@ from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
 from sdserve.domain.inputs import OUTPUT_FORMATS, GenerationInput
 from sdserve.errors import InvalidImage, InvalidInput
+from sdserve.models.samplers import SAMPLERS, name_key
 
-#: Our scheduler names (Replicate spellings and extras) → AUTOMATIC1111's sampler names.
-#: Kept here rather than taken from ``engine.schedulers`` because this module must stay
-#: importable without torch (the API process reads metadata for A1111 ``png-info``).
+#: Our scheduler names (Replicate spellings and extras) → AUTOMATIC1111's sampler names;
+#: A1111's own names (:data:`~sdserve.models.samplers.SAMPLERS`) are written as A1111 spells them.
 A1111_SAMPLER_NAMES: dict[str, str] = {
     "DDIM": "DDIM",
     "DPMSolverMultistep": "DPM++ 2M",
@@ -40,16 +40,6 @@ A1111_SAMPLER_NAMES: dict[str, str] = {
     "UniPC": "UniPC",
     "LCM": "LCM",
 }
-
-#: A1111 display names, so that another spelling (``euler a``, ``k_euler``) is written the
-#: way A1111 writes it.
-_A1111_DISPLAY_NAMES = (
-    "Euler a", "Euler", "LMS", "LMS Karras", "Heun", "DPM2", "DPM2 Karras", "DPM2 a",
-    "DPM2 a Karras", "DPM++ 2M", "DPM++ 2M Karras", "DPM++ SDE", "DPM++ SDE Karras",
-    "DPM++ 2M SDE", "DPM++ 2M SDE Karras", "DPM++ 2S a", "DPM++ 2S a Karras", "DPM++ 3M SDE",
-    "DPM++ 3M SDE Karras", "DPM fast", "DPM adaptive", "Restart", "DDIM", "DDPM", "PLMS",
-    "UniPC", "LCM",
-)  # fmt: skip
 _CONTENT_TYPES = {"png": "image/png", "webp": "image/webp", "jpg": "image/jpeg"}
 _EXIF_IFD = 0x8769
 _USER_COMMENT = 0x9286
@@ -205,12 +195,12 @@ def content_type(fmt: str) -> str:
 
 def _name_key(name: str) -> str:
     # the engine accepts names in any case, with "_" or " ", and k-diffusion's "k_" prefix
-    key = " ".join(name.lower().replace("_", " ").split())
+    key = name_key(name)
     return key[2:] if key.startswith("k ") else key
 
 
 _DISPLAY_INDEX: dict[str, str] = {
-    **{_name_key(name): name for name in _A1111_DISPLAY_NAMES},
+    **{_name_key(name): name for name in SAMPLERS},
     **{_name_key(name): display for name, display in A1111_SAMPLER_NAMES.items()},
 }
 

@@ -144,6 +144,9 @@ def test_task_given_by_the_caller_decides_the_denoising_strength() -> None:
         ("euler a", "Euler a"),
         ("k_lms", "LMS"),
         ("dpm++ 2m sde karras", "DPM++ 2M SDE Karras"),
+        # names the metadata's own copy of the A1111 list had lost
+        ("dpm++ 2m sde heun", "DPM++ 2M SDE Heun"),
+        ("ddim_cfg++", "DDIM CFG++"),
     ],
 )
 def test_sampler_is_written_in_a1111_spelling(scheduler: str, sampler: str) -> None:
