@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from sdserve.domain.tasks import select_task
 from sdserve.errors import InvalidInput
 
 MAX_SEED = 2**32 - 1
@@ -118,14 +119,8 @@ class GenerationInput(BaseModel):
 
     @property
     def task(self) -> str:
-        """The task this input asks for: txt2img, img2img, inpaint or outpaint."""
-        if self.image is None:
-            return "txt2img"
-        if self.outpaints:
-            return "outpaint"
-        if self.mask is not None:
-            return "inpaint"
-        return "img2img"
+        """The task this input asks for (:func:`~sdserve.domain.tasks.select_task`)."""
+        return select_task(self)
 
     def hires_size(self) -> tuple[int, int] | None:
         """Output size of the hires fix (a multiple of 8), or None without one."""

@@ -1,8 +1,8 @@
 """Loaded pipelines under a memory budget, least recently used evicted first.
 
-One base pipeline per model holds the weights; the img2img and inpaint pipelines of that
-model are derived from it with ``from_pipe`` (same module objects, no second copy of the
-weights), cached beside it and dropped with it.
+One base pipeline per model holds the weights; the pipelines of the other kinds a task runs
+on (:mod:`sdserve.engine.tasks.pipelines`) are derived from it with ``from_pipe`` (same
+module objects, no second copy of the weights), cached beside it and dropped with it.
 """
 
 from __future__ import annotations
@@ -13,15 +13,14 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
-from diffusers import AutoPipelineForImage2Image, AutoPipelineForInpainting
 
+from sdserve.engine.tasks import Pipeline
+from sdserve.engine.tasks.pipelines import PipelineKind, derive
+from sdserve.engine.tasks.registry import TASKS
 from sdserve.errors import InvalidInput
-
-#: diffusers pipelines are typed loosely (components are run-time attributes)
-Pipeline = Any
 
 if TYPE_CHECKING:
     from sdserve.models.catalog import ModelSpec
@@ -51,14 +50,6 @@ def pipeline_bytes(pipe: Pipeline) -> int:
                 seen.add(id(tensor))
                 total += tensor.numel() * tensor.element_size()
     return total
-
-
-def _is_inpaint(pipe: Pipeline) -> bool:
-    return "Inpaint" in type(pipe).__name__
-
-
-def _is_img2img(pipe: Pipeline) -> bool:
-    return "Img2Img" in type(pipe).__name__
 
 
 class PipelineCache:
@@ -104,14 +95,20 @@ class PipelineCache:
         return self._get(f"refiner:{reference}", lambda: loader(reference))
 
     def for_task(self, spec: ModelSpec, task: str) -> Pipeline:
-        """The pipeline of ``spec`` for ``task`` (txt2img, img2img, inpaint, outpaint)."""
+        """The pipeline of ``spec`` that ``task`` (a name in the task registry) runs on."""
+        found = TASKS.get(task)
+        if found is None:
+            raise InvalidInput("task", f"unknown task {task!r}", allowed=list(TASKS))
+        return self.pipeline(spec, found.pipeline)
+
+    def pipeline(self, spec: ModelSpec, kind: PipelineKind) -> Pipeline:
+        """The pipeline of ``spec`` of ``kind``: its base, or derived from it once."""
         with self._lock:
             base = self.get(spec)
             entry = self._entries[spec.name]
-            kind = "inpaint" if task in ("inpaint", "outpaint") else task
-            if kind not in entry.derived:
-                entry.derived[kind] = self._derive(spec, base, kind)
-            return entry.derived[kind]
+            if kind.name not in entry.derived:
+                entry.derived[kind.name] = derive(base, kind, model=spec.name)
+            return entry.derived[kind.name]
 
     def evict(self, key: str) -> None:
         """Drop a cached pipeline and its derived pipelines and free their memory."""
@@ -165,25 +162,3 @@ class PipelineCache:
     def _make_room(self, size: int) -> None:
         while self._entries and self.used_bytes + size > self.budget:
             self.evict(next(iter(self._entries)))
-
-    @staticmethod
-    def _derive(spec: ModelSpec, base: Pipeline, kind: str) -> Pipeline:
-        if kind == "txt2img":
-            if _is_inpaint(base) or _is_img2img(base):
-                raise InvalidInput(
-                    "image",
-                    f"model {spec.name} cannot generate from text alone; give an image"
-                    + (" and a mask" if _is_inpaint(base) else ""),
-                )
-            return base
-        if kind == "img2img":
-            if _is_inpaint(base):
-                raise InvalidInput(
-                    "mask", f"model {spec.name} is an inpainting model; give a mask as well"
-                )
-            return base if _is_img2img(base) else AutoPipelineForImage2Image.from_pipe(base)
-        if kind == "inpaint":
-            return base if _is_inpaint(base) else AutoPipelineForInpainting.from_pipe(base)
-        raise InvalidInput(
-            "task", f"unknown task {kind!r}", allowed=["txt2img", "img2img", "inpaint", "outpaint"]
-        )

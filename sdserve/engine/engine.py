@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import torch
@@ -27,19 +28,10 @@ from sdserve.engine import fastpath
 from sdserve.engine import images as prep
 from sdserve.engine.cache import Loader, PipelineCache, RefinerLoader
 from sdserve.engine.schedulers import make_scheduler, resolve_scheduler
-from sdserve.engine.tasks import (
-    Pipeline,
-    StepWatcher,
-    hires,
-    img2img,
-    inpaint,
-    make_generators,
-    outpaint,
-    refine,
-    txt2img,
-    with_scheduler,
-)
-from sdserve.errors import Canceled, InsufficientGpuMemory, InvalidImage, InvalidInput
+from sdserve.engine.tasks import Pipeline, StepWatcher, TaskCall, with_scheduler
+from sdserve.engine.tasks import registry as tasks
+from sdserve.engine.tasks.pipelines import TEXT2IMAGE
+from sdserve.errors import Canceled, InsufficientGpuMemory, InvalidInput
 from sdserve.models.results import GeneratedImage, GenerationResult, RunHooks
 from sdserve.models.settings import EngineSettings
 
@@ -54,6 +46,17 @@ log = logging.getLogger(__name__)
 DEFAULT_BUDGET_SHARE = 0.8
 #: Most threads that watermark and encode images (one per core up to this).
 POST_THREADS_MAX = 8
+
+
+@dataclass(frozen=True)
+class _Pipelines:
+    """The cached pipelines one plan runs on: its task's, the model's base (which holds the
+    LoRA), the refiner if it takes part, and each pass's."""
+
+    task: Pipeline
+    base: Pipeline
+    refiner: Pipeline | None
+    passes: list[Pipeline]
 
 
 class Engine:
@@ -126,46 +129,15 @@ class Engine:
         spec = self.registry.resolve(model)
         inp = inp.with_defaults(spec.defaults)
         inp.check_limits(self.limits)
-        task = _task_of(inp, image, mask)
-        _check_refine(inp, spec, task)
+        task = tasks.select(inp, image=image, mask=mask)
+        plan = tasks.plan(inp, task, spec)
         resolve_scheduler(inp.scheduler or "")
-        prepared = self._prepare(inp, task, image, mask)
+        prepared, prepared_mask = self._prepare(inp, task, image, mask)
         if hooks.should_cancel():
             raise Canceled("canceled before start")
-
-        with _gpu_errors():
-            pipe = self.cache.for_task(spec, task)
-            base = self.cache.get(spec)
-            refiner = None
-            if inp.refine != "no_refiner" and spec.refiner:
-                refiner = self.cache.get_refiner(spec.refiner)
-            # hires fix: a second, image-to-image pass of the same model (from_pipe)
-            hires_pipe = None
-            if task == "txt2img" and inp.hires_size() is not None:
-                hires_pipe = self.cache.for_task(spec, "img2img")
-            loaded = time.perf_counter()
-            watcher = StepWatcher(hooks, xl=getattr(pipe, "text_encoder_2", None) is not None)
-            if hires_pipe is not None:
-                watcher.planned = (inp.num_inference_steps or 0) + hires.second_pass_steps(inp)
-            with self._lora_on(base, inp, spec.lora):
-                results = self._run(
-                    pipe, refiner, inp, task, prepared, watcher, hires_pipe=hires_pipe
-                )
-        inferred = time.perf_counter()
-
-        encoded = self._finish(results, inp, spec)
-        finished = time.perf_counter()
-        return GenerationResult(
-            images=encoded,
-            seed=inp.seed_for(0),
-            model=spec.name,
-            timings={
-                "load": loaded - started,
-                "inference": inferred - loaded,
-                "postprocess": finished - inferred,
-            },
-            interrupted=watcher.interrupted,
-        )
+        return self._generate(
+            spec, plan, [inp], hooks, started, image=prepared, mask=prepared_mask
+        )[0]
 
     def generate_batch(
         self,
@@ -173,14 +145,15 @@ class Engine:
         *,
         hooks: RunHooks | None = None,
     ) -> list[GenerationResult]:
-        """Run compatible text-to-image requests ``(input, model)`` as one batched forward.
+        """Run compatible requests ``(input, model)`` as one batched forward of their task.
 
         Compatible means :func:`batch_signature` is equal (and not None) for every request:
-        same model, size, steps, scheduler, guidance; no LoRA, refiner, hires fix or
-        weighted prompt. Image *i* of each request keeps its own generator (``seed + i``),
-        so every request gets the pixels it would get alone, within kernel tolerance.
-        ``hooks`` watch the whole batch: cancel it only when every request is canceled.
-        Results come back in request order.
+        same model, size, steps, scheduler, guidance; no image, LoRA, refiner, hires fix or
+        weighted prompt, so the task is one whose registry entry ``batches`` (txt2img).
+        Image *i* of each request keeps its own generator (``seed + i``), so every request
+        gets the pixels it would get alone, within kernel tolerance. ``hooks`` watch the
+        whole batch: cancel it only when every request is canceled. Results come back in
+        request order.
         """
         hooks = hooks or RunHooks()
         started = time.perf_counter()
@@ -199,177 +172,137 @@ class Engine:
             resolved.append(full)
         if spec is None:
             return []
+        task = tasks.select(resolved[0], image=None, mask=None)
+        if not task.batches:
+            raise InvalidInput("input", f"{task.name} requests cannot run as one batch")
         if hooks.should_cancel():
             raise Canceled("canceled before start")
-        first = resolved[0]
-        seeds = [inp.seed_for(index) for inp in resolved for index in range(inp.num_outputs)]
-        with _gpu_errors():
-            pipe = self.cache.for_task(spec, "txt2img")
-            loaded = time.perf_counter()
-            view = with_scheduler(
-                pipe,
-                make_scheduler(
-                    first.scheduler or "",
-                    pipe.scheduler.config,
-                    a1111_schedule=first.noise_schedule,
-                    noise_seeds=seeds,
-                ),
-            )
-            generator_device = devices.generator_device(self.device)
-            generators = [torch.Generator(generator_device).manual_seed(seed) for seed in seeds]
-            prompts = [inp.prompt for inp in resolved for _ in range(inp.num_outputs)]
-            negatives = [
-                inp.negative_prompt or "" for inp in resolved for _ in range(inp.num_outputs)
-            ]
-            watcher = StepWatcher(hooks, xl=getattr(pipe, "text_encoder_2", None) is not None)
-            with self._lora_on(self.cache.get(spec), first, spec.lora):
-                result = view(
-                    prompt=prompts,
-                    # all empty -> None, as a lone request passes it (SDXL then uses zeros)
-                    negative_prompt=negatives if any(negatives) else None,
-                    width=first.width,
-                    height=first.height,
-                    generator=generators,
-                    output_type="pil",
-                    num_inference_steps=first.num_inference_steps,
-                    guidance_scale=first.guidance_scale,
-                    num_images_per_prompt=1,
-                    callback_on_step_end=watcher,
-                )
-            images = list(result.images)
-        inferred = time.perf_counter()
-        # every job's images go to the encoding threads at once, then each job collects its own
-        post_started = time.perf_counter()
-        pending = []
-        offset = 0
-        for inp in resolved:
-            pending.append(self._finish_soon(images[offset : offset + inp.num_outputs], inp, spec))
-            offset += inp.num_outputs
-        results = []
-        for inp, futures in zip(resolved, pending, strict=True):
-            encoded = [future.result() for future in futures]
-            results.append(
-                GenerationResult(
-                    images=encoded,
-                    seed=inp.seed_for(0),
-                    model=spec.name,
-                    timings={
-                        "load": loaded - started,
-                        "inference": inferred - loaded,
-                        "postprocess": time.perf_counter() - post_started,
-                        "batch_size": float(len(resolved)),
-                    },
-                    interrupted=watcher.interrupted,
-                )
-            )
-        return results
+        plan = tasks.plan(resolved[0], task, spec)
+        results = self._generate(spec, plan, resolved, hooks, started, batched=True)
+        batch_size = {"batch_size": float(len(resolved))}
+        return [replace(result, timings={**result.timings, **batch_size}) for result in results]
 
     # -- steps -----------------------------------------------------------------------------
 
     def _prepare(
         self,
         inp: GenerationInput,
-        task: str,
+        task: tasks.Task,
         image: Image.Image | None,
         mask: Image.Image | None,
-    ) -> dict[str, Image.Image]:
+    ) -> tuple[Image.Image | None, Image.Image | None]:
+        """The image and mask at the output size; the task's own check before any load."""
         if image is None:
-            return {}
+            return None, None
         source = prep.to_rgb(image)
         size = prep.output_size(source, inp.width, inp.height, max_pixels=self.limits.max_pixels)
-        prepared = {"image": prep.fit(source, size)}
-        if task == "outpaint":
-            grown = (
-                size[0] + inp.outpaint_left + inp.outpaint_right,
-                size[1] + inp.outpaint_up + inp.outpaint_down,
+        fitted = prep.fit(source, size)
+        if task.check is not None:
+            task.check(inp, size, self.limits)
+        return fitted, (prep.prepare_mask(mask, size) if mask is not None else None)
+
+    def _generate(
+        self,
+        spec: ModelSpec,
+        plan: tasks.Plan,
+        requests: list[GenerationInput],
+        hooks: RunHooks,
+        started: float,
+        *,
+        batched: bool = False,
+        image: Image.Image | None = None,
+        mask: Image.Image | None = None,
+    ) -> list[GenerationResult]:
+        """Load the plan's pipelines, run it on one request (or ``batched``, on all of
+        ``requests`` as one forward), then post-process every image."""
+        inp = requests[0]
+        seeds = [
+            request.seed_for(index) for request in requests for index in range(request.num_outputs)
+        ]
+        with _gpu_errors():
+            pipes = self._pipelines(spec, plan)
+            loaded = time.perf_counter()
+            watcher = StepWatcher(hooks, xl=getattr(pipes.task, "text_encoder_2", None) is not None)
+            watcher.planned = plan.planned_steps(inp)
+            generator_device = devices.generator_device(self.device)
+            call = TaskCall(
+                inp=inp,
+                generators=[torch.Generator(generator_device).manual_seed(seed) for seed in seeds],
+                watcher=watcher,
+                image=image,
+                mask=mask,
+                batch=requests if batched else (),
             )
-            if grown[0] * grown[1] > self.limits.max_pixels:
-                raise InvalidInput(
-                    "outpaint_left",
-                    f"the outpainted image would be {grown[0]}x{grown[1]}, more than the "
-                    f"limit of {self.limits.max_pixels} pixels",
-                )
-        if mask is not None and task == "inpaint":
-            prepared["mask"] = prep.prepare_mask(mask, size)
-        return prepared
+            with self._lora_on(pipes.base, inp, spec.lora):
+                images = self._run(plan, pipes, call, seeds)
+        inferred = time.perf_counter()
+        # every request's images go to the encoding threads at once, then each collects its own
+        pending = []
+        offset = 0
+        for request in requests:
+            done = images[offset : offset + request.num_outputs]
+            pending.append(self._finish_soon(done, request, spec, plan.task.name))
+            offset += request.num_outputs
+        return [
+            GenerationResult(
+                images=[future.result() for future in futures],
+                seed=request.seed_for(0),
+                model=spec.name,
+                timings={
+                    "load": loaded - started,
+                    "inference": inferred - loaded,
+                    "postprocess": time.perf_counter() - inferred,
+                },
+                interrupted=watcher.interrupted,
+            )
+            for request, futures in zip(requests, pending, strict=True)
+        ]
+
+    def _pipelines(self, spec: ModelSpec, plan: tasks.Plan) -> _Pipelines:
+        """Load (or reuse) every pipeline ``plan`` runs on, before any step runs."""
+        task = self.cache.pipeline(spec, plan.task.pipeline)
+        base = self.cache.get(spec)
+        refiner = None
+        if plan.needs_refiner and spec.refiner:  # tasks.plan refused a missing refiner
+            refiner = self.cache.get_refiner(spec.refiner)
+        passes = [
+            refiner if step.on_refiner else self.cache.pipeline(spec, step.pipeline)
+            for step in plan.passes
+        ]
+        return _Pipelines(task, base, refiner, passes)
 
     def _run(
-        self,
-        pipe: Pipeline,
-        refiner: Pipeline | None,
-        inp: GenerationInput,
-        task: str,
-        prepared: dict[str, Image.Image],
-        watcher: StepWatcher,
-        *,
-        hires_pipe: Pipeline | None = None,
+        self, plan: tasks.Plan, pipes: _Pipelines, call: TaskCall, seeds: list[int]
     ) -> list[Image.Image]:
-        seeds = [inp.seed_for(index) for index in range(inp.num_outputs)]
-        scheduler_name = inp.scheduler or ""
-        schedule = inp.noise_schedule
-        view = with_scheduler(
-            pipe,
-            make_scheduler(
-                scheduler_name, pipe.scheduler.config, a1111_schedule=schedule, noise_seeds=seeds
-            ),
-        )
-        generators = make_generators(inp, devices.generator_device(self.device))
-        refiner_view = None
-        if refiner is not None:
-            refiner_view = with_scheduler(
-                refiner,
-                make_scheduler(scheduler_name, refiner.scheduler.config, noise_seeds=seeds),
-            )
-        if refiner_view is not None and inp.refine == "expert_ensemble_refiner":
-            return refine.run_expert_ensemble(
-                view, refiner_view, inp, generators=generators, watcher=watcher
-            )
-        if task == "txt2img":
-            results = txt2img.run(view, inp, generators=generators, watcher=watcher)
-            if hires_pipe is not None:
-                hires_view = with_scheduler(
-                    hires_pipe,
-                    make_scheduler(
-                        scheduler_name,
-                        hires_pipe.scheduler.config,
-                        a1111_schedule=schedule,
-                        noise_seeds=seeds,
-                    ),
-                )
-                results = hires.run(
-                    hires_view, results, inp, generators=generators, watcher=watcher
-                )
-        elif task == "img2img":
-            results = img2img.run(
-                view, inp, image=prepared["image"], generators=generators, watcher=watcher
-            )
-        elif task == "inpaint":
-            results = inpaint.run(
-                view,
-                inp,
-                image=prepared["image"],
-                mask=prepared["mask"],
-                generators=generators,
-                watcher=watcher,
-            )
-        else:
-            results = outpaint.run(
-                view, inp, image=prepared["image"], generators=generators, watcher=watcher
-            )
-        if refiner_view is not None:
-            results = refine.run_base_image(
-                results, refiner_view, inp, generators=generators, watcher=watcher
-            )
-        return results
+        """The plan's stages in order, each on a view of its pipeline with a fresh scheduler."""
+        inp = call.inp
+        if plan.ensemble:
+            call.refiner = self._scheduled(pipes.refiner, inp, seeds, refiner=True)
+        images = plan.run(self._scheduled(pipes.task, inp, seeds), call)
+        for step, pipe in zip(plan.passes, pipes.passes, strict=True):
+            view = self._scheduled(pipe, inp, seeds, refiner=step.on_refiner)
+            images = step.run(view, images, call)
+        return images
 
-    def _finish(
-        self, results: list[Image.Image], inp: GenerationInput, spec: ModelSpec
-    ) -> list[GeneratedImage]:
-        """Safety check, watermark, metadata and encoding of every image, in order."""
-        return [future.result() for future in self._finish_soon(results, inp, spec)]
+    @staticmethod
+    def _scheduled(
+        pipe: Pipeline, inp: GenerationInput, seeds: list[int], *, refiner: bool = False
+    ) -> Pipeline:
+        """A per-call view of ``pipe`` with the request's scheduler, built fresh.
+
+        The refiner keeps its own noise schedule: the request's A1111 schedule applies to
+        the model's pipelines only.
+        """
+        scheduler = make_scheduler(
+            inp.scheduler or "",
+            pipe.scheduler.config,
+            a1111_schedule=None if refiner else inp.noise_schedule,
+            noise_seeds=seeds,
+        )
+        return with_scheduler(pipe, scheduler)
 
     def _finish_soon(
-        self, results: list[Image.Image], inp: GenerationInput, spec: ModelSpec
+        self, results: list[Image.Image], inp: GenerationInput, spec: ModelSpec, task: str
     ) -> list[Future[GeneratedImage]]:
         """Safety-check the images now (one batched forward), then watermark and encode
         each on the post-processing threads: PNG/WebP encoders and the watermark's
@@ -379,12 +312,18 @@ class Engine:
         flags = checker.check(results) if checker is not None else [False] * len(results)
         pool = self._post_threads()
         return [
-            pool.submit(self._post_process, result, nsfw, inp, index, spec.name)
+            pool.submit(self._post_process, result, nsfw, inp, index, spec.name, task)
             for index, (result, nsfw) in enumerate(zip(results, flags, strict=True))
         ]
 
     def _post_process(
-        self, result: Image.Image, nsfw: bool, inp: GenerationInput, index: int, model: str
+        self,
+        result: Image.Image,
+        nsfw: bool,
+        inp: GenerationInput,
+        index: int,
+        model: str,
+        task: str,
     ) -> GeneratedImage:
         from sdserve.engine.safety import blackout
         from sdserve.engine.watermark import apply_watermark
@@ -395,7 +334,7 @@ class Engine:
             picture = apply_watermark(picture)
         seed = inp.seed_for(index)
         parameters = format_parameters(
-            inp, seed=seed, width=picture.width, height=picture.height, model=model
+            inp, seed=seed, width=picture.width, height=picture.height, model=model, task=task
         )
         return GeneratedImage(
             data=encode_image(picture, inp.output_format, parameters),
@@ -454,7 +393,8 @@ class Engine:
         applied = fastpath.apply(pipe, self.fast, cache_dir=self.settings.compile_cache_dir)
         if applied:
             log.info("fast path: %s", ", ".join(applied))
-        if self.fast.compile and self.fast.compile_warmup and not _is_derived_task(pipe):
+        # only a text-to-image base warms up (an inpainting model compiles on first use)
+        if self.fast.compile and self.fast.compile_warmup and TEXT2IMAGE.holds(pipe):
             size = native_size or 512
             fastpath.warm_up(pipe, width=size, height=size)
         return pipe
@@ -476,45 +416,6 @@ def default_budget(device: str) -> int:
     else:
         total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     return int(total * DEFAULT_BUDGET_SHARE)
-
-
-def _is_derived_task(pipe: Pipeline) -> bool:
-    name = type(pipe).__name__
-    return "Img2Img" in name or "Inpaint" in name
-
-
-def _task_of(inp: GenerationInput, image: Image.Image | None, mask: Image.Image | None) -> str:
-    """The task, from the images actually given (the input's references say what to expect)."""
-    if inp.image is not None and image is None:
-        raise InvalidImage("image", "was referenced but no image was given to the engine")
-    if inp.mask is not None and mask is None:
-        raise InvalidImage("mask", "was referenced but no mask was given to the engine")
-    if image is None:
-        if mask is not None:
-            raise InvalidInput("mask", "a mask needs an image to inpaint")
-        if inp.outpaints:
-            raise InvalidInput("image", "outpainting needs an image to extend")
-        return "txt2img"
-    if inp.outpaints:
-        if mask is not None:
-            raise InvalidInput("mask", "outpainting builds its own mask; give no mask")
-        return "outpaint"
-    return "inpaint" if mask is not None else "img2img"
-
-
-def _check_refine(inp: GenerationInput, spec: ModelSpec, task: str) -> None:
-    if inp.refine == "no_refiner":
-        return
-    if not spec.refiner:
-        raise InvalidInput(
-            "refine", f"model {spec.name} has no refiner configured", allowed=["no_refiner"]
-        )
-    if inp.refine == "expert_ensemble_refiner" and task != "txt2img":
-        raise InvalidInput(
-            "refine",
-            "expert_ensemble_refiner works with text-to-image only",
-            allowed=["no_refiner", "base_image_refiner"],
-        )
 
 
 @contextlib.contextmanager

@@ -1,9 +1,12 @@
 """Generation tasks, one readable file each, and what they share.
 
-Each task module has a straight-line ``run(...)`` taking the pipeline for this call, the
-resolved :class:`~sdserve.domain.inputs.GenerationInput`, prepared images, one seeded
-``torch.Generator`` per image and a :class:`StepWatcher` (the diffusers
-``callback_on_step_end``). Tasks return PIL images.
+Each task module has a straight-line ``run(pipe, call)``: the pipeline for this call (a
+view with its own scheduler) and a :class:`TaskCall` holding the resolved
+:class:`~sdserve.domain.inputs.GenerationInput`, the prepared images, one seeded
+``torch.Generator`` per image and the :class:`StepWatcher` (the diffusers
+``callback_on_step_end``). A pass (hires fix, refiner) also gets the images made so far.
+Tasks return PIL images. Which tasks exist, which pipeline each runs on and how a request
+selects them is the registry's business (:mod:`sdserve.engine.tasks.registry`).
 """
 
 from __future__ import annotations
@@ -11,12 +14,16 @@ from __future__ import annotations
 import copy
 import math
 import time
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
+from PIL.Image import Image
 
 from sdserve.domain.inputs import GenerationInput
+from sdserve.engine import prompts
 from sdserve.engine.images import latent_preview
 from sdserve.errors import Canceled
 from sdserve.models.results import RunHooks
@@ -24,8 +31,6 @@ from sdserve.models.results import RunHooks
 #: A diffusers pipeline. Its components are attributes set at run time, which mypy cannot
 #: see through diffusers' lazy exports, so pipelines are typed loosely.
 Pipeline = Any
-
-TASKS: tuple[str, ...] = ("txt2img", "img2img", "inpaint", "outpaint")
 
 
 def with_scheduler(pipe: Pipeline, scheduler: SchedulerMixin) -> Pipeline:
@@ -41,13 +46,6 @@ def with_scheduler(pipe: Pipeline, scheduler: SchedulerMixin) -> Pipeline:
     # progress goes through the step callback; tqdm bars would only clutter worker logs
     view.set_progress_bar_config(disable=True)
     return view
-
-
-def make_generators(inp: GenerationInput, device: str) -> list[torch.Generator]:
-    """One generator per image; image *i* is seeded ``seed + i`` so it reproduces alone."""
-    return [
-        torch.Generator(device).manual_seed(inp.seed_for(index)) for index in range(inp.num_outputs)
-    ]
 
 
 class StepWatcher:
@@ -102,11 +100,59 @@ class StepWatcher:
         self.offset = steps_done
 
 
-def common_kwargs(inp: GenerationInput, watcher: StepWatcher) -> dict[str, Any]:
-    """Pipeline arguments every task passes the same way."""
+@dataclass
+class TaskCall:
+    """What one run of a task gets besides its pipeline.
+
+    ``inp`` is the resolved request; in a batched call (``batch``: every request, see
+    ``Engine.generate_batch``) it is the first one, whose size, steps and guidance all share.
+    ``generators`` hold one generator per image, image *i* of a request seeded ``seed + i``.
+    ``image`` and ``mask`` are prepared at the output size. ``refiner`` is the SDXL refiner
+    (a view with its own scheduler) when the request asks for the expert ensemble.
+    """
+
+    inp: GenerationInput
+    generators: list[torch.Generator]
+    watcher: StepWatcher
+    image: Image | None = None
+    mask: Image | None = None
+    refiner: Pipeline | None = None
+    batch: Sequence[GenerationInput] = ()
+
+    def given(self, name: Literal["image", "mask"]) -> Image:
+        """The prepared image or mask (the registry selects a task needing one only with it)."""
+        found = self.image if name == "image" else self.mask
+        if found is None:
+            raise ValueError(f"this task needs a prepared {name}, and none was given")
+        return found
+
+
+def prompt_kwargs(pipe: Pipeline, call: TaskCall) -> dict[str, Any]:
+    """The prompts and images per prompt: the request's prompt pair (weighted prompts as
+    compel embeddings) for ``num_outputs`` images, or in a batched call one plain prompt pair
+    per image (batched requests have no weighted prompt: ``domain.batching``)."""
+    if not call.batch:
+        inp = call.inp
+        return {
+            **prompts.prompt_kwargs(pipe, inp.prompt, inp.negative_prompt),
+            "num_images_per_prompt": inp.num_outputs,
+        }
+    positives = [inp.prompt for inp in call.batch for _ in range(inp.num_outputs)]
+    negatives = [inp.negative_prompt or "" for inp in call.batch for _ in range(inp.num_outputs)]
     return {
-        "num_inference_steps": inp.num_inference_steps,
+        "prompt": positives,
+        # all empty -> None, as a lone request passes it (SDXL then uses zeros)
+        "negative_prompt": negatives if any(negatives) else None,
+        "num_images_per_prompt": 1,
+    }
+
+
+def common_kwargs(call: TaskCall, *, steps: int | None = None) -> dict[str, Any]:
+    """Pipeline arguments every task passes the same way (``steps``: a pass's own count)."""
+    inp = call.inp
+    return {
+        "num_inference_steps": inp.num_inference_steps if steps is None else steps,
         "guidance_scale": inp.guidance_scale,
-        "num_images_per_prompt": inp.num_outputs,
-        "callback_on_step_end": watcher,
+        "generator": call.generators,
+        "callback_on_step_end": call.watcher,
     }

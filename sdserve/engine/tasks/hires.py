@@ -1,7 +1,7 @@
 """Hires fix (AUTOMATIC1111): draw at the requested size, upscale, then re-draw lightly.
 
-The first pass is plain text-to-image. Its images are upscaled in pixel space (Lanczos)
-to :meth:`GenerationInput.hires_size` and handed to the model's image-to-image pipeline
+A pass after text-to-image. Its images are upscaled in pixel space (Lanczos) to
+:meth:`GenerationInput.hires_size` and handed to the model's image-to-image pipeline
 (derived with ``from_pipe``, sharing the weights) for ``hires_steps`` steps at
 ``hires_strength``: the second pass adds detail at the larger size instead of the blur a
 plain resize leaves. Each image keeps its own generator, so image *i* still reproduces
@@ -10,13 +10,16 @@ alone from ``seed + i``.
 
 from __future__ import annotations
 
-import torch
 from PIL import Image as PILImage
 from PIL.Image import Image
 
 from sdserve.domain.inputs import GenerationInput
-from sdserve.engine.prompts import prompt_kwargs
-from sdserve.engine.tasks import Pipeline, StepWatcher, common_kwargs
+from sdserve.engine.tasks import Pipeline, TaskCall, common_kwargs, prompt_kwargs
+
+
+def wanted(inp: GenerationInput) -> bool:
+    """The request asks for the hires fix."""
+    return inp.hires_size() is not None
 
 
 def second_pass_steps(inp: GenerationInput) -> int:
@@ -25,35 +28,30 @@ def second_pass_steps(inp: GenerationInput) -> int:
     return int(steps * inp.hires_strength)
 
 
-def run(
-    pipe: Pipeline,
-    images: list[Image],
-    inp: GenerationInput,
-    *,
-    generators: list[torch.Generator],
-    watcher: StepWatcher,
-) -> list[Image]:
+def planned_steps(inp: GenerationInput) -> int:
+    """Steps of the whole run, both passes, so progress counts to one total from the start."""
+    return (inp.num_inference_steps or 0) + second_pass_steps(inp)
+
+
+def run(pipe: Pipeline, images: list[Image], call: TaskCall) -> list[Image]:
     """Upscale ``images`` and re-draw them with the image-to-image ``pipe``.
 
     An interrupted first pass returns its images as they are (as A1111 does).
     """
+    inp = call.inp
     size = inp.hires_size()
-    if size is None or watcher.interrupted:
+    if size is None or call.watcher.interrupted:
         return images
     upscaled = [image.resize(size, PILImage.Resampling.LANCZOS) for image in images]
     if second_pass_steps(inp) < 1:
         # strength 0 (or too few steps to run one): the upscale is the result
         return upscaled
-    watcher.next_stage(watcher.steps_run)
+    call.watcher.next_stage(call.watcher.steps_run)
     result = pipe(
-        **prompt_kwargs(pipe, inp.prompt, inp.negative_prompt),
+        **prompt_kwargs(pipe, call),
         image=upscaled,
         strength=inp.hires_strength,
-        generator=generators,
         output_type="pil",
-        **{
-            **common_kwargs(inp, watcher),
-            "num_inference_steps": inp.hires_steps or inp.num_inference_steps,
-        },
+        **common_kwargs(call, steps=inp.hires_steps or inp.num_inference_steps),
     )
     return list(result.images)

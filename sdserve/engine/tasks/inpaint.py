@@ -6,34 +6,22 @@ regular ones (the inpaint pipeline re-imposes the kept area's latents after ever
 
 from __future__ import annotations
 
-import torch
 from PIL.Image import Image
 
-from sdserve.domain.inputs import GenerationInput
-from sdserve.engine.prompts import prompt_kwargs
-from sdserve.engine.tasks import Pipeline, StepWatcher, common_kwargs
+from sdserve.engine.tasks import Pipeline, TaskCall, common_kwargs, prompt_kwargs
 
 
-def run(
-    pipe: Pipeline,
-    inp: GenerationInput,
-    *,
-    image: Image,
-    mask: Image,
-    generators: list[torch.Generator],
-    watcher: StepWatcher,
-    strength: float | None = None,
-) -> list[Image]:
-    """Inpaint ``image`` under ``mask`` (both already at the output size, mask in ``L``)."""
+def run(pipe: Pipeline, call: TaskCall) -> list[Image]:
+    """Inpaint the image under the mask (both already at the output size, mask in ``L``)."""
+    image = call.given("image")
     result = pipe(
-        **prompt_kwargs(pipe, inp.prompt, inp.negative_prompt),
+        **prompt_kwargs(pipe, call),
         image=image,
-        mask_image=mask,
+        mask_image=call.given("mask"),
         width=image.width,
         height=image.height,
-        strength=inp.prompt_strength if strength is None else strength,
-        generator=generators,
+        strength=call.inp.prompt_strength,
         output_type="pil",
-        **common_kwargs(inp, watcher),
+        **common_kwargs(call),
     )
     return list(result.images)

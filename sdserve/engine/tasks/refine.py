@@ -2,8 +2,9 @@
 
 ``expert_ensemble_refiner``: the base model runs the first ``high_noise_frac`` of the noise
 schedule and hands its latents to the refiner, which runs the rest (one denoising story
-split between two experts). ``base_image_refiner``: the base model finishes its image, then
-the refiner re-draws it lightly (img2img) with ``refine_steps`` steps.
+split between two experts); it takes the place of text-to-image. ``base_image_refiner``: a
+pass after any task: the base model finishes its image, then the refiner re-draws it
+lightly (img2img) with ``refine_steps`` steps.
 """
 
 from __future__ import annotations
@@ -12,67 +13,57 @@ import torch
 from PIL.Image import Image
 
 from sdserve.domain.inputs import GenerationInput
-from sdserve.engine.prompts import prompt_kwargs
-from sdserve.engine.tasks import Pipeline, StepWatcher, common_kwargs
+from sdserve.engine.tasks import Pipeline, TaskCall, common_kwargs, prompt_kwargs
 
 #: How much of the base image the refiner re-draws in ``base_image_refiner`` mode
 #: (the refiner pipeline's own default, as cog-sdxl uses it).
 BASE_IMAGE_STRENGTH = 0.3
 
 
-def run_expert_ensemble(
-    base: Pipeline,
-    refiner: Pipeline,
-    inp: GenerationInput,
-    *,
-    generators: list[torch.Generator],
-    watcher: StepWatcher,
-) -> list[Image]:
+def wants_base_image(inp: GenerationInput) -> bool:
+    """The request asks the refiner to re-draw the finished images."""
+    return inp.refine == "base_image_refiner"
+
+
+def run_expert_ensemble(base: Pipeline, call: TaskCall) -> list[Image]:
     """Text to image with the base for ``high_noise_frac`` of the schedule, then the refiner."""
+    inp, watcher, refiner = call.inp, call.watcher, call.refiner
+    if refiner is None:  # the engine hands the refiner to a request that asks for this mode
+        raise ValueError("the expert ensemble needs the refiner")
     watcher.planned = inp.num_inference_steps
     latents = base(
-        **prompt_kwargs(base, inp.prompt, inp.negative_prompt),
+        **prompt_kwargs(base, call),
         width=inp.width,
         height=inp.height,
         denoising_end=inp.high_noise_frac,
-        generator=generators,
         output_type="latent",
-        **common_kwargs(inp, watcher),
+        **common_kwargs(call),
     ).images
     if watcher.interrupted:
         return list(_decode(base, latents))
     watcher.next_stage(watcher.steps_run)
     result = refiner(
-        **prompt_kwargs(refiner, inp.prompt, inp.negative_prompt),
+        **prompt_kwargs(refiner, call),
         image=latents,
         denoising_start=inp.high_noise_frac,
-        generator=generators,
         output_type="pil",
-        **common_kwargs(inp, watcher),
+        **common_kwargs(call),
     )
     return list(result.images)
 
 
-def run_base_image(
-    base_images: list[Image],
-    refiner: Pipeline,
-    inp: GenerationInput,
-    *,
-    generators: list[torch.Generator],
-    watcher: StepWatcher,
-) -> list[Image]:
+def run_base_image(refiner: Pipeline, images: list[Image], call: TaskCall) -> list[Image]:
     """Refine finished images with ``refine_steps`` (default: the request's steps)."""
+    inp, watcher = call.inp, call.watcher
     if watcher.interrupted:
-        return base_images
-    steps = inp.refine_steps or inp.num_inference_steps
+        return images
     watcher.next_stage(watcher.steps_run)
     result = refiner(
-        **prompt_kwargs(refiner, inp.prompt, inp.negative_prompt),
-        image=base_images,
+        **prompt_kwargs(refiner, call),
+        image=images,
         strength=BASE_IMAGE_STRENGTH,
-        generator=generators,
         output_type="pil",
-        **{**common_kwargs(inp, watcher), "num_inference_steps": steps},
+        **common_kwargs(call, steps=inp.refine_steps or inp.num_inference_steps),
     )
     return list(result.images)
 

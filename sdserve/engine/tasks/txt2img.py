@@ -1,29 +1,24 @@
-"""Text to image: the prompt alone, at the requested size."""
+"""Text to image: the prompt alone, at the requested size.
+
+The one task that batches: a batched call (several compatible requests, see
+``Engine.generate_batch``) is this same run with one prompt pair and one generator per image.
+"""
 
 from __future__ import annotations
 
-import torch
 from PIL.Image import Image
 
-from sdserve.domain.inputs import GenerationInput
-from sdserve.engine.prompts import prompt_kwargs
-from sdserve.engine.tasks import Pipeline, StepWatcher, common_kwargs
+from sdserve.engine.tasks import Pipeline, TaskCall, common_kwargs, prompt_kwargs
 
 
-def run(
-    pipe: Pipeline,
-    inp: GenerationInput,
-    *,
-    generators: list[torch.Generator],
-    watcher: StepWatcher,
-) -> list[Image]:
-    """Generate ``inp.num_outputs`` images of ``inp.width`` x ``inp.height``."""
+def run(pipe: Pipeline, call: TaskCall) -> list[Image]:
+    """Generate ``num_outputs`` images of ``width`` x ``height`` (per request of a batch)."""
+    inp = call.inp
     result = pipe(
-        **prompt_kwargs(pipe, inp.prompt, inp.negative_prompt),
+        **prompt_kwargs(pipe, call),
         width=inp.width,
         height=inp.height,
-        generator=generators,
         output_type="pil",
-        **common_kwargs(inp, watcher),
+        **common_kwargs(call),
     )
     return list(result.images)
