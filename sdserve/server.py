@@ -71,19 +71,12 @@ def build_registry(settings: Settings) -> ModelRegistry:
 def build_service(settings: Settings, *, run_worker: bool = True) -> Service:
     """The job service with an in-process engine worker (built lazily on the first job)."""
     from sdserve.jobs.service import Service
+    from sdserve.jobs.worker import engine_factory
     from sdserve.training.runner import trained_models
 
     registry = build_registry(settings)
     catalog = trained_models(settings)
-    predictor = None
-    if run_worker:
-
-        def build_engine():  # type: ignore[no-untyped-def]
-            from sdserve.engine.engine import Engine
-
-            return Engine(settings.engine, registry, limits=settings.limits.input_limits())
-
-        predictor = build_engine
+    predictor = engine_factory(settings, registry) if run_worker else None
     return Service(
         settings,
         registry,

@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any
 
 from sdserve.config import Settings
 from sdserve.domain.events import Done, Event, Log, Output, Progress
@@ -44,10 +44,13 @@ from sdserve.jobs.queue import is_embedded, make_queue
 from sdserve.jobs.store import Store, new_id, sqlite_url, utcnow
 from sdserve.jobs.waiters import JobWaiters
 from sdserve.jobs.webhooks import Renderer, WebhookDispatcher, load_or_create_secret
-from sdserve.jobs.worker import JobRunner, Predictor, RegistryLike
-
-if TYPE_CHECKING:
-    from sdserve.models.catalog import ModelRegistry
+from sdserve.jobs.worker import (
+    JobRunner,
+    Predictor,
+    RegistryLike,
+    build_trainer,
+    engine_factory,
+)
 
 log = logging.getLogger(__name__)
 
@@ -285,9 +288,7 @@ class Service:
 
     def _build_trainer(self) -> Any:
         """The training runner of this worker (imports torch only when a training runs)."""
-        from sdserve.training.runner import TrainingRunner
-
-        return TrainingRunner(self.settings, self.registry)
+        return build_trainer(self.settings, self.registry)
 
     def models(self) -> builtins.list[ServedModel]:
         self._refresh_models()
@@ -571,18 +572,7 @@ def run_worker(
             settings.models, cache_dir=settings.engine.cache_dir, offline=settings.engine.offline
         )
     if predictor is None:
-        engine_registry = registry
-
-        def build() -> Predictor:
-            from sdserve.engine.engine import Engine
-
-            return Engine(
-                settings.engine,
-                cast("ModelRegistry", engine_registry),
-                limits=settings.limits.input_limits(),
-            )
-
-        predictor = build
+        predictor = engine_factory(settings, registry)
     service = Service(settings, registry, predictor=predictor)
     service.store.migrate()
     assert service.runner is not None

@@ -1,9 +1,10 @@
 """The worker: runs one job from claim to exactly one terminal state.
 
-It is the only place where the service touches the engine. The engine is reached
-through the small :class:`Predictor` protocol (``sdserve.engine.engine.Engine`` in
-production, an in-memory fake in unit tests), built lazily so a process that never runs
-a job never imports torch.
+It is the only place where the service touches the engine and the training runner
+(:func:`engine_factory`, :func:`build_trainer`; an import-linter contract keeps it so).
+The engine is reached through the small :class:`Predictor` protocol
+(``sdserve.engine.engine.Engine`` in production, an in-memory fake in unit tests), built
+lazily so a process that never runs a job never imports torch.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from sdserve.domain.events import tqdm_line
 from sdserve.domain.inputs import FamilyDefaults, GenerationInput
@@ -38,8 +39,10 @@ if TYPE_CHECKING:
 
     from PIL.Image import Image
 
+    from sdserve.config import Settings
     from sdserve.jobs.batching import BatchPolicy
     from sdserve.jobs.contract import JobRecord
+    from sdserve.models.catalog import ModelRegistry
     from sdserve.training.runner import TrainingRunner
 
 log = logging.getLogger(__name__)
@@ -94,6 +97,29 @@ class RegistryLike(Protocol):
     def resolve(self, name: str) -> Any: ...
 
     def specs(self) -> Any: ...
+
+
+def engine_factory(settings: Settings, registry: RegistryLike) -> Callable[[], Predictor]:
+    """What builds this worker's engine on its first job: the one place the service reaches
+    the engine (torch is imported then, never by a process that runs no job)."""
+
+    def build() -> Predictor:
+        from sdserve.engine.engine import Engine
+
+        return Engine(
+            settings.engine,
+            cast("ModelRegistry", registry),
+            limits=settings.limits.input_limits(),
+        )
+
+    return build
+
+
+def build_trainer(settings: Settings, registry: RegistryLike) -> TrainingRunner:
+    """This worker's training runner (built on the first training job; imports torch then)."""
+    from sdserve.training.runner import TrainingRunner
+
+    return TrainingRunner(settings, registry)
 
 
 def error_text(exc: SdserveError) -> str:
