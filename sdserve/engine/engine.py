@@ -1,9 +1,11 @@
 """The engine facade: one synchronous ``generate`` call from canonical input to encoded images.
 
-``Engine.generate`` resolves the model, fills the family defaults, checks the input, picks
-the task, loads (or reuses) the pipeline, runs the task with a fresh scheduler and the
-request's LoRA, then post-processes every image: safety check, watermark, metadata and
-encoding. It knows nothing of HTTP; the worker and the CLI call it.
+``Engine.generate`` resolves the model, fills the family defaults, checks the input, asks
+the task registry (``engine.tasks.registry``) for the task and its plan, loads (or reuses)
+the pipelines, runs the plan with fresh schedulers and the request's LoRA, then
+post-processes every image: safety check, watermark, metadata and encoding.
+``Engine.generate_batch`` runs compatible requests through the same path as one forward.
+It knows nothing of HTTP; the worker and the CLI call it.
 """
 
 from __future__ import annotations
