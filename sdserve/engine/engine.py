@@ -279,7 +279,7 @@ class Engine:
         """The plan's stages in order, each on a view of its pipeline with a fresh scheduler."""
         inp = call.inp
         if plan.ensemble:
-            call.refiner = self._scheduled(pipes.refiner, inp, seeds, refiner=True)
+            call = replace(call, refiner=self._scheduled(pipes.refiner, inp, seeds, refiner=True))
         images = plan.run(self._scheduled(pipes.task, inp, seeds), call)
         for step, pipe in zip(plan.passes, pipes.passes, strict=True):
             view = self._scheduled(pipe, inp, seeds, refiner=step.on_refiner)

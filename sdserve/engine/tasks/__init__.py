@@ -100,7 +100,7 @@ class StepWatcher:
         self.offset = steps_done
 
 
-@dataclass
+@dataclass(frozen=True)
 class TaskCall:
     """What one run of a task gets besides its pipeline.
 
