@@ -29,9 +29,24 @@ def select_task(
     """The task ``inp`` asks for: one of :data:`TASK_NAMES`.
 
     ``image`` and ``mask`` say whether an image and a mask are given; by default, whether
-    the input references them (the engine passes what it was actually handed). Raises
-    :class:`InvalidInput` for a combination no task takes.
+    the input references them (the engine passes what it was actually handed). Every input
+    gets an answer; :func:`check_task_inputs` refuses the combinations no task takes.
     """
+    has_image = inp.image is not None if image is None else image
+    has_mask = inp.mask is not None if mask is None else mask
+    if not has_image:
+        return TXT2IMG
+    if inp.outpaints:
+        return OUTPAINT
+    return INPAINT if has_mask else IMG2IMG
+
+
+def check_task_inputs(
+    inp: GenerationInput, *, image: bool | None = None, mask: bool | None = None
+) -> None:
+    """Raise :class:`InvalidInput` for a combination no task takes: a mask without an image,
+    outpainting without an image or with a mask (it builds its own). ``image`` and ``mask``
+    as for :func:`select_task`."""
     has_image = inp.image is not None if image is None else image
     has_mask = inp.mask is not None if mask is None else mask
     if not has_image:
@@ -39,9 +54,5 @@ def select_task(
             raise InvalidInput("mask", "a mask needs an image to inpaint")
         if inp.outpaints:
             raise InvalidInput("image", "outpainting needs an image to extend")
-        return TXT2IMG
-    if inp.outpaints:
-        if has_mask:
-            raise InvalidInput("mask", "outpainting builds its own mask; give no mask")
-        return OUTPAINT
-    return INPAINT if has_mask else IMG2IMG
+    elif inp.outpaints and has_mask:
+        raise InvalidInput("mask", "outpainting builds its own mask; give no mask")

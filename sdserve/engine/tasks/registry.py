@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from PIL.Image import Image
 
 from sdserve.domain.inputs import GenerationInput, InputLimits
-from sdserve.domain.tasks import select_task
+from sdserve.domain.tasks import check_task_inputs, select_task
 from sdserve.engine.tasks import (
     Pipeline,
     TaskCall,
@@ -157,13 +157,16 @@ def select(inp: GenerationInput, *, image: Image | None, mask: Image | None) -> 
     """The task of ``inp`` given the images actually handed to the engine.
 
     The input's references say what to expect: a referenced image or mask that was not
-    given is an error. The choice itself is :func:`~sdserve.domain.tasks.select_task`.
+    given is an error, and so is a combination no task takes. The choice itself is
+    :func:`~sdserve.domain.tasks.select_task`.
     """
     if inp.image is not None and image is None:
         raise InvalidImage("image", "was referenced but no image was given to the engine")
     if inp.mask is not None and mask is None:
         raise InvalidImage("mask", "was referenced but no mask was given to the engine")
-    return TASKS[select_task(inp, image=image is not None, mask=mask is not None)]
+    given = {"image": image is not None, "mask": mask is not None}
+    check_task_inputs(inp, **given)
+    return TASKS[select_task(inp, **given)]
 
 
 def plan(inp: GenerationInput, task: Task, spec: ModelSpec) -> Plan:

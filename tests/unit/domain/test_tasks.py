@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from sdserve.domain.inputs import GenerationInput
-from sdserve.domain.tasks import select_task
+from sdserve.domain.tasks import check_task_inputs, select_task
 from sdserve.errors import InvalidInput
 
 
@@ -41,6 +41,18 @@ def test_images_actually_given_override_the_references() -> None:
     ],
 )
 def test_combinations_no_task_takes_name_the_field(fields: dict[str, object], field: str) -> None:
+    inp = GenerationInput(**fields)  # type: ignore[arg-type]
     with pytest.raises(InvalidInput) as caught:
-        select_task(GenerationInput(**fields))  # type: ignore[arg-type]
+        check_task_inputs(inp)
     assert caught.value.field == field
+    select_task(inp)  # still answers: a log line or the metadata never fails on it
+
+
+def test_valid_combinations_pass_the_check() -> None:
+    for fields in (
+        {},
+        {"image": "i"},
+        {"image": "i", "mask": "m"},
+        {"image": "i", "outpaint_up": 8},
+    ):
+        check_task_inputs(GenerationInput(**fields))  # type: ignore[arg-type]
