@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sdserve.dependencies import check_installed
 from sdserve.errors import SdserveError
 
 if TYPE_CHECKING:
@@ -29,6 +30,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        check_installed()
         return int(args.run(args) or 0)
     except SdserveError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
