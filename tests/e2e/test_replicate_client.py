@@ -13,6 +13,7 @@ import pytest
 import replicate
 from PIL import Image
 from replicate.exceptions import ReplicateError
+from replicate.stream import ServerSentEvent
 from replicate.webhook import InvalidSignatureError
 
 from tests.e2e.conftest import ServerProcess, free_port
@@ -230,21 +231,81 @@ def test_webhook_completed_exactly_once_with_valid_signature(client: replicate.C
         receiver.close()
 
 
-def test_sse_stream_delivers_progress_and_done(client: replicate.Client) -> None:
+def sse_messages(url: str) -> list[dict[str, str]]:
+    """The messages of an SSE stream up to ``done``, as ``{field: value}`` dicts."""
+    messages: list[dict[str, str]] = []
+    current: dict[str, str] = {}
+    with httpx.stream("GET", url, timeout=60) as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        for line in response.iter_lines():
+            if line:
+                name, _, value = line.partition(": ")
+                current[name] = f"{current[name]}\n{value}" if name in current else value
+                continue
+            if current:
+                messages.append(current)
+                current = {}
+            if messages and messages[-1].get("event") == "done":
+                break
+    return messages
+
+
+def test_sse_stream_delivers_progress_and_done_when_asked(client: replicate.Client) -> None:
     prediction = client.models.predictions.create(
         model=MODEL, input={"prompt": "stream", "width": 64, "height": 64, "num_inference_steps": 8}
     )
-    events: list[str] = []
-    with httpx.stream("GET", prediction.urls["stream"], timeout=60) as response:
-        assert response.headers["content-type"].startswith("text/event-stream")
-        for line in response.iter_lines():
-            if line.startswith("event: "):
-                events.append(line.removeprefix("event: "))
-            if events and events[-1] == "done":
-                break
+    # the playground asks for step progress with previews
+    messages = sse_messages(prediction.urls["stream"] + "?progress=1")
+    events = [message["event"] for message in messages]
     assert "progress" in events
     assert "output" in events
     assert events[-1] == "done"
+    last = json.loads(next(m["data"] for m in reversed(messages) if m["event"] == "progress"))
+    assert last["step"] == last["total"] == 8 and last["percentage"] == 1.0
+    assert last["preview"].startswith("data:image/jpeg;base64,")
+
+
+def test_default_sse_stream_has_only_replicates_events_each_with_an_id(
+    client: replicate.Client,
+) -> None:
+    prediction = client.models.predictions.create(
+        model=MODEL, input={"prompt": "stream", "width": 64, "height": 64, "num_inference_steps": 8}
+    )
+    messages = sse_messages(prediction.urls["stream"])
+    # the official clients know exactly these names and drop a message without an id
+    assert {message["event"] for message in messages} <= {"output", "logs", "error", "done"}
+    assert all(message.get("id") for message in messages)
+    assert len({message["id"] for message in messages}) == len(messages)
+    assert [m["event"] for m in messages].count("output") == 1
+    assert messages[-1] == {"event": "done", "id": messages[-1]["id"], "data": "{}"}
+
+
+def test_official_client_stream_yields_the_output_and_ends(
+    client: replicate.Client,
+) -> None:
+    events = list(client.stream(MODEL, input={"prompt": "stream", "seed": 4, **FAST}))
+    names = [event.event for event in events]
+    assert names[-1] is ServerSentEvent.EventType.DONE
+    outputs = [event for event in events if event.event is ServerSentEvent.EventType.OUTPUT]
+    assert len(outputs) == 1
+    fetched = httpx.get(str(outputs[0]), timeout=30)
+    assert fetched.status_code == 200 and fetched.content.startswith(b"\x89PNG")
+    logs = "\n".join(e.data for e in events if e.event is ServerSentEvent.EventType.LOGS)
+    assert "seed: 4" in logs
+
+
+def test_prediction_stream_of_a_created_prediction_ends_with_done(
+    client: replicate.Client,
+) -> None:
+    prediction = client.models.predictions.create(
+        model=MODEL, input={"prompt": "stream", "seed": 6, **FAST}, stream=True
+    )
+    events = list(prediction.stream())
+    assert [e.event for e in events].count(ServerSentEvent.EventType.OUTPUT) == 1
+    assert events[-1].event is ServerSentEvent.EventType.DONE
+    # a finished prediction replays its events: streaming it again gives the same output
+    again = list(prediction.stream())
+    assert [str(e) for e in again] == [str(e) for e in events]
 
 
 def test_data_uri_input_image_decodes(client: replicate.Client) -> None:

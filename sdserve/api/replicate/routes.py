@@ -14,6 +14,7 @@ from sdserve.api.common import (
     PAGE_SIZE,
     base_url,
     data_uri,
+    file_url,
     parse_cancel_after,
     parse_prefer_wait,
 )
@@ -127,11 +128,14 @@ class ReplicateApi:
         job = self.service.cancel(job_id)
         return render_prediction(job, base_url(request, self.public_url))
 
-    async def stream(self, request: Request, job_id: str) -> StreamingResponse:
+    async def stream(
+        self, request: Request, job_id: str, progress: bool = False
+    ) -> StreamingResponse:
+        """Replicate's events; ``?progress=1`` adds step ``progress`` events with previews."""
         self.service.get(job_id)  # 404 before the stream starts
         base = base_url(request, self.public_url)
         return StreamingResponse(
-            sse_events(self.service, job_id, base),
+            sse_events(self.service, job_id, lambda key: file_url(base, key), progress=progress),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
