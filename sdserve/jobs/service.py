@@ -340,6 +340,7 @@ class Service:
         webhook: WebhookOptions | None = None,
         deadline: datetime | None = None,
         destination: str | None = None,
+        inline_output: bool = False,
     ) -> JobRecord:
         """Validate synchronously, persist and enqueue; see :class:`JobService`."""
         if kind is JobKind.TRAINING:
@@ -367,6 +368,7 @@ class Service:
             webhook=webhook,
             deadline=deadline,
             destination=destination,
+            inline_output=inline_output,
         )
         max_queue = self.settings.service.max_queue
         if not self.store.insert_job(record, max_queued=max_queue):

@@ -5,14 +5,17 @@ from __future__ import annotations
 import base64
 import io
 import json
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 import replicate
 from PIL import Image
 from replicate.exceptions import ReplicateError
+from replicate.helpers import FileOutput
 from replicate.stream import ServerSentEvent
 from replicate.webhook import InvalidSignatureError
 
@@ -62,6 +65,57 @@ def test_run_waits_and_returns_readable_images(client: replicate.Client) -> None
             assert image.size == (64, 64)
             assert image.format == "PNG"
             assert "Seed: " in image.info["parameters"]
+
+
+def test_run_gives_readable_images_when_the_job_outlasts_the_wait(
+    client: replicate.Client, server: ServerProcess
+) -> None:
+    # queued behind a long job, a prediction outlasts a one-second wait on any machine
+    blocker = client.models.predictions.create(
+        model=MODEL,
+        input={"prompt": "blocker", "width": 256, "height": 256, "num_inference_steps": 500},
+    )
+    answers: list[tuple[str, int, str]] = []  # (method, HTTP status, prediction status)
+
+    def record(response: httpx.Response) -> None:
+        response.read()
+        answers.append(
+            (response.request.method, response.status_code, response.json().get("status"))
+        )
+
+    watched = replicate.Client(
+        api_token="anything", base_url=server.url, event_hooks={"response": [record]}
+    )
+    result: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            result["output"] = watched.run(
+                MODEL, input={"prompt": "a red fox", "num_outputs": 2, "seed": 1, **FAST}, wait=1
+            )
+        except Exception as exc:  # reported by the assertions below
+            result["error"] = exc
+
+    runner = threading.Thread(target=run)
+    runner.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not answers and runner.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        blocker.cancel()
+    runner.join(timeout=240)
+    assert "error" not in result, result
+    # the wait expired ("starting"), so run() polled GET until the job ended
+    assert answers[0] == ("POST", 201, "starting")
+    assert answers[-1] == ("GET", 200, "succeeded")
+    images = result["output"]
+    assert len(images) == 2
+    for image in images:
+        assert isinstance(image, FileOutput)
+        assert image.url.startswith("data:image/png;base64,")
+        with Image.open(io.BytesIO(image.read())) as png:
+            assert png.format == "PNG" and png.size == (64, 64)
 
 
 def test_async_create_and_poll(client: replicate.Client, server: ServerProcess) -> None:
@@ -288,8 +342,10 @@ def test_official_client_stream_yields_the_output_and_ends(
     assert names[-1] is ServerSentEvent.EventType.DONE
     outputs = [event for event in events if event.event is ServerSentEvent.EventType.OUTPUT]
     assert len(outputs) == 1
-    fetched = httpx.get(str(outputs[0]), timeout=30)
-    assert fetched.status_code == 200 and fetched.content.startswith(b"\x89PNG")
+    # a file object, as Replicate's https URLs give: plain http URLs would reach the
+    # caller as strings, so a streamed prediction carries its output inline
+    assert isinstance(outputs[0].data, FileOutput)
+    assert outputs[0].data.read().startswith(b"\x89PNG")
     logs = "\n".join(e.data for e in events if e.event is ServerSentEvent.EventType.LOGS)
     assert "seed: 4" in logs
 
@@ -301,11 +357,13 @@ def test_prediction_stream_of_a_created_prediction_ends_with_done(
         model=MODEL, input={"prompt": "stream", "seed": 6, **FAST}, stream=True
     )
     events = list(prediction.stream())
-    assert [e.event for e in events].count(ServerSentEvent.EventType.OUTPUT) == 1
+    outputs = [e.data for e in events if e.event is ServerSentEvent.EventType.OUTPUT]
+    assert len(outputs) == 1 and isinstance(outputs[0], FileOutput)
     assert events[-1].event is ServerSentEvent.EventType.DONE
     # a finished prediction replays its events: streaming it again gives the same output
     again = list(prediction.stream())
-    assert [str(e) for e in again] == [str(e) for e in events]
+    assert [e.data.url for e in again if isinstance(e.data, FileOutput)] == [outputs[0].url]
+    assert again[-1].event is ServerSentEvent.EventType.DONE
 
 
 def test_data_uri_input_image_decodes(client: replicate.Client) -> None:
