@@ -208,6 +208,62 @@ def test_invalid_input_is_a_422_naming_the_field(client: replicate.Client) -> No
     assert "num_inference_steps" in (caught.value.detail or "")
 
 
+def test_bad_scheduler_image_or_mask_is_a_422_when_created(
+    client: replicate.Client, server: ServerProcess, tmp_path: Path
+) -> None:
+    # the official client: run() raises at once, with the field in the detail
+    with pytest.raises(ReplicateError) as caught:
+        client.run(MODEL, input={"prompt": "x", "scheduler": "Euler b", **FAST})
+    assert caught.value.status == 422 and caught.value.title == "Input validation failed"
+    assert (caught.value.detail or "").startswith("scheduler: unknown scheduler 'Euler b'")
+    # an upload (POST /v1/files takes any bytes) that is no image
+    with pytest.raises(ReplicateError) as caught:
+        client.run(MODEL, input={"prompt": "x", "image": io.BytesIO(b"%PDF-1.4 no image")})
+    assert caught.value.status == 422
+    assert (caught.value.detail or "").startswith("image: is not a decodable image")
+    with sample_png(tmp_path).open("rb") as image, pytest.raises(ReplicateError) as caught:
+        client.run(MODEL, input={"prompt": "x", "image": image, "mask": io.BytesIO(b"no")})
+    assert caught.value.status == 422
+    assert (caught.value.detail or "").startswith("mask: is not a decodable image")
+
+    # on the wire: the same problem JSON as the dialect's other 422s, on both create routes
+    shape = httpx.post(
+        f"{server.url}/v1/models/{MODEL}/predictions", json={"input": {"width": 100}}
+    ).json()
+    not_an_image = "data:image/png;base64," + base64.b64encode(b"not an image").decode()
+    png = "data:image/png;base64," + base64.b64encode(sample_png(tmp_path).read_bytes()).decode()
+    bad = {
+        "scheduler": {"scheduler": "Euler b"},
+        "image": {"image": not_an_image},
+        "mask": {"image": png, "mask": not_an_image},
+    }
+    for field, values in bad.items():
+        for path, extra in (
+            (f"/v1/models/{MODEL}/predictions", {}),
+            ("/v1/predictions", {"version": MODEL}),
+        ):
+            response = httpx.post(
+                f"{server.url}{path}",
+                json={**extra, "input": {"prompt": "x", **values}},
+                headers={"Prefer": "wait"},
+                timeout=30,
+            )
+            assert response.status_code == 422, response.text
+            assert response.headers["content-type"] == "application/problem+json"
+            problem = response.json()
+            assert problem["field"] == field
+            assert problem["detail"].startswith(f"{field}: ")
+            assert {key: problem[key] for key in ("title", "status")} == {
+                key: shape[key] for key in ("title", "status")
+            }
+            assert set(problem) - {"allowed"} == set(shape)
+            if field == "scheduler":
+                assert problem["code"] == "invalid_input"
+                assert {"K_EULER", "DPM++ 2M Karras"} <= set(problem["allowed"])
+            else:
+                assert problem["code"] == "invalid_image" and "allowed" not in problem
+
+
 def test_unknown_model_is_a_404(client: replicate.Client) -> None:
     with pytest.raises(ReplicateError) as caught:
         client.run("nobody/nothing", input={"prompt": "x"})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 from collections.abc import Callable
@@ -87,7 +88,9 @@ class ReplicateApi:
     async def _create(self, request: Request, model: str, body: PredictionRequest) -> Response:
         wait = parse_prefer_wait(request.headers.get("prefer"), self.max_wait_s)
         deadline = parse_cancel_after(request.headers.get("cancel-after"))
-        job = self.service.create(
+        # off the event loop: creating decodes inline images to refuse bad ones at once
+        job = await asyncio.to_thread(
+            self.service.create,
             model,
             body.input,
             source="replicate",
