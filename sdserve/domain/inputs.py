@@ -14,6 +14,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from sdserve.domain.schedulers import (
+    NOISE_SCHEDULES,
+    is_known_noise_schedule,
+    is_known_scheduler,
+    scheduler_names,
+)
 from sdserve.errors import InvalidInput
 
 MAX_SEED = 2**32 - 1
@@ -186,6 +192,20 @@ class GenerationInput(BaseModel):
         if self.outpaints and self.image is None:
             raise InvalidInput("image", "outpainting needs an image to extend")
 
+    def check_names(self) -> None:
+        """Raise :class:`InvalidInput` for a scheduler or noise schedule the engine lacks."""
+        # an empty scheduler means the family default (see with_defaults)
+        if self.scheduler and not is_known_scheduler(self.scheduler):
+            raise InvalidInput(
+                "scheduler", f"unknown scheduler {self.scheduler!r}", allowed=scheduler_names()
+            )
+        if self.noise_schedule is not None and not is_known_noise_schedule(self.noise_schedule):
+            raise InvalidInput(
+                "noise_schedule",
+                f"unknown noise schedule {self.noise_schedule!r}",
+                allowed=list(NOISE_SCHEDULES),
+            )
+
     def with_defaults(
         self, defaults: FamilyDefaults, rng: random.Random | None = None
     ) -> GenerationInput:
@@ -216,6 +236,7 @@ def parse_generation_input(
     except ValidationError as exc:
         raise invalid_input_from(exc) from None
     parsed.check_limits(limits or InputLimits())
+    parsed.check_names()
     return parsed
 
 

@@ -35,11 +35,12 @@ from sdserve.domain.inputs import (
 )
 from sdserve.domain.jobs import JobKind, Status
 from sdserve.domain.training import check_destination, check_trainable, parse_training_input
-from sdserve.errors import InvalidInput, ModelNotFound, Overloaded
+from sdserve.errors import InputFetchFailed, InvalidInput, ModelNotFound, Overloaded
 from sdserve.jobs.batching import BatchPolicy
 from sdserve.jobs.contract import JobRecord, Page, RunProgress, ServedModel, WebhookOptions
 from sdserve.jobs.fetch import InputFetcher, Resolver, sniff_image_type
 from sdserve.jobs.files import FileStore, LocalFileStore, new_key
+from sdserve.jobs.images import decode_image
 from sdserve.jobs.queue import is_embedded, make_queue
 from sdserve.jobs.store import Store, new_id, sqlite_url, utcnow
 from sdserve.jobs.waiters import JobWaiters
@@ -340,6 +341,7 @@ class Service:
         webhook: WebhookOptions | None = None,
         deadline: datetime | None = None,
         destination: str | None = None,
+        inline_output: bool = False,
     ) -> JobRecord:
         """Validate synchronously, persist and enqueue; see :class:`JobService`."""
         if kind is JobKind.TRAINING:
@@ -350,6 +352,7 @@ class Service:
             destination = self._check_training(spec, destination)
         else:
             parsed = parse_generation_input(dict(input), self.limits)
+            self._check_images(parsed)
             stored_input = parsed.model_dump(mode="json", exclude_unset=True)
             spec = self._resolve(model)
             destination = None
@@ -367,6 +370,7 @@ class Service:
             webhook=webhook,
             deadline=deadline,
             destination=destination,
+            inline_output=inline_output,
         )
         max_queue = self.settings.service.max_queue
         if not self.store.insert_job(record, max_queued=max_queue):
@@ -386,6 +390,20 @@ class Service:
 
     def get(self, job_id: str) -> JobRecord:
         return self.store.get(job_id)
+
+    def _check_images(self, inp: GenerationInput) -> None:
+        """Decode an image and mask given inline or as uploads now, so bad bytes are a
+        client error naming the field; the worker checks those it fetches from URLs."""
+        for field in ("image", "mask"):
+            reference = getattr(inp, field)
+            if reference is None:
+                continue
+            try:
+                data = self.fetcher.fetch_inline(reference, field)
+            except InputFetchFailed as exc:
+                raise InvalidInput(field, exc.message.removeprefix(f"{field}: ")) from None
+            if data is not None:
+                decode_image(data, field).close()
 
     def _check_training(self, spec: Any, destination: str | None) -> str:
         """A trainable base model and a destination that is not a served base model."""

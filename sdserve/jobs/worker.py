@@ -21,7 +21,6 @@ from sdserve.domain.jobs import JobKind, Status
 from sdserve.engine.types import GenerationResult, RunHooks
 from sdserve.errors import (
     Canceled,
-    InvalidImage,
     InvalidInput,
     JobFailure,
     JobNotFound,
@@ -29,6 +28,7 @@ from sdserve.errors import (
 )
 from sdserve.jobs.fetch import InputFetcher
 from sdserve.jobs.files import FileStore, new_key
+from sdserve.jobs.images import decode_image
 from sdserve.jobs.store import Store, StoredFile, utcnow
 from sdserve.jobs.tables import JobRow
 
@@ -218,18 +218,6 @@ def _jpeg_preview(image: Image) -> bytes:
     buffer = io.BytesIO()
     small.save(buffer, format="JPEG", quality=70)
     return buffer.getvalue()
-
-
-def decode_image(data: bytes, field: str) -> Image:
-    """Decode image bytes with PIL; anything undecodable is an :class:`InvalidImage`."""
-    from PIL import Image as PILImage
-
-    try:
-        image = PILImage.open(io.BytesIO(data))
-        image.load()
-    except Exception as exc:  # PIL raises many types (incl. DecompressionBombError)
-        raise InvalidImage(field, f"cannot decode the image ({exc})") from None
-    return image.convert("L" if field == "mask" else "RGB")
 
 
 class JobRunner:

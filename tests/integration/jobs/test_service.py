@@ -10,13 +10,15 @@ import threading
 import time
 from datetime import UTC, datetime, timedelta
 
+import httpx
 import pytest
 from PIL import Image
 
 from sdserve.domain.events import Done, Log, Output, Progress
 from sdserve.domain.jobs import Status
-from sdserve.errors import FileNotFound, InvalidInput, ModelNotFound, Overloaded
+from sdserve.errors import FileNotFound, InvalidImage, InvalidInput, ModelNotFound, Overloaded
 from sdserve.jobs.contract import JobRecord
+from sdserve.jobs.images import NOT_AN_IMAGE
 from sdserve.jobs.service import Service
 from tests.integration.jobs.conftest import MakeService
 from tests.integration.jobs.fakes import FakePredictor
@@ -98,9 +100,7 @@ def test_events_stream_progress_logs_output_and_done(make_service: MakeService) 
         ({"prompt": "fail:storage_full"}, "storage_full: disk full"),
         ({"prompt": "bad lora"}, "invalid_input: lora: no LoRA called 'x'"),
         ({"prompt": "boom"}, "internal_error: unexpected kaboom"),
-        ({"image": "data:image/png;base64,aGVsbG8="}, "invalid_image: image: cannot decode"),
         ({"image": "http://127.0.0.1:1/cat.png"}, "input_fetch_failed: image: refusing"),
-        ({"image": "/v1/files/" + "a" * 32}, "input_fetch_failed: image: no uploaded file"),
     ],
 )
 def test_failures_end_failed_with_stable_codes(
@@ -127,6 +127,54 @@ def test_validation_errors_are_raised_before_anything_is_stored(
     with pytest.raises(ModelNotFound):
         service.create("nobody/nothing", {"prompt": "x"})
     assert service.list().results == []
+
+
+@pytest.mark.parametrize(
+    ("input", "error"),
+    [
+        ({"scheduler": "Euler b"}, "scheduler: unknown scheduler 'Euler b'"),
+        ({"noise_schedule": "wobbly"}, "noise_schedule: unknown noise schedule 'wobbly'"),
+        ({"image": "data:image/png;base64,aGVsbG8="}, f"image: {NOT_AN_IMAGE}"),
+        ({"image": "data:image/png;base64,!!"}, "image: data URI is not valid base64"),
+        ({"image": "/v1/files/" + "a" * 32}, "image: no uploaded file with id"),
+        ({"image": "ftp://example.com/cat.png"}, "image: unsupported URL scheme 'ftp'"),
+        ({"image": "photos/cat.png"}, "image: not a URL, data URI or uploaded file"),
+        ({"image": png_data_uri(), "mask": "data:,not a mask"}, f"mask: {NOT_AN_IMAGE}"),
+    ],
+)
+def test_bad_names_and_images_are_refused_when_the_job_is_created(
+    make_service: MakeService, input: dict[str, str], error: str
+) -> None:
+    service = make_service()
+    with pytest.raises(InvalidInput) as caught:
+        service.create("test/fake", {"prompt": "x", **input})
+    assert str(caught.value).startswith(error)
+    assert caught.value.field == error.split(":", 1)[0]
+    assert service.list().results == []
+
+
+def test_an_uploaded_file_that_is_no_image_is_refused_when_the_job_is_created(
+    make_service: MakeService,
+) -> None:
+    service = make_service()
+    key = service.store_upload(b"%PDF-1.4 not a picture", "cat.png", "image/png")
+    for reference in (key, f"/v1/files/{key}", f"http://127.0.0.1:8000/files/{key}"):
+        with pytest.raises(InvalidImage, match=f"image: {re.escape(NOT_AN_IMAGE)}"):
+            service.create("test/fake", {"prompt": "x", "image": reference})
+    assert service.list().results == []
+
+
+def test_an_image_fetched_from_a_url_that_is_no_image_fails_cleanly(
+    make_service: MakeService,
+) -> None:
+    not_png = httpx.MockTransport(lambda request: httpx.Response(200, content=b"<html>hi"))
+    service = make_service(
+        fetch_transport=not_png, fetch_resolver=lambda host, port: ["93.184.216.34"]
+    )
+    created = service.create("test/fake", {"prompt": "x", "image": "https://example.com/a.png"})
+    job = wait(service, created.id)
+    assert job.status is Status.FAILED
+    assert job.error == f"invalid_image: image: {NOT_AN_IMAGE}"
 
 
 def test_queue_limit_raises_overloaded(make_service: MakeService) -> None:

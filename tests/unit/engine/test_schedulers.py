@@ -9,6 +9,7 @@ from diffusers import (
     EulerDiscreteScheduler,
 )
 
+from sdserve.domain import schedulers as domain_schedulers
 from sdserve.engine import schedulers
 from sdserve.errors import InvalidInput
 
@@ -119,3 +120,17 @@ def test_a1111_sampler_listing_has_aliases() -> None:
     assert set(A1111) <= set(listing)
     assert "k_euler_a" in listing["Euler a"].aliases
     assert listing["DPM++ 2M Karras"].scheduler == "DPMSolverMultistepScheduler"
+
+
+def test_the_torch_free_names_checked_at_creation_are_exactly_the_engines() -> None:
+    assert domain_schedulers.scheduler_names() == schedulers.scheduler_names()
+    engine_aliases = {info.name: info.aliases for info in schedulers.a1111_samplers()}
+    assert engine_aliases == domain_schedulers.A1111_SAMPLERS
+    for name in domain_schedulers.scheduler_names():
+        assert domain_schedulers.is_known_scheduler(name)
+        schedulers.resolve_scheduler(name)
+    for aliases in engine_aliases.values():
+        for alias in aliases:
+            assert domain_schedulers.is_known_scheduler(alias)
+            schedulers.resolve_scheduler(alias)
+    assert set(domain_schedulers.NOISE_SCHEDULES) == set(schedulers.a1111_schedules())
