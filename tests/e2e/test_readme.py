@@ -13,16 +13,18 @@ import os
 import re
 import subprocess
 import sys
+import time
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import httpx
 import pytest
 from PIL import Image
 
-from tests.e2e.conftest import ServerProcess, running_server
+from tests.e2e.conftest import ServerProcess, free_port, running_server
 
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
@@ -111,7 +113,15 @@ def write_photos_zip(path: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def readme_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    yield from running_server(tmp_path_factory.mktemp("readme-server"))
+    """A demo server whose Replicate ``Prefer: wait`` lasts at most one second."""
+    server = ServerProcess(
+        data_dir=tmp_path_factory.mktemp("readme-server"),
+        port=free_port(),
+        env={"SDSERVE_API__MAX_WAIT_S": "1"},
+    )
+    server.start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture
@@ -180,8 +190,39 @@ def is_png(path: Path) -> bool:
 
 
 def run_replicate_demo(server: ServerProcess, workdir: Path) -> None:
-    succeeded(run_python(example(REPLICATE_DEMO).code, workdir, server))
+    # The server waits at most one second (Prefer: wait); queued behind a long job, the
+    # example's prediction outlasts that on any machine, so run() polls for its outputs.
+    blocker = httpx.post(
+        f"{server.url}/v1/models/sdserve/tiny-sd/predictions",
+        json={
+            "input": {"prompt": "blocker", "width": 256, "height": 256, "num_inference_steps": 500}
+        },
+    ).json()
+    script = workdir / "example.py"
+    script.write_text(on_port(example(REPLICATE_DEMO).code, server))
+    process = subprocess.Popen(
+        [sys.executable, str(script)], cwd=workdir, env=user_env(workdir), stderr=subprocess.PIPE
+    )
+    try:
+        created = wait_for_prediction(server, prompt="a red fox")
+        time.sleep(max(0.0, created + 1.5 - time.time()))  # past the server's wait window
+    finally:
+        canceled = httpx.post(f"{server.url}/v1/predictions/{blocker['id']}/cancel").json()
+    _, stderr = process.communicate(timeout=600)
+    assert process.returncode == 0, stderr.decode()
+    assert canceled["status"] == "canceled"  # it still ran: the example could not have ended
     assert is_png(workdir / "fox.png")
+
+
+def wait_for_prediction(server: ServerProcess, prompt: str, timeout: float = 120) -> float:
+    """When the newest prediction with this prompt was created (epoch seconds)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for job in httpx.get(f"{server.url}/v1/predictions").json()["results"]:
+            if job["input"].get("prompt") == prompt:
+                return datetime.fromisoformat(job["created_at"]).timestamp()
+        time.sleep(0.1)
+    raise AssertionError(f"no prediction with prompt {prompt!r}")
 
 
 def run_openai(server: ServerProcess, workdir: Path) -> None:
@@ -208,8 +249,15 @@ def run_webuiapi(server: ServerProcess, workdir: Path) -> None:
 
 def run_training(server: ServerProcess, workdir: Path) -> None:
     # the README trains 400 steps, a real LoRA; the same code with 4 keeps this quick
-    code = example(TRAINING).code.replace('"max_train_steps": 400', '"max_train_steps": 4')
-    succeeded(run_python(code, workdir, server))
+    code = example(TRAINING).code
+    assert '"max_train_steps": 400' in code
+    code = code.replace('"max_train_steps": 400', '"max_train_steps": 4')
+    code += "\nprint(t.status, t.output['version'])\n"
+    result = run_python(code, workdir, server)
+    succeeded(result)
+    assert result.stdout.split()[-2:][0] == "succeeded"
+    assert result.stdout.split()[-1].startswith("me/my-dog:")
+    assert is_png(workdir / "my-dog.png")
 
 
 def run_cli_generate(server: ServerProcess, workdir: Path) -> None:
