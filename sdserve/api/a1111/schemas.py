@@ -3,7 +3,7 @@
 Requests accept every key A1111 (and ``webuiapi``, which always sends all ~47 of them)
 knows: the keys sdserve uses are declared, every other one is kept for the echo in
 ``parameters`` and otherwise ignored. No torch here: the sampler and schedule tables are
-plain data, checked against the engine's tables by a unit test.
+the plain data of ``domain/schedulers.py``, which the engine maps to diffusers schedulers.
 """
 
 from __future__ import annotations
@@ -20,60 +20,15 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from sdserve.domain.schedulers import A1111_SAMPLERS, A1111_SCHEDULES, lookup_key
 from sdserve.engine.lora import parse_a1111_lora_tags
 from sdserve.errors import InvalidImage, InvalidInput
 from sdserve.jobs.contract import JobRecord, ServedModel
 
 #: A1111 sampler display names and their aliases (k-diffusion spellings), in A1111's order.
-SAMPLERS: dict[str, tuple[str, ...]] = {
-    "DPM++ 2M": ("k_dpmpp_2m",),
-    "DPM++ 2M Karras": ("k_dpmpp_2m_ka",),
-    "DPM++ SDE": ("k_dpmpp_sde",),
-    "DPM++ SDE Karras": ("k_dpmpp_sde_ka",),
-    "DPM++ 2M SDE": ("k_dpmpp_2m_sde",),
-    "DPM++ 2M SDE Karras": ("k_dpmpp_2m_sde_ka",),
-    "DPM++ 2M SDE Heun": ("k_dpmpp_2m_sde_heun",),
-    "DPM++ 2M SDE Heun Karras": ("k_dpmpp_2m_sde_heun_ka",),
-    "DPM++ 2S a": ("k_dpmpp_2s_a",),
-    "DPM++ 2S a Karras": ("k_dpmpp_2s_a_ka",),
-    "DPM++ 3M SDE": ("k_dpmpp_3m_sde",),
-    "DPM++ 3M SDE Karras": ("k_dpmpp_3m_sde_ka",),
-    "DPM++ 3M SDE Exponential": ("k_dpmpp_3m_sde_exp",),
-    "Euler a": ("k_euler_a", "k_euler_ancestral"),
-    "Euler": ("k_euler",),
-    "LMS": ("k_lms",),
-    "LMS Karras": ("k_lms_ka",),
-    "Heun": ("k_heun",),
-    "DPM2": ("k_dpm_2",),
-    "DPM2 Karras": ("k_dpm_2_ka",),
-    "DPM2 a": ("k_dpm_2_a",),
-    "DPM2 a Karras": ("k_dpm_2_a_ka",),
-    "DPM fast": ("k_dpm_fast",),
-    "DPM adaptive": ("k_dpm_ad",),
-    "Restart": ("restart",),
-    "DDIM": ("ddim",),
-    "DDIM CFG++": ("ddim_cfgpp",),
-    "DDPM": ("ddpm",),
-    "PLMS": ("plms",),
-    "UniPC": ("unipc",),
-    "LCM": ("k_lcm",),
-}
-
+SAMPLERS = A1111_SAMPLERS
 #: A1111 noise schedules (the ``scheduler`` field since A1111 1.9) with their labels.
-SCHEDULES: dict[str, str] = {
-    "automatic": "Automatic",
-    "uniform": "Uniform",
-    "karras": "Karras",
-    "exponential": "Exponential",
-    "polyexponential": "Polyexponential",
-    "sgm_uniform": "SGM Uniform",
-    "kl_optimal": "KL Optimal",
-    "align_your_steps": "Align Your Steps",
-    "simple": "Simple",
-    "normal": "Normal",
-    "ddim": "DDIM",
-    "beta": "Beta",
-}
+SCHEDULES = A1111_SCHEDULES
 
 #: Hires upscalers A1111 offers. sdserve upscales every one of them with Lanczos in pixel
 #: space before the second pass (the second pass is what adds the detail).
@@ -85,20 +40,16 @@ UPSCALERS = ("None", "Lanczos", "Nearest")
 DEFAULT_SAMPLER = "Euler"  # A1111's API default when a request names none
 
 
-def _key(name: str) -> str:
-    return " ".join(name.lower().replace("_", " ").split())
-
-
 _SAMPLER_INDEX: dict[str, str] = {}
 for _name, _aliases in SAMPLERS.items():
-    _SAMPLER_INDEX[_key(_name)] = _name
+    _SAMPLER_INDEX[lookup_key(_name)] = _name
     for _alias in _aliases:
-        _SAMPLER_INDEX.setdefault(_key(_alias), _name)
+        _SAMPLER_INDEX.setdefault(lookup_key(_alias), _name)
 
 
 def resolve_sampler(name: str, field: str = "sampler_name") -> str:
     """The A1111 display name of a sampler (any case, aliases too); InvalidInput if unknown."""
-    found = _SAMPLER_INDEX.get(_key(name))
+    found = _SAMPLER_INDEX.get(lookup_key(name))
     if found is None:
         raise InvalidInput(field, f"unknown sampler {name!r}", allowed=list(SAMPLERS))
     return found
@@ -108,11 +59,11 @@ def resolve_schedule(name: str | None) -> str | None:
     """The canonical noise schedule for an A1111 ``scheduler`` value (None = automatic)."""
     if name is None or not name.strip():
         return None
-    key = _key(name).replace(" ", "_")
+    key = lookup_key(name).replace(" ", "_")
     if key not in SCHEDULES:
         # labels ("SGM Uniform") are accepted as well as names
-        by_label = {_key(label): value for value, label in SCHEDULES.items()}
-        found = by_label.get(_key(name))
+        by_label = {lookup_key(label): value for value, label in SCHEDULES.items()}
+        found = by_label.get(lookup_key(name))
         if found is None:
             raise InvalidInput("scheduler", f"unknown scheduler {name!r}", allowed=list(SCHEDULES))
         key = found
