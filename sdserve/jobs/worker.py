@@ -23,7 +23,6 @@ from sdserve.errors import (
     Canceled,
     InvalidImage,
     InvalidInput,
-    JobFailure,
     JobNotFound,
     SdserveError,
 )
@@ -338,7 +337,9 @@ class JobRunner:
         except Canceled:
             why = "deadline passed" if progress.deadline_passed else "canceled"
             return self._finish(job_id, Status.CANCELED, progress=progress, logs=f"{why}\n")
-        except (JobFailure, InvalidInput) as exc:
+        except SdserveError as exc:
+            # a failure we foresaw (bad input, model not loadable, out of memory...): its
+            # code and message say it all, the job's end line logs them; no traceback
             return self._finish(job_id, Status.FAILED, progress=progress, error=error_text(exc))
         except Exception as exc:
             log.exception("job %s failed with an unexpected error", job_id)
