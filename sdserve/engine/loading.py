@@ -192,8 +192,8 @@ def not_cached_message(repo_id: str, settings: EngineSettings) -> str:
     """What to do about a hub model that is not cached and cannot be downloaded now."""
     hub = "offline (HF_HUB_OFFLINE or the offline setting)" if settings.offline else "unreachable"
     return (
-        f"'{repo_id}' is not in the Hugging Face cache ({hub_cache_dir(settings)}) and the hub "
-        f"is {hub}; download it on a machine with network: hf download {repo_id} "
+        f"model '{repo_id}' is not in the Hugging Face cache ({hub_cache_dir(settings)}) and the "
+        f"hub is {hub}; download it on a machine with network: hf download {repo_id} "
         "(then copy the cache here), or pass a local folder / .safetensors file"
     )
 
