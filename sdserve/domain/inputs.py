@@ -186,15 +186,18 @@ class GenerationInput(BaseModel):
         if self.outpaints and self.image is None:
             raise InvalidInput("image", "outpainting needs an image to extend")
 
+    def with_seed(self, rng: random.Random | None = None) -> GenerationInput:
+        """This input with a random seed if it has none (known before the model is)."""
+        if self.seed is not None:
+            return self
+        return self.model_copy(update={"seed": (rng or random.SystemRandom()).randint(0, MAX_SEED)})
+
     def with_defaults(
         self, defaults: FamilyDefaults, rng: random.Random | None = None
     ) -> GenerationInput:
         """Fill family defaults and a random seed where the request left them out."""
-        seed = self.seed
-        if seed is None:
-            seed = (rng or random.SystemRandom()).randint(0, MAX_SEED)
         updates: dict[str, Any] = {
-            "seed": seed,
+            "seed": self.with_seed(rng).seed,
             "scheduler": self.scheduler or defaults.scheduler,
             "num_inference_steps": self.num_inference_steps or defaults.num_inference_steps,
             "guidance_scale": (
