@@ -53,12 +53,19 @@ def test_named_library_messages_are_dropped_and_others_kept(
         "Model config: bos_token_id must be `None` or an integer within the vocabulary "
         "(between 0 and 99), got 49406. This may result in unexpected behavior."
     )
+    diffusers = collect("diffusers.models.modeling_utils")
+    for modules in ("[]", "['vae']"):
+        log("diffusers.models.modeling_utils").warning(
+            f"There are modules in AutoencoderKL that should be kept in float32: {modules}. "
+            "Casting directly with `to()` can lead to inconsistent results; ..."
+        )
     log("alembic.runtime.migration").info("Running upgrade  -> 0001")
     log("transformers.utils.import_utils").warning("something else about an import")
     log("alembic.runtime.migration").warning("a real migration problem")
     assert imports.messages == ["something else about an import"]
     assert config.messages == []
     assert migration.messages == ["a real migration problem"]
+    assert len(diffusers.messages) == 1 and "float32: ['vae']" in diffusers.messages[0]
 
 
 def test_uvicorn_start_up_lines_do_not_read_like_errors(caplog: pytest.LogCaptureFixture) -> None:
