@@ -59,12 +59,20 @@ def test_named_library_messages_are_dropped_and_others_kept(
             f"There are modules in AutoencoderKL that should be kept in float32: {modules}. "
             "Casting directly with `to()` can lead to inconsistent results; ..."
         )
+    lora = collect("diffusers.loaders.lora_base")
+    log("diffusers.loaders.lora_base").warning(
+        "No LoRA keys associated to CLIPTextModel found with the prefix='text_encoder'. "
+        "This is safe to ignore if LoRA state dict didn't originally have any CLIPTextModel "
+        "related params."
+    )
+    log("diffusers.loaders.lora_base").warning("LoRA keys do not match the UNet")
     log("alembic.runtime.migration").info("Running upgrade  -> 0001")
     log("transformers.utils.import_utils").warning("something else about an import")
     log("alembic.runtime.migration").warning("a real migration problem")
     assert imports.messages == ["something else about an import"]
     assert config.messages == []
     assert migration.messages == ["a real migration problem"]
+    assert lora.messages == ["LoRA keys do not match the UNet"]
     assert len(diffusers.messages) == 1 and "float32: ['vae']" in diffusers.messages[0]
 
 
