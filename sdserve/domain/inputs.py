@@ -15,7 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from sdserve.domain.schedulers import (
-    NOISE_SCHEDULES,
+    A1111_SCHEDULES,
     is_known_noise_schedule,
     is_known_scheduler,
     scheduler_names,
@@ -203,18 +203,21 @@ class GenerationInput(BaseModel):
             raise InvalidInput(
                 "noise_schedule",
                 f"unknown noise schedule {self.noise_schedule!r}",
-                allowed=list(NOISE_SCHEDULES),
+                allowed=list(A1111_SCHEDULES),
             )
+
+    def with_seed(self, rng: random.Random | None = None) -> GenerationInput:
+        """This input with a random seed if it has none (known before the model is)."""
+        if self.seed is not None:
+            return self
+        return self.model_copy(update={"seed": (rng or random.SystemRandom()).randint(0, MAX_SEED)})
 
     def with_defaults(
         self, defaults: FamilyDefaults, rng: random.Random | None = None
     ) -> GenerationInput:
         """Fill family defaults and a random seed where the request left them out."""
-        seed = self.seed
-        if seed is None:
-            seed = (rng or random.SystemRandom()).randint(0, MAX_SEED)
         updates: dict[str, Any] = {
-            "seed": seed,
+            "seed": self.with_seed(rng).seed,
             "scheduler": self.scheduler or defaults.scheduler,
             "num_inference_steps": self.num_inference_steps or defaults.num_inference_steps,
             "guidance_scale": (

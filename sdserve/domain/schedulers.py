@@ -1,14 +1,15 @@
-"""Scheduler and noise-schedule names the engine accepts, as plain data (no diffusers).
+"""The scheduler (sampler) names sdserve accepts, as plain data: no torch, no diffusers.
 
-The canonical input is checked against these when a job is created, in every dialect,
-so an unknown name is a 422 at once rather than a failed job; the engine maps the same
-names to diffusers schedulers (``sdserve.engine.schedulers``, whose tables a unit test
-holds equal to these). Names match ignoring case, ``_`` and extra spaces.
+The engine (``engine/schedulers.py``) maps every name here to a diffusers scheduler; the
+CLI lists them in its help and the AUTOMATIC1111 dialect lists and resolves them, both
+without importing torch. The canonical input is checked against them when a job is
+created, in every dialect, so an unknown name is a 422 at once rather than a failed job.
+Lookups ignore case, ``_`` versus space and extra spaces.
 """
 
 from __future__ import annotations
 
-#: Replicate's (cog-sdxl) names and sdserve's extras, in the engine's order.
+#: Replicate (cog-sdxl) names and sdserve extras.
 REPLICATE_SCHEDULERS: tuple[str, ...] = (
     "DDIM",
     "DPMSolverMultistep",
@@ -21,7 +22,8 @@ REPLICATE_SCHEDULERS: tuple[str, ...] = (
     "LCM",
 )
 
-#: A1111 sampler display names and their aliases (k-diffusion spellings), in A1111's order.
+#: AUTOMATIC1111 sampler display names (old "... Karras" spellings included) and their
+#: k-diffusion aliases, in A1111's order.
 A1111_SAMPLERS: dict[str, tuple[str, ...]] = {
     "DPM++ 2M": ("k_dpmpp_2m",),
     "DPM++ 2M Karras": ("k_dpmpp_2m_ka",),
@@ -56,8 +58,8 @@ A1111_SAMPLERS: dict[str, tuple[str, ...]] = {
     "LCM": ("k_lcm",),
 }
 
-#: A1111 noise schedules (the ``scheduler`` field since A1111 1.9) with their labels.
-NOISE_SCHEDULES: dict[str, str] = {
+#: A1111 noise schedules (the ``scheduler`` field since A1111 1.9) and their labels.
+A1111_SCHEDULES: dict[str, str] = {
     "automatic": "Automatic",
     "uniform": "Uniform",
     "karras": "Karras",
@@ -73,29 +75,29 @@ NOISE_SCHEDULES: dict[str, str] = {
 }
 
 
-def scheduler_key(name: str) -> str:
-    """A name as looked up: lower case, ``_`` as a space, single spaces."""
+def lookup_key(name: str) -> str:
+    """The form names are compared in: lower case, ``_`` as space, single spaces."""
     return " ".join(name.lower().replace("_", " ").split())
 
 
 def scheduler_names() -> list[str]:
-    """Every scheduler name in its canonical spelling: Replicate's first, then A1111's."""
-    return [*REPLICATE_SCHEDULERS] + [
-        name for name in A1111_SAMPLERS if name not in REPLICATE_SCHEDULERS
-    ]
+    """Every accepted scheduler name in its canonical spelling (Replicate first, then A1111)."""
+    names = list(REPLICATE_SCHEDULERS)
+    names += [name for name in A1111_SAMPLERS if name not in REPLICATE_SCHEDULERS]
+    return names
 
 
 _KNOWN_SCHEDULERS = frozenset(
-    scheduler_key(name)
+    lookup_key(name)
     for name in [*scheduler_names(), *(a for aliases in A1111_SAMPLERS.values() for a in aliases)]
 )
 
 
 def is_known_scheduler(name: str) -> bool:
-    """Whether the engine accepts ``name`` as a scheduler (any case, A1111 aliases too)."""
-    return scheduler_key(name) in _KNOWN_SCHEDULERS
+    """Whether ``name`` is an accepted scheduler (any case, A1111 aliases too)."""
+    return lookup_key(name) in _KNOWN_SCHEDULERS
 
 
 def is_known_noise_schedule(name: str) -> bool:
-    """Whether ``name`` is one of :data:`NOISE_SCHEDULES` (any case, spaces for ``_``)."""
-    return scheduler_key(name).replace(" ", "_") in NOISE_SCHEDULES
+    """Whether ``name`` is one of :data:`A1111_SCHEDULES` (any case, spaces for ``_``)."""
+    return lookup_key(name).replace(" ", "_") in A1111_SCHEDULES

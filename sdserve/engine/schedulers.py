@@ -1,7 +1,8 @@
 """Scheduler names (Replicate, AUTOMATIC1111 and a few extras) mapped to diffusers schedulers.
 
-A name resolves to a diffusers scheduler class plus config overrides; :func:`make_scheduler`
-builds a **fresh** scheduler from the pipeline's own config for every call, so the cached
+The names themselves are torch-free data in :mod:`sdserve.domain.schedulers`. A name
+resolves to a diffusers scheduler class plus config overrides; :func:`make_scheduler` builds
+a **fresh** scheduler from the pipeline's own config for every call, so the cached
 pipeline's scheduler is never mutated. Lookups ignore case and extra spaces.
 
 A1111 samplers without an exact diffusers twin map to the nearest one (documented per entry):
@@ -35,6 +36,13 @@ from diffusers import (
 )
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
+from sdserve.domain.schedulers import (
+    A1111_SAMPLERS,
+    A1111_SCHEDULES,
+    REPLICATE_SCHEDULERS,
+    lookup_key,
+    scheduler_names,
+)
 from sdserve.errors import InvalidInput
 
 log = logging.getLogger(__name__)
@@ -84,8 +92,8 @@ def _choice(cls: SchedulerClass, *overrides: Mapping[str, Any]) -> SchedulerChoi
     return SchedulerChoice(cls, merged)
 
 
-#: Replicate (cog-sdxl) names and sdserve extras.
-REPLICATE_SCHEDULERS: dict[str, SchedulerChoice] = {
+#: The scheduler behind each Replicate name (``domain.schedulers.REPLICATE_SCHEDULERS``).
+REPLICATE_CHOICES: dict[str, SchedulerChoice] = {
     "DDIM": _choice(DDIMScheduler, _DDIM),
     "DPMSolverMultistep": _choice(DPMSolverMultistepScheduler, _DPMPP_2M),
     "HeunDiscrete": _choice(HeunDiscreteScheduler),
@@ -97,69 +105,54 @@ REPLICATE_SCHEDULERS: dict[str, SchedulerChoice] = {
     "LCM": _choice(LCMScheduler),
 }
 
-#: AUTOMATIC1111 sampler display names (old "... Karras" spellings included) with k-diffusion
-#: aliases as A1111 lists them.
-A1111_SAMPLERS: dict[str, tuple[SchedulerChoice, tuple[str, ...]]] = {
-    "DPM++ 2M": (_choice(DPMSolverMultistepScheduler, _DPMPP_2M), ("k_dpmpp_2m",)),
-    "DPM++ 2M Karras": (
-        _choice(DPMSolverMultistepScheduler, _DPMPP_2M, _KARRAS),
-        ("k_dpmpp_2m_ka",),
+#: The scheduler behind each AUTOMATIC1111 sampler (``domain.schedulers.A1111_SAMPLERS``, where
+#: their aliases are).
+A1111_CHOICES: dict[str, SchedulerChoice] = {
+    "DPM++ 2M": _choice(DPMSolverMultistepScheduler, _DPMPP_2M),
+    "DPM++ 2M Karras": _choice(DPMSolverMultistepScheduler, _DPMPP_2M, _KARRAS),
+    "DPM++ SDE": _choice(DPMSolverSDEScheduler),
+    "DPM++ SDE Karras": _choice(DPMSolverSDEScheduler, _KARRAS),
+    "DPM++ 2M SDE": _choice(DPMSolverMultistepScheduler, _DPMPP_2M_SDE),
+    "DPM++ 2M SDE Karras": _choice(DPMSolverMultistepScheduler, _DPMPP_2M_SDE, _KARRAS),
+    "DPM++ 2M SDE Heun": _choice(
+        DPMSolverMultistepScheduler, _DPMPP_2M_SDE, {"solver_type": "heun"}
     ),
-    "DPM++ SDE": (_choice(DPMSolverSDEScheduler), ("k_dpmpp_sde",)),
-    "DPM++ SDE Karras": (_choice(DPMSolverSDEScheduler, _KARRAS), ("k_dpmpp_sde_ka",)),
-    "DPM++ 2M SDE": (_choice(DPMSolverMultistepScheduler, _DPMPP_2M_SDE), ("k_dpmpp_2m_sde",)),
-    "DPM++ 2M SDE Karras": (
-        _choice(DPMSolverMultistepScheduler, _DPMPP_2M_SDE, _KARRAS),
-        ("k_dpmpp_2m_sde_ka",),
+    "DPM++ 2M SDE Heun Karras": _choice(
+        DPMSolverMultistepScheduler, _DPMPP_2M_SDE, {"solver_type": "heun"}, _KARRAS
     ),
-    "DPM++ 2M SDE Heun": (
-        _choice(DPMSolverMultistepScheduler, _DPMPP_2M_SDE, {"solver_type": "heun"}),
-        ("k_dpmpp_2m_sde_heun",),
+    "DPM++ 2S a": _choice(DPMSolverSinglestepScheduler, _SINGLESTEP),
+    "DPM++ 2S a Karras": _choice(DPMSolverSinglestepScheduler, _SINGLESTEP, _KARRAS),
+    "DPM++ 3M SDE": _choice(DPMSolverMultistepScheduler, _DPMPP_3M_SDE),
+    "DPM++ 3M SDE Karras": _choice(DPMSolverMultistepScheduler, _DPMPP_3M_SDE, _KARRAS),
+    "DPM++ 3M SDE Exponential": _choice(
+        DPMSolverMultistepScheduler, _DPMPP_3M_SDE, {"use_exponential_sigmas": True}
     ),
-    "DPM++ 2M SDE Heun Karras": (
-        _choice(DPMSolverMultistepScheduler, _DPMPP_2M_SDE, {"solver_type": "heun"}, _KARRAS),
-        ("k_dpmpp_2m_sde_heun_ka",),
-    ),
-    "DPM++ 2S a": (_choice(DPMSolverSinglestepScheduler, _SINGLESTEP), ("k_dpmpp_2s_a",)),
-    "DPM++ 2S a Karras": (
-        _choice(DPMSolverSinglestepScheduler, _SINGLESTEP, _KARRAS),
-        ("k_dpmpp_2s_a_ka",),
-    ),
-    "DPM++ 3M SDE": (_choice(DPMSolverMultistepScheduler, _DPMPP_3M_SDE), ("k_dpmpp_3m_sde",)),
-    "DPM++ 3M SDE Karras": (
-        _choice(DPMSolverMultistepScheduler, _DPMPP_3M_SDE, _KARRAS),
-        ("k_dpmpp_3m_sde_ka",),
-    ),
-    "DPM++ 3M SDE Exponential": (
-        _choice(DPMSolverMultistepScheduler, _DPMPP_3M_SDE, {"use_exponential_sigmas": True}),
-        ("k_dpmpp_3m_sde_exp",),
-    ),
-    "Euler a": (_choice(EulerAncestralDiscreteScheduler), ("k_euler_a", "k_euler_ancestral")),
-    "Euler": (_choice(EulerDiscreteScheduler), ("k_euler",)),
-    "LMS": (_choice(LMSDiscreteScheduler), ("k_lms",)),
-    "LMS Karras": (_choice(LMSDiscreteScheduler, _KARRAS), ("k_lms_ka",)),
-    "Heun": (_choice(HeunDiscreteScheduler), ("k_heun",)),
-    "DPM2": (_choice(KDPM2DiscreteScheduler), ("k_dpm_2",)),
-    "DPM2 Karras": (_choice(KDPM2DiscreteScheduler, _KARRAS), ("k_dpm_2_ka",)),
-    "DPM2 a": (_choice(KDPM2AncestralDiscreteScheduler), ("k_dpm_2_a",)),
-    "DPM2 a Karras": (_choice(KDPM2AncestralDiscreteScheduler, _KARRAS), ("k_dpm_2_a_ka",)),
+    "Euler a": _choice(EulerAncestralDiscreteScheduler),
+    "Euler": _choice(EulerDiscreteScheduler),
+    "LMS": _choice(LMSDiscreteScheduler),
+    "LMS Karras": _choice(LMSDiscreteScheduler, _KARRAS),
+    "Heun": _choice(HeunDiscreteScheduler),
+    "DPM2": _choice(KDPM2DiscreteScheduler),
+    "DPM2 Karras": _choice(KDPM2DiscreteScheduler, _KARRAS),
+    "DPM2 a": _choice(KDPM2AncestralDiscreteScheduler),
+    "DPM2 a Karras": _choice(KDPM2AncestralDiscreteScheduler, _KARRAS),
     # k-diffusion's adaptive/fast DPM-Solver have no diffusers twin: single-step DPM-Solver
     # is the same solver family with a fixed step count.
-    "DPM fast": (_choice(DPMSolverSinglestepScheduler, _SINGLESTEP), ("k_dpm_fast",)),
-    "DPM adaptive": (_choice(DPMSolverSinglestepScheduler, _SINGLESTEP), ("k_dpm_ad",)),
+    "DPM fast": _choice(DPMSolverSinglestepScheduler, _SINGLESTEP),
+    "DPM adaptive": _choice(DPMSolverSinglestepScheduler, _SINGLESTEP),
     # Restart sampling is Euler steps on a Karras schedule with extra re-noising.
-    "Restart": (_choice(EulerDiscreteScheduler, _KARRAS), ("restart",)),
-    "DDIM": (_choice(DDIMScheduler, _DDIM), ("ddim",)),
-    "DDIM CFG++": (_choice(DDIMScheduler, _DDIM), ("ddim_cfgpp",)),
-    "DDPM": (_choice(DDPMScheduler, {"clip_sample": False}), ("ddpm",)),
-    "PLMS": (_choice(PNDMScheduler, _PLMS), ("plms",)),
-    "UniPC": (_choice(UniPCMultistepScheduler), ("unipc",)),
-    "LCM": (_choice(LCMScheduler), ("k_lcm",)),
+    "Restart": _choice(EulerDiscreteScheduler, _KARRAS),
+    "DDIM": _choice(DDIMScheduler, _DDIM),
+    "DDIM CFG++": _choice(DDIMScheduler, _DDIM),
+    "DDPM": _choice(DDPMScheduler, {"clip_sample": False}),
+    "PLMS": _choice(PNDMScheduler, _PLMS),
+    "UniPC": _choice(UniPCMultistepScheduler),
+    "LCM": _choice(LCMScheduler),
 }
 
-#: A1111 ``scheduler`` values (the noise schedule, separate from the sampler since A1111 1.9).
-#: ``None`` keeps the sampler's own schedule.
-A1111_SCHEDULES: dict[str, Mapping[str, Any] | None] = {
+#: What each A1111 noise schedule (``domain.schedulers.A1111_SCHEDULES``) sets on the
+#: sampler's scheduler. ``None`` keeps the sampler's own schedule.
+SCHEDULE_OVERRIDES: dict[str, Mapping[str, Any] | None] = {
     "automatic": None,
     "uniform": {},
     "normal": {},
@@ -177,30 +170,22 @@ A1111_SCHEDULES: dict[str, Mapping[str, Any] | None] = {
 }
 
 
-def _key(name: str) -> str:
-    return " ".join(name.lower().replace("_", " ").split())
-
-
 def _build_index() -> dict[str, tuple[str, SchedulerChoice]]:
+    """Every accepted spelling → (canonical name, choice). A name of the domain table
+    without a choice here fails at import, so the two tables cannot drift apart silently."""
     index: dict[str, tuple[str, SchedulerChoice]] = {}
-    for name, choice in REPLICATE_SCHEDULERS.items():
-        index[_key(name)] = (name, choice)
-    for name, (choice, aliases) in A1111_SAMPLERS.items():
+    for name in REPLICATE_SCHEDULERS:
+        index[lookup_key(name)] = (name, REPLICATE_CHOICES[name])
+    for name, aliases in A1111_SAMPLERS.items():
+        choice = A1111_CHOICES[name]
         # a Replicate name wins over an A1111 name with the same spelling (DDIM, UniPC, LCM)
-        index.setdefault(_key(name), (name, choice))
+        index.setdefault(lookup_key(name), (name, choice))
         for alias in aliases:
-            index.setdefault(_key(alias), (name, choice))
+            index.setdefault(lookup_key(alias), (name, choice))
     return index
 
 
 _INDEX = _build_index()
-
-
-def scheduler_names() -> list[str]:
-    """Every accepted scheduler name in its canonical spelling (Replicate first, then A1111)."""
-    names = list(REPLICATE_SCHEDULERS)
-    names += [name for name in A1111_SAMPLERS if name not in REPLICATE_SCHEDULERS]
-    return names
 
 
 def a1111_samplers() -> list[SamplerInfo]:
@@ -209,10 +194,10 @@ def a1111_samplers() -> list[SamplerInfo]:
         SamplerInfo(
             name=name,
             aliases=aliases,
-            scheduler=choice.cls.__name__,
-            options={key: value for key, value in choice.overrides.items()},
+            scheduler=A1111_CHOICES[name].cls.__name__,
+            options=dict(A1111_CHOICES[name].overrides),
         )
-        for name, (choice, aliases) in A1111_SAMPLERS.items()
+        for name, aliases in A1111_SAMPLERS.items()
     ]
 
 
@@ -223,7 +208,7 @@ def a1111_schedules() -> list[str]:
 
 def resolve_scheduler(name: str) -> SchedulerChoice:
     """Look a name up; raise :class:`InvalidInput` listing the valid names when unknown."""
-    found = _INDEX.get(_key(name))
+    found = _INDEX.get(lookup_key(name))
     if found is None:
         raise InvalidInput("scheduler", f"unknown scheduler {name!r}", allowed=scheduler_names())
     return found[1]
@@ -266,12 +251,12 @@ def make_scheduler(
 
 
 def _schedule_overrides(schedule: str, sampler: str, accepted: set[str]) -> dict[str, Any]:
-    key = _key(schedule).replace(" ", "_")
-    if key not in A1111_SCHEDULES:
+    key = lookup_key(schedule).replace(" ", "_")
+    if key not in SCHEDULE_OVERRIDES:
         raise InvalidInput(
             "scheduler", f"unknown noise schedule {schedule!r}", allowed=a1111_schedules()
         )
-    values = A1111_SCHEDULES[key]
+    values = SCHEDULE_OVERRIDES[key]
     if values is None:
         return {}
     result: dict[str, Any] = {name: False for name in _SIGMA_KEYS if name in accepted}

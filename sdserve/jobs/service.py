@@ -258,9 +258,15 @@ class Service:
             self._job_changed(record)
 
     def _job_changed(self, record: JobRecord) -> None:
-        """A job changed in this process: once it has ended, answer its waiters with its
-        record (``wait`` returns only then). The store wakes the webhook dispatcher."""
+        """A job changed in this process: once it has ended, log its one line and answer its
+        waiters with its record (``wait`` returns only then). The store wakes the webhook
+        dispatcher."""
         if record.status.terminal:
+            log.log(
+                logging.WARNING if record.status is Status.FAILED else logging.INFO,
+                "%s",
+                ended_line(record),
+            )
             self._unended.discard(record.id)
             self._waiters.wake(record.id, record)
 
@@ -381,10 +387,12 @@ class Service:
             self.queue.enqueue(record.id)
         except Exception as exc:
             log.exception("cannot enqueue job %s", record.id)
-            self._unended.discard(record.id)
-            self.store.transition(
+            failed = self.store.transition(
                 record.id, Status.FAILED, error=f"internal_error: queue unavailable ({exc})"
             )
+            if failed is not None:
+                self._job_changed(failed)
+            self._unended.discard(record.id)
             raise Overloaded("the job queue is unavailable; retry later", retry_after=10) from exc
         return record
 
@@ -565,6 +573,30 @@ class Service:
                 self.sweep()
             except Exception:  # keep sweeping later; a failed pass loses nothing
                 log.exception("retention sweep failed")
+
+
+def job_task(record: JobRecord) -> str:
+    """What a job does, in the engine's words: txt2img, img2img, inpaint, outpaint, training."""
+    if record.kind is JobKind.TRAINING:
+        return "training"
+    try:
+        return GenerationInput.model_validate(dict(record.input)).task
+    except ValueError:  # an input stored by an older version: the line still gets written
+        return "generation"
+
+
+def ended_line(record: JobRecord) -> str:
+    """The log line of an ended job: id, status, seconds since it was created, task and
+    model, and for a failure its error (the code and the message a client sees)."""
+    ended = record.completed_at or utcnow()
+    seconds = max(0.0, (ended - record.created_at).total_seconds())
+    line = (
+        f"job {record.id} {record.status.value} in {seconds:.2f} s: "
+        f"{job_task(record)} with {record.model}"
+    )
+    if record.error:
+        line += f": {record.error}"
+    return line
 
 
 def run_worker(

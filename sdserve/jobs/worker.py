@@ -22,7 +22,6 @@ from sdserve.engine.types import GenerationResult, RunHooks
 from sdserve.errors import (
     Canceled,
     InvalidInput,
-    JobFailure,
     JobNotFound,
     SdserveError,
 )
@@ -326,7 +325,9 @@ class JobRunner:
         except Canceled:
             why = "deadline passed" if progress.deadline_passed else "canceled"
             return self._finish(job_id, Status.CANCELED, progress=progress, logs=f"{why}\n")
-        except (JobFailure, InvalidInput) as exc:
+        except SdserveError as exc:
+            # a failure we foresaw (bad input, model not loadable, out of memory...): its
+            # code and message say it all, the job's end line logs them; no traceback
             return self._finish(job_id, Status.FAILED, progress=progress, error=error_text(exc))
         except Exception as exc:
             log.exception("job %s failed with an unexpected error", job_id)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import logging
 import re
 import threading
 import time
@@ -98,6 +99,7 @@ def test_events_stream_progress_logs_output_and_done(make_service: MakeService) 
     [
         ({"prompt": "fail:insufficient_gpu_memory"}, "insufficient_gpu_memory: CUDA out of memory"),
         ({"prompt": "fail:storage_full"}, "storage_full: disk full"),
+        ({"prompt": "fail:model_load_error"}, "model_load_error: model 'acme/sdxl' is not in"),
         ({"prompt": "bad lora"}, "invalid_input: lora: no LoRA called 'x'"),
         ({"prompt": "boom"}, "internal_error: unexpected kaboom"),
         ({"image": "http://127.0.0.1:1/cat.png"}, "input_fetch_failed: image: refusing"),
@@ -112,6 +114,51 @@ def test_failures_end_failed_with_stable_codes(
     assert job.error is not None and job.error.startswith(error), job.error
     # the run had resolved its input: it is kept, whatever failed afterwards
     assert f"Using seed: {job.input['seed']}" in job.logs
+
+
+def test_every_job_end_logs_one_line_with_id_status_seconds_task_and_model(
+    make_service: MakeService, caplog: pytest.LogCaptureFixture
+) -> None:
+    service = make_service()
+    with caplog.at_level(logging.INFO, logger="sdserve"):
+        done = wait(service, service.create("test/fake", {"prompt": "a fox"}).id)
+        edited = wait(service, service.create("test/fake", {"image": png_data_uri()}).id)
+        failed = wait(service, service.create("test/fake", {"prompt": "fail:model_load_error"}).id)
+    lines = {record.getMessage(): record for record in caplog.records if "job " in record.message}
+    assert len(lines) == 3, list(lines)
+    ended = re.compile(r"^job (\w+) (\w+) in (\d+\.\d\d) s: (\w+) with test/fake(: .*)?$")
+    found = {}
+    for message, record in lines.items():
+        match = ended.match(message)
+        assert match, message
+        found[match.group(1)] = (match.group(2), match.group(4), match.group(5), record)
+    assert found[done.id][:2] == ("succeeded", "txt2img")
+    assert found[edited.id][:2] == ("succeeded", "img2img")
+    status, task, error, record = found[failed.id]
+    assert (status, task) == ("failed", "txt2img")
+    assert error == f": {failed.error}" and "hf download acme/sdxl" in error
+    # a foreseen failure is its one line: no traceback anywhere
+    assert record.levelno == logging.WARNING
+    assert all(r.exc_info is None for r in caplog.records), [r.getMessage() for r in caplog.records]
+
+
+def test_a_job_canceled_in_the_queue_logs_its_end_too(
+    make_service: MakeService, caplog: pytest.LogCaptureFixture
+) -> None:
+    predictor = FakePredictor(step_delay=0.1)
+    service = make_service(predictor)
+    running = service.create("test/fake", {"prompt": "first", "num_inference_steps": 5})
+    queued = service.create("test/fake", {"prompt": "second"})
+    assert predictor.started.wait(10)
+    with caplog.at_level(logging.INFO, logger="sdserve"):
+        service.cancel(queued.id)
+        wait(service, running.id)
+    lines = sorted(r.getMessage() for r in caplog.records if r.getMessage().startswith("job "))
+    assert len(lines) == 2, lines
+    assert any(re.match(rf"job {queued.id} canceled in [\d.]+ s: txt2img", line) for line in lines)
+    assert any(
+        re.match(rf"job {running.id} succeeded in [\d.]+ s: txt2img", line) for line in lines
+    )
 
 
 def test_validation_errors_are_raised_before_anything_is_stored(

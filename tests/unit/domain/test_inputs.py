@@ -67,6 +67,13 @@ def test_defaults_fill_only_what_is_missing() -> None:
     assert resolved.seed is not None and 0 <= resolved.seed < 2**32
 
 
+def test_a_seed_can_be_drawn_before_the_model_is_known_and_is_kept() -> None:
+    seeded = GenerationInput(prompt="a").with_seed(random.Random(1))
+    assert seeded.seed is not None and 0 <= seeded.seed < 2**32
+    assert seeded.with_defaults(SD1).seed == seeded.seed
+    assert GenerationInput(seed=7).with_seed().seed == 7
+
+
 def test_img2img_keeps_size_open_for_the_input_image() -> None:
     resolved = GenerationInput(image="data:,", prompt="a").with_defaults(SD1)
     assert resolved.width is None and resolved.height is None

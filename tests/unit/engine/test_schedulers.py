@@ -9,7 +9,14 @@ from diffusers import (
     EulerDiscreteScheduler,
 )
 
-from sdserve.domain import schedulers as domain_schedulers
+from sdserve.domain.schedulers import (
+    A1111_SAMPLERS,
+    A1111_SCHEDULES,
+    REPLICATE_SCHEDULERS,
+    is_known_noise_schedule,
+    is_known_scheduler,
+)
+from sdserve.domain.schedulers import scheduler_names as domain_scheduler_names
 from sdserve.engine import schedulers
 from sdserve.errors import InvalidInput
 
@@ -122,15 +129,21 @@ def test_a1111_sampler_listing_has_aliases() -> None:
     assert listing["DPM++ 2M Karras"].scheduler == "DPMSolverMultistepScheduler"
 
 
-def test_the_torch_free_names_checked_at_creation_are_exactly_the_engines() -> None:
-    assert domain_schedulers.scheduler_names() == schedulers.scheduler_names()
-    engine_aliases = {info.name: info.aliases for info in schedulers.a1111_samplers()}
-    assert engine_aliases == domain_schedulers.A1111_SAMPLERS
-    for name in domain_schedulers.scheduler_names():
-        assert domain_schedulers.is_known_scheduler(name)
+def test_every_name_of_the_torch_free_table_has_exactly_one_scheduler() -> None:
+    # the CLI help and the A1111 dialect list the domain's names without importing torch
+    assert set(schedulers.REPLICATE_CHOICES) == set(REPLICATE_SCHEDULERS)
+    assert set(schedulers.A1111_CHOICES) == set(A1111_SAMPLERS)
+    assert set(schedulers.SCHEDULE_OVERRIDES) == set(A1111_SCHEDULES)
+    assert schedulers.scheduler_names() == domain_scheduler_names()
+
+
+def test_every_name_checked_at_creation_resolves_in_the_engine() -> None:
+    for name in domain_scheduler_names():
+        assert is_known_scheduler(name)
         schedulers.resolve_scheduler(name)
-    for aliases in engine_aliases.values():
+    for aliases in A1111_SAMPLERS.values():
         for alias in aliases:
-            assert domain_schedulers.is_known_scheduler(alias)
+            assert is_known_scheduler(alias)
             schedulers.resolve_scheduler(alias)
-    assert set(domain_schedulers.NOISE_SCHEDULES) == set(schedulers.a1111_schedules())
+    assert all(is_known_noise_schedule(name) for name in A1111_SCHEDULES)
+    assert not is_known_scheduler("Euler b")
