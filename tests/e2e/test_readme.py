@@ -63,6 +63,7 @@ NOT_RUN = {
         "real weights from the hub, which cannot be downloaded here"
     ),
     "sdserve bench --device cuda": "benchmarks: minutes each, and the first needs a GPU",
+    "INFO sdserve.engine.cache: loaded": "a sample of what the server prints",
     "bash scripts/install      # .venv with sdserve": "the install and test commands again",
 }
 
@@ -207,10 +208,13 @@ def run_replicate_demo(server: ServerProcess, workdir: Path) -> None:
         created = wait_for_prediction(server, prompt="a red fox")
         time.sleep(max(0.0, created + 1.5 - time.time()))  # past the server's wait window
     finally:
-        canceled = httpx.post(f"{server.url}/v1/predictions/{blocker['id']}/cancel").json()
+        httpx.post(f"{server.url}/v1/predictions/{blocker['id']}/cancel")
     _, stderr = process.communicate(timeout=600)
     assert process.returncode == 0, stderr.decode()
-    assert canceled["status"] == "canceled"  # it still ran: the example could not have ended
+    # the blocker was still running when canceled, so the example's job could not have ended
+    # within the wait
+    blocked = httpx.get(f"{server.url}/v1/predictions/{blocker['id']}").json()
+    assert blocked["status"] == "canceled"
     assert is_png(workdir / "fox.png")
 
 
@@ -262,9 +266,24 @@ def run_training(server: ServerProcess, workdir: Path) -> None:
 
 def run_cli_generate(server: ServerProcess, workdir: Path) -> None:
     succeeded(run_shell(example(CLI_GENERATE).code, workdir, None))
-    for name in ("out.png", "inpainted.png", "wider.png", "x.png"):
+    for name in ("out.png", "inpainted.png", "wider.png", "x.png", "lora.png"):
         assert is_png(workdir / name), name
     assert len(list((workdir / "outdir").glob("*.png"))) == 2
+
+
+def run_activate(server: ServerProcess, workdir: Path) -> None:
+    # the README's line, from the checkout's root where scripts/install made .venv
+    code = f"cd {ROOT}\n" + example(ACTIVATE).code + "command -v sdserve\n"
+    result = run_shell(code, workdir, None)
+    succeeded(result)
+    assert result.stdout.strip() == str(ROOT / ".venv" / "bin" / "sdserve")
+
+
+def run_cli_served_name(server: ServerProcess, workdir: Path) -> None:
+    # a fresh HOME: the demo models are built into the default data folder on first use
+    result = run_shell(example(CLI_SERVED).code, workdir, None)
+    succeeded(result)
+    assert is_png(workdir / "fox.png")
 
 
 def run_cli_train(server: ServerProcess, workdir: Path) -> None:
@@ -280,6 +299,8 @@ def run_cli_train(server: ServerProcess, workdir: Path) -> None:
         assert "me/my-dog" in [f"{m['owner']}/{m['name']}" for m in models]
 
 
+ACTIVATE = "source .venv/bin/activate"
+CLI_SERVED = 'sdserve generate "a red fox" --model sdserve/tiny-sd --seed 7 -o fox.png'
 REPLICATE_DEMO = "images = client.run("
 OPENAI = "from openai import OpenAI"
 DEEPINFRA = "curl http://127.0.0.1:8000/v1/inference"
@@ -289,6 +310,8 @@ CLI_GENERATE = "sdserve models tiny ./tiny-sd"
 CLI_TRAIN = "sdserve train ./dog-photos.zip"
 
 RUNNERS = {
+    ACTIVATE: run_activate,
+    CLI_SERVED: run_cli_served_name,
     REPLICATE_DEMO: run_replicate_demo,
     OPENAI: run_openai,
     DEEPINFRA: run_deepinfra_curl,
