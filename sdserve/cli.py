@@ -527,7 +527,18 @@ def _add_models(commands: Any) -> None:
     info.set_defaults(run=run_models_info)
 
 
+def quiet_model_building() -> None:
+    """What building a model prints: our lines, not the libraries' warnings and bars."""
+    import logging
+
+    from sdserve.logs import quiet_library_progress, setup_logging
+
+    setup_logging(level=logging.WARNING)
+    quiet_library_progress()
+
+
 def run_models_tiny(args: argparse.Namespace) -> int:
+    quiet_model_building()
     from sdserve.engine import tiny
 
     builders = {
@@ -549,6 +560,7 @@ def run_models_tiny(args: argparse.Namespace) -> int:
 
 
 def run_models_tiny_lora(args: argparse.Namespace) -> int:
+    quiet_model_building()
     from sdserve.engine import tiny
 
     path = tiny.build_tiny_lora(args.path, args.base)

@@ -41,6 +41,8 @@ IGNORED_WARNINGS: tuple[tuple[type[Warning], str], ...] = (
     # peft looks for a config.json beside a diffusers pipeline's folder to see whether the
     # vocabulary was resized; a pipeline has none, and sdserve never resizes it
     (UserWarning, r"Could not find a config file in .* will assume that the vocabulary"),
+    # the same look-up of a local folder's name on the hub, online: a folder is no hub id
+    (UserWarning, r"Unable to fetch remote file due to the following error .* config\.json"),
 )
 
 #: loggers whose INFO lines are for their developers, not for someone running sdserve.
