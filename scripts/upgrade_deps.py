@@ -45,14 +45,17 @@ def changes(old: dict[str, str], new: dict[str, str]) -> dict[str, tuple[str, st
     return {n: (old.get(n, "-"), new.get(n, "-")) for n in names if old.get(n) != new.get(n)}
 
 
-def without_upper_bounds(pyproject_text: str) -> list[str]:
-    """pyproject's ranges with their ``<`` bounds dropped: the overrides of ``--latest``."""
-    overrides = []
-    for match in DECLARED.finditer(pyproject_text):
-        spec = ",".join(s for s in match["spec"].split(",") if not s.startswith("<"))
-        if "==" not in spec:
-            overrides.append(f"{match['name']}{spec}")
-    return overrides
+def lift_upper_bounds(pyproject_text: str) -> str:
+    """pyproject.toml with the ``<`` bounds of its ranges dropped (exact pins kept)."""
+
+    def lift(match: re.Match[str]) -> str:
+        parts = match["spec"].split(",")
+        if any(p.startswith("==") for p in parts):
+            return match[0]
+        kept = [p for p in parts if not p.startswith("<")]
+        return f'"{match["name"]}{",".join(kept)}"'
+
+    return DECLARED.sub(lift, pyproject_text)
 
 
 def next_minor(version: str) -> str:
@@ -80,19 +83,20 @@ def run(command: Sequence[str]) -> bool:
     return subprocess.run(command, cwd=ROOT, check=False).returncode == 0
 
 
-def relock(args: Sequence[str], constraints: Sequence[str], overrides: Sequence[str]) -> None:
+def relock(args: Sequence[str], held: Sequence[str] = ()) -> None:
+    """Re-resolve the lock; ``held`` pins (``name==version``) are kept as constraints."""
     with tempfile.TemporaryDirectory() as folder:
         extra = list(args)
-        for flag, lines in (("--constraint", constraints), ("--override", overrides)):
-            if lines:
-                path = Path(folder) / flag.strip("-")
-                path.write_text("\n".join(lines) + "\n")
-                extra += [flag, str(path)]
+        if held:
+            path = Path(folder) / "held.txt"
+            path.write_text("\n".join(held) + "\n")
+            extra += ["--constraint", str(path)]
         if not run(["bash", "scripts/lock", *extra]):
             raise SystemExit("could not resolve the lock")
 
 
 def install_and_test(tests: Sequence[str] = ()) -> bool:
+    LAST_FAILED.unlink(missing_ok=True)  # what fails now, not in an earlier run
     if not run(["bash", "scripts/install"]):
         return False
     if tests:
@@ -111,51 +115,63 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--latest", action="store_true", help="go past pyproject's upper bounds")
     options = parser.parse_args(argv)
 
-    old_text = LOCK.read_text()
-    old = pins(old_text)
-    overrides = without_upper_bounds(PYPROJECT.read_text()) if options.latest else []
-    relock(["--upgrade"], [], overrides)
+    old_lock, old_project = LOCK.read_text(), PYPROJECT.read_text()
+    old = pins(old_lock)
+    if options.latest:
+        PYPROJECT.write_text(lift_upper_bounds(old_project))
+    relock(["--upgrade"])
     moved = changes(old, pins(LOCK.read_text()))
     if not moved:
         print("the lock is already at the newest versions")
-        return 0
+        return restore(old_lock, old_project, reinstall=False, code=0)
     print("moved:\n" + "\n".join(f"  {n}: {a} -> {b}" for n, (a, b) in moved.items()))
     if install_and_test():
-        return keep(options.latest)
+        return keep(old_project, options.latest)
 
     broken = failed_tests()
+    if not broken:
+        print("the install or the checks before the tests failed: see above")
+        return restore(old_lock, old_project)
     culprits: dict[str, list[str]] = {}
     for name, (before, after) in moved.items():
         if before == "-" or after == "-":
             continue  # a package added or dropped moves with the one that needs it
-        LOCK.write_text(old_text)
-        relock(["--upgrade-package", name], [], overrides)
+        LOCK.write_text(old_lock)
+        relock(["--upgrade-package", name])
         if not install_and_test(broken):
             culprits[name] = failed_tests()
     for name, tests in culprits.items():
         print(f"{name} {moved[name][0]} -> {moved[name][1]} breaks: {', '.join(tests)}")
     if not culprits:
         print("no single package breaks the failing tests alone; they fail together")
-    else:
-        LOCK.write_text(old_text)
-        held = [f"{name}=={moved[name][0]}" for name in culprits]
-        print("holding back: " + ", ".join(held))
-        relock(["--upgrade"], held, overrides)
-        if not changes(old, pins(LOCK.read_text())):
-            print("nothing else moves once those are held back")
-        elif install_and_test():
-            return keep(options.latest)
-    print("the suite does not pass on a moved lock: requirements.lock is put back")
-    LOCK.write_text(old_text)
-    run(["bash", "scripts/install"])
-    return 1
+        return restore(old_lock, old_project)
+    LOCK.write_text(old_lock)
+    held = [f"{name}=={moved[name][0]}" for name in culprits]
+    print("holding back: " + ", ".join(held))
+    relock(["--upgrade"], held)
+    if not changes(old, pins(LOCK.read_text())):
+        print("nothing else moves once those are held back")
+    elif install_and_test():
+        return keep(old_project, options.latest)
+    return restore(old_lock, old_project)
 
 
-def keep(latest: bool) -> int:
+def keep(old_project: str, latest: bool) -> int:
     if latest:
-        PYPROJECT.write_text(raise_upper_bounds(PYPROJECT.read_text(), pins(LOCK.read_text())))
+        PYPROJECT.write_text(raise_upper_bounds(old_project, pins(LOCK.read_text())))
+        relock([])  # the same versions, under the new bounds
+        run(["bash", "scripts/install"])  # sdserve's metadata carries the bounds
     print("the suite passes on the moved lock: commit requirements.lock and pyproject.toml")
     return 0
+
+
+def restore(lock: str, project: str, *, reinstall: bool = True, code: int = 1) -> int:
+    LOCK.write_text(lock)
+    PYPROJECT.write_text(project)
+    if reinstall:
+        print("requirements.lock and pyproject.toml are put back")
+        run(["bash", "scripts/install"])
+    return code
 
 
 if __name__ == "__main__":
