@@ -1,34 +1,51 @@
-"""The ``sdserve`` command: serve, worker, generate, train, models.
+"""The ``sdserve`` command: serve, worker, generate, train, models, bench.
 
 Heavy imports (torch, diffusers, the web stack) happen inside each command, so
-``sdserve --help`` is instant and ``serve`` never imports torch in the API process.
+``sdserve --help`` is quick and never imports torch, and ``serve`` never imports torch in
+the API process. Every option's help shows its default, read from the settings and input
+models where the defaults live, and its choices. Options of the whole program
+(``--data-dir``) are accepted before or after the command's name.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sdserve.errors import SdserveError
+from pydantic import BaseModel
+
+from sdserve.config import ApiSettings, ServiceSettings, Settings, default_data_dir
+from sdserve.dependencies import check_installed
+from sdserve.domain.inputs import OUTPUT_FORMATS, REFINE_MODES, FamilyDefaults, GenerationInput
+from sdserve.domain.schedulers import scheduler_names
+from sdserve.domain.training import LR_SCHEDULERS, TrainingInput
+from sdserve.errors import InvalidInput, SdserveError
+from sdserve.models.settings import DEVICE_NAMES, DTYPE_NAMES, EngineSettings
 
 if TYPE_CHECKING:
     from PIL.Image import Image
 
-    from sdserve.config import Settings
-
 TINY_FAMILIES = ("sd", "sd-inpaint", "sdxl", "sdxl-refiner")
+MODEL_HELP = (
+    "a name 'sdserve serve' serves from the data folder (the demo models sdserve/tiny-sd, "
+    "sdserve/tiny-sd-inpaint, sdserve/tiny-sdxl, built there on first use; a fine-tuned "
+    "me/my-model), a hub id, a diffusers folder or a .safetensors file"
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not hasattr(args, "run"):
-        parser.print_help()
+        # no command (or 'models' without its sub-command): show what there is to run
+        getattr(args, "help_parser", parser).print_help()
         return 2
     try:
+        check_installed()
         return int(args.run(args) or 0)
     except SdserveError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
@@ -37,11 +54,103 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+# help -----------------------------------------------------------------------------------
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """argparse's formatter that appends ``(default: X)``, except where the help already
+    says its default (options whose default the settings decide) or there is none to show;
+    flags read ``on``/``off``."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if "(default:" in text or action.required or not action.option_strings:
+            return text
+        if action.default is None or action.default is argparse.SUPPRESS:
+            return text
+        if isinstance(action.default, bool):
+            return f"{text} (default: {'on' if action.default else 'off'})"
+        return super()._get_help_string(action)
+
+
+def _shown(value: object) -> str:
+    if value is None or value == [] or value == "":
+        return "none"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, str) and value != value.strip():
+        return repr(value)  # the spaces matter
+    return str(value)
+
+
+def described(
+    model: type[BaseModel], name: str, text: str | None = None, *, default: str | None = None
+) -> str:
+    """The help of an option that sets ``model.name``: what it does (the field's own
+    description unless ``text``) and its default (the field's unless ``default``)."""
+    field = model.model_fields[name]
+    what = text or field.description or name.replace("_", " ")
+    if default is None:
+        default = _shown(field.get_default(call_default_factory=True))
+    return f"{what} (default: {default})".replace("%", "%%")  # argparse %-formats help
+
+
+def _family_default(name: str) -> str:
+    """A per-family default as help text: ``50 (4 for turbo models)``."""
+    from sdserve.models.families import family_defaults
+
+    base: FamilyDefaults = family_defaults("sdxl")
+    turbo: FamilyDefaults = family_defaults("sdxl-turbo")
+    return f"the model family's: {getattr(base, name)}, {getattr(turbo, name)} for turbo models"
+
+
+def _add_global_options(parser: argparse.ArgumentParser, *, after_command: bool) -> None:
+    """Options of the whole program. Given after a command's name they land in the same
+    place (``default=SUPPRESS`` there, so a command without them keeps the value given
+    before its name)."""
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=argparse.SUPPRESS if after_command else None,
+        help=f"where models, jobs and files live (default: {default_data_dir()}, or "
+        "$SDSERVE_DATA_DIR)",
+    )
+
+
+def _command(commands: Any, name: str, **kwargs: Any) -> argparse.ArgumentParser:
+    """A sub-command parser with the help formatter and the global options."""
+    parser: argparse.ArgumentParser = commands.add_parser(
+        name, formatter_class=HelpFormatter, **kwargs
+    )
+    _add_global_options(parser, after_command=True)
+    return parser
+
+
+def _add_engine_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--device",
+        choices=DEVICE_NAMES,
+        help=described(EngineSettings, "device", "device to run on"),
+    )
+    parser.add_argument(
+        "--dtype",
+        choices=DTYPE_NAMES,
+        help=described(
+            EngineSettings, "dtype", "precision; auto = float16 on CUDA/MPS, float32 on CPU"
+        ),
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="sdserve", description="Self-hosted Stable Diffusion service and CLI."
+        prog="sdserve",
+        description="Self-hosted Stable Diffusion service and CLI.",
+        epilog="'sdserve <command> --help' shows a command's options. Settings can also "
+        "come from the environment: SDSERVE_DATA_DIR, SDSERVE_<SECTION>__<NAME> "
+        "(SDSERVE_API__PORT=9000, SDSERVE_ENGINE__DTYPE=float16; see sdserve/config.py).",
+        formatter_class=HelpFormatter,
     )
-    parser.add_argument("--data-dir", type=Path, help="where models, jobs and files live")
+    _add_global_options(parser, after_command=False)
     commands = parser.add_subparsers(title="commands")
     _add_generate(commands)
     _add_models(commands)
@@ -55,8 +164,10 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_bench(commands: Any) -> None:
     from sdserve import bench
 
-    sub = commands.add_parser(
-        "bench", help="our engine vs the plain diffusers pipeline (random-weight SD models)"
+    sub = _command(
+        commands,
+        "bench",
+        help="our engine vs the plain diffusers pipeline (random-weight SD models)",
     )
     bench.add_arguments(sub)
     sub.set_defaults(run=run_bench)
@@ -73,45 +184,137 @@ def run_bench(args: argparse.Namespace) -> int:
 
 
 def _add_generate(commands: Any) -> None:
-    gen = commands.add_parser("generate", help="generate images without a server")
-    gen.add_argument("prompt")
-    gen.add_argument(
-        "--model", "-m", required=True, help="hub id, diffusers folder or .safetensors"
+    gen = _command(
+        commands,
+        "generate",
+        help="generate images in this process, without a server",
+        description="Generate images with one model and write them to files. Options left "
+        "out take the model's defaults, as a request to 'sdserve serve' would.",
     )
-    gen.add_argument("--negative-prompt", default="")
-    gen.add_argument("--seed", type=int)
-    gen.add_argument("--steps", type=int, dest="num_inference_steps")
-    gen.add_argument("--guidance", type=float, dest="guidance_scale")
-    gen.add_argument("--scheduler")
-    gen.add_argument("--width", type=int)
-    gen.add_argument("--height", type=int)
-    gen.add_argument("-n", "--num-outputs", type=int, default=1)
-    gen.add_argument("--image", type=Path, help="input image for img2img / inpaint / outpaint")
-    gen.add_argument("--mask", type=Path, help="inpainting mask: white = repaint")
-    gen.add_argument("--prompt-strength", type=float, default=0.8)
-    gen.add_argument("--outpaint", help="pixels to add per side, e.g. left=64,down=32")
+    gen.add_argument("prompt", help="what to draw; (word:1.3) weighs a word up")
+    gen.add_argument("--model", "-m", required=True, help=MODEL_HELP)
+    gen.add_argument("--negative-prompt", help=described(GenerationInput, "negative_prompt"))
     gen.add_argument(
-        "--refine",
-        default="no_refiner",
-        choices=["no_refiner", "expert_ensemble_refiner", "base_image_refiner"],
+        "--seed",
+        type=int,
+        help=described(
+            GenerationInput, "seed", "random seed; image i uses seed + i", default="random"
+        ),
     )
-    gen.add_argument("--refiner", help="refiner model (hub id, folder or .safetensors)")
-    gen.add_argument("--high-noise-frac", type=float, default=0.8)
-    gen.add_argument("--refine-steps", type=int)
-    gen.add_argument("--lora", help="LoRA .safetensors path or name in the LoRA folder")
-    gen.add_argument("--lora-scale", type=float, default=0.6)
-    gen.add_argument("--lora-dir", type=Path)
-    gen.add_argument("--no-watermark", action="store_true")
-    gen.add_argument("--safety-checker", help="safety checker model (hub id or folder)")
-    gen.add_argument("--format", default="png", choices=["png", "webp", "jpg"])
-    gen.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"])
-    gen.add_argument("--dtype", choices=["auto", "float32", "float16", "bfloat16"])
-    gen.add_argument("--offline", action="store_true", help="never reach the Hugging Face Hub")
+    gen.add_argument(
+        "--steps",
+        type=int,
+        dest="num_inference_steps",
+        metavar="STEPS",
+        help=described(
+            GenerationInput, "num_inference_steps", default=_family_default("num_inference_steps")
+        ),
+    )
+    gen.add_argument(
+        "--guidance",
+        type=float,
+        dest="guidance_scale",
+        metavar="SCALE",
+        help=described(
+            GenerationInput, "guidance_scale", default=_family_default("guidance_scale")
+        ),
+    )
+    gen.add_argument(
+        "--scheduler",
+        help=described(
+            GenerationInput,
+            "scheduler",
+            "sampler, any case: " + ", ".join(scheduler_names()) + "; A1111 aliases such as "
+            "k_euler_a too",
+            default=FamilyDefaults.scheduler,
+        ),
+    )
+    size = "the model's size (512 for SD1.5, 1024 for SDXL...) or the input image's"
+    gen.add_argument("--width", type=int, help=described(GenerationInput, "width", default=size))
+    gen.add_argument("--height", type=int, help=described(GenerationInput, "height", default=size))
+    gen.add_argument(
+        "-n", "--num-outputs", type=int, metavar="N", help=described(GenerationInput, "num_outputs")
+    )
+    gen.add_argument(
+        "--image",
+        type=Path,
+        help=described(GenerationInput, "image", "input image for img2img / inpaint / outpaint"),
+    )
+    gen.add_argument("--mask", type=Path, help=described(GenerationInput, "mask"))
+    gen.add_argument(
+        "--prompt-strength", type=float, help=described(GenerationInput, "prompt_strength")
+    )
+    gen.add_argument(
+        "--outpaint",
+        help="pixels to add per side (left, right, up, down), e.g. left=64,down=32 (default: none)",
+    )
+    gen.add_argument("--refine", choices=REFINE_MODES, help=described(GenerationInput, "refine"))
+    gen.add_argument(
+        "--refiner",
+        help="SDXL refiner model: hub id, folder or .safetensors (default: the model's own; "
+        "stabilityai/stable-diffusion-xl-refiner-1.0 for the SDXL base)",
+    )
+    gen.add_argument(
+        "--high-noise-frac", type=float, help=described(GenerationInput, "high_noise_frac")
+    )
+    gen.add_argument(
+        "--refine-steps",
+        type=int,
+        help=described(GenerationInput, "refine_steps", default="the steps of the base"),
+    )
+    gen.add_argument(
+        "--lora",
+        help=described(
+            GenerationInput, "lora", "LoRA: a .safetensors path or a name in the LoRA folder"
+        ),
+    )
+    gen.add_argument("--lora-scale", type=float, help=described(GenerationInput, "lora_scale"))
+    gen.add_argument(
+        "--lora-dir",
+        type=Path,
+        help=described(
+            EngineSettings,
+            "lora_dir",
+            default="<data dir>/loras, or the demo LoRAs for a demo model",
+        ),
+    )
+    gen.add_argument("--no-watermark", action="store_true", help="skip the invisible watermark")
+    gen.add_argument(
+        "--safety-checker",
+        help=described(
+            EngineSettings,
+            "safety_checker",
+            "safety checker model (hub id or folder)",
+            default="none, no check; the tiny checker for a demo model",
+        ),
+    )
+    gen.add_argument(
+        "--format",
+        choices=OUTPUT_FORMATS,
+        help=described(GenerationInput, "output_format", "image file format"),
+    )
+    _add_engine_options(gen)
+    gen.add_argument(
+        "--offline",
+        action="store_true",
+        help=described(
+            EngineSettings,
+            "offline",
+            "never reach the Hugging Face Hub",
+            default=("on when HF_HUB_OFFLINE=1, else off"),
+        ),
+    )
     gen.add_argument(
         "-o",
         "--output",
         default="out.png",
-        help="output file, or a folder (ending in /) for one file per seed",
+        help="output file (n > 1: name-0.png, name-1.png...), or a folder (existing, or "
+        "ending in /) for one <seed>.<format> file per image",
+    )
+    gen.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace output files that exist; without it generate refuses before it starts",
     )
     gen.set_defaults(run=run_generate)
 
@@ -135,13 +338,35 @@ def parse_outpaint(text: str | None) -> dict[str, int]:
     return result
 
 
+#: ``sdserve generate`` option → canonical input field, passed only when given (the input
+#: model and the model family decide the rest).
+_GENERATE_FIELDS = (
+    "negative_prompt",
+    "seed",
+    "num_inference_steps",
+    "guidance_scale",
+    "scheduler",
+    "width",
+    "height",
+    "num_outputs",
+    "prompt_strength",
+    "refine",
+    "high_noise_frac",
+    "refine_steps",
+    "lora",
+    "lora_scale",
+)
+
+
 def run_generate(args: argparse.Namespace) -> int:
+    from sdserve.logs import setup_logging
+
+    setup_logging(level=logging.WARNING)  # before the libraries load: their noise is off
+    from dataclasses import replace
+
     from tqdm import tqdm
 
     from sdserve.domain.inputs import parse_generation_input
-    from sdserve.engine.engine import Engine
-    from sdserve.models.catalog import ModelRegistry
-    from sdserve.models.results import RunHooks
 
     settings = _settings(
         args,
@@ -157,36 +382,14 @@ def run_generate(args: argparse.Namespace) -> int:
             if value is not None
         },
     )
-    refiners = {args.model: args.refiner} if args.refiner else None
-    registry = ModelRegistry.from_references(
-        [args.model],
-        refiners=refiners,
-        cache_dir=settings.engine.cache_dir,
-        offline=settings.engine.offline,
-    )
-    model_name = registry.specs()[0].name
     fields: dict[str, Any] = {
         "prompt": args.prompt,
-        "negative_prompt": args.negative_prompt,
-        "num_outputs": args.num_outputs,
-        "prompt_strength": args.prompt_strength,
-        "refine": args.refine,
-        "high_noise_frac": args.high_noise_frac,
-        "lora_scale": args.lora_scale,
         "apply_watermark": not args.no_watermark,
-        "output_format": args.format,
         **parse_outpaint(args.outpaint),
     }
-    for name in (
-        "seed",
-        "num_inference_steps",
-        "guidance_scale",
-        "scheduler",
-        "width",
-        "height",
-        "refine_steps",
-        "lora",
-    ):
+    if args.format is not None:
+        fields["output_format"] = args.format
+    for name in _GENERATE_FIELDS:
         value = getattr(args, name)
         if value is not None:
             fields[name] = value
@@ -194,7 +397,27 @@ def run_generate(args: argparse.Namespace) -> int:
         fields["image"] = str(args.image)
     if args.mask is not None:
         fields["mask"] = str(args.mask)
-    inp = parse_generation_input(fields, settings.limits.input_limits())
+    # the seeds name the files of a folder output: known now, checked before any work
+    inp = parse_generation_input(fields, settings.limits.input_limits()).with_seed()
+    seeds = [inp.seed_for(index) for index in range(inp.num_outputs)]
+    paths = _output_paths(args.output, seeds, inp.output_format)
+    if not args.overwrite:
+        _refuse_overwriting(paths)
+
+    from sdserve.engine.engine import Engine
+    from sdserve.logs import quiet_library_progress
+    from sdserve.models.references import check_weights_format
+    from sdserve.models.results import RunHooks
+    from sdserve.server import check_weights_cached, resolve_model
+
+    quiet_library_progress()  # the step bar below is the one to watch
+    settings, registry, spec = resolve_model(settings, args.model)
+    check_weights_cached(registry, settings.engine)
+    if args.refiner:
+        check_weights_format(args.refiner)
+        spec = replace(spec, refiner=args.refiner)
+        registry.add(spec)
+    inp = inp.with_defaults(spec.defaults)
     image = _open_image(args.image, "image") if args.image else None
     mask = _open_image(args.mask, "mask") if args.mask else None
 
@@ -212,20 +435,41 @@ def run_generate(args: argparse.Namespace) -> int:
 
     try:
         result = engine.generate(
-            inp, model=model_name, image=image, mask=mask, hooks=RunHooks(on_step=on_step)
+            inp, model=spec.name, image=image, mask=mask, hooks=RunHooks(on_step=on_step)
         )
     finally:
         for bar in bars:
             bar.close()
         engine.close()
-    paths = _output_paths(args.output, [img.seed for img in result.images], args.format)
     for path, generated in zip(paths, result.images, strict=True):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(generated.data)
+        _write_output(path, generated.data, overwrite=args.overwrite)
         flag = "  (NSFW: blacked out)" if generated.nsfw else ""
         print(f"{path}  seed={generated.seed}  {generated.width}x{generated.height}{flag}")
     print(f"seed: {result.seed}")
     return 0
+
+
+def _refuse_overwriting(paths: list[Path]) -> None:
+    """Refuse, before any work, to replace files that exist."""
+    taken = [path for path in paths if path.exists()]
+    if not taken:
+        return
+    names = ", ".join(str(path) for path in taken)
+    verb = "exists" if len(taken) == 1 else "exist"
+    raise InvalidInput(
+        "output",
+        f"{names} already {verb}; pass --overwrite to replace, or choose another -o",
+    )
+
+
+def _write_output(path: Path, data: bytes, *, overwrite: bool) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        # "x": a file that appeared while generating is not replaced either
+        with path.open("wb" if overwrite else "xb") as handle:
+            handle.write(data)
+    except FileExistsError:
+        _refuse_overwriting([path])
 
 
 def _open_image(path: Path, field: str) -> Image:
@@ -256,26 +500,38 @@ def _output_paths(output: str, seeds: list[int], fmt: str) -> list[Path]:
 
 
 def _add_models(commands: Any) -> None:
-    models = commands.add_parser("models", help="build or inspect models")
+    models = _command(commands, "models", help="build or inspect models")
+    models.set_defaults(help_parser=models)
     sub = models.add_subparsers(title="models commands")
-    tiny_cmd = sub.add_parser("tiny", help="build a tiny random-weight model (offline)")
-    tiny_cmd.add_argument("path", type=Path)
-    tiny_cmd.add_argument("--family", default="sd", choices=TINY_FAMILIES)
-    tiny_cmd.add_argument("--seed", type=int, default=0)
+    tiny_cmd = _command(sub, "tiny", help="build a tiny random-weight model (offline)")
+    tiny_cmd.add_argument("path", type=Path, help="folder to write the diffusers pipeline to")
+    tiny_cmd.add_argument("--family", default="sd", choices=TINY_FAMILIES, help="architecture")
+    tiny_cmd.add_argument("--seed", type=int, default=0, help="seed of the random weights")
     tiny_cmd.add_argument(
         "--single-file", action="store_true", help="also write <path>.safetensors (single file)"
     )
     tiny_cmd.set_defaults(run=run_models_tiny)
-    lora_cmd = sub.add_parser("tiny-lora", help="build a tiny LoRA for a tiny SD model")
+    lora_cmd = _command(sub, "tiny-lora", help="build a tiny LoRA for a tiny SD model")
     lora_cmd.add_argument("path", type=Path, help="output .safetensors file")
     lora_cmd.add_argument("--base", type=Path, required=True, help="the tiny SD folder")
     lora_cmd.set_defaults(run=run_models_tiny_lora)
-    info = sub.add_parser("info", help="show how sdserve sees a model reference")
-    info.add_argument("reference")
+    info = _command(sub, "info", help="show how sdserve sees a model reference")
+    info.add_argument("reference", help=MODEL_HELP)
     info.set_defaults(run=run_models_info)
 
 
+def quiet_model_building() -> None:
+    """What building a model prints: our lines, not the libraries' warnings and bars."""
+    import logging
+
+    from sdserve.logs import quiet_library_progress, setup_logging
+
+    setup_logging(level=logging.WARNING)
+    quiet_library_progress()
+
+
 def run_models_tiny(args: argparse.Namespace) -> int:
+    quiet_model_building()
     from sdserve.engine import tiny
 
     builders = {
@@ -297,6 +553,7 @@ def run_models_tiny(args: argparse.Namespace) -> int:
 
 
 def run_models_tiny_lora(args: argparse.Namespace) -> int:
+    quiet_model_building()
     from sdserve.engine import tiny
 
     path = tiny.build_tiny_lora(args.path, args.base)
@@ -305,13 +562,9 @@ def run_models_tiny_lora(args: argparse.Namespace) -> int:
 
 
 def run_models_info(args: argparse.Namespace) -> int:
-    from sdserve.models.catalog import ModelRegistry
+    from sdserve.server import resolve_model
 
-    settings = _settings(args)
-    registry = ModelRegistry.from_references(
-        [args.reference], cache_dir=settings.engine.cache_dir, offline=settings.engine.offline
-    )
-    spec = registry.specs()[0]
+    _, _, spec = resolve_model(_settings(args), args.reference)
     defaults = spec.defaults
     print(f"name:       {spec.name}")
     print(f"reference:  {spec.reference}")
@@ -327,25 +580,72 @@ def run_models_info(args: argparse.Namespace) -> int:
 # serve and worker -----------------------------------------------------------------------
 
 
-def _add_serve(commands: Any) -> None:
-    serve = commands.add_parser("serve", help="run the HTTP service")
-    serve.add_argument("--demo", action="store_true", help="serve the built-in tiny models")
-    serve.add_argument(
+def _add_served_models(parser: argparse.ArgumentParser) -> None:
+    """``--demo`` and ``--model``: what a server or worker serves."""
+    parser.add_argument(
+        "--demo",
+        action="store_true",
+        help="serve the tiny random-weight demo models sdserve/tiny-sd, sdserve/tiny-sd-inpaint "
+        "and sdserve/tiny-sdxl (built offline into the data folder on first start)",
+    )
+    parser.add_argument(
         "--model",
         action="append",
         dest="models",
+        metavar="MODEL",
         default=None,
-        help="model to serve (repeatable): hub id, folder or .safetensors",
+        help=described(
+            Settings,
+            "models",
+            "model to serve, repeatable: hub id, diffusers folder, .safetensors file, or a "
+            "demo model's name",
+        ),
     )
-    serve.add_argument("--host")
-    serve.add_argument("--port", type=int)
-    serve.add_argument("--token", action="append", dest="tokens", default=None)
-    serve.add_argument("--token-file", type=Path)
-    serve.add_argument("--public-url")
-    serve.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"])
-    serve.add_argument("--dtype", choices=["auto", "float32", "float16", "bfloat16"])
-    serve.add_argument("--database-url")
-    serve.add_argument("--broker-url")
+
+
+def _add_queue_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--database-url",
+        help=described(
+            ServiceSettings,
+            "database_url",
+            "SQLAlchemy URL of the job store",
+            default="sqlite:///<data dir>/sdserve.db",
+        ),
+    )
+    parser.add_argument("--broker-url", help=described(ServiceSettings, "broker_url"))
+
+
+def _add_serve(commands: Any) -> None:
+    serve = _command(commands, "serve", help="run the HTTP service")
+    _add_served_models(serve)
+    serve.add_argument(
+        "--host",
+        help=described(
+            ApiSettings, "host", "address to listen on; other than loopback needs a token"
+        ),
+    )
+    serve.add_argument("--port", type=int, help=described(ApiSettings, "port", "TCP port"))
+    serve.add_argument(
+        "--token",
+        action="append",
+        dest="tokens",
+        metavar="TOKEN",
+        default=None,
+        help=described(ApiSettings, "tokens", "accepted API token, repeatable"),
+    )
+    serve.add_argument("--token-file", type=Path, help=described(ApiSettings, "token_file"))
+    serve.add_argument(
+        "--public-url",
+        help=described(
+            ApiSettings,
+            "public_url",
+            "base URL clients reach the server at, for output and webhook URLs",
+            default="the Host of each request",
+        ),
+    )
+    _add_engine_options(serve)
+    _add_queue_options(serve)
     serve.add_argument(
         "--no-worker",
         action="store_true",
@@ -355,13 +655,12 @@ def _add_serve(commands: Any) -> None:
 
 
 def _add_worker(commands: Any) -> None:
-    worker = commands.add_parser("worker", help="run a GPU worker for a shared queue")
-    worker.add_argument("--demo", action="store_true")
-    worker.add_argument("--model", action="append", dest="models", default=None)
-    worker.add_argument("--database-url")
-    worker.add_argument("--broker-url")
-    worker.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"])
-    worker.add_argument("--dtype", choices=["auto", "float32", "float16", "bfloat16"])
+    worker = _command(
+        commands, "worker", help="run a GPU worker for a shared queue (--broker-url redis://...)"
+    )
+    _add_served_models(worker)
+    _add_queue_options(worker)
+    _add_engine_options(worker)
     worker.set_defaults(run=run_worker)
 
 
@@ -433,7 +732,8 @@ _TRAIN_FIELDS = (
 
 
 def _add_train(commands: Any) -> None:
-    train = commands.add_parser(
+    train = _command(
+        commands,
         "train",
         help="fine-tune a LoRA on a .zip/.tar of images and serve it as a new model",
         description="Train a LoRA in this process and publish DESTINATION in the data folder; "
@@ -441,37 +741,86 @@ def _add_train(commands: Any) -> None:
         "an interruption resumes from the last checkpoint.",
     )
     train.add_argument("archive", type=Path, help=".zip or .tar of images (+ name.txt captions)")
-    train.add_argument(
-        "--model",
-        "-m",
-        required=True,
-        help="base model: served name (sdserve/tiny-sd), hub id or folder",
-    )
+    train.add_argument("--model", "-m", required=True, help="base model: " + MODEL_HELP)
     train.add_argument("--destination", "-d", required=True, help="new model name: owner/name")
     train.add_argument(
         "--demo",
         action="store_true",
-        help="use the tiny demo models (implied by --model sdserve/tiny-*)",
+        help="the tiny demo models are base models too (implied by --model sdserve/tiny-*)",
     )
-    train.add_argument("--token-string", dest="token_string")
-    train.add_argument("--caption-prefix", dest="caption_prefix")
-    train.add_argument("--max-train-steps", type=int, dest="max_train_steps")
-    train.add_argument("--num-train-epochs", type=int, dest="num_train_epochs")
-    train.add_argument("--resolution", type=int)
-    train.add_argument("--batch-size", type=int, dest="train_batch_size")
-    train.add_argument("--lora-rank", type=int, dest="lora_rank")
-    train.add_argument("--lora-lr", type=float, dest="lora_lr")
-    train.add_argument("--lr-scheduler", choices=["constant", "linear", "cosine"])
-    train.add_argument("--lr-warmup-steps", type=int, dest="lr_warmup_steps")
-    train.add_argument("--checkpointing-steps", type=int, dest="checkpointing_steps")
-    train.add_argument("--seed", type=int)
-    train.add_argument("--train-text-encoder", action="store_true")
-    train.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"])
-    train.add_argument("--dtype", choices=["auto", "float32", "float16", "bfloat16"])
+    option = described  # each option sets the TrainingInput field of the same name
+    train.add_argument(
+        "--token-string", dest="token_string", help=option(TrainingInput, "token_string")
+    )
+    train.add_argument(
+        "--caption-prefix", dest="caption_prefix", help=option(TrainingInput, "caption_prefix")
+    )
+    train.add_argument(
+        "--max-train-steps",
+        type=int,
+        dest="max_train_steps",
+        help=option(TrainingInput, "max_train_steps"),
+    )
+    train.add_argument(
+        "--num-train-epochs",
+        type=int,
+        dest="num_train_epochs",
+        help=option(TrainingInput, "num_train_epochs"),
+    )
+    train.add_argument(
+        "--resolution",
+        type=int,
+        help=option(TrainingInput, "resolution", "square training size", default="the model's"),
+    )
+    train.add_argument(
+        "--batch-size",
+        type=int,
+        dest="train_batch_size",
+        help=option(TrainingInput, "train_batch_size"),
+    )
+    train.add_argument(
+        "--lora-rank", type=int, dest="lora_rank", help=option(TrainingInput, "lora_rank")
+    )
+    train.add_argument(
+        "--lora-lr", type=float, dest="lora_lr", help=option(TrainingInput, "lora_lr")
+    )
+    train.add_argument(
+        "--lr-scheduler", choices=LR_SCHEDULERS, help=option(TrainingInput, "lr_scheduler")
+    )
+    train.add_argument(
+        "--lr-warmup-steps",
+        type=int,
+        dest="lr_warmup_steps",
+        help=option(TrainingInput, "lr_warmup_steps"),
+    )
+    train.add_argument(
+        "--checkpointing-steps",
+        type=int,
+        dest="checkpointing_steps",
+        help=option(TrainingInput, "checkpointing_steps"),
+    )
+    train.add_argument(
+        "--seed",
+        type=int,
+        help=option(
+            TrainingInput,
+            "seed",
+            default="derived from the archive, so a re-run resumes on the same data order",
+        ),
+    )
+    train.add_argument(
+        "--train-text-encoder",
+        action="store_true",
+        help=option(TrainingInput, "train_text_encoder"),
+    )
+    _add_engine_options(train)
     train.set_defaults(run=run_train)
 
 
 def run_train(args: argparse.Namespace) -> int:
+    from sdserve.logs import quiet_library_progress, setup_logging
+
+    setup_logging(level=logging.WARNING)  # before the libraries load: their noise is off
     import hashlib
     import json
     import shutil
@@ -479,24 +828,21 @@ def run_train(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from sdserve.domain.training import check_destination, parse_training_input
-    from sdserve.errors import InvalidInput
-    from sdserve.server import build_registry, prepare_demo, with_trained_loras
+    from sdserve.server import is_demo_name, resolve_model
     from sdserve.training.runner import JobHooks, TrainingRunner
 
     destination = check_destination(args.destination)
-    demo = args.demo or args.model.lower().startswith("sdserve/tiny-")
+    quiet_library_progress()  # the training bar below is the one to watch
+    demo = args.demo or is_demo_name(args.model)
     engine = {
         key: value
         for key, value in {"device": args.device, "dtype": args.dtype}.items()
         if value is not None
     }
-    settings = _settings(
-        args, engine=engine, demo=demo or None, models=None if demo else [args.model]
+    settings, registry, spec = resolve_model(
+        _settings(args, engine=engine, demo=args.demo or None), args.model
     )
-    settings = with_trained_loras(prepare_demo(settings))
-    registry = build_registry(settings)
-    model = args.model if demo else registry.specs()[0].name
-    spec = registry.resolve(model)
+    model = spec.name
     try:
         archive = args.archive.read_bytes()
     except OSError as exc:
@@ -559,7 +905,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 def _settings(args: argparse.Namespace, **sections: Any) -> Settings:
     """Environment first, then the command line on top (only options that were given)."""
-    from sdserve.config import Settings, load_settings
+    from sdserve.config import load_settings
 
     base = load_settings()
     data: dict[str, Any] = base.model_dump()

@@ -15,6 +15,7 @@ whose ``error`` starts with the stable ``code``.
     ├── Overloaded                  queue full or draining (HTTP 429/503 + Retry-After)
     ├── Conflict                    the request contradicts the state (HTTP 409)
     ├── ModelLoadError              a model reference that exists but cannot be loaded
+    ├── UnsupportedDependency       an installed package outside the range sdserve supports
     ├── JobFailure                  a job that ran and could not finish; ends ``failed``
     │   ├── InsufficientGpuMemory   code ``insufficient_gpu_memory``
     │   ├── InputFetchFailed        code ``input_fetch_failed``
@@ -111,6 +112,12 @@ class ModelLoadError(SdserveError):
     """A model reference that resolves but cannot be loaded; the message says how to fix it."""
 
     code = "model_load_error"
+
+
+class UnsupportedDependency(SdserveError):
+    """An installed package whose version is outside the range sdserve declares."""
+
+    code = "unsupported_dependency"
 
 
 class JobFailure(SdserveError):

@@ -1,28 +1,47 @@
 """Composition root: settings → model registry → job service → HTTP app → uvicorn.
 
 ``serve`` runs the API with an in-process worker (embedded default) or without one
-(``--no-worker``, with ``sdserve worker`` processes on a shared broker).
+(``--no-worker``, with ``sdserve worker`` processes on a shared broker). What can be checked
+before models load is checked first: the address can be listened on, and offline, every
+served hub model is in the cache.
 """
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import logging
+import socket
 from typing import TYPE_CHECKING
 
 from sdserve.config import Settings
-from sdserve.errors import InvalidInput
+from sdserve.errors import Conflict, InvalidInput, ModelLoadError
+from sdserve.logs import quiet_library_progress, setup_logging
+from sdserve.models.settings import EngineSettings
 
 if TYPE_CHECKING:
     from sdserve.jobs.service import Service
-    from sdserve.models.catalog import ModelRegistry
+    from sdserve.models.catalog import ModelRegistry, ModelSpec
 
 log = logging.getLogger("sdserve")
+
+#: The served names of the tiny demo models start with this (``sdserve/tiny-sd``...).
+DEMO_PREFIX = "sdserve/tiny-"
+
+
+def is_demo_name(name: str) -> bool:
+    """Whether ``name`` is one of the demo models' served names (any case)."""
+    return name.strip().lower().startswith(DEMO_PREFIX)
+
+
+def wants_demo(settings: Settings) -> bool:
+    """``--demo``, or a demo model named among the models to serve."""
+    return settings.demo or any(is_demo_name(model) for model in settings.models)
 
 
 def prepare_demo(settings: Settings) -> Settings:
     """Build the tiny demo models (first start only) and point the engine at their extras."""
-    if not settings.demo:
+    if not wants_demo(settings):
         return settings
     from sdserve.engine.tiny import build_demo_models
 
@@ -45,21 +64,18 @@ def with_trained_loras(settings: Settings) -> Settings:
 
 
 def build_registry(settings: Settings) -> ModelRegistry:
-    """The served models: ``--model`` references, the tiny set with ``--demo``, and the
-    fine-tuned models published in the data folder."""
+    """The served models: ``--model`` references (a demo model's name among them serves that
+    demo model), the tiny set with ``--demo``, and the fine-tuned models published in the
+    data folder."""
     from sdserve.models.catalog import ModelRegistry
 
+    references = [model for model in settings.models if not is_demo_name(model)]
     registry = ModelRegistry.from_references(
-        settings.models, cache_dir=settings.engine.cache_dir, offline=settings.engine.offline
+        references, cache_dir=settings.engine.cache_dir, offline=settings.engine.offline
     )
-    if settings.demo:
-        from sdserve.engine.tiny import build_demo_models
-
-        demo = ModelRegistry.from_demo(build_demo_models(settings.data_dir / "demo"))
-        for spec in demo.specs():
-            # the refiner serves the SDXL refine modes; it is not a model to call by itself
-            if spec.family != "sdxl-refiner":
-                registry.add(spec)
+    if wants_demo(settings):
+        for spec in _demo_specs(settings):
+            registry.add(spec)
     from sdserve.training.runner import trained_models
 
     trained_models(settings).register(registry)
@@ -68,19 +84,98 @@ def build_registry(settings: Settings) -> ModelRegistry:
     return registry
 
 
-def build_service(settings: Settings, *, run_worker: bool = True) -> Service:
+def _demo_specs(settings: Settings) -> list[ModelSpec]:
+    """The demo models to serve: all with ``--demo``, else those named in ``--model``."""
+    from sdserve.engine.tiny import build_demo_models
+    from sdserve.models.catalog import ModelRegistry
+
+    demo = ModelRegistry.from_demo(build_demo_models(settings.data_dir / "demo"))
+    # the refiner serves the SDXL refine modes; it is not a model to call by itself
+    servable = [spec for spec in demo.specs() if spec.family != "sdxl-refiner"]
+    if settings.demo:
+        return servable
+    named = {model.strip().lower() for model in settings.models if is_demo_name(model)}
+    unknown = named - {spec.name.lower() for spec in servable}
+    if unknown:
+        raise InvalidInput(
+            "model",
+            f"no demo model is called {', '.join(sorted(unknown))}",
+            allowed=[spec.name for spec in servable],
+        )
+    return [spec for spec in servable if spec.name.lower() in named]
+
+
+def resolve_model(settings: Settings, model: str) -> tuple[Settings, ModelRegistry, ModelSpec]:
+    """How a one-model command (``generate``, ``train``, ``models info``) reaches ``model``,
+    the way ``serve`` with the same data folder would serve it: a served name
+    (``sdserve/tiny-sd``, a fine-tuned ``me/my-model``) or a reference (hub id, folder,
+    ``.safetensors``). Returns the settings to run with, the registry and the model."""
+    from sdserve.models.references import served_name
+
+    settings = with_trained_loras(prepare_demo(settings.model_copy(update={"models": [model]})))
+    registry = build_registry(settings)
+    return settings, registry, registry.resolve(served_name(model))
+
+
+def check_weights_cached(registry: ModelRegistry, settings: EngineSettings) -> None:
+    """Offline, a served hub model that is not in the Hugging Face cache could only fail its
+    jobs: refuse to start, naming the model and the command that fetches it."""
+    if not settings.offline:
+        return
+    from sdserve.engine.loading import is_cached, not_cached_message
+    from sdserve.models.references import is_hub_id
+
+    missing = [
+        spec.reference
+        for spec in registry.specs()
+        if is_hub_id(spec.reference) and not is_cached(spec.reference, settings)
+    ]
+    if missing:
+        also = f" (not cached either: {', '.join(missing[1:])})" if missing[1:] else ""
+        raise ModelLoadError(not_cached_message(missing[0], settings) + also)
+
+
+def check_port(host: str, port: int) -> None:
+    """Fail at once, before any model loads, when ``host:port`` is taken (uvicorn would
+    only find out after the start-up work)."""
+    if port == 0:
+        return
+    try:
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise InvalidInput("host", f"cannot resolve {host!r}: {exc.strerror}") from None
+    for family, kind, proto, _, address in addresses:
+        with socket.socket(family, kind, proto) as probe:
+            # as uvicorn binds (asyncio sets SO_REUSEADDR): a port in TIME_WAIT is free
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    raise Conflict(
+                        f"port {port} on {host} is already in use (another sdserve?); stop "
+                        "what listens there or choose another port with --port"
+                    ) from None
+                if exc.errno == errno.EACCES:
+                    raise InvalidInput(
+                        "port", f"no permission to listen on port {port} of {host}"
+                    ) from None
+                raise  # anything else: uvicorn reports it the same way
+
+
+def build_service(
+    settings: Settings, registry: ModelRegistry, *, run_worker: bool = True
+) -> Service:
     """The job service with an in-process engine worker (built lazily on the first job)."""
     from sdserve.jobs.service import Service
     from sdserve.jobs.worker import engine_factory
     from sdserve.training.runner import trained_models
 
-    registry = build_registry(settings)
     catalog = trained_models(settings)
-    predictor = engine_factory(settings, registry) if run_worker else None
     return Service(
         settings,
         registry,
-        predictor=predictor,
+        predictor=engine_factory(settings, registry) if run_worker else None,
         # a remote worker may publish fine-tuned models: pick them up when listing
         refresh_models=lambda: catalog.register(registry),
     )
@@ -107,30 +202,44 @@ def check_binding(settings: Settings) -> None:
 
 def serve(settings: Settings, *, run_worker: bool = True) -> int:
     """Run the HTTP server until interrupted."""
+    setup_logging()
+    check_binding(settings)
+    check_port(settings.api.host, settings.api.port)
+    if wants_demo(settings):
+        quiet_library_progress()  # building the demo models imports torch anyway
+    settings = with_trained_loras(prepare_demo(settings))
+    registry = build_registry(settings)
+    if run_worker:
+        check_weights_cached(registry, settings.engine)
+    service = build_service(settings, registry, run_worker=run_worker)
     import uvicorn
 
     from sdserve.api.app import create_app
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    check_binding(settings)
-    settings = with_trained_loras(prepare_demo(settings))
-    service = build_service(settings, run_worker=run_worker)
     app = create_app(settings, service)
     log.info(
         "serving %s on http://%s:%s",
-        [m.name for m in service.models()],
+        ", ".join(model.name for model in service.models()),
         settings.api.host,
         settings.api.port,
     )
-    uvicorn.run(app, host=settings.api.host, port=settings.api.port, log_level="info")
+    # log_config=None: uvicorn's lines go through the format set up above
+    uvicorn.run(
+        app, host=settings.api.host, port=settings.api.port, log_config=None, log_level="info"
+    )
     return 0
 
 
 def worker(settings: Settings) -> int:
     """Run a worker process on a shared broker (``sdserve worker``)."""
     from sdserve.jobs.service import run_worker
+    from sdserve.jobs.worker import engine_factory
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    setup_logging()
+    if wants_demo(settings):
+        quiet_library_progress()
     settings = with_trained_loras(prepare_demo(settings))
-    run_worker(settings, registry=build_registry(settings))
+    registry = build_registry(settings)
+    check_weights_cached(registry, settings.engine)
+    run_worker(settings, registry=registry, predictor=engine_factory(settings, registry))
     return 0

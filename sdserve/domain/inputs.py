@@ -14,6 +14,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from sdserve.domain.schedulers import (
+    A1111_SCHEDULES,
+    is_known_noise_schedule,
+    is_known_scheduler,
+    scheduler_names,
+)
 from sdserve.domain.tasks import select_task
 from sdserve.errors import InvalidInput
 
@@ -181,15 +187,32 @@ class GenerationInput(BaseModel):
         if self.outpaints and self.image is None:
             raise InvalidInput("image", "outpainting needs an image to extend")
 
+    def check_names(self) -> None:
+        """Raise :class:`InvalidInput` for a scheduler or noise schedule the engine lacks."""
+        # an empty scheduler means the family default (see with_defaults)
+        if self.scheduler and not is_known_scheduler(self.scheduler):
+            raise InvalidInput(
+                "scheduler", f"unknown scheduler {self.scheduler!r}", allowed=scheduler_names()
+            )
+        if self.noise_schedule is not None and not is_known_noise_schedule(self.noise_schedule):
+            raise InvalidInput(
+                "noise_schedule",
+                f"unknown noise schedule {self.noise_schedule!r}",
+                allowed=list(A1111_SCHEDULES),
+            )
+
+    def with_seed(self, rng: random.Random | None = None) -> GenerationInput:
+        """This input with a random seed if it has none (known before the model is)."""
+        if self.seed is not None:
+            return self
+        return self.model_copy(update={"seed": (rng or random.SystemRandom()).randint(0, MAX_SEED)})
+
     def with_defaults(
         self, defaults: FamilyDefaults, rng: random.Random | None = None
     ) -> GenerationInput:
         """Fill family defaults and a random seed where the request left them out."""
-        seed = self.seed
-        if seed is None:
-            seed = (rng or random.SystemRandom()).randint(0, MAX_SEED)
         updates: dict[str, Any] = {
-            "seed": seed,
+            "seed": self.with_seed(rng).seed,
             "scheduler": self.scheduler or defaults.scheduler,
             "num_inference_steps": self.num_inference_steps or defaults.num_inference_steps,
             "guidance_scale": (
@@ -211,6 +234,7 @@ def parse_generation_input(
     except ValidationError as exc:
         raise invalid_input_from(exc) from None
     parsed.check_limits(limits or InputLimits())
+    parsed.check_names()
     return parsed
 
 

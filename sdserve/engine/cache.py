@@ -10,6 +10,7 @@ from __future__ import annotations
 import gc
 import logging
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -144,8 +145,11 @@ class PipelineCache:
             # large models never sit in memory at once.
             if key in self._known_sizes:
                 self._make_room(self._known_sizes[key])
+            began = time.monotonic()
             pipe = load()
             size = pipeline_bytes(pipe)
+            # the one line a server log gets for a load (the libraries' bars are off there)
+            log.info("loaded %s in %.1f s (%.0f MB)", key, time.monotonic() - began, size / 2**20)
             self._known_sizes[key] = size
             if size > self.budget:
                 log.warning(

@@ -181,18 +181,21 @@ def hub_cache_dir(settings: EngineSettings) -> Path:
     return Path(constants.HF_HUB_CACHE)
 
 
-def _is_cached(repo_id: str, settings: EngineSettings) -> bool:
+def is_cached(repo_id: str, settings: EngineSettings) -> bool:
+    """Whether a hub model's pipeline is in the Hugging Face cache (no network, no torch)."""
     from huggingface_hub import try_to_load_from_cache
 
     found = try_to_load_from_cache(repo_id, "model_index.json", cache_dir=settings.cache_dir)
     return isinstance(found, str)
 
 
-def _not_cached_message(repo_id: str, settings: EngineSettings) -> str:
+def not_cached_message(repo_id: str, settings: EngineSettings) -> str:
+    """What to do about a hub model that is not cached and cannot be downloaded now."""
+    hub = "offline (HF_HUB_OFFLINE or the offline setting)" if settings.offline else "unreachable"
     return (
-        f"'{repo_id}' is not in the Hugging Face cache ({hub_cache_dir(settings)}) and the hub "
-        "cannot be reached; download it on a machine with network: "
-        f"huggingface-cli download {repo_id}, or pass a local folder / .safetensors file"
+        f"model '{repo_id}' is not in the Hugging Face cache ({hub_cache_dir(settings)}) and the "
+        f"hub is {hub}; download it on a machine with network: hf download {repo_id} "
+        "(then copy the cache here), or pass a local folder / .safetensors file"
     )
 
 
@@ -204,9 +207,9 @@ def _from_hub(
     settings: EngineSettings,
     extra: dict[str, Any],
 ) -> DiffusionPipeline:
-    cached = _is_cached(repo_id, settings)
+    cached = is_cached(repo_id, settings)
     if not cached and settings.offline:
-        raise ModelLoadError(_not_cached_message(repo_id, settings))
+        raise ModelLoadError(not_cached_message(repo_id, settings))
     try:
         pipe: DiffusionPipeline = cls.from_pretrained(
             repo_id,
@@ -219,7 +222,7 @@ def _from_hub(
     except Exception as exc:  # the hub client raises many types for "unreachable"
         if not cached:
             raise ModelLoadError(
-                f"{_not_cached_message(repo_id, settings)} ({type(exc).__name__}: {exc})"
+                f"{not_cached_message(repo_id, settings)} ({type(exc).__name__}: {exc})"
             ) from exc
         raise ModelLoadError(f"cannot load {repo_id} from the cache: {exc}") from exc
     return pipe
@@ -307,7 +310,7 @@ def _cached_tokenizers(family: str, settings: EngineSettings) -> dict[str, Any]:
                 f"from {repo_id}, which is not in the Hugging Face cache "
                 f"({hub_cache_dir(settings)}) and could not be downloaded; tokenizer "
                 "vocabularies are not shipped with sdserve. On a machine with network run: "
-                f"huggingface-cli download {repo_id} {names} "
+                f"hf download {repo_id} {names} "
                 "(then copy the cache here), or use the model's diffusers folder"
             )
     return found

@@ -1,7 +1,8 @@
 """Scheduler names (Replicate, AUTOMATIC1111 and a few extras) mapped to diffusers schedulers.
 
-A name resolves to a diffusers scheduler class plus config overrides; :func:`make_scheduler`
-builds a **fresh** scheduler from the pipeline's own config for every call, so the cached
+The names themselves are torch-free data in :mod:`sdserve.domain.schedulers`. A name
+resolves to a diffusers scheduler class plus config overrides; :func:`make_scheduler` builds
+a **fresh** scheduler from the pipeline's own config for every call, so the cached
 pipeline's scheduler is never mutated. Lookups ignore case and extra spaces.
 
 A1111 samplers without an exact diffusers twin map to the nearest one (documented per entry):
@@ -35,8 +36,14 @@ from diffusers import (
 )
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
+from sdserve.domain.schedulers import (
+    A1111_SAMPLERS,
+    A1111_SCHEDULES,
+    REPLICATE_SCHEDULERS,
+    lookup_key,
+    scheduler_names,
+)
 from sdserve.errors import InvalidInput
-from sdserve.models.samplers import SAMPLERS, name_key
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +92,8 @@ def _choice(cls: SchedulerClass, *overrides: Mapping[str, Any]) -> SchedulerChoi
     return SchedulerChoice(cls, merged)
 
 
-#: Replicate (cog-sdxl) names and sdserve extras.
-REPLICATE_SCHEDULERS: dict[str, SchedulerChoice] = {
+#: The scheduler behind each Replicate name (``domain.schedulers.REPLICATE_SCHEDULERS``).
+REPLICATE_CHOICES: dict[str, SchedulerChoice] = {
     "DDIM": _choice(DDIMScheduler, _DDIM),
     "DPMSolverMultistep": _choice(DPMSolverMultistepScheduler, _DPMPP_2M),
     "HeunDiscrete": _choice(HeunDiscreteScheduler),
@@ -98,9 +105,9 @@ REPLICATE_SCHEDULERS: dict[str, SchedulerChoice] = {
     "LCM": _choice(LCMScheduler),
 }
 
-#: The diffusers scheduler of each AUTOMATIC1111 sampler (old "... Karras" spellings
-#: included); the names and their k-diffusion aliases are :data:`sdserve.models.samplers.SAMPLERS`.
-A1111_SAMPLERS: dict[str, SchedulerChoice] = {
+#: The scheduler behind each AUTOMATIC1111 sampler (``domain.schedulers.A1111_SAMPLERS``, where
+#: their aliases are).
+A1111_CHOICES: dict[str, SchedulerChoice] = {
     "DPM++ 2M": _choice(DPMSolverMultistepScheduler, _DPMPP_2M),
     "DPM++ 2M Karras": _choice(DPMSolverMultistepScheduler, _DPMPP_2M, _KARRAS),
     "DPM++ SDE": _choice(DPMSolverSDEScheduler),
@@ -143,9 +150,9 @@ A1111_SAMPLERS: dict[str, SchedulerChoice] = {
     "LCM": _choice(LCMScheduler),
 }
 
-#: A1111 ``scheduler`` values (the noise schedule, separate from the sampler since A1111 1.9).
-#: ``None`` keeps the sampler's own schedule.
-A1111_SCHEDULES: dict[str, Mapping[str, Any] | None] = {
+#: What each A1111 noise schedule (``domain.schedulers.A1111_SCHEDULES``) sets on the
+#: sampler's scheduler. ``None`` keeps the sampler's own schedule.
+SCHEDULE_OVERRIDES: dict[str, Mapping[str, Any] | None] = {
     "automatic": None,
     "uniform": {},
     "normal": {},
@@ -164,25 +171,21 @@ A1111_SCHEDULES: dict[str, Mapping[str, Any] | None] = {
 
 
 def _build_index() -> dict[str, tuple[str, SchedulerChoice]]:
+    """Every accepted spelling → (canonical name, choice). A name of the domain table
+    without a choice here fails at import, so the two tables cannot drift apart silently."""
     index: dict[str, tuple[str, SchedulerChoice]] = {}
-    for name, choice in REPLICATE_SCHEDULERS.items():
-        index[name_key(name)] = (name, choice)
-    for name, choice in A1111_SAMPLERS.items():
+    for name in REPLICATE_SCHEDULERS:
+        index[lookup_key(name)] = (name, REPLICATE_CHOICES[name])
+    for name, aliases in A1111_SAMPLERS.items():
+        choice = A1111_CHOICES[name]
         # a Replicate name wins over an A1111 name with the same spelling (DDIM, UniPC, LCM)
-        index.setdefault(name_key(name), (name, choice))
-        for alias in SAMPLERS.get(name, ()):
-            index.setdefault(name_key(alias), (name, choice))
+        index.setdefault(lookup_key(name), (name, choice))
+        for alias in aliases:
+            index.setdefault(lookup_key(alias), (name, choice))
     return index
 
 
 _INDEX = _build_index()
-
-
-def scheduler_names() -> list[str]:
-    """Every accepted scheduler name in its canonical spelling (Replicate first, then A1111)."""
-    names = list(REPLICATE_SCHEDULERS)
-    names += [name for name in A1111_SAMPLERS if name not in REPLICATE_SCHEDULERS]
-    return names
 
 
 def a1111_samplers() -> list[SamplerInfo]:
@@ -190,11 +193,11 @@ def a1111_samplers() -> list[SamplerInfo]:
     return [
         SamplerInfo(
             name=name,
-            aliases=SAMPLERS.get(name, ()),
-            scheduler=choice.cls.__name__,
-            options={key: value for key, value in choice.overrides.items()},
+            aliases=aliases,
+            scheduler=A1111_CHOICES[name].cls.__name__,
+            options=dict(A1111_CHOICES[name].overrides),
         )
-        for name, choice in A1111_SAMPLERS.items()
+        for name, aliases in A1111_SAMPLERS.items()
     ]
 
 
@@ -205,7 +208,7 @@ def a1111_schedules() -> list[str]:
 
 def resolve_scheduler(name: str) -> SchedulerChoice:
     """Look a name up; raise :class:`InvalidInput` listing the valid names when unknown."""
-    found = _INDEX.get(name_key(name))
+    found = _INDEX.get(lookup_key(name))
     if found is None:
         raise InvalidInput("scheduler", f"unknown scheduler {name!r}", allowed=scheduler_names())
     return found[1]
@@ -248,12 +251,12 @@ def make_scheduler(
 
 
 def _schedule_overrides(schedule: str, sampler: str, accepted: set[str]) -> dict[str, Any]:
-    key = name_key(schedule).replace(" ", "_")
-    if key not in A1111_SCHEDULES:
+    key = lookup_key(schedule).replace(" ", "_")
+    if key not in SCHEDULE_OVERRIDES:
         raise InvalidInput(
             "scheduler", f"unknown noise schedule {schedule!r}", allowed=a1111_schedules()
         )
-    values = A1111_SCHEDULES[key]
+    values = SCHEDULE_OVERRIDES[key]
     if values is None:
         return {}
     result: dict[str, Any] = {name: False for name in _SIGMA_KEYS if name in accepted}

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 from sdserve.domain.batching import batch_signature
 from sdserve.domain.inputs import GenerationInput
 from sdserve.domain.jobs import Status
-from sdserve.errors import Canceled
+from sdserve.errors import Canceled, SdserveError
 from sdserve.jobs.worker import PROGRESS_WRITE_INTERVAL_S
 from sdserve.models.results import GenerationResult, RunHooks
 
@@ -190,8 +190,14 @@ def _run_members(runner: JobRunner, members: list[_Member], predictor: Any, star
         for member in members:
             _cancel(runner, member)
         return
-    except Exception:
-        log.exception("batched run of %d jobs failed; running each alone", len(members))
+    except Exception as exc:
+        # a foreseen failure (SdserveError) says all in its message; only a bug gets a traceback
+        log.warning(
+            "batched run of %d jobs failed (%s); running each alone",
+            len(members),
+            exc,
+            exc_info=not isinstance(exc, SdserveError),
+        )
         for member in members:
             _run_alone(runner, member, started)
         return

@@ -47,6 +47,9 @@ class JobRecord:
     data_removed: bool = False
     nsfw: list[bool] | None = None
     destination: str | None = None  # trainings: the "owner/name" model the result creates
+    # the client asked for the output files themselves (Replicate's Prefer: wait or a
+    # stream): answers about this job carry them as data: URIs rather than URLs
+    inline_output: bool = False
 
 
 @dataclass(frozen=True)
@@ -99,10 +102,12 @@ class JobService(Protocol):
         webhook: WebhookOptions | None = None,
         deadline: datetime | None = None,
         destination: str | None = None,
+        inline_output: bool = False,
     ) -> JobRecord:
         """Validate (raise InvalidInput/ModelNotFound synchronously), persist, enqueue.
 
         A ``training`` job takes a training input and the ``destination`` model it creates.
+        ``inline_output`` is kept on the record for the dialect that renders it.
         """
         ...
 

@@ -123,6 +123,19 @@ class InputFetcher:
 
     def fetch(self, reference: str, field: str = "image") -> bytes:
         """The bytes behind ``reference``; raise :class:`InputFetchFailed`."""
+        data = self.fetch_inline(reference, field)
+        if data is not None:
+            return data
+        reference = reference.strip()
+        if urlsplit(reference).scheme.lower() in ("http", "https"):
+            return self._http(reference, field)
+        return self._local_path(reference, field)
+
+    def fetch_inline(self, reference: str, field: str = "image") -> bytes | None:
+        """The bytes of a reference that needs neither the network nor the disk of the
+        worker (a data URI, raw base64, an uploaded file), or None for an http(s) URL or
+        an allowed local path, which only the worker reads. Raise
+        :class:`InputFetchFailed` for a reference that can never be read."""
         reference = reference.strip()
         if not reference:
             raise InputFetchFailed(f"{field}: empty reference")
@@ -133,7 +146,7 @@ class InputFetcher:
             return self._own_file(own, field)
         scheme = urlsplit(reference).scheme.lower()
         if scheme in ("http", "https"):
-            return self._http(reference, field)
+            return None
         if len(scheme) > 1:
             raise InputFetchFailed(
                 f"{field}: unsupported URL scheme {scheme!r} (use https://, data: or an upload)"
@@ -141,7 +154,11 @@ class InputFetcher:
         raw = _raw_base64_image(reference)
         if raw is not None:
             return self._limit(raw, field)
-        return self._local_path(reference, field)
+        if not self.local_roots:
+            raise InputFetchFailed(
+                f"{field}: not a URL, data URI or uploaded file (local paths are disabled)"
+            )
+        return None
 
     # -- the kinds of reference ------------------------------------------------------
 
@@ -246,10 +263,6 @@ class InputFetcher:
         return b"".join(chunks)
 
     def _local_path(self, reference: str, field: str) -> bytes:
-        if not self.local_roots:
-            raise InputFetchFailed(
-                f"{field}: not a URL, data URI or uploaded file (local paths are disabled)"
-            )
         path = Path(reference).expanduser().resolve()
         if not any(path.is_relative_to(root) for root in self.local_roots):
             raise InputFetchFailed(f"{field}: {reference!r} is outside the allowed folders")

@@ -35,11 +35,12 @@ from sdserve.domain.inputs import (
 )
 from sdserve.domain.jobs import JobKind, Status
 from sdserve.domain.training import check_destination, check_trainable, parse_training_input
-from sdserve.errors import InvalidInput, ModelNotFound, Overloaded
+from sdserve.errors import InputFetchFailed, InvalidInput, ModelNotFound, Overloaded
 from sdserve.jobs.batching import BatchPolicy
 from sdserve.jobs.contract import JobRecord, Page, RunProgress, ServedModel, WebhookOptions
 from sdserve.jobs.fetch import InputFetcher, Resolver, sniff_image_type
 from sdserve.jobs.files import FileStore, LocalFileStore, new_key
+from sdserve.jobs.images import decode_image
 from sdserve.jobs.queue import is_embedded, make_queue
 from sdserve.jobs.store import Store, new_id, sqlite_url, utcnow
 from sdserve.jobs.waiters import JobWaiters
@@ -260,9 +261,15 @@ class Service:
             self._job_changed(record)
 
     def _job_changed(self, record: JobRecord) -> None:
-        """A job changed in this process: once it has ended, answer its waiters with its
-        record (``wait`` returns only then). The store wakes the webhook dispatcher."""
+        """A job changed in this process: once it has ended, log its one line and answer its
+        waiters with its record (``wait`` returns only then). The store wakes the webhook
+        dispatcher."""
         if record.status.terminal:
+            log.log(
+                logging.WARNING if record.status is Status.FAILED else logging.INFO,
+                "%s",
+                ended_line(record),
+            )
             self._unended.discard(record.id)
             self._waiters.wake(record.id, record)
 
@@ -341,6 +348,7 @@ class Service:
         webhook: WebhookOptions | None = None,
         deadline: datetime | None = None,
         destination: str | None = None,
+        inline_output: bool = False,
     ) -> JobRecord:
         """Validate synchronously, persist and enqueue; see :class:`JobService`."""
         if kind is JobKind.TRAINING:
@@ -351,6 +359,7 @@ class Service:
             destination = self._check_training(spec, destination)
         else:
             parsed = parse_generation_input(dict(input), self.limits)
+            self._check_images(parsed)
             stored_input = parsed.model_dump(mode="json", exclude_unset=True)
             spec = self._resolve(model)
             destination = None
@@ -368,6 +377,7 @@ class Service:
             webhook=webhook,
             deadline=deadline,
             destination=destination,
+            inline_output=inline_output,
         )
         max_queue = self.settings.service.max_queue
         if not self.store.insert_job(record, max_queued=max_queue):
@@ -378,15 +388,31 @@ class Service:
             self.queue.enqueue(record.id)
         except Exception as exc:
             log.exception("cannot enqueue job %s", record.id)
-            self._unended.discard(record.id)
-            self.store.transition(
+            failed = self.store.transition(
                 record.id, Status.FAILED, error=f"internal_error: queue unavailable ({exc})"
             )
+            if failed is not None:
+                self._job_changed(failed)
+            self._unended.discard(record.id)
             raise Overloaded("the job queue is unavailable; retry later", retry_after=10) from exc
         return record
 
     def get(self, job_id: str) -> JobRecord:
         return self.store.get(job_id)
+
+    def _check_images(self, inp: GenerationInput) -> None:
+        """Decode an image and mask given inline or as uploads now, so bad bytes are a
+        client error naming the field; the worker checks those it fetches from URLs."""
+        for field in ("image", "mask"):
+            reference = getattr(inp, field)
+            if reference is None:
+                continue
+            try:
+                data = self.fetcher.fetch_inline(reference, field)
+            except InputFetchFailed as exc:
+                raise InvalidInput(field, exc.message.removeprefix(f"{field}: ")) from None
+            if data is not None:
+                decode_image(data, field).close()
 
     def _check_training(self, spec: Any, destination: str | None) -> str:
         """A trainable base model and a destination that is not a served base model."""
@@ -548,6 +574,30 @@ class Service:
                 self.sweep()
             except Exception:  # keep sweeping later; a failed pass loses nothing
                 log.exception("retention sweep failed")
+
+
+def job_task(record: JobRecord) -> str:
+    """What a job does, in the engine's words: txt2img, img2img, inpaint, outpaint, training."""
+    if record.kind is JobKind.TRAINING:
+        return "training"
+    try:
+        return GenerationInput.model_validate(dict(record.input)).task
+    except ValueError:  # an input stored by an older version: the line still gets written
+        return "generation"
+
+
+def ended_line(record: JobRecord) -> str:
+    """The log line of an ended job: id, status, seconds since it was created, task and
+    model, and for a failure its error (the code and the message a client sees)."""
+    ended = record.completed_at or utcnow()
+    seconds = max(0.0, (ended - record.created_at).total_seconds())
+    line = (
+        f"job {record.id} {record.status.value} in {seconds:.2f} s: "
+        f"{job_task(record)} with {record.model}"
+    )
+    if record.error:
+        line += f": {record.error}"
+    return line
 
 
 def run_worker(

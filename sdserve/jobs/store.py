@@ -264,6 +264,7 @@ class Store:
                     "stop_requested": False,
                     "attempts": 0,
                     "destination": record.destination,
+                    "inline_output": record.inline_output,
                 },
             )
         return True
@@ -756,6 +757,7 @@ def to_record(row: JobRow | Row[Any]) -> JobRecord:
         data_removed=bool(row.data_removed),
         nsfw=list(row.nsfw) if row.nsfw is not None else None,
         destination=row.destination,
+        inline_output=bool(row.inline_output),
     )
 
 

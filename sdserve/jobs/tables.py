@@ -72,6 +72,8 @@ class JobRow(Base):
     preview: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     # trainings: the "owner/name" model the result creates (migration 0003)
     destination: Mapped[str | None] = mapped_column(String(300), nullable=True)
+    # the client asked for the output files themselves, as data: URIs (migration 0004)
+    inline_output: Mapped[bool] = mapped_column(Boolean, default=False)
 
     __table_args__ = (Index("ix_jobs_created", "created_at", "id"),)
 

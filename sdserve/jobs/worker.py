@@ -22,14 +22,13 @@ from sdserve.domain.inputs import FamilyDefaults, GenerationInput
 from sdserve.domain.jobs import JobKind, Status
 from sdserve.errors import (
     Canceled,
-    InvalidImage,
     InvalidInput,
-    JobFailure,
     JobNotFound,
     SdserveError,
 )
 from sdserve.jobs.fetch import InputFetcher
 from sdserve.jobs.files import FileStore, new_key
+from sdserve.jobs.images import decode_image
 from sdserve.jobs.store import Store, StoredFile, utcnow
 from sdserve.jobs.tables import JobRow
 from sdserve.models.results import GenerationResult, RunHooks
@@ -101,11 +100,14 @@ class RegistryLike(Protocol):
 
 def engine_factory(settings: Settings, registry: RegistryLike) -> Callable[[], Predictor]:
     """What builds this worker's engine on its first job: the one place the service reaches
-    the engine (torch is imported then, never by a process that runs no job)."""
+    the engine, so a process that runs no job never imports torch. The libraries' loading
+    bars go then; the engine logs one line per load."""
 
     def build() -> Predictor:
         from sdserve.engine.engine import Engine
+        from sdserve.logs import quiet_library_progress
 
+        quiet_library_progress()
         return Engine(
             settings.engine,
             cast("ModelRegistry", registry),
@@ -239,18 +241,6 @@ def _jpeg_preview(image: Image) -> bytes:
     return buffer.getvalue()
 
 
-def decode_image(data: bytes, field: str) -> Image:
-    """Decode image bytes with PIL; anything undecodable is an :class:`InvalidImage`."""
-    from PIL import Image as PILImage
-
-    try:
-        image = PILImage.open(io.BytesIO(data))
-        image.load()
-    except Exception as exc:  # PIL raises many types (incl. DecompressionBombError)
-        raise InvalidImage(field, f"cannot decode the image ({exc})") from None
-    return image.convert("L" if field == "mask" else "RGB")
-
-
 class JobRunner:
     """Runs jobs by id. Construct once per worker; ``run`` is called by the queue task."""
 
@@ -357,7 +347,9 @@ class JobRunner:
         except Canceled:
             why = "deadline passed" if progress.deadline_passed else "canceled"
             return self._finish(job_id, Status.CANCELED, progress=progress, logs=f"{why}\n")
-        except (JobFailure, InvalidInput) as exc:
+        except SdserveError as exc:
+            # a failure we foresaw (bad input, model not loadable, out of memory...): its
+            # code and message say it all, the job's end line logs them; no traceback
             return self._finish(job_id, Status.FAILED, progress=progress, error=error_text(exc))
         except Exception as exc:
             log.exception("job %s failed with an unexpected error", job_id)

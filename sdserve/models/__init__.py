@@ -6,7 +6,6 @@
   from its configs or checkpoint header (never its weights);
 - :mod:`~sdserve.models.catalog`: the served models (:class:`~sdserve.models.catalog.ModelSpec`,
   :class:`~sdserve.models.catalog.ModelRegistry`): names, aliases, versions;
-- :mod:`~sdserve.models.samplers`: the AUTOMATIC1111 sampler and schedule names;
 - :mod:`~sdserve.models.metadata`: the A1111 ``parameters`` text written into every image;
 - :mod:`~sdserve.models.lora_tags`: A1111 ``<lora:name:weight>`` prompt tags;
 - :mod:`~sdserve.models.results`: what the engine is given (hooks) and gives back (results);

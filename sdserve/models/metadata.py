@@ -24,11 +24,12 @@ from pathlib import PurePath
 from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
 from sdserve.domain.inputs import OUTPUT_FORMATS, GenerationInput
+from sdserve.domain.schedulers import A1111_SAMPLERS, lookup_key
 from sdserve.errors import InvalidImage, InvalidInput
-from sdserve.models.samplers import SAMPLERS, name_key
 
 #: Our scheduler names (Replicate spellings and extras) → AUTOMATIC1111's sampler names;
-#: A1111's own names (:data:`~sdserve.models.samplers.SAMPLERS`) are written as A1111 spells them.
+#: A1111's own names (:data:`~sdserve.domain.schedulers.A1111_SAMPLERS`) are written as A1111
+#: spells them.
 A1111_SAMPLER_NAMES: dict[str, str] = {
     "DDIM": "DDIM",
     "DPMSolverMultistep": "DPM++ 2M",
@@ -195,12 +196,12 @@ def content_type(fmt: str) -> str:
 
 def _name_key(name: str) -> str:
     # the engine accepts names in any case, with "_" or " ", and k-diffusion's "k_" prefix
-    key = name_key(name)
+    key = lookup_key(name)
     return key[2:] if key.startswith("k ") else key
 
 
 _DISPLAY_INDEX: dict[str, str] = {
-    **{_name_key(name): name for name in SAMPLERS},
+    **{_name_key(name): name for name in A1111_SAMPLERS},
     **{_name_key(name): display for name, display in A1111_SAMPLER_NAMES.items()},
 }
 

@@ -8,6 +8,7 @@ dtype names are listed once, here, for the settings, the CLI choices and the eng
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal, get_args
 
@@ -21,6 +22,13 @@ CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotun
 #: The accepted ``device`` and ``dtype`` values, in order (``auto`` first).
 DEVICE_NAMES: tuple[str, ...] = get_args(DeviceName)
 DTYPE_NAMES: tuple[str, ...] = get_args(DtypeName)
+
+
+def hub_offline() -> bool:
+    """``HF_HUB_OFFLINE`` as the Hugging Face libraries read it: offline for them is offline
+    for sdserve too, so a missing model fails at once with the command that fetches it.
+    Read when the settings are built (the default of ``offline``), never at import."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}
 
 
 class EngineSettings(BaseModel):
@@ -42,7 +50,10 @@ class EngineSettings(BaseModel):
         description="safety checker model (hub id or folder); None disables the check",
     )
     watermark: bool = Field(default=True, description="allow invisible watermarks")
-    offline: bool = Field(default=False, description="never reach the Hugging Face Hub")
+    offline: bool = Field(
+        default_factory=hub_offline,
+        description="never reach the Hugging Face Hub (on by default when HF_HUB_OFFLINE=1)",
+    )
     cache_dir: Path | None = Field(default=None, description="Hugging Face cache folder")
     # -- fast path (engine/fastpath.py); "auto" = on for CUDA, off elsewhere ---------------
     attention: Literal["sdpa", "default"] = Field(

@@ -5,14 +5,18 @@ from __future__ import annotations
 import base64
 import io
 import json
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 import replicate
 from PIL import Image
 from replicate.exceptions import ReplicateError
+from replicate.helpers import FileOutput
+from replicate.stream import ServerSentEvent
 from replicate.webhook import InvalidSignatureError
 
 from tests.e2e.conftest import ServerProcess, free_port
@@ -61,6 +65,57 @@ def test_run_waits_and_returns_readable_images(client: replicate.Client) -> None
             assert image.size == (64, 64)
             assert image.format == "PNG"
             assert "Seed: " in image.info["parameters"]
+
+
+def test_run_gives_readable_images_when_the_job_outlasts_the_wait(
+    client: replicate.Client, server: ServerProcess
+) -> None:
+    # queued behind a long job, a prediction outlasts a one-second wait on any machine
+    blocker = client.models.predictions.create(
+        model=MODEL,
+        input={"prompt": "blocker", "width": 256, "height": 256, "num_inference_steps": 500},
+    )
+    answers: list[tuple[str, int, str]] = []  # (method, HTTP status, prediction status)
+
+    def record(response: httpx.Response) -> None:
+        response.read()
+        answers.append(
+            (response.request.method, response.status_code, response.json().get("status"))
+        )
+
+    watched = replicate.Client(
+        api_token="anything", base_url=server.url, event_hooks={"response": [record]}
+    )
+    result: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            result["output"] = watched.run(
+                MODEL, input={"prompt": "a red fox", "num_outputs": 2, "seed": 1, **FAST}, wait=1
+            )
+        except Exception as exc:  # reported by the assertions below
+            result["error"] = exc
+
+    runner = threading.Thread(target=run)
+    runner.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not answers and runner.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        blocker.cancel()
+    runner.join(timeout=240)
+    assert "error" not in result, result
+    # the wait expired ("starting"), so run() polled GET until the job ended
+    assert answers[0] == ("POST", 201, "starting")
+    assert answers[-1] == ("GET", 200, "succeeded")
+    images = result["output"]
+    assert len(images) == 2
+    for image in images:
+        assert isinstance(image, FileOutput)
+        assert image.url.startswith("data:image/png;base64,")
+        with Image.open(io.BytesIO(image.read())) as png:
+            assert png.format == "PNG" and png.size == (64, 64)
 
 
 def test_async_create_and_poll(client: replicate.Client, server: ServerProcess) -> None:
@@ -153,6 +208,62 @@ def test_invalid_input_is_a_422_naming_the_field(client: replicate.Client) -> No
     assert "num_inference_steps" in (caught.value.detail or "")
 
 
+def test_bad_scheduler_image_or_mask_is_a_422_when_created(
+    client: replicate.Client, server: ServerProcess, tmp_path: Path
+) -> None:
+    # the official client: run() raises at once, with the field in the detail
+    with pytest.raises(ReplicateError) as caught:
+        client.run(MODEL, input={"prompt": "x", "scheduler": "Euler b", **FAST})
+    assert caught.value.status == 422 and caught.value.title == "Input validation failed"
+    assert (caught.value.detail or "").startswith("scheduler: unknown scheduler 'Euler b'")
+    # an upload (POST /v1/files takes any bytes) that is no image
+    with pytest.raises(ReplicateError) as caught:
+        client.run(MODEL, input={"prompt": "x", "image": io.BytesIO(b"%PDF-1.4 no image")})
+    assert caught.value.status == 422
+    assert (caught.value.detail or "").startswith("image: is not a decodable image")
+    with sample_png(tmp_path).open("rb") as image, pytest.raises(ReplicateError) as caught:
+        client.run(MODEL, input={"prompt": "x", "image": image, "mask": io.BytesIO(b"no")})
+    assert caught.value.status == 422
+    assert (caught.value.detail or "").startswith("mask: is not a decodable image")
+
+    # on the wire: the same problem JSON as the dialect's other 422s, on both create routes
+    shape = httpx.post(
+        f"{server.url}/v1/models/{MODEL}/predictions", json={"input": {"width": 100}}
+    ).json()
+    not_an_image = "data:image/png;base64," + base64.b64encode(b"not an image").decode()
+    png = "data:image/png;base64," + base64.b64encode(sample_png(tmp_path).read_bytes()).decode()
+    bad = {
+        "scheduler": {"scheduler": "Euler b"},
+        "image": {"image": not_an_image},
+        "mask": {"image": png, "mask": not_an_image},
+    }
+    for field, values in bad.items():
+        for path, extra in (
+            (f"/v1/models/{MODEL}/predictions", {}),
+            ("/v1/predictions", {"version": MODEL}),
+        ):
+            response = httpx.post(
+                f"{server.url}{path}",
+                json={**extra, "input": {"prompt": "x", **values}},
+                headers={"Prefer": "wait"},
+                timeout=30,
+            )
+            assert response.status_code == 422, response.text
+            assert response.headers["content-type"] == "application/problem+json"
+            problem = response.json()
+            assert problem["field"] == field
+            assert problem["detail"].startswith(f"{field}: ")
+            assert {key: problem[key] for key in ("title", "status")} == {
+                key: shape[key] for key in ("title", "status")
+            }
+            assert set(problem) - {"allowed"} == set(shape)
+            if field == "scheduler":
+                assert problem["code"] == "invalid_input"
+                assert {"K_EULER", "DPM++ 2M Karras"} <= set(problem["allowed"])
+            else:
+                assert problem["code"] == "invalid_image" and "allowed" not in problem
+
+
 def test_unknown_model_is_a_404(client: replicate.Client) -> None:
     with pytest.raises(ReplicateError) as caught:
         client.run("nobody/nothing", input={"prompt": "x"})
@@ -230,21 +341,85 @@ def test_webhook_completed_exactly_once_with_valid_signature(client: replicate.C
         receiver.close()
 
 
-def test_sse_stream_delivers_progress_and_done(client: replicate.Client) -> None:
+def sse_messages(url: str) -> list[dict[str, str]]:
+    """The messages of an SSE stream up to ``done``, as ``{field: value}`` dicts."""
+    messages: list[dict[str, str]] = []
+    current: dict[str, str] = {}
+    with httpx.stream("GET", url, timeout=60) as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        for line in response.iter_lines():
+            if line:
+                name, _, value = line.partition(": ")
+                current[name] = f"{current[name]}\n{value}" if name in current else value
+                continue
+            if current:
+                messages.append(current)
+                current = {}
+            if messages and messages[-1].get("event") == "done":
+                break
+    return messages
+
+
+def test_sse_stream_delivers_progress_and_done_when_asked(client: replicate.Client) -> None:
     prediction = client.models.predictions.create(
         model=MODEL, input={"prompt": "stream", "width": 64, "height": 64, "num_inference_steps": 8}
     )
-    events: list[str] = []
-    with httpx.stream("GET", prediction.urls["stream"], timeout=60) as response:
-        assert response.headers["content-type"].startswith("text/event-stream")
-        for line in response.iter_lines():
-            if line.startswith("event: "):
-                events.append(line.removeprefix("event: "))
-            if events and events[-1] == "done":
-                break
+    # the playground asks for step progress with previews
+    messages = sse_messages(prediction.urls["stream"] + "?progress=1")
+    events = [message["event"] for message in messages]
     assert "progress" in events
     assert "output" in events
     assert events[-1] == "done"
+    last = json.loads(next(m["data"] for m in reversed(messages) if m["event"] == "progress"))
+    assert last["step"] == last["total"] == 8 and last["percentage"] == 1.0
+    assert last["preview"].startswith("data:image/jpeg;base64,")
+
+
+def test_default_sse_stream_has_only_replicates_events_each_with_an_id(
+    client: replicate.Client,
+) -> None:
+    prediction = client.models.predictions.create(
+        model=MODEL, input={"prompt": "stream", "width": 64, "height": 64, "num_inference_steps": 8}
+    )
+    messages = sse_messages(prediction.urls["stream"])
+    # the official clients know exactly these names and drop a message without an id
+    assert {message["event"] for message in messages} <= {"output", "logs", "error", "done"}
+    assert all(message.get("id") for message in messages)
+    assert len({message["id"] for message in messages}) == len(messages)
+    assert [m["event"] for m in messages].count("output") == 1
+    assert messages[-1] == {"event": "done", "id": messages[-1]["id"], "data": "{}"}
+
+
+def test_official_client_stream_yields_the_output_and_ends(
+    client: replicate.Client,
+) -> None:
+    events = list(client.stream(MODEL, input={"prompt": "stream", "seed": 4, **FAST}))
+    names = [event.event for event in events]
+    assert names[-1] is ServerSentEvent.EventType.DONE
+    outputs = [event for event in events if event.event is ServerSentEvent.EventType.OUTPUT]
+    assert len(outputs) == 1
+    # a file object, as Replicate's https URLs give: plain http URLs would reach the
+    # caller as strings, so a streamed prediction carries its output inline
+    assert isinstance(outputs[0].data, FileOutput)
+    assert outputs[0].data.read().startswith(b"\x89PNG")
+    logs = "\n".join(e.data for e in events if e.event is ServerSentEvent.EventType.LOGS)
+    assert "seed: 4" in logs
+
+
+def test_prediction_stream_of_a_created_prediction_ends_with_done(
+    client: replicate.Client,
+) -> None:
+    prediction = client.models.predictions.create(
+        model=MODEL, input={"prompt": "stream", "seed": 6, **FAST}, stream=True
+    )
+    events = list(prediction.stream())
+    outputs = [e.data for e in events if e.event is ServerSentEvent.EventType.OUTPUT]
+    assert len(outputs) == 1 and isinstance(outputs[0], FileOutput)
+    assert events[-1].event is ServerSentEvent.EventType.DONE
+    # a finished prediction replays its events: streaming it again gives the same output
+    again = list(prediction.stream())
+    assert [e.data.url for e in again if isinstance(e.data, FileOutput)] == [outputs[0].url]
+    assert again[-1].event is ServerSentEvent.EventType.DONE
 
 
 def test_data_uri_input_image_decodes(client: replicate.Client) -> None:

@@ -3,7 +3,7 @@
 Requests accept every key A1111 (and ``webuiapi``, which always sends all ~47 of them)
 knows: the keys sdserve uses are declared, every other one is kept for the echo in
 ``parameters`` and otherwise ignored. No torch here: the sampler and schedule tables are
-plain data (:mod:`sdserve.models.samplers`), checked against the engine's by a unit test.
+the plain data of ``domain/schedulers.py``, which the engine maps to diffusers schedulers.
 """
 
 from __future__ import annotations
@@ -20,10 +20,15 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from sdserve.domain.schedulers import A1111_SAMPLERS, A1111_SCHEDULES, lookup_key
 from sdserve.errors import InvalidImage, InvalidInput
 from sdserve.jobs.contract import JobRecord, ServedModel
 from sdserve.models.lora_tags import parse_a1111_lora_tags
-from sdserve.models.samplers import SAMPLERS, SCHEDULES, name_key
+
+#: A1111 sampler display names and their aliases (k-diffusion spellings), in A1111's order.
+SAMPLERS = A1111_SAMPLERS
+#: A1111 noise schedules (the ``scheduler`` field since A1111 1.9) with their labels.
+SCHEDULES = A1111_SCHEDULES
 
 #: Hires upscalers A1111 offers. sdserve upscales every one of them with Lanczos in pixel
 #: space before the second pass (the second pass is what adds the detail).
@@ -37,14 +42,14 @@ DEFAULT_SAMPLER = "Euler"  # A1111's API default when a request names none
 
 _SAMPLER_INDEX: dict[str, str] = {}
 for _name, _aliases in SAMPLERS.items():
-    _SAMPLER_INDEX[name_key(_name)] = _name
+    _SAMPLER_INDEX[lookup_key(_name)] = _name
     for _alias in _aliases:
-        _SAMPLER_INDEX.setdefault(name_key(_alias), _name)
+        _SAMPLER_INDEX.setdefault(lookup_key(_alias), _name)
 
 
 def resolve_sampler(name: str, field: str = "sampler_name") -> str:
     """The A1111 display name of a sampler (any case, aliases too); InvalidInput if unknown."""
-    found = _SAMPLER_INDEX.get(name_key(name))
+    found = _SAMPLER_INDEX.get(lookup_key(name))
     if found is None:
         raise InvalidInput(field, f"unknown sampler {name!r}", allowed=list(SAMPLERS))
     return found
@@ -54,11 +59,11 @@ def resolve_schedule(name: str | None) -> str | None:
     """The canonical noise schedule for an A1111 ``scheduler`` value (None = automatic)."""
     if name is None or not name.strip():
         return None
-    key = name_key(name).replace(" ", "_")
+    key = lookup_key(name).replace(" ", "_")
     if key not in SCHEDULES:
         # labels ("SGM Uniform") are accepted as well as names
-        by_label = {name_key(label): value for value, label in SCHEDULES.items()}
-        found = by_label.get(name_key(name))
+        by_label = {lookup_key(label): value for value, label in SCHEDULES.items()}
+        found = by_label.get(lookup_key(name))
         if found is None:
             raise InvalidInput("scheduler", f"unknown scheduler {name!r}", allowed=list(SCHEDULES))
         key = found

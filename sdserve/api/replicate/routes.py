@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -14,6 +16,7 @@ from sdserve.api.common import (
     PAGE_SIZE,
     base_url,
     data_uri,
+    file_url,
     parse_cancel_after,
     parse_prefer_wait,
 )
@@ -28,7 +31,7 @@ from sdserve.api.replicate.schemas import (
 )
 from sdserve.api.streaming import sse_events
 from sdserve.domain.jobs import JobKind
-from sdserve.errors import InvalidInput, ModelNotFound
+from sdserve.errors import FileNotFound, InvalidInput, ModelNotFound
 from sdserve.jobs.contract import JobRecord, JobService
 
 
@@ -85,28 +88,48 @@ class ReplicateApi:
     async def _create(self, request: Request, model: str, body: PredictionRequest) -> Response:
         wait = parse_prefer_wait(request.headers.get("prefer"), self.max_wait_s)
         deadline = parse_cancel_after(request.headers.get("cancel-after"))
-        job = self.service.create(
+        # off the event loop: creating decodes inline images to refuse bad ones at once
+        job = await asyncio.to_thread(
+            self.service.create,
             model,
             body.input,
             source="replicate",
             webhook=body.webhook_options(),
             deadline=deadline,
+            # run() and stream() of the official client: it reads only https: and data:
+            # outputs as files, so over plain http their outputs must come inline
+            inline_output=wait is not None or bool(body.stream),
         )
         base = base_url(request, self.public_url)
         if wait is None:
-            return JSONResponse(render_prediction(job, base), status_code=201)
+            return JSONResponse(self._render(job, base), status_code=201)
         job = await self.service.wait(job.id, wait)
         if not job.status.terminal:
             # the client polls only when it sees "starting" (CLIENT_CONTRACTS §1.3)
-            body_json = render_prediction(job, base)
+            body_json = self._render(job, base)
             body_json["status"] = "starting"
             body_json["output"] = None
             return JSONResponse(body_json, status_code=201)
-        return JSONResponse(self._render_sync(job, base), status_code=201)
+        return JSONResponse(self._render(job, base), status_code=201)
 
-    def _render_sync(self, job: JobRecord, base: str) -> dict[str, Any]:
-        """Terminal predictions answered inline carry outputs as data URIs."""
-        return render_prediction(job, base, output_as=lambda key: data_uri(self.service, key))
+    def _render(self, job: JobRecord, base: str) -> dict[str, Any]:
+        """A prediction as answered at its own URLs (create, get, cancel)."""
+        return render_prediction(job, base, output_as=self._output_renderer(job, base))
+
+    def _output_renderer(self, job: JobRecord, base: str) -> Callable[[str], str]:
+        """Output files as data URIs when the job's creator asked for them inline (sync
+        mode, as Replicate answers it, kept for the polls that follow an expired wait, and
+        streams), else as URLs."""
+        if not job.inline_output or job.data_removed:
+            return lambda key: file_url(base, key)
+
+        def inline(key: str) -> str:
+            try:
+                return data_uri(self.service, key)
+            except FileNotFound:  # removed by the retention sweep a moment ago
+                return file_url(base, key)
+
+        return inline
 
     async def list_predictions(
         self,
@@ -121,17 +144,20 @@ class ReplicateApi:
         )
 
     async def get_prediction(self, request: Request, job_id: str) -> Any:
-        return render_prediction(self.service.get(job_id), base_url(request, self.public_url))
+        return self._render(self.service.get(job_id), base_url(request, self.public_url))
 
     async def cancel_prediction(self, request: Request, job_id: str) -> Any:
         job = self.service.cancel(job_id)
-        return render_prediction(job, base_url(request, self.public_url))
+        return self._render(job, base_url(request, self.public_url))
 
-    async def stream(self, request: Request, job_id: str) -> StreamingResponse:
-        self.service.get(job_id)  # 404 before the stream starts
-        base = base_url(request, self.public_url)
+    async def stream(
+        self, request: Request, job_id: str, progress: bool = False
+    ) -> StreamingResponse:
+        """Replicate's events; ``?progress=1`` adds step ``progress`` events with previews."""
+        job = self.service.get(job_id)  # 404 before the stream starts
+        render_output = self._output_renderer(job, base_url(request, self.public_url))
         return StreamingResponse(
-            sse_events(self.service, job_id, base),
+            sse_events(self.service, job_id, render_output, progress=progress),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )

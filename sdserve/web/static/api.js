@@ -82,14 +82,15 @@ export function pathOf(url) {
 }
 
 // Follow a prediction until it ends. Without a token the SSE stream gives progress and
-// previews; EventSource cannot send an Authorization header, so with a token we poll.
+// previews (asked for with ?progress=1: the default stream carries only Replicate's events);
+// EventSource cannot send an Authorization header, so with a token we poll.
 export function follow(prediction, { onProgress, onLog, onOutput }) {
   return getToken() ? poll(prediction.id, { onProgress }) : stream(prediction, { onProgress, onLog, onOutput });
 }
 
 function stream(prediction, { onProgress, onLog, onOutput }) {
   return new Promise((resolve) => {
-    const source = new EventSource(`/v1/predictions/${encodeURIComponent(prediction.id)}/stream`);
+    const source = new EventSource(`/v1/predictions/${encodeURIComponent(prediction.id)}/stream?progress=1`);
     let finished = false;
     const finish = () => {
       if (finished) return;

@@ -149,3 +149,70 @@ def test_models_tiny_builds_a_loadable_single_file(
         == 0
     )
     assert "seed: 3" in capsys.readouterr().out
+
+
+def _generate(out: str, *more: str, model: str = "", data_dir: Path | None = None) -> int:
+    argv = ["generate", "a fox", "--model", model, "--steps", "2", "--seed", "11", "-o", out]
+    if data_dir is not None:
+        argv += ["--data-dir", str(data_dir)]  # after the command, as people type it
+    return main([*argv, *more])
+
+
+def test_an_existing_file_is_not_overwritten_without_overwrite(
+    tiny_sd: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "fox.png"
+    out.write_bytes(b"my earlier picture")
+    assert _generate(str(out), model=str(tiny_sd)) == 1
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1] == (
+        f"error: output: {out} already exists; pass --overwrite to replace, or choose another -o"
+    )
+    assert "generating" not in err  # refused before any work
+    assert out.read_bytes() == b"my earlier picture"
+    assert _generate(str(out), "--overwrite", model=str(tiny_sd)) == 0
+    with Image.open(out) as image:
+        assert "Seed: 11" in image.info["parameters"]
+
+
+def test_a_folder_output_refuses_the_files_it_would_overwrite(
+    tiny_sd: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "outdir"
+    folder.mkdir()
+    (folder / "12.png").write_bytes(b"keep me")
+    assert _generate(f"{folder}/", "-n", "2", model=str(tiny_sd)) == 1
+    assert f"{folder / '12.png'} already exists" in capsys.readouterr().err
+    assert sorted(path.name for path in folder.iterdir()) == ["12.png"]
+    assert (folder / "12.png").read_bytes() == b"keep me"
+
+
+def test_a_demo_model_name_resolves_like_serve_demo_serves_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from sdserve.config import Settings
+    from sdserve.server import prepare_demo
+
+    data_dir = tmp_path / "data"
+    prepare_demo(Settings(data_dir=data_dir, demo=True))  # what 'serve --demo' builds first
+    out = tmp_path / "fox.png"
+    assert _generate(str(out), model="sdserve/tiny-sd", data_dir=data_dir) == 0
+    printed = capsys.readouterr()
+    assert f"{out}  seed=11  64x64" in printed.out
+    assert "huggingface" not in printed.err.lower()
+    with Image.open(out) as image:
+        assert image.size == (64, 64)
+
+
+def test_an_uncached_hub_model_offline_is_one_error_line_with_the_fix(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    code = _generate(
+        str(tmp_path / "x.png"), model="acme/not-downloaded", data_dir=tmp_path / "data"
+    )
+    assert code == 1
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("error: model 'acme/not-downloaded' is not in the Hugging Face cache")
+    assert "hf download acme/not-downloaded" in error
+    assert not (tmp_path / "x.png").exists()

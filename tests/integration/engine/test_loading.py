@@ -133,7 +133,7 @@ def test_uncached_hub_id_offline_says_how_to_fix(settings: EngineSettings) -> No
     message = caught.value.message
     assert "'acme/not-downloaded' is not in the Hugging Face cache" in message
     assert str(settings.cache_dir) in message
-    assert "huggingface-cli download acme/not-downloaded" in message
+    assert "hf download acme/not-downloaded" in message
     assert "local folder / .safetensors file" in message
 
 
@@ -158,4 +158,4 @@ def test_real_single_file_without_cached_tokenizer_says_which(
         load(checkpoint, settings)
     message = caught.value.message
     assert "openai/clip-vit-large-patch14" in message
-    assert "huggingface-cli download openai/clip-vit-large-patch14" in message
+    assert "hf download openai/clip-vit-large-patch14" in message

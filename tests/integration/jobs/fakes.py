@@ -20,6 +20,7 @@ from sdserve.errors import (
     InputFetchFailed,
     InsufficientGpuMemory,
     InvalidInput,
+    ModelLoadError,
     ModelNotFound,
     StorageFull,
 )
@@ -29,6 +30,11 @@ FAILURES = {
     "insufficient_gpu_memory": InsufficientGpuMemory("CUDA out of memory (tried 2 GiB)"),
     "storage_full": StorageFull("disk full"),
     "input_fetch_failed": InputFetchFailed("image: host unreachable"),
+    # what the engine raises for a hub model that is not cached while offline
+    "model_load_error": ModelLoadError(
+        "model 'acme/sdxl' is not in the Hugging Face cache (/cache) and the hub is offline; "
+        "download it on a machine with network: hf download acme/sdxl"
+    ),
 }
 
 

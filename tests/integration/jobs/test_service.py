@@ -5,18 +5,21 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import logging
 import re
 import threading
 import time
 from datetime import UTC, datetime, timedelta
 
+import httpx
 import pytest
 from PIL import Image
 
 from sdserve.domain.events import Done, Log, Output, Progress
 from sdserve.domain.jobs import Status
-from sdserve.errors import FileNotFound, InvalidInput, ModelNotFound, Overloaded
+from sdserve.errors import FileNotFound, InvalidImage, InvalidInput, ModelNotFound, Overloaded
 from sdserve.jobs.contract import JobRecord
+from sdserve.jobs.images import NOT_AN_IMAGE
 from sdserve.jobs.service import Service
 from tests.integration.jobs.conftest import MakeService
 from tests.integration.jobs.fakes import FakePredictor
@@ -96,11 +99,10 @@ def test_events_stream_progress_logs_output_and_done(make_service: MakeService) 
     [
         ({"prompt": "fail:insufficient_gpu_memory"}, "insufficient_gpu_memory: CUDA out of memory"),
         ({"prompt": "fail:storage_full"}, "storage_full: disk full"),
+        ({"prompt": "fail:model_load_error"}, "model_load_error: model 'acme/sdxl' is not in"),
         ({"prompt": "bad lora"}, "invalid_input: lora: no LoRA called 'x'"),
         ({"prompt": "boom"}, "internal_error: unexpected kaboom"),
-        ({"image": "data:image/png;base64,aGVsbG8="}, "invalid_image: image: cannot decode"),
         ({"image": "http://127.0.0.1:1/cat.png"}, "input_fetch_failed: image: refusing"),
-        ({"image": "/v1/files/" + "a" * 32}, "input_fetch_failed: image: no uploaded file"),
     ],
 )
 def test_failures_end_failed_with_stable_codes(
@@ -112,6 +114,51 @@ def test_failures_end_failed_with_stable_codes(
     assert job.error is not None and job.error.startswith(error), job.error
     # the run had resolved its input: it is kept, whatever failed afterwards
     assert f"Using seed: {job.input['seed']}" in job.logs
+
+
+def test_every_job_end_logs_one_line_with_id_status_seconds_task_and_model(
+    make_service: MakeService, caplog: pytest.LogCaptureFixture
+) -> None:
+    service = make_service()
+    with caplog.at_level(logging.INFO, logger="sdserve"):
+        done = wait(service, service.create("test/fake", {"prompt": "a fox"}).id)
+        edited = wait(service, service.create("test/fake", {"image": png_data_uri()}).id)
+        failed = wait(service, service.create("test/fake", {"prompt": "fail:model_load_error"}).id)
+    lines = {record.getMessage(): record for record in caplog.records if "job " in record.message}
+    assert len(lines) == 3, list(lines)
+    ended = re.compile(r"^job (\w+) (\w+) in (\d+\.\d\d) s: (\w+) with test/fake(: .*)?$")
+    found = {}
+    for message, record in lines.items():
+        match = ended.match(message)
+        assert match, message
+        found[match.group(1)] = (match.group(2), match.group(4), match.group(5), record)
+    assert found[done.id][:2] == ("succeeded", "txt2img")
+    assert found[edited.id][:2] == ("succeeded", "img2img")
+    status, task, error, record = found[failed.id]
+    assert (status, task) == ("failed", "txt2img")
+    assert error == f": {failed.error}" and "hf download acme/sdxl" in error
+    # a foreseen failure is its one line: no traceback anywhere
+    assert record.levelno == logging.WARNING
+    assert all(r.exc_info is None for r in caplog.records), [r.getMessage() for r in caplog.records]
+
+
+def test_a_job_canceled_in_the_queue_logs_its_end_too(
+    make_service: MakeService, caplog: pytest.LogCaptureFixture
+) -> None:
+    predictor = FakePredictor(step_delay=0.1)
+    service = make_service(predictor)
+    running = service.create("test/fake", {"prompt": "first", "num_inference_steps": 5})
+    queued = service.create("test/fake", {"prompt": "second"})
+    assert predictor.started.wait(10)
+    with caplog.at_level(logging.INFO, logger="sdserve"):
+        service.cancel(queued.id)
+        wait(service, running.id)
+    lines = sorted(r.getMessage() for r in caplog.records if r.getMessage().startswith("job "))
+    assert len(lines) == 2, lines
+    assert any(re.match(rf"job {queued.id} canceled in [\d.]+ s: txt2img", line) for line in lines)
+    assert any(
+        re.match(rf"job {running.id} succeeded in [\d.]+ s: txt2img", line) for line in lines
+    )
 
 
 def test_validation_errors_are_raised_before_anything_is_stored(
@@ -127,6 +174,54 @@ def test_validation_errors_are_raised_before_anything_is_stored(
     with pytest.raises(ModelNotFound):
         service.create("nobody/nothing", {"prompt": "x"})
     assert service.list().results == []
+
+
+@pytest.mark.parametrize(
+    ("input", "error"),
+    [
+        ({"scheduler": "Euler b"}, "scheduler: unknown scheduler 'Euler b'"),
+        ({"noise_schedule": "wobbly"}, "noise_schedule: unknown noise schedule 'wobbly'"),
+        ({"image": "data:image/png;base64,aGVsbG8="}, f"image: {NOT_AN_IMAGE}"),
+        ({"image": "data:image/png;base64,!!"}, "image: data URI is not valid base64"),
+        ({"image": "/v1/files/" + "a" * 32}, "image: no uploaded file with id"),
+        ({"image": "ftp://example.com/cat.png"}, "image: unsupported URL scheme 'ftp'"),
+        ({"image": "photos/cat.png"}, "image: not a URL, data URI or uploaded file"),
+        ({"image": png_data_uri(), "mask": "data:,not a mask"}, f"mask: {NOT_AN_IMAGE}"),
+    ],
+)
+def test_bad_names_and_images_are_refused_when_the_job_is_created(
+    make_service: MakeService, input: dict[str, str], error: str
+) -> None:
+    service = make_service()
+    with pytest.raises(InvalidInput) as caught:
+        service.create("test/fake", {"prompt": "x", **input})
+    assert str(caught.value).startswith(error)
+    assert caught.value.field == error.split(":", 1)[0]
+    assert service.list().results == []
+
+
+def test_an_uploaded_file_that_is_no_image_is_refused_when_the_job_is_created(
+    make_service: MakeService,
+) -> None:
+    service = make_service()
+    key = service.store_upload(b"%PDF-1.4 not a picture", "cat.png", "image/png")
+    for reference in (key, f"/v1/files/{key}", f"http://127.0.0.1:8000/files/{key}"):
+        with pytest.raises(InvalidImage, match=f"image: {re.escape(NOT_AN_IMAGE)}"):
+            service.create("test/fake", {"prompt": "x", "image": reference})
+    assert service.list().results == []
+
+
+def test_an_image_fetched_from_a_url_that_is_no_image_fails_cleanly(
+    make_service: MakeService,
+) -> None:
+    not_png = httpx.MockTransport(lambda request: httpx.Response(200, content=b"<html>hi"))
+    service = make_service(
+        fetch_transport=not_png, fetch_resolver=lambda host, port: ["93.184.216.34"]
+    )
+    created = service.create("test/fake", {"prompt": "x", "image": "https://example.com/a.png"})
+    job = wait(service, created.id)
+    assert job.status is Status.FAILED
+    assert job.error == f"invalid_image: image: {NOT_AN_IMAGE}"
 
 
 def test_queue_limit_raises_overloaded(make_service: MakeService) -> None:

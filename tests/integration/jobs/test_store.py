@@ -53,6 +53,13 @@ def test_round_trip_keeps_every_field(store: Store) -> None:
         store.get("nope")
 
 
+def test_round_trip_keeps_inline_output(store: Store) -> None:
+    record = replace(job(), inline_output=True)
+    store.insert_job(record)
+    assert store.get(record.id).inline_output is True
+    assert store.page(limit=5).results[0] == record
+
+
 def test_double_claim_fails(store: Store) -> None:
     record = job()
     store.insert_job(record)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from sdserve.api.a1111.schemas import SAMPLERS, SCHEDULES
 from sdserve.engine.schedulers import a1111_samplers, a1111_schedules, resolve_scheduler
-from sdserve.models.samplers import SAMPLERS, SCHEDULES
 
 
 def test_samplers_are_exactly_the_engines_with_the_same_aliases() -> None:

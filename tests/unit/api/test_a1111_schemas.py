@@ -13,6 +13,8 @@ import pytest
 from PIL import Image
 
 from sdserve.api.a1111.schemas import (
+    SAMPLERS,
+    SCHEDULES,
     CheckpointInfo,
     Img2ImgRequest,
     Txt2ImgRequest,
@@ -26,7 +28,6 @@ from sdserve.domain.inputs import parse_generation_input
 from sdserve.domain.jobs import JobKind, Status
 from sdserve.errors import InvalidImage, InvalidInput
 from sdserve.jobs.contract import JobRecord
-from sdserve.models.samplers import SAMPLERS, SCHEDULES
 
 # what webuiapi 0.9.17 sends for txt2img(prompt=..., width=64, height=64, steps=3)
 WEBUIAPI_TXT2IMG: dict[str, Any] = {

@@ -25,11 +25,11 @@ SCRIPT = textwrap.dedent(
 
     from sdserve.api.app import create_app
     from sdserve.config import load_settings
-    from sdserve.server import build_service
+    from sdserve.server import build_registry, build_service
 
     data_dir, model, heavy = sys.argv[1], sys.argv[2], sys.argv[3].split(",")
     settings = load_settings(data_dir=data_dir, models=[model])
-    app = create_app(settings, build_service(settings, run_worker=False))
+    app = create_app(settings, build_service(settings, build_registry(settings), run_worker=False))
     with TestClient(app) as client:
         statuses = [
             client.get("/health").status_code,

@@ -67,6 +67,13 @@ def test_defaults_fill_only_what_is_missing() -> None:
     assert resolved.seed is not None and 0 <= resolved.seed < 2**32
 
 
+def test_a_seed_can_be_drawn_before_the_model_is_known_and_is_kept() -> None:
+    seeded = GenerationInput(prompt="a").with_seed(random.Random(1))
+    assert seeded.seed is not None and 0 <= seeded.seed < 2**32
+    assert seeded.with_defaults(SD1).seed == seeded.seed
+    assert GenerationInput(seed=7).with_seed().seed == 7
+
+
 def test_img2img_keeps_size_open_for_the_input_image() -> None:
     resolved = GenerationInput(image="data:,", prompt="a").with_defaults(SD1)
     assert resolved.width is None and resolved.height is None
@@ -85,3 +92,33 @@ def test_image_i_uses_seed_plus_i_and_wraps() -> None:
     assert resolved.seed_for(1) == 0
     with pytest.raises(ValueError, match="with_defaults"):
         GenerationInput().seed_for(0)
+
+
+@pytest.mark.parametrize(
+    "name", ["K_EULER", "KarrasDPM", "DPM++ 2M Karras", "euler  a", "k_euler_ancestral", "unipc"]
+)
+def test_every_scheduler_spelling_the_engine_knows_is_accepted(name: str) -> None:
+    assert parse_generation_input({"scheduler": name}).scheduler == name  # kept as sent
+
+
+def test_an_empty_scheduler_is_the_family_default() -> None:
+    assert parse_generation_input({"scheduler": ""}).with_defaults(SD1).scheduler == "K_EULER"
+
+
+def test_an_unknown_scheduler_is_refused_with_the_allowed_names() -> None:
+    with pytest.raises(InvalidInput) as caught:
+        parse_generation_input({"prompt": "x", "scheduler": "Euler b"})
+    assert caught.value.field == "scheduler"
+    assert str(caught.value).startswith("scheduler: unknown scheduler 'Euler b' (allowed: DDIM,")
+    assert caught.value.allowed is not None
+    assert {"K_EULER", "DPMSolverMultistep", "Euler a", "DPM++ 2M Karras"} <= set(
+        caught.value.allowed
+    )
+
+
+def test_an_unknown_noise_schedule_is_refused_with_the_allowed_ones() -> None:
+    assert parse_generation_input({"noise_schedule": "SGM Uniform"}).noise_schedule
+    with pytest.raises(InvalidInput) as caught:
+        parse_generation_input({"noise_schedule": "wobbly"})
+    assert caught.value.field == "noise_schedule"
+    assert caught.value.allowed is not None and "karras" in caught.value.allowed

@@ -9,6 +9,14 @@ from diffusers import (
     EulerDiscreteScheduler,
 )
 
+from sdserve.domain.schedulers import (
+    A1111_SAMPLERS,
+    A1111_SCHEDULES,
+    REPLICATE_SCHEDULERS,
+    is_known_noise_schedule,
+    is_known_scheduler,
+)
+from sdserve.domain.schedulers import scheduler_names as domain_scheduler_names
 from sdserve.engine import schedulers
 from sdserve.errors import InvalidInput
 
@@ -119,3 +127,23 @@ def test_a1111_sampler_listing_has_aliases() -> None:
     assert set(A1111) <= set(listing)
     assert "k_euler_a" in listing["Euler a"].aliases
     assert listing["DPM++ 2M Karras"].scheduler == "DPMSolverMultistepScheduler"
+
+
+def test_every_name_of_the_torch_free_table_has_exactly_one_scheduler() -> None:
+    # the CLI help and the A1111 dialect list the domain's names without importing torch
+    assert set(schedulers.REPLICATE_CHOICES) == set(REPLICATE_SCHEDULERS)
+    assert set(schedulers.A1111_CHOICES) == set(A1111_SAMPLERS)
+    assert set(schedulers.SCHEDULE_OVERRIDES) == set(A1111_SCHEDULES)
+    assert schedulers.scheduler_names() == domain_scheduler_names()
+
+
+def test_every_name_checked_at_creation_resolves_in_the_engine() -> None:
+    for name in domain_scheduler_names():
+        assert is_known_scheduler(name)
+        schedulers.resolve_scheduler(name)
+    for aliases in A1111_SAMPLERS.values():
+        for alias in aliases:
+            assert is_known_scheduler(alias)
+            schedulers.resolve_scheduler(alias)
+    assert all(is_known_noise_schedule(name) for name in A1111_SCHEDULES)
+    assert not is_known_scheduler("Euler b")
