@@ -345,11 +345,6 @@ class Store:
             ),
         )
 
-    def count_queued(self) -> int:
-        """Jobs waiting or running (what ``max_queue`` bounds)."""
-        with self._conn() as conn:
-            return _count_queued(conn)
-
     def unfinished(self) -> list[tuple[str, Status, int, bool]]:
         """(id, status, attempts, cancel_requested) of every job not yet terminal, oldest first."""
         with self._tx() as session:
@@ -765,7 +760,3 @@ def sqlite_url(data_dir: Path) -> str:
     """The default database URL inside the data directory."""
     return f"sqlite:///{os.fspath(data_dir / 'sdserve.db')}"
 
-
-def ids(records: Sequence[JobRecord]) -> list[str]:
-    """Ids of records, in order (a small helper for callers and tests)."""
-    return [record.id for record in records]

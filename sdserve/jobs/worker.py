@@ -16,7 +16,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
-from sdserve.domain.inputs import FamilyDefaults, GenerationInput
+from sdserve.domain.inputs import GenerationInput
 from sdserve.domain.jobs import JobKind, Status
 from sdserve.engine.types import GenerationResult, RunHooks
 from sdserve.errors import (
@@ -72,18 +72,6 @@ class Predictor(Protocol):
         mask: Image | None,
         hooks: RunHooks,
     ) -> GenerationResult: ...
-
-
-class ModelSpecLike(Protocol):
-    """The parts of ``engine.models.ModelSpec`` the service uses."""
-
-    name: str
-    reference: str
-    family: str
-    version: str
-
-    @property
-    def defaults(self) -> FamilyDefaults: ...
 
 
 class RegistryLike(Protocol):
