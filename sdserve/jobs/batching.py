@@ -128,19 +128,19 @@ def _claim_partners(
     seen: set[str] = set()
     deadline = time.monotonic() + window_s
     while True:
-        for other_id, status, _attempts, cancel in runner.store.unfinished():
+        for other_id, status, _attempts, cancel in runner.store.jobs.unfinished():
             if len(found) >= wanted:
                 return found
             if other_id in seen or status is not Status.STARTING or cancel:
                 continue
             seen.add(other_id)
-            other = runner.store.get(other_id)
+            other = runner.store.jobs.get(other_id)
             if other.deadline is not None and datetime.now(UTC) >= other.deadline:
                 continue  # its own message aborts it
             inp = resolved_input(runner, other)
             if inp is None or batch_key(inp, other.model) != key:
                 continue
-            claimed = runner.store.claim(other_id, runner.worker_id)
+            claimed = runner.store.jobs.claim(other_id, runner.worker_id)
             if claimed is not None:
                 found.append(_Member(other_id, claimed, inp, runner.progress_for(claimed)))
         if len(found) >= wanted or time.monotonic() >= deadline:
@@ -175,7 +175,7 @@ def _batch_hooks(members: list[_Member]) -> RunHooks:
 def _run_members(runner: JobRunner, members: list[_Member], predictor: Any, started: float) -> None:
     for member in members:
         runner.on_change(member.record)
-        runner.store.update_running(
+        runner.store.jobs.update_running(
             member.job_id,
             input=member.inp.model_dump(mode="json", exclude_none=True),
             append_logs=f"Using seed: {member.inp.seed}\nbatched with {len(members) - 1} "

@@ -151,7 +151,8 @@ class Service:
         self._secret_lock = threading.Lock()
         self._waiters = JobWaiters()
         self.dispatcher = WebhookDispatcher(
-            self.store,
+            self.store.outbox,
+            self.store.jobs,
             "",  # the secret is filled in at start(), read lazily from its file
             renderers=webhook_renderers,
             timeout_s=config.webhook_timeout_s,
@@ -228,10 +229,10 @@ class Service:
     def recover(self) -> builtins.list[str]:
         """Re-queue or fail jobs a crash left unfinished; return the ids touched."""
         touched = []
-        for job_id, status, _attempts, _cancel in self.store.unfinished():
+        for job_id, status, _attempts, _cancel in self.store.jobs.unfinished():
             if status is Status.PROCESSING:
                 self._resume_or_fail(job_id)
-            if self.store.get(job_id).status is Status.STARTING:
+            if self.store.jobs.get(job_id).status is Status.STARTING:
                 self.queue.enqueue(job_id)
             touched.append(job_id)
         self.dispatcher.wake()
@@ -239,21 +240,21 @@ class Service:
 
     def _resume_or_fail(self, job_id: str) -> None:
         """A ``processing`` job whose worker is gone: canceled, re-queued or ``worker_lost``."""
-        state = self.store.run_state(job_id)
+        state = self.store.jobs.run_state(job_id)
         if state.status is not Status.PROCESSING:
             return
         values: dict[str, Any] = {}
         if state.cancel_requested:
             ended = Status.CANCELED
         elif state.attempts < self.settings.service.job_attempts:
-            self.store.requeue(job_id)
+            self.store.jobs.requeue(job_id)
             return
         else:
             ended = Status.FAILED
             values["error"] = (
                 f"worker_lost: the worker running this job stopped ({state.attempts} attempt(s))"
             )
-        record = self.store.transition(job_id, ended, **values)
+        record = self.store.jobs.transition(job_id, ended, **values)
         if record is not None:
             self._job_changed(record)
 
@@ -379,7 +380,7 @@ class Service:
             inline_output=inline_output,
         )
         max_queue = self.settings.service.max_queue
-        if not self.store.insert_job(record, max_queued=max_queue):
+        if not self.store.jobs.insert(record, max_queued=max_queue):
             raise Overloaded(f"{max_queue} jobs are already queued; retry later", retry_after=10)
         if self._local_worker:
             self._unended.add(record.id)
@@ -387,7 +388,7 @@ class Service:
             self.queue.enqueue(record.id)
         except Exception as exc:
             log.exception("cannot enqueue job %s", record.id)
-            failed = self.store.transition(
+            failed = self.store.jobs.transition(
                 record.id, Status.FAILED, error=f"internal_error: queue unavailable ({exc})"
             )
             if failed is not None:
@@ -397,7 +398,7 @@ class Service:
         return record
 
     def get(self, job_id: str) -> JobRecord:
-        return self.store.get(job_id)
+        return self.store.jobs.get(job_id)
 
     def _check_images(self, inp: GenerationInput) -> None:
         """Decode an image and mask given inline or as uploads now, so bad bytes are a
@@ -431,30 +432,30 @@ class Service:
     def list(
         self, *, cursor: str | None = None, limit: int = 100, kind: JobKind | None = None
     ) -> Page:
-        return self.store.page(cursor=cursor, limit=limit, kind=kind)
+        return self.store.jobs.page(cursor=cursor, limit=limit, kind=kind)
 
     def cancel(self, job_id: str) -> JobRecord:
         """Queued: ``canceled`` at once. Running: flagged, the worker stops at the next step."""
         for _ in range(3):
-            record = self.store.get(job_id)
+            record = self.store.jobs.get(job_id)
             if record.status is Status.STARTING:
-                canceled = self.store.transition(job_id, Status.CANCELED)
+                canceled = self.store.jobs.transition(job_id, Status.CANCELED)
                 if canceled is not None:
                     self._job_changed(canceled)
                     return canceled
             elif record.status is Status.PROCESSING:
-                self.store.request_cancel(job_id)
+                self.store.jobs.request_cancel(job_id)
                 self._flags_changed(job_id)
-                return self.store.get(job_id)
+                return self.store.jobs.get(job_id)
             else:
                 return record
-        return self.store.get(job_id)
+        return self.store.jobs.get(job_id)
 
     def interrupt(self, job_id: str) -> JobRecord:
         """Running: flagged, the worker finishes after the current step with what it has."""
-        self.store.request_stop(job_id)
+        self.store.jobs.request_stop(job_id)
         self._flags_changed(job_id)
-        return self.store.get(job_id)
+        return self.store.jobs.get(job_id)
 
     def _flags_changed(self, job_id: str) -> None:
         if self.runner is not None:
@@ -462,11 +463,11 @@ class Service:
 
     def active(self, *, source: str | None = None) -> builtins.list[JobRecord]:
         """Jobs not yet terminal, oldest first."""
-        return self.store.active_jobs(source)
+        return self.store.jobs.active(source)
 
     def progress(self, job_id: str) -> RunProgress:
         """Last step, total and preview of a job (cheap: no logs or input)."""
-        state = self.store.run_state(job_id)
+        state = self.store.jobs.run_state(job_id)
         return RunProgress(
             step=state.progress_step,
             total=state.progress_total,
@@ -485,7 +486,7 @@ class Service:
                 if look or remaining <= 0:
                     # read in the event loop like any GET: a primary-key read, which on
                     # SQLite (WAL) never waits for a writer; a thread hop costs as much again
-                    record = self.store.get(job_id)
+                    record = self.store.jobs.get(job_id)
                     if record.status.terminal or remaining <= 0:
                         return record
                 look = True
@@ -498,13 +499,13 @@ class Service:
 
     async def events(self, job_id: str) -> AsyncIterator[Event]:
         """Progress, log lines and output of a job as they happen, ending with ``Done``."""
-        self.store.get(job_id)  # JobNotFound before the stream starts
+        self.store.jobs.get(job_id)  # JobNotFound before the stream starts
         logs_seen = 0
         last_step: tuple[int, int] | None = None
         output_sent = False
         while True:
-            record = await asyncio.to_thread(self.store.get, job_id)
-            state = await asyncio.to_thread(self.store.run_state, job_id)
+            record = await asyncio.to_thread(self.store.jobs.get, job_id)
+            state = await asyncio.to_thread(self.store.jobs.run_state, job_id)
             if state.progress_step is not None and state.progress_total is not None:
                 step = (state.progress_step, state.progress_total)
                 if step != last_step:
@@ -538,7 +539,7 @@ class Service:
         content_type = content_type or "application/octet-stream"
         key = new_key(_EXTENSIONS.get(content_type, ""))
         self.files.put(key, data, content_type)
-        self.store.add_file(
+        self.store.files.add(
             key,
             name=filename or "file",
             content_type=content_type,
@@ -556,15 +557,15 @@ class Service:
             return 0
         before = (now or utcnow()) - timedelta(hours=hours)
         swept = 0
-        for job_id in self.store.expired_jobs(before):
-            for key in self.store.files_of_job(job_id):
+        for job_id in self.store.jobs.expired(before):
+            for key in self.store.files.of_job(job_id):
                 self.files.delete(key)
-                self.store.remove_file(key)
-            self.store.mark_data_removed(job_id)
+                self.store.files.remove(key)
+            self.store.jobs.mark_data_removed(job_id)
             swept += 1
-        for key in self.store.old_uploads(before):
+        for key in self.store.files.old_uploads(before):
             self.files.delete(key)
-            self.store.remove_file(key)
+            self.store.files.remove(key)
         return swept
 
     def _sweep_loop(self) -> None:

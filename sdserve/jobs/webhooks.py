@@ -27,8 +27,7 @@ import httpx
 from standardwebhooks import Webhook
 
 from sdserve.jobs.contract import JobRecord
-from sdserve.jobs.store import Store, utcnow
-from sdserve.jobs.tables import WebhookRow
+from sdserve.jobs.store import JobRepository, OutboxEntry, OutboxRepository, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +94,8 @@ class WebhookDispatcher:
 
     def __init__(
         self,
-        store: Store,
+        outbox: OutboxRepository,
+        jobs: JobRepository,
         secret: str,
         *,
         renderers: Mapping[str, Renderer] | None = None,
@@ -106,7 +106,8 @@ class WebhookDispatcher:
         poll_interval_s: float = 0.2,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
-        self.store = store
+        self.outbox = outbox
+        self.jobs = jobs
         self.secret = secret
         self.renderers: dict[str, Renderer] = dict(renderers or {})
         self.timeout_s = timeout_s
@@ -154,24 +155,24 @@ class WebhookDispatcher:
     def deliver_due(self) -> int:
         """Attempt every due webhook once; return how many were attempted."""
         attempted = 0
-        for row in self.store.due_webhooks(utcnow()):
+        for row in self.outbox.due(utcnow()):
             lease_until = utcnow() + timedelta(seconds=self.timeout_s + 5)
-            if not self.store.lease_webhook(row.id, row.next_attempt_at, lease_until):
+            if not self.outbox.lease(row.id, row.next_attempt_at, lease_until):
                 continue
             self._attempt(row)
             attempted += 1
         return attempted
 
-    def _render(self, row: WebhookRow) -> bytes:
+    def _render(self, row: OutboxEntry) -> bytes:
         if row.body is not None:
             return row.body
-        record = self.store.get(row.job_id)
+        record = self.jobs.get(row.job_id)
         render = self.renderers.get(record.source) or self.renderers.get("*") or default_render
         body = json.dumps(dict(render(record)), separators=(",", ":"), default=str).encode()
-        self.store.set_webhook_body(row.id, body)
+        self.outbox.set_body(row.id, body)
         return body
 
-    def _attempt(self, row: WebhookRow) -> None:
+    def _attempt(self, row: OutboxEntry) -> None:
         attempts = row.attempts + 1
         error: str | None = None
         try:
@@ -179,7 +180,7 @@ class WebhookDispatcher:
             headers = sign_headers(self.secret, row.msg_id, body, datetime.now(UTC))
             response = self._client.post(row.url, content=body, headers=headers)
             if response.is_success:
-                self.store.webhook_result(row.id, delivered=True, attempts=attempts)
+                self.outbox.record_attempt(row.id, delivered=True, attempts=attempts)
                 return
             error = f"HTTP {response.status_code}"
         except httpx.HTTPError as exc:
@@ -199,6 +200,6 @@ class WebhookDispatcher:
             error,
             "; will retry" if retry_at else "",
         )
-        self.store.webhook_result(
+        self.outbox.record_attempt(
             row.id, delivered=False, attempts=attempts, error=error, retry_at=retry_at
         )

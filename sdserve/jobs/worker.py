@@ -29,7 +29,6 @@ from sdserve.jobs.fetch import InputFetcher
 from sdserve.jobs.files import FileStore, new_key
 from sdserve.jobs.images import decode_image
 from sdserve.jobs.store import Store, StoredFile, utcnow
-from sdserve.jobs.tables import JobRow
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -147,7 +146,7 @@ class _Progress:
         if not text and not columns:
             return
         step = columns.get("progress_step")
-        self.store.update_running(
+        self.store.jobs.update_running(
             self.job_id,
             append_logs=text,
             progress=None if step is None else (step, columns["progress_total"]),
@@ -179,7 +178,7 @@ class _Progress:
         now = time.monotonic()
         if not self.cancel and (now - self.last_check >= self.poll_s or self.flagged()):
             self.last_check = now
-            state = self.store.run_state(self.job_id)
+            state = self.store.jobs.run_state(self.job_id)
             self.cancel = state.cancel_requested or state.status is not Status.PROCESSING
             self.stop = state.stop_requested
         return self.cancel
@@ -279,14 +278,14 @@ class JobRunner:
         A job that is no longer ``starting`` (canceled while queued, or a duplicate
         delivery of the task) is left as it is.
         """
-        record = self.store.claim(job_id, self.worker_id)
+        record = self.store.jobs.claim(job_id, self.worker_id)
         if record is None:
             status = self._unclaimed(job_id)
             if status is not Status.STARTING:
                 return status
-            record = self.store.claim(job_id, self.worker_id)  # re-queued just now
+            record = self.store.jobs.claim(job_id, self.worker_id)  # re-queued just now
             if record is None:
-                return self.store.get(job_id).status
+                return self.store.jobs.get(job_id).status
         self.on_change(record)
         started = time.monotonic()
         training = record.kind is JobKind.TRAINING
@@ -295,7 +294,7 @@ class JobRunner:
             and self.batch_policy is not None
             and self._run_in_batch(job_id, record, started)
         ):
-            return self.store.get(job_id).status
+            return self.store.jobs.get(job_id).status
         claimed, progress = record, self.progress_for(record)
 
         def work() -> Status:
@@ -331,13 +330,13 @@ class JobRunner:
         Anything else (canceled while queued, a duplicate delivery) is left as it is.
         """
         try:
-            record = self.store.get(job_id)
+            record = self.store.jobs.get(job_id)
         except JobNotFound:
             log.warning("job %s vanished before it ran", job_id)
             return None
         if record.status is Status.PROCESSING and self.lost_job_policy is not None:
             self.lost_job_policy(job_id)
-            record = self.store.get(job_id)
+            record = self.store.jobs.get(job_id)
         if (
             record.status is Status.STARTING
             and record.deadline is not None
@@ -375,7 +374,7 @@ class JobRunner:
             progress.flush()
 
         def on_input(resolved: dict[str, Any]) -> None:
-            self.store.update_running(job_id, input=resolved)
+            self.store.jobs.update_running(job_id, input=resolved)
 
         keys: list[str] = []
 
@@ -383,7 +382,7 @@ class JobRunner:
             data = path.read_bytes()
             key = new_key()  # keys allow short extensions only; the stored name has it
             self.files.put(key, data, "application/octet-stream")
-            self.store.add_file(
+            self.store.files.add(
                 key,
                 name=f"{(record.destination or 'lora').partition('/')[2]}.safetensors",
                 content_type="application/octet-stream",
@@ -499,12 +498,10 @@ class JobRunner:
             unwritten, columns = progress.unwritten()
             logs = unwritten + logs
             values = {**columns, **values}
-        if logs:
-            values["logs"] = JobRow.logs + logs
         self._flagged.discard(job_id)
-        record = self.store.transition(job_id, status, **values)
+        record = self.store.jobs.transition(job_id, status, append_logs=logs, **values)
         if record is None:
             log.warning("job %s could not move to %s (already terminal?)", job_id, status.value)
-            record = self.store.get(job_id)
+            record = self.store.jobs.get(job_id)
         self.on_change(record)
         return record.status
