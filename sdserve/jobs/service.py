@@ -36,7 +36,7 @@ from sdserve.domain.inputs import (
 from sdserve.domain.jobs import JobKind, Status
 from sdserve.domain.training import check_destination, check_trainable, parse_training_input
 from sdserve.errors import InputFetchFailed, InvalidInput, ModelNotFound, Overloaded
-from sdserve.jobs.batching import BatchPolicy
+from sdserve.jobs.batching import Batcher, BatchPolicy
 from sdserve.jobs.contract import JobRecord, Page, RunProgress, ServedModel, WebhookOptions
 from sdserve.jobs.fetch import InputFetcher, Resolver, sniff_image_type
 from sdserve.jobs.files import FileStore, LocalFileStore, new_key
@@ -172,13 +172,15 @@ class Service:
                 worker_id=f"embedded-{new_id()[:8]}",
                 on_change=self._job_changed,
                 lost_job_policy=self._resume_or_fail,
-                batch_policy=BatchPolicy(
-                    config.batch_max_size, config.batch_window_ms, single_worker=self.embedded
-                ),
                 trainer=trainer or self._build_trainer,
                 flags_notified=self.embedded,
             )
         self.queue = make_queue(config.broker_url, self.runner.run if self.runner else None)
+        if self.runner is not None:
+            policy = BatchPolicy(
+                config.batch_max_size, config.batch_window_ms, single_worker=self.embedded
+            )
+            self.runner.batcher = Batcher(policy, self.queue)
         self._local_worker = self.runner is not None and self.embedded
         self._wait_poll_s = WOKEN_POLL_INTERVAL_S if self._local_worker else POLL_INTERVAL_S
         # jobs created here that this process's worker has not ended yet: their end wakes
