@@ -4,7 +4,7 @@ A message only carries a job id and every outcome is written to the store by the
 so a lost message loses no job: start-up recovery re-queues what the store says is
 unfinished (embedded queues), and a shared broker redelivers the task of a dead worker.
 
-``broker_url`` picks the implementation (:func:`make_queue`):
+``broker_url`` picks the implementation (:func:`sdserve.wiring.make_queue`):
 
 - ``local://`` (default): :class:`LocalQueue`, a FIFO in this process consumed by a worker
   thread of this process. A job starts as soon as it is enqueued; an idle worker sleeps
@@ -61,16 +61,6 @@ class JobQueue(Protocol):
         """Sleep until a job is enqueued after ``seen`` = :meth:`arrivals`, at most
         ``timeout`` seconds; True when one may have been (look at the store again)."""
         ...
-
-
-def make_queue(broker_url: str, handler: Handler | None = None) -> JobQueue:
-    """The queue for ``broker_url``; without a ``handler`` it can only enqueue."""
-    if broker_url.startswith(LOCAL_BROKER):
-        return LocalQueue(handler)
-    # Celery is imported only for a broker that needs it
-    from sdserve.jobs.celery_queue import CeleryQueue
-
-    return CeleryQueue(broker_url, handler)
 
 
 class LocalQueue:

@@ -26,13 +26,11 @@ from typing import Any
 import httpx
 from standardwebhooks import Webhook
 
-from sdserve.jobs.contract import JobRecord
+from sdserve.jobs.contract import JobRecord, Renderer
 from sdserve.jobs.store import JobRepository, OutboxEntry, OutboxRepository, utcnow
 
 log = logging.getLogger(__name__)
 
-#: Turns a job into the JSON body its dialect's webhook carries.
-Renderer = Callable[[JobRecord], Mapping[str, Any]]
 EVENTS: frozenset[str] = frozenset({"start", "output", "logs", "completed"})
 
 
@@ -57,6 +55,21 @@ def load_or_create_secret(path: Path) -> str:
     tmp.chmod(0o600)
     tmp.replace(path)
     return secret
+
+
+class SigningSecret:
+    """The signing secret kept in ``path``: read (or created) on first use, then remembered."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._secret: str | None = None
+        self._lock = threading.Lock()
+
+    def __call__(self) -> str:
+        with self._lock:
+            if self._secret is None:
+                self._secret = load_or_create_secret(self.path)
+            return self._secret
 
 
 def default_render(record: JobRecord) -> dict[str, Any]:
@@ -90,13 +103,17 @@ def sign_headers(secret: str, msg_id: str, body: bytes, when: datetime) -> dict[
 
 
 class WebhookDispatcher:
-    """Delivers the outbox. ``deliver_due()`` is one pass; ``start()`` runs passes in a thread."""
+    """Delivers the outbox. ``deliver_due()`` is one pass; ``start()`` runs passes in a thread.
+
+    ``secret()`` gives the signing secret. ``wake``: the event the delivery thread sleeps on
+    between passes, which the store sets when it has queued a webhook.
+    """
 
     def __init__(
         self,
         outbox: OutboxRepository,
         jobs: JobRepository,
-        secret: str,
+        secret: Callable[[], str],
         *,
         renderers: Mapping[str, Renderer] | None = None,
         timeout_s: float = 10.0,
@@ -105,6 +122,7 @@ class WebhookDispatcher:
         backoff_max_s: float = 300.0,
         poll_interval_s: float = 0.2,
         transport: httpx.BaseTransport | None = None,
+        wake: threading.Event | None = None,
     ) -> None:
         self.outbox = outbox
         self.jobs = jobs
@@ -117,7 +135,7 @@ class WebhookDispatcher:
         self.poll_interval_s = poll_interval_s
         self._client = httpx.Client(transport=transport, timeout=timeout_s)
         self._stop = threading.Event()
-        self._wake = threading.Event()
+        self._wake = wake or threading.Event()
         self._thread: threading.Thread | None = None
 
     def set_renderer(self, source: str, render: Renderer) -> None:
@@ -177,7 +195,7 @@ class WebhookDispatcher:
         error: str | None = None
         try:
             body = self._render(row)
-            headers = sign_headers(self.secret, row.msg_id, body, datetime.now(UTC))
+            headers = sign_headers(self.secret(), row.msg_id, body, datetime.now(UTC))
             response = self._client.post(row.url, content=body, headers=headers)
             if response.is_success:
                 self.outbox.record_attempt(row.id, delivered=True, attempts=attempts)

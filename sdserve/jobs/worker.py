@@ -32,6 +32,7 @@ from sdserve.jobs.progress import (
     PROGRESS_WRITE_INTERVAL_S,
     RunTracker,
 )
+from sdserve.jobs.served import RegistryLike
 from sdserve.jobs.store import JobRepository, Store, StoredFile, utcnow
 
 if TYPE_CHECKING:
@@ -68,14 +69,6 @@ class Predictor(Protocol):
 
 #: The engine, or a factory that builds it on the first job.
 PredictorSource = Predictor | Callable[[], Predictor]
-
-
-class RegistryLike(Protocol):
-    """The parts of ``engine.models.ModelRegistry`` the service uses (no torch)."""
-
-    def resolve(self, name: str) -> Any: ...
-
-    def specs(self) -> Any: ...
 
 
 class Batcher(Protocol):
