@@ -10,10 +10,10 @@ from standardwebhooks import Webhook
 
 from sdserve.domain.inputs import FamilyDefaults, InputLimits
 from sdserve.errors import InvalidInput
-from sdserve.jobs.service import input_schema
+from sdserve.jobs.progress import tqdm_line
+from sdserve.jobs.served import input_schema
 from sdserve.jobs.store import decode_cursor, encode_cursor, new_id
 from sdserve.jobs.webhooks import new_secret, sign_headers
-from sdserve.jobs.worker import tqdm_line
 
 # the regex the replicate client uses to parse progress from logs
 REPLICATE_PROGRESS = re.compile(r"^\s*(\d+)%\s*\|.+?\|\s*(\d+)/(\d+)")
