@@ -364,8 +364,6 @@ def run_generate(args: argparse.Namespace) -> int:
     setup_logging(level=logging.WARNING)  # before the libraries load: their noise is off
     from dataclasses import replace
 
-    from tqdm import tqdm
-
     from sdserve.domain.inputs import parse_generation_input
 
     settings = _settings(
@@ -415,31 +413,23 @@ def run_generate(args: argparse.Namespace) -> int:
     check_weights_cached(registry, settings.engine)
     if args.refiner:
         check_weights_format(args.refiner)
-        spec = replace(spec, refiner=args.refiner)
-        registry.add(spec)
-    inp = inp.with_defaults(spec.defaults)
-    image = _open_image(args.image, "image") if args.image else None
-    mask = _open_image(args.mask, "mask") if args.mask else None
+        registry.add(replace(spec, refiner=args.refiner))
+    image = _read_image(args.image, "image") if args.image else None
+    mask = _read_image(args.mask, "mask") if args.mask else None
 
+    # the engine fills the model's defaults and checks the input against the limits
     engine = Engine(settings.engine, registry, limits=settings.limits.input_limits())
-    bars: list[tqdm[Any]] = []  # created on the first step, so a load error prints no bar
-
-    def on_step(step: int, total: int, preview: Image | None) -> None:
-        if not bars:
-            bars.append(tqdm(total=total, unit="step", desc="generating"))
-        bar = bars[0]
-        if bar.total != total:
-            bar.reset(total=total)
-        bar.n = step
-        bar.refresh()
-
+    bar = _StepBar("generating")  # shown from the first step: a load error prints no bar
     try:
         result = engine.generate(
-            inp, model=spec.name, image=image, mask=mask, hooks=RunHooks(on_step=on_step)
+            inp,
+            model=spec.name,
+            image=image,
+            mask=mask,
+            hooks=RunHooks(on_step=lambda step, total, preview: bar.update(step, total)),
         )
     finally:
-        for bar in bars:
-            bar.close()
+        bar.close()
         engine.close()
     for path, generated in zip(paths, result.images, strict=True):
         _write_output(path, generated.data, overwrite=args.overwrite)
@@ -447,6 +437,36 @@ def run_generate(args: argparse.Namespace) -> int:
         print(f"{path}  seed={generated.seed}  {generated.width}x{generated.height}{flag}")
     print(f"seed: {result.seed}")
     return 0
+
+
+class _StepBar:
+    """A tqdm bar of steps (``generate`` and ``train`` draw one on stderr); made on the first
+    step unless ``at_once``."""
+
+    def __init__(self, desc: str, *, at_once: bool = False) -> None:
+        self.desc = desc
+        self._bar: Any = None
+        if at_once:
+            self._make(0)
+
+    def _make(self, total: int) -> Any:
+        from tqdm import tqdm
+
+        self._bar = tqdm(total=total, unit="step", desc=self.desc)
+        return self._bar
+
+    def update(self, step: int, total: int, **postfix: str) -> None:
+        bar = self._bar or self._make(total)
+        if bar.total != total:
+            bar.reset(total=total)
+        bar.n = step
+        if postfix:
+            bar.set_postfix(refresh=False, **postfix)
+        bar.refresh()
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
 
 
 def _refuse_overwriting(paths: list[Path]) -> None:
@@ -472,17 +492,16 @@ def _write_output(path: Path, data: bytes, *, overwrite: bool) -> None:
         _refuse_overwriting([path])
 
 
-def _open_image(path: Path, field: str) -> Image:
-    from PIL import Image, UnidentifiedImageError
-
+def _read_image(path: Path, field: str) -> Image:
+    """An input image file, decoded as the server decodes uploads."""
     from sdserve.errors import InvalidImage
+    from sdserve.jobs.images import decode_image
 
     try:
-        with Image.open(path) as opened:
-            opened.load()
-            return opened.copy()
-    except (OSError, UnidentifiedImageError) as exc:
-        raise InvalidImage(field, f"cannot read {path}: {exc}") from None
+        data = path.read_bytes()
+    except OSError as exc:
+        raise InvalidImage(field, f"cannot read {path}: {exc.strerror or exc}") from None
+    return decode_image(data, field)
 
 
 def _output_paths(output: str, seeds: list[int], fmt: str) -> list[Path]:
@@ -821,13 +840,9 @@ def run_train(args: argparse.Namespace) -> int:
     from sdserve.logs import quiet_library_progress, setup_logging
 
     setup_logging(level=logging.WARNING)  # before the libraries load: their noise is off
-    import hashlib
-    import json
-    import shutil
-
     from tqdm import tqdm
 
-    from sdserve.domain.training import check_destination, parse_training_input
+    from sdserve.domain.training import check_destination
     from sdserve.server import is_demo_name, resolve_model
     from sdserve.training.runner import JobHooks, TrainingRunner
 
@@ -842,7 +857,6 @@ def run_train(args: argparse.Namespace) -> int:
     settings, registry, spec = resolve_model(
         _settings(args, engine=engine, demo=args.demo or None), args.model
     )
-    model = spec.name
     try:
         archive = args.archive.read_bytes()
     except OSError as exc:
@@ -854,38 +868,21 @@ def run_train(args: argparse.Namespace) -> int:
             fields[name] = value
     if args.train_text_encoder:
         fields["train_text_encoder"] = True
-    inp = parse_training_input(fields)
-    if inp.seed is None:
-        # a fixed seed keeps a resumed run on the same data order and noise
-        fields["seed"] = int(hashlib.sha256(archive).hexdigest()[:8], 16)
     runner = TrainingRunner(settings, registry)
-    # one folder per destination: the same command again resumes from its checkpoints
-    owner, _, name = destination.partition("/")
-    job_id = f"cli-{owner}--{name}"
-    work = runner.work_dir(job_id)
-    fingerprint = hashlib.sha256(
-        archive + json.dumps([spec.version, fields], sort_keys=True).encode()
-    ).hexdigest()
-    marker = work / "fingerprint"
-    if work.exists() and (not marker.is_file() or marker.read_text() != fingerprint):
-        shutil.rmtree(work)  # another training: its checkpoints do not apply
-    work.mkdir(parents=True, exist_ok=True)
-    marker.write_text(fingerprint)
-
-    bar = tqdm(total=0, unit="step", desc=f"training {destination}")
+    # the same command again resumes from this one's checkpoints
+    run = runner.resumable(
+        destination=destination, base_version=spec.version, raw_input=fields, archive=archive
+    )
+    bar = _StepBar(f"training {destination}", at_once=True)
 
     def on_step(step: int, total: int, loss: float, lr: float) -> None:
-        if bar.total != total:
-            bar.reset(total=total)
-        bar.n = step
-        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", refresh=False)
-        bar.refresh()
+        bar.update(step, total, loss=f"{loss:.4f}", lr=f"{lr:.2e}")
 
     try:
         outcome = runner.train(
-            job_id=job_id,
-            model=model,
-            raw_input=fields,
+            job_id=run.job_id,
+            model=spec.name,
+            raw_input=run.raw_input,
             destination=destination,
             archive=archive,
             hooks=JobHooks(on_step=on_step, on_log=lambda text: tqdm.write(text)),
@@ -894,7 +891,7 @@ def run_train(args: argparse.Namespace) -> int:
         bar.close()
     print(f"model:   {destination}:{outcome.version}")
     print(f"weights: {outcome.weights}")
-    print(f"LoRA:    {name} (in {settings.engine.lora_dir})")
+    print(f"LoRA:    {destination.partition('/')[2]} (in {settings.engine.lora_dir})")
     serve = "sdserve" + (f" --data-dir {args.data_dir}" if args.data_dir else "") + " serve"
     print(f"serve it: {serve}{' --demo' if demo else f' --model {args.model}'}")
     return 0

@@ -12,9 +12,10 @@ here like every other section and handed to the engine.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import AliasChoices, BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from sdserve.domain.inputs import InputLimits
@@ -78,7 +79,13 @@ class ServiceSettings(BaseModel):
         "in-memory transport, in-process; a shared broker (redis://host:6379/0) = Celery, "
         "for 'sdserve worker' processes",
     )
-    files_dir: Path | None = Field(default=None, description="None = <data_dir>/files")
+    files_url: str | None = Field(
+        default=None,
+        # files_dir: its name before file stores were chosen by URL
+        validation_alias=AliasChoices("files_url", "files_dir"),
+        description="where uploads and outputs are stored: a folder or a file:// URL; "
+        "None = <data_dir>/files",
+    )
     max_queue: int = Field(default=256, ge=1, description="queued jobs before Overloaded")
     job_attempts: int = Field(
         default=2, ge=1, description="runs of a job whose worker died before it fails worker_lost"
@@ -91,6 +98,9 @@ class ServiceSettings(BaseModel):
     )
     webhook_timeout_s: float = Field(default=10.0, gt=0)
     webhook_max_attempts: int = Field(default=6, ge=1, description="tries of a terminal webhook")
+    webhook_backoff_s: float = Field(
+        default=1.0, gt=0, description="wait before the first retry; doubles per attempt"
+    )
     fetch_max_bytes: int = Field(default=50 * 1024 * 1024, ge=1024)
     fetch_timeout_s: float = Field(default=30.0, gt=0)
     fetch_allow_private: bool = Field(
@@ -111,6 +121,12 @@ class ServiceSettings(BaseModel):
     batch_window_ms: int = Field(
         default=20, ge=0, le=10_000, description="how long a claimed job waits for partners"
     )
+
+    @field_validator("files_url", mode="before")
+    @classmethod
+    def _folder_as_text(cls, value: object) -> object:
+        # a folder given as a Path (as files_dir took it) is a URL without a scheme
+        return os.fspath(value) if isinstance(value, os.PathLike) else value
 
 
 class Settings(BaseSettings):

@@ -1,4 +1,5 @@
-"""Composition root: settings → model registry → job service → HTTP app → uvicorn.
+"""The processes: settings → model registry → job service (:mod:`sdserve.wiring`) → HTTP
+app → uvicorn, or → a worker.
 
 ``serve`` runs the API with an in-process worker (embedded default) or without one
 (``--no-worker``, with ``sdserve worker`` processes on a shared broker). What can be checked
@@ -166,13 +167,14 @@ def check_port(host: str, port: int) -> None:
 def build_service(
     settings: Settings, registry: ModelRegistry, *, run_worker: bool = True
 ) -> Service:
-    """The job service with an in-process engine worker (built lazily on the first job)."""
-    from sdserve.jobs.service import Service
-    from sdserve.jobs.worker import engine_factory
+    """The job service of ``serve``, with an in-process engine worker (built lazily on the
+    first job) unless ``run_worker`` is off."""
     from sdserve.training.runner import trained_models
+    from sdserve.wiring import build_service as build
+    from sdserve.wiring import engine_factory
 
     catalog = trained_models(settings)
-    return Service(
+    return build(
         settings,
         registry,
         predictor=engine_factory(settings, registry) if run_worker else None,
@@ -232,8 +234,7 @@ def serve(settings: Settings, *, run_worker: bool = True) -> int:
 
 def worker(settings: Settings) -> int:
     """Run a worker process on a shared broker (``sdserve worker``)."""
-    from sdserve.jobs.service import run_worker
-    from sdserve.jobs.worker import engine_factory
+    from sdserve.wiring import build_worker, engine_factory
 
     setup_logging()
     if wants_demo(settings):
@@ -241,5 +242,5 @@ def worker(settings: Settings) -> int:
     settings = with_trained_loras(prepare_demo(settings))
     registry = build_registry(settings)
     check_weights_cached(registry, settings.engine)
-    run_worker(settings, registry=registry, predictor=engine_factory(settings, registry))
+    build_worker(settings, registry, engine_factory(settings, registry)).run()
     return 0

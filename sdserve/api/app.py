@@ -33,24 +33,23 @@ def create_app(settings: Settings, service: JobService, *, manage_service: bool 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if manage_service:
-            _call_if_present(service, "start")
+            service.start()
         try:
             yield
         finally:
             if manage_service:
-                _call_if_present(service, "close")
+                service.close()
 
     app = FastAPI(title="sdserve", version="0.1.0", lifespan=lifespan)
     auth = TokenAuth(settings.api.all_tokens())
     routing = ErrorRouting(renderers={"/": problem_response})
     install_error_handlers(app, routing)
 
-    secret_getter = getattr(service, "webhook_secret", None)
     replicate = ReplicateApi(
         service,
         public_url=settings.api.public_url,
         max_wait_s=settings.api.max_wait_s,
-        webhook_secret=secret_getter() if callable(secret_getter) else None,
+        webhook_secret=service.webhook_secret(),
     )
     app.include_router(replicate.router(auth))
     app.include_router(TrainingsApi(service, public_url=settings.api.public_url).router(auth))
@@ -79,19 +78,11 @@ def create_app(settings: Settings, service: JobService, *, manage_service: bool 
 
 def _register_webhook_renderers(service: JobService, settings: Settings) -> None:
     """Webhook bodies are the creating dialect's JSON, with absolute URLs."""
-    register = getattr(service, "set_webhook_renderer", None)
-    if not callable(register):
-        return
     base = (settings.api.public_url or f"http://{settings.api.host}:{settings.api.port}").rstrip(
         "/"
     )
     # trainings render as Replicate's Training JSON, everything else as a prediction
     render = functools.partial(render_replicate_job, base=base)
-    register("replicate", render)
-    register("*", render)  # jobs of other dialects default to the prediction shape
-
-
-def _call_if_present(obj: object, name: str) -> None:
-    method = getattr(obj, name, None)
-    if callable(method):
-        method()
+    service.set_webhook_renderer("replicate", render)
+    # jobs of other dialects default to the prediction shape
+    service.set_webhook_renderer("*", render)

@@ -1,11 +1,12 @@
 """Batching across requests: compatible queued jobs run as one batched forward.
 
-When the worker has claimed a job, :func:`run_batched` looks for other queued (``starting``)
+When the worker has claimed a job, :class:`Batcher` looks for other queued (``starting``)
 jobs with the same :func:`batch_key` (model, size, steps, scheduler, guidance, text-to-image,
-no LoRA/refiner/hires), waiting at most ``batch_window_ms`` for them, claims up to
-``batch_max_size - 1`` of them and runs all of them in one ``Predictor.generate_batch`` call.
-Seeds stay per job (image *i* of a job uses its ``seed + i``), so each job gets the pixels
-it would get alone, within kernel tolerance.
+no LoRA/refiner/hires), claims up to ``batch_max_size - 1`` of them and runs all of them in
+one ``Predictor.generate_batch`` call. It looks at the store when the batch starts and again
+each time the queue says a job arrived, until the batch is full or ``batch_window_ms`` has
+passed since the claim. Seeds stay per job (image *i* of a job uses its ``seed + i``), so
+each job gets the pixels it would get alone, within kernel tolerance.
 
 Outcomes, per job:
 
@@ -25,13 +26,12 @@ import logging
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from sdserve.domain.batching import batch_signature
 from sdserve.domain.inputs import GenerationInput
-from sdserve.domain.jobs import Status
 from sdserve.errors import Canceled, SdserveError
-from sdserve.jobs.worker import PROGRESS_WRITE_INTERVAL_S
+from sdserve.jobs.progress import PROGRESS_WRITE_INTERVAL_S, RunTracker
 from sdserve.models.results import GenerationResult, RunHooks
 
 if TYPE_CHECKING:
@@ -40,10 +40,16 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: How often the queue is looked at while a claimed job waits for partners.
-POLL_INTERVAL_S = 0.005
 #: batch_max_size 0 ("auto") on CUDA with the embedded (single-worker) queue.
 AUTO_CUDA_BATCH = 4
+
+
+class Arrivals(Protocol):
+    """How a batch hears of new jobs: the job queue (:class:`sdserve.jobs.queue.JobQueue`)."""
+
+    def arrivals(self) -> int: ...
+
+    def wait_for_arrival(self, seen: int, timeout: float) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -78,74 +84,78 @@ def batch_key(inp: GenerationInput, model: str) -> tuple[object, ...] | None:
 
 @dataclass
 class _Member:
-    job_id: str
     record: JobRecord
     inp: GenerationInput
-    progress: Any  # worker._Progress
+    tracker: RunTracker
 
 
-def resolved_input(runner: JobRunner, record: JobRecord) -> GenerationInput | None:
+class Batcher:
+    """The worker's :class:`sdserve.jobs.worker.Batcher`: ``policy`` says how many jobs and
+    how long to wait; ``arrivals`` (the job queue) wakes a waiting batch."""
+
+    def __init__(self, policy: BatchPolicy, arrivals: Arrivals) -> None:
+        self.policy = policy
+        self.arrivals = arrivals
+
+    def run(self, runner: JobRunner, record: JobRecord, started: float) -> bool:
+        """Try to run the claimed job in a batch; False = run it alone as usual.
+
+        Returns True when the job (and its partners) reached their terminal states here.
+        """
+        predictor = runner.predictor
+        size = self.policy.size_for(predictor)
+        if size <= 1:
+            return False
+        inp = _resolved_input(runner, record)
+        key = None if inp is None else batch_key(inp, record.model)
+        if inp is None or key is None:
+            return False
+        leader = _Member(record, inp, runner.tracker_for(record))
+        window_s = self.policy.window_ms / 1000
+        members = [leader, *self._claim_partners(runner, key, size - 1, window_s)]
+        if len(members) == 1:
+            return False
+        ids = [member.record.id for member in members]
+        log.info("running %d jobs as one batch: %s", len(members), ids)
+        _run_members(runner, members, predictor, started)
+        return True
+
+    def _claim_partners(
+        self, runner: JobRunner, key: tuple[object, ...], wanted: int, window_s: float
+    ) -> list[_Member]:
+        """Claim up to ``wanted`` queued jobs with ``key``: those queued now, then those
+        that arrive within ``window_s``."""
+        found: list[_Member] = []
+        seen: set[str] = set()
+        deadline = time.monotonic() + window_s
+        while True:
+            arrived = self.arrivals.arrivals()  # before the look: no arrival is missed
+            for other in runner.jobs.queued():
+                if len(found) >= wanted:
+                    return found
+                if other.id in seen:
+                    continue
+                seen.add(other.id)
+                if other.deadline is not None and datetime.now(UTC) >= other.deadline:
+                    continue  # its own message aborts it
+                inp = _resolved_input(runner, other)
+                if inp is None or batch_key(inp, other.model) != key:
+                    continue
+                claimed = runner.claim(other.id)
+                if claimed is not None:
+                    found.append(_Member(claimed, inp, runner.tracker_for(claimed)))
+            remaining = deadline - time.monotonic()
+            if len(found) >= wanted or remaining <= 0:
+                return found
+            self.arrivals.wait_for_arrival(arrived, remaining)
+
+
+def _resolved_input(runner: JobRunner, record: JobRecord) -> GenerationInput | None:
     """The job's input with its model's defaults, or None if it cannot be read."""
     try:
-        spec = runner.registry.resolve(record.model)
-        return GenerationInput.model_validate(dict(record.input)).with_defaults(spec.defaults)
+        return runner.resolve_input(record)
     except Exception:  # a bad input fails when the job runs alone, with its own error
         return None
-
-
-def run_batched(runner: JobRunner, job_id: str, record: JobRecord, started: float) -> bool:
-    """Try to run the claimed job ``job_id`` in a batch; False = run it alone as usual.
-
-    Returns True when the job (and its partners) reached their terminal states here.
-    """
-
-    policy = runner.batch_policy
-    if policy is None:
-        return False
-    predictor = runner.predictor
-    size = policy.size_for(predictor)
-    if size <= 1:
-        return False
-    inp = resolved_input(runner, record)
-    key = None if inp is None else batch_key(inp, record.model)
-    if inp is None or key is None:
-        return False
-    leader = _Member(job_id, record, inp, runner.progress_for(record))
-    members = [leader, *_claim_partners(runner, key, size - 1, policy.window_ms / 1000)]
-    if len(members) == 1:
-        return False
-    log.info("running %d jobs as one batch: %s", len(members), [m.job_id for m in members])
-    _run_members(runner, members, predictor, started)
-    return True
-
-
-def _claim_partners(
-    runner: JobRunner, key: tuple[object, ...], wanted: int, window_s: float
-) -> list[_Member]:
-    """Claim up to ``wanted`` queued jobs with ``key``, looking for at most ``window_s``."""
-
-    found: list[_Member] = []
-    seen: set[str] = set()
-    deadline = time.monotonic() + window_s
-    while True:
-        for other_id, status, _attempts, cancel in runner.store.unfinished():
-            if len(found) >= wanted:
-                return found
-            if other_id in seen or status is not Status.STARTING or cancel:
-                continue
-            seen.add(other_id)
-            other = runner.store.get(other_id)
-            if other.deadline is not None and datetime.now(UTC) >= other.deadline:
-                continue  # its own message aborts it
-            inp = resolved_input(runner, other)
-            if inp is None or batch_key(inp, other.model) != key:
-                continue
-            claimed = runner.store.claim(other_id, runner.worker_id)
-            if claimed is not None:
-                found.append(_Member(other_id, claimed, inp, runner.progress_for(claimed)))
-        if len(found) >= wanted or time.monotonic() >= deadline:
-            return found
-        time.sleep(POLL_INTERVAL_S)
 
 
 def _batch_hooks(members: list[_Member]) -> RunHooks:
@@ -153,15 +163,15 @@ def _batch_hooks(members: list[_Member]) -> RunHooks:
 
     def on_step(step: int, total: int, preview: Any) -> None:
         for member in members:
-            member.progress.on_step(step, total, preview)
+            member.tracker.on_step(step, total, preview)
 
     def should_cancel() -> bool:
         # every job's flag is read (and remembered) so canceled jobs are dropped at the end
-        flags = [member.progress.should_cancel() for member in members]
+        flags = [member.tracker.should_cancel() for member in members]
         return all(flags)
 
     def stop_early() -> bool:
-        return all(member.progress.stop_early() for member in members)
+        return all(member.tracker.stop_early() for member in members)
 
     return RunHooks(
         on_step=on_step,
@@ -175,12 +185,8 @@ def _batch_hooks(members: list[_Member]) -> RunHooks:
 def _run_members(runner: JobRunner, members: list[_Member], predictor: Any, started: float) -> None:
     for member in members:
         runner.on_change(member.record)
-        runner.store.update_running(
-            member.job_id,
-            input=member.inp.model_dump(mode="json", exclude_none=True),
-            append_logs=f"Using seed: {member.inp.seed}\nbatched with {len(members) - 1} "
-            "other job(s)\n",
-        )
+        member.tracker.resolved(member.inp, f"batched with {len(members) - 1} other job(s)")
+        member.tracker.flush(logs_webhook=False)
     try:
         results: list[GenerationResult] = predictor.generate_batch(
             [(member.inp, member.record.model) for member in members],
@@ -188,7 +194,7 @@ def _run_members(runner: JobRunner, members: list[_Member], predictor: Any, star
         )
     except Canceled:
         for member in members:
-            _cancel(runner, member)
+            runner.cancel(member.record.id, member.tracker)
         return
     except Exception as exc:
         # a foreseen failure (SdserveError) says all in its message; only a bug gets a traceback
@@ -202,27 +208,17 @@ def _run_members(runner: JobRunner, members: list[_Member], predictor: Any, star
             _run_alone(runner, member, started)
         return
     for member, result in zip(members, results, strict=True):
-        if member.progress.cancel:
-            _cancel(runner, member)
+        if member.tracker.canceled:
+            runner.cancel(member.record.id, member.tracker)
             continue
-        runner.succeed(member.job_id, result, member.progress, started)
-
-
-def _cancel(runner: JobRunner, member: _Member) -> None:
-    why = "deadline passed" if member.progress.deadline_passed else "canceled"
-    runner._finish(member.job_id, Status.CANCELED, progress=member.progress, logs=f"{why}\n")
+        runner.succeed(member.record.id, result, member.tracker, started)
 
 
 def _run_alone(runner: JobRunner, member: _Member, started: float) -> None:
     """The fallback after a failed batch: the job's ordinary run, with its own errors."""
-
-    progress = runner.progress_for(member.record)
     record = member.record
-    runner.guarded(
-        member.job_id,
-        progress,
-        lambda: runner._execute(member.job_id, record.model, record.input, progress, started),
-    )
+    tracker = runner.tracker_for(record)
+    runner.guarded(record.id, tracker, lambda: runner.execute(record, tracker, started))
 
 
-__all__ = ["BatchPolicy", "batch_key", "run_batched"]
+__all__ = ["BatchPolicy", "Batcher", "batch_key"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 from celery import Celery
 from celery.worker import WorkController
@@ -18,6 +19,9 @@ from sdserve.jobs.store import new_id
 
 log = logging.getLogger(__name__)
 TASK_NAME = "sdserve.run_job"
+#: With a shared broker, other processes enqueue too: a batch waiting for partners looks
+#: at the store this often.
+SHARED_BROKER_LOOK_S = 0.01
 
 
 def is_memory_broker(broker_url: str) -> bool:
@@ -69,12 +73,29 @@ class CeleryQueue:
 
     def __init__(self, broker_url: str, handler: Handler | None = None) -> None:
         self.app = make_celery(broker_url, handler)
+        self._shared = not is_memory_broker(broker_url)
+        self._arrived = threading.Condition()
+        self._enqueued = 0
         self.hostname = f"sdserve-{new_id()[:8]}@embedded"
         self._worker: WorkController | None = None
         self._thread: threading.Thread | None = None
 
     def enqueue(self, job_id: str) -> None:
         self.app.send_task(TASK_NAME, args=[job_id])
+        with self._arrived:
+            self._enqueued += 1
+            self._arrived.notify_all()
+
+    def arrivals(self) -> int:
+        with self._arrived:
+            return self._enqueued
+
+    def wait_for_arrival(self, seen: int, timeout: float) -> bool:
+        if self._shared:  # jobs enqueued by other processes make no sound here
+            time.sleep(max(0.0, min(timeout, SHARED_BROKER_LOOK_S)))
+            return True
+        with self._arrived:
+            return self._arrived.wait_for(lambda: self._enqueued > seen, timeout)
 
     def start(self) -> None:
         if self._thread is not None:

@@ -7,7 +7,7 @@ dialect is a thin translation from its wire format to these calls.
 from __future__ import annotations
 
 import builtins
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -83,8 +83,30 @@ class RunProgress:
     stop_requested: bool = False
 
 
+#: Turns a job into the JSON body its dialect's webhook carries.
+Renderer = Callable[[JobRecord], Mapping[str, Any]]
+
+
 class JobService(Protocol):
     """What the API can ask of the job service. Every accepted job reaches a terminal state."""
+
+    def start(self) -> None:
+        """Get ready to serve: the database migrated, crashed jobs recovered, the worker (if
+        this process runs one), webhook delivery and retention started."""
+        ...
+
+    def close(self) -> None:
+        """Stop what :meth:`start` started (a running job finishes first)."""
+        ...
+
+    def webhook_secret(self) -> str:
+        """The ``whsec_...`` secret webhooks are signed with."""
+        ...
+
+    def set_webhook_renderer(self, source: str, render: Renderer) -> None:
+        """Render the webhooks of jobs created by dialect ``source`` (``"*"``: any other)
+        with ``render``."""
+        ...
 
     def models(self) -> list[ServedModel]: ...
 

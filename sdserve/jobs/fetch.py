@@ -4,7 +4,7 @@ Accepted references, in the order they are tried:
 
 * ``data:`` URIs (the declared mime type is ignored: clients often send
   ``application/octet-stream``, and the worker decodes the bytes with PIL anyway);
-* our own files: a bare key, a ``/v1/files/<key>`` path or an absolute URL whose path
+* our own files: a bare key, a ``/files/<key>`` path or an absolute URL whose path
   names one of our keys, read from the file store directly, never over HTTP;
 * ``http(s)://`` URLs, fetched with httpx under a timeout and a byte limit, refusing
   hosts that resolve to private, loopback, link-local, multicast or reserved addresses

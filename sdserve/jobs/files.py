@@ -19,8 +19,6 @@ from sdserve.errors import FileNotFound, StorageFull
 
 #: What a key may look like: url-safe characters and an optional extension.
 KEY_PATTERN = re.compile(r"^[A-Za-z0-9_-]{16,64}(?:\.[a-z0-9]{1,5})?$")
-#: URL path under which the API serves files (``/v1/files/<key>``).
-FILES_PATH = "/v1/files/"
 
 
 def new_key(extension: str = "") -> str:

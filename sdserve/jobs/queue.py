@@ -4,7 +4,7 @@ A message only carries a job id and every outcome is written to the store by the
 so a lost message loses no job: start-up recovery re-queues what the store says is
 unfinished (embedded queues), and a shared broker redelivers the task of a dead worker.
 
-``broker_url`` picks the implementation (:func:`make_queue`):
+``broker_url`` picks the implementation (:func:`sdserve.wiring.make_queue`):
 
 - ``local://`` (default): :class:`LocalQueue`, a FIFO in this process consumed by a worker
   thread of this process. A job starts as soon as it is enqueued; an idle worker sleeps
@@ -53,15 +53,14 @@ class JobQueue(Protocol):
         """Consume in the calling thread until stopped (``sdserve worker``)."""
         ...
 
+    def arrivals(self) -> int:
+        """How many jobs this process has enqueued so far."""
+        ...
 
-def make_queue(broker_url: str, handler: Handler | None = None) -> JobQueue:
-    """The queue for ``broker_url``; without a ``handler`` it can only enqueue."""
-    if broker_url.startswith(LOCAL_BROKER):
-        return LocalQueue(handler)
-    # Celery is imported only for a broker that needs it
-    from sdserve.jobs.celery_queue import CeleryQueue
-
-    return CeleryQueue(broker_url, handler)
+    def wait_for_arrival(self, seen: int, timeout: float) -> bool:
+        """Sleep until a job is enqueued after ``seen`` = :meth:`arrivals`, at most
+        ``timeout`` seconds; True when one may have been (look at the store again)."""
+        ...
 
 
 class LocalQueue:
@@ -75,13 +74,24 @@ class LocalQueue:
         self._handler = handler
         self._jobs: deque[str] = deque()
         self._ready = threading.Condition()
+        self._enqueued = 0
         self._stopping = False
         self._thread: threading.Thread | None = None
 
     def enqueue(self, job_id: str) -> None:
         with self._ready:
             self._jobs.append(job_id)
-            self._ready.notify()
+            self._enqueued += 1
+            # the worker thread, idle in _next or as a batch waiting for partners
+            self._ready.notify_all()
+
+    def arrivals(self) -> int:
+        with self._ready:
+            return self._enqueued
+
+    def wait_for_arrival(self, seen: int, timeout: float) -> bool:
+        with self._ready:
+            return self._ready.wait_for(lambda: self._enqueued > seen, timeout)
 
     def __len__(self) -> int:
         """Jobs waiting (not the running one)."""

@@ -26,14 +26,11 @@ from typing import Any
 import httpx
 from standardwebhooks import Webhook
 
-from sdserve.jobs.contract import JobRecord
-from sdserve.jobs.store import Store, utcnow
-from sdserve.jobs.tables import WebhookRow
+from sdserve.jobs.contract import JobRecord, Renderer
+from sdserve.jobs.store import JobRepository, OutboxEntry, OutboxRepository, utcnow
 
 log = logging.getLogger(__name__)
 
-#: Turns a job into the JSON body its dialect's webhook carries.
-Renderer = Callable[[JobRecord], Mapping[str, Any]]
 EVENTS: frozenset[str] = frozenset({"start", "output", "logs", "completed"})
 
 
@@ -58,6 +55,21 @@ def load_or_create_secret(path: Path) -> str:
     tmp.chmod(0o600)
     tmp.replace(path)
     return secret
+
+
+class SigningSecret:
+    """The signing secret kept in ``path``: read (or created) on first use, then remembered."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._secret: str | None = None
+        self._lock = threading.Lock()
+
+    def __call__(self) -> str:
+        with self._lock:
+            if self._secret is None:
+                self._secret = load_or_create_secret(self.path)
+            return self._secret
 
 
 def default_render(record: JobRecord) -> dict[str, Any]:
@@ -91,12 +103,17 @@ def sign_headers(secret: str, msg_id: str, body: bytes, when: datetime) -> dict[
 
 
 class WebhookDispatcher:
-    """Delivers the outbox. ``deliver_due()`` is one pass; ``start()`` runs passes in a thread."""
+    """Delivers the outbox. ``deliver_due()`` is one pass; ``start()`` runs passes in a thread.
+
+    ``secret()`` gives the signing secret. ``wake``: the event the delivery thread sleeps on
+    between passes, which the store sets when it has queued a webhook.
+    """
 
     def __init__(
         self,
-        store: Store,
-        secret: str,
+        outbox: OutboxRepository,
+        jobs: JobRepository,
+        secret: Callable[[], str],
         *,
         renderers: Mapping[str, Renderer] | None = None,
         timeout_s: float = 10.0,
@@ -105,8 +122,10 @@ class WebhookDispatcher:
         backoff_max_s: float = 300.0,
         poll_interval_s: float = 0.2,
         transport: httpx.BaseTransport | None = None,
+        wake: threading.Event | None = None,
     ) -> None:
-        self.store = store
+        self.outbox = outbox
+        self.jobs = jobs
         self.secret = secret
         self.renderers: dict[str, Renderer] = dict(renderers or {})
         self.timeout_s = timeout_s
@@ -116,7 +135,7 @@ class WebhookDispatcher:
         self.poll_interval_s = poll_interval_s
         self._client = httpx.Client(transport=transport, timeout=timeout_s)
         self._stop = threading.Event()
-        self._wake = threading.Event()
+        self._wake = wake or threading.Event()
         self._thread: threading.Thread | None = None
 
     def set_renderer(self, source: str, render: Renderer) -> None:
@@ -154,32 +173,32 @@ class WebhookDispatcher:
     def deliver_due(self) -> int:
         """Attempt every due webhook once; return how many were attempted."""
         attempted = 0
-        for row in self.store.due_webhooks(utcnow()):
+        for row in self.outbox.due(utcnow()):
             lease_until = utcnow() + timedelta(seconds=self.timeout_s + 5)
-            if not self.store.lease_webhook(row.id, row.next_attempt_at, lease_until):
+            if not self.outbox.lease(row.id, row.next_attempt_at, lease_until):
                 continue
             self._attempt(row)
             attempted += 1
         return attempted
 
-    def _render(self, row: WebhookRow) -> bytes:
+    def _render(self, row: OutboxEntry) -> bytes:
         if row.body is not None:
             return row.body
-        record = self.store.get(row.job_id)
+        record = self.jobs.get(row.job_id)
         render = self.renderers.get(record.source) or self.renderers.get("*") or default_render
         body = json.dumps(dict(render(record)), separators=(",", ":"), default=str).encode()
-        self.store.set_webhook_body(row.id, body)
+        self.outbox.set_body(row.id, body)
         return body
 
-    def _attempt(self, row: WebhookRow) -> None:
+    def _attempt(self, row: OutboxEntry) -> None:
         attempts = row.attempts + 1
         error: str | None = None
         try:
             body = self._render(row)
-            headers = sign_headers(self.secret, row.msg_id, body, datetime.now(UTC))
+            headers = sign_headers(self.secret(), row.msg_id, body, datetime.now(UTC))
             response = self._client.post(row.url, content=body, headers=headers)
             if response.is_success:
-                self.store.webhook_result(row.id, delivered=True, attempts=attempts)
+                self.outbox.record_attempt(row.id, delivered=True, attempts=attempts)
                 return
             error = f"HTTP {response.status_code}"
         except httpx.HTTPError as exc:
@@ -199,6 +218,6 @@ class WebhookDispatcher:
             error,
             "; will retry" if retry_at else "",
         )
-        self.store.webhook_result(
+        self.outbox.record_attempt(
             row.id, delivered=False, attempts=attempts, error=error, retry_at=retry_at
         )

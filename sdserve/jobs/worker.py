@@ -1,36 +1,38 @@
 """The worker: runs one job from claim to exactly one terminal state.
 
-It is the only place where the service touches the engine and the training runner
-(:func:`engine_factory`, :func:`build_trainer`; an import-linter contract keeps it so).
-The engine is reached through the small :class:`Predictor` protocol
-(``sdserve.engine.engine.Engine`` in production, an in-memory fake in unit tests), built
-lazily so a process that never runs a job never imports torch.
+It is the only place where the service touches the engine. The engine is reached
+through the small :class:`Predictor` protocol (``sdserve.engine.engine.Engine`` in
+production, an in-memory fake in unit tests), built lazily so a process that never runs
+a job never imports torch.
+
+The runner's public methods are the steps of a run (claim, execute, succeed, cancel,
+finish); a :class:`Batcher` (:mod:`sdserve.jobs.batching`) composes them to run several
+claimed jobs as one batch.
 """
 
 from __future__ import annotations
 
-import io
 import logging
 import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, Protocol
 
-from sdserve.domain.events import tqdm_line
-from sdserve.domain.inputs import FamilyDefaults, GenerationInput
+from sdserve.domain.inputs import GenerationInput
 from sdserve.domain.jobs import JobKind, Status
-from sdserve.errors import (
-    Canceled,
-    InvalidInput,
-    JobNotFound,
-    SdserveError,
-)
+from sdserve.errors import Canceled, InvalidInput, JobNotFound, SdserveError
 from sdserve.jobs.fetch import InputFetcher
 from sdserve.jobs.files import FileStore, new_key
 from sdserve.jobs.images import decode_image
-from sdserve.jobs.store import Store, StoredFile, utcnow
-from sdserve.jobs.tables import JobRow
+from sdserve.jobs.progress import (
+    CANCEL_POLL_INTERVAL_S,
+    NOTIFIED_POLL_INTERVAL_S,
+    PROGRESS_WRITE_INTERVAL_S,
+    RunTracker,
+)
+from sdserve.jobs.served import RegistryLike
+from sdserve.jobs.store import JobRepository, Store, StoredFile, utcnow
 from sdserve.models.results import GenerationResult, RunHooks
 
 if TYPE_CHECKING:
@@ -38,10 +40,7 @@ if TYPE_CHECKING:
 
     from PIL.Image import Image
 
-    from sdserve.config import Settings
-    from sdserve.jobs.batching import BatchPolicy
     from sdserve.jobs.contract import JobRecord
-    from sdserve.models.catalog import ModelRegistry
     from sdserve.training.runner import TrainingRunner
 
 log = logging.getLogger(__name__)
@@ -52,16 +51,6 @@ CONTENT_TYPES = {
     "jpeg": "image/jpeg",
     "webp": "image/webp",
 }
-#: Progress is written to the store at most this often, counted from the claim; what a run
-#: has not written yet goes out with its end (a shorter job writes nothing while it runs).
-PROGRESS_WRITE_INTERVAL_S = 0.25
-#: The cancel and stop flags are read from the store at most this often, counted from the
-#: claim (which cleared them), when another process may set them.
-CANCEL_POLL_INTERVAL_S = 0.1
-#: ... and when they are set in this process, which tells the runner (``flags_changed``):
-#: the poll is then a safety net only.
-NOTIFIED_POLL_INTERVAL_S = 1.0
-PREVIEW_SIZE = 128
 
 
 class Predictor(Protocol):
@@ -78,167 +67,21 @@ class Predictor(Protocol):
     ) -> GenerationResult: ...
 
 
-class ModelSpecLike(Protocol):
-    """The parts of ``models.catalog.ModelSpec`` the service uses."""
-
-    name: str
-    reference: str
-    family: str
-    version: str
-
-    @property
-    def defaults(self) -> FamilyDefaults: ...
+#: The engine, or a factory that builds it on the first job.
+PredictorSource = Predictor | Callable[[], Predictor]
 
 
-class RegistryLike(Protocol):
-    """The parts of ``models.catalog.ModelRegistry`` the service uses (no torch)."""
+class Batcher(Protocol):
+    """Runs a claimed job together with compatible queued jobs (:mod:`sdserve.jobs.batching`)."""
 
-    def resolve(self, name: str) -> Any: ...
-
-    def specs(self) -> Any: ...
-
-
-def engine_factory(settings: Settings, registry: RegistryLike) -> Callable[[], Predictor]:
-    """What builds this worker's engine on its first job: the one place the service reaches
-    the engine, so a process that runs no job never imports torch. The libraries' loading
-    bars go then; the engine logs one line per load."""
-
-    def build() -> Predictor:
-        from sdserve.engine.engine import Engine
-        from sdserve.logs import quiet_library_progress
-
-        quiet_library_progress()
-        return Engine(
-            settings.engine,
-            cast("ModelRegistry", registry),
-            limits=settings.limits.input_limits(),
-        )
-
-    return build
-
-
-def build_trainer(settings: Settings, registry: RegistryLike) -> TrainingRunner:
-    """This worker's training runner (built on the first training job; imports torch then)."""
-    from sdserve.training.runner import TrainingRunner
-
-    return TrainingRunner(settings, registry)
+    def run(self, runner: JobRunner, record: JobRecord, started: float) -> bool:
+        """True when the job (and its partners) ended here; False: run it alone."""
+        ...
 
 
 def error_text(exc: SdserveError) -> str:
     """The job's ``error``: ``"<stable code>: <message>"``."""
     return f"{exc.code}: {exc.message}"
-
-
-class _Progress:
-    """Step hooks of one run: throttled progress writes and a cheap cancel check.
-
-    What the run has to say (log lines, the step, the latest preview, the resolved input)
-    is collected and written in one store update per flush, or with the job's terminal
-    transition (:meth:`unwritten`).
-    """
-
-    def __init__(
-        self,
-        store: Store,
-        job_id: str,
-        deadline: datetime | None,
-        *,
-        poll_s: float = CANCEL_POLL_INTERVAL_S,
-        flagged: Callable[[], bool] = lambda: False,
-    ) -> None:
-        self.store = store
-        self.job_id = job_id
-        self.deadline = deadline
-        self.poll_s = poll_s
-        self.flagged = flagged
-        self.lines: list[str] = []
-        self.step: tuple[int, int] | None = None
-        self.written_step: tuple[int, int] | None = None
-        self.preview: Image | None = None
-        self.input: dict[str, Any] | None = None
-        self.last_write = self.last_check = time.monotonic()
-        self.cancel = False
-        self.deadline_passed = False
-        self.stop = False
-
-    def resolved(self, inp: GenerationInput) -> None:
-        """The run's input with defaults and seed, written (with its ``Using seed`` line) by
-        the next flush rather than by a store round trip of its own before the run."""
-        self.input = inp.model_dump(mode="json", exclude_none=True)
-        self.lines.append(f"Using seed: {inp.seed}\n")
-
-    def on_step(self, step: int, total: int, preview: Image | None) -> None:
-        self.lines.append(tqdm_line(step, total) + "\n")
-        self.step = (step, total)
-        if preview is not None:
-            self.preview = preview  # encoded only if a flush writes it
-        if time.monotonic() - self.last_write >= PROGRESS_WRITE_INTERVAL_S:
-            self.flush()
-
-    def flush(self) -> None:
-        """Write what is new since the last write (nothing new: no write)."""
-        text, columns = self.unwritten()
-        if not text and not columns:
-            return
-        step = columns.get("progress_step")
-        self.store.update_running(
-            self.job_id,
-            append_logs=text,
-            progress=None if step is None else (step, columns["progress_total"]),
-            preview=columns.get("preview"),
-            input=columns.get("input"),
-            logs_webhook=True,
-        )
-        self.last_write = time.monotonic()
-
-    def unwritten(self) -> tuple[str, dict[str, Any]]:
-        """Log text and job columns that no write has carried yet; they count as written
-        from now on (the caller writes them)."""
-        text = "".join(self.lines)
-        columns: dict[str, Any] = {}
-        if self.step is not None and self.step != self.written_step:
-            columns["progress_step"], columns["progress_total"] = self.step
-        if self.preview is not None:
-            columns["preview"] = _jpeg_preview(self.preview)
-        if self.input is not None:
-            columns["input"] = self.input
-        self.lines.clear()
-        self.written_step, self.preview, self.input = self.step, None, None
-        return text, columns
-
-    def should_cancel(self) -> bool:
-        if self.deadline is not None and datetime.now(UTC) >= self.deadline:
-            self.deadline_passed = True
-            return True
-        now = time.monotonic()
-        if not self.cancel and (now - self.last_check >= self.poll_s or self.flagged()):
-            self.last_check = now
-            state = self.store.run_state(self.job_id)
-            self.cancel = state.cancel_requested or state.status is not Status.PROCESSING
-            self.stop = state.stop_requested
-        return self.cancel
-
-    def stop_early(self) -> bool:
-        """A1111 interrupt: read with the cancel flag (``should_cancel`` runs first)."""
-        return self.stop
-
-
-def _interrupted_line(result: GenerationResult, progress: _Progress) -> str:
-    """A log line for a run that an interrupt finished early, else nothing."""
-    if not result.interrupted:
-        return ""
-    if progress.step is None:
-        return "interrupted: finished early with the partial image(s)\n"
-    step, total = progress.step
-    return f"interrupted after step {step} of {total}: finished early with the partial image(s)\n"
-
-
-def _jpeg_preview(image: Image) -> bytes:
-    small = image.convert("RGB")
-    small.thumbnail((PREVIEW_SIZE, PREVIEW_SIZE))
-    buffer = io.BytesIO()
-    small.save(buffer, format="JPEG", quality=70)
-    return buffer.getvalue()
 
 
 class JobRunner:
@@ -249,18 +92,21 @@ class JobRunner:
         store: Store,
         files: FileStore,
         fetcher: InputFetcher,
-        predictor: Predictor | Callable[[], Predictor],
+        predictor: PredictorSource,
         registry: RegistryLike,
         *,
         worker_id: str,
         on_change: Callable[[JobRecord], None] | None = None,
         lost_job_policy: Callable[[str], object] | None = None,
-        batch_policy: BatchPolicy | None = None,
+        batcher: Batcher | None = None,
         trainer: Callable[[], TrainingRunner] | None = None,
         flags_notified: bool = False,
     ) -> None:
-        """``flags_notified``: every cancel/stop request reaches :meth:`flags_changed`
-        (the API runs in this process and no other process serves it)."""
+        """``on_change(record)``: a job this runner claimed or ended, as it is now.
+        ``lost_job_policy(job_id)``: what to do with a job found ``processing`` under a
+        dead worker. ``flags_notified``: every cancel/stop request reaches
+        :meth:`flags_changed` (the API runs in this process and no other process serves
+        it)."""
         self.store = store
         self.files = files
         self.fetcher = fetcher
@@ -268,7 +114,7 @@ class JobRunner:
         self.worker_id = worker_id
         self.on_change = on_change or (lambda record: None)
         self.lost_job_policy = lost_job_policy
-        self.batch_policy = batch_policy
+        self.batcher = batcher
         self._trainer_factory = trainer
         self._trainer: TrainingRunner | None = None
         self._predictor: Predictor | None = None
@@ -281,23 +127,9 @@ class JobRunner:
         self._flag_poll_s = NOTIFIED_POLL_INTERVAL_S if flags_notified else CANCEL_POLL_INTERVAL_S
         self._flagged: set[str] = set()
 
-    def flags_changed(self, job_id: str) -> None:
-        """A cancel or stop of ``job_id`` was written to the store: its run reads the flags
-        at its next step instead of at its next poll."""
-        self._flagged.add(job_id)
-
-    def progress_for(self, record: JobRecord) -> _Progress:
-        """The step hooks of a claimed job's run."""
-
-        def flagged() -> bool:
-            if record.id not in self._flagged:
-                return False
-            self._flagged.discard(record.id)
-            return True
-
-        return _Progress(
-            self.store, record.id, record.deadline, poll_s=self._flag_poll_s, flagged=flagged
-        )
+    @property
+    def jobs(self) -> JobRepository:
+        return self.store.jobs
 
     @property
     def predictor(self) -> Predictor:
@@ -306,81 +138,6 @@ class JobRunner:
                 assert self._factory is not None
                 self._predictor = self._factory()
             return self._predictor
-
-    def run(self, job_id: str) -> Status | None:
-        """Run one job to a terminal state; None if there is no such job.
-
-        A job that is no longer ``starting`` (canceled while queued, or a duplicate
-        delivery of the task) is left as it is.
-        """
-        record = self.store.claim(job_id, self.worker_id)
-        if record is None:
-            status = self._unclaimed(job_id)
-            if status is not Status.STARTING:
-                return status
-            record = self.store.claim(job_id, self.worker_id)  # re-queued just now
-            if record is None:
-                return self.store.get(job_id).status
-        self.on_change(record)
-        started = time.monotonic()
-        training = record.kind is JobKind.TRAINING
-        if (
-            not training
-            and self.batch_policy is not None
-            and self._run_in_batch(job_id, record, started)
-        ):
-            return self.store.get(job_id).status
-        claimed, progress = record, self.progress_for(record)
-
-        def work() -> Status:
-            if training:
-                return self._train(job_id, claimed, progress, started)
-            return self._execute(job_id, claimed.model, claimed.input, progress, started)
-
-        return self.guarded(job_id, progress, work)
-
-    def guarded(self, job_id: str, progress: _Progress, work: Callable[[], Status]) -> Status:
-        """Run ``work`` (which ends the job itself when all goes well); a cancel or an error
-        ends the job ``canceled`` or ``failed`` with what the run had to say."""
-        try:
-            return work()
-        except Canceled:
-            why = "deadline passed" if progress.deadline_passed else "canceled"
-            return self._finish(job_id, Status.CANCELED, progress=progress, logs=f"{why}\n")
-        except SdserveError as exc:
-            # a failure we foresaw (bad input, model not loadable, out of memory...): its
-            # code and message say it all, the job's end line logs them; no traceback
-            return self._finish(job_id, Status.FAILED, progress=progress, error=error_text(exc))
-        except Exception as exc:
-            log.exception("job %s failed with an unexpected error", job_id)
-            error = f"internal_error: {exc}"
-            return self._finish(job_id, Status.FAILED, progress=progress, error=error)
-
-    def _unclaimed(self, job_id: str) -> Status | None:
-        """Deal with a job that could not be claimed; its status now (None: no such job).
-
-        ``processing``: a task delivered again for a running job, whose worker died
-        (remote brokers redeliver unacknowledged tasks): resumed (``starting`` again) or
-        failed like start-up recovery does. ``starting`` past its deadline: aborted.
-        Anything else (canceled while queued, a duplicate delivery) is left as it is.
-        """
-        try:
-            record = self.store.get(job_id)
-        except JobNotFound:
-            log.warning("job %s vanished before it ran", job_id)
-            return None
-        if record.status is Status.PROCESSING and self.lost_job_policy is not None:
-            self.lost_job_policy(job_id)
-            record = self.store.get(job_id)
-        if (
-            record.status is Status.STARTING
-            and record.deadline is not None
-            and datetime.now(UTC) >= record.deadline
-        ):
-            return self._finish(
-                job_id, Status.ABORTED, error="deadline passed before the job started"
-            )
-        return record.status
 
     @property
     def trainer(self) -> TrainingRunner:
@@ -392,110 +149,221 @@ class JobRunner:
                 self._trainer = self._trainer_factory()
             return self._trainer
 
-    def _train(self, job_id: str, record: JobRecord, progress: _Progress, started: float) -> Status:
-        """A training job: archive → LoRA → published destination model (sdserve.training)."""
-        from sdserve.training.runner import JobHooks, format_step
+    def flags_changed(self, job_id: str) -> None:
+        """A cancel or stop of ``job_id`` was written to the store: its run reads the flags
+        at its next step instead of at its next poll."""
+        self._flagged.add(job_id)
 
-        def on_step(step: int, total: int, loss: float, lr: float) -> None:
-            progress.lines.append(format_step(step, total, loss, lr) + "\n")
-            progress.step = (step, total)
-            if time.monotonic() - progress.last_write >= PROGRESS_WRITE_INTERVAL_S or (
-                step >= total
-            ):
-                progress.flush()
+    # -- a run, start to end ---------------------------------------------------------
 
-        def on_log(text: str) -> None:
-            progress.lines.append(text + "\n")
-            progress.flush()
+    def run(self, job_id: str) -> Status | None:
+        """Run one job to a terminal state; None if there is no such job.
 
-        def on_input(resolved: dict[str, Any]) -> None:
-            self.store.update_running(job_id, input=resolved)
+        A job that is no longer ``starting`` (canceled while queued, or a duplicate
+        delivery of the task) is left as it is.
+        """
+        record = self.claim(job_id)
+        if record is None:
+            status = self._unclaimed(job_id)
+            if status is not Status.STARTING:
+                return status
+            record = self.claim(job_id)  # re-queued just now
+            if record is None:
+                return self.jobs.get(job_id).status
+        self.on_change(record)
+        started = time.monotonic()
+        training = record.kind is JobKind.TRAINING
+        if not training and self.batcher is not None and self.batcher.run(self, record, started):
+            return self.jobs.get(job_id).status
+        claimed, tracker = record, self.tracker_for(record)
 
-        keys: list[str] = []
+        def work() -> Status:
+            if training:
+                return self._train(claimed, tracker, started)
+            return self.execute(claimed, tracker, started)
 
-        def on_weights(path: Path) -> None:
-            data = path.read_bytes()
-            key = new_key()  # keys allow short extensions only; the stored name has it
-            self.files.put(key, data, "application/octet-stream")
-            self.store.add_file(
-                key,
-                name=f"{(record.destination or 'lora').partition('/')[2]}.safetensors",
-                content_type="application/octet-stream",
-                size=len(data),
-                purpose="output",
-                job_id=job_id,
-            )
-            keys.append(key)
+        return self.guarded(job_id, tracker, work)
 
-        trainer = self.trainer
-        archive = self.fetcher.fetch(str(record.input.get("input_images", "")), "input_images")
-        outcome = trainer.train(
-            job_id=job_id,
-            model=record.model,
-            raw_input=record.input,
-            destination=record.destination,
-            archive=archive,
-            hooks=JobHooks(on_step, on_log, on_input, progress.should_cancel, on_weights),
+    def claim(self, job_id: str) -> JobRecord | None:
+        """Take a ``starting`` job for this worker: the job as claimed, or None."""
+        return self.jobs.claim(job_id, self.worker_id)
+
+    def tracker_for(self, record: JobRecord) -> RunTracker:
+        """The step hooks of a claimed job's run."""
+
+        def flagged() -> bool:
+            if record.id not in self._flagged:
+                return False
+            self._flagged.discard(record.id)
+            return True
+
+        return RunTracker(
+            self.jobs, record.id, record.deadline, poll_s=self._flag_poll_s, flagged=flagged
         )
-        metrics: dict[str, Any] = {"predict_time": round(time.monotonic() - started, 4)}
-        metrics.update(outcome.metrics)
-        metrics["destination_version"] = outcome.version
-        return self._finish(
-            job_id, Status.SUCCEEDED, progress=progress, output=keys, metrics=metrics
-        )
 
-    def _run_in_batch(self, job_id: str, record: Any, started: float) -> bool:
-        """Run the claimed job with compatible queued jobs as one batch (jobs/batching)."""
-        from sdserve.jobs.batching import run_batched
+    def guarded(self, job_id: str, tracker: RunTracker, work: Callable[[], Status]) -> Status:
+        """Run ``work`` (which ends the job itself when all goes well); a cancel or an error
+        ends the job ``canceled`` or ``failed`` with what the run had to say."""
+        try:
+            return work()
+        except Canceled:
+            return self.cancel(job_id, tracker)
+        except SdserveError as exc:
+            # a failure we foresaw (bad input, model not loadable, out of memory...): its
+            # code and message say it all, the job's end line logs them; no traceback
+            return self.finish(job_id, Status.FAILED, tracker=tracker, error=error_text(exc))
+        except Exception as exc:
+            log.exception("job %s failed with an unexpected error", job_id)
+            error = f"internal_error: {exc}"
+            return self.finish(job_id, Status.FAILED, tracker=tracker, error=error)
 
-        return run_batched(self, job_id, record, started)
+    def resolve_input(self, record: JobRecord) -> GenerationInput:
+        """A generation job's input with its model's defaults."""
+        spec = self.registry.resolve(record.model)
+        return GenerationInput.model_validate(dict(record.input)).with_defaults(spec.defaults)
 
-    def _execute(
-        self,
-        job_id: str,
-        model: str,
-        raw_input: Any,
-        progress: _Progress,
-        started: float,
-    ) -> Status:
-        spec = self.registry.resolve(model)
-        inp = GenerationInput.model_validate(dict(raw_input)).with_defaults(spec.defaults)
-        progress.resolved(inp)
+    def execute(self, record: JobRecord, tracker: RunTracker, started: float) -> Status:
+        """A generation job alone: fetch its images, run the engine, store the outputs."""
+        inp = self.resolve_input(record)
+        tracker.resolved(inp)
         image = mask = None
         if inp.image is not None:
             image = decode_image(self.fetcher.fetch(inp.image, "image"), "image")
         if inp.mask is not None:
             mask = decode_image(self.fetcher.fetch(inp.mask, "mask"), "mask")
-        if progress.should_cancel():
+        if tracker.should_cancel():
             raise Canceled("canceled before the generation started")
         hooks = RunHooks(
-            on_step=progress.on_step,
-            should_cancel=progress.should_cancel,
-            stop_early=progress.stop_early,
+            on_step=tracker.on_step,
+            should_cancel=tracker.should_cancel,
+            stop_early=tracker.stop_early,
             want_previews=True,
             # the latest preview goes out with the next progress write: none are built faster
             preview_interval_s=PROGRESS_WRITE_INTERVAL_S,
         )
-        result = self.predictor.generate(inp, model=model, image=image, mask=mask, hooks=hooks)
-        return self.succeed(job_id, result, progress, started)
+        result = self.predictor.generate(
+            inp, model=record.model, image=image, mask=mask, hooks=hooks
+        )
+        return self.succeed(record.id, result, tracker, started)
 
     def succeed(
-        self, job_id: str, result: GenerationResult, progress: _Progress, started: float
+        self, job_id: str, result: GenerationResult, tracker: RunTracker, started: float
     ) -> Status:
         """Store the images of a generation and end its job ``succeeded``, in one write."""
         outputs = self._write_outputs(job_id, result)
         metrics: dict[str, Any] = {"predict_time": round(time.monotonic() - started, 4)}
         metrics.update({key: round(value, 4) for key, value in result.timings.items()})
-        return self._finish(
+        return self.finish(
             job_id,
             Status.SUCCEEDED,
-            progress=progress,
+            tracker=tracker,
             files=outputs,
             output=[meta.key for meta in outputs],
             nsfw=result.nsfw_content_detected,
             metrics=metrics,
-            logs=_interrupted_line(result, progress) + f"seed: {result.seed}\n",
+            logs=tracker.interrupted_line(result) + f"seed: {result.seed}\n",
         )
+
+    def cancel(self, job_id: str, tracker: RunTracker) -> Status:
+        """End a run that was canceled (or whose deadline passed) ``canceled``."""
+        return self.finish(job_id, Status.CANCELED, tracker=tracker, logs=tracker.cancel_line())
+
+    def finish(
+        self,
+        job_id: str,
+        status: Status,
+        *,
+        tracker: RunTracker | None = None,
+        logs: str = "",
+        **values: Any,
+    ) -> Status:
+        """Move the job to ``status`` with what its run has not written yet; return the
+        status it has afterwards."""
+        if tracker is not None:
+            unwritten, columns = tracker.unwritten()
+            logs = unwritten + logs
+            values = {**columns, **values}
+        self._flagged.discard(job_id)
+        record = self.jobs.transition(job_id, status, append_logs=logs, **values)
+        if record is None:
+            log.warning("job %s could not move to %s (already terminal?)", job_id, status.value)
+            record = self.jobs.get(job_id)
+        self.on_change(record)
+        return record.status
+
+    # -- the parts of a run ----------------------------------------------------------
+
+    def _unclaimed(self, job_id: str) -> Status | None:
+        """Deal with a job that could not be claimed; its status now (None: no such job).
+
+        ``processing``: a task delivered again for a running job, whose worker died
+        (remote brokers redeliver unacknowledged tasks): resumed (``starting`` again) or
+        failed like start-up recovery does. ``starting`` past its deadline: aborted.
+        Anything else (canceled while queued, a duplicate delivery) is left as it is.
+        """
+        try:
+            record = self.jobs.get(job_id)
+        except JobNotFound:
+            log.warning("job %s vanished before it ran", job_id)
+            return None
+        if record.status is Status.PROCESSING and self.lost_job_policy is not None:
+            self.lost_job_policy(job_id)
+            record = self.jobs.get(job_id)
+        if (
+            record.status is Status.STARTING
+            and record.deadline is not None
+            and datetime.now(UTC) >= record.deadline
+        ):
+            return self.finish(
+                job_id, Status.ABORTED, error="deadline passed before the job started"
+            )
+        return record.status
+
+    def _train(self, record: JobRecord, tracker: RunTracker, started: float) -> Status:
+        """A training job: archive → LoRA → published destination model (sdserve.training)."""
+        from sdserve.training.runner import JobHooks, format_step
+
+        def on_step(step: int, total: int, loss: float, lr: float) -> None:
+            tracker.training_step(step, total, format_step(step, total, loss, lr))
+
+        keys: list[str] = []
+
+        def on_weights(path: Path) -> None:
+            keys.append(self._store_weights(record, path))
+
+        trainer = self.trainer
+        archive = self.fetcher.fetch(str(record.input.get("input_images", "")), "input_images")
+        outcome = trainer.train(
+            job_id=record.id,
+            model=record.model,
+            raw_input=record.input,
+            destination=record.destination,
+            archive=archive,
+            hooks=JobHooks(
+                on_step, tracker.log, tracker.save_input, tracker.should_cancel, on_weights
+            ),
+        )
+        metrics: dict[str, Any] = {"predict_time": round(time.monotonic() - started, 4)}
+        metrics.update(outcome.metrics)
+        metrics["destination_version"] = outcome.version
+        return self.finish(
+            record.id, Status.SUCCEEDED, tracker=tracker, output=keys, metrics=metrics
+        )
+
+    def _store_weights(self, record: JobRecord, path: Path) -> str:
+        """Put a training's LoRA in the file store as the job's output; its key."""
+        data = path.read_bytes()
+        key = new_key()  # keys allow short extensions only; the stored name has it
+        self.files.put(key, data, "application/octet-stream")
+        self.store.files.add(
+            key,
+            name=f"{(record.destination or 'lora').partition('/')[2]}.safetensors",
+            content_type="application/octet-stream",
+            size=len(data),
+            purpose="output",
+            job_id=record.id,
+        )
+        return key
 
     def _write_outputs(self, job_id: str, result: GenerationResult) -> list[StoredFile]:
         """Put the images in the file store; their rows are written with the job's end."""
@@ -517,28 +385,3 @@ class JobRunner:
                 )
             )
         return outputs
-
-    def _finish(
-        self,
-        job_id: str,
-        status: Status,
-        *,
-        progress: _Progress | None = None,
-        logs: str = "",
-        **values: Any,
-    ) -> Status:
-        """Move the job to ``status`` with what its run has not written yet; return the
-        status it has afterwards."""
-        if progress is not None:
-            unwritten, columns = progress.unwritten()
-            logs = unwritten + logs
-            values = {**columns, **values}
-        if logs:
-            values["logs"] = JobRow.logs + logs
-        self._flagged.discard(job_id)
-        record = self.store.transition(job_id, status, **values)
-        if record is None:
-            log.warning("job %s could not move to %s (already terminal?)", job_id, status.value)
-            record = self.store.get(job_id)
-        self.on_change(record)
-        return record.status

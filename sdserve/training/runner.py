@@ -12,6 +12,8 @@ Torch is imported only when a training runs, so the worker module can import thi
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import shutil
 from collections.abc import Callable, Mapping
@@ -21,7 +23,12 @@ from typing import Any
 
 from sdserve.config import Settings
 from sdserve.domain.events import tqdm_line
-from sdserve.domain.training import TrainingInput, check_destination, check_trainable
+from sdserve.domain.training import (
+    TrainingInput,
+    check_destination,
+    check_trainable,
+    parse_training_input,
+)
 from sdserve.training.archive import ArchiveLimits, read_archive
 from sdserve.training.catalog import TrainedModels
 
@@ -56,6 +63,15 @@ class TrainingOutcome:
     metrics: Mapping[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class ResumableTraining:
+    """A training this process runs by itself (``sdserve train``), under an id that the same
+    command gets again, so a second run resumes from the first one's checkpoints."""
+
+    job_id: str
+    raw_input: dict[str, Any]
+
+
 def trained_models(settings: Settings) -> TrainedModels:
     """The catalog of fine-tuned models of this data folder (LoRA copies in ``lora_dir``)."""
     lora_dir = settings.engine.lora_dir or settings.data_dir / "loras"
@@ -82,6 +98,39 @@ class TrainingRunner:
     def work_dir(self, job_id: str) -> Path:
         """The job's own folder: extracted images, checkpoints and the LoRA."""
         return self.root / job_id
+
+    def resumable(
+        self,
+        *,
+        destination: str,
+        base_version: str,
+        raw_input: Mapping[str, Any],
+        archive: bytes,
+    ) -> ResumableTraining:
+        """Prepare a training of ``destination`` that the same one again resumes.
+
+        One work folder per destination, kept while the archive, the base model's version
+        and the input are the same (another training's checkpoints would not apply: then it
+        starts empty). Without a seed in the input, one derived from the archive keeps a
+        resumed run on the same data order and noise. Raises :class:`InvalidInput` for a
+        bad input, before any work.
+        """
+        destination = check_destination(destination)
+        fields = dict(raw_input)
+        if parse_training_input(fields).seed is None:
+            fields["seed"] = int(hashlib.sha256(archive).hexdigest()[:8], 16)
+        owner, _, name = destination.partition("/")
+        job_id = f"cli-{owner}--{name}"
+        work = self.work_dir(job_id)
+        fingerprint = hashlib.sha256(
+            archive + json.dumps([base_version, fields], sort_keys=True).encode()
+        ).hexdigest()
+        marker = work / "fingerprint"
+        if work.exists() and (not marker.is_file() or marker.read_text() != fingerprint):
+            shutil.rmtree(work)
+        work.mkdir(parents=True, exist_ok=True)
+        marker.write_text(fingerprint)
+        return ResumableTraining(job_id=job_id, raw_input=fields)
 
     def train(
         self,

@@ -29,6 +29,4 @@ def mount(app: FastAPI, service: JobService, *, auth: Any, routing: ErrorRouting
     """Serve the DeepInfra routes, their error shape and their webhook bodies."""
     routing.renderers["/v1/inference"] = deepinfra_error_response
     app.include_router(DeepInfraApi(service).router(auth))
-    register = getattr(service, "set_webhook_renderer", None)
-    if callable(register):
-        register("deepinfra", functools.partial(render_webhook, service=service))
+    service.set_webhook_renderer("deepinfra", functools.partial(render_webhook, service=service))

@@ -21,6 +21,7 @@ from sdserve.jobs.service import Service
 from sdserve.models.catalog import ModelRegistry
 from sdserve.models.results import GenerationResult, RunHooks
 from sdserve.models.settings import EngineSettings
+from sdserve.wiring import build_service
 
 #: The batched UNet may pick other kernels than batch 1; images stay this close (0-255).
 PIXEL_TOLERANCE = 2
@@ -64,7 +65,7 @@ def make(tmp_path: Path, registry: ModelRegistry) -> Iterator[Callable[..., Serv
             service=ServiceSettings(batch_max_size=batch, batch_window_ms=window_ms),
         )
         engine = CountingEngine(settings.engine, registry, limits=settings.limits.input_limits())
-        service = Service(settings, registry, predictor=engine)
+        service = build_service(settings, registry, predictor=engine)
         service.engine = engine  # type: ignore[attr-defined]  # the test reads its calls
         service.start()
         services.append(service)

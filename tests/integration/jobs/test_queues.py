@@ -36,7 +36,7 @@ def test_jobs_run_in_order_to_succeeded(make_service: MakeService, broker: str) 
     finals = [wait(service, job.id) for job in jobs]
     assert [job.status for job in finals] == [Status.SUCCEEDED] * 3
     assert [call.prompt for call in predictor.calls] == ["p0", "p1", "p2"]
-    assert all(job.output and service.store.get_file(job.output[0]) for job in finals)
+    assert all(job.output and service.store.files.get(job.output[0]) for job in finals)
 
 
 def test_cancel_while_queued_and_while_running(make_service: MakeService, broker: str) -> None:
@@ -72,7 +72,7 @@ def test_jobs_left_by_a_crash_are_run_at_start_up(make_service: MakeService, bro
         status=Status.STARTING,
         created_at=datetime.now(UTC),
     )
-    dead.store.insert_job(left)
+    dead.store.jobs.insert(left)
     dead.store.close()
     service = make_service(service={"broker_url": broker})  # start() re-queues it
     assert wait(service, left.id).status is Status.SUCCEEDED

@@ -11,9 +11,9 @@ from PIL import Image
 from sdserve.config import Settings
 from sdserve.domain.jobs import Status
 from sdserve.engine.engine import Engine
-from sdserve.jobs.service import Service
 from sdserve.models.catalog import ModelRegistry
 from sdserve.models.settings import EngineSettings
+from sdserve.wiring import build_service
 
 
 def test_tiny_sd_job_through_the_real_worker(tmp_path: Path, tiny_sd: Path) -> None:
@@ -26,7 +26,7 @@ def test_tiny_sd_job_through_the_real_worker(tmp_path: Path, tiny_sd: Path) -> N
         engines.append(Engine(settings.engine, registry, limits=settings.limits.input_limits()))
         return engines[-1]
 
-    service = Service(settings, registry, predictor=build)
+    service = build_service(settings, registry, predictor=build)
     service.start()
     try:
         job = service.create(

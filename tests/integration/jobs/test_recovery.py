@@ -17,7 +17,7 @@ def crashed_job(
 ) -> str:
     """Write a job as a killed process would have left it."""
     record = JobRecord(
-        id=f"job{len(store.unfinished()):02d}" + "x" * 21,
+        id=f"job{len(store.jobs.unfinished()):02d}" + "x" * 21,
         kind=JobKind.PREDICTION,
         model="test/fake",
         version="0123456789abcdef",
@@ -25,13 +25,13 @@ def crashed_job(
         status=Status.STARTING,
         created_at=datetime.now(UTC),
     )
-    store.insert_job(record)
+    store.jobs.insert(record)
     if claimed:
         for _ in range(attempts):
-            store.requeue(record.id)
-            assert store.claim(record.id, "dead-worker")
+            store.jobs.requeue(record.id)
+            assert store.jobs.claim(record.id, "dead-worker")
         if cancel:
-            assert store.request_cancel(record.id)
+            assert store.jobs.request_cancel(record.id)
     return record.id
 
 
@@ -52,12 +52,12 @@ def test_all_crashed_jobs_reach_a_terminal_state(make_service: MakeService) -> N
     }
     assert final[queued].status is Status.SUCCEEDED
     assert final[running_once].status is Status.SUCCEEDED  # resumed: attempt 2 of 2
-    assert service.store.run_state(running_once).attempts == 2
+    assert service.store.jobs.run_state(running_once).attempts == 2
     assert final[running_twice].status is Status.FAILED
     assert (final[running_twice].error or "").startswith("worker_lost:")
     assert final[cancel_pending].status is Status.CANCELED
     assert len(predictor.calls) == 2
-    assert service.store.unfinished() == []
+    assert service.store.jobs.unfinished() == []
 
 
 def test_a_task_delivered_again_for_a_job_of_a_dead_worker(make_service: MakeService) -> None:
@@ -71,9 +71,9 @@ def test_a_task_delivered_again_for_a_job_of_a_dead_worker(make_service: MakeSer
     runner = service.runner
     assert runner is not None
     assert runner.run(resumed) is Status.SUCCEEDED  # back to starting, claimed, run
-    assert service.store.run_state(resumed).attempts == 2
+    assert service.store.jobs.run_state(resumed).attempts == 2
     assert runner.run(given_up) is Status.FAILED
-    assert (service.store.get(given_up).error or "").startswith("worker_lost:")
+    assert (service.store.jobs.get(given_up).error or "").startswith("worker_lost:")
     assert runner.run(resumed) is Status.SUCCEEDED  # a duplicate delivery changes nothing
     assert runner.run("no-such-job") is None
     assert len(predictor.calls) == 1

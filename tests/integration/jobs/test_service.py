@@ -66,7 +66,7 @@ def test_job_runs_to_succeeded_with_outputs_logs_and_seed(make_service: MakeServ
     assert job.nsfw == [False, False]
     assert job.started_at and job.completed_at and job.created_at <= job.started_at
     # a job shorter than the progress throttle writes its progress with its end
-    state = service.store.run_state(job.id)
+    state = service.store.jobs.run_state(job.id)
     assert (state.progress_step, state.progress_total) == (4, 4) and state.preview
 
 
@@ -252,8 +252,8 @@ def test_cancel_of_running_job_stops_within_one_step(make_service: MakeService) 
     predictor = FakePredictor(step_delay=0.25)
     service = make_service(predictor)
     job = service.create("test/fake", {"prompt": "x", "num_inference_steps": 40})
-    wait_until(lambda: service.store.run_state(job.id).progress_step is not None)
-    step_at_cancel = service.store.run_state(job.id).progress_step or 0
+    wait_until(lambda: service.store.jobs.run_state(job.id).progress_step is not None)
+    step_at_cancel = service.store.jobs.run_state(job.id).progress_step or 0
     flagged = service.cancel(job.id)
     assert flagged.status is Status.PROCESSING  # the worker finishes the cancel
     final = wait(service, job.id)
@@ -269,7 +269,7 @@ def test_a_cancel_flag_set_behind_the_services_back_is_seen(make_service: MakeSe
     service = make_service(predictor)
     job = service.create("test/fake", {"prompt": "x", "num_inference_steps": 200})
     assert predictor.started.wait(10)
-    assert service.store.request_cancel(job.id)
+    assert service.store.jobs.request_cancel(job.id)
     assert wait(service, job.id).status is Status.CANCELED
     assert predictor.steps_run[-1] < 100  # well before its 10 s end
 
@@ -330,7 +330,7 @@ def test_wait_looks_at_the_store_when_no_wake_comes(make_service: MakeService) -
     service = make_service(start=False)  # no worker: the job stays queued
     service.store.migrate()
     job = service.create("test/fake", {"prompt": "x"})
-    threading.Timer(0.1, service.store.transition, args=(job.id, Status.CANCELED)).start()
+    threading.Timer(0.1, service.store.jobs.transition, args=(job.id, Status.CANCELED)).start()
     started = time.monotonic()
     assert wait(service, job.id, timeout=10).status is Status.CANCELED
     assert time.monotonic() - started < 5

@@ -47,27 +47,27 @@ def test_migrations_create_the_schema_idempotently(tmp_path: Path) -> None:
 
 def test_round_trip_keeps_every_field(store: Store) -> None:
     record = job()
-    store.insert_job(record)
-    assert store.get(record.id) == record
+    store.jobs.insert(record)
+    assert store.jobs.get(record.id) == record
     with pytest.raises(JobNotFound):
-        store.get("nope")
+        store.jobs.get("nope")
 
 
 def test_round_trip_keeps_inline_output(store: Store) -> None:
     record = replace(job(), inline_output=True)
-    store.insert_job(record)
-    assert store.get(record.id).inline_output is True
-    assert store.page(limit=5).results[0] == record
+    store.jobs.insert(record)
+    assert store.jobs.get(record.id).inline_output is True
+    assert store.jobs.page(limit=5).results[0] == record
 
 
 def test_double_claim_fails(store: Store) -> None:
     record = job()
-    store.insert_job(record)
-    claimed = store.claim(record.id, "worker-a")
-    assert claimed is not None and claimed == store.get(record.id)
+    store.jobs.insert(record)
+    claimed = store.jobs.claim(record.id, "worker-a")
+    assert claimed is not None and claimed == store.jobs.get(record.id)
     assert claimed.status is Status.PROCESSING and claimed.started_at is not None
-    assert store.claim(record.id, "worker-b") is None
-    state = store.run_state(record.id)
+    assert store.jobs.claim(record.id, "worker-b") is None
+    state = store.jobs.run_state(record.id)
     assert (state.status, state.worker_id, state.attempts) == (Status.PROCESSING, "worker-a", 1)
 
 
@@ -75,35 +75,35 @@ def test_a_job_past_its_deadline_is_not_claimed(store: Store) -> None:
     late = replace(job(), deadline=datetime.now(UTC) - timedelta(seconds=1))
     on_time = replace(job(), deadline=datetime.now(UTC) + timedelta(minutes=5))
     for record in (late, on_time):
-        store.insert_job(record)
-    assert store.claim(late.id, "w") is None
-    assert store.get(late.id).status is Status.STARTING  # the worker aborts it
-    assert store.claim(on_time.id, "w") is not None
+        store.jobs.insert(record)
+    assert store.jobs.claim(late.id, "w") is None
+    assert store.jobs.get(late.id).status is Status.STARTING  # the worker aborts it
+    assert store.jobs.claim(on_time.id, "w") is not None
 
 
 def test_the_queue_bound_is_checked_in_the_insert(store: Store) -> None:
     first, second, third = job(), job(), job()
-    assert store.insert_job(first, max_queued=2) and store.insert_job(second, max_queued=2)
-    assert store.insert_job(third, max_queued=2) is False
+    assert store.jobs.insert(first, max_queued=2) and store.jobs.insert(second, max_queued=2)
+    assert store.jobs.insert(third, max_queued=2) is False
     with pytest.raises(JobNotFound):
-        store.get(third.id)
-    store.transition(first.id, Status.CANCELED)
-    assert store.insert_job(third, max_queued=2)
+        store.jobs.get(third.id)
+    store.jobs.transition(first.id, Status.CANCELED)
+    assert store.jobs.insert(third, max_queued=2)
 
 
 def test_output_files_are_recorded_with_the_terminal_transition(store: Store) -> None:
     record = job()
-    store.insert_job(record)
-    store.claim(record.id, "w")
+    store.jobs.insert(record)
+    store.jobs.claim(record.id, "w")
     outputs = [
         StoredFile(f"out{i}.png", f"out-{i}.png", "image/png", 10, "output", record.id, utcnow())
         for i in range(2)
     ]
-    assert store.transition(record.id, Status.SUCCEEDED, files=outputs, output=["out0.png"])
-    assert store.files_of_job(record.id) == ["out0.png", "out1.png"]
+    assert store.jobs.transition(record.id, Status.SUCCEEDED, files=outputs, output=["out0.png"])
+    assert store.files.of_job(record.id) == ["out0.png", "out1.png"]
     late = [StoredFile("late.png", "late.png", "image/png", 1, "output", record.id, utcnow())]
-    assert store.transition(record.id, Status.FAILED, files=late) is None
-    assert store.get_file("late.png") is not None  # no stored file is left without its row
+    assert store.jobs.transition(record.id, Status.FAILED, files=late) is None
+    assert store.files.get("late.png") is not None  # no stored file is left without its row
 
 
 def test_on_webhook_is_called_only_when_a_webhook_was_queued(tmp_path: Path) -> None:
@@ -113,52 +113,52 @@ def test_on_webhook_is_called_only_when_a_webhook_was_queued(tmp_path: Path) -> 
     plain = job()
     hooked = replace(job(), webhook=WebhookOptions("http://hook.test/", frozenset({"start"})))
     for record in (plain, hooked):
-        store.insert_job(record)
-        store.claim(record.id, "w")
-        store.transition(record.id, Status.SUCCEEDED)
+        store.jobs.insert(record)
+        store.jobs.claim(record.id, "w")
+        store.jobs.transition(record.id, Status.SUCCEEDED)
     assert calls == ["wake"]  # the start webhook of the hooked job; it wants no completed
-    assert [row.event for row in store.webhooks_of(hooked.id)] == ["start"]
+    assert [row.event for row in store.outbox.of_job(hooked.id)] == ["start"]
 
 
 def test_terminal_state_is_never_overwritten(store: Store) -> None:
     record = job()
-    store.insert_job(record)
-    store.claim(record.id, "w")
-    assert store.transition(record.id, Status.SUCCEEDED, output=["k.png"])
+    store.jobs.insert(record)
+    store.jobs.claim(record.id, "w")
+    assert store.jobs.transition(record.id, Status.SUCCEEDED, output=["k.png"])
     for late in (Status.FAILED, Status.CANCELED, Status.PROCESSING, Status.STARTING):
-        assert store.transition(record.id, late, error="late") is None
-    final = store.get(record.id)
+        assert store.jobs.transition(record.id, late, error="late") is None
+    final = store.jobs.get(record.id)
     assert (final.status, final.output, final.error) == (Status.SUCCEEDED, ["k.png"], None)
     assert final.completed_at is not None
 
 
 def test_aborted_only_from_starting(store: Store) -> None:
     queued, running = job(), job()
-    store.insert_job(queued)
-    store.insert_job(running)
-    store.claim(running.id, "w")
-    assert store.transition(queued.id, Status.ABORTED)
-    assert store.transition(running.id, Status.ABORTED) is None
+    store.jobs.insert(queued)
+    store.jobs.insert(running)
+    store.jobs.claim(running.id, "w")
+    assert store.jobs.transition(queued.id, Status.ABORTED)
+    assert store.jobs.transition(running.id, Status.ABORTED) is None
 
 
 def test_pages_are_newest_first_with_cursors_both_ways(store: Store) -> None:
     base = datetime(2025, 1, 1, tzinfo=UTC)
     records = [job(base + timedelta(seconds=i)) for i in range(7)]
     for record in records:
-        store.insert_job(record)
+        store.jobs.insert(record)
     newest_first = [r.id for r in reversed(records)]
 
-    first = store.page(limit=3)
+    first = store.jobs.page(limit=3)
     assert [r.id for r in first.results] == newest_first[:3]
     assert first.previous_cursor is None and first.next_cursor
-    second = store.page(cursor=first.next_cursor, limit=3)
+    second = store.jobs.page(cursor=first.next_cursor, limit=3)
     assert [r.id for r in second.results] == newest_first[3:6]
-    third = store.page(cursor=second.next_cursor, limit=3)
+    third = store.jobs.page(cursor=second.next_cursor, limit=3)
     assert [r.id for r in third.results] == newest_first[6:]
     assert third.next_cursor is None
-    back = store.page(cursor=third.previous_cursor, limit=3)
+    back = store.jobs.page(cursor=third.previous_cursor, limit=3)
     assert [r.id for r in back.results] == newest_first[3:6]
-    back_again = store.page(cursor=back.previous_cursor, limit=3)
+    back_again = store.jobs.page(cursor=back.previous_cursor, limit=3)
     assert [r.id for r in back_again.results] == newest_first[:3]
     assert back_again.previous_cursor is None
 
@@ -169,24 +169,24 @@ def test_same_timestamp_pages_do_not_skip_or_repeat(store: Store) -> None:
     for _ in range(5):
         record = job(when)
         ids.add(record.id)
-        store.insert_job(record)
+        store.jobs.insert(record)
     seen: list[str] = []
-    page = store.page(limit=2)
+    page = store.jobs.page(limit=2)
     while True:
         seen += [r.id for r in page.results]
         if page.next_cursor is None:
             break
-        page = store.page(cursor=page.next_cursor, limit=2)
+        page = store.jobs.page(cursor=page.next_cursor, limit=2)
     assert sorted(seen) == sorted(ids) and len(seen) == 5
 
 
 def test_progress_updates_are_ignored_once_terminal(store: Store) -> None:
     record = job()
-    store.insert_job(record)
-    store.claim(record.id, "w")
-    store.update_running(record.id, append_logs="a\n", progress=(1, 4))
-    store.update_running(record.id, append_logs="b\n", progress=(2, 4))
-    store.transition(record.id, Status.CANCELED)
-    store.update_running(record.id, append_logs="late\n", progress=(3, 4))
-    assert store.get(record.id).logs == "a\nb\n"
-    assert store.run_state(record.id).progress_step == 2
+    store.jobs.insert(record)
+    store.jobs.claim(record.id, "w")
+    store.jobs.update_running(record.id, append_logs="a\n", progress=(1, 4))
+    store.jobs.update_running(record.id, append_logs="b\n", progress=(2, 4))
+    store.jobs.transition(record.id, Status.CANCELED)
+    store.jobs.update_running(record.id, append_logs="late\n", progress=(3, 4))
+    assert store.jobs.get(record.id).logs == "a\nb\n"
+    assert store.jobs.run_state(record.id).progress_step == 2

@@ -97,8 +97,8 @@ def test_terminal_webhook_is_retried_after_receiver_failures(make_service: MakeS
     assert finish(service, job).status is Status.SUCCEEDED  # the failures change nothing
     wait_for(lambda: len(receiver.requests) == 3)
     # the dispatcher records the delivery after the receiver has answered
-    wait_for(lambda: service.store.webhooks_of(job.id)[0].delivered_at is not None)
-    (row,) = service.store.webhooks_of(job.id)
+    wait_for(lambda: service.store.outbox.of_job(job.id)[0].delivered_at is not None)
+    (row,) = service.store.outbox.of_job(job.id)
     assert row.attempts == 3
     # every retry carries the same bytes and message id, re-signed
     assert len({r.content for r in receiver.requests}) == 1
@@ -138,7 +138,7 @@ def test_non_terminal_events_are_filtered_and_throttled(make_service: MakeServic
     final = finish(service, job)
     elapsed = time.monotonic() - started
     wait_for(lambda: any(b["status"] == "succeeded" for b in receiver.bodies()))
-    rows = service.store.webhooks_of(job.id)
+    rows = service.store.outbox.of_job(job.id)
     events = [row.event for row in rows]
     assert events[0] == "start" and events[-1] == "completed"
     assert "output" not in events  # not asked for
@@ -164,8 +164,8 @@ def test_webhook_to_unreachable_receiver_never_changes_the_job(
     job = service.create("test/fake", {"prompt": "x"}, webhook=WebhookOptions(URL))
     assert finish(service, job).status is Status.SUCCEEDED
     wait_for(
-        lambda: all(row.given_up or row.delivered_at for row in service.store.webhooks_of(job.id))
+        lambda: all(row.given_up or row.delivered_at for row in service.store.outbox.of_job(job.id))
     )
-    completed = [r for r in service.store.webhooks_of(job.id) if r.event == "completed"]
+    completed = [r for r in service.store.outbox.of_job(job.id) if r.event == "completed"]
     assert completed[0].attempts == 2 and completed[0].given_up
     assert "ConnectError" in (completed[0].last_error or "")

@@ -11,7 +11,7 @@ from standardwebhooks import Webhook
 from sdserve.domain.events import tqdm_line
 from sdserve.domain.inputs import FamilyDefaults, InputLimits
 from sdserve.errors import InvalidInput
-from sdserve.jobs.service import input_schema
+from sdserve.jobs.served import input_schema
 from sdserve.jobs.store import decode_cursor, encode_cursor, new_id
 from sdserve.jobs.webhooks import new_secret, sign_headers
 

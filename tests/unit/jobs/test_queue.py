@@ -8,7 +8,8 @@ import time
 import pytest
 
 from sdserve.jobs.celery_queue import CeleryQueue
-from sdserve.jobs.queue import LocalQueue, is_embedded, make_queue
+from sdserve.jobs.queue import LocalQueue, is_embedded
+from sdserve.wiring import make_queue
 
 
 class Recorder:

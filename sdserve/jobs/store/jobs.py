@@ -1,0 +1,457 @@
+"""The ``jobs`` table: the single source of truth for every prediction and training.
+
+Every status change is a conditional ``UPDATE ... WHERE status IN (<states allowed to move
+there>)`` derived from :func:`sdserve.domain.jobs.can_transition`: two workers can never
+both claim a job and a terminal state is never overwritten.
+
+Core statements on plain connections throughout: the ORM's unit of work cost more than the
+statement itself on a job's path. The statements every job runs (get, run state, queue
+count, claim, each status move, progress update) are built once with bound parameters:
+building a claim or a transition cost more than running it.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, cast
+
+from sqlalchemy import Table, and_, bindparam, func, insert, or_, select, update
+from sqlalchemy import true as sql_true
+from sqlalchemy.engine import Row
+
+from sdserve.domain.jobs import TERMINAL, JobKind, Status, can_transition
+from sdserve.errors import InvalidInput, JobNotFound
+from sdserve.jobs.contract import JobRecord, Page, WebhookOptions
+from sdserve.jobs.store.database import Database, aware, utcnow
+from sdserve.jobs.store.files import StoredFile, insert_files
+from sdserve.jobs.store.outbox import add_webhook, last_progress_webhook_at, webhooks_on
+from sdserve.jobs.tables import JobRow
+
+JOBS = cast(Table, JobRow.__table__)
+#: Non-terminal webhooks of one job are sent at most this often.
+WEBHOOK_THROTTLE_S = 0.5
+_UNFINISHED = [Status.STARTING.value, Status.PROCESSING.value]
+
+
+def sources_of(new: Status) -> list[str]:
+    """States from which a job may move to ``new`` (the ``WHERE status IN`` list)."""
+    return [state.value for state in Status if can_transition(state, new)]
+
+
+# The hot statements, built once (building one costs more than running it); parameters are
+# bound at execution: job_id, now, worker.
+_GET_JOB = select(JOBS).where(JOBS.c.id == bindparam("job_id"))
+_COUNT_QUEUED = select(func.count()).select_from(JOBS).where(JOBS.c.status.in_(_UNFINISHED))
+_RUN_STATE = select(
+    JOBS.c.status,
+    JOBS.c.cancel_requested,
+    JOBS.c.attempts,
+    JOBS.c.worker_id,
+    JOBS.c.progress_step,
+    JOBS.c.progress_total,
+    JOBS.c.preview,
+    JOBS.c.deadline,
+    JOBS.c.stop_requested,
+).where(JOBS.c.id == bindparam("job_id"))
+_NOW = bindparam("now", type_=JOBS.c.started_at.type)
+_CLAIM = (
+    update(JOBS)
+    .where(
+        JOBS.c.id == bindparam("job_id"),
+        JOBS.c.status.in_(sources_of(Status.PROCESSING)),
+        or_(JOBS.c.deadline.is_(None), JOBS.c.deadline > _NOW),
+    )
+    .values(
+        status=Status.PROCESSING.value,
+        worker_id=bindparam("worker"),
+        attempts=JOBS.c.attempts + 1,
+        started_at=func.coalesce(JOBS.c.started_at, _NOW),
+        cancel_requested=False,
+    )
+    .returning(*JOBS.c)
+)
+#: A conditional move to each status; the values are added per call.
+_MOVE = {
+    new: update(JOBS)
+    .where(JOBS.c.id == bindparam("job_id"), JOBS.c.status.in_(sources_of(new)))
+    .returning(*JOBS.c)
+    for new in Status
+}
+_UPDATE_RUNNING = (
+    update(JOBS)
+    .where(JOBS.c.id == bindparam("job_id"), JOBS.c.status == Status.PROCESSING.value)
+    .returning(JOBS.c.webhook_url, JOBS.c.webhook_events)
+)
+
+
+@dataclass(frozen=True)
+class RunState:
+    """Worker-side bookkeeping of a job that :class:`JobRecord` does not show."""
+
+    status: Status
+    cancel_requested: bool
+    attempts: int
+    worker_id: str | None
+    progress_step: int | None
+    progress_total: int | None
+    preview: bytes | None
+    deadline: datetime | None
+    stop_requested: bool = False
+
+
+class JobRepository:
+    """Jobs: insert, read, claim, progress, conditional moves, listings.
+
+    ``on_webhook`` is called after a transaction that queued a webhook has committed (to
+    wake this process's dispatcher).
+    """
+
+    def __init__(self, db: Database, *, on_webhook: Callable[[], None] | None = None) -> None:
+        self._db = db
+        self._on_webhook = on_webhook or (lambda: None)
+
+    # -- one job ---------------------------------------------------------------------
+
+    def insert(self, record: JobRecord, *, max_queued: int | None = None) -> bool:
+        """Persist a new job (status ``starting``). With ``max_queued``, nothing is written
+        and False returned when that many jobs are already waiting or running (checked in
+        the same transaction, so concurrent requests cannot overshoot the bound)."""
+        with self._db.transaction(write=True) as conn:
+            if max_queued is not None and conn.execute(_COUNT_QUEUED).scalar_one() >= max_queued:
+                return False
+            conn.execute(insert(JOBS), _insert_values(record))
+        return True
+
+    def get(self, job_id: str) -> JobRecord:
+        """The job with this id; raise :class:`JobNotFound`."""
+        with self._db.transaction() as conn:
+            row = conn.execute(_GET_JOB, {"job_id": job_id}).first()
+        if row is None:
+            raise JobNotFound(f"no prediction or training with id {job_id!r}")
+        return to_record(row)
+
+    def run_state(self, job_id: str) -> RunState:
+        """Cancel flag, attempts and progress of a job (cheap: no logs, no input)."""
+        with self._db.transaction() as conn:
+            found = conn.execute(_RUN_STATE, {"job_id": job_id}).first()
+        if found is None:
+            raise JobNotFound(f"no prediction or training with id {job_id!r}")
+        return RunState(
+            status=Status(found[0]),
+            cancel_requested=bool(found[1]),
+            attempts=int(found[2]),
+            worker_id=found[3],
+            progress_step=found[4],
+            progress_total=found[5],
+            preview=found[6],
+            deadline=found[7],
+            stop_requested=bool(found[8]),
+        )
+
+    def claim(self, job_id: str, worker_id: str) -> JobRecord | None:
+        """Atomically take a ``starting`` job whose deadline has not passed for this worker
+        (``processing``, queuing its ``start`` webhook): the job as claimed, or None when
+        it was not claimable (see :meth:`get` for why)."""
+        now = utcnow()
+        with self._db.transaction(write=True) as conn:
+            params = {"job_id": job_id, "now": now, "worker": worker_id}
+            row = conn.execute(_CLAIM, params).first()
+            if row is None:
+                return None
+            record = to_record(row)
+            start_hook = row.webhook_url if "start" in (row.webhook_events or ()) else None
+            if start_hook:
+                add_webhook(conn, job_id, "start", start_hook, terminal=False, now=now)
+        if start_hook:
+            self._on_webhook()
+        return record
+
+    def transition(
+        self,
+        job_id: str,
+        new: Status,
+        *,
+        files: Sequence[StoredFile] = (),
+        append_logs: str = "",
+        **values: Any,
+    ) -> JobRecord | None:
+        """Move a job to ``new`` if its current state allows it: the job as it is then, or
+        None if it did not move.
+
+        Reaching a terminal state sets ``completed_at`` and, in the same transaction,
+        queues the ``completed`` webhook (so it is queued exactly once). Reaching
+        ``processing`` queues the ``start`` webhook. ``files`` (the job's outputs) are
+        recorded in the same transaction, also when the job does not move, so no stored
+        file is left without its row. ``append_logs`` is added to the job's logs.
+        """
+        now = utcnow()
+        changes: dict[str, Any] = {"status": new.value, **values}
+        if append_logs:
+            changes["logs"] = JOBS.c.logs + append_logs
+        if new in TERMINAL:
+            changes.setdefault("completed_at", now)
+        with self._db.transaction(write=True) as conn:
+            if files:
+                insert_files(conn, files)
+            row = conn.execute(_MOVE[new].values(**changes), {"job_id": job_id}).first()
+            if row is None:
+                return None
+            record = to_record(row)
+            url = row.webhook_url or ""
+            queued = webhooks_on(new, set(row.webhook_events or ()), values) if url else []
+            for name, terminal in queued:
+                add_webhook(conn, job_id, name, url, terminal=terminal, now=now)
+        if queued:
+            self._on_webhook()
+        return record
+
+    def requeue(self, job_id: str) -> bool:
+        """A ``processing`` job whose worker died goes back to ``starting``."""
+        moved = self.transition(
+            job_id, Status.STARTING, worker_id=None, progress_step=None, progress_total=None
+        )
+        return moved is not None
+
+    def request_cancel(self, job_id: str) -> bool:
+        """Flag a running job; its worker stops at the next step. False if not running."""
+        return self._flag_running(job_id, cancel_requested=True)
+
+    def request_stop(self, job_id: str) -> bool:
+        """Ask a running job to finish early with what it has. False if not running."""
+        return self._flag_running(job_id, stop_requested=True)
+
+    def _flag_running(self, job_id: str, **flags: bool) -> bool:
+        statement = (
+            update(JOBS)
+            .where(JOBS.c.id == job_id, JOBS.c.status == Status.PROCESSING.value)
+            .values(**flags)
+        )
+        with self._db.transaction(write=True) as conn:
+            return conn.execute(statement).rowcount == 1
+
+    def update_running(
+        self,
+        job_id: str,
+        *,
+        append_logs: str = "",
+        progress: tuple[int, int] | None = None,
+        preview: bytes | None = None,
+        input: Mapping[str, Any] | None = None,
+        logs_webhook: bool = False,
+    ) -> None:
+        """Record progress of a ``processing`` job (ignored once the job is terminal).
+
+        With ``logs_webhook``, also queue a ``logs`` webhook unless one was queued for
+        this job within :data:`WEBHOOK_THROTTLE_S` (checked in the database, so the
+        throttle holds across processes).
+        """
+        now = utcnow()
+        values: dict[str, Any] = {}
+        if append_logs:
+            values["logs"] = JOBS.c.logs + append_logs
+        if progress is not None:
+            values["progress_step"], values["progress_total"] = progress
+        if preview is not None:
+            values["preview"] = preview
+        if input is not None:
+            values["input"] = dict(input)
+        if not values:
+            return
+        with self._db.transaction(write=True) as conn:
+            hook = conn.execute(_UPDATE_RUNNING.values(**values), {"job_id": job_id}).first()
+            if hook is None or not logs_webhook or not hook[0] or "logs" not in (hook[1] or ()):
+                return
+            latest = last_progress_webhook_at(conn, job_id)
+            if latest is not None and aware(latest) > now - timedelta(seconds=WEBHOOK_THROTTLE_S):
+                return
+            add_webhook(conn, job_id, "logs", hook[0], terminal=False, now=now)
+        self._on_webhook()
+
+    def mark_data_removed(self, job_id: str) -> None:
+        with self._db.transaction(write=True) as conn:
+            conn.execute(update(JOBS).where(JOBS.c.id == job_id).values(data_removed=True))
+
+    # -- many jobs -------------------------------------------------------------------
+
+    def page(
+        self, *, cursor: str | None = None, limit: int = 100, kind: JobKind | None = None
+    ) -> Page:
+        """Jobs newest first (only ``kind`` if given). ``cursor`` is a ``next``/``previous``
+        value of an earlier page."""
+        limit = max(1, min(limit, 1000))
+        direction, key = decode_cursor(cursor) if cursor else ("next", None)
+        newest_first = (JOBS.c.created_at.desc(), JOBS.c.id.desc())
+        of_kind = JOBS.c.kind == kind.value if kind is not None else sql_true()
+        query = select(JOBS).where(of_kind)
+        if key is None:
+            query = query.order_by(*newest_first)
+        elif direction == "next":
+            query = query.where(_older_than(*key)).order_by(*newest_first)
+        else:
+            query = query.where(_newer_than(*key)).order_by(
+                JOBS.c.created_at.asc(), JOBS.c.id.asc()
+            )
+        with self._db.transaction() as conn:
+            rows = list(conn.execute(query.limit(limit + 1)))
+            more = len(rows) > limit
+            rows = rows[:limit]
+            if direction == "previous":
+                rows.reverse()
+            records = [to_record(row) for row in rows]
+            if not records:
+                return Page(results=[], next_cursor=None, previous_cursor=None)
+            first, last = records[0], records[-1]
+            if direction == "next":
+                has_older, has_newer = more, key is not None
+            else:
+                has_older, has_newer = True, more
+            if has_newer and direction == "next":
+                # a page reached through ``next`` has newer rows only if some exist
+                newer = select(JOBS.c.id).where(of_kind, _newer_than(first.created_at, first.id))
+                has_newer = conn.execute(newer.limit(1)).first() is not None
+        return Page(
+            results=records,
+            next_cursor=encode_cursor("next", last.created_at, last.id) if has_older else None,
+            previous_cursor=(
+                encode_cursor("previous", first.created_at, first.id) if has_newer else None
+            ),
+        )
+
+    def unfinished(self) -> list[tuple[str, Status, int, bool]]:
+        """(id, status, attempts, cancel_requested) of every job not yet terminal, oldest first."""
+        query = (
+            select(JOBS.c.id, JOBS.c.status, JOBS.c.attempts, JOBS.c.cancel_requested)
+            .where(JOBS.c.status.in_(_UNFINISHED))
+            .order_by(JOBS.c.created_at.asc(), JOBS.c.id.asc())
+        )
+        with self._db.transaction() as conn:
+            rows = conn.execute(query).all()
+        return [(row[0], Status(row[1]), int(row[2]), bool(row[3])) for row in rows]
+
+    def queued(self, limit: int = 100) -> list[JobRecord]:
+        """Jobs waiting to start (``starting``, no cancel asked), oldest first."""
+        query = (
+            select(JOBS)
+            .where(JOBS.c.status == Status.STARTING.value, JOBS.c.cancel_requested.is_(False))
+            .order_by(JOBS.c.created_at.asc(), JOBS.c.id.asc())
+            .limit(limit)
+        )
+        with self._db.transaction() as conn:
+            return [to_record(row) for row in conn.execute(query)]
+
+    def active(self, source: str | None = None, limit: int = 1000) -> list[JobRecord]:
+        """Jobs not yet terminal (of one ``source`` if given), oldest first."""
+        query = select(JOBS).where(JOBS.c.status.in_(_UNFINISHED))
+        if source is not None:
+            query = query.where(JOBS.c.source == source)
+        query = query.order_by(JOBS.c.created_at, JOBS.c.id).limit(limit)
+        with self._db.transaction() as conn:
+            return [to_record(row) for row in conn.execute(query)]
+
+    def expired(self, before: datetime, limit: int = 100) -> list[str]:
+        """Terminal jobs completed before ``before`` whose data is still kept."""
+        query = (
+            select(JOBS.c.id)
+            .where(
+                JOBS.c.status.in_([state.value for state in TERMINAL]),
+                JOBS.c.completed_at < before,
+                JOBS.c.data_removed.is_(False),
+            )
+            .limit(limit)
+        )
+        with self._db.transaction() as conn:
+            return list(conn.execute(query).scalars())
+
+
+def _insert_values(record: JobRecord) -> dict[str, Any]:
+    return {
+        "id": record.id,
+        "kind": record.kind.value,
+        "model": record.model,
+        "version": record.version,
+        "source": record.source,
+        "status": record.status.value,
+        "input": dict(record.input),
+        "output": record.output,
+        "error": record.error,
+        "logs": record.logs,
+        "metrics": dict(record.metrics),
+        "nsfw": record.nsfw,
+        "created_at": record.created_at,
+        "started_at": record.started_at,
+        "completed_at": record.completed_at,
+        "deadline": record.deadline,
+        "webhook_url": record.webhook.url if record.webhook else None,
+        "webhook_events": sorted(record.webhook.events) if record.webhook else None,
+        "data_removed": record.data_removed,
+        "cancel_requested": False,
+        "stop_requested": False,
+        "attempts": 0,
+        "destination": record.destination,
+        "inline_output": record.inline_output,
+    }
+
+
+def _older_than(created_at: datetime, job_id: str) -> Any:
+    return or_(
+        JOBS.c.created_at < created_at,
+        and_(JOBS.c.created_at == created_at, JOBS.c.id < job_id),
+    )
+
+
+def _newer_than(created_at: datetime, job_id: str) -> Any:
+    return or_(
+        JOBS.c.created_at > created_at,
+        and_(JOBS.c.created_at == created_at, JOBS.c.id > job_id),
+    )
+
+
+def encode_cursor(direction: str, created_at: datetime, job_id: str) -> str:
+    """An opaque cursor: url-safe base64 of the page edge."""
+    raw = json.dumps([direction, created_at.isoformat(), job_id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[str, tuple[datetime, str]]:
+    """Inverse of :func:`encode_cursor`; a cursor we did not make is an InvalidInput."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        direction, created, job_id = json.loads(raw)
+        if direction not in ("next", "previous") or not isinstance(job_id, str):
+            raise ValueError(direction)
+        return direction, (aware(datetime.fromisoformat(created)), job_id)
+    except (ValueError, TypeError) as exc:
+        raise InvalidInput("cursor", "is not a cursor returned by a listing") from exc
+
+
+def to_record(row: Row[Any]) -> JobRecord:
+    """Map a ``jobs`` row to the :class:`JobRecord` the API renders."""
+    webhook = None
+    if row.webhook_url:
+        webhook = WebhookOptions(url=row.webhook_url, events=frozenset(row.webhook_events or ()))
+    return JobRecord(
+        id=row.id,
+        kind=JobKind(row.kind),
+        model=row.model,
+        version=row.version,
+        input=dict(row.input or {}),
+        status=Status(row.status),
+        created_at=row.created_at,
+        source=row.source,
+        output=list(row.output) if row.output is not None else None,
+        error=row.error,
+        logs=row.logs or "",
+        metrics=dict(row.metrics or {}),
+        started_at=row.started_at,
+        completed_at=row.completed_at,
+        webhook=webhook,
+        deadline=row.deadline,
+        data_removed=bool(row.data_removed),
+        nsfw=list(row.nsfw) if row.nsfw is not None else None,
+        destination=row.destination,
+        inline_output=bool(row.inline_output),
+    )

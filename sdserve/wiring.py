@@ -1,0 +1,278 @@
+"""The composition root of the job service: every part built from the settings, in one place.
+
+:func:`build_service` makes what an API process runs (``sdserve serve``, the tests): the
+store, the file store chosen by URL, the input fetcher, the webhook dispatcher, the queue
+chosen by broker URL and, when this process runs jobs, the runner; and hands them to the
+:class:`~sdserve.jobs.service.Service`. :func:`build_worker` makes what a
+``sdserve worker`` process runs: the same store, files, fetcher, queue and runner.
+
+The model registry and the engine come from the caller (:mod:`sdserve.server` builds the
+real ones; tests pass fakes), and :class:`Edges` lets a test swap an I/O edge for an
+in-memory one instead of patching. Nothing here imports torch: the engine is built by
+:func:`engine_factory` on a worker's first job.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import unquote, urlsplit
+
+import httpx
+
+from sdserve.config import Settings
+from sdserve.errors import InvalidInput
+from sdserve.jobs.batching import Batcher, BatchPolicy
+from sdserve.jobs.fetch import InputFetcher, Resolver
+from sdserve.jobs.files import FileStore, LocalFileStore
+from sdserve.jobs.queue import LOCAL_BROKER, Handler, JobQueue, LocalQueue, is_embedded
+from sdserve.jobs.recovery import Recovery
+from sdserve.jobs.retention import Retention
+from sdserve.jobs.served import RegistryLike, ServedModels
+from sdserve.jobs.service import Endings, Service, ServiceParts
+from sdserve.jobs.store import Store, new_id, sqlite_url
+from sdserve.jobs.webhooks import SigningSecret, WebhookDispatcher
+from sdserve.jobs.worker import JobRunner, Predictor, PredictorSource
+
+if TYPE_CHECKING:
+    from sdserve.models.catalog import ModelRegistry
+    from sdserve.training.runner import TrainingRunner
+
+
+@dataclass(frozen=True)
+class Edges:
+    """I/O edges to use instead of the real ones built from the settings (None: the real
+    one): an in-memory file store, httpx transports (``httpx.MockTransport``) for input
+    fetches and webhook deliveries, a DNS resolver for the fetcher's SSRF guard."""
+
+    files: FileStore | None = None
+    fetch_transport: httpx.BaseTransport | None = None
+    fetch_resolver: Resolver | None = None
+    webhook_transport: httpx.BaseTransport | None = None
+
+
+REAL_EDGES = Edges()
+
+
+# -- the parts, one builder each ----------------------------------------------------------
+
+
+def open_store(settings: Settings, *, on_webhook: Callable[[], None] | None = None) -> Store:
+    """The job store at ``database_url`` (default: SQLite in the data folder)."""
+    return Store(
+        settings.service.database_url or sqlite_url(settings.data_dir), on_webhook=on_webhook
+    )
+
+
+def file_store_from_url(settings: Settings) -> FileStore:
+    """The file store ``files_url`` names: a folder or a ``file://`` URL (default: the data
+    folder's ``files``). Another scheme is refused, naming those that work."""
+    url = settings.service.files_url
+    if not url:
+        return LocalFileStore(settings.data_dir / "files")
+    parts = urlsplit(url)
+    if parts.scheme == "file" and parts.netloc in ("", "localhost"):
+        return LocalFileStore(Path(unquote(parts.path)))
+    if parts.scheme and len(parts.scheme) > 1:  # a one-letter scheme is a Windows drive
+        raise InvalidInput(
+            "files_url",
+            f"cannot store files at {url!r}: give a folder or a file:// URL",
+        )
+    return LocalFileStore(Path(url))
+
+
+def make_queue(broker_url: str, handler: Handler | None = None) -> JobQueue:
+    """The queue for ``broker_url``; without a ``handler`` it can only enqueue."""
+    if broker_url.startswith(LOCAL_BROKER):
+        return LocalQueue(handler)
+    # Celery is imported only for a broker that needs it
+    from sdserve.jobs.celery_queue import CeleryQueue
+
+    return CeleryQueue(broker_url, handler)
+
+
+def engine_factory(settings: Settings, registry: ModelRegistry) -> Callable[[], Predictor]:
+    """Builds the engine on a worker's first job, so a process that runs none never imports
+    torch; the libraries' loading bars go then, the engine logs one line per load."""
+
+    def build() -> Predictor:
+        from sdserve.engine.engine import Engine
+        from sdserve.logs import quiet_library_progress
+
+        quiet_library_progress()
+        return Engine(settings.engine, registry, limits=settings.limits.input_limits())
+
+    return build
+
+
+def trainer_factory(settings: Settings, registry: RegistryLike) -> Callable[[], TrainingRunner]:
+    """Builds the training runner on a worker's first training (imports torch only then)."""
+
+    def build() -> TrainingRunner:
+        from sdserve.training.runner import TrainingRunner
+
+        return TrainingRunner(settings, registry)
+
+    return build
+
+
+@dataclass(frozen=True)
+class _Io:
+    """The parts every process that touches jobs shares."""
+
+    store: Store
+    files: FileStore
+    fetcher: InputFetcher
+
+
+def _io(settings: Settings, edges: Edges, on_webhook: Callable[[], None] | None = None) -> _Io:
+    files = edges.files or file_store_from_url(settings)
+    fetcher = InputFetcher.from_settings(
+        files, settings.service, transport=edges.fetch_transport, resolver=edges.fetch_resolver
+    )
+    return _Io(open_store(settings, on_webhook=on_webhook), files, fetcher)
+
+
+def _runner(
+    settings: Settings,
+    registry: RegistryLike,
+    io: _Io,
+    predictor: PredictorSource,
+    *,
+    worker_id: str,
+    endings: Endings,
+    recovery: Recovery,
+) -> tuple[JobRunner, JobQueue]:
+    """A runner and the queue it consumes. The runner's batches wait on that queue's
+    arrivals and the queue hands its jobs to the runner, so the queue's handler reaches
+    the runner through a name bound just below."""
+    config = settings.service
+    embedded = is_embedded(config.broker_url)
+    queue = make_queue(config.broker_url, lambda job_id: runner.run(job_id))
+    runner = JobRunner(
+        io.store,
+        io.files,
+        io.fetcher,
+        predictor,
+        registry,
+        worker_id=worker_id,
+        on_change=endings.changed,
+        lost_job_policy=recovery.resume_or_fail,
+        batcher=Batcher(
+            BatchPolicy(config.batch_max_size, config.batch_window_ms, single_worker=embedded),
+            queue,
+        ),
+        trainer=trainer_factory(settings, registry),
+        # the API of this process is the only one: every cancel reaches the runner at once
+        flags_notified=embedded,
+    )
+    return runner, queue
+
+
+# -- what the processes run ---------------------------------------------------------------
+
+
+def build_service(
+    settings: Settings,
+    registry: RegistryLike,
+    *,
+    predictor: PredictorSource | None = None,
+    refresh_models: Callable[[], object] | None = None,
+    edges: Edges = REAL_EDGES,
+) -> Service:
+    """The job service of an API process. With ``predictor`` (the engine, or a factory that
+    builds it on the first job) this process runs jobs too; without, ``sdserve worker``
+    processes do. ``refresh_models()`` adds the models other processes published."""
+    config = settings.service
+    # the store sets it after queuing a webhook; the dispatcher sleeps on it between passes
+    webhooks_due = threading.Event()
+    io = _io(settings, edges, on_webhook=webhooks_due.set)
+    secret = SigningSecret(config.webhook_secret_file or settings.data_dir / "webhook_secret")
+    endings = Endings()
+    recovery = Recovery(io.store.jobs, attempts=config.job_attempts, on_end=endings.changed)
+    runner: JobRunner | None = None
+    if predictor is None:
+        queue = make_queue(config.broker_url)
+    else:
+        runner, queue = _runner(
+            settings,
+            registry,
+            io,
+            predictor,
+            worker_id=f"embedded-{new_id()[:8]}",
+            endings=endings,
+            recovery=recovery,
+        )
+    parts = ServiceParts(
+        store=io.store,
+        files=io.files,
+        fetcher=io.fetcher,
+        queue=queue,
+        models=ServedModels(registry, settings.limits.input_limits(), refresh=refresh_models),
+        webhooks=WebhookDispatcher(
+            io.store.outbox,
+            io.store.jobs,
+            secret,
+            timeout_s=config.webhook_timeout_s,
+            max_attempts=config.webhook_max_attempts,
+            backoff_base_s=config.webhook_backoff_s,
+            transport=edges.webhook_transport,
+            wake=webhooks_due,
+        ),
+        secret=secret,
+        recovery=recovery,
+        retention=Retention(io.store, io.files, hours=config.retention_hours),
+        endings=endings,
+        runner=runner,
+    )
+    return Service(settings, parts)
+
+
+@dataclass(frozen=True)
+class Worker:
+    """A ``sdserve worker`` process: runs jobs from a shared broker until stopped. The API
+    process (``sdserve serve --no-worker``) owns webhooks and retention."""
+
+    store: Store
+    queue: JobQueue
+    runner: JobRunner
+
+    def run(self) -> None:
+        self.store.migrate()
+        try:
+            self.queue.run()
+        finally:
+            self.store.close()
+
+
+def build_worker(
+    settings: Settings,
+    registry: RegistryLike,
+    predictor: PredictorSource,
+    *,
+    edges: Edges = REAL_EDGES,
+) -> Worker:
+    """A worker process for the shared broker of ``settings``; an embedded broker is refused
+    (no other process can reach its jobs)."""
+    if is_embedded(settings.service.broker_url):
+        raise InvalidInput(
+            "broker_url", "a separate worker needs a shared broker such as redis://host:6379/0"
+        )
+    io = _io(settings, edges)
+    endings = Endings()  # no waiters here: the ended jobs' lines
+    recovery = Recovery(
+        io.store.jobs, attempts=settings.service.job_attempts, on_end=endings.changed
+    )
+    runner, queue = _runner(
+        settings,
+        registry,
+        io,
+        predictor,
+        worker_id=f"worker-{new_id()[:8]}",
+        endings=endings,
+        recovery=recovery,
+    )
+    return Worker(io.store, queue, runner)
