@@ -45,7 +45,7 @@ from sqlalchemy.engine import Connection, Engine, Row
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import StaticPool
 
-from sdserve.domain.jobs import TERMINAL, JobKind, Status, can_transition
+from sdserve.domain.jobs import TERMINAL, FailureCode, JobKind, Status, can_transition
 from sdserve.errors import InvalidInput, JobNotFound
 from sdserve.jobs.contract import JobRecord, Page, WebhookOptions
 from sdserve.jobs.tables import FileRow, JobRow, WebhookRow
@@ -250,6 +250,7 @@ class Store:
                     "input": dict(record.input),
                     "output": record.output,
                     "error": record.error,
+                    "error_code": record.error_code,
                     "logs": record.logs,
                     "metrics": dict(record.metrics),
                     "nsfw": record.nsfw,
@@ -748,6 +749,7 @@ def to_record(row: JobRow | Row[Any]) -> JobRecord:
         source=row.source,
         output=list(row.output) if row.output is not None else None,
         error=row.error,
+        error_code=FailureCode.stored(row.error_code),
         logs=row.logs or "",
         metrics=dict(row.metrics or {}),
         started_at=row.started_at,
