@@ -35,7 +35,14 @@ from sdserve.domain.inputs import (
 )
 from sdserve.domain.jobs import JobKind, Status
 from sdserve.domain.training import check_destination, check_trainable, parse_training_input
-from sdserve.errors import InputFetchFailed, InvalidInput, ModelNotFound, Overloaded
+from sdserve.errors import (
+    InputFetchFailed,
+    InvalidInput,
+    ModelNotFound,
+    Overloaded,
+    SdserveError,
+    WorkerLost,
+)
 from sdserve.jobs.batching import BatchPolicy
 from sdserve.jobs.contract import JobRecord, Page, RunProgress, ServedModel, WebhookOptions
 from sdserve.jobs.fetch import InputFetcher, Resolver, sniff_image_type
@@ -45,7 +52,7 @@ from sdserve.jobs.queue import is_embedded, make_queue
 from sdserve.jobs.store import Store, new_id, sqlite_url, utcnow
 from sdserve.jobs.waiters import JobWaiters
 from sdserve.jobs.webhooks import Renderer, WebhookDispatcher, load_or_create_secret
-from sdserve.jobs.worker import JobRunner, Predictor, RegistryLike
+from sdserve.jobs.worker import JobRunner, Predictor, RegistryLike, failure_columns
 
 if TYPE_CHECKING:
     from sdserve.engine.models import ModelRegistry
@@ -250,9 +257,8 @@ class Service:
             return
         else:
             ended = Status.FAILED
-            values["error"] = (
-                f"worker_lost: the worker running this job stopped ({state.attempts} attempt(s))"
-            )
+            lost = WorkerLost(f"the worker running this job stopped ({state.attempts} attempt(s))")
+            values.update(failure_columns(lost))
         record = self.store.transition(job_id, ended, **values)
         if record is not None:
             self._job_changed(record)
@@ -387,9 +393,8 @@ class Service:
             self.queue.enqueue(record.id)
         except Exception as exc:
             log.exception("cannot enqueue job %s", record.id)
-            failed = self.store.transition(
-                record.id, Status.FAILED, error=f"internal_error: queue unavailable ({exc})"
-            )
+            down = failure_columns(SdserveError("the job queue is unavailable"))
+            failed = self.store.transition(record.id, Status.FAILED, **down)
             if failed is not None:
                 self._job_changed(failed)
             self._unended.discard(record.id)
@@ -520,7 +525,7 @@ class Service:
                 output_sent = True
                 yield Output(files=tuple(record.output))
             if record.status.terminal:
-                yield Done(status=record.status.value, error=record.error)
+                yield Done(record.status.value, error=record.error, error_code=record.error_code)
                 return
             await asyncio.sleep(POLL_INTERVAL_S)
 
@@ -594,6 +599,8 @@ def ended_line(record: JobRecord) -> str:
         f"job {record.id} {record.status.value} in {seconds:.2f} s: "
         f"{job_task(record)} with {record.model}"
     )
+    if record.error_code is not None:
+        line += f": {record.error_code}"
     if record.error:
         line += f": {record.error}"
     return line

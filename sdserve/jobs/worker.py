@@ -23,7 +23,9 @@ from sdserve.errors import (
     Canceled,
     InvalidInput,
     JobNotFound,
+    JobTimeout,
     SdserveError,
+    failure_of,
 )
 from sdserve.jobs.fetch import InputFetcher
 from sdserve.jobs.files import FileStore, new_key
@@ -102,9 +104,10 @@ def tqdm_line(step: int, total: int) -> str:
     return f"{int(fraction * 100):3d}%|{bar:<10}| {step}/{total}"
 
 
-def error_text(exc: SdserveError) -> str:
-    """The job's ``error``: ``"<stable code>: <message>"``."""
-    return f"{exc.code}: {exc.message}"
+def failure_columns(error: BaseException) -> dict[str, Any]:
+    """The job's ``error_code`` and ``error`` (a message safe to show) for ``error``."""
+    code, message = failure_of(error)
+    return {"error_code": code, "error": message}
 
 
 class _Progress:
@@ -328,11 +331,13 @@ class JobRunner:
         except SdserveError as exc:
             # a failure we foresaw (bad input, model not loadable, out of memory...): its
             # code and message say it all, the job's end line logs them; no traceback
-            return self._finish(job_id, Status.FAILED, progress=progress, error=error_text(exc))
+            failure = failure_columns(exc)
+            return self._finish(job_id, Status.FAILED, progress=progress, **failure)
         except Exception as exc:
+            # a bug: the client gets a generic message, the traceback goes to the log
             log.exception("job %s failed with an unexpected error", job_id)
-            error = f"internal_error: {exc}"
-            return self._finish(job_id, Status.FAILED, progress=progress, error=error)
+            failure = failure_columns(exc)
+            return self._finish(job_id, Status.FAILED, progress=progress, **failure)
 
     def _unclaimed(self, job_id: str) -> Status | None:
         """Deal with a job that could not be claimed; its status now (None: no such job).
@@ -355,9 +360,8 @@ class JobRunner:
             and record.deadline is not None
             and datetime.now(UTC) >= record.deadline
         ):
-            return self._finish(
-                job_id, Status.ABORTED, error="deadline passed before the job started"
-            )
+            late = JobTimeout("deadline passed before the job started")
+            return self._finish(job_id, Status.ABORTED, **failure_columns(late))
         return record.status
 
     @property

@@ -327,7 +327,7 @@ class A1111Api:
 
 def _failure(job: JobRecord) -> Response:
     """A job that did not succeed, as A1111's error JSON with a non-200 status."""
-    code, _, message = (job.error or "").partition(": ")
+    code, message = str(job.error_code or ""), job.error or ""
     if job.status is Status.CANCELED:
         code, message = "canceled", message or "the job was canceled"
     elif job.status is Status.ABORTED:

@@ -151,7 +151,7 @@ def failure(job: JobRecord) -> tuple[str, str]:
     """``(code, message)`` of a job that ended without images."""
     if job.status in (Status.CANCELED, Status.ABORTED):
         return "canceled", "the request was canceled before it finished"
-    code, _, message = (job.error or "").partition(": ")
+    code, message = str(job.error_code or ""), job.error or ""
     if not message:
         return "internal_error", job.error or "the generation failed"
     return code, message

@@ -249,7 +249,7 @@ def openai_error_response(error: SdserveError, status: int) -> Response:
 
 def job_failure_response(job: JobRecord, names: Mapping[str, str]) -> Response:
     """A job that ended without images, as an OpenAI error with the job's stable code."""
-    code, _, message = (job.error or "").partition(": ")
+    code, message = str(job.error_code or ""), job.error or ""
     if job.status.value in ("canceled", "aborted"):
         code, message = "canceled", message or "the request was canceled before it finished"
     if not message:

@@ -22,6 +22,7 @@ from sdserve.api.common import (
 )
 from sdserve.api.replicate.schemas import (
     PredictionRequest,
+    done_error,
     render_file,
     render_job_page,
     render_model,
@@ -157,7 +158,9 @@ class ReplicateApi:
         job = self.service.get(job_id)  # 404 before the stream starts
         render_output = self._output_renderer(job, base_url(request, self.public_url))
         return StreamingResponse(
-            sse_events(self.service, job_id, render_output, progress=progress),
+            sse_events(
+                self.service, job_id, render_output, render_error=done_error, progress=progress
+            ),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )

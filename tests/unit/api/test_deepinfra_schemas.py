@@ -17,7 +17,7 @@ from sdserve.api.deepinfra.schemas import (
     rename_field,
     render_result,
 )
-from sdserve.domain.jobs import JobKind, Status
+from sdserve.domain.jobs import FailureCode, JobKind, Status
 from sdserve.errors import InvalidInput, ModelNotFound
 from sdserve.jobs.contract import JobRecord
 
@@ -122,12 +122,17 @@ def test_result_json_of_a_succeeded_job() -> None:
 
 
 def test_result_json_of_a_failed_job_and_its_status() -> None:
-    job = _job(Status.FAILED, error="insufficient_gpu_memory: CUDA out of memory")
+    job = _job(
+        Status.FAILED,
+        error_code=FailureCode.INSUFFICIENT_GPU_MEMORY,
+        error="CUDA out of memory",
+    )
     body = render_result(job, lambda key: key)
     assert body["inference_status"] == {"status": "failed", "runtime_ms": 2000, "cost": 0.0}
     assert body["detail"] == {"error": "CUDA out of memory", "code": "insufficient_gpu_memory"}
     assert failure_status(job) == 500
-    assert failure_status(_job(Status.FAILED, error="invalid_image: mask: bad")) == 422
+    bad_mask = _job(Status.FAILED, error_code=FailureCode.INVALID_IMAGE, error="mask: bad")
+    assert failure_status(bad_mask) == 422
     assert failure_status(_job(Status.CANCELED)) == 409
 
 
