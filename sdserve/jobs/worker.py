@@ -24,6 +24,7 @@ from sdserve.errors import (
     InvalidInput,
     JobNotFound,
     JobTimeout,
+    NsfwContent,
     SdserveError,
     failure_of,
 )
@@ -464,7 +465,13 @@ class JobRunner:
     def succeed(
         self, job_id: str, result: GenerationResult, progress: _Progress, started: float
     ) -> Status:
-        """Store the images of a generation and end its job ``succeeded``, in one write."""
+        """Store the images of a generation and end its job ``succeeded``, in one write; a
+        generation whose every image the safety checker flagged fails ``nsfw_content``."""
+        if result.images and all(result.nsfw_content_detected):
+            flagged = NsfwContent("the safety checker flagged every image; try another prompt")
+            return self._finish(
+                job_id, Status.FAILED, progress=progress, **failure_columns(flagged)
+            )
         outputs = self._write_outputs(job_id, result)
         metrics: dict[str, Any] = {"predict_time": round(time.monotonic() - started, 4)}
         metrics.update({key: round(value, 4) for key, value in result.timings.items()})

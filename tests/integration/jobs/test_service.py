@@ -124,6 +124,17 @@ def test_failures_end_failed_with_stable_codes(
     assert f"Using seed: {job.input['seed']}" in job.logs
 
 
+def test_a_generation_whose_every_image_is_flagged_fails_nsfw_content(
+    make_service: MakeService,
+) -> None:
+    service = make_service()
+    flagged = wait(service, service.create("test/fake", {"prompt": "nsfw", "num_outputs": 2}).id)
+    assert flagged.status is Status.FAILED and flagged.output is None
+    assert flagged.error_code is FailureCode.NSFW_CONTENT
+    one = wait(service, service.create("test/fake", {"prompt": "nsfw first", "num_outputs": 2}).id)
+    assert one.status is Status.SUCCEEDED and one.nsfw == [True, False]
+
+
 def test_an_unexpected_error_is_logged_with_its_traceback_and_never_shown(
     make_service: MakeService, caplog: pytest.LogCaptureFixture
 ) -> None:
