@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 import pytest
 from PIL import Image
 
+from sdserve.api.edge import rename_field
 from sdserve.api.openai.schemas import (
     OPENAI_PARAM,
     has_transparency,
@@ -17,7 +18,6 @@ from sdserve.api.openai.schemas import (
     openai_mask_to_sd,
     parse_params,
     parse_size,
-    rename_field,
 )
 from sdserve.domain.jobs import FailureCode, JobKind, Status
 from sdserve.errors import InvalidImage, InvalidInput, ModelNotFound, Overloaded, Unauthorized
