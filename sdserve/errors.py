@@ -1,8 +1,10 @@
 """The one error hierarchy of sdserve.
 
-Every error a user can see is one of these. Each dialect maps them to HTTP once
-(``api/<dialect>/errors``); the worker turns a :class:`JobFailure` into a failed job
-whose ``error`` starts with the stable ``code``.
+Every error a user can see is one of these. Each dialect maps them to HTTP once (its
+renderer in ``api/<dialect>``). An error that ends a job becomes its failure through
+:func:`failure_of`: a :class:`~sdserve.domain.jobs.FailureCode` and a message safe to
+show, stored as two fields; any other exception becomes ``internal_error`` with a generic
+message (its text stays in the server log).
 
     SdserveError                    base; ``code`` is a stable machine-readable string
     ├── InvalidInput                a client mistake in one field (HTTP 422 / OpenAI 400)
@@ -15,20 +17,28 @@ whose ``error`` starts with the stable ``code``.
     ├── Overloaded                  queue full or draining (HTTP 429/503 + Retry-After)
     ├── Conflict                    the request contradicts the state (HTTP 409)
     ├── ModelLoadError              a model reference that exists but cannot be loaded
+    │                               (code ``model_load_error``)
     ├── UnsupportedDependency       an installed package outside the range sdserve supports
     ├── JobFailure                  a job that ran and could not finish; ends ``failed``
-    │   ├── InsufficientGpuMemory   code ``insufficient_gpu_memory``
-    │   ├── InputFetchFailed        code ``input_fetch_failed``
-    │   ├── StorageFull             code ``storage_full``
-    │   ├── WorkerLost              code ``worker_lost``
-    │   ├── JobTimeout              code ``timeout``
-    │   └── NsfwContent             code ``nsfw_content``
+    │   ├── InsufficientGpuMemory   code ``insufficient_gpu_memory`` (the engine)
+    │   ├── InputFetchFailed        code ``input_fetch_failed`` (jobs/fetch)
+    │   ├── StorageFull             code ``storage_full`` (jobs/files)
+    │   ├── WorkerLost              code ``worker_lost`` (recovery of a dead worker's job)
+    │   ├── JobTimeout              code ``timeout`` (Cancel-After passed before the start:
+    │   │                           the job ends ``aborted``)
+    │   └── NsfwContent             code ``nsfw_content`` (every image flagged)
     └── Canceled                    the job was canceled while it ran (not a failure)
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+
+from sdserve.domain.jobs import FailureCode
+
+#: What a job that failed on an unexpected exception says: the exception's own text may
+#: hold paths, hosts or secrets, so it goes to the server log only.
+INTERNAL_ERROR_MESSAGE = "the job failed on an unexpected error; the server log has the details"
 
 
 class SdserveError(Exception):
@@ -121,7 +131,8 @@ class UnsupportedDependency(SdserveError):
 
 
 class JobFailure(SdserveError):
-    """A job that ran and could not finish; it ends ``failed`` with ``code`` in its error."""
+    """A job that ran and could not finish; it ends ``failed`` with ``code`` as its
+    failure code."""
 
     code = "job_failed"
 
@@ -166,3 +177,19 @@ class Canceled(SdserveError):
     """Raised inside a running job when its cancel check fires; the job ends ``canceled``."""
 
     code = "canceled"
+
+
+def failure_of(error: BaseException) -> tuple[FailureCode, str]:
+    """The failure code and the message safe to show that ``error`` leaves on its job.
+
+    An sdserve error keeps its message (written to be shown); one whose code is not a
+    failure code (a bug, such as ``JobNotFound`` inside a run) becomes ``internal_error``.
+    Any other exception is ``internal_error`` with :data:`INTERNAL_ERROR_MESSAGE`: the
+    caller logs its traceback.
+    """
+    if not isinstance(error, SdserveError):
+        return FailureCode.INTERNAL_ERROR, INTERNAL_ERROR_MESSAGE
+    try:
+        return FailureCode(error.code), error.message
+    except ValueError:
+        return FailureCode.INTERNAL_ERROR, error.message

@@ -6,7 +6,6 @@ the engine (in-process thread by default, separate ``sdserve worker`` processes 
 
 from __future__ import annotations
 
-import functools
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -14,14 +13,14 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.responses import Response
 
-from sdserve.api.a1111 import mount as mount_a1111
+from sdserve.api.a1111 import routes as a1111
 from sdserve.api.auth import TokenAuth
 from sdserve.api.common import FILES_PATH
-from sdserve.api.deepinfra import mount as mount_deepinfra
+from sdserve.api.deepinfra import routes as deepinfra
+from sdserve.api.edge import Edge
 from sdserve.api.errors import ErrorRouting, install_error_handlers, problem_response
-from sdserve.api.openai import mount as mount_openai
-from sdserve.api.replicate.routes import ReplicateApi
-from sdserve.api.replicate.trainings import TrainingsApi, render_replicate_job
+from sdserve.api.openai import routes as openai
+from sdserve.api.replicate import routes as replicate
 from sdserve.config import Settings
 from sdserve.jobs.contract import JobService
 from sdserve.web import web_router
@@ -45,18 +44,14 @@ def create_app(settings: Settings, service: JobService, *, manage_service: bool 
     routing = ErrorRouting(renderers={"/": problem_response})
     install_error_handlers(app, routing)
 
-    replicate = ReplicateApi(
-        service,
-        public_url=settings.api.public_url,
-        max_wait_s=settings.api.max_wait_s,
-        webhook_secret=service.webhook_secret(),
-    )
-    app.include_router(replicate.router(auth))
-    app.include_router(TrainingsApi(service, public_url=settings.api.public_url).router(auth))
-    _register_webhook_renderers(service, settings)
-    mount_openai(app, service, auth=auth, routing=routing, public_url=settings.api.public_url)
-    mount_deepinfra(app, service, auth=auth, routing=routing)
-    mount_a1111(app, service, auth=auth, routing=routing, lora_dir=settings.engine.lora_dir)
+    edge = Edge(app, service, settings, auth=auth, routing=routing)
+    # one line per dialect; each is schemas.py + routes.py and knows no other dialect
+    replicate.mount(edge)
+    openai.mount(edge)
+    # DeepInfra's OpenAI-compatible endpoints are OpenAI Images under DeepInfra's prefix
+    openai.mount(edge, prefix="/v1/openai", source="deepinfra", list_models=True)
+    deepinfra.mount(edge)
+    a1111.mount(edge)
     app.include_router(web_router(auth_required=auth.enabled))
 
     @app.get("/health")
@@ -74,15 +69,3 @@ def create_app(settings: Settings, service: JobService, *, manage_service: bool 
     app.state.error_routing = routing
     app.state.auth = auth
     return app
-
-
-def _register_webhook_renderers(service: JobService, settings: Settings) -> None:
-    """Webhook bodies are the creating dialect's JSON, with absolute URLs."""
-    base = (settings.api.public_url or f"http://{settings.api.host}:{settings.api.port}").rstrip(
-        "/"
-    )
-    # trainings render as Replicate's Training JSON, everything else as a prediction
-    render = functools.partial(render_replicate_job, base=base)
-    service.set_webhook_renderer("replicate", render)
-    # jobs of other dialects default to the prediction shape
-    service.set_webhook_renderer("*", render)

@@ -25,23 +25,33 @@ def format_sse(event: str, data: str, event_id: str | None = None) -> str:
     return f"event: {event}\n{id_line}{lines}\n"
 
 
+#: Turns a job's end into the text of its ``error`` event (None: no such event).
+ErrorRenderer = Callable[[Done], str | None]
+
+
 async def sse_events(
     service: JobService,
     job_id: str,
     render_output: Callable[[str], str],
     *,
+    render_error: ErrorRenderer,
     progress: bool = False,
 ) -> AsyncIterator[str]:
     """Stream a job's events until it is done; ``render_output`` turns a file key into the
-    string an ``output`` event carries. ``progress`` adds the ``progress`` events."""
+    string an ``output`` event carries, ``render_error`` a failed end into the text of the
+    ``error`` event. ``progress`` adds the ``progress`` events."""
     numbers = itertools.count(1)
     async for event in service.events(job_id):
-        for name, data in messages(event, render_output, progress=progress):
+        for name, data in messages(event, render_output, render_error, progress=progress):
             yield format_sse(name, data, str(next(numbers)))
 
 
 def messages(
-    event: Event, render_output: Callable[[str], str], *, progress: bool
+    event: Event,
+    render_output: Callable[[str], str],
+    render_error: ErrorRenderer,
+    *,
+    progress: bool,
 ) -> list[tuple[str, str]]:
     """The ``(event name, data)`` pairs one job event becomes on the wire."""
     if isinstance(event, Progress):
@@ -51,7 +61,8 @@ def messages(
     if isinstance(event, Output):
         return [("output", render_output(key)) for key in event.files]
     if isinstance(event, Done):
-        ended = [("error", event.error)] if event.error else []
+        error = render_error(event)
+        ended = [("error", error)] if error else []
         reason = {} if event.status == "succeeded" else {"reason": event.status}
         return [*ended, ("done", json.dumps(reason))]
     return []

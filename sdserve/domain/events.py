@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from sdserve.domain.jobs import FailureCode
+
 
 @dataclass(frozen=True)
 class Progress:
@@ -30,10 +32,12 @@ class Output:
 
 @dataclass(frozen=True)
 class Done:
-    """The job reached a terminal status."""
+    """The job reached a terminal status; ``error`` and ``error_code`` say why it has no
+    output (see ``FailureCode``)."""
 
     status: str
     error: str | None = None
+    error_code: FailureCode | None = None
 
 
 Event = Progress | Log | Output | Done

@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from sdserve.domain.events import Event
-from sdserve.domain.jobs import JobKind, Status
+from sdserve.domain.jobs import FailureCode, JobKind, Status
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,8 @@ class JobRecord:
     created_at: datetime
     source: str = "api"  # which dialect created it: replicate | deepinfra | openai | a1111 | web
     output: list[str] | None = None  # storage keys of output files, in order
-    error: str | None = None  # "<code>: <message>" for failed jobs
+    error: str | None = None  # why it ended without output, in words safe to show
+    error_code: FailureCode | None = None  # ... and as a stable code (always set if failed)
     logs: str = ""
     metrics: Mapping[str, Any] = field(default_factory=dict)
     started_at: datetime | None = None

@@ -13,8 +13,9 @@ from collections.abc import Callable
 from typing import Any
 
 from sdserve.domain.jobs import Status
+from sdserve.errors import WorkerLost
 from sdserve.jobs.contract import JobRecord
-from sdserve.jobs.store import JobRepository
+from sdserve.jobs.store import JobRepository, failure_columns
 
 
 class Recovery:
@@ -42,9 +43,8 @@ class Recovery:
             return
         else:
             ended = Status.FAILED
-            values["error"] = (
-                f"worker_lost: the worker running this job stopped ({state.attempts} attempt(s))"
-            )
+            lost = WorkerLost(f"the worker running this job stopped ({state.attempts} attempt(s))")
+            values.update(failure_columns(lost))
         record = self.jobs.transition(job_id, ended, **values)
         if record is not None:
             self.on_end(record)

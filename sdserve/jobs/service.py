@@ -24,7 +24,7 @@ from sdserve.domain.events import Done, Event, Log, Output, Progress
 from sdserve.domain.inputs import GenerationInput, parse_generation_input
 from sdserve.domain.jobs import JobKind, Status
 from sdserve.domain.training import parse_training_input
-from sdserve.errors import InputFetchFailed, InvalidInput, Overloaded
+from sdserve.errors import InputFetchFailed, InvalidInput, Overloaded, SdserveError
 from sdserve.jobs.contract import (
     JobRecord,
     Page,
@@ -40,7 +40,7 @@ from sdserve.jobs.queue import JobQueue, is_embedded
 from sdserve.jobs.recovery import Recovery
 from sdserve.jobs.retention import Retention
 from sdserve.jobs.served import ServedModels
-from sdserve.jobs.store import Store, new_id, utcnow
+from sdserve.jobs.store import Store, failure_columns, new_id, utcnow
 from sdserve.jobs.waiters import JobWaiters
 from sdserve.jobs.webhooks import SigningSecret, WebhookDispatcher
 from sdserve.jobs.worker import JobRunner
@@ -230,9 +230,8 @@ class Service:
             self.queue.enqueue(record.id)
         except Exception as exc:
             log.exception("cannot enqueue job %s", record.id)
-            failed = self.store.jobs.transition(
-                record.id, Status.FAILED, error=f"internal_error: queue unavailable ({exc})"
-            )
+            down = failure_columns(SdserveError("the job queue is unavailable"))
+            failed = self.store.jobs.transition(record.id, Status.FAILED, **down)
             if failed is not None:
                 self.endings.changed(failed)
             self.endings.forget(record.id)
@@ -348,7 +347,7 @@ class Service:
                 output_sent = True
                 yield Output(files=tuple(record.output))
             if record.status.terminal:
-                yield Done(status=record.status.value, error=record.error)
+                yield Done(record.status.value, error=record.error, error_code=record.error_code)
                 return
             await asyncio.sleep(POLL_INTERVAL_S)
 
@@ -401,6 +400,8 @@ def ended_line(record: JobRecord) -> str:
         f"job {record.id} {record.status.value} in {seconds:.2f} s: "
         f"{job_task(record)} with {record.model}"
     )
+    if record.error_code is not None:
+        line += f": {record.error_code}"
     if record.error:
         line += f": {record.error}"
     return line

@@ -52,6 +52,7 @@ class JobRow(Base):
     input: Mapped[dict[str, Any]] = mapped_column(JSON)
     output: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    error_code: Mapped[str | None] = mapped_column(String(32), nullable=True)
     logs: Mapped[str] = mapped_column(Text, default="")
     metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     nsfw: Mapped[list[bool] | None] = mapped_column(JSON, nullable=True)

@@ -21,7 +21,14 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from sdserve.domain.inputs import GenerationInput
 from sdserve.domain.jobs import JobKind, Status
-from sdserve.errors import Canceled, InvalidInput, JobNotFound, SdserveError
+from sdserve.errors import (
+    Canceled,
+    InvalidInput,
+    JobNotFound,
+    JobTimeout,
+    NsfwContent,
+    SdserveError,
+)
 from sdserve.jobs.fetch import InputFetcher
 from sdserve.jobs.files import FileStore, new_key
 from sdserve.jobs.images import decode_image
@@ -32,7 +39,7 @@ from sdserve.jobs.progress import (
     RunTracker,
 )
 from sdserve.jobs.served import RegistryLike
-from sdserve.jobs.store import JobRepository, Store, StoredFile, utcnow
+from sdserve.jobs.store import JobRepository, Store, StoredFile, failure_columns, utcnow
 from sdserve.models.results import GenerationResult, RunHooks
 
 if TYPE_CHECKING:
@@ -77,11 +84,6 @@ class Batcher(Protocol):
     def run(self, runner: JobRunner, record: JobRecord, started: float) -> bool:
         """True when the job (and its partners) ended here; False: run it alone."""
         ...
-
-
-def error_text(exc: SdserveError) -> str:
-    """The job's ``error``: ``"<stable code>: <message>"``."""
-    return f"{exc.code}: {exc.message}"
 
 
 class JobRunner:
@@ -211,11 +213,13 @@ class JobRunner:
         except SdserveError as exc:
             # a failure we foresaw (bad input, model not loadable, out of memory...): its
             # code and message say it all, the job's end line logs them; no traceback
-            return self.finish(job_id, Status.FAILED, tracker=tracker, error=error_text(exc))
+            failure = failure_columns(exc)
+            return self.finish(job_id, Status.FAILED, tracker=tracker, **failure)
         except Exception as exc:
+            # a bug: the client gets a generic message, the traceback goes to the log
             log.exception("job %s failed with an unexpected error", job_id)
-            error = f"internal_error: {exc}"
-            return self.finish(job_id, Status.FAILED, tracker=tracker, error=error)
+            failure = failure_columns(exc)
+            return self.finish(job_id, Status.FAILED, tracker=tracker, **failure)
 
     def resolve_input(self, record: JobRecord) -> GenerationInput:
         """A generation job's input with its model's defaults."""
@@ -249,7 +253,11 @@ class JobRunner:
     def succeed(
         self, job_id: str, result: GenerationResult, tracker: RunTracker, started: float
     ) -> Status:
-        """Store the images of a generation and end its job ``succeeded``, in one write."""
+        """Store the images of a generation and end its job ``succeeded``, in one write; a
+        generation whose every image the safety checker flagged fails ``nsfw_content``."""
+        if result.images and all(result.nsfw_content_detected):
+            flagged = NsfwContent("the safety checker flagged every image; try another prompt")
+            return self.finish(job_id, Status.FAILED, tracker=tracker, **failure_columns(flagged))
         outputs = self._write_outputs(job_id, result)
         metrics: dict[str, Any] = {"predict_time": round(time.monotonic() - started, 4)}
         metrics.update({key: round(value, 4) for key, value in result.timings.items()})
@@ -314,9 +322,8 @@ class JobRunner:
             and record.deadline is not None
             and datetime.now(UTC) >= record.deadline
         ):
-            return self.finish(
-                job_id, Status.ABORTED, error="deadline passed before the job started"
-            )
+            late = JobTimeout("deadline passed before the job started")
+            return self.finish(job_id, Status.ABORTED, **failure_columns(late))
         return record.status
 
     def _train(self, record: JobRecord, tracker: RunTracker, started: float) -> Status:

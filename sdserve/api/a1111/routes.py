@@ -5,7 +5,8 @@ images, image *i* with seed + i) and the route awaits it without holding any loc
 ``/progress`` and ``/interrupt`` are answered while it runs. ``/interrupt`` (and
 ``/skip``: one job per request, so skipping its image is finishing it) asks the running
 A1111 jobs to stop after the current step; they succeed with the partial images, and
-the waiting txt2img call answers 200 with them, as A1111 does.
+the waiting txt2img call answers 200 with them, as A1111 does. A client that hangs up
+cancels its job, so abandoned requests do not hold the GPU.
 
 The current model (``options.sd_model_checkpoint``) and other options live in this API
 process, as A1111 keeps them in its own.
@@ -21,7 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from sdserve.api.a1111.schemas import (
@@ -32,11 +33,12 @@ from sdserve.api.a1111.schemas import (
     OptionsRequest,
     PngInfoRequest,
     Txt2ImgRequest,
+    a1111_error_response,
     canonical_input,
     checkpoint_of,
     decode_b64_image,
     echo,
-    error_body,
+    failure_response,
     find_checkpoint,
     idle_progress,
     job_timestamp,
@@ -45,61 +47,39 @@ from sdserve.api.a1111.schemas import (
     render_samplers,
     render_schedules,
 )
+from sdserve.api.edge import Edge
 from sdserve.domain.jobs import Status
-from sdserve.errors import InvalidInput, ModelNotFound, Overloaded, SdserveError, Unauthorized
-from sdserve.jobs.contract import JobRecord, JobService
+from sdserve.errors import ModelNotFound
+from sdserve.jobs.contract import JobRecord
 from sdserve.models.metadata import parse_parameters, read_parameters
 
 SOURCE = "a1111"
-#: How long one ``service.wait`` call holds before the route looks again (no overall limit:
-#: A1111 answers when the image is done, however long that takes).
-WAIT_SLICE_S = 30.0
-#: HTTP status of a failed job, by the stable code at the start of its ``error``.
-FAILURE_STATUS = {
-    "invalid_input": 422,
-    "invalid_image": 422,
-    "input_fetch_failed": 422,
-    "nsfw_content": 422,
-    "insufficient_gpu_memory": 503,
-    "model_load_error": 500,
-}
-_ERROR_TYPES = {401: "Unauthorized", 404: "NotFound", 422: "ValidationError", 429: "Overloaded"}
 
 
-def a1111_error_response(error: SdserveError, status: int) -> Response:
-    """A1111-style error JSON (``{"error", "detail", "body", "errors"}``) for ``/sdapi``."""
-    extra: dict[str, Any] = {"code": error.code}
-    if isinstance(error, InvalidInput):
-        extra["field"] = error.field
-        if error.allowed:
-            extra["allowed"] = error.allowed
-    headers: dict[str, str] = {}
-    if isinstance(error, Unauthorized):
-        headers["WWW-Authenticate"] = 'Basic realm="sdserve"'
-    if isinstance(error, Overloaded):
-        headers["Retry-After"] = str(error.retry_after)
-    error_type = _ERROR_TYPES.get(status, type(error).__name__)
-    return JSONResponse(
-        error_body(error_type, error.message, **extra), status_code=status, headers=headers
-    )
+def mount(edge: Edge) -> None:
+    """Serve ``/sdapi/v1`` (HTTP Basic auth: the token is the password) and A1111's
+    error JSON for ``/sdapi``."""
+    api = A1111Api(edge, lora_dir=edge.settings.engine.lora_dir)
+    edge.include(api.router(), errors=a1111_error_response, under=["/sdapi"])
 
 
 class A1111Api:
-    """Builds the ``/sdapi/v1`` router for one service.
+    """The ``/sdapi/v1`` routes over one edge.
 
     ``lora_dir`` is the engine's LoRA folder (listed by ``/loras``; unknown
     ``<lora:...>`` tags fail with 422).
     """
 
-    def __init__(self, service: JobService, *, lora_dir: Path | None = None) -> None:
-        self.service = service
+    def __init__(self, edge: Edge, *, lora_dir: Path | None = None) -> None:
+        self.edge = edge
+        self.service = edge.service
         self.lora_dir = lora_dir
         self._lock = threading.Lock()
         self._current: str | None = None  # model name chosen through options
         self._options: dict[str, Any] = {}
 
-    def router(self, auth: Any) -> APIRouter:
-        router = APIRouter(prefix="/sdapi/v1", dependencies=[Depends(auth)])
+    def router(self) -> APIRouter:
+        router = APIRouter(prefix="/sdapi/v1")
         post, get = ["POST"], ["GET"]
         router.add_api_route("/txt2img", self.txt2img, methods=post)
         router.add_api_route("/img2img", self.img2img, methods=post)
@@ -133,22 +113,22 @@ class A1111Api:
 
     # generation ---------------------------------------------------------------------------
 
-    async def txt2img(self, body: Txt2ImgRequest) -> Response:
-        return await self._generate(body, img2img=False)
+    async def txt2img(self, request: Request, body: Txt2ImgRequest) -> Response:
+        return await self._generate(request, body, img2img=False)
 
-    async def img2img(self, body: Img2ImgRequest) -> Response:
-        return await self._generate(body, img2img=True)
+    async def img2img(self, request: Request, body: Img2ImgRequest) -> Response:
+        return await self._generate(request, body, img2img=True)
 
-    async def _generate(self, body: Txt2ImgRequest, *, img2img: bool) -> Response:
+    async def _generate(self, request: Request, body: Txt2ImgRequest, *, img2img: bool) -> Response:
         checkpoint = self._checkpoint_for(body)
         values = await asyncio.to_thread(
             canonical_input, body, known_loras=self._lora_names(), img2img=img2img
         )
-        job = await asyncio.to_thread(self.service.create, checkpoint.name, values, source=SOURCE)
-        while not job.status.terminal:
-            job = await self.service.wait(job.id, WAIT_SLICE_S)
+        job = await self.edge.create(checkpoint.name, values, source=SOURCE)
+        # no overall limit: A1111 answers when the image is done, however long that takes
+        job = await self.edge.wait(job.id, request)
         if job.status is not Status.SUCCEEDED:
-            return _failure(job)
+            return failure_response(job)
         files = await asyncio.to_thread(self._outputs, job)
         infotexts = [read_parameters(data) or "" for data in files]
         images = [base64.b64encode(data).decode("ascii") for data in files]
@@ -323,19 +303,3 @@ class A1111Api:
         if self.lora_dir is None or not self.lora_dir.is_dir():
             return None
         return {path.stem for path in self.lora_dir.glob("*.safetensors")}
-
-
-def _failure(job: JobRecord) -> Response:
-    """A job that did not succeed, as A1111's error JSON with a non-200 status."""
-    code, _, message = (job.error or "").partition(": ")
-    if job.status is Status.CANCELED:
-        code, message = "canceled", message or "the job was canceled"
-    elif job.status is Status.ABORTED:
-        code, message = "aborted", message or job.error or "the job was aborted"
-    status = FAILURE_STATUS.get(code, 409 if code in ("canceled", "aborted") else 500)
-    return JSONResponse(
-        error_body(
-            code or "internal_error", message or job.error or "the job failed", job_id=job.id
-        ),
-        status_code=status,
-    )

@@ -18,10 +18,19 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from sdserve.api.edge import FailureTable, WireFailure, job_failure
+from sdserve.domain.jobs import FailureCode
 from sdserve.domain.schedulers import A1111_SAMPLERS, A1111_SCHEDULES, lookup_key
-from sdserve.errors import InvalidImage, InvalidInput
+from sdserve.errors import (
+    InvalidImage,
+    InvalidInput,
+    Overloaded,
+    SdserveError,
+    Unauthorized,
+)
 from sdserve.jobs.contract import JobRecord, ServedModel
 from sdserve.models.lora_tags import parse_a1111_lora_tags
 
@@ -461,3 +470,53 @@ def render_schedules() -> list[dict[str, Any]]:
 def error_body(error_type: str, detail: str, **extra: Any) -> dict[str, Any]:
     """A1111's error JSON (its FastAPI exception handler shape)."""
     return {"error": error_type, "detail": detail, "body": None, "errors": detail, **extra}
+
+
+# -- errors ---------------------------------------------------------------------------------
+
+_ERROR_TYPES = {401: "Unauthorized", 404: "NotFound", 422: "ValidationError", 429: "Overloaded"}
+#: A job that ended without images → HTTP status and the ``error`` of A1111's error JSON.
+FAILURES = FailureTable(
+    failed={
+        FailureCode.INVALID_INPUT: WireFailure(422, "invalid_input"),
+        FailureCode.INVALID_IMAGE: WireFailure(422, "invalid_image"),
+        FailureCode.INPUT_FETCH_FAILED: WireFailure(422, "input_fetch_failed"),
+        FailureCode.NSFW_CONTENT: WireFailure(422, "nsfw_content"),
+        FailureCode.MODEL_NOT_FOUND: WireFailure(500, "model_not_found"),
+        FailureCode.MODEL_LOAD_ERROR: WireFailure(500, "model_load_error"),
+        FailureCode.INSUFFICIENT_GPU_MEMORY: WireFailure(503, "insufficient_gpu_memory"),
+        FailureCode.STORAGE_FULL: WireFailure(500, "storage_full"),
+        FailureCode.TIMEOUT: WireFailure(500, "timeout"),
+        FailureCode.WORKER_LOST: WireFailure(500, "worker_lost"),
+        FailureCode.INTERNAL_ERROR: WireFailure(500, "internal_error", message="the job failed"),
+    },
+    canceled=WireFailure(409, "canceled", message="the job was canceled"),
+    aborted=WireFailure(409, "aborted", message="the job was aborted"),
+)
+
+
+def a1111_error_response(error: SdserveError, status: int) -> Response:
+    """A1111-style error JSON (``{"error", "detail", "body", "errors"}``) for ``/sdapi``."""
+    extra: dict[str, Any] = {"code": error.code}
+    if isinstance(error, InvalidInput):
+        extra["field"] = error.field
+        if error.allowed:
+            extra["allowed"] = error.allowed
+    headers: dict[str, str] = {}
+    if isinstance(error, Unauthorized):
+        headers["WWW-Authenticate"] = 'Basic realm="sdserve"'
+    if isinstance(error, Overloaded):
+        headers["Retry-After"] = str(error.retry_after)
+    error_type = _ERROR_TYPES.get(status, type(error).__name__)
+    return JSONResponse(
+        error_body(error_type, error.message, **extra), status_code=status, headers=headers
+    )
+
+
+def failure_response(job: JobRecord) -> Response:
+    """A job that did not succeed, as A1111's error JSON with a non-200 status."""
+    failure = job_failure(job, FAILURES)
+    return JSONResponse(
+        error_body(failure.wire.code, failure.message, job_id=job.id),
+        status_code=failure.wire.status,
+    )

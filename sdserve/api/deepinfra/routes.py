@@ -7,63 +7,83 @@ is delivered, signed, to the webhook by the service's dispatcher.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 from io import BytesIO
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from PIL import Image
 from starlette.datastructures import UploadFile
 
 from sdserve.api.common import data_uri
 from sdserve.api.deepinfra.schemas import (
+    DEEPINFRA_FIELD,
+    deepinfra_error_response,
     failure_status,
     form_values,
     ignored_fields,
     parse_request,
     queued_body,
-    rename_field,
     render_result,
 )
+from sdserve.api.edge import Edge
 from sdserve.domain.jobs import Status
 from sdserve.errors import InvalidImage, InvalidInput
 from sdserve.jobs.contract import JobRecord, JobService, WebhookOptions
 
-#: How long one wait lasts before the route checks whether the client is still there.
-WAIT_SLICE_S = 1.0
+SOURCE = "deepinfra"
 _FILE_FIELDS = ("image", "mask")
 
 
+def mount(edge: Edge) -> None:
+    """Serve the DeepInfra route, its error shape and its webhook bodies."""
+    edge.include(
+        DeepInfraApi(edge).router(), errors=deepinfra_error_response, under=["/v1/inference"]
+    )
+    edge.on_webhook(SOURCE, functools.partial(render_webhook, service=edge.service))
+
+
+def render_webhook(job: JobRecord, *, service: JobService) -> dict[str, Any]:
+    """The webhook body of a DeepInfra job: the same JSON as the synchronous answer."""
+    return render_result(job, lambda key: data_uri(service, key))
+
+
 class DeepInfraApi:
-    """Builds the DeepInfra router for one service."""
+    """The DeepInfra route over one edge."""
 
-    def __init__(self, service: JobService) -> None:
-        self.service = service
+    def __init__(self, edge: Edge) -> None:
+        self.edge = edge
+        self.service = edge.service
 
-    def router(self, auth: Any) -> APIRouter:
-        router = APIRouter(prefix="/v1", dependencies=[Depends(auth)])
+    def router(self) -> APIRouter:
+        router = APIRouter(prefix="/v1")
         router.add_api_route("/inference/{owner}/{name}", self.inference, methods=["POST"])
         return router
 
     async def inference(self, request: Request, owner: str, name: str) -> Response:
         data = await self._request_values(request)
-        body = parse_request(data)
+        body = parse_request(data, self.edge.limits)
         webhook = None
         if body.webhook:
             # one request per job, carrying the final result, like DeepInfra's webhooks
             webhook = WebhookOptions(url=body.webhook, events=frozenset({"completed"}))
-        try:
-            job = self.service.create(
-                f"{owner}/{name}", body.canonical(), source="deepinfra", webhook=webhook
-            )
-        except InvalidInput as error:
-            raise rename_field(error) from None
+        job = await self.edge.create(
+            f"{owner}/{name}",
+            body.canonical(),
+            names=DEEPINFRA_FIELD,
+            source=SOURCE,
+            webhook=webhook,
+        )
         ignored = ignored_fields(data)
         headers = {"X-Sdserve-Ignored-Fields": ", ".join(ignored)} if ignored else None
         if webhook is not None:
             return JSONResponse(queued_body(job), headers=headers)
-        job = await self._wait(job.id, request)
-        result = render_result(job, lambda key: data_uri(self.service, key))
+        job = await self.edge.wait(job.id, request)
+        result = await asyncio.to_thread(
+            render_result, job, lambda key: data_uri(self.service, key)
+        )
         status = 200 if job.status is Status.SUCCEEDED and job.output else failure_status(job)
         return JSONResponse(result, status_code=status, headers=headers)
 
@@ -103,11 +123,3 @@ class DeepInfraApi:
         return self.service.store_upload(
             data, part.filename or f"{field}.png", part.content_type or "image/png"
         )
-
-    async def _wait(self, job_id: str, request: Request) -> JobRecord:
-        while True:
-            job = await self.service.wait(job_id, WAIT_SLICE_S)
-            if job.status.terminal:
-                return job
-            if await request.is_disconnected():
-                return self.service.cancel(job_id)

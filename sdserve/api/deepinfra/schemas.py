@@ -9,15 +9,15 @@ carries ``detail`` (message and stable code) together with the ``request_id`` an
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from sdserve.domain.inputs import MAX_SEED, invalid_input_from
-from sdserve.domain.jobs import Status
+from sdserve.api.edge import FailureTable, WireFailure, job_failure, refuse_weighting
+from sdserve.domain.inputs import MAX_SEED, InputLimits, invalid_input_from
+from sdserve.domain.jobs import FailureCode, Status
 from sdserve.errors import InvalidInput, Overloaded, SdserveError
 from sdserve.jobs.contract import JobRecord
 
@@ -25,21 +25,26 @@ from sdserve.jobs.contract import JobRecord
 DEEPINFRA_FIELD = {"num_outputs": "num_images", "prompt_strength": "strength"}
 #: Text fields where an empty string is a value, not "left out".
 _TEXT_FIELDS = frozenset({"prompt", "negative_prompt"})
-# prompt weighting syntax the engine reads: A1111 brackets and compel's (..)1.2 / word++
-_WEIGHTING = re.compile(r"[()\[\]]|\w[+-]{1,}(?=[\s,.)]|$)")
-
-#: A failed job's code → HTTP status of the synchronous answer.
-_FAILURE_STATUS = {
-    "invalid_input": 422,
-    "invalid_image": 422,
-    "input_fetch_failed": 400,
-    "nsfw_content": 400,
-    "canceled": 409,
-    "insufficient_gpu_memory": 500,
-    "storage_full": 507,
-    "timeout": 504,
-    "worker_lost": 503,
-}
+_CANCELED = "the request was canceled before it finished"
+#: A job that ended without images → HTTP status of the synchronous answer and the
+#: ``detail.code`` of its body (also the webhook's).
+FAILURES = FailureTable(
+    failed={
+        FailureCode.INVALID_INPUT: WireFailure(422, "invalid_input"),
+        FailureCode.INVALID_IMAGE: WireFailure(422, "invalid_image"),
+        FailureCode.INPUT_FETCH_FAILED: WireFailure(400, "input_fetch_failed"),
+        FailureCode.NSFW_CONTENT: WireFailure(400, "nsfw_content"),
+        FailureCode.MODEL_NOT_FOUND: WireFailure(500, "model_not_found"),
+        FailureCode.MODEL_LOAD_ERROR: WireFailure(500, "model_load_error"),
+        FailureCode.INSUFFICIENT_GPU_MEMORY: WireFailure(500, "insufficient_gpu_memory"),
+        FailureCode.STORAGE_FULL: WireFailure(507, "storage_full"),
+        FailureCode.TIMEOUT: WireFailure(504, "timeout"),
+        FailureCode.WORKER_LOST: WireFailure(503, "worker_lost"),
+        FailureCode.INTERNAL_ERROR: WireFailure(500, "internal_error"),
+    },
+    canceled=WireFailure(409, "canceled", message=_CANCELED),
+    aborted=WireFailure(409, "canceled", message=_CANCELED),
+)
 
 
 class InferenceRequest(BaseModel):
@@ -55,7 +60,7 @@ class InferenceRequest(BaseModel):
     negative_prompt: str | None = Field(default=None, max_length=10_000)
     image: str | None = None
     mask: str | None = None
-    num_images: int = Field(default=1, ge=1, le=4)
+    num_images: int = Field(default=1, ge=1)  # at most the operator's max_num_outputs
     num_inference_steps: int | None = Field(default=None, ge=1)
     guidance_scale: float | None = Field(default=None, ge=0)
     strength: float | None = Field(default=None, ge=0, le=1)
@@ -70,12 +75,8 @@ class InferenceRequest(BaseModel):
 
     def canonical(self) -> dict[str, Any]:
         """The canonical generation input (webhook and use_compel are not inputs)."""
-        if not self.use_compel and _WEIGHTING.search(self.prompt + (self.negative_prompt or "")):
-            raise InvalidInput(
-                "use_compel",
-                "false is not supported: this server always reads prompt weighting syntax; "
-                "remove the weighting from the prompt or send true",
-            )
+        if not self.use_compel:
+            refuse_weighting("use_compel", self.prompt, self.negative_prompt)
         values = {
             "prompt": self.prompt,
             "negative_prompt": self.negative_prompt,
@@ -95,12 +96,16 @@ class InferenceRequest(BaseModel):
         return {key: value for key, value in values.items() if value is not None}
 
 
-def parse_request(data: Mapping[str, Any]) -> InferenceRequest:
-    """Validate a request; raise :class:`InvalidInput` naming the DeepInfra field."""
+def parse_request(data: Mapping[str, Any], limits: InputLimits) -> InferenceRequest:
+    """Validate a request; raise :class:`InvalidInput` naming the DeepInfra field.
+    ``num_images`` is bounded by the operator's ``limits``, as every dialect's count is."""
     try:
-        return InferenceRequest.model_validate(dict(data))
+        request = InferenceRequest.model_validate(dict(data))
     except ValidationError as exc:
         raise invalid_input_from(exc) from None
+    if request.num_images > limits.max_num_outputs:
+        raise InvalidInput("num_images", f"must be between 1 and {limits.max_num_outputs}")
+    return request
 
 
 def form_values(items: Mapping[str, str]) -> dict[str, str]:
@@ -111,17 +116,6 @@ def form_values(items: Mapping[str, str]) -> dict[str, str]:
 def ignored_fields(data: Mapping[str, Any]) -> list[str]:
     """Fields of a request that this server does not read."""
     return sorted(set(data) - set(InferenceRequest.model_fields))
-
-
-def rename_field(error: InvalidInput) -> InvalidInput:
-    """The same error under the DeepInfra name of its field."""
-    wanted = DEEPINFRA_FIELD.get(error.field)
-    if wanted is None:
-        return error
-    text = error.message.removeprefix(f"{error.field}: ")
-    if error.allowed:
-        text = text.removesuffix(" (allowed: " + ", ".join(error.allowed) + ")")
-    return type(error)(wanted, text, allowed=error.allowed)
 
 
 # -- results --------------------------------------------------------------------------------
@@ -147,16 +141,6 @@ def queued_body(job: JobRecord) -> dict[str, Any]:
     return {"request_id": job.id, "inference_status": inference_status("queued", job)}
 
 
-def failure(job: JobRecord) -> tuple[str, str]:
-    """``(code, message)`` of a job that ended without images."""
-    if job.status in (Status.CANCELED, Status.ABORTED):
-        return "canceled", "the request was canceled before it finished"
-    code, _, message = (job.error or "").partition(": ")
-    if not message:
-        return "internal_error", job.error or "the generation failed"
-    return code, message
-
-
 def render_result(job: JobRecord, data_uri: Callable[[str], str]) -> dict[str, Any]:
     """A finished job as DeepInfra's result JSON (success) or failure JSON.
 
@@ -174,17 +158,17 @@ def render_result(job: JobRecord, data_uri: Callable[[str], str]) -> dict[str, A
             "request_id": job.id,
             "inference_status": inference_status("succeeded", job),
         }
-    code, message = failure(job)
+    failure = job_failure(job, FAILURES)
     return {
         "request_id": job.id,
         "inference_status": inference_status("failed", job),
-        "detail": {"error": message, "code": code},
+        "detail": {"error": failure.message, "code": failure.wire.code},
     }
 
 
 def failure_status(job: JobRecord) -> int:
     """HTTP status of the synchronous answer for a job that ended without images."""
-    return _FAILURE_STATUS.get(failure(job)[0], 500)
+    return job_failure(job, FAILURES).wire.status
 
 
 # -- errors ---------------------------------------------------------------------------------

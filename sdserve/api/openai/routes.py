@@ -3,6 +3,9 @@
 Each request becomes one job (``source`` is the dialect that mounted the router) and is
 answered when the job ends, as OpenAI answers: the client's read timeout is 600 s. A
 client that hangs up cancels its job, so abandoned requests do not hold the GPU.
+
+:func:`mount` serves the routes under one prefix; the app calls it once for OpenAI
+(``/v1``) and once for DeepInfra's OpenAI-compatible endpoints (``/v1/openai``).
 """
 
 from __future__ import annotations
@@ -10,11 +13,12 @@ from __future__ import annotations
 import base64
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.datastructures import FormData, UploadFile
 
-from sdserve.api.common import base_url, file_url
+from sdserve.api.common import file_url
+from sdserve.api.edge import Edge
 from sdserve.api.openai.schemas import (
     OPENAI_PARAM,
     VARIATION_STRENGTH,
@@ -23,37 +27,39 @@ from sdserve.api.openai.schemas import (
     images_response,
     job_failure_response,
     open_image,
+    openai_error_response,
     openai_mask_to_sd,
     parse_params,
-    rename_field,
 )
 from sdserve.domain.jobs import Status
 from sdserve.errors import InvalidInput
-from sdserve.jobs.contract import JobRecord, JobService
 
-#: How long one wait lasts before the route checks whether the client is still there.
-WAIT_SLICE_S = 1.0
 #: Multipart parts that carry files, not parameters.
 _FILE_PARTS = ("image", "image[]", "mask")
 
 
+def mount(
+    edge: Edge, *, prefix: str = "/v1", source: str = "openai", list_models: bool = False
+) -> None:
+    """Serve OpenAI Images at ``{prefix}/images/...`` for jobs recorded as ``source``;
+    ``list_models`` adds ``GET {prefix}/models`` where no other dialect serves it."""
+    api = OpenAIImagesApi(edge, source=source)
+    under = [f"{prefix}/images", f"{prefix}/models"] if list_models else [f"{prefix}/images"]
+    edge.include(
+        api.router(prefix, list_models=list_models), errors=openai_error_response, under=under
+    )
+
+
 class OpenAIImagesApi:
-    """Builds the OpenAI Images router for one service.
+    """The OpenAI Images routes over one edge; ``source`` is recorded on every job."""
 
-    ``source`` is recorded on every job (``openai``, or ``deepinfra`` when mounted under
-    DeepInfra's ``/v1/openai`` prefix); ``list_models`` adds ``GET {prefix}/models``
-    where no other dialect serves it.
-    """
-
-    def __init__(
-        self, service: JobService, *, public_url: str | None, source: str = "openai"
-    ) -> None:
-        self.service = service
-        self.public_url = public_url
+    def __init__(self, edge: Edge, *, source: str = "openai") -> None:
+        self.edge = edge
+        self.service = edge.service
         self.source = source
 
-    def router(self, auth: Any, *, prefix: str = "/v1", list_models: bool = False) -> APIRouter:
-        router = APIRouter(prefix=prefix, dependencies=[Depends(auth)])
+    def router(self, prefix: str, *, list_models: bool = False) -> APIRouter:
+        router = APIRouter(prefix=prefix)
         router.add_api_route("/images/generations", self.generations, methods=["POST"])
         router.add_api_route("/images/edits", self.edits, methods=["POST"])
         router.add_api_route("/images/variations", self.variations, methods=["POST"])
@@ -123,14 +129,11 @@ class OpenAIImagesApi:
         self, request: Request, params: ImagesParams, canonical: dict[str, Any]
     ) -> Response:
         model = params.model or self.service.models()[0].name
-        try:
-            job = self.service.create(model, canonical, source=self.source)
-        except InvalidInput as error:
-            raise rename_field(error, OPENAI_PARAM) from None
-        job = await _wait(self.service, job.id, request)
+        job = await self.edge.create(model, canonical, names=OPENAI_PARAM, source=self.source)
+        job = await self.edge.wait(job.id, request)
         if job.status is not Status.SUCCEEDED or not job.output:
             return job_failure_response(job, OPENAI_PARAM)
-        base = base_url(request, self.public_url)
+        base = self.edge.base_url(request)
         items: list[dict[str, Any]] = []
         for key in job.output:
             if params.response_format == "url":
@@ -142,16 +145,6 @@ class OpenAIImagesApi:
         if "width" in job.input and "height" in job.input:
             size = (int(job.input["width"]), int(job.input["height"]))
         return JSONResponse(images_response(job, items, size=size))
-
-
-async def _wait(service: JobService, job_id: str, request: Request) -> JobRecord:
-    """Wait for the job to end; cancel it if the client hangs up first."""
-    while True:
-        job = await service.wait(job_id, WAIT_SLICE_S)
-        if job.status.terminal:
-            return job
-        if await request.is_disconnected():
-            return service.cancel(job_id)
 
 
 async def _json_object(request: Request) -> dict[str, Any]:

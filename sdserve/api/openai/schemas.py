@@ -17,7 +17,9 @@ from fastapi.responses import JSONResponse, Response
 from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from sdserve.api.edge import FailureTable, WireFailure, job_failure
 from sdserve.domain.inputs import MAX_SEED, invalid_input_from
+from sdserve.domain.jobs import FailureCode
 from sdserve.errors import (
     InvalidImage,
     InvalidInput,
@@ -118,22 +120,6 @@ def parse_size(size: str | None) -> tuple[int, int] | None:
     return int(match.group(1)), int(match.group(2))
 
 
-def rename_field(error: InvalidInput, names: Mapping[str, str]) -> InvalidInput:
-    """The same error, naming the parameter the client actually sent."""
-    wanted = names.get(error.field)
-    if wanted is None:
-        return error
-    text = error.message
-    prefix = f"{error.field}: "
-    if text.startswith(prefix):
-        text = text[len(prefix) :]
-    if error.allowed:
-        text = text.removesuffix(" (allowed: " + ", ".join(error.allowed) + ")")
-    if wanted == "size":
-        text = f"{error.field} {text}"  # which side of WxH is wrong
-    return type(error)(wanted, text, allowed=error.allowed)
-
-
 # -- images ---------------------------------------------------------------------------------
 
 
@@ -197,18 +183,29 @@ def images_response(
 
 # -- errors ---------------------------------------------------------------------------------
 
-#: A failed job's error code → (HTTP status, OpenAI error type, whether a retry could help).
-_JOB_FAILURES: dict[str, tuple[int, str, bool]] = {
-    "invalid_input": (400, "invalid_request_error", False),
-    "invalid_image": (400, "invalid_request_error", False),
-    "input_fetch_failed": (400, "invalid_request_error", False),
-    "nsfw_content": (400, "invalid_request_error", False),
-    "canceled": (409, "invalid_request_error", False),
-    "insufficient_gpu_memory": (500, "server_error", False),
-    "storage_full": (507, "server_error", False),
-    "timeout": (504, "server_error", False),
-    "worker_lost": (503, "server_error", True),
-}
+_BAD = "invalid_request_error"
+_SERVER = "server_error"
+_CANCELED = "the request was canceled before it finished"
+#: A job that ended without images → HTTP status, OpenAI error code and type, and whether
+#: a retry could help (``x-should-retry``; the client retries every 5xx otherwise).
+FAILURES = FailureTable(
+    failed={
+        FailureCode.INVALID_INPUT: WireFailure(400, "invalid_input", _BAD),
+        FailureCode.INVALID_IMAGE: WireFailure(400, "invalid_image", _BAD),
+        FailureCode.INPUT_FETCH_FAILED: WireFailure(400, "input_fetch_failed", _BAD),
+        # what OpenAI calls a safety refusal
+        FailureCode.NSFW_CONTENT: WireFailure(400, "content_policy_violation", _BAD),
+        FailureCode.MODEL_NOT_FOUND: WireFailure(500, "model_not_found", _SERVER),
+        FailureCode.MODEL_LOAD_ERROR: WireFailure(500, "model_load_error", _SERVER),
+        FailureCode.INSUFFICIENT_GPU_MEMORY: WireFailure(500, "insufficient_gpu_memory", _SERVER),
+        FailureCode.STORAGE_FULL: WireFailure(507, "storage_full", _SERVER),
+        FailureCode.TIMEOUT: WireFailure(504, "timeout", _SERVER),
+        FailureCode.WORKER_LOST: WireFailure(503, "worker_lost", _SERVER, retry=True),
+        FailureCode.INTERNAL_ERROR: WireFailure(500, "internal_error", _SERVER),
+    },
+    canceled=WireFailure(409, "canceled", _BAD, message=_CANCELED),
+    aborted=WireFailure(409, "canceled", _BAD, message=_CANCELED),
+)
 
 
 def error_body(
@@ -249,21 +246,15 @@ def openai_error_response(error: SdserveError, status: int) -> Response:
 
 def job_failure_response(job: JobRecord, names: Mapping[str, str]) -> Response:
     """A job that ended without images, as an OpenAI error with the job's stable code."""
-    code, _, message = (job.error or "").partition(": ")
-    if job.status.value in ("canceled", "aborted"):
-        code, message = "canceled", message or "the request was canceled before it finished"
-    if not message:
-        code, message = "internal_error", job.error or "the generation failed"
-    status, type_, retry = _JOB_FAILURES.get(code, (500, "server_error", False))
-    param = None
-    if type_ == "invalid_request_error" and ": " in message:
-        field = message.split(": ", 1)[0]
-        if field.isidentifier():
-            param = names.get(field, field)
-    if code == "nsfw_content":
-        code = "content_policy_violation"  # what OpenAI calls a safety refusal
+    failure = job_failure(job, FAILURES, names)
+    wire = failure.wire
     return JSONResponse(
-        error_body(f"{message} (request {job.id})", type_=type_, param=param, code=code),
-        status_code=status,
-        headers={"x-should-retry": "true" if retry else "false"},
+        error_body(
+            f"{failure.message} (request {job.id})",
+            type_=wire.type,
+            param=failure.field,
+            code=wire.code,
+        ),
+        status_code=wire.status,
+        headers={"x-should-retry": "true" if wire.retry else "false"},
     )

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
+import functools
 import hashlib
 import json
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile
+from fastapi import APIRouter, File, Form, Query, Request, UploadFile
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from sdserve.api.common import (
@@ -20,8 +20,10 @@ from sdserve.api.common import (
     parse_cancel_after,
     parse_prefer_wait,
 )
+from sdserve.api.edge import Edge
 from sdserve.api.replicate.schemas import (
     PredictionRequest,
+    done_error,
     render_file,
     render_job_page,
     render_model,
@@ -29,30 +31,41 @@ from sdserve.api.replicate.schemas import (
     render_prediction,
     render_version,
 )
+from sdserve.api.replicate.trainings import TrainingsApi, render_replicate_job
 from sdserve.api.streaming import sse_events
 from sdserve.domain.jobs import JobKind
 from sdserve.errors import FileNotFound, InvalidInput, ModelNotFound
-from sdserve.jobs.contract import JobRecord, JobService
+from sdserve.jobs.contract import JobRecord
+
+SOURCE = "replicate"
+
+
+def mount(edge: Edge) -> None:
+    """Serve Replicate's predictions, models, files, webhook secret and trainings (their
+    errors are problem JSON, the app's default). Webhooks of Replicate's jobs, and of jobs
+    whose dialect registers no shape of its own, carry Replicate's JSON."""
+    edge.include(ReplicateApi(edge, webhook_secret=edge.service.webhook_secret()).router())
+    edge.include(TrainingsApi(edge).router())
+    api = edge.settings.api
+    base = (api.public_url or f"http://{api.host}:{api.port}").rstrip("/")
+    # trainings render as Replicate's Training JSON, everything else as a prediction
+    render = functools.partial(render_replicate_job, base=base)
+    edge.on_webhook(SOURCE, render)
+    edge.on_webhook("*", render)
 
 
 class ReplicateApi:
-    """Builds the Replicate router for one service."""
+    """The Replicate routes over one edge."""
 
-    def __init__(
-        self,
-        service: JobService,
-        *,
-        public_url: str | None,
-        max_wait_s: int,
-        webhook_secret: str | None = None,
-    ) -> None:
-        self.service = service
-        self.public_url = public_url
-        self.max_wait_s = max_wait_s
+    def __init__(self, edge: Edge, *, webhook_secret: str | None = None) -> None:
+        self.edge = edge
+        self.service = edge.service
+        self.public_url = edge.public_url
+        self.max_wait_s = edge.settings.api.max_wait_s
         self.webhook_secret = webhook_secret
 
-    def router(self, auth: Any) -> APIRouter:
-        router = APIRouter(prefix="/v1", dependencies=[Depends(auth)])
+    def router(self) -> APIRouter:
+        router = APIRouter(prefix="/v1")
         router.add_api_route("/predictions", self.create_prediction, methods=["POST"])
         router.add_api_route(
             "/models/{owner}/{name}/predictions", self.create_model_prediction, methods=["POST"]
@@ -88,12 +101,10 @@ class ReplicateApi:
     async def _create(self, request: Request, model: str, body: PredictionRequest) -> Response:
         wait = parse_prefer_wait(request.headers.get("prefer"), self.max_wait_s)
         deadline = parse_cancel_after(request.headers.get("cancel-after"))
-        # off the event loop: creating decodes inline images to refuse bad ones at once
-        job = await asyncio.to_thread(
-            self.service.create,
+        job = await self.edge.create(
             model,
             body.input,
-            source="replicate",
+            source=SOURCE,
             webhook=body.webhook_options(),
             deadline=deadline,
             # run() and stream() of the official client: it reads only https: and data:
@@ -157,7 +168,9 @@ class ReplicateApi:
         job = self.service.get(job_id)  # 404 before the stream starts
         render_output = self._output_renderer(job, base_url(request, self.public_url))
         return StreamingResponse(
-            sse_events(self.service, job_id, render_output, progress=progress),
+            sse_events(
+                self.service, job_id, render_output, render_error=done_error, progress=progress
+            ),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )

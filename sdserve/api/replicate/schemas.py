@@ -8,7 +8,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from sdserve.api.common import file_url, iso, page_url
-from sdserve.domain.jobs import Status
+from sdserve.domain.events import Done
+from sdserve.domain.jobs import FailureCode, Status
 from sdserve.jobs.contract import JobRecord, Page, ServedModel, WebhookOptions
 
 WebhookEvent = Literal["start", "output", "logs", "completed"]
@@ -42,11 +43,23 @@ def wire_status(status: Status) -> str:
 
 
 def wire_error(job: JobRecord) -> str | None:
-    """The job's error; an ``aborted`` job (shown as ``canceled``) says so here."""
-    if job.status is Status.ABORTED:
-        reason = job.error or "the Cancel-After deadline passed before it started"
-        return f"aborted: {reason}"
-    return job.error
+    """The job's ``error``: ``"<code>: <message>"`` (the stable code first, as clients
+    have always read it); an ``aborted`` job (shown as ``canceled``) says so here."""
+    return error_text(job.status, job.error_code, job.error)
+
+
+def done_error(done: Done) -> str | None:
+    """The stream's ``error`` event: the same text as the prediction's ``error``."""
+    return error_text(Status(done.status), done.error_code, done.error)
+
+
+def error_text(status: Status, code: FailureCode | None, message: str | None) -> str | None:
+    """What Replicate's ``error`` (and the stream's ``error`` event) says about a job."""
+    if status is Status.ABORTED:
+        return f"aborted: {message or 'the Cancel-After deadline passed before it started'}"
+    if code is None:
+        return message
+    return f"{code}: {message}" if message else str(code)
 
 
 def render_prediction(

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 
-from sdserve.api.common import PAGE_SIZE, base_url, file_url, iso
+from sdserve.api.common import PAGE_SIZE, file_url, iso
+from sdserve.api.edge import Edge
 from sdserve.api.replicate.schemas import (
     PredictionRequest,
     render_job_page,
@@ -23,7 +24,7 @@ from sdserve.api.replicate.schemas import (
 )
 from sdserve.domain.jobs import JobKind, Status
 from sdserve.errors import JobNotFound
-from sdserve.jobs.contract import JobRecord, JobService
+from sdserve.jobs.contract import JobRecord
 
 
 class TrainingRequest(PredictionRequest):
@@ -72,14 +73,14 @@ def render_replicate_job(job: JobRecord, base: str) -> dict[str, Any]:
 
 
 class TrainingsApi:
-    """Builds the trainings router for one service."""
+    """The trainings routes over one edge."""
 
-    def __init__(self, service: JobService, *, public_url: str | None) -> None:
-        self.service = service
-        self.public_url = public_url
+    def __init__(self, edge: Edge) -> None:
+        self.edge = edge
+        self.service = edge.service
 
-    def router(self, auth: Any) -> APIRouter:
-        router = APIRouter(prefix="/v1", dependencies=[Depends(auth)])
+    def router(self) -> APIRouter:
+        router = APIRouter(prefix="/v1")
         router.add_api_route(
             "/models/{owner}/{name}/versions/{version_id}/trainings",
             self.create_training,
@@ -93,7 +94,7 @@ class TrainingsApi:
     async def create_training(
         self, request: Request, owner: str, name: str, version_id: str, body: TrainingRequest
     ) -> JSONResponse:
-        job = self.service.create(
+        job = await self.edge.create(
             f"{owner}/{name}:{version_id}",
             body.input,
             kind=JobKind.TRAINING,
@@ -129,4 +130,4 @@ class TrainingsApi:
         return job
 
     def _base(self, request: Request) -> str:
-        return base_url(request, self.public_url)
+        return self.edge.base_url(request)

@@ -20,7 +20,13 @@ from sqlalchemy.engine import Engine
 
 from sdserve.jobs.store.database import Database, new_id, sqlite_url, utcnow
 from sdserve.jobs.store.files import FileRepository, StoredFile
-from sdserve.jobs.store.jobs import JobRepository, RunState, decode_cursor, encode_cursor
+from sdserve.jobs.store.jobs import (
+    JobRepository,
+    RunState,
+    decode_cursor,
+    encode_cursor,
+    failure_columns,
+)
 from sdserve.jobs.store.outbox import OutboxEntry, OutboxRepository
 
 
@@ -66,6 +72,7 @@ __all__ = [
     "StoredFile",
     "decode_cursor",
     "encode_cursor",
+    "failure_columns",
     "new_id",
     "sqlite_url",
     "utcnow",

@@ -23,8 +23,8 @@ from sqlalchemy import Table, and_, bindparam, func, insert, or_, select, update
 from sqlalchemy import true as sql_true
 from sqlalchemy.engine import Row
 
-from sdserve.domain.jobs import TERMINAL, JobKind, Status, can_transition
-from sdserve.errors import InvalidInput, JobNotFound
+from sdserve.domain.jobs import TERMINAL, FailureCode, JobKind, Status, can_transition
+from sdserve.errors import InvalidInput, JobNotFound, failure_of
 from sdserve.jobs.contract import JobRecord, Page, WebhookOptions
 from sdserve.jobs.store.database import Database, aware, utcnow
 from sdserve.jobs.store.files import StoredFile, insert_files
@@ -378,6 +378,7 @@ def _insert_values(record: JobRecord) -> dict[str, Any]:
         "input": dict(record.input),
         "output": record.output,
         "error": record.error,
+        "error_code": record.error_code,
         "logs": record.logs,
         "metrics": dict(record.metrics),
         "nsfw": record.nsfw,
@@ -428,6 +429,12 @@ def decode_cursor(cursor: str) -> tuple[str, tuple[datetime, str]]:
         raise InvalidInput("cursor", "is not a cursor returned by a listing") from exc
 
 
+def failure_columns(error: BaseException) -> dict[str, Any]:
+    """A failed job's ``error_code`` and ``error`` (a message safe to show) for ``error``."""
+    code, message = failure_of(error)
+    return {"error_code": code, "error": message}
+
+
 def to_record(row: Row[Any]) -> JobRecord:
     """Map a ``jobs`` row to the :class:`JobRecord` the API renders."""
     webhook = None
@@ -444,6 +451,7 @@ def to_record(row: Row[Any]) -> JobRecord:
         source=row.source,
         output=list(row.output) if row.output is not None else None,
         error=row.error,
+        error_code=FailureCode.stored(row.error_code),
         logs=row.logs or "",
         metrics=dict(row.metrics or {}),
         started_at=row.started_at,

@@ -2,7 +2,8 @@
 
 They follow ``Predictor`` / ``RegistryLike``: real PNG bytes, per-step hooks, cancel
 checks and the error classes the real engine raises; prompts steer them
-(``"fail:<code>"`` raises that failure, ``"boom"`` an unexpected exception).
+(``"fail:<code>"`` raises that failure, ``"boom"`` an unexpected exception, ``"nsfw"``
+flags every image as the safety checker would, ``"nsfw first"`` the first one).
 """
 
 from __future__ import annotations
@@ -120,7 +121,7 @@ class FakePredictor:
                     data=buffer.getvalue(),
                     format="png",
                     seed=seed,
-                    nsfw=False,
+                    nsfw=inp.prompt == "nsfw" or (inp.prompt == "nsfw first" and index == 0),
                     width=width,
                     height=height,
                     parameters=f"{inp.prompt}\nSeed: {seed}",

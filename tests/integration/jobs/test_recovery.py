@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime
 
-from sdserve.domain.jobs import JobKind, Status
+from sdserve.domain.jobs import FailureCode, JobKind, Status
 from sdserve.jobs.contract import JobRecord
 from sdserve.jobs.store import Store
 from tests.integration.jobs.conftest import MakeService
@@ -54,7 +54,7 @@ def test_all_crashed_jobs_reach_a_terminal_state(make_service: MakeService) -> N
     assert final[running_once].status is Status.SUCCEEDED  # resumed: attempt 2 of 2
     assert service.store.jobs.run_state(running_once).attempts == 2
     assert final[running_twice].status is Status.FAILED
-    assert (final[running_twice].error or "").startswith("worker_lost:")
+    assert final[running_twice].error_code is FailureCode.WORKER_LOST
     assert final[cancel_pending].status is Status.CANCELED
     assert len(predictor.calls) == 2
     assert service.store.jobs.unfinished() == []
@@ -73,7 +73,7 @@ def test_a_task_delivered_again_for_a_job_of_a_dead_worker(make_service: MakeSer
     assert runner.run(resumed) is Status.SUCCEEDED  # back to starting, claimed, run
     assert service.store.jobs.run_state(resumed).attempts == 2
     assert runner.run(given_up) is Status.FAILED
-    assert (service.store.jobs.get(given_up).error or "").startswith("worker_lost:")
+    assert service.store.jobs.get(given_up).error_code is FailureCode.WORKER_LOST
     assert runner.run(resumed) is Status.SUCCEEDED  # a duplicate delivery changes nothing
     assert runner.run("no-such-job") is None
     assert len(predictor.calls) == 1

@@ -16,8 +16,15 @@ import pytest
 from PIL import Image
 
 from sdserve.domain.events import Done, Log, Output, Progress
-from sdserve.domain.jobs import Status
-from sdserve.errors import FileNotFound, InvalidImage, InvalidInput, ModelNotFound, Overloaded
+from sdserve.domain.jobs import FailureCode, Status
+from sdserve.errors import (
+    INTERNAL_ERROR_MESSAGE,
+    FileNotFound,
+    InvalidImage,
+    InvalidInput,
+    ModelNotFound,
+    Overloaded,
+)
 from sdserve.jobs.contract import JobRecord
 from sdserve.jobs.images import NOT_AN_IMAGE
 from sdserve.jobs.service import Service
@@ -95,25 +102,49 @@ def test_events_stream_progress_logs_output_and_done(make_service: MakeService) 
 
 
 @pytest.mark.parametrize(
-    ("input", "error"),
+    ("input", "code", "error"),
     [
-        ({"prompt": "fail:insufficient_gpu_memory"}, "insufficient_gpu_memory: CUDA out of memory"),
-        ({"prompt": "fail:storage_full"}, "storage_full: disk full"),
-        ({"prompt": "fail:model_load_error"}, "model_load_error: model 'acme/sdxl' is not in"),
-        ({"prompt": "bad lora"}, "invalid_input: lora: no LoRA called 'x'"),
-        ({"prompt": "boom"}, "internal_error: unexpected kaboom"),
-        ({"image": "http://127.0.0.1:1/cat.png"}, "input_fetch_failed: image: refusing"),
+        ({"prompt": "fail:insufficient_gpu_memory"}, "insufficient_gpu_memory", "CUDA out of"),
+        ({"prompt": "fail:storage_full"}, "storage_full", "disk full"),
+        ({"prompt": "fail:model_load_error"}, "model_load_error", "model 'acme/sdxl' is not in"),
+        ({"prompt": "bad lora"}, "invalid_input", "lora: no LoRA called 'x'"),
+        ({"prompt": "boom"}, "internal_error", INTERNAL_ERROR_MESSAGE),
+        ({"image": "http://127.0.0.1:1/cat.png"}, "input_fetch_failed", "image: refusing"),
     ],
 )
 def test_failures_end_failed_with_stable_codes(
-    make_service: MakeService, input: dict[str, str], error: str
+    make_service: MakeService, input: dict[str, str], code: str, error: str
 ) -> None:
     service = make_service()
     job = wait(service, service.create("test/fake", input).id)
     assert job.status is Status.FAILED
+    assert job.error_code == code, job.error_code
     assert job.error is not None and job.error.startswith(error), job.error
     # the run had resolved its input: it is kept, whatever failed afterwards
     assert f"Using seed: {job.input['seed']}" in job.logs
+
+
+def test_a_generation_whose_every_image_is_flagged_fails_nsfw_content(
+    make_service: MakeService,
+) -> None:
+    service = make_service()
+    flagged = wait(service, service.create("test/fake", {"prompt": "nsfw", "num_outputs": 2}).id)
+    assert flagged.status is Status.FAILED and flagged.output is None
+    assert flagged.error_code is FailureCode.NSFW_CONTENT
+    one = wait(service, service.create("test/fake", {"prompt": "nsfw first", "num_outputs": 2}).id)
+    assert one.status is Status.SUCCEEDED and one.nsfw == [True, False]
+
+
+def test_an_unexpected_error_is_logged_with_its_traceback_and_never_shown(
+    make_service: MakeService, caplog: pytest.LogCaptureFixture
+) -> None:
+    service = make_service()
+    with caplog.at_level(logging.INFO, logger="sdserve"):
+        job = wait(service, service.create("test/fake", {"prompt": "boom"}).id)
+    assert (job.error_code, job.error) == (FailureCode.INTERNAL_ERROR, INTERNAL_ERROR_MESSAGE)
+    assert "kaboom" not in job.logs
+    logged = [record for record in caplog.records if record.exc_info]
+    assert len(logged) == 1 and "kaboom" in str(logged[0].exc_info[1])  # type: ignore[index]
 
 
 def test_every_job_end_logs_one_line_with_id_status_seconds_task_and_model(
@@ -136,7 +167,7 @@ def test_every_job_end_logs_one_line_with_id_status_seconds_task_and_model(
     assert found[edited.id][:2] == ("succeeded", "img2img")
     status, task, error, record = found[failed.id]
     assert (status, task) == ("failed", "txt2img")
-    assert error == f": {failed.error}" and "hf download acme/sdxl" in error
+    assert error == f": {failed.error_code}: {failed.error}" and "hf download acme/sdxl" in error
     # a foreseen failure is its one line: no traceback anywhere
     assert record.levelno == logging.WARNING
     assert all(r.exc_info is None for r in caplog.records), [r.getMessage() for r in caplog.records]
@@ -221,7 +252,7 @@ def test_an_image_fetched_from_a_url_that_is_no_image_fails_cleanly(
     created = service.create("test/fake", {"prompt": "x", "image": "https://example.com/a.png"})
     job = wait(service, created.id)
     assert job.status is Status.FAILED
-    assert job.error == f"invalid_image: image: {NOT_AN_IMAGE}"
+    assert (job.error_code, job.error) == ("invalid_image", f"image: {NOT_AN_IMAGE}")
 
 
 def test_queue_limit_raises_overloaded(make_service: MakeService) -> None:
@@ -280,6 +311,10 @@ def test_deadline_passed_before_start_aborts(make_service: MakeService) -> None:
     past = datetime.now(UTC) - timedelta(seconds=1)
     job = wait(service, service.create("test/fake", {"prompt": "x"}, deadline=past).id)
     assert job.status is Status.ABORTED
+    assert (job.error_code, job.error) == (
+        FailureCode.TIMEOUT,
+        "deadline passed before the job started",
+    )
     assert predictor.calls == []
 
 

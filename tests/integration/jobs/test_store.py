@@ -7,12 +7,16 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import inspect
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import insert, inspect
 
-from sdserve.domain.jobs import JobKind, Status
-from sdserve.errors import JobNotFound
+from sdserve.domain.jobs import FailureCode, JobKind, Status
+from sdserve.errors import INTERNAL_ERROR_MESSAGE, JobNotFound
 from sdserve.jobs.contract import JobRecord, WebhookOptions
 from sdserve.jobs.store import Store, StoredFile, new_id, sqlite_url, utcnow
+from sdserve.jobs.store.database import MIGRATIONS_DIR
+from sdserve.jobs.store.jobs import JOBS
 
 
 @pytest.fixture
@@ -190,3 +194,71 @@ def test_progress_updates_are_ignored_once_terminal(store: Store) -> None:
     store.jobs.update_running(record.id, append_logs="late\n", progress=(3, 4))
     assert store.jobs.get(record.id).logs == "a\nb\n"
     assert store.jobs.run_state(record.id).progress_step == 2
+
+
+def _alembic(store: Store, action: str, revision: str) -> None:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    with store.engine.connect() as conn:
+        config.attributes["connection"] = conn
+        getattr(command, action)(config, revision)
+        conn.commit()
+
+
+def test_migration_0005_splits_the_old_error_text_once(tmp_path: Path) -> None:
+    store = Store(sqlite_url(tmp_path))
+    _alembic(store, "upgrade", "0004")
+    old = {  # status, error as versions before 0005 wrote them
+        "oom": ("failed", "insufficient_gpu_memory: CUDA out of memory: tried 2 GiB"),
+        "bad": ("failed", "invalid_input: lora: no LoRA named 'nope'"),
+        "bug": ("failed", "internal_error: KeyError: '/home/me/secret.txt'"),
+        "odd": ("failed", "something without a code"),
+        "late": ("aborted", "deadline passed before the job started"),
+        "fine": ("succeeded", None),
+        "gone": ("canceled", None),
+    }
+    with store.engine.begin() as conn:
+        for job_id, (status, error) in old.items():
+            conn.execute(
+                insert(JOBS),
+                {
+                    "id": job_id,
+                    "kind": "prediction",
+                    "model": "test/fake",
+                    "version": "v1",
+                    "status": status,
+                    "input": {},
+                    "error": error,
+                    "created_at": utcnow(),
+                    "cancel_requested": False,
+                    "attempts": 0,
+                },
+            )
+    store.migrate()
+    split = {
+        job_id: (store.jobs.get(job_id).error_code, store.jobs.get(job_id).error) for job_id in old
+    }
+    assert split == {
+        "oom": (FailureCode.INSUFFICIENT_GPU_MEMORY, "CUDA out of memory: tried 2 GiB"),
+        "bad": (FailureCode.INVALID_INPUT, "lora: no LoRA named 'nope'"),
+        "bug": (FailureCode.INTERNAL_ERROR, INTERNAL_ERROR_MESSAGE),  # no exception text
+        "odd": (FailureCode.INTERNAL_ERROR, "something without a code"),
+        "late": (FailureCode.TIMEOUT, "deadline passed before the job started"),
+        "fine": (None, None),
+        "gone": (None, None),
+    }
+    _alembic(store, "downgrade", "0004")
+    with store.engine.connect() as conn:
+        rows = dict(conn.exec_driver_sql("SELECT id, error FROM jobs").all())
+    assert rows["oom"] == "insufficient_gpu_memory: CUDA out of memory: tried 2 GiB"
+    assert rows["late"] == "deadline passed before the job started"
+    assert rows["fine"] is None
+
+
+def test_round_trip_keeps_the_failure_code(store: Store) -> None:
+    record = replace(
+        job(), status=Status.FAILED, error_code=FailureCode.STORAGE_FULL, error="disk full"
+    )
+    store.jobs.insert(record)
+    assert store.jobs.get(record.id) == record
+    assert store.jobs.get(record.id).error_code is FailureCode.STORAGE_FULL

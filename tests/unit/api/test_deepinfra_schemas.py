@@ -8,18 +8,22 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from sdserve.api.deepinfra.schemas import (
+    DEEPINFRA_FIELD,
     deepinfra_error_response,
     failure_status,
     form_values,
     ignored_fields,
     parse_request,
     queued_body,
-    rename_field,
     render_result,
 )
-from sdserve.domain.jobs import JobKind, Status
+from sdserve.api.edge import rename_field
+from sdserve.domain.inputs import InputLimits
+from sdserve.domain.jobs import FailureCode, JobKind, Status
 from sdserve.errors import InvalidInput, ModelNotFound
 from sdserve.jobs.contract import JobRecord
+
+LIMITS = InputLimits()  # the operator's defaults: at most 4 images per request
 
 
 def test_multipart_strings_map_to_the_canonical_input() -> None:
@@ -36,7 +40,7 @@ def test_multipart_strings_map_to_the_canonical_input() -> None:
         "use_compel": "true",
         "scheduler": "",
     }
-    request = parse_request(form_values(fields))
+    request = parse_request(form_values(fields), LIMITS)
     assert request.canonical() == {
         "prompt": "a fox",
         "negative_prompt": "",
@@ -52,7 +56,7 @@ def test_multipart_strings_map_to_the_canonical_input() -> None:
 
 def test_unknown_fields_are_ignored_and_reported() -> None:
     data = {"prompt": "x", "sampler": "ddim", "num_images": 1}
-    assert parse_request(data).canonical() == {"prompt": "x", "num_outputs": 1}
+    assert parse_request(data, LIMITS).canonical() == {"prompt": "x", "num_outputs": 1}
     assert ignored_fields(data) == ["sampler"]
 
 
@@ -69,22 +73,29 @@ def test_unknown_fields_are_ignored_and_reported() -> None:
 )
 def test_validation_names_the_deepinfra_field(data: dict[str, object], field: str) -> None:
     with pytest.raises(InvalidInput) as caught:
-        parse_request(data)
+        parse_request(data, LIMITS)
     assert caught.value.field == field
 
 
+def test_num_images_is_bounded_by_the_operators_limit() -> None:
+    generous = InputLimits(max_num_outputs=8)
+    assert parse_request({"prompt": "x", "num_images": 8}, generous).canonical()["num_outputs"] == 8
+    with pytest.raises(InvalidInput, match="num_images: must be between 1 and 8"):
+        parse_request({"prompt": "x", "num_images": 9}, generous)
+
+
 def test_use_compel_false_is_refused_only_when_it_would_change_the_image() -> None:
-    assert parse_request({"prompt": "a plain fox", "use_compel": "false"}).canonical()
+    assert parse_request({"prompt": "a plain fox", "use_compel": "false"}, LIMITS).canonical()
     with pytest.raises(InvalidInput) as caught:
-        parse_request({"prompt": "a (fox:1.3)", "use_compel": False}).canonical()
+        parse_request({"prompt": "a (fox:1.3)", "use_compel": False}, LIMITS).canonical()
     assert caught.value.field == "use_compel"
 
 
 def test_canonical_errors_use_deepinfra_names() -> None:
-    renamed = rename_field(InvalidInput("num_outputs", "must be between 1 and 2"))
+    renamed = rename_field(InvalidInput("num_outputs", "must be between 1 and 2"), DEEPINFRA_FIELD)
     assert renamed.field == "num_images"
     assert renamed.message == "num_images: must be between 1 and 2"
-    assert rename_field(InvalidInput("width", "bad")).field == "width"
+    assert rename_field(InvalidInput("width", "bad"), DEEPINFRA_FIELD).field == "width"
 
 
 def _job(status: Status, **values: object) -> JobRecord:
@@ -122,12 +133,17 @@ def test_result_json_of_a_succeeded_job() -> None:
 
 
 def test_result_json_of_a_failed_job_and_its_status() -> None:
-    job = _job(Status.FAILED, error="insufficient_gpu_memory: CUDA out of memory")
+    job = _job(
+        Status.FAILED,
+        error_code=FailureCode.INSUFFICIENT_GPU_MEMORY,
+        error="CUDA out of memory",
+    )
     body = render_result(job, lambda key: key)
     assert body["inference_status"] == {"status": "failed", "runtime_ms": 2000, "cost": 0.0}
     assert body["detail"] == {"error": "CUDA out of memory", "code": "insufficient_gpu_memory"}
     assert failure_status(job) == 500
-    assert failure_status(_job(Status.FAILED, error="invalid_image: mask: bad")) == 422
+    bad_mask = _job(Status.FAILED, error_code=FailureCode.INVALID_IMAGE, error="mask: bad")
+    assert failure_status(bad_mask) == 422
     assert failure_status(_job(Status.CANCELED)) == 409
 
 

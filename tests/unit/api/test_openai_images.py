@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 import pytest
 from PIL import Image
 
+from sdserve.api.edge import rename_field
 from sdserve.api.openai.schemas import (
     OPENAI_PARAM,
     has_transparency,
@@ -17,9 +18,8 @@ from sdserve.api.openai.schemas import (
     openai_mask_to_sd,
     parse_params,
     parse_size,
-    rename_field,
 )
-from sdserve.domain.jobs import JobKind, Status
+from sdserve.domain.jobs import FailureCode, JobKind, Status
 from sdserve.errors import InvalidImage, InvalidInput, ModelNotFound, Overloaded, Unauthorized
 from sdserve.jobs.contract import JobRecord
 
@@ -177,6 +177,8 @@ def test_errors_use_openais_envelope(
 
 
 def _failed(error: str | None, status: Status = Status.FAILED) -> JobRecord:
+    """A job that ended with ``error`` written as ``"<code>: <message>"``."""
+    code, _, message = (error or "").partition(": ")
     return JobRecord(
         id="job1",
         kind=JobKind.PREDICTION,
@@ -185,7 +187,8 @@ def _failed(error: str | None, status: Status = Status.FAILED) -> JobRecord:
         input={},
         status=status,
         created_at=datetime.now(UTC),
-        error=error,
+        error=message or None,
+        error_code=FailureCode(code) if code else None,
     )
 
 
