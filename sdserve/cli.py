@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -750,6 +750,19 @@ _TRAIN_FIELDS = (
 )
 
 
+#: ``sdserve train`` options named like their TrainingInput field, with their types.
+TRAINING_OPTIONS: tuple[tuple[str, Callable[[str], Any]], ...] = (
+    ("--token-string", str),
+    ("--caption-prefix", str),
+    ("--max-train-steps", int),
+    ("--num-train-epochs", int),
+    ("--lora-rank", int),
+    ("--lora-lr", float),
+    ("--lr-warmup-steps", int),
+    ("--checkpointing-steps", int),
+)
+
+
 def _add_train(commands: Any) -> None:
     train = _command(
         commands,
@@ -767,57 +780,25 @@ def _add_train(commands: Any) -> None:
         action="store_true",
         help="the tiny demo models are base models too (implied by --model sdserve/tiny-*)",
     )
-    option = described  # each option sets the TrainingInput field of the same name
-    train.add_argument(
-        "--token-string", dest="token_string", help=option(TrainingInput, "token_string")
-    )
-    train.add_argument(
-        "--caption-prefix", dest="caption_prefix", help=option(TrainingInput, "caption_prefix")
-    )
-    train.add_argument(
-        "--max-train-steps",
-        type=int,
-        dest="max_train_steps",
-        help=option(TrainingInput, "max_train_steps"),
-    )
-    train.add_argument(
-        "--num-train-epochs",
-        type=int,
-        dest="num_train_epochs",
-        help=option(TrainingInput, "num_train_epochs"),
-    )
+    # each option sets the TrainingInput field of the same name: (flag, type or None)
+    for flag, kind in TRAINING_OPTIONS:
+        field = flag.removeprefix("--").replace("-", "_")
+        train.add_argument(flag, type=kind, dest=field, help=described(TrainingInput, field))
     train.add_argument(
         "--resolution",
         type=int,
-        help=option(TrainingInput, "resolution", "square training size", default="the model's"),
+        help=described(TrainingInput, "resolution", "square training size", default="the model's"),
     )
     train.add_argument(
         "--batch-size",
         type=int,
         dest="train_batch_size",
-        help=option(TrainingInput, "train_batch_size"),
+        help=described(TrainingInput, "train_batch_size"),
     )
     train.add_argument(
-        "--lora-rank", type=int, dest="lora_rank", help=option(TrainingInput, "lora_rank")
+        "--lr-scheduler", choices=LR_SCHEDULERS, help=described(TrainingInput, "lr_scheduler")
     )
-    train.add_argument(
-        "--lora-lr", type=float, dest="lora_lr", help=option(TrainingInput, "lora_lr")
-    )
-    train.add_argument(
-        "--lr-scheduler", choices=LR_SCHEDULERS, help=option(TrainingInput, "lr_scheduler")
-    )
-    train.add_argument(
-        "--lr-warmup-steps",
-        type=int,
-        dest="lr_warmup_steps",
-        help=option(TrainingInput, "lr_warmup_steps"),
-    )
-    train.add_argument(
-        "--checkpointing-steps",
-        type=int,
-        dest="checkpointing_steps",
-        help=option(TrainingInput, "checkpointing_steps"),
-    )
+    option = described
     train.add_argument(
         "--seed",
         type=int,
