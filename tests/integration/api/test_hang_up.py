@@ -56,7 +56,9 @@ def server(tmp_path: Path) -> Iterator[Server]:
         probe.bind(("127.0.0.1", 0))
         port = int(probe.getsockname()[1])
     app = create_app(settings, service)
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
+    # log_config=None: uvicorn's own dictConfig would stop "uvicorn" propagating to the root
+    # logger for every later test in this process
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None)
     running = uvicorn.Server(config)
     thread = threading.Thread(target=running.run, daemon=True)
     thread.start()
