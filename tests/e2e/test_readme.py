@@ -256,11 +256,12 @@ def run_training(server: ServerProcess, workdir: Path) -> None:
     code = example(TRAINING).code
     assert '"max_train_steps": 400' in code
     code = code.replace('"max_train_steps": 400', '"max_train_steps": 4')
-    code += "\nprint(t.status, t.output['version'])\n"
+    code += "\nprint('| 4/4 loss=' in t.logs, t.status, t.output['version'])\n"
     result = run_python(code, workdir, server)
     succeeded(result)
-    assert result.stdout.split()[-2:][0] == "succeeded"
-    assert result.stdout.split()[-1].startswith("me/my-dog:")
+    logged_every_step, status, version = result.stdout.split()[-3:]
+    assert (logged_every_step, status) == ("True", "succeeded")
+    assert version.startswith("me/my-dog:")
     assert is_png(workdir / "my-dog.png")
 
 

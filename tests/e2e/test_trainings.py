@@ -11,7 +11,6 @@ import time
 import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -30,7 +29,6 @@ COLORS = [(255, 0, 0), (0, 0, 255), (0, 255, 0), (255, 255, 0)]
 #: settings that make the tiny model's loss fall reliably within a dozen steps
 LEARN = {"lora_rank": 4, "lora_lr": 5e-2, "lr_warmup_steps": 0, "train_batch_size": 4}
 TERMINAL = {"succeeded", "failed", "canceled"}
-README = Path(__file__).resolve().parents[2] / "README.md"
 LOSS = re.compile(r"\|\s*(\d+)/(\d+) loss=([0-9.]+) lr=")
 
 
@@ -172,41 +170,6 @@ def _loads_in_plain_diffusers(data: bytes, data_dir: Path, tmp_path: Path) -> No
     before = render()
     pipe.load_lora_weights(str(lora))
     assert (render() - before).abs().max() > 1e-4
-
-
-def readme_python_block(section: str) -> str:
-    """The first ```python block of a README section (``## <section>``)."""
-    text = README.read_text()
-    start = text.index(f"\n## {section}\n")
-    end = text.find("\n## ", start + 1)
-    block = re.search(r"```python\n(.*?)```", text[start:end], re.DOTALL)
-    assert block is not None, f"no python example under {section!r}"
-    return block.group(1)
-
-
-def test_the_readme_training_example_runs_as_written(
-    trainer_server: ServerProcess, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    code = readme_python_block("Fine-tuning (LoRA trainings)")
-    # only what a reader adapts: where the server is, a short training, a fresh name
-    for old, new in {
-        "http://127.0.0.1:8000": trainer_server.url,
-        '"max_train_steps": 400': '"max_train_steps": 4',
-        '"me/my-dog"': '"me/readme-dog"',
-    }.items():
-        assert old in code, old
-        code = code.replace(old, new)
-    image_zip(tmp_path / "dog-photos.zip")
-    monkeypatch.chdir(tmp_path)
-    namespace: dict[str, Any] = {}
-    exec(compile(code, str(README), "exec"), namespace)
-    training = namespace["t"]
-    assert isinstance(training, Training)
-    assert training.status == "succeeded", (training.error, training.logs)
-    assert training.output["version"].startswith("me/readme-dog:")
-    assert "| 4/4 loss=" in (training.logs or "")
-    with Image.open(tmp_path / "my-dog.png") as image:
-        assert image.format == "PNG"
 
 
 def test_cancel_stops_a_running_training(client: replicate.Client, tmp_path: Path) -> None:
