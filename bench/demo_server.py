@@ -7,19 +7,28 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import httpx
 
 
-def start_demo_server(
-    data_dir: Path, env: Mapping[str, str] | None = None, timeout_s: float = 180.0
-) -> tuple[subprocess.Popen[bytes], str]:
-    """The process and its base URL once ``/health`` answers; its log is ``server.log``."""
+def free_port() -> int:
+    """A loopback port no one listens on now."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+        return int(sock.getsockname()[1])
+
+
+def start_demo_server(
+    data_dir: Path,
+    env: Mapping[str, str] | None = None,
+    timeout_s: float = 180.0,
+    args: Sequence[str] = (),
+) -> tuple[subprocess.Popen[bytes], str]:
+    """The process and its base URL once ``/health`` answers; its log is ``server.log``.
+    ``args`` go to ``sdserve serve`` after ``--demo --port``."""
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = (data_dir / "server.log").open("ab")
     process = subprocess.Popen(
@@ -33,6 +42,7 @@ def start_demo_server(
             "--demo",
             "--port",
             str(port),
+            *args,
         ],
         stdout=log,
         stderr=subprocess.STDOUT,
