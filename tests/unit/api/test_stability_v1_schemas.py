@@ -60,7 +60,7 @@ def png(image: Image.Image) -> bytes:
 def gray_pixels(data: bytes) -> list[int]:
     with Image.open(io.BytesIO(data)) as image:
         assert image.mode == "L"
-        return list(image.getdata())
+        return list(image.tobytes())
 
 
 # -- text-to-image ----------------------------------------------------------------------------
@@ -293,21 +293,21 @@ def half_white() -> Image.Image:
 def test_a_white_mask_is_used_as_it_is_and_a_black_one_inverted() -> None:
     size, white = sd_mask(png(INIT), png(half_white()), "MASK_IMAGE_WHITE")
     assert size == (64, 64)
-    assert gray_pixels(white) == list(half_white().getdata())
+    assert gray_pixels(white) == list(half_white().tobytes())
     _size, black = sd_mask(png(INIT), png(half_white()), "MASK_IMAGE_BLACK")
-    assert gray_pixels(black) == [255 - value for value in half_white().getdata()]
+    assert gray_pixels(black) == [255 - value for value in half_white().tobytes()]
 
 
 def test_an_rgb_mask_counts_by_its_grey_value() -> None:
     _size, mask = sd_mask(png(INIT), png(half_white().convert("RGB")), "MASK_IMAGE_WHITE")
-    assert gray_pixels(mask) == list(half_white().getdata())
+    assert gray_pixels(mask) == list(half_white().tobytes())
 
 
 def test_the_init_images_transparent_pixels_are_repainted() -> None:
     init = INIT.convert("RGBA")
     init.putalpha(Image.eval(half_white(), lambda value: 255 - value))  # left transparent
     _size, mask = sd_mask(png(init), None, "INIT_IMAGE_ALPHA")
-    assert gray_pixels(mask) == list(half_white().getdata())
+    assert gray_pixels(mask) == list(half_white().tobytes())
 
 
 def test_partial_transparency_is_a_partial_repaint() -> None:
@@ -494,7 +494,7 @@ def test_a_failed_job_answers_stabilitys_status_and_name_naming_the_v1_field() -
     )
     response = failure_response(failed, V1_FIELD)
     assert response.status_code == 400
-    assert json.loads(response.body) == {
+    assert json.loads(bytes(response.body)) == {
         "id": "job1",
         "name": "invalid_image",
         "message": "init_image: cannot decode the image",
@@ -505,10 +505,10 @@ def test_a_job_that_broke_or_was_canceled_answers_without_details() -> None:
     broke = job(Status.FAILED, error="boom", error_code=FailureCode.INTERNAL_ERROR)
     response = failure_response(broke, V1_FIELD)
     assert response.status_code == 500
-    assert json.loads(response.body)["name"] == "server_error"
+    assert json.loads(bytes(response.body))["name"] == "server_error"
     canceled = failure_response(job(Status.CANCELED), V1_FIELD)
     assert canceled.status_code == 499
-    assert json.loads(canceled.body)["name"] == "canceled"
+    assert json.loads(bytes(canceled.body))["name"] == "canceled"
 
 
 def test_the_user_is_the_self_hosted_server_and_generating_costs_nothing() -> None:
