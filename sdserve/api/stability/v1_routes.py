@@ -1,0 +1,221 @@
+"""Stability AI's REST v1 over the job service: engines, the user and four generation routes.
+
+Every generation request is one job (``source`` ``stability``, listed by
+``GET /v1/predictions``), held until it ends; a client that hangs up cancels it. Images
+are decoded and stored off the event loop. The answer is the JSON artifacts, or with
+``Accept: image/png`` the one image's bytes; errors are v1's ``{"id", "name", "message"}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+from starlette.datastructures import FormData, UploadFile
+
+from sdserve.api.edge import Edge
+from sdserve.api.stability.engines import SOURCE, engine_list, resolve_engine
+from sdserve.api.stability.results import artifacts, succeeded, v1_error_response
+from sdserve.api.stability.v1_schemas import (
+    V1_FIELD,
+    GenerationParams,
+    ImageToImageParams,
+    MaskingParams,
+    TextToImageRequest,
+    UpscaleParams,
+    account_body,
+    artifacts_body,
+    balance_body,
+    check_a_step_runs,
+    check_png_samples,
+    failure_response,
+    form_fields,
+    image_size,
+    init_image_size,
+    parse,
+    png_response,
+    sd_mask,
+    wants_png,
+)
+from sdserve.errors import InvalidInput
+
+#: The path prefixes whose errors are v1's shape.
+V1_PATHS = ("/v1/generation", "/v1/engines", "/v1/user")
+
+
+def mount(edge: Edge) -> None:
+    """Serve REST v1 and render the errors under its paths in v1's shape."""
+    edge.include(StabilityV1Api(edge).router(), errors=v1_error_response, under=V1_PATHS)
+
+
+@dataclass(frozen=True)
+class Upload:
+    """One file part: its bytes, name and type."""
+
+    data: bytes
+    filename: str
+    content_type: str
+
+
+class StabilityV1Api:
+    """The REST v1 routes over one edge."""
+
+    def __init__(self, edge: Edge) -> None:
+        self.edge = edge
+        self.service = edge.service
+
+    def router(self) -> APIRouter:
+        router = APIRouter(prefix="/v1")
+        router.add_api_route("/engines/list", self.engines, methods=["GET"])
+        router.add_api_route("/user/account", self.account, methods=["GET"])
+        router.add_api_route("/user/balance", self.balance, methods=["GET"])
+        generation = "/generation/{engine_id}"
+        router.add_api_route(f"{generation}/text-to-image", self.text_to_image, methods=["POST"])
+        router.add_api_route(f"{generation}/image-to-image", self.image_to_image, methods=["POST"])
+        router.add_api_route(f"{generation}/image-to-image/masking", self.masking, methods=["POST"])
+        router.add_api_route(f"{generation}/image-to-image/upscale", self.upscale, methods=["POST"])
+        return router
+
+    # engines and the user ---------------------------------------------------------------------
+
+    async def engines(self) -> Any:
+        return engine_list(self.service.models())
+
+    async def account(self) -> Any:
+        return account_body()
+
+    async def balance(self) -> Any:
+        return balance_body()
+
+    # generation -------------------------------------------------------------------------------
+
+    async def text_to_image(self, request: Request, engine_id: str) -> Response:
+        png = wants_png(request.headers.get("accept"))
+        model = resolve_engine(engine_id, self.service.models())
+        params = parse(TextToImageRequest, await _json_object(request))
+        check_png_samples(png, params.samples)
+        canonical = params.canonical(self.edge.limits)
+        return await self._generate(request, model.name, canonical, V1_FIELD, png, params)
+
+    async def image_to_image(self, request: Request, engine_id: str) -> Response:
+        png = wants_png(request.headers.get("accept"))
+        model = resolve_engine(engine_id, self.service.models())
+        texts, files = await _multipart(request, allowed_files=("init_image",))
+        params = parse(ImageToImageParams, form_fields(texts))
+        check_png_samples(png, params.samples)
+        canonical = params.canonical(self.edge.limits)
+        check_a_step_runs(canonical, model, params.strength_field)
+        init = _required(files, "init_image")
+        await asyncio.to_thread(init_image_size, init.data)
+        canonical["image"] = await self._store(init)
+        names = {**V1_FIELD, "prompt_strength": params.strength_field}
+        return await self._generate(request, model.name, canonical, names, png, params)
+
+    async def masking(self, request: Request, engine_id: str) -> Response:
+        png = wants_png(request.headers.get("accept"))
+        model = resolve_engine(engine_id, self.service.models())
+        texts, files = await _multipart(request, allowed_files=("init_image", "mask_image"))
+        params = parse(MaskingParams, form_fields(texts))
+        check_png_samples(png, params.samples)
+        canonical = params.canonical(self.edge.limits)
+        init = _required(files, "init_image")
+        mask = files.get("mask_image")
+        _size, mask_png = await asyncio.to_thread(
+            sd_mask, init.data, None if mask is None else mask.data, params.mask_source
+        )
+        canonical["image"] = await self._store(init)
+        canonical["mask"] = await self._store(Upload(mask_png, "mask.png", "image/png"))
+        return await self._generate(request, model.name, canonical, V1_FIELD, png, params)
+
+    async def upscale(self, request: Request, engine_id: str) -> Response:
+        png = wants_png(request.headers.get("accept"))
+        model = resolve_engine(engine_id, self.service.models())
+        texts, files = await _multipart(request, allowed_files=("image",))
+        params = parse(UpscaleParams, form_fields(texts))
+        image = _required(files, "image")
+        size = await asyncio.to_thread(image_size, image.data)
+        canonical = params.canonical(size, self.edge.limits)
+        check_a_step_runs(canonical, model, "steps")
+        canonical["image"] = await self._store(image)
+        names = {**V1_FIELD, "image": "image"}
+        return await self._generate(request, model.name, canonical, names, png, None)
+
+    # the one path every generation ends in ----------------------------------------------------
+
+    async def _generate(
+        self,
+        request: Request,
+        model: str,
+        canonical: dict[str, Any],
+        names: Mapping[str, str],
+        png: bool,
+        params: GenerationParams | None,
+    ) -> Response:
+        job = await self.edge.create(model, canonical, names=names, source=SOURCE)
+        job = await self.edge.wait(job.id, request)
+        if not succeeded(job):
+            return failure_response(job, names)
+        found = await asyncio.to_thread(artifacts, job, self.service)
+        ignored = params.ignored() if params is not None else []
+        headers = {"X-Sdserve-Ignored-Fields": ", ".join(ignored)} if ignored else None
+        if png:
+            return png_response(found[0], headers)
+        body = await asyncio.to_thread(artifacts_body, found)
+        return JSONResponse(body, headers=headers)
+
+    async def _store(self, upload: Upload) -> str:
+        return await asyncio.to_thread(
+            self.service.store_upload, upload.data, upload.filename, upload.content_type
+        )
+
+
+async def _json_object(request: Request) -> dict[str, Any]:
+    try:
+        data = await request.json()
+    except ValueError:
+        raise InvalidInput("body", "send a JSON object (Content-Type: application/json)") from None
+    if not isinstance(data, dict):
+        raise InvalidInput("body", "must be a JSON object")
+    return data
+
+
+async def _multipart(
+    request: Request, *, allowed_files: tuple[str, ...]
+) -> tuple[list[tuple[str, str]], dict[str, Upload]]:
+    """The text parts and the file parts (only ``allowed_files``, each once)."""
+    content_type = request.headers.get("content-type", "")
+    if not content_type.startswith("multipart/form-data"):
+        raise InvalidInput(
+            allowed_files[0], "send the request as multipart/form-data with the image as a file"
+        )
+    form: FormData = await request.form()
+    texts: list[tuple[str, str]] = []
+    files: dict[str, Upload] = {}
+    for key, value in form.multi_items():
+        if isinstance(value, UploadFile):
+            if key not in allowed_files:
+                raise InvalidInput(
+                    key, "is not a file part of this endpoint", allowed=list(allowed_files)
+                )
+            if key in files:
+                raise InvalidInput(key, "was sent twice; send one file")
+            data = await value.read()
+            files[key] = Upload(
+                data, value.filename or f"{key}.png", value.content_type or "image/png"
+            )
+        elif key in allowed_files:
+            raise InvalidInput(key, f"must be a file part (curl: -F '{key}=@file.png')")
+        else:
+            texts.append((key, value))
+    return texts, files
+
+
+def _required(files: Mapping[str, Upload], name: str) -> Upload:
+    try:
+        return files[name]
+    except KeyError:
+        raise InvalidInput(name, "is required (a file part)") from None
