@@ -1,5 +1,8 @@
 """The shape of the dialect packages: schemas.py + routes.py with ``mount(edge)`` each, and
-no dialect importing another (they share only ``api/edge.py`` and the other api modules)."""
+no dialect importing another (they share only ``api/edge.py`` and the other api modules).
+
+A package may hold several versions of one vendor's API (Stability's ``v1_schemas.py`` +
+``v1_routes.py``, ``v2_...``): each routes module has its schemas module and a mount."""
 
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ import sdserve.api
 
 API_DIR = Path(sdserve.api.__file__).parent
 DIALECTS = sorted(
-    path.name for path in API_DIR.iterdir() if path.is_dir() and (path / "routes.py").exists()
+    path.name for path in API_DIR.iterdir() if path.is_dir() and any(path.glob("*routes.py"))
 )
 
 
@@ -36,7 +39,7 @@ def imported_modules(package: Path) -> set[str]:
 
 
 def test_the_dialects_are_the_ones_we_serve() -> None:
-    assert DIALECTS == ["a1111", "deepinfra", "openai", "replicate"]
+    assert DIALECTS == ["a1111", "deepinfra", "openai", "replicate", "stability"]
 
 
 @pytest.mark.parametrize("dialect", DIALECTS)
@@ -52,6 +55,10 @@ def test_a_dialect_imports_no_other_dialect(dialect: str) -> None:
 
 @pytest.mark.parametrize("dialect", DIALECTS)
 def test_a_dialect_is_schemas_and_routes_with_a_mount(dialect: str) -> None:
-    assert (API_DIR / dialect / "schemas.py").exists()
-    routes = importlib.import_module(f"sdserve.api.{dialect}.routes")
-    assert callable(routes.mount)
+    routes_files = sorted((API_DIR / dialect).glob("*routes.py"))
+    assert routes_files
+    for path in routes_files:
+        version = path.name.removesuffix("routes.py")  # "" or "v1_"
+        assert (API_DIR / dialect / f"{version}schemas.py").exists(), path.name
+        routes = importlib.import_module(f"sdserve.api.{dialect}.{path.stem}")
+        assert callable(routes.mount), path.name
