@@ -169,6 +169,17 @@ class GenerationInput(BaseModel):
             raise InvalidInput("num_inference_steps", f"must be between 1 and {limits.max_steps}")
         if self.mask is not None and self.image is None:
             raise InvalidInput("mask", "a mask needs an image to inpaint")
+        if (
+            self.image is not None
+            and self.num_inference_steps is not None
+            and int(self.num_inference_steps * self.prompt_strength) < 1
+        ):
+            # the share of the steps that run would round down to none
+            raise InvalidInput(
+                "prompt_strength",
+                f"{self.prompt_strength:g} of {self.num_inference_steps} steps runs no "
+                "denoising step; raise it or the number of steps",
+            )
         if self.hires_scale is not None and self.image is not None:
             raise InvalidInput("hires_scale", "the hires fix works with text-to-image only")
         if self.hires_scale is not None and self.refine == "expert_ensemble_refiner":

@@ -32,6 +32,9 @@ SD1 = FamilyDefaults(width=512, height=512, num_inference_steps=50, guidance_sca
         ({"outpaint_left": 12, "image": "x"}, "outpaint_left"),
         ({"mask": "m"}, "mask"),
         ({"outpaint_up": 64}, "image"),
+        # 30% of 2 steps rounds down to no step at all (diffusers would crash)
+        ({"image": "x", "prompt_strength": 0.3, "num_inference_steps": 2}, "prompt_strength"),
+        ({"image": "x", "prompt_strength": 0, "num_inference_steps": 50}, "prompt_strength"),
         ({"colour": "red"}, "colour"),
     ],
 )
