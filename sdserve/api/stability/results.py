@@ -17,6 +17,7 @@ from typing import Any, Literal
 from fastapi.responses import JSONResponse, Response
 
 from sdserve.api.edge import FailureTable, WireFailure
+from sdserve.domain.inputs import MAX_SEED
 from sdserve.domain.jobs import FailureCode, Status
 from sdserve.errors import InvalidInput, Overloaded, SdserveError
 from sdserve.jobs.contract import JobRecord, JobService
@@ -91,7 +92,8 @@ def artifacts(job: JobRecord, service: JobService) -> list[Artifact]:
         data, content_type = service.open_output(key)
         flagged = index < len(flags) and bool(flags[index])
         reason: FinishReason = "CONTENT_FILTERED" if flagged else "SUCCESS"
-        found.append(Artifact(data, content_type, seed + index, reason))
+        # the engine's seed_for: past the largest 32-bit seed the count wraps to 0
+        found.append(Artifact(data, content_type, (seed + index) % (MAX_SEED + 1), reason))
     return found
 
 
