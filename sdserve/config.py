@@ -45,7 +45,7 @@ class LimitSettings(BaseModel):
 
 
 class ApiSettings(BaseModel):
-    """The HTTP server: where it listens and who may call it."""
+    """The HTTP server (and the gRPC one beside it): where they listen and who may call."""
 
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
@@ -55,6 +55,17 @@ class ApiSettings(BaseModel):
         default=None, description="base URL clients reach us at; None = from each request"
     )
     max_wait_s: int = Field(default=60, ge=1, le=600, description="longest 'Prefer: wait'")
+    grpc_port: int | None = Field(
+        default=None,
+        ge=0,
+        le=65535,
+        description="also serve Stability's gRPC API (the stability_sdk client) on this port, "
+        "on the same host; needs the 'stability' extra; None = off",
+    )
+    grpc_tls_cert: Path | None = Field(
+        default=None, description="PEM certificate chain: serve gRPC over TLS (with the key)"
+    )
+    grpc_tls_key: Path | None = Field(default=None, description="PEM private key of the cert")
 
     def all_tokens(self) -> list[str]:
         """Tokens from the settings and the token file (blank lines and # comments skipped)."""

@@ -1,4 +1,5 @@
-"""The FastAPI application: every dialect mounted over one job service.
+"""The FastAPI application: every dialect mounted over one job service (and, with a gRPC
+port set, Stability's gRPC API served beside it for the app's lifetime).
 
 The API process never imports torch: it only talks to the service, whose worker runs
 the engine (in-process thread by default, separate ``sdserve worker`` processes at scale).
@@ -7,7 +8,7 @@ the engine (in-process thread by default, separate ``sdserve worker`` processes 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
@@ -35,7 +36,15 @@ def create_app(settings: Settings, service: JobService, *, manage_service: bool 
         if manage_service:
             service.start()
         try:
-            yield
+            async with AsyncExitStack() as beside:
+                if settings.api.grpc_port is not None:
+                    # Stability's gRPC API (the 'stability' extra, checked by 'sdserve serve')
+                    from sdserve.api.stability.grpc_service import GrpcServer
+
+                    app.state.grpc = await beside.enter_async_context(
+                        GrpcServer(edge, auth).running()
+                    )
+                yield
         finally:
             if manage_service:
                 service.close()
