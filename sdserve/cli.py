@@ -636,7 +636,7 @@ def _add_queue_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_serve(commands: Any) -> None:
-    serve = _command(commands, "serve", help="run the HTTP service")
+    serve = _command(commands, "serve", help="run the HTTP service (and gRPC, with --grpc-port)")
     _add_served_models(serve)
     serve.add_argument(
         "--host",
@@ -662,6 +662,27 @@ def _add_serve(commands: Any) -> None:
             "base URL clients reach the server at, for output and webhook URLs",
             default="the Host of each request",
         ),
+    )
+    grpc = serve.add_argument_group(
+        "Stability's gRPC API",
+        "the stability_sdk client's GenerationService beside HTTP, on the same host; needs "
+        "pip install 'sdserve[stability]'. The client uses TLS and sends its key only for a "
+        "port ending in 443, so with tokens, gRPC needs the TLS certificate and key.",
+    )
+    grpc.add_argument(
+        "--grpc-port",
+        type=int,
+        metavar="PORT",
+        help=described(ApiSettings, "grpc_port", "serve gRPC on this port", default="off"),
+    )
+    grpc.add_argument(
+        "--grpc-tls-cert",
+        type=Path,
+        metavar="PEM",
+        help=described(ApiSettings, "grpc_tls_cert", default="plaintext"),
+    )
+    grpc.add_argument(
+        "--grpc-tls-key", type=Path, metavar="PEM", help=described(ApiSettings, "grpc_tls_key")
     )
     _add_engine_options(serve)
     _add_queue_options(serve)
@@ -692,6 +713,9 @@ def _server_settings(args: argparse.Namespace) -> Settings:
             "tokens": getattr(args, "tokens", None),
             "token_file": getattr(args, "token_file", None),
             "public_url": getattr(args, "public_url", None),
+            "grpc_port": getattr(args, "grpc_port", None),
+            "grpc_tls_cert": getattr(args, "grpc_tls_cert", None),
+            "grpc_tls_key": getattr(args, "grpc_tls_key", None),
         }.items()
         if value is not None
     }

@@ -13,10 +13,11 @@ import errno
 import ipaddress
 import logging
 import socket
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sdserve.config import Settings
-from sdserve.errors import Conflict, InvalidInput, ModelLoadError
+from sdserve.errors import Conflict, InvalidInput, ModelLoadError, UnsupportedDependency
 from sdserve.logs import quiet_library_progress, setup_logging
 from sdserve.models.settings import EngineSettings
 
@@ -136,9 +137,9 @@ def check_weights_cached(registry: ModelRegistry, settings: EngineSettings) -> N
         raise ModelLoadError(not_cached_message(missing[0], settings) + also)
 
 
-def check_port(host: str, port: int) -> None:
+def check_port(host: str, port: int, option: str = "--port") -> None:
     """Fail at once, before any model loads, when ``host:port`` is taken (uvicorn would
-    only find out after the start-up work)."""
+    only find out after the start-up work); ``option`` is the one that chooses the port."""
     if port == 0:
         return
     try:
@@ -155,11 +156,12 @@ def check_port(host: str, port: int) -> None:
                 if exc.errno == errno.EADDRINUSE:
                     raise Conflict(
                         f"port {port} on {host} is already in use (another sdserve?); stop "
-                        "what listens there or choose another port with --port"
+                        f"what listens there or choose another port with {option}"
                     ) from None
                 if exc.errno == errno.EACCES:
                     raise InvalidInput(
-                        "port", f"no permission to listen on port {port} of {host}"
+                        option.removeprefix("--").replace("-", "_"),
+                        f"no permission to listen on port {port} of {host}",
                     ) from None
                 raise  # anything else: uvicorn reports it the same way
 
@@ -202,11 +204,74 @@ def check_binding(settings: Settings) -> None:
         )
 
 
+#: What ``--grpc-port`` needs installed.
+STABILITY_EXTRA = "pip install 'sdserve[stability]'"
+
+
+def check_grpc(settings: Settings) -> None:
+    """Before any model loads: the gRPC options are complete and usable. It needs the
+    'stability' extra; TLS needs both a certificate and its key; tokens need TLS, since
+    the stability_sdk client sends its key over TLS only (over plaintext every call would
+    be refused); its port must be free and differ from the HTTP one."""
+    api = settings.api
+    tls = [name for name in ("grpc_tls_cert", "grpc_tls_key") if getattr(api, name) is not None]
+    if api.grpc_port is None:
+        if tls:
+            raise InvalidInput(tls[0], "serves gRPC over TLS: pass --grpc-port too")
+        return
+    try:
+        import sdserve.api.stability.grpc_service  # noqa: F401 (grpc and stability_sdk)
+    except ImportError as exc:
+        missing = (exc.name or "stability_sdk").split(".")[0]
+        raise UnsupportedDependency(
+            f"--grpc-port serves Stability's gRPC API, which needs the stability-sdk package "
+            f"({missing} is not installed): {STABILITY_EXTRA}"
+        ) from None
+    if len(tls) == 1:
+        missing = "--grpc-tls-key" if tls[0] == "grpc_tls_cert" else "--grpc-tls-cert"
+        raise InvalidInput(tls[0], f"TLS needs a certificate and its key: pass {missing} too")
+    if tls:
+        _check_tls_pair(api.grpc_tls_cert, api.grpc_tls_key)
+    elif api.all_tokens():
+        raise InvalidInput(
+            "grpc_port",
+            "with tokens, gRPC needs TLS: the stability_sdk client sends its key only over "
+            "TLS (to a host:port ending in 443); pass --grpc-tls-cert and --grpc-tls-key",
+        )
+    if api.grpc_port == api.port and api.port != 0:
+        raise InvalidInput("grpc_port", f"port {api.port} already serves HTTP; choose another")
+    check_port(api.host, api.grpc_port, option="--grpc-port")
+    if tls and not str(api.grpc_port).endswith("443"):
+        log.warning(
+            "gRPC serves TLS on port %s: the stability_sdk client uses TLS only for a port "
+            "ending in 443 (other gRPC clients are not affected)",
+            api.grpc_port,
+        )
+
+
+def _check_tls_pair(cert: Path | None, key: Path | None) -> None:
+    """The certificate chain and key are readable PEM files and belong together."""
+    import ssl
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(str(cert), str(key))
+    except FileNotFoundError as exc:
+        raise InvalidInput("grpc_tls_cert", f"cannot read {exc.filename}") from None
+    except (ssl.SSLError, OSError) as exc:
+        raise InvalidInput(
+            "grpc_tls_cert",
+            f"{cert} and {key} are not a PEM certificate chain and its private key "
+            f"({exc.strerror or exc})",
+        ) from None
+
+
 def serve(settings: Settings, *, run_worker: bool = True) -> int:
-    """Run the HTTP server until interrupted."""
+    """Run the HTTP server (and the gRPC one, with a gRPC port) until interrupted."""
     setup_logging()
     check_binding(settings)
     check_port(settings.api.host, settings.api.port)
+    check_grpc(settings)
     if wants_demo(settings):
         quiet_library_progress()  # building the demo models imports torch anyway
     settings = with_trained_loras(prepare_demo(settings))

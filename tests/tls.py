@@ -1,0 +1,28 @@
+"""A self-signed TLS certificate for a loopback server, made by the ``openssl`` command
+(Debian's; the locked environment has no Python package that makes certificates)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+
+def self_signed(folder: Path, host: str = "127.0.0.1") -> tuple[Path, Path]:
+    """``(cert.pem, key.pem)`` valid for ``host`` (an IP address) for two days."""
+    if shutil.which("openssl") is None:
+        pytest.skip("the openssl command is not installed")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        [
+            "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes",
+            "-keyout", str(key), "-out", str(cert), "-days", "2",
+            "-subj", f"/CN={host}", "-addext", f"subjectAltName=IP:{host}",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )  # fmt: skip
+    return cert, key
