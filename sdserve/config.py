@@ -66,6 +66,13 @@ class ApiSettings(BaseModel):
         default=None, description="PEM certificate chain: serve gRPC over TLS (with the key)"
     )
     grpc_tls_key: Path | None = Field(default=None, description="PEM private key of the cert")
+    grpc_shutdown_grace_s: float = Field(
+        default=30.0,
+        ge=0,
+        le=600,
+        description="when the server stops, how long gRPC calls in flight may finish before "
+        "they are cut and their jobs canceled",
+    )
 
     def all_tokens(self) -> list[str]:
         """Tokens from the settings and the token file (blank lines and # comments skipped)."""

@@ -44,9 +44,6 @@ from sdserve.jobs.contract import JobRecord
 
 log = logging.getLogger("sdserve")
 
-#: How long in-flight calls may finish when the server stops; then they are canceled
-#: (and so are their jobs).
-SHUTDOWN_GRACE_S = 5.0
 #: Room in a request for the prompts and parameters beside its images.
 _MESSAGE_OVERHEAD = 1024 * 1024
 
@@ -89,6 +86,7 @@ class GenerationServicer(generation_grpc.GenerationServiceServicer):
         self.edge = edge
         self.service = edge.service
         self.auth = auth
+        self._waiting: set[str] = set()  # jobs whose calls are waiting for them
 
     async def Generate(  # the protocol spells it so
         self, request: Any, context: grpc.aio.ServicerContext[Any, Any]
@@ -132,6 +130,7 @@ class GenerationServicer(generation_grpc.GenerationServiceServicer):
     async def _wait(self, job_id: str) -> JobRecord:
         """The job once it has ended. When the call is canceled first (the client canceled
         or went away, or the server is stopping), the job is canceled too."""
+        self._waiting.add(job_id)
         try:
             while True:
                 job = await self.service.wait(job_id, WAIT_SLICE_S)
@@ -140,6 +139,14 @@ class GenerationServicer(generation_grpc.GenerationServiceServicer):
         except asyncio.CancelledError:
             await asyncio.shield(asyncio.to_thread(self.service.cancel, job_id))
             raise
+        finally:
+            self._waiting.discard(job_id)
+
+    def cancel_waiting(self) -> None:
+        """Cancel the jobs calls still wait for (blocking: the server has stopped and cut
+        those calls, whose own cleanup may not have run yet)."""
+        for job_id in list(self._waiting):
+            self.service.cancel(job_id)
 
 
 def failure_details(failure: Failure) -> str:
@@ -192,8 +199,9 @@ class GrpcServer:
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[GrpcServer]:
-        """Serve until the block ends; then stop, letting calls finish for
-        :data:`SHUTDOWN_GRACE_S` (the rest are canceled with their jobs)."""
+        """Serve until the block ends; then stop, letting calls in flight finish for
+        ``api.grpc_shutdown_grace_s`` (as long as the embedded worker gives a running job,
+        by default); the rest are cut and their jobs canceled."""
         settings = self.edge.settings
         api = settings.api
         if api.grpc_port is None:
@@ -205,9 +213,8 @@ class GrpcServer:
             ("grpc.so_reuseport", 0),
         ]
         server = grpc.aio.server(options=options)
-        generation_grpc.add_GenerationServiceServicer_to_server(
-            GenerationServicer(self.edge, self.auth), server
-        )
+        servicer = GenerationServicer(self.edge, self.auth)
+        generation_grpc.add_GenerationServiceServicer_to_server(servicer, server)
         address = grpc_address(api.host, api.grpc_port)
         credentials = tls_credentials(api)
         if credentials is not None:
@@ -223,11 +230,11 @@ class GrpcServer:
         try:
             yield self
         finally:
-            await server.stop(SHUTDOWN_GRACE_S)
+            await server.stop(api.grpc_shutdown_grace_s)
+            await asyncio.to_thread(servicer.cancel_waiting)
 
 
 __all__ = [
-    "SHUTDOWN_GRACE_S",
     "GenerationServicer",
     "GrpcServer",
     "grpc_address",

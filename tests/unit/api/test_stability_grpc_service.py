@@ -74,11 +74,13 @@ class GrpcApp(App):
 MakeGrpcApp = Callable[..., GrpcApp]
 
 
-def settings(data_dir: Path, *, tokens: list[str] | None = None, **service: Any) -> Settings:
+def settings(
+    data_dir: Path, *, tokens: list[str] | None = None, grace_s: float = 30, **service: Any
+) -> Settings:
     """Settings with gRPC on a free port (0: the server picks one)."""
     return Settings(
         data_dir=data_dir,
-        api=ApiSettings(tokens=tokens or [], grpc_port=0),
+        api=ApiSettings(tokens=tokens or [], grpc_port=0, grpc_shutdown_grace_s=grace_s),
         service=ServiceSettings(**service),
     )
 
@@ -246,3 +248,24 @@ def test_the_grpc_port_is_free_once_the_app_stops(tmp_path: Path) -> None:
             taken.bind(("127.0.0.1", port))
     with socket.socket() as again:
         again.bind(("127.0.0.1", port))
+
+
+def test_calls_in_flight_when_the_app_stops_are_cut_and_their_jobs_canceled(
+    tmp_path: Path,
+) -> None:
+    config = settings(tmp_path, grace_s=0.2)
+    service = build_service(config, FakeRegistry())
+    with TestClient(create_app(config, service)) as running:
+        address = f"127.0.0.1:{running.app.state.grpc.port}"  # type: ignore[attr-defined]
+        stub = generation_grpc.GenerationServiceStub(grpc.insecure_channel(address))
+        call = stub.Generate(request(), timeout=30)
+        deadline = time.monotonic() + 30
+        while not service.active() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        (job,) = service.active()
+    # the app has stopped: the call was cut after the grace, its job canceled
+    with pytest.raises(grpc.RpcError) as caught:
+        list(call)
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    after = build_service(config, FakeRegistry())
+    assert after.get(job.id).status is Status.CANCELED
