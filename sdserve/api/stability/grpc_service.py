@@ -114,18 +114,19 @@ class GenerationServicer(generation_grpc.GenerationServiceServicer):
         self.auth.check(value if isinstance(value, str) else None)
 
     async def _create(self, request: Any) -> JobRecord:
-        """The job of ``request``: engine resolved, request read and images stored off the
-        event loop (they are decoded there)."""
-        models = await asyncio.to_thread(self.service.models)
+        """The job of ``request``, created off the event loop (the images are decoded)."""
+        model, values = await asyncio.to_thread(self._read, request)
+        return await self.edge.create(model, values, names=GRPC_FIELDS, source=SOURCE)
+
+    def _read(self, request: Any) -> tuple[str, dict[str, Any]]:
+        """The served model and canonical input of ``request``, its images stored."""
         try:
-            model = resolve_engine(request.engine_id, models)
+            model = resolve_engine(request.engine_id, self.service.models())
         except ModelNotFound as error:
             if not is_upscale(request):
                 raise
             raise ModelNotFound(f"{error.message}. {UPSCALE_HINT}") from None
-        read = await asyncio.to_thread(read_request, request, self.edge.limits)
-        values = await asyncio.to_thread(read.canonical, self.service)
-        return await self.edge.create(model.name, values, names=GRPC_FIELDS, source=SOURCE)
+        return model.name, read_request(request, self.edge.limits).canonical(self.service)
 
     async def _wait(self, job_id: str) -> JobRecord:
         """The job once it has ended. When the call is canceled first (the client canceled
