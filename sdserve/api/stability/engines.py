@@ -45,6 +45,13 @@ STABILITY_ENGINES: dict[str, tuple[str, ...]] = {
 #: Families whose models are served as engines (a refiner only finishes another's images).
 _ENGINE_FAMILIES = frozenset({"sd1", "sd2", "sdxl", "sdxl-turbo", "sd-turbo"})
 
+#: Upscaling is a *diffusion upscale* on the engine's model until a model upscaler is
+#: served: the image resized (Lanczos) to the target, then redrawn by img2img at this share
+#: of the steps: enough to sharpen what the resize blurred, little enough to keep the picture.
+UPSCALE_STRENGTH = 0.3
+#: What an upscale multiplies the sides by when neither width nor height is asked.
+UPSCALE_FACTOR = 2
+
 #: Stability's sampler names → the AUTOMATIC1111 sampler of the same algorithm.
 STABILITY_SAMPLERS: dict[str, str] = {
     "DDIM": "DDIM",
@@ -234,6 +241,8 @@ __all__ = [
     "STABILITY_ENGINES",
     "STABILITY_SAMPLERS",
     "STYLE_PRESETS",
+    "UPSCALE_FACTOR",
+    "UPSCALE_STRENGTH",
     "StylePreset",
     "WeightedPrompt",
     "engine_id",

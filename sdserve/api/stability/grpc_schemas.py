@@ -15,17 +15,18 @@ How a ``Request`` reads (names as the client sets them):
   ``s, s+1, ...`` as sdserve draws image *i* with seed + *i*), ``steps``, ``samples``,
   ``transform.diffusion`` (the sampler), ``parameters[0].sampler.cfg_scale`` and
   ``parameters[0].schedule.start`` (the share of the steps that run on an init image:
-  sdserve's ``prompt_strength``; ``schedule.end`` is not honoured, every job runs to the
-  last step).
+  sdserve's ``prompt_strength``).
 * ``extras``: the client puts the style preset at ``{"$IPC": {"preset": name}}``.
 * An init image *without* a step schedule is what the client's ``upscale()`` sends: a
   diffusion upscale on the engine's model, the image resized (Lanczos) to the target and
-  redrawn lightly (:data:`UPSCALE_STRENGTH`). The target is ``width`` x ``height``; with
-  only one of them the other keeps the aspect ratio; with neither, twice the size.
+  redrawn lightly (``engines.UPSCALE_STRENGTH``). The target is ``width`` x ``height``;
+  with only one of them the other keeps the aspect ratio; with neither, twice the size.
 
-What sdserve cannot do (CLIP guidance, T2I adapters, fine-tuning parameters, token
-prompts, other artifact types, the non-image request kinds) is refused naming the field,
-never silently dropped.
+What would draw something else and sdserve cannot do (T2I adapters, fine-tuning
+parameters, token prompts, other artifact types, the non-image request kinds) is refused
+naming the field. CLIP guidance and ``schedule.end`` are taken and not applied, as the
+REST v1 dialect takes ``clip_guidance_preset``: the answer names them in its
+``x-sdserve-ignored-fields`` metadata.
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ from google.protobuf.json_format import MessageToDict
 from PIL import Image, ImageOps
 
 from sdserve.api.stability.engines import (
+    UPSCALE_FACTOR,
+    UPSCALE_STRENGTH,
     WeightedPrompt,
     scheduler_for,
     split_prompts,
@@ -62,6 +65,8 @@ SEED = "image.seed"
 SAMPLER = "image.transform.diffusion"
 STEP_PARAMETERS = "image.parameters"
 SCHEDULE_START = "image.parameters[0].schedule.start"
+SCHEDULE_END = "image.parameters[0].schedule.end"
+GUIDANCE = "image.parameters[0].guidance"
 CFG_SCALE = "image.parameters[0].sampler.cfg_scale"
 PRESET = "extras.$IPC.preset"
 
@@ -81,22 +86,18 @@ GRPC_FIELDS: dict[str, str] = {
     "seed": SEED,
 }
 
-#: An upscale without a size doubles the image.
-UPSCALE_FACTOR = 2
-#: Share of the steps an upscale redraws: enough to sharpen what the resize blurred,
-#: little enough to keep the picture.
-UPSCALE_STRENGTH = 0.3
-
 
 @dataclass(frozen=True)
 class GrpcInput:
-    """A Request read: the canonical values without the images, and the images as
-    sdserve takes them (the mask as PNG, already white = repaint)."""
+    """A Request read: the canonical values without the images, the images as sdserve
+    takes them (the mask as PNG, already white = repaint), and the fields taken but not
+    applied (answered in the ``x-sdserve-ignored-fields`` metadata)."""
 
     values: dict[str, Any]
     image: bytes | None = None
     mask: bytes | None = None
     upscale: bool = False
+    ignored: tuple[str, ...] = ()
 
     def canonical(self, service: JobService) -> dict[str, Any]:
         """The canonical input with the images stored as uploads (blocking: call it off
@@ -149,7 +150,7 @@ def read_request(request: Any, limits: InputLimits) -> GrpcInput:
             )
         values["width"], values["height"] = upscale_size(image, params, limits)
         values["prompt_strength"] = UPSCALE_STRENGTH
-        return GrpcInput(values, image=image, upscale=True)
+        return GrpcInput(values, image=image, upscale=True, ignored=tuple(_ignored(step)))
 
     if params.HasField("width"):
         values["width"] = params.width
@@ -157,7 +158,7 @@ def read_request(request: Any, limits: InputLimits) -> GrpcInput:
         values["height"] = params.height
     if image is not None and schedule is not None and schedule.HasField("start"):
         values["prompt_strength"] = schedule.start
-    return GrpcInput(values, image=image, mask=mask)
+    return GrpcInput(values, image=image, mask=mask, ignored=tuple(_ignored(step)))
 
 
 def is_upscale(request: Any) -> bool:
@@ -233,10 +234,19 @@ def _inverted_mask(data: bytes) -> bytes:
 
 
 def _preset_name(request: Any) -> str | None:
+    """The style preset the client put in ``extras``; any other extra is refused (as REST
+    v1 refuses ``extras``): no experimental engine parameters exist here, and ignoring one
+    would draw something else than asked."""
     if not request.HasField("extras"):
         return None
-    ipc = MessageToDict(request.extras).get("$IPC")
-    preset = ipc.get("preset") if isinstance(ipc, dict) else None
+    extras = MessageToDict(request.extras)
+    ipc = extras.pop("$IPC", {})
+    if not isinstance(ipc, dict):
+        raise InvalidInput("extras.$IPC", "must be an object holding the style preset")
+    preset = ipc.pop("preset", None)
+    others = [f"extras.{key}" for key in extras] + [f"extras.$IPC.{key}" for key in ipc]
+    if others:
+        raise InvalidInput(others[0], "is not read here: extras carry only $IPC.preset")
     if preset is not None and not isinstance(preset, str):
         raise InvalidInput(PRESET, "must be a style preset's name")
     return None if preset is None or preset.lower() == "none" else preset
@@ -264,15 +274,21 @@ def _refuse_unserved(params: Any) -> None:
 
 
 def _step_parameters(params: Any) -> Any | None:
-    if not len(params.parameters):
-        return None
-    step = params.parameters[0]
-    if (
-        step.HasField("guidance")
-        and step.guidance.guidance_preset != generation.GUIDANCE_PRESET_NONE
-    ):
-        raise InvalidInput("image.parameters[0].guidance", "CLIP guidance is not served")
-    return step
+    return params.parameters[0] if len(params.parameters) else None
+
+
+def _ignored(step: Any | None) -> list[str]:
+    """Fields taken but not applied: CLIP guidance (sdserve has none; Stability itself
+    skipped it where an engine could not use it) and an early end of the schedule (every
+    job runs to the last step; the client sends ``end=0.01`` with every init image)."""
+    ignored = []
+    if step is not None:
+        guidance = step.guidance if step.HasField("guidance") else None
+        if guidance is not None and guidance.guidance_preset != generation.GUIDANCE_PRESET_NONE:
+            ignored.append(GUIDANCE)
+        if step.HasField("schedule") and step.schedule.HasField("end") and step.schedule.end:
+            ignored.append(SCHEDULE_END)
+    return ignored
 
 
 def _seed_and_samples(params: Any) -> dict[str, Any]:
@@ -366,8 +382,6 @@ def answer(artifact: Artifact, index: int, *, job_id: str, request: Any, receive
 
 __all__ = [
     "GRPC_FIELDS",
-    "UPSCALE_FACTOR",
-    "UPSCALE_STRENGTH",
     "GrpcInput",
     "answer",
     "is_upscale",

@@ -44,6 +44,8 @@ from sdserve.jobs.contract import JobRecord
 
 log = logging.getLogger("sdserve")
 
+#: Metadata naming the request fields taken but not applied.
+IGNORED_FIELDS = "x-sdserve-ignored-fields"
 #: Room in a request for the prompts and parameters beside its images.
 _MESSAGE_OVERHEAD = 1024 * 1024
 
@@ -94,10 +96,13 @@ class GenerationServicer(generation_grpc.GenerationServiceServicer):
         received_ms = int(time.time() * 1000)
         try:
             self._authorize(context)
-            job = await self._create(request)
+            job, ignored = await self._create(request)
         except SdserveError as error:
             await _abort(context, error)
             return
+        if ignored:
+            # taken and not applied, said as REST says it (X-Sdserve-Ignored-Fields)
+            await context.send_initial_metadata(((IGNORED_FIELDS, ", ".join(ignored)),))
         job = await self._wait(job.id)
         if not succeeded(job):
             failure = job_failure(job, FAILURES, GRPC_FIELDS)
@@ -113,20 +118,24 @@ class GenerationServicer(generation_grpc.GenerationServiceServicer):
         value = metadata.get("authorization")
         self.auth.check(value if isinstance(value, str) else None)
 
-    async def _create(self, request: Any) -> JobRecord:
-        """The job of ``request``, created off the event loop (the images are decoded)."""
-        model, values = await asyncio.to_thread(self._read, request)
-        return await self.edge.create(model, values, names=GRPC_FIELDS, source=SOURCE)
+    async def _create(self, request: Any) -> tuple[JobRecord, tuple[str, ...]]:
+        """The job of ``request``, created off the event loop (the images are decoded),
+        and the fields it took without applying them."""
+        model, values, ignored = await asyncio.to_thread(self._read, request)
+        job = await self.edge.create(model, values, names=GRPC_FIELDS, source=SOURCE)
+        return job, ignored
 
-    def _read(self, request: Any) -> tuple[str, dict[str, Any]]:
-        """The served model and canonical input of ``request``, its images stored."""
+    def _read(self, request: Any) -> tuple[str, dict[str, Any], tuple[str, ...]]:
+        """The served model, the canonical input of ``request`` with its images stored,
+        and the fields not applied."""
         try:
             model = resolve_engine(request.engine_id, self.service.models())
         except ModelNotFound as error:
             if not is_upscale(request):
                 raise
             raise ModelNotFound(f"{error.message}. {UPSCALE_HINT}") from None
-        return model.name, read_request(request, self.edge.limits).canonical(self.service)
+        read = read_request(request, self.edge.limits)
+        return model.name, read.canonical(self.service), read.ignored
 
     async def _wait(self, job_id: str) -> JobRecord:
         """The job once it has ended. When the call is canceled first (the client canceled

@@ -40,6 +40,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from sdserve.api.edge import job_failure
 from sdserve.api.stability.engines import (
+    UPSCALE_FACTOR,
+    UPSCALE_STRENGTH,
     WeightedPrompt,
     scheduler_for,
     split_prompts,
@@ -68,13 +70,8 @@ MIN_STEPS, MAX_STEPS = 10, 150
 MAX_CFG_SCALE = 35.0
 #: Image sides are multiples of this (Stability's rule; the engine's own is 8).
 SIDE_STEP = 64
-#: Share of the steps an upscale re-draws: enough to sharpen what Lanczos blurred, little
-#: enough to keep the picture.
-UPSCALE_STRENGTH = 0.3
 #: Steps assumed when a model publishes no default (the families' usual count).
 FALLBACK_STEPS = 50
-#: What an upscale multiplies the sides by when neither width nor height is sent.
-UPSCALE_FACTOR = 2
 #: What ``GET /v1/user/balance`` says. Generating costs nothing here, so there is no
 #: balance to report; a large fixed number keeps clients that check for credits before
 #: they generate working (0 would make them stop, and JSON has no infinity).

@@ -18,12 +18,8 @@ import stability_sdk.interfaces.gooseai.generation.generation_pb2 as generation
 from PIL import Image
 from stability_sdk import client
 
-from sdserve.api.stability.engines import STYLE_PRESETS
-from sdserve.api.stability.grpc_schemas import (
-    UPSCALE_STRENGTH,
-    is_upscale,
-    read_request,
-)
+from sdserve.api.stability.engines import STYLE_PRESETS, UPSCALE_STRENGTH
+from sdserve.api.stability.grpc_schemas import is_upscale, read_request
 from sdserve.domain.inputs import InputLimits
 from sdserve.errors import InvalidImage, InvalidInput
 
@@ -110,6 +106,19 @@ def test_an_unknown_style_preset_is_refused_naming_where_the_client_put_it() -> 
         read_request(request, LIMITS)
     assert caught.value.field == "extras.$IPC.preset"
     assert "anime" in (caught.value.allowed or [])
+
+
+def test_extras_other_than_the_preset_are_refused() -> None:
+    request = sent(lambda api: api.generate(prompt="a fox", style_preset="anime"))
+    request.extras.update({"$IPC": {"preset": "anime", "cfg_rescale": 0.7}})
+    with pytest.raises(InvalidInput) as caught:
+        read_request(request, LIMITS)
+    assert caught.value.field == "extras.$IPC.cfg_rescale"
+    request.extras.Clear()
+    request.extras.update({"tiling": True})
+    with pytest.raises(InvalidInput, match=r"only \$IPC\.preset") as caught:
+        read_request(request, LIMITS)
+    assert caught.value.field == "extras.tiling"
 
 
 @pytest.mark.parametrize(
@@ -243,12 +252,6 @@ def test_generate_with_an_init_image_is_never_an_upscale() -> None:
     ("call", "field"),
     [
         (
-            lambda api: api.generate(
-                prompt="a", guidance_preset=generation.GUIDANCE_PRESET_FAST_BLUE
-            ),
-            "image.parameters[0].guidance",
-        ),
-        (
             lambda api: api.generate(prompt="a", adapter_type=generation.T2IADAPTER_SKETCH),
             "image.adapter.adapter_type",
         ),
@@ -269,6 +272,20 @@ def test_what_sdserve_cannot_do_is_refused_naming_the_field(
     with pytest.raises(InvalidInput) as caught:
         read_request(sent(call), LIMITS)
     assert caught.value.field == field
+
+
+def test_clip_guidance_and_an_early_schedule_end_are_taken_and_named_not_applied() -> None:
+    guided = sent(
+        lambda api: api.generate(prompt="a", guidance_preset=generation.GUIDANCE_PRESET_FAST_BLUE)
+    )
+    read = read_request(guided, LIMITS)
+    assert read.ignored == ("image.parameters[0].guidance",)
+    assert read.values["prompt"] == "a"
+    # the client sends end_schedule=0.01 with every init image; 0 is the schedule's end
+    for end, ignored in ((0.01, ("image.parameters[0].schedule.end",)), (0.0, ())):
+        request = sent(lambda api, e=end: api.generate(prompt="a", init_image=RED, end_schedule=e))
+        assert read_request(request, LIMITS).ignored == ignored
+    assert read_request(sent(lambda api: api.generate(prompt="a")), LIMITS).ignored == ()
 
 
 def test_other_request_kinds_and_artifacts_are_refused() -> None:

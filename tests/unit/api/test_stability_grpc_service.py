@@ -223,6 +223,17 @@ def test_a_full_queue_is_resource_exhausted_with_retry_after(make_grpc_app: Make
     assert ("retry-after", "10") in tuple(caught.value.trailing_metadata())
 
 
+def test_fields_taken_but_not_applied_are_named_in_the_metadata(app: GrpcApp) -> None:
+    guided = request()
+    guided.image.parameters.add().guidance.guidance_preset = generation.GUIDANCE_PRESET_SLOW
+    finisher = app.finish_first(Status.SUCCEEDED)
+    call = app.stub().Generate(guided, timeout=30)
+    assert len(list(call)) == 1
+    finisher.join()
+    metadata = dict(call.initial_metadata())
+    assert metadata["x-sdserve-ignored-fields"] == "image.parameters[0].guidance"
+
+
 def test_bad_input_names_the_request_field_and_creates_no_job(app: GrpcApp) -> None:
     with pytest.raises(grpc.RpcError) as caught:
         app.generate(request(samples=99))
