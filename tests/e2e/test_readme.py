@@ -114,11 +114,14 @@ def write_photos_zip(path: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def readme_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """A demo server whose Replicate ``Prefer: wait`` lasts at most one second."""
+    """A demo server whose Replicate ``Prefer: wait`` lasts at most one second, with
+    Stability's gRPC API on a port of its own."""
     server = ServerProcess(
         data_dir=tmp_path_factory.mktemp("readme-server"),
         port=free_port(),
         env={"SDSERVE_API__MAX_WAIT_S": "1"},
+        # the README's gRPC examples use port 50051; on_port points them here
+        extra_args=["--grpc-port", str(free_port())],
     )
     server.start()
     yield server
@@ -144,9 +147,12 @@ def user_env(cwd: Path) -> dict[str, str]:
 
 
 def on_port(code: str, server: ServerProcess) -> str:
-    return code.replace("127.0.0.1:8000", f"127.0.0.1:{server.port}").replace(
-        "port=8000", f"port={server.port}"
-    )
+    code = code.replace("127.0.0.1:8000", f"127.0.0.1:{server.port}")
+    code = code.replace("port=8000", f"port={server.port}")
+    if "--grpc-port" in server.extra_args:
+        grpc_port = server.extra_args[server.extra_args.index("--grpc-port") + 1]
+        code = code.replace("127.0.0.1:50051", f"127.0.0.1:{grpc_port}")
+    return code
 
 
 def run_python(code: str, cwd: Path, server: ServerProcess) -> subprocess.CompletedProcess[str]:
@@ -300,6 +306,44 @@ def run_cli_train(server: ServerProcess, workdir: Path) -> None:
         assert "me/my-dog" in [f"{m['owner']}/{m['name']}" for m in models]
 
 
+def run_stability_v1(server: ServerProcess, workdir: Path) -> None:
+    succeeded(run_python(example(STABILITY_V1).code, workdir, server))
+    for seed in (42, 43):  # image i has seed + i
+        assert is_png(workdir / f"v1_txt2img_{seed}.png")
+
+
+def run_stability_v1_curl(server: ServerProcess, workdir: Path) -> None:
+    succeeded(run_shell(example(STABILITY_V1_CURL).code, workdir, server))
+    for name in ("img2img.png", "masked.png"):
+        with Image.open(workdir / name) as image:
+            assert (image.format, image.size) == ("PNG", (64, 64)), name
+    with Image.open(workdir / "upscaled.png") as image:
+        assert image.size == (128, 128)
+
+
+def run_stability_sdk_example(server: ServerProcess, workdir: Path) -> None:
+    # Stability's example as the README shows it, at the demo model's size: the tiny SDXL
+    # at 1024x1024 takes minutes per step on a CPU (the README says so)
+    code = example(STABILITY_SDK).code
+    assert "width=1024, height=1024" in code and "steps=30" in code
+    code = code.replace("width=1024, height=1024", "width=64, height=64")
+    code = code.replace("steps=30", "steps=4")
+    succeeded(run_python(code, workdir, server))
+    with Image.open(workdir / "output_image_42.png") as image:
+        assert image.size == (64, 64)
+
+
+def run_stability_sdk_more(server: ServerProcess, workdir: Path) -> None:
+    result = run_python(example(STABILITY_SDK_MORE).code, workdir, server)
+    succeeded(result)
+    printed = result.stdout.split("\n")
+    for line in ("fox 7 STOP", "fox 8 STOP", "lake 7 STOP", "boat 7 STOP"):
+        assert line in printed, result.stdout
+    (upscaled,) = workdir.glob("upscaled_*.png")
+    with Image.open(upscaled) as image:
+        assert image.size == (128, 128)
+
+
 ACTIVATE = "source .venv/bin/activate"
 CLI_SERVED = 'sdserve generate "a red fox" --model sdserve/tiny-sd --seed 7 -o fox.png'
 REPLICATE_DEMO = "images = client.run("
@@ -309,6 +353,10 @@ WEBUIAPI = "import webuiapi"
 TRAINING = "c.trainings.create("
 CLI_GENERATE = "sdserve models tiny ./tiny-sd"
 CLI_TRAIN = "sdserve train ./dog-photos.zip"
+STABILITY_V1 = "/v1/generation/stable-diffusion-v1-6/text-to-image"
+STABILITY_V1_CURL = "E=http://127.0.0.1:8000/v1/generation/stable-diffusion-v1-6"
+STABILITY_SDK = 'engine="stable-diffusion-xl-1024-v1-0")'
+STABILITY_SDK_MORE = 'upscale_engine="stable-diffusion-v1-6"'
 
 RUNNERS = {
     ACTIVATE: run_activate,
@@ -320,6 +368,10 @@ RUNNERS = {
     TRAINING: run_training,
     CLI_GENERATE: run_cli_generate,
     CLI_TRAIN: run_cli_train,
+    STABILITY_V1: run_stability_v1,
+    STABILITY_V1_CURL: run_stability_v1_curl,
+    STABILITY_SDK: run_stability_sdk_example,
+    STABILITY_SDK_MORE: run_stability_sdk_more,
 }
 
 
