@@ -21,6 +21,7 @@ from sdserve.api.edge import Edge
 from sdserve.api.errors import ErrorRouting, install_error_handlers, problem_response
 from sdserve.api.openai import routes as openai
 from sdserve.api.replicate import routes as replicate
+from sdserve.api.stability import v2_routes as stability_v2
 from sdserve.config import Settings
 from sdserve.jobs.contract import JobService
 from sdserve.web import web_router
@@ -52,6 +53,7 @@ def create_app(settings: Settings, service: JobService, *, manage_service: bool 
     openai.mount(edge, prefix="/v1/openai", source="deepinfra", list_models=True)
     deepinfra.mount(edge)
     a1111.mount(edge)
+    stability_v2.mount(edge)
     app.include_router(web_router(auth_required=auth.enabled))
 
     @app.get("/health")
