@@ -57,9 +57,9 @@ def as_mask(mask: Image.Image, size: tuple[int, int]) -> Image.Image:
 def grow_mask(mask: Image.Image, pixels: int) -> Image.Image:
     """``mask`` widened by ``pixels`` in every direction, the widened band fading out.
 
-    The masked area (values from 128) is dilated by a square of side ``2 * pixels + 1``;
-    the dilated mask is blurred by half that radius so the repaint blends in, and the
-    original mask is kept at full strength inside.
+    The masked area (values from 128) is dilated by a square of side ``2 * pixels + 1``
+    and stays at least 128 (repainted) with the original mask's values kept inside; the
+    dilated mask blurred by half that radius fades out beyond it, below 128.
     """
     if pixels <= 0:
         return mask
@@ -68,9 +68,10 @@ def grow_mask(mask: Image.Image, pixels: int) -> Image.Image:
     soft = Image.fromarray(np.where(dilated, 255, 0).astype(np.uint8), mode="L")
     soft = soft.filter(ImageFilter.GaussianBlur(pixels / 2))
     grown = np.maximum(np.asarray(soft), original)
-    # the dilated area stays repainted: the blur only fades the band outside it
-    grown = np.where(dilated, np.maximum(grown, _MASKED), grown).astype(np.uint8)
-    return Image.fromarray(grown, mode="L")
+    # exactly the dilated area is repainted (an engine that thresholds the mask at 128
+    # grows it by ``pixels``, no more); the blur only fades the band outside it
+    grown = np.where(dilated, np.maximum(grown, _MASKED), np.minimum(grown, _MASKED - 1))
+    return Image.fromarray(grown.astype(np.uint8), mode="L")
 
 
 def _dilate(masked: np.ndarray, radius: int) -> np.ndarray:

@@ -42,7 +42,6 @@ from sdserve.api.stability.v2_schemas import (
     check_image_size,
     check_outpaint_size,
     check_strength,
-    default_steps,
     engine_for,
     failure_response,
     ignored_fields,
@@ -204,7 +203,7 @@ class StabilityV2Api:
             return await self._run(request, model, values, GENERATE_FIELDS, as_json, form, schema)
         if body.strength is None:
             raise InvalidInput("strength", "is required with an image (0 keeps it, 1 ignores it)")
-        check_strength(body.strength, "strength", default_steps(model))
+        check_strength(body.strength, "strength", body.steps_for(model))
         stored = await asyncio.to_thread(self._store_image, upload)
         values = {**body.canonical(None), "image": stored.image}
         # the output has the image's size: an aspect ratio does not apply
@@ -241,7 +240,7 @@ class StabilityV2Api:
         body = parse_fields(OutpaintRequest, form.texts)
         model = engine_for(body.model, await self._models())
         values = body.canonical()
-        check_strength(body.creativity, "creativity", default_steps(model))
+        check_strength(body.creativity, "creativity", body.steps_for(model))
         upload = form.image("image", required=True)
         assert upload is not None
         stored = await asyncio.to_thread(self._store_image, upload)
@@ -281,7 +280,7 @@ class StabilityV2Api:
         self, form: V2Form, body: ConservativeUpscaleRequest
     ) -> tuple[ServedModel, dict[str, object]]:
         model = engine_for(body.model, await self._models())
-        check_strength(body.creativity, "creativity", default_steps(model))
+        check_strength(body.creativity, "creativity", body.steps_for(model))
         upload = form.image("image", required=True)
         assert upload is not None
         stored = await asyncio.to_thread(self._store_image, upload, check_size=False)

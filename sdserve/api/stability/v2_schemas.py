@@ -10,7 +10,8 @@ answers, and how an answer or a refusal looks on the wire.
 * **Which model answers.** ``generate/core``, ``generate/ultra``, ``edit/*`` and
   ``upscale/*`` are Stability's own models with no name to map, so the first served SDXL
   answers them, else the first served engine (:func:`default_engine`); sdserve reads an
-  extra ``model`` field naming any engine id (:func:`engine_for`). ``generate/sd3``'s
+  extra ``model`` field naming any engine id (:func:`engine_for`), and an extra ``steps``
+  (v2beta has none; by default the model's own number of steps). ``generate/sd3``'s
   ``model`` names Stability's SD3 models, which only a served SD3 model can answer
   (:func:`sd3_engine`); a served engine id works there too.
 * **Sizes.** ``aspect_ratio`` picks a size of the model's pixel budget, its default
@@ -89,7 +90,8 @@ DUMMY_PARTS = frozenset({"none"})
 
 
 class V2Request(BaseModel):
-    """What every v2beta endpoint reads: the seed and the output format."""
+    """What every v2beta endpoint reads: the seed and the output format; ``steps`` is
+    sdserve's (v2beta has none): the denoising steps, by default the model's."""
 
     model_config = ConfigDict(extra="ignore")
     #: The file parts the endpoint reads.
@@ -97,13 +99,20 @@ class V2Request(BaseModel):
 
     seed: int = Field(default=0, ge=0, le=MAX_V2_SEED)
     output_format: V2OutputFormat = "png"
+    steps: int | None = Field(default=None, ge=1)
 
     def base_values(self) -> dict[str, Any]:
         # seed 0 is Stability's "random": left out, the service draws one
         values: dict[str, Any] = {"output_format": OUTPUT_FORMATS[self.output_format]}
         if self.seed:
             values["seed"] = self.seed
+        if self.steps is not None:
+            values["num_inference_steps"] = self.steps
         return values
+
+    def steps_for(self, model: ServedModel) -> int:
+        """The steps the job runs: ``steps``, else the model's default."""
+        return self.steps or default_steps(model)
 
 
 class PromptedRequest(V2Request):
@@ -261,19 +270,26 @@ RequestT = TypeVar("RequestT", bound=V2Request)
 
 #: Canonical fields → the v2beta field a client sent, per kind of endpoint.
 GENERATE_FIELDS = {
+    "num_inference_steps": "steps",
     "width": "aspect_ratio",
     "height": "aspect_ratio",
     "prompt_strength": "strength",
     "guidance_scale": "cfg_scale",
 }
 EDIT_FIELDS = {
+    "num_inference_steps": "steps",
     "prompt_strength": "creativity",
     "outpaint_left": "left",
     "outpaint_right": "right",
     "outpaint_up": "up",
     "outpaint_down": "down",
 }
-UPSCALE_FIELDS = {"prompt_strength": "creativity", "width": "image", "height": "image"}
+UPSCALE_FIELDS = {
+    "num_inference_steps": "steps",
+    "prompt_strength": "creativity",
+    "width": "image",
+    "height": "image",
+}
 
 
 def parse_fields(model: type[RequestT], texts: Mapping[str, str]) -> RequestT:
