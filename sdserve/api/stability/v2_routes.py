@@ -35,6 +35,7 @@ from sdserve.api.stability.v2_schemas import (
     EraseRequest,
     InpaintRequest,
     OutpaintRequest,
+    RequestT,
     Sd3Request,
     UltraRequest,
     V2Request,
@@ -101,14 +102,28 @@ class V2Form:
     def names(self) -> list[str]:
         return [*self.texts, *self.files]
 
-    def image(self, name: str, *, required: bool) -> Upload | None:
+    def image(self, name: str) -> Upload | None:
         """The file part ``name``; a text part of that name is refused (send a file)."""
         if name in self.texts:
             raise InvalidInput(name, "must be sent as a file part (multipart), not as text")
-        upload = self.files.get(name)
-        if upload is None and required:
+        return self.files.get(name)
+
+    def required_image(self, name: str) -> Upload:
+        upload = self.image(name)
+        if upload is None:
             raise InvalidInput(name, "is required: send the image as a file part")
         return upload
+
+
+@dataclass(frozen=True)
+class Call:
+    """One v2beta request being answered: the request (held until its job ends), its
+    parts, the fields its endpoint reads and whether it accepts JSON."""
+
+    request: Request
+    form: V2Form
+    schema: type[V2Request]
+    as_json: bool
 
 
 @dataclass(frozen=True)
@@ -155,52 +170,41 @@ class StabilityV2Api:
     # -- generate ---------------------------------------------------------------------------
 
     async def core(self, request: Request) -> Response:
-        as_json = wants_json(request.headers.get("accept"))
-        form = await read_form(request)
-        body = parse_fields(CoreRequest, form.texts)
+        call, body = await self._begin(request, CoreRequest)
         model = engine_for(body.model, await self._models())
-        size = aspect_size(
-            body.aspect_ratio or "1:1", pixel_budget(model), self.edge.limits.max_pixels
-        )
-        values = body.canonical(size)
-        return await self._run(request, model, values, GENERATE_FIELDS, as_json, form, CoreRequest)
+        return await self._text_to_image(call, body, model)
 
     async def ultra(self, request: Request) -> Response:
-        as_json = wants_json(request.headers.get("accept"))
-        form = await read_form(request)
-        body = parse_fields(UltraRequest, form.texts)
+        call, body = await self._begin(request, UltraRequest)
         model = engine_for(body.model, await self._models())
-        upload = form.image("image", required=False)
-        if upload is None and body.strength is not None:
-            raise InvalidInput("strength", "applies to an image: send an image with it")
-        return await self._generate(request, body, model, upload, as_json, form, UltraRequest)
+        upload = call.form.image("image")
+        if upload is None:
+            if body.strength is not None:
+                raise InvalidInput("strength", "applies to an image: send an image with it")
+            return await self._text_to_image(call, body, model)
+        return await self._image_to_image(call, body, model, upload)
 
     async def sd3(self, request: Request) -> Response:
-        as_json = wants_json(request.headers.get("accept"))
-        form = await read_form(request)
-        body = parse_fields(Sd3Request, form.texts)
+        call, body = await self._begin(request, Sd3Request)
         model = sd3_engine(body.model, await self._models())
-        upload = form.image("image", required=body.mode == "image-to-image")
-        if upload is not None and body.mode == "text-to-image":
-            raise InvalidInput("image", "text-to-image takes no image; send mode=image-to-image")
-        return await self._generate(request, body, model, upload, as_json, form, Sd3Request)
+        if body.mode == "text-to-image":
+            if call.form.image("image") is not None:
+                raise InvalidInput(
+                    "image", "text-to-image takes no image; send mode=image-to-image"
+                )
+            return await self._text_to_image(call, body, model)
+        return await self._image_to_image(call, body, model, call.form.required_image("image"))
 
-    async def _generate(
-        self,
-        request: Request,
-        body: UltraRequest,
-        model: ServedModel,
-        upload: Upload | None,
-        as_json: bool,
-        form: V2Form,
-        schema: type[V2Request],
+    async def _text_to_image(self, call: Call, body: CoreRequest, model: ServedModel) -> Response:
+        """Draw at the aspect ratio's size of the model's pixel budget."""
+        ratio = body.aspect_ratio or "1:1"
+        size = aspect_size(ratio, pixel_budget(model), self.edge.limits.max_pixels)
+        return await self._run(call, model, body.canonical(size), GENERATE_FIELDS)
+
+    async def _image_to_image(
+        self, call: Call, body: UltraRequest, model: ServedModel, upload: Upload
     ) -> Response:
-        """Text to image at the aspect ratio, or image to image at the image's size."""
-        if upload is None:
-            ratio = body.aspect_ratio or "1:1"
-            size = aspect_size(ratio, pixel_budget(model), self.edge.limits.max_pixels)
-            values = body.canonical(size)
-            return await self._run(request, model, values, GENERATE_FIELDS, as_json, form, schema)
+        """Redraw the image at its own size, ``strength`` of the way."""
         if body.strength is None:
             raise InvalidInput("strength", "is required with an image (0 keeps it, 1 ignores it)")
         check_strength(body.strength, "strength", body.steps_for(model))
@@ -208,45 +212,36 @@ class StabilityV2Api:
         values = {**body.canonical(None), "image": stored.image}
         # the output has the image's size: an aspect ratio does not apply
         ignored = ["aspect_ratio"] if body.aspect_ratio else []
-        return await self._run(
-            request, model, values, GENERATE_FIELDS, as_json, form, schema, ignored=ignored
-        )
+        return await self._run(call, model, values, GENERATE_FIELDS, ignored=ignored)
 
     # -- edit -------------------------------------------------------------------------------
 
     async def inpaint(self, request: Request) -> Response:
-        as_json = wants_json(request.headers.get("accept"))
-        form = await read_form(request)
-        body = parse_fields(InpaintRequest, form.texts)
+        call, body = await self._begin(request, InpaintRequest)
         model = engine_for(body.model, await self._models())
         values = body.canonical()
-        stored = await self._store_masked(form, body.grow_mask)
+        stored = await self._store_masked(call.form, body.grow_mask)
         values.update(image=stored.image, mask=stored.mask)
-        return await self._run(request, model, values, EDIT_FIELDS, as_json, form, InpaintRequest)
+        return await self._run(call, model, values, EDIT_FIELDS)
 
     async def erase(self, request: Request) -> Response:
-        as_json = wants_json(request.headers.get("accept"))
-        form = await read_form(request)
-        body = parse_fields(EraseRequest, form.texts)
+        call, body = await self._begin(request, EraseRequest)
         model = engine_for(body.model, await self._models())
         values = body.canonical()
-        stored = await self._store_masked(form, body.grow_mask)
+        stored = await self._store_masked(call.form, body.grow_mask)
         values.update(image=stored.image, mask=stored.mask)
-        return await self._run(request, model, values, EDIT_FIELDS, as_json, form, EraseRequest)
+        return await self._run(call, model, values, EDIT_FIELDS)
 
     async def outpaint(self, request: Request) -> Response:
-        as_json = wants_json(request.headers.get("accept"))
-        form = await read_form(request)
-        body = parse_fields(OutpaintRequest, form.texts)
+        call, body = await self._begin(request, OutpaintRequest)
         model = engine_for(body.model, await self._models())
         values = body.canonical()
         check_strength(body.creativity, "creativity", body.steps_for(model))
-        upload = form.image("image", required=True)
-        assert upload is not None
+        upload = call.form.required_image("image")
         stored = await asyncio.to_thread(self._store_image, upload)
         check_outpaint_size(stored.width, stored.height, body, self.edge.limits.max_pixels)
         values["image"] = stored.image
-        return await self._run(request, model, values, EDIT_FIELDS, as_json, form, OutpaintRequest)
+        return await self._run(call, model, values, EDIT_FIELDS)
 
     async def search_and_replace(self) -> Response:
         return not_served_response(_SEARCH_AND_REPLACE)
@@ -260,15 +255,12 @@ class StabilityV2Api:
         return not_served_response(_FAST_UPSCALE)
 
     async def conservative_upscale(self, request: Request) -> Response:
-        as_json = wants_json(request.headers.get("accept"))
-        form = await read_form(request)
-        body = parse_fields(ConservativeUpscaleRequest, form.texts)
-        model, values = await self._upscale(form, body)
-        return await self._run(
-            request, model, values, UPSCALE_FIELDS, as_json, form, ConservativeUpscaleRequest
-        )
+        call, body = await self._begin(request, ConservativeUpscaleRequest)
+        model, values = await self._upscale(call.form, body)
+        return await self._run(call, model, values, UPSCALE_FIELDS)
 
     async def creative_upscale(self, request: Request) -> Response:
+        # answered at once, so JSON whatever Accept says (as Stability does)
         form = await read_form(request)
         body = parse_fields(CreativeUpscaleRequest, form.texts)
         model, values = await self._upscale(form, body)
@@ -279,10 +271,11 @@ class StabilityV2Api:
     async def _upscale(
         self, form: V2Form, body: ConservativeUpscaleRequest
     ) -> tuple[ServedModel, dict[str, object]]:
+        """A diffusion upscale: the image resized to :func:`upscale_size` and redrawn
+        ``creativity`` of the way by the served model."""
         model = engine_for(body.model, await self._models())
         check_strength(body.creativity, "creativity", body.steps_for(model))
-        upload = form.image("image", required=True)
-        assert upload is not None
+        upload = form.required_image("image")
         stored = await asyncio.to_thread(self._store_image, upload, check_size=False)
         size = upscale_size(stored.width, stored.height, self.edge.limits.max_pixels)
         return model, {**body.canonical(size), "image": stored.image}
@@ -300,23 +293,28 @@ class StabilityV2Api:
 
     # -- shared -----------------------------------------------------------------------------
 
+    async def _begin(self, request: Request, schema: type[RequestT]) -> tuple[Call, RequestT]:
+        """Read a request: what it accepts (checked first), its parts and its fields."""
+        as_json = wants_json(request.headers.get("accept"))
+        form = await read_form(request)
+        body = parse_fields(schema, form.texts)
+        return Call(request, form, schema, as_json), body
+
     async def _run(
         self,
-        request: Request,
+        call: Call,
         model: ServedModel,
         values: dict[str, object],
         names: dict[str, str],
-        as_json: bool,
-        form: V2Form,
-        schema: type[V2Request],
         *,
         ignored: list[str] | None = None,
     ) -> Response:
-        """Create the job, hold the request until it ends and answer its image."""
+        """Create the job, hold the request until it ends (a hang-up cancels it) and
+        answer its image; ``names`` spell a refused canonical field the v2beta way."""
         job = await self.edge.create(model.name, values, names=names, source=SOURCE)
-        job = await self.edge.wait(job.id, request)
-        skipped = sorted({*ignored_fields(schema, form.names()), *(ignored or [])})
-        return await self._answer(job, as_json, _headers(job, skipped))
+        job = await self.edge.wait(job.id, call.request)
+        skipped = sorted({*ignored_fields(call.schema, call.form.names()), *(ignored or [])})
+        return await self._answer(job, call.as_json, _headers(job, skipped))
 
     async def _answer(self, job: JobRecord, as_json: bool, headers: dict[str, str]) -> Response:
         if not succeeded(job):
@@ -337,9 +335,8 @@ class StabilityV2Api:
         return Stored(key, width, height)
 
     async def _store_masked(self, form: V2Form, grow: int) -> Stored:
-        image = form.image("image", required=True)
-        mask = form.image("mask", required=False)
-        assert image is not None
+        image = form.required_image("image")
+        mask = form.image("mask")
         return await asyncio.to_thread(self._store_with_mask, image, mask, grow)
 
     def _store_with_mask(self, upload: Upload, mask_upload: Upload | None, grow: int) -> Stored:

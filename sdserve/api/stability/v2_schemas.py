@@ -543,6 +543,7 @@ __all__ = [
     "EraseRequest",
     "InpaintRequest",
     "OutpaintRequest",
+    "RequestT",
     "Sd3Request",
     "UltraRequest",
     "V2Request",
