@@ -23,6 +23,7 @@ from sdserve.api.errors import ErrorRouting, install_error_handlers, problem_res
 from sdserve.api.openai import routes as openai
 from sdserve.api.replicate import routes as replicate
 from sdserve.api.stability import v1_routes as stability_v1
+from sdserve.api.stability import v2_routes as stability_v2
 from sdserve.config import Settings
 from sdserve.jobs.contract import JobService
 from sdserve.web import web_router
@@ -63,6 +64,7 @@ def create_app(settings: Settings, service: JobService, *, manage_service: bool 
     deepinfra.mount(edge)
     a1111.mount(edge)
     stability_v1.mount(edge)
+    stability_v2.mount(edge)
     app.include_router(web_router(auth_required=auth.enabled))
 
     @app.get("/health")
