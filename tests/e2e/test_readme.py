@@ -344,6 +344,23 @@ def run_stability_sdk_more(server: ServerProcess, workdir: Path) -> None:
         assert image.size == (128, 128)
 
 
+def run_stability_v2(server: ServerProcess, workdir: Path) -> None:
+    result = run_python(example(STABILITY_V2).code, workdir, server)
+    succeeded(result)
+    assert result.stdout.split() == ["42", "SUCCESS"]
+    with Image.open(workdir / "lighthouse.webp") as image:
+        assert image.format == "WEBP"
+        assert image.width > image.height  # 16:9
+
+
+def run_stability_v2_curl(server: ServerProcess, workdir: Path) -> None:
+    succeeded(run_shell(example(STABILITY_V2_CURL).code, workdir, server))
+    sizes = {"cat.png": (64, 64), "wider.png": (88, 72), "upscaled.png": (256, 256)}
+    for name, size in sizes.items():
+        with Image.open(workdir / name) as image:
+            assert (image.format, image.size) == ("PNG", size), name
+
+
 ACTIVATE = "source .venv/bin/activate"
 CLI_SERVED = 'sdserve generate "a red fox" --model sdserve/tiny-sd --seed 7 -o fox.png'
 REPLICATE_DEMO = "images = client.run("
@@ -355,6 +372,8 @@ CLI_GENERATE = "sdserve models tiny ./tiny-sd"
 CLI_TRAIN = "sdserve train ./dog-photos.zip"
 STABILITY_V1 = "/v1/generation/stable-diffusion-v1-6/text-to-image"
 STABILITY_V1_CURL = "E=http://127.0.0.1:8000/v1/generation/stable-diffusion-v1-6"
+STABILITY_V2 = 'f"{host}/v2beta/stable-image/generate/core"'
+STABILITY_V2_CURL = "V2=http://127.0.0.1:8000/v2beta/stable-image"
 STABILITY_SDK = 'engine="stable-diffusion-xl-1024-v1-0")'
 STABILITY_SDK_MORE = 'upscale_engine="stable-diffusion-v1-6"'
 
@@ -370,6 +389,8 @@ RUNNERS = {
     CLI_TRAIN: run_cli_train,
     STABILITY_V1: run_stability_v1,
     STABILITY_V1_CURL: run_stability_v1_curl,
+    STABILITY_V2: run_stability_v2,
+    STABILITY_V2_CURL: run_stability_v2_curl,
     STABILITY_SDK: run_stability_sdk_example,
     STABILITY_SDK_MORE: run_stability_sdk_more,
 }
