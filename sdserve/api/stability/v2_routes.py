@@ -217,15 +217,16 @@ class StabilityV2Api:
     # -- edit -------------------------------------------------------------------------------
 
     async def inpaint(self, request: Request) -> Response:
-        call, body = await self._begin(request, InpaintRequest)
-        model = engine_for(body.model, await self._models())
-        values = body.canonical()
-        stored = await self._store_masked(call.form, body.grow_mask)
-        values.update(image=stored.image, mask=stored.mask)
-        return await self._run(call, model, values, EDIT_FIELDS)
+        return await self._masked_edit(request, InpaintRequest)
 
     async def erase(self, request: Request) -> Response:
-        call, body = await self._begin(request, EraseRequest)
+        return await self._masked_edit(request, EraseRequest)
+
+    async def _masked_edit(
+        self, request: Request, schema: type[InpaintRequest] | type[EraseRequest]
+    ) -> Response:
+        """Inpaint and erase: the image and its (grown) mask, repainted as ``schema`` says."""
+        call, body = await self._begin(request, schema)
         model = engine_for(body.model, await self._models())
         values = body.canonical()
         stored = await self._store_masked(call.form, body.grow_mask)
