@@ -125,7 +125,8 @@ def engine_list(models: Iterable[ServedModel]) -> list[dict[str, str]]:
         {
             "id": engine_id(model),
             "name": model.name,
-            "description": model.description or f"{model.family} model served by sdserve",
+            # the family, not the model's description, which names where its weights are
+            "description": f"{model.name}: {model.family} model served by sdserve",
             "type": "PICTURE",
         }
         for model in served

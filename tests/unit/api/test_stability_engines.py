@@ -42,6 +42,14 @@ def test_every_served_model_has_its_own_engine_and_stability_ids_alias_their_fam
     assert {engine["type"] for engine in engine_list(MODELS)} == {"PICTURE"}
 
 
+def test_an_engine_description_does_not_say_where_the_weights_are() -> None:
+    model = ServedModel(
+        "me/private", "v1", "sd1", "sd1 model served from /srv/weights", datetime.now(UTC), {}
+    )
+    engine = engine_list([model])[0]
+    assert engine["description"] == "me/private: sd1 model served by sdserve"
+
+
 @pytest.mark.parametrize(
     ("engine", "model"),
     [
