@@ -414,8 +414,9 @@ def run_generate(args: argparse.Namespace) -> int:
     if args.refiner:
         check_weights_format(args.refiner)
         registry.add(replace(spec, refiner=args.refiner))
-    image = _read_image(args.image, "image") if args.image else None
-    mask = _read_image(args.mask, "mask") if args.mask else None
+    pixels = settings.limits.input_limits().max_input_pixels
+    image = _read_image(args.image, "image", pixels) if args.image else None
+    mask = _read_image(args.mask, "mask", pixels) if args.mask else None
 
     # the engine fills the model's defaults and checks the input against the limits
     engine = Engine(settings.engine, registry, limits=settings.limits.input_limits())
@@ -492,7 +493,7 @@ def _write_output(path: Path, data: bytes, *, overwrite: bool) -> None:
         _refuse_overwriting([path])
 
 
-def _read_image(path: Path, field: str) -> Image:
+def _read_image(path: Path, field: str, max_pixels: int) -> Image:
     """An input image file, decoded as the server decodes uploads."""
     from sdserve.errors import InvalidImage
     from sdserve.jobs.images import decode_image
@@ -501,7 +502,7 @@ def _read_image(path: Path, field: str) -> Image:
         data = path.read_bytes()
     except OSError as exc:
         raise InvalidImage(field, f"cannot read {path}: {exc.strerror or exc}") from None
-    return decode_image(data, field)
+    return decode_image(data, field, max_pixels=max_pixels)
 
 
 def _output_paths(output: str, seeds: list[int], fmt: str) -> list[Path]:

@@ -34,6 +34,18 @@ class LimitSettings(BaseModel):
     )
     max_num_outputs: int = Field(default=4, ge=1, le=64, description="images per request")
     max_steps: int = Field(default=500, ge=1)
+    input_pixels_factor: int = Field(
+        default=4,
+        ge=1,
+        le=64,
+        description="an input image may have this many times max_pixels pixels (checked on "
+        "its header, before decoding)",
+    )
+    max_upload_bytes: int = Field(
+        default=32 * 1024 * 1024,
+        ge=1024,
+        description="largest request body (uploads, inline images); bigger is a 413",
+    )
 
     def input_limits(self) -> InputLimits:
         """The same limits as the domain type the input checks take."""
@@ -41,6 +53,7 @@ class LimitSettings(BaseModel):
             max_pixels=self.max_pixels,
             max_num_outputs=self.max_num_outputs,
             max_steps=self.max_steps,
+            input_pixels_factor=self.input_pixels_factor,
         )
 
 

@@ -168,6 +168,7 @@ def _runner(
         trainer=trainer_factory(settings, registry),
         # the API of this process is the only one: every cancel reaches the runner at once
         flags_notified=embedded,
+        limits=settings.limits.input_limits(),
     )
     return runner, queue
 

@@ -48,6 +48,16 @@ class InputLimits:
     max_pixels: int = 2048 * 2048
     max_num_outputs: int = 4
     max_steps: int = 500
+    #: an input image may have this many times ``max_pixels`` (see ``max_input_pixels``)
+    input_pixels_factor: int = 4
+
+    @property
+    def max_input_pixels(self) -> int:
+        """Most pixels an input image (img2img, mask, upscale source) may declare, checked
+        on its header before it is decoded. A multiple of the output limit: an input is
+        resized to an output size of at most ``max_pixels`` anyway, and 4x (2x each side)
+        lets a 12 MP phone photo in under the default while capping a decode at ~67 MB."""
+        return self.input_pixels_factor * self.max_pixels
 
 
 class GenerationInput(BaseModel):

@@ -253,7 +253,7 @@ class Service:
             except InputFetchFailed as exc:
                 raise InvalidInput(field, exc.message.removeprefix(f"{field}: ")) from None
             if data is not None:
-                decode_image(data, field).close()
+                decode_image(data, field, max_pixels=self.limits.max_input_pixels).close()
 
     def list(
         self, *, cursor: str | None = None, limit: int = 100, kind: JobKind | None = None

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
-from sdserve.domain.inputs import GenerationInput
+from sdserve.domain.inputs import GenerationInput, InputLimits
 from sdserve.domain.jobs import JobKind, Status
 from sdserve.errors import (
     Canceled,
@@ -103,13 +103,15 @@ class JobRunner:
         batcher: Batcher | None = None,
         trainer: Callable[[], TrainingRunner] | None = None,
         flags_notified: bool = False,
+        limits: InputLimits | None = None,
     ) -> None:
         """``on_change(record)``: a job this runner claimed or ended, as it is now.
         ``lost_job_policy(job_id)``: what to do with a job found ``processing`` under a
         dead worker. ``flags_notified``: every cancel/stop request reaches
         :meth:`flags_changed` (the API runs in this process and no other process serves
-        it)."""
+        it). ``limits``: the operator's, for the pixel limit of fetched images."""
         self.store = store
+        self.limits = limits or InputLimits()
         self.files = files
         self.fetcher = fetcher
         self.registry = registry
@@ -231,10 +233,11 @@ class JobRunner:
         inp = self.resolve_input(record)
         tracker.resolved(inp)
         image = mask = None
+        pixels = self.limits.max_input_pixels
         if inp.image is not None:
-            image = decode_image(self.fetcher.fetch(inp.image, "image"), "image")
+            image = decode_image(self.fetcher.fetch(inp.image, "image"), "image", max_pixels=pixels)
         if inp.mask is not None:
-            mask = decode_image(self.fetcher.fetch(inp.mask, "mask"), "mask")
+            mask = decode_image(self.fetcher.fetch(inp.mask, "mask"), "mask", max_pixels=pixels)
         if tracker.should_cancel():
             raise Canceled("canceled before the generation started")
         hooks = RunHooks(

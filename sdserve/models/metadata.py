@@ -177,6 +177,8 @@ def read_parameters(data: bytes) -> str | None:
             comment = image.getexif().get_ifd(_EXIF_IFD).get(_USER_COMMENT)
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
         raise InvalidImage("image", f"cannot be decoded as an image ({exc})") from None
+    except Image.DecompressionBombError:
+        raise InvalidImage("image", "has too many pixels to read safely") from None
     if isinstance(comment, bytes):
         return _decode_user_comment(comment)
     if isinstance(comment, str) and comment:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import io
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
@@ -51,6 +50,7 @@ from sdserve.api.edge import Edge
 from sdserve.domain.jobs import Status
 from sdserve.errors import ModelNotFound
 from sdserve.jobs.contract import JobRecord
+from sdserve.jobs.images import open_header
 from sdserve.models.metadata import parse_parameters, read_parameters
 
 SOURCE = "a1111"
@@ -122,7 +122,11 @@ class A1111Api:
     async def _generate(self, request: Request, body: Txt2ImgRequest, *, img2img: bool) -> Response:
         checkpoint = self._checkpoint_for(body)
         values = await asyncio.to_thread(
-            canonical_input, body, known_loras=self._lora_names(), img2img=img2img
+            canonical_input,
+            body,
+            known_loras=self._lora_names(),
+            img2img=img2img,
+            max_input_pixels=self.edge.limits.max_input_pixels,
         )
         job = await self.edge.create(checkpoint.name, values, source=SOURCE)
         # no overall limit: A1111 answers when the image is done, however long that takes
@@ -234,11 +238,12 @@ class A1111Api:
     # small read-only endpoints ------------------------------------------------------------
 
     def png_info(self, body: PngInfoRequest) -> Any:
-        from PIL import Image
-
+        """(A sync route: FastAPI runs it in a worker thread.) Only the header and the text
+        chunks are read, and only of an image within the input pixel limit."""
         data = decode_b64_image(body.image, "image")
-        text = read_parameters(data)
-        with Image.open(io.BytesIO(data)) as image:
+        pixels = self.edge.limits.max_input_pixels
+        with open_header(data, "image", max_pixels=pixels) as image:
+            text = read_parameters(data)
             items = {
                 key: value
                 for key, value in image.info.items()

@@ -22,6 +22,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from sdserve.api.edge import FailureTable, WireFailure, job_failure
+from sdserve.domain.inputs import InputLimits
 from sdserve.domain.jobs import FailureCode
 from sdserve.domain.schedulers import A1111_SAMPLERS, A1111_SCHEDULES, lookup_key
 from sdserve.errors import (
@@ -32,6 +33,7 @@ from sdserve.errors import (
     Unauthorized,
 )
 from sdserve.jobs.contract import JobRecord, ServedModel
+from sdserve.jobs.images import open_image
 from sdserve.models.lora_tags import parse_a1111_lora_tags
 
 #: A1111 sampler display names and their aliases (k-diffusion spellings), in A1111's order.
@@ -221,16 +223,13 @@ def decode_b64_image(value: str, field: str) -> bytes:
         raise InvalidImage(field, "must be base64 image data or a data: URI") from None
 
 
-def prepare_mask(value: str, *, blur: int, invert: bool) -> str:
-    """The A1111 mask as a PNG data URI: inverted if asked, edges blurred by ``blur`` px."""
-    from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
+def prepare_mask(value: str, *, blur: int, invert: bool, max_pixels: int) -> str:
+    """The A1111 mask as a PNG data URI: inverted if asked, edges blurred by ``blur`` px.
+    Blocking (it decodes the mask): called in a worker thread."""
+    from PIL import Image, ImageFilter, ImageOps
 
     data = decode_b64_image(value, "mask")
-    try:
-        mask: Image.Image = Image.open(io.BytesIO(data))
-        mask.load()
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        raise InvalidImage("mask", f"cannot be decoded as an image ({exc})") from None
+    mask = open_image(data, "mask", max_pixels=max_pixels)
     if mask.mode in ("RGBA", "LA"):
         # transparent pixels count as black (keep), as A1111 reads such masks
         background = Image.new("RGBA", mask.size, (0, 0, 0, 255))
@@ -246,7 +245,11 @@ def prepare_mask(value: str, *, blur: int, invert: bool) -> str:
 
 
 def canonical_input(
-    request: Txt2ImgRequest, *, known_loras: set[str] | None, img2img: bool
+    request: Txt2ImgRequest,
+    *,
+    known_loras: set[str] | None,
+    img2img: bool,
+    max_input_pixels: int = InputLimits().max_input_pixels,
 ) -> dict[str, Any]:
     """Map an A1111 request onto canonical :class:`GenerationInput` names.
 
@@ -288,13 +291,13 @@ def canonical_input(
         values["lora"], values["lora_scale"] = name, weight
     if img2img:
         assert isinstance(request, Img2ImgRequest)
-        values.update(_img2img_values(request))
+        values.update(_img2img_values(request, max_input_pixels))
     elif request.enable_hr:
         values.update(_hires_values(request))
     return values
 
 
-def _img2img_values(request: Img2ImgRequest) -> dict[str, Any]:
+def _img2img_values(request: Img2ImgRequest, max_input_pixels: int) -> dict[str, Any]:
     images = request.init_images or []
     if not images:
         raise InvalidInput("init_images", "img2img needs one init image")
@@ -308,6 +311,7 @@ def _img2img_values(request: Img2ImgRequest) -> dict[str, Any]:
             request.mask,
             blur=request.mask_blur or 0,
             invert=bool(request.inpainting_mask_invert),
+            max_pixels=max_input_pixels,
         )
     return values
 

@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from io import BytesIO
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
-from PIL import Image
 from starlette.datastructures import UploadFile
 
 from sdserve.api.common import data_uri
@@ -30,8 +28,9 @@ from sdserve.api.deepinfra.schemas import (
 )
 from sdserve.api.edge import Edge
 from sdserve.domain.jobs import Status
-from sdserve.errors import InvalidImage, InvalidInput
+from sdserve.errors import InvalidInput
 from sdserve.jobs.contract import JobRecord, JobService, WebhookOptions
+from sdserve.jobs.images import open_image
 
 SOURCE = "deepinfra"
 _FILE_FIELDS = ("image", "mask")
@@ -115,11 +114,10 @@ class DeepInfraApi:
     async def _store_file(self, part: UploadFile, field: str) -> str:
         """Check an uploaded image decodes, store it and return its key."""
         data = await part.read()
-        try:
-            with Image.open(BytesIO(data)) as image:
-                image.load()
-        except Exception as exc:  # PIL raises many types for bad bytes
-            raise InvalidImage(field, f"cannot decode the image ({exc})") from None
+        pixels = self.edge.limits.max_input_pixels
+        # a decode takes up to seconds: off the event loop
+        image = await asyncio.to_thread(open_image, data, field, max_pixels=pixels)
+        image.close()
         return self.service.store_upload(
             data, part.filename or f"{field}.png", part.content_type or "image/png"
         )

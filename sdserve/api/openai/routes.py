@@ -10,6 +10,7 @@ client that hangs up cancels its job, so abandoned requests do not hold the GPU.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from typing import Any
 
@@ -23,16 +24,15 @@ from sdserve.api.openai.schemas import (
     OPENAI_PARAM,
     VARIATION_STRENGTH,
     ImagesParams,
-    has_transparency,
+    edit_mask,
     images_response,
     job_failure_response,
-    open_image,
     openai_error_response,
-    openai_mask_to_sd,
     parse_params,
 )
 from sdserve.domain.jobs import Status
 from sdserve.errors import InvalidInput
+from sdserve.jobs.images import image_size
 
 #: Multipart parts that carry files, not parameters.
 _FILE_PARTS = ("image", "image[]", "mask")
@@ -82,19 +82,17 @@ class OpenAIImagesApi:
         if not params.prompt:
             raise InvalidInput("prompt", "is required")
         image_bytes, image_name = await _one_image(form)
-        image = open_image(image_bytes, "image")
-        canonical = params.canonical()
-        canonical["image"] = self.service.store_upload(image_bytes, image_name, "image/png")
         mask_part = form.get("mask")
-        mask_png: bytes | None = None
+        mask_bytes: bytes | None = None
         if isinstance(mask_part, UploadFile):
-            mask = open_image(await mask_part.read(), "mask")
-            mask_png = openai_mask_to_sd(mask, image.size)
+            mask_bytes = await mask_part.read()
         elif mask_part is not None:
             raise InvalidInput("mask", "must be a file part (a PNG with an alpha channel)")
-        elif has_transparency(image):
-            # OpenAI: without a mask, the image's own transparent pixels mark the edit
-            mask_png = openai_mask_to_sd(image, image.size, param="image")
+        mask_png = await asyncio.to_thread(
+            edit_mask, image_bytes, mask_bytes, self.edge.limits.max_input_pixels
+        )
+        canonical = params.canonical()
+        canonical["image"] = self.service.store_upload(image_bytes, image_name, "image/png")
         if mask_png is not None:
             canonical["mask"] = self.service.store_upload(mask_png, "mask.png", "image/png")
         return await self._generate(request, params, canonical)
@@ -103,7 +101,8 @@ class OpenAIImagesApi:
         form = await _multipart(request)
         params = parse_params(_text_parts(form))
         image_bytes, image_name = await _one_image(form)
-        open_image(image_bytes, "image")
+        pixels = self.edge.limits.max_input_pixels
+        await asyncio.to_thread(image_size, image_bytes, "image", max_pixels=pixels)
         canonical = params.canonical()
         canonical["image"] = self.service.store_upload(image_bytes, image_name, "image/png")
         canonical.setdefault("prompt_strength", VARIATION_STRENGTH)

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import Any, Literal
 
 from fastapi.responses import JSONResponse, Response
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from sdserve.api.edge import FailureTable, WireFailure, job_failure
@@ -30,6 +30,7 @@ from sdserve.errors import (
     Unauthorized,
 )
 from sdserve.jobs.contract import JobRecord
+from sdserve.jobs.images import open_image
 
 ResponseFormat = Literal["b64_json", "url"]
 _SIZE = re.compile(r"^\s*(\d+)\s*[xX×]\s*(\d+)\s*$")
@@ -123,14 +124,19 @@ def parse_size(size: str | None) -> tuple[int, int] | None:
 # -- images ---------------------------------------------------------------------------------
 
 
-def open_image(data: bytes, param: str) -> Image.Image:
-    """Decode an uploaded image; undecodable bytes are a 400 naming ``param``."""
-    try:
-        image = Image.open(io.BytesIO(data))
-        image.load()
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise InvalidImage(param, f"cannot decode the image ({exc})") from None
-    return image
+def edit_mask(image_bytes: bytes, mask_bytes: bytes | None, max_pixels: int) -> bytes | None:
+    """Decode an edit's image (and mask) and return the SD mask PNG to store, if any.
+
+    Blocking (it decodes both): the route runs it in a worker thread. Without a mask, the
+    image's own transparent pixels mark the edit, as OpenAI does.
+    """
+    with open_image(image_bytes, "image", max_pixels=max_pixels) as image:
+        if mask_bytes is not None:
+            with open_image(mask_bytes, "mask", max_pixels=max_pixels) as mask:
+                return openai_mask_to_sd(mask, image.size)
+        if has_transparency(image):
+            return openai_mask_to_sd(image, image.size, param="image")
+    return None
 
 
 def has_transparency(image: Image.Image) -> bool:

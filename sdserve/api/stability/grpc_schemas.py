@@ -40,7 +40,7 @@ from typing import Any
 
 import stability_sdk.interfaces.gooseai.generation.generation_pb2 as generation
 from google.protobuf.json_format import MessageToDict
-from PIL import Image, ImageOps
+from PIL import ImageOps
 
 from sdserve.api.stability.engines import (
     UPSCALE_FACTOR,
@@ -54,7 +54,7 @@ from sdserve.api.stability.results import Artifact
 from sdserve.domain.inputs import MAX_SEED, InputLimits
 from sdserve.errors import InvalidImage, InvalidInput
 from sdserve.jobs.contract import JobService
-from sdserve.jobs.images import NOT_AN_IMAGE, decode_image
+from sdserve.jobs.images import decode_image, image_size
 
 #: Fields as a gRPC client names them, for error messages.
 INIT_IMAGE = "prompt[ARTIFACT_IMAGE]"
@@ -118,7 +118,7 @@ def read_request(request: Any, limits: InputLimits) -> GrpcInput:
         raise InvalidInput(kind, "sdserve serves image generation only (send image parameters)")
     params = request.image
     _refuse_unserved(params)
-    texts, image, mask = _prompts(request.prompt)
+    texts, image, mask = _prompts(request.prompt, limits)
     step = _step_parameters(params)
     schedule = step.schedule if step is not None and step.HasField("schedule") else None
 
@@ -177,7 +177,9 @@ def is_upscale(request: Any) -> bool:
 # -- prompts ---------------------------------------------------------------------------------
 
 
-def _prompts(prompts: Sequence[Any]) -> tuple[list[WeightedPrompt], bytes | None, bytes | None]:
+def _prompts(
+    prompts: Sequence[Any], limits: InputLimits
+) -> tuple[list[WeightedPrompt], bytes | None, bytes | None]:
     """The text prompts with their weights, the init image (PNG) and the mask (PNG, inverted
     to white = repaint)."""
     texts: list[WeightedPrompt] = []
@@ -200,7 +202,7 @@ def _prompts(prompts: Sequence[Any]) -> tuple[list[WeightedPrompt], bytes | None
             elif artifact.type == generation.ARTIFACT_MASK:
                 if mask is not None:
                     raise InvalidInput(MASK, "send one mask")
-                mask = _inverted_mask(_artifact_bytes(artifact, MASK))
+                mask = _inverted_mask(_artifact_bytes(artifact, MASK), limits)
             else:
                 kind_name = generation.ArtifactType.Name(artifact.type)
                 raise InvalidInput(
@@ -221,10 +223,10 @@ def _artifact_bytes(artifact: Any, name: str) -> bytes:
     return bytes(artifact.binary)
 
 
-def _inverted_mask(data: bytes) -> bytes:
+def _inverted_mask(data: bytes, limits: InputLimits) -> bytes:
     """Stability's mask (white = keep) as sdserve's (white = repaint), as PNG."""
     try:
-        mask = decode_image(data, "mask")
+        mask = decode_image(data, "mask", max_pixels=limits.max_input_pixels)
     except InvalidImage as error:
         raise InvalidImage(MASK, error.message.removeprefix("mask: ")) from None
     with mask:
@@ -325,10 +327,10 @@ def upscale_size(image: bytes, params: Any, limits: InputLimits) -> tuple[int, i
     """The size an upscale draws at: ``width`` x ``height``, one of them with the image's
     aspect ratio (a multiple of 8), or twice the image; within the operator's pixel limit."""
     try:
-        with Image.open(io.BytesIO(image)) as opened:
-            source_w, source_h = opened.size  # the header only: no decoding
-    except Exception:  # PIL raises many types for bytes that are no image
-        raise InvalidImage(INIT_IMAGE, NOT_AN_IMAGE) from None
+        # the header only: no decoding
+        source_w, source_h = image_size(image, "image", max_pixels=limits.max_input_pixels)
+    except InvalidImage as error:
+        raise InvalidImage(INIT_IMAGE, error.message.removeprefix("image: ")) from None
     width = params.width if params.HasField("width") else None
     height = params.height if params.HasField("height") else None
     if width is None and height is None:

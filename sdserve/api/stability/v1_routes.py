@@ -110,7 +110,9 @@ class StabilityV1Api:
         canonical = params.canonical(self.edge.limits)
         check_a_step_runs(canonical, model, params.strength_field)
         init = _required(files, "init_image")
-        await asyncio.to_thread(init_image_size, init.data)
+        await asyncio.to_thread(
+            init_image_size, init.data, "init_image", self.edge.limits.max_input_pixels
+        )
         canonical["image"] = await self._store(init)
         names = {**V1_FIELD, "prompt_strength": params.strength_field}
         return await self._generate(request, model.name, canonical, names, png, params)
@@ -125,7 +127,11 @@ class StabilityV1Api:
         init = _required(files, "init_image")
         mask = files.get("mask_image")
         _size, mask_png = await asyncio.to_thread(
-            sd_mask, init.data, None if mask is None else mask.data, params.mask_source
+            sd_mask,
+            init.data,
+            None if mask is None else mask.data,
+            params.mask_source,
+            self.edge.limits.max_input_pixels,
         )
         canonical["image"] = await self._store(init)
         canonical["mask"] = await self._store(Upload(mask_png, "mask.png", "image/png"))
@@ -137,7 +143,9 @@ class StabilityV1Api:
         texts, files = await _multipart(request, allowed_files=("image",))
         params = parse(UpscaleParams, form_fields(texts))
         image = _required(files, "image")
-        size = await asyncio.to_thread(image_size, image.data)
+        size = await asyncio.to_thread(
+            image_size, image.data, "image", self.edge.limits.max_input_pixels
+        )
         canonical = params.canonical(size, self.edge.limits)
         check_a_step_runs(canonical, model, "steps")
         canonical["image"] = await self._store(image)

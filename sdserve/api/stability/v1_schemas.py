@@ -35,7 +35,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal, TypeVar
 
 from fastapi.responses import JSONResponse, Response
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from sdserve.api.edge import job_failure
@@ -50,6 +50,7 @@ from sdserve.api.stability.engines import (
 from sdserve.api.stability.results import FAILURES, Artifact, failure_body
 from sdserve.domain.inputs import MAX_SEED, InputLimits, invalid_input_from
 from sdserve.errors import InvalidImage, InvalidInput
+from sdserve.jobs import images
 from sdserve.jobs.contract import JobRecord, ServedModel
 
 #: Canonical input names → v1's, to name the field the client sent in a refusal.
@@ -357,27 +358,32 @@ def check_a_step_runs(values: Mapping[str, Any], model: ServedModel, field: str)
 # -- images -----------------------------------------------------------------------------------
 
 
-def open_image(data: bytes, field: str) -> Image.Image:
-    """Decode an uploaded image; undecodable bytes are a 400 naming ``field``."""
-    try:
-        image = Image.open(io.BytesIO(data))
-        image.load()
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise InvalidImage(field, f"cannot decode the image ({exc})") from None
-    return image
+#: The input pixel limit of the default :class:`InputLimits` (the routes pass the
+#: operator's).
+_DEFAULT_INPUT_PIXELS = InputLimits().max_input_pixels
 
 
-def init_image_size(data: bytes, field: str = "init_image") -> tuple[int, int]:
+def open_image(data: bytes, field: str, max_pixels: int = _DEFAULT_INPUT_PIXELS) -> Image.Image:
+    """Decode an uploaded image (the one decode path, :mod:`sdserve.jobs.images`): over
+    ``max_pixels`` or undecodable bytes are a 400 naming ``field``."""
+    return images.open_image(data, field, max_pixels=max_pixels)
+
+
+def init_image_size(
+    data: bytes, field: str = "init_image", max_pixels: int = _DEFAULT_INPUT_PIXELS
+) -> tuple[int, int]:
     """The size of an init image, whose sides must be multiples of 64 (Stability's rule;
     the answer then has exactly the init image's size)."""
-    image = open_image(data, field)
-    _check_sides(image, field)
-    return image.size
+    with open_image(data, field, max_pixels) as image:
+        _check_sides(image, field)
+        return image.size
 
 
-def image_size(data: bytes, field: str = "image") -> tuple[int, int]:
-    """The size of an image of any size (the upscale's input)."""
-    return open_image(data, field).size
+def image_size(
+    data: bytes, field: str = "image", max_pixels: int = _DEFAULT_INPUT_PIXELS
+) -> tuple[int, int]:
+    """The size of an image of any size (the upscale's input); only its header is read."""
+    return images.image_size(data, field, max_pixels=max_pixels)
 
 
 def _check_sides(image: Image.Image, field: str) -> None:
@@ -393,7 +399,12 @@ def has_alpha(image: Image.Image) -> bool:
     return "A" in image.getbands() or "transparency" in image.info
 
 
-def sd_mask(init: bytes, mask: bytes | None, source: MaskSource) -> tuple[tuple[int, int], bytes]:
+def sd_mask(
+    init: bytes,
+    mask: bytes | None,
+    source: MaskSource,
+    max_pixels: int = _DEFAULT_INPUT_PIXELS,
+) -> tuple[tuple[int, int], bytes]:
     """The init image's size and the sdserve mask (PNG, white = repaint, black = keep)
     that ``source`` describes:
 
@@ -404,7 +415,7 @@ def sd_mask(init: bytes, mask: bytes | None, source: MaskSource) -> tuple[tuple[
 
     Decodes images: call it off the event loop.
     """
-    image = open_image(init, "init_image")
+    image = open_image(init, "init_image", max_pixels)
     _check_sides(image, "init_image")
     if source == "INIT_IMAGE_ALPHA":
         if mask is not None:
@@ -420,7 +431,7 @@ def sd_mask(init: bytes, mask: bytes | None, source: MaskSource) -> tuple[tuple[
     else:
         if mask is None:
             raise InvalidInput("mask_image", f"is required with mask_source {source}")
-        given = open_image(mask, "mask_image")
+        given = open_image(mask, "mask_image", max_pixels)
         if given.size != image.size:
             raise InvalidImage(
                 "mask_image",

@@ -14,22 +14,17 @@ from io import BytesIO
 import numpy as np
 from PIL import Image, ImageFilter
 
-from sdserve.errors import InvalidImage
+from sdserve.jobs.images import open_image
 
 #: Mask values at or above this are "repaint" when the mask is widened.
 _MASKED = 128
 
 
-def decode(data: bytes, field: str) -> Image.Image:
-    """The decoded image of an uploaded part; :class:`InvalidImage` naming ``field``."""
-    if not data:
-        raise InvalidImage(field, "is empty; send an image file")
-    try:
-        image = Image.open(BytesIO(data))
-        image.load()
-    except Exception as exc:  # PIL raises many types for bad bytes
-        raise InvalidImage(field, f"cannot be decoded as an image ({exc})") from None
-    return image
+def decode(data: bytes, field: str, max_pixels: int) -> Image.Image:
+    """The decoded image of an uploaded part (the one decode path,
+    :mod:`sdserve.jobs.images`): :class:`InvalidImage` naming ``field`` when it is not
+    an image or has more than ``max_pixels`` pixels."""
+    return open_image(data, field, max_pixels=max_pixels)
 
 
 def alpha_mask(image: Image.Image) -> Image.Image | None:

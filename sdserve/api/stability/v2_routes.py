@@ -328,7 +328,7 @@ class StabilityV2Api:
 
     def _store_image(self, upload: Upload, *, check_size: bool = True) -> Stored:
         """Decode the ``image`` part (in a worker thread), check its size and store it."""
-        with images.decode(upload.data, "image") as image:
+        with images.decode(upload.data, "image", self.edge.limits.max_input_pixels) as image:
             width, height = image.size
         if check_size:
             check_image_size(width, height, self.edge.limits.max_pixels)
@@ -343,10 +343,12 @@ class StabilityV2Api:
     def _store_with_mask(self, upload: Upload, mask_upload: Upload | None, grow: int) -> Stored:
         """Store the image and its mask: the ``mask`` part, else the image's transparency,
         widened by ``grow`` pixels (in a worker thread: this decodes both)."""
-        with images.decode(upload.data, "image") as image:
+        with images.decode(upload.data, "image", self.edge.limits.max_input_pixels) as image:
             check_image_size(image.width, image.height, self.edge.limits.max_pixels)
             if mask_upload is not None:
-                with images.decode(mask_upload.data, "mask") as given:
+                with images.decode(
+                    mask_upload.data, "mask", self.edge.limits.max_input_pixels
+                ) as given:
                     mask = images.as_mask(given, image.size)
             else:
                 found = images.alpha_mask(image)

@@ -72,10 +72,10 @@ def test_a_mask_part_becomes_grey_at_the_images_size() -> None:
 
 def test_undecodable_or_empty_parts_are_refused_naming_the_field() -> None:
     with pytest.raises(InvalidImage) as error:
-        decode(b"not an image", "mask")
+        decode(b"not an image", "mask", 1 << 20)
     assert error.value.field == "mask"
     with pytest.raises(InvalidImage, match="empty"):
-        decode(b"", "image")
-    round_trip = decode(png_bytes(square_mask()), "mask")
+        decode(b"", "image", 1 << 20)
+    round_trip = decode(png_bytes(square_mask()), "mask", 1 << 20)
     assert round_trip.size == (64, 64)
     assert isinstance(io.BytesIO(png_bytes(round_trip)).getvalue(), bytes)
