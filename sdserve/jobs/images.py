@@ -43,9 +43,10 @@ def open_header(data: bytes, field: str, *, max_pixels: int) -> Image:
         image = PILImage.open(io.BytesIO(data))
     except UnidentifiedImageError:
         raise InvalidImage(field, NOT_AN_IMAGE) from None
-    except PILImage.DecompressionBombError:
-        # Pillow's own guard fires in open() for a header far beyond its limit
-        raise _too_many(field, "far too large", max_pixels) from None
+    except (PILImage.DecompressionBombError, PILImage.DecompressionBombWarning):
+        # Pillow's own guard fires in open() for a header far beyond its limit (the warning
+        # only where warnings are errors); either way the header declared too many pixels
+        raise _too_many(field, "larger than Pillow decodes", max_pixels) from None
     except Exception:  # damaged headers raise OSError, SyntaxError, ValueError, ...
         raise InvalidImage(field, "is a damaged or truncated image file") from None
     width, height = image.size
@@ -69,9 +70,9 @@ def open_image(data: bytes, field: str, *, max_pixels: int) -> Image:
     image = open_header(data, field, max_pixels=max_pixels)
     try:
         image.load()
-    except PILImage.DecompressionBombError:
+    except (PILImage.DecompressionBombError, PILImage.DecompressionBombWarning):
         image.close()
-        raise _too_many(field, "far too large", max_pixels) from None
+        raise _too_many(field, "larger than Pillow decodes", max_pixels) from None
     except Exception:  # truncated data raises OSError, SyntaxError, ValueError, ...
         image.close()
         raise InvalidImage(field, "is a damaged or truncated image file") from None
