@@ -25,9 +25,10 @@ if TYPE_CHECKING:
 NOT_AN_IMAGE = "is not a decodable image (send a PNG, JPEG or WebP file)"
 
 
-def _too_many(field: str, size: str, max_pixels: int) -> InvalidImage:
+def _too_many(field: str, size: tuple[int, int] | None, max_pixels: int) -> InvalidImage:
+    declared = "declares more pixels" if size is None else f"is {size[0]}x{size[1]}, more"
     return InvalidImage(
-        field, f"is {size}, more than this server's limit of {max_pixels} pixels for an input image"
+        field, f"{declared} than this server's limit of {max_pixels} pixels for an input image"
     )
 
 
@@ -46,13 +47,13 @@ def open_header(data: bytes, field: str, *, max_pixels: int) -> Image:
     except (PILImage.DecompressionBombError, PILImage.DecompressionBombWarning):
         # Pillow's own guard fires in open() for a header far beyond its limit (the warning
         # only where warnings are errors); either way the header declared too many pixels
-        raise _too_many(field, "larger than Pillow decodes", max_pixels) from None
+        raise _too_many(field, None, max_pixels) from None
     except Exception:  # damaged headers raise OSError, SyntaxError, ValueError, ...
         raise InvalidImage(field, "is a damaged or truncated image file") from None
     width, height = image.size
     if width * height > max_pixels:
         image.close()
-        raise _too_many(field, f"{width}x{height}", max_pixels)
+        raise _too_many(field, (width, height), max_pixels)
     return image
 
 
@@ -72,7 +73,7 @@ def open_image(data: bytes, field: str, *, max_pixels: int) -> Image:
         image.load()
     except (PILImage.DecompressionBombError, PILImage.DecompressionBombWarning):
         image.close()
-        raise _too_many(field, "larger than Pillow decodes", max_pixels) from None
+        raise _too_many(field, None, max_pixels) from None
     except Exception:  # truncated data raises OSError, SyntaxError, ValueError, ...
         image.close()
         raise InvalidImage(field, "is a damaged or truncated image file") from None
