@@ -20,6 +20,7 @@ from sdserve.api.common import FILES_PATH
 from sdserve.api.deepinfra import routes as deepinfra
 from sdserve.api.edge import Edge
 from sdserve.api.errors import ErrorRouting, install_error_handlers, problem_response
+from sdserve.api.files import file_response
 from sdserve.api.openai import routes as openai
 from sdserve.api.replicate import routes as replicate
 from sdserve.api.stability import v1_routes as stability_v1
@@ -74,10 +75,9 @@ def create_app(settings: Settings, service: JobService, *, manage_service: bool 
     @app.get(FILES_PATH + "/{key}")
     async def get_file(key: str) -> Response:
         # unguessable keys: fetchable without Authorization, like Replicate's delivery URLs
-        data, content_type = service.open_output(key)
-        return Response(
-            data, media_type=content_type, headers={"Cache-Control": "private, max-age=3600"}
-        )
+        # typed from the bytes, inert: never a page that runs on this origin (api.files)
+        data, _stored_type = service.open_output(key)
+        return file_response(key, data)
 
     app.state.error_routing = routing
     app.state.auth = auth

@@ -358,11 +358,9 @@ class Service:
         return self.files.get(key)
 
     def store_upload(self, data: bytes, filename: str, content_type: str) -> str:
-        """Store a client upload and return its key."""
-        sniffed = sniff_image_type(data)
-        if sniffed is not None:
-            content_type = sniffed
-        content_type = content_type or "application/octet-stream"
+        """Store a client upload and return its key. Typed by its bytes: the client's
+        ``content_type`` is not trusted (an uploaded page must not be stored as text/html)."""
+        content_type = sniff_image_type(data) or "application/octet-stream"
         key = new_key(_EXTENSIONS.get(content_type, ""))
         self.files.put(key, data, content_type)
         self.store.files.add(

@@ -21,6 +21,7 @@ from sdserve.api.common import (
     parse_prefer_wait,
 )
 from sdserve.api.edge import Edge
+from sdserve.api.files import content_type_of
 from sdserve.api.replicate.schemas import (
     PredictionRequest,
     done_error,
@@ -212,7 +213,8 @@ class ReplicateApi:
     ) -> Any:
         data = await content.read()
         name = content.filename or "file"
-        content_type = content.content_type or "application/octet-stream"
+        # typed by its bytes, never by the client's header (api.files)
+        content_type = content_type_of(data)
         parsed_metadata: dict[str, Any] = {}
         if metadata:
             try:
