@@ -112,6 +112,12 @@ class Overloaded(SdserveError):
         self.retry_after = retry_after
 
 
+class PayloadTooLarge(SdserveError):
+    """A request body over the operator's size limit (``limits.max_upload_bytes``)."""
+
+    code = "payload_too_large"
+
+
 class Conflict(SdserveError):
     """The request contradicts the current state (for example cancel of a finished job)."""
 

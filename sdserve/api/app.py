@@ -16,6 +16,7 @@ from fastapi.responses import Response
 
 from sdserve.api.a1111 import routes as a1111
 from sdserve.api.auth import TokenAuth
+from sdserve.api.body_guard import BodyGuard
 from sdserve.api.common import FILES_PATH
 from sdserve.api.deepinfra import routes as deepinfra
 from sdserve.api.edge import Edge
@@ -79,6 +80,14 @@ def create_app(settings: Settings, service: JobService, *, manage_service: bool 
         data, _stored_type = service.open_output(key)
         return file_response(key, data)
 
+    # the token and the body's size, checked on the headers before any route reads a body
+    app.add_middleware(
+        BodyGuard,
+        max_bytes=settings.limits.max_upload_bytes,
+        check_token=auth.check,
+        guarded=edge.guarded,
+        routing=routing,
+    )
     app.state.error_routing = routing
     app.state.auth = auth
     return app

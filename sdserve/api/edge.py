@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request
+from starlette.routing import BaseRoute
 
 from sdserve.api.common import base_url
 from sdserve.api.errors import ErrorRenderer, ErrorRouting
@@ -157,6 +158,8 @@ class Edge:
     auth: Callable[..., Any]
     routing: ErrorRouting
     limits: InputLimits = field(init=False)
+    #: the routes behind the token check (the body guard checks it before any body is read)
+    guarded: list[BaseRoute] = field(init=False, default_factory=list)
 
     def __post_init__(self) -> None:
         self.limits = self.settings.limits.input_limits()
@@ -173,7 +176,9 @@ class Edge:
         if errors is not None:
             for prefix in under:
                 self.routing.renderers[prefix] = errors
+        before = len(self.app.router.routes)
         self.app.include_router(router, dependencies=[Depends(self.auth)])
+        self.guarded.extend(self.app.router.routes[before:])
 
     def on_webhook(self, source: str, render: WebhookRenderer) -> None:
         """Render the webhooks of jobs created by dialect ``source`` with ``render``."""

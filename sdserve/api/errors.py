@@ -19,6 +19,7 @@ from sdserve.errors import (
     InvalidInput,
     NotFound,
     Overloaded,
+    PayloadTooLarge,
     SdserveError,
     Unauthorized,
 )
@@ -39,6 +40,8 @@ def http_status(error: SdserveError) -> int:
         return 409
     if isinstance(error, Overloaded):
         return 429
+    if isinstance(error, PayloadTooLarge):
+        return 413
     return 500
 
 
@@ -48,6 +51,7 @@ def problem_response(error: SdserveError, status: int) -> Response:
         401: "Unauthenticated",
         404: "Not found",
         409: "Conflict",
+        413: "Payload too large",
         422: "Input validation failed",
         429: "Too many requests",
     }
