@@ -307,3 +307,36 @@ def test_other_request_kinds_and_artifacts_are_refused() -> None:
     with pytest.raises(InvalidInput) as caught:
         read_request(depth, LIMITS)
     assert caught.value.field == "prompt[ARTIFACT_DEPTH]"
+
+
+def test_a_mask_or_upscale_source_over_the_pixel_limit_is_refused_on_its_header() -> None:
+    from tests.unit.api.test_image_limits import BOMB, HUGE
+
+    def request(artifacts: list[Any], *, upscale: bool) -> Any:
+        steps = (
+            []
+            if upscale
+            else [generation.StepParameter(schedule=generation.ScheduleParameters(start=1))]
+        )
+        return generation.Request(
+            prompt=[generation.Prompt(text="a"), *artifacts],
+            image=generation.ImageParameters(parameters=steps),
+        )
+
+    image = generation.Prompt(
+        artifact=generation.Artifact(type=generation.ARTIFACT_IMAGE, binary=png(RED))
+    )
+    for data in (BOMB, HUGE):
+        mask = generation.Prompt(
+            artifact=generation.Artifact(type=generation.ARTIFACT_MASK, binary=data)
+        )
+        with pytest.raises(InvalidImage) as caught:
+            read_request(request([image, mask], upscale=False), LIMITS)
+        assert caught.value.field == "prompt[ARTIFACT_MASK]"
+        assert f"limit of {LIMITS.max_input_pixels} pixels" in caught.value.message
+        source = generation.Prompt(
+            artifact=generation.Artifact(type=generation.ARTIFACT_IMAGE, binary=data)
+        )
+        with pytest.raises(InvalidImage) as caught:
+            read_request(request([source], upscale=True), LIMITS)
+        assert f"limit of {LIMITS.max_input_pixels} pixels" in caught.value.message
