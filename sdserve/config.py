@@ -12,6 +12,7 @@ here like every other section and handed to the engine.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 
@@ -74,6 +75,18 @@ class ApiSettings(BaseModel):
         "they are cut and their jobs canceled",
     )
 
+    def loopback_without_token(self) -> bool:
+        """No token and listening on loopback only: every caller is a local process (which
+        may reach loopback itself), so webhooks to loopback receivers are allowed."""
+        if self.all_tokens():
+            return False
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
     def all_tokens(self) -> list[str]:
         """Tokens from the settings and the token file (blank lines and # comments skipped)."""
         tokens = [token for token in self.tokens if token]
@@ -114,16 +127,28 @@ class ServiceSettings(BaseModel):
     webhook_secret_file: Path | None = Field(
         default=None, description="None = <data_dir>/webhook_secret"
     )
-    webhook_timeout_s: float = Field(default=10.0, gt=0)
+    webhook_timeout_s: float = Field(
+        default=10.0, gt=0, description="deadline of one webhook delivery, answer included"
+    )
+    webhook_concurrency: int = Field(
+        default=8, ge=1, le=256, description="jobs whose webhooks are delivered at once"
+    )
     webhook_max_attempts: int = Field(default=6, ge=1, description="tries of a terminal webhook")
     webhook_backoff_s: float = Field(
         default=1.0, gt=0, description="wait before the first retry; doubles per attempt"
     )
     fetch_max_bytes: int = Field(default=50 * 1024 * 1024, ge=1024)
-    fetch_timeout_s: float = Field(default=30.0, gt=0)
+    fetch_timeout_s: float = Field(
+        default=30.0, gt=0, description="deadline of one input fetch, redirects and body included"
+    )
     fetch_allow_private: bool = Field(
         default=False,
         description="let input URLs reach private/loopback/link-local hosts (SSRF guard off)",
+    )
+    outbound_allow: list[str] = Field(
+        default_factory=list,
+        description="networks (10.0.0.0/8) or host names that input URLs and webhooks may "
+        "reach although they are not public (internal webhook receivers)",
     )
     fetch_local_roots: list[Path] = Field(
         default_factory=list,
