@@ -165,6 +165,21 @@ class ServiceSettings(BaseModel):
         default=20, ge=0, le=10_000, description="how long a claimed job waits for partners"
     )
 
+    @field_validator("outbound_allow")
+    @classmethod
+    def _networks_or_hosts(cls, entries: list[str]) -> list[str]:
+        # a mistyped network (10.0.0.0/33) must not silently become a host name
+        for entry in entries:
+            text = entry.strip().strip("[]")
+            if not text or " " in text:
+                raise ValueError(f"{entry!r} is neither a network nor a host name")
+            if "/" in text or ":" in text or text.replace(".", "").isdigit():
+                try:
+                    ipaddress.ip_network(text, strict=False)
+                except ValueError as exc:
+                    raise ValueError(f"{entry!r} is not a network: {exc}") from None
+        return entries
+
     @field_validator("files_url", mode="before")
     @classmethod
     def _folder_as_text(cls, value: object) -> object:
