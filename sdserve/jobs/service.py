@@ -194,6 +194,8 @@ class Service:
         inline_output: bool = False,
     ) -> JobRecord:
         """Validate synchronously, persist and enqueue; see :class:`JobService`."""
+        if webhook is not None:
+            self._check_webhook(webhook.url)
         if kind is JobKind.TRAINING:
             stored_input = parse_training_input(dict(input)).model_dump(
                 mode="json", exclude_unset=True
@@ -206,8 +208,6 @@ class Service:
             stored_input = parsed.model_dump(mode="json", exclude_unset=True)
             spec = self.served.resolve(model)
             destination = None
-        if webhook is not None:
-            self._check_webhook(webhook.url)
         if deadline is not None and deadline.tzinfo is None:
             deadline = deadline.replace(tzinfo=UTC)
         record = JobRecord(
