@@ -5,6 +5,7 @@ the operator's allowlist. Network tests use a real server on loopback."""
 from __future__ import annotations
 
 import io
+import re
 import time
 
 import httpx
@@ -126,10 +127,8 @@ def test_a_real_redirect_to_loopback_is_refused() -> None:
     and never reaches the loopback server."""
     with local_server("ok", body=b"secret") as internal:
         with local_server("redirect", location=f"{internal.url}/secret") as allowed:
-            policy = OutboundPolicy(
-                allow=["hop.test"], resolver=lambda host, port: ["127.0.0.1"]
-            )
-            with pytest.raises(OutboundRefused, match="127.0.0.1"):
+            policy = OutboundPolicy(allow=["hop.test"], resolver=lambda host, port: ["127.0.0.1"])
+            with pytest.raises(OutboundRefused, match=re.escape("127.0.0.1")):
                 policy.send(
                     "GET",
                     f"http://hop.test:{allowed.port}/x",
@@ -167,9 +166,9 @@ def test_the_allowlist_lets_a_private_network_or_host_through() -> None:
         return {"hooks.internal": ["192.168.7.7"]}.get(host, ["10.1.2.3"])
 
     strict = OutboundPolicy(transport=httpx.MockTransport(receiver), resolver=resolver)
-    with pytest.raises(OutboundRefused, match="10.1.2.3"):
+    with pytest.raises(OutboundRefused, match=re.escape("10.1.2.3")):
         strict.check("http://builds.corp/hook")
-    with pytest.raises(OutboundRefused, match="192.168.7.7"):
+    with pytest.raises(OutboundRefused, match=re.escape("192.168.7.7")):
         strict.check("http://hooks.internal/hook")
     allowed = OutboundPolicy(
         allow=["10.0.0.0/8", "hooks.internal"],
@@ -180,7 +179,7 @@ def test_the_allowlist_lets_a_private_network_or_host_through() -> None:
         assert allowed.send("POST", url, content=b"{}", timeout_s=5, max_bytes=100).status_code
     assert received == ["http://builds.corp/hook", "http://hooks.internal/hook"]
     # the allowlist opens only what it names
-    with pytest.raises(OutboundRefused, match="127.0.0.1"):
+    with pytest.raises(OutboundRefused, match=re.escape("127.0.0.1")):
         allowed.check("http://127.0.0.1/hook")
 
 
