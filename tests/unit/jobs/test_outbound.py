@@ -189,3 +189,23 @@ def test_the_allowlist_lets_a_private_network_or_host_through() -> None:
 def test_only_http_urls_with_a_host_are_accepted(url: str) -> None:
     with pytest.raises(OutboundRefused):
         OutboundPolicy(allow_any=True).check(url)
+
+
+def test_allow_outbound_from_the_command_line_reaches_the_webhook_policy() -> None:
+    from pydantic import ValidationError
+
+    from sdserve.cli import _server_settings, build_parser
+    from sdserve.config import ServiceSettings
+    from sdserve.wiring import webhook_policy
+
+    args = build_parser().parse_args(
+        ["serve", "--token", "t", "--allow-outbound", "10.0.0.0/8", "--allow-outbound", "hooks.lan"]
+    )
+    settings = _server_settings(args)
+    assert settings.service.outbound_allow == ["10.0.0.0/8", "hooks.lan"]
+    policy = webhook_policy(settings)
+    assert policy.check("http://10.9.8.7/hook").address == "10.9.8.7"
+    with pytest.raises(OutboundRefused):  # a token: loopback is not open
+        policy.check("http://127.0.0.1/hook")
+    with pytest.raises(ValidationError, match="not a network"):
+        ServiceSettings(outbound_allow=["10.0.0.0/33"])
