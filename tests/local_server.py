@@ -4,6 +4,7 @@ redirect, or a slow drip of one byte every ``DRIP_S`` seconds)."""
 
 from __future__ import annotations
 
+import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -37,10 +38,11 @@ class LocalServer:
     location: str = ""
     port: int = 0
     seen: list[Seen] = field(default_factory=list)
+    tls: ssl.SSLContext | None = None  # serve https with this server context
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
 
 def _drip(handler: BaseHTTPRequestHandler, data: bytes) -> None:
@@ -96,6 +98,8 @@ def local_server(mode: str = "ok", **options: object) -> Iterator[LocalServer]:
     state = LocalServer(mode, **options)  # type: ignore[arg-type]
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
     httpd.daemon_threads = True
+    if state.tls is not None:
+        httpd.socket = state.tls.wrap_socket(httpd.socket, server_side=True)
     state.port = httpd.server_address[1]
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()

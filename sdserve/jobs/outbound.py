@@ -184,6 +184,7 @@ class OutboundPolicy:
     ``allow_loopback``: loopback addresses are allowed (a no-token server on loopback);
     ``allow``: operator entries, networks or host names, allowed whatever they resolve to.
     ``transport`` replaces the network (tests): the checks still run, nothing is pinned.
+    ``ssl_context``: the certificates trusted for https (default: httpx's, from certifi).
     """
 
     def __init__(
@@ -194,8 +195,10 @@ class OutboundPolicy:
         allow_any: bool = False,
         resolver: Resolver | None = None,
         transport: httpx.BaseTransport | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.networks, self.hosts = parse_allowlist(allow)
+        self._ssl_context = ssl_context
         self.allow_loopback = allow_loopback
         self.allow_any = allow_any
         self._resolve = resolver or system_resolver
@@ -277,7 +280,9 @@ class OutboundPolicy:
         follow_redirects: bool,
     ) -> Reply | str:
         """One hop: a Reply, or the next URL of a redirect to follow."""
-        transport = self._transport or _PinnedTransport(target, deadline)
+        transport = self._transport or _PinnedTransport(
+            target, deadline, self._ssl_context or httpx.create_ssl_context()
+        )
         left = max(deadline - time.monotonic(), 0.001)
         try:
             with (
@@ -411,10 +416,10 @@ class _PinnedTransport(httpx.HTTPTransport):
     backend, so its ``_pool`` is replaced; ``tests/unit/jobs/test_outbound.py`` connects
     through it to a real server, so a change in httpx fails a test rather than a user."""
 
-    def __init__(self, target: Target, deadline: float) -> None:
+    def __init__(self, target: Target, deadline: float, ssl_context: ssl.SSLContext) -> None:
         super().__init__(retries=0)
         self._pool = httpcore.ConnectionPool(
-            ssl_context=httpx.create_ssl_context(),
+            ssl_context=ssl_context,
             max_connections=1,
             network_backend=_PinnedBackend(target, deadline),
         )

@@ -6,7 +6,11 @@ from __future__ import annotations
 
 import io
 import re
+import shutil
+import ssl
+import subprocess
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -15,7 +19,7 @@ from PIL import Image
 from sdserve.errors import InputFetchFailed
 from sdserve.jobs.fetch import InputFetcher
 from sdserve.jobs.files import InMemoryFileStore
-from sdserve.jobs.outbound import OutboundPolicy, OutboundRefused
+from sdserve.jobs.outbound import OutboundError, OutboundPolicy, OutboundRefused
 from tests.local_server import DRIP_BYTES, DRIP_S, local_server
 
 PUBLIC = "93.184.216.34"
@@ -209,3 +213,45 @@ def test_allow_outbound_from_the_command_line_reaches_the_webhook_policy() -> No
         policy.check("http://127.0.0.1/hook")
     with pytest.raises(ValidationError, match="not a network"):
         ServiceSettings(outbound_allow=["10.0.0.0/33"])
+
+
+def _certificate(folder: Path, name: str) -> tuple[Path, Path]:
+    if shutil.which("openssl") is None:
+        pytest.skip("the openssl command is not installed")
+    cert, key = folder / f"{name}.pem", folder / f"{name}.key"
+    subprocess.run(
+        [
+            "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes",
+            "-keyout", str(key), "-out", str(cert), "-days", "2",
+            "-subj", f"/CN={name}", "-addext", f"subjectAltName=DNS:{name}",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )  # fmt: skip
+    return cert, key
+
+
+@pytest.mark.parametrize("served_name", ["images.test", "other.test"])
+def test_https_to_the_pinned_address_checks_the_certificate_against_the_name(
+    tmp_path: Path, served_name: str
+) -> None:
+    """Connected to the checked IP, TLS still sends the name (SNI) and verifies the
+    certificate against it: a certificate for another name is refused."""
+    cert, key = _certificate(tmp_path, served_name)
+    server_tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_tls.load_cert_chain(cert, key)
+    with local_server("ok", body=png(), tls=server_tls) as server:
+        policy = OutboundPolicy(
+            allow_loopback=True,
+            resolver=lambda host, port: ["127.0.0.1"],
+            ssl_context=ssl.create_default_context(cafile=str(cert)),
+        )
+        url = f"https://images.test:{server.port}/cat.png"
+        if served_name == "images.test":
+            assert policy.send("GET", url, timeout_s=10, max_bytes=10_000).content == png()
+            assert server.seen[0].host == f"images.test:{server.port}"
+        else:
+            with pytest.raises(OutboundError, match="certificate"):
+                policy.send("GET", url, timeout_s=10, max_bytes=10_000)
+            assert server.seen == []
