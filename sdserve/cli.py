@@ -688,6 +688,19 @@ def _add_serve(commands: Any) -> None:
     _add_engine_options(serve)
     _add_queue_options(serve)
     serve.add_argument(
+        "--allow-outbound",
+        action="append",
+        dest="outbound_allow",
+        metavar="NET_OR_HOST",
+        default=None,
+        help=described(
+            ServiceSettings,
+            "outbound_allow",
+            "network or host name webhooks and input URLs may reach although it is not "
+            "public (an internal webhook receiver), repeatable",
+        ),
+    )
+    serve.add_argument(
         "--no-worker",
         action="store_true",
         help="do not run a worker in this process (use 'sdserve worker')",
@@ -725,6 +738,7 @@ def _server_settings(args: argparse.Namespace) -> Settings:
         for key, value in {
             "database_url": args.database_url,
             "broker_url": args.broker_url,
+            "outbound_allow": getattr(args, "outbound_allow", None),
         }.items()
         if value is not None
     }

@@ -12,6 +12,7 @@ here like every other section and handed to the engine.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 
@@ -87,6 +88,18 @@ class ApiSettings(BaseModel):
         "they are cut and their jobs canceled",
     )
 
+    def loopback_without_token(self) -> bool:
+        """No token and listening on loopback only: every caller is a local process (which
+        may reach loopback itself), so webhooks to loopback receivers are allowed."""
+        if self.all_tokens():
+            return False
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
     def all_tokens(self) -> list[str]:
         """Tokens from the settings and the token file (blank lines and # comments skipped)."""
         tokens = [token for token in self.tokens if token]
@@ -127,16 +140,28 @@ class ServiceSettings(BaseModel):
     webhook_secret_file: Path | None = Field(
         default=None, description="None = <data_dir>/webhook_secret"
     )
-    webhook_timeout_s: float = Field(default=10.0, gt=0)
+    webhook_timeout_s: float = Field(
+        default=10.0, gt=0, description="deadline of one webhook delivery, answer included"
+    )
+    webhook_concurrency: int = Field(
+        default=8, ge=1, le=256, description="jobs whose webhooks are delivered at once"
+    )
     webhook_max_attempts: int = Field(default=6, ge=1, description="tries of a terminal webhook")
     webhook_backoff_s: float = Field(
         default=1.0, gt=0, description="wait before the first retry; doubles per attempt"
     )
     fetch_max_bytes: int = Field(default=50 * 1024 * 1024, ge=1024)
-    fetch_timeout_s: float = Field(default=30.0, gt=0)
+    fetch_timeout_s: float = Field(
+        default=30.0, gt=0, description="deadline of one input fetch, redirects and body included"
+    )
     fetch_allow_private: bool = Field(
         default=False,
         description="let input URLs reach private/loopback/link-local hosts (SSRF guard off)",
+    )
+    outbound_allow: list[str] = Field(
+        default_factory=list,
+        description="networks (10.0.0.0/8) or host names that input URLs and webhooks may "
+        "reach although they are not public (internal webhook receivers)",
     )
     fetch_local_roots: list[Path] = Field(
         default_factory=list,
@@ -152,6 +177,21 @@ class ServiceSettings(BaseModel):
     batch_window_ms: int = Field(
         default=20, ge=0, le=10_000, description="how long a claimed job waits for partners"
     )
+
+    @field_validator("outbound_allow")
+    @classmethod
+    def _networks_or_hosts(cls, entries: list[str]) -> list[str]:
+        # a mistyped network (10.0.0.0/33) must not silently become a host name
+        for entry in entries:
+            text = entry.strip().strip("[]")
+            if not text or " " in text:
+                raise ValueError(f"{entry!r} is neither a network nor a host name")
+            if "/" in text or ":" in text or text.replace(".", "").isdigit():
+                try:
+                    ipaddress.ip_network(text, strict=False)
+                except ValueError as exc:
+                    raise ValueError(f"{entry!r} is not a network: {exc}") from None
+        return entries
 
     @field_validator("files_url", mode="before")
     @classmethod

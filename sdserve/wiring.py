@@ -26,8 +26,9 @@ import httpx
 from sdserve.config import Settings
 from sdserve.errors import InvalidInput
 from sdserve.jobs.batching import Batcher, BatchPolicy
-from sdserve.jobs.fetch import InputFetcher, Resolver
+from sdserve.jobs.fetch import InputFetcher
 from sdserve.jobs.files import FileStore, LocalFileStore
+from sdserve.jobs.outbound import OutboundPolicy, Resolver
 from sdserve.jobs.queue import LOCAL_BROKER, Handler, JobQueue, LocalQueue, is_embedded
 from sdserve.jobs.recovery import Recovery
 from sdserve.jobs.retention import Retention
@@ -46,12 +47,13 @@ if TYPE_CHECKING:
 class Edges:
     """I/O edges to use instead of the real ones built from the settings (None: the real
     one): an in-memory file store, httpx transports (``httpx.MockTransport``) for input
-    fetches and webhook deliveries, a DNS resolver for the fetcher's SSRF guard."""
+    fetches and webhook deliveries, DNS resolvers for their outbound-URL policy."""
 
     files: FileStore | None = None
     fetch_transport: httpx.BaseTransport | None = None
     fetch_resolver: Resolver | None = None
     webhook_transport: httpx.BaseTransport | None = None
+    webhook_resolver: Resolver | None = None
 
 
 REAL_EDGES = Edges()
@@ -134,6 +136,17 @@ def _io(settings: Settings, edges: Edges, on_webhook: Callable[[], None] | None 
         files, settings.service, transport=edges.fetch_transport, resolver=edges.fetch_resolver
     )
     return _Io(open_store(settings, on_webhook=on_webhook), files, fetcher)
+
+
+def webhook_policy(settings: Settings, edges: Edges = REAL_EDGES) -> OutboundPolicy:
+    """Where webhooks may go: public addresses, the operator's allowlist, and loopback when
+    this server has no token and listens on loopback only (its callers are local)."""
+    return OutboundPolicy(
+        allow=settings.service.outbound_allow,
+        allow_loopback=settings.api.loopback_without_token(),
+        resolver=edges.webhook_resolver,
+        transport=edges.webhook_transport,
+    )
 
 
 def _runner(
@@ -220,8 +233,9 @@ def build_service(
             timeout_s=config.webhook_timeout_s,
             max_attempts=config.webhook_max_attempts,
             backoff_base_s=config.webhook_backoff_s,
-            transport=edges.webhook_transport,
             wake=webhooks_due,
+            policy=webhook_policy(settings, edges),
+            concurrency=config.webhook_concurrency,
         ),
         secret=secret,
         recovery=recovery,

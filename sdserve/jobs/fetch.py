@@ -6,9 +6,9 @@ Accepted references, in the order they are tried:
   ``application/octet-stream``, and the worker decodes the bytes with PIL anyway);
 * our own files: a bare key, a ``/files/<key>`` path or an absolute URL whose path
   names one of our keys, read from the file store directly, never over HTTP;
-* ``http(s)://`` URLs, fetched with httpx under a timeout and a byte limit, refusing
-  hosts that resolve to private, loopback, link-local, multicast or reserved addresses
-  (the SSRF guard), redirects included;
+* ``http(s)://`` URLs, fetched under :mod:`sdserve.jobs.outbound`'s policy (the SSRF
+  guard: every resolved address checked, the connection pinned to it, each redirect
+  checked, one deadline for the whole fetch and a byte limit);
 * raw base64 of an image (A1111 clients send it);
 * local paths, only inside folders the operator listed in ``fetch_local_roots``.
 
@@ -19,24 +19,28 @@ from __future__ import annotations
 
 import base64
 import binascii
-import ipaddress
 import re
-import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from urllib.parse import unquote_to_bytes, urljoin, urlsplit
+from urllib.parse import unquote_to_bytes, urlsplit
 
 import httpx
 
 from sdserve.config import ServiceSettings
 from sdserve.errors import FileNotFound, InputFetchFailed
 from sdserve.jobs.files import FileStore, valid_key
+from sdserve.jobs.outbound import (
+    OutboundError,
+    OutboundPolicy,
+    OutboundTimeout,
+    Resolver,
+    is_public_address,
+    system_resolver,
+)
 
-#: Host name (and port) → the IP addresses it resolves to.
-Resolver = Callable[[str, int], list[str]]
+__all__ = ["InputFetcher", "Resolver", "is_public_address", "sniff_image_type", "system_resolver"]
 
 _OWN_PATH = re.compile(r"(?:^|/)files/([A-Za-z0-9_.-]+)/?$")
-_MAX_REDIRECTS = 5
 _SIGNATURES: tuple[tuple[bytes, str], ...] = (
     (b"\x89PNG\r\n\x1a\n", "image/png"),
     (b"\xff\xd8\xff", "image/jpeg"),
@@ -56,32 +60,11 @@ def sniff_image_type(data: bytes) -> str | None:
     return None
 
 
-def system_resolver(host: str, port: int) -> list[str]:
-    """Resolve with the operating system (every A/AAAA answer)."""
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except socket.gaierror as exc:
-        raise InputFetchFailed(f"cannot resolve host {host!r}: {exc.strerror}") from None
-    return sorted({str(info[4][0]) for info in infos})
-
-
-def is_public_address(address: str) -> bool:
-    """False for loopback, private, link-local, multicast, reserved and unspecified IPs."""
-    ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return not (
-        ip.is_private
-        or ip.is_loopback
-        or ip.is_link_local
-        or ip.is_multicast
-        or ip.is_reserved
-        or ip.is_unspecified
-    )
-
-
 class InputFetcher:
-    """Resolves input references to bytes. Inject ``transport``/``resolver`` in tests."""
+    """Resolves input references to bytes. Inject ``transport``/``resolver`` in tests.
+
+    ``allow_private`` turns the address check off (``fetch_allow_private``); ``allow``: the
+    operator's outbound allowlist (networks or host names)."""
 
     def __init__(
         self,
@@ -90,6 +73,7 @@ class InputFetcher:
         max_bytes: int = 50 * 1024 * 1024,
         timeout_s: float = 30.0,
         allow_private: bool = False,
+        allow: Sequence[str] = (),
         local_roots: Sequence[Path] = (),
         transport: httpx.BaseTransport | None = None,
         resolver: Resolver | None = None,
@@ -99,8 +83,9 @@ class InputFetcher:
         self.timeout_s = timeout_s
         self.allow_private = allow_private
         self.local_roots = [Path(root).resolve() for root in local_roots]
-        self._transport = transport
-        self._resolve = resolver or system_resolver
+        self.policy = OutboundPolicy(
+            allow=allow, allow_any=allow_private, resolver=resolver, transport=transport
+        )
 
     @classmethod
     def from_settings(
@@ -116,6 +101,7 @@ class InputFetcher:
             max_bytes=settings.fetch_max_bytes,
             timeout_s=settings.fetch_timeout_s,
             allow_private=settings.fetch_allow_private,
+            allow=settings.outbound_allow,
             local_roots=settings.fetch_local_roots,
             transport=transport,
             resolver=resolver,
@@ -208,59 +194,22 @@ class InputFetcher:
             raise InputFetchFailed(f"{field}: no uploaded file with id {key!r}") from None
         return self._limit(data, field)
 
-    def _check_host(self, url: str, field: str) -> None:
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise InputFetchFailed(f"{field}: not an http(s) URL: {url!r}")
-        if self.allow_private:
-            return
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-        addresses = self._resolve(parts.hostname, port)
-        if not addresses:
-            raise InputFetchFailed(f"{field}: host {parts.hostname!r} has no address")
-        for address in addresses:
-            if not is_public_address(address):
-                raise InputFetchFailed(
-                    f"{field}: refusing to fetch {parts.hostname!r}: it resolves to the "
-                    f"non-public address {address} (upload the file instead)"
-                )
-
     def _http(self, url: str, field: str) -> bytes:
-        timeout = httpx.Timeout(self.timeout_s)
         try:
-            with httpx.Client(
-                transport=self._transport, timeout=timeout, follow_redirects=False
-            ) as client:
-                for _ in range(_MAX_REDIRECTS + 1):
-                    self._check_host(url, field)
-                    with client.stream("GET", url) as response:
-                        if response.is_redirect:
-                            location = response.headers.get("location", "")
-                            url = urljoin(url, location)
-                            continue
-                        if response.status_code != 200:
-                            raise InputFetchFailed(
-                                f"{field}: {url} answered HTTP {response.status_code}"
-                            )
-                        return self._read_limited(response, field)
-        except httpx.TimeoutException:
+            reply = self.policy.send(
+                "GET",
+                url,
+                timeout_s=self.timeout_s,
+                max_bytes=self.max_bytes,
+                follow_redirects=True,
+            )
+        except OutboundTimeout:
             raise InputFetchFailed(f"{field}: {url} timed out after {self.timeout_s}s") from None
-        except httpx.HTTPError as exc:
-            raise InputFetchFailed(f"{field}: cannot fetch {url}: {exc}") from None
-        raise InputFetchFailed(f"{field}: more than {_MAX_REDIRECTS} redirects")
-
-    def _read_limited(self, response: httpx.Response, field: str) -> bytes:
-        declared = response.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > self.max_bytes:
-            raise InputFetchFailed(f"{field}: larger than the limit of {self.max_bytes} bytes")
-        chunks: list[bytes] = []
-        size = 0
-        for chunk in response.iter_bytes():
-            size += len(chunk)
-            if size > self.max_bytes:
-                raise InputFetchFailed(f"{field}: larger than the limit of {self.max_bytes} bytes")
-            chunks.append(chunk)
-        return b"".join(chunks)
+        except OutboundError as exc:
+            raise InputFetchFailed(f"{field}: {exc}") from None
+        if reply.status_code != 200:
+            raise InputFetchFailed(f"{field}: {reply.url} answered HTTP {reply.status_code}")
+        return reply.content
 
     def _local_path(self, reference: str, field: str) -> bytes:
         path = Path(reference).expanduser().resolve()

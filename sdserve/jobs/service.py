@@ -36,6 +36,7 @@ from sdserve.jobs.contract import (
 from sdserve.jobs.fetch import InputFetcher, sniff_image_type
 from sdserve.jobs.files import FileStore, new_key
 from sdserve.jobs.images import decode_image
+from sdserve.jobs.outbound import OutboundError
 from sdserve.jobs.queue import JobQueue, is_embedded
 from sdserve.jobs.recovery import Recovery
 from sdserve.jobs.retention import Retention
@@ -193,6 +194,8 @@ class Service:
         inline_output: bool = False,
     ) -> JobRecord:
         """Validate synchronously, persist and enqueue; see :class:`JobService`."""
+        if webhook is not None:
+            self._check_webhook(webhook.url)
         if kind is JobKind.TRAINING:
             stored_input = parse_training_input(dict(input)).model_dump(
                 mode="json", exclude_unset=True
@@ -240,6 +243,14 @@ class Service:
 
     def get(self, job_id: str) -> JobRecord:
         return self.store.jobs.get(job_id)
+
+    def _check_webhook(self, url: str) -> None:
+        """Refuse a webhook the dispatcher would refuse (bad scheme, unparsable, a host on
+        a refused address) now, as a client error; each delivery checks and pins again."""
+        try:
+            self.webhooks.policy.check(url)
+        except OutboundError as exc:
+            raise InvalidInput("webhook", str(exc)) from None
 
     def _check_images(self, inp: GenerationInput) -> None:
         """Decode an image and mask given inline or as uploads now, so bad bytes are a

@@ -7,6 +7,12 @@ exactly once and survives a restart. The dispatcher renders a row's body with th
 renderer of the job's dialect (``JobRecord.source``) on its first attempt, stores those
 bytes, signs them with Standard Webhooks and posts them; terminal rows are retried with
 exponential backoff up to ``webhook_max_attempts``. Nothing here can change a job.
+
+Each attempt goes through :class:`~sdserve.jobs.outbound.OutboundPolicy`: the receiver's
+address is checked and pinned, redirects are not followed (a 3xx is a failed attempt) and
+the whole attempt, answer included, ends by ``webhook_timeout_s``. Attempts run on a small
+pool of threads, one job at a time per thread (so a job's events keep their order), so a
+slow receiver holds only its own job's webhooks, not every other job's.
 """
 
 from __future__ import annotations
@@ -16,7 +22,8 @@ import json
 import logging
 import secrets
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from enum import Enum
@@ -27,11 +34,17 @@ import httpx
 from standardwebhooks import Webhook
 
 from sdserve.jobs.contract import JobRecord, Renderer
+from sdserve.jobs.outbound import OutboundError, OutboundPolicy
 from sdserve.jobs.store import JobRepository, OutboxEntry, OutboxRepository, utcnow
 
 log = logging.getLogger(__name__)
 
 EVENTS: frozenset[str] = frozenset({"start", "output", "logs", "completed"})
+
+#: The most of a receiver's answer that is read (only its status matters).
+_MAX_ANSWER_BYTES = 1024 * 1024
+#: Due rows looked at per pass (rows of jobs already being delivered are skipped).
+_DUE_PER_PASS = 200
 
 
 def new_secret() -> str:
@@ -106,7 +119,9 @@ class WebhookDispatcher:
     """Delivers the outbox. ``deliver_due()`` is one pass; ``start()`` runs passes in a thread.
 
     ``secret()`` gives the signing secret. ``wake``: the event the delivery thread sleeps on
-    between passes, which the store sets when it has queued a webhook.
+    between passes, which the store sets when it has queued a webhook. ``policy``: which
+    receivers may be called and how (``transport``, for tests, builds a strict one over it).
+    ``concurrency``: jobs whose webhooks are delivered at the same time.
     """
 
     def __init__(
@@ -123,6 +138,8 @@ class WebhookDispatcher:
         poll_interval_s: float = 0.2,
         transport: httpx.BaseTransport | None = None,
         wake: threading.Event | None = None,
+        policy: OutboundPolicy | None = None,
+        concurrency: int = 8,
     ) -> None:
         self.outbox = outbox
         self.jobs = jobs
@@ -133,10 +150,14 @@ class WebhookDispatcher:
         self.backoff_base_s = backoff_base_s
         self.backoff_max_s = backoff_max_s
         self.poll_interval_s = poll_interval_s
-        self._client = httpx.Client(transport=transport, timeout=timeout_s)
+        self.policy = policy or OutboundPolicy(transport=transport)
+        self.concurrency = concurrency
         self._stop = threading.Event()
         self._wake = wake or threading.Event()
         self._thread: threading.Thread | None = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._busy: set[str] = set()  # jobs whose webhooks a pool thread is delivering
+        self._busy_lock = threading.Lock()
 
     def set_renderer(self, source: str, render: Renderer) -> None:
         """Use ``render`` for jobs created by dialect ``source`` (``"*"``: the fallback)."""
@@ -150,6 +171,7 @@ class WebhookDispatcher:
         if self._thread is not None:
             return
         self._stop.clear()
+        self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="sdserve-webhook")
         self._thread = threading.Thread(target=self._loop, name="sdserve-webhooks", daemon=True)
         self._thread.start()
 
@@ -159,7 +181,10 @@ class WebhookDispatcher:
         if self._thread is not None:
             self._thread.join(timeout=self.timeout_s + 5)
             self._thread = None
-        self._client.close()
+        if self._pool is not None:
+            # attempts in flight end by their deadline; queued ones stay due in the outbox
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -171,15 +196,44 @@ class WebhookDispatcher:
             self._wake.clear()
 
     def deliver_due(self) -> int:
-        """Attempt every due webhook once; return how many were attempted."""
-        attempted = 0
-        for row in self.outbox.due(utcnow()):
-            lease_until = utcnow() + timedelta(seconds=self.timeout_s + 5)
-            if not self.outbox.lease(row.id, row.next_attempt_at, lease_until):
+        """Hand every due webhook of a job not already being delivered to the pool (or,
+        before ``start()``, attempt it here); return how many rows were handed on."""
+        by_job: dict[str, list[OutboxEntry]] = {}
+        for row in self.outbox.due(utcnow(), limit=_DUE_PER_PASS):
+            by_job.setdefault(row.job_id, []).append(row)
+        handed = 0
+        for job_id, rows in by_job.items():
+            with self._busy_lock:
+                if job_id in self._busy:
+                    continue
+                self._busy.add(job_id)
+            handed += len(rows)
+            pool = self._pool
+            if pool is None:
+                self._deliver_job(job_id, rows)
                 continue
-            self._attempt(row)
-            attempted += 1
-        return attempted
+            try:
+                pool.submit(self._deliver_job, job_id, rows)
+            except RuntimeError:  # the pool shut down while stopping: the rows stay due
+                self._release(job_id)
+        return handed
+
+    def _deliver_job(self, job_id: str, rows: Sequence[OutboxEntry]) -> None:
+        """Attempt one job's due rows in order (each leased first, against other processes)."""
+        try:
+            for row in rows:
+                lease_until = utcnow() + timedelta(seconds=self.timeout_s + 5)
+                if self.outbox.lease(row.id, row.next_attempt_at, lease_until):
+                    self._attempt(row)
+        except Exception:
+            log.exception("delivering the webhooks of job %s failed", job_id)
+        finally:
+            self._release(job_id)
+
+    def _release(self, job_id: str) -> None:
+        with self._busy_lock:
+            self._busy.discard(job_id)
+        self._wake.set()  # rows of this job queued meanwhile are due now
 
     def _render(self, row: OutboxEntry) -> bytes:
         if row.body is not None:
@@ -196,12 +250,19 @@ class WebhookDispatcher:
         try:
             body = self._render(row)
             headers = sign_headers(self.secret(), row.msg_id, body, datetime.now(UTC))
-            response = self._client.post(row.url, content=body, headers=headers)
-            if response.is_success:
+            reply = self.policy.send(
+                "POST",
+                row.url,
+                content=body,
+                headers=headers,
+                timeout_s=self.timeout_s,
+                max_bytes=_MAX_ANSWER_BYTES,
+            )
+            if 200 <= reply.status_code < 300:
                 self.outbox.record_attempt(row.id, delivered=True, attempts=attempts)
                 return
-            error = f"HTTP {response.status_code}"
-        except httpx.HTTPError as exc:
+            error = f"HTTP {reply.status_code}"
+        except OutboundError as exc:
             error = f"{type(exc).__name__}: {exc}"
         except Exception as exc:  # a renderer bug must not kill the outbox
             log.exception("rendering webhook %s of job %s failed", row.event, row.job_id)

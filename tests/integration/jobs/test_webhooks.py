@@ -17,6 +17,7 @@ from sdserve.jobs.contract import JobRecord, WebhookOptions
 from sdserve.jobs.service import Service
 from tests.integration.jobs.conftest import MakeService
 from tests.integration.jobs.fakes import FakePredictor
+from tests.local_server import DRIP_BYTES, DRIP_S, local_server
 
 URL = "http://127.0.0.1:9999/hook"  # loopback receivers must be allowed for webhooks
 
@@ -169,3 +170,36 @@ def test_webhook_to_unreachable_receiver_never_changes_the_job(
     completed = [r for r in service.store.outbox.of_job(job.id) if r.event == "completed"]
     assert completed[0].attempts == 2 and completed[0].given_up
     assert "ConnectError" in (completed[0].last_error or "")
+
+
+def test_a_dripping_receiver_is_cut_by_the_deadline_and_delays_no_other_job(
+    make_service: MakeService,
+) -> None:
+    """A receiver that answers a byte every 0.5 s: the attempt ends by its deadline (the
+    old per-read timeout never tripped: 20 s), and another job's webhook is delivered
+    meanwhile, not after it (the old dispatcher delivered one row at a time)."""
+    completed = frozenset({"completed"})
+    with local_server("drip-body") as slow, local_server("ok") as fast:
+        service = make_service(service={"webhook_timeout_s": 1.0, "webhook_max_attempts": 1})
+        slow_job = service.create(
+            "test/fake", {"prompt": "x"}, webhook=WebhookOptions(f"{slow.url}/hook", completed)
+        )
+        finish(service, slow_job)
+        wait_for(lambda: bool(slow.seen))
+        slow_started = time.monotonic()
+        fast_job = service.create(
+            "test/fake", {"prompt": "y"}, webhook=WebhookOptions(f"{fast.url}/hook", completed)
+        )
+        finish(service, fast_job)
+        wait_for(lambda: bool(fast.seen), timeout=DRIP_BYTES * DRIP_S + 5)
+        fast_delay = time.monotonic() - slow_started
+        wait_for(
+            lambda: all(r.given_up for r in service.store.outbox.of_job(slow_job.id)),
+            timeout=DRIP_BYTES * DRIP_S + 5,
+        )
+        slow_took = time.monotonic() - slow_started
+    # generous for a slow machine, far below the 20 s the drip lasts
+    assert fast_delay < DRIP_BYTES * DRIP_S / 2, fast_delay
+    assert slow_took < DRIP_BYTES * DRIP_S / 2, slow_took
+    [row] = service.store.outbox.of_job(slow_job.id)
+    assert "OutboundTimeout" in (row.last_error or "")
