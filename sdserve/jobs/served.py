@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 from sdserve.domain.inputs import FamilyDefaults, GenerationInput, InputLimits
 from sdserve.domain.training import check_destination, check_trainable
-from sdserve.errors import Conflict, InvalidInput, ModelNotFound
+from sdserve.errors import Conflict, ModelNotFound
 from sdserve.jobs.contract import ServedModel
 from sdserve.jobs.store import utcnow
 

@@ -115,12 +115,12 @@ class TrainedModels:
                 f"destination {destination}: the LoRA name {name!r} belongs to {owner}; "
                 "choose another name"
             )
-        if owner is None and self.lora_dir is not None:
-            if (self.lora_dir / f"{name}.safetensors").exists():
-                raise Conflict(
-                    f"destination {destination}: the operator's LoRA {name!r} is in the LoRA "
-                    "folder and a training never replaces it; choose another name"
-                )
+        operator = self.lora_dir is not None and (self.lora_dir / f"{name}.safetensors").exists()
+        if owner is None and operator:
+            raise Conflict(
+                f"destination {destination}: the operator's LoRA {name!r} is in the LoRA "
+                "folder and a training never replaces it; choose another name"
+            )
 
     def _claim(self, destination: str) -> None:
         """Check the owner again and claim the name atomically (racing trainings: one wins)."""
