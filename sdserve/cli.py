@@ -23,7 +23,7 @@ from sdserve.dependencies import check_installed
 from sdserve.domain.inputs import OUTPUT_FORMATS, REFINE_MODES, FamilyDefaults, GenerationInput
 from sdserve.domain.schedulers import scheduler_names
 from sdserve.domain.training import LR_SCHEDULERS, TrainingInput
-from sdserve.errors import InvalidInput, SdserveError
+from sdserve.errors import Conflict, InvalidInput, SdserveError
 from sdserve.models.settings import DEVICE_NAMES, DTYPE_NAMES, EngineSettings
 
 if TYPE_CHECKING:
@@ -819,6 +819,11 @@ def _add_train(commands: Any) -> None:
         action="store_true",
         help="the tiny demo models are base models too (implied by --model sdserve/tiny-*)",
     )
+    train.add_argument(
+        "--force",
+        action="store_true",
+        help="replace DESTINATION when a training already published it (with a new version)",
+    )
     # each option sets the TrainingInput field of the same name: (flag, type or None)
     for flag, kind in TRAINING_OPTIONS:
         field = flag.removeprefix("--").replace("-", "_")
@@ -889,6 +894,12 @@ def run_train(args: argparse.Namespace) -> int:
     if args.train_text_encoder:
         fields["train_text_encoder"] = True
     runner = TrainingRunner(settings, registry)
+    if runner.catalog.exists(destination) and not args.force:
+        raise Conflict(
+            f"destination {destination} already exists; pass --force to replace it "
+            "with a new version"
+        )
+    runner.catalog.check_owner(destination)  # never an operator's LoRA or another's name
     # the same command again resumes from this one's checkpoints
     run = runner.resumable(
         destination=destination, base_version=spec.version, raw_input=fields, archive=archive

@@ -200,6 +200,8 @@ def build_service(
     """The job service of an API process. With ``predictor`` (the engine, or a factory that
     builds it on the first job) this process runs jobs too; without, ``sdserve worker``
     processes do. ``refresh_models()`` adds the models other processes published."""
+    from sdserve.training.runner import trained_models  # torch-free: who owns which names
+
     config = settings.service
     # the store sets it after queuing a webhook; the dispatcher sleeps on it between passes
     webhooks_due = threading.Event()
@@ -225,7 +227,12 @@ def build_service(
         files=io.files,
         fetcher=io.fetcher,
         queue=queue,
-        models=ServedModels(registry, settings.limits.input_limits(), refresh=refresh_models),
+        models=ServedModels(
+            registry,
+            settings.limits.input_limits(),
+            refresh=refresh_models,
+            trained=trained_models(settings),
+        ),
         webhooks=WebhookDispatcher(
             io.store.outbox,
             io.store.jobs,

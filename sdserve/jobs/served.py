@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 from sdserve.domain.inputs import FamilyDefaults, GenerationInput, InputLimits
 from sdserve.domain.training import check_destination, check_trainable
-from sdserve.errors import InvalidInput, ModelNotFound
+from sdserve.errors import Conflict, ModelNotFound
 from sdserve.jobs.contract import ServedModel
 from sdserve.jobs.store import utcnow
 
@@ -24,6 +24,14 @@ class RegistryLike(Protocol):
     def resolve(self, name: str) -> Any: ...
 
     def specs(self) -> Any: ...
+
+
+class TrainedNames(Protocol):
+    """Who owns the names trainings publish (``sdserve.training.catalog.TrainedModels``)."""
+
+    def exists(self, destination: str) -> bool: ...
+
+    def check_owner(self, destination: str) -> None: ...
 
 
 def input_schema(defaults: FamilyDefaults, limits: InputLimits) -> dict[str, Any]:
@@ -82,9 +90,11 @@ class ServedModels:
         limits: InputLimits,
         *,
         refresh: Callable[[], object] | None = None,
+        trained: TrainedNames | None = None,
     ) -> None:
         self.registry = registry
         self.limits = limits
+        self.trained = trained
         # models another process may have added (fine-tuned models published by a worker)
         self._refresh = refresh or (lambda: None)
         self._started_at = utcnow()
@@ -119,18 +129,28 @@ class ServedModels:
         return spec
 
     def check_training(self, spec: Any, destination: str | None) -> str:
-        """A trainable base model and a destination that is not a served base model."""
+        """A trainable base model and a destination a training may publish.
+
+        A training never replaces what it did not create: a destination that is a served
+        model not published by a training (a base model, an operator's LoRA model) or whose
+        LoRA name another destination or the operator owns is a :class:`Conflict` (409).
+        A destination an earlier training published gets a new version, as on Replicate.
+        """
         check_trainable(spec.name, spec.family, spec.inpainting, spec.lora is not None)
         destination = check_destination(destination)
+        trained = self.trained is not None and self.trained.exists(destination)
         try:
             existing = self._resolve_once(destination)
         except ModelNotFound:
-            return destination
-        if existing.lora is None:
-            raise InvalidInput(
-                "destination",
-                f"{destination} is a served base model; choose a new name such as me/my-model",
+            existing = None
+        if existing is not None and not trained:
+            kind = "base model" if existing.lora is None else "model a training did not create"
+            raise Conflict(
+                f"destination {destination} is a served {kind}; "
+                "choose a new name such as me/my-model"
             )
+        if self.trained is not None:
+            self.trained.check_owner(destination)
         return destination
 
     def _served(self, spec: Any) -> ServedModel:

@@ -7,6 +7,18 @@ the version, the training id). Publishing also copies the LoRA into the LoRA fol
 adds the models to a registry: at start-up, after a training in this process, and when
 another process (a remote worker) may have published one.
 
+Names are owned. The LoRA folder is shared by the operator's LoRAs and the trained ones,
+and its file names are short (``x`` for ``a/x``, as users ask for ``lora: "x"``), so a
+training may only write ``<name>.safetensors`` when that name belongs to its destination:
+the first training to publish ``owner/name`` claims ``name`` (a claim file, created with
+``O_EXCL`` so two racing trainings cannot both win), later trainings of the same
+destination add versions (as a Replicate training adds a version to its destination
+model), and a training of another destination with that name (``b/x`` after ``a/x``) or of
+a name whose file the operator put in the folder is refused with :class:`Conflict` naming
+``destination`` — when the job is created (:meth:`TrainedModels.check_owner`) and again
+when it publishes (the state may have changed while it trained). Refusing rather than
+renaming keeps the name a user asks for equal to the name they chose.
+
 Torch-free: the API process imports this module.
 """
 
@@ -23,10 +35,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from sdserve.errors import Conflict
 from sdserve.models.catalog import ModelSpec
 
 log = logging.getLogger(__name__)
 MANIFEST = "model.json"
+CLAIMS = ".names"  # under the catalog folder: one file per LoRA name, holding its owner
 
 
 @dataclass(frozen=True)
@@ -76,9 +90,59 @@ class TrainedModels:
         self._seen: dict[Path, int] = {}
         self._lock = threading.Lock()
 
-    def publish(self, destination: str, base: Any, lora: Path, *, training_id: str) -> TrainedModel:
-        """Copy ``lora`` in as the new version of ``destination`` (base: a ``ModelSpec``)."""
+    def exists(self, destination: str) -> bool:
+        """Whether a training has published ``destination``."""
         owner, _, name = destination.partition("/")
+        return (self.folder / f"{owner}--{name}" / MANIFEST).is_file()
+
+    def owner_of(self, name: str) -> str | None:
+        """The destination that owns LoRA name ``name``: its claim, else (models published
+        before claims existed) the published model of that name, else None."""
+        claim = self.folder / CLAIMS / name
+        try:
+            return claim.read_text().strip() or None
+        except OSError:
+            pass
+        return next((m.name for m in self.all() if m.name.partition("/")[2] == name), None)
+
+    def check_owner(self, destination: str) -> None:
+        """Raise :class:`Conflict` (field ``destination``) unless a training of
+        ``destination`` may publish: its LoRA name is free or already its own."""
+        name = destination.partition("/")[2]
+        owner = self.owner_of(name)
+        if owner is not None and owner != destination:
+            raise Conflict(
+                f"destination {destination}: the LoRA name {name!r} belongs to {owner}; "
+                "choose another name"
+            )
+        operator = self.lora_dir is not None and (self.lora_dir / f"{name}.safetensors").exists()
+        if owner is None and operator:
+            raise Conflict(
+                f"destination {destination}: the operator's LoRA {name!r} is in the LoRA "
+                "folder and a training never replaces it; choose another name"
+            )
+
+    def _claim(self, destination: str) -> None:
+        """Check the owner again and claim the name atomically (racing trainings: one wins)."""
+        self.check_owner(destination)
+        name = destination.partition("/")[2]
+        claims = self.folder / CLAIMS
+        claims.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(claims / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            self.check_owner(destination)  # the claim of a racing training, or ours
+            return
+        with os.fdopen(fd, "w") as handle:
+            handle.write(destination)
+
+    def publish(self, destination: str, base: Any, lora: Path, *, training_id: str) -> TrainedModel:
+        """Copy ``lora`` in as the new version of ``destination`` (base: a ``ModelSpec``).
+
+        Raises :class:`Conflict` when the name is not (or no longer) this destination's.
+        """
+        owner, _, name = destination.partition("/")
+        self._claim(destination)
         folder = self.folder / f"{owner}--{name}"
         folder.mkdir(parents=True, exist_ok=True)
         version = version_for(base.version, lora)

@@ -235,7 +235,7 @@ def test_bad_training_inputs_are_refused_at_once(client: replicate.Client) -> No
         client.trainings.create(
             model=BASE, version=version, input={"input_images": "data:,x"}, destination=BASE
         )
-    assert clash.value.status == 422 and "served base model" in (clash.value.detail or "")
+    assert clash.value.status == 409 and "served base model" in (clash.value.detail or "")
     with pytest.raises(ReplicateError) as scheduler:
         client.trainings.create(
             model=BASE,

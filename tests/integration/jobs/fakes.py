@@ -46,6 +46,8 @@ class FakeSpec:
     family: str
     version: str
     defaults: FamilyDefaults
+    inpainting: bool = False  # trainable, as a training's base model must be
+    lora: str | None = None
 
 
 class FakeRegistry:
