@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 
-from sdserve.api.site_guard import split_authority
+from sdserve.api.site_guard import HostPolicy, split_authority
+from sdserve.cli import _server_settings, build_parser
+from sdserve.config import ApiSettings
 from tests.unit.api.conftest import MODEL, MakeApp
 
 PREDICTION = {"version": MODEL, "input": {"prompt": "a fox"}}
@@ -49,22 +51,16 @@ def test_loopback_names_and_addresses_with_a_port_are_served(make_app: MakeApp) 
 
 
 def test_an_allowed_host_and_the_public_url_host_are_served(make_app: MakeApp) -> None:
-    from sdserve.config import ApiSettings
-
     app = make_app(allowed_hosts=["Box.LAN"])
     assert app.client.get("/health", headers={"Host": "box.lan:8000"}).status_code == 200
     assert app.client.get("/health", headers={"Host": "other.lan"}).status_code == 421
     anything = make_app(allowed_hosts=["*"])
     assert anything.client.get("/health", headers={"Host": "other.lan"}).status_code == 200
     public = ApiSettings(public_url="https://sd.example.com/")
-    from sdserve.api.site_guard import HostPolicy
-
     assert HostPolicy(public).serves("sd.example.com")
 
 
 def test_the_cli_flag_reaches_the_setting() -> None:
-    from sdserve.cli import _server_settings, build_parser
-
     args = build_parser().parse_args(
         ["serve", "--allowed-host", "box.lan", "--allowed-host", "sd.lan"]
     )
