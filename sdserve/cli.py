@@ -664,6 +664,20 @@ def _add_serve(commands: Any) -> None:
             default="the Host of each request",
         ),
     )
+    serve.add_argument(
+        "--allowed-host",
+        action="append",
+        dest="allowed_hosts",
+        metavar="NAME",
+        default=None,
+        help=described(
+            ApiSettings,
+            "allowed_hosts",
+            "a host name clients address this server by (Host header), repeatable; '*' = "
+            "any, only behind a proxy that checks Host",
+            default="loopback names, IP addresses, --host, the --public-url host",
+        ),
+    )
     grpc = serve.add_argument_group(
         "Stability's gRPC API",
         "the stability_sdk client's GenerationService beside HTTP, on the same host; needs "
@@ -727,6 +741,7 @@ def _server_settings(args: argparse.Namespace) -> Settings:
             "tokens": getattr(args, "tokens", None),
             "token_file": getattr(args, "token_file", None),
             "public_url": getattr(args, "public_url", None),
+            "allowed_hosts": getattr(args, "allowed_hosts", None),
             "grpc_port": getattr(args, "grpc_port", None),
             "grpc_tls_cert": getattr(args, "grpc_tls_cert", None),
             "grpc_tls_key": getattr(args, "grpc_tls_key", None),

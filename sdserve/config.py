@@ -68,6 +68,12 @@ class ApiSettings(BaseModel):
     public_url: str | None = Field(
         default=None, description="base URL clients reach us at; None = from each request"
     )
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="host names requests may be addressed to (the Host header) besides the "
+        "loopback names, IP addresses, the bound host and public_url's host; '*' = any, "
+        "only behind a proxy that checks Host itself",
+    )
     max_wait_s: int = Field(default=60, ge=1, le=600, description="longest 'Prefer: wait'")
     grpc_port: int | None = Field(
         default=None,

@@ -16,6 +16,9 @@ message (its text stays in the server log).
     ├── Unauthorized                missing or wrong token (HTTP 401)
     ├── Overloaded                  queue full or draining (HTTP 429/503 + Retry-After)
     ├── Conflict                    the request contradicts the state (HTTP 409)
+    ├── CrossSiteRequest            a browser request from another site (HTTP 403)
+    ├── MisdirectedRequest          a Host this server does not answer for (HTTP 421)
+    ├── UnsupportedMediaType        a body of a type no route reads (HTTP 415)
     ├── ModelLoadError              a model reference that exists but cannot be loaded
     │                               (code ``model_load_error``)
     ├── UnsupportedDependency       an installed package outside the range sdserve supports
@@ -122,6 +125,24 @@ class Conflict(SdserveError):
     """The request contradicts the current state (for example cancel of a finished job)."""
 
     code = "conflict"
+
+
+class CrossSiteRequest(SdserveError):
+    """A state-changing request a browser sent from another site's page."""
+
+    code = "cross_site_request"
+
+
+class MisdirectedRequest(SdserveError):
+    """A request whose Host names a site this server does not answer for (DNS rebinding)."""
+
+    code = "misdirected_request"
+
+
+class UnsupportedMediaType(SdserveError):
+    """A request body of a Content-Type the server never reads (``text/plain``)."""
+
+    code = "unsupported_media_type"
 
 
 class ModelLoadError(SdserveError):

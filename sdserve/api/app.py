@@ -24,6 +24,7 @@ from sdserve.api.errors import ErrorRouting, install_error_handlers, problem_res
 from sdserve.api.files import file_response
 from sdserve.api.openai import routes as openai
 from sdserve.api.replicate import routes as replicate
+from sdserve.api.site_guard import HostPolicy, SiteGuard
 from sdserve.api.stability import v1_routes as stability_v1
 from sdserve.api.stability import v2_routes as stability_v2
 from sdserve.config import Settings
@@ -88,6 +89,8 @@ def create_app(settings: Settings, service: JobService, *, manage_service: bool 
         guarded=edge.guarded,
         routing=routing,
     )
+    # outermost: a foreign Host, a cross-site state change or a text body is refused first
+    app.add_middleware(SiteGuard, policy=HostPolicy(settings.api), routing=routing)
     app.state.error_routing = routing
     app.state.auth = auth
     return app

@@ -16,12 +16,15 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from sdserve.errors import (
     Conflict,
+    CrossSiteRequest,
     InvalidInput,
+    MisdirectedRequest,
     NotFound,
     Overloaded,
     PayloadTooLarge,
     SdserveError,
     Unauthorized,
+    UnsupportedMediaType,
 )
 
 #: Renders one error for a dialect: (error, HTTP status) -> response.
@@ -42,6 +45,12 @@ def http_status(error: SdserveError) -> int:
         return 429
     if isinstance(error, PayloadTooLarge):
         return 413
+    if isinstance(error, CrossSiteRequest):
+        return 403
+    if isinstance(error, MisdirectedRequest):
+        return 421
+    if isinstance(error, UnsupportedMediaType):
+        return 415
     return 500
 
 
@@ -49,9 +58,12 @@ def problem_response(error: SdserveError, status: int) -> Response:
     """RFC 7807 problem JSON, the shape the ``replicate`` client parses."""
     titles = {
         401: "Unauthenticated",
+        403: "Forbidden",
         404: "Not found",
         409: "Conflict",
         413: "Payload too large",
+        415: "Unsupported media type",
+        421: "Misdirected request",
         422: "Input validation failed",
         429: "Too many requests",
     }

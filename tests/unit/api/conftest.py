@@ -23,6 +23,8 @@ from tests.integration.jobs.fakes import FakeRegistry
 MODEL = "test/fake"
 #: A token clients must send when a test builds its app with ``tokens``.
 TOKEN = "s3cret"
+#: The Host TestClient sends; not a name a real server answers for, so tests allow it.
+TEST_HOST = "testserver"
 
 
 def png(size: tuple[int, int] = (8, 8)) -> bytes:
@@ -56,12 +58,19 @@ MakeApp = Callable[..., App]
 
 @pytest.fixture
 def make_app(tmp_path: Path) -> Iterator[MakeApp]:
-    """Build apps on ``tmp_path`` (``tokens``: the accepted API tokens); all are closed
-    when the test ends."""
+    """Build apps on ``tmp_path`` (``tokens``: the accepted API tokens; ``allowed_hosts``:
+    the Host names served, TestClient's own by default); all are closed when the test
+    ends."""
     opened: list[TestClient] = []
 
-    def make(*, tokens: list[str] | None = None, **settings: Any) -> App:
-        config = Settings(data_dir=tmp_path, api=ApiSettings(tokens=tokens or []), **settings)
+    def make(
+        *, tokens: list[str] | None = None, allowed_hosts: list[str] | None = None, **settings: Any
+    ) -> App:
+        api = ApiSettings(
+            tokens=tokens or [],
+            allowed_hosts=[TEST_HOST] if allowed_hosts is None else allowed_hosts,
+        )
+        config = Settings(data_dir=tmp_path, api=api, **settings)
         service = build_service(config, FakeRegistry())  # no predictor: no worker
         client = TestClient(create_app(config, service))
         client.__enter__()  # runs the lifespan: the service starts

@@ -28,7 +28,9 @@ SCRIPT = textwrap.dedent(
     from sdserve.server import build_registry, build_service
 
     data_dir, model, heavy = sys.argv[1], sys.argv[2], sys.argv[3].split(",")
-    settings = load_settings(data_dir=data_dir, models=[model])
+    settings = load_settings(
+        data_dir=data_dir, models=[model], api={"allowed_hosts": ["testserver"]}
+    )
     app = create_app(settings, build_service(settings, build_registry(settings), run_worker=False))
     with TestClient(app) as client:
         statuses = [

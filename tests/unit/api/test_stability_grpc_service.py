@@ -80,7 +80,12 @@ def settings(
     """Settings with gRPC on a free port (0: the server picks one)."""
     return Settings(
         data_dir=data_dir,
-        api=ApiSettings(tokens=tokens or [], grpc_port=0, grpc_shutdown_grace_s=grace_s),
+        api=ApiSettings(
+            tokens=tokens or [],
+            grpc_port=0,
+            grpc_shutdown_grace_s=grace_s,
+            allowed_hosts=["testserver"],
+        ),
         service=ServiceSettings(**service),
     )
 
