@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import io
 import re
-import shutil
 import ssl
-import subprocess
 import time
 from pathlib import Path
 
@@ -21,6 +19,7 @@ from sdserve.jobs.fetch import InputFetcher
 from sdserve.jobs.files import InMemoryFileStore
 from sdserve.jobs.outbound import OutboundError, OutboundPolicy, OutboundRefused
 from tests.local_server import DRIP_BYTES, DRIP_S, local_server
+from tests.tls import self_signed
 
 PUBLIC = "93.184.216.34"
 
@@ -215,30 +214,13 @@ def test_allow_outbound_from_the_command_line_reaches_the_webhook_policy() -> No
         ServiceSettings(outbound_allow=["10.0.0.0/33"])
 
 
-def _certificate(folder: Path, name: str) -> tuple[Path, Path]:
-    if shutil.which("openssl") is None:
-        pytest.skip("the openssl command is not installed")
-    cert, key = folder / f"{name}.pem", folder / f"{name}.key"
-    subprocess.run(
-        [
-            "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes",
-            "-keyout", str(key), "-out", str(cert), "-days", "2",
-            "-subj", f"/CN={name}", "-addext", f"subjectAltName=DNS:{name}",
-        ],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )  # fmt: skip
-    return cert, key
-
-
 @pytest.mark.parametrize("served_name", ["images.test", "other.test"])
 def test_https_to_the_pinned_address_checks_the_certificate_against_the_name(
     tmp_path: Path, served_name: str
 ) -> None:
     """Connected to the checked IP, TLS still sends the name (SNI) and verifies the
     certificate against it: a certificate for another name is refused."""
-    cert, key = _certificate(tmp_path, served_name)
+    cert, key = self_signed(tmp_path, served_name)
     server_tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     server_tls.load_cert_chain(cert, key)
     with local_server("ok", body=png(), tls=server_tls) as server:
