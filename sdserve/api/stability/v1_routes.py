@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -20,6 +19,7 @@ from starlette.datastructures import FormData, UploadFile
 from sdserve.api.edge import Edge
 from sdserve.api.stability.engines import SOURCE, engine_list, resolve_engine
 from sdserve.api.stability.results import artifacts, succeeded, v1_error_response
+from sdserve.api.stability.uploads import Upload
 from sdserve.api.stability.v1_schemas import (
     V1_FIELD,
     GenerationParams,
@@ -50,15 +50,6 @@ V1_PATHS = ("/v1/generation", "/v1/engines", "/v1/user")
 def mount(edge: Edge) -> None:
     """Serve REST v1 and render the errors under its paths in v1's shape."""
     edge.include(StabilityV1Api(edge).router(), errors=v1_error_response, under=V1_PATHS)
-
-
-@dataclass(frozen=True)
-class Upload:
-    """One file part: its bytes, name and type."""
-
-    data: bytes
-    filename: str
-    content_type: str
 
 
 class StabilityV1Api:

@@ -25,6 +25,7 @@ from sdserve.api.edge import Edge
 from sdserve.api.stability import v2_images as images
 from sdserve.api.stability.engines import SOURCE
 from sdserve.api.stability.results import artifacts, succeeded, v2_error_response
+from sdserve.api.stability.uploads import Upload
 from sdserve.api.stability.v2_schemas import (
     EDIT_FIELDS,
     GENERATE_FIELDS,
@@ -81,15 +82,6 @@ _FAST_UPSCALE = (
 def mount(edge: Edge) -> None:
     """Serve the v2beta routes; their errors have Stability's v2beta shape."""
     edge.include(StabilityV2Api(edge).router(), errors=v2_error_response, under=["/v2beta"])
-
-
-@dataclass
-class Upload:
-    """A file part: its bytes, file name and type."""
-
-    data: bytes
-    filename: str
-    content_type: str
 
 
 @dataclass
