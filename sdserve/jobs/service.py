@@ -141,6 +141,7 @@ class Service:
         if self.embedded:
             self.recover()
         if self.runner is not None:
+            self.runner.discard_leftovers()
             self.queue.start()
             self._consuming = True
         self.webhooks.start()
