@@ -264,6 +264,7 @@ class Worker:
 
     def run(self) -> None:
         self.store.migrate()
+        self.runner.discard_leftovers()
         try:
             self.queue.run()
         finally:

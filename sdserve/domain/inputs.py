@@ -8,6 +8,7 @@ URI or local path); the worker fetches them before the engine runs.
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -179,17 +180,7 @@ class GenerationInput(BaseModel):
             raise InvalidInput("num_inference_steps", f"must be between 1 and {limits.max_steps}")
         if self.mask is not None and self.image is None:
             raise InvalidInput("mask", "a mask needs an image to inpaint")
-        if (
-            self.image is not None
-            and self.num_inference_steps is not None
-            and int(self.num_inference_steps * self.prompt_strength) < 1
-        ):
-            # the share of the steps that run would round down to none
-            raise InvalidInput(
-                "prompt_strength",
-                f"{self.prompt_strength:g} of {self.num_inference_steps} steps runs no "
-                "denoising step; raise it or the number of steps",
-            )
+        self.check_a_step_runs()
         if self.hires_scale is not None and self.image is not None:
             raise InvalidInput("hires_scale", "the hires fix works with text-to-image only")
         if self.hires_scale is not None and self.refine == "expert_ensemble_refiner":
@@ -227,6 +218,22 @@ class GenerationInput(BaseModel):
         if self.seed is not None:
             return self
         return self.model_copy(update={"seed": (rng or random.SystemRandom()).randint(0, MAX_SEED)})
+
+    def check_a_step_runs(self, defaults: FamilyDefaults | None = None) -> None:
+        """Raise :class:`InvalidInput` (``prompt_strength``) when an image task's share of
+        the steps rounds down to no denoising step at all. ``defaults``: the model's, for a
+        request that leaves the steps to it (checked when the job is created)."""
+        steps = self.num_inference_steps
+        if steps is None and defaults is not None:
+            steps = defaults.num_inference_steps
+        if self.image is None or steps is None or int(steps * self.prompt_strength) >= 1:
+            return
+        least = math.ceil(100 / steps) / 100
+        raise InvalidInput(
+            "prompt_strength",
+            f"{self.prompt_strength:g} of {steps} steps runs no denoising step; send at "
+            f"least {least:g} or more steps",
+        )
 
     def with_defaults(
         self, defaults: FamilyDefaults, rng: random.Random | None = None

@@ -141,6 +141,7 @@ class Service:
         if self.embedded:
             self.recover()
         if self.runner is not None:
+            self.runner.discard_leftovers()
             self.queue.start()
             self._consuming = True
         self.webhooks.start()
@@ -207,6 +208,7 @@ class Service:
             self._check_images(parsed)
             stored_input = parsed.model_dump(mode="json", exclude_unset=True)
             spec = self.served.resolve(model)
+            parsed.check_a_step_runs(spec.defaults)  # with the steps the model would run
             destination = None
         if deadline is not None and deadline.tzinfo is None:
             deadline = deadline.replace(tzinfo=UTC)

@@ -295,12 +295,43 @@ class JobRunner:
             logs = unwritten + logs
             values = {**columns, **values}
         self._flagged.discard(job_id)
+        if self._trainer is not None:
+            # before the end is visible: whoever sees the job ended finds no folder
+            self._trainer.discard(job_id)
         record = self.jobs.transition(job_id, status, append_logs=logs, **values)
         if record is None:
             log.warning("job %s could not move to %s (already terminal?)", job_id, status.value)
             record = self.jobs.get(job_id)
+        self.ended(record)
         self.on_change(record)
         return record.status
+
+    def ended(self, record: JobRecord) -> None:
+        """Leave nothing behind a job that ended without succeeding: its stored files (the
+        images of a run a cancel overtook, a training's weights) are deleted. (A training's
+        work folder goes in :meth:`finish`, whatever its end.)"""
+        if record.status.terminal and record.status is not Status.SUCCEEDED:
+            for key in self.store.files.of_job(record.id):
+                self.files.delete(key)
+                self.store.files.remove(key)
+
+    def discard_leftovers(self) -> list[str]:
+        """Delete the training work folders of jobs that are no longer running (a worker
+        killed mid-training leaves one; its job is failed ``worker_lost`` later, maybe by
+        another process). Return the job ids whose folder went."""
+        if self._trainer_factory is None:
+            return []
+        trainer = self.trainer
+        discarded = []
+        for job_id in trainer.work_folders():
+            try:
+                running = not self.jobs.get(job_id).status.terminal
+            except JobNotFound:
+                running = False
+            if not running:
+                trainer.discard(job_id)
+                discarded.append(job_id)
+        return discarded
 
     # -- the parts of a run ----------------------------------------------------------
 
@@ -320,6 +351,8 @@ class JobRunner:
         if record.status is Status.PROCESSING and self.lost_job_policy is not None:
             self.lost_job_policy(job_id)
             record = self.jobs.get(job_id)
+            if record.status.terminal and record.kind is JobKind.TRAINING:
+                self.trainer.discard(job_id)
         if (
             record.status is Status.STARTING
             and record.deadline is not None
@@ -382,7 +415,13 @@ class JobRunner:
             extension = image.format.lower()
             key = new_key(extension)
             content_type = CONTENT_TYPES.get(extension, "application/octet-stream")
-            self.files.put(key, image.data, content_type)
+            try:
+                self.files.put(key, image.data, content_type)
+            except BaseException:
+                # the job fails: the images already written have no row and would stay
+                for written in outputs:
+                    self.files.delete(written.key)
+                raise
             outputs.append(
                 StoredFile(
                     key=key,

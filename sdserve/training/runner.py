@@ -72,6 +72,9 @@ class ResumableTraining:
     raw_input: dict[str, Any]
 
 
+_CLI_PREFIX = "cli-"
+
+
 def trained_models(settings: Settings) -> TrainedModels:
     """The catalog of fine-tuned models of this data folder (LoRA copies in ``lora_dir``)."""
     lora_dir = settings.engine.lora_dir or settings.data_dir / "loras"
@@ -99,6 +102,22 @@ class TrainingRunner:
         """The job's own folder: extracted images, checkpoints and the LoRA."""
         return self.root / job_id
 
+    def work_folders(self) -> list[str]:
+        """The job ids of the service's work folders (``sdserve train``'s own, kept so the
+        same command resumes, are not among them)."""
+        if not self.root.is_dir():
+            return []
+        return sorted(
+            path.name
+            for path in self.root.iterdir()
+            if path.is_dir() and not path.name.startswith(_CLI_PREFIX)
+        )
+
+    def discard(self, job_id: str) -> None:
+        """Delete a job's work folder once the job has ended (its LoRA is in the file store
+        and the catalog by then; a failed run's images must not stay on disk)."""
+        shutil.rmtree(self.work_dir(job_id), ignore_errors=True)
+
     def resumable(
         self,
         *,
@@ -120,7 +139,7 @@ class TrainingRunner:
         if parse_training_input(fields).seed is None:
             fields["seed"] = int(hashlib.sha256(archive).hexdigest()[:8], 16)
         owner, _, name = destination.partition("/")
-        job_id = f"cli-{owner}--{name}"
+        job_id = f"{_CLI_PREFIX}{owner}--{name}"
         work = self.work_dir(job_id)
         fingerprint = hashlib.sha256(
             archive + json.dumps([base_version, fields], sort_keys=True).encode()

@@ -399,7 +399,9 @@ def test_conservative_upscale_answers_at_once_up_to_the_pixel_limit(http: httpx.
     at_limit = post(http, "upscale/conservative", {"prompt": "sharp", "steps": 4}, big)
     assert "nothing to upscale" in v2_error(at_limit, 400, "invalid_image")
     no_step = post(http, "upscale/conservative", {"prompt": "sharp"}, files)  # 2 steps
-    assert v2_error(no_step, 400, "bad_request").startswith("creativity: 0.35 runs no")
+    assert v2_error(no_step, 400, "bad_request").startswith(
+        "creativity: 0.35 of 2 steps runs no denoising step; send at least 0.5"
+    )
 
 
 # -- bad requests ---------------------------------------------------------------------------

@@ -30,7 +30,6 @@ from sdserve.api.stability.v1_schemas import (
     account_body,
     artifacts_body,
     balance_body,
-    check_a_step_runs,
     check_png_samples,
     failure_response,
     form_fields,
@@ -99,7 +98,6 @@ class StabilityV1Api:
         params = parse(ImageToImageParams, form_fields(texts))
         check_png_samples(png, params.samples)
         canonical = params.canonical(self.edge.limits)
-        check_a_step_runs(canonical, model, params.strength_field)
         init = _required(files, "init_image")
         await asyncio.to_thread(
             init_image_size, init.data, "init_image", self.edge.limits.max_input_pixels
@@ -138,9 +136,9 @@ class StabilityV1Api:
             image_size, image.data, "image", self.edge.limits.max_input_pixels
         )
         canonical = params.canonical(size, self.edge.limits)
-        check_a_step_runs(canonical, model, "steps")
         canonical["image"] = await self._store(image)
-        names = {**V1_FIELD, "image": "image"}
+        # the strength is fixed: too few steps is what the caller can change
+        names = {**V1_FIELD, "image": "image", "prompt_strength": "steps"}
         return await self._generate(request, model.name, canonical, names, png, None)
 
     # the one path every generation ends in ----------------------------------------------------

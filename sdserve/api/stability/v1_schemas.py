@@ -51,7 +51,7 @@ from sdserve.api.stability.results import FAILURES, Artifact, failure_body
 from sdserve.domain.inputs import MAX_SEED, InputLimits, invalid_input_from
 from sdserve.errors import InvalidImage, InvalidInput
 from sdserve.jobs import images
-from sdserve.jobs.contract import JobRecord, ServedModel
+from sdserve.jobs.contract import JobRecord
 
 #: Canonical input names → v1's, to name the field the client sent in a refusal.
 V1_FIELD: dict[str, str] = {
@@ -334,27 +334,6 @@ def form_fields(parts: Iterable[tuple[str, str]]) -> dict[str, Any]:
     return values
 
 
-def default_steps(model: ServedModel) -> int:
-    """The steps a job on ``model`` runs when the request names none (its published
-    input schema's default)."""
-    properties = model.input_schema.get("properties", {})
-    default = properties.get("num_inference_steps", {}).get("default")
-    return int(default) if isinstance(default, int | float) else FALLBACK_STEPS
-
-
-def check_a_step_runs(values: Mapping[str, Any], model: ServedModel, field: str) -> None:
-    """Refuse a strength that runs no denoising step at all (``steps x prompt_strength``
-    under 1): the engine cannot start a schedule it skips entirely."""
-    strength = values.get("prompt_strength")
-    steps = values.get("num_inference_steps") or default_steps(model)
-    if strength is not None and int(steps * strength) < 1:
-        raise InvalidInput(
-            field,
-            f"leaves no step to run out of {steps} (at least one must run): keep less of "
-            "the init image or send more steps",
-        )
-
-
 # -- images -----------------------------------------------------------------------------------
 
 
@@ -550,9 +529,7 @@ __all__ = [
     "account_body",
     "artifacts_body",
     "balance_body",
-    "check_a_step_runs",
     "check_png_samples",
-    "default_steps",
     "failure_response",
     "form_fields",
     "has_alpha",

@@ -43,7 +43,6 @@ from sdserve.api.stability.v2_schemas import (
     aspect_size,
     check_image_size,
     check_outpaint_size,
-    check_strength,
     engine_for,
     failure_response,
     ignored_fields,
@@ -199,7 +198,6 @@ class StabilityV2Api:
         """Redraw the image at its own size, ``strength`` of the way."""
         if body.strength is None:
             raise InvalidInput("strength", "is required with an image (0 keeps it, 1 ignores it)")
-        check_strength(body.strength, "strength", body.steps_for(model))
         stored = await asyncio.to_thread(self._store_image, upload)
         values = {**body.canonical(None), "image": stored.image}
         # the output has the image's size: an aspect ratio does not apply
@@ -229,7 +227,6 @@ class StabilityV2Api:
         call, body = await self._begin(request, OutpaintRequest)
         model = engine_for(body.model, await self._models())
         values = body.canonical()
-        check_strength(body.creativity, "creativity", body.steps_for(model))
         upload = call.form.required_image("image")
         stored = await asyncio.to_thread(self._store_image, upload)
         check_outpaint_size(stored.width, stored.height, body, self.edge.limits.max_pixels)
@@ -267,7 +264,6 @@ class StabilityV2Api:
         """A diffusion upscale: the image resized to :func:`upscale_size` and redrawn
         ``creativity`` of the way by the served model."""
         model = engine_for(body.model, await self._models())
-        check_strength(body.creativity, "creativity", body.steps_for(model))
         upload = form.required_image("image")
         stored = await asyncio.to_thread(self._store_image, upload, check_size=False)
         size = upscale_size(stored.width, stored.height, self.edge.limits.max_pixels)

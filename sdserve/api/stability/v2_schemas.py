@@ -110,10 +110,6 @@ class V2Request(BaseModel):
             values["num_inference_steps"] = self.steps
         return values
 
-    def steps_for(self, model: ServedModel) -> int:
-        """The steps the job runs: ``steps``, else the model's default."""
-        return self.steps or default_steps(model)
-
 
 class PromptedRequest(V2Request):
     """An endpoint with a required prompt, a negative prompt and a style preset; ``model``
@@ -374,25 +370,6 @@ def pixel_budget(model: ServedModel) -> int:
     return 1024 * 1024  # a model without a schema: SDXL's budget
 
 
-def default_steps(model: ServedModel) -> int:
-    """The number of denoising steps the model runs (its default; v2beta has no steps)."""
-    properties = model.input_schema.get("properties", {})
-    steps = properties.get("num_inference_steps", {}).get("default")
-    return steps if isinstance(steps, int) and steps > 0 else 50
-
-
-def check_strength(value: float | None, field: str, steps: int) -> None:
-    """Refuse a strength (the share of ``steps`` that run) that runs no step at all: the
-    engine runs ``int(steps * strength)`` of them, and none cannot draw an image."""
-    if value is None or int(steps * value) >= 1:
-        return
-    least = math.ceil(100 / steps) / 100
-    raise InvalidInput(
-        field,
-        f"{value:g} runs no denoising step of the model's {steps}; send at least {least:g}",
-    )
-
-
 def aspect_size(ratio: str, budget: int, max_pixels: int) -> tuple[int, int]:
     """The size of ``ratio`` with about ``budget`` pixels (at most ``max_pixels``).
 
@@ -550,9 +527,7 @@ __all__ = [
     "aspect_size",
     "check_image_size",
     "check_outpaint_size",
-    "check_strength",
     "default_engine",
-    "default_steps",
     "engine_for",
     "failure_response",
     "ignored_fields",

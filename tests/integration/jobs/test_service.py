@@ -207,6 +207,28 @@ def test_validation_errors_are_raised_before_anything_is_stored(
     assert service.list().results == []
 
 
+def test_a_strength_that_runs_no_step_of_the_models_default_is_refused_at_create(
+    make_service: MakeService,
+) -> None:
+    """The fake model runs 4 steps unless told otherwise: 0.2 of them is no step. The
+    request names no steps, so only the model's default can tell (it used to fail in the
+    worker)."""
+    service = make_service()
+    with pytest.raises(InvalidInput, match=r"0\.2 of 4 steps runs no denoising step") as caught:
+        service.create(
+            "test/fake", {"prompt": "x", "image": png_data_uri(), "prompt_strength": 0.2}
+        )
+    assert caught.value.field == "prompt_strength"
+    assert "at least 0.25" in str(caught.value)
+    assert service.list().results == []
+    # with more steps the same strength runs some
+    job = service.create(
+        "test/fake",
+        {"prompt": "x", "image": png_data_uri(), "prompt_strength": 0.2, "num_inference_steps": 10},
+    )
+    assert wait(service, job.id).status is Status.SUCCEEDED
+
+
 @pytest.mark.parametrize(
     ("input", "error"),
     [

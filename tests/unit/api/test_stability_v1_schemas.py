@@ -24,9 +24,7 @@ from sdserve.api.stability.v1_schemas import (
     account_body,
     artifacts_body,
     balance_body,
-    check_a_step_runs,
     check_png_samples,
-    default_steps,
     failure_response,
     form_fields,
     init_image_size,
@@ -38,7 +36,7 @@ from sdserve.api.stability.v1_schemas import (
 from sdserve.domain.inputs import InputLimits
 from sdserve.domain.jobs import FailureCode, JobKind, Status
 from sdserve.errors import InvalidImage, InvalidInput
-from sdserve.jobs.contract import JobRecord, ServedModel
+from sdserve.jobs.contract import JobRecord
 
 LIMITS = InputLimits()  # the operator's defaults: 4 images, 2048x2048 pixels
 PROMPT = {"text_prompts": [{"text": "a lighthouse"}]}
@@ -254,28 +252,6 @@ def test_a_step_schedule_that_stops_early_is_refused() -> None:
 )
 def test_bad_image_to_image_fields_are_refused(data: dict[str, Any], field: str) -> None:
     assert refused(ImageToImageParams, data).field == field
-
-
-def served(steps: int | None) -> ServedModel:
-    properties = {} if steps is None else {"num_inference_steps": {"default": steps}}
-    return ServedModel("o/n", "v", "sd1", "", datetime.now(UTC), {"properties": properties})
-
-
-def test_a_strength_that_runs_no_step_is_refused() -> None:
-    keep_all = parse(ImageToImageParams, {**PROMPT, "image_strength": 1, "steps": 10})
-    with pytest.raises(InvalidInput) as caught:
-        check_a_step_runs(keep_all.canonical(LIMITS), served(2), "image_strength")
-    assert caught.value.field == "image_strength"
-    # 0.95 of 10 steps leaves half a step; of the model's default of 50 it leaves 2
-    almost = parse(ImageToImageParams, {**PROMPT, "image_strength": 0.95}).canonical(LIMITS)
-    check_a_step_runs(almost, served(50), "image_strength")
-    with pytest.raises(InvalidInput):
-        check_a_step_runs({**almost, "num_inference_steps": 10}, served(50), "image_strength")
-
-
-def test_the_default_steps_are_the_models_published_ones() -> None:
-    assert default_steps(served(4)) == 4
-    assert default_steps(served(None)) == 50
 
 
 # -- masks ------------------------------------------------------------------------------------

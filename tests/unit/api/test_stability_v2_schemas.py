@@ -29,9 +29,7 @@ from sdserve.api.stability.v2_schemas import (
     aspect_size,
     check_image_size,
     check_outpaint_size,
-    check_strength,
     default_engine,
-    default_steps,
     engine_for,
     failure_response,
     ignored_fields,
@@ -133,10 +131,9 @@ def test_the_minimum_side_is_the_engines() -> None:
     )
 
 
-def test_the_pixel_budget_and_steps_are_the_models_defaults() -> None:
+def test_the_pixel_budget_is_the_models_default_size() -> None:
     assert pixel_budget(served("a/b", "sdxl", size=1024)) == SDXL_BUDGET
     assert pixel_budget(TINY_SD) == 64 * 64
-    assert default_steps(served("a/b", "sd1", steps=30)) == 30
 
 
 @pytest.mark.parametrize(
@@ -184,16 +181,6 @@ def test_an_outpaint_beyond_the_pixel_limit_names_a_side_it_grows() -> None:
     assert error.value.field == "up"
 
 
-def test_a_strength_that_runs_no_step_is_refused() -> None:
-    check_strength(None, "strength", 50)
-    check_strength(0.02, "strength", 50)
-    with pytest.raises(InvalidInput, match=r"at least 0\.02") as error:
-        check_strength(0.0, "strength", 50)
-    assert error.value.field == "strength"
-    with pytest.raises(InvalidInput, match=r"at least 0\.25"):
-        check_strength(0.2, "creativity", 4)
-
-
 # -- fields ---------------------------------------------------------------------------------
 
 
@@ -229,10 +216,8 @@ def test_seed_0_and_empty_parts_are_left_out() -> None:
 def test_steps_is_sdserves_extra_field_and_defaults_to_the_models() -> None:
     body = parse_fields(CoreRequest, {"prompt": "x", "steps": "4"})
     assert body.canonical((64, 64))["num_inference_steps"] == 4
-    assert body.steps_for(TINY_SD) == 4
     plain = parse_fields(CoreRequest, {"prompt": "x"})
     assert "num_inference_steps" not in plain.canonical((64, 64))
-    assert plain.steps_for(served("a/b", "sd1", steps=30)) == 30
     error = InvalidInput("num_inference_steps", "must be between 1 and 500")
     for names in (GENERATE_FIELDS, EDIT_FIELDS, UPSCALE_FIELDS):
         assert rename_field(error, names).field == "steps"
