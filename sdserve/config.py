@@ -82,7 +82,7 @@ class TokenSpec(BaseModel):
     name: str = Field(default="", pattern=r"^[A-Za-z0-9_.@-]{0,64}$")
     creates_per_minute: int | None = Field(default=None, ge=1, description="jobs created")
     reads_per_minute: int | None = Field(default=None, ge=1, description="other requests")
-    max_queued: int | None = Field(default=None, ge=0, description="jobs waiting to start")
+    max_queued: int | None = Field(default=None, ge=1, description="jobs waiting to start")
     max_running: int | None = Field(default=None, ge=1, description="jobs processing at once")
 
     @model_validator(mode="after")
