@@ -10,6 +10,7 @@ from typing import Any
 
 from sdserve.domain.jobs import Status
 from sdserve.jobs.contract import Owner
+from sdserve.jobs.service import ended_line
 from sdserve.models.results import GenerationResult
 from tests.integration.jobs.conftest import MakeService
 from tests.integration.jobs.fakes import FakePredictor
@@ -50,3 +51,12 @@ def test_one_callers_backlog_does_not_starve_another_callers_job(
     # FIFO across callers would run bob's job last, after alice's whole backlog
     assert ran == ["alice 0", "bob 0", "alice 1", "alice 2", "alice 3", "alice 4", "alice 5"]
     assert service.get(bobs.id).owner == "bob"
+
+
+def test_the_ended_line_names_the_owner(make_service: MakeService) -> None:
+    service = make_service()
+    job = service.create(MODEL, {"prompt": "x", "num_inference_steps": 1}, owner=Owner("bob"))
+    done = asyncio.run(service.wait(job.id, 20))
+    assert ended_line(done).endswith(f"txt2img with {MODEL} for bob")
+    anonymous = service.create(MODEL, {"prompt": "x", "num_inference_steps": 1})
+    assert " for " not in ended_line(asyncio.run(service.wait(anonymous.id, 20)))
