@@ -12,11 +12,20 @@ here like every other section and handed to the engine.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import os
 from pathlib import Path
 
-from pydantic import AliasChoices, BaseModel, Field, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from sdserve.domain.inputs import InputLimits
@@ -58,13 +67,69 @@ class LimitSettings(BaseModel):
         )
 
 
+class TokenSpec(BaseModel):
+    """One API token and what its caller may do; every limit is off (None) unless set.
+
+    A token file line is the token alone (the old format, still read unchanged) or the
+    token followed by ``key=value`` fields: ``r8_abc name=alice creates_per_minute=600
+    reads_per_minute=3000 max_queued=50 max_running=2``. ``name`` is what logs, job
+    records and the fair queue show; the token itself is never shown.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    value: str = Field(min_length=1, repr=False)
+    name: str = Field(default="", pattern=r"^[A-Za-z0-9_.@-]{0,64}$")
+    creates_per_minute: int | None = Field(default=None, ge=1, description="jobs created")
+    reads_per_minute: int | None = Field(default=None, ge=1, description="other requests")
+    max_queued: int | None = Field(default=None, ge=1, description="jobs waiting to start")
+    max_running: int | None = Field(default=None, ge=1, description="jobs processing at once")
+
+    @model_validator(mode="after")
+    def _default_name(self) -> TokenSpec:
+        # an unnamed token is still told apart in logs, without showing it: a short digest
+        if not self.name:
+            digest = hashlib.sha256(self.value.encode()).hexdigest()[:8]
+            object.__setattr__(self, "name", f"token-{digest}")
+        return self
+
+
+def parse_token_line(line: str, where: str) -> TokenSpec:
+    """A token file line (see :class:`TokenSpec`); ``where`` names it in errors, which
+    never repeat the token."""
+    value, *fields = line.split()
+    options: dict[str, str] = {}
+    for item in fields:
+        key, equals, text = item.partition("=")
+        if not equals or not key:
+            raise ValueError(f"{where}: {item!r} is not a key=value field")
+        if key in options or key not in TokenSpec.model_fields or key == "value":
+            raise ValueError(
+                f"{where}: unknown or repeated field {key!r} (allowed: name, "
+                "creates_per_minute, reads_per_minute, max_queued, max_running)"
+            )
+        options[key] = text
+    try:
+        return TokenSpec(value=value, **options)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in error['loc'])}: {error['msg']}"
+            for error in exc.errors()
+        )
+        raise ValueError(f"{where}: {problems}") from None
+
+
 class ApiSettings(BaseModel):
     """The HTTP server (and the gRPC one beside it): where they listen and who may call."""
 
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     tokens: list[str] = Field(default_factory=list, description="accepted API tokens")
-    token_file: Path | None = Field(default=None, description="file with one token per line")
+    token_file: Path | None = Field(
+        default=None,
+        description="file with one token per line, each optionally followed by key=value "
+        "fields: name, creates_per_minute, reads_per_minute, max_queued, max_running",
+    )
     public_url: str | None = Field(
         default=None, description="base URL clients reach us at; None = from each request"
     )
@@ -108,13 +173,28 @@ class ApiSettings(BaseModel):
 
     def all_tokens(self) -> list[str]:
         """Tokens from the settings and the token file (blank lines and # comments skipped)."""
-        tokens = [token for token in self.tokens if token]
+        return [spec.value for spec in self.token_specs()]
+
+    def token_specs(self) -> list[TokenSpec]:
+        """Every token with its name and limits: ``tokens`` entries and token file lines
+        are read alike (a bare token, or one followed by ``key=value`` fields). Two tokens
+        may not share a name (limits and the fair queue go by name)."""
+        specs = [
+            parse_token_line(entry, f"token #{number}")
+            for number, entry in enumerate(self.tokens, 1)
+            if entry.strip()
+        ]
         if self.token_file is not None:
-            for line in self.token_file.read_text().splitlines():
+            lines = self.token_file.read_text().splitlines()
+            for number, line in enumerate(lines, 1):
                 line = line.strip()
                 if line and not line.startswith("#"):
-                    tokens.append(line)
-        return tokens
+                    specs.append(parse_token_line(line, f"{self.token_file}:{number}"))
+        names = [spec.name for spec in specs]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise ValueError(f"token names must be unique; repeated: {', '.join(repeated)}")
+        return specs
 
 
 class ServiceSettings(BaseModel):

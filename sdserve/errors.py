@@ -15,6 +15,8 @@ message (its text stays in the server log).
     │   └── FileNotFound            no uploaded or output file has that id
     ├── Unauthorized                missing or wrong token (HTTP 401)
     ├── Overloaded                  queue full or draining (HTTP 429/503 + Retry-After)
+    │   └── RateLimited             a token over one of its own limits (HTTP 429 +
+    │                               Retry-After): its rate, queued or running cap
     ├── Conflict                    the request contradicts the state (HTTP 409)
     ├── CrossSiteRequest            a browser request from another site (HTTP 403)
     ├── MisdirectedRequest          a Host this server does not answer for (HTTP 421)
@@ -113,6 +115,14 @@ class Overloaded(SdserveError):
     def __init__(self, message: str, *, retry_after: int = 5) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class RateLimited(Overloaded):
+    """One caller (token) is over one of its own limits, the service is not: rendered
+    like :class:`Overloaded` (429 with ``Retry-After``) by every dialect, with its own
+    code so that clients and logs can tell the two apart."""
+
+    code = "rate_limited"
 
 
 class PayloadTooLarge(SdserveError):

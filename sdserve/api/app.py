@@ -54,7 +54,7 @@ def create_app(settings: Settings, service: JobService, *, manage_service: bool 
                 service.close()
 
     app = FastAPI(title="sdserve", version="0.1.0", lifespan=lifespan)
-    auth = TokenAuth(settings.api.all_tokens())
+    auth = TokenAuth(settings.api.token_specs())
     routing = ErrorRouting(renderers={"/": problem_response})
     install_error_handlers(app, routing)
 

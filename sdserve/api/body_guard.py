@@ -43,7 +43,7 @@ class BodyGuard:
         app: ASGIApp,
         *,
         max_bytes: int,
-        check_token: Callable[[str | None], None],
+        check_token: Callable[[str | None], object],
         guarded: Sequence[BaseRoute],
         routing: ErrorRouting,
     ) -> None:

@@ -27,14 +27,16 @@ from typing import Any
 from fastapi import APIRouter, Depends, FastAPI, Request
 from starlette.routing import BaseRoute
 
+from sdserve.api.auth import current_caller
 from sdserve.api.common import base_url
 from sdserve.api.errors import ErrorRenderer, ErrorRouting
+from sdserve.api.rate_limit import RequestKind
 from sdserve.config import Settings
 from sdserve.domain.inputs import InputLimits
 from sdserve.domain.jobs import FailureCode, Status
 from sdserve.domain.prompts import is_weighted
 from sdserve.errors import InvalidInput
-from sdserve.jobs.contract import JobRecord, JobService
+from sdserve.jobs.contract import JobRecord, JobService, Owner
 
 #: How long one wait lasts before the route looks whether its client is still there.
 WAIT_SLICE_S = 1.0
@@ -198,7 +200,16 @@ class Edge:
     ) -> JobRecord:
         """``service.create`` off the event loop (it decodes inline images, which takes
         long enough to stall every other request); a refused field is renamed with
-        ``names`` (canonical → the dialect's). ``options`` go to ``service.create``."""
+        ``names`` (canonical → the dialect's). ``options`` go to ``service.create``.
+
+        The request's caller (its token) is charged one create against its rate and
+        becomes the job's owner, whose queued and running caps the service checks."""
+        caller = current_caller()
+        if caller is not None:
+            # before any work: a caller over its rate costs the server nothing more
+            caller.charge(RequestKind.CREATE)
+            spec = caller.spec
+            options["owner"] = Owner(spec.name, spec.max_queued, spec.max_running)
         try:
             return await asyncio.to_thread(self.service.create, model, values, **options)
         except InvalidInput as error:

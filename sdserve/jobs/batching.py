@@ -112,7 +112,8 @@ class Batcher:
             return False
         leader = _Member(record, inp, runner.tracker_for(record))
         window_s = self.policy.window_ms / 1000
-        members = [leader, *self._claim_partners(runner, key, size - 1, window_s)]
+        partners = self._claim_partners(runner, key, size - 1, window_s, record.owner)
+        members = [leader, *partners]
         if len(members) == 1:
             return False
         ids = [member.record.id for member in members]
@@ -121,16 +122,21 @@ class Batcher:
         return True
 
     def _claim_partners(
-        self, runner: JobRunner, key: tuple[object, ...], wanted: int, window_s: float
+        self,
+        runner: JobRunner,
+        key: tuple[object, ...],
+        wanted: int,
+        window_s: float,
+        leader_owner: str | None,
     ) -> list[_Member]:
         """Claim up to ``wanted`` queued jobs with ``key``: those queued now, then those
-        that arrive within ``window_s``."""
+        that arrive within ``window_s``; owners in turn, the leader's owner last."""
         found: list[_Member] = []
         seen: set[str] = set()
         deadline = time.monotonic() + window_s
         while True:
             arrived = self.arrivals.arrivals()  # before the look: no arrival is missed
-            for other in runner.jobs.queued():
+            for other in in_turns(runner.jobs.queued(), last=leader_owner):
                 if len(found) >= wanted:
                     return found
                 if other.id in seen:
@@ -148,6 +154,21 @@ class Batcher:
             if len(found) >= wanted or remaining <= 0:
                 return found
             self.arrivals.wait_for_arrival(arrived, remaining)
+
+
+def in_turns(records: list[JobRecord], *, last: str | None = None) -> list[JobRecord]:
+    """Queued jobs (oldest first) reordered owner by owner in turn, ``last``'s jobs after
+    the other owners' in each turn (it is the owner being served): one owner's backlog
+    does not fill every batch before another's job, as in the embedded queue."""
+    lanes: dict[str | None, list[JobRecord]] = {}
+    for record in records:
+        lanes.setdefault(record.owner, []).append(record)
+    if last in lanes:
+        lanes[last] = lanes.pop(last)  # to the end of the turn order
+    ordered: list[JobRecord] = []
+    for turn in range(max((len(lane) for lane in lanes.values()), default=0)):
+        ordered.extend(lane[turn] for lane in lanes.values() if turn < len(lane))
+    return ordered
 
 
 def _resolved_input(runner: JobRunner, record: JobRecord) -> GenerationInput | None:
@@ -221,4 +242,4 @@ def _run_alone(runner: JobRunner, member: _Member, started: float) -> None:
     runner.guarded(record.id, tracker, lambda: runner.execute(record, tracker, started))
 
 
-__all__ = ["BatchPolicy", "Batcher", "batch_key"]
+__all__ = ["BatchPolicy", "Batcher", "batch_key", "in_turns"]

@@ -80,7 +80,8 @@ class CeleryQueue:
         self._worker: WorkController | None = None
         self._thread: threading.Thread | None = None
 
-    def enqueue(self, job_id: str) -> None:
+    def enqueue(self, job_id: str, owner: str = "") -> None:
+        # FIFO: a caller's share is bounded by its token's caps, checked at create time
         self.app.send_task(TASK_NAME, args=[job_id])
         with self._arrived:
             self._enqueued += 1

@@ -17,6 +17,16 @@ from sdserve.domain.jobs import FailureCode, JobKind, Status
 
 
 @dataclass(frozen=True)
+class Owner:
+    """Who creates a job (a token's name) and that caller's caps on its unfinished jobs,
+    counted in the store when a job is created; None = no cap."""
+
+    name: str
+    max_queued: int | None = None
+    max_running: int | None = None
+
+
+@dataclass(frozen=True)
 class WebhookOptions:
     """Where and what to deliver. ``events`` ⊆ {start, output, logs, completed}."""
 
@@ -51,6 +61,7 @@ class JobRecord:
     # the client asked for the output files themselves (Replicate's Prefer: wait or a
     # stream): answers about this job carry them as data: URIs rather than URLs
     inline_output: bool = False
+    owner: str | None = None  # the name of the token that created it (None: no tokens)
 
 
 @dataclass(frozen=True)
@@ -126,11 +137,13 @@ class JobService(Protocol):
         deadline: datetime | None = None,
         destination: str | None = None,
         inline_output: bool = False,
+        owner: Owner | None = None,
     ) -> JobRecord:
         """Validate (raise InvalidInput/ModelNotFound synchronously), persist, enqueue.
 
         A ``training`` job takes a training input and the ``destination`` model it creates.
-        ``inline_output`` is kept on the record for the dialect that renders it.
+        ``inline_output`` is kept on the record for the dialect that renders it. ``owner``
+        is recorded on the job; over one of its caps the create raises ``RateLimited``.
         """
         ...
 

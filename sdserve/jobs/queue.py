@@ -6,12 +6,15 @@ unfinished (embedded queues), and a shared broker redelivers the task of a dead 
 
 ``broker_url`` picks the implementation (:func:`sdserve.wiring.make_queue`):
 
-- ``local://`` (default): :class:`LocalQueue`, a FIFO in this process consumed by a worker
-  thread of this process. A job starts as soon as it is enqueued; an idle worker sleeps
-  on a condition variable instead of polling.
+- ``local://`` (default): :class:`LocalQueue`, in this process, consumed by a worker
+  thread of this process; it serves the jobs' owners (tokens) in turn, FIFO within one
+  owner, so one caller's backlog does not starve another's job. A job starts as soon as
+  it is enqueued; an idle worker sleeps on a condition variable instead of polling.
 - ``memory://``: Celery with kombu's in-memory transport and the same in-process worker
   thread (:mod:`sdserve.jobs.celery_queue`); kombu polls it every 20 ms.
 - a shared broker (``redis://...``): Celery, consumed by ``sdserve worker`` processes.
+  Celery's queues are FIFO: there a caller's share is bounded by its token's caps on
+  queued and running jobs, checked when a job is created.
 """
 
 from __future__ import annotations
@@ -37,8 +40,9 @@ def is_embedded(broker_url: str) -> bool:
 class JobQueue(Protocol):
     """Where accepted jobs wait. ``handler(job_id)`` runs a job (``JobRunner.run``)."""
 
-    def enqueue(self, job_id: str) -> None:
-        """Put ``job_id`` on the queue (any thread)."""
+    def enqueue(self, job_id: str, owner: str = "") -> None:
+        """Put ``job_id`` of ``owner`` (a token's name; "" = none) on the queue (any
+        thread)."""
         ...
 
     def start(self) -> None:
@@ -64,23 +68,31 @@ class JobQueue(Protocol):
 
 
 class LocalQueue:
-    """An in-process FIFO and one worker thread that runs its jobs in order.
+    """An in-process queue and one worker thread that runs its jobs, owners in turn.
 
+    Each owner (a token's name, "" for jobs without one) has a FIFO lane; the worker takes
+    the next job of the owner it served least recently (an owner never served first). A
+    caller with 500 queued jobs therefore delays another caller's job by the one it is
+    running at most.
     Messages live in memory only: jobs still queued when the process stops stay
     ``starting`` in the store and start-up recovery puts them back.
     """
 
     def __init__(self, handler: Handler | None = None) -> None:
         self._handler = handler
-        self._jobs: deque[str] = deque()
+        # owner -> its waiting job ids (in order of arrival of the owner's first waiting job)
+        self._lanes: dict[str, deque[str]] = {}
+        # owner -> the number of the turn it was last served in
+        self._served_at: dict[str, int] = {}
+        self._turns = 0
         self._ready = threading.Condition()
         self._enqueued = 0
         self._stopping = False
         self._thread: threading.Thread | None = None
 
-    def enqueue(self, job_id: str) -> None:
+    def enqueue(self, job_id: str, owner: str = "") -> None:
         with self._ready:
-            self._jobs.append(job_id)
+            self._lanes.setdefault(owner, deque()).append(job_id)
             self._enqueued += 1
             # the worker thread, idle in _next or as a batch waiting for partners
             self._ready.notify_all()
@@ -96,7 +108,7 @@ class LocalQueue:
     def __len__(self) -> int:
         """Jobs waiting (not the running one)."""
         with self._ready:
-            return len(self._jobs)
+            return sum(len(lane) for lane in self._lanes.values())
 
     def start(self) -> None:
         if self._thread is not None:
@@ -119,11 +131,21 @@ class LocalQueue:
                 log.exception("running job %s failed", job_id)
 
     def _next(self) -> str | None:
-        """The next job id, waiting as long as it takes; None once stopping."""
+        """The next job id (the oldest of the owner served least recently), waiting as
+        long as it takes; None once stopping."""
         with self._ready:
-            while not self._jobs and not self._stopping:
+            while not self._lanes and not self._stopping:
                 self._ready.wait()
-            return None if self._stopping else self._jobs.popleft()
+            if self._stopping:
+                return None
+            owner = min(self._lanes, key=lambda name: self._served_at.get(name, -1))
+            lane = self._lanes[owner]
+            job_id = lane.popleft()
+            if not lane:
+                del self._lanes[owner]
+            self._turns += 1
+            self._served_at[owner] = self._turns
+            return job_id
 
     def stop(self, timeout: float = 10.0) -> None:
         with self._ready:

@@ -27,6 +27,7 @@ from sdserve.domain.training import parse_training_input
 from sdserve.errors import InputFetchFailed, InvalidInput, Overloaded, SdserveError
 from sdserve.jobs.contract import (
     JobRecord,
+    Owner,
     Page,
     Renderer,
     RunProgress,
@@ -193,6 +194,7 @@ class Service:
         deadline: datetime | None = None,
         destination: str | None = None,
         inline_output: bool = False,
+        owner: Owner | None = None,
     ) -> JobRecord:
         """Validate synchronously, persist and enqueue; see :class:`JobService`."""
         if webhook is not None:
@@ -225,14 +227,15 @@ class Service:
             deadline=deadline,
             destination=destination,
             inline_output=inline_output,
+            owner=owner.name if owner is not None else None,
         )
         max_queue = self.settings.service.max_queue
-        if not self.store.jobs.insert(record, max_queued=max_queue):
+        if not self.store.jobs.insert(record, max_queued=max_queue, owner=owner):
             raise Overloaded(f"{max_queue} jobs are already queued; retry later", retry_after=10)
         if self._local_worker:
             self.endings.expect(record.id)
         try:
-            self.queue.enqueue(record.id)
+            self.queue.enqueue(record.id, owner=record.owner or "")
         except Exception as exc:
             log.exception("cannot enqueue job %s", record.id)
             down = failure_columns(SdserveError("the job queue is unavailable"))
@@ -411,6 +414,8 @@ def ended_line(record: JobRecord) -> str:
         f"job {record.id} {record.status.value} in {seconds:.2f} s: "
         f"{job_task(record)} with {record.model}"
     )
+    if record.owner:
+        line += f" for {record.owner}"
     if record.error_code is not None:
         line += f": {record.error_code}"
     if record.error:

@@ -75,8 +75,13 @@ class JobRow(Base):
     destination: Mapped[str | None] = mapped_column(String(300), nullable=True)
     # the client asked for the output files themselves, as data: URIs (migration 0004)
     inline_output: Mapped[bool] = mapped_column(Boolean, default=False)
+    # the name of the token that created it, for its caps and the fair queue (0006)
+    owner: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
-    __table_args__ = (Index("ix_jobs_created", "created_at", "id"),)
+    __table_args__ = (
+        Index("ix_jobs_created", "created_at", "id"),
+        Index("ix_jobs_owner_status", "owner", "status"),
+    )
 
 
 class FileRow(Base):

@@ -116,7 +116,7 @@ class GenerationServicer(generation_grpc.GenerationServiceServicer):
     def _authorize(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         metadata = dict(context.invocation_metadata() or ())
         value = metadata.get("authorization")
-        self.auth.check(value if isinstance(value, str) else None)
+        self.auth.admit(value if isinstance(value, str) else None)
 
     async def _create(self, request: Any) -> tuple[JobRecord, tuple[str, ...]]:
         """The job of ``request``, created off the event loop (the images are decoded),

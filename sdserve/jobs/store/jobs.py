@@ -24,8 +24,8 @@ from sqlalchemy import true as sql_true
 from sqlalchemy.engine import Row
 
 from sdserve.domain.jobs import TERMINAL, FailureCode, JobKind, Status, can_transition
-from sdserve.errors import InvalidInput, JobNotFound, failure_of
-from sdserve.jobs.contract import JobRecord, Page, WebhookOptions
+from sdserve.errors import InvalidInput, JobNotFound, RateLimited, failure_of
+from sdserve.jobs.contract import JobRecord, Owner, Page, WebhookOptions
 from sdserve.jobs.store.database import Database, aware, utcnow
 from sdserve.jobs.store.files import StoredFile, insert_files
 from sdserve.jobs.store.outbox import add_webhook, last_progress_webhook_at, webhooks_on
@@ -46,6 +46,14 @@ def sources_of(new: Status) -> list[str]:
 # bound at execution: job_id, now, worker.
 _GET_JOB = select(JOBS).where(JOBS.c.id == bindparam("job_id"))
 _COUNT_QUEUED = select(func.count()).select_from(JOBS).where(JOBS.c.status.in_(_UNFINISHED))
+_COUNT_OWNED = (
+    select(JOBS.c.status, func.count())
+    .where(JOBS.c.owner == bindparam("owner"), JOBS.c.status.in_(_UNFINISHED))
+    .group_by(JOBS.c.status)
+)
+#: What a caller over its queued or running cap is told to wait: a job's run is seconds
+#: on a GPU, and a client retrying sooner is only refused again.
+CAP_RETRY_AFTER_S = 5
 _RUN_STATE = select(
     JOBS.c.status,
     JOBS.c.cancel_requested,
@@ -116,13 +124,21 @@ class JobRepository:
 
     # -- one job ---------------------------------------------------------------------
 
-    def insert(self, record: JobRecord, *, max_queued: int | None = None) -> bool:
+    def insert(
+        self, record: JobRecord, *, max_queued: int | None = None, owner: Owner | None = None
+    ) -> bool:
         """Persist a new job (status ``starting``). With ``max_queued``, nothing is written
-        and False returned when that many jobs are already waiting or running (checked in
-        the same transaction, so concurrent requests cannot overshoot the bound)."""
+        and False returned when that many jobs are already waiting or running; with an
+        ``owner`` that has caps, :class:`RateLimited` is raised when it already has that
+        many jobs waiting or processing. Both are counted in the same transaction, so
+        concurrent requests cannot overshoot a bound."""
         with self._db.transaction(write=True) as conn:
             if max_queued is not None and conn.execute(_COUNT_QUEUED).scalar_one() >= max_queued:
                 return False
+            if owner is not None and (owner.max_queued, owner.max_running) != (None, None):
+                rows = conn.execute(_COUNT_OWNED, {"owner": owner.name}).all()
+                counts: dict[str, int] = {row[0]: int(row[1]) for row in rows}
+                _check_caps(owner, counts)
             conn.execute(insert(JOBS), _insert_values(record))
         return True
 
@@ -367,6 +383,22 @@ class JobRepository:
             return list(conn.execute(query).scalars())
 
 
+def _check_caps(owner: Owner, counts: Mapping[str, int]) -> None:
+    """Raise :class:`RateLimited` when ``owner`` is at one of its caps (``counts``: its
+    unfinished jobs by status)."""
+    caps = (
+        (owner.max_queued, Status.STARTING, "queued"),
+        (owner.max_running, Status.PROCESSING, "running"),
+    )
+    for cap, status, word in caps:
+        if cap is not None and counts.get(status.value, 0) >= cap:
+            raise RateLimited(
+                f"{owner.name} already has {cap} {word} job(s), its limit (max_{word}); "
+                "retry when one has finished",
+                retry_after=CAP_RETRY_AFTER_S,
+            )
+
+
 def _insert_values(record: JobRecord) -> dict[str, Any]:
     return {
         "id": record.id,
@@ -394,6 +426,7 @@ def _insert_values(record: JobRecord) -> dict[str, Any]:
         "attempts": 0,
         "destination": record.destination,
         "inline_output": record.inline_output,
+        "owner": record.owner,
     }
 
 
@@ -462,4 +495,5 @@ def to_record(row: Row[Any]) -> JobRecord:
         nsfw=list(row.nsfw) if row.nsfw is not None else None,
         destination=row.destination,
         inline_output=bool(row.inline_output),
+        owner=row.owner,
     )

@@ -64,10 +64,15 @@ def make_app(tmp_path: Path) -> Iterator[MakeApp]:
     opened: list[TestClient] = []
 
     def make(
-        *, tokens: list[str] | None = None, allowed_hosts: list[str] | None = None, **settings: Any
+        *,
+        tokens: list[str] | None = None,
+        token_file: Path | None = None,
+        allowed_hosts: list[str] | None = None,
+        **settings: Any,
     ) -> App:
         api = ApiSettings(
             tokens=tokens or [],
+            token_file=token_file,
             allowed_hosts=[TEST_HOST] if allowed_hosts is None else allowed_hosts,
         )
         config = Settings(data_dir=tmp_path, api=api, **settings)

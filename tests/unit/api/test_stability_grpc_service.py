@@ -228,6 +228,21 @@ def test_a_full_queue_is_resource_exhausted_with_retry_after(make_grpc_app: Make
     assert ("retry-after", "10") in tuple(caught.value.trailing_metadata())
 
 
+def test_a_caller_at_its_queued_cap_is_resource_exhausted_and_owns_its_jobs(
+    make_grpc_app: MakeGrpcApp,
+) -> None:
+    app = make_grpc_app(tokens=[f"{TOKEN} name=grpc-caller max_queued=1"])
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    queued = app.client.post("/v1/predictions", json={"version": "test/fake"}, headers=auth)
+    assert queued.status_code == 201, queued.text
+    with pytest.raises(grpc.RpcError) as caught:
+        app.generate(request(), metadata=(("authorization", f"Bearer {TOKEN}"),))
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "max_queued" in (caught.value.details() or "")
+    assert ("retry-after", "5") in tuple(caught.value.trailing_metadata())
+    assert [job.owner for job in app.service.active()] == ["grpc-caller"]
+
+
 def test_fields_taken_but_not_applied_are_named_in_the_metadata(app: GrpcApp) -> None:
     guided = request()
     guided.image.parameters.add().guidance.guidance_preset = generation.GUIDANCE_PRESET_SLOW

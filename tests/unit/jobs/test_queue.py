@@ -108,3 +108,24 @@ def test_the_broker_url_picks_the_queue() -> None:
     assert isinstance(make_queue("redis://127.0.0.1:1/0"), CeleryQueue)  # no connection yet
     assert is_embedded("local://") and is_embedded("memory://")
     assert not is_embedded("redis://127.0.0.1:6379/0")
+
+
+def test_owners_are_served_in_turn_so_a_backlog_does_not_starve_another_caller() -> None:
+    handler = Recorder()
+    handler.gate.clear()
+    queue = LocalQueue(handler)
+    queue.start()
+    try:
+        queue.enqueue("a0", owner="alice")
+        assert handler.running.wait(5)  # a0 runs; alice's backlog and bob's job wait
+        for index in range(1, 8):
+            queue.enqueue(f"a{index}", owner="alice")
+        queue.enqueue("b0", owner="bob")
+        queue.enqueue("b1", owner="bob")
+        handler.gate.set()
+        order = handler.wait_for(10)
+    finally:
+        queue.stop()
+    # bob's first job runs right after the one alice had running, then turns alternate
+    assert order[:5] == ["a0", "b0", "a1", "b1", "a2"]
+    assert order[5:] == ["a3", "a4", "a5", "a6", "a7"]  # alice's own jobs stay in order
