@@ -105,6 +105,8 @@ SAYS = {
     "stability-v2beta": "rate_limit_exceeded",
 }
 BY_NAME = [pytest.param(dialect, id=dialect.name) for dialect in DIALECTS]
+#: DeepInfra has no GET route of its own (its clients read through Replicate's).
+WITH_READS = [pytest.param(d, id=d.name) for d in DIALECTS if d.read is not None]
 
 
 def assert_limited(dialect: Dialect, response: httpx.Response, limit: str) -> None:
@@ -139,12 +141,11 @@ def test_creates_over_the_rate_are_429_with_retry_after(
     assert queue_one(app, BOB)
 
 
-@pytest.mark.parametrize("dialect", BY_NAME)
+@pytest.mark.parametrize("dialect", WITH_READS)
 def test_reads_over_the_rate_are_429_and_do_not_spend_creates(
     make_app: MakeApp, dialect: Dialect
 ) -> None:
-    if dialect.read is None:
-        pytest.skip(f"{dialect.name} has no GET route of its own")
+    assert dialect.read is not None
     app = frozen(make_app(tokens=[f"{ALICE} name=alice reads_per_minute=2"]))
     for _ in range(2):
         assert dialect.read(app, bearer(ALICE)).status_code != 429
