@@ -49,13 +49,15 @@ class Recovery:
         if record is not None:
             self.on_end(record)
 
-    def recover(self, enqueue: Callable[[str], None]) -> list[str]:
-        """Re-queue or end every job a crash left unfinished; return the ids touched."""
+    def recover(self, enqueue: Callable[[str, str], None]) -> list[str]:
+        """Re-queue (``enqueue(job_id, owner)``, in its caller's lane) or end every job a
+        crash left unfinished; return the ids touched."""
         touched = []
         for job_id, status, _attempts, _cancel in self.jobs.unfinished():
             if status is Status.PROCESSING:
                 self.resume_or_fail(job_id)
-            if self.jobs.get(job_id).status is Status.STARTING:
-                enqueue(job_id)
+            record = self.jobs.get(job_id)
+            if record.status is Status.STARTING:
+                enqueue(job_id, record.owner or "")
             touched.append(job_id)
         return touched

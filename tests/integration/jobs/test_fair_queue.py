@@ -60,3 +60,24 @@ def test_the_ended_line_names_the_owner(make_service: MakeService) -> None:
     assert ended_line(done).endswith(f"txt2img with {MODEL} for bob")
     anonymous = service.create(MODEL, {"prompt": "x", "num_inference_steps": 1})
     assert " for " not in ended_line(asyncio.run(service.wait(anonymous.id, 20)))
+
+
+def test_jobs_a_crash_left_queued_go_back_into_their_callers_lanes(
+    make_service: MakeService,
+) -> None:
+    """After a restart the backlog is still served caller by caller: recovered jobs are
+    queued under their owner, not in one lane of their own."""
+    before = make_service(start=False)
+    before.store.migrate()
+    created = [
+        before.create(
+            MODEL, {"prompt": f"alice {n}", "num_inference_steps": 1}, owner=Owner("alice")
+        )
+        for n in range(3)
+    ] + [before.create(MODEL, {"prompt": "bob 0", "num_inference_steps": 1}, owner=Owner("bob"))]
+    predictor = FakePredictor()
+    after = make_service(predictor)  # start-up recovery queues the four again
+    for job in created:
+        assert asyncio.run(after.wait(job.id, 20)).status is Status.SUCCEEDED
+    ran = [inp.prompt for inp in predictor.calls]
+    assert ran.index("bob 0") <= 1, ran
