@@ -100,8 +100,8 @@ def _as_part(field: dict[str, Any]) -> dict[str, Any]:
         if len(kept) == 1:
             merged = {key: value for key, value in field.items() if key != "anyOf"}
             field = {**merged, **kept[0]}
-            if field.get("default", 0) is None:
-                del field["default"]
+            if field.get("default") is None:
+                field.pop("default", None)  # a part left out, not a null one
     if field.get("type") in ("object", "array"):
         described = {"type": "string", "contentMediaType": JSON}
         if "description" in field:

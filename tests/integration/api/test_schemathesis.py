@@ -1,5 +1,6 @@
 """The fuzz run: schemathesis sends every operation of ``/openapi.json`` generated bodies,
-valid and invalid (multipart bodies with file parts included), and no answer is a 5xx.
+valid and invalid (multipart bodies with file parts included): no answer is a 5xx, and
+every 4xx is a JSON error (each dialect's shape).
 
 In-process and bounded, so it fits CI: the whole app over the real job service on SQLite,
 with the fake engine so that a job it creates ends at once, and in-memory transports so
@@ -44,6 +45,8 @@ class Run:
     statuses: Counter[int] = field(default_factory=Counter)
     operations: int = 0
     server_errors: list[str] = field(default_factory=list)
+    #: 4xx answers without a JSON body (every dialect refuses in JSON, naming the field)
+    bare_refusals: list[str] = field(default_factory=list)
 
     @property
     def cases(self) -> int:
@@ -55,7 +58,8 @@ def api_schema(offline_app: FastAPI) -> Any:
     return schemathesis.openapi.from_asgi("/openapi.json", offline_app)
 
 
-def test_no_operation_answers_a_server_error(api_schema: Any) -> None:
+@pytest.mark.slow
+def test_no_operation_answers_a_server_error_or_a_bare_refusal(api_schema: Any) -> None:
     run = Run()
     for result in api_schema.get_all_operations():
         operation = result.ok()
@@ -68,6 +72,7 @@ def test_no_operation_answers_a_server_error(api_schema: Any) -> None:
     )
     assert run.operations >= 70, "the OpenAPI lost operations"
     assert not run.server_errors, "\n\n".join(run.server_errors)
+    assert not run.bare_refusals, "\n\n".join(run.bare_refusals)
 
 
 def _fuzz(operation: Any, mode: GenerationMode, run: Run) -> None:
@@ -76,17 +81,20 @@ def _fuzz(operation: Any, mode: GenerationMode, run: Run) -> None:
     @FUZZ_SETTINGS
     @given(case=operation.as_strategy(generation_mode=mode))
     def send(case: Any) -> None:
+        content_type = ""
         try:
             response = case.call()
         except Exception as exc:  # in-process, what a server answers 500 for is raised
             status, said = 500, f"{type(exc).__name__}: {exc}"
         else:
             status, said = response.status_code, repr(response.content[:300])
+            content_type = response.headers.get("content-type", [""])[0]
         run.statuses[status] += 1
+        seen = f"{operation.label} ({mode.value}) -> {status} {said}\n{case.as_curl_command()}"
         if status >= 500:
-            run.server_errors.append(
-                f"{operation.label} ({mode.value}) -> {status} {said}\n{case.as_curl_command()}"
-            )
+            run.server_errors.append(seen)
+        elif status >= 400 and "json" not in content_type:
+            run.bare_refusals.append(f"{content_type!r}: {seen}")
 
     # an operation without inputs has no invalid case
     with contextlib.suppress(Unsatisfiable):
