@@ -1,9 +1,10 @@
-"""Small helpers every dialect uses: base URLs, output URLs, header parsing."""
+"""Small helpers every dialect uses: base URLs, output URLs, header parsing and writing."""
 
 from __future__ import annotations
 
 import base64
 import re
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 
 from fastapi import Request
@@ -12,6 +13,8 @@ from sdserve.errors import InvalidInput
 from sdserve.jobs.contract import JobService
 
 FILES_PATH = "/files"
+#: Header naming the request fields this server did not read, so a misspelt one shows.
+IGNORED_FIELDS_HEADER = "X-Sdserve-Ignored-Fields"
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
 
 
@@ -42,6 +45,23 @@ def data_uri(service: JobService, key: str) -> str:
     """A stored file as a ``data:`` URI."""
     data, content_type = service.open_output(key)
     return f"data:{content_type};base64,{base64.b64encode(data).decode('ascii')}"
+
+
+def ignored_fields_header(names: Iterable[str]) -> dict[str, str]:
+    """The :data:`IGNORED_FIELDS_HEADER` naming ``names`` (none when there are none).
+
+    The names are the client's own text, and a header value is printable ASCII: any other
+    character is written as its Python escape (a line break as ``\\n``, ``é`` as
+    ``\\xe9``), never sent raw (a server error, or a header the client did not expect)."""
+    listed = ", ".join(_printable(name) for name in names)
+    return {IGNORED_FIELDS_HEADER: listed} if listed else {}
+
+
+def _printable(text: str) -> str:
+    return "".join(
+        char if " " <= char <= "~" else char.encode("unicode_escape").decode("ascii")
+        for char in text
+    )
 
 
 def parse_prefer_wait(header: str | None, max_wait: int) -> float | None:

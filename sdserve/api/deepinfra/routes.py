@@ -15,9 +15,11 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.datastructures import UploadFile
 
-from sdserve.api.common import data_uri
+from sdserve.api.bodies import request_body
+from sdserve.api.common import data_uri, ignored_fields_header
 from sdserve.api.deepinfra.schemas import (
     DEEPINFRA_FIELD,
+    InferenceRequest,
     deepinfra_error_response,
     failure_status,
     form_values,
@@ -58,7 +60,16 @@ class DeepInfraApi:
 
     def router(self) -> APIRouter:
         router = APIRouter(prefix="/v1")
-        router.add_api_route("/inference/{owner}/{name}", self.inference, methods=["POST"])
+        # JSON (image and mask as URLs or data URIs) or multipart (image and mask as files)
+        body = request_body(
+            json=InferenceRequest,
+            form=InferenceRequest,
+            omit=_FILE_FIELDS,
+            files=dict.fromkeys(_FILE_FIELDS, False),
+        )
+        router.add_api_route(
+            "/inference/{owner}/{name}", self.inference, methods=["POST"], openapi_extra=body
+        )
         return router
 
     async def inference(self, request: Request, owner: str, name: str) -> Response:
@@ -75,8 +86,7 @@ class DeepInfraApi:
             source=SOURCE,
             webhook=webhook,
         )
-        ignored = ignored_fields(data)
-        headers = {"X-Sdserve-Ignored-Fields": ", ".join(ignored)} if ignored else None
+        headers = ignored_fields_header(ignored_fields(data))
         if webhook is not None:
             return JSONResponse(queued_body(job), headers=headers)
         job = await self.edge.wait(job.id, request)

@@ -18,6 +18,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.datastructures import FormData, UploadFile
 
+from sdserve.api.bodies import request_body
 from sdserve.api.common import file_url
 from sdserve.api.edge import Edge
 from sdserve.api.openai.schemas import (
@@ -60,9 +61,26 @@ class OpenAIImagesApi:
 
     def router(self, prefix: str, *, list_models: bool = False) -> APIRouter:
         router = APIRouter(prefix=prefix)
-        router.add_api_route("/images/generations", self.generations, methods=["POST"])
-        router.add_api_route("/images/edits", self.edits, methods=["POST"])
-        router.add_api_route("/images/variations", self.variations, methods=["POST"])
+        router.add_api_route(
+            "/images/generations",
+            self.generations,
+            methods=["POST"],
+            openapi_extra=request_body(json=ImagesParams),
+        )
+        router.add_api_route(
+            "/images/edits",
+            self.edits,
+            methods=["POST"],
+            openapi_extra=request_body(
+                form=ImagesParams, files={"image": True, "mask": False}, require=["prompt"]
+            ),
+        )
+        router.add_api_route(
+            "/images/variations",
+            self.variations,
+            methods=["POST"],
+            openapi_extra=request_body(form=ImagesParams, files={"image": True}),
+        )
         if list_models:
             router.add_api_route("/models", self.models, methods=["GET"])
         return router

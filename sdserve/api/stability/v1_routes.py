@@ -9,13 +9,15 @@ are decoded and stored off the event loop. The answer is the JSON artifacts, or 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.datastructures import FormData, UploadFile
 
+from sdserve.api.bodies import request_body
+from sdserve.api.common import ignored_fields_header
 from sdserve.api.edge import Edge
 from sdserve.api.stability.engines import SOURCE, engine_list, resolve_engine
 from sdserve.api.stability.results import artifacts, succeeded, v1_error_response
@@ -44,6 +46,8 @@ from sdserve.errors import InvalidInput
 
 #: The path prefixes whose errors are v1's shape.
 V1_PATHS = ("/v1/generation", "/v1/engines", "/v1/user")
+#: The multipart part carrying the first prompt's text.
+_PROMPT_TEXT = "text_prompts[0][text]"
 
 
 def mount(edge: Edge) -> None:
@@ -64,10 +68,25 @@ class StabilityV1Api:
         router.add_api_route("/user/account", self.account, methods=["GET"])
         router.add_api_route("/user/balance", self.balance, methods=["GET"])
         generation = "/generation/{engine_id}"
-        router.add_api_route(f"{generation}/text-to-image", self.text_to_image, methods=["POST"])
-        router.add_api_route(f"{generation}/image-to-image", self.image_to_image, methods=["POST"])
-        router.add_api_route(f"{generation}/image-to-image/masking", self.masking, methods=["POST"])
-        router.add_api_route(f"{generation}/image-to-image/upscale", self.upscale, methods=["POST"])
+        routes: dict[str, tuple[Callable[..., Awaitable[Response]], dict[str, Any]]] = {
+            "text-to-image": (self.text_to_image, request_body(json=TextToImageRequest)),
+            "image-to-image": (
+                self.image_to_image,
+                _multipart_body(ImageToImageParams, {"init_image": True}),
+            ),
+            "image-to-image/masking": (
+                self.masking,
+                _multipart_body(MaskingParams, {"init_image": True, "mask_image": False}),
+            ),
+            "image-to-image/upscale": (
+                self.upscale,
+                _multipart_body(UpscaleParams, {"image": True}, prompt_required=False),
+            ),
+        }
+        for path, (endpoint, body) in routes.items():
+            router.add_api_route(
+                f"{generation}/{path}", endpoint, methods=["POST"], openapi_extra=body
+            )
         return router
 
     # engines and the user ---------------------------------------------------------------------
@@ -157,8 +176,7 @@ class StabilityV1Api:
         if not succeeded(job):
             return failure_response(job, names)
         found = await asyncio.to_thread(artifacts, job, self.service)
-        ignored = params.ignored() if params is not None else []
-        headers = {"X-Sdserve-Ignored-Fields": ", ".join(ignored)} if ignored else None
+        headers = ignored_fields_header(params.ignored() if params is not None else [])
         if png:
             return png_response(found[0], headers)
         body = await asyncio.to_thread(artifacts_body, found)
@@ -209,6 +227,27 @@ async def _multipart(
         else:
             texts.append((key, value))
     return texts, files
+
+
+def _multipart_body(
+    params: type[GenerationParams] | type[UpscaleParams],
+    files: Mapping[str, bool],
+    *,
+    prompt_required: bool = True,
+) -> dict[str, Any]:
+    """A multipart route's body: ``params`` as text parts, with the first prompt as the
+    ``text_prompts[0][text]`` and ``[weight]`` parts :func:`form_fields` reads."""
+    prompt: dict[str, dict[str, Any]] = {
+        _PROMPT_TEXT: {"type": "string", "maxLength": 2000},
+        "text_prompts[0][weight]": {"type": "number"},
+    }
+    return request_body(
+        form=params,
+        omit=["text_prompts"],
+        parts=prompt,
+        files=files,
+        require=[_PROMPT_TEXT] if prompt_required else [],
+    )
 
 
 def _required(files: Mapping[str, Upload], name: str) -> Upload:

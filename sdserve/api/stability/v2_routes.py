@@ -21,6 +21,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.datastructures import UploadFile
 
+from sdserve.api.bodies import request_body
+from sdserve.api.common import ignored_fields_header
 from sdserve.api.edge import Edge
 from sdserve.api.stability import v2_images as images
 from sdserve.api.stability.engines import SOURCE
@@ -58,8 +60,6 @@ from sdserve.api.stability.v2_schemas import (
 from sdserve.errors import InvalidInput, JobNotFound
 from sdserve.jobs.contract import JobRecord, ServedModel
 
-#: Header naming the parts of a request this server did not read.
-IGNORED_HEADER = "X-Sdserve-Ignored-Fields"
 #: Header carrying the job's id (``GET /v2beta/results/{id}``, ``GET /v1/predictions/{id}``).
 JOB_HEADER = "X-Sdserve-Job-Id"
 
@@ -136,21 +136,35 @@ class StabilityV2Api:
 
     def router(self) -> APIRouter:
         router = APIRouter(prefix="/v2beta")
-        post: dict[str, Callable[..., Awaitable[Response]]] = {
-            "/stable-image/generate/core": self.core,
-            "/stable-image/generate/ultra": self.ultra,
-            "/stable-image/generate/sd3": self.sd3,
-            "/stable-image/edit/inpaint": self.inpaint,
-            "/stable-image/edit/outpaint": self.outpaint,
-            "/stable-image/edit/erase": self.erase,
-            "/stable-image/edit/search-and-replace": self.search_and_replace,
-            "/stable-image/control/{kind}": self.control,
-            "/stable-image/upscale/fast": self.fast_upscale,
-            "/stable-image/upscale/conservative": self.conservative_upscale,
-            "/stable-image/upscale/creative": self.creative_upscale,
+        # each endpoint with the fields it reads and whether its image part is required
+        post: dict[str, tuple[Callable[..., Awaitable[Response]], type[V2Request] | None, bool]]
+        post = {
+            "/stable-image/generate/core": (self.core, CoreRequest, False),
+            "/stable-image/generate/ultra": (self.ultra, UltraRequest, False),
+            "/stable-image/generate/sd3": (self.sd3, Sd3Request, False),
+            "/stable-image/edit/inpaint": (self.inpaint, InpaintRequest, True),
+            "/stable-image/edit/outpaint": (self.outpaint, OutpaintRequest, True),
+            "/stable-image/edit/erase": (self.erase, EraseRequest, True),
+            "/stable-image/edit/search-and-replace": (self.search_and_replace, None, False),
+            "/stable-image/control/{kind}": (self.control, None, False),
+            "/stable-image/upscale/fast": (self.fast_upscale, None, False),
+            "/stable-image/upscale/conservative": (
+                self.conservative_upscale,
+                ConservativeUpscaleRequest,
+                True,
+            ),
+            "/stable-image/upscale/creative": (
+                self.creative_upscale,
+                CreativeUpscaleRequest,
+                True,
+            ),
         }
-        for path, endpoint in post.items():
-            router.add_api_route(path, endpoint, methods=["POST"])
+        for path, (endpoint, schema, image_required) in post.items():
+            extra = None
+            if schema is not None:
+                files = {name: name == "image" and image_required for name in schema.file_parts}
+                extra = request_body(form=schema, files=files)
+            router.add_api_route(path, endpoint, methods=["POST"], openapi_extra=extra)
         router.add_api_route("/results/{job_id}", self.result, methods=["GET"])
         # the path Stability first documented for creative upscale results
         router.add_api_route(
@@ -378,7 +392,4 @@ async def read_form(request: Request) -> V2Form:
 
 
 def _headers(job: JobRecord, ignored: list[str]) -> dict[str, str]:
-    headers = {JOB_HEADER: job.id}
-    if ignored:
-        headers[IGNORED_HEADER] = ", ".join(ignored)
-    return headers
+    return {JOB_HEADER: job.id, **ignored_fields_header(ignored)}
