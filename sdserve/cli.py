@@ -729,6 +729,13 @@ def _add_worker(commands: Any) -> None:
     _add_served_models(worker)
     _add_queue_options(worker)
     _add_engine_options(worker)
+    worker.add_argument(
+        "--metrics-port",
+        dest="worker_metrics_port",
+        type=int,
+        metavar="PORT",
+        help=described(ServiceSettings, "worker_metrics_port"),
+    )
     worker.set_defaults(run=run_worker)
 
 
@@ -754,6 +761,7 @@ def _server_settings(args: argparse.Namespace) -> Settings:
             "database_url": args.database_url,
             "broker_url": args.broker_url,
             "outbound_allow": getattr(args, "outbound_allow", None),
+            "worker_metrics_port": getattr(args, "worker_metrics_port", None),
         }.items()
         if value is not None
     }

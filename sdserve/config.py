@@ -236,6 +236,13 @@ class ServiceSettings(BaseModel):
     webhook_backoff_s: float = Field(
         default=1.0, gt=0, description="wait before the first retry; doubles per attempt"
     )
+    worker_metrics_port: int | None = Field(
+        default=None,
+        ge=0,
+        le=65535,
+        description="'sdserve worker' serves its Prometheus metrics (step and run times, "
+        "accelerator memory, and the store's counts) on this port of --host; None = off",
+    )
     fetch_max_bytes: int = Field(default=50 * 1024 * 1024, ge=1024)
     fetch_timeout_s: float = Field(
         default=30.0, gt=0, description="deadline of one input fetch, redirects and body included"

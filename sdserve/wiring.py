@@ -22,12 +22,14 @@ from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
 import httpx
+from prometheus_client import CollectorRegistry, start_http_server
 
 from sdserve.config import Settings
 from sdserve.errors import InvalidInput
 from sdserve.jobs.batching import Batcher, BatchPolicy
 from sdserve.jobs.fetch import InputFetcher
 from sdserve.jobs.files import FileStore, LocalFileStore
+from sdserve.jobs.metrics import RunMetrics, accelerator_memory_bytes, service_registry
 from sdserve.jobs.outbound import OutboundPolicy, Resolver
 from sdserve.jobs.queue import LOCAL_BROKER, Handler, JobQueue, LocalQueue, is_embedded
 from sdserve.jobs.recovery import Recovery
@@ -158,6 +160,7 @@ def _runner(
     worker_id: str,
     endings: Endings,
     recovery: Recovery,
+    metrics: RunMetrics,
 ) -> tuple[JobRunner, JobQueue]:
     """A runner and the queue it consumes. The runner's batches wait on that queue's
     arrivals and the queue hands its jobs to the runner, so the queue's handler reaches
@@ -182,7 +185,9 @@ def _runner(
         # the API of this process is the only one: every cancel reaches the runner at once
         flags_notified=embedded,
         limits=settings.limits.input_limits(),
+        metrics=metrics,
     )
+    metrics.watch_memory(accelerator_memory_bytes)
     return runner, queue
 
 
@@ -209,6 +214,7 @@ def build_service(
     secret = SigningSecret(config.webhook_secret_file or settings.data_dir / "webhook_secret")
     endings = Endings()
     recovery = Recovery(io.store.jobs, attempts=config.job_attempts, on_end=endings.changed)
+    metrics, run_metrics = service_registry(io.store)
     runner: JobRunner | None = None
     if predictor is None:
         queue = make_queue(config.broker_url)
@@ -221,6 +227,7 @@ def build_service(
             worker_id=f"embedded-{new_id()[:8]}",
             endings=endings,
             recovery=recovery,
+            metrics=run_metrics,
         )
     parts = ServiceParts(
         store=io.store,
@@ -249,6 +256,7 @@ def build_service(
         retention=Retention(io.store, io.files, hours=config.retention_hours),
         endings=endings,
         runner=runner,
+        metrics=metrics,
     )
     return Service(settings, parts)
 
@@ -261,13 +269,25 @@ class Worker:
     store: Store
     queue: JobQueue
     runner: JobRunner
+    #: its run metrics and the store's, served on ``metrics_port`` (None: not served)
+    metrics: CollectorRegistry
+    metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
 
     def run(self) -> None:
         self.store.migrate()
+        exporter = None
+        if self.metrics_port is not None:
+            exporter, _thread = start_http_server(
+                self.metrics_port, self.metrics_host, registry=self.metrics
+            )
         self.runner.discard_leftovers()
         try:
             self.queue.run()
         finally:
+            if exporter is not None:
+                exporter.shutdown()
+                exporter.server_close()
             self.store.close()
 
 
@@ -289,6 +309,7 @@ def build_worker(
     recovery = Recovery(
         io.store.jobs, attempts=settings.service.job_attempts, on_end=endings.changed
     )
+    metrics, run_metrics = service_registry(io.store)
     runner, queue = _runner(
         settings,
         registry,
@@ -297,5 +318,13 @@ def build_worker(
         worker_id=f"worker-{new_id()[:8]}",
         endings=endings,
         recovery=recovery,
+        metrics=run_metrics,
     )
-    return Worker(io.store, queue, runner)
+    return Worker(
+        io.store,
+        queue,
+        runner,
+        metrics,
+        metrics_port=settings.service.worker_metrics_port,
+        metrics_host=settings.api.host,
+    )

@@ -11,8 +11,9 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI
-from fastapi.responses import Response
+from fastapi import APIRouter, FastAPI
+from fastapi.responses import PlainTextResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from sdserve.api.a1111 import routes as a1111
 from sdserve.api.auth import TokenAuth
@@ -69,6 +70,16 @@ def create_app(settings: Settings, service: JobService, *, manage_service: bool 
     stability_v1.mount(edge)
     stability_v2.mount(edge)
     app.include_router(web_router(auth_required=auth.enabled))
+
+    # Prometheus' text format; behind the token like the API (Prometheus sends one with
+    # `authorization: {credentials: ...}` in its scrape config)
+    metrics_router = APIRouter()
+
+    @metrics_router.get("/metrics", response_class=PlainTextResponse)
+    def metrics() -> Response:
+        return Response(service.metrics(), media_type=CONTENT_TYPE_LATEST)
+
+    edge.include(metrics_router)
 
     @app.get("/health")
     async def health() -> dict[str, Any]:

@@ -122,6 +122,10 @@ class JobService(Protocol):
 
     def models(self) -> list[ServedModel]: ...
 
+    def metrics(self) -> bytes:
+        """This service's Prometheus metrics, in the text exposition format."""
+        ...
+
     def model(self, name: str) -> ServedModel:
         """Resolve ``owner/name``, an alias or a version id; raise ModelNotFound."""
         ...

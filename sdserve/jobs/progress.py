@@ -47,9 +47,12 @@ class RunTracker:
         *,
         poll_s: float = CANCEL_POLL_INTERVAL_S,
         flagged: Callable[[], bool] = lambda: False,
+        step_done: Callable[[], None] = lambda: None,
     ) -> None:
-        """``flagged()`` is true when this process was told the job's flags changed."""
+        """``flagged()`` is true when this process was told the job's flags changed;
+        ``step_done()`` is called at the end of every step (the step-time metric)."""
         self._jobs = jobs
+        self._step_done = step_done
         self.job_id = job_id
         self.deadline = deadline
         self._poll_s = poll_s
@@ -81,6 +84,7 @@ class RunTracker:
 
     def on_step(self, step: int, total: int, preview: Image | None) -> None:
         """A denoising step (the engine's ``RunHooks.on_step``)."""
+        self._step_done()
         self._lines.append(tqdm_line(step, total) + "\n")
         self._step = (step, total)
         if preview is not None:
@@ -90,6 +94,7 @@ class RunTracker:
 
     def training_step(self, step: int, total: int, line: str) -> None:
         """A training step and its progress line; the last step is written at once."""
+        self._step_done()
         self._lines.append(line + "\n")
         self._step = (step, total)
         if time.monotonic() - self._last_write >= PROGRESS_WRITE_INTERVAL_S or step >= total:

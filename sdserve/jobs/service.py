@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from prometheus_client import CollectorRegistry, generate_latest
+
 from sdserve.config import Settings
 from sdserve.domain.events import Done, Event, Log, Output, Progress
 from sdserve.domain.inputs import GenerationInput, parse_generation_input
@@ -37,6 +39,7 @@ from sdserve.jobs.contract import (
 from sdserve.jobs.fetch import InputFetcher, sniff_image_type
 from sdserve.jobs.files import FileStore, new_key
 from sdserve.jobs.images import decode_image
+from sdserve.jobs.metrics import service_registry
 from sdserve.jobs.outbound import OutboundError
 from sdserve.jobs.queue import JobQueue, is_embedded
 from sdserve.jobs.recovery import Recovery
@@ -107,6 +110,8 @@ class ServiceParts:
     endings: Endings
     #: this process's worker (the embedded default); None: ``sdserve worker`` processes
     runner: JobRunner | None = None
+    #: what ``/metrics`` shows: the store's counts, and this process's runs if it has a worker
+    metrics: CollectorRegistry | None = None
 
 
 class Service:
@@ -125,6 +130,7 @@ class Service:
         self.recovery = parts.recovery
         self.retention = parts.retention
         self.endings = parts.endings
+        self.registry = parts.metrics or service_registry(parts.store)[0]
         self._secret = parts.secret
         self.embedded = is_embedded(settings.service.broker_url)
         self._local_worker = self.runner is not None and self.embedded
@@ -174,6 +180,9 @@ class Service:
         self.webhooks.set_renderer(source, render)
 
     # -- models ----------------------------------------------------------------------
+
+    def metrics(self) -> bytes:
+        return generate_latest(self.registry)
 
     def models(self) -> builtins.list[ServedModel]:
         return self.served.all()

@@ -32,6 +32,7 @@ from sdserve.errors import (
 from sdserve.jobs.fetch import InputFetcher
 from sdserve.jobs.files import FileStore, new_key
 from sdserve.jobs.images import decode_image
+from sdserve.jobs.metrics import RunMetrics
 from sdserve.jobs.progress import (
     CANCEL_POLL_INTERVAL_S,
     NOTIFIED_POLL_INTERVAL_S,
@@ -51,6 +52,11 @@ if TYPE_CHECKING:
     from sdserve.training.runner import TrainingRunner
 
 log = logging.getLogger(__name__)
+
+
+def _no_step() -> None:
+    """The step hook of a runner without metrics."""
+
 
 CONTENT_TYPES = {
     "png": "image/png",
@@ -104,6 +110,7 @@ class JobRunner:
         trainer: Callable[[], TrainingRunner] | None = None,
         flags_notified: bool = False,
         limits: InputLimits | None = None,
+        metrics: RunMetrics | None = None,
     ) -> None:
         """``on_change(record)``: a job this runner claimed or ended, as it is now.
         ``lost_job_policy(job_id)``: what to do with a job found ``processing`` under a
@@ -112,6 +119,7 @@ class JobRunner:
         it). ``limits``: the operator's, for the pixel limit of fetched images."""
         self.store = store
         self.limits = limits or InputLimits()
+        self.metrics = metrics
         self.files = files
         self.fetcher = fetcher
         self.registry = registry
@@ -202,7 +210,14 @@ class JobRunner:
             return True
 
         return RunTracker(
-            self.jobs, record.id, record.deadline, poll_s=self._flag_poll_s, flagged=flagged
+            self.jobs,
+            record.id,
+            record.deadline,
+            poll_s=self._flag_poll_s,
+            flagged=flagged,
+            step_done=(
+                self.metrics.step_clock(record.model) if self.metrics is not None else _no_step
+            ),
         )
 
     def guarded(self, job_id: str, tracker: RunTracker, work: Callable[[], Status]) -> Status:
@@ -303,6 +318,9 @@ class JobRunner:
             log.warning("job %s could not move to %s (already terminal?)", job_id, status.value)
             record = self.jobs.get(job_id)
         self.ended(record)
+        if self.metrics is not None and record.started_at and record.completed_at:
+            seconds = (record.completed_at - record.started_at).total_seconds()
+            self.metrics.run_ended(record.model, record.status, seconds)
         self.on_change(record)
         return record.status
 
