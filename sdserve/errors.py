@@ -18,6 +18,7 @@ message (its text stays in the server log).
     │   └── RateLimited             a token over one of its own limits (HTTP 429 +
     │                               Retry-After): its rate, queued or running cap
     ├── Conflict                    the request contradicts the state (HTTP 409)
+    ├── MethodNotAllowed            a method the path does not serve (HTTP 405 + Allow)
     ├── CrossSiteRequest            a browser request from another site (HTTP 403)
     ├── MisdirectedRequest          a Host this server does not answer for (HTTP 421)
     ├── UnsupportedMediaType        a body of a type no route reads (HTTP 415)
@@ -135,6 +136,17 @@ class Conflict(SdserveError):
     """The request contradicts the current state (for example cancel of a finished job)."""
 
     code = "conflict"
+
+
+class MethodNotAllowed(SdserveError):
+    """A method the path exists for but does not serve; ``allowed`` are the ones it does
+    (the ``Allow`` header HTTP requires on a 405)."""
+
+    code = "method_not_allowed"
+
+    def __init__(self, message: str, *, allowed: Iterable[str]) -> None:
+        super().__init__(message)
+        self.allowed = sorted(set(allowed))
 
 
 class CrossSiteRequest(SdserveError):

@@ -19,9 +19,12 @@ else runs (the body guard included), close what such a page could do:
   this server's own (or whose ``Sec-Fetch-Site`` is ``cross-site``) is refused with 403.
   curl and the API clients send neither header, so they are not affected; the
   playground is served from this origin, so its requests pass.
-* **No text bodies**: no route reads ``text/plain``, the one body type besides forms a
-  page may post cross-site without a preflight; such a body is refused with 415 naming
-  the type instead of being parsed as JSON.
+* **No text or untyped bodies**: no route reads ``text/plain``, the one body type besides
+  forms a page may post cross-site without a preflight; such a body is refused with 415
+  naming the type instead of being parsed as JSON. A body with no ``Content-Type`` at
+  all (what ``fetch`` sends for a ``Blob`` body, also without a preflight) is refused the
+  same way, where FastAPI would have read it as JSON; a request without a body (a
+  cancel) needs no type.
 
 No CORS headers are ever sent, so other origins cannot read answers either. Refusals are
 rendered by the dialect that owns the path.
@@ -79,6 +82,14 @@ def _is_address(host: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def _has_body(headers: Headers) -> bool:
+    """Whether a request carries a body: a non-zero length, or one sent in chunks."""
+    length = headers.get("content-length", "").strip()
+    if length:
+        return length != "0"
+    return "transfer-encoding" in headers
 
 
 class HostPolicy:
@@ -153,6 +164,11 @@ class SiteGuard:
             if media_type == "text/plain":
                 return UnsupportedMediaType(
                     "Content-Type: text/plain is not read by any route; send JSON as "
+                    "application/json (or files as multipart/form-data)"
+                )
+            if not media_type and _has_body(headers):
+                return UnsupportedMediaType(
+                    "Content-Type is missing: a body is read only as JSON sent as "
                     "application/json (or files as multipart/form-data)"
                 )
         return None

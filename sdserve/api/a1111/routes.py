@@ -27,6 +27,7 @@ from fastapi.responses import JSONResponse, Response
 from sdserve.api.a1111.schemas import (
     LATENT_UPSCALE_MODES,
     UPSCALERS,
+    WIRE_NAMES,
     CheckpointInfo,
     Img2ImgRequest,
     OptionsRequest,
@@ -128,7 +129,7 @@ class A1111Api:
             img2img=img2img,
             max_input_pixels=self.edge.limits.max_input_pixels,
         )
-        job = await self.edge.create(checkpoint.name, values, source=SOURCE)
+        job = await self.edge.create(checkpoint.name, values, names=WIRE_NAMES, source=SOURCE)
         # no overall limit: A1111 answers when the image is done, however long that takes
         job = await self.edge.wait(job.id, request)
         if job.status is not Status.SUCCEEDED:

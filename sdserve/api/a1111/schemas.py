@@ -22,7 +22,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from sdserve.api.edge import FailureTable, WireFailure, job_failure
-from sdserve.domain.inputs import InputLimits
+from sdserve.domain.inputs import MAX_SEED, InputLimits
 from sdserve.domain.jobs import FailureCode
 from sdserve.domain.schedulers import A1111_SAMPLERS, A1111_SCHEDULES, lookup_key
 from sdserve.errors import (
@@ -81,32 +81,49 @@ def resolve_schedule(name: str | None) -> str | None:
     return None if key == "automatic" else key
 
 
+#: Largest side A1111 requests may ask for (the canonical input's bound).
+MAX_SIDE = 8192
+
+
 class Txt2ImgRequest(BaseModel):
-    """``POST /sdapi/v1/txt2img``: the keys sdserve uses; every other key is kept and ignored."""
+    """``POST /sdapi/v1/txt2img``: the keys sdserve uses; every other key is kept and ignored.
+
+    Numbers are bounded as A1111's own controls and the canonical input bound them, so a
+    value no generation can use (width 0, seed -5) is a 422 naming the key, not a
+    silent default. The operator's limits (pixels, images, steps) are checked on the
+    canonical input and reported under these names (:data:`WIRE_NAMES`).
+    """
 
     model_config = ConfigDict(extra="allow")
 
     prompt: str | None = ""
     negative_prompt: str | None = ""
     styles: list[str] | None = None
-    seed: int | None = -1
-    subseed: int | None = -1
-    batch_size: int | None = Field(default=1, ge=1)
-    n_iter: int | None = Field(default=1, ge=1)
-    steps: int | None = Field(default=50, ge=1)
-    cfg_scale: float | None = 7.0
-    width: int | None = 512
-    height: int | None = 512
+    # -1 = random, as in A1111; no other negative seed means anything
+    seed: int | None = Field(default=-1, ge=-1, le=MAX_SEED)
+    subseed: int | None = Field(default=-1, ge=-1, le=MAX_SEED)
+    subseed_strength: float | None = Field(default=0.0, ge=0, le=1)
+    # 0 or -1 = no resize of the seed's noise (A1111's default is -1, webuiapi sends 0)
+    seed_resize_from_h: int | None = Field(default=-1, ge=-1, le=MAX_SIDE)
+    seed_resize_from_w: int | None = Field(default=-1, ge=-1, le=MAX_SIDE)
+    batch_size: int | None = Field(default=1, ge=1, le=64)
+    n_iter: int | None = Field(default=1, ge=1, le=64)
+    steps: int | None = Field(default=50, ge=1, le=500)
+    cfg_scale: float | None = Field(default=7.0, ge=0, le=50)
+    width: int | None = Field(default=512, ge=64, le=MAX_SIDE)
+    height: int | None = Field(default=512, ge=64, le=MAX_SIDE)
     sampler_name: str | None = None
     sampler_index: str | None = None
     scheduler: str | None = None
-    denoising_strength: float | None = None
+    denoising_strength: float | None = Field(default=None, ge=0, le=1)
     enable_hr: bool | None = False
-    hr_scale: float | None = 2.0
+    hr_scale: float | None = Field(default=2.0, ge=1, le=4)
     hr_upscaler: str | None = None
-    hr_second_pass_steps: int | None = 0
-    hr_resize_x: int | None = 0
-    hr_resize_y: int | None = 0
+    # 0 = as many steps as the first pass
+    hr_second_pass_steps: int | None = Field(default=0, ge=0, le=500)
+    # 0 = scale by hr_scale instead
+    hr_resize_x: int | None = Field(default=0, ge=0, le=MAX_SIDE)
+    hr_resize_y: int | None = Field(default=0, ge=0, le=MAX_SIDE)
     override_settings: dict[str, Any] | None = None
     send_images: bool | None = True
 
@@ -116,11 +133,27 @@ class Img2ImgRequest(Txt2ImgRequest):
 
     init_images: list[str] | None = None
     mask: str | None = None
-    mask_blur: int | None = Field(default=4, ge=0)
-    inpainting_mask_invert: int | bool | None = 0
+    mask_blur: int | None = Field(default=4, ge=0, le=64)
+    # A1111's four masked-content modes (fill, original, latent noise, latent nothing)
+    inpainting_fill: int | None = Field(default=0, ge=0, le=3)
+    inpainting_mask_invert: int | None = Field(default=0, ge=0, le=1)
     inpaint_full_res: bool | int | None = True
-    resize_mode: int | None = 0
+    inpaint_full_res_padding: int | None = Field(default=0, ge=0, le=256)
+    # A1111's four resize modes (just resize, crop, fill, latent upscale)
+    resize_mode: int | None = Field(default=0, ge=0, le=3)
     include_init_images: bool | None = False
+
+
+#: Canonical input fields → the A1111 keys that set them, so a limit the canonical input
+#: checks (the operator's steps, images, pixels) names the key the client sent.
+WIRE_NAMES = {
+    "num_inference_steps": "steps",
+    "guidance_scale": "cfg_scale",
+    "num_outputs": "batch_size",
+    "prompt_strength": "denoising_strength",
+    "hires_scale": "hr_scale",
+    "hires_steps": "hr_second_pass_steps",
+}
 
 
 class OptionsRequest(BaseModel):

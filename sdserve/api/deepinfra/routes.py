@@ -29,6 +29,7 @@ from sdserve.api.deepinfra.schemas import (
     render_result,
 )
 from sdserve.api.edge import Edge
+from sdserve.api.errors import invalid_json
 from sdserve.domain.jobs import Status
 from sdserve.errors import InvalidInput
 from sdserve.jobs.contract import JobRecord, JobService, WebhookOptions
@@ -113,10 +114,8 @@ class DeepInfraApi:
             return {**form_values(texts), **files}
         try:
             data = await request.json()
-        except ValueError:
-            raise InvalidInput(
-                "body", "send JSON (Content-Type: application/json) or multipart/form-data"
-            ) from None
+        except ValueError as error:
+            raise invalid_json(error) from None
         if not isinstance(data, dict):
             raise InvalidInput("body", "must be a JSON object")
         return data

@@ -21,6 +21,7 @@ from starlette.datastructures import FormData, UploadFile
 from sdserve.api.bodies import request_body
 from sdserve.api.common import file_url
 from sdserve.api.edge import Edge
+from sdserve.api.errors import invalid_json
 from sdserve.api.openai.schemas import (
     OPENAI_PARAM,
     VARIATION_STRENGTH,
@@ -167,8 +168,8 @@ class OpenAIImagesApi:
 async def _json_object(request: Request) -> dict[str, Any]:
     try:
         data = await request.json()
-    except ValueError:
-        raise InvalidInput("body", "must be a JSON object") from None
+    except ValueError as error:
+        raise invalid_json(error) from None
     if not isinstance(data, dict):
         raise InvalidInput("body", "must be a JSON object")
     return data

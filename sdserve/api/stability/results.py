@@ -66,6 +66,7 @@ _FIELD_ERRORS: dict[str, str] = {
 _STATUS_NAMES = {
     401: "unauthorized",
     404: "not_found",
+    405: "method_not_allowed",
     409: "conflict",
     413: "payload_too_large",
     429: "rate_limit_exceeded",

@@ -19,6 +19,7 @@ from starlette.datastructures import FormData, UploadFile
 from sdserve.api.bodies import request_body
 from sdserve.api.common import ignored_fields_header
 from sdserve.api.edge import Edge
+from sdserve.api.errors import invalid_json
 from sdserve.api.stability.engines import SOURCE, engine_list, resolve_engine
 from sdserve.api.stability.results import artifacts, succeeded, v1_error_response
 from sdserve.api.stability.uploads import Upload
@@ -191,8 +192,8 @@ class StabilityV1Api:
 async def _json_object(request: Request) -> dict[str, Any]:
     try:
         data = await request.json()
-    except ValueError:
-        raise InvalidInput("body", "send a JSON object (Content-Type: application/json)") from None
+    except ValueError as error:
+        raise invalid_json(error) from None
     if not isinstance(data, dict):
         raise InvalidInput("body", "must be a JSON object")
     return data

@@ -121,7 +121,9 @@ def test_handlers_map_raised_errors_validation_and_http_errors() -> None:
     no_route = client.get("/nowhere")
     assert no_route.status_code == 404 and no_route.json()["detail"] == "no route GET /nowhere"
     wrong_method = client.get("/things")
-    assert wrong_method.status_code == 405 and wrong_method.json()["code"] == "conflict"
+    assert wrong_method.status_code == 405
+    assert wrong_method.json()["code"] == "method_not_allowed"
+    assert wrong_method.headers["allow"] == "POST"
     assert client.get("/other/fail").json() == {"by": "other", "message": "busy"}
     assert client.get("/other/fail").status_code == 429
 
