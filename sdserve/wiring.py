@@ -86,14 +86,16 @@ def file_store_from_url(settings: Settings) -> FileStore:
     return LocalFileStore(Path(url))
 
 
-def make_queue(broker_url: str, handler: Handler | None = None) -> JobQueue:
+def make_queue(
+    broker_url: str, handler: Handler | None = None, *, visibility_timeout_s: float = 3600.0
+) -> JobQueue:
     """The queue for ``broker_url``; without a ``handler`` it can only enqueue."""
     if broker_url.startswith(LOCAL_BROKER):
         return LocalQueue(handler)
     # Celery is imported only for a broker that needs it
     from sdserve.jobs.celery_queue import CeleryQueue
 
-    return CeleryQueue(broker_url, handler)
+    return CeleryQueue(broker_url, handler, visibility_timeout_s=visibility_timeout_s)
 
 
 def engine_factory(settings: Settings, registry: ModelRegistry) -> Callable[[], Predictor]:
@@ -164,7 +166,11 @@ def _runner(
     the runner through a name bound just below."""
     config = settings.service
     embedded = is_embedded(config.broker_url)
-    queue = make_queue(config.broker_url, lambda job_id: runner.run(job_id))
+    queue = make_queue(
+        config.broker_url,
+        lambda job_id: runner.run(job_id),
+        visibility_timeout_s=config.visibility_timeout_s,
+    )
     runner = JobRunner(
         io.store,
         io.files,
@@ -182,6 +188,10 @@ def _runner(
         # the API of this process is the only one: every cancel reaches the runner at once
         flags_notified=embedded,
         limits=settings.limits.input_limits(),
+        # a shared broker redelivers a task after its visibility timeout: a run claimed
+        # more recently may be alive, and only the Celery queue can deliver again later
+        lease_s=None if embedded else config.visibility_timeout_s,
+        recheck=getattr(queue, "enqueue_later", None),
     )
     return runner, queue
 
@@ -211,7 +221,7 @@ def build_service(
     recovery = Recovery(io.store.jobs, attempts=config.job_attempts, on_end=endings.changed)
     runner: JobRunner | None = None
     if predictor is None:
-        queue = make_queue(config.broker_url)
+        queue = make_queue(config.broker_url, visibility_timeout_s=config.visibility_timeout_s)
     else:
         runner, queue = _runner(
             settings,
