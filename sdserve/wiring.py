@@ -14,6 +14,8 @@ in-memory one instead of patching. Nothing here imports torch: the engine is bui
 
 from __future__ import annotations
 
+import os
+import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -304,7 +306,8 @@ def build_worker(
         registry,
         io,
         predictor,
-        worker_id=f"worker-{new_id()[:8]}",
+        # which host and process ran a job, in its record and in the worker's log
+        worker_id=f"worker-{new_id()[:8]}@{socket.gethostname()}:{os.getpid()}",
         endings=endings,
         recovery=recovery,
     )

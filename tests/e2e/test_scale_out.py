@@ -37,6 +37,10 @@ LONG = {"prompt": "a long walk", "num_inference_steps": 500, "width": 64, "heigh
 TERMINAL = {"succeeded", "failed", "canceled", "aborted"}
 #: Generous: two workers share two busy CPU cores with other test runs.
 DEADLINE_S = 900.0
+#: Longer than any job here, short enough to see a killed worker's job come back.
+VISIBILITY_TIMEOUT_S = 60
+#: Long enough to be killed mid-run, short enough to run again within the timeout.
+KILLED = {"prompt": "a killed run", "num_inference_steps": 200, "width": 64, "height": 64}
 #: One torch thread per process: two workers and the API on a small CPU box.
 QUIET_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
@@ -66,6 +70,8 @@ class WorkerProcess:
             "--demo",
             "--broker-url",
             self.broker_url,
+            "--visibility-timeout",
+            str(VISIBILITY_TIMEOUT_S),
         ]
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
@@ -128,7 +134,13 @@ def cluster(
     api = ServerProcess(
         data_dir=data_dir,
         port=free_port(),
-        extra_args=["--no-worker", "--broker-url", redis_url],
+        extra_args=[
+            "--no-worker",
+            "--broker-url",
+            redis_url,
+            "--visibility-timeout",
+            str(VISIBILITY_TIMEOUT_S),
+        ],
         env=QUIET_ENV,
     )
     # the API first: it builds the demo models and the database the workers then share
@@ -212,3 +224,35 @@ def test_cancel_reaches_the_worker_running_the_job(cluster: Cluster) -> None:
     assert "500/500" not in ended["logs"]  # stopped mid-run, not after its last step
     assert ended["logs"].rstrip().endswith("canceled")
     assert (cluster.worker_of()[job_id] or "").startswith("worker-")
+
+
+def test_a_killed_workers_job_is_redelivered_to_the_other_worker(
+    cluster: Cluster, record_property: Any
+) -> None:
+    """kill -9 of the worker running a job: the broker hands its message to the other
+    worker after the visibility timeout, which runs it again (attempt 2) to success."""
+    with httpx.Client(base_url=cluster.api.url, timeout=60) as client:
+        job_id = create(client, KILLED)["id"]
+        deadline = time.monotonic() + DEADLINE_S
+        body = client.get(f"/v1/predictions/{job_id}").json()
+        while "| 1/200" not in body["logs"] and time.monotonic() < deadline:
+            time.sleep(0.2)
+            body = client.get(f"/v1/predictions/{job_id}").json()
+        assert body["status"] == "processing", body
+        owner = cluster.worker_of()[job_id] or ""
+        pid = int(owner.rsplit(":", 1)[1])  # worker ids end with the process id
+        (victim,) = [w for w in cluster.workers if w.process and w.process.pid == pid]
+        victim.kill()
+        killed = time.monotonic()
+        while cluster.attempts_of(job_id) < 2 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        redelivered_s = time.monotonic() - killed
+        (ended,) = wait_all(client, [job_id]).values()
+        ended_s = time.monotonic() - killed
+    record_property("redelivered_after_kill_s", round(redelivered_s, 1))
+    record_property("terminal_after_kill_s", round(ended_s, 1))
+    print(f"kill -9: redelivered after {redelivered_s:.1f}s, terminal after {ended_s:.1f}s")
+    assert ended["status"] == "succeeded", ended
+    assert cluster.attempts_of(job_id) == 2  # ran again once, not more
+    runner = cluster.worker_of()[job_id] or ""
+    assert runner.startswith("worker-") and runner != owner
