@@ -634,6 +634,13 @@ def _add_queue_options(parser: argparse.ArgumentParser) -> None:
         ),
     )
     parser.add_argument("--broker-url", help=described(ServiceSettings, "broker_url"))
+    parser.add_argument(
+        "--visibility-timeout",
+        type=float,
+        metavar="SECONDS",
+        dest="visibility_timeout_s",
+        help=described(ServiceSettings, "visibility_timeout_s"),
+    )
 
 
 def _add_serve(commands: Any) -> None:
@@ -760,6 +767,7 @@ def _server_settings(args: argparse.Namespace) -> Settings:
         for key, value in {
             "database_url": args.database_url,
             "broker_url": args.broker_url,
+            "visibility_timeout_s": args.visibility_timeout_s,
             "outbound_allow": getattr(args, "outbound_allow", None),
             "worker_metrics_port": getattr(args, "worker_metrics_port", None),
         }.items()

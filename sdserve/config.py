@@ -217,6 +217,13 @@ class ServiceSettings(BaseModel):
         "None = <data_dir>/files",
     )
     max_queue: int = Field(default=256, ge=1, description="queued jobs before Overloaded")
+    visibility_timeout_s: float = Field(
+        default=3600.0,
+        gt=0,
+        description="a shared broker redelivers the task of a job this long after a worker "
+        "took it if it was not acknowledged (the worker died): longer than the longest job, "
+        "since a run claimed longer ago is presumed lost and taken over by another worker",
+    )
     job_attempts: int = Field(
         default=2, ge=1, description="runs of a job whose worker died before it fails worker_lost"
     )

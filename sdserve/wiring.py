@@ -14,6 +14,8 @@ in-memory one instead of patching. Nothing here imports torch: the engine is bui
 
 from __future__ import annotations
 
+import os
+import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -88,14 +90,16 @@ def file_store_from_url(settings: Settings) -> FileStore:
     return LocalFileStore(Path(url))
 
 
-def make_queue(broker_url: str, handler: Handler | None = None) -> JobQueue:
+def make_queue(
+    broker_url: str, handler: Handler | None = None, *, visibility_timeout_s: float = 3600.0
+) -> JobQueue:
     """The queue for ``broker_url``; without a ``handler`` it can only enqueue."""
     if broker_url.startswith(LOCAL_BROKER):
         return LocalQueue(handler)
     # Celery is imported only for a broker that needs it
     from sdserve.jobs.celery_queue import CeleryQueue
 
-    return CeleryQueue(broker_url, handler)
+    return CeleryQueue(broker_url, handler, visibility_timeout_s=visibility_timeout_s)
 
 
 def engine_factory(settings: Settings, registry: ModelRegistry) -> Callable[[], Predictor]:
@@ -167,7 +171,11 @@ def _runner(
     the runner through a name bound just below."""
     config = settings.service
     embedded = is_embedded(config.broker_url)
-    queue = make_queue(config.broker_url, lambda job_id: runner.run(job_id))
+    queue = make_queue(
+        config.broker_url,
+        lambda job_id: runner.run(job_id),
+        visibility_timeout_s=config.visibility_timeout_s,
+    )
     runner = JobRunner(
         io.store,
         io.files,
@@ -186,6 +194,10 @@ def _runner(
         flags_notified=embedded,
         limits=settings.limits.input_limits(),
         metrics=metrics,
+        # a shared broker redelivers a task after its visibility timeout: a run claimed
+        # more recently may be alive, and only the Celery queue can deliver again later
+        lease_s=None if embedded else config.visibility_timeout_s,
+        recheck=getattr(queue, "enqueue_later", None),
     )
     metrics.watch_memory(accelerator_memory_bytes)
     return runner, queue
@@ -217,7 +229,7 @@ def build_service(
     metrics, run_metrics = service_registry(io.store)
     runner: JobRunner | None = None
     if predictor is None:
-        queue = make_queue(config.broker_url)
+        queue = make_queue(config.broker_url, visibility_timeout_s=config.visibility_timeout_s)
     else:
         runner, queue = _runner(
             settings,
@@ -315,7 +327,8 @@ def build_worker(
         registry,
         io,
         predictor,
-        worker_id=f"worker-{new_id()[:8]}",
+        # which host and process ran a job, in its record and in the worker's log
+        worker_id=f"worker-{new_id()[:8]}@{socket.gethostname()}:{os.getpid()}",
         endings=endings,
         recovery=recovery,
         metrics=run_metrics,

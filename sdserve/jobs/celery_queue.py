@@ -3,6 +3,23 @@
 No result backend: a task only carries a job id, and every outcome is written to the
 store by the worker. ``memory://`` gets a queue name unique to this app, because kombu's
 memory transport shares queues across a whole process.
+
+Celery as it is meant to be used for long GPU jobs:
+
+- ``task_acks_late``: a task is acknowledged when its job has ended, not when it is
+  received, so a worker that dies mid-job leaves its message to be delivered again;
+- ``task_reject_on_worker_lost``: ... also when the process running the task is lost;
+- ``worker_prefetch_multiplier=1``: a busy worker holds no other job's message, which
+  an idle worker could run now;
+- ``visibility_timeout`` (``visibility_timeout_s``, Redis and SQS): how long an
+  unacknowledged message stays with the worker that took it before the broker hands it
+  to another. It must be longer than the longest job, or a job still running is
+  delivered twice; the second delivery then finds the job claimed less than that long
+  ago and writes nothing (the runner's fence), asking only to be delivered again when
+  the claim is that old (:meth:`CeleryQueue.enqueue_later`). A worker killed mid-job
+  therefore has its job redelivered after this timeout, not earlier: the redelivery is
+  kombu's restore pass, which every worker's event loop runs while it waits for a task,
+  every :data:`RESTORE_INTERVAL_S` here (kombu's default scans Redis only every 100 s).
 """
 
 from __future__ import annotations
@@ -22,13 +39,26 @@ TASK_NAME = "sdserve.run_job"
 #: With a shared broker, other processes enqueue too: a batch waiting for partners looks
 #: at the store this often.
 SHARED_BROKER_LOOK_S = 0.01
+#: How often an idle worker looks for unacknowledged messages past their visibility
+#: timeout (one Redis scan; kombu's default is every 10th pass of 10 s).
+RESTORE_INTERVAL_S = 5
+#: kombu's own default visibility timeout, for callers that give none.
+DEFAULT_VISIBILITY_TIMEOUT_S = 3600.0
+#: A re-delivery asked for when a claim's lease ends comes this much later, so that the
+#: claim is then older than the lease however the clocks round.
+RECHECK_MARGIN_S = 1.0
 
 
 def is_memory_broker(broker_url: str) -> bool:
     return broker_url.startswith("memory://")
 
 
-def make_celery(broker_url: str, handler: Handler | None = None) -> Celery:
+def make_celery(
+    broker_url: str,
+    handler: Handler | None = None,
+    *,
+    visibility_timeout_s: float = DEFAULT_VISIBILITY_TIMEOUT_S,
+) -> Celery:
     """A Celery app for ``broker_url`` whose ``sdserve.run_job`` task calls ``handler``.
 
     An app without a handler can only enqueue (the API process with remote workers).
@@ -53,6 +83,12 @@ def make_celery(broker_url: str, handler: Handler | None = None) -> Celery:
         # kombu polls virtual transports once a second by default: a second of latency
         # on every job; polling an in-process queue is cheap
         app.conf.broker_transport_options = {"polling_interval": 0.02}
+    else:
+        app.conf.broker_transport_options = {
+            "visibility_timeout": visibility_timeout_s,
+            "unacked_restore_interval": RESTORE_INTERVAL_S,
+            "unacked_restore_throttle": 1,
+        }
 
     @app.task(name=TASK_NAME, ignore_result=True, shared=False)
     def run_job(job_id: str) -> None:
@@ -71,8 +107,14 @@ class CeleryQueue:
     ``sdserve worker`` processes on a shared broker.
     """
 
-    def __init__(self, broker_url: str, handler: Handler | None = None) -> None:
-        self.app = make_celery(broker_url, handler)
+    def __init__(
+        self,
+        broker_url: str,
+        handler: Handler | None = None,
+        *,
+        visibility_timeout_s: float = DEFAULT_VISIBILITY_TIMEOUT_S,
+    ) -> None:
+        self.app = make_celery(broker_url, handler, visibility_timeout_s=visibility_timeout_s)
         self._shared = not is_memory_broker(broker_url)
         self._arrived = threading.Condition()
         self._enqueued = 0
@@ -86,6 +128,11 @@ class CeleryQueue:
         with self._arrived:
             self._enqueued += 1
             self._arrived.notify_all()
+
+    def enqueue_later(self, job_id: str, delay_s: float) -> None:
+        """Deliver the job's task again in ``delay_s`` (a worker holds it until then:
+        shorter than the visibility timeout, so it is not handed out twice meanwhile)."""
+        self.app.send_task(TASK_NAME, args=[job_id], countdown=delay_s + RECHECK_MARGIN_S)
 
     def arrivals(self) -> int:
         with self._arrived:

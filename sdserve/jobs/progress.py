@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from PIL.Image import Image
 
     from sdserve.domain.inputs import GenerationInput
-    from sdserve.jobs.store import JobRepository
+    from sdserve.jobs.store import Fence, JobRepository
     from sdserve.models.results import GenerationResult
 
 #: Progress is written to the store at most this often, counted from the claim; what a run
@@ -48,12 +48,16 @@ class RunTracker:
         poll_s: float = CANCEL_POLL_INTERVAL_S,
         flagged: Callable[[], bool] = lambda: False,
         step_done: Callable[[], None] = lambda: None,
+        fence: Fence | None = None,
     ) -> None:
         """``flagged()`` is true when this process was told the job's flags changed;
-        ``step_done()`` is called at the end of every step (the step-time metric)."""
+        ``step_done()`` is called at the end of every step (the step-time metric).
+        ``fence``: the claim of this run; its writes pass only while it owns the job, and
+        a run that lost it (taken over by another worker) stops like a canceled one."""
         self._jobs = jobs
         self._step_done = step_done
         self.job_id = job_id
+        self.fence = fence
         self.deadline = deadline
         self._poll_s = poll_s
         self._flagged = flagged
@@ -66,6 +70,8 @@ class RunTracker:
         self._cancel = False
         self._stop = False
         self.deadline_passed = False
+        #: another run owns the job now: this one must write nothing more
+        self.superseded = False
 
     # -- what the run says -----------------------------------------------------------
 
@@ -107,7 +113,7 @@ class RunTracker:
 
     def save_input(self, resolved: dict[str, Any]) -> None:
         """Write the resolved input now."""
-        self._jobs.update_running(self.job_id, input=resolved)
+        self._jobs.update_running(self.job_id, input=resolved, fence=self.fence)
 
     def flush(self, *, logs_webhook: bool = True) -> None:
         """Write what is new since the last write (nothing new: no write)."""
@@ -122,6 +128,7 @@ class RunTracker:
             preview=columns.get("preview"),
             input=columns.get("input"),
             logs_webhook=logs_webhook,
+            fence=self.fence,
         )
         self._last_write = time.monotonic()
 
@@ -162,7 +169,10 @@ class RunTracker:
         if not self._cancel and (now - self._last_check >= self._poll_s or self._flagged()):
             self._last_check = now
             state = self._jobs.run_state(self.job_id)
-            self._cancel = state.cancel_requested or state.status is not Status.PROCESSING
+            self.superseded = self.fence is not None and not self.fence.holds(state)
+            self._cancel = (
+                state.cancel_requested or state.status is not Status.PROCESSING or self.superseded
+            )
             self._stop = state.stop_requested
         return self._cancel
 
@@ -177,6 +187,8 @@ class RunTracker:
 
     def cancel_line(self) -> str:
         """Why the run was canceled, as its last log line."""
+        if self.superseded:
+            return "superseded by another run of this job\n"  # never written: fenced
         return "deadline passed\n" if self.deadline_passed else "canceled\n"
 
 

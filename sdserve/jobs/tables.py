@@ -77,6 +77,9 @@ class JobRow(Base):
     inline_output: Mapped[bool] = mapped_column(Boolean, default=False)
     # the name of the token that created it, for its caps and the fair queue (0006)
     owner: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # when the current run claimed it; a redelivery takes over only a claim older than
+    # the broker's visibility timeout (0007)
+    claimed_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
     __table_args__ = (
         Index("ix_jobs_created", "created_at", "id"),

@@ -8,6 +8,13 @@ a job never imports torch.
 The runner's public methods are the steps of a run (claim, execute, succeed, cancel,
 finish); a :class:`Batcher` (:mod:`sdserve.jobs.batching`) composes them to run several
 claimed jobs as one batch.
+
+Every write of a run is fenced by its claim (:class:`sdserve.jobs.store.Fence`): a run
+whose job another worker has taken over stops at its next step and writes nothing. A task
+delivered for a job that is already ``processing`` takes it over only when the run's claim
+is older than ``lease_s`` (the broker's visibility timeout, longer than any job): before
+that the first run may be alive, so the delivery is a duplicate, and it only asks to be
+delivered again when that lease ends (``recheck``), in case the first run was lost.
 """
 
 from __future__ import annotations
@@ -40,7 +47,14 @@ from sdserve.jobs.progress import (
     RunTracker,
 )
 from sdserve.jobs.served import RegistryLike
-from sdserve.jobs.store import JobRepository, Store, StoredFile, failure_columns, utcnow
+from sdserve.jobs.store import (
+    Fence,
+    JobRepository,
+    Store,
+    StoredFile,
+    failure_columns,
+    utcnow,
+)
 from sdserve.models.results import GenerationResult, RunHooks
 
 if TYPE_CHECKING:
@@ -111,12 +125,17 @@ class JobRunner:
         flags_notified: bool = False,
         limits: InputLimits | None = None,
         metrics: RunMetrics | None = None,
+        lease_s: float | None = None,
+        recheck: Callable[[str, float], None] | None = None,
     ) -> None:
         """``on_change(record)``: a job this runner claimed or ended, as it is now.
         ``lost_job_policy(job_id)``: what to do with a job found ``processing`` under a
         dead worker. ``flags_notified``: every cancel/stop request reaches
         :meth:`flags_changed` (the API runs in this process and no other process serves
-        it). ``limits``: the operator's, for the pixel limit of fetched images."""
+        it). ``limits``: the operator's, for the pixel limit of fetched images.
+        ``lease_s``: how long a claimed run is presumed alive (None: a delivery of a
+        ``processing`` job always takes it over, as after a crash of this process);
+        ``recheck(job_id, delay_s)``: deliver the job's task again after ``delay_s``."""
         self.store = store
         self.limits = limits or InputLimits()
         self.metrics = metrics
@@ -138,6 +157,10 @@ class JobRunner:
         self._lock = threading.Lock()
         self._flag_poll_s = NOTIFIED_POLL_INTERVAL_S if flags_notified else CANCEL_POLL_INTERVAL_S
         self._flagged: set[str] = set()
+        self.lease_s = lease_s
+        self.recheck = recheck
+        #: the claim of each job this runner is running: what its writes must match
+        self._fences: dict[str, Fence] = {}
 
     @property
     def jobs(self) -> JobRepository:
@@ -198,7 +221,11 @@ class JobRunner:
 
     def claim(self, job_id: str) -> JobRecord | None:
         """Take a ``starting`` job for this worker: the job as claimed, or None."""
-        return self.jobs.claim(job_id, self.worker_id)
+        claimed = self.jobs.claim_fenced(job_id, self.worker_id)
+        if claimed is None:
+            return None
+        record, self._fences[job_id] = claimed
+        return record
 
     def tracker_for(self, record: JobRecord) -> RunTracker:
         """The step hooks of a claimed job's run."""
@@ -218,6 +245,7 @@ class JobRunner:
             step_done=(
                 self.metrics.step_clock(record.model) if self.metrics is not None else _no_step
             ),
+            fence=self._fences.get(record.id),
         )
 
     def guarded(self, job_id: str, tracker: RunTracker, work: Callable[[], Status]) -> Status:
@@ -304,17 +332,29 @@ class JobRunner:
         **values: Any,
     ) -> Status:
         """Move the job to ``status`` with what its run has not written yet; return the
-        status it has afterwards."""
+        status it has afterwards. A run that no longer owns its job (fenced) writes
+        nothing and deletes the files it stored."""
         if tracker is not None:
             unwritten, columns = tracker.unwritten()
             logs = unwritten + logs
             values = {**columns, **values}
         self._flagged.discard(job_id)
-        if self._trainer is not None:
-            # before the end is visible: whoever sees the job ended finds no folder
+        fence = self._fences.pop(job_id, None)
+        if self._trainer is not None and (
+            fence is None or fence.holds(self.jobs.run_state(job_id))
+        ):
+            # before the end is visible: whoever sees the job ended finds no folder (not
+            # when another run owns the job now: the folder is its own)
             self._trainer.discard(job_id)
-        record = self.jobs.transition(job_id, status, append_logs=logs, **values)
+        record = self.jobs.transition(job_id, status, append_logs=logs, fence=fence, **values)
         if record is None:
+            if fence is not None:
+                # a fenced end that did not land recorded no files: they are this run's
+                for stored in values.get("files", ()):
+                    self.files.delete(stored.key)
+                current = self.jobs.run_state(job_id)
+                if not fence.holds(current):
+                    return self._superseded(job_id, fence, current.status)
             log.warning("job %s could not move to %s (already terminal?)", job_id, status.value)
             record = self.jobs.get(job_id)
         self.ended(record)
@@ -323,6 +363,17 @@ class JobRunner:
             self.metrics.run_ended(record.model, record.status, seconds)
         self.on_change(record)
         return record.status
+
+    def _superseded(self, job_id: str, fence: Fence, status: Status) -> Status:
+        """A run whose job another run owns now: its end is not written, nothing of the
+        job is touched (the owner's business); the job's status is returned."""
+        log.warning(
+            "job %s: attempt %d on %s was superseded by another run; it wrote nothing",
+            job_id,
+            fence.attempt,
+            fence.worker_id,
+        )
+        return status
 
     def ended(self, record: JobRecord) -> None:
         """Leave nothing behind a job that ended without succeeding: its stored files (the
@@ -366,6 +417,8 @@ class JobRunner:
         except JobNotFound:
             log.warning("job %s vanished before it ran", job_id)
             return None
+        if record.status is Status.PROCESSING and self._owner_may_be_alive(job_id):
+            return record.status
         if record.status is Status.PROCESSING and self.lost_job_policy is not None:
             self.lost_job_policy(job_id)
             record = self.jobs.get(job_id)
@@ -379,6 +432,29 @@ class JobRunner:
             late = JobTimeout("deadline passed before the job started")
             return self.finish(job_id, Status.ABORTED, **failure_columns(late))
         return record.status
+
+    def _owner_may_be_alive(self, job_id: str) -> bool:
+        """A ``processing`` job whose run claimed it less than ``lease_s`` ago: this
+        delivery is a duplicate (the run may be alive) and must not write; it is checked
+        again when the lease ends, when a run still going is presumed lost."""
+        if self.lease_s is None:
+            return False
+        state = self.jobs.run_state(job_id)
+        if state.claimed_at is None:  # claimed before claims were timed: presume lost
+            return False
+        left = self.lease_s - (datetime.now(UTC) - state.claimed_at).total_seconds()
+        if left <= 0:
+            return False
+        log.warning(
+            "job %s is running on %s (attempt %d): a duplicate delivery, checked again in %.0f s",
+            job_id,
+            state.worker_id,
+            state.attempts,
+            left,
+        )
+        if self.recheck is not None:
+            self.recheck(job_id, left)
+        return True
 
     def _train(self, record: JobRecord, tracker: RunTracker, started: float) -> Status:
         """A training job: archive → LoRA → published destination model (sdserve.training)."""

@@ -21,6 +21,7 @@ from sqlalchemy.engine import Engine
 from sdserve.jobs.store.database import Database, new_id, sqlite_url, utcnow
 from sdserve.jobs.store.files import FileRepository, StoredFile
 from sdserve.jobs.store.jobs import (
+    Fence,
     JobRepository,
     RunState,
     decode_cursor,
@@ -63,6 +64,7 @@ class Store:
 
 __all__ = [
     "Database",
+    "Fence",
     "FileRepository",
     "JobRepository",
     "OutboxEntry",

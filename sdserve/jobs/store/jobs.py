@@ -4,6 +4,12 @@ Every status change is a conditional ``UPDATE ... WHERE status IN (<states allow
 there>)`` derived from :func:`sdserve.domain.jobs.can_transition`: two workers can never
 both claim a job and a terminal state is never overwritten.
 
+A run's writes are also **fenced**: a claim counts an attempt, and every write of that
+run (progress, its end) carries the :class:`Fence` of its claim (``worker_id`` and
+``attempts`` must still be the ones it set). A run whose job was taken over since (a
+broker redelivered its task and another worker claimed it again) writes nothing, so a
+stale or duplicate run can never change a job that another run owns.
+
 Core statements on plain connections throughout: the ORM's unit of work cost more than the
 statement itself on a job's path. The statements every job runs (get, run state, queue
 count, claim, each status move, progress update) are built once with bound parameters:
@@ -64,6 +70,7 @@ _RUN_STATE = select(
     JOBS.c.preview,
     JOBS.c.deadline,
     JOBS.c.stop_requested,
+    JOBS.c.claimed_at,
 ).where(JOBS.c.id == bindparam("job_id"))
 _NOW = bindparam("now", type_=JOBS.c.started_at.type)
 _CLAIM = (
@@ -78,6 +85,7 @@ _CLAIM = (
         worker_id=bindparam("worker"),
         attempts=JOBS.c.attempts + 1,
         started_at=func.coalesce(JOBS.c.started_at, _NOW),
+        claimed_at=_NOW,
         cancel_requested=False,
     )
     .returning(*JOBS.c)
@@ -94,6 +102,28 @@ _UPDATE_RUNNING = (
     .where(JOBS.c.id == bindparam("job_id"), JOBS.c.status == Status.PROCESSING.value)
     .returning(JOBS.c.webhook_url, JOBS.c.webhook_events)
 )
+#: The run that claimed the job is still its owner (parameters fence_worker, fence_attempt).
+_OWNED = and_(
+    JOBS.c.worker_id == bindparam("fence_worker"),
+    JOBS.c.attempts == bindparam("fence_attempt"),
+)
+_FENCED_MOVE = {new: statement.where(_OWNED) for new, statement in _MOVE.items()}
+_FENCED_UPDATE_RUNNING = _UPDATE_RUNNING.where(_OWNED)
+
+
+@dataclass(frozen=True)
+class Fence:
+    """Who claimed a job, and which attempt: what every write of that run must match."""
+
+    worker_id: str
+    attempt: int
+
+    def params(self) -> dict[str, Any]:
+        return {"fence_worker": self.worker_id, "fence_attempt": self.attempt}
+
+    def holds(self, state: RunState) -> bool:
+        """Whether the job, as ``state`` shows it, is still this run's."""
+        return state.worker_id == self.worker_id and state.attempts == self.attempt
 
 
 @dataclass(frozen=True)
@@ -109,6 +139,7 @@ class RunState:
     preview: bytes | None
     deadline: datetime | None
     stop_requested: bool = False
+    claimed_at: datetime | None = None
 
 
 class JobRepository:
@@ -166,12 +197,18 @@ class JobRepository:
             preview=found[6],
             deadline=found[7],
             stop_requested=bool(found[8]),
+            claimed_at=aware(found[9]) if found[9] is not None else None,
         )
 
     def claim(self, job_id: str, worker_id: str) -> JobRecord | None:
         """Atomically take a ``starting`` job whose deadline has not passed for this worker
         (``processing``, queuing its ``start`` webhook): the job as claimed, or None when
         it was not claimable (see :meth:`get` for why)."""
+        claimed = self.claim_fenced(job_id, worker_id)
+        return None if claimed is None else claimed[0]
+
+    def claim_fenced(self, job_id: str, worker_id: str) -> tuple[JobRecord, Fence] | None:
+        """:meth:`claim`, with the :class:`Fence` every write of this run must pass."""
         now = utcnow()
         with self._db.transaction(write=True) as conn:
             params = {"job_id": job_id, "now": now, "worker": worker_id}
@@ -179,12 +216,13 @@ class JobRepository:
             if row is None:
                 return None
             record = to_record(row)
+            fence = Fence(worker_id, int(row.attempts))
             start_hook = row.webhook_url if "start" in (row.webhook_events or ()) else None
             if start_hook:
                 add_webhook(conn, job_id, "start", start_hook, terminal=False, now=now)
         if start_hook:
             self._on_webhook()
-        return record
+        return record, fence
 
     def transition(
         self,
@@ -193,6 +231,7 @@ class JobRepository:
         *,
         files: Sequence[StoredFile] = (),
         append_logs: str = "",
+        fence: Fence | None = None,
         **values: Any,
     ) -> JobRecord | None:
         """Move a job to ``new`` if its current state allows it: the job as it is then, or
@@ -203,6 +242,10 @@ class JobRepository:
         ``processing`` queues the ``start`` webhook. ``files`` (the job's outputs) are
         recorded in the same transaction, also when the job does not move, so no stored
         file is left without its row. ``append_logs`` is added to the job's logs.
+
+        With a ``fence`` (a run ending its job) the job moves only while that run still
+        owns it; a run that does not owns nothing and records no files either (it
+        deletes its own).
         """
         now = utcnow()
         changes: dict[str, Any] = {"status": new.value, **values}
@@ -211,11 +254,17 @@ class JobRepository:
         if new in TERMINAL:
             changes.setdefault("completed_at", now)
         with self._db.transaction(write=True) as conn:
-            if files:
+            if files and fence is None:
                 insert_files(conn, files)
-            row = conn.execute(_MOVE[new].values(**changes), {"job_id": job_id}).first()
+            if fence is None:
+                row = conn.execute(_MOVE[new].values(**changes), {"job_id": job_id}).first()
+            else:
+                params = {"job_id": job_id, **fence.params()}
+                row = conn.execute(_FENCED_MOVE[new].values(**changes), params).first()
             if row is None:
                 return None
+            if files and fence is not None:
+                insert_files(conn, files)
             record = to_record(row)
             url = row.webhook_url or ""
             queued = webhooks_on(new, set(row.webhook_events or ()), values) if url else []
@@ -258,8 +307,10 @@ class JobRepository:
         preview: bytes | None = None,
         input: Mapping[str, Any] | None = None,
         logs_webhook: bool = False,
+        fence: Fence | None = None,
     ) -> None:
-        """Record progress of a ``processing`` job (ignored once the job is terminal).
+        """Record progress of a ``processing`` job (ignored once the job is terminal, and
+        with a ``fence``, once that run no longer owns the job).
 
         With ``logs_webhook``, also queue a ``logs`` webhook unless one was queued for
         this job within :data:`WEBHOOK_THROTTLE_S` (checked in the database, so the
@@ -278,7 +329,11 @@ class JobRepository:
         if not values:
             return
         with self._db.transaction(write=True) as conn:
-            hook = conn.execute(_UPDATE_RUNNING.values(**values), {"job_id": job_id}).first()
+            if fence is None:
+                statement, params = _UPDATE_RUNNING, {"job_id": job_id}
+            else:
+                statement, params = _FENCED_UPDATE_RUNNING, {"job_id": job_id, **fence.params()}
+            hook = conn.execute(statement.values(**values), params).first()
             if hook is None or not logs_webhook or not hook[0] or "logs" not in (hook[1] or ()):
                 return
             latest = last_progress_webhook_at(conn, job_id)
