@@ -23,6 +23,7 @@ from sdserve.errors import (
     Overloaded,
     PayloadTooLarge,
     SdserveError,
+    StorageUnavailable,
     Unauthorized,
     UnsupportedMediaType,
 )
@@ -41,6 +42,8 @@ def http_status(error: SdserveError) -> int:
         return 401
     if isinstance(error, Conflict):
         return 409
+    if isinstance(error, StorageUnavailable):
+        return 503  # the server's trouble, not the caller's rate
     if isinstance(error, Overloaded):
         return 429
     if isinstance(error, PayloadTooLarge):

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 from botocore.exceptions import ClientError
+from fastapi.testclient import TestClient
 
+from sdserve.api.app import create_app
 from sdserve.config import ServiceSettings, Settings
 from sdserve.errors import (
     FileNotFound,
@@ -171,3 +173,25 @@ def test_outputs_and_uploads_live_in_the_bucket_until_retention(
     assert s3_endpoint.keys(bucket) == []
     with pytest.raises(FileNotFound):
         service.open_output(job.output[0])
+
+
+def test_the_api_answers_503_with_retry_after_when_the_bucket_is_gone(
+    make_service: MakeService,
+    s3_endpoint: S3Endpoint,  # noqa: F811
+    bucket: str,
+    tmp_path: Path,
+) -> None:
+    config = {"files_url": f"s3://{bucket}/jobs", "s3_endpoint_url": s3_endpoint.url}
+    service = make_service(service=config)
+    key = service.store_upload(b"\x89PNG\r\n\x1a\nupload", "in.png", "image/png")
+    settings = s3_settings(tmp_path, config["files_url"], s3_endpoint.url)
+    app = create_app(settings, service, manage_service=False)
+    with TestClient(app, base_url="http://127.0.0.1") as client:
+        assert client.get(f"/files/{key}").status_code == 200
+        s3_endpoint.client().delete_object(Bucket=bucket, Key=f"jobs/{key}")
+        assert client.get(f"/files/{key}").status_code == 404
+        s3_endpoint.client().delete_bucket(Bucket=bucket)
+        gone = client.get(f"/files/{key}")
+    assert gone.status_code == 503
+    assert int(gone.headers["Retry-After"]) > 0
+    assert bucket not in gone.text
