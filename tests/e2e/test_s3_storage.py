@@ -163,16 +163,22 @@ def test_retention_deletes_the_objects(
         server.stop()
 
 
+@pytest.mark.parametrize("command", ["serve", "worker"])
 def test_a_missing_bucket_fails_the_start_naming_the_setting(
     s3_server: ServerProcess,
     s3_endpoint: S3Endpoint,  # noqa: F811
+    command: str,
 ) -> None:
     # the running server's data folder: its demo models are built already
-    env = {**os.environ, **s3_endpoint.env, "SDSERVE_SERVICE__S3_ENDPOINT_URL": s3_endpoint.url}
-    command = [sys.executable, "-m", "sdserve.cli", "--data-dir", str(s3_server.data_dir)]
-    command += ["serve", "--demo", "--port", str(free_port())]
-    command += ["--storage-url", "s3://no-such-bucket/outputs"]
-    ended = subprocess.run(command, env=env, capture_output=True, text=True, timeout=DEADLINE_S)
+    env = {**os.environ, **s3_endpoint.env}
+    started = [sys.executable, "-m", "sdserve.cli", "--data-dir", str(s3_server.data_dir)]
+    started += [command, "--demo", "--storage-url", "s3://no-such-bucket/outputs"]
+    started += ["--s3-endpoint-url", s3_endpoint.url]
+    if command == "serve":
+        started += ["--port", str(free_port())]
+    else:  # the store is checked before the broker is ever reached
+        started += ["--broker-url", f"redis://127.0.0.1:{free_port()}/0"]
+    ended = subprocess.run(started, env=env, capture_output=True, text=True, timeout=DEADLINE_S)
     assert ended.returncode == 1, ended.stderr[-2000:]
     assert "error: files_url: bucket 'no-such-bucket' does not exist" in ended.stderr
     assert "sdserve-test-secret" not in ended.stdout + ended.stderr

@@ -195,3 +195,17 @@ def test_the_api_answers_503_with_retry_after_when_the_bucket_is_gone(
     assert gone.status_code == 503
     assert int(gone.headers["Retry-After"]) > 0
     assert bucket not in gone.text
+
+
+def test_a_job_that_cannot_store_its_outputs_fails_saying_why(
+    make_service: MakeService,
+    s3_endpoint: S3Endpoint,  # noqa: F811
+    bucket: str,
+) -> None:
+    config = {"files_url": f"s3://{bucket}/jobs", "s3_endpoint_url": s3_endpoint.url}
+    service = make_service(service=config)
+    s3_endpoint.client().delete_bucket(Bucket=bucket)
+    job = wait(service, service.create("test/fake", {"prompt": "x"}).id)
+    assert job.status.value == "failed"
+    assert job.error is not None and "file storage is unavailable" in job.error
+    assert bucket not in job.error
