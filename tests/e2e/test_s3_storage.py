@@ -182,3 +182,54 @@ def test_a_missing_bucket_fails_the_start_naming_the_setting(
     assert ended.returncode == 1, ended.stderr[-2000:]
     assert "error: files_url: bucket 'no-such-bucket' does not exist" in ended.stderr
     assert "sdserve-test-secret" not in ended.stdout + ended.stderr
+
+
+def test_a_worker_on_another_machine_reads_uploads_and_writes_outputs_through_the_bucket(
+    tmp_path: Path,
+    s3_endpoint: S3Endpoint,  # noqa: F811
+) -> None:
+    """An API (``--no-worker``) and a ``sdserve worker`` with data folders of their own, as
+    on two machines, sharing Redis, the job database and the bucket: the upload reaches the
+    worker through the bucket (over HTTP, the API's loopback URL would be refused) and the
+    worker's output is served by the API."""
+    # the redis-server fixture comes with the Redis part of issue 16 (tests/servers/redis.py)
+    servers = pytest.importorskip(
+        "tests.servers.redis", reason="tests/servers/redis.py (the redis-server fixture) is absent"
+    )
+    redis, broker = servers.start_redis(tmp_path)
+    bucket = s3_endpoint.make_bucket(f"shared-{secrets.token_hex(4)}")
+    shared = ["--broker-url", broker, "--database-url", f"sqlite:///{tmp_path / 'jobs.db'}"]
+    shared += ["--s3-endpoint-url", s3_endpoint.url]
+    api = ServerProcess(
+        data_dir=tmp_path / "api",
+        port=free_port(),
+        extra_args=["--no-worker", "--storage-url", f"s3://{bucket}/{PREFIX}", *shared],
+        env=s3_endpoint.env,
+    )
+    worker_dir = tmp_path / "worker"
+    worker_dir.mkdir()
+    api.data_dir.mkdir()
+    started = [sys.executable, "-m", "sdserve.cli", "--data-dir", str(worker_dir), "worker"]
+    started += ["--demo", "--storage-url", f"s3://{bucket}/{PREFIX}", *shared]
+    with (worker_dir / "worker.log").open("ab") as log:
+        worker = subprocess.Popen(
+            started, env={**os.environ, **s3_endpoint.env}, stdout=log, stderr=subprocess.STDOUT
+        )
+    try:
+        api.start()
+        uploaded = httpx.post(
+            f"{api.url}/v1/files",
+            files={"content": ("in.png", png((10, 200, 10)), "image/png")},
+            timeout=30,
+        )
+        assert uploaded.status_code == 201, uploaded.text
+        job = predict(api, image=uploaded.json()["urls"]["get"], prompt_strength=0.5)
+        assert job["status"] == "succeeded", job
+        served = httpx.get(job["output"][0], timeout=30)
+        assert (served.status_code, served.headers["content-type"]) == (200, "image/png")
+        assert f"{PREFIX}/{key_of(job['output'][0])}" in s3_endpoint.keys(bucket)
+        assert not list(worker_dir.rglob("files/**/*.png"))  # nothing on the worker's disk
+    finally:
+        api.stop()
+        servers.stop_process(worker)
+        servers.stop_process(redis)
