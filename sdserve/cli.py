@@ -641,6 +641,22 @@ def _add_queue_options(parser: argparse.ArgumentParser) -> None:
         dest="visibility_timeout_s",
         help=described(ServiceSettings, "visibility_timeout_s"),
     )
+    parser.add_argument(
+        "--storage-url",
+        dest="files_url",
+        metavar="URL",
+        help=described(
+            ServiceSettings,
+            "files_url",
+            "where uploads and outputs are stored: a folder, a file:// URL or "
+            "s3://bucket/prefix (credentials from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY "
+            "or AWS_PROFILE; needs pip install 'sdserve[cluster]')",
+            default="<data dir>/files",
+        ),
+    )
+    parser.add_argument(
+        "--s3-endpoint-url", metavar="URL", help=described(ServiceSettings, "s3_endpoint_url")
+    )
 
 
 def _add_serve(commands: Any) -> None:
@@ -768,6 +784,8 @@ def _server_settings(args: argparse.Namespace) -> Settings:
             "database_url": args.database_url,
             "broker_url": args.broker_url,
             "visibility_timeout_s": args.visibility_timeout_s,
+            "files_url": args.files_url,
+            "s3_endpoint_url": args.s3_endpoint_url,
             "outbound_allow": getattr(args, "outbound_allow", None),
             "worker_metrics_port": getattr(args, "worker_metrics_port", None),
         }.items()

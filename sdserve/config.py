@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import os
+import re
 from pathlib import Path
 
 from pydantic import (
@@ -213,8 +214,13 @@ class ServiceSettings(BaseModel):
         default=None,
         # files_dir: its name before file stores were chosen by URL
         validation_alias=AliasChoices("files_url", "files_dir"),
-        description="where uploads and outputs are stored: a folder or a file:// URL; "
-        "None = <data_dir>/files",
+        description="where uploads and outputs are stored: a folder, a file:// URL or "
+        "s3://bucket/prefix (needs the cluster extra); None = <data_dir>/files",
+    )
+    s3_endpoint_url: str | None = Field(
+        default=None,
+        description="endpoint of an S3-compatible service for s3:// storage (MinIO, R2: "
+        "https://host:port); None = boto3's own (AWS, or AWS_ENDPOINT_URL_S3)",
     )
     max_queue: int = Field(default=256, ge=1, description="queued jobs before Overloaded")
     visibility_timeout_s: float = Field(
@@ -229,6 +235,9 @@ class ServiceSettings(BaseModel):
     )
     retention_hours: float = Field(
         default=0, ge=0, description="delete inputs/outputs this long after completion; 0 = keep"
+    )
+    retention_interval_s: float = Field(
+        default=60.0, gt=0, description="how often the files retention deletes are looked for"
     )
     webhook_secret_file: Path | None = Field(
         default=None, description="None = <data_dir>/webhook_secret"
@@ -292,6 +301,14 @@ class ServiceSettings(BaseModel):
                 except ValueError as exc:
                     raise ValueError(f"{entry!r} is not a network: {exc}") from None
         return entries
+
+    @field_validator("s3_endpoint_url")
+    @classmethod
+    def _http_endpoint(cls, value: str | None) -> str | None:
+        # boto3 takes any text here and fails on the first request, far from the setting
+        if value is not None and not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError(f"{value!r} is not an http:// or https:// URL")
+        return value
 
     @field_validator("files_url", mode="before")
     @classmethod

@@ -126,6 +126,13 @@ class RateLimited(Overloaded):
     code = "rate_limited"
 
 
+class StorageUnavailable(Overloaded):
+    """The file storage (an S3 service) cannot be reached or refuses the request right now:
+    a 503 with ``Retry-After`` for a caller; a job it stops fails with this message."""
+
+    code = "storage_unavailable"
+
+
 class PayloadTooLarge(SdserveError):
     """A request body over the operator's size limit (``limits.max_upload_bytes``)."""
 

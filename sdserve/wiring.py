@@ -74,18 +74,27 @@ def open_store(settings: Settings, *, on_webhook: Callable[[], None] | None = No
 
 
 def file_store_from_url(settings: Settings) -> FileStore:
-    """The file store ``files_url`` names: a folder or a ``file://`` URL (default: the data
-    folder's ``files``). Another scheme is refused, naming those that work."""
+    """The file store ``files_url`` names: a folder, a ``file://`` URL (default: the data
+    folder's ``files``) or ``s3://bucket/prefix``, whose bucket must answer now (a wrong
+    bucket, endpoint or credential fails the start, not the first job). Another scheme is
+    refused, naming those that work."""
     url = settings.service.files_url
     if not url:
         return LocalFileStore(settings.data_dir / "files")
     parts = urlsplit(url)
+    if parts.scheme == "s3":
+        # boto3 (the cluster extra) is imported only for S3 storage
+        from sdserve.jobs.s3_files import S3FileStore
+
+        store = S3FileStore.from_url(url, endpoint_url=settings.service.s3_endpoint_url)
+        store.check()
+        return store
     if parts.scheme == "file" and parts.netloc in ("", "localhost"):
         return LocalFileStore(Path(unquote(parts.path)))
     if parts.scheme and len(parts.scheme) > 1:  # a one-letter scheme is a Windows drive
         raise InvalidInput(
             "files_url",
-            f"cannot store files at {url!r}: give a folder or a file:// URL",
+            f"cannot store files at {url!r}: give a folder, a file:// or an s3:// URL",
         )
     return LocalFileStore(Path(url))
 
@@ -265,7 +274,12 @@ def build_service(
         ),
         secret=secret,
         recovery=recovery,
-        retention=Retention(io.store, io.files, hours=config.retention_hours),
+        retention=Retention(
+            io.store,
+            io.files,
+            hours=config.retention_hours,
+            interval_s=config.retention_interval_s,
+        ),
         endings=endings,
         runner=runner,
         metrics=metrics,

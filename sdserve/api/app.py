@@ -7,6 +7,7 @@ the engine (in-process thread by default, separate ``sdserve worker`` processes 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
@@ -89,7 +90,8 @@ def create_app(settings: Settings, service: JobService, *, manage_service: bool 
     async def get_file(key: str) -> Response:
         # unguessable keys: fetchable without Authorization, like Replicate's delivery URLs
         # typed from the bytes, inert: never a page that runs on this origin (api.files)
-        data, _stored_type = service.open_output(key)
+        # off the event loop: the store may be S3, a network round trip away
+        data, _stored_type = await asyncio.to_thread(service.open_output, key)
         return file_response(key, data)
 
     # the token and the body's size, checked on the headers before any route reads a body

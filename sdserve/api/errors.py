@@ -27,6 +27,7 @@ from sdserve.errors import (
     Overloaded,
     PayloadTooLarge,
     SdserveError,
+    StorageUnavailable,
     Unauthorized,
     UnsupportedMediaType,
 )
@@ -47,6 +48,8 @@ def http_status(error: SdserveError) -> int:
         return 409
     if isinstance(error, MethodNotAllowed):
         return 405
+    if isinstance(error, StorageUnavailable):
+        return 503  # the server's trouble, not the caller's rate
     if isinstance(error, Overloaded):
         return 429
     if isinstance(error, PayloadTooLarge):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hashlib
 import json
@@ -224,7 +225,7 @@ class ReplicateApi:
             if not isinstance(loaded, dict):
                 raise InvalidInput("metadata", "must be a JSON object")
             parsed_metadata = loaded
-        key = self.service.store_upload(data, name, content_type)
+        key = await asyncio.to_thread(self.service.store_upload, data, name, content_type)
         checksums = {
             "sha256": hashlib.sha256(data).hexdigest(),
             "md5": hashlib.md5(data, usedforsecurity=False).hexdigest(),

@@ -1,10 +1,12 @@
-"""The composition root picks the file store by URL: a folder or file:// now."""
+"""The composition root picks the file store by URL: a folder, file:// or s3:// (the S3
+store itself is tested against a real endpoint in tests/integration/jobs/test_s3_files.py)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from sdserve.config import ServiceSettings, Settings
 from sdserve.errors import InvalidInput
@@ -34,5 +36,17 @@ def test_a_folder_or_file_url_is_a_local_store(tmp_path: Path, form: str) -> Non
 
 
 def test_another_scheme_is_refused_naming_the_setting(tmp_path: Path) -> None:
-    with pytest.raises(InvalidInput, match=r"^files_url: .*file://"):
-        file_store_from_url(settings(tmp_path, files_url="s3://bucket/outputs"))
+    with pytest.raises(InvalidInput, match=r"^files_url: .*file://.*s3://"):
+        file_store_from_url(settings(tmp_path, files_url="gs://bucket/outputs"))
+
+
+@pytest.mark.parametrize("url", ["s3://", "s3:///prefix", "s3://bucket/p?versionId=1"])
+def test_an_s3_url_without_a_bucket_is_refused_naming_the_setting(tmp_path: Path, url: str) -> None:
+    with pytest.raises(InvalidInput, match=r"^files_url: .*s3://bucket/prefix"):
+        file_store_from_url(settings(tmp_path, files_url=url))
+
+
+@pytest.mark.parametrize("endpoint", ["localhost:9000", "minio", "ftp://host"])
+def test_an_s3_endpoint_must_be_an_http_url(endpoint: str) -> None:
+    with pytest.raises(ValidationError, match="s3_endpoint_url"):
+        ServiceSettings(s3_endpoint_url=endpoint)
