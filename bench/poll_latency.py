@@ -184,7 +184,9 @@ async def poll(
                 return
             try:
                 status, body = await connection.get(f"/v1/predictions/{job_id}")
-                outcome = "ok" if status == 200 and json.loads(body)["id"] == job_id else str(status)
+                outcome = (
+                    "ok" if status == 200 and json.loads(body)["id"] == job_id else str(status)
+                )
             except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
                 outcome = type(exc).__name__
                 connection = connections[index] = Connection(url)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -38,7 +39,15 @@ class FinishedJobs:
     """Terminal job records and their output bytes, valid until the retention sweep may
     change them (``retention_hours`` 0: forever)."""
 
-    def __init__(self, *, max_jobs: int, max_output_bytes: int, retention_hours: float) -> None:
+    def __init__(
+        self,
+        *,
+        max_jobs: int,
+        max_output_bytes: int,
+        retention_hours: float,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self._clock = clock
         self.max_jobs = max_jobs
         self.max_output_bytes = max_output_bytes
         self._window = timedelta(hours=retention_hours) if retention_hours > 0 else None
@@ -54,11 +63,10 @@ class FinishedJobs:
             return None  # kept forever, or already swept: nothing changes it any more
         # completed_at is set with every terminal move; a record without one is not kept
         # less a margin, for a sweeper in another process whose clock runs ahead
-        return (job.completed_at or utcnow()) + self._window - CLOCK_MARGIN
+        return (job.completed_at or self._clock()) + self._window - CLOCK_MARGIN
 
-    @staticmethod
-    def _fresh(valid_until: datetime | None) -> bool:
-        return valid_until is None or utcnow() < valid_until
+    def _fresh(self, valid_until: datetime | None) -> bool:
+        return valid_until is None or self._clock() < valid_until
 
     def get(self, job_id: str) -> JobRecord | None:
         """The finished job, if it is kept and still valid."""
@@ -114,6 +122,14 @@ class FinishedJobs:
             self._output_bytes += len(data)
             while self._output_bytes > self.max_output_bytes:
                 self._drop_output(next(iter(self._outputs)))
+
+    def clear(self) -> None:
+        """Forget everything (after a sweep that may have changed kept jobs)."""
+        with self._lock:
+            self._jobs.clear()
+            self._output_of.clear()
+            self._outputs.clear()
+            self._output_bytes = 0
 
     def _drop_output(self, key: str) -> None:
         removed = self._outputs.pop(key)

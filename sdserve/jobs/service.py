@@ -404,7 +404,11 @@ class Service:
 
     def sweep(self, now: datetime | None = None) -> int:
         """Delete files of jobs completed before the retention window; return jobs swept."""
-        return self.retention.sweep(now)
+        swept = self.retention.sweep(now)
+        if swept:
+            # a sweep asked for ahead of the clock reaches jobs still kept in memory
+            self.finished.clear()
+        return swept
 
 
 def job_task(record: JobRecord) -> str:
