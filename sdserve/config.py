@@ -239,6 +239,16 @@ class ServiceSettings(BaseModel):
     retention_interval_s: float = Field(
         default=60.0, gt=0, description="how often the files retention deletes are looked for"
     )
+    finished_cache_jobs: int = Field(
+        default=10_000,
+        ge=0,
+        description="finished jobs kept in memory for polls (no database read); 0 = off",
+    )
+    finished_cache_mb: float = Field(
+        default=64,
+        ge=0,
+        description="bytes of finished jobs' outputs kept in memory for inline answers; 0 = off",
+    )
     webhook_secret_file: Path | None = Field(
         default=None, description="None = <data_dir>/webhook_secret"
     )

@@ -179,7 +179,7 @@ def build_service(
     return build(
         settings,
         registry,
-        predictor=engine_factory(settings, registry) if run_worker else None,
+        predictor=engine_factory(settings, registry, beside_api=True) if run_worker else None,
         # a remote worker may publish fine-tuned models: pick them up when listing
         refresh_models=lambda: catalog.register(registry),
     )

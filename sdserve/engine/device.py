@@ -17,6 +17,16 @@ _DTYPES: dict[str, torch.dtype] = {
 }
 
 
+def default_cpu_threads() -> int:
+    """The CPU threads torch uses now (by default, one per core it sees)."""
+    return int(torch.get_num_threads())
+
+
+def use_cpu_threads(count: int) -> None:
+    """Run torch's CPU work on ``count`` threads (process-wide)."""
+    torch.set_num_threads(count)
+
+
 def resolve_device(name: str) -> str:
     """``auto`` picks CUDA, then Apple MPS, then the CPU; explicit names are kept."""
     if name != "auto":

@@ -38,6 +38,7 @@ from sdserve.jobs.contract import (
 )
 from sdserve.jobs.fetch import InputFetcher, sniff_image_type
 from sdserve.jobs.files import FileStore, new_key
+from sdserve.jobs.finished import FinishedJobs
 from sdserve.jobs.images import decode_image
 from sdserve.jobs.metrics import service_registry
 from sdserve.jobs.outbound import OutboundError
@@ -132,6 +133,12 @@ class Service:
         self.endings = parts.endings
         self.registry = parts.metrics or service_registry(parts.store)[0]
         self._secret = parts.secret
+        # polls of finished jobs are answered from memory (see jobs.finished for why)
+        self.finished = FinishedJobs(
+            max_jobs=settings.service.finished_cache_jobs,
+            max_output_bytes=int(settings.service.finished_cache_mb * 1024 * 1024),
+            retention_hours=settings.service.retention_hours,
+        )
         self.embedded = is_embedded(settings.service.broker_url)
         self._local_worker = self.runner is not None and self.embedded
         self._wait_poll_s = WOKEN_POLL_INTERVAL_S if self._local_worker else POLL_INTERVAL_S
@@ -256,7 +263,12 @@ class Service:
         return record
 
     def get(self, job_id: str) -> JobRecord:
-        return self.store.jobs.get(job_id)
+        kept = self.finished.get(job_id)
+        if kept is not None:
+            return kept
+        job = self.store.jobs.get(job_id)
+        self.finished.put(job)
+        return job
 
     def _check_webhook(self, url: str) -> None:
         """Refuse a webhook the dispatcher would refuse (bad scheme, unparsable, a host on
@@ -380,7 +392,12 @@ class Service:
 
     def open_output(self, key: str) -> tuple[bytes, str]:
         """Bytes and content type of a stored file; raise FileNotFound."""
-        return self.files.get(key)
+        kept = self.finished.output(key)
+        if kept is not None:
+            return kept
+        data, content_type = self.files.get(key)
+        self.finished.keep_output(key, data, content_type)
+        return data, content_type
 
     def store_upload(self, data: bytes, filename: str, content_type: str) -> str:
         """Store a client upload and return its key. Typed by its bytes: the client's
@@ -401,7 +418,11 @@ class Service:
 
     def sweep(self, now: datetime | None = None) -> int:
         """Delete files of jobs completed before the retention window; return jobs swept."""
-        return self.retention.sweep(now)
+        swept = self.retention.sweep(now)
+        if swept:
+            # a sweep asked for ahead of the clock reaches jobs still kept in memory
+            self.finished.clear()
+        return swept
 
 
 def job_task(record: JobRecord) -> str:

@@ -43,6 +43,12 @@ class EngineSettings(BaseModel):
         ge=0,
         description="memory for cached pipelines; 0 = 80% of the device (or of RAM on CPU)",
     )
+    cpu_threads: int = Field(
+        default=0,
+        ge=0,
+        description="torch's CPU threads; 0 = auto: every core, less one left to the API's "
+        "event loop when the worker runs in the API process (sdserve serve)",
+    )
     lora_dir: Path | None = Field(default=None, description="folder of named LoRA files")
     lora_cache_size: int = Field(default=8, ge=0, description="LoRA state dicts kept in memory")
     safety_checker: str | None = Field(

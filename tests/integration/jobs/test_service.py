@@ -423,3 +423,54 @@ def test_retention_removes_files_and_marks_jobs(make_service: MakeService) -> No
     assert service.get(job.id).data_removed is True
     with pytest.raises(FileNotFound):
         service.open_output(job.output[0])
+
+
+def test_a_finished_job_is_polled_without_reading_the_database(
+    make_service: MakeService,
+) -> None:
+    # 200 clients polling a job used to cost a SQLite round trip (and an output file read
+    # for inline answers) per poll, on the event loop (bench/poll_latency.py)
+    service = make_service()
+    job = wait(service, service.create("test/fake", {"prompt": "x"}).id)
+    assert job.output
+    first = service.get(job.id)
+    data = service.open_output(job.output[0])
+    reads: list[str] = []
+    store_get = service.store.jobs.get
+    files_get = service.files.get
+
+    def counted_store_get(job_id: str) -> JobRecord:
+        reads.append(job_id)
+        return store_get(job_id)
+
+    def counted_files_get(key: str) -> tuple[bytes, str]:
+        reads.append(key)
+        return files_get(key)
+
+    service.store.jobs.get = counted_store_get  # type: ignore[method-assign]
+    service.files.get = counted_files_get  # type: ignore[method-assign]
+
+    assert service.get(job.id) == first
+    assert service.open_output(job.output[0]) == data
+    assert reads == []
+
+
+def test_a_running_job_is_read_from_the_store_on_every_poll(make_service: MakeService) -> None:
+    service = make_service(FakePredictor(step_delay=0.05))
+    created = service.create("test/fake", {"prompt": "x", "num_inference_steps": 20})
+    wait_until(lambda: service.get(created.id).status is Status.PROCESSING)
+    wait_until(lambda: service.get(created.id).status is Status.SUCCEEDED, timeout=30)
+
+
+def test_a_job_polled_before_a_sweep_shows_its_data_removed_after_it(
+    make_service: MakeService,
+) -> None:
+    service = make_service(service={"retention_hours": 1})
+    job = wait(service, service.create("test/fake", {"prompt": "x"}).id)
+    assert job.output
+    assert service.get(job.id).data_removed is False
+    service.open_output(job.output[0])
+    assert service.sweep(now=datetime.now(UTC) + timedelta(hours=2)) == 1
+    assert service.get(job.id).data_removed is True
+    with pytest.raises(FileNotFound):
+        service.open_output(job.output[0])
