@@ -633,6 +633,16 @@ def _add_queue_options(parser: argparse.ArgumentParser) -> None:
             default="sqlite:///<data dir>/sdserve.db",
         ),
     )
+    parser.add_argument(
+        "--database-pool-size",
+        type=int,
+        help=described(ServiceSettings, "database_pool_size"),
+    )
+    parser.add_argument(
+        "--database-max-overflow",
+        type=int,
+        help=described(ServiceSettings, "database_max_overflow"),
+    )
     parser.add_argument("--broker-url", help=described(ServiceSettings, "broker_url"))
 
 
@@ -752,6 +762,8 @@ def _server_settings(args: argparse.Namespace) -> Settings:
         key: value
         for key, value in {
             "database_url": args.database_url,
+            "database_pool_size": args.database_pool_size,
+            "database_max_overflow": args.database_max_overflow,
             "broker_url": args.broker_url,
             "outbound_allow": getattr(args, "outbound_allow", None),
         }.items()
