@@ -113,8 +113,11 @@ def test_two_runners_claiming_the_same_job_at_once_never_both_win(
     for _ in range(20):
         record = job()
         store.jobs.insert(record)
-        job_id = record.id
-        claims = race(4, lambda i, job_id=job_id: stores[i % 2].jobs.claim(job_id, f"w{i}"))
+
+        def claim(index: int, job_id: str = record.id) -> JobRecord | None:
+            return stores[index % 2].jobs.claim(job_id, f"w{index}")
+
+        claims = race(4, claim)
         winners = [f"w{i}" for i, claimed in enumerate(claims) if claimed is not None]
         assert len(winners) == 1, winners
         state = store.jobs.run_state(record.id)
