@@ -973,7 +973,15 @@ def _settings(args: argparse.Namespace, **sections: Any) -> Settings:
             data[name] = {**data.get(name, {}), **value}
         else:
             data[name] = value
-    return Settings.model_validate(data)
+    from pydantic import ValidationError
+
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        # the first bad setting, named as its option is (service.database_pool_size)
+        first = exc.errors()[0]
+        name = ".".join(str(part) for part in first["loc"])
+        raise InvalidInput(name, str(first["msg"]).lower()) from None
 
 
 if __name__ == "__main__":

@@ -209,7 +209,11 @@ def _create_engine(url: URL, kwargs: dict[str, Any]) -> Engine:
                 f"PostgreSQL needs the {exc.name or 'psycopg'} driver, which is not "
                 f"installed: {_CLUSTER_EXTRA}",
             ) from None
-        raise
+        raise InvalidInput(
+            "database_url",
+            f"the driver of {url.drivername!r} ({exc.name}) is not installed; sdserve "
+            "supports sqlite:/// and postgresql+psycopg://",
+        ) from None
 
 
 def _lock_key(name: str) -> int:
