@@ -981,7 +981,7 @@ def _settings(args: argparse.Namespace, **sections: Any) -> Settings:
         # the first bad setting, named as its option is (service.database_pool_size)
         first = exc.errors()[0]
         name = ".".join(str(part) for part in first["loc"])
-        raise InvalidInput(name, str(first["msg"]).lower()) from None
+        raise InvalidInput(name, str(first["msg"])) from None
 
 
 if __name__ == "__main__":

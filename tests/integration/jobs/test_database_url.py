@@ -70,7 +70,9 @@ def test_an_unknown_database_and_a_bad_pool_size_are_named(tmp_path: Path) -> No
     assert "postgresql+psycopg://" in unknown.stderr
     pool = sdserve(tmp_path, "--database-pool-size", "0")
     assert pool.returncode == 1
-    assert "error: service.database_pool_size:" in pool.stderr
+    assert "error: service.database_pool_size: Input should be greater than or equal to 1" in (
+        pool.stderr
+    )
     assert "Traceback" not in pool.stderr
 
 
