@@ -183,6 +183,12 @@ class Database:
             reason = str(exc.orig).strip().splitlines()[0] if exc.orig else "no answer"
             raise InvalidInput("database_url", f"cannot connect to {self.url}: {reason}") from None
         with conn:
+            # processes started together (an API and its workers) migrate one at a time,
+            # in one write transaction (DDL included; SQLite: BEGIN IMMEDIATE, as every
+            # write): the others wait, then find the schema at its head
+            conn.execution_options(sdserve_write=True)
+            conn.begin()
+            self.serialize(conn, "migrate")
             config.attributes["connection"] = conn
             command.upgrade(config, "head")
             conn.commit()

@@ -82,6 +82,22 @@ def test_migrations_run_from_an_empty_database(empty_database_url: str) -> None:
     store.close()
 
 
+def test_processes_starting_together_migrate_an_empty_database_once(
+    empty_database_url: str,
+) -> None:
+    """An API and its workers started at once (compose, systemd) all migrate at start-up:
+    one of them migrates, the others wait and find the schema at its head."""
+    stores = [Store(empty_database_url) for _ in range(4)]
+    try:
+        race(4, lambda i: stores[i].migrate())
+        with stores[0].engine.connect() as conn:
+            versions = conn.exec_driver_sql("SELECT version_num FROM alembic_version").all()
+        assert [row[0] for row in versions] == [_head_revision()]
+    finally:
+        for store in stores:
+            store.close()
+
+
 def _head_revision() -> str:
     from alembic.script import ScriptDirectory
 
