@@ -98,6 +98,12 @@ class PostgresServer:
         done = subprocess.run(initdb, capture_output=True, check=False, **run_as)
         if done.returncode != 0:
             raise RuntimeError(f"initdb failed: {done.stderr.decode(errors='replace')[-2000:]}")
+        self.run(timeout)
+
+    def run(self, timeout: float = 120.0) -> None:
+        """Start ``postgres`` on the initialised folder; wait until it accepts connections
+        (also a restart after :meth:`stop`)."""
+        run_as = _run_as_postgres()
         command = [
             str(self.bin_dir / "postgres"),
             "-D",
@@ -111,8 +117,8 @@ class PostgresServer:
         ]
         for setting in _FAST:
             command += ["-c", setting]
-        log = self.log_path.open("ab")
-        self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, **run_as)
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, **run_as)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

@@ -9,6 +9,9 @@ import sys
 from pathlib import Path
 
 from sdserve.config import ServiceSettings, Settings
+from sdserve.domain.jobs import JobKind, Status
+from sdserve.jobs.contract import JobRecord
+from sdserve.jobs.store import new_id, utcnow
 from sdserve.wiring import open_store
 from tests.servers.postgres import PostgresServer
 
@@ -85,9 +88,36 @@ def test_the_pool_is_sized_by_the_settings(tmp_path: Path, postgres_server: Post
     try:
         pool = store.engine.pool
         assert (pool.size(), pool._max_overflow) == (3, 2)  # type: ignore[attr-defined]
-        assert store.engine.pool._pre_ping  # a server restart costs no failed request
         with store.engine.connect() as conn:
             assert conn.exec_driver_sql("SHOW application_name").scalar() == "sdserve"
+    finally:
+        store.close()
+        postgres_server.drop_database(name)
+
+
+def test_a_restarted_database_costs_no_failed_request(
+    tmp_path: Path, postgres_server: PostgresServer
+) -> None:
+    """The pool's connections die with the server; each is checked before use, so the
+    first request after a restart is answered, not failed."""
+    name = postgres_server.new_database()
+    store = open_store(
+        Settings(data_dir=tmp_path, service=ServiceSettings(database_url=postgres_server.url(name)))
+    )
+    try:
+        record = JobRecord(
+            id=new_id(),
+            kind=JobKind.PREDICTION,
+            model="test/fake",
+            version="v1",
+            input={"prompt": "before"},
+            status=Status.STARTING,
+            created_at=utcnow(),
+        )
+        store.jobs.insert(record)  # a pooled connection now exists
+        postgres_server.stop()
+        postgres_server.run()
+        assert store.jobs.get(record.id) == record
     finally:
         store.close()
         postgres_server.drop_database(name)
