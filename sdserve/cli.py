@@ -633,6 +633,16 @@ def _add_queue_options(parser: argparse.ArgumentParser) -> None:
             default="sqlite:///<data dir>/sdserve.db",
         ),
     )
+    parser.add_argument(
+        "--database-pool-size",
+        type=int,
+        help=described(ServiceSettings, "database_pool_size"),
+    )
+    parser.add_argument(
+        "--database-max-overflow",
+        type=int,
+        help=described(ServiceSettings, "database_max_overflow"),
+    )
     parser.add_argument("--broker-url", help=described(ServiceSettings, "broker_url"))
     parser.add_argument(
         "--visibility-timeout",
@@ -782,6 +792,8 @@ def _server_settings(args: argparse.Namespace) -> Settings:
         key: value
         for key, value in {
             "database_url": args.database_url,
+            "database_pool_size": args.database_pool_size,
+            "database_max_overflow": args.database_max_overflow,
             "broker_url": args.broker_url,
             "visibility_timeout_s": args.visibility_timeout_s,
             "files_url": args.files_url,
@@ -995,7 +1007,15 @@ def _settings(args: argparse.Namespace, **sections: Any) -> Settings:
             data[name] = {**data.get(name, {}), **value}
         else:
             data[name] = value
-    return Settings.model_validate(data)
+    from pydantic import ValidationError
+
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        # the first bad setting, named as its option is (service.database_pool_size)
+        first = exc.errors()[0]
+        name = ".".join(str(part) for part in first["loc"])
+        raise InvalidInput(name, str(first["msg"])) from None
 
 
 if __name__ == "__main__":

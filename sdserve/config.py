@@ -202,7 +202,26 @@ class ServiceSettings(BaseModel):
     """The job service: database, queue, files, webhooks and safe input fetching."""
 
     database_url: str | None = Field(
-        default=None, description="SQLAlchemy URL; None = sqlite:///<data_dir>/sdserve.db"
+        default=None,
+        description="SQLAlchemy URL; None = sqlite:///<data_dir>/sdserve.db; PostgreSQL: "
+        "postgresql+psycopg://user:password@host/db (the cluster extra)",
+    )
+    database_pool_size: int = Field(
+        default=5,
+        ge=1,
+        le=1000,
+        description="connections each process keeps open to a PostgreSQL store (not SQLite)",
+    )
+    database_max_overflow: int = Field(
+        default=10,
+        ge=0,
+        le=1000,
+        description="connections a process may open beyond database_pool_size in a burst",
+    )
+    database_pool_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="wait for a free pooled connection before the request fails",
     )
     broker_url: str = Field(
         default="local://",

@@ -279,6 +279,8 @@ def serve(settings: Settings, *, run_worker: bool = True) -> int:
     if run_worker:
         check_weights_cached(registry, settings.engine)
     service = build_service(settings, registry, run_worker=run_worker)
+    # here, a database that cannot be reached is a clear error, not a start-up traceback
+    service.store.migrate()
     import uvicorn
 
     from sdserve.api.app import create_app

@@ -38,7 +38,7 @@ from sdserve.jobs.recovery import Recovery
 from sdserve.jobs.retention import Retention
 from sdserve.jobs.served import RegistryLike, ServedModels
 from sdserve.jobs.service import Endings, Service, ServiceParts
-from sdserve.jobs.store import Store, new_id, sqlite_url
+from sdserve.jobs.store import PoolSettings, Store, new_id, sqlite_url
 from sdserve.jobs.webhooks import SigningSecret, WebhookDispatcher
 from sdserve.jobs.worker import JobRunner, Predictor, PredictorSource
 
@@ -68,8 +68,14 @@ REAL_EDGES = Edges()
 
 def open_store(settings: Settings, *, on_webhook: Callable[[], None] | None = None) -> Store:
     """The job store at ``database_url`` (default: SQLite in the data folder)."""
+    service = settings.service
+    pool = PoolSettings(
+        size=service.database_pool_size,
+        max_overflow=service.database_max_overflow,
+        timeout_s=service.database_pool_timeout_s,
+    )
     return Store(
-        settings.service.database_url or sqlite_url(settings.data_dir), on_webhook=on_webhook
+        service.database_url or sqlite_url(settings.data_dir), pool=pool, on_webhook=on_webhook
     )
 
 

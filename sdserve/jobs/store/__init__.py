@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 from sqlalchemy.engine import Engine
 
-from sdserve.jobs.store.database import Database, new_id, sqlite_url, utcnow
+from sdserve.jobs.store.database import Database, PoolSettings, new_id, sqlite_url, utcnow
 from sdserve.jobs.store.files import FileRepository, StoredFile
 from sdserve.jobs.store.jobs import (
     Fence,
@@ -35,7 +35,7 @@ class Store:
     """The database of the job service and its repositories.
 
     ``on_webhook`` is called after a transaction that queued a webhook has committed (to
-    wake this process's dispatcher).
+    wake this process's dispatcher); ``pool`` sizes a server database's connection pool.
     """
 
     def __init__(
@@ -43,9 +43,10 @@ class Store:
         url: str,
         *,
         busy_timeout_ms: int = 10_000,
+        pool: PoolSettings | None = None,
         on_webhook: Callable[[], None] | None = None,
     ) -> None:
-        self.db = Database(url, busy_timeout_ms=busy_timeout_ms)
+        self.db = Database(url, busy_timeout_ms=busy_timeout_ms, pool=pool)
         self.jobs = JobRepository(self.db, on_webhook=on_webhook)
         self.files = FileRepository(self.db)
         self.outbox = OutboxRepository(self.db)
@@ -69,6 +70,7 @@ __all__ = [
     "JobRepository",
     "OutboxEntry",
     "OutboxRepository",
+    "PoolSettings",
     "RunState",
     "Store",
     "StoredFile",

@@ -163,7 +163,12 @@ class JobRepository:
         ``owner`` that has caps, :class:`RateLimited` is raised when it already has that
         many jobs waiting or processing. Both are counted in the same transaction, so
         concurrent requests cannot overshoot a bound."""
+        counted = max_queued is not None or (
+            owner is not None and (owner.max_queued, owner.max_running) != (None, None)
+        )
         with self._db.transaction(write=True) as conn:
+            if counted:
+                self._db.serialize(conn, "jobs.insert")
             if max_queued is not None and conn.execute(_COUNT_QUEUED).scalar_one() >= max_queued:
                 return False
             if owner is not None and (owner.max_queued, owner.max_running) != (None, None):

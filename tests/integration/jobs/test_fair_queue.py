@@ -8,6 +8,8 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
+import pytest
+
 from sdserve.domain.jobs import Status
 from sdserve.jobs.contract import Owner
 from sdserve.jobs.service import ended_line
@@ -15,6 +17,7 @@ from sdserve.models.results import GenerationResult
 from tests.integration.jobs.conftest import MakeService
 from tests.integration.jobs.fakes import FakePredictor
 
+pytestmark = pytest.mark.databases("sqlite", "postgresql")
 MODEL = "test/fake"
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
 from PIL import Image
 
 from sdserve.domain.jobs import FailureCode, JobKind, Status
@@ -20,6 +21,8 @@ from sdserve.jobs.service import Service
 from sdserve.models.results import GenerationResult
 from tests.integration.jobs.conftest import MakeService
 from tests.integration.jobs.fakes import FakePredictor
+
+pytestmark = pytest.mark.databases("sqlite", "postgresql")
 
 
 def wait(service: Service, job_id: str, timeout: float = 30) -> JobRecord:

@@ -5,11 +5,15 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime
 
+import pytest
+
 from sdserve.domain.jobs import FailureCode, JobKind, Status
 from sdserve.jobs.contract import JobRecord
 from sdserve.jobs.store import Store
 from tests.integration.jobs.conftest import MakeService
 from tests.integration.jobs.fakes import FakePredictor
+
+pytestmark = pytest.mark.databases("sqlite", "postgresql")
 
 
 def crashed_job(

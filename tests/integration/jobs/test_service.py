@@ -33,6 +33,9 @@ from tests.integration.jobs.fakes import FakePredictor
 
 REPLICATE_PROGRESS = re.compile(r"^\s*(\d+)%\s*\|.+?\|\s*(\d+)/(\d+)")
 
+#: the tests whose SQL matters run on PostgreSQL too (the rest: SQLite only)
+BOTH_DATABASES = pytest.mark.databases("sqlite", "postgresql")
+
 
 def wait(service: Service, job_id: str, timeout: float = 20) -> JobRecord:
     return asyncio.run(service.wait(job_id, timeout))
@@ -51,6 +54,7 @@ def png_data_uri(size: tuple[int, int] = (64, 64)) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
+@BOTH_DATABASES
 def test_job_runs_to_succeeded_with_outputs_logs_and_seed(make_service: MakeService) -> None:
     service = make_service()
     created = service.create("test/fake", {"prompt": "a cat", "num_outputs": 2, "seed": 41})
@@ -84,6 +88,7 @@ def test_random_seed_is_resolved_and_recorded(make_service: MakeService) -> None
     assert isinstance(seed, int) and f"seed: {seed}" in job.logs
 
 
+@BOTH_DATABASES
 def test_events_stream_progress_logs_output_and_done(make_service: MakeService) -> None:
     service = make_service(FakePredictor(step_delay=0.05))
     job = service.create("test/fake", {"prompt": "x", "num_inference_steps": 6})
@@ -277,6 +282,7 @@ def test_an_image_fetched_from_a_url_that_is_no_image_fails_cleanly(
     assert (job.error_code, job.error) == ("invalid_image", f"image: {NOT_AN_IMAGE}")
 
 
+@BOTH_DATABASES
 def test_queue_limit_raises_overloaded(make_service: MakeService) -> None:
     predictor = FakePredictor(step_delay=0.2)
     service = make_service(predictor, service={"max_queue": 2})
@@ -288,6 +294,7 @@ def test_queue_limit_raises_overloaded(make_service: MakeService) -> None:
     service.cancel(first.id)
 
 
+@BOTH_DATABASES
 def test_cancel_of_queued_job_is_immediate_and_it_never_runs(make_service: MakeService) -> None:
     predictor = FakePredictor(step_delay=0.1)
     service = make_service(predictor)
@@ -315,6 +322,7 @@ def test_cancel_of_running_job_stops_within_one_step(make_service: MakeService) 
     assert final.output is None
 
 
+@BOTH_DATABASES
 def test_a_cancel_flag_set_behind_the_services_back_is_seen(make_service: MakeService) -> None:
     """In-process cancels tell the worker at once; a flag written to the store by anything
     else is still read by the worker's safety poll."""
@@ -327,6 +335,7 @@ def test_a_cancel_flag_set_behind_the_services_back_is_seen(make_service: MakeSe
     assert predictor.steps_run[-1] < 100  # well before its 10 s end
 
 
+@BOTH_DATABASES
 def test_deadline_passed_before_start_aborts(make_service: MakeService) -> None:
     predictor = FakePredictor()
     service = make_service(predictor)
@@ -348,6 +357,7 @@ def test_deadline_while_running_cancels(make_service: MakeService) -> None:
     assert final.status is Status.CANCELED and "deadline passed" in final.logs
 
 
+@BOTH_DATABASES
 def test_uploaded_file_is_used_as_image_input(make_service: MakeService) -> None:
     predictor = FakePredictor()
     service = make_service(predictor)
@@ -367,6 +377,7 @@ def test_uploaded_file_is_used_as_image_input(make_service: MakeService) -> None
     assert image is not None and image.mode == "RGB" and mask is not None and mask.mode == "L"
 
 
+@BOTH_DATABASES
 def test_list_is_newest_first(make_service: MakeService) -> None:
     service = make_service()
     ids = [service.create("test/fake", {"prompt": str(i)}).id for i in range(3)]
@@ -382,6 +393,7 @@ def test_wait_answers_with_the_record_the_job_ended_with(make_service: MakeServi
     assert job.status is Status.SUCCEEDED and job == service.get(job.id)
 
 
+@BOTH_DATABASES
 def test_wait_looks_at_the_store_when_no_wake_comes(make_service: MakeService) -> None:
     """A job ended behind the service's back (no wake) is still seen, by the safety poll."""
     service = make_service(start=False)  # no worker: the job stays queued
@@ -414,6 +426,7 @@ def test_models_carry_the_input_schema(make_service: MakeService) -> None:
         service.model("test/fake:other")
 
 
+@BOTH_DATABASES
 def test_retention_removes_files_and_marks_jobs(make_service: MakeService) -> None:
     service = make_service(service={"retention_hours": 1})
     job = wait(service, service.create("test/fake", {"prompt": "x"}).id)

@@ -1,10 +1,15 @@
-"""The store on real SQLite: migrations, conditional transitions, pagination."""
+"""The store on real SQLite and a real PostgreSQL: migrations, conditional transitions,
+pagination, and the guarantees that must hold when writers race (claims, bounds, caps)."""
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 from alembic import command
@@ -12,18 +17,30 @@ from alembic.config import Config
 from sqlalchemy import insert, inspect
 
 from sdserve.domain.jobs import FailureCode, JobKind, Status
-from sdserve.errors import INTERNAL_ERROR_MESSAGE, JobNotFound
-from sdserve.jobs.contract import JobRecord, WebhookOptions
+from sdserve.errors import INTERNAL_ERROR_MESSAGE, JobNotFound, RateLimited
+from sdserve.jobs.contract import JobRecord, Owner, WebhookOptions
 from sdserve.jobs.store import Store, StoredFile, new_id, sqlite_url, utcnow
 from sdserve.jobs.store.database import MIGRATIONS_DIR
 from sdserve.jobs.store.jobs import JOBS
 
+pytestmark = pytest.mark.databases("sqlite", "postgresql")
+T = TypeVar("T")
+
 
 @pytest.fixture
-def store(tmp_path: Path) -> Store:
-    s = Store(sqlite_url(tmp_path / "data"))
+def store(database_url: str) -> Iterator[Store]:
+    s = Store(database_url)
     s.migrate()
-    return s
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def other_store(database_url: str) -> Iterator[Store]:
+    """The same database through a second engine and pool, as another process has it."""
+    s = Store(database_url)
+    yield s
+    s.close()
 
 
 def job(created_at: datetime | None = None) -> JobRecord:
@@ -47,6 +64,120 @@ def test_migrations_create_the_schema_idempotently(tmp_path: Path) -> None:
     with store.engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 10_000
+
+
+def test_migrations_run_from_an_empty_database(empty_database_url: str) -> None:
+    store = Store(empty_database_url)
+    store.migrate()
+    store.migrate()  # a second start-up is a no-op
+    tables = set(inspect(store.engine).get_table_names())
+    assert {"jobs", "files", "webhook_outbox", "alembic_version"} <= tables
+    with store.engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == (
+            _head_revision()
+        )
+    record = job()
+    store.jobs.insert(record)
+    assert store.jobs.get(record.id) == record
+    store.close()
+
+
+def test_processes_starting_together_migrate_an_empty_database_once(
+    empty_database_url: str,
+) -> None:
+    """An API and its workers started at once (compose, systemd) all migrate at start-up:
+    one of them migrates, the others wait and find the schema at its head."""
+    stores = [Store(empty_database_url) for _ in range(4)]
+    try:
+        race(4, lambda i: stores[i].migrate())
+        with stores[0].engine.connect() as conn:
+            versions = conn.exec_driver_sql("SELECT version_num FROM alembic_version").all()
+        assert [row[0] for row in versions] == [_head_revision()]
+    finally:
+        for store in stores:
+            store.close()
+
+
+def _head_revision() -> str:
+    from alembic.script import ScriptDirectory
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    head = ScriptDirectory.from_config(config).get_current_head()
+    assert head is not None
+    return head
+
+
+def race(count: int, action: Callable[[int], T]) -> list[T]:
+    """Run ``action(0..count-1)`` on ``count`` threads released at the same moment."""
+    start = threading.Barrier(count)
+
+    def run(index: int) -> T:
+        start.wait(timeout=30)
+        return action(index)
+
+    with ThreadPoolExecutor(max_workers=count) as pool:
+        return list(pool.map(run, range(count)))
+
+
+def test_two_runners_claiming_the_same_job_at_once_never_both_win(
+    store: Store, other_store: Store
+) -> None:
+    """Two workers (each with its own engine and pool, as two processes) claim every job
+    at the same moment: exactly one claim wins each time, and the job names that one."""
+    stores = (store, other_store)
+    for _ in range(20):
+        record = job()
+        store.jobs.insert(record)
+
+        def claim(index: int, job_id: str = record.id) -> JobRecord | None:
+            return stores[index % 2].jobs.claim(job_id, f"w{index}")
+
+        claims = race(4, claim)
+        winners = [f"w{i}" for i, claimed in enumerate(claims) if claimed is not None]
+        assert len(winners) == 1, winners
+        state = store.jobs.run_state(record.id)
+        assert (state.status, state.worker_id, state.attempts) == (
+            Status.PROCESSING,
+            winners[0],
+            1,
+        )
+
+
+def test_the_queue_bound_holds_when_inserts_race(store: Store, other_store: Store) -> None:
+    stores = (store, other_store)
+    accepted = race(12, lambda i: stores[i % 2].jobs.insert(job(), max_queued=5))
+    assert accepted.count(True) == 5
+    assert len(store.jobs.unfinished()) == 5
+
+
+def test_a_callers_queued_cap_holds_when_inserts_race(store: Store, other_store: Store) -> None:
+    stores = (store, other_store)
+    alice = Owner("alice", max_queued=3)
+
+    def create(index: int) -> bool:
+        record = replace(job(), owner="alice")
+        try:
+            return stores[index % 2].jobs.insert(record, owner=alice)
+        except RateLimited:
+            return False
+
+    assert race(10, create).count(True) == 3
+    assert len(store.jobs.unfinished()) == 3
+
+
+def test_a_callers_caps_count_only_its_own_unfinished_jobs(store: Store) -> None:
+    alice = Owner("alice", max_queued=1, max_running=1)
+    running = replace(job(), owner="alice")
+    assert store.jobs.insert(running, owner=alice)
+    with pytest.raises(RateLimited, match="max_queued"):
+        store.jobs.insert(replace(job(), owner="alice"), owner=alice)
+    assert store.jobs.insert(replace(job(), owner="bob"), owner=Owner("bob", max_queued=1))
+    store.jobs.claim(running.id, "w")  # alice: one running, none queued
+    with pytest.raises(RateLimited, match="max_running"):
+        store.jobs.insert(replace(job(), owner="alice"), owner=alice)
+    store.jobs.transition(running.id, Status.SUCCEEDED)
+    assert store.jobs.insert(replace(job(), owner="alice"), owner=alice)
 
 
 def test_round_trip_keeps_every_field(store: Store) -> None:
@@ -110,9 +241,9 @@ def test_output_files_are_recorded_with_the_terminal_transition(store: Store) ->
     assert store.files.get("late.png") is not None  # no stored file is left without its row
 
 
-def test_on_webhook_is_called_only_when_a_webhook_was_queued(tmp_path: Path) -> None:
+def test_on_webhook_is_called_only_when_a_webhook_was_queued(database_url: str) -> None:
     calls: list[str] = []
-    store = Store(sqlite_url(tmp_path), on_webhook=lambda: calls.append("wake"))
+    store = Store(database_url, on_webhook=lambda: calls.append("wake"))
     store.migrate()
     plain = job()
     hooked = replace(job(), webhook=WebhookOptions("http://hook.test/", frozenset({"start"})))
@@ -122,6 +253,7 @@ def test_on_webhook_is_called_only_when_a_webhook_was_queued(tmp_path: Path) -> 
         store.jobs.transition(record.id, Status.SUCCEEDED)
     assert calls == ["wake"]  # the start webhook of the hooked job; it wants no completed
     assert [row.event for row in store.outbox.of_job(hooked.id)] == ["start"]
+    store.close()
 
 
 def test_terminal_state_is_never_overwritten(store: Store) -> None:
@@ -205,8 +337,8 @@ def _alembic(store: Store, action: str, revision: str) -> None:
         conn.commit()
 
 
-def test_migration_0005_splits_the_old_error_text_once(tmp_path: Path) -> None:
-    store = Store(sqlite_url(tmp_path))
+def test_migration_0005_splits_the_old_error_text_once(empty_database_url: str) -> None:
+    store = Store(empty_database_url)
     _alembic(store, "upgrade", "0004")
     old = {  # status, error as versions before 0005 wrote them
         "oom": ("failed", "insufficient_gpu_memory: CUDA out of memory: tried 2 GiB"),
@@ -253,6 +385,7 @@ def test_migration_0005_splits_the_old_error_text_once(tmp_path: Path) -> None:
     assert rows["oom"] == "insufficient_gpu_memory: CUDA out of memory: tried 2 GiB"
     assert rows["late"] == "deadline passed before the job started"
     assert rows["fine"] is None
+    store.close()
 
 
 def test_round_trip_keeps_the_failure_code(store: Store) -> None:

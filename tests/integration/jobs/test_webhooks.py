@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 import httpx
+import pytest
 from standardwebhooks import Webhook
 
 from sdserve.domain.jobs import Status
@@ -18,6 +19,8 @@ from sdserve.jobs.service import Service
 from tests.integration.jobs.conftest import MakeService
 from tests.integration.jobs.fakes import FakePredictor
 from tests.local_server import DRIP_BYTES, DRIP_S, local_server
+
+pytestmark = pytest.mark.databases("sqlite", "postgresql")
 
 URL = "http://127.0.0.1:9999/hook"  # loopback receivers must be allowed for webhooks
 
