@@ -769,6 +769,13 @@ def _add_worker(commands: Any) -> None:
         metavar="PORT",
         help=described(ServiceSettings, "worker_metrics_port"),
     )
+    worker.add_argument(
+        "--shutdown-grace",
+        dest="shutdown_grace_s",
+        type=float,
+        metavar="SECONDS",
+        help=described(ServiceSettings, "shutdown_grace_s"),
+    )
     worker.set_defaults(run=run_worker)
 
 
@@ -800,6 +807,7 @@ def _server_settings(args: argparse.Namespace) -> Settings:
             "s3_endpoint_url": args.s3_endpoint_url,
             "outbound_allow": getattr(args, "outbound_allow", None),
             "worker_metrics_port": getattr(args, "worker_metrics_port", None),
+            "shutdown_grace_s": getattr(args, "shutdown_grace_s", None),
         }.items()
         if value is not None
     }

@@ -288,6 +288,14 @@ class ServiceSettings(BaseModel):
         description="'sdserve worker' serves its Prometheus metrics (step and run times, "
         "accelerator memory, and the store's counts) on this port of --host; None = off",
     )
+    shutdown_grace_s: float = Field(
+        default=10.0,
+        ge=0,
+        description="on SIGTERM/SIGINT 'sdserve worker' takes no new job and lets the running "
+        "one go on this long; a run still going then stops at its next step and its job goes "
+        "back to the queue (from step 0, on another worker); keep it under the orchestrator's "
+        "grace period",
+    )
     fetch_max_bytes: int = Field(default=50 * 1024 * 1024, ge=1024)
     fetch_timeout_s: float = Field(
         default=30.0, gt=0, description="deadline of one input fetch, redirects and body included"

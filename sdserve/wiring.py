@@ -38,6 +38,7 @@ from sdserve.jobs.recovery import Recovery
 from sdserve.jobs.retention import Retention
 from sdserve.jobs.served import RegistryLike, ServedModels
 from sdserve.jobs.service import Endings, Service, ServiceParts
+from sdserve.jobs.shutdown import Shutdown
 from sdserve.jobs.store import PoolSettings, Store, new_id, sqlite_url
 from sdserve.jobs.webhooks import SigningSecret, WebhookDispatcher
 from sdserve.jobs.worker import JobRunner, Predictor, PredictorSource
@@ -106,15 +107,22 @@ def file_store_from_url(settings: Settings) -> FileStore:
 
 
 def make_queue(
-    broker_url: str, handler: Handler | None = None, *, visibility_timeout_s: float = 3600.0
+    broker_url: str,
+    handler: Handler | None = None,
+    *,
+    visibility_timeout_s: float = 3600.0,
+    shutdown: Shutdown | None = None,
 ) -> JobQueue:
-    """The queue for ``broker_url``; without a ``handler`` it can only enqueue."""
+    """The queue for ``broker_url``; without a ``handler`` it can only enqueue.
+    ``shutdown``: the grace period of a ``sdserve worker`` (Celery queues only)."""
     if broker_url.startswith(LOCAL_BROKER):
         return LocalQueue(handler)
     # Celery is imported only for a broker that needs it
     from sdserve.jobs.celery_queue import CeleryQueue
 
-    return CeleryQueue(broker_url, handler, visibility_timeout_s=visibility_timeout_s)
+    return CeleryQueue(
+        broker_url, handler, visibility_timeout_s=visibility_timeout_s, shutdown=shutdown
+    )
 
 
 def cpu_threads(setting: int, *, beside_api: bool, default: int) -> int | None:
@@ -200,6 +208,7 @@ def _runner(
     endings: Endings,
     recovery: Recovery,
     metrics: RunMetrics,
+    shutdown: Shutdown | None = None,
 ) -> tuple[JobRunner, JobQueue]:
     """A runner and the queue it consumes. The runner's batches wait on that queue's
     arrivals and the queue hands its jobs to the runner, so the queue's handler reaches
@@ -210,6 +219,7 @@ def _runner(
         config.broker_url,
         lambda job_id: runner.run(job_id),
         visibility_timeout_s=config.visibility_timeout_s,
+        shutdown=shutdown,
     )
     runner = JobRunner(
         io.store,
@@ -233,6 +243,7 @@ def _runner(
         # more recently may be alive, and only the Celery queue can deliver again later
         lease_s=None if embedded else config.visibility_timeout_s,
         recheck=getattr(queue, "enqueue_later", None),
+        shutdown=shutdown,
     )
     metrics.watch_memory(accelerator_memory_bytes)
     return runner, queue
@@ -372,6 +383,8 @@ def build_worker(
         endings=endings,
         recovery=recovery,
         metrics=run_metrics,
+        # SIGTERM: the running job goes on this long at most, then goes back to the queue
+        shutdown=Shutdown(settings.service.shutdown_grace_s),
     )
     return Worker(
         io.store,

@@ -20,6 +20,14 @@ Celery as it is meant to be used for long GPU jobs:
   therefore has its job redelivered after this timeout, not earlier: the redelivery is
   kombu's restore pass, which every worker's event loop runs while it waits for a task,
   every :data:`RESTORE_INTERVAL_S` here (kombu's default scans Redis only every 100 s).
+
+On SIGTERM or SIGINT a ``sdserve worker`` does Celery's warm shutdown (no new message is
+taken) and starts its :class:`~sdserve.jobs.shutdown.Shutdown` grace period, through
+Celery's ``worker_shutting_down`` signal. A job the runner gives back raises
+:class:`~sdserve.jobs.shutdown.JobRequeued`, which the task turns into
+``Reject(requeue=True)``: with ``acks_late`` the message is still unacknowledged, and a
+reject with requeue puts it back at the head of the queue (kombu's Redis transport), so
+the job keeps its place and is not delivered twice.
 """
 
 from __future__ import annotations
@@ -27,11 +35,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from typing import Any
 
-from celery import Celery
+from celery import Celery, signals
+from celery.exceptions import Reject
 from celery.worker import WorkController
 
 from sdserve.jobs.queue import Handler
+from sdserve.jobs.shutdown import JobRequeued, Shutdown
 from sdserve.jobs.store import new_id
 
 log = logging.getLogger(__name__)
@@ -94,7 +105,10 @@ def make_celery(
     def run_job(job_id: str) -> None:
         if handler is None:
             raise RuntimeError("this process only enqueues jobs; no worker handler is set")
-        handler(job_id)
+        try:
+            handler(job_id)
+        except JobRequeued as given_back:
+            raise Reject(str(given_back), requeue=True) from given_back
 
     return app
 
@@ -113,7 +127,10 @@ class CeleryQueue:
         handler: Handler | None = None,
         *,
         visibility_timeout_s: float = DEFAULT_VISIBILITY_TIMEOUT_S,
+        shutdown: Shutdown | None = None,
     ) -> None:
+        """``shutdown``: the grace period :meth:`run` starts on SIGTERM/SIGINT."""
+        self.shutdown = shutdown
         self.app = make_celery(broker_url, handler, visibility_timeout_s=visibility_timeout_s)
         self._shared = not is_memory_broker(broker_url)
         self._arrived = threading.Condition()
@@ -181,5 +198,16 @@ class CeleryQueue:
         self._thread = None
 
     def run(self) -> None:
-        worker = self.app.Worker(pool="solo", concurrency=1, loglevel="INFO")
-        worker.start()
+        shutdown = self.shutdown
+
+        def shutting_down(**_signal: Any) -> None:
+            # called in Celery's signal handler, on the thread running the job: no I/O
+            if shutdown is not None:
+                shutdown.begin()
+
+        signals.worker_shutting_down.connect(shutting_down, weak=False)
+        try:
+            worker = self.app.Worker(pool="solo", concurrency=1, loglevel="INFO")
+            worker.start()
+        finally:
+            signals.worker_shutting_down.disconnect(shutting_down)

@@ -49,11 +49,14 @@ class RunTracker:
         flagged: Callable[[], bool] = lambda: False,
         step_done: Callable[[], None] = lambda: None,
         fence: Fence | None = None,
+        shutdown_due: Callable[[], bool] = lambda: False,
     ) -> None:
         """``flagged()`` is true when this process was told the job's flags changed;
         ``step_done()`` is called at the end of every step (the step-time metric).
         ``fence``: the claim of this run; its writes pass only while it owns the job, and
-        a run that lost it (taken over by another worker) stops like a canceled one."""
+        a run that lost it (taken over by another worker) stops like a canceled one.
+        ``shutdown_due()``: the worker is stopping and its grace period is nearly over:
+        the run stops like a canceled one and its job is given back (:attr:`yielded`)."""
         self._jobs = jobs
         self._step_done = step_done
         self.job_id = job_id
@@ -72,6 +75,9 @@ class RunTracker:
         self.deadline_passed = False
         #: another run owns the job now: this one must write nothing more
         self.superseded = False
+        self._shutdown_due = shutdown_due
+        #: the run stopped because its worker is shutting down: the job goes back to the queue
+        self.yielded = False
 
     # -- what the run says -----------------------------------------------------------
 
@@ -161,9 +167,13 @@ class RunTracker:
     # -- whether it should stop ------------------------------------------------------
 
     def should_cancel(self) -> bool:
-        """The deadline passed, or a cancel was asked (read at most every ``poll_s``)."""
+        """The deadline passed, the worker's shutdown grace is nearly over, or a cancel
+        was asked (read at most every ``poll_s``)."""
         if self.deadline is not None and datetime.now(UTC) >= self.deadline:
             self.deadline_passed = True
+            return True
+        if self._shutdown_due():
+            self.yielded = True
             return True
         now = time.monotonic()
         if not self._cancel and (now - self._last_check >= self._poll_s or self._flagged()):

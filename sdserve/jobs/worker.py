@@ -47,6 +47,7 @@ from sdserve.jobs.progress import (
     RunTracker,
 )
 from sdserve.jobs.served import RegistryLike
+from sdserve.jobs.shutdown import JobRequeued, Shutdown
 from sdserve.jobs.store import (
     Fence,
     JobRepository,
@@ -127,6 +128,7 @@ class JobRunner:
         metrics: RunMetrics | None = None,
         lease_s: float | None = None,
         recheck: Callable[[str, float], None] | None = None,
+        shutdown: Shutdown | None = None,
     ) -> None:
         """``on_change(record)``: a job this runner claimed or ended, as it is now.
         ``lost_job_policy(job_id)``: what to do with a job found ``processing`` under a
@@ -135,7 +137,10 @@ class JobRunner:
         it). ``limits``: the operator's, for the pixel limit of fetched images.
         ``lease_s``: how long a claimed run is presumed alive (None: a delivery of a
         ``processing`` job always takes it over, as after a crash of this process);
-        ``recheck(job_id, delay_s)``: deliver the job's task again after ``delay_s``."""
+        ``recheck(job_id, delay_s)``: deliver the job's task again after ``delay_s``.
+        ``shutdown``: this worker's warm shutdown (``sdserve worker``): once it is asked
+        no job is claimed, and a run still going when the grace period is nearly over is
+        stopped and its job given back (:class:`JobRequeued` tells the queue)."""
         self.store = store
         self.limits = limits or InputLimits()
         self.metrics = metrics
@@ -159,6 +164,7 @@ class JobRunner:
         self._flagged: set[str] = set()
         self.lease_s = lease_s
         self.recheck = recheck
+        self.shutdown = shutdown
         #: the claim of each job this runner is running: what its writes must match
         self._fences: dict[str, Fence] = {}
 
@@ -195,8 +201,18 @@ class JobRunner:
         """Run one job to a terminal state; None if there is no such job.
 
         A job that is no longer ``starting`` (canceled while queued, or a duplicate
-        delivery of the task) is left as it is.
+        delivery of the task) is left as it is. While this worker shuts down, a job is not
+        claimed, and one whose run it stopped is given back: both raise
+        :class:`JobRequeued`, so its task goes back to the broker.
         """
+        if self.shutdown is not None and self.shutdown.draining:
+            raise JobRequeued(job_id)
+        status = self._run(job_id)
+        if status is Status.STARTING and self.shutdown is not None and self.shutdown.draining:
+            raise JobRequeued(job_id)
+        return status
+
+    def _run(self, job_id: str) -> Status | None:
         record = self.claim(job_id)
         if record is None:
             status = self._unclaimed(job_id)
@@ -246,6 +262,7 @@ class JobRunner:
                 self.metrics.step_clock(record.model) if self.metrics is not None else _no_step
             ),
             fence=self._fences.get(record.id),
+            shutdown_due=self.shutdown.due if self.shutdown is not None else lambda: False,
         )
 
     def guarded(self, job_id: str, tracker: RunTracker, work: Callable[[], Status]) -> Status:
@@ -319,7 +336,10 @@ class JobRunner:
         )
 
     def cancel(self, job_id: str, tracker: RunTracker) -> Status:
-        """End a run that was canceled (or whose deadline passed) ``canceled``."""
+        """End a run that was canceled (or whose deadline passed) ``canceled``; a run
+        stopped by this worker's shutdown gives its job back instead."""
+        if tracker.yielded and not tracker.superseded:
+            return self.give_back(job_id, tracker)
         return self.finish(job_id, Status.CANCELED, tracker=tracker, logs=tracker.cancel_line())
 
     def finish(
@@ -361,6 +381,24 @@ class JobRunner:
         if self.metrics is not None and record.started_at and record.completed_at:
             seconds = (record.completed_at - record.started_at).total_seconds()
             self.metrics.run_ended(record.model, record.status, seconds)
+        self.on_change(record)
+        return record.status
+
+    def give_back(self, job_id: str, tracker: RunTracker) -> Status:
+        """Put the job of a run stopped by this worker's shutdown back to ``starting``
+        (its status afterwards): it runs again from step 0 on another worker."""
+        self._flagged.discard(job_id)
+        fence = self._fences.pop(job_id, None)
+        if fence is None:  # every claimed run has one; without, end it like a cancel
+            return self.finish(job_id, Status.CANCELED, tracker=tracker, logs="canceled\n")
+        if self._trainer is not None and fence.holds(self.jobs.run_state(job_id)):
+            self._trainer.discard(job_id)  # the next run starts its own folder
+        unwritten, _columns = tracker.unwritten()
+        note = "worker shutting down: back in the queue, the job starts again from step 0\n"
+        record = self.jobs.give_back(job_id, fence, append_logs=unwritten + note)
+        if record is None:
+            return self.jobs.get(job_id).status
+        log.info("job %s given back to the queue: this worker is shutting down", job_id)
         self.on_change(record)
         return record.status
 

@@ -286,6 +286,26 @@ class JobRepository:
         )
         return moved is not None
 
+    def give_back(self, job_id: str, fence: Fence, *, append_logs: str = "") -> JobRecord | None:
+        """A run stopped by its worker's shutdown puts its job back to ``starting`` while it
+        still owns it: the job as it is then, or None (another run owns it, or it ended).
+
+        The attempt is not counted: the run was not lost, and a job given back at every
+        rolling restart must not fail ``worker_lost`` for it. The fence stays sound since a
+        worker's id is unique to its process, which gives the job back only as it stops.
+        """
+        return self.transition(
+            job_id,
+            Status.STARTING,
+            append_logs=append_logs,
+            fence=fence,
+            worker_id=None,
+            progress_step=None,
+            progress_total=None,
+            preview=None,
+            attempts=JOBS.c.attempts - 1,
+        )
+
     def request_cancel(self, job_id: str) -> bool:
         """Flag a running job; its worker stops at the next step. False if not running."""
         return self._flag_running(job_id, cancel_requested=True)
