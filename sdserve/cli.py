@@ -652,6 +652,20 @@ def _add_queue_options(parser: argparse.ArgumentParser) -> None:
         help=described(ServiceSettings, "visibility_timeout_s"),
     )
     parser.add_argument(
+        "--lease",
+        type=float,
+        metavar="SECONDS",
+        dest="lease_s",
+        help=described(ServiceSettings, "lease_s"),
+    )
+    parser.add_argument(
+        "--job-attempts",
+        type=int,
+        metavar="N",
+        dest="job_attempts",
+        help=described(ServiceSettings, "job_attempts"),
+    )
+    parser.add_argument(
         "--storage-url",
         dest="files_url",
         metavar="URL",
@@ -803,6 +817,8 @@ def _server_settings(args: argparse.Namespace) -> Settings:
             "database_max_overflow": args.database_max_overflow,
             "broker_url": args.broker_url,
             "visibility_timeout_s": args.visibility_timeout_s,
+            "lease_s": args.lease_s,
+            "job_attempts": args.job_attempts,
             "files_url": args.files_url,
             "s3_endpoint_url": args.s3_endpoint_url,
             "outbound_allow": getattr(args, "outbound_allow", None),

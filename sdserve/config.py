@@ -252,6 +252,13 @@ class ServiceSettings(BaseModel):
     job_attempts: int = Field(
         default=2, ge=1, description="runs of a job whose worker died before it fails worker_lost"
     )
+    lease_s: float = Field(
+        default=20.0,
+        ge=3,
+        description="with a shared broker a running job's worker renews its lease every "
+        "third of this; a job whose lease is older lost its worker and is re-queued (or "
+        "failed worker_lost after job_attempts runs) by any worker or API process",
+    )
     retention_hours: float = Field(
         default=0, ge=0, description="delete inputs/outputs this long after completion; 0 = keep"
     )

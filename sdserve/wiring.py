@@ -31,6 +31,7 @@ from sdserve.errors import InvalidInput
 from sdserve.jobs.batching import Batcher, BatchPolicy
 from sdserve.jobs.fetch import InputFetcher
 from sdserve.jobs.files import FileStore, LocalFileStore
+from sdserve.jobs.leases import LeaseKeeper
 from sdserve.jobs.metrics import RunMetrics, accelerator_memory_bytes, service_registry
 from sdserve.jobs.outbound import OutboundPolicy, Resolver
 from sdserve.jobs.queue import LOCAL_BROKER, Handler, JobQueue, LocalQueue, is_embedded
@@ -38,7 +39,7 @@ from sdserve.jobs.recovery import Recovery
 from sdserve.jobs.retention import Retention
 from sdserve.jobs.served import RegistryLike, ServedModels
 from sdserve.jobs.service import Endings, Service, ServiceParts
-from sdserve.jobs.shutdown import Shutdown
+from sdserve.jobs.shutdown import ExitWatchdog, Shutdown
 from sdserve.jobs.store import PoolSettings, Store, new_id, sqlite_url
 from sdserve.jobs.webhooks import SigningSecret, WebhookDispatcher
 from sdserve.jobs.worker import JobRunner, Predictor, PredictorSource
@@ -239,9 +240,9 @@ def _runner(
         flags_notified=embedded,
         limits=settings.limits.input_limits(),
         metrics=metrics,
-        # a shared broker redelivers a task after its visibility timeout: a run claimed
-        # more recently may be alive, and only the Celery queue can deliver again later
-        lease_s=None if embedded else config.visibility_timeout_s,
+        # a shared broker may deliver a task again: a run whose lease holds is alive, and
+        # only the Celery queue can deliver again later
+        lease_s=None if embedded else config.lease_s,
         recheck=getattr(queue, "enqueue_later", None),
         shutdown=shutdown,
     )
@@ -271,7 +272,13 @@ def build_service(
     io = _io(settings, edges, on_webhook=webhooks_due.set)
     secret = SigningSecret(config.webhook_secret_file or settings.data_dir / "webhook_secret")
     endings = Endings()
-    recovery = Recovery(io.store.jobs, attempts=config.job_attempts, on_end=endings.changed)
+    embedded = is_embedded(config.broker_url)
+    recovery = Recovery(
+        io.store.jobs,
+        attempts=config.job_attempts,
+        on_end=endings.changed,
+        lease_s=None if embedded else config.lease_s,
+    )
     metrics, run_metrics = service_registry(io.store)
     runner: JobRunner | None = None
     if predictor is None:
@@ -320,6 +327,15 @@ def build_service(
         endings=endings,
         runner=runner,
         metrics=metrics,
+        leases=None
+        if embedded
+        else LeaseKeeper(
+            io.store.jobs,
+            recovery,
+            lease_s=config.lease_s,
+            enqueue=queue.enqueue,
+            running=runner.running if runner is not None else tuple,
+        ),
     )
     return Service(settings, parts)
 
@@ -334,6 +350,10 @@ class Worker:
     runner: JobRunner
     #: its run metrics and the store's, served on ``metrics_port`` (None: not served)
     metrics: CollectorRegistry
+    #: renews its runs' leases and takes back the jobs of lapsed ones (any worker's)
+    leases: LeaseKeeper
+    #: ends the process if a SIGTERM's stop overruns its grace period
+    watchdog: ExitWatchdog
     metrics_port: int | None = None
     metrics_host: str = "127.0.0.1"
 
@@ -345,9 +365,13 @@ class Worker:
                 self.metrics_port, self.metrics_host, registry=self.metrics
             )
         self.runner.discard_leftovers()
+        self.leases.start()
+        self.watchdog.start()
         try:
             self.queue.run()
         finally:
+            self.watchdog.stop()
+            self.leases.stop()
             if exporter is not None:
                 exporter.shutdown()
                 exporter.server_close()
@@ -368,10 +392,12 @@ def build_worker(
             "broker_url", "a separate worker needs a shared broker such as redis://host:6379/0"
         )
     io = _io(settings, edges)
+    config = settings.service
     endings = Endings()  # no waiters here: the ended jobs' lines
     recovery = Recovery(
-        io.store.jobs, attempts=settings.service.job_attempts, on_end=endings.changed
+        io.store.jobs, attempts=config.job_attempts, on_end=endings.changed, lease_s=config.lease_s
     )
+    shutdown = Shutdown(config.shutdown_grace_s)
     metrics, run_metrics = service_registry(io.store)
     runner, queue = _runner(
         settings,
@@ -384,13 +410,22 @@ def build_worker(
         recovery=recovery,
         metrics=run_metrics,
         # SIGTERM: the running job goes on this long at most, then goes back to the queue
-        shutdown=Shutdown(settings.service.shutdown_grace_s),
+        shutdown=shutdown,
+    )
+    leases = LeaseKeeper(
+        io.store.jobs,
+        recovery,
+        lease_s=config.lease_s,
+        enqueue=queue.enqueue,
+        running=runner.running,
     )
     return Worker(
         io.store,
         queue,
         runner,
         metrics,
-        metrics_port=settings.service.worker_metrics_port,
+        leases=leases,
+        watchdog=ExitWatchdog(shutdown, lambda: bool(runner.running())),
+        metrics_port=config.worker_metrics_port,
         metrics_host=settings.api.host,
     )

@@ -40,6 +40,7 @@ from sdserve.jobs.fetch import InputFetcher, sniff_image_type
 from sdserve.jobs.files import FileStore, new_key
 from sdserve.jobs.finished import FinishedJobs
 from sdserve.jobs.images import decode_image
+from sdserve.jobs.leases import LeaseKeeper
 from sdserve.jobs.metrics import service_registry
 from sdserve.jobs.outbound import OutboundError
 from sdserve.jobs.queue import JobQueue, is_embedded
@@ -113,6 +114,8 @@ class ServiceParts:
     runner: JobRunner | None = None
     #: what ``/metrics`` shows: the store's counts, and this process's runs if it has a worker
     metrics: CollectorRegistry | None = None
+    #: with a shared broker: renews this process's runs' leases, takes back lapsed ones
+    leases: LeaseKeeper | None = None
 
 
 class Service:
@@ -130,6 +133,7 @@ class Service:
         self.webhooks = parts.webhooks
         self.recovery = parts.recovery
         self.retention = parts.retention
+        self.leases = parts.leases
         self.endings = parts.endings
         self.registry = parts.metrics or service_registry(parts.store)[0]
         self._secret = parts.secret
@@ -160,6 +164,8 @@ class Service:
             self._consuming = True
         self.webhooks.start()
         self.retention.start()
+        if self.leases is not None:
+            self.leases.start()
         self._started = True
 
     def close(self, timeout: float = 30.0) -> None:
@@ -167,6 +173,8 @@ class Service:
         if self._consuming:
             self.queue.stop(timeout)
             self._consuming = False
+        if self.leases is not None:
+            self.leases.stop()
         self.webhooks.stop()
         self.retention.stop()
         self.store.close()

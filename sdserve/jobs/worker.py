@@ -11,10 +11,10 @@ claimed jobs as one batch.
 
 Every write of a run is fenced by its claim (:class:`sdserve.jobs.store.Fence`): a run
 whose job another worker has taken over stops at its next step and writes nothing. A task
-delivered for a job that is already ``processing`` takes it over only when the run's claim
-is older than ``lease_s`` (the broker's visibility timeout, longer than any job): before
-that the first run may be alive, so the delivery is a duplicate, and it only asks to be
-delivered again when that lease ends (``recheck``), in case the first run was lost.
+delivered for a job that is already ``processing`` takes it over only when the run's lease
+lapsed (no heartbeat for ``lease_s``, :mod:`sdserve.jobs.leases`): before that the first
+run is alive, so the delivery is a duplicate, and it only asks to be delivered again when
+that lease would lapse (``recheck``), in case the first run was lost.
 """
 
 from __future__ import annotations
@@ -135,8 +135,9 @@ class JobRunner:
         dead worker. ``flags_notified``: every cancel/stop request reaches
         :meth:`flags_changed` (the API runs in this process and no other process serves
         it). ``limits``: the operator's, for the pixel limit of fetched images.
-        ``lease_s``: how long a claimed run is presumed alive (None: a delivery of a
-        ``processing`` job always takes it over, as after a crash of this process);
+        ``lease_s``: how long a run is presumed alive after its last heartbeat (None: a
+        delivery of a ``processing`` job always takes it over, as after a crash of this
+        process);
         ``recheck(job_id, delay_s)``: deliver the job's task again after ``delay_s``.
         ``shutdown``: this worker's warm shutdown (``sdserve worker``): once it is asked
         no job is claimed, and a run still going when the grace period is nearly over is
@@ -189,6 +190,10 @@ class JobRunner:
                     raise InvalidInput("kind", "this worker does not run trainings")
                 self._trainer = self._trainer_factory()
             return self._trainer
+
+    def running(self) -> list[tuple[str, Fence]]:
+        """The job id and claim of each run going on here (the leases to renew)."""
+        return list(self._fences.items())
 
     def flags_changed(self, job_id: str) -> None:
         """A cancel or stop of ``job_id`` was written to the store: its run reads the flags
@@ -472,15 +477,16 @@ class JobRunner:
         return record.status
 
     def _owner_may_be_alive(self, job_id: str) -> bool:
-        """A ``processing`` job whose run claimed it less than ``lease_s`` ago: this
-        delivery is a duplicate (the run may be alive) and must not write; it is checked
-        again when the lease ends, when a run still going is presumed lost."""
+        """A ``processing`` job whose run renewed its lease less than ``lease_s`` ago:
+        this delivery is a duplicate (the run is alive) and must not write; it is checked
+        again when the lease would lapse, when a run that stopped is presumed lost."""
         if self.lease_s is None:
             return False
         state = self.jobs.run_state(job_id)
-        if state.claimed_at is None:  # claimed before claims were timed: presume lost
+        alive_at = state.last_sign_of_life
+        if alive_at is None:  # claimed before claims were timed: presume lost
             return False
-        left = self.lease_s - (datetime.now(UTC) - state.claimed_at).total_seconds()
+        left = self.lease_s - (datetime.now(UTC) - alive_at).total_seconds()
         if left <= 0:
             return False
         log.warning(

@@ -23,6 +23,8 @@ from sdserve.jobs.store.files import FileRepository, StoredFile
 from sdserve.jobs.store.jobs import (
     Fence,
     JobRepository,
+    Lapse,
+    LapsedRun,
     RunState,
     decode_cursor,
     encode_cursor,
@@ -68,6 +70,8 @@ __all__ = [
     "Fence",
     "FileRepository",
     "JobRepository",
+    "Lapse",
+    "LapsedRun",
     "OutboxEntry",
     "OutboxRepository",
     "PoolSettings",
