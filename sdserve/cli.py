@@ -790,6 +790,20 @@ def _add_worker(commands: Any) -> None:
         metavar="SECONDS",
         help=described(ServiceSettings, "shutdown_grace_s"),
     )
+    worker.add_argument(
+        "--backoff-after-failures",
+        dest="backoff_after_failures",
+        type=int,
+        metavar="N",
+        help=described(ServiceSettings, "backoff_after_failures"),
+    )
+    worker.add_argument(
+        "--backoff",
+        dest="backoff_s",
+        type=float,
+        metavar="SECONDS",
+        help=described(ServiceSettings, "backoff_s"),
+    )
     worker.set_defaults(run=run_worker)
 
 
@@ -824,6 +838,8 @@ def _server_settings(args: argparse.Namespace) -> Settings:
             "outbound_allow": getattr(args, "outbound_allow", None),
             "worker_metrics_port": getattr(args, "worker_metrics_port", None),
             "shutdown_grace_s": getattr(args, "shutdown_grace_s", None),
+            "backoff_after_failures": getattr(args, "backoff_after_failures", None),
+            "backoff_s": getattr(args, "backoff_s", None),
         }.items()
         if value is not None
     }

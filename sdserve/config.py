@@ -303,6 +303,19 @@ class ServiceSettings(BaseModel):
         "back to the queue (from step 0, on another worker); keep it under the orchestrator's "
         "grace period",
     )
+    backoff_after_failures: int = Field(
+        default=3,
+        ge=1,
+        description="'sdserve worker' whose jobs fail this many times in a row for faults "
+        "of its own (a model it cannot load, an engine error, its storage) backs off: it "
+        "releases such a job to other workers and takes none for a pause, then tries again",
+    )
+    backoff_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="the first pause of a worker that backs off; it doubles at each further "
+        "failure, up to 32 times this, and a success ends the backoff",
+    )
     fetch_max_bytes: int = Field(default=50 * 1024 * 1024, ge=1024)
     fetch_timeout_s: float = Field(
         default=30.0, gt=0, description="deadline of one input fetch, redirects and body included"

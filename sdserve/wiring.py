@@ -28,6 +28,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 
 from sdserve.config import Settings
 from sdserve.errors import InvalidInput
+from sdserve.jobs.backoff import WorkerHealth
 from sdserve.jobs.batching import Batcher, BatchPolicy
 from sdserve.jobs.fetch import InputFetcher
 from sdserve.jobs.files import FileStore, LocalFileStore
@@ -113,16 +114,22 @@ def make_queue(
     *,
     visibility_timeout_s: float = 3600.0,
     shutdown: Shutdown | None = None,
+    health: WorkerHealth | None = None,
 ) -> JobQueue:
     """The queue for ``broker_url``; without a ``handler`` it can only enqueue.
-    ``shutdown``: the grace period of a ``sdserve worker`` (Celery queues only)."""
+    ``shutdown``: the grace period of a ``sdserve worker``, ``health``: its backoff
+    (Celery queues only)."""
     if broker_url.startswith(LOCAL_BROKER):
         return LocalQueue(handler)
     # Celery is imported only for a broker that needs it
     from sdserve.jobs.celery_queue import CeleryQueue
 
     return CeleryQueue(
-        broker_url, handler, visibility_timeout_s=visibility_timeout_s, shutdown=shutdown
+        broker_url,
+        handler,
+        visibility_timeout_s=visibility_timeout_s,
+        shutdown=shutdown,
+        pause_left=health.pause_left if health is not None else None,
     )
 
 
@@ -210,6 +217,7 @@ def _runner(
     recovery: Recovery,
     metrics: RunMetrics,
     shutdown: Shutdown | None = None,
+    health: WorkerHealth | None = None,
 ) -> tuple[JobRunner, JobQueue]:
     """A runner and the queue it consumes. The runner's batches wait on that queue's
     arrivals and the queue hands its jobs to the runner, so the queue's handler reaches
@@ -221,6 +229,7 @@ def _runner(
         lambda job_id: runner.run(job_id),
         visibility_timeout_s=config.visibility_timeout_s,
         shutdown=shutdown,
+        health=health,
     )
     runner = JobRunner(
         io.store,
@@ -245,8 +254,12 @@ def _runner(
         lease_s=None if embedded else config.lease_s,
         recheck=getattr(queue, "enqueue_later", None),
         shutdown=shutdown,
+        health=health,
+        job_attempts=config.job_attempts,
     )
     metrics.watch_memory(accelerator_memory_bytes)
+    if health is not None:
+        metrics.watch_health(lambda: health.backing_off)
     return runner, queue
 
 
@@ -398,6 +411,8 @@ def build_worker(
         io.store.jobs, attempts=config.job_attempts, on_end=endings.changed, lease_s=config.lease_s
     )
     shutdown = Shutdown(config.shutdown_grace_s)
+    # jobs failing in a row for faults of this worker: it backs off instead of draining
+    health = WorkerHealth(failures=config.backoff_after_failures, pause_s=config.backoff_s)
     metrics, run_metrics = service_registry(io.store)
     runner, queue = _runner(
         settings,
@@ -411,6 +426,7 @@ def build_worker(
         metrics=run_metrics,
         # SIGTERM: the running job goes on this long at most, then goes back to the queue
         shutdown=shutdown,
+        health=health,
     )
     leases = LeaseKeeper(
         io.store.jobs,

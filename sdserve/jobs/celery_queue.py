@@ -28,6 +28,11 @@ Celery's ``worker_shutting_down`` signal. A job the runner gives back raises
 ``Reject(requeue=True)``: with ``acks_late`` the message is still unacknowledged, and a
 reject with requeue puts it back at the head of the queue (kombu's Redis transport), so
 the job keeps its place and is not delivered twice.
+
+A worker that backs off (:mod:`sdserve.jobs.backoff`) stops consuming its queues at the
+end of the task that started the pause, before that task's message goes back to the
+broker (so it goes to another worker), and consumes them again when the pause is over
+(a timer of the worker's own event loop: the solo pool runs tasks on that loop's thread).
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from celery import Celery, signals
@@ -69,8 +75,10 @@ def make_celery(
     handler: Handler | None = None,
     *,
     visibility_timeout_s: float = DEFAULT_VISIBILITY_TIMEOUT_S,
+    after_task: Callable[[], None] = lambda: None,
 ) -> Celery:
-    """A Celery app for ``broker_url`` whose ``sdserve.run_job`` task calls ``handler``.
+    """A Celery app for ``broker_url`` whose ``sdserve.run_job`` task calls ``handler``,
+    then ``after_task()`` (before its message is acknowledged or given back).
 
     An app without a handler can only enqueue (the API process with remote workers).
     """
@@ -109,6 +117,8 @@ def make_celery(
             handler(job_id)
         except JobRequeued as given_back:
             raise Reject(str(given_back), requeue=True) from given_back
+        finally:
+            after_task()
 
     return app
 
@@ -128,10 +138,20 @@ class CeleryQueue:
         *,
         visibility_timeout_s: float = DEFAULT_VISIBILITY_TIMEOUT_S,
         shutdown: Shutdown | None = None,
+        pause_left: Callable[[], float] | None = None,
     ) -> None:
-        """``shutdown``: the grace period :meth:`run` starts on SIGTERM/SIGINT."""
+        """``shutdown``: the grace period :meth:`run` starts on SIGTERM/SIGINT.
+        ``pause_left()``: seconds the worker of :meth:`run` must take no message, read
+        after each task (a backoff)."""
         self.shutdown = shutdown
-        self.app = make_celery(broker_url, handler, visibility_timeout_s=visibility_timeout_s)
+        self.pause_left = pause_left
+        self._consumer: Any = None
+        self.app = make_celery(
+            broker_url,
+            handler,
+            visibility_timeout_s=visibility_timeout_s,
+            after_task=self._pause_if_asked,
+        )
         self._shared = not is_memory_broker(broker_url)
         self._arrived = threading.Condition()
         self._enqueued = 0
@@ -205,9 +225,34 @@ class CeleryQueue:
             if shutdown is not None:
                 shutdown.begin()
 
+        def ready(sender: Any, **_signal: Any) -> None:
+            self._consumer = sender  # Celery's consumer: its queues and its event loop
+
         signals.worker_shutting_down.connect(shutting_down, weak=False)
+        signals.worker_ready.connect(ready, weak=False)
         try:
             worker = self.app.Worker(pool="solo", concurrency=1, loglevel="INFO")
             worker.start()
         finally:
             signals.worker_shutting_down.disconnect(shutting_down)
+            signals.worker_ready.disconnect(ready)
+
+    def _pause_if_asked(self) -> None:
+        """At the end of a task, on the worker's thread: stop consuming for the pause
+        ``pause_left()`` asks, then consume the same queues again."""
+        consumer = self._consumer
+        if self.pause_left is None or consumer is None:
+            return
+        seconds = self.pause_left()
+        if seconds <= 0:
+            return
+        names = [queue.name for queue in consumer.task_consumer.queues]
+        for name in names:
+            consumer.cancel_task_queue(name)
+
+        def resume() -> None:
+            log.warning("backoff over: consuming %s again", ", ".join(names))
+            for name in names:
+                consumer.add_task_queue(name)
+
+        consumer.timer.call_after(seconds, resume)

@@ -9,7 +9,7 @@ Two sources, on purpose:
 * **This process's runs** (:class:`RunMetrics`): seconds per denoising or training step and
   seconds per run, by model, and the accelerator's memory. They exist where jobs run: the
   embedded worker's server shows them at ``/metrics``; a ``sdserve worker`` serves its
-  own on ``--metrics-port``.
+  own on ``--metrics-port``, with ``sdserve_worker_healthy`` (0 while it backs off).
 
 Metric names follow Prometheus' conventions (``sdserve_`` prefix, base units, ``_total``
 for counters).
@@ -104,6 +104,7 @@ class RunMetrics:
     """Step and run times of the jobs this process runs, and the accelerator's memory."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
         self.step_seconds = Histogram(
             "sdserve_step_seconds",
             "Seconds per denoising (or training) step, by model.",
@@ -139,6 +140,16 @@ class RunMetrics:
 
     def run_ended(self, model: str, status: Status, seconds: float) -> None:
         self.run_seconds.labels(model=model, status=status.value).observe(seconds)
+
+    def watch_health(self, backing_off: Callable[[], bool]) -> None:
+        """Report whether this worker takes jobs (1) or backs off (0) at every scrape."""
+        healthy = Gauge(
+            "sdserve_worker_healthy",
+            "1 while this worker takes jobs, 0 while it backs off after jobs failed in a "
+            "row for faults of its own (a model it cannot load, engine errors).",
+            registry=self.registry,
+        )
+        healthy.set_function(lambda: 0.0 if backing_off() else 1.0)
 
     def watch_memory(self, read: Callable[[], int]) -> None:
         """Report ``read()`` (bytes) at every scrape."""

@@ -46,8 +46,8 @@ class JobRequeued(Exception):
     """The job was given back (``starting`` again): its task must go back to the broker
     instead of being acknowledged (Celery: ``Reject(requeue=True)``)."""
 
-    def __init__(self, job_id: str) -> None:
-        super().__init__(f"job {job_id} was given back to the queue (worker shutting down)")
+    def __init__(self, job_id: str, why: str = "worker shutting down") -> None:
+        super().__init__(f"job {job_id} was given back to the queue ({why})")
         self.job_id = job_id
 
 

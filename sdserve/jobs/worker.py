@@ -35,7 +35,10 @@ from sdserve.errors import (
     JobTimeout,
     NsfwContent,
     SdserveError,
+    failure_of,
+    is_worker_fault,
 )
+from sdserve.jobs.backoff import WorkerHealth
 from sdserve.jobs.fetch import InputFetcher
 from sdserve.jobs.files import FileStore, new_key
 from sdserve.jobs.images import decode_image
@@ -129,6 +132,8 @@ class JobRunner:
         lease_s: float | None = None,
         recheck: Callable[[str, float], None] | None = None,
         shutdown: Shutdown | None = None,
+        health: WorkerHealth | None = None,
+        job_attempts: int = 1,
     ) -> None:
         """``on_change(record)``: a job this runner claimed or ended, as it is now.
         ``lost_job_policy(job_id)``: what to do with a job found ``processing`` under a
@@ -141,7 +146,10 @@ class JobRunner:
         ``recheck(job_id, delay_s)``: deliver the job's task again after ``delay_s``.
         ``shutdown``: this worker's warm shutdown (``sdserve worker``): once it is asked
         no job is claimed, and a run still going when the grace period is nearly over is
-        stopped and its job given back (:class:`JobRequeued` tells the queue)."""
+        stopped and its job given back (:class:`JobRequeued` tells the queue).
+        ``health``: this worker's backoff (:mod:`sdserve.jobs.backoff`): while it backs
+        off, a job failing for a fault of this worker is released to the queue instead of
+        failed, while it has runs left of its ``job_attempts``."""
         self.store = store
         self.limits = limits or InputLimits()
         self.metrics = metrics
@@ -166,6 +174,8 @@ class JobRunner:
         self.lease_s = lease_s
         self.recheck = recheck
         self.shutdown = shutdown
+        self.health = health
+        self.job_attempts = job_attempts
         #: the claim of each job this runner is running: what its writes must match
         self._fences: dict[str, Fence] = {}
 
@@ -274,19 +284,54 @@ class JobRunner:
         """Run ``work`` (which ends the job itself when all goes well); a cancel or an error
         ends the job ``canceled`` or ``failed`` with what the run had to say."""
         try:
-            return work()
+            status = work()
         except Canceled:
             return self.cancel(job_id, tracker)
         except SdserveError as exc:
             # a failure we foresaw (bad input, model not loadable, out of memory...): its
             # code and message say it all, the job's end line logs them; no traceback
             failure = failure_columns(exc)
+            self._release_on_worker_fault(job_id, tracker, exc)
             return self.finish(job_id, Status.FAILED, tracker=tracker, **failure)
         except Exception as exc:
             # a bug: the client gets a generic message, the traceback goes to the log
             log.exception("job %s failed with an unexpected error", job_id)
             failure = failure_columns(exc)
+            self._release_on_worker_fault(job_id, tracker, exc)
             return self.finish(job_id, Status.FAILED, tracker=tracker, **failure)
+        if status is Status.SUCCEEDED and self.health is not None:
+            self.health.succeeded()
+        return status
+
+    def _release_on_worker_fault(self, job_id: str, tracker: RunTracker, exc: Exception) -> None:
+        """Count a failure that is this worker's fault; while the worker backs off, give
+        the job back (attempt counted) for another worker and raise :class:`JobRequeued`.
+        Returns when the job is to fail here (not a worker fault, not backing off, or no
+        run left)."""
+        if self.health is None or not is_worker_fault(exc):
+            return
+        code, _message = failure_of(exc)
+        self.health.failed(code.value)
+        fence = self._fences.get(job_id)
+        if not self.health.backing_off or fence is None or fence.attempt >= self.job_attempts:
+            return
+        unwritten, _columns = tracker.unwritten()
+        note = (
+            f"this worker failed ({code}) and backs off: back in the queue for another "
+            "worker, the job starts again from step 0\n"
+        )
+        record = self.jobs.give_back(
+            job_id, fence, append_logs=unwritten + note, count_attempt=True
+        )
+        if record is None:
+            return
+        self._fences.pop(job_id, None)
+        self._flagged.discard(job_id)
+        if self._trainer is not None:
+            self._trainer.discard(job_id)
+        log.warning("job %s released to the queue: this worker backs off", job_id)
+        self.on_change(record)
+        raise JobRequeued(job_id, "its worker backs off")
 
     def resolve_input(self, record: JobRecord) -> GenerationInput:
         """A generation job's input with its model's defaults."""

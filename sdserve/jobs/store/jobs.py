@@ -368,13 +368,17 @@ class JobRepository:
             rows = conn.execute(query).all()
         return [LapsedRun(row[0], int(row[1]), row[2]) for row in rows]
 
-    def give_back(self, job_id: str, fence: Fence, *, append_logs: str = "") -> JobRecord | None:
+    def give_back(
+        self, job_id: str, fence: Fence, *, append_logs: str = "", count_attempt: bool = False
+    ) -> JobRecord | None:
         """A run stopped by its worker's shutdown puts its job back to ``starting`` while it
         still owns it: the job as it is then, or None (another run owns it, or it ended).
 
         The attempt is not counted: the run was not lost, and a job given back at every
         rolling restart must not fail ``worker_lost`` for it. The fence stays sound since a
         worker's id is unique to its process, which gives the job back only as it stops.
+        ``count_attempt``: it is counted (a run that failed on a fault of its worker, which
+        releases the job to others: a job that fails everywhere must end).
         """
         return self.transition(
             job_id,
@@ -386,7 +390,7 @@ class JobRepository:
             progress_total=None,
             preview=None,
             heartbeat_at=None,
-            attempts=JOBS.c.attempts - 1,
+            attempts=JOBS.c.attempts if count_attempt else JOBS.c.attempts - 1,
         )
 
     def request_cancel(self, job_id: str) -> bool:
