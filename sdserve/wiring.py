@@ -363,12 +363,12 @@ class Worker:
     runner: JobRunner
     #: its run metrics and the store's, served on ``metrics_port`` (None: not served)
     metrics: CollectorRegistry
-    #: renews its runs' leases and takes back the jobs of lapsed ones (any worker's)
-    leases: LeaseKeeper
-    #: ends the process if a SIGTERM's stop overruns its grace period
-    watchdog: ExitWatchdog
     metrics_port: int | None = None
     metrics_host: str = "127.0.0.1"
+    #: renews its runs' leases and takes back the jobs of lapsed ones (any worker's)
+    leases: LeaseKeeper | None = None
+    #: ends the process if a SIGTERM's stop overruns its grace period
+    watchdog: ExitWatchdog | None = None
 
     def run(self) -> None:
         self.store.migrate()
@@ -378,13 +378,15 @@ class Worker:
                 self.metrics_port, self.metrics_host, registry=self.metrics
             )
         self.runner.discard_leftovers()
-        self.leases.start()
-        self.watchdog.start()
+        for part in (self.leases, self.watchdog):
+            if part is not None:
+                part.start()
         try:
             self.queue.run()
         finally:
-            self.watchdog.stop()
-            self.leases.stop()
+            for part in (self.watchdog, self.leases):
+                if part is not None:
+                    part.stop()
             if exporter is not None:
                 exporter.shutdown()
                 exporter.server_close()

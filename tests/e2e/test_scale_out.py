@@ -232,8 +232,9 @@ def test_cancel_reaches_the_worker_running_the_job(cluster: Cluster) -> None:
 def test_a_killed_workers_job_is_redelivered_to_the_other_worker(
     cluster: Cluster, record_property: Any
 ) -> None:
-    """kill -9 of the worker running a job: the broker hands its message to the other
-    worker after the visibility timeout, which runs it again (attempt 2) to success."""
+    """kill -9 of the worker running a job: its lease lapses (no heartbeat for the default
+    20 s, well before the visibility timeout) and the job is re-queued; the other worker
+    runs it again (attempt 2) to success."""
     with httpx.Client(base_url=cluster.api.url, timeout=60) as client:
         job_id = create(client, KILLED)["id"]
         deadline = time.monotonic() + DEADLINE_S

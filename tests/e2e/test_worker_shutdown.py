@@ -4,7 +4,8 @@
 A job that cannot end within the grace period stops at its next step, goes back to
 ``starting`` (no attempt counted) and its message back to the broker: the process exits 0
 long before the job would have ended, and another worker runs the job from step 0 to
-success. A job that ends within the grace period simply finishes on the first worker.
+success. A job that ends within the grace period simply finishes on the first worker. A
+worker whose broker stopped answering still exits, by its watchdog.
 The API (``serve --no-worker``), the broker and the workers are real processes sharing
 one data folder, as in :mod:`tests.e2e.test_scale_out` (whose helpers this reuses).
 """
@@ -15,6 +16,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -30,7 +32,7 @@ from tests.e2e.test_scale_out import (
     create,
     wait_all,
 )
-from tests.servers.redis import redis_url  # noqa: F401  (a fixture)
+from tests.servers.redis import redis_url, start_redis, stop_process  # noqa: F401
 
 pytestmark = pytest.mark.slow
 
@@ -179,3 +181,27 @@ def test_sigterm_lets_a_job_that_ends_in_time_finish(
         assert api.attempts_of(job_id) == 1
     finally:
         stop_all(api)
+
+
+def test_sigterm_ends_a_worker_whose_broker_stopped_answering(
+    tmp_path: Path,
+    record_property: Any,
+) -> None:
+    """A broker that does not answer (its machine gone: no refusal, no timeout; here a
+    SIGSTOPped redis-server of the test's own) held a SIGTERM'd worker for ever. It exits
+    0 once the grace period and the watchdog's margin have passed."""
+    broker, url = start_redis(tmp_path)
+    worker = WorkerProcess(tmp_path, url, "orphan", extra_args=["--shutdown-grace", "2"])
+    try:
+        worker.start()
+        broker.send_signal(signal.SIGSTOP)
+        time.sleep(1)  # the worker's next poll of the broker is under way, unanswered
+        code, took_s = terminate(worker)
+        record_property("sigterm_frozen_broker_exit_s", round(took_s, 1))
+        assert code == 0, worker.log()[-3000:]
+        assert took_s < EXIT_BOUND_S, f"exited after {took_s:.1f}s"
+        assert "exiting now" in worker.log()  # the watchdog ended it, saying why
+    finally:
+        worker.kill()
+        broker.send_signal(signal.SIGCONT)
+        stop_process(broker)
