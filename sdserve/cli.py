@@ -954,7 +954,10 @@ def run_train(args: argparse.Namespace) -> int:
             fields[name] = value
     if args.train_text_encoder:
         fields["train_text_encoder"] = True
-    runner = TrainingRunner(settings, registry)
+    from sdserve.wiring import trained_catalog
+
+    # the data folder, or with s3:// storage the bucket every process of a cluster reads
+    runner = TrainingRunner(settings, registry, catalog=trained_catalog(settings))
     if runner.catalog.exists(destination) and not args.force:
         raise Conflict(
             f"destination {destination} already exists; pass --force to replace it "
