@@ -354,7 +354,7 @@ def _problem(path: Path, stored: StoredLora) -> str | None:
     if size != stored.size:
         return f"has {size} bytes in the bucket, its manifest says {stored.size}"
     if _sha256(path) != stored.sha256:
-        return "in the bucket does not have the sha256 its manifest gives"
+        return "does not have the sha256 its manifest gives"
     with path.open("rb") as handle:
         head = handle.read(8)
         length = struct.unpack("<Q", head)[0] if len(head) == 8 else 0
