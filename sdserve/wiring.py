@@ -119,6 +119,7 @@ def trained_catalog(settings: Settings) -> TrainedCatalog:
     from sdserve.training.shared_catalog import MODELS_FOLDER, SharedTrainedModels
 
     objects = S3Objects.from_url(url, MODELS_FOLDER, endpoint_url=settings.service.s3_endpoint_url)
+    objects.check()  # a wrong bucket, endpoint or credential fails the start, naming it
     return SharedTrainedModels(
         objects,
         settings.data_dir / "trained-cache",

@@ -93,6 +93,30 @@ def _client(
     )
 
 
+def check_bucket(client: Any, bucket: str, where: str) -> None:
+    """Raise :class:`InvalidInput` naming the setting to fix when ``bucket`` (at ``where``,
+    for the message) cannot be reached with ``client``: no credentials, no such bucket,
+    access refused, endpoint unreachable."""
+    from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+
+    try:
+        client.head_bucket(Bucket=bucket)
+    except NoCredentialsError:
+        raise InvalidInput(
+            "files_url",
+            f"no credentials for {where}: set AWS_ACCESS_KEY_ID and "
+            "AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) in the environment",
+        ) from None
+    except ClientError as exc:
+        code = _code(exc)
+        if code in ("404", "NoSuchBucket", "NotFound"):
+            message = f"bucket {bucket!r} does not exist at {where}"
+            raise InvalidInput("files_url", message) from None
+        raise InvalidInput("files_url", f"{where} refused access to the bucket ({code})") from None
+    except BotoCoreError as exc:
+        raise InvalidInput("s3_endpoint_url", f"cannot reach {where}: {exc}") from None
+
+
 class S3FileStore:
     """A :class:`~sdserve.jobs.files.FileStore` on one bucket, keys under ``prefix``.
 
@@ -133,27 +157,7 @@ class S3FileStore:
 
     def check(self) -> None:
         """Fail at start-up, naming the setting to fix, when the bucket cannot be reached."""
-        from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
-
-        try:
-            self._client.head_bucket(Bucket=self.bucket)
-        except NoCredentialsError:
-            raise InvalidInput(
-                "files_url",
-                f"no credentials for {self._where()}: set AWS_ACCESS_KEY_ID and "
-                "AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) in the environment",
-            ) from None
-        except ClientError as exc:
-            code = _code(exc)
-            if code in ("404", "NoSuchBucket", "NotFound"):
-                raise InvalidInput(
-                    "files_url", f"bucket {self.bucket!r} does not exist at {self._where()}"
-                ) from None
-            raise InvalidInput(
-                "files_url", f"{self._where()} refused access to the bucket ({code})"
-            ) from None
-        except BotoCoreError as exc:
-            raise InvalidInput("s3_endpoint_url", f"cannot reach {self._where()}: {exc}") from None
+        check_bucket(self._client, self.bucket, self._where())
 
     def put(self, key: str, data: bytes, content_type: str) -> None:
         name = self._name(key)
@@ -222,6 +226,11 @@ class S3Objects:
         """The objects under ``folder`` (``models/``) of the ``s3://bucket/prefix`` URL."""
         bucket, prefix = parse_s3_url(url)
         return cls(bucket, prefix + folder, endpoint_url=endpoint_url)
+
+    def check(self) -> None:
+        """Fail at start-up, naming the setting to fix, when the bucket cannot be reached."""
+        where = f"s3://{self.bucket}/{self.prefix} at {self.endpoint_url or 'AWS'}"
+        check_bucket(self._client, self.bucket, where)
 
     def _name(self, key: str) -> str:
         if not _OBJECT_KEY.match(key) or ".." in key.split("/"):
