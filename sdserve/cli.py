@@ -954,6 +954,7 @@ def run_train(args: argparse.Namespace) -> int:
             fields[name] = value
     if args.train_text_encoder:
         fields["train_text_encoder"] = True
+    from sdserve.training.catalog import TrainedModels
     from sdserve.wiring import trained_catalog
 
     # the data folder, or with s3:// storage the bucket every process of a cluster reads
@@ -986,7 +987,10 @@ def run_train(args: argparse.Namespace) -> int:
         bar.close()
     print(f"model:   {destination}:{outcome.version}")
     print(f"weights: {outcome.weights}")
-    print(f"LoRA:    {destination.partition('/')[2]} (in {settings.engine.lora_dir})")
+    if isinstance(runner.catalog, TrainedModels):
+        print(f"LoRA:    {destination.partition('/')[2]} (in {settings.engine.lora_dir})")
+    else:
+        print(f"LoRA:    in the bucket of {settings.service.files_url}, for every process")
     serve = "sdserve" + (f" --data-dir {args.data_dir}" if args.data_dir else "") + " serve"
     print(f"serve it: {serve}{' --demo' if demo else f' --model {args.model}'}")
     return 0

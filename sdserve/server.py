@@ -116,7 +116,9 @@ def resolve_model(settings: Settings, model: str) -> tuple[Settings, ModelRegist
 
     settings = with_trained_loras(prepare_demo(settings.model_copy(update={"models": [model]})))
     registry, _trained = shared_models(settings, runs_jobs=True)
-    return settings, registry, registry.resolve(served_name(model))
+    spec = registry.resolve(served_name(model))
+    registry.prepare(spec)  # a model trained on another machine: its LoRA from the bucket
+    return settings, registry, spec
 
 
 def check_weights_cached(registry: ModelRegistry, settings: EngineSettings) -> None:

@@ -108,8 +108,7 @@ class ModelRegistry:
     ) -> None:
         """Models another process publishes (fine-tuned models in a shared bucket):
         ``find(name)`` may :meth:`add` the model of a name (or version) not found here
-        before :meth:`resolve` gives up; ``prepare(spec)`` makes a resolved model's files
-        local before it is used (a worker downloads its LoRA)."""
+        before :meth:`resolve` gives up; ``prepare(spec)`` is what :meth:`prepare` does."""
         self._find = find
         self._prepare = prepare
 
@@ -157,7 +156,10 @@ class ModelRegistry:
 
     def add(self, spec: ModelSpec) -> None:
         """Serve ``spec`` (replacing a model of the same name)."""
-        self._specs[spec.name.lower()] = spec
+        # a new dict, swapped in: other threads may be looking up (models published since)
+        specs = dict(self._specs)
+        specs[spec.name.lower()] = spec
+        self._specs = specs
 
     def specs(self) -> list[ModelSpec]:
         """Served models in the order they were added."""
@@ -178,9 +180,13 @@ class ModelRegistry:
             raise ModelNotFound(
                 f"model {spec.name!r} has no version {version!r}; its version is {spec.version}"
             )
+        return spec
+
+    def prepare(self, spec: ModelSpec) -> None:
+        """Make ``spec``'s files local before a job uses it: a worker downloads the LoRA of
+        a model trained on another machine (nothing to do for any other model)."""
         if self._prepare is not None:
             self._prepare(spec)
-        return spec
 
     def _lookup(self, name: str) -> ModelSpec | None:
         key = name.lower()

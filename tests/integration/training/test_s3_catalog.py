@@ -117,7 +117,9 @@ def test_a_model_published_on_one_machine_is_served_and_fetched_on_another(
     spec = c.registry.resolve("me/my-dog")
     assert spec.version == published.version
     assert (spec.reference, spec.native_size) == (BASE_ON_C.reference, 64)  # C's own base
-    assert spec.lora is not None and Path(spec.lora).read_bytes() == lora.read_bytes()
+    assert spec.lora is not None and not Path(spec.lora).exists()  # listed, not fetched
+    c.registry.prepare(spec)  # a job uses it
+    assert Path(spec.lora).read_bytes() == lora.read_bytes()
     assert Path(spec.lora).is_relative_to(c.folder / "trained-cache")
     assert not (c.folder / "loras").exists()  # the operator's LoRA folder is left alone
 
@@ -129,7 +131,9 @@ def test_a_new_version_reaches_the_other_machine_by_its_version_id(
     first = b.catalog.publish("me/cat", BASE, b.lora(b"one"), training_id="t1")
     assert c.registry.resolve("me/cat").version == first.version
     second = b.catalog.publish("me/cat", BASE, b.lora(b"two"), training_id="t2")
+    c.registry.prepare(c.registry.resolve("me/cat"))
     spec = c.registry.resolve(f"me/cat:{second.version}")
+    c.registry.prepare(spec)
     assert spec.lora is not None and Path(spec.lora).read_bytes().endswith(b"two")
     cached = list((c.folder / "trained-cache").rglob("*.safetensors"))
     assert cached == [Path(spec.lora)]  # the old version's copy is gone
@@ -230,8 +234,9 @@ def test_a_lora_changed_in_the_bucket_is_refused_and_not_kept(
     published = b.catalog.publish("me/dog", BASE, b.lora(b"right"), training_id="t1")
     key = f"{PREFIX}/models/trained/me/dog/lora-{published.version[:16]}.safetensors"
     s3_endpoint.client().put_object(Bucket=bucket, Key=key, Body=replacement)
+    spec = c.registry.resolve("me/dog")
     with pytest.raises(ModelLoadError, match=f"the LoRA of model me/dog {problem}"):
-        c.registry.resolve("me/dog")
+        c.registry.prepare(spec)
     assert [path for path in (c.folder / "trained-cache").rglob("*") if path.is_file()] == []
 
 
@@ -257,4 +262,4 @@ def test_a_lora_that_is_not_safetensors_is_never_used(machines: tuple[Machine, M
     pickled.write_bytes(b"\x80\x04\x95" + b"\x00" * 40)  # a pickle, named .safetensors
     b.catalog.publish("me/evil", BASE, pickled, training_id="t1")
     with pytest.raises(ModelLoadError, match=r"the LoRA of model me/evil is not a \.safetensors"):
-        c.registry.resolve("me/evil")
+        c.registry.prepare(c.registry.resolve("me/evil"))
