@@ -994,7 +994,11 @@ def run_train(args: argparse.Namespace) -> int:
             fields[name] = value
     if args.train_text_encoder:
         fields["train_text_encoder"] = True
-    runner = TrainingRunner(settings, registry)
+    from sdserve.training.catalog import TrainedModels
+    from sdserve.wiring import trained_catalog
+
+    # the data folder, or with s3:// storage the bucket every process of a cluster reads
+    runner = TrainingRunner(settings, registry, catalog=trained_catalog(settings))
     if runner.catalog.exists(destination) and not args.force:
         raise Conflict(
             f"destination {destination} already exists; pass --force to replace it "
@@ -1023,7 +1027,10 @@ def run_train(args: argparse.Namespace) -> int:
         bar.close()
     print(f"model:   {destination}:{outcome.version}")
     print(f"weights: {outcome.weights}")
-    print(f"LoRA:    {destination.partition('/')[2]} (in {settings.engine.lora_dir})")
+    if isinstance(runner.catalog, TrainedModels):
+        print(f"LoRA:    {destination.partition('/')[2]} (in {settings.engine.lora_dir})")
+    else:
+        print(f"LoRA:    in the bucket of {settings.service.files_url}, for every process")
     serve = "sdserve" + (f" --data-dir {args.data_dir}" if args.data_dir else "") + " serve"
     print(f"serve it: {serve}{' --demo' if demo else f' --model {args.model}'}")
     return 0

@@ -47,6 +47,7 @@ from sdserve.jobs.worker import JobRunner, Predictor, PredictorSource
 
 if TYPE_CHECKING:
     from sdserve.models.catalog import ModelRegistry
+    from sdserve.training.catalog import TrainedCatalog
     from sdserve.training.runner import TrainingRunner
 
 
@@ -106,6 +107,27 @@ def file_store_from_url(settings: Settings) -> FileStore:
             f"cannot store files at {url!r}: give a folder, a file:// or an s3:// URL",
         )
     return LocalFileStore(Path(url))
+
+
+def trained_catalog(settings: Settings) -> TrainedCatalog:
+    """Where trainings publish and every process finds fine-tuned models: the data folder,
+    or with ``s3://`` storage the bucket's ``models/`` folder, shared by the cluster (LoRAs
+    cached in ``<data_dir>/trained-cache``). Torch-free."""
+    from sdserve.training.runner import trained_models
+
+    url = settings.service.files_url
+    if not url or urlsplit(url).scheme != "s3":
+        return trained_models(settings)
+    from sdserve.jobs.s3_files import S3Objects
+    from sdserve.training.shared_catalog import MODELS_FOLDER, SharedTrainedModels
+
+    objects = S3Objects.from_url(url, MODELS_FOLDER, endpoint_url=settings.service.s3_endpoint_url)
+    objects.check()  # a wrong bucket, endpoint or credential fails the start, naming it
+    return SharedTrainedModels(
+        objects,
+        settings.data_dir / "trained-cache",
+        lora_dir=settings.engine.lora_dir or settings.data_dir / "loras",
+    )
 
 
 def make_queue(
@@ -173,7 +195,7 @@ def trainer_factory(settings: Settings, registry: RegistryLike) -> Callable[[], 
     def build() -> TrainingRunner:
         from sdserve.training.runner import TrainingRunner
 
-        return TrainingRunner(settings, registry)
+        return TrainingRunner(settings, registry, catalog=trained_catalog(settings))
 
     return build
 
@@ -272,13 +294,13 @@ def build_service(
     *,
     predictor: PredictorSource | None = None,
     refresh_models: Callable[[], object] | None = None,
+    trained: TrainedCatalog | None = None,
     edges: Edges = REAL_EDGES,
 ) -> Service:
     """The job service of an API process. With ``predictor`` (the engine, or a factory that
     builds it on the first job) this process runs jobs too; without, ``sdserve worker``
-    processes do. ``refresh_models()`` adds the models other processes published."""
-    from sdserve.training.runner import trained_models  # torch-free: who owns which names
-
+    processes do. ``refresh_models()`` adds the models other processes published into
+    ``trained`` (default: :func:`trained_catalog`)."""
     config = settings.service
     # the store sets it after queuing a webhook; the dispatcher sleeps on it between passes
     webhooks_due = threading.Event()
@@ -316,7 +338,7 @@ def build_service(
             registry,
             settings.limits.input_limits(),
             refresh=refresh_models,
-            trained=trained_models(settings),
+            trained=trained or trained_catalog(settings),  # who owns which names
         ),
         webhooks=WebhookDispatcher(
             io.store.outbox,

@@ -25,6 +25,10 @@ class RegistryLike(Protocol):
 
     def specs(self) -> Any: ...
 
+    def prepare(self, spec: Any) -> None:
+        """Make the model's files local before a job uses it (a LoRA from the bucket)."""
+        ...
+
 
 class TrainedNames(Protocol):
     """Who owns the names trainings publish (``sdserve.training.catalog.TrainedModels``)."""

@@ -336,6 +336,7 @@ class JobRunner:
     def resolve_input(self, record: JobRecord) -> GenerationInput:
         """A generation job's input with its model's defaults."""
         spec = self.registry.resolve(record.model)
+        self.registry.prepare(spec)  # a fine-tuned model's LoRA from the bucket, on first use
         return GenerationInput.model_validate(dict(record.input)).with_defaults(spec.defaults)
 
     def execute(self, record: JobRecord, tracker: RunTracker, started: float) -> Status:

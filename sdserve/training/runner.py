@@ -5,7 +5,8 @@ The worker hands it a claimed job of kind ``training`` and the fetched archive b
 examples, loads the base pipeline (a fresh copy: adapters are added to it), trains the
 LoRA with resumable checkpoints, and publishes ``destination`` (base + LoRA) so it is
 served at once. Nothing is written outside ``<data_dir>/training/<job id>/`` except the
-published model (``<data_dir>/trained``) and its copy in the LoRA folder.
+published model (``<data_dir>/trained`` and its copy in the LoRA folder; with ``s3://``
+storage the bucket's ``models/`` and ``<data_dir>/trained-cache``).
 
 Torch is imported only when a training runs, so the worker module can import this one.
 """
@@ -30,7 +31,7 @@ from sdserve.domain.training import (
     parse_training_input,
 )
 from sdserve.training.archive import ArchiveLimits, read_archive
-from sdserve.training.catalog import TrainedModels
+from sdserve.training.catalog import TrainedCatalog, TrainedModels
 
 log = logging.getLogger(__name__)
 
@@ -89,12 +90,12 @@ class TrainingRunner:
         settings: Settings,
         registry: Any,
         *,
-        catalog: TrainedModels | None = None,
+        catalog: TrainedCatalog | None = None,
         archive_limits: ArchiveLimits | None = None,
     ) -> None:
         self.settings = settings
         self.registry = registry
-        self.catalog = catalog or trained_models(settings)
+        self.catalog: TrainedCatalog = catalog or trained_models(settings)
         self.archive_limits = archive_limits or ArchiveLimits()
         self.root = settings.data_dir / "training"
 
