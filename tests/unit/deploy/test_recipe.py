@@ -191,6 +191,22 @@ def test_the_image_builds_cpu_torch_unless_told_and_installs_the_lock() -> None:
     assert not re.search(r"^torch==", lock, re.MULTILINE)
 
 
+def test_the_build_context_sends_what_the_image_copies_and_no_secret() -> None:
+    dockerfile = (DEPLOY / "Dockerfile").read_text()
+    copied = {
+        source
+        for line in dockerfile.splitlines()
+        if line.startswith("COPY ")
+        for source in line.split()[1:-1]
+    }
+    lines = (DEPLOY / "Dockerfile.dockerignore").read_text().splitlines()
+    patterns = [line for line in lines if line and not line.startswith("#")]
+    # everything is left out, then only the copied paths are let through
+    assert patterns[0] == "*"
+    assert {line.removeprefix("!") for line in patterns if line.startswith("!")} == copied
+    assert all((ROOT / path).exists() for path in copied)
+
+
 # -- the systemd units --------------------------------------------------------------------------
 
 
