@@ -241,10 +241,10 @@ def test_each_worker_instance_owns_the_gpu_it_is_named_after() -> None:
 
 
 def seconds(value: str) -> float:
-    """A systemd time span of this recipe (``40s``, ``20min``)."""
-    match = re.fullmatch(r"(\d+)(s|min)", value)
+    """A systemd or compose time span of this recipe (``40s``, ``20min``, ``20m``)."""
+    match = re.fullmatch(r"(\d+)(s|min|m)", value)
     assert match, value
-    return int(match[1]) * (60 if match[2] == "min" else 1)
+    return int(match[1]) * (1 if match[2] == "s" else 60)
 
 
 def test_systemd_waits_for_the_worker_to_stop_before_it_kills_it(
@@ -261,6 +261,16 @@ def test_systemd_waits_for_the_worker_to_stop_before_it_kills_it(
         assert grace < stop_s <= grace + 60
     assert stop_s < worker.visibility_timeout_s  # a stopped worker's job is never redelivered
     assert unit_value(WORKER_UNIT, "KillMode") == "mixed"
+
+
+def test_docker_waits_for_a_worker_as_long_as_systemd_does() -> None:
+    services = compose()["services"]
+    unit_s = seconds(unit_value(WORKER_UNIT, "TimeoutStopSec"))
+    for name in ("worker", "worker-gpu0"):
+        assert seconds(services[name]["stop_grace_period"]) == unit_s, name
+    assert seconds(services["api"]["stop_grace_period"]) == seconds(
+        unit_value(API_UNIT, "TimeoutStopSec")
+    )
 
 
 def test_the_visibility_timeout_default_outlasts_a_stopping_worker() -> None:
