@@ -65,6 +65,13 @@ NOT_RUN = {
     "sdserve bench --device cuda": "benchmarks: minutes each, and the first needs a GPU",
     "INFO sdserve.engine.cache: loaded": "a sample of what the server prints",
     "bash scripts/install      # .venv with sdserve": "the install and test commands again",
+    "cp sdserve.env.example .env && chmod 600 .env": (
+        "Docker, which the test machines lack (tests/unit/deploy checks compose.yaml's "
+        "commands; tests/e2e/test_deploy_recipe.py runs them)"
+    ),
+    "useradd --system --home-dir /var/lib/sdserve": (
+        "a root install under systemd on a GPU box (tests/unit/deploy checks the units)"
+    ),
 }
 
 
