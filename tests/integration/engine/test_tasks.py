@@ -44,6 +44,17 @@ def pixels(result: GenerationResult, index: int = 0) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(result.images[index].data)).convert("RGB"))
 
 
+def assert_same_image_across_batch_sizes(batched: np.ndarray, alone: np.ndarray) -> None:
+    """Image *i* of a batch against the same seed alone.
+
+    A batch sums floats in another order than a single image (other matrix shapes), so a few
+    channels may round to the neighbouring level; anything more is a different image.
+    """
+    levels = np.abs(batched.astype(int) - alone.astype(int))
+    assert levels.max() <= 1, f"{levels.max()} levels apart"
+    assert np.count_nonzero(levels) <= levels.size // 1000, f"{np.count_nonzero(levels)} differ"
+
+
 def gen(
     engine: Engine,
     folder: Path,
@@ -187,7 +198,7 @@ def test_schedulers_give_different_images(engine: Engine, tiny_sd: Path) -> None
 def test_sde_scheduler_reproduces(engine: Engine, tiny_sd: Path) -> None:
     first = gen(engine, tiny_sd, scheduler="DPM++ SDE Karras", num_outputs=2)
     again = gen(engine, tiny_sd, scheduler="DPM++ SDE Karras", seed=8)
-    assert np.array_equal(pixels(first, 1), pixels(again))
+    assert_same_image_across_batch_sizes(pixels(first, 1), pixels(again))
 
 
 def test_unknown_scheduler_lists_valid_names(engine: Engine, tiny_sd: Path) -> None:
@@ -215,8 +226,9 @@ def test_image_i_of_a_batch_reproduces_alone_with_seed_plus_i(
     batch = gen(engine, tiny_sd, scheduler=scheduler, seed=100, num_outputs=2)
     alone = gen(engine, tiny_sd, scheduler=scheduler, seed=101, num_outputs=1)
     assert [i.seed for i in batch.images] == [100, 101]
-    assert np.array_equal(pixels(batch, 1), pixels(alone))
-    assert not np.array_equal(pixels(batch, 0), pixels(batch, 1))
+    assert_same_image_across_batch_sizes(pixels(batch, 1), pixels(alone))
+    first_differs = np.abs(pixels(batch, 0).astype(int) - pixels(alone).astype(int))
+    assert np.count_nonzero(first_differs) > first_differs.size // 2
 
 
 def test_missing_seed_is_random_and_returned(engine: Engine, tiny_sd: Path) -> None:
