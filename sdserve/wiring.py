@@ -14,11 +14,12 @@ in-memory one instead of patching. Nothing here imports torch: the engine is bui
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import threading
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
@@ -33,18 +34,30 @@ from sdserve.jobs.fetch import InputFetcher
 from sdserve.jobs.files import FileStore, LocalFileStore
 from sdserve.jobs.metrics import RunMetrics, accelerator_memory_bytes, service_registry
 from sdserve.jobs.outbound import OutboundPolicy, Resolver
-from sdserve.jobs.queue import LOCAL_BROKER, Handler, JobQueue, LocalQueue, is_embedded
+from sdserve.jobs.queue import LOCAL_BROKER, Handler, JobQueue, Lanes, Router, is_embedded
 from sdserve.jobs.recovery import Recovery
 from sdserve.jobs.retention import Retention
+from sdserve.jobs.routing import route, served_models, worker_queues
 from sdserve.jobs.served import RegistryLike, ServedModels
 from sdserve.jobs.service import Endings, Service, ServiceParts
-from sdserve.jobs.store import PoolSettings, Store, new_id, sqlite_url
+from sdserve.jobs.store import PoolSettings, Store, new_id, sqlite_url, utcnow
 from sdserve.jobs.webhooks import SigningSecret, WebhookDispatcher
 from sdserve.jobs.worker import JobRunner, Predictor, PredictorSource
+from sdserve.jobs.workers import (
+    CachedBoard,
+    Heartbeat,
+    MemoryWorkerBoard,
+    WorkerBoard,
+    WorkerInfo,
+    board_for,
+)
 
 if TYPE_CHECKING:
     from sdserve.models.catalog import ModelRegistry
     from sdserve.training.runner import TrainingRunner
+
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -106,15 +119,72 @@ def file_store_from_url(settings: Settings) -> FileStore:
 
 
 def make_queue(
-    broker_url: str, handler: Handler | None = None, *, visibility_timeout_s: float = 3600.0
+    broker_url: str,
+    handler: Handler | None = None,
+    *,
+    visibility_timeout_s: float = 3600.0,
+    router: Router | None = None,
+    consume: Sequence[str] = (),
 ) -> JobQueue:
-    """The queue for ``broker_url``; without a ``handler`` it can only enqueue."""
+    """The queue for ``broker_url``; without a ``handler`` it can only enqueue.
+    ``router(job_id)``: the queue of a job enqueued by id alone; ``consume``: the queues a
+    worker on a shared broker takes jobs from (:mod:`sdserve.jobs.routing`)."""
     if broker_url.startswith(LOCAL_BROKER):
-        return LocalQueue(handler)
+        return Lanes(handler, router=router)
     # Celery is imported only for a broker that needs it
     from sdserve.jobs.celery_queue import CeleryQueue
 
-    return CeleryQueue(broker_url, handler, visibility_timeout_s=visibility_timeout_s)
+    return CeleryQueue(
+        broker_url,
+        handler,
+        visibility_timeout_s=visibility_timeout_s,
+        router=router,
+        consume=consume,
+    )
+
+
+def job_router(store: Store, registry: RegistryLike) -> Router:
+    """The queue of a job, from its record: what a caller that has only its id (recovery,
+    a redelivery) enqueues it on."""
+
+    def router(job_id: str) -> str:
+        record = store.jobs.get(job_id)
+        return route(record.kind, record.model, registry)
+
+    return router
+
+
+def worker_info(
+    settings: Settings, registry: RegistryLike, *, worker_id: str, trainings: bool
+) -> WorkerInfo:
+    """How a worker announces itself when it starts (see :mod:`sdserve.jobs.workers`)."""
+    engine = settings.engine
+    now = utcnow()
+    return WorkerInfo(
+        id=worker_id,
+        host=socket.gethostname(),
+        pid=os.getpid(),
+        gpu=engine.gpu,
+        device=engine.device,  # "auto" until the engine is built and says which
+        models=tuple(served_models(registry.specs())),
+        trainings=trainings,
+        started_at=now,
+        last_seen=now,
+    )
+
+
+def heartbeat(board: WorkerBoard, info: WorkerInfo, runner: JobRunner) -> Heartbeat:
+    """Announces ``info`` with what ``runner`` holds and runs at each beat."""
+
+    def describe(base: WorkerInfo) -> WorkerInfo:
+        return replace(
+            base,
+            device=runner.device() or base.device,
+            loaded=tuple(runner.loaded_models()),
+            running=tuple(runner.running()),
+        )
+
+    return Heartbeat(board, info, describe)
 
 
 def cpu_threads(setting: int, *, beside_api: bool, default: int) -> int | None:
@@ -200,16 +270,20 @@ def _runner(
     endings: Endings,
     recovery: Recovery,
     metrics: RunMetrics,
+    trainings: bool,
 ) -> tuple[JobRunner, JobQueue]:
-    """A runner and the queue it consumes. The runner's batches wait on that queue's
-    arrivals and the queue hands its jobs to the runner, so the queue's handler reaches
-    the runner through a name bound just below."""
+    """A runner and the queue it consumes: on a shared broker, the queues of the models
+    ``registry`` serves and, with ``trainings``, their trainings'. The runner's batches
+    wait on that queue's arrivals and the queue hands its jobs to the runner, so the
+    queue's handler reaches the runner through a name bound just below."""
     config = settings.service
     embedded = is_embedded(config.broker_url)
     queue = make_queue(
         config.broker_url,
         lambda job_id: runner.run(job_id),
         visibility_timeout_s=config.visibility_timeout_s,
+        router=job_router(io.store, registry),
+        consume=worker_queues(served_models(registry.specs()), trainings=trainings),
     )
     runner = JobRunner(
         io.store,
@@ -261,21 +335,41 @@ def build_service(
     secret = SigningSecret(config.webhook_secret_file or settings.data_dir / "webhook_secret")
     endings = Endings()
     recovery = Recovery(io.store.jobs, attempts=config.job_attempts, on_end=endings.changed)
-    metrics, run_metrics = service_registry(io.store)
+    embedded = is_embedded(config.broker_url)
+    # who runs jobs: the shared broker's registry, or this process's own worker alone
+    board: WorkerBoard | None = board_for(config.broker_url)
+    if board is None and embedded and predictor is not None:
+        board = MemoryWorkerBoard()
+    workers = CachedBoard(board) if board is not None else None
+    metrics, run_metrics = service_registry(
+        io.store, live_workers=workers.live if workers is not None else None
+    )
     runner: JobRunner | None = None
+    beat: Heartbeat | None = None
     if predictor is None:
-        queue = make_queue(config.broker_url, visibility_timeout_s=config.visibility_timeout_s)
+        queue = make_queue(
+            config.broker_url,
+            visibility_timeout_s=config.visibility_timeout_s,
+            router=job_router(io.store, registry),
+        )
     else:
+        worker_id = f"embedded-{new_id()[:8]}"
+        # this process's worker takes every job of its models, trainings too (in their
+        # own lane on the embedded queue)
         runner, queue = _runner(
             settings,
             registry,
             io,
             predictor,
-            worker_id=f"embedded-{new_id()[:8]}",
+            worker_id=worker_id,
             endings=endings,
             recovery=recovery,
             metrics=run_metrics,
+            trainings=True,
         )
+        if board is not None:
+            info = worker_info(settings, registry, worker_id=worker_id, trainings=True)
+            beat = heartbeat(board, info, runner)
     parts = ServiceParts(
         store=io.store,
         files=io.files,
@@ -309,6 +403,8 @@ def build_service(
         endings=endings,
         runner=runner,
         metrics=metrics,
+        workers=workers,
+        heartbeat=beat,
     )
     return Service(settings, parts)
 
@@ -325,6 +421,8 @@ class Worker:
     metrics: CollectorRegistry
     metrics_port: int | None = None
     metrics_host: str = "127.0.0.1"
+    #: its entry in the worker registry (None: the broker has none)
+    heartbeat: Heartbeat | None = None
 
     def run(self) -> None:
         self.store.migrate()
@@ -334,9 +432,21 @@ class Worker:
                 self.metrics_port, self.metrics_host, registry=self.metrics
             )
         self.runner.discard_leftovers()
+        if self.heartbeat is not None:
+            info = self.heartbeat.info
+            log.info(
+                "worker %s serves %s%s on %s",
+                info.id,
+                ", ".join(info.models),
+                " and their trainings" if info.trainings else "",
+                info.device,
+            )
+            self.heartbeat.start()
         try:
             self.queue.run()
         finally:
+            if self.heartbeat is not None:
+                self.heartbeat.stop()
             if exporter is not None:
                 exporter.shutdown()
                 exporter.server_close()
@@ -362,17 +472,22 @@ def build_worker(
         io.store.jobs, attempts=settings.service.job_attempts, on_end=endings.changed
     )
     metrics, run_metrics = service_registry(io.store)
+    # which host and process ran a job, in its record and in the worker's log
+    worker_id = f"worker-{new_id()[:8]}@{socket.gethostname()}:{os.getpid()}"
+    trainings = settings.service.worker_trainings
     runner, queue = _runner(
         settings,
         registry,
         io,
         predictor,
-        # which host and process ran a job, in its record and in the worker's log
-        worker_id=f"worker-{new_id()[:8]}@{socket.gethostname()}:{os.getpid()}",
+        worker_id=worker_id,
         endings=endings,
         recovery=recovery,
         metrics=run_metrics,
+        trainings=trainings,
     )
+    board = board_for(settings.service.broker_url)
+    info = worker_info(settings, registry, worker_id=worker_id, trainings=trainings)
     return Worker(
         io.store,
         queue,
@@ -380,4 +495,5 @@ def build_worker(
         metrics,
         metrics_port=settings.service.worker_metrics_port,
         metrics_host=settings.api.host,
+        heartbeat=heartbeat(board, info, runner) if board is not None else None,
     )
