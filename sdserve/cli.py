@@ -769,6 +769,18 @@ def _add_worker(commands: Any) -> None:
         metavar="PORT",
         help=described(ServiceSettings, "worker_metrics_port"),
     )
+    worker.add_argument(
+        "--gpu",
+        type=int,
+        metavar="N",
+        help=described(EngineSettings, "gpu", default="none: torch's current CUDA device"),
+    )
+    worker.add_argument(
+        "--trainings",
+        action="store_true",
+        dest="worker_trainings",
+        help=described(ServiceSettings, "worker_trainings"),
+    )
     worker.set_defaults(run=run_worker)
 
 
@@ -800,12 +812,17 @@ def _server_settings(args: argparse.Namespace) -> Settings:
             "s3_endpoint_url": args.s3_endpoint_url,
             "outbound_allow": getattr(args, "outbound_allow", None),
             "worker_metrics_port": getattr(args, "worker_metrics_port", None),
+            "worker_trainings": getattr(args, "worker_trainings", None) or None,
         }.items()
         if value is not None
     }
     engine = {
         key: value
-        for key, value in {"device": args.device, "dtype": args.dtype}.items()
+        for key, value in {
+            "device": args.device,
+            "dtype": args.dtype,
+            "gpu": getattr(args, "gpu", None),
+        }.items()
         if value is not None
     }
     return _settings(

@@ -288,6 +288,11 @@ class ServiceSettings(BaseModel):
         description="'sdserve worker' serves its Prometheus metrics (step and run times, "
         "accelerator memory, and the store's counts) on this port of --host; None = off",
     )
+    worker_trainings: bool = Field(
+        default=False,
+        description="'sdserve worker' also takes trainings of the models it serves (off: "
+        "predictions only, so a training never holds this worker's predictions back)",
+    )
     fetch_max_bytes: int = Field(default=50 * 1024 * 1024, ge=1024)
     fetch_timeout_s: float = Field(
         default=30.0, gt=0, description="deadline of one input fetch, redirects and body included"
