@@ -53,6 +53,8 @@ class WorkerProcess:
     broker_url: str
     name: str
     process: subprocess.Popen[bytes] | None = None
+    #: what it serves (and takes): the demo models, or --model NAME... [--trainings]
+    serves: tuple[str, ...] = ("--demo",)
 
     @property
     def log_path(self) -> Path:
@@ -67,7 +69,7 @@ class WorkerProcess:
             "--data-dir",
             str(self.data_dir),
             "worker",
-            "--demo",
+            *self.serves,
             "--broker-url",
             self.broker_url,
             "--visibility-timeout",
