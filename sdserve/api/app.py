@@ -31,7 +31,7 @@ from sdserve.api.stability import v1_routes as stability_v1
 from sdserve.api.stability import v2_routes as stability_v2
 from sdserve.api.workers import health_workers, workers_body
 from sdserve.config import Settings
-from sdserve.jobs.contract import JobService, Workers
+from sdserve.jobs.contract import JobService
 from sdserve.web import web_router
 
 
@@ -96,10 +96,8 @@ def create_app(settings: Settings, service: JobService, *, manage_service: bool 
     @app.get("/health")
     async def health() -> dict[str, Any]:
         models = [model.name for model in service.models()]
-        return {"status": "ok", "models": models, **health_workers(await _workers())}
-
-    async def _workers() -> Workers:
-        return await asyncio.to_thread(service.workers)
+        workers = await asyncio.to_thread(service.workers)
+        return {"status": "ok", "models": models, **health_workers(workers)}
 
     @app.get(FILES_PATH + "/{key}")
     async def get_file(key: str) -> Response:

@@ -277,7 +277,9 @@ class Service:
             spec = self.served.resolve(model)
             parsed.check_a_step_runs(spec.defaults)  # with the steps the model would run
             destination = None
-        self._check_served(kind, routing_model(spec, self.served.specs()))
+        # the served model whose workers run it: a fine-tuned model's base
+        runs_on = routing_model(spec, self.served.specs())
+        self._check_served(kind, runs_on)
         if deadline is not None and deadline.tzinfo is None:
             deadline = deadline.replace(tzinfo=UTC)
         record = JobRecord(
@@ -295,14 +297,13 @@ class Service:
             inline_output=inline_output,
             owner=owner.name if owner is not None else None,
         )
-        route = job_queue(kind, routing_model(spec, self.served.specs()))
         max_queue = self.settings.service.max_queue
         if not self.store.jobs.insert(record, max_queued=max_queue, owner=owner):
             raise Overloaded(f"{max_queue} jobs are already queued; retry later", retry_after=10)
         if self._local_worker:
             self.endings.expect(record.id)
         try:
-            self.queue.enqueue(record.id, owner=record.owner or "", route=route)
+            self.queue.enqueue(record.id, owner=record.owner or "", route=job_queue(kind, runs_on))
         except Exception as exc:
             log.exception("cannot enqueue job %s", record.id)
             down = failure_columns(SdserveError("the job queue is unavailable"))

@@ -14,6 +14,7 @@ import redis
 from sdserve.config import ServiceSettings, Settings
 from sdserve.domain.jobs import JobKind
 from sdserve.errors import NoWorkerAvailable
+from sdserve.jobs.celery_queue import CeleryQueue
 from sdserve.jobs.routing import model_queue
 from sdserve.jobs.service import Service
 from sdserve.jobs.workers import RedisWorkerBoard, WorkerInfo
@@ -90,6 +91,10 @@ def test_a_job_for_a_model_no_live_worker_serves_is_refused(
     assert api.workers().queued == {"test/fake": 1}
     assert [info.id for info in api.workers().live] == ["w1"]
     assert api.get(job.id).status.value == "starting"
+    # a redelivery asked for by id alone (a duplicate's recheck) goes to the same queue
+    assert isinstance(api.queue, CeleryQueue)
+    api.queue.enqueue_later(job.id, 0)
+    assert redis.Redis.from_url(redis_url).llen(model_queue("test/fake")) == 2
 
 
 def test_a_training_needs_a_live_worker_that_takes_trainings(
