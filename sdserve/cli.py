@@ -804,6 +804,18 @@ def _add_worker(commands: Any) -> None:
         metavar="SECONDS",
         help=described(ServiceSettings, "backoff_s"),
     )
+    worker.add_argument(
+        "--gpu",
+        type=int,
+        metavar="N",
+        help=described(EngineSettings, "gpu", default="none: torch's current CUDA device"),
+    )
+    worker.add_argument(
+        "--trainings",
+        action="store_true",
+        dest="worker_trainings",
+        help=described(ServiceSettings, "worker_trainings"),
+    )
     worker.set_defaults(run=run_worker)
 
 
@@ -840,12 +852,17 @@ def _server_settings(args: argparse.Namespace) -> Settings:
             "shutdown_grace_s": getattr(args, "shutdown_grace_s", None),
             "backoff_after_failures": getattr(args, "backoff_after_failures", None),
             "backoff_s": getattr(args, "backoff_s", None),
+            "worker_trainings": getattr(args, "worker_trainings", None) or None,
         }.items()
         if value is not None
     }
     engine = {
         key: value
-        for key, value in {"device": args.device, "dtype": args.dtype}.items()
+        for key, value in {
+            "device": args.device,
+            "dtype": args.dtype,
+            "gpu": getattr(args, "gpu", None),
+        }.items()
         if value is not None
     }
     return _settings(

@@ -316,6 +316,11 @@ class ServiceSettings(BaseModel):
         description="the first pause of a worker that backs off; it doubles at each further "
         "failure, up to 32 times this, and a success ends the backoff",
     )
+    worker_trainings: bool = Field(
+        default=False,
+        description="'sdserve worker' also takes trainings of the models it serves (off: "
+        "predictions only, so a training never holds this worker's predictions back)",
+    )
     fetch_max_bytes: int = Field(default=50 * 1024 * 1024, ge=1024)
     fetch_timeout_s: float = Field(
         default=30.0, gt=0, description="deadline of one input fetch, redirects and body included"

@@ -15,8 +15,11 @@ message (its text stays in the server log).
     │   └── FileNotFound            no uploaded or output file has that id
     ├── Unauthorized                missing or wrong token (HTTP 401)
     ├── Overloaded                  queue full or draining (HTTP 429/503 + Retry-After)
-    │   └── RateLimited             a token over one of its own limits (HTTP 429 +
+    │   ├── RateLimited             a token over one of its own limits (HTTP 429 +
     │                               Retry-After): its rate, queued or running cap
+    │   ├── StorageUnavailable      the file storage cannot be reached (HTTP 503)
+    │   └── NoWorkerAvailable       no live worker serves the model (HTTP 503 +
+    │                               Retry-After)
     ├── Conflict                    the request contradicts the state (HTTP 409)
     ├── MethodNotAllowed            a method the path does not serve (HTTP 405 + Allow)
     ├── CrossSiteRequest            a browser request from another site (HTTP 403)
@@ -143,6 +146,18 @@ class StorageUnavailable(Overloaded):
 
     code = "storage_unavailable"
     worker_fault = True
+
+
+class NoWorkerAvailable(Overloaded):
+    """No live worker serves the model a job asks for (``sdserve worker`` processes on a
+    shared broker, none of them started with it, or all stopped): a 503 with
+    ``Retry-After`` instead of a job that would wait for a worker that never comes."""
+
+    code = "no_worker"
+
+    def __init__(self, model: str, message: str, *, retry_after: int = 10) -> None:
+        super().__init__(message, retry_after=retry_after)
+        self.model = model
 
 
 class PayloadTooLarge(SdserveError):

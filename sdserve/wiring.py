@@ -14,11 +14,12 @@ in-memory one instead of patching. Nothing here imports torch: the engine is bui
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import threading
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
@@ -35,20 +36,32 @@ from sdserve.jobs.files import FileStore, LocalFileStore
 from sdserve.jobs.leases import LeaseKeeper
 from sdserve.jobs.metrics import RunMetrics, accelerator_memory_bytes, service_registry
 from sdserve.jobs.outbound import OutboundPolicy, Resolver
-from sdserve.jobs.queue import LOCAL_BROKER, Handler, JobQueue, LocalQueue, is_embedded
+from sdserve.jobs.queue import LOCAL_BROKER, Handler, JobQueue, Lanes, Router, is_embedded
 from sdserve.jobs.recovery import Recovery
 from sdserve.jobs.retention import Retention
+from sdserve.jobs.routing import route, served_models, worker_queues
 from sdserve.jobs.served import RegistryLike, ServedModels
 from sdserve.jobs.service import Endings, Service, ServiceParts
 from sdserve.jobs.shutdown import ExitWatchdog, Shutdown
-from sdserve.jobs.store import PoolSettings, Store, new_id, sqlite_url
+from sdserve.jobs.store import PoolSettings, Store, new_id, sqlite_url, utcnow
 from sdserve.jobs.webhooks import SigningSecret, WebhookDispatcher
 from sdserve.jobs.worker import JobRunner, Predictor, PredictorSource
+from sdserve.jobs.workers import (
+    CachedBoard,
+    Heartbeat,
+    MemoryWorkerBoard,
+    WorkerBoard,
+    WorkerInfo,
+    board_for,
+)
 
 if TYPE_CHECKING:
     from sdserve.models.catalog import ModelRegistry
     from sdserve.training.catalog import TrainedCatalog
     from sdserve.training.runner import TrainingRunner
+
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -137,12 +150,16 @@ def make_queue(
     visibility_timeout_s: float = 3600.0,
     shutdown: Shutdown | None = None,
     health: WorkerHealth | None = None,
+    router: Router | None = None,
+    consume: Sequence[str] = (),
 ) -> JobQueue:
     """The queue for ``broker_url``; without a ``handler`` it can only enqueue.
     ``shutdown``: the grace period of a ``sdserve worker``, ``health``: its backoff
-    (Celery queues only)."""
+    (Celery queues only). ``router(job_id)``: the queue of a job enqueued by id alone;
+    ``consume``: the queues a worker on a shared broker takes jobs from
+    (:mod:`sdserve.jobs.routing`)."""
     if broker_url.startswith(LOCAL_BROKER):
-        return LocalQueue(handler)
+        return Lanes(handler, router=router)
     # Celery is imported only for a broker that needs it
     from sdserve.jobs.celery_queue import CeleryQueue
 
@@ -152,7 +169,53 @@ def make_queue(
         visibility_timeout_s=visibility_timeout_s,
         shutdown=shutdown,
         pause_left=health.pause_left if health is not None else None,
+        router=router,
+        consume=consume,
     )
+
+
+def job_router(store: Store, registry: RegistryLike) -> Router:
+    """The queue of a job, from its record: what a caller that has only its id (recovery,
+    a redelivery) enqueues it on."""
+
+    def router(job_id: str) -> str:
+        record = store.jobs.get(job_id)
+        return route(record.kind, record.model, registry)
+
+    return router
+
+
+def worker_info(
+    settings: Settings, registry: RegistryLike, *, worker_id: str, trainings: bool
+) -> WorkerInfo:
+    """How a worker announces itself when it starts (see :mod:`sdserve.jobs.workers`)."""
+    engine = settings.engine
+    now = utcnow()
+    return WorkerInfo(
+        id=worker_id,
+        host=socket.gethostname(),
+        pid=os.getpid(),
+        gpu=engine.gpu,
+        device=engine.device,  # "auto" until the engine is built and says which
+        models=tuple(served_models(registry.specs())),
+        trainings=trainings,
+        started_at=now,
+        last_seen=now,
+    )
+
+
+def heartbeat(board: WorkerBoard, info: WorkerInfo, runner: JobRunner) -> Heartbeat:
+    """Announces ``info`` with what ``runner`` holds and runs at each beat."""
+
+    def describe(base: WorkerInfo) -> WorkerInfo:
+        return replace(
+            base,
+            device=runner.device() or base.device,
+            loaded=tuple(runner.loaded_models()),
+            running=tuple(runner.running_jobs()),
+        )
+
+    return Heartbeat(board, info, describe)
 
 
 def cpu_threads(setting: int, *, beside_api: bool, default: int) -> int | None:
@@ -238,12 +301,14 @@ def _runner(
     endings: Endings,
     recovery: Recovery,
     metrics: RunMetrics,
+    trainings: bool,
     shutdown: Shutdown | None = None,
     health: WorkerHealth | None = None,
 ) -> tuple[JobRunner, JobQueue]:
-    """A runner and the queue it consumes. The runner's batches wait on that queue's
-    arrivals and the queue hands its jobs to the runner, so the queue's handler reaches
-    the runner through a name bound just below."""
+    """A runner and the queue it consumes: on a shared broker, the queues of the models
+    ``registry`` serves and, with ``trainings``, their trainings'. The runner's batches
+    wait on that queue's arrivals and the queue hands its jobs to the runner, so the
+    queue's handler reaches the runner through a name bound just below."""
     config = settings.service
     embedded = is_embedded(config.broker_url)
     queue = make_queue(
@@ -252,6 +317,8 @@ def _runner(
         visibility_timeout_s=config.visibility_timeout_s,
         shutdown=shutdown,
         health=health,
+        router=job_router(io.store, registry),
+        consume=worker_queues(served_models(registry.specs()), trainings=trainings),
     )
     runner = JobRunner(
         io.store,
@@ -314,21 +381,40 @@ def build_service(
         on_end=endings.changed,
         lease_s=None if embedded else config.lease_s,
     )
-    metrics, run_metrics = service_registry(io.store)
+    # who runs jobs: the shared broker's registry, or this process's own worker alone
+    board: WorkerBoard | None = board_for(config.broker_url)
+    if board is None and embedded and predictor is not None:
+        board = MemoryWorkerBoard()
+    workers = CachedBoard(board) if board is not None else None
+    metrics, run_metrics = service_registry(
+        io.store, live_workers=workers.live if workers is not None else None
+    )
     runner: JobRunner | None = None
+    beat: Heartbeat | None = None
     if predictor is None:
-        queue = make_queue(config.broker_url, visibility_timeout_s=config.visibility_timeout_s)
+        queue = make_queue(
+            config.broker_url,
+            visibility_timeout_s=config.visibility_timeout_s,
+            router=job_router(io.store, registry),
+        )
     else:
+        worker_id = f"embedded-{new_id()[:8]}"
+        # this process's worker takes every job of its models, trainings too (in their
+        # own lane on the embedded queue)
         runner, queue = _runner(
             settings,
             registry,
             io,
             predictor,
-            worker_id=f"embedded-{new_id()[:8]}",
+            worker_id=worker_id,
             endings=endings,
             recovery=recovery,
             metrics=run_metrics,
+            trainings=True,
         )
+        if board is not None:
+            info = worker_info(settings, registry, worker_id=worker_id, trainings=True)
+            beat = heartbeat(board, info, runner)
     parts = ServiceParts(
         store=io.store,
         files=io.files,
@@ -371,6 +457,8 @@ def build_service(
             enqueue=queue.enqueue,
             running=runner.running if runner is not None else tuple,
         ),
+        workers=workers,
+        heartbeat=beat,
     )
     return Service(settings, parts)
 
@@ -391,6 +479,8 @@ class Worker:
     leases: LeaseKeeper | None = None
     #: ends the process if a SIGTERM's stop overruns its grace period
     watchdog: ExitWatchdog | None = None
+    #: its entry in the worker registry (None: the broker has none)
+    heartbeat: Heartbeat | None = None
 
     def run(self) -> None:
         self.store.migrate()
@@ -400,13 +490,22 @@ class Worker:
                 self.metrics_port, self.metrics_host, registry=self.metrics
             )
         self.runner.discard_leftovers()
-        for part in (self.leases, self.watchdog):
+        if self.heartbeat is not None:
+            info = self.heartbeat.info
+            log.info(
+                "worker %s serves %s%s on %s",
+                info.id,
+                ", ".join(info.models),
+                " and their trainings" if info.trainings else "",
+                info.device,
+            )
+        for part in (self.leases, self.watchdog, self.heartbeat):
             if part is not None:
                 part.start()
         try:
             self.queue.run()
         finally:
-            for part in (self.watchdog, self.leases):
+            for part in (self.heartbeat, self.watchdog, self.leases):
                 if part is not None:
                     part.stop()
             if exporter is not None:
@@ -438,16 +537,19 @@ def build_worker(
     # jobs failing in a row for faults of this worker: it backs off instead of draining
     health = WorkerHealth(failures=config.backoff_after_failures, pause_s=config.backoff_s)
     metrics, run_metrics = service_registry(io.store)
+    # which host and process ran a job, in its record and in the worker's log
+    worker_id = f"worker-{new_id()[:8]}@{socket.gethostname()}:{os.getpid()}"
+    trainings = settings.service.worker_trainings
     runner, queue = _runner(
         settings,
         registry,
         io,
         predictor,
-        # which host and process ran a job, in its record and in the worker's log
-        worker_id=f"worker-{new_id()[:8]}@{socket.gethostname()}:{os.getpid()}",
+        worker_id=worker_id,
         endings=endings,
         recovery=recovery,
         metrics=run_metrics,
+        trainings=trainings,
         # SIGTERM: the running job goes on this long at most, then goes back to the queue
         shutdown=shutdown,
         health=health,
@@ -459,6 +561,8 @@ def build_worker(
         enqueue=queue.enqueue,
         running=runner.running,
     )
+    board = board_for(settings.service.broker_url)
+    info = worker_info(settings, registry, worker_id=worker_id, trainings=trainings)
     return Worker(
         io.store,
         queue,
@@ -468,4 +572,5 @@ def build_worker(
         watchdog=ExitWatchdog(shutdown, lambda: bool(runner.running())),
         metrics_port=config.worker_metrics_port,
         metrics_host=settings.api.host,
+        heartbeat=heartbeat(board, info, runner) if board is not None else None,
     )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from sdserve.errors import InvalidInput
 from sdserve.models.settings import EngineSettings
 
 _DTYPES: dict[str, torch.dtype] = {
@@ -27,12 +28,13 @@ def use_cpu_threads(count: int) -> None:
     torch.set_num_threads(count)
 
 
-def resolve_device(name: str) -> str:
-    """``auto`` picks CUDA, then Apple MPS, then the CPU; explicit names are kept."""
+def resolve_device(name: str, gpu: int | None = None) -> str:
+    """``auto`` picks CUDA, then Apple MPS, then the CPU; explicit names are kept. CUDA is
+    pinned to device ``gpu`` when one is given (``cuda:1``), which must exist."""
+    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
+        return _cuda_device(gpu)
     if name != "auto":
         return name
-    if torch.cuda.is_available():
-        return "cuda"
     mps = getattr(torch.backends, "mps", None)
     if mps is not None and mps.is_available():
         return "mps"
@@ -49,9 +51,19 @@ def resolve_dtype(name: str, device: str) -> torch.dtype:
     return torch.float32 if device == "cpu" else torch.float16
 
 
+def _cuda_device(gpu: int | None) -> str:
+    """``cuda`` (torch's current device), or ``cuda:N`` for ``gpu`` N, which must exist."""
+    if gpu is None:
+        return "cuda"
+    count = torch.cuda.device_count()
+    if gpu >= count:
+        raise InvalidInput("gpu", f"there is no CUDA device {gpu}: this machine has {count}")
+    return f"cuda:{gpu}"
+
+
 def resolve(settings: EngineSettings) -> tuple[str, torch.dtype]:
     """Return ``(device, dtype)`` for these settings."""
-    device = resolve_device(settings.device)
+    device = resolve_device(settings.device, settings.gpu)
     return device, resolve_dtype(settings.dtype, device)
 
 

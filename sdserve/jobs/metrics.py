@@ -6,6 +6,8 @@ Two sources, on purpose:
   kind and model, the queue depth per model, webhook deliveries by state. The store is
   the truth shared by every process, so the API's ``/metrics`` is right however many
   workers run, and a restart loses nothing.
+* **The worker registry** (:class:`WorkerCollector`, where the broker has one): live
+  workers, in all and per model they serve, read at scrape time like the store.
 * **This process's runs** (:class:`RunMetrics`): seconds per denoising or training step and
   seconds per run, by model, and the accelerator's memory. They exist where jobs run: the
   embedded worker's server shows them at ``/metrics``; a ``sdserve worker`` serves its
@@ -30,6 +32,7 @@ from sqlalchemy import Table, case, func, select
 from sdserve.domain.jobs import Status
 from sdserve.jobs.store import Store
 from sdserve.jobs.tables import JobRow, WebhookRow
+from sdserve.jobs.workers import WorkerInfo
 
 JOBS = cast(Table, JobRow.__table__)
 WEBHOOKS = cast(Table, WebhookRow.__table__)
@@ -100,6 +103,49 @@ class StoreCollector(Collector):
         yield webhooks
 
 
+def queued_by_model(store: Store) -> dict[str, int]:
+    """Jobs accepted and waiting for a worker (``starting``), per model."""
+    query = (
+        select(JOBS.c.model, func.count())
+        .where(JOBS.c.status == Status.STARTING.value)
+        .group_by(JOBS.c.model)
+        .order_by(JOBS.c.model)
+    )
+    with store.db.transaction() as conn:
+        return {model: count for model, count in conn.execute(query).all()}
+
+
+class WorkerCollector(Collector):
+    """Live workers from the registry (``live()``), counted at scrape time."""
+
+    def __init__(self, live: Callable[[], list[WorkerInfo]]) -> None:
+        self.live = live
+
+    def describe(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily("sdserve_live_workers", "")
+        yield GaugeMetricFamily("sdserve_model_workers", "", labels=["model"])
+
+    def collect(self) -> Iterator[Metric]:
+        workers = self.live()
+        total = GaugeMetricFamily(
+            "sdserve_live_workers", "Workers whose registry entry is live (renewed lately)."
+        )
+        total.add_metric([], len(workers))
+        per_model = GaugeMetricFamily(
+            "sdserve_model_workers",
+            "Live workers that serve each model (0 workers: its jobs are refused with 503).",
+            labels=["model"],
+        )
+        counts: dict[str, int] = {}
+        for worker in workers:
+            for model in worker.models:
+                counts[model] = counts.get(model, 0) + 1
+        for model, count in sorted(counts.items()):
+            per_model.add_metric([model], count)
+        yield total
+        yield per_model
+
+
 class RunMetrics:
     """Step and run times of the jobs this process runs, and the accelerator's memory."""
 
@@ -165,8 +211,13 @@ def accelerator_memory_bytes() -> int:
     return int(torch.cuda.memory_allocated())
 
 
-def service_registry(store: Store) -> tuple[CollectorRegistry, RunMetrics]:
-    """A registry with the store's metrics and this process's run metrics."""
+def service_registry(
+    store: Store, live_workers: Callable[[], list[WorkerInfo]] | None = None
+) -> tuple[CollectorRegistry, RunMetrics]:
+    """A registry with the store's metrics, the live workers' (``live_workers``, where
+    there is a registry) and this process's run metrics."""
     registry = CollectorRegistry(auto_describe=True)
     registry.register(StoreCollector(store))
+    if live_workers is not None:
+        registry.register(WorkerCollector(live_workers))
     return registry, RunMetrics(registry)

@@ -107,6 +107,10 @@ class ServedModels:
         self._refresh()
         return [self._served(spec) for spec in self.registry.specs()]
 
+    def specs(self) -> list[Any]:
+        """The registry's specs, as they are now."""
+        return list(self.registry.specs())
+
     def get(self, name: str) -> ServedModel:
         return self._served(self.resolve(name))
 

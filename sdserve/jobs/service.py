@@ -26,7 +26,13 @@ from sdserve.domain.events import Done, Event, Log, Output, Progress
 from sdserve.domain.inputs import GenerationInput, parse_generation_input
 from sdserve.domain.jobs import JobKind, Status
 from sdserve.domain.training import parse_training_input
-from sdserve.errors import InputFetchFailed, InvalidInput, Overloaded, SdserveError
+from sdserve.errors import (
+    InputFetchFailed,
+    InvalidInput,
+    NoWorkerAvailable,
+    Overloaded,
+    SdserveError,
+)
 from sdserve.jobs.contract import (
     JobRecord,
     Owner,
@@ -35,22 +41,25 @@ from sdserve.jobs.contract import (
     RunProgress,
     ServedModel,
     WebhookOptions,
+    Workers,
 )
 from sdserve.jobs.fetch import InputFetcher, sniff_image_type
 from sdserve.jobs.files import FileStore, new_key
 from sdserve.jobs.finished import FinishedJobs
 from sdserve.jobs.images import decode_image
 from sdserve.jobs.leases import LeaseKeeper
-from sdserve.jobs.metrics import service_registry
+from sdserve.jobs.metrics import queued_by_model, service_registry
 from sdserve.jobs.outbound import OutboundError
 from sdserve.jobs.queue import JobQueue, is_embedded
 from sdserve.jobs.recovery import Recovery
 from sdserve.jobs.retention import Retention
+from sdserve.jobs.routing import job_queue, routing_model
 from sdserve.jobs.served import ServedModels
 from sdserve.jobs.store import Store, failure_columns, new_id, utcnow
 from sdserve.jobs.waiters import JobWaiters
 from sdserve.jobs.webhooks import SigningSecret, WebhookDispatcher
 from sdserve.jobs.worker import JobRunner
+from sdserve.jobs.workers import TTL_S, CachedBoard, Heartbeat
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +68,9 @@ POLL_INTERVAL_S = 0.15
 #: How often ``wait`` looks when this process runs the jobs itself: each job's end wakes
 #: its waiters, so this is only a safety net (and costs the running job no CPU).
 WOKEN_POLL_INTERVAL_S = 1.0
+#: ``Retry-After`` of a job no live worker serves: a worker that starts announces itself
+#: at once, one that was lost comes back within a registry entry's life.
+RETRY_NO_WORKER_S = int(TTL_S)
 _EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp", "image/gif": "gif"}
 
 
@@ -116,6 +128,11 @@ class ServiceParts:
     metrics: CollectorRegistry | None = None
     #: with a shared broker: renews this process's runs' leases, takes back lapsed ones
     leases: LeaseKeeper | None = None
+    #: the live workers (the shared broker's registry, or this process's worker); None: no
+    #: registry (a broker without one)
+    workers: CachedBoard | None = None
+    #: this process's worker's entry in ``workers``, renewed while the service runs
+    heartbeat: Heartbeat | None = None
 
 
 class Service:
@@ -148,6 +165,11 @@ class Service:
         self._wait_poll_s = WOKEN_POLL_INTERVAL_S if self._local_worker else POLL_INTERVAL_S
         self._consuming = False
         self._started = False
+        self._workers = parts.workers
+        self._heartbeat = parts.heartbeat
+        # without a worker here, jobs wait for 'sdserve worker' processes: a model none of
+        # the live ones serves is refused instead of queued for a worker that never comes
+        self._check_workers = self.runner is None and not self.embedded
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -162,6 +184,8 @@ class Service:
             self.runner.discard_leftovers()
             self.queue.start()
             self._consuming = True
+        if self._heartbeat is not None:
+            self._heartbeat.start()
         self.webhooks.start()
         self.retention.start()
         if self.leases is not None:
@@ -175,6 +199,8 @@ class Service:
             self._consuming = False
         if self.leases is not None:
             self.leases.stop()
+        if self._heartbeat is not None and self._started:
+            self._heartbeat.stop()
         self.webhooks.stop()
         self.retention.stop()
         self.store.close()
@@ -201,6 +227,29 @@ class Service:
 
     def models(self) -> builtins.list[ServedModel]:
         return self.served.all()
+
+    def workers(self) -> Workers:
+        """The live workers (from the registry) and the jobs waiting per model (from the
+        store, the truth: a broker's queue lengths count duplicate deliveries too)."""
+        live = self._workers.live() if self._workers is not None else []
+        return Workers(
+            known=self._workers is not None, live=live, queued=queued_by_model(self.store)
+        )
+
+    def _check_served(self, kind: JobKind, model: str) -> None:
+        """Refuse a job that no live worker would take (see ``_check_workers``)."""
+        if not self._check_workers or self._workers is None:
+            return
+        training = kind is JobKind.TRAINING
+        if any(worker.serves(model, training=training) for worker in self._workers.live()):
+            return
+        what = f"trainings on {model}" if training else model
+        start = f"sdserve worker --model {model}" + (" --trainings" if training else "")
+        raise NoWorkerAvailable(
+            model,
+            f"no live worker serves {what}; start one ('{start}') or retry later",
+            retry_after=RETRY_NO_WORKER_S,
+        )
 
     def model(self, name: str) -> ServedModel:
         return self.served.get(name)
@@ -236,6 +285,9 @@ class Service:
             spec = self.served.resolve(model)
             parsed.check_a_step_runs(spec.defaults)  # with the steps the model would run
             destination = None
+        # the served model whose workers run it: a fine-tuned model's base
+        runs_on = routing_model(spec, self.served.specs())
+        self._check_served(kind, runs_on)
         if deadline is not None and deadline.tzinfo is None:
             deadline = deadline.replace(tzinfo=UTC)
         record = JobRecord(
@@ -259,7 +311,7 @@ class Service:
         if self._local_worker:
             self.endings.expect(record.id)
         try:
-            self.queue.enqueue(record.id, owner=record.owner or "")
+            self.queue.enqueue(record.id, owner=record.owner or "", route=job_queue(kind, runs_on))
         except Exception as exc:
             log.exception("cannot enqueue job %s", record.id)
             down = failure_columns(SdserveError("the job queue is unavailable"))

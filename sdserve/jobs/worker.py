@@ -205,6 +205,21 @@ class JobRunner:
         """The job id and claim of each run going on here (the leases to renew)."""
         return list(self._fences.items())
 
+    def running_jobs(self) -> list[str]:
+        """The jobs this runner runs now (what the worker registry shows)."""
+        return sorted(self._fences)
+
+    def loaded_models(self) -> list[str]:
+        """The models the engine holds now; none before it is built (never builds it)."""
+        cache = getattr(self._predictor, "cache", None)
+        loaded = getattr(cache, "loaded", None)
+        return list(loaded()) if callable(loaded) else []
+
+    def device(self) -> str | None:
+        """The engine's device once it is built (``cuda:0``, ``cpu``); None before."""
+        device = getattr(self._predictor, "device", None)
+        return None if device is None else str(device)
+
     def flags_changed(self, job_id: str) -> None:
         """A cancel or stop of ``job_id`` was written to the store: its run reads the flags
         at its next step instead of at its next poll."""

@@ -35,6 +35,12 @@ class EngineSettings(BaseModel):
     """How the diffusers engine runs: device, precision, memory and optional components."""
 
     device: DeviceName = "auto"
+    gpu: int | None = Field(
+        default=None,
+        ge=0,
+        description="the GPU this process owns: the engine runs on cuda:N where CUDA exists "
+        "(device auto or cuda); elsewhere only a label the worker registry shows",
+    )
     dtype: DtypeName = Field(
         default="auto", description="auto: float16 on CUDA/MPS, float32 on CPU"
     )

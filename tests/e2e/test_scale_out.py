@@ -55,6 +55,8 @@ class WorkerProcess:
     process: subprocess.Popen[bytes] | None = None
     #: more ``sdserve worker`` options (e.g. ``--shutdown-grace``)
     extra_args: list[str] = field(default_factory=list)
+    #: what it serves (and takes): the demo models, or --model NAME... [--trainings]
+    serves: tuple[str, ...] = ("--demo",)
 
     @property
     def log_path(self) -> Path:
@@ -69,7 +71,7 @@ class WorkerProcess:
             "--data-dir",
             str(self.data_dir),
             "worker",
-            "--demo",
+            *self.serves,
             "--broker-url",
             self.broker_url,
             "--visibility-timeout",
