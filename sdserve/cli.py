@@ -652,6 +652,13 @@ def _add_queue_options(parser: argparse.ArgumentParser) -> None:
         help=described(ServiceSettings, "visibility_timeout_s"),
     )
     parser.add_argument(
+        "--event-poll",
+        type=float,
+        metavar="SECONDS",
+        dest="events_poll_s",
+        help=described(ServiceSettings, "events_poll_s"),
+    )
+    parser.add_argument(
         "--storage-url",
         dest="files_url",
         metavar="URL",
@@ -796,6 +803,7 @@ def _server_settings(args: argparse.Namespace) -> Settings:
             "database_max_overflow": args.database_max_overflow,
             "broker_url": args.broker_url,
             "visibility_timeout_s": args.visibility_timeout_s,
+            "events_poll_s": args.events_poll_s,
             "files_url": args.files_url,
             "s3_endpoint_url": args.s3_endpoint_url,
             "outbound_allow": getattr(args, "outbound_allow", None),

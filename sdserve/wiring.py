@@ -18,7 +18,7 @@ import os
 import socket
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
@@ -29,10 +29,12 @@ from prometheus_client import CollectorRegistry, start_http_server
 from sdserve.config import Settings
 from sdserve.errors import InvalidInput
 from sdserve.jobs.batching import Batcher, BatchPolicy
+from sdserve.jobs.events import EventBus, EventKind, JobEvent, LocalEventBus
 from sdserve.jobs.fetch import InputFetcher
 from sdserve.jobs.files import FileStore, LocalFileStore
 from sdserve.jobs.metrics import RunMetrics, accelerator_memory_bytes, service_registry
 from sdserve.jobs.outbound import OutboundPolicy, Resolver
+from sdserve.jobs.progress import CANCEL_POLL_INTERVAL_S
 from sdserve.jobs.queue import LOCAL_BROKER, Handler, JobQueue, LocalQueue, is_embedded
 from sdserve.jobs.recovery import Recovery
 from sdserve.jobs.retention import Retention
@@ -66,8 +68,14 @@ REAL_EDGES = Edges()
 # -- the parts, one builder each ----------------------------------------------------------
 
 
-def open_store(settings: Settings, *, on_webhook: Callable[[], None] | None = None) -> Store:
-    """The job store at ``database_url`` (default: SQLite in the data folder)."""
+def open_store(
+    settings: Settings,
+    *,
+    on_webhook: Callable[[], None] | None = None,
+    events: EventBus | None = None,
+) -> Store:
+    """The job store at ``database_url`` (default: SQLite in the data folder); it publishes
+    every write of a job's run on ``events``."""
     service = settings.service
     pool = PoolSettings(
         size=service.database_pool_size,
@@ -75,7 +83,10 @@ def open_store(settings: Settings, *, on_webhook: Callable[[], None] | None = No
         timeout_s=service.database_pool_timeout_s,
     )
     return Store(
-        service.database_url or sqlite_url(settings.data_dir), pool=pool, on_webhook=on_webhook
+        service.database_url or sqlite_url(settings.data_dir),
+        pool=pool,
+        on_webhook=on_webhook,
+        on_event=events.publish if events is not None else None,
     )
 
 
@@ -115,6 +126,20 @@ def make_queue(
     from sdserve.jobs.celery_queue import CeleryQueue
 
     return CeleryQueue(broker_url, handler, visibility_timeout_s=visibility_timeout_s)
+
+
+def make_event_bus(broker_url: str) -> EventBus:
+    """The job event bus for ``broker_url``: Redis pub/sub for a ``redis://`` broker (the
+    processes that share it share its events); in-process for an in-process broker; for
+    another shared broker an in-process bus that says it is not live, so waiters keep
+    polling the store for the other processes' writes."""
+    scheme = urlsplit(broker_url).scheme
+    if scheme in ("redis", "rediss"):
+        # redis (the cluster extra, as Celery's broker needs it) is imported only here
+        from sdserve.jobs.redis_events import RedisEventBus
+
+        return RedisEventBus(broker_url)
+    return LocalEventBus(live=is_embedded(broker_url) or scheme == "memory")
 
 
 def cpu_threads(setting: int, *, beside_api: bool, default: int) -> int | None:
@@ -171,12 +196,17 @@ class _Io:
     fetcher: InputFetcher
 
 
-def _io(settings: Settings, edges: Edges, on_webhook: Callable[[], None] | None = None) -> _Io:
+def _io(
+    settings: Settings,
+    edges: Edges,
+    events: EventBus,
+    on_webhook: Callable[[], None] | None = None,
+) -> _Io:
     files = edges.files or file_store_from_url(settings)
     fetcher = InputFetcher.from_settings(
         files, settings.service, transport=edges.fetch_transport, resolver=edges.fetch_resolver
     )
-    return _Io(open_store(settings, on_webhook=on_webhook), files, fetcher)
+    return _Io(open_store(settings, on_webhook=on_webhook, events=events), files, fetcher)
 
 
 def webhook_policy(settings: Settings, edges: Edges = REAL_EDGES) -> OutboundPolicy:
@@ -200,6 +230,7 @@ def _runner(
     endings: Endings,
     recovery: Recovery,
     metrics: RunMetrics,
+    events: EventBus,
 ) -> tuple[JobRunner, JobQueue]:
     """A runner and the queue it consumes. The runner's batches wait on that queue's
     arrivals and the queue hands its jobs to the runner, so the queue's handler reaches
@@ -225,8 +256,8 @@ def _runner(
             queue,
         ),
         trainer=trainer_factory(settings, registry),
-        # the API of this process is the only one: every cancel reaches the runner at once
-        flags_notified=embedded,
+        # a cancel's event reaches the runner at once; its poll is a safety net while live
+        flag_poll_s=lambda: config.events_poll_s if events.live else CANCEL_POLL_INTERVAL_S,
         limits=settings.limits.input_limits(),
         metrics=metrics,
         # a shared broker redelivers a task after its visibility timeout: a run claimed
@@ -235,6 +266,12 @@ def _runner(
         recheck=getattr(queue, "enqueue_later", None),
     )
     metrics.watch_memory(accelerator_memory_bytes)
+
+    def stop_asked(event: JobEvent) -> None:
+        if event.kind is EventKind.STOP:
+            runner.flags_changed(event.job_id)
+
+    events.subscribe(stop_asked)
     return runner, queue
 
 
@@ -257,7 +294,8 @@ def build_service(
     config = settings.service
     # the store sets it after queuing a webhook; the dispatcher sleeps on it between passes
     webhooks_due = threading.Event()
-    io = _io(settings, edges, on_webhook=webhooks_due.set)
+    events = make_event_bus(config.broker_url)
+    io = _io(settings, edges, events, on_webhook=webhooks_due.set)
     secret = SigningSecret(config.webhook_secret_file or settings.data_dir / "webhook_secret")
     endings = Endings()
     recovery = Recovery(io.store.jobs, attempts=config.job_attempts, on_end=endings.changed)
@@ -275,6 +313,7 @@ def build_service(
             endings=endings,
             recovery=recovery,
             metrics=run_metrics,
+            events=events,
         )
     parts = ServiceParts(
         store=io.store,
@@ -307,6 +346,7 @@ def build_service(
             interval_s=config.retention_interval_s,
         ),
         endings=endings,
+        events=events,
         runner=runner,
         metrics=metrics,
     )
@@ -325,8 +365,11 @@ class Worker:
     metrics: CollectorRegistry
     metrics_port: int | None = None
     metrics_host: str = "127.0.0.1"
+    #: tells the API's waiters about this worker's writes, and its runs about cancels
+    events: EventBus = field(default_factory=LocalEventBus)
 
     def run(self) -> None:
+        self.events.start()
         self.store.migrate()
         exporter = None
         if self.metrics_port is not None:
@@ -340,6 +383,7 @@ class Worker:
             if exporter is not None:
                 exporter.shutdown()
                 exporter.server_close()
+            self.events.close()
             self.store.close()
 
 
@@ -356,7 +400,8 @@ def build_worker(
         raise InvalidInput(
             "broker_url", "a separate worker needs a shared broker such as redis://host:6379/0"
         )
-    io = _io(settings, edges)
+    events = make_event_bus(settings.service.broker_url)
+    io = _io(settings, edges, events)
     endings = Endings()  # no waiters here: the ended jobs' lines
     recovery = Recovery(
         io.store.jobs, attempts=settings.service.job_attempts, on_end=endings.changed
@@ -372,6 +417,7 @@ def build_worker(
         endings=endings,
         recovery=recovery,
         metrics=run_metrics,
+        events=events,
     )
     return Worker(
         io.store,
@@ -380,4 +426,5 @@ def build_worker(
         metrics,
         metrics_port=settings.service.worker_metrics_port,
         metrics_host=settings.api.host,
+        events=events,
     )
