@@ -666,6 +666,13 @@ def _add_queue_options(parser: argparse.ArgumentParser) -> None:
         help=described(ServiceSettings, "job_attempts"),
     )
     parser.add_argument(
+        "--event-poll",
+        type=float,
+        metavar="SECONDS",
+        dest="events_poll_s",
+        help=described(ServiceSettings, "events_poll_s"),
+    )
+    parser.add_argument(
         "--storage-url",
         dest="files_url",
         metavar="URL",
@@ -845,6 +852,7 @@ def _server_settings(args: argparse.Namespace) -> Settings:
             "visibility_timeout_s": args.visibility_timeout_s,
             "lease_s": args.lease_s,
             "job_attempts": args.job_attempts,
+            "events_poll_s": args.events_poll_s,
             "files_url": args.files_url,
             "s3_endpoint_url": args.s3_endpoint_url,
             "outbound_allow": getattr(args, "outbound_allow", None),

@@ -249,6 +249,15 @@ class ServiceSettings(BaseModel):
         "took it if it was not acknowledged (the worker died): longer than the longest job, "
         "since a run claimed longer ago is presumed lost and taken over by another worker",
     )
+    events_poll_s: float = Field(
+        default=2.0,
+        gt=0,
+        le=3600,
+        description="job events (in-process, or Redis pub/sub with a redis:// broker) wake "
+        "waiting requests, SSE streams and running jobs' cancel checks; they still read the "
+        "store this often in case an event was lost (while Redis is unreachable: every "
+        "0.15 s, and 0.1 s for cancel flags)",
+    )
     job_attempts: int = Field(
         default=2, ge=1, description="runs of a job whose worker died before it fails worker_lost"
     )

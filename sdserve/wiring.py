@@ -19,7 +19,7 @@ import os
 import socket
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
@@ -31,11 +31,13 @@ from sdserve.config import Settings
 from sdserve.errors import InvalidInput
 from sdserve.jobs.backoff import WorkerHealth
 from sdserve.jobs.batching import Batcher, BatchPolicy
+from sdserve.jobs.events import EventBus, EventKind, JobEvent, LocalEventBus
 from sdserve.jobs.fetch import InputFetcher
 from sdserve.jobs.files import FileStore, LocalFileStore
 from sdserve.jobs.leases import LeaseKeeper
 from sdserve.jobs.metrics import RunMetrics, accelerator_memory_bytes, service_registry
 from sdserve.jobs.outbound import OutboundPolicy, Resolver
+from sdserve.jobs.progress import CANCEL_POLL_INTERVAL_S
 from sdserve.jobs.queue import LOCAL_BROKER, Handler, JobQueue, Lanes, Router, is_embedded
 from sdserve.jobs.recovery import Recovery
 from sdserve.jobs.retention import Retention
@@ -83,8 +85,14 @@ REAL_EDGES = Edges()
 # -- the parts, one builder each ----------------------------------------------------------
 
 
-def open_store(settings: Settings, *, on_webhook: Callable[[], None] | None = None) -> Store:
-    """The job store at ``database_url`` (default: SQLite in the data folder)."""
+def open_store(
+    settings: Settings,
+    *,
+    on_webhook: Callable[[], None] | None = None,
+    events: EventBus | None = None,
+) -> Store:
+    """The job store at ``database_url`` (default: SQLite in the data folder); it publishes
+    every write of a job's run on ``events``."""
     service = settings.service
     pool = PoolSettings(
         size=service.database_pool_size,
@@ -92,7 +100,10 @@ def open_store(settings: Settings, *, on_webhook: Callable[[], None] | None = No
         timeout_s=service.database_pool_timeout_s,
     )
     return Store(
-        service.database_url or sqlite_url(settings.data_dir), pool=pool, on_webhook=on_webhook
+        service.database_url or sqlite_url(settings.data_dir),
+        pool=pool,
+        on_webhook=on_webhook,
+        on_event=events.publish if events is not None else None,
     )
 
 
@@ -218,6 +229,20 @@ def heartbeat(board: WorkerBoard, info: WorkerInfo, runner: JobRunner) -> Heartb
     return Heartbeat(board, info, describe)
 
 
+def make_event_bus(broker_url: str) -> EventBus:
+    """The job event bus for ``broker_url``: Redis pub/sub for a ``redis://`` broker (the
+    processes that share it share its events); in-process for an in-process broker; for
+    another shared broker an in-process bus that says it is not live, so waiters keep
+    polling the store for the other processes' writes."""
+    scheme = urlsplit(broker_url).scheme
+    if scheme in ("redis", "rediss"):
+        # redis (the cluster extra, as Celery's broker needs it) is imported only here
+        from sdserve.jobs.redis_events import RedisEventBus
+
+        return RedisEventBus(broker_url)
+    return LocalEventBus(live=is_embedded(broker_url) or scheme == "memory")
+
+
 def cpu_threads(setting: int, *, beside_api: bool, default: int) -> int | None:
     """Torch's CPU threads for a worker (None: leave torch's ``default``): ``setting`` when
     set; else, when the worker shares its process with the API, one fewer than torch would
@@ -272,12 +297,17 @@ class _Io:
     fetcher: InputFetcher
 
 
-def _io(settings: Settings, edges: Edges, on_webhook: Callable[[], None] | None = None) -> _Io:
+def _io(
+    settings: Settings,
+    edges: Edges,
+    events: EventBus,
+    on_webhook: Callable[[], None] | None = None,
+) -> _Io:
     files = edges.files or file_store_from_url(settings)
     fetcher = InputFetcher.from_settings(
         files, settings.service, transport=edges.fetch_transport, resolver=edges.fetch_resolver
     )
-    return _Io(open_store(settings, on_webhook=on_webhook), files, fetcher)
+    return _Io(open_store(settings, on_webhook=on_webhook, events=events), files, fetcher)
 
 
 def webhook_policy(settings: Settings, edges: Edges = REAL_EDGES) -> OutboundPolicy:
@@ -304,6 +334,7 @@ def _runner(
     trainings: bool,
     shutdown: Shutdown | None = None,
     health: WorkerHealth | None = None,
+    events: EventBus,
 ) -> tuple[JobRunner, JobQueue]:
     """A runner and the queue it consumes: on a shared broker, the queues of the models
     ``registry`` serves and, with ``trainings``, their trainings'. The runner's batches
@@ -334,8 +365,8 @@ def _runner(
             queue,
         ),
         trainer=trainer_factory(settings, registry),
-        # the API of this process is the only one: every cancel reaches the runner at once
-        flags_notified=embedded,
+        # a cancel's event reaches the runner at once; its poll is a safety net while live
+        flag_poll_s=lambda: config.events_poll_s if events.live else CANCEL_POLL_INTERVAL_S,
         limits=settings.limits.input_limits(),
         metrics=metrics,
         # a shared broker may deliver a task again: a run whose lease holds is alive, and
@@ -349,6 +380,12 @@ def _runner(
     metrics.watch_memory(accelerator_memory_bytes)
     if health is not None:
         metrics.watch_health(lambda: health.backing_off)
+
+    def stop_asked(event: JobEvent) -> None:
+        if event.kind is EventKind.STOP:
+            runner.flags_changed(event.job_id)
+
+    events.subscribe(stop_asked)
     return runner, queue
 
 
@@ -371,7 +408,8 @@ def build_service(
     config = settings.service
     # the store sets it after queuing a webhook; the dispatcher sleeps on it between passes
     webhooks_due = threading.Event()
-    io = _io(settings, edges, on_webhook=webhooks_due.set)
+    events = make_event_bus(config.broker_url)
+    io = _io(settings, edges, events, on_webhook=webhooks_due.set)
     secret = SigningSecret(config.webhook_secret_file or settings.data_dir / "webhook_secret")
     endings = Endings()
     embedded = is_embedded(config.broker_url)
@@ -411,6 +449,7 @@ def build_service(
             recovery=recovery,
             metrics=run_metrics,
             trainings=True,
+            events=events,
         )
         if board is not None:
             info = worker_info(settings, registry, worker_id=worker_id, trainings=True)
@@ -446,6 +485,7 @@ def build_service(
             interval_s=config.retention_interval_s,
         ),
         endings=endings,
+        events=events,
         runner=runner,
         metrics=metrics,
         leases=None
@@ -481,8 +521,11 @@ class Worker:
     watchdog: ExitWatchdog | None = None
     #: its entry in the worker registry (None: the broker has none)
     heartbeat: Heartbeat | None = None
+    #: tells the API's waiters about this worker's writes, and its runs about cancels
+    events: EventBus = field(default_factory=LocalEventBus)
 
     def run(self) -> None:
+        self.events.start()
         self.store.migrate()
         exporter = None
         if self.metrics_port is not None:
@@ -511,6 +554,7 @@ class Worker:
             if exporter is not None:
                 exporter.shutdown()
                 exporter.server_close()
+            self.events.close()
             self.store.close()
 
 
@@ -527,8 +571,9 @@ def build_worker(
         raise InvalidInput(
             "broker_url", "a separate worker needs a shared broker such as redis://host:6379/0"
         )
-    io = _io(settings, edges)
     config = settings.service
+    events = make_event_bus(config.broker_url)
+    io = _io(settings, edges, events)
     endings = Endings()  # no waiters here: the ended jobs' lines
     recovery = Recovery(
         io.store.jobs, attempts=config.job_attempts, on_end=endings.changed, lease_s=config.lease_s
@@ -553,6 +598,7 @@ def build_worker(
         # SIGTERM: the running job goes on this long at most, then goes back to the queue
         shutdown=shutdown,
         health=health,
+        events=events,
     )
     leases = LeaseKeeper(
         io.store.jobs,
@@ -573,4 +619,5 @@ def build_worker(
         metrics_port=config.worker_metrics_port,
         metrics_host=settings.api.host,
         heartbeat=heartbeat(board, info, runner) if board is not None else None,
+        events=events,
     )

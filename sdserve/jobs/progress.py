@@ -28,11 +28,9 @@ if TYPE_CHECKING:
 #: has not written yet goes out with its end (a shorter job writes nothing while it runs).
 PROGRESS_WRITE_INTERVAL_S = 0.25
 #: The cancel and stop flags are read from the store at most this often, counted from the
-#: claim (which cleared them), when another process may set them.
+#: claim (which cleared them), while no job events reach the runner (``flags_changed``);
+#: with events the poll is a safety net only (``events_poll_s``).
 CANCEL_POLL_INTERVAL_S = 0.1
-#: ... and when they are set in this process, which tells the runner (``flags_changed``):
-#: the poll is then a safety net only.
-NOTIFIED_POLL_INTERVAL_S = 1.0
 PREVIEW_SIZE = 128
 
 
@@ -45,13 +43,14 @@ class RunTracker:
         job_id: str,
         deadline: datetime | None,
         *,
-        poll_s: float = CANCEL_POLL_INTERVAL_S,
+        poll_s: Callable[[], float] = lambda: CANCEL_POLL_INTERVAL_S,
         flagged: Callable[[], bool] = lambda: False,
         step_done: Callable[[], None] = lambda: None,
         fence: Fence | None = None,
         shutdown_due: Callable[[], bool] = lambda: False,
     ) -> None:
-        """``flagged()`` is true when this process was told the job's flags changed;
+        """``poll_s()``: how often the flags are read now (events may come and go);
+        ``flagged()`` is true when this process was told the job's flags changed;
         ``step_done()`` is called at the end of every step (the step-time metric).
         ``fence``: the claim of this run; its writes pass only while it owns the job, and
         a run that lost it (taken over by another worker) stops like a canceled one.
@@ -176,7 +175,7 @@ class RunTracker:
             self.yielded = True
             return True
         now = time.monotonic()
-        if not self._cancel and (now - self._last_check >= self._poll_s or self._flagged()):
+        if not self._cancel and (now - self._last_check >= self._poll_s() or self._flagged()):
             self._last_check = now
             state = self._jobs.run_state(self.job_id)
             self.superseded = self.fence is not None and not self.fence.holds(state)

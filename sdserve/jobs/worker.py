@@ -43,12 +43,7 @@ from sdserve.jobs.fetch import InputFetcher
 from sdserve.jobs.files import FileStore, new_key
 from sdserve.jobs.images import decode_image
 from sdserve.jobs.metrics import RunMetrics
-from sdserve.jobs.progress import (
-    CANCEL_POLL_INTERVAL_S,
-    NOTIFIED_POLL_INTERVAL_S,
-    PROGRESS_WRITE_INTERVAL_S,
-    RunTracker,
-)
+from sdserve.jobs.progress import CANCEL_POLL_INTERVAL_S, PROGRESS_WRITE_INTERVAL_S, RunTracker
 from sdserve.jobs.served import RegistryLike
 from sdserve.jobs.shutdown import JobRequeued, Shutdown
 from sdserve.jobs.store import (
@@ -126,7 +121,7 @@ class JobRunner:
         lost_job_policy: Callable[[str], object] | None = None,
         batcher: Batcher | None = None,
         trainer: Callable[[], TrainingRunner] | None = None,
-        flags_notified: bool = False,
+        flag_poll_s: Callable[[], float] | None = None,
         limits: InputLimits | None = None,
         metrics: RunMetrics | None = None,
         lease_s: float | None = None,
@@ -137,9 +132,9 @@ class JobRunner:
     ) -> None:
         """``on_change(record)``: a job this runner claimed or ended, as it is now.
         ``lost_job_policy(job_id)``: what to do with a job found ``processing`` under a
-        dead worker. ``flags_notified``: every cancel/stop request reaches
-        :meth:`flags_changed` (the API runs in this process and no other process serves
-        it). ``limits``: the operator's, for the pixel limit of fetched images.
+        dead worker. ``flag_poll_s()``: how often a run reads its cancel and stop flags
+        now (short while no job events reach :meth:`flags_changed`; None: always short).
+        ``limits``: the operator's, for the pixel limit of fetched images.
         ``lease_s``: how long a run is presumed alive after its last heartbeat (None: a
         delivery of a ``processing`` job always takes it over, as after a crash of this
         process);
@@ -169,7 +164,7 @@ class JobRunner:
         else:
             self._factory = predictor
         self._lock = threading.Lock()
-        self._flag_poll_s = NOTIFIED_POLL_INTERVAL_S if flags_notified else CANCEL_POLL_INTERVAL_S
+        self._flag_poll_s = flag_poll_s or (lambda: CANCEL_POLL_INTERVAL_S)
         self._flagged: set[str] = set()
         self.lease_s = lease_s
         self.recheck = recheck
@@ -222,8 +217,10 @@ class JobRunner:
 
     def flags_changed(self, job_id: str) -> None:
         """A cancel or stop of ``job_id`` was written to the store: its run reads the flags
-        at its next step instead of at its next poll."""
-        self._flagged.add(job_id)
+        at its next step instead of at its next poll (a job this runner is not running
+        is ignored: events of every worker's jobs reach every worker)."""
+        if job_id in self._fences:
+            self._flagged.add(job_id)
 
     # -- a run, start to end ---------------------------------------------------------
 

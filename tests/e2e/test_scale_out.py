@@ -52,6 +52,7 @@ class WorkerProcess:
     data_dir: Path
     broker_url: str
     name: str
+    extra_args: list[str] = field(default_factory=list)
     process: subprocess.Popen[bytes] | None = None
     #: more ``sdserve worker`` options (e.g. ``--shutdown-grace``)
     extra_args: list[str] = field(default_factory=list)

@@ -33,11 +33,12 @@ from typing import Any, cast
 
 from sqlalchemy import Table, and_, bindparam, func, insert, or_, select, update
 from sqlalchemy import true as sql_true
-from sqlalchemy.engine import Row
+from sqlalchemy.engine import Connection, Row
 
 from sdserve.domain.jobs import TERMINAL, FailureCode, JobKind, Status, can_transition
 from sdserve.errors import InvalidInput, JobNotFound, RateLimited, failure_of
 from sdserve.jobs.contract import JobRecord, Owner, Page, WebhookOptions
+from sdserve.jobs.events import EventKind
 from sdserve.jobs.store.database import Database, aware, utcnow
 from sdserve.jobs.store.files import StoredFile, insert_files
 from sdserve.jobs.store.outbox import add_webhook, last_progress_webhook_at, webhooks_on
@@ -194,12 +195,21 @@ class JobRepository:
     """Jobs: insert, read, claim, progress, conditional moves, listings.
 
     ``on_webhook`` is called after a transaction that queued a webhook has committed (to
-    wake this process's dispatcher).
+    wake this process's dispatcher); ``on_event(job_id, kind)`` after each committed write
+    of a job's run (progress, status, cancel and stop flags), to publish it
+    (:mod:`sdserve.jobs.events`).
     """
 
-    def __init__(self, db: Database, *, on_webhook: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        db: Database,
+        *,
+        on_webhook: Callable[[], None] | None = None,
+        on_event: Callable[[str, EventKind], None] | None = None,
+    ) -> None:
         self._db = db
         self._on_webhook = on_webhook or (lambda: None)
+        self._on_event = on_event or (lambda job_id, kind: None)
 
     # -- one job ---------------------------------------------------------------------
 
@@ -276,6 +286,7 @@ class JobRepository:
                 add_webhook(conn, job_id, "start", start_hook, terminal=False, now=now)
         if start_hook:
             self._on_webhook()
+        self._on_event(job_id, EventKind.CHANGED)
         return record, fence
 
     def transition(
@@ -329,6 +340,7 @@ class JobRepository:
                 add_webhook(conn, job_id, name, url, terminal=terminal, now=now)
         if queued:
             self._on_webhook()
+        self._on_event(job_id, EventKind.ENDED if new in TERMINAL else EventKind.CHANGED)
         return record
 
     def requeue(self, job_id: str, *, lapse: Lapse | None = None, append_logs: str = "") -> bool:
@@ -408,7 +420,10 @@ class JobRepository:
             .values(**flags)
         )
         with self._db.transaction(write=True) as conn:
-            return conn.execute(statement).rowcount == 1
+            flagged = conn.execute(statement).rowcount == 1
+        if flagged:
+            self._on_event(job_id, EventKind.STOP)
+        return flagged
 
     def update_running(
         self,
@@ -446,13 +461,34 @@ class JobRepository:
             else:
                 statement, params = _FENCED_UPDATE_RUNNING, {"job_id": job_id, **fence.params()}
             hook = conn.execute(statement.values(**values), params).first()
-            if hook is None or not logs_webhook or not hook[0] or "logs" not in (hook[1] or ()):
-                return
-            latest = last_progress_webhook_at(conn, job_id)
-            if latest is not None and aware(latest) > now - timedelta(seconds=WEBHOOK_THROTTLE_S):
-                return
-            add_webhook(conn, job_id, "logs", hook[0], terminal=False, now=now)
-        self._on_webhook()
+            queued = (
+                hook is not None
+                and logs_webhook
+                and self._logs_webhook(conn, job_id, hook[0], hook[1], now)
+            )
+        if hook is None:
+            return
+        if queued:
+            self._on_webhook()
+        self._on_event(job_id, EventKind.CHANGED)
+
+    @staticmethod
+    def _logs_webhook(
+        conn: Connection,
+        job_id: str,
+        url: str | None,
+        events: Sequence[str] | None,
+        now: datetime,
+    ) -> bool:
+        """Queue a ``logs`` webhook to ``url`` if the job asked for them (``events``) and
+        none was queued within the throttle; whether one was."""
+        if not url or "logs" not in (events or ()):
+            return False
+        latest = last_progress_webhook_at(conn, job_id)
+        if latest is not None and aware(latest) > now - timedelta(seconds=WEBHOOK_THROTTLE_S):
+            return False
+        add_webhook(conn, job_id, "logs", url, terminal=False, now=now)
+        return True
 
     def mark_data_removed(self, job_id: str) -> None:
         with self._db.transaction(write=True) as conn:
