@@ -24,6 +24,7 @@ from sdserve.models.settings import EngineSettings
 if TYPE_CHECKING:
     from sdserve.jobs.service import Service
     from sdserve.models.catalog import ModelRegistry, ModelSpec
+    from sdserve.wiring import EngineSource
 
 log = logging.getLogger("sdserve")
 
@@ -167,19 +168,25 @@ def check_port(host: str, port: int, option: str = "--port") -> None:
 
 
 def build_service(
-    settings: Settings, registry: ModelRegistry, *, run_worker: bool = True
+    settings: Settings,
+    registry: ModelRegistry,
+    *,
+    run_worker: bool = True,
+    engine: EngineSource | None = None,
 ) -> Service:
-    """The job service of ``serve``, with an in-process engine worker (built lazily on the
-    first job) unless ``run_worker`` is off."""
+    """The job service of ``serve``, with an in-process engine worker (``engine``, else one
+    built lazily on the first job) unless ``run_worker`` is off."""
     from sdserve.training.runner import trained_models
     from sdserve.wiring import build_service as build
     from sdserve.wiring import engine_factory
 
     catalog = trained_models(settings)
+    if run_worker and engine is None:
+        engine = engine_factory(settings, registry, beside_api=True)
     return build(
         settings,
         registry,
-        predictor=engine_factory(settings, registry, beside_api=True) if run_worker else None,
+        predictor=engine if run_worker else None,
         # a remote worker may publish fine-tuned models: pick them up when listing
         refresh_models=lambda: catalog.register(registry),
     )
@@ -268,6 +275,8 @@ def _check_tls_pair(cert: Path | None, key: Path | None) -> None:
 
 def serve(settings: Settings, *, run_worker: bool = True) -> int:
     """Run the HTTP server (and the gRPC one, with a gRPC port) until interrupted."""
+    from sdserve.wiring import engine_factory, preload_models
+
     setup_logging()
     check_binding(settings)
     check_port(settings.api.host, settings.api.port)
@@ -276,9 +285,17 @@ def serve(settings: Settings, *, run_worker: bool = True) -> int:
         quiet_library_progress()  # building the demo models imports torch anyway
     settings = with_trained_loras(prepare_demo(settings))
     registry = build_registry(settings)
+    engine = None
     if run_worker:
         check_weights_cached(registry, settings.engine)
-    service = build_service(settings, registry, run_worker=run_worker)
+        engine = engine_factory(settings, registry, beside_api=True)
+        preload_models(settings, registry, engine)  # before the server accepts a job
+    elif settings.engine.preload:
+        raise InvalidInput(
+            "preload",
+            "this server runs no worker (--no-worker): preload models on 'sdserve worker'",
+        )
+    service = build_service(settings, registry, run_worker=run_worker, engine=engine)
     # here, a database that cannot be reached is a clear error, not a start-up traceback
     service.store.migrate()
     import uvicorn
@@ -301,7 +318,7 @@ def serve(settings: Settings, *, run_worker: bool = True) -> int:
 
 def worker(settings: Settings) -> int:
     """Run a worker process on a shared broker (``sdserve worker``)."""
-    from sdserve.wiring import build_worker, engine_factory
+    from sdserve.wiring import build_worker, engine_factory, preload_models
 
     setup_logging()
     if wants_demo(settings):
@@ -309,5 +326,7 @@ def worker(settings: Settings) -> int:
     settings = with_trained_loras(prepare_demo(settings))
     registry = build_registry(settings)
     check_weights_cached(registry, settings.engine)
-    build_worker(settings, registry, engine_factory(settings, registry)).run()
+    engine = engine_factory(settings, registry)
+    preload_models(settings, registry, engine)  # before the worker takes its first job
+    build_worker(settings, registry, engine).run()
     return 0
