@@ -187,9 +187,10 @@ def preload_models(settings: Settings, registry: ModelRegistry, engine: EngineSo
     names = settings.engine.preload
     if not names:
         return
+    served: list[str] = []
     for name in names:
         try:
-            registry.resolve(name)
+            served.append(registry.resolve(name).name)
         except ModelNotFound as exc:
             raise InvalidInput("preload", f"cannot preload {name!r}: {exc.message}") from None
     log.info("preloading %s", ", ".join(names))
@@ -198,6 +199,15 @@ def preload_models(settings: Settings, registry: ModelRegistry, engine: EngineSo
         began = time.monotonic()
         built.preload(name)
         log.info("preloaded %s in %.1f s", name, time.monotonic() - began)
+    on_device = built.model_cache().device
+    left = [name for name in served if name not in on_device]
+    if left:
+        # later ones pushed them out: say so rather than let the operator believe them ready
+        log.warning(
+            "preloaded models beyond the memory budget (memory_budget_mb): %s moved to "
+            "the RAM cache or freed",
+            ", ".join(left),
+        )
 
 
 def trainer_factory(settings: Settings, registry: RegistryLike) -> Callable[[], TrainingRunner]:

@@ -4,6 +4,7 @@ an unknown preload refused before anything loads, and the cache's tiers in the m
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 
 import pytest
@@ -82,3 +83,26 @@ def test_an_unknown_preload_is_refused_before_anything_loads(tmp_path: Path, tin
     assert raised.value.field == "preload"
     assert "'nobody/nothing'" in raised.value.message and name in raised.value.message
     assert engine.model_cache() is None  # the engine was never built: nothing loaded
+
+
+def test_preloading_more_than_the_memory_budget_holds_says_which_did_not_stay(
+    tmp_path: Path, tiny_sd: Path, tiny_sd_inpaint: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    registry = ModelRegistry.from_references([str(tiny_sd), str(tiny_sd_inpaint)], offline=True)
+    first, second = (spec.name for spec in registry.specs())
+    # each tiny model is about 6 MB: the budget holds one, the RAM cache both
+    engine_settings = EngineSettings(
+        device="cpu", preload=[first, second], memory_budget_mb=9, ram_cache_mb=64
+    )
+    settings = Settings(data_dir=tmp_path, engine=engine_settings)
+    engine = engine_factory(settings, registry)
+    try:
+        with caplog.at_level(logging.INFO, logger="sdserve.wiring"):
+            preload_models(settings, registry, engine)
+        state = engine.model_cache()
+        assert state is not None
+        assert (state.device, state.ram) == ((second,), (first,))
+        warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert len(warnings) == 1 and first in warnings[0] and second not in warnings[0]
+    finally:
+        engine().close()
