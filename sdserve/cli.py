@@ -141,6 +141,44 @@ def _add_engine_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_model_cache_options(parser: argparse.ArgumentParser) -> None:
+    """The worker's model cache: its two budgets, models loaded at start, idle unloading."""
+    cache = parser.add_argument_group(
+        "model cache",
+        "loaded models stay on the device within --memory-budget-mb; the least recently "
+        "used one moves to CPU RAM (--ram-cache-mb) and comes back from there instead of "
+        "from disk",
+    )
+    cache.add_argument(
+        "--memory-budget-mb",
+        type=int,
+        metavar="MB",
+        help=described(EngineSettings, "memory_budget_mb"),
+    )
+    cache.add_argument(
+        "--ram-cache-mb", type=int, metavar="MB", help=described(EngineSettings, "ram_cache_mb")
+    )
+    cache.add_argument(
+        "--preload",
+        action="append",
+        metavar="MODEL",
+        default=None,
+        help=described(
+            EngineSettings,
+            "preload",
+            "model to load at start, before the worker takes jobs, repeatable: a name this "
+            "worker serves",
+        ),
+    )
+    cache.add_argument(
+        "--idle-unload",
+        type=float,
+        metavar="SECONDS",
+        dest="idle_unload_s",
+        help=described(EngineSettings, "idle_unload_s"),
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sdserve",
@@ -754,6 +792,7 @@ def _add_serve(commands: Any) -> None:
         "--grpc-tls-key", type=Path, metavar="PEM", help=described(ApiSettings, "grpc_tls_key")
     )
     _add_engine_options(serve)
+    _add_model_cache_options(serve)
     _add_queue_options(serve)
     serve.add_argument(
         "--allow-outbound",
@@ -783,6 +822,7 @@ def _add_worker(commands: Any) -> None:
     _add_served_models(worker)
     _add_queue_options(worker)
     _add_engine_options(worker)
+    _add_model_cache_options(worker)
     worker.add_argument(
         "--metrics-port",
         dest="worker_metrics_port",
@@ -870,6 +910,10 @@ def _server_settings(args: argparse.Namespace) -> Settings:
             "device": args.device,
             "dtype": args.dtype,
             "gpu": getattr(args, "gpu", None),
+            "memory_budget_mb": args.memory_budget_mb,
+            "ram_cache_mb": args.ram_cache_mb,
+            "preload": args.preload,
+            "idle_unload_s": args.idle_unload_s,
         }.items()
         if value is not None
     }

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from sdserve.jobs.service import Service
     from sdserve.models.catalog import ModelRegistry, ModelSpec
     from sdserve.training.catalog import TrainedCatalog
+    from sdserve.wiring import EngineSource
 
 log = logging.getLogger("sdserve")
 
@@ -174,17 +175,20 @@ def build_service(
     *,
     run_worker: bool = True,
     trained: TrainedCatalog | None = None,
+    engine: EngineSource | None = None,
 ) -> Service:
-    """The job service of ``serve``, with an in-process engine worker (built lazily on the
-    first job) unless ``run_worker`` is off."""
+    """The job service of ``serve``, with an in-process engine worker (``engine``, else one
+    built lazily on the first job) unless ``run_worker`` is off."""
     from sdserve.wiring import build_service as build
     from sdserve.wiring import engine_factory, trained_catalog
 
     catalog = trained or trained_catalog(settings)
+    if run_worker and engine is None:
+        engine = engine_factory(settings, registry, beside_api=True)
     return build(
         settings,
         registry,
-        predictor=engine_factory(settings, registry, beside_api=True) if run_worker else None,
+        predictor=engine if run_worker else None,
         # a remote worker may publish fine-tuned models: pick them up when listing
         refresh_models=lambda: catalog.register(registry),
         trained=catalog,
@@ -288,6 +292,8 @@ def _check_tls_pair(cert: Path | None, key: Path | None) -> None:
 
 def serve(settings: Settings, *, run_worker: bool = True) -> int:
     """Run the HTTP server (and the gRPC one, with a gRPC port) until interrupted."""
+    from sdserve.wiring import engine_factory, preload_models
+
     setup_logging()
     check_binding(settings)
     check_port(settings.api.host, settings.api.port)
@@ -296,9 +302,19 @@ def serve(settings: Settings, *, run_worker: bool = True) -> int:
         quiet_library_progress()  # building the demo models imports torch anyway
     settings = with_trained_loras(prepare_demo(settings))
     registry, trained = shared_models(settings, runs_jobs=run_worker)
+    engine = None
     if run_worker:
         check_weights_cached(registry, settings.engine)
-    service = build_service(settings, registry, run_worker=run_worker, trained=trained)
+        engine = engine_factory(settings, registry, beside_api=True)
+        preload_models(settings, registry, engine)  # before the server accepts a job
+    elif settings.engine.preload:
+        raise InvalidInput(
+            "preload",
+            "this server runs no worker (--no-worker): preload models on 'sdserve worker'",
+        )
+    service = build_service(
+        settings, registry, run_worker=run_worker, trained=trained, engine=engine
+    )
     # here, a database that cannot be reached is a clear error, not a start-up traceback
     service.store.migrate()
     import uvicorn
@@ -321,7 +337,7 @@ def serve(settings: Settings, *, run_worker: bool = True) -> int:
 
 def worker(settings: Settings) -> int:
     """Run a worker process on a shared broker (``sdserve worker``)."""
-    from sdserve.wiring import build_worker, engine_factory
+    from sdserve.wiring import build_worker, engine_factory, preload_models
 
     setup_logging()
     if wants_demo(settings):
@@ -329,5 +345,7 @@ def worker(settings: Settings) -> int:
     settings = with_trained_loras(prepare_demo(settings))
     registry, _trained = shared_models(settings, runs_jobs=True)
     check_weights_cached(registry, settings.engine)
-    build_worker(settings, registry, engine_factory(settings, registry)).run()
+    engine = engine_factory(settings, registry)
+    preload_models(settings, registry, engine)  # before the worker takes its first job
+    build_worker(settings, registry, engine).run()
     return 0

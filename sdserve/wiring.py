@@ -18,6 +18,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -28,7 +29,7 @@ import httpx
 from prometheus_client import CollectorRegistry, start_http_server
 
 from sdserve.config import Settings
-from sdserve.errors import InvalidInput
+from sdserve.errors import InvalidInput, ModelNotFound
 from sdserve.jobs.backoff import WorkerHealth
 from sdserve.jobs.batching import Batcher, BatchPolicy
 from sdserve.jobs.events import EventBus, EventKind, JobEvent, LocalEventBus
@@ -47,7 +48,7 @@ from sdserve.jobs.service import Endings, Service, ServiceParts
 from sdserve.jobs.shutdown import ExitWatchdog, Shutdown
 from sdserve.jobs.store import PoolSettings, Store, new_id, sqlite_url, utcnow
 from sdserve.jobs.webhooks import SigningSecret, WebhookDispatcher
-from sdserve.jobs.worker import JobRunner, Predictor, PredictorSource
+from sdserve.jobs.worker import JobRunner, PredictorSource
 from sdserve.jobs.workers import (
     CachedBoard,
     Heartbeat,
@@ -58,7 +59,9 @@ from sdserve.jobs.workers import (
 )
 
 if TYPE_CHECKING:
+    from sdserve.engine.engine import Engine
     from sdserve.models.catalog import ModelRegistry
+    from sdserve.models.results import ModelCacheState
     from sdserve.training.catalog import TrainedCatalog
     from sdserve.training.runner import TrainingRunner
 
@@ -254,14 +257,36 @@ def cpu_threads(setting: int, *, beside_api: bool, default: int) -> int | None:
     return max(1, default - 1) if beside_api else None
 
 
+class EngineSource:
+    """Builds the engine on a worker's first job (or at start, to preload models), once, so
+    a process that runs none never imports torch; the runner calls it for its predictor.
+    Until then the engine's model cache reads as empty."""
+
+    def __init__(self, build: Callable[[], Engine]) -> None:
+        self._build = build
+        self._engine: Engine | None = None
+        self._lock = threading.Lock()
+
+    def __call__(self) -> Engine:
+        with self._lock:
+            if self._engine is None:
+                self._engine = self._build()
+            return self._engine
+
+    def model_cache(self) -> ModelCacheState | None:
+        """The engine's model cache, or None before the engine is built."""
+        engine = self._engine
+        return engine.model_cache() if engine is not None else None
+
+
 def engine_factory(
     settings: Settings, registry: ModelRegistry, *, beside_api: bool = False
-) -> Callable[[], Predictor]:
+) -> EngineSource:
     """Builds the engine on a worker's first job, so a process that runs none never imports
     torch; the libraries' loading bars go then, the engine logs one line per load.
     ``beside_api``: the worker runs in the API's process (see :func:`cpu_threads`)."""
 
-    def build() -> Predictor:
+    def build() -> Engine:
         from sdserve.engine.device import default_cpu_threads, use_cpu_threads
         from sdserve.engine.engine import Engine
         from sdserve.logs import quiet_library_progress
@@ -274,7 +299,37 @@ def engine_factory(
             use_cpu_threads(threads)
         return Engine(settings.engine, registry, limits=settings.limits.input_limits())
 
-    return build
+    return EngineSource(build)
+
+
+def preload_models(settings: Settings, registry: ModelRegistry, engine: EngineSource) -> None:
+    """Load the models of ``settings.engine.preload`` before the worker takes jobs (each
+    logged with its time). Every name is checked first: one this worker does not serve
+    fails the start, before anything loads."""
+    names = settings.engine.preload
+    if not names:
+        return
+    served: list[str] = []
+    for name in names:
+        try:
+            served.append(registry.resolve(name).name)
+        except ModelNotFound as exc:
+            raise InvalidInput("preload", f"cannot preload {name!r}: {exc.message}") from None
+    log.info("preloading %s", ", ".join(names))
+    built = engine()
+    for name in names:
+        began = time.monotonic()
+        built.preload(name)
+        log.info("preloaded %s in %.1f s", name, time.monotonic() - began)
+    on_device = built.model_cache().device
+    left = [name for name in served if name not in on_device]
+    if left:
+        # later ones pushed them out: say so rather than let the operator believe them ready
+        log.warning(
+            "preloaded models beyond the memory budget (memory_budget_mb): %s moved to "
+            "the RAM cache or freed",
+            ", ".join(left),
+        )
 
 
 def trainer_factory(settings: Settings, registry: RegistryLike) -> Callable[[], TrainingRunner]:
@@ -386,6 +441,10 @@ def _runner(
             runner.flags_changed(event.job_id)
 
     events.subscribe(stop_asked)
+    # the engine (or its source) reports its model cache; a test's fake predictor has none
+    model_cache = getattr(predictor, "model_cache", None)
+    if callable(model_cache):
+        metrics.watch_model_cache(model_cache)
     return runner, queue
 
 

@@ -9,7 +9,8 @@ Two sources, on purpose:
 * **The worker registry** (:class:`WorkerCollector`, where the broker has one): live
   workers, in all and per model they serve, read at scrape time like the store.
 * **This process's runs** (:class:`RunMetrics`): seconds per denoising or training step and
-  seconds per run, by model, and the accelerator's memory. They exist where jobs run: the
+  seconds per run, by model, the accelerator's memory, and the engine's model cache (bytes
+  and models on the device and in the RAM tier). They exist where jobs run: the
   embedded worker's server shows them at ``/metrics``; a ``sdserve worker`` serves its
   own on ``--metrics-port``, with ``sdserve_worker_healthy`` (0 while it backs off).
 
@@ -33,6 +34,7 @@ from sdserve.domain.jobs import Status
 from sdserve.jobs.store import Store
 from sdserve.jobs.tables import JobRow, WebhookRow
 from sdserve.jobs.workers import WorkerInfo
+from sdserve.models.results import ModelCacheState
 
 JOBS = cast(Table, JobRow.__table__)
 WEBHOOKS = cast(Table, WebhookRow.__table__)
@@ -146,8 +148,47 @@ class WorkerCollector(Collector):
         yield per_model
 
 
+#: The tiers of the engine's model cache, as the ``tier`` label names them.
+CACHE_TIERS = ("device", "ram")
+
+
+class ModelCacheCollector(Collector):
+    """The engine's model cache at scrape time: bytes of weights per tier and which models
+    each tier holds. ``read()`` is None until the engine is built (nothing held then)."""
+
+    def __init__(self, read: Callable[[], ModelCacheState | None]) -> None:
+        self.read = read
+
+    def describe(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily("sdserve_model_cache_bytes", "", labels=["tier"])
+        yield GaugeMetricFamily("sdserve_model_cached", "", labels=["tier", "model"])
+
+    def collect(self) -> Iterator[Metric]:
+        state = self.read() or ModelCacheState()
+        sizes = GaugeMetricFamily(
+            "sdserve_model_cache_bytes",
+            "Bytes of model weights the engine holds: loaded on its device (tier device, "
+            "within the memory budget) or kept in CPU RAM to be restored (tier ram).",
+            labels=["tier"],
+        )
+        sizes.add_metric(["device"], state.device_bytes)
+        sizes.add_metric(["ram"], state.ram_bytes)
+        yield sizes
+        cached = GaugeMetricFamily(
+            "sdserve_model_cached",
+            "1 for each model the engine holds, by tier (device: ready to run; ram: "
+            "restored without reading the disk).",
+            labels=["tier", "model"],
+        )
+        for tier, models in zip(CACHE_TIERS, (state.device, state.ram), strict=True):
+            for model in models:
+                cached.add_metric([tier, model], 1)
+        yield cached
+
+
 class RunMetrics:
-    """Step and run times of the jobs this process runs, and the accelerator's memory."""
+    """Step and run times of the jobs this process runs, the accelerator's memory and the
+    engine's model cache."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
@@ -200,6 +241,10 @@ class RunMetrics:
     def watch_memory(self, read: Callable[[], int]) -> None:
         """Report ``read()`` (bytes) at every scrape."""
         self.accelerator_memory.set_function(lambda: float(read()))
+
+    def watch_model_cache(self, read: Callable[[], ModelCacheState | None]) -> None:
+        """Report the engine's model cache (``read()``) at every scrape."""
+        self.registry.register(ModelCacheCollector(read))
 
 
 def accelerator_memory_bytes() -> int:

@@ -49,6 +49,23 @@ class EngineSettings(BaseModel):
         ge=0,
         description="memory for cached pipelines; 0 = 80% of the device (or of RAM on CPU)",
     )
+    ram_cache_mb: int = Field(
+        default=0,
+        ge=0,
+        description="CPU RAM for models moved out of the memory budget (least recently "
+        "used first): they come back from RAM instead of being read from disk again; on "
+        "CUDA their weights are kept in pinned memory; 0 = off, an evicted model is freed",
+    )
+    preload: list[str] = Field(
+        default_factory=list,
+        description="models a worker loads at start, before it takes jobs",
+    )
+    idle_unload_s: float = Field(
+        default=0,
+        ge=0,
+        description="a model unused this many seconds moves down a tier (device -> RAM "
+        "cache -> freed); 0 = never",
+    )
     cpu_threads: int = Field(
         default=0,
         ge=0,
