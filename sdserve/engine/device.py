@@ -6,6 +6,8 @@ everything that turns one into a torch device or dtype calls this module.
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from sdserve.errors import InvalidInput
@@ -52,13 +54,25 @@ def resolve_dtype(name: str, device: str) -> torch.dtype:
 
 
 def _cuda_device(gpu: int | None) -> str:
-    """``cuda`` (torch's current device), or ``cuda:N`` for ``gpu`` N, which must exist."""
+    """``cuda`` (torch's current device), or the device of GPU ``gpu``, which must exist."""
     if gpu is None:
         return "cuda"
+    index = visible_index(gpu, os.environ.get("CUDA_VISIBLE_DEVICES"))
     count = torch.cuda.device_count()
-    if gpu >= count:
+    if index >= count:
         raise InvalidInput("gpu", f"there is no CUDA device {gpu}: this machine has {count}")
-    return f"cuda:{gpu}"
+    return f"cuda:{index}"
+
+
+def visible_index(gpu: int, visible: str | None) -> int:
+    """Torch's index of the machine's GPU ``gpu``. ``visible`` is the CUDA runtime's own
+    ``CUDA_VISIBLE_DEVICES`` (read as torch reads it, not a setting of ours): a process
+    limited to GPU 1 sees it as its device 0, so ``--gpu 1`` there means ``cuda:0``. GPUs
+    named by UUID, or a ``gpu`` not in the list, are taken as torch numbers them."""
+    if not visible:
+        return gpu
+    names = [name.strip() for name in visible.split(",")]
+    return names.index(str(gpu)) if str(gpu) in names else gpu
 
 
 def resolve(settings: EngineSettings) -> tuple[str, torch.dtype]:

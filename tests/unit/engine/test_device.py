@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sdserve.engine.device import resolve
+from sdserve.engine.device import resolve, visible_index
 from sdserve.errors import InvalidInput
 from sdserve.models.settings import EngineSettings
 
@@ -34,3 +34,19 @@ def test_the_engine_is_pinned_to_the_gpu_given() -> None:
     assert resolve(EngineSettings(device="cuda"))[0] == "cuda"  # no --gpu: torch's current
     with pytest.raises(InvalidInput, match="gpu"):
         resolve(EngineSettings(gpu=last + 1))
+
+
+@pytest.mark.parametrize(
+    ("gpu", "visible", "index"),
+    [
+        (1, None, 1),  # every GPU visible: torch numbers them as the machine does
+        (1, "", 1),
+        (1, "1", 0),  # a unit limited to GPU 1 (CUDA_VISIBLE_DEVICES=%i) sees it as cuda:0
+        (3, "2,3", 1),
+        (0, "GPU-5f1c0a7e", 0),  # named by UUID: no index to map
+    ],
+)
+def test_gpu_is_the_machines_index_even_when_cuda_visible_devices_limits_the_process(
+    gpu: int, visible: str | None, index: int
+) -> None:
+    assert visible_index(gpu, visible) == index
