@@ -57,6 +57,23 @@ class TrainedModel:
     training_id: str
     created_at: str  # ISO 8601
 
+    @classmethod
+    def published_now(
+        cls, name: str, version: str, lora: str, base: ModelSpec, training_id: str
+    ) -> TrainedModel:
+        """The record of ``name``, published now: ``base`` plus the LoRA at ``lora``."""
+        return cls(
+            name=name,
+            version=version,
+            lora=lora,
+            base_name=base.name,
+            base_reference=base.reference,
+            family=base.family,
+            native_size=base.native_size,
+            training_id=training_id,
+            created_at=datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+        )
+
     def spec(self) -> ModelSpec:
         """The served model: the base weights with this LoRA applied."""
         return ModelSpec(
@@ -176,16 +193,8 @@ class TrainedModels:
         version = version_for(base.version, lora)
         target = folder / f"lora-{version[:16]}.safetensors"
         _copy_atomic(lora, target)
-        model = TrainedModel(
-            name=destination,
-            version=version,
-            lora=str(target.resolve()),
-            base_name=base.name,
-            base_reference=base.reference,
-            family=base.family,
-            native_size=base.native_size,
-            training_id=training_id,
-            created_at=datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+        model = TrainedModel.published_now(
+            destination, version, str(target.resolve()), base, training_id
         )
         _write_atomic(folder / MANIFEST, json.dumps(asdict(model), indent=2).encode())
         for old in folder.glob("lora-*.safetensors"):

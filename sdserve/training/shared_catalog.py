@@ -44,7 +44,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -174,17 +173,7 @@ class SharedTrainedModels:
         shutil.copyfile(lora, partial)
         os.replace(partial, local)
         _remove_others(local)
-        model = TrainedModel(
-            name=destination,
-            version=version,
-            lora=str(local),
-            base_name=base.name,
-            base_reference=base.reference,
-            family=base.family,
-            native_size=base.native_size,
-            training_id=training_id,
-            created_at=datetime.now(UTC).isoformat().replace("+00:00", "Z"),
-        )
+        model = TrainedModel.published_now(destination, version, str(local), base, training_id)
         self.bucket.write(folder + MANIFEST, _manifest(model, stored))
         with self._lock:
             self._stored[str(local)] = stored

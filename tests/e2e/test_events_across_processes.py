@@ -21,15 +21,14 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.e2e.conftest import ServerProcess, free_port
+from tests.e2e.conftest import ServerProcess
 from tests.e2e.receiver import WebhookReceiver
-from tests.e2e.test_scale_out import (
+from tests.e2e.workers import (
     DEADLINE_S,
     MODEL,
     QUICK,
-    QUIET_ENV,
-    VISIBILITY_TIMEOUT_S,
     WorkerProcess,
+    api_without_worker,
     create,
     wait_all,
 )
@@ -62,19 +61,7 @@ def pair(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Pair]:
     data_dir = tmp_path_factory.mktemp("events")
-    api = ServerProcess(
-        data_dir=data_dir,
-        port=free_port(),
-        extra_args=[
-            "--no-worker",
-            "--broker-url",
-            redis_url,
-            "--visibility-timeout",
-            str(VISIBILITY_TIMEOUT_S),
-            *EVENT_POLL,
-        ],
-        env=QUIET_ENV,
-    )
+    api = api_without_worker(data_dir, redis_url, *EVENT_POLL)
     api.start()
     worker = WorkerProcess(data_dir, redis_url, "worker", extra_args=EVENT_POLL)
     try:

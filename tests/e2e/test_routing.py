@@ -14,21 +14,27 @@ and ``/health`` list the workers, and predictions keep completing while a traini
 
 from __future__ import annotations
 
-import base64
-import io
 import sqlite3
 import time
-import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import pytest
-from PIL import Image
 
+from bench.training_lane import images_zip_uri
 from tests.e2e.conftest import ServerProcess, free_port
-from tests.e2e.test_scale_out import QUIET_ENV, WorkerProcess, wait_all
+from tests.e2e.workers import (
+    QUICK,
+    QUIET_ENV,
+    TERMINAL,
+    WorkerProcess,
+    api_without_worker,
+    pid_of,
+    start_side_by_side,
+    wait_all,
+)
 from tests.servers.redis import redis_url  # noqa: F401  (a fixture)
 
 pytestmark = pytest.mark.slow
@@ -37,7 +43,6 @@ SD = "sdserve/tiny-sd"
 XL = "sdserve/tiny-sdxl"
 #: served by the API (--demo) but by no worker
 NOBODY = "sdserve/tiny-sd-inpaint"
-QUICK = {"prompt": "a red bicycle", "num_inference_steps": 2, "width": 64, "height": 64}
 #: far more steps than the predictions below need: the test cancels it once they are done
 LONG_TRAINING = {
     "max_train_steps": 10000,
@@ -47,7 +52,6 @@ LONG_TRAINING = {
     "seed": 3,
 }
 DEADLINE_S = 600.0
-TERMINAL = {"succeeded", "failed", "canceled", "aborted"}
 
 
 @dataclass
@@ -62,8 +66,7 @@ class Cluster:
         with sqlite3.connect(self.api.data_dir / "sdserve.db") as conn:
             rows = conn.execute("SELECT id, worker_id FROM jobs").fetchall()
         return {
-            job_id: names.get(int(worker.rsplit(":", 1)[1]), worker) if worker else ""
-            for job_id, worker in rows
+            job_id: names.get(pid_of(worker), worker) if worker else "" for job_id, worker in rows
         }
 
 
@@ -73,12 +76,7 @@ def cluster(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Cluster]:
     data_dir = tmp_path_factory.mktemp("routing")
-    api = ServerProcess(
-        data_dir=data_dir,
-        port=free_port(),
-        extra_args=["--no-worker", "--broker-url", redis_url],
-        env=QUIET_ENV,
-    )
+    api = api_without_worker(data_dir, redis_url)
     api.start()  # first: it builds the demo models and the database the workers share
     serves = {
         "sd": ("--model", SD),
@@ -89,8 +87,7 @@ def cluster(
         name: WorkerProcess(data_dir, redis_url, name, serves=args) for name, args in serves.items()
     }
     try:
-        for worker in workers.values():
-            worker.start()
+        start_side_by_side(list(workers.values()))
         yield Cluster(api, workers)
     finally:
         for worker in workers.values():
@@ -171,17 +168,6 @@ def test_workers_and_health_list_the_live_workers_and_their_models(cluster: Clus
     assert health["workers"] == 3
     assert health["queues"][SD] == {"workers": 2, "queued": 0}
     assert "host" not in str(health)  # who and where is behind the token, not here
-
-
-def images_zip_uri() -> str:
-    """Four solid-colour 64x64 PNGs in a zip, as a data: URI (an input_images value)."""
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        for index, color in enumerate([(255, 0, 0), (0, 0, 255), (0, 255, 0), (9, 9, 9)]):
-            image = io.BytesIO()
-            Image.new("RGB", (64, 64), color).save(image, format="PNG")
-            archive.writestr(f"{index}.png", image.getvalue())
-    return "data:application/zip;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
 def predictions_complete_while_a_training_runs(

@@ -22,14 +22,15 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.e2e.conftest import ServerProcess, free_port
-from tests.e2e.test_scale_out import (
+from tests.e2e.conftest import free_port
+from tests.e2e.workers import (
     DEADLINE_S,
     QUICK,
-    QUIET_ENV,
     Cluster,
     WorkerProcess,
+    api_without_worker,
     create,
+    pid_of,
     wait_all,
 )
 from tests.servers.redis import redis_url  # noqa: F401  (a fixture)
@@ -45,18 +46,8 @@ VISIBILITY_TIMEOUT_S = 3600
 #: What the issue asks of a killed worker's job, with two busy cores' slack to spare: a
 #: lease and one reaping pass are 10 to 14 s.
 BACK_WITHIN_S = 60.0
-QUEUE_OPTIONS = [
-    "--broker-url",
-    "",  # the redis URL, set per test run
-    "--visibility-timeout",
-    str(VISIBILITY_TIMEOUT_S),
-    "--lease",
-    str(LEASE_S),
-]
-
-
-def options(redis: str) -> list[str]:
-    return [redis if value == "" else value for value in QUEUE_OPTIONS]
+#: Every process's: the later --visibility-timeout wins over the helpers' default.
+QUEUE_OPTIONS = ["--visibility-timeout", str(VISIBILITY_TIMEOUT_S), "--lease", str(LEASE_S)]
 
 
 @pytest.fixture(scope="module")
@@ -66,12 +57,7 @@ def api(
 ) -> Iterator[Cluster]:
     """The API process alone; each test starts the workers it needs."""
     data_dir = tmp_path_factory.mktemp("lifecycle")
-    server = ServerProcess(
-        data_dir=data_dir,
-        port=free_port(),
-        extra_args=["--no-worker", *options(redis_url)],
-        env=QUIET_ENV,
-    )
+    server = api_without_worker(data_dir, redis_url, *QUEUE_OPTIONS)
     server.start()
     try:
         yield Cluster(server, [])
@@ -87,17 +73,25 @@ class Workers:
         self.redis = redis
         self.count = 0
 
-    def start(self, *extra: str) -> WorkerProcess:
+    def launch(self, *extra: str) -> WorkerProcess:
+        """A worker started, not waited for (workers start side by side)."""
         self.count += 1
         worker = WorkerProcess(
             self.cluster.api.data_dir,
             self.redis,
             f"lifecycle-{self.count}",
-            extra_args=[*options(self.redis)[2:], *extra],
+            extra_args=[*QUEUE_OPTIONS, *extra],
         )
         self.cluster.workers.append(worker)
-        worker.start()
+        worker.launch()
         return worker
+
+    def start(self, *extra: str, count: int = 1) -> list[WorkerProcess]:
+        """``count`` workers, launched together and ready."""
+        started = [self.launch(*extra) for _ in range(count)]
+        for worker in started:
+            worker.wait_ready()
+        return started
 
     def stop_all(self) -> None:
         for worker in self.cluster.workers:
@@ -112,10 +106,6 @@ def workers(api: Cluster, redis_url: str) -> Iterator[Workers]:  # noqa: F811
         yield started
     finally:
         started.stop_all()
-
-
-def pid_of(worker_id: str | None) -> int:
-    return int((worker_id or ":0").rsplit(":", 1)[1])  # worker ids end with the process id
 
 
 def running_on(cluster: Cluster, client: httpx.Client, job_id: str, attempt: int) -> int:
@@ -152,14 +142,16 @@ def processing(cluster: Cluster) -> list[str]:
 def test_a_killed_workers_job_comes_back_within_seconds_twice(
     api: Cluster, workers: Workers, record_property: Any
 ) -> None:
-    workers.start()
-    workers.start()
+    workers.start(count=2)
     with httpx.Client(base_url=api.api.url, timeout=60) as client:
+        replacement: WorkerProcess | None = None
         for kill in (1, 2):
             long_id = create(client, {**LONG, "seed": kill})["id"]
             quick_ids = [create(client, {**QUICK, "seed": n})["id"] for n in range(4)]
             victim = running_on(api, client, long_id, attempt=1)
             killed = kill_worker(api, victim)
+            if kill == 1:  # its replacement, started as an orchestrator would start one
+                replacement = workers.launch()
             survivor = running_on(api, client, long_id, attempt=2)
             back_s = time.monotonic() - killed
             ended = wait_all(client, [long_id, *quick_ids])
@@ -179,15 +171,14 @@ def test_a_killed_workers_job_comes_back_within_seconds_twice(
             # one stored image per job: the killed run stored none, no run stored twice
             assert [outputs_of(api, job_id) for job_id in [long_id, *quick_ids]] == [1] * 5
             assert processing(api) == []
-            if kill == 1:
-                workers.start()  # the replacement, as an orchestrator would start one
+            if replacement is not None:
+                replacement.wait_ready()
 
 
 def test_a_job_whose_every_run_is_killed_fails_worker_lost(
     api: Cluster, workers: Workers, record_property: Any
 ) -> None:
-    workers.start()
-    workers.start()
+    workers.start(count=2)
     with httpx.Client(base_url=api.api.url, timeout=60) as client:
         job_id = create(client, LONG)["id"]
         kill_worker(api, running_on(api, client, job_id, attempt=1))
@@ -210,7 +201,7 @@ def test_a_failing_worker_backs_off_and_the_healthy_one_runs_the_jobs(
 ) -> None:
     metrics_port = free_port()
     # a GPU worker whose GPU is not there: every job fails in a second (engine error)
-    broken = workers.start(
+    (broken,) = workers.start(
         "--device",
         "cuda",
         "--backoff-after-failures",
@@ -227,7 +218,7 @@ def test_a_failing_worker_backs_off_and_the_healthy_one_runs_the_jobs(
         while "worker unhealthy" not in broken.log() and time.monotonic() < deadline:
             time.sleep(0.3)
         assert "worker unhealthy" in broken.log(), broken.log()[-3000:]
-        healthy = workers.start()
+        (healthy,) = workers.start()
         rest = [create(client, {**QUICK, "seed": n})["id"] for n in range(2, 12)]
         ended = wait_all(client, first + rest)
         scraped = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=30).text

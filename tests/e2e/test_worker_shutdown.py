@@ -22,14 +22,13 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.e2e.conftest import ServerProcess, free_port
-from tests.e2e.test_scale_out import (
+from tests.e2e.workers import (
     DEADLINE_S,
-    QUIET_ENV,
-    VISIBILITY_TIMEOUT_S,
     Cluster,
     WorkerProcess,
+    api_without_worker,
     create,
+    pid_of,
     wait_all,
 )
 from tests.servers.redis import redis_url, start_redis, stop_process  # noqa: F401
@@ -55,18 +54,7 @@ def api(
 ) -> Iterator[Cluster]:
     """The API process alone; each test starts the workers it needs."""
     data_dir = tmp_path_factory.mktemp("shutdown")
-    server = ServerProcess(
-        data_dir=data_dir,
-        port=free_port(),
-        extra_args=[
-            "--no-worker",
-            "--broker-url",
-            redis_url,
-            "--visibility-timeout",
-            str(VISIBILITY_TIMEOUT_S),
-        ],
-        env=QUIET_ENV,
-    )
+    server = api_without_worker(data_dir, redis_url)
     server.start()
     try:
         yield Cluster(server, [])
@@ -106,10 +94,6 @@ def terminate(worker: WorkerProcess) -> tuple[int, float]:
         worker.kill()
         raise
     return code, time.monotonic() - sent
-
-
-def pid_of(worker_id: str | None) -> int:
-    return int((worker_id or ":0").rsplit(":", 1)[1])  # worker ids end with the process id
 
 
 def stop_all(cluster: Cluster) -> None:

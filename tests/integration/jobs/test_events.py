@@ -25,7 +25,8 @@ from sdserve.domain.jobs import Status
 from sdserve.jobs.events import EventKind, JobEvent
 from sdserve.jobs.redis_events import RedisEventBus
 from sdserve.jobs.service import Service
-from sdserve.jobs.store import Store, sqlite_url
+from sdserve.jobs.store import Store, sqlite_url, utcnow
+from sdserve.jobs.workers import RedisWorkerBoard, WorkerInfo
 from sdserve.wiring import build_service
 from tests.integration.jobs.fakes import FakeRegistry
 from tests.servers.redis import redis_url, start_redis, stop_process  # noqa: F401  (a fixture)
@@ -63,11 +64,34 @@ def until(check: object, what: str) -> None:
         time.sleep(0.02)
 
 
+def announce_worker(broker_url: str) -> None:
+    """The other process's entry in the worker registry: it serves ``test/fake`` (else the
+    API refuses the job with 503, as no live worker would run it)."""
+    now = utcnow()
+    board = RedisWorkerBoard(broker_url)
+    try:
+        info = WorkerInfo(
+            id="worker-elsewhere",
+            host="elsewhere",
+            pid=1,
+            gpu=None,
+            device="cpu",
+            models=("test/fake",),
+            trainings=False,
+            started_at=now,
+            last_seen=now,
+        )
+        board.announce(info, ttl_s=DEADLINE_S * 5)
+    finally:
+        board.close()
+
+
 def api_service(tmp_path: Path, broker_url: str) -> Service:
     settings = Settings(
         data_dir=tmp_path,
         service=ServiceSettings(broker_url=broker_url, events_poll_s=SAFETY_NET_POLL_S),
     )
+    announce_worker(broker_url)
     service = build_service(settings, FakeRegistry())  # no predictor: workers run the jobs
     service.start()
     until(lambda: service.bus.live, "subscribed to Redis")

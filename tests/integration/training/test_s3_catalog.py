@@ -20,25 +20,23 @@ from sdserve.models.catalog import ModelRegistry, ModelSpec
 from sdserve.training.shared_catalog import MODELS_FOLDER, SharedTrainedModels
 from tests.servers.s3 import S3Endpoint, s3_endpoint  # noqa: F401 (the fixture)
 
-BASE = ModelSpec(
-    name="sdserve/tiny-sd",
-    reference="/machine-b/tiny-sd",
-    family="sd1",
-    inpainting=False,
-    refiner=None,
-    version="b" * 64,
-    native_size=64,
-)
+
+def base_model_on(machine: str) -> ModelSpec:
+    """tiny-sd as machine ``machine`` has it: its own folder and file hashes."""
+    return ModelSpec(
+        name="sdserve/tiny-sd",
+        reference=f"/machine-{machine}/tiny-sd",
+        family="sd1",
+        inpainting=False,
+        refiner=None,
+        version=machine * 64,
+        native_size=64,
+    )
+
+
+BASE = base_model_on("b")
 #: The same base model as another machine has it: its own folder.
-BASE_ON_C = ModelSpec(
-    name="sdserve/tiny-sd",
-    reference="/machine-c/tiny-sd",
-    family="sd1",
-    inpainting=False,
-    refiner=None,
-    version="c" * 64,
-    native_size=64,
-)
+BASE_ON_C = base_model_on("c")
 PREFIX = "cluster"
 
 
