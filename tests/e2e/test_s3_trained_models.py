@@ -13,11 +13,8 @@ bucket, and its output downloads from the API's URL.
 from __future__ import annotations
 
 import io
-import os
 import secrets
-import signal
-import subprocess
-import sys
+import sqlite3
 import time
 import zipfile
 from collections.abc import Iterator
@@ -30,6 +27,7 @@ import pytest
 from PIL import Image
 
 from tests.e2e.conftest import ServerProcess, free_port
+from tests.e2e.workers import QUIET_ENV, TERMINAL, WorkerProcess, pid_of
 from tests.servers.redis import redis_url  # noqa: F401 (a fixture)
 from tests.servers.s3 import S3Endpoint, s3_endpoint  # noqa: F401 (a fixture)
 
@@ -37,59 +35,15 @@ pytestmark = pytest.mark.slow
 
 BASE = "sdserve/tiny-sd"
 PREFIX = "cluster"
-TERMINAL = {"succeeded", "failed", "canceled", "aborted"}
 #: Generous: three processes share two busy CPU cores with other test runs.
 DEADLINE_S = 600.0
-QUIET_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 TRAINING = {"max_train_steps": 4, "lora_rank": 4, "train_batch_size": 2, "seed": 5}
-
-
-@dataclass
-class Worker:
-    """A real ``sdserve worker --demo`` with its own data folder."""
-
-    data_dir: Path
-    args: list[str]
-    env: dict[str, str]
-    process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def log_path(self) -> Path:
-        return self.data_dir / "worker.log"
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def start(self) -> None:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        command = [sys.executable, "-m", "sdserve.cli", "--data-dir", str(self.data_dir)]
-        command += ["worker", "--demo", *self.args]
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", **self.env}
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
-
-    def wait_ready(self) -> None:
-        deadline = time.monotonic() + DEADLINE_S
-        while " ready." not in self.log():  # Celery's line once it consumes the queue
-            assert self.process is not None and self.process.poll() is None, self.log()[-4000:]
-            assert time.monotonic() < deadline, self.log()[-4000:]
-            time.sleep(0.3)
-
-    def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=30)
 
 
 @dataclass
 class Cluster:
     api: ServerProcess
-    workers: list[Worker]
+    workers: list[WorkerProcess]
 
 
 @pytest.fixture(scope="module")
@@ -100,20 +54,34 @@ def cluster(
 ) -> Iterator[Cluster]:
     root = tmp_path_factory.mktemp("s3-trained")
     bucket = s3_endpoint.make_bucket(f"cluster-{secrets.token_hex(4)}")
-    shared = ["--broker-url", redis_url, "--database-url", f"sqlite:///{root / 'jobs.db'}"]
+    shared = ["--database-url", f"sqlite:///{root / 'jobs.db'}"]
     shared += ["--storage-url", f"s3://{bucket}/{PREFIX}", "--s3-endpoint-url", s3_endpoint.url]
     env = {**s3_endpoint.env, **QUIET_ENV}
-    workers = [Worker(root / name, shared, env) for name in ("worker-b", "worker-c")]
+    # each its own data folder, as on its own machine; both take trainings
+    workers = [
+        WorkerProcess(
+            root / name,
+            redis_url,
+            "worker",
+            extra_args=shared,
+            serves=("--demo", "--trainings"),
+            env=env,
+        )
+        for name in ("worker-b", "worker-c")
+    ]
     (root / "api").mkdir()
     api = ServerProcess(
-        data_dir=root / "api", port=free_port(), extra_args=["--no-worker", *shared], env=env
+        data_dir=root / "api",
+        port=free_port(),
+        extra_args=["--no-worker", "--broker-url", redis_url, *shared],
+        env=env,
     )
     try:
         for worker in workers:
-            worker.start()
+            worker.launch()
         api.start(timeout=DEADLINE_S)
         for worker in workers:
-            worker.wait_ready()
+            worker.wait_ready(DEADLINE_S)
         yield Cluster(api, workers)
     finally:
         api.stop()
@@ -156,11 +124,9 @@ def wait_for(api: ServerProcess, path: str) -> dict[str, Any]:
 
 def worker_pid(root: Path, job_id: str) -> int:
     """The pid of the worker that ran ``job_id``, from the shared job records."""
-    import sqlite3
-
     with sqlite3.connect(root / "jobs.db") as conn:
         (worker_id,) = conn.execute("SELECT worker_id FROM jobs WHERE id = ?", (job_id,)).fetchone()
-    return int(str(worker_id).rsplit(":", 1)[1])
+    return pid_of(worker_id)
 
 
 def test_a_model_trained_on_one_machine_is_listed_by_the_api_and_served_by_another(

@@ -63,6 +63,10 @@ class WorkerProcess:
     extra_args: list[str] = field(default_factory=list)
     #: what it serves (and takes): the demo models, or --model NAME... [--trainings]
     serves: tuple[str, ...] = ("--demo",)
+    #: more environment (S3 credentials)
+    env: dict[str, str] = field(default_factory=dict)
+    #: where this launch's lines begin in its log (a name started again appends to it)
+    _log_start: int = 0
 
     @property
     def log_path(self) -> Path:
@@ -74,7 +78,13 @@ class WorkerProcess:
 
     def launch(self) -> None:
         """Starts the process without waiting for it (see :meth:`wait_ready`)."""
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", **QUIET_ENV}
+        env = {
+            **os.environ,
+            "HF_HUB_OFFLINE": "1",
+            "PYTHONUNBUFFERED": "1",
+            **QUIET_ENV,
+            **self.env,
+        }
         command = [
             sys.executable,
             "-m",
@@ -89,6 +99,8 @@ class WorkerProcess:
             str(VISIBILITY_TIMEOUT_S),
             *self.extra_args,
         ]
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._log_start = len(self.log())
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
 
@@ -99,7 +111,8 @@ class WorkerProcess:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"{self.name} exited early:\n{self.log()[-4000:]}")
-            if " ready." in self.log():  # Celery's line once it consumes the queue
+            # Celery's line once it consumes the queue, written by this launch
+            if " ready." in self.log()[self._log_start :]:
                 return
             time.sleep(0.3)
         self.kill()
