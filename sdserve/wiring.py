@@ -57,6 +57,12 @@ from sdserve.jobs.workers import (
     WorkerInfo,
     board_for,
 )
+from sdserve.training.checkpoints import (
+    TRAININGS_FOLDER,
+    BucketCheckpoints,
+    Checkpoints,
+    LocalCheckpoints,
+)
 
 if TYPE_CHECKING:
     from sdserve.engine.engine import Engine
@@ -338,9 +344,29 @@ def trainer_factory(settings: Settings, registry: RegistryLike) -> Callable[[], 
     def build() -> TrainingRunner:
         from sdserve.training.runner import TrainingRunner
 
-        return TrainingRunner(settings, registry, catalog=trained_catalog(settings))
+        return TrainingRunner(
+            settings,
+            registry,
+            catalog=trained_catalog(settings),
+            checkpoints=training_checkpoints(settings),
+        )
 
     return build
+
+
+def training_checkpoints(settings: Settings) -> Checkpoints:
+    """Where trainings keep their checkpoints for the run that takes their job over: the
+    work folder alone, or with ``s3://`` storage also the bucket's ``trainings/`` folder,
+    so a training taken back from a lost worker resumes on another machine. Torch-free."""
+    url = settings.service.files_url
+    if not url or urlsplit(url).scheme != "s3":
+        return LocalCheckpoints()
+    from sdserve.jobs.s3_files import S3Objects
+
+    objects = S3Objects.from_url(
+        url, TRAININGS_FOLDER, endpoint_url=settings.service.s3_endpoint_url
+    )
+    return BucketCheckpoints(objects)
 
 
 @dataclass(frozen=True)

@@ -289,6 +289,14 @@ class S3Objects:
                 raise FileNotFound(f"no object {key!r} in the model catalog") from None
             raise self._failure(exc, "download", key) from None
 
+    def delete(self, key: str) -> None:
+        """Delete ``key`` (nothing happens when it does not exist)."""
+        try:
+            self._client.delete_object(Bucket=self.bucket, Key=self._name(key))
+        except self._errors as exc:
+            if _code(exc) not in _MISSING_CODES:
+                raise self._failure(exc, "delete", key) from None
+
     def listing(self, folder: str) -> dict[str, str]:
         """Every key under ``folder`` (relative, like the others) and its ETag, which
         changes whenever the object is written."""

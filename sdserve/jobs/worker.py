@@ -340,7 +340,7 @@ class JobRunner:
         self._fences.pop(job_id, None)
         self._flagged.discard(job_id)
         if self._trainer is not None:
-            self._trainer.discard(job_id)
+            self._trainer.discard(job_id, ended=False)
         log.warning("job %s released to the queue: this worker backs off", job_id)
         self.on_change(record)
         raise JobRequeued(job_id, "its worker backs off")
@@ -455,7 +455,8 @@ class JobRunner:
         if fence is None:  # every claimed run has one; without, end it like a cancel
             return self.finish(job_id, Status.CANCELED, tracker=tracker, logs="canceled\n")
         if self._trainer is not None and fence.holds(self.jobs.run_state(job_id)):
-            self._trainer.discard(job_id)  # the next run starts its own folder
+            # the next run starts its own folder (from the checkpoint kept in the bucket)
+            self._trainer.discard(job_id, ended=False)
         unwritten, _columns = tracker.unwritten()
         note = "worker shutting down: back in the queue, the job starts again from step 0\n"
         record = self.jobs.give_back(job_id, fence, append_logs=unwritten + note)
