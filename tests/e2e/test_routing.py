@@ -1,12 +1,15 @@
-"""Model-aware routing with real processes: a redis-server, an API (``--no-worker``) and
-three ``sdserve worker`` processes with different model sets sharing its data folder:
+"""Model-aware routing with real processes, as on four machines: an API (``--no-worker``)
+and three ``sdserve worker`` processes with different model sets, each with a data folder
+of its own, sharing only a redis-server (the broker), PostgreSQL (the job store) and a
+bucket on a real S3 endpoint (moto's server) for uploads and outputs:
 
 - ``sd``: ``--model sdserve/tiny-sd``
 - ``xl``: ``--model sdserve/tiny-sdxl``
 - ``trainer``: ``--model sdserve/tiny-sd --trainings``
 
 What a user sees: every prediction runs on a worker that serves its model (read from the
-job records, the store every process shares), a model no live worker serves is refused
+job records in PostgreSQL), outputs download from the API's URLs although a worker on
+another "machine" stored them in the bucket, a model no live worker serves is refused
 with 503 and ``Retry-After`` in every dialect instead of waiting forever, ``/v1/workers``
 and ``/health`` list the workers, and predictions keep completing while a training runs
 (here on a separate worker; the embedded server's second lane in the last test).
@@ -14,7 +17,7 @@ and ``/health`` list the workers, and predictions keep completing while a traini
 
 from __future__ import annotations
 
-import sqlite3
+import secrets
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,6 +25,7 @@ from typing import Any
 
 import httpx
 import pytest
+import sqlalchemy
 
 from bench.training_lane import images_zip_uri
 from tests.e2e.conftest import ServerProcess, free_port
@@ -30,12 +34,14 @@ from tests.e2e.workers import (
     QUIET_ENV,
     TERMINAL,
     WorkerProcess,
-    api_without_worker,
     pid_of,
     start_side_by_side,
     wait_all,
 )
+from tests.servers.launch import PostgresServer
+from tests.servers.postgres import postgres_server  # noqa: F401  (a fixture)
 from tests.servers.redis import redis_url  # noqa: F401  (a fixture)
+from tests.servers.s3 import S3Endpoint, s3_endpoint  # noqa: F401  (a fixture)
 
 pytestmark = pytest.mark.slow
 
@@ -58,13 +64,18 @@ DEADLINE_S = 600.0
 class Cluster:
     api: ServerProcess
     workers: dict[str, WorkerProcess]
+    database_url: str
 
     def worker_of(self) -> dict[str, str]:
         """job id -> the name of the worker process that ran it (worker ids end with
-        the process id)."""
+        the process id), from the shared job records."""
         names = {w.process.pid: name for name, w in self.workers.items() if w.process}
-        with sqlite3.connect(self.api.data_dir / "sdserve.db") as conn:
-            rows = conn.execute("SELECT id, worker_id FROM jobs").fetchall()
+        engine = sqlalchemy.create_engine(self.database_url)
+        try:
+            with engine.connect() as conn:
+                rows = conn.execute(sqlalchemy.text("SELECT id, worker_id FROM jobs")).all()
+        finally:
+            engine.dispose()
         return {
             job_id: names.get(pid_of(worker), worker) if worker else "" for job_id, worker in rows
         }
@@ -73,26 +84,42 @@ class Cluster:
 @pytest.fixture(scope="module")
 def cluster(
     redis_url: str,  # noqa: F811
+    postgres_server: PostgresServer,  # noqa: F811
+    s3_endpoint: S3Endpoint,  # noqa: F811
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Cluster]:
-    data_dir = tmp_path_factory.mktemp("routing")
-    api = api_without_worker(data_dir, redis_url)
-    api.start()  # first: it builds the demo models and the database the workers share
+    root = tmp_path_factory.mktemp("routing")
+    database = postgres_server.new_database()
+    database_url = postgres_server.url(database)
+    bucket = s3_endpoint.make_bucket(f"routing-{secrets.token_hex(4)}")
+    shared = ["--database-url", database_url, "--storage-url", f"s3://{bucket}/cluster"]
+    shared += ["--s3-endpoint-url", s3_endpoint.url]
+    env = {**s3_endpoint.env, **QUIET_ENV}
+    api = ServerProcess(
+        data_dir=root / "api",
+        port=free_port(),
+        extra_args=["--no-worker", "--broker-url", redis_url, *shared],
+        env=env,
+    )
     serves = {
         "sd": ("--model", SD),
         "xl": ("--model", XL),
         "trainer": ("--model", SD, "--trainings"),
     }
     workers = {
-        name: WorkerProcess(data_dir, redis_url, name, serves=args) for name, args in serves.items()
+        name: WorkerProcess(root / name, redis_url, name, extra_args=shared, serves=args, env=env)
+        for name, args in serves.items()
     }
+    (root / "api").mkdir()
     try:
+        api.start()
         start_side_by_side(list(workers.values()))
-        yield Cluster(api, workers)
+        yield Cluster(api, workers, database_url)
     finally:
         for worker in workers.values():
             worker.stop()
         api.stop()
+        postgres_server.drop_database(database)
 
 
 def predict(client: httpx.Client, model: str, seed: int) -> dict[str, Any]:

@@ -134,3 +134,21 @@ def test_a_killed_workers_job_is_redelivered_to_the_other_worker(
     assert cluster.attempts_of(job_id) == 2  # ran again once, not more
     runner = cluster.worker_of()[job_id] or ""
     assert runner.startswith("worker-") and runner != owner
+
+
+def test_kill_9_of_the_api_with_jobs_queued_loses_none(cluster: Cluster) -> None:
+    """The API is killed with jobs queued and running: the workers go on (the tasks wait in
+    Redis, the records in the shared store), and the API started again answers every job
+    ``succeeded``, each run once. Last in this module: it restarts the module's API."""
+    with httpx.Client(base_url=cluster.api.url, timeout=60) as client:
+        ids = [
+            create(client, {**QUICK, "num_inference_steps": 20, "seed": n})["id"] for n in range(8)
+        ]
+    assert cluster.api.process is not None
+    cluster.api.process.kill()
+    cluster.api.process.wait(timeout=30)
+    cluster.api.start()  # the same data folder and port
+    with httpx.Client(base_url=cluster.api.url, timeout=60) as client:
+        ended = wait_all(client, ids)
+    assert [ended[job_id]["status"] for job_id in ids] == ["succeeded"] * len(ids), ended
+    assert [cluster.attempts_of(job_id) for job_id in ids] == [1] * len(ids)
