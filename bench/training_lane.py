@@ -44,15 +44,20 @@ PREDICTION = {"prompt": "a red fox", "width": 64, "height": 64, "num_inference_s
 TRAINING = {"max_train_steps": 100_000, "num_train_epochs": 100_000, "train_batch_size": 1}
 
 
-def images_zip_uri() -> str:
-    """Four solid-colour 64x64 PNGs in a zip, as a data: URI."""
+def images_zip() -> bytes:
+    """Four solid-colour 64x64 PNGs in a zip: a tiny training set."""
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:
         for index, color in enumerate([(255, 0, 0), (0, 0, 255), (0, 255, 0), (9, 9, 9)]):
             image = io.BytesIO()
             Image.new("RGB", (64, 64), color).save(image, format="PNG")
             archive.writestr(f"{index}.png", image.getvalue())
-    return "data:application/zip;base64," + base64.b64encode(buffer.getvalue()).decode()
+    return buffer.getvalue()
+
+
+def images_zip_uri() -> str:
+    """:func:`images_zip` as a data: URI (an ``input_images`` value)."""
+    return "data:application/zip;base64," + base64.b64encode(images_zip()).decode()
 
 
 def timed_predictions(client: httpx.Client, count: int) -> list[float]:

@@ -16,7 +16,6 @@ import io
 import secrets
 import sqlite3
 import time
-import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ import httpx
 import pytest
 from PIL import Image
 
+from bench.training_lane import images_zip
 from tests.e2e.conftest import ServerProcess, free_port
 from tests.e2e.workers import QUIET_ENV, TERMINAL, WorkerProcess, pid_of
 from tests.servers.redis import redis_url  # noqa: F401 (a fixture)
@@ -89,16 +89,6 @@ def cluster(
             worker.stop()
 
 
-def image_zip() -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        for index, color in enumerate([(255, 0, 0), (0, 0, 255), (0, 255, 0), (255, 255, 0)]):
-            image = io.BytesIO()
-            Image.new("RGB", (64, 64), color).save(image, format="PNG")
-            archive.writestr(f"{index}.png", image.getvalue())
-    return buffer.getvalue()
-
-
 def create_training(api: ServerProcess, archive_url: str, destination: str) -> httpx.Response:
     base = httpx.get(f"{api.url}/v1/models/{BASE}", timeout=30).json()
     version = base["latest_version"]["id"]
@@ -136,7 +126,7 @@ def test_a_model_trained_on_one_machine_is_listed_by_the_api_and_served_by_anoth
     api = cluster.api
     uploaded = httpx.post(
         f"{api.url}/v1/files",
-        files={"content": ("photos.zip", image_zip(), "application/zip")},
+        files={"content": ("photos.zip", images_zip(), "application/zip")},
         timeout=60,
     )
     assert uploaded.status_code == 201, uploaded.text

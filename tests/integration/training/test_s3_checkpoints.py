@@ -9,16 +9,14 @@ makes. A job that ended leaves no checkpoint in the bucket.
 
 from __future__ import annotations
 
-import io
 import secrets
-import zipfile
 from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image
 from safetensors.torch import load_file
 
+from bench.training_lane import images_zip
 from sdserve.config import ServiceSettings, Settings
 from sdserve.errors import Canceled
 from sdserve.jobs.s3_files import S3Objects
@@ -40,16 +38,6 @@ INPUT = {
 }
 
 
-def photos_zip() -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        for index, color in enumerate([(250, 20, 20), (20, 20, 250), (20, 250, 20), (9, 9, 9)]):
-            image = io.BytesIO()
-            Image.new("RGB", (64, 64), color).save(image, format="PNG")
-            archive.writestr(f"{index}.png", image.getvalue())
-    return buffer.getvalue()
-
-
 def machine(folder: Path, tiny_sd: Path, endpoint: S3Endpoint, bucket: str) -> TrainingRunner:
     objects = S3Objects.from_url(
         f"s3://{bucket}/{PREFIX}", TRAININGS_FOLDER, endpoint_url=endpoint.url
@@ -67,7 +55,7 @@ def train(runner: TrainingRunner, job_id: str, destination: str, hooks: JobHooks
         model=runner.registry.specs()[0].name,
         raw_input=INPUT,
         destination=destination,
-        archive=photos_zip(),
+        archive=images_zip(),
         hooks=hooks,
     )
     return outcome.weights
