@@ -141,6 +141,44 @@ def _add_engine_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_model_cache_options(parser: argparse.ArgumentParser) -> None:
+    """The worker's model cache: its two budgets, models loaded at start, idle unloading."""
+    cache = parser.add_argument_group(
+        "model cache",
+        "loaded models stay on the device within --memory-budget-mb; the least recently "
+        "used one moves to CPU RAM (--ram-cache-mb) and comes back from there instead of "
+        "from disk",
+    )
+    cache.add_argument(
+        "--memory-budget-mb",
+        type=int,
+        metavar="MB",
+        help=described(EngineSettings, "memory_budget_mb"),
+    )
+    cache.add_argument(
+        "--ram-cache-mb", type=int, metavar="MB", help=described(EngineSettings, "ram_cache_mb")
+    )
+    cache.add_argument(
+        "--preload",
+        action="append",
+        metavar="MODEL",
+        default=None,
+        help=described(
+            EngineSettings,
+            "preload",
+            "model to load at start, before the worker takes jobs, repeatable: a name this "
+            "worker serves",
+        ),
+    )
+    cache.add_argument(
+        "--idle-unload",
+        type=float,
+        metavar="SECONDS",
+        dest="idle_unload_s",
+        help=described(EngineSettings, "idle_unload_s"),
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sdserve",
@@ -652,6 +690,27 @@ def _add_queue_options(parser: argparse.ArgumentParser) -> None:
         help=described(ServiceSettings, "visibility_timeout_s"),
     )
     parser.add_argument(
+        "--lease",
+        type=float,
+        metavar="SECONDS",
+        dest="lease_s",
+        help=described(ServiceSettings, "lease_s"),
+    )
+    parser.add_argument(
+        "--job-attempts",
+        type=int,
+        metavar="N",
+        dest="job_attempts",
+        help=described(ServiceSettings, "job_attempts"),
+    )
+    parser.add_argument(
+        "--event-poll",
+        type=float,
+        metavar="SECONDS",
+        dest="events_poll_s",
+        help=described(ServiceSettings, "events_poll_s"),
+    )
+    parser.add_argument(
         "--storage-url",
         dest="files_url",
         metavar="URL",
@@ -733,6 +792,7 @@ def _add_serve(commands: Any) -> None:
         "--grpc-tls-key", type=Path, metavar="PEM", help=described(ApiSettings, "grpc_tls_key")
     )
     _add_engine_options(serve)
+    _add_model_cache_options(serve)
     _add_queue_options(serve)
     serve.add_argument(
         "--allow-outbound",
@@ -762,12 +822,46 @@ def _add_worker(commands: Any) -> None:
     _add_served_models(worker)
     _add_queue_options(worker)
     _add_engine_options(worker)
+    _add_model_cache_options(worker)
     worker.add_argument(
         "--metrics-port",
         dest="worker_metrics_port",
         type=int,
         metavar="PORT",
         help=described(ServiceSettings, "worker_metrics_port"),
+    )
+    worker.add_argument(
+        "--shutdown-grace",
+        dest="shutdown_grace_s",
+        type=float,
+        metavar="SECONDS",
+        help=described(ServiceSettings, "shutdown_grace_s"),
+    )
+    worker.add_argument(
+        "--backoff-after-failures",
+        dest="backoff_after_failures",
+        type=int,
+        metavar="N",
+        help=described(ServiceSettings, "backoff_after_failures"),
+    )
+    worker.add_argument(
+        "--backoff",
+        dest="backoff_s",
+        type=float,
+        metavar="SECONDS",
+        help=described(ServiceSettings, "backoff_s"),
+    )
+    worker.add_argument(
+        "--gpu",
+        type=int,
+        metavar="N",
+        help=described(EngineSettings, "gpu", default="none: torch's current CUDA device"),
+    )
+    worker.add_argument(
+        "--trainings",
+        action="store_true",
+        dest="worker_trainings",
+        help=described(ServiceSettings, "worker_trainings"),
     )
     worker.set_defaults(run=run_worker)
 
@@ -796,16 +890,31 @@ def _server_settings(args: argparse.Namespace) -> Settings:
             "database_max_overflow": args.database_max_overflow,
             "broker_url": args.broker_url,
             "visibility_timeout_s": args.visibility_timeout_s,
+            "lease_s": args.lease_s,
+            "job_attempts": args.job_attempts,
+            "events_poll_s": args.events_poll_s,
             "files_url": args.files_url,
             "s3_endpoint_url": args.s3_endpoint_url,
             "outbound_allow": getattr(args, "outbound_allow", None),
             "worker_metrics_port": getattr(args, "worker_metrics_port", None),
+            "shutdown_grace_s": getattr(args, "shutdown_grace_s", None),
+            "backoff_after_failures": getattr(args, "backoff_after_failures", None),
+            "backoff_s": getattr(args, "backoff_s", None),
+            "worker_trainings": getattr(args, "worker_trainings", None) or None,
         }.items()
         if value is not None
     }
     engine = {
         key: value
-        for key, value in {"device": args.device, "dtype": args.dtype}.items()
+        for key, value in {
+            "device": args.device,
+            "dtype": args.dtype,
+            "gpu": getattr(args, "gpu", None),
+            "memory_budget_mb": args.memory_budget_mb,
+            "ram_cache_mb": args.ram_cache_mb,
+            "preload": args.preload,
+            "idle_unload_s": args.idle_unload_s,
+        }.items()
         if value is not None
     }
     return _settings(
@@ -954,7 +1063,11 @@ def run_train(args: argparse.Namespace) -> int:
             fields[name] = value
     if args.train_text_encoder:
         fields["train_text_encoder"] = True
-    runner = TrainingRunner(settings, registry)
+    from sdserve.training.catalog import TrainedModels
+    from sdserve.wiring import trained_catalog
+
+    # the data folder, or with s3:// storage the bucket every process of a cluster reads
+    runner = TrainingRunner(settings, registry, catalog=trained_catalog(settings))
     if runner.catalog.exists(destination) and not args.force:
         raise Conflict(
             f"destination {destination} already exists; pass --force to replace it "
@@ -983,7 +1096,10 @@ def run_train(args: argparse.Namespace) -> int:
         bar.close()
     print(f"model:   {destination}:{outcome.version}")
     print(f"weights: {outcome.weights}")
-    print(f"LoRA:    {destination.partition('/')[2]} (in {settings.engine.lora_dir})")
+    if isinstance(runner.catalog, TrainedModels):
+        print(f"LoRA:    {destination.partition('/')[2]} (in {settings.engine.lora_dir})")
+    else:
+        print(f"LoRA:    in the bucket of {settings.service.files_url}, for every process")
     serve = "sdserve" + (f" --data-dir {args.data_dir}" if args.data_dir else "") + " serve"
     print(f"serve it: {serve}{' --demo' if demo else f' --model {args.model}'}")
     return 0

@@ -249,8 +249,24 @@ class ServiceSettings(BaseModel):
         "took it if it was not acknowledged (the worker died): longer than the longest job, "
         "since a run claimed longer ago is presumed lost and taken over by another worker",
     )
+    events_poll_s: float = Field(
+        default=2.0,
+        gt=0,
+        le=3600,
+        description="job events (in-process, or Redis pub/sub with a redis:// broker) wake "
+        "waiting requests, SSE streams and running jobs' cancel checks; they still read the "
+        "store this often in case an event was lost (while Redis is unreachable: every "
+        "0.15 s, and 0.1 s for cancel flags)",
+    )
     job_attempts: int = Field(
         default=2, ge=1, description="runs of a job whose worker died before it fails worker_lost"
+    )
+    lease_s: float = Field(
+        default=20.0,
+        ge=3,
+        description="with a shared broker a running job's worker renews its lease every "
+        "third of this; a job whose lease is older lost its worker and is re-queued (or "
+        "failed worker_lost after job_attempts runs) by any worker or API process",
     )
     retention_hours: float = Field(
         default=0, ge=0, description="delete inputs/outputs this long after completion; 0 = keep"
@@ -287,6 +303,32 @@ class ServiceSettings(BaseModel):
         le=65535,
         description="'sdserve worker' serves its Prometheus metrics (step and run times, "
         "accelerator memory, and the store's counts) on this port of --host; None = off",
+    )
+    shutdown_grace_s: float = Field(
+        default=10.0,
+        ge=0,
+        description="on SIGTERM/SIGINT 'sdserve worker' takes no new job and lets the running "
+        "one go on this long; a run still going then stops at its next step and its job goes "
+        "back to the queue (from step 0, on another worker); keep it under the orchestrator's "
+        "grace period",
+    )
+    backoff_after_failures: int = Field(
+        default=3,
+        ge=1,
+        description="'sdserve worker' whose jobs fail this many times in a row for faults "
+        "of its own (a model it cannot load, an engine error, its storage) backs off: it "
+        "releases such a job to other workers and takes none for a pause, then tries again",
+    )
+    backoff_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="the first pause of a worker that backs off; it doubles at each further "
+        "failure, up to 32 times this, and a success ends the backoff",
+    )
+    worker_trainings: bool = Field(
+        default=False,
+        description="'sdserve worker' also takes trainings of the models it serves (off: "
+        "predictions only, so a training never holds this worker's predictions back)",
     )
     fetch_max_bytes: int = Field(default=50 * 1024 * 1024, ge=1024)
     fetch_timeout_s: float = Field(

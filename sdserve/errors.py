@@ -15,8 +15,11 @@ message (its text stays in the server log).
     │   └── FileNotFound            no uploaded or output file has that id
     ├── Unauthorized                missing or wrong token (HTTP 401)
     ├── Overloaded                  queue full or draining (HTTP 429/503 + Retry-After)
-    │   └── RateLimited             a token over one of its own limits (HTTP 429 +
+    │   ├── RateLimited             a token over one of its own limits (HTTP 429 +
     │                               Retry-After): its rate, queued or running cap
+    │   ├── StorageUnavailable      the file storage cannot be reached (HTTP 503)
+    │   └── NoWorkerAvailable       no live worker serves the model (HTTP 503 +
+    │                               Retry-After)
     ├── Conflict                    the request contradicts the state (HTTP 409)
     ├── MethodNotAllowed            a method the path does not serve (HTTP 405 + Allow)
     ├── CrossSiteRequest            a browser request from another site (HTTP 403)
@@ -34,6 +37,15 @@ message (its text stays in the server log).
     │   │                           the job ends ``aborted``)
     │   └── NsfwContent             code ``nsfw_content`` (every image flagged)
     └── Canceled                    the job was canceled while it ran (not a failure)
+
+**Worker faults** (:func:`is_worker_fault`) are the failures that say something about the
+worker that ran a job rather than about the job: another worker may well run it.
+``ModelLoadError`` (weights missing or unreadable there), ``StorageFull`` (its disk),
+``StorageUnavailable`` (its storage service, unreachable from it), and every exception
+outside this hierarchy (an engine or driver error, a bug: ``internal_error``). Everything
+else is the job's own: bad input, an input URL that cannot be fetched, a request too large
+for the GPU (``InsufficientGpuMemory``), flagged content, a deadline, a cancel. A worker
+whose jobs keep failing for worker faults backs off (:mod:`sdserve.jobs.backoff`).
 """
 
 from __future__ import annotations
@@ -51,6 +63,8 @@ class SdserveError(Exception):
     """Base of every sdserve error; ``code`` is stable and safe to show to clients."""
 
     code = "internal_error"
+    #: the failure is the worker's, not the job's (see :func:`is_worker_fault`)
+    worker_fault = False
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -131,6 +145,19 @@ class StorageUnavailable(Overloaded):
     a 503 with ``Retry-After`` for a caller; a job it stops fails with this message."""
 
     code = "storage_unavailable"
+    worker_fault = True
+
+
+class NoWorkerAvailable(Overloaded):
+    """No live worker serves the model a job asks for (``sdserve worker`` processes on a
+    shared broker, none of them started with it, or all stopped): a 503 with
+    ``Retry-After`` instead of a job that would wait for a worker that never comes."""
+
+    code = "no_worker"
+
+    def __init__(self, model: str, message: str, *, retry_after: int = 10) -> None:
+        super().__init__(message, retry_after=retry_after)
+        self.model = model
 
 
 class PayloadTooLarge(SdserveError):
@@ -178,6 +205,7 @@ class ModelLoadError(SdserveError):
     """A model reference that resolves but cannot be loaded; the message says how to fix it."""
 
     code = "model_load_error"
+    worker_fault = True
 
 
 class UnsupportedDependency(SdserveError):
@@ -209,6 +237,7 @@ class StorageFull(JobFailure):
     """Outputs could not be written because the storage is full."""
 
     code = "storage_full"
+    worker_fault = True
 
 
 class WorkerLost(JobFailure):
@@ -249,3 +278,11 @@ def failure_of(error: BaseException) -> tuple[FailureCode, str]:
         return FailureCode(error.code), error.message
     except ValueError:
         return FailureCode.INTERNAL_ERROR, error.message
+
+
+def is_worker_fault(error: BaseException) -> bool:
+    """Whether ``error``, ending a job, says the worker cannot run jobs rather than that the
+    job cannot run (the module docstring lists which)."""
+    if isinstance(error, SdserveError):
+        return error.worker_fault
+    return isinstance(error, Exception)

@@ -24,6 +24,8 @@ from sdserve.models.settings import EngineSettings
 if TYPE_CHECKING:
     from sdserve.jobs.service import Service
     from sdserve.models.catalog import ModelRegistry, ModelSpec
+    from sdserve.training.catalog import TrainedCatalog
+    from sdserve.wiring import EngineSource
 
 log = logging.getLogger("sdserve")
 
@@ -65,11 +67,12 @@ def with_trained_loras(settings: Settings) -> Settings:
     return settings.model_copy(update={"engine": engine})
 
 
-def build_registry(settings: Settings) -> ModelRegistry:
+def build_registry(settings: Settings, trained: TrainedCatalog | None = None) -> ModelRegistry:
     """The served models: ``--model`` references (a demo model's name among them serves that
-    demo model), the tiny set with ``--demo``, and the fine-tuned models published in the
-    data folder."""
+    demo model), the tiny set with ``--demo``, and the fine-tuned models published in
+    ``trained`` (default: the catalog the storage URL chooses)."""
     from sdserve.models.catalog import ModelRegistry
+    from sdserve.wiring import trained_catalog
 
     references = [model for model in settings.models if not is_demo_name(model)]
     registry = ModelRegistry.from_references(
@@ -78,9 +81,7 @@ def build_registry(settings: Settings) -> ModelRegistry:
     if wants_demo(settings):
         for spec in _demo_specs(settings):
             registry.add(spec)
-    from sdserve.training.runner import trained_models
-
-    trained_models(settings).register(registry)
+    (trained or trained_catalog(settings)).register(registry)
     if not registry.specs():
         raise InvalidInput("model", "nothing to serve: pass --model <reference> or --demo")
     return registry
@@ -115,8 +116,10 @@ def resolve_model(settings: Settings, model: str) -> tuple[Settings, ModelRegist
     from sdserve.models.references import served_name
 
     settings = with_trained_loras(prepare_demo(settings.model_copy(update={"models": [model]})))
-    registry = build_registry(settings)
-    return settings, registry, registry.resolve(served_name(model))
+    registry, _trained = shared_models(settings, runs_jobs=True)
+    spec = registry.resolve(served_name(model))
+    registry.prepare(spec)  # a model trained on another machine: its LoRA from the bucket
+    return settings, registry, spec
 
 
 def check_weights_cached(registry: ModelRegistry, settings: EngineSettings) -> None:
@@ -167,22 +170,43 @@ def check_port(host: str, port: int, option: str = "--port") -> None:
 
 
 def build_service(
-    settings: Settings, registry: ModelRegistry, *, run_worker: bool = True
+    settings: Settings,
+    registry: ModelRegistry,
+    *,
+    run_worker: bool = True,
+    trained: TrainedCatalog | None = None,
+    engine: EngineSource | None = None,
 ) -> Service:
-    """The job service of ``serve``, with an in-process engine worker (built lazily on the
-    first job) unless ``run_worker`` is off."""
-    from sdserve.training.runner import trained_models
+    """The job service of ``serve``, with an in-process engine worker (``engine``, else one
+    built lazily on the first job) unless ``run_worker`` is off."""
     from sdserve.wiring import build_service as build
-    from sdserve.wiring import engine_factory
+    from sdserve.wiring import engine_factory, trained_catalog
 
-    catalog = trained_models(settings)
+    catalog = trained or trained_catalog(settings)
+    if run_worker and engine is None:
+        engine = engine_factory(settings, registry, beside_api=True)
     return build(
         settings,
         registry,
-        predictor=engine_factory(settings, registry, beside_api=True) if run_worker else None,
+        predictor=engine if run_worker else None,
         # a remote worker may publish fine-tuned models: pick them up when listing
         refresh_models=lambda: catalog.register(registry),
+        trained=catalog,
     )
+
+
+def shared_models(settings: Settings, *, runs_jobs: bool) -> tuple[ModelRegistry, TrainedCatalog]:
+    """The registry and trained-model catalog of a process; with a shared (bucket) catalog
+    the registry also finds models published since, and fetches their LoRAs when this
+    process ``runs_jobs``."""
+    from sdserve.training.shared_catalog import SharedTrainedModels
+    from sdserve.wiring import trained_catalog
+
+    catalog = trained_catalog(settings)
+    registry = build_registry(settings, catalog)
+    if isinstance(catalog, SharedTrainedModels):
+        catalog.attach(registry, downloads=runs_jobs)
+    return registry, catalog
 
 
 def check_binding(settings: Settings) -> None:
@@ -268,6 +292,8 @@ def _check_tls_pair(cert: Path | None, key: Path | None) -> None:
 
 def serve(settings: Settings, *, run_worker: bool = True) -> int:
     """Run the HTTP server (and the gRPC one, with a gRPC port) until interrupted."""
+    from sdserve.wiring import engine_factory, preload_models
+
     setup_logging()
     check_binding(settings)
     check_port(settings.api.host, settings.api.port)
@@ -275,10 +301,20 @@ def serve(settings: Settings, *, run_worker: bool = True) -> int:
     if wants_demo(settings):
         quiet_library_progress()  # building the demo models imports torch anyway
     settings = with_trained_loras(prepare_demo(settings))
-    registry = build_registry(settings)
+    registry, trained = shared_models(settings, runs_jobs=run_worker)
+    engine = None
     if run_worker:
         check_weights_cached(registry, settings.engine)
-    service = build_service(settings, registry, run_worker=run_worker)
+        engine = engine_factory(settings, registry, beside_api=True)
+        preload_models(settings, registry, engine)  # before the server accepts a job
+    elif settings.engine.preload:
+        raise InvalidInput(
+            "preload",
+            "this server runs no worker (--no-worker): preload models on 'sdserve worker'",
+        )
+    service = build_service(
+        settings, registry, run_worker=run_worker, trained=trained, engine=engine
+    )
     # here, a database that cannot be reached is a clear error, not a start-up traceback
     service.store.migrate()
     import uvicorn
@@ -301,13 +337,15 @@ def serve(settings: Settings, *, run_worker: bool = True) -> int:
 
 def worker(settings: Settings) -> int:
     """Run a worker process on a shared broker (``sdserve worker``)."""
-    from sdserve.wiring import build_worker, engine_factory
+    from sdserve.wiring import build_worker, engine_factory, preload_models
 
     setup_logging()
     if wants_demo(settings):
         quiet_library_progress()
     settings = with_trained_loras(prepare_demo(settings))
-    registry = build_registry(settings)
+    registry, _trained = shared_models(settings, runs_jobs=True)
     check_weights_cached(registry, settings.engine)
-    build_worker(settings, registry, engine_factory(settings, registry)).run()
+    engine = engine_factory(settings, registry)
+    preload_models(settings, registry, engine)  # before the worker takes its first job
+    build_worker(settings, registry, engine).run()
     return 0

@@ -29,6 +29,7 @@ from sdserve.api.replicate import routes as replicate
 from sdserve.api.site_guard import HostPolicy, SiteGuard
 from sdserve.api.stability import v1_routes as stability_v1
 from sdserve.api.stability import v2_routes as stability_v2
+from sdserve.api.workers import health_workers, workers_body
 from sdserve.config import Settings
 from sdserve.jobs.contract import JobService
 from sdserve.web import web_router
@@ -82,9 +83,21 @@ def create_app(settings: Settings, service: JobService, *, manage_service: bool 
 
     edge.include(metrics_router)
 
+    # who runs jobs: hosts, GPUs, models and the jobs they run, behind the token
+    workers_router = APIRouter()
+
+    @workers_router.get("/v1/workers")
+    async def list_workers() -> dict[str, Any]:
+        # off the event loop: the registry is Redis and the depths a query of the store
+        return workers_body(await asyncio.to_thread(service.workers))
+
+    edge.include(workers_router)
+
     @app.get("/health")
     async def health() -> dict[str, Any]:
-        return {"status": "ok", "models": [model.name for model in service.models()]}
+        models = [model.name for model in service.models()]
+        workers = await asyncio.to_thread(service.workers)
+        return {"status": "ok", "models": models, **health_workers(workers)}
 
     @app.get(FILES_PATH + "/{key}")
     async def get_file(key: str) -> Response:

@@ -24,6 +24,7 @@ from sdserve.errors import (
     MethodNotAllowed,
     MisdirectedRequest,
     NotFound,
+    NoWorkerAvailable,
     Overloaded,
     PayloadTooLarge,
     SdserveError,
@@ -48,7 +49,7 @@ def http_status(error: SdserveError) -> int:
         return 409
     if isinstance(error, MethodNotAllowed):
         return 405
-    if isinstance(error, StorageUnavailable):
+    if isinstance(error, StorageUnavailable | NoWorkerAvailable):
         return 503  # the server's trouble, not the caller's rate
     if isinstance(error, Overloaded):
         return 429
@@ -77,6 +78,7 @@ def problem_response(error: SdserveError, status: int) -> Response:
         421: "Misdirected request",
         422: "Input validation failed",
         429: "Too many requests",
+        503: "Service unavailable",
     }
     body = {
         "type": f"https://sdserve.dev/errors/{error.code}",

@@ -3,8 +3,9 @@
 - ``engine.py``: :class:`~sdserve.engine.engine.Engine`, canonical input → encoded images;
 - ``tasks/``: one file per task and the registry that says which exist, the pipeline kind
   each runs on and how a request selects them (``tasks/registry.py``, ``tasks/pipelines.py``);
-- ``cache.py``: loaded pipelines under a memory budget, task pipelines derived with
-  ``from_pipe``; ``loading.py`` (+ ``configs/``): hub id, folder or single file → pipeline;
+- ``cache.py``: loaded pipelines in two tiers (the device under a memory budget, then CPU
+  RAM), task pipelines derived with ``from_pipe``; ``tiers.py`` moves a pipeline's weights
+  between them; ``loading.py`` (+ ``configs/``): hub id, folder or single file → pipeline;
 - ``schedulers.py``, ``prompts.py``, ``images.py``: what a run needs per call;
 - ``lora.py``, ``hotswap.py``, ``fastpath.py``, ``device.py``: adapters, the fast path and
   the device/precision choice; ``safety.py``, ``watermark.py``: post-processing;

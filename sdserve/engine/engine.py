@@ -28,13 +28,18 @@ from sdserve.domain.inputs import GenerationInput, InputLimits
 from sdserve.engine import device as devices
 from sdserve.engine import fastpath
 from sdserve.engine import images as prep
-from sdserve.engine.cache import Loader, PipelineCache, RefinerLoader
+from sdserve.engine.cache import Clock, Loader, PipelineCache, RefinerLoader
 from sdserve.engine.schedulers import make_scheduler, resolve_scheduler
 from sdserve.engine.tasks import Pipeline, StepWatcher, TaskCall, with_scheduler
 from sdserve.engine.tasks import registry as tasks
 from sdserve.engine.tasks.pipelines import TEXT2IMAGE
 from sdserve.errors import Canceled, InsufficientGpuMemory, InvalidInput
-from sdserve.models.results import GeneratedImage, GenerationResult, RunHooks
+from sdserve.models.results import (
+    GeneratedImage,
+    GenerationResult,
+    ModelCacheState,
+    RunHooks,
+)
 from sdserve.models.settings import EngineSettings
 
 if TYPE_CHECKING:
@@ -65,7 +70,8 @@ class Engine:
     """Generates images for canonical inputs with cached diffusers pipelines.
 
     ``load``/``load_refiner`` replace the default loaders (``engine.loading``) to inject
-    pipelines in tests. Not thread-safe by design: one worker runs one generation at a time.
+    pipelines in tests; ``clock`` times idle models (``idle_unload_s``). Not thread-safe by
+    design: one worker runs one generation at a time.
     """
 
     def __init__(
@@ -76,6 +82,7 @@ class Engine:
         limits: InputLimits | None = None,
         load: Loader | None = None,
         load_refiner: RefinerLoader | None = None,
+        clock: Clock = time.monotonic,
     ) -> None:
         self.settings = settings
         self.registry = registry
@@ -86,7 +93,12 @@ class Engine:
             budget,
             load or self._load_pipeline,
             load_refiner=load_refiner or self._load_refiner,
+            ram_budget_bytes=settings.ram_cache_mb * 2**20,
+            device=self.device,
+            clock=clock,
         )
+        if settings.idle_unload_s:
+            self.cache.start_idle_unload(settings.idle_unload_s)
         self._lora: LoraCache | None = None
         self._safety: SafetyChecker | None = None
         self.fast = fastpath.resolve(settings, self.device)
@@ -102,8 +114,13 @@ class Engine:
         if spec.refiner:
             self.cache.get_refiner(spec.refiner)
 
+    def model_cache(self) -> ModelCacheState:
+        """The models loaded on the device and kept in the RAM cache, with their bytes."""
+        return self.cache.state()
+
     def close(self) -> None:
-        """Free every cached pipeline and the safety checker; stop the encoding threads."""
+        """Free every cached pipeline and the safety checker; stop the idle unloading and
+        the encoding threads."""
         self.cache.clear()
         self._safety = None
         with self._post_lock:
@@ -221,7 +238,8 @@ class Engine:
         seeds = [
             request.seed_for(index) for request in requests for index in range(request.num_outputs)
         ]
-        with _gpu_errors():
+        # busy: nothing the run holds moves out of the device or idles out under it
+        with _gpu_errors(), self.cache.busy():
             pipes = self._pipelines(spec, plan)
             loaded = time.perf_counter()
             watcher = StepWatcher(hooks, xl=getattr(pipes.task, "text_encoder_2", None) is not None)

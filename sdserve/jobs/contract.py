@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 from sdserve.domain.events import Event
 from sdserve.domain.jobs import FailureCode, JobKind, Status
+from sdserve.jobs.workers import WorkerInfo
 
 
 @dataclass(frozen=True)
@@ -99,6 +100,16 @@ class RunProgress:
 Renderer = Callable[[JobRecord], Mapping[str, Any]]
 
 
+@dataclass(frozen=True)
+class Workers:
+    """Who runs jobs now: the live workers (``known`` False: this broker has no registry,
+    so they cannot be listed) and the jobs waiting per model."""
+
+    known: bool
+    live: list[WorkerInfo]
+    queued: Mapping[str, int]
+
+
 class JobService(Protocol):
     """What the API can ask of the job service. Every accepted job reaches a terminal state."""
 
@@ -124,6 +135,10 @@ class JobService(Protocol):
 
     def metrics(self) -> bytes:
         """This service's Prometheus metrics, in the text exposition format."""
+        ...
+
+    def workers(self) -> Workers:
+        """The live workers and the queue depth per model."""
         ...
 
     def model(self, name: str) -> ServedModel:

@@ -28,11 +28,9 @@ if TYPE_CHECKING:
 #: has not written yet goes out with its end (a shorter job writes nothing while it runs).
 PROGRESS_WRITE_INTERVAL_S = 0.25
 #: The cancel and stop flags are read from the store at most this often, counted from the
-#: claim (which cleared them), when another process may set them.
+#: claim (which cleared them), while no job events reach the runner (``flags_changed``);
+#: with events the poll is a safety net only (``events_poll_s``).
 CANCEL_POLL_INTERVAL_S = 0.1
-#: ... and when they are set in this process, which tells the runner (``flags_changed``):
-#: the poll is then a safety net only.
-NOTIFIED_POLL_INTERVAL_S = 1.0
 PREVIEW_SIZE = 128
 
 
@@ -45,15 +43,19 @@ class RunTracker:
         job_id: str,
         deadline: datetime | None,
         *,
-        poll_s: float = CANCEL_POLL_INTERVAL_S,
+        poll_s: Callable[[], float] = lambda: CANCEL_POLL_INTERVAL_S,
         flagged: Callable[[], bool] = lambda: False,
         step_done: Callable[[], None] = lambda: None,
         fence: Fence | None = None,
+        shutdown_due: Callable[[], bool] = lambda: False,
     ) -> None:
-        """``flagged()`` is true when this process was told the job's flags changed;
+        """``poll_s()``: how often the flags are read now (events may come and go);
+        ``flagged()`` is true when this process was told the job's flags changed;
         ``step_done()`` is called at the end of every step (the step-time metric).
         ``fence``: the claim of this run; its writes pass only while it owns the job, and
-        a run that lost it (taken over by another worker) stops like a canceled one."""
+        a run that lost it (taken over by another worker) stops like a canceled one.
+        ``shutdown_due()``: the worker is stopping and its grace period is nearly over:
+        the run stops like a canceled one and its job is given back (:attr:`yielded`)."""
         self._jobs = jobs
         self._step_done = step_done
         self.job_id = job_id
@@ -72,6 +74,9 @@ class RunTracker:
         self.deadline_passed = False
         #: another run owns the job now: this one must write nothing more
         self.superseded = False
+        self._shutdown_due = shutdown_due
+        #: the run stopped because its worker is shutting down: the job goes back to the queue
+        self.yielded = False
 
     # -- what the run says -----------------------------------------------------------
 
@@ -161,12 +166,16 @@ class RunTracker:
     # -- whether it should stop ------------------------------------------------------
 
     def should_cancel(self) -> bool:
-        """The deadline passed, or a cancel was asked (read at most every ``poll_s``)."""
+        """The deadline passed, the worker's shutdown grace is nearly over, or a cancel
+        was asked (read at most every ``poll_s``)."""
         if self.deadline is not None and datetime.now(UTC) >= self.deadline:
             self.deadline_passed = True
             return True
+        if self._shutdown_due():
+            self.yielded = True
+            return True
         now = time.monotonic()
-        if not self._cancel and (now - self._last_check >= self._poll_s or self._flagged()):
+        if not self._cancel and (now - self._last_check >= self._poll_s() or self._flagged()):
             self._last_check = now
             state = self._jobs.run_state(self.job_id)
             self.superseded = self.fence is not None and not self.fence.holds(state)

@@ -6,15 +6,18 @@ unfinished (embedded queues), and a shared broker redelivers the task of a dead 
 
 ``broker_url`` picks the implementation (:func:`sdserve.wiring.make_queue`):
 
-- ``local://`` (default): :class:`LocalQueue`, in this process, consumed by a worker
-  thread of this process; it serves the jobs' owners (tokens) in turn, FIFO within one
-  owner, so one caller's backlog does not starve another's job. A job starts as soon as
-  it is enqueued; an idle worker sleeps on a condition variable instead of polling.
+- ``local://`` (default): :class:`Lanes` of :class:`LocalQueue`, in this process, each
+  consumed by a worker thread of this process: one lane for predictions, one for
+  trainings, so a training that runs for minutes never holds a prediction back. A lane
+  serves the jobs' owners (tokens) in turn, FIFO within one owner, so one caller's
+  backlog does not starve another's job. A job starts as soon as it is enqueued; an idle
+  worker sleeps on a condition variable instead of polling.
 - ``memory://``: Celery with kombu's in-memory transport and the same in-process worker
   thread (:mod:`sdserve.jobs.celery_queue`); kombu polls it every 20 ms.
-- a shared broker (``redis://...``): Celery, consumed by ``sdserve worker`` processes.
-  Celery's queues are FIFO: there a caller's share is bounded by its token's caps on
-  queued and running jobs, checked when a job is created.
+- a shared broker (``redis://...``): Celery, consumed by ``sdserve worker`` processes,
+  a queue per model (:mod:`sdserve.jobs.routing`). Celery's queues are FIFO: there a
+  caller's share is bounded by its token's caps on queued and running jobs, checked when
+  a job is created.
 """
 
 from __future__ import annotations
@@ -25,11 +28,16 @@ from collections import deque
 from collections.abc import Callable
 from typing import Protocol
 
+from sdserve.jobs.routing import is_trainings_queue
+
 log = logging.getLogger(__name__)
 
 LOCAL_BROKER = "local://"
 
 Handler = Callable[[str], object]
+#: The queue a job waits on, looked up by its id (:func:`sdserve.jobs.routing.job_queue`
+#: of its record), for callers that enqueue a job by id alone (start-up recovery).
+Router = Callable[[str], str]
 
 
 def is_embedded(broker_url: str) -> bool:
@@ -40,9 +48,10 @@ def is_embedded(broker_url: str) -> bool:
 class JobQueue(Protocol):
     """Where accepted jobs wait. ``handler(job_id)`` runs a job (``JobRunner.run``)."""
 
-    def enqueue(self, job_id: str, owner: str = "") -> None:
+    def enqueue(self, job_id: str, owner: str = "", *, route: str | None = None) -> None:
         """Put ``job_id`` of ``owner`` (a token's name; "" = none) on the queue (any
-        thread)."""
+        thread); ``route`` is the queue the job waits on (:mod:`sdserve.jobs.routing`),
+        None = the one its record says."""
         ...
 
     def start(self) -> None:
@@ -90,7 +99,7 @@ class LocalQueue:
         self._stopping = False
         self._thread: threading.Thread | None = None
 
-    def enqueue(self, job_id: str, owner: str = "") -> None:
+    def enqueue(self, job_id: str, owner: str = "", *, route: str | None = None) -> None:
         with self._ready:
             self._lanes.setdefault(owner, deque()).append(job_id)
             self._enqueued += 1
@@ -110,14 +119,14 @@ class LocalQueue:
         with self._ready:
             return sum(len(lane) for lane in self._lanes.values())
 
-    def start(self) -> None:
+    def start(self, name: str = "sdserve-worker") -> None:
         if self._thread is not None:
             return
         if self._handler is None:
             raise RuntimeError("this queue only enqueues jobs; no worker handler is set")
         with self._ready:
             self._stopping = False
-        self._thread = threading.Thread(target=self.run, name="sdserve-worker", daemon=True)
+        self._thread = threading.Thread(target=self.run, name=name, daemon=True)
         self._thread.start()
 
     def run(self) -> None:
@@ -157,3 +166,52 @@ class LocalQueue:
         if self._thread.is_alive():
             log.warning("embedded worker did not stop within %.0fs", timeout)
         self._thread = None
+
+
+class Lanes:
+    """Two :class:`LocalQueue` lanes of this process, each with its own worker thread:
+    predictions, and trainings (jobs routed to a trainings queue). On one GPU a prediction
+    then runs beside a training's steps instead of after the whole training; both share
+    the device (bench/training_lane.py measures what a prediction costs meanwhile).
+
+    Batches wait on the predictions lane's arrivals.
+    """
+
+    def __init__(self, handler: Handler | None = None, *, router: Router | None = None) -> None:
+        self.predictions = LocalQueue(handler)
+        self.trainings = LocalQueue(handler)
+        self._router = router
+
+    def _lane(self, job_id: str, route: str | None) -> LocalQueue:
+        if route is None and self._router is not None:
+            route = self._router(job_id)
+        return self.trainings if route and is_trainings_queue(route) else self.predictions
+
+    def enqueue(self, job_id: str, owner: str = "", *, route: str | None = None) -> None:
+        self._lane(job_id, route).enqueue(job_id, owner)
+
+    def arrivals(self) -> int:
+        return self.predictions.arrivals()
+
+    def wait_for_arrival(self, seen: int, timeout: float) -> bool:
+        return self.predictions.wait_for_arrival(seen, timeout)
+
+    def __len__(self) -> int:
+        """Jobs waiting in both lanes (not the running ones)."""
+        return len(self.predictions) + len(self.trainings)
+
+    def start(self) -> None:
+        self.predictions.start(name="sdserve-worker")
+        self.trainings.start(name="sdserve-trainings")
+
+    def run(self) -> None:
+        """Both lanes until stopped: trainings in a thread, predictions in this one."""
+        self.trainings.start(name="sdserve-trainings")
+        try:
+            self.predictions.run()
+        finally:
+            self.trainings.stop()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self.predictions.stop(timeout)
+        self.trainings.stop(timeout)

@@ -25,6 +25,10 @@ class RegistryLike(Protocol):
 
     def specs(self) -> Any: ...
 
+    def prepare(self, spec: Any) -> None:
+        """Make the model's files local before a job uses it (a LoRA from the bucket)."""
+        ...
+
 
 class TrainedNames(Protocol):
     """Who owns the names trainings publish (``sdserve.training.catalog.TrainedModels``)."""
@@ -102,6 +106,10 @@ class ServedModels:
     def all(self) -> list[ServedModel]:
         self._refresh()
         return [self._served(spec) for spec in self.registry.specs()]
+
+    def specs(self) -> list[Any]:
+        """The registry's specs, as they are now."""
+        return list(self.registry.specs())
 
     def get(self, name: str) -> ServedModel:
         return self._served(self.resolve(name))

@@ -26,7 +26,13 @@ from sdserve.domain.events import Done, Event, Log, Output, Progress
 from sdserve.domain.inputs import GenerationInput, parse_generation_input
 from sdserve.domain.jobs import JobKind, Status
 from sdserve.domain.training import parse_training_input
-from sdserve.errors import InputFetchFailed, InvalidInput, Overloaded, SdserveError
+from sdserve.errors import (
+    InputFetchFailed,
+    InvalidInput,
+    NoWorkerAvailable,
+    Overloaded,
+    SdserveError,
+)
 from sdserve.jobs.contract import (
     JobRecord,
     Owner,
@@ -35,29 +41,36 @@ from sdserve.jobs.contract import (
     RunProgress,
     ServedModel,
     WebhookOptions,
+    Workers,
 )
+from sdserve.jobs.events import EventBus, EventKind, JobEvent
 from sdserve.jobs.fetch import InputFetcher, sniff_image_type
 from sdserve.jobs.files import FileStore, new_key
 from sdserve.jobs.finished import FinishedJobs
 from sdserve.jobs.images import decode_image
-from sdserve.jobs.metrics import service_registry
+from sdserve.jobs.leases import LeaseKeeper
+from sdserve.jobs.metrics import queued_by_model, service_registry
 from sdserve.jobs.outbound import OutboundError
 from sdserve.jobs.queue import JobQueue, is_embedded
 from sdserve.jobs.recovery import Recovery
 from sdserve.jobs.retention import Retention
+from sdserve.jobs.routing import job_queue, routing_model
 from sdserve.jobs.served import ServedModels
 from sdserve.jobs.store import Store, failure_columns, new_id, utcnow
 from sdserve.jobs.waiters import JobWaiters
 from sdserve.jobs.webhooks import SigningSecret, WebhookDispatcher
 from sdserve.jobs.worker import JobRunner
+from sdserve.jobs.workers import TTL_S, CachedBoard, Heartbeat
 
 log = logging.getLogger(__name__)
 
-#: How often ``wait`` and ``events`` look at the store (works across processes).
+#: How often ``wait`` and ``events`` look at the store while job events cannot reach this
+#: process (Redis down, or a broker without an event bus); with events the poll is only a
+#: safety net, every ``events_poll_s``.
 POLL_INTERVAL_S = 0.15
-#: How often ``wait`` looks when this process runs the jobs itself: each job's end wakes
-#: its waiters, so this is only a safety net (and costs the running job no CPU).
-WOKEN_POLL_INTERVAL_S = 1.0
+#: ``Retry-After`` of a job no live worker serves: a worker that starts announces itself
+#: at once, one that was lost comes back within a registry entry's life.
+RETRY_NO_WORKER_S = int(TTL_S)
 _EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp", "image/gif": "gif"}
 
 
@@ -109,10 +122,19 @@ class ServiceParts:
     recovery: Recovery
     retention: Retention
     endings: Endings
+    #: job events: what wakes waiters and streams (the store publishes every write to it)
+    events: EventBus
     #: this process's worker (the embedded default); None: ``sdserve worker`` processes
     runner: JobRunner | None = None
     #: what ``/metrics`` shows: the store's counts, and this process's runs if it has a worker
     metrics: CollectorRegistry | None = None
+    #: with a shared broker: renews this process's runs' leases, takes back lapsed ones
+    leases: LeaseKeeper | None = None
+    #: the live workers (the shared broker's registry, or this process's worker); None: no
+    #: registry (a broker without one)
+    workers: CachedBoard | None = None
+    #: this process's worker's entry in ``workers``, renewed while the service runs
+    heartbeat: Heartbeat | None = None
 
 
 class Service:
@@ -130,7 +152,12 @@ class Service:
         self.webhooks = parts.webhooks
         self.recovery = parts.recovery
         self.retention = parts.retention
+        self.leases = parts.leases
         self.endings = parts.endings
+        self.bus = parts.events
+        # SSE streams: woken by every change of their job (waits only by its end)
+        self.changes = JobWaiters()
+        self.bus.subscribe(self._job_event, self._events_missed)
         self.registry = parts.metrics or service_registry(parts.store)[0]
         self._secret = parts.secret
         # polls of finished jobs are answered from memory (see jobs.finished for why)
@@ -141,9 +168,13 @@ class Service:
         )
         self.embedded = is_embedded(settings.service.broker_url)
         self._local_worker = self.runner is not None and self.embedded
-        self._wait_poll_s = WOKEN_POLL_INTERVAL_S if self._local_worker else POLL_INTERVAL_S
         self._consuming = False
         self._started = False
+        self._workers = parts.workers
+        self._heartbeat = parts.heartbeat
+        # without a worker here, jobs wait for 'sdserve worker' processes: a model none of
+        # the live ones serves is refused instead of queued for a worker that never comes
+        self._check_workers = self.runner is None and not self.embedded
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -151,6 +182,7 @@ class Service:
         """Migrate the database, recover crashed jobs, start worker, webhooks and sweeper."""
         if self._started:
             return
+        self.bus.start()
         self.store.migrate()
         if self.embedded:
             self.recover()
@@ -158,8 +190,12 @@ class Service:
             self.runner.discard_leftovers()
             self.queue.start()
             self._consuming = True
+        if self._heartbeat is not None:
+            self._heartbeat.start()
         self.webhooks.start()
         self.retention.start()
+        if self.leases is not None:
+            self.leases.start()
         self._started = True
 
     def close(self, timeout: float = 30.0) -> None:
@@ -167,8 +203,13 @@ class Service:
         if self._consuming:
             self.queue.stop(timeout)
             self._consuming = False
+        if self.leases is not None:
+            self.leases.stop()
+        if self._heartbeat is not None and self._started:
+            self._heartbeat.stop()
         self.webhooks.stop()
         self.retention.stop()
+        self.bus.close()
         self.store.close()
         self._started = False
 
@@ -193,6 +234,29 @@ class Service:
 
     def models(self) -> builtins.list[ServedModel]:
         return self.served.all()
+
+    def workers(self) -> Workers:
+        """The live workers (from the registry) and the jobs waiting per model (from the
+        store, the truth: a broker's queue lengths count duplicate deliveries too)."""
+        live = self._workers.live() if self._workers is not None else []
+        return Workers(
+            known=self._workers is not None, live=live, queued=queued_by_model(self.store)
+        )
+
+    def _check_served(self, kind: JobKind, model: str) -> None:
+        """Refuse a job that no live worker would take (see ``_check_workers``)."""
+        if not self._check_workers or self._workers is None:
+            return
+        training = kind is JobKind.TRAINING
+        if any(worker.serves(model, training=training) for worker in self._workers.live()):
+            return
+        what = f"trainings on {model}" if training else model
+        start = f"sdserve worker --model {model}" + (" --trainings" if training else "")
+        raise NoWorkerAvailable(
+            model,
+            f"no live worker serves {what}; start one ('{start}') or retry later",
+            retry_after=RETRY_NO_WORKER_S,
+        )
 
     def model(self, name: str) -> ServedModel:
         return self.served.get(name)
@@ -228,6 +292,9 @@ class Service:
             spec = self.served.resolve(model)
             parsed.check_a_step_runs(spec.defaults)  # with the steps the model would run
             destination = None
+        # the served model whose workers run it: a fine-tuned model's base
+        runs_on = routing_model(spec, self.served.specs())
+        self._check_served(kind, runs_on)
         if deadline is not None and deadline.tzinfo is None:
             deadline = deadline.replace(tzinfo=UTC)
         record = JobRecord(
@@ -251,7 +318,7 @@ class Service:
         if self._local_worker:
             self.endings.expect(record.id)
         try:
-            self.queue.enqueue(record.id, owner=record.owner or "")
+            self.queue.enqueue(record.id, owner=record.owner or "", route=job_queue(kind, runs_on))
         except Exception as exc:
             log.exception("cannot enqueue job %s", record.id)
             down = failure_columns(SdserveError("the job queue is unavailable"))
@@ -307,8 +374,7 @@ class Service:
                     self.endings.changed(canceled)
                     return canceled
             elif record.status is Status.PROCESSING:
-                self.store.jobs.request_cancel(job_id)
-                self._flags_changed(job_id)
+                self.store.jobs.request_cancel(job_id)  # its event reaches the run's worker
                 return self.store.jobs.get(job_id)
             else:
                 return record
@@ -316,13 +382,28 @@ class Service:
 
     def interrupt(self, job_id: str) -> JobRecord:
         """Running: flagged, the worker finishes after the current step with what it has."""
-        self.store.jobs.request_stop(job_id)
-        self._flags_changed(job_id)
+        self.store.jobs.request_stop(job_id)  # its event reaches the run's worker
         return self.store.jobs.get(job_id)
 
-    def _flags_changed(self, job_id: str) -> None:
-        if self.runner is not None:
-            self.runner.flags_changed(job_id)
+    # -- waiting ---------------------------------------------------------------------
+
+    def _job_event(self, event: JobEvent) -> None:
+        """A job changed (in any process): wake its streams, and its waits if it ended
+        (unless this process's worker ends it: it wakes them with the final record, once
+        its end line is logged)."""
+        if event.kind is EventKind.ENDED and not self.endings.expected(event.job_id):
+            self.endings.waiters.wake(event.job_id)
+        if event.kind is not EventKind.STOP:
+            self.changes.wake(event.job_id)
+
+    def _events_missed(self) -> None:
+        """Events may have been lost: every waiter looks at the store now."""
+        self.endings.waiters.wake_all()
+        self.changes.wake_all()
+
+    def _poll_s(self) -> float:
+        """How long a waiter sleeps before it reads the store again, unless woken."""
+        return self.settings.service.events_poll_s if self.bus.live else POLL_INTERVAL_S
 
     def active(self, *, source: str | None = None) -> builtins.list[JobRecord]:
         """Jobs not yet terminal, oldest first."""
@@ -353,8 +434,8 @@ class Service:
                     if record.status.terminal or remaining <= 0:
                         return record
                 look = True
-                # an in-process worker wakes us at once; a remote one leaves us polling
-                ended = await self.endings.waiters.wait(waiter, min(self._wait_poll_s, remaining))
+                # the job's end event wakes us; the poll is a safety net
+                ended = await self.endings.waiters.wait(waiter, min(self._poll_s(), remaining))
                 if ended is not None:
                     return ended
             finally:
@@ -367,26 +448,33 @@ class Service:
         last_step: tuple[int, int] | None = None
         output_sent = False
         while True:
-            record = await asyncio.to_thread(self.store.jobs.get, job_id)
-            state = await asyncio.to_thread(self.store.jobs.run_state, job_id)
-            if state.progress_step is not None and state.progress_total is not None:
-                step = (state.progress_step, state.progress_total)
-                if step != last_step:
-                    last_step = step
-                    yield Progress(step=step[0], total=step[1], preview=state.preview)
-            if len(record.logs) > logs_seen:
-                fresh = record.logs[logs_seen:]
-                complete = fresh if record.status.terminal else fresh[: fresh.rfind("\n") + 1]
-                for line in complete.splitlines():
-                    yield Log(text=line)
-                logs_seen += len(complete)
-            if record.output and not output_sent:
-                output_sent = True
-                yield Output(files=tuple(record.output))
-            if record.status.terminal:
-                yield Done(record.status.value, error=record.error, error_code=record.error_code)
-                return
-            await asyncio.sleep(POLL_INTERVAL_S)
+            # registered before the reads, so a change between a read and the wait wakes it
+            waiter = self.changes.register(job_id)
+            try:
+                record = await asyncio.to_thread(self.store.jobs.get, job_id)
+                state = await asyncio.to_thread(self.store.jobs.run_state, job_id)
+                if state.progress_step is not None and state.progress_total is not None:
+                    step = (state.progress_step, state.progress_total)
+                    if step != last_step:
+                        last_step = step
+                        yield Progress(step=step[0], total=step[1], preview=state.preview)
+                if len(record.logs) > logs_seen:
+                    fresh = record.logs[logs_seen:]
+                    complete = fresh if record.status.terminal else fresh[: fresh.rfind("\n") + 1]
+                    for line in complete.splitlines():
+                        yield Log(text=line)
+                    logs_seen += len(complete)
+                if record.output and not output_sent:
+                    output_sent = True
+                    yield Output(files=tuple(record.output))
+                if record.status.terminal:
+                    yield Done(
+                        record.status.value, error=record.error, error_code=record.error_code
+                    )
+                    return
+                await self.changes.wait(waiter, self._poll_s())
+            finally:
+                self.changes.discard(job_id, waiter)
 
     # -- files -----------------------------------------------------------------------
 

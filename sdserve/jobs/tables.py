@@ -80,6 +80,9 @@ class JobRow(Base):
     # when the current run claimed it; a redelivery takes over only a claim older than
     # the broker's visibility timeout (0007)
     claimed_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # the lease of the run that holds it: set by the claim, renewed by its worker while
+    # it runs; a processing job whose lease lapsed lost its worker (0008)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
     __table_args__ = (
         Index("ix_jobs_created", "created_at", "id"),

@@ -1,9 +1,9 @@
-"""Wake async waiters when a job ends in this process.
+"""Wake async waiters when a job changes or ends, in this process or another.
 
-An in-process worker calls :meth:`JobWaiters.wake` with the job's final record when it
-ends, so a ``Prefer: wait`` request answers at once, without reading the store again.
-Only the waiters of that job wake: other requests' waits are not disturbed. Waiters still
-poll the store as a fallback, which is all a remote worker gives them.
+Job events (:mod:`sdserve.jobs.events`) call :meth:`JobWaiters.wake`; an in-process
+worker also hands over the job's final record when it ends, so a ``Prefer: wait`` request
+answers at once, without reading the store again. Only the waiters of that job wake:
+other requests' waits are not disturbed. Waiters still poll the store as a safety net.
 """
 
 from __future__ import annotations
@@ -51,11 +51,23 @@ class JobWaiters:
                     del self._waiters[job_id]
 
     def wake(self, job_id: str, record: JobRecord | None = None) -> None:
-        """Called from any thread after job ``job_id`` changed (``record``: as it is now)."""
+        """Called from any thread after job ``job_id`` changed (``record``: as it is now;
+        a wake without one keeps the record an earlier wake brought)."""
         with self._lock:
             waiting = list(self._waiters.get(job_id, ()))
+        self._wake(waiting, record)
+
+    def wake_all(self) -> None:
+        """Wake every waiter (events may have been missed: each reads the store)."""
+        with self._lock:
+            waiting = [waiter for waiters in self._waiters.values() for waiter in waiters]
+        self._wake(waiting, None)
+
+    @staticmethod
+    def _wake(waiting: list[Waiter], record: JobRecord | None) -> None:
         for waiter in waiting:
-            waiter.record = record
+            if record is not None:
+                waiter.record = record
             if not waiter.loop.is_closed():
                 waiter.loop.call_soon_threadsafe(waiter.event.set)
 

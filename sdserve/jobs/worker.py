@@ -11,10 +11,10 @@ claimed jobs as one batch.
 
 Every write of a run is fenced by its claim (:class:`sdserve.jobs.store.Fence`): a run
 whose job another worker has taken over stops at its next step and writes nothing. A task
-delivered for a job that is already ``processing`` takes it over only when the run's claim
-is older than ``lease_s`` (the broker's visibility timeout, longer than any job): before
-that the first run may be alive, so the delivery is a duplicate, and it only asks to be
-delivered again when that lease ends (``recheck``), in case the first run was lost.
+delivered for a job that is already ``processing`` takes it over only when the run's lease
+lapsed (no heartbeat for ``lease_s``, :mod:`sdserve.jobs.leases`): before that the first
+run is alive, so the delivery is a duplicate, and it only asks to be delivered again when
+that lease would lapse (``recheck``), in case the first run was lost.
 """
 
 from __future__ import annotations
@@ -35,18 +35,17 @@ from sdserve.errors import (
     JobTimeout,
     NsfwContent,
     SdserveError,
+    failure_of,
+    is_worker_fault,
 )
+from sdserve.jobs.backoff import WorkerHealth
 from sdserve.jobs.fetch import InputFetcher
 from sdserve.jobs.files import FileStore, new_key
 from sdserve.jobs.images import decode_image
 from sdserve.jobs.metrics import RunMetrics
-from sdserve.jobs.progress import (
-    CANCEL_POLL_INTERVAL_S,
-    NOTIFIED_POLL_INTERVAL_S,
-    PROGRESS_WRITE_INTERVAL_S,
-    RunTracker,
-)
+from sdserve.jobs.progress import CANCEL_POLL_INTERVAL_S, PROGRESS_WRITE_INTERVAL_S, RunTracker
 from sdserve.jobs.served import RegistryLike
+from sdserve.jobs.shutdown import JobRequeued, Shutdown
 from sdserve.jobs.store import (
     Fence,
     JobRepository,
@@ -122,20 +121,30 @@ class JobRunner:
         lost_job_policy: Callable[[str], object] | None = None,
         batcher: Batcher | None = None,
         trainer: Callable[[], TrainingRunner] | None = None,
-        flags_notified: bool = False,
+        flag_poll_s: Callable[[], float] | None = None,
         limits: InputLimits | None = None,
         metrics: RunMetrics | None = None,
         lease_s: float | None = None,
         recheck: Callable[[str, float], None] | None = None,
+        shutdown: Shutdown | None = None,
+        health: WorkerHealth | None = None,
+        job_attempts: int = 1,
     ) -> None:
         """``on_change(record)``: a job this runner claimed or ended, as it is now.
         ``lost_job_policy(job_id)``: what to do with a job found ``processing`` under a
-        dead worker. ``flags_notified``: every cancel/stop request reaches
-        :meth:`flags_changed` (the API runs in this process and no other process serves
-        it). ``limits``: the operator's, for the pixel limit of fetched images.
-        ``lease_s``: how long a claimed run is presumed alive (None: a delivery of a
-        ``processing`` job always takes it over, as after a crash of this process);
-        ``recheck(job_id, delay_s)``: deliver the job's task again after ``delay_s``."""
+        dead worker. ``flag_poll_s()``: how often a run reads its cancel and stop flags
+        now (short while no job events reach :meth:`flags_changed`; None: always short).
+        ``limits``: the operator's, for the pixel limit of fetched images.
+        ``lease_s``: how long a run is presumed alive after its last heartbeat (None: a
+        delivery of a ``processing`` job always takes it over, as after a crash of this
+        process);
+        ``recheck(job_id, delay_s)``: deliver the job's task again after ``delay_s``.
+        ``shutdown``: this worker's warm shutdown (``sdserve worker``): once it is asked
+        no job is claimed, and a run still going when the grace period is nearly over is
+        stopped and its job given back (:class:`JobRequeued` tells the queue).
+        ``health``: this worker's backoff (:mod:`sdserve.jobs.backoff`): while it backs
+        off, a job failing for a fault of this worker is released to the queue instead of
+        failed, while it has runs left of its ``job_attempts``."""
         self.store = store
         self.limits = limits or InputLimits()
         self.metrics = metrics
@@ -155,10 +164,13 @@ class JobRunner:
         else:
             self._factory = predictor
         self._lock = threading.Lock()
-        self._flag_poll_s = NOTIFIED_POLL_INTERVAL_S if flags_notified else CANCEL_POLL_INTERVAL_S
+        self._flag_poll_s = flag_poll_s or (lambda: CANCEL_POLL_INTERVAL_S)
         self._flagged: set[str] = set()
         self.lease_s = lease_s
         self.recheck = recheck
+        self.shutdown = shutdown
+        self.health = health
+        self.job_attempts = job_attempts
         #: the claim of each job this runner is running: what its writes must match
         self._fences: dict[str, Fence] = {}
 
@@ -184,10 +196,31 @@ class JobRunner:
                 self._trainer = self._trainer_factory()
             return self._trainer
 
+    def running(self) -> list[tuple[str, Fence]]:
+        """The job id and claim of each run going on here (the leases to renew)."""
+        return list(self._fences.items())
+
+    def running_jobs(self) -> list[str]:
+        """The jobs this runner runs now (what the worker registry shows)."""
+        return sorted(self._fences)
+
+    def loaded_models(self) -> list[str]:
+        """The models the engine holds now; none before it is built (never builds it)."""
+        cache = getattr(self._predictor, "cache", None)
+        loaded = getattr(cache, "loaded", None)
+        return list(loaded()) if callable(loaded) else []
+
+    def device(self) -> str | None:
+        """The engine's device once it is built (``cuda:0``, ``cpu``); None before."""
+        device = getattr(self._predictor, "device", None)
+        return None if device is None else str(device)
+
     def flags_changed(self, job_id: str) -> None:
         """A cancel or stop of ``job_id`` was written to the store: its run reads the flags
-        at its next step instead of at its next poll."""
-        self._flagged.add(job_id)
+        at its next step instead of at its next poll (a job this runner is not running
+        is ignored: events of every worker's jobs reach every worker)."""
+        if job_id in self._fences:
+            self._flagged.add(job_id)
 
     # -- a run, start to end ---------------------------------------------------------
 
@@ -195,8 +228,18 @@ class JobRunner:
         """Run one job to a terminal state; None if there is no such job.
 
         A job that is no longer ``starting`` (canceled while queued, or a duplicate
-        delivery of the task) is left as it is.
+        delivery of the task) is left as it is. While this worker shuts down, a job is not
+        claimed, and one whose run it stopped is given back: both raise
+        :class:`JobRequeued`, so its task goes back to the broker.
         """
+        if self.shutdown is not None and self.shutdown.draining:
+            raise JobRequeued(job_id)
+        status = self._run(job_id)
+        if status is Status.STARTING and self.shutdown is not None and self.shutdown.draining:
+            raise JobRequeued(job_id)
+        return status
+
+    def _run(self, job_id: str) -> Status | None:
         record = self.claim(job_id)
         if record is None:
             status = self._unclaimed(job_id)
@@ -246,29 +289,66 @@ class JobRunner:
                 self.metrics.step_clock(record.model) if self.metrics is not None else _no_step
             ),
             fence=self._fences.get(record.id),
+            shutdown_due=self.shutdown.due if self.shutdown is not None else lambda: False,
         )
 
     def guarded(self, job_id: str, tracker: RunTracker, work: Callable[[], Status]) -> Status:
         """Run ``work`` (which ends the job itself when all goes well); a cancel or an error
         ends the job ``canceled`` or ``failed`` with what the run had to say."""
         try:
-            return work()
+            status = work()
         except Canceled:
             return self.cancel(job_id, tracker)
         except SdserveError as exc:
             # a failure we foresaw (bad input, model not loadable, out of memory...): its
             # code and message say it all, the job's end line logs them; no traceback
             failure = failure_columns(exc)
+            self._release_on_worker_fault(job_id, tracker, exc)
             return self.finish(job_id, Status.FAILED, tracker=tracker, **failure)
         except Exception as exc:
             # a bug: the client gets a generic message, the traceback goes to the log
             log.exception("job %s failed with an unexpected error", job_id)
             failure = failure_columns(exc)
+            self._release_on_worker_fault(job_id, tracker, exc)
             return self.finish(job_id, Status.FAILED, tracker=tracker, **failure)
+        if status is Status.SUCCEEDED and self.health is not None:
+            self.health.succeeded()
+        return status
+
+    def _release_on_worker_fault(self, job_id: str, tracker: RunTracker, exc: Exception) -> None:
+        """Count a failure that is this worker's fault; while the worker backs off, give
+        the job back (attempt counted) for another worker and raise :class:`JobRequeued`.
+        Returns when the job is to fail here (not a worker fault, not backing off, or no
+        run left)."""
+        if self.health is None or not is_worker_fault(exc):
+            return
+        code, _message = failure_of(exc)
+        self.health.failed(code.value)
+        fence = self._fences.get(job_id)
+        if not self.health.backing_off or fence is None or fence.attempt >= self.job_attempts:
+            return
+        unwritten, _columns = tracker.unwritten()
+        note = (
+            f"this worker failed ({code}) and backs off: back in the queue for another "
+            "worker, the job starts again from step 0\n"
+        )
+        record = self.jobs.give_back(
+            job_id, fence, append_logs=unwritten + note, count_attempt=True
+        )
+        if record is None:
+            return
+        self._fences.pop(job_id, None)
+        self._flagged.discard(job_id)
+        if self._trainer is not None:
+            self._trainer.discard(job_id, ended=False)
+        log.warning("job %s released to the queue: this worker backs off", job_id)
+        self.on_change(record)
+        raise JobRequeued(job_id, "its worker backs off")
 
     def resolve_input(self, record: JobRecord) -> GenerationInput:
         """A generation job's input with its model's defaults."""
         spec = self.registry.resolve(record.model)
+        self.registry.prepare(spec)  # a fine-tuned model's LoRA from the bucket, on first use
         return GenerationInput.model_validate(dict(record.input)).with_defaults(spec.defaults)
 
     def execute(self, record: JobRecord, tracker: RunTracker, started: float) -> Status:
@@ -319,7 +399,10 @@ class JobRunner:
         )
 
     def cancel(self, job_id: str, tracker: RunTracker) -> Status:
-        """End a run that was canceled (or whose deadline passed) ``canceled``."""
+        """End a run that was canceled (or whose deadline passed) ``canceled``; a run
+        stopped by this worker's shutdown gives its job back instead."""
+        if tracker.yielded and not tracker.superseded:
+            return self.give_back(job_id, tracker)
         return self.finish(job_id, Status.CANCELED, tracker=tracker, logs=tracker.cancel_line())
 
     def finish(
@@ -361,6 +444,25 @@ class JobRunner:
         if self.metrics is not None and record.started_at and record.completed_at:
             seconds = (record.completed_at - record.started_at).total_seconds()
             self.metrics.run_ended(record.model, record.status, seconds)
+        self.on_change(record)
+        return record.status
+
+    def give_back(self, job_id: str, tracker: RunTracker) -> Status:
+        """Put the job of a run stopped by this worker's shutdown back to ``starting``
+        (its status afterwards): it runs again from step 0 on another worker."""
+        self._flagged.discard(job_id)
+        fence = self._fences.pop(job_id, None)
+        if fence is None:  # every claimed run has one; without, end it like a cancel
+            return self.finish(job_id, Status.CANCELED, tracker=tracker, logs="canceled\n")
+        if self._trainer is not None and fence.holds(self.jobs.run_state(job_id)):
+            # the next run starts its own folder (from the checkpoint kept in the bucket)
+            self._trainer.discard(job_id, ended=False)
+        unwritten, _columns = tracker.unwritten()
+        note = "worker shutting down: back in the queue, the job starts again from step 0\n"
+        record = self.jobs.give_back(job_id, fence, append_logs=unwritten + note)
+        if record is None:
+            return self.jobs.get(job_id).status
+        log.info("job %s given back to the queue: this worker is shutting down", job_id)
         self.on_change(record)
         return record.status
 
@@ -434,15 +536,16 @@ class JobRunner:
         return record.status
 
     def _owner_may_be_alive(self, job_id: str) -> bool:
-        """A ``processing`` job whose run claimed it less than ``lease_s`` ago: this
-        delivery is a duplicate (the run may be alive) and must not write; it is checked
-        again when the lease ends, when a run still going is presumed lost."""
+        """A ``processing`` job whose run renewed its lease less than ``lease_s`` ago:
+        this delivery is a duplicate (the run is alive) and must not write; it is checked
+        again when the lease would lapse, when a run that stopped is presumed lost."""
         if self.lease_s is None:
             return False
         state = self.jobs.run_state(job_id)
-        if state.claimed_at is None:  # claimed before claims were timed: presume lost
+        alive_at = state.last_sign_of_life
+        if alive_at is None:  # claimed before claims were timed: presume lost
             return False
-        left = self.lease_s - (datetime.now(UTC) - state.claimed_at).total_seconds()
+        left = self.lease_s - (datetime.now(UTC) - alive_at).total_seconds()
         if left <= 0:
             return False
         log.warning(

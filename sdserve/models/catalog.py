@@ -6,7 +6,7 @@ model names (``stability-ai/sdxl``) are aliases for the first served model of th
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -96,8 +96,21 @@ class ModelRegistry:
     ) -> None:
         self._specs: dict[str, ModelSpec] = {}
         self._aliases = {alias.lower(): target for alias, target in (aliases or {}).items()}
+        self._find: Callable[[str], object] | None = None
+        self._prepare: Callable[[ModelSpec], object] | None = None
         for spec in specs:
             self.add(spec)
+
+    def look_up_with(
+        self,
+        find: Callable[[str], object],
+        prepare: Callable[[ModelSpec], object] | None = None,
+    ) -> None:
+        """Models another process publishes (fine-tuned models in a shared bucket):
+        ``find(name)`` may :meth:`add` the model of a name (or version) not found here
+        before :meth:`resolve` gives up; ``prepare(spec)`` is what :meth:`prepare` does."""
+        self._find = find
+        self._prepare = prepare
 
     @classmethod
     def from_references(
@@ -143,7 +156,10 @@ class ModelRegistry:
 
     def add(self, spec: ModelSpec) -> None:
         """Serve ``spec`` (replacing a model of the same name)."""
-        self._specs[spec.name.lower()] = spec
+        # a new dict, swapped in: other threads may be looking up (models published since)
+        specs = dict(self._specs)
+        specs[spec.name.lower()] = spec
+        self._specs = specs
 
     def specs(self) -> list[ModelSpec]:
         """Served models in the order they were added."""
@@ -154,6 +170,10 @@ class ModelRegistry:
         wanted = name.strip()
         base, _, version = wanted.partition(":")
         spec = self._lookup(base)
+        outdated = spec is not None and bool(version) and version.lower() != spec.version
+        if (spec is None or outdated) and self._find is not None:
+            self._find(wanted)  # published since we last looked?
+            spec = self._lookup(base)
         if spec is None:
             raise ModelNotFound(self._not_found(wanted))
         if version and version.lower() != spec.version:
@@ -161,6 +181,12 @@ class ModelRegistry:
                 f"model {spec.name!r} has no version {version!r}; its version is {spec.version}"
             )
         return spec
+
+    def prepare(self, spec: ModelSpec) -> None:
+        """Make ``spec``'s files local before a job uses it: a worker downloads the LoRA of
+        a model trained on another machine (nothing to do for any other model)."""
+        if self._prepare is not None:
+            self._prepare(spec)
 
     def _lookup(self, name: str) -> ModelSpec | None:
         key = name.lower()

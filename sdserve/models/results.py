@@ -69,3 +69,15 @@ class GenerationResult:
     @property
     def nsfw_content_detected(self) -> list[bool]:
         return [image.nsfw for image in self.images]
+
+
+@dataclass(frozen=True)
+class ModelCacheState:
+    """Which models an engine holds and where: loaded on its device (within the memory
+    budget) or kept in the RAM cache (``ram_cache_mb``), least recently used first, with
+    the bytes of weights each tier holds. Metrics report it without importing torch."""
+
+    device: tuple[str, ...] = ()
+    ram: tuple[str, ...] = ()
+    device_bytes: int = 0
+    ram_bytes: int = 0

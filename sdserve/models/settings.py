@@ -35,6 +35,12 @@ class EngineSettings(BaseModel):
     """How the diffusers engine runs: device, precision, memory and optional components."""
 
     device: DeviceName = "auto"
+    gpu: int | None = Field(
+        default=None,
+        ge=0,
+        description="the GPU this process owns: the engine runs on cuda:N where CUDA exists "
+        "(device auto or cuda); elsewhere only a label the worker registry shows",
+    )
     dtype: DtypeName = Field(
         default="auto", description="auto: float16 on CUDA/MPS, float32 on CPU"
     )
@@ -42,6 +48,23 @@ class EngineSettings(BaseModel):
         default=0,
         ge=0,
         description="memory for cached pipelines; 0 = 80% of the device (or of RAM on CPU)",
+    )
+    ram_cache_mb: int = Field(
+        default=0,
+        ge=0,
+        description="CPU RAM for models moved out of the memory budget (least recently "
+        "used first): they come back from RAM instead of being read from disk again; on "
+        "CUDA their weights are kept in pinned memory; 0 = off, an evicted model is freed",
+    )
+    preload: list[str] = Field(
+        default_factory=list,
+        description="models a worker loads at start, before it takes jobs",
+    )
+    idle_unload_s: float = Field(
+        default=0,
+        ge=0,
+        description="a model unused this many seconds moves down a tier (device -> RAM "
+        "cache -> freed); 0 = never",
     )
     cpu_threads: int = Field(
         default=0,

@@ -33,7 +33,7 @@ import threading
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from sdserve.errors import Conflict
 from sdserve.models.catalog import ModelSpec
@@ -57,6 +57,23 @@ class TrainedModel:
     training_id: str
     created_at: str  # ISO 8601
 
+    @classmethod
+    def published_now(
+        cls, name: str, version: str, lora: str, base: ModelSpec, training_id: str
+    ) -> TrainedModel:
+        """The record of ``name``, published now: ``base`` plus the LoRA at ``lora``."""
+        return cls(
+            name=name,
+            version=version,
+            lora=lora,
+            base_name=base.name,
+            base_reference=base.reference,
+            family=base.family,
+            native_size=base.native_size,
+            training_id=training_id,
+            created_at=datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+        )
+
     def spec(self) -> ModelSpec:
         """The served model: the base weights with this LoRA applied."""
         return ModelSpec(
@@ -69,6 +86,46 @@ class TrainedModel:
             native_size=self.native_size,
             lora=self.lora,
             description=f"{self.base_name} fine-tuned with LoRA (training {self.training_id})",
+        )
+
+
+class TrainedCatalog(Protocol):
+    """Where trainings publish and every process finds fine-tuned models: a data folder
+    (:class:`TrainedModels`) or a bucket shared by a cluster
+    (:class:`sdserve.training.shared_catalog.SharedTrainedModels`)."""
+
+    def exists(self, destination: str) -> bool:
+        """Whether a training has published ``destination``."""
+        ...
+
+    def check_owner(self, destination: str) -> None:
+        """Raise :class:`Conflict` unless a training of ``destination`` may publish."""
+        ...
+
+    def publish(self, destination: str, base: Any, lora: Path, *, training_id: str) -> TrainedModel:
+        """Claim the name and store ``lora`` as the new version of ``destination``."""
+        ...
+
+    def register(self, registry: Any) -> list[str]:
+        """Add the published models to ``registry``; the names added."""
+        ...
+
+
+def check_owner(destination: str, owner: str | None, lora_dir: Path | None) -> None:
+    """Raise :class:`Conflict` (naming ``destination``) unless a training of
+    ``destination`` may publish, given the ``owner`` of its LoRA name (None: unclaimed):
+    the name is its own, or unclaimed and not the name of an operator's LoRA file."""
+    name = destination.partition("/")[2]
+    if owner is not None and owner != destination:
+        raise Conflict(
+            f"destination {destination}: the LoRA name {name!r} belongs to {owner}; "
+            "choose another name"
+        )
+    operator = lora_dir is not None and (lora_dir / f"{name}.safetensors").exists()
+    if owner is None and operator:
+        raise Conflict(
+            f"destination {destination}: the operator's LoRA {name!r} is in the LoRA "
+            "folder and a training never replaces it; choose another name"
         )
 
 
@@ -108,19 +165,7 @@ class TrainedModels:
     def check_owner(self, destination: str) -> None:
         """Raise :class:`Conflict` (field ``destination``) unless a training of
         ``destination`` may publish: its LoRA name is free or already its own."""
-        name = destination.partition("/")[2]
-        owner = self.owner_of(name)
-        if owner is not None and owner != destination:
-            raise Conflict(
-                f"destination {destination}: the LoRA name {name!r} belongs to {owner}; "
-                "choose another name"
-            )
-        operator = self.lora_dir is not None and (self.lora_dir / f"{name}.safetensors").exists()
-        if owner is None and operator:
-            raise Conflict(
-                f"destination {destination}: the operator's LoRA {name!r} is in the LoRA "
-                "folder and a training never replaces it; choose another name"
-            )
+        check_owner(destination, self.owner_of(destination.partition("/")[2]), self.lora_dir)
 
     def _claim(self, destination: str) -> None:
         """Check the owner again and claim the name atomically (racing trainings: one wins)."""
@@ -148,16 +193,8 @@ class TrainedModels:
         version = version_for(base.version, lora)
         target = folder / f"lora-{version[:16]}.safetensors"
         _copy_atomic(lora, target)
-        model = TrainedModel(
-            name=destination,
-            version=version,
-            lora=str(target.resolve()),
-            base_name=base.name,
-            base_reference=base.reference,
-            family=base.family,
-            native_size=base.native_size,
-            training_id=training_id,
-            created_at=datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+        model = TrainedModel.published_now(
+            destination, version, str(target.resolve()), base, training_id
         )
         _write_atomic(folder / MANIFEST, json.dumps(asdict(model), indent=2).encode())
         for old in folder.glob("lora-*.safetensors"):

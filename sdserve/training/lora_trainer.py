@@ -30,12 +30,12 @@ import torch.nn.functional as F
 
 from sdserve.domain.training import TrainingInput
 from sdserve.errors import Canceled, InvalidInput
+from sdserve.training.checkpoints import CHECKPOINT_FILES, CHECKPOINT_PREFIX, META
 from sdserve.training.dataset import Example
 
 UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 TEXT_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
 LORA_FILE = "lora.safetensors"
-_CHECKPOINT_PREFIX = "checkpoint-"
 _MAX_GRAD_NORM = 1.0
 
 
@@ -45,12 +45,14 @@ class TrainingHooks:
 
     ``on_step(step, total, loss, lr)`` after each optimizer step; ``on_log(text)`` for
     events worth a log line (resume, checkpoints); ``should_cancel()`` is read after every
-    step, so a cancel takes effect within one optimizer step.
+    step, so a cancel takes effect within one optimizer step; ``on_checkpoint(folder)``
+    after each complete checkpoint is written.
     """
 
     on_step: Callable[[int, int, float, float], None] = lambda step, total, loss, lr: None
     on_log: Callable[[str], None] = lambda text: None
     should_cancel: Callable[[], bool] = lambda: False
+    on_checkpoint: Callable[[Path], None] = lambda folder: None
 
 
 @dataclass
@@ -177,8 +179,9 @@ def train_lora(
         done = step + 1
         hooks.on_step(done, total, value, lr)
         if done < total and done % inp.checkpointing_steps == 0:
-            _save_checkpoint(checkpoints, done, trained, optimizer, lr_scheduler, generator)
+            saved = _save_checkpoint(checkpoints, done, trained, optimizer, lr_scheduler, generator)
             hooks.on_log(f"saved checkpoint at step {done}")
+            hooks.on_checkpoint(saved)
         if done < total and hooks.should_cancel():
             raise Canceled(f"canceled after step {done} of {total}")
 
@@ -332,9 +335,9 @@ def latest_checkpoint(folder: Path) -> Path | None:
         return None
     found = []
     for child in folder.iterdir():
-        if child.name.startswith(_CHECKPOINT_PREFIX) and (child / "meta.json").is_file():
+        if child.name.startswith(CHECKPOINT_PREFIX) and (child / META).is_file():
             try:
-                found.append((int(child.name[len(_CHECKPOINT_PREFIX) :]), child))
+                found.append((int(child.name[len(CHECKPOINT_PREFIX) :]), child))
             except ValueError:
                 continue
     return max(found)[1] if found else None
@@ -353,7 +356,7 @@ def _save_checkpoint(
     from safetensors.torch import save_file
 
     folder.mkdir(parents=True, exist_ok=True)
-    final = folder / f"{_CHECKPOINT_PREFIX}{step}"
+    final = folder / f"{CHECKPOINT_PREFIX}{step}"
     partial = folder / f".partial-{step}"
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir()
@@ -362,21 +365,22 @@ def _save_checkpoint(
         for name, module in trained.items()
         for key, tensor in get_peft_model_state_dict(module).items()
     }
-    save_file(weights, str(partial / "adapters.safetensors"))
+    adapters, state = CHECKPOINT_FILES
+    save_file(weights, str(partial / adapters))
     torch.save(
         {
             "optimizer": optimizer.state_dict(),
             "lr_scheduler": lr_scheduler.state_dict(),
             "generator": generator.get_state(),
         },
-        partial / "state.pt",
+        partial / state,
     )
     # meta.json last: its presence marks the checkpoint complete
-    (partial / "meta.json").write_text(json.dumps({"step": step}))
+    (partial / META).write_text(json.dumps({"step": step}))
     shutil.rmtree(final, ignore_errors=True)
     partial.rename(final)
     for child in folder.iterdir():
-        if child != final and child.name.startswith(_CHECKPOINT_PREFIX):
+        if child != final and child.name.startswith(CHECKPOINT_PREFIX):
             shutil.rmtree(child, ignore_errors=True)
     return final
 
@@ -392,16 +396,18 @@ def _load_checkpoint(
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
-    weights = load_file(str(path / "adapters.safetensors"))
+    adapters, state_file = CHECKPOINT_FILES
+    weights = load_file(str(path / adapters))
     for name, module in trained.items():
         prefix = f"{name}."
         own = {
             key[len(prefix) :]: value for key, value in weights.items() if key.startswith(prefix)
         }
         set_peft_model_state_dict(module, own)
-    # written by this code in the job's own folder; weights_only keeps it to plain data
-    state = torch.load(path / "state.pt", weights_only=True)
+    # written by this code (maybe on another machine, through the bucket); weights_only
+    # keeps it to plain data
+    state = torch.load(path / state_file, weights_only=True)
     optimizer.load_state_dict(state["optimizer"])
     lr_scheduler.load_state_dict(state["lr_scheduler"])
     generator.set_state(state["generator"])
-    return int(json.loads((path / "meta.json").read_text())["step"])
+    return int(json.loads((path / META).read_text())["step"])

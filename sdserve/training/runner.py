@@ -5,7 +5,8 @@ The worker hands it a claimed job of kind ``training`` and the fetched archive b
 examples, loads the base pipeline (a fresh copy: adapters are added to it), trains the
 LoRA with resumable checkpoints, and publishes ``destination`` (base + LoRA) so it is
 served at once. Nothing is written outside ``<data_dir>/training/<job id>/`` except the
-published model (``<data_dir>/trained``) and its copy in the LoRA folder.
+published model (``<data_dir>/trained`` and its copy in the LoRA folder; with ``s3://``
+storage the bucket's ``models/`` and ``<data_dir>/trained-cache``).
 
 Torch is imported only when a training runs, so the worker module can import this one.
 """
@@ -30,7 +31,8 @@ from sdserve.domain.training import (
     parse_training_input,
 )
 from sdserve.training.archive import ArchiveLimits, read_archive
-from sdserve.training.catalog import TrainedModels
+from sdserve.training.catalog import TrainedCatalog, TrainedModels
+from sdserve.training.checkpoints import Checkpoints, LocalCheckpoints
 
 log = logging.getLogger(__name__)
 
@@ -89,12 +91,16 @@ class TrainingRunner:
         settings: Settings,
         registry: Any,
         *,
-        catalog: TrainedModels | None = None,
+        catalog: TrainedCatalog | None = None,
         archive_limits: ArchiveLimits | None = None,
+        checkpoints: Checkpoints | None = None,
     ) -> None:
+        """``checkpoints``: where a training's checkpoints are also kept for the run that
+        takes its job over (the work folder alone when None)."""
         self.settings = settings
         self.registry = registry
-        self.catalog = catalog or trained_models(settings)
+        self.catalog: TrainedCatalog = catalog or trained_models(settings)
+        self.checkpoints: Checkpoints = checkpoints or LocalCheckpoints()
         self.archive_limits = archive_limits or ArchiveLimits()
         self.root = settings.data_dir / "training"
 
@@ -113,10 +119,14 @@ class TrainingRunner:
             if path.is_dir() and not path.name.startswith(_CLI_PREFIX)
         )
 
-    def discard(self, job_id: str) -> None:
-        """Delete a job's work folder once the job has ended (its LoRA is in the file store
-        and the catalog by then; a failed run's images must not stay on disk)."""
+    def discard(self, job_id: str, *, ended: bool = True) -> None:
+        """Delete a job's work folder once its run is over here (its LoRA is in the file
+        store and the catalog by then; a failed run's images must not stay on disk). With
+        ``ended`` the job's kept checkpoints go too; without, the job runs again on another
+        worker, which resumes from them."""
         shutil.rmtree(self.work_dir(job_id), ignore_errors=True)
+        if ended:
+            self.checkpoints.discard(job_id)
 
     def resumable(
         self,
@@ -171,7 +181,7 @@ class TrainingRunner:
         from sdserve.engine import device as devices
         from sdserve.engine.loading import load_pipeline
         from sdserve.training.dataset import build_examples
-        from sdserve.training.lora_trainer import TrainingHooks, train_lora
+        from sdserve.training.lora_trainer import TrainingHooks, latest_checkpoint, train_lora
 
         destination = check_destination(destination)
         inp = TrainingInput.model_validate(dict(raw_input)).with_seed()
@@ -194,6 +204,10 @@ class TrainingRunner:
         device, dtype = devices.resolve(self.settings.engine)
         engine_settings = self.settings.engine
         pipe = load_pipeline(spec, device=device, dtype=torch.float32, settings=engine_settings)
+        if latest_checkpoint(work / "checkpoints") is None:
+            fetched = self.checkpoints.restore(job_id, work / "checkpoints")
+            if fetched is not None:
+                hooks.on_log(f"fetched the checkpoint at step {fetched} from shared storage")
         result = train_lora(
             pipe,
             examples,
@@ -202,7 +216,10 @@ class TrainingRunner:
             device=device,
             weight_dtype=torch.float32 if device == "cpu" else dtype,
             hooks=TrainingHooks(
-                on_step=hooks.on_step, on_log=hooks.on_log, should_cancel=hooks.should_cancel
+                on_step=hooks.on_step,
+                on_log=hooks.on_log,
+                should_cancel=hooks.should_cancel,
+                on_checkpoint=lambda folder: self.checkpoints.save(job_id, folder),
             ),
         )
         del pipe

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import shlex
 import subprocess
 import sys
 import time
@@ -23,6 +24,7 @@ from pathlib import Path
 import httpx
 import pytest
 from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.conftest import ServerProcess, free_port, running_server
 
@@ -65,6 +67,13 @@ NOT_RUN = {
     "sdserve bench --device cuda": "benchmarks: minutes each, and the first needs a GPU",
     "INFO sdserve.engine.cache: loaded": "a sample of what the server prints",
     "bash scripts/install      # .venv with sdserve": "the install and test commands again",
+    "cp sdserve.env.example .env && chmod 600 .env": (
+        "Docker, which the test machines lack (tests/unit/deploy checks compose.yaml's "
+        "commands; tests/e2e/test_deploy_recipe.py runs them)"
+    ),
+    "useradd --system --home-dir /var/lib/sdserve": (
+        "a root install under systemd on a GPU box (tests/unit/deploy checks the units)"
+    ),
 }
 
 
@@ -370,12 +379,36 @@ WEBUIAPI = "import webuiapi"
 TRAINING = "c.trainings.create("
 CLI_GENERATE = "sdserve models tiny ./tiny-sd"
 CLI_TRAIN = "sdserve train ./dog-photos.zip"
+MODEL_CACHE = "sdserve serve --demo --preload sdserve/tiny-sd"
 STABILITY_V1 = "/v1/generation/stable-diffusion-v1-6/text-to-image"
 STABILITY_V1_CURL = "E=http://127.0.0.1:8000/v1/generation/stable-diffusion-v1-6"
 STABILITY_V2 = 'f"{host}/v2beta/stable-image/generate/core"'
 STABILITY_V2_CURL = "V2=http://127.0.0.1:8000/v2beta/stable-image"
 STABILITY_SDK = 'engine="stable-diffusion-xl-1024-v1-0")'
 STABILITY_SDK_MORE = 'upscale_engine="stable-diffusion-v1-6"'
+
+
+def run_model_cache(server: ServerProcess, workdir: Path) -> None:
+    # the README's line as a server of its own (on a free port): it loads the model before
+    # it serves, and its metrics show the model on the device before any job
+    args = shlex.split(example(MODEL_CACHE).code.strip().removeprefix("sdserve serve --demo"))
+    own = ServerProcess(data_dir=workdir / "cache-server", port=free_port(), extra_args=args)
+    own.data_dir.mkdir()
+    own.start(timeout=300)
+    try:
+        log = own.log_path.read_text()
+        assert log.index("preloaded sdserve/tiny-sd in ") < log.index("serving ")
+        scraped = httpx.get(f"{own.url}/metrics", timeout=30).text
+        cached = {
+            (sample.labels["tier"], sample.labels["model"]): sample.value
+            for family in text_string_to_metric_families(scraped)
+            for sample in family.samples
+            if sample.name == "sdserve_model_cached"
+        }
+        assert cached == {("device", "sdserve/tiny-sd"): 1}
+    finally:
+        own.stop()
+
 
 RUNNERS = {
     ACTIVATE: run_activate,
@@ -393,6 +426,7 @@ RUNNERS = {
     STABILITY_V2_CURL: run_stability_v2_curl,
     STABILITY_SDK: run_stability_sdk_example,
     STABILITY_SDK_MORE: run_stability_sdk_more,
+    MODEL_CACHE: run_model_cache,
 }
 
 

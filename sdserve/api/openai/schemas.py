@@ -25,6 +25,7 @@ from sdserve.errors import (
     InvalidInput,
     ModelNotFound,
     NotFound,
+    NoWorkerAvailable,
     Overloaded,
     SdserveError,
     Unauthorized,
@@ -236,6 +237,10 @@ def openai_error_response(error: SdserveError, status: int) -> Response:
         status = 404
     elif isinstance(error, Unauthorized):
         status, code = 401, "invalid_api_key"
+    elif isinstance(error, NoWorkerAvailable):
+        # the server's trouble, not the caller's rate: the client retries a 503 too
+        status, type_ = 503, "server_error"
+        headers["retry-after"] = str(error.retry_after)
     elif isinstance(error, Overloaded):
         status, type_, code = 429, "rate_limit_error", "rate_limit_exceeded"
         headers["retry-after"] = str(error.retry_after)

@@ -18,11 +18,14 @@ from collections.abc import Callable
 
 from sqlalchemy.engine import Engine
 
+from sdserve.jobs.events import EventKind
 from sdserve.jobs.store.database import Database, PoolSettings, new_id, sqlite_url, utcnow
 from sdserve.jobs.store.files import FileRepository, StoredFile
 from sdserve.jobs.store.jobs import (
     Fence,
     JobRepository,
+    Lapse,
+    LapsedRun,
     RunState,
     decode_cursor,
     encode_cursor,
@@ -35,7 +38,9 @@ class Store:
     """The database of the job service and its repositories.
 
     ``on_webhook`` is called after a transaction that queued a webhook has committed (to
-    wake this process's dispatcher); ``pool`` sizes a server database's connection pool.
+    wake this process's dispatcher); ``on_event(job_id, kind)`` after each committed write
+    of a job's run (to publish it on the event bus); ``pool`` sizes a server database's
+    connection pool.
     """
 
     def __init__(
@@ -45,9 +50,10 @@ class Store:
         busy_timeout_ms: int = 10_000,
         pool: PoolSettings | None = None,
         on_webhook: Callable[[], None] | None = None,
+        on_event: Callable[[str, EventKind], None] | None = None,
     ) -> None:
         self.db = Database(url, busy_timeout_ms=busy_timeout_ms, pool=pool)
-        self.jobs = JobRepository(self.db, on_webhook=on_webhook)
+        self.jobs = JobRepository(self.db, on_webhook=on_webhook, on_event=on_event)
         self.files = FileRepository(self.db)
         self.outbox = OutboxRepository(self.db)
 
@@ -68,6 +74,8 @@ __all__ = [
     "Fence",
     "FileRepository",
     "JobRepository",
+    "Lapse",
+    "LapsedRun",
     "OutboxEntry",
     "OutboxRepository",
     "PoolSettings",

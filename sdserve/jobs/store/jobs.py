@@ -10,6 +10,12 @@ run (progress, its end) carries the :class:`Fence` of its claim (``worker_id`` a
 broker redelivered its task and another worker claimed it again) writes nothing, so a
 stale or duplicate run can never change a job that another run owns.
 
+A run's claim also starts its **lease** (``heartbeat_at``), which its worker renews while
+the run goes on (:meth:`JobRepository.renew_leases`). A ``processing`` job whose lease
+lapsed lost its worker; it is taken back by a move conditioned on its attempt and on the
+lapsed lease (a :class:`Lapse`), so of two reapers only one moves it, and never once a new
+run claimed it.
+
 Core statements on plain connections throughout: the ORM's unit of work cost more than the
 statement itself on a job's path. The statements every job runs (get, run state, queue
 count, claim, each status move, progress update) are built once with bound parameters:
@@ -27,11 +33,12 @@ from typing import Any, cast
 
 from sqlalchemy import Table, and_, bindparam, func, insert, or_, select, update
 from sqlalchemy import true as sql_true
-from sqlalchemy.engine import Row
+from sqlalchemy.engine import Connection, Row
 
 from sdserve.domain.jobs import TERMINAL, FailureCode, JobKind, Status, can_transition
 from sdserve.errors import InvalidInput, JobNotFound, RateLimited, failure_of
 from sdserve.jobs.contract import JobRecord, Owner, Page, WebhookOptions
+from sdserve.jobs.events import EventKind
 from sdserve.jobs.store.database import Database, aware, utcnow
 from sdserve.jobs.store.files import StoredFile, insert_files
 from sdserve.jobs.store.outbox import add_webhook, last_progress_webhook_at, webhooks_on
@@ -71,6 +78,7 @@ _RUN_STATE = select(
     JOBS.c.deadline,
     JOBS.c.stop_requested,
     JOBS.c.claimed_at,
+    JOBS.c.heartbeat_at,
 ).where(JOBS.c.id == bindparam("job_id"))
 _NOW = bindparam("now", type_=JOBS.c.started_at.type)
 _CLAIM = (
@@ -86,6 +94,7 @@ _CLAIM = (
         attempts=JOBS.c.attempts + 1,
         started_at=func.coalesce(JOBS.c.started_at, _NOW),
         claimed_at=_NOW,
+        heartbeat_at=_NOW,
         cancel_requested=False,
     )
     .returning(*JOBS.c)
@@ -109,6 +118,19 @@ _OWNED = and_(
 )
 _FENCED_MOVE = {new: statement.where(_OWNED) for new, statement in _MOVE.items()}
 _FENCED_UPDATE_RUNNING = _UPDATE_RUNNING.where(_OWNED)
+_RENEW_LEASE = (
+    update(JOBS)
+    .where(
+        JOBS.c.id == bindparam("job_id"),
+        JOBS.c.status == Status.PROCESSING.value,
+        JOBS.c.worker_id == bindparam("fence_worker"),
+        JOBS.c.attempts == bindparam("fence_attempt"),
+    )
+    .values(heartbeat_at=_NOW)
+)
+#: When a run last showed it was alive: its lease, or its claim for a run claimed before
+#: leases were kept (NULL: neither, left to the broker's visibility timeout).
+LAST_SIGN_OF_LIFE = func.coalesce(JOBS.c.heartbeat_at, JOBS.c.claimed_at)
 
 
 @dataclass(frozen=True)
@@ -127,6 +149,27 @@ class Fence:
 
 
 @dataclass(frozen=True)
+class Lapse:
+    """A run presumed lost: attempt ``attempt`` of a job whose lease was last renewed
+    before ``before``. A move with it happens only while both still hold."""
+
+    attempt: int
+    before: datetime
+
+    def clause(self) -> Any:
+        return and_(JOBS.c.attempts == self.attempt, self.before > LAST_SIGN_OF_LIFE)
+
+
+@dataclass(frozen=True)
+class LapsedRun:
+    """A ``processing`` job whose lease lapsed, as a reaper found it."""
+
+    job_id: str
+    attempt: int
+    owner: str | None
+
+
+@dataclass(frozen=True)
 class RunState:
     """Worker-side bookkeeping of a job that :class:`JobRecord` does not show."""
 
@@ -140,18 +183,33 @@ class RunState:
     deadline: datetime | None
     stop_requested: bool = False
     claimed_at: datetime | None = None
+    heartbeat_at: datetime | None = None
+
+    @property
+    def last_sign_of_life(self) -> datetime | None:
+        """When the run last renewed its lease (its claim, before leases were kept)."""
+        return self.heartbeat_at or self.claimed_at
 
 
 class JobRepository:
     """Jobs: insert, read, claim, progress, conditional moves, listings.
 
     ``on_webhook`` is called after a transaction that queued a webhook has committed (to
-    wake this process's dispatcher).
+    wake this process's dispatcher); ``on_event(job_id, kind)`` after each committed write
+    of a job's run (progress, status, cancel and stop flags), to publish it
+    (:mod:`sdserve.jobs.events`).
     """
 
-    def __init__(self, db: Database, *, on_webhook: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        db: Database,
+        *,
+        on_webhook: Callable[[], None] | None = None,
+        on_event: Callable[[str, EventKind], None] | None = None,
+    ) -> None:
         self._db = db
         self._on_webhook = on_webhook or (lambda: None)
+        self._on_event = on_event or (lambda job_id, kind: None)
 
     # -- one job ---------------------------------------------------------------------
 
@@ -203,6 +261,7 @@ class JobRepository:
             deadline=found[7],
             stop_requested=bool(found[8]),
             claimed_at=aware(found[9]) if found[9] is not None else None,
+            heartbeat_at=aware(found[10]) if found[10] is not None else None,
         )
 
     def claim(self, job_id: str, worker_id: str) -> JobRecord | None:
@@ -227,6 +286,7 @@ class JobRepository:
                 add_webhook(conn, job_id, "start", start_hook, terminal=False, now=now)
         if start_hook:
             self._on_webhook()
+        self._on_event(job_id, EventKind.CHANGED)
         return record, fence
 
     def transition(
@@ -237,6 +297,7 @@ class JobRepository:
         files: Sequence[StoredFile] = (),
         append_logs: str = "",
         fence: Fence | None = None,
+        lapse: Lapse | None = None,
         **values: Any,
     ) -> JobRecord | None:
         """Move a job to ``new`` if its current state allows it: the job as it is then, or
@@ -250,7 +311,8 @@ class JobRepository:
 
         With a ``fence`` (a run ending its job) the job moves only while that run still
         owns it; a run that does not owns nothing and records no files either (it
-        deletes its own).
+        deletes its own). With a ``lapse`` (a lost run's job taken back) it moves only
+        while that attempt still holds it and its lease is still lapsed.
         """
         now = utcnow()
         changes: dict[str, Any] = {"status": new.value, **values}
@@ -262,7 +324,8 @@ class JobRepository:
             if files and fence is None:
                 insert_files(conn, files)
             if fence is None:
-                row = conn.execute(_MOVE[new].values(**changes), {"job_id": job_id}).first()
+                move = _MOVE[new] if lapse is None else _MOVE[new].where(lapse.clause())
+                row = conn.execute(move.values(**changes), {"job_id": job_id}).first()
             else:
                 params = {"job_id": job_id, **fence.params()}
                 row = conn.execute(_FENCED_MOVE[new].values(**changes), params).first()
@@ -277,14 +340,70 @@ class JobRepository:
                 add_webhook(conn, job_id, name, url, terminal=terminal, now=now)
         if queued:
             self._on_webhook()
+        self._on_event(job_id, EventKind.ENDED if new in TERMINAL else EventKind.CHANGED)
         return record
 
-    def requeue(self, job_id: str) -> bool:
-        """A ``processing`` job whose worker died goes back to ``starting``."""
+    def requeue(self, job_id: str, *, lapse: Lapse | None = None, append_logs: str = "") -> bool:
+        """A ``processing`` job whose worker died goes back to ``starting`` (with a
+        ``lapse``: only while that lost run still holds it)."""
         moved = self.transition(
-            job_id, Status.STARTING, worker_id=None, progress_step=None, progress_total=None
+            job_id,
+            Status.STARTING,
+            append_logs=append_logs,
+            lapse=lapse,
+            worker_id=None,
+            progress_step=None,
+            progress_total=None,
+            preview=None,
+            heartbeat_at=None,
         )
         return moved is not None
+
+    def renew_leases(self, runs: Sequence[tuple[str, Fence]]) -> None:
+        """Renew the lease of each run (job id and its claim) that still holds its job."""
+        if not runs:
+            return
+        now = utcnow()
+        params = [{"job_id": job_id, "now": now, **fence.params()} for job_id, fence in runs]
+        with self._db.transaction(write=True) as conn:
+            conn.execute(_RENEW_LEASE, params)
+
+    def lapsed(self, before: datetime, limit: int = 100) -> list[LapsedRun]:
+        """``processing`` jobs whose lease was last renewed before ``before``, oldest first."""
+        query = (
+            select(JOBS.c.id, JOBS.c.attempts, JOBS.c.owner)
+            .where(JOBS.c.status == Status.PROCESSING.value, before > LAST_SIGN_OF_LIFE)
+            .order_by(JOBS.c.created_at.asc(), JOBS.c.id.asc())
+            .limit(limit)
+        )
+        with self._db.transaction() as conn:
+            rows = conn.execute(query).all()
+        return [LapsedRun(row[0], int(row[1]), row[2]) for row in rows]
+
+    def give_back(
+        self, job_id: str, fence: Fence, *, append_logs: str = "", count_attempt: bool = False
+    ) -> JobRecord | None:
+        """A run stopped by its worker's shutdown puts its job back to ``starting`` while it
+        still owns it: the job as it is then, or None (another run owns it, or it ended).
+
+        The attempt is not counted: the run was not lost, and a job given back at every
+        rolling restart must not fail ``worker_lost`` for it. The fence stays sound since a
+        worker's id is unique to its process, which gives the job back only as it stops.
+        ``count_attempt``: it is counted (a run that failed on a fault of its worker, which
+        releases the job to others: a job that fails everywhere must end).
+        """
+        return self.transition(
+            job_id,
+            Status.STARTING,
+            append_logs=append_logs,
+            fence=fence,
+            worker_id=None,
+            progress_step=None,
+            progress_total=None,
+            preview=None,
+            heartbeat_at=None,
+            attempts=JOBS.c.attempts if count_attempt else JOBS.c.attempts - 1,
+        )
 
     def request_cancel(self, job_id: str) -> bool:
         """Flag a running job; its worker stops at the next step. False if not running."""
@@ -301,7 +420,10 @@ class JobRepository:
             .values(**flags)
         )
         with self._db.transaction(write=True) as conn:
-            return conn.execute(statement).rowcount == 1
+            flagged = conn.execute(statement).rowcount == 1
+        if flagged:
+            self._on_event(job_id, EventKind.STOP)
+        return flagged
 
     def update_running(
         self,
@@ -339,13 +461,34 @@ class JobRepository:
             else:
                 statement, params = _FENCED_UPDATE_RUNNING, {"job_id": job_id, **fence.params()}
             hook = conn.execute(statement.values(**values), params).first()
-            if hook is None or not logs_webhook or not hook[0] or "logs" not in (hook[1] or ()):
-                return
-            latest = last_progress_webhook_at(conn, job_id)
-            if latest is not None and aware(latest) > now - timedelta(seconds=WEBHOOK_THROTTLE_S):
-                return
-            add_webhook(conn, job_id, "logs", hook[0], terminal=False, now=now)
-        self._on_webhook()
+            queued = (
+                hook is not None
+                and logs_webhook
+                and self._logs_webhook(conn, job_id, hook[0], hook[1], now)
+            )
+        if hook is None:
+            return
+        if queued:
+            self._on_webhook()
+        self._on_event(job_id, EventKind.CHANGED)
+
+    @staticmethod
+    def _logs_webhook(
+        conn: Connection,
+        job_id: str,
+        url: str | None,
+        events: Sequence[str] | None,
+        now: datetime,
+    ) -> bool:
+        """Queue a ``logs`` webhook to ``url`` if the job asked for them (``events``) and
+        none was queued within the throttle; whether one was."""
+        if not url or "logs" not in (events or ()):
+            return False
+        latest = last_progress_webhook_at(conn, job_id)
+        if latest is not None and aware(latest) > now - timedelta(seconds=WEBHOOK_THROTTLE_S):
+            return False
+        add_webhook(conn, job_id, "logs", url, terminal=False, now=now)
+        return True
 
     def mark_data_removed(self, job_id: str) -> None:
         with self._db.transaction(write=True) as conn:

@@ -61,3 +61,52 @@ def test_offline_without_the_weights_is_one_line_naming_the_model_and_the_fix(
     assert lines[0].startswith(f"error: model '{SDXL}' is not in the Hugging Face cache")
     assert f"hf download {SDXL}" in lines[0]
     assert "Traceback" not in done.stderr + done.stdout
+
+
+def test_a_worker_asked_to_preload_a_model_it_does_not_serve_fails_to_start(
+    tmp_path: Path, tiny_sd: Path
+) -> None:
+    done, _ = sdserve(
+        [
+            "worker",
+            "--data-dir",
+            str(tmp_path),
+            "--model",
+            str(tiny_sd),
+            "--preload",
+            "nobody/nothing",
+            "--broker-url",
+            "redis://127.0.0.1:9/0",  # never reached: the preload is checked first
+        ]
+    )
+    assert done.returncode == 1
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, done.stderr
+    assert errors[0].startswith("error: preload: cannot preload 'nobody/nothing': ")
+    assert "local/tiny-sd" in errors[0]  # what it does serve
+    assert "Traceback" not in done.stderr + done.stdout
+
+
+def test_a_server_without_a_worker_refuses_to_preload(tmp_path: Path, tiny_sd: Path) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    done, _ = sdserve(
+        [
+            "serve",
+            "--no-worker",
+            "--data-dir",
+            str(tmp_path),
+            "--port",
+            str(port),
+            "--model",
+            str(tiny_sd),
+            "--preload",
+            "local/tiny-sd",
+        ]
+    )
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1] == (
+        "error: preload: this server runs no worker (--no-worker): preload models on "
+        "'sdserve worker'"
+    )

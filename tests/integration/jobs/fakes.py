@@ -70,6 +70,9 @@ class FakeRegistry:
     def specs(self) -> list[FakeSpec]:
         return [self.spec]
 
+    def prepare(self, spec: FakeSpec) -> None:
+        """Its one model's files are where they are: nothing to fetch."""
+
 
 @dataclass
 class FakePredictor:

@@ -136,7 +136,10 @@ def test_a_run_whose_job_was_taken_over_never_writes(make_service: MakeService) 
     after_stale = service.store.jobs.get(job_id)
     assert after_stale.status is Status.PROCESSING, after_stale.logs
     assert after_stale.output is None
-    assert after_stale.logs == ""  # not one line of the stale run
+    # not one line of the stale run: only the take-over's own note
+    assert after_stale.logs == (
+        "worker lost (attempt 1 of 3): back in the queue, the job starts again from step 0\n"
+    )
     assert stored_keys(service, job_id) == set()  # its images were deleted, not recorded
     assert stale_result == [Status.PROCESSING]
 

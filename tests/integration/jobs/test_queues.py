@@ -11,12 +11,12 @@ import pytest
 from sdserve.domain.jobs import JobKind, Status
 from sdserve.jobs.celery_queue import CeleryQueue
 from sdserve.jobs.contract import JobRecord
-from sdserve.jobs.queue import LocalQueue
+from sdserve.jobs.queue import Lanes
 from sdserve.jobs.service import Service
 from tests.integration.jobs.conftest import MakeService
 from tests.integration.jobs.fakes import FakePredictor
 
-QUEUES = {"local://": LocalQueue, "memory://": CeleryQueue}
+QUEUES = {"local://": Lanes, "memory://": CeleryQueue}
 
 
 @pytest.fixture(params=sorted(QUEUES))

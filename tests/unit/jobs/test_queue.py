@@ -8,7 +8,8 @@ import time
 import pytest
 
 from sdserve.jobs.celery_queue import CeleryQueue
-from sdserve.jobs.queue import LocalQueue, is_embedded
+from sdserve.jobs.queue import Lanes, LocalQueue, is_embedded
+from sdserve.jobs.routing import model_queue, trainings_queue
 from sdserve.wiring import make_queue
 
 
@@ -103,11 +104,52 @@ def test_a_queue_without_a_handler_only_enqueues() -> None:
 
 
 def test_the_broker_url_picks_the_queue() -> None:
-    assert isinstance(make_queue("local://"), LocalQueue)
+    assert isinstance(make_queue("local://"), Lanes)
     assert isinstance(make_queue("memory://"), CeleryQueue)
     assert isinstance(make_queue("redis://127.0.0.1:1/0"), CeleryQueue)  # no connection yet
     assert is_embedded("local://") and is_embedded("memory://")
     assert not is_embedded("redis://127.0.0.1:6379/0")
+
+
+class Blocking:
+    """A handler whose job ``slow`` runs until ``release`` is set; records the rest."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.started = threading.Event()
+        self.ended: list[str] = []
+
+    def __call__(self, job_id: str) -> None:
+        if job_id == "training":
+            self.started.set()
+            assert self.release.wait(10)
+        self.ended.append(job_id)
+
+
+def test_a_prediction_runs_while_a_training_holds_the_other_lane() -> None:
+    handler = Blocking()
+    queue = Lanes(handler)
+    queue.start()
+    try:
+        queue.enqueue("training", route=trainings_queue("sdserve/tiny-sd"))
+        assert handler.started.wait(5)
+        queue.enqueue("prediction", route=model_queue("sdserve/tiny-sd"))
+        deadline = time.monotonic() + 10
+        while "prediction" not in handler.ended and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert handler.ended == ["prediction"]  # the training still runs
+    finally:
+        handler.release.set()
+        queue.stop()
+    assert handler.ended == ["prediction", "training"]
+
+
+def test_a_job_enqueued_by_id_alone_takes_the_lane_its_router_names() -> None:
+    routes = {"t": trainings_queue("m"), "p": model_queue("m")}
+    queue = Lanes(router=routes.__getitem__)
+    queue.enqueue("t")
+    queue.enqueue("p")
+    assert (len(queue.trainings), len(queue.predictions)) == (1, 1)
 
 
 def test_owners_are_served_in_turn_so_a_backlog_does_not_starve_another_caller() -> None:

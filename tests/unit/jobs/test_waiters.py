@@ -83,3 +83,19 @@ def test_without_a_wake_the_wait_times_out_and_discarded_waiters_stay_quiet() ->
     assert 0.09 <= elapsed < 1.0
     assert record is None and not woken
     assert len(waiters) == 0
+
+
+def test_a_wake_without_a_record_keeps_the_record_and_wake_all_wakes_every_job() -> None:
+    waiters = JobWaiters()
+
+    async def scenario() -> tuple[JobRecord | None, bool]:
+        ending, other = waiters.register("job-a"), waiters.register("job-b")
+        waiters.wake("job-a", ENDED)
+        waiters.wake("job-a")  # a job event after the end brought its record
+        record = await waiters.wait(ending, timeout=5.0)
+        waiters.wake_all()  # events may have been missed: everyone looks again
+        await waiters.wait(other, timeout=5.0)
+        return record, other.event.is_set()
+
+    record, other_woken = asyncio.run(scenario())
+    assert record is ENDED and other_woken
