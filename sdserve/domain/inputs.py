@@ -25,6 +25,9 @@ from sdserve.domain.tasks import select_task
 from sdserve.errors import InvalidInput
 
 MAX_SEED = 2**32 - 1
+#: How much of a finished image the SDXL refiner re-draws in ``base_image_refiner`` mode
+#: (the refiner pipeline's own default, as cog-sdxl uses it).
+REFINER_STRENGTH = 0.3
 OutputFormat = Literal["png", "webp", "jpg"]
 RefineMode = Literal["no_refiner", "expert_ensemble_refiner", "base_image_refiner"]
 REFINE_MODES: tuple[str, ...] = ("no_refiner", "expert_ensemble_refiner", "base_image_refiner")
@@ -223,9 +226,7 @@ class GenerationInput(BaseModel):
         """Raise :class:`InvalidInput` (``prompt_strength``) when an image task's share of
         the steps rounds down to no denoising step at all. ``defaults``: the model's, for a
         request that leaves the steps to it (checked when the job is created)."""
-        steps = self.num_inference_steps
-        if steps is None and defaults is not None:
-            steps = defaults.num_inference_steps
+        steps = self._steps(defaults)
         if self.image is None or steps is None or int(steps * self.prompt_strength) >= 1:
             return
         least = math.ceil(100 / steps) / 100
@@ -234,6 +235,28 @@ class GenerationInput(BaseModel):
             f"{self.prompt_strength:g} of {steps} steps runs no denoising step; send at "
             f"least {least:g} or more steps",
         )
+
+    def check_refiner_runs_a_step(self, defaults: FamilyDefaults | None = None) -> None:
+        """Raise :class:`InvalidInput` when the refiner's re-draw in ``base_image_refiner``
+        mode (``REFINER_STRENGTH`` of ``refine_steps``, else of the request's steps) rounds
+        down to no denoising step. Checked once the model is known to have a refiner (a
+        model without one is refused naming ``refine`` first)."""
+        steps = self.refine_steps or self._steps(defaults)
+        if self.refine != "base_image_refiner" or steps is None:
+            return
+        if int(steps * REFINER_STRENGTH) >= 1:
+            return
+        raise InvalidInput(
+            "refine_steps" if self.refine_steps else "num_inference_steps",
+            f"the refiner re-draws {REFINER_STRENGTH:g} of {steps} steps, which is no "
+            f"denoising step; send refine_steps of at least {math.ceil(1 / REFINER_STRENGTH)}",
+        )
+
+    def _steps(self, defaults: FamilyDefaults | None) -> int | None:
+        """The request's steps, else the model's default (None: neither is known)."""
+        if self.num_inference_steps is None and defaults is not None:
+            return defaults.num_inference_steps
+        return self.num_inference_steps
 
     def with_defaults(
         self, defaults: FamilyDefaults, rng: random.Random | None = None

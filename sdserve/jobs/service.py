@@ -291,6 +291,8 @@ class Service:
             stored_input = parsed.model_dump(mode="json", exclude_unset=True)
             spec = self.served.resolve(model)
             parsed.check_a_step_runs(spec.defaults)  # with the steps the model would run
+            if getattr(spec, "refiner", None):
+                parsed.check_refiner_runs_a_step(spec.defaults)
             destination = None
         # the served model whose workers run it: a fine-tuned model's base
         runs_on = routing_model(spec, self.served.specs())

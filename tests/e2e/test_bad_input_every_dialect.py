@@ -34,3 +34,20 @@ def test_openai_refuses_an_unknown_scheduler_naming_the_param(server: ServerProc
         client.images.generate(model=MODEL, prompt="x", extra_body={"scheduler": "Euler b"})
     assert caught.value.param == "scheduler"
     assert "unknown scheduler 'Euler b'" in caught.value.message
+
+
+def test_a_refiner_pass_of_no_step_is_refused_when_the_job_is_created(
+    server: ServerProcess,
+) -> None:
+    """0.3 of 3 refiner steps is none: refused with 422 naming ``refine_steps`` (it used
+    to fail in the worker with a 500-like internal error)."""
+    response = httpx.post(
+        f"{server.url}/v1/models/sdserve/tiny-sdxl/predictions",
+        json={"input": {"prompt": "x", "refine": "base_image_refiner", "refine_steps": 3}},
+        timeout=30,
+    )
+    assert response.status_code == 422, response.text
+    assert "refine_steps" in response.text
+    assert "refine_steps of at least 4" in response.text
+    listed = httpx.get(f"{server.url}/v1/predictions", timeout=30).json()["results"]
+    assert all(job["input"].get("refine_steps") != 3 for job in listed)

@@ -12,12 +12,8 @@ from __future__ import annotations
 import torch
 from PIL.Image import Image
 
-from sdserve.domain.inputs import GenerationInput
+from sdserve.domain.inputs import REFINER_STRENGTH, GenerationInput
 from sdserve.engine.tasks import Pipeline, TaskCall, common_kwargs, prompt_kwargs
-
-#: How much of the base image the refiner re-draws in ``base_image_refiner`` mode
-#: (the refiner pipeline's own default, as cog-sdxl uses it).
-BASE_IMAGE_STRENGTH = 0.3
 
 
 def wants_base_image(inp: GenerationInput) -> bool:
@@ -61,7 +57,7 @@ def run_base_image(refiner: Pipeline, images: list[Image], call: TaskCall) -> li
     result = refiner(
         **prompt_kwargs(refiner, call),
         image=images,
-        strength=BASE_IMAGE_STRENGTH,
+        strength=REFINER_STRENGTH,
         output_type="pil",
         **common_kwargs(call, steps=inp.refine_steps or inp.num_inference_steps),
     )

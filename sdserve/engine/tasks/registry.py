@@ -175,6 +175,7 @@ def plan(inp: GenerationInput, task: Task, spec: ModelSpec) -> Plan:
         raise InvalidInput(
             "refine", f"model {spec.name} has no refiner configured", allowed=["no_refiner"]
         )
+    inp.check_refiner_runs_a_step()
     run = task.run
     ensemble = inp.refine == "expert_ensemble_refiner"
     if ensemble:

@@ -125,3 +125,35 @@ def test_an_unknown_noise_schedule_is_refused_with_the_allowed_ones() -> None:
         parse_generation_input({"noise_schedule": "wobbly"})
     assert caught.value.field == "noise_schedule"
     assert caught.value.allowed is not None and "karras" in caught.value.allowed
+
+
+FEW_STEPS = FamilyDefaults(width=64, height=64, num_inference_steps=3, guidance_scale=5.0)
+
+
+@pytest.mark.parametrize(
+    ("data", "field"),
+    [
+        # 0.3 of 3 steps rounds down to no refiner step (it used to fail in the worker, 500)
+        ({"refine_steps": 3, "num_inference_steps": 50}, "refine_steps"),
+        ({"num_inference_steps": 3}, "num_inference_steps"),  # the refiner's steps too
+        ({}, "num_inference_steps"),  # the model's 3 default steps
+    ],
+)
+def test_a_refiner_pass_that_runs_no_step_is_refused_naming_the_field(
+    data: dict[str, object], field: str
+) -> None:
+    inp = parse_generation_input({"prompt": "x", "refine": "base_image_refiner", **data})
+    with pytest.raises(InvalidInput) as caught:
+        inp.check_refiner_runs_a_step(FEW_STEPS)
+    assert caught.value.field == field
+    assert "re-draws 0.3 of 3 steps" in str(caught.value)
+    assert "refine_steps of at least 4" in str(caught.value)
+
+
+def test_the_least_refiner_steps_named_are_enough_and_other_modes_are_not_checked() -> None:
+    for data in (
+        {"refine": "base_image_refiner", "refine_steps": 4},
+        {"refine": "expert_ensemble_refiner"},
+        {"refine": "no_refiner", "refine_steps": 1},
+    ):
+        parse_generation_input({"prompt": "x", **data}).check_refiner_runs_a_step(FEW_STEPS)
