@@ -20,6 +20,12 @@ from sdserve.errors import WorkerLost
 from sdserve.jobs.contract import JobRecord
 from sdserve.jobs.store import JobRepository, Lapse, failure_columns, utcnow
 
+#: How a job handed back to the queue runs again, as its logs say: a training resumes
+#: from the checkpoint its work folder or the bucket kept (:mod:`sdserve.training.checkpoints`).
+RUN_AGAIN = (
+    "the job starts again from step 0 (a training from its last checkpoint, where one was kept)"
+)
+
 
 class Recovery:
     """``attempts``: runs of a job before it fails ``worker_lost``; ``on_end(record)``: a job
@@ -56,7 +62,7 @@ class Recovery:
         elif state.attempts < self.attempts:
             note = (
                 f"worker lost (attempt {state.attempts} of {self.attempts}): "
-                "back in the queue, the job starts again from step 0\n"
+                f"back in the queue, {RUN_AGAIN}\n"
             )
             moved = self.jobs.requeue(job_id, lapse=lapse, append_logs=note)
             return Status.STARTING if moved else None

@@ -44,6 +44,7 @@ from sdserve.jobs.files import FileStore, new_key
 from sdserve.jobs.images import decode_image
 from sdserve.jobs.metrics import RunMetrics
 from sdserve.jobs.progress import CANCEL_POLL_INTERVAL_S, PROGRESS_WRITE_INTERVAL_S, RunTracker
+from sdserve.jobs.recovery import RUN_AGAIN
 from sdserve.jobs.served import RegistryLike
 from sdserve.jobs.shutdown import JobRequeued, Shutdown
 from sdserve.jobs.store import (
@@ -330,7 +331,7 @@ class JobRunner:
         unwritten, _columns = tracker.unwritten()
         note = (
             f"this worker failed ({code}) and backs off: back in the queue for another "
-            "worker, the job starts again from step 0\n"
+            f"worker, {RUN_AGAIN}\n"
         )
         record = self.jobs.give_back(
             job_id, fence, append_logs=unwritten + note, count_attempt=True
@@ -458,7 +459,7 @@ class JobRunner:
             # the next run starts its own folder (from the checkpoint kept in the bucket)
             self._trainer.discard(job_id, ended=False)
         unwritten, _columns = tracker.unwritten()
-        note = "worker shutting down: back in the queue, the job starts again from step 0\n"
+        note = f"worker shutting down: back in the queue, {RUN_AGAIN}\n"
         record = self.jobs.give_back(job_id, fence, append_logs=unwritten + note)
         if record is None:
             return self.jobs.get(job_id).status

@@ -138,7 +138,8 @@ def test_a_run_whose_job_was_taken_over_never_writes(make_service: MakeService) 
     assert after_stale.output is None
     # not one line of the stale run: only the take-over's own note
     assert after_stale.logs == (
-        "worker lost (attempt 1 of 3): back in the queue, the job starts again from step 0\n"
+        "worker lost (attempt 1 of 3): back in the queue, the job starts again from step 0 "
+        "(a training from its last checkpoint, where one was kept)\n"
     )
     assert stored_keys(service, job_id) == set()  # its images were deleted, not recorded
     assert stale_result == [Status.PROCESSING]
