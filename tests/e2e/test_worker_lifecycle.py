@@ -171,8 +171,9 @@ def test_a_killed_workers_job_comes_back_within_seconds_twice(
             # one stored image per job: the killed run stored none, no run stored twice
             assert [outputs_of(api, job_id) for job_id in [long_id, *quick_ids]] == [1] * 5
             assert processing(api) == []
-            if replacement is not None:
+            if replacement is not None:  # ready before the second kill; it may be its victim
                 replacement.wait_ready()
+                replacement = None
 
 
 def test_a_job_whose_every_run_is_killed_fails_worker_lost(
