@@ -21,6 +21,7 @@ import pytest
 from PIL import Image
 
 from tests.e2e.conftest import ServerProcess, free_port
+from tests.e2e.workers import WorkerProcess, wait_served
 from tests.servers.s3 import S3Endpoint, s3_endpoint  # noqa: F401 (the fixture)
 
 MODEL = "sdserve/tiny-sd"
@@ -207,16 +208,20 @@ def test_a_worker_on_another_machine_reads_uploads_and_writes_outputs_through_th
         env=s3_endpoint.env,
     )
     worker_dir = tmp_path / "worker"
-    worker_dir.mkdir()
     api.data_dir.mkdir()
-    started = [sys.executable, "-m", "sdserve.cli", "--data-dir", str(worker_dir), "worker"]
-    started += ["--demo", "--storage-url", f"s3://{bucket}/{PREFIX}", *shared]
-    with (worker_dir / "worker.log").open("ab") as log:
-        worker = subprocess.Popen(
-            started, env={**os.environ, **s3_endpoint.env}, stdout=log, stderr=subprocess.STDOUT
-        )
+    worker = WorkerProcess(
+        data_dir=worker_dir,
+        broker_url=broker,
+        name="worker",
+        serves=("--demo", "--storage-url", f"s3://{bucket}/{PREFIX}"),
+        extra_args=shared[2:],  # the database and the endpoint; WorkerProcess gives the broker
+        env=s3_endpoint.env,
+    )
+    worker.launch()
     try:
         api.start()
+        worker.wait_ready()
+        wait_served(api, MODEL)  # a job created before the API sees a worker gets 503
         uploaded = httpx.post(
             f"{api.url}/v1/files",
             files={"content": ("in.png", png((10, 200, 10)), "image/png")},
@@ -231,5 +236,5 @@ def test_a_worker_on_another_machine_reads_uploads_and_writes_outputs_through_th
         assert not list(worker_dir.rglob("files/**/*.png"))  # nothing on the worker's disk
     finally:
         api.stop()
-        servers.stop_process(worker)
+        worker.stop()
         servers.stop_process(redis)

@@ -166,6 +166,18 @@ def start_side_by_side(workers: list[WorkerProcess]) -> None:
         worker.wait_ready()
 
 
+def wait_served(api: ServerProcess, model: str = MODEL, workers: int = 1) -> None:
+    """Until the API lists ``workers`` live workers for ``model`` (``GET /v1/workers``): from
+    then on it takes that model's jobs instead of answering 503 ``no_worker``."""
+    deadline = time.monotonic() + DEADLINE_S
+    while True:
+        listed = httpx.get(f"{api.url}/v1/workers", timeout=30).json()
+        if listed["models"].get(model, {}).get("workers", 0) >= workers:
+            return
+        assert time.monotonic() < deadline, f"{model} has no live worker: {listed}"
+        time.sleep(0.3)
+
+
 def pid_of(worker_id: str | None) -> int:
     """The process id a worker id ends with (``worker-ab12cd34@host:4321``)."""
     return int((worker_id or ":0").rsplit(":", 1)[1])
