@@ -52,6 +52,9 @@ class LimitSettings(BaseModel):
         description="an input image may have this many times max_pixels pixels (checked on "
         "its header, before decoding)",
     )
+    max_controlnets: int = Field(
+        default=3, ge=0, le=8, description="ControlNet units one request may use at once"
+    )
     max_upload_bytes: int = Field(
         default=32 * 1024 * 1024,
         ge=1024,
@@ -65,6 +68,7 @@ class LimitSettings(BaseModel):
             max_num_outputs=self.max_num_outputs,
             max_steps=self.max_steps,
             input_pixels_factor=self.input_pixels_factor,
+            max_controlnets=self.max_controlnets,
         )
 
 

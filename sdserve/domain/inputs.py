@@ -13,8 +13,9 @@ import random
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from sdserve.domain.controls import ControlUnit, fold_flat_units
 from sdserve.domain.schedulers import (
     A1111_SCHEDULES,
     is_known_noise_schedule,
@@ -54,6 +55,8 @@ class InputLimits:
     max_steps: int = 500
     #: an input image may have this many times ``max_pixels`` (see ``max_input_pixels``)
     input_pixels_factor: int = 4
+    #: ControlNet units one request may use at once
+    max_controlnets: int = 3
 
     @property
     def max_input_pixels(self) -> int:
@@ -132,6 +135,18 @@ class GenerationInput(BaseModel):
     hires_strength: float = Field(
         default=0.7, ge=0, le=1, description="hires fix: denoising strength of the second pass"
     )
+    controlnets: tuple[ControlUnit, ...] = Field(
+        default=(),
+        description="ControlNet units (Replicate's controlnet_N inputs fold into these)",
+    )
+    return_control_maps: bool = Field(
+        default=False, description="also return each unit's control map, after the images"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fold_flat_controlnets(cls, data: Any) -> Any:
+        return fold_flat_units(data) if isinstance(data, dict) else data
 
     @property
     def outpaints(self) -> bool:
@@ -201,6 +216,27 @@ class GenerationInput(BaseModel):
             raise InvalidInput("hires_steps", f"must be between 1 and {limits.max_steps}")
         if self.outpaints and self.image is None:
             raise InvalidInput("image", "outpainting needs an image to extend")
+        self._check_controlnets(limits)
+
+    def _check_controlnets(self, limits: InputLimits) -> None:
+        """Raise :class:`InvalidInput` for units the request cannot use, naming the unit."""
+        if len(self.controlnets) > limits.max_controlnets:
+            raise InvalidInput(
+                "controlnets", f"at most {limits.max_controlnets} ControlNet units at once"
+            )
+        for index, unit in enumerate(self.controlnets):
+            if unit.image is None and self.image is None:
+                raise InvalidInput(
+                    f"controlnets.{index}.image",
+                    "needs a control image (there is no request image to use)",
+                )
+        if self.controlnets and self.outpaints:
+            raise InvalidInput("controlnets", "ControlNet does not work with outpainting")
+        if self.controlnets and self.refine == "expert_ensemble_refiner":
+            raise InvalidInput(
+                "controlnets",
+                "ControlNet does not work with the expert_ensemble_refiner; use base_image_refiner",
+            )
 
     def check_names(self) -> None:
         """Raise :class:`InvalidInput` for a scheduler or noise schedule the engine lacks."""
@@ -300,4 +336,7 @@ def invalid_input_from(exc: ValidationError) -> InvalidInput:
     if isinstance(expected, str) and first["type"] == "literal_error":
         allowed = [part.strip(" '") for part in expected.replace(" or ", ", ").split(",")]
         return InvalidInput(field, f"got {first.get('input')!r}", allowed=allowed)
-    return InvalidInput(field, first["msg"])
+    message = first["msg"]
+    if first["type"] == "value_error":  # our own validators' words, without pydantic's prefix
+        message = message.removeprefix("Value error, ")
+    return InvalidInput(field, message)
