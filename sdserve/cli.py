@@ -171,6 +171,20 @@ def _add_model_cache_options(parser: argparse.ArgumentParser) -> None:
         ),
     )
     cache.add_argument(
+        "--controlnet-dir",
+        type=Path,
+        metavar="FOLDER",
+        help=described(EngineSettings, "controlnet_dir"),
+    )
+    cache.add_argument(
+        "--controlnet",
+        action="append",
+        dest="controlnets",
+        metavar="REFERENCE",
+        default=None,
+        help=described(EngineSettings, "controlnets", "a ControlNet to serve, repeatable"),
+    )
+    cache.add_argument(
         "--idle-unload",
         type=float,
         metavar="SECONDS",
@@ -914,6 +928,8 @@ def _server_settings(args: argparse.Namespace) -> Settings:
             "ram_cache_mb": args.ram_cache_mb,
             "preload": args.preload,
             "idle_unload_s": args.idle_unload_s,
+            "controlnet_dir": args.controlnet_dir,
+            "controlnets": args.controlnets,
         }.items()
         if value is not None
     }

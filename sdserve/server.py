@@ -53,6 +53,8 @@ def prepare_demo(settings: Settings) -> Settings:
     engine = settings.engine.model_copy(
         update={
             "lora_dir": settings.engine.lora_dir or settings.data_dir / "demo" / "loras",
+            "controlnet_dir": settings.engine.controlnet_dir
+            or settings.data_dir / "demo" / "controlnets",
             "safety_checker": settings.engine.safety_checker or str(built["tiny-safety-checker"]),
         }
     )

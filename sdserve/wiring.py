@@ -57,6 +57,7 @@ from sdserve.jobs.workers import (
     WorkerInfo,
     board_for,
 )
+from sdserve.models.controlnet.catalog import ControlNetCatalog
 from sdserve.training.checkpoints import (
     TRAININGS_FOLDER,
     BucketCheckpoints,
@@ -161,6 +162,13 @@ def trained_catalog(settings: Settings) -> TrainedCatalog:
         settings.data_dir / "trained-cache",
         lora_dir=settings.engine.lora_dir or settings.data_dir / "loras",
     )
+
+
+def controlnet_catalog(settings: Settings) -> ControlNetCatalog:
+    """The served ControlNets: the ControlNet folder (``<data dir>/controlnets`` unless
+    set) and the references ``--controlnet`` names."""
+    folder = settings.engine.controlnet_dir or settings.data_dir / "controlnets"
+    return ControlNetCatalog(folder, settings.engine.controlnets)
 
 
 def make_queue(
@@ -303,7 +311,12 @@ def engine_factory(
         )
         if threads is not None:
             use_cpu_threads(threads)
-        return Engine(settings.engine, registry, limits=settings.limits.input_limits())
+        return Engine(
+            settings.engine,
+            registry,
+            limits=settings.limits.input_limits(),
+            controlnets=controlnet_catalog(settings),
+        )
 
     return EngineSource(build)
 
@@ -549,6 +562,7 @@ def build_service(
             settings.limits.input_limits(),
             refresh=refresh_models,
             trained=trained or trained_catalog(settings),  # who owns which names
+            controlnets=controlnet_catalog(settings),
         ),
         webhooks=WebhookDispatcher(
             io.store.outbox,

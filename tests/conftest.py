@@ -77,3 +77,21 @@ def tiny_sdxl_single_file(tiny_sdxl: Path, tiny_models_dir: Path) -> Path:
     from sdserve.engine.checkpoint_export import export_single_file
 
     return export_single_file(tiny_sdxl, tiny_models_dir / "single" / "tiny-sdxl.safetensors")
+
+
+@pytest.fixture(scope="session")
+def tiny_controlnets(tiny_sd: Path, tiny_sdxl: Path, tiny_models_dir: Path) -> Path:
+    """A ControlNet folder: two diffusers-format ControlNets for ``tiny_sd`` (canny,
+    scribble), one for ``tiny_sdxl`` (canny) and a single-file one for ``tiny_sd`` (depth,
+    diffusers keys, its config in the ``.sdserve-config`` folder beside it)."""
+    import shutil
+
+    folder = tiny_models_dir / "controlnets"
+    tiny.build_tiny_controlnet(folder / "tiny-sd-canny", tiny_sd, seed=0)
+    tiny.build_tiny_controlnet(folder / "tiny-sd-scribble", tiny_sd, seed=1)
+    tiny.build_tiny_controlnet(folder / "tiny-sdxl-canny", tiny_sdxl, seed=2)
+    depth = tiny.build_tiny_controlnet(tiny_models_dir / "tiny-sd-depth", tiny_sd, seed=3)
+    shutil.copy(depth / "diffusion_pytorch_model.safetensors", folder / "tiny-sd-depth.safetensors")
+    (folder / "tiny-sd-depth.sdserve-config").mkdir()
+    shutil.copy(depth / "config.json", folder / "tiny-sd-depth.sdserve-config" / "config.json")
+    return folder

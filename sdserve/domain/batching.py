@@ -23,6 +23,7 @@ def batch_signature(inp: GenerationInput) -> tuple[object, ...] | None:
         or inp.lora is not None
         or inp.refine != "no_refiner"
         or inp.hires_size() is not None
+        or bool(inp.controlnets)
         or is_weighted(inp.prompt)
         or is_weighted(inp.negative_prompt or "")
     ):

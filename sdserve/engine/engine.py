@@ -25,6 +25,7 @@ from PIL import Image
 
 from sdserve.domain.batching import batch_signature
 from sdserve.domain.inputs import GenerationInput, InputLimits
+from sdserve.engine import controlnets as control
 from sdserve.engine import device as devices
 from sdserve.engine import fastpath
 from sdserve.engine import images as prep
@@ -46,6 +47,7 @@ if TYPE_CHECKING:
     from sdserve.engine.lora import LoraCache
     from sdserve.engine.safety import SafetyChecker
     from sdserve.models.catalog import ModelRegistry, ModelSpec
+    from sdserve.models.controlnet.catalog import ControlNetCatalog
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +85,7 @@ class Engine:
         load: Loader | None = None,
         load_refiner: RefinerLoader | None = None,
         clock: Clock = time.monotonic,
+        controlnets: ControlNetCatalog | None = None,
     ) -> None:
         self.settings = settings
         self.registry = registry
@@ -101,6 +104,15 @@ class Engine:
             self.cache.start_idle_unload(settings.idle_unload_s)
         self._lora: LoraCache | None = None
         self._safety: SafetyChecker | None = None
+        #: the served ControlNets (None: this engine serves none) and those loaded
+        self.controlnets = controlnets
+        self.controlnet_models = control.ControlNetModels(
+            device=self.device,
+            dtype=self.dtype,
+            max_loaded=settings.controlnet_cache_size,
+            offline=settings.offline,
+            cache_dir=settings.cache_dir,
+        )
         self.fast = fastpath.resolve(settings, self.device)
         self._post: ThreadPoolExecutor | None = None  # watermark + encoding, made on first use
         self._post_lock = threading.Lock()
@@ -122,6 +134,7 @@ class Engine:
         """Free every cached pipeline and the safety checker; stop the idle unloading and
         the encoding threads."""
         self.cache.clear()
+        self.controlnet_models.clear()
         self._safety = None
         with self._post_lock:
             if self._post is not None:
@@ -136,8 +149,12 @@ class Engine:
         image: Image.Image | None = None,
         mask: Image.Image | None = None,
         hooks: RunHooks | None = None,
+        controls: Sequence[control.UnitImages] = (),
     ) -> GenerationResult:
         """Run one generation request and return the encoded images.
+
+        ``controls`` hold each ControlNet unit's own image and mask, in unit order (a unit
+        without them uses ``image`` and ``mask``).
 
         Raises :class:`InvalidInput`/:class:`InvalidImage` for bad input (before any model
         is loaded where possible), :class:`Canceled` when ``hooks.should_cancel`` fires and
@@ -151,12 +168,31 @@ class Engine:
         task = tasks.select(inp, image=image, mask=mask)
         plan = tasks.plan(inp, task, spec)
         resolve_scheduler(inp.scheduler or "")
+        chosen = self._controlnets_of(inp, spec, controls)
         prepared, prepared_mask = self._prepare(inp, task, image, mask)
+        units = control.prepare_units(
+            chosen,
+            controls,
+            size=prepared.size if prepared is not None else (inp.width or 0, inp.height or 0),
+            image=prepared,
+            mask=prepared_mask,
+        )
         if hooks.should_cancel():
             raise Canceled("canceled before start")
         return self._generate(
-            spec, plan, [inp], hooks, started, image=prepared, mask=prepared_mask
+            spec, plan, [inp], hooks, started, image=prepared, mask=prepared_mask, units=units
         )[0]
+
+    def _controlnets_of(
+        self, inp: GenerationInput, spec: ModelSpec, given: Sequence[control.UnitImages]
+    ) -> list[control.ChosenUnit]:
+        """The request's units that take part, checked before any model loads."""
+        if not inp.controlnets:
+            return []
+        if self.controlnets is None:
+            raise InvalidInput("controlnets", "this server serves no ControlNet")
+        control.check_units_given(inp, given)
+        return control.resolve_units(inp, self.controlnets, model=spec.name, family=spec.family)
 
     def generate_batch(
         self,
@@ -231,6 +267,7 @@ class Engine:
         batched: bool = False,
         image: Image.Image | None = None,
         mask: Image.Image | None = None,
+        units: Sequence[control.PreparedUnit] = (),
     ) -> list[GenerationResult]:
         """Load the plan's pipelines, run it on one request (or ``batched``, on all of
         ``requests`` as one forward), then post-process every image."""
@@ -241,6 +278,11 @@ class Engine:
         # busy: nothing the run holds moves out of the device or idles out under it
         with _gpu_errors(), self.cache.busy():
             pipes = self._pipelines(spec, plan)
+            models = [self.controlnet_models.get(unit.spec) for unit in units]
+            if models:
+                pipes = replace(
+                    pipes, task=control.derive_controlled(pipes.task, plan.task.pipeline, models)
+                )
             loaded = time.perf_counter()
             watcher = StepWatcher(hooks, xl=getattr(pipes.task, "text_encoder_2", None) is not None)
             watcher.planned = plan.planned_steps(inp)
@@ -252,8 +294,9 @@ class Engine:
                 image=image,
                 mask=mask,
                 batch=requests if batched else (),
+                controls=tuple(units),
             )
-            with self._lora_on(pipes.base, inp, spec.lora):
+            with self._lora_on(pipes.base, inp, spec.lora), control.prompt_weighting(units, models):
                 images = self._run(plan, pipes, call, seeds)
         inferred = time.perf_counter()
         # every request's images go to the encoding threads at once, then each collects its own
@@ -263,9 +306,10 @@ class Engine:
             done = images[offset : offset + request.num_outputs]
             pending.append(self._finish_soon(done, request, spec, plan.task.name))
             offset += request.num_outputs
+        maps = self._control_maps(units, inp) if inp.return_control_maps else []
         return [
             GenerationResult(
-                images=[future.result() for future in futures],
+                images=[future.result() for future in futures] + maps,
                 seed=request.seed_for(0),
                 model=spec.name,
                 timings={
@@ -277,6 +321,31 @@ class Engine:
             )
             for request, futures in zip(requests, pending, strict=True)
         ]
+
+    @staticmethod
+    def _control_maps(
+        units: Sequence[control.PreparedUnit], inp: GenerationInput
+    ) -> list[GeneratedImage]:
+        """Each unit's control map as an extra PNG output (no watermark, no safety check:
+        it is the request's own input, preprocessed)."""
+        from sdserve.models.metadata import encode_image
+
+        maps = []
+        for unit in units:
+            picture = unit.control_map
+            text = f"control map of {unit.spec.name} (preprocessor {unit.unit.preprocessor})"
+            maps.append(
+                GeneratedImage(
+                    data=encode_image(picture, "png", text),
+                    format="png",
+                    seed=inp.seed_for(0),
+                    nsfw=False,
+                    width=picture.width,
+                    height=picture.height,
+                    parameters=text,
+                )
+            )
+        return maps
 
     def _pipelines(self, spec: ModelSpec, plan: tasks.Plan) -> _Pipelines:
         """Load (or reuse) every pipeline ``plan`` runs on, before any step runs."""

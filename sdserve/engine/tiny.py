@@ -376,6 +376,34 @@ def build_tiny_lora(
     return path
 
 
+def build_tiny_controlnet(folder: Path, base: Path, *, seed: int = 0) -> Path:
+    """Build a ControlNet for the tiny pipeline at ``base`` (SD or SDXL) under ``folder``.
+
+    ``ControlNetModel.from_unet`` copies the base UNet's encoder; its conditioning embedding
+    downsamples once, as the tiny VAE does (two blocks), so the control map lines up with the
+    latents. The zero convolutions a fresh ControlNet starts with would make it do nothing:
+    they get small random weights, so a control map visibly steers the image.
+    """
+    import torch
+    from diffusers import ControlNetModel, UNet2DConditionModel
+
+    unet = UNet2DConditionModel.from_pretrained(base, subfolder="unet", use_safetensors=True)
+    torch.manual_seed(seed)
+    controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(16, 32))
+    zero_initialised = [
+        *controlnet.controlnet_down_blocks,
+        controlnet.controlnet_mid_block,
+        controlnet.controlnet_cond_embedding.conv_out,
+    ]
+    with torch.no_grad():
+        for layer in zero_initialised:
+            layer.weight.normal_(0.0, 0.05)
+            if layer.bias is not None:
+                layer.bias.zero_()
+    controlnet.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
 #: Demo model name → builder; the served names are ``sdserve/<name>``.
 DEMO_BUILDERS: dict[str, Callable[[Path], Path]] = {
     "tiny-sd": build_tiny_sd,
@@ -385,13 +413,20 @@ DEMO_BUILDERS: dict[str, Callable[[Path], Path]] = {
     "tiny-safety-checker": build_tiny_safety_checker,
 }
 DEMO_LORA = "tiny-style"
+#: Demo ControlNet name → the demo model it is built for (its type is in its name).
+DEMO_CONTROLNETS: dict[str, str] = {
+    "tiny-sd-canny": "tiny-sd",
+    "tiny-sd-scribble": "tiny-sd",
+    "tiny-sdxl-canny": "tiny-sdxl",
+}
 
 
 def build_demo_models(data_dir: Path) -> dict[str, Path]:
     """Build the offline demo set under ``data_dir/models`` (skipping what exists).
 
-    Returns name → path for the tiny models and the demo LoRA
-    (``data_dir/loras/tiny-style.safetensors``, made for ``tiny-sd``).
+    Returns name → path for the tiny models, the demo LoRA
+    (``data_dir/loras/tiny-style.safetensors``, made for ``tiny-sd``) and the demo
+    ControlNets (``data_dir/controlnets/<name>``).
     """
     models_dir = data_dir / "models"
     built: dict[str, Path] = {}
@@ -406,4 +441,9 @@ def build_demo_models(data_dir: Path) -> dict[str, Path]:
     if not lora.is_file():
         build_tiny_lora(lora, built["tiny-sd"])
     built[DEMO_LORA] = lora
+    for index, (name, base) in enumerate(DEMO_CONTROLNETS.items()):
+        folder = data_dir / "controlnets" / name
+        if not (folder / "config.json").is_file():
+            build_tiny_controlnet(folder, built[base], seed=index)
+        built[name] = folder
     return built

@@ -11,11 +11,20 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from sdserve.domain.controls import (
+    AUTO,
+    CONTROL_TYPES,
+    DEFAULT_CONDITIONING_SCALE,
+    FLAT_UNITS,
+    NO_PREPROCESSOR,
+)
 from sdserve.domain.inputs import FamilyDefaults, GenerationInput, InputLimits
 from sdserve.domain.training import check_destination, check_trainable
-from sdserve.errors import Conflict, ModelNotFound
+from sdserve.errors import Conflict, InvalidInput, ModelNotFound
 from sdserve.jobs.contract import ServedModel
 from sdserve.jobs.store import utcnow
+from sdserve.models.controlnet import preprocessors
+from sdserve.models.controlnet.catalog import ControlNetCatalog
 
 
 class RegistryLike(Protocol):
@@ -38,11 +47,15 @@ class TrainedNames(Protocol):
     def check_owner(self, destination: str) -> None: ...
 
 
-def input_schema(defaults: FamilyDefaults, limits: InputLimits) -> dict[str, Any]:
+def input_schema(
+    defaults: FamilyDefaults, limits: InputLimits, controlnets: list[str] | None = None
+) -> dict[str, Any]:
     """JSON schema of :class:`GenerationInput` with a family's defaults and the limits.
 
     ``anyOf [T, null]`` is flattened to ``T`` (with the family default), as cog schemas
     have it, and ``x-order`` keeps the canonical field order for form builders.
+    ``controlnets``: the ControlNets fitting the model; with some, the ControlNet inputs are
+    shown (Replicate's flat ``controlnet_N*`` ones too), without any they are left out.
     """
     schema = GenerationInput.model_json_schema()
     properties: dict[str, Any] = schema.get("properties", {})
@@ -80,9 +93,54 @@ def input_schema(defaults: FamilyDefaults, limits: InputLimits) -> dict[str, Any
     for name in ("image", "mask"):
         if name in properties:
             properties[name]["format"] = "uri"
+    if controlnets and limits.max_controlnets:
+        _add_flat_controlnets(properties, controlnets, min(FLAT_UNITS, limits.max_controlnets))
+        properties["controlnets"]["maxItems"] = limits.max_controlnets
+    else:
+        properties.pop("controlnets", None)
+        properties.pop("return_control_maps", None)
+        schema.get("$defs", {}).pop("ControlUnit", None)
     schema["title"] = "Input"
     schema.pop("additionalProperties", None)
     return schema
+
+
+def _add_flat_controlnets(properties: dict[str, Any], choices: list[str], units: int) -> None:
+    """Replicate's flat inputs of ``units`` units, choosing among ``choices`` (served
+    ControlNets and the control types they have); they fold into ``controlnets``."""
+    order = len(properties)
+    for number in range(1, units + 1):
+        name = f"controlnet_{number}"
+        fields: dict[str, dict[str, Any]] = {
+            name: {
+                "type": "string",
+                "enum": ["none", *choices],
+                "default": "none",
+                "description": "a served ControlNet, or a control type picking one",
+            },
+            f"{name}_image": {
+                "type": "string",
+                "format": "uri",
+                "description": "its control image; none = the input image",
+            },
+            f"{name}_conditioning_scale": {
+                "type": "number",
+                "minimum": 0,
+                "maximum": 2,
+                "default": DEFAULT_CONDITIONING_SCALE,
+                "description": "how strongly it steers the image",
+            },
+            f"{name}_start": {"type": "number", "minimum": 0, "maximum": 1, "default": 0},
+            f"{name}_end": {"type": "number", "minimum": 0, "maximum": 1, "default": 1},
+            f"{name}_preprocess": {
+                "type": "boolean",
+                "default": True,
+                "description": "turn the image into the ControlNet's map (false: it is one)",
+            },
+        }
+        for key, prop in fields.items():
+            properties[key] = {**prop, "title": key.replace("_", " ").title(), "x-order": order}
+            order += 1
 
 
 class ServedModels:
@@ -95,10 +153,12 @@ class ServedModels:
         *,
         refresh: Callable[[], object] | None = None,
         trained: TrainedNames | None = None,
+        controlnets: ControlNetCatalog | None = None,
     ) -> None:
         self.registry = registry
         self.limits = limits
         self.trained = trained
+        self.controlnets = controlnets
         # models another process may have added (fine-tuned models published by a worker)
         self._refresh = refresh or (lambda: None)
         self._started_at = utcnow()
@@ -161,6 +221,28 @@ class ServedModels:
             self.trained.check_owner(destination)
         return destination
 
+    def check_controls(self, spec: Any, inp: GenerationInput) -> None:
+        """Refuse units whose ControlNet is unknown or of another family than ``spec``, or
+        whose preprocessor does not exist, naming the unit's field (422)."""
+        for index, unit in enumerate(inp.controlnets):
+            field = f"controlnets.{index}"
+            if self.controlnets is None:
+                raise InvalidInput(f"{field}.model", "this server serves no ControlNet")
+            self.controlnets.resolve(
+                unit.model, model=spec.name, family=spec.family, field=f"{field}.model"
+            )
+            if unit.preprocessor not in (AUTO, NO_PREPROCESSOR):
+                preprocessors.get(unit.preprocessor, field=f"{field}.preprocessor")
+
+    def controlnet_choices(self, family: str) -> list[str]:
+        """What a unit of a ``family`` model may name: the fitting ControlNets, then the
+        control types among them."""
+        if self.controlnets is None:
+            return []
+        fitting = [spec for spec in self.controlnets.all() if spec.fits(family)]
+        kinds = [kind for kind in CONTROL_TYPES if any(s.control_type == kind for s in fitting)]
+        return [spec.name for spec in fitting] + kinds
+
     def _served(self, spec: Any) -> ServedModel:
         return ServedModel(
             name=spec.name,
@@ -169,5 +251,7 @@ class ServedModels:
             description=getattr(spec, "description", None)
             or f"{spec.family} model served from {spec.reference}",
             created_at=getattr(spec, "created_at", None) or self._started_at,
-            input_schema=input_schema(spec.defaults, self.limits),
+            input_schema=input_schema(
+                spec.defaults, self.limits, self.controlnet_choices(spec.family)
+            ),
         )

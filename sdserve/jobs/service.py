@@ -293,6 +293,7 @@ class Service:
             parsed.check_a_step_runs(spec.defaults)  # with the steps the model would run
             if getattr(spec, "refiner", None):
                 parsed.check_refiner_runs_a_step(spec.defaults)
+            self.served.check_controls(spec, parsed)
             destination = None
         # the served model whose workers run it: a fine-tuned model's base
         runs_on = routing_model(spec, self.served.specs())
@@ -350,8 +351,11 @@ class Service:
     def _check_images(self, inp: GenerationInput) -> None:
         """Decode an image and mask given inline or as uploads now, so bad bytes are a
         client error naming the field; the worker checks those it fetches from URLs."""
-        for field in ("image", "mask"):
-            reference = getattr(inp, field)
+        references = [(field, getattr(inp, field)) for field in ("image", "mask")]
+        for index, unit in enumerate(inp.controlnets):
+            references += [(f"controlnets.{index}.image", unit.image)]
+            references += [(f"controlnets.{index}.mask", unit.mask)]
+        for field, reference in references:
             if reference is None:
                 continue
             try:

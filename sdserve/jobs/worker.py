@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -55,7 +55,7 @@ from sdserve.jobs.store import (
     failure_columns,
     utcnow,
 )
-from sdserve.models.results import GenerationResult, RunHooks
+from sdserve.models.results import GenerationResult, RunHooks, UnitImages
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -91,6 +91,7 @@ class Predictor(Protocol):
         image: Image | None,
         mask: Image | None,
         hooks: RunHooks,
+        controls: Sequence[UnitImages] = (),
     ) -> GenerationResult: ...
 
 
@@ -362,6 +363,7 @@ class JobRunner:
             image = decode_image(self.fetcher.fetch(inp.image, "image"), "image", max_pixels=pixels)
         if inp.mask is not None:
             mask = decode_image(self.fetcher.fetch(inp.mask, "mask"), "mask", max_pixels=pixels)
+        controls = [self._unit_images(inp, index) for index in range(len(inp.controlnets))]
         if tracker.should_cancel():
             raise Canceled("canceled before the generation started")
         hooks = RunHooks(
@@ -373,9 +375,22 @@ class JobRunner:
             preview_interval_s=PROGRESS_WRITE_INTERVAL_S,
         )
         result = self.predictor.generate(
-            inp, model=record.model, image=image, mask=mask, hooks=hooks
+            inp, model=record.model, image=image, mask=mask, hooks=hooks, controls=controls
         )
         return self.succeed(record.id, result, tracker, started)
+
+    def _unit_images(self, inp: GenerationInput, index: int) -> UnitImages:
+        """ControlNet unit ``index``'s own image and mask, fetched like the request's."""
+        unit = inp.controlnets[index]
+        pixels = self.limits.max_input_pixels
+        found: dict[str, Image] = {}
+        for name in ("image", "mask"):
+            reference = getattr(unit, name)
+            if reference is not None:
+                field = f"controlnets.{index}.{name}"
+                data = self.fetcher.fetch(reference, field)
+                found[name] = decode_image(data, field, max_pixels=pixels)
+        return UnitImages(**found)
 
     def succeed(
         self, job_id: str, result: GenerationResult, tracker: RunTracker, started: float

@@ -44,6 +44,15 @@ class RunHooks:
 
 
 @dataclass(frozen=True)
+class UnitImages:
+    """What the worker fetched for one ControlNet unit: its own image and mask (None: not
+    given; the unit then uses the request's)."""
+
+    image: Image | None = None
+    mask: Image | None = None
+
+
+@dataclass(frozen=True)
 class GeneratedImage:
     """One encoded output image and what reproduces it."""
 

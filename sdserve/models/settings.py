@@ -74,6 +74,18 @@ class EngineSettings(BaseModel):
     )
     lora_dir: Path | None = Field(default=None, description="folder of named LoRA files")
     lora_cache_size: int = Field(default=8, ge=0, description="LoRA state dicts kept in memory")
+    controlnet_dir: Path | None = Field(
+        default=None,
+        description="folder of ControlNets (diffusers folders or .safetensors files); "
+        "None = <data dir>/controlnets",
+    )
+    controlnets: list[str] = Field(
+        default_factory=list,
+        description="more ControlNets to serve: hub ids, folders or .safetensors files",
+    )
+    controlnet_cache_size: int = Field(
+        default=4, ge=1, description="ControlNets kept loaded (least recently used go first)"
+    )
     safety_checker: str | None = Field(
         default=None,
         description="safety checker model (hub id or folder); None disables the check",

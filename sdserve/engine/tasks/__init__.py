@@ -118,6 +118,9 @@ class TaskCall:
     mask: Image | None = None
     refiner: Pipeline | None = None
     batch: Sequence[GenerationInput] = ()
+    #: the ControlNet units that take part (``engine.controlnets.PreparedUnit``); the task's
+    #: pipeline is then their ControlNet variant
+    controls: Sequence[Any] = ()
 
     def given(self, name: Literal["image", "mask"]) -> Image:
         """The prepared image or mask (the registry selects a task needing one only with it)."""
@@ -145,6 +148,17 @@ def prompt_kwargs(pipe: Pipeline, call: TaskCall) -> dict[str, Any]:
         "negative_prompt": negatives if any(negatives) else None,
         "num_images_per_prompt": 1,
     }
+
+
+def control_kwargs(call: TaskCall, *, image_key: str) -> dict[str, Any]:
+    """The ControlNet arguments of the call's units (none without units). ``image_key`` is
+    where the pipeline takes the control maps: ``image`` from text, ``control_image`` when
+    ``image`` is the image to re-draw."""
+    if not call.controls:
+        return {}
+    from sdserve.engine.controlnets import control_kwargs as units_kwargs
+
+    return units_kwargs(call.controls, image_key=image_key)
 
 
 def common_kwargs(call: TaskCall, *, steps: int | None = None) -> dict[str, Any]:

@@ -8,7 +8,13 @@ from __future__ import annotations
 
 from PIL.Image import Image
 
-from sdserve.engine.tasks import Pipeline, TaskCall, common_kwargs, prompt_kwargs
+from sdserve.engine.tasks import (
+    Pipeline,
+    TaskCall,
+    common_kwargs,
+    control_kwargs,
+    prompt_kwargs,
+)
 
 
 def run(pipe: Pipeline, call: TaskCall) -> list[Image]:
@@ -23,5 +29,6 @@ def run(pipe: Pipeline, call: TaskCall) -> list[Image]:
         strength=call.inp.prompt_strength,
         output_type="pil",
         **common_kwargs(call),
+        **control_kwargs(call, image_key="control_image"),
     )
     return list(result.images)

@@ -8,7 +8,13 @@ from __future__ import annotations
 
 from PIL.Image import Image
 
-from sdserve.engine.tasks import Pipeline, TaskCall, common_kwargs, prompt_kwargs
+from sdserve.engine.tasks import (
+    Pipeline,
+    TaskCall,
+    common_kwargs,
+    control_kwargs,
+    prompt_kwargs,
+)
 
 
 def run(pipe: Pipeline, call: TaskCall) -> list[Image]:
@@ -20,5 +26,6 @@ def run(pipe: Pipeline, call: TaskCall) -> list[Image]:
         height=inp.height,
         output_type="pil",
         **common_kwargs(call),
+        **control_kwargs(call, image_key="image"),
     )
     return list(result.images)

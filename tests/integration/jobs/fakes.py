@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from PIL import Image
@@ -25,7 +26,7 @@ from sdserve.errors import (
     ModelNotFound,
     StorageFull,
 )
-from sdserve.models.results import GeneratedImage, GenerationResult, RunHooks
+from sdserve.models.results import GeneratedImage, GenerationResult, RunHooks, UnitImages
 
 FAILURES = {
     "insufficient_gpu_memory": InsufficientGpuMemory("CUDA out of memory (tried 2 GiB)"),
@@ -92,6 +93,7 @@ class FakePredictor:
         image: Image.Image | None,
         mask: Image.Image | None,
         hooks: RunHooks,
+        controls: Sequence[UnitImages] = (),
     ) -> GenerationResult:
         self.calls.append(inp)
         self.images_seen.append((image, mask))

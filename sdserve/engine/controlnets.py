@@ -1,0 +1,314 @@
+"""ControlNet at request time: the units' ControlNets, their control maps, their pipeline.
+
+A request's units (:class:`~sdserve.domain.controls.ControlUnit`) are prepared before any
+step runs: each names a served ControlNet (``models.controlnet.catalog``), its control image
+becomes a map (a built-in preprocessor, ``models.controlnet.preprocessors``, unless the
+image is a map already) fitted to the output size by the unit's ``resize_mode``. A unit of
+weight 0 is dropped, so it gives exactly the image without it.
+
+The task's pipeline is derived from the loaded one with ``from_pipe(..., controlnet=...)``:
+the same UNet, VAE and text encoders (LoRA included), no second copy. Loaded ControlNets
+stay in a small LRU (:class:`ControlNetModels`) on the engine's device.
+
+``control_mode`` follows A1111's three modes: ``balanced`` is the plain ControlNet call;
+``controlnet`` is diffusers' guess mode (the control acts on the conditional half of
+classifier-free guidance only, its residuals weighted from 0.1 at the top block to 1 at the
+middle); ``prompt`` applies that same per-block weighting to both halves, so the prompt keeps
+more say.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from sdserve.domain.controls import AUTO, ControlUnit
+from sdserve.domain.inputs import GenerationInput
+from sdserve.engine import images as prep
+from sdserve.engine.tasks import Pipeline
+from sdserve.engine.tasks.pipelines import PipelineKind
+from sdserve.errors import InvalidImage, InvalidInput, ModelLoadError
+from sdserve.models.controlnet import preprocessors
+from sdserve.models.controlnet.catalog import ControlNetCatalog, ControlNetSpec
+from sdserve.models.references import SINGLE_FILE_CONFIG_SUFFIX
+from sdserve.models.results import UnitImages
+
+log = logging.getLogger(__name__)
+
+#: Bundled ``config.json`` of each family's ControlNet, for single files without their own.
+CONFIGS = Path(__file__).parent / "configs"
+
+
+@dataclass(frozen=True)
+class PreparedUnit:
+    """One unit ready to run: its ControlNet, the map at the output size, and what the
+    pipeline gets for it (the map, or for an inpaint ControlNet a tensor with the masked
+    pixels at -1)."""
+
+    unit: ControlUnit
+    spec: ControlNetSpec
+    control_map: Image.Image
+    condition: Image.Image | torch.Tensor
+
+
+@dataclass(frozen=True)
+class ChosenUnit:
+    """A unit that takes part: its place in the request and its ControlNet."""
+
+    index: int
+    unit: ControlUnit
+    spec: ControlNetSpec
+
+
+def resolve_units(
+    inp: GenerationInput, catalog: ControlNetCatalog, *, model: str, family: str
+) -> list[ChosenUnit]:
+    """The units that take part (weight above 0) with their ControlNets; raises
+    :class:`InvalidInput` naming the unit's field for an unknown or unfitting ControlNet or
+    preprocessor. Cheap: no image is read, no weight loaded."""
+    chosen = []
+    for index, unit in enumerate(inp.controlnets):
+        spec = catalog.resolve(
+            unit.model, model=model, family=family, field=f"controlnets.{index}.model"
+        )
+        if unit.preprocessor not in (AUTO, "none"):
+            preprocessors.get(unit.preprocessor, field=f"controlnets.{index}.preprocessor")
+        if unit.conditioning_scale > 0:
+            chosen.append(ChosenUnit(index, unit, spec))
+    return chosen
+
+
+def prepare_units(
+    chosen: Sequence[ChosenUnit],
+    given: Sequence[UnitImages],
+    *,
+    size: tuple[int, int],
+    image: Image.Image | None,
+    mask: Image.Image | None,
+) -> list[PreparedUnit]:
+    """Each unit's control map at ``size`` (``width, height``). A unit without an image of
+    its own uses the request's ``image`` (and ``mask``), as A1111 does in img2img."""
+    prepared = []
+    for choice in chosen:
+        index, unit, spec = choice.index, choice.unit, choice.spec
+        images = given[index] if index < len(given) else UnitImages()
+        source = images.image if images.image is not None else image
+        if source is None:
+            raise InvalidImage(f"controlnets.{index}.image", "was not given to the engine")
+        unit_mask = images.mask if images.mask is not None else mask
+        control_map = _control_map(unit, spec, prep.to_rgb(source), unit_mask, size, index)
+        condition: Image.Image | torch.Tensor = control_map
+        if spec.control_type == "inpaint":
+            condition = _inpaint_condition(control_map, unit_mask, size)
+        prepared.append(PreparedUnit(unit, spec, control_map, condition))
+    return prepared
+
+
+def _control_map(
+    unit: ControlUnit,
+    spec: ControlNetSpec,
+    source: Image.Image,
+    mask: Image.Image | None,
+    size: tuple[int, int],
+    index: int,
+) -> Image.Image:
+    name = unit.preprocessor
+    if name == AUTO:
+        name = preprocessors.default_for(spec.control_type) or "none"
+    if name != "none":
+        source = preprocessors.detect(
+            name,
+            source,
+            resolution=unit.processor_res,
+            threshold_a=unit.threshold_a,
+            threshold_b=unit.threshold_b,
+            mask=mask,
+            pixel_perfect_size=size if unit.pixel_perfect else None,
+        )
+    return fit_to(source.convert("RGB"), size, unit.resize_mode)
+
+
+def fit_to(image: Image.Image, size: tuple[int, int], mode: str) -> Image.Image:
+    """``image`` at ``size`` by A1111's resize modes: ``just_resize`` stretches,
+    ``crop_and_resize`` covers then crops the centre, ``resize_and_fill`` fits inside and
+    pads with black (no edge, no structure) around it."""
+    if image.size == size:
+        return image
+    width, height = size
+    if mode == "just_resize":
+        return image.resize(size, Image.Resampling.LANCZOS)
+    cover = mode == "crop_and_resize"
+    pick = max if cover else min
+    scale = pick(width / image.width, height / image.height)
+    scaled = image.resize(
+        (max(1, round(image.width * scale)), max(1, round(image.height * scale))),
+        Image.Resampling.LANCZOS,
+    )
+    canvas = Image.new("RGB", size)
+    canvas.paste(scaled, ((width - scaled.width) // 2, (height - scaled.height) // 2))
+    return canvas
+
+
+def _inpaint_condition(
+    control_map: Image.Image, mask: Image.Image | None, size: tuple[int, int]
+) -> torch.Tensor:
+    """The inpaint ControlNet's input: the image in [0, 1] with the masked pixels at -1."""
+    pixels = np.asarray(control_map.convert("RGB"), dtype=np.float32) / 255.0
+    if mask is not None:
+        masked = np.asarray(prep.prepare_mask(mask, size), dtype=np.float32) > 127.5
+        pixels[masked] = -1.0
+    return torch.from_numpy(pixels).permute(2, 0, 1).unsqueeze(0)
+
+
+def control_kwargs(units: Sequence[PreparedUnit], *, image_key: str) -> dict[str, Any]:
+    """The pipeline arguments of the units (one unit: scalars; several: lists)."""
+    if not units:
+        return {}
+
+    def one_or_all(values: list[Any]) -> Any:
+        return values[0] if len(values) == 1 else values
+
+    return {
+        image_key: one_or_all([unit.condition for unit in units]),
+        "controlnet_conditioning_scale": one_or_all(
+            [float(unit.unit.conditioning_scale) for unit in units]
+        ),
+        "control_guidance_start": one_or_all([float(unit.unit.start) for unit in units]),
+        "control_guidance_end": one_or_all([float(unit.unit.end) for unit in units]),
+        # diffusers takes one guess mode for all units: any unit asking for it sets it
+        "guess_mode": any(unit.unit.control_mode == "controlnet" for unit in units),
+    }
+
+
+def derive_controlled(pipe: Pipeline, kind: PipelineKind, models: Sequence[Any]) -> Pipeline:
+    """``pipe`` (a task's pipeline) as its ControlNet variant with ``models``: the same
+    modules (``from_pipe`` copies no weights); several models make a Multi-ControlNet."""
+    controlnet: Any = models[0] if len(models) == 1 else list(models)
+    return kind.auto.from_pipe(pipe, controlnet=controlnet)
+
+
+@contextmanager
+def prompt_weighting(units: Sequence[PreparedUnit], models: Sequence[Any]) -> Iterator[None]:
+    """For units in ``prompt`` mode: their residuals weighted per block, from 0.1 at the
+    first down block to 1 at the middle block, in both halves of guidance (a forward hook
+    on the unit's ControlNet, removed when the call ends)."""
+    with ExitStack() as stack:
+        for unit, model in zip(units, models, strict=True):
+            if unit.unit.control_mode == "prompt":
+                handle = model.register_forward_hook(_weight_per_block)
+                stack.callback(handle.remove)
+        yield
+
+
+def _weight_per_block(module: Any, args: Any, output: Any) -> Any:
+    down, mid = output[0], output[1]
+    weights = torch.logspace(-1, 0, len(down) + 1).tolist()
+    weighted_down = [sample * weight for sample, weight in zip(down, weights, strict=False)]
+    weighted_mid = mid * weights[-1]
+    if isinstance(output, tuple):
+        return (weighted_down, weighted_mid, *output[2:])
+    output.down_block_res_samples = weighted_down
+    output.mid_block_res_sample = weighted_mid
+    return output
+
+
+class ControlNetModels:
+    """Loaded ControlNets, least recently used dropped beyond ``max_loaded``."""
+
+    def __init__(
+        self,
+        *,
+        device: str,
+        dtype: torch.dtype,
+        max_loaded: int = 4,
+        offline: bool = False,
+        cache_dir: Path | None = None,
+    ) -> None:
+        self.device = device
+        self.dtype = dtype
+        self.max_loaded = max(1, max_loaded)
+        self.offline = offline
+        self.cache_dir = cache_dir
+        self.loads = 0
+        self._loaded: OrderedDict[str, Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, spec: ControlNetSpec) -> Any:
+        """The ``ControlNetModel`` of ``spec`` on the engine's device, loaded once."""
+        key = f"{spec.reference}@{spec.short_hash}"
+        with self._lock:
+            if key in self._loaded:
+                self._loaded.move_to_end(key)
+                return self._loaded[key]
+            model = self._load(spec)
+            self._loaded[key] = model
+            while len(self._loaded) > self.max_loaded:
+                self._loaded.popitem(last=False)
+            return model
+
+    def clear(self) -> None:
+        with self._lock:
+            self._loaded.clear()
+
+    def _load(self, spec: ControlNetSpec) -> Any:
+        from diffusers import ControlNetModel
+
+        self.loads += 1
+        try:
+            if spec.single_file:
+                path = Path(spec.reference)
+                own = path.with_name(path.stem + SINGLE_FILE_CONFIG_SUFFIX)
+                config = (
+                    own
+                    if (own / "config.json").is_file()
+                    else CONFIGS / (f"controlnet-{spec.family}")
+                )
+                model = ControlNetModel.from_single_file(
+                    str(path), config=str(config), torch_dtype=self.dtype
+                )
+            else:
+                model = ControlNetModel.from_pretrained(
+                    spec.reference,
+                    torch_dtype=self.dtype,
+                    use_safetensors=True,
+                    local_files_only=self.offline,
+                    cache_dir=self.cache_dir,
+                )
+        except (OSError, ValueError) as exc:
+            raise ModelLoadError(f"cannot load ControlNet {spec.name}: {exc}") from exc
+        log.info("loaded ControlNet %s (%s)", spec.name, spec.family)
+        return model.to(self.device).eval()
+
+
+def check_units_given(inp: GenerationInput, given: Sequence[UnitImages]) -> None:
+    """Every unit's own image and mask were handed over where the input references them."""
+    if len(given) != len(inp.controlnets):
+        raise InvalidInput("controlnets", "the engine was not given every unit's images")
+    for index, (unit, images) in enumerate(zip(inp.controlnets, given, strict=True)):
+        if unit.image is not None and images.image is None:
+            raise InvalidImage(f"controlnets.{index}.image", "was referenced but not given")
+
+
+__all__ = [
+    "ChosenUnit",
+    "ControlNetModels",
+    "PreparedUnit",
+    "UnitImages",
+    "check_units_given",
+    "control_kwargs",
+    "derive_controlled",
+    "fit_to",
+    "prepare_units",
+    "prompt_weighting",
+    "resolve_units",
+]

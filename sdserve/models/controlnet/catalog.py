@@ -1,0 +1,241 @@
+"""The served ControlNets: where their weights are, the base family each fits, its type.
+
+ControlNets come from the ControlNet folder (a diffusers folder with ``config.json``, or a
+single ``.safetensors`` file) and from references the operator names (``--controlnet``: a
+hub id, a folder or a file). Pickle formats are refused as everywhere else. Detection reads
+``config.json`` or the safetensors header, never weights, so the API process lists and
+checks ControlNets without torch; the engine loads them (``engine.controlnets``).
+
+A request names a unit's ControlNet by its served name (A1111's ``name [hash]`` too) or by a
+control type (``canny``), which picks the first served ControlNet of that type fitting the
+model's family. A ControlNet of another family is a 4xx naming both.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from sdserve.domain.controls import CONTROL_TYPES, control_type_of
+from sdserve.errors import InvalidInput, ModelLoadError
+from sdserve.models.references import (
+    SAFETENSORS_SUFFIX,
+    SINGLE_FILE_CONFIG_SUFFIX,
+    check_weights_format,
+    is_hub_id,
+    read_safetensors_header,
+)
+
+ControlNetFamily = Literal["sd1", "sd2", "sdxl"]
+#: The model families each ControlNet family steers (turbo models share their base's UNet).
+FITS: dict[str, frozenset[str]] = {
+    "sd1": frozenset({"sd1"}),
+    "sd2": frozenset({"sd2", "sd-turbo"}),
+    "sdxl": frozenset({"sdxl", "sdxl-turbo"}),
+}
+#: Names of the weights file in a diffusers ControlNet folder, preferred first.
+FOLDER_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.fp16.safetensors")
+_TITLE = re.compile(r"^(?P<name>.+?) \[[0-9a-fA-F]{8,}\]$")
+
+
+@dataclass(frozen=True)
+class ControlNetSpec:
+    """One served ControlNet.
+
+    ``reference``: what the engine loads (a folder, a ``.safetensors`` file or a hub id).
+    ``short_hash``: 8 hex digits identifying the weights, as A1111 shows them in titles.
+    """
+
+    name: str
+    reference: str
+    family: ControlNetFamily
+    control_type: str | None
+    short_hash: str
+
+    @property
+    def title(self) -> str:
+        """The name as A1111's ControlNet extension lists it: ``name [hash]``."""
+        return f"{self.name} [{self.short_hash}]"
+
+    @property
+    def single_file(self) -> bool:
+        return self.reference.endswith(SAFETENSORS_SUFFIX)
+
+    def fits(self, model_family: str) -> bool:
+        return model_family in FITS[self.family]
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def family_from_config(config: dict[str, Any]) -> ControlNetFamily:
+    """A diffusers ``ControlNetModel`` config's family: SDXL adds text-time embeddings,
+    SD 2 attends to 1024-wide OpenCLIP states, SD 1 to 768-wide CLIP ones."""
+    if config.get("addition_embed_type") == "text_time":
+        return "sdxl"
+    width = config.get("cross_attention_dim")
+    return "sd2" if width == 1024 else "sd1"
+
+
+def family_from_header(header: dict[str, Any], path: Path) -> ControlNetFamily:
+    """A single-file ControlNet's family from its key names and shapes (original
+    ``control_model.*`` keys or diffusers keys)."""
+    keys = header.keys()
+    if not any(
+        key.startswith(("control_model.", "controlnet_", "down_blocks.", "input_hint_block"))
+        for key in keys
+    ):
+        raise ModelLoadError(f"{path}: no ControlNet weights (control_model.* or controlnet_*)")
+    if any("label_emb" in key or key.startswith("add_embedding.") for key in keys):
+        return "sdxl"
+    for key, entry in header.items():
+        if key.endswith("attn2.to_k.weight") and isinstance(entry, dict):
+            shape = entry.get("shape")
+            if isinstance(shape, list) and len(shape) == 2:
+                return "sd2" if shape[1] == 1024 else "sd1"
+    return "sd1"
+
+
+def short_hash(path: Path) -> str:
+    """8 hex digits of the SHA-256 of 64 KiB read at 1 MiB into the file (from its start
+    when it is smaller): A1111's quick model hash, cheap for multi-GB files."""
+    with path.open("rb") as handle:
+        handle.seek(0x100000)
+        chunk = handle.read(0x10000)
+        if not chunk:
+            handle.seek(0)
+            chunk = handle.read(0x10000)
+    return hashlib.sha256(chunk).hexdigest()[:8]
+
+
+def inspect_controlnet(reference: str, *, name: str | None = None) -> ControlNetSpec:
+    """The spec of one ControlNet reference (a folder, a ``.safetensors`` file or a hub id)."""
+    check_weights_format(reference)
+    path = Path(reference).expanduser()
+    if path.is_dir():
+        config = _read_json(path / "config.json")
+        if config is None:
+            raise ModelLoadError(f"{path}: no config.json; not a diffusers ControlNet folder")
+        weights = next((path / file for file in FOLDER_WEIGHTS if (path / file).is_file()), None)
+        if weights is None:
+            raise ModelLoadError(f"{path}: no {FOLDER_WEIGHTS[0]} (only .safetensors is loaded)")
+        family = family_from_config(config)
+        digest = short_hash(weights)
+        served = name or path.name
+    elif path.is_file():
+        if path.suffix != SAFETENSORS_SUFFIX:
+            raise ModelLoadError(f"{path}: a ControlNet file must be .safetensors")
+        sidecar = _read_json(path.with_name(path.stem + SINGLE_FILE_CONFIG_SUFFIX) / "config.json")
+        header = read_safetensors_header(path)
+        family = family_from_config(sidecar) if sidecar else family_from_header(header, path)
+        digest = short_hash(path)
+        served = name or path.stem
+    elif is_hub_id(reference):
+        family = "sdxl" if "xl" in reference.lower() else "sd1"
+        if re.search(r"(sd-?2|sd21|v2-)", reference.lower()):
+            family = "sd2"
+        digest = hashlib.sha256(reference.encode()).hexdigest()[:8]
+        served = name or reference
+    else:
+        raise ModelLoadError(f"ControlNet {reference!r} is neither a hub id nor a local path")
+    return ControlNetSpec(
+        name=served,
+        reference=str(path) if not is_hub_id(reference) else reference,
+        family=family,
+        control_type=control_type_of(served),
+        short_hash=digest,
+    )
+
+
+class ControlNetCatalog:
+    """The ControlNets in ``folder`` (read again when it changes) and those ``references``
+    name. Thread-safe; cheap to ask (a folder scan only when its contents changed)."""
+
+    def __init__(self, folder: Path | None, references: Iterable[str] = ()) -> None:
+        self.folder = folder
+        self._named = [inspect_controlnet(reference) for reference in references]
+        self._scanned: tuple[object, list[ControlNetSpec]] | None = None
+        self._lock = threading.Lock()
+
+    def all(self) -> list[ControlNetSpec]:
+        """Every served ControlNet: the named ones first, then the folder's by name."""
+        return [*self._named, *self._in_folder()]
+
+    def _in_folder(self) -> list[ControlNetSpec]:
+        folder = self.folder
+        if folder is None or not folder.is_dir():
+            return []
+        entries = sorted(folder.iterdir())
+        stamp = tuple((entry.name, entry.stat().st_mtime_ns) for entry in entries)
+        with self._lock:
+            if self._scanned is not None and self._scanned[0] == stamp:
+                return self._scanned[1]
+        found = []
+        for entry in entries:
+            served = entry.is_dir() and (entry / "config.json").is_file()
+            if served or entry.suffix == SAFETENSORS_SUFFIX:
+                try:
+                    found.append(inspect_controlnet(str(entry)))
+                except ModelLoadError:
+                    continue  # not a ControlNet (a stray file): not listed
+        with self._lock:
+            self._scanned = (stamp, found)
+        return found
+
+    def resolve(self, reference: str, *, model: str, family: str, field: str) -> ControlNetSpec:
+        """The ControlNet a unit names for ``model`` of ``family``: a served name (or
+        A1111's ``name [hash]`` title) or a control type. Raises :class:`InvalidInput`
+        naming ``field``: unknown, of another family, or no served one of that type."""
+        wanted = reference.strip()
+        titled = _TITLE.match(wanted)
+        served = self.all()
+        by_name = {spec.name.lower(): spec for spec in served}
+        spec = by_name.get((titled.group("name") if titled else wanted).lower())
+        fitting = [spec.name for spec in served if spec.fits(family)]
+        if spec is not None:
+            if not spec.fits(family):
+                raise InvalidInput(
+                    field,
+                    f"ControlNet {spec.name} is for {spec.family} models and model {model} "
+                    f"is {family}",
+                    allowed=fitting,
+                )
+            return spec
+        kind = wanted.lower()
+        if kind in CONTROL_TYPES:
+            for candidate in served:
+                if candidate.control_type == kind and candidate.fits(family):
+                    return candidate
+            raise InvalidInput(
+                field,
+                f"no served {kind} ControlNet fits model {model} ({family})",
+                allowed=fitting,
+            )
+        raise InvalidInput(
+            field,
+            f"unknown ControlNet {wanted!r}; name a served one or a control type",
+            allowed=fitting + sorted(CONTROL_TYPES),
+        )
+
+
+__all__ = [
+    "FITS",
+    "ControlNetCatalog",
+    "ControlNetFamily",
+    "ControlNetSpec",
+    "family_from_config",
+    "family_from_header",
+    "inspect_controlnet",
+    "short_hash",
+]

@@ -1,0 +1,244 @@
+"""ControlNet through the engine: the same pixels as plain diffusers, several units at once,
+weight 0 as no unit, and the refusals a user gets before anything loads."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from diffusers import (
+    ControlNetModel,
+    EulerDiscreteScheduler,
+    StableDiffusionControlNetImg2ImgPipeline,
+    StableDiffusionControlNetPipeline,
+    StableDiffusionXLControlNetPipeline,
+)
+from PIL import Image
+
+from sdserve.domain.inputs import GenerationInput
+from sdserve.engine.engine import Engine
+from sdserve.errors import InvalidInput
+from sdserve.models.catalog import ModelRegistry
+from sdserve.models.controlnet.catalog import ControlNetCatalog
+from sdserve.models.results import UnitImages
+from sdserve.models.settings import EngineSettings
+
+SEED = 77
+PROMPT = "a photo of a red fox"
+STEPS = 3
+COMMON: dict[str, Any] = {
+    "prompt": PROMPT,
+    "num_inference_steps": STEPS,
+    "guidance_scale": 6.0,
+    "scheduler": "K_EULER",
+    "seed": SEED,
+    "width": 64,
+    "height": 64,
+    "apply_watermark": False,
+    "disable_safety_checker": True,
+}
+
+
+def control_map(kind: str = "square") -> Image.Image:
+    """A clear structure: a white square (or a diagonal bar) on black, 64x64."""
+    pixels = np.zeros((64, 64, 3), np.uint8)
+    if kind == "square":
+        pixels[16:48, 16:48] = 255
+    else:
+        for offset in range(-4, 5):
+            idx = np.arange(64)
+            cols = np.clip(idx + offset, 0, 63)
+            pixels[idx, cols] = 255
+    return Image.fromarray(pixels)
+
+
+def data_uri() -> str:
+    return "data:image/png;base64,AAAA"  # never fetched: the engine gets images directly
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_sd: Path, tiny_sdxl: Path, tiny_controlnets: Path) -> Engine:
+    registry = ModelRegistry.from_references([str(tiny_sd), str(tiny_sdxl)])
+    return Engine(
+        EngineSettings(device="cpu", watermark=False),
+        registry,
+        controlnets=ControlNetCatalog(tiny_controlnets),
+    )
+
+
+def name_of(engine: Engine, reference: Path) -> str:
+    return next(s.name for s in engine.registry.specs() if s.reference == str(reference))
+
+
+def pixels(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB")).astype(np.int16)
+
+
+def unit(model: str, **fields: Any) -> dict[str, Any]:
+    return {"model": model, "image": data_uri(), "preprocessor": "none", **fields}
+
+
+def generate(
+    engine: Engine, model: str, units: list[dict[str, Any]], maps: list[Image.Image], **extra: Any
+) -> Any:
+    inp = GenerationInput.model_validate({**COMMON, "controlnets": units, **extra})
+    return engine.generate(
+        inp, model=model, controls=[UnitImages(image=picture) for picture in maps]
+    )
+
+
+def plain(pipe: Any, **kwargs: Any) -> np.ndarray:
+    pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    image = pipe(
+        prompt=PROMPT,
+        num_inference_steps=STEPS,
+        guidance_scale=6.0,
+        generator=[torch.Generator("cpu").manual_seed(SEED)],
+        width=64,
+        height=64,
+        output_type="pil",
+        **kwargs,
+    ).images[0]
+    return np.asarray(image.convert("RGB")).astype(np.int16)
+
+
+def test_sd_controlnet_gives_the_pixels_of_the_plain_diffusers_pipeline(
+    engine: Engine, tiny_sd: Path, tiny_controlnets: Path
+) -> None:
+    result = generate(
+        engine,
+        name_of(engine, tiny_sd),
+        [unit("tiny-sd-canny", conditioning_scale=0.8, start=0.0, end=0.7)],
+        [control_map()],
+    )
+    controlnet = ControlNetModel.from_pretrained(tiny_controlnets / "tiny-sd-canny")
+    pipe = StableDiffusionControlNetPipeline.from_pretrained(
+        tiny_sd, controlnet=controlnet, safety_checker=None, requires_safety_checker=False
+    )
+    expected = plain(
+        pipe,
+        image=control_map(),
+        controlnet_conditioning_scale=0.8,
+        control_guidance_start=0.0,
+        control_guidance_end=0.7,
+    )
+    assert np.array_equal(pixels(result.images[0].data), expected)
+
+
+def test_sdxl_controlnet_gives_the_pixels_of_the_plain_diffusers_pipeline(
+    engine: Engine, tiny_sdxl: Path, tiny_controlnets: Path
+) -> None:
+    result = generate(engine, name_of(engine, tiny_sdxl), [unit("canny")], [control_map()])
+    controlnet = ControlNetModel.from_pretrained(tiny_controlnets / "tiny-sdxl-canny")
+    pipe = StableDiffusionXLControlNetPipeline.from_pretrained(tiny_sdxl, controlnet=controlnet)
+    expected = plain(pipe, image=control_map(), controlnet_conditioning_scale=0.75)
+    assert np.array_equal(pixels(result.images[0].data), expected)
+
+
+def test_img2img_with_a_controlnet_matches_diffusers(
+    engine: Engine, tiny_sd: Path, tiny_controlnets: Path
+) -> None:
+    source = Image.new("RGB", (64, 64), (200, 60, 30))
+    inp = GenerationInput.model_validate(
+        {
+            **COMMON,
+            "image": data_uri(),
+            "prompt_strength": 0.7,
+            "controlnets": [unit("tiny-sd-scribble", conditioning_scale=1.0)],
+        }
+    )
+    result = engine.generate(
+        inp,
+        model=name_of(engine, tiny_sd),
+        image=source,
+        controls=[UnitImages(image=control_map("bar"))],
+    )
+    controlnet = ControlNetModel.from_pretrained(tiny_controlnets / "tiny-sd-scribble")
+    pipe = StableDiffusionControlNetImg2ImgPipeline.from_pretrained(
+        tiny_sd, controlnet=controlnet, safety_checker=None, requires_safety_checker=False
+    )
+    expected = plain(
+        pipe,
+        image=source,
+        control_image=control_map("bar"),
+        strength=0.7,
+        controlnet_conditioning_scale=1.0,
+    )
+    assert np.array_equal(pixels(result.images[0].data), expected)
+
+
+def test_two_units_steer_together_and_weight_zero_is_no_unit(engine: Engine, tiny_sd: Path) -> None:
+    model = name_of(engine, tiny_sd)
+    none = pixels(engine.generate(GenerationInput(**COMMON), model=model).images[0].data)
+    square = pixels(
+        generate(engine, model, [unit("canny", conditioning_scale=1.5)], [control_map()])
+        .images[0]
+        .data
+    )
+    both = pixels(
+        generate(
+            engine,
+            model,
+            [unit("canny", conditioning_scale=1.5), unit("scribble", conditioning_scale=1.5)],
+            [control_map(), control_map("bar")],
+        )
+        .images[0]
+        .data
+    )
+    zero = pixels(
+        generate(engine, model, [unit("canny", conditioning_scale=0)], [control_map()])
+        .images[0]
+        .data
+    )
+    assert np.array_equal(zero, none)  # weight 0: exactly the image without ControlNet
+    assert np.abs(square - none).mean() > 2  # one unit steers the image
+    assert np.abs(both - square).mean() > 2  # the second unit adds its own say
+
+
+def test_a_single_file_controlnet_loads_with_its_config(engine: Engine, tiny_sd: Path) -> None:
+    model = name_of(engine, tiny_sd)
+    none = pixels(engine.generate(GenerationInput(**COMMON), model=model).images[0].data)
+    depth = generate(
+        engine, model, [unit("tiny-sd-depth", conditioning_scale=1.5)], [control_map()]
+    )
+    assert np.abs(pixels(depth.images[0].data) - none).mean() > 2
+
+
+def test_control_maps_come_back_after_the_images_on_request(engine: Engine, tiny_sd: Path) -> None:
+    result = generate(
+        engine,
+        name_of(engine, tiny_sd),
+        [unit("canny", preprocessor="auto")],
+        [control_map()],
+        return_control_maps=True,
+    )
+    assert len(result.images) == 2
+    returned = Image.open(io.BytesIO(result.images[1].data))
+    assert returned.size == (64, 64)
+    # the canny ControlNet's own preprocessor turned the square into its edges
+    assert not np.array_equal(np.asarray(returned.convert("RGB")), np.asarray(control_map()))
+
+
+@pytest.mark.parametrize(
+    ("units", "field", "words"),
+    [
+        ([unit("tiny-sdxl-canny")], "controlnets.0.model", "is for sdxl models"),
+        ([unit("nothing-like-this")], "controlnets.0.model", "unknown ControlNet"),
+        ([unit("depth"), unit("openpose")], "controlnets.1.model", "no served openpose"),
+        ([unit("canny", preprocessor="not-a-module")], "controlnets.0.preprocessor", "unknown"),
+    ],
+)
+def test_bad_units_are_refused_naming_the_field(
+    engine: Engine, tiny_sd: Path, units: list[dict[str, Any]], field: str, words: str
+) -> None:
+    loads = engine.controlnet_models.loads
+    with pytest.raises(InvalidInput) as refused:
+        generate(engine, name_of(engine, tiny_sd), units, [control_map()] * len(units))
+    assert refused.value.field == field
+    assert words in refused.value.message
+    assert engine.controlnet_models.loads == loads  # refused before any ControlNet loads
