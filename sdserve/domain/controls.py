@@ -16,6 +16,7 @@ The dialects map their wire shapes onto :class:`ControlUnit`: Replicate's flat
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any, Literal
 
@@ -181,6 +182,20 @@ def fold_flat_units(data: dict[str, Any]) -> dict[str, Any]:
     return folded
 
 
+def units_from_wire(value: list[dict[str, Any]] | str | None) -> list[dict[str, Any]] | None:
+    """A dialect's ``controlnets`` field: a list of units, or (from a multipart form) the
+    same list as JSON text. Raises :class:`InvalidInput` naming ``controlnets``."""
+    if value is None or isinstance(value, list):
+        return value
+    try:
+        parsed = json.loads(value)
+    except ValueError:
+        raise InvalidInput("controlnets", "must be a JSON list of ControlNet units") from None
+    if not isinstance(parsed, list) or not all(isinstance(item, dict) for item in parsed):
+        raise InvalidInput("controlnets", "must be a JSON list of ControlNet units")
+    return parsed
+
+
 __all__ = [
     "AUTO",
     "CONTROL_MODES",
@@ -194,4 +209,5 @@ __all__ = [
     "ResizeMode",
     "control_type_of",
     "fold_flat_units",
+    "units_from_wire",
 ]

@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from sdserve.api.edge import FailureTable, WireFailure, job_failure, refuse_weighting
+from sdserve.domain.controls import units_from_wire
 from sdserve.domain.inputs import MAX_SEED, InputLimits, invalid_input_from
 from sdserve.domain.jobs import FailureCode, Status
 from sdserve.errors import InvalidInput, Overloaded, SdserveError
@@ -72,6 +73,9 @@ class InferenceRequest(BaseModel):
     lora_scale: float | None = None
     scheduler: str | None = None
     webhook: str | None = None
+    #: ControlNet units (canonical ``ControlUnit`` fields), or their JSON in a form part
+    controlnets: list[dict[str, Any]] | str | None = None
+    return_control_maps: bool | None = None
 
     def canonical(self) -> dict[str, Any]:
         """The canonical generation input (webhook and use_compel are not inputs)."""
@@ -92,6 +96,8 @@ class InferenceRequest(BaseModel):
             "lora": self.lora,
             "lora_scale": self.lora_scale,
             "scheduler": self.scheduler,
+            "controlnets": units_from_wire(self.controlnets),
+            "return_control_maps": self.return_control_maps,
         }
         return {key: value for key, value in values.items() if value is not None}
 

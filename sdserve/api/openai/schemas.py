@@ -18,6 +18,7 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from sdserve.api.edge import FailureTable, WireFailure, job_failure
+from sdserve.domain.controls import units_from_wire
 from sdserve.domain.inputs import MAX_SEED, invalid_input_from
 from sdserve.domain.jobs import FailureCode
 from sdserve.errors import (
@@ -72,6 +73,9 @@ class ImagesParams(BaseModel):
     scheduler: str | None = None
     lora: str | None = None
     lora_scale: float | None = None
+    #: ControlNet units (canonical ``ControlUnit`` fields), or their JSON in a form part
+    controlnets: list[dict[str, Any]] | str | None = None
+    return_control_maps: bool | None = None
 
     def canonical(self) -> dict[str, Any]:
         """The canonical generation input these parameters ask for (images added later)."""
@@ -95,6 +99,8 @@ class ImagesParams(BaseModel):
             "scheduler": self.scheduler,
             "lora": self.lora,
             "lora_scale": self.lora_scale,
+            "controlnets": units_from_wire(self.controlnets),
+            "return_control_maps": self.return_control_maps,
         }
         data.update({key: value for key, value in extras.items() if value is not None})
         return data
