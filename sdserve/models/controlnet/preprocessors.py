@@ -132,16 +132,8 @@ class Preprocessor:
         for is ignored (A1111 clients send both for every module). ``seed`` makes
         ``shuffle`` repeatable; the others ignore it.
         """
-        first = (
-            self.threshold_a.pick("threshold_a", threshold_a, self.name)
-            if self.threshold_a
-            else 0.0
-        )
-        second = (
-            self.threshold_b.pick("threshold_b", threshold_b, self.name)
-            if self.threshold_b
-            else 0.0
-        )
+        first = _pick(self.threshold_a, "threshold_a", threshold_a, self.name)
+        second = _pick(self.threshold_b, "threshold_b", threshold_b, self.name)
         if self.needs_mask and mask is None:
             raise InvalidInput("mask", f"the {self.name} preprocessor needs a mask")
         if self.uses_resolution and resolution < 1:
@@ -156,6 +148,11 @@ class Preprocessor:
         if result.ndim == 2:
             result = np.repeat(result[:, :, None], 3, axis=2)
         return Image.fromarray(np.ascontiguousarray(result))
+
+
+def _pick(slider: Slider | None, field: str, value: float | None, module: str) -> float:
+    """The slider's value to use; 0 (unread) where the preprocessor has no such slider."""
+    return slider.pick(field, value, module) if slider is not None else 0.0
 
 
 def flatten(image: Image.Image) -> Pixels:

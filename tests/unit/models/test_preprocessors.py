@@ -155,6 +155,13 @@ def test_shuffle_is_repeatable_for_a_seed_and_differs_for_another() -> None:
     assert (first != np.asarray(image)).mean() > 0.5, "the layout is not the input's"
 
 
+@pytest.mark.parametrize("rotation", [0, 90])
+def test_shuffle_moves_content_both_across_and_down(rotation: int) -> None:
+    # stripes change along one axis only: a flow along the other would leave them be
+    stripes = _stripes(32, size=256).rotate(rotation)
+    assert (_map("shuffle", stripes, seed=1) != np.asarray(stripes)).mean() > 0.2
+
+
 def test_shuffle_keeps_the_colours_of_the_image() -> None:
     palette = np.array([[220, 30, 30], [30, 200, 40], [20, 40, 210], [240, 240, 240]])
     quarters = np.zeros((128, 128, 3), dtype=np.uint8)
