@@ -95,9 +95,11 @@ def prepare_units(
     size: tuple[int, int],
     image: Image.Image | None,
     mask: Image.Image | None,
+    seed: int = 0,
 ) -> list[PreparedUnit]:
     """Each unit's control map at ``size`` (``width, height``). A unit without an image of
-    its own uses the request's ``image`` (and ``mask``), as A1111 does in img2img."""
+    its own uses the request's ``image`` (and ``mask``), as A1111 does in img2img.
+    ``seed``: the request's, so a random preprocessor (shuffle) repeats with it."""
     prepared = []
     for choice in chosen:
         index, unit, spec = choice.index, choice.unit, choice.spec
@@ -106,10 +108,10 @@ def prepare_units(
         if source is None:
             raise InvalidImage(f"controlnets.{index}.image", "was not given to the engine")
         unit_mask = images.mask if images.mask is not None else mask
-        control_map = _control_map(unit, spec, prep.to_rgb(source), unit_mask, size, index)
+        control_map = _control_map(unit, spec, prep.to_rgb(source), unit_mask, size, seed)
         condition: Image.Image | torch.Tensor = control_map
         if spec.control_type == "inpaint":
-            condition = _inpaint_condition(control_map, unit_mask, size)
+            condition = _inpaint_condition(prep.fit(source, size), unit_mask, size)
         prepared.append(PreparedUnit(unit, spec, control_map, condition))
     return prepared
 
@@ -120,7 +122,7 @@ def _control_map(
     source: Image.Image,
     mask: Image.Image | None,
     size: tuple[int, int],
-    index: int,
+    seed: int,
 ) -> Image.Image:
     name = unit.preprocessor
     if name == AUTO:
@@ -134,6 +136,8 @@ def _control_map(
             threshold_b=unit.threshold_b,
             mask=mask,
             pixel_perfect_size=size if unit.pixel_perfect else None,
+            resize_mode=unit.resize_mode,
+            seed=seed,
         )
     return fit_to(source.convert("RGB"), size, unit.resize_mode)
 
@@ -160,14 +164,14 @@ def fit_to(image: Image.Image, size: tuple[int, int], mode: str) -> Image.Image:
 
 
 def _inpaint_condition(
-    control_map: Image.Image, mask: Image.Image | None, size: tuple[int, int]
+    image: Image.Image, mask: Image.Image | None, size: tuple[int, int]
 ) -> torch.Tensor:
     """The inpaint ControlNet's input: the image in [0, 1] with the masked pixels at -1."""
-    pixels = np.asarray(control_map.convert("RGB"), dtype=np.float32) / 255.0
-    if mask is not None:
-        masked = np.asarray(prep.prepare_mask(mask, size), dtype=np.float32) > 127.5
-        pixels[masked] = -1.0
-    return torch.from_numpy(pixels).permute(2, 0, 1).unsqueeze(0)
+    if mask is None:
+        pixels = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+    else:
+        pixels = preprocessors.inpaint_condition(image, prep.prepare_mask(mask, size))
+    return torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1).unsqueeze(0)
 
 
 def control_kwargs(units: Sequence[PreparedUnit], *, image_key: str) -> dict[str, Any]:

@@ -176,6 +176,7 @@ class Engine:
             size=prepared.size if prepared is not None else (inp.width or 0, inp.height or 0),
             image=prepared,
             mask=prepared_mask,
+            seed=inp.seed_for(0),
         )
         if hooks.should_cancel():
             raise Canceled("canceled before start")
