@@ -506,3 +506,70 @@ def test_tokens_are_required_when_configured(tmp_path: Path) -> None:
         assert httpx.get(f"{secured.url}/health").status_code == 200
     finally:
         secured.stop()
+
+
+def square_map_bytes() -> bytes:
+    """A white square on black: a structure every ControlNet type can follow."""
+    picture = Image.new("RGB", (64, 64), "black")
+    picture.paste((255, 255, 255), (16, 16, 48, 48))
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def square_map(tmp_path: Path) -> Path:
+    path = tmp_path / "square.png"
+    path.write_bytes(square_map_bytes())
+    return path
+
+
+def test_controlnet_inputs_steer_the_image_and_return_the_map(
+    client: replicate.Client, tmp_path: Path
+) -> None:
+    base = {"prompt": "a red fox", "seed": 12, **FAST}
+    plain = client.run(MODEL, input=base)
+    with square_map(tmp_path).open("rb") as control:
+        steered = client.run(
+            MODEL,
+            input={
+                **base,
+                "controlnet_1": "canny",  # a type: the demo's tiny-sd-canny
+                "controlnet_1_image": control,
+                "controlnet_1_conditioning_scale": 1.5,
+                "return_control_maps": True,
+            },
+        )
+    with square_map(tmp_path).open("rb") as control:
+        unweighted = client.run(
+            MODEL,
+            input={
+                **base,
+                "controlnet_1": "tiny-sd-canny",
+                "controlnet_1_image": control,
+                "controlnet_1_conditioning_scale": 0,
+            },
+        )
+    plain_pixels = png_pixels(plain[0].read())
+    assert len(steered) == 2  # the image, then the canny map of the square
+    assert max_level_difference(png_pixels(steered[0].read()), plain_pixels) > 10
+    with Image.open(io.BytesIO(steered[1].read())) as edges:
+        grey = edges.convert("L")
+        # edges found at 512 px and fitted to 64: a faint line on the border, nothing else
+        assert grey.getpixel((32, 32)) == 0 and grey.getpixel((4, 4)) == 0
+        assert max(grey.getpixel((x, 32)) for x in range(13, 20)) > 8
+    assert png_pixels(unweighted[0].read()) == plain_pixels  # weight 0: no ControlNet
+
+
+def test_controlnet_of_the_wrong_family_is_a_422(client: replicate.Client) -> None:
+    with pytest.raises(ReplicateError) as refused:
+        client.predictions.create(
+            model=MODEL,
+            input={
+                "prompt": "x",
+                "controlnet_1": "tiny-sdxl-canny",
+                "controlnet_1_image": "data:image/png;base64,"
+                + base64.b64encode(square_map_bytes()).decode(),
+            },
+        )
+    assert refused.value.status == 422
+    assert "tiny-sdxl-canny is for sdxl models" in str(refused.value)
