@@ -244,6 +244,12 @@ def wait_for_prediction(server: ServerProcess, prompt: str, timeout: float = 120
     raise AssertionError(f"no prediction with prompt {prompt!r}")
 
 
+def run_controlnet(server: ServerProcess, workdir: Path) -> None:
+    result = run_python(example(CONTROLNET).code, workdir, server)
+    succeeded(result)
+    assert is_png(workdir / "fox-canny.png") and is_png(workdir / "edges.png")
+
+
 def run_openai(server: ServerProcess, workdir: Path) -> None:
     code = example(OPENAI).code
     code += "\nassert len(result.data) == 2 and result.data[0].b64_json\nprint('ok')\n"
@@ -373,6 +379,7 @@ def run_stability_v2_curl(server: ServerProcess, workdir: Path) -> None:
 ACTIVATE = "source .venv/bin/activate"
 CLI_SERVED = 'sdserve generate "a red fox" --model sdserve/tiny-sd --seed 7 -o fox.png'
 REPLICATE_DEMO = "images = client.run("
+CONTROLNET = '"controlnet_1": "canny",'
 OPENAI = "from openai import OpenAI"
 DEEPINFRA = "curl http://127.0.0.1:8000/v1/inference"
 WEBUIAPI = "import webuiapi"
@@ -414,6 +421,7 @@ RUNNERS = {
     ACTIVATE: run_activate,
     CLI_SERVED: run_cli_served_name,
     REPLICATE_DEMO: run_replicate_demo,
+    CONTROLNET: run_controlnet,
     OPENAI: run_openai,
     DEEPINFRA: run_deepinfra_curl,
     WEBUIAPI: run_webuiapi,
