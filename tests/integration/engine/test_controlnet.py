@@ -242,3 +242,68 @@ def test_bad_units_are_refused_naming_the_field(
     assert refused.value.field == field
     assert words in refused.value.message
     assert engine.controlnet_models.loads == loads  # refused before any ControlNet loads
+
+
+@pytest.fixture(scope="module")
+def combined(
+    tiny_sd: Path, tiny_sdxl: Path, tiny_sdxl_refiner: Path, tiny_lora: Path, tiny_controlnets: Path
+) -> Engine:
+    """An engine serving tiny SD with the tiny LoRA and tiny SDXL with its refiner."""
+    registry = ModelRegistry.from_references(
+        [str(tiny_sd), str(tiny_sdxl)], refiners={str(tiny_sdxl): str(tiny_sdxl_refiner)}
+    )
+    return Engine(
+        EngineSettings(device="cpu", watermark=False, lora_dir=tiny_lora.parent),
+        registry,
+        controlnets=ControlNetCatalog(tiny_controlnets),
+    )
+
+
+def test_controlnet_works_with_a_lora_the_hires_fix_and_the_refiner(
+    combined: Engine, tiny_sd: Path, tiny_sdxl: Path
+) -> None:
+    sd, xl = name_of(combined, tiny_sd), name_of(combined, tiny_sdxl)
+    units = [unit("canny", conditioning_scale=1.5)]
+    steered = pixels(generate(combined, sd, units, [control_map()]).images[0].data)
+    with_lora = generate(combined, sd, units, [control_map()], lora="tiny-style", lora_scale=1.0)
+    assert np.abs(pixels(with_lora.images[0].data) - steered).mean() > 1  # the LoRA applied
+    hires = generate(combined, sd, units, [control_map()], hires_scale=2, hires_steps=2)
+    assert Image.open(io.BytesIO(hires.images[0].data)).size == (128, 128)
+    refined = generate(
+        combined, xl, [unit("canny")], [control_map()], refine="base_image_refiner", refine_steps=4
+    )
+    plain_xl = generate(combined, xl, [unit("canny")], [control_map()])
+    assert np.abs(pixels(refined.images[0].data) - pixels(plain_xl.images[0].data)).mean() > 0.5
+
+
+def test_each_control_mode_gives_its_own_image(engine: Engine, tiny_sd: Path) -> None:
+    model = name_of(engine, tiny_sd)
+    images = {
+        mode: pixels(
+            generate(
+                engine,
+                model,
+                [unit("canny", conditioning_scale=1.5, control_mode=mode)],
+                [control_map()],
+            )
+            .images[0]
+            .data
+        )
+        for mode in ("balanced", "prompt", "controlnet")
+    }
+    assert np.abs(images["prompt"] - images["balanced"]).mean() > 0.5
+    assert np.abs(images["controlnet"] - images["balanced"]).mean() > 0.5
+    assert np.abs(images["controlnet"] - images["prompt"]).mean() > 0.5
+
+
+def test_outpainting_and_the_expert_ensemble_refuse_units(engine: Engine, tiny_sd: Path) -> None:
+    with pytest.raises(InvalidInput) as outpaint:
+        GenerationInput.model_validate(
+            {**COMMON, "image": data_uri(), "outpaint_left": 16, "controlnets": [unit("canny")]}
+        ).check_limits(engine.limits)
+    assert outpaint.value.field == "controlnets"
+    with pytest.raises(InvalidInput) as ensemble:
+        GenerationInput.model_validate(
+            {**COMMON, "refine": "expert_ensemble_refiner", "controlnets": [unit("canny")]}
+        ).check_limits(engine.limits)
+    assert ensemble.value.field == "controlnets"
