@@ -272,6 +272,17 @@ def run_webuiapi(server: ServerProcess, workdir: Path) -> None:
     assert result.stdout.strip().splitlines()[-1].isdigit()
 
 
+def run_webuiapi_controlnet(server: ServerProcess, workdir: Path) -> None:
+    code = example(WEBUIAPI_CONTROLNET).code
+    code += (
+        "\nassert canny.startswith('tiny-sd-canny [') and edges.size == (64, 64)"
+        "\nprint(image.size, detected_map.size, result.info['all_seeds'])\n"
+    )
+    result = run_python(code, workdir, server)
+    succeeded(result)
+    assert result.stdout.strip().splitlines()[-1] == "(64, 64) (64, 64) [7]"
+
+
 def run_training(server: ServerProcess, workdir: Path) -> None:
     # the README trains 400 steps, a real LoRA; the same code with 4 keeps this quick
     code = example(TRAINING).code
@@ -382,7 +393,8 @@ REPLICATE_DEMO = "images = client.run("
 CONTROLNET = '"controlnet_1": "canny",'
 OPENAI = "from openai import OpenAI"
 DEEPINFRA = "curl http://127.0.0.1:8000/v1/inference"
-WEBUIAPI = "import webuiapi"
+WEBUIAPI = 'result = api.txt2img(prompt="a red fox'
+WEBUIAPI_CONTROLNET = "webuiapi.ControlNetUnit("
 TRAINING = "c.trainings.create("
 CLI_GENERATE = "sdserve models tiny ./tiny-sd"
 CLI_TRAIN = "sdserve train ./dog-photos.zip"
@@ -425,6 +437,7 @@ RUNNERS = {
     OPENAI: run_openai,
     DEEPINFRA: run_deepinfra_curl,
     WEBUIAPI: run_webuiapi,
+    WEBUIAPI_CONTROLNET: run_webuiapi_controlnet,
     TRAINING: run_training,
     CLI_GENERATE: run_cli_generate,
     CLI_TRAIN: run_cli_train,

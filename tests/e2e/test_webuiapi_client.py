@@ -217,7 +217,8 @@ def test_hires_fix_scales_the_output(api: webuiapi.WebUIApi) -> None:
 
 
 def test_small_endpoints_answer_json(api: webuiapi.WebUIApi) -> None:
-    assert api.get_scripts() == {"txt2img": [], "img2img": []}
+    # the ControlNet extension is listed, so webuiapi knows it is there
+    assert api.has_controlnet and "controlnet m2m" in api.get_scripts()["img2img"]
     assert api.get_embeddings() == {"loaded": {}, "skipped": {}}
     assert api.get_sd_vae() == [] and api.get_upscalers()
     assert api.get_latent_upscale_modes()[0]["name"] == "Latent"

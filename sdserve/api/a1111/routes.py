@@ -24,22 +24,23 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
+from sdserve.api.a1111 import controlnet_routes
+from sdserve.api.a1111.controlnet_schemas import SCRIPT_NAMES
 from sdserve.api.a1111.schemas import (
     LATENT_UPSCALE_MODES,
     UPSCALERS,
-    WIRE_NAMES,
     CheckpointInfo,
     Img2ImgRequest,
     OptionsRequest,
     PngInfoRequest,
     Txt2ImgRequest,
     a1111_error_response,
-    canonical_input,
     checkpoint_of,
     decode_b64_image,
     echo,
     failure_response,
     find_checkpoint,
+    generation_input,
     idle_progress,
     job_timestamp,
     render_info,
@@ -55,13 +56,17 @@ from sdserve.jobs.images import open_header
 from sdserve.models.metadata import parse_parameters, read_parameters
 
 SOURCE = "a1111"
+#: The ControlNet extension's option: no detected maps after the images.
+NO_DETECTMAP_OPTION = "control_net_no_detectmap"
 
 
 def mount(edge: Edge) -> None:
-    """Serve ``/sdapi/v1`` (HTTP Basic auth: the token is the password) and A1111's
-    error JSON for ``/sdapi``."""
+    """Serve ``/sdapi/v1`` and the ControlNet extension's ``/controlnet`` (HTTP Basic auth:
+    the token is the password) and A1111's error JSON for both."""
     api = A1111Api(edge, lora_dir=edge.settings.engine.lora_dir)
     edge.include(api.router(), errors=a1111_error_response, under=["/sdapi"])
+    # the ControlNet extension's routes live at the root, as the extension serves them
+    controlnet_routes.mount(edge)
 
 
 class A1111Api:
@@ -122,20 +127,23 @@ class A1111Api:
 
     async def _generate(self, request: Request, body: Txt2ImgRequest, *, img2img: bool) -> Response:
         checkpoint = self._checkpoint_for(body)
-        values = await asyncio.to_thread(
-            canonical_input,
+        values, names = await asyncio.to_thread(
+            generation_input,
             body,
             known_loras=self._lora_names(),
             img2img=img2img,
             max_input_pixels=self.edge.limits.max_input_pixels,
+            no_detectmap=self._no_detectmap(body),
         )
-        job = await self.edge.create(checkpoint.name, values, names=WIRE_NAMES, source=SOURCE)
+        job = await self.edge.create(checkpoint.name, values, names=names, source=SOURCE)
         # no overall limit: A1111 answers when the image is done, however long that takes
         job = await self.edge.wait(job.id, request)
         if job.status is not Status.SUCCEEDED:
             return failure_response(job)
         files = await asyncio.to_thread(self._outputs, job)
-        infotexts = [read_parameters(data) or "" for data in files]
+        # ControlNet's detected maps follow the images and have no infotext (as in A1111)
+        generated = files[: int(job.input.get("num_outputs", len(files)))]
+        infotexts = [read_parameters(data) or "" for data in generated]
         images = [base64.b64encode(data).decode("ascii") for data in files]
         return JSONResponse(
             {
@@ -272,8 +280,9 @@ class A1111Api:
         return {"loaded": {}, "skipped": {}}
 
     def scripts(self) -> Any:
-        # no extension scripts: webuiapi then adds no ControlNet/ADetailer arguments
-        return {"txt2img": [], "img2img": []}
+        # the ControlNet extension's scripts: webuiapi looks for "controlnet m2m" to know
+        # the extension is there (and then sends {"args": []} without units)
+        return {"txt2img": list(SCRIPT_NAMES), "img2img": list(SCRIPT_NAMES)}
 
     def empty_list(self) -> Any:
         return []
@@ -304,6 +313,13 @@ class A1111Api:
                 str(override), self._checkpoints(), "override_settings.sd_model_checkpoint"
             )
         return self._current_checkpoint()
+
+    def _no_detectmap(self, body: Txt2ImgRequest) -> bool:
+        """The ControlNet extension's option that keeps detected maps out of the answer
+        (set through ``/options`` or the request's ``override_settings``)."""
+        with self._lock:
+            stored = self._options.get(NO_DETECTMAP_OPTION, False)
+        return bool((body.override_settings or {}).get(NO_DETECTMAP_OPTION, stored))
 
     def _lora_names(self) -> set[str] | None:
         if self.lora_dir is None or not self.lora_dir.is_dir():

@@ -21,6 +21,7 @@ from typing import Any
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from sdserve.api.a1111.controlnet_schemas import map_units
 from sdserve.api.edge import FailureTable, WireFailure, job_failure
 from sdserve.domain.inputs import MAX_SEED, InputLimits
 from sdserve.domain.jobs import FailureCode
@@ -283,11 +284,36 @@ def canonical_input(
     known_loras: set[str] | None,
     img2img: bool,
     max_input_pixels: int = InputLimits().max_input_pixels,
+    no_detectmap: bool = False,
 ) -> dict[str, Any]:
     """Map an A1111 request onto canonical :class:`GenerationInput` names.
 
     ``known_loras`` (names in the LoRA folder; None = no folder) lets an unknown
     ``<lora:name:w>`` tag fail at once with the names that exist.
+    """
+    values, _names = generation_input(
+        request,
+        known_loras=known_loras,
+        img2img=img2img,
+        max_input_pixels=max_input_pixels,
+        no_detectmap=no_detectmap,
+    )
+    return values
+
+
+def generation_input(
+    request: Txt2ImgRequest,
+    *,
+    known_loras: set[str] | None,
+    img2img: bool,
+    max_input_pixels: int = InputLimits().max_input_pixels,
+    no_detectmap: bool = False,
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """The canonical values of an A1111 request and the names that spell its canonical
+    fields the client's way (:data:`WIRE_NAMES` and its ControlNet units' fields).
+
+    ``no_detectmap``: the ControlNet extension's option that keeps detected maps out of
+    the answer (see :mod:`sdserve.api.a1111.controlnet_schemas`).
     """
     prompt, loras = parse_a1111_lora_tags(request.prompt or "")
     negative, negative_loras = parse_a1111_lora_tags(request.negative_prompt or "")
@@ -327,7 +353,17 @@ def canonical_input(
         values.update(_img2img_values(request, max_input_pixels))
     elif request.enable_hr:
         values.update(_hires_values(request))
-    return values
+    units = map_units(
+        (request.model_extra or {}).get("alwayson_scripts"),
+        img2img=img2img,
+        init_resize_mode=request.resize_mode if isinstance(request, Img2ImgRequest) else None,
+        no_detectmap=no_detectmap,
+        to_image=to_data_uri,
+    )
+    if units.units:
+        values["controlnets"] = units.units
+        values["return_control_maps"] = units.wants_maps
+    return values, {**WIRE_NAMES, **units.wire_names()}
 
 
 def _img2img_values(request: Img2ImgRequest, max_input_pixels: int) -> dict[str, Any]:
