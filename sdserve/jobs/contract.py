@@ -15,6 +15,7 @@ from typing import Any, Protocol
 from sdserve.domain.events import Event
 from sdserve.domain.jobs import FailureCode, JobKind, Status
 from sdserve.jobs.workers import WorkerInfo
+from sdserve.models.controlnet.catalog import ControlNetCatalog
 
 
 @dataclass(frozen=True)
@@ -132,6 +133,10 @@ class JobService(Protocol):
         ...
 
     def models(self) -> list[ServedModel]: ...
+
+    def controlnets(self) -> ControlNetCatalog | None:
+        """The served ControlNets (None: this server serves none)."""
+        ...
 
     def metrics(self) -> bytes:
         """This service's Prometheus metrics, in the text exposition format."""

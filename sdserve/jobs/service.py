@@ -61,6 +61,7 @@ from sdserve.jobs.waiters import JobWaiters
 from sdserve.jobs.webhooks import SigningSecret, WebhookDispatcher
 from sdserve.jobs.worker import JobRunner
 from sdserve.jobs.workers import TTL_S, CachedBoard, Heartbeat
+from sdserve.models.controlnet.catalog import ControlNetCatalog
 
 log = logging.getLogger(__name__)
 
@@ -234,6 +235,9 @@ class Service:
 
     def models(self) -> builtins.list[ServedModel]:
         return self.served.all()
+
+    def controlnets(self) -> ControlNetCatalog | None:
+        return self.served.controlnets
 
     def workers(self) -> Workers:
         """The live workers (from the registry) and the jobs waiting per model (from the

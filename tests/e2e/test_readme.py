@@ -275,7 +275,7 @@ def run_webuiapi(server: ServerProcess, workdir: Path) -> None:
 def run_webuiapi_controlnet(server: ServerProcess, workdir: Path) -> None:
     code = example(WEBUIAPI_CONTROLNET).code
     code += (
-        "\nassert canny.startswith('tiny-sd-canny [') and edges.size == (64, 64)"
+        "\nassert canny.startswith('tiny-sd-canny [') and edges.size == (512, 512)"
         "\nprint(image.size, detected_map.size, result.info['all_seeds'])\n"
     )
     result = run_python(code, workdir, server)

@@ -1,9 +1,8 @@
 """The sd-webui-controlnet extension's routes, at the server root as the extension serves
 them (``/controlnet/...``, not under ``/sdapi/v1``), behind the same token as ``/sdapi``.
 
-The listings read the served ControlNets from the same folder and references the service
-checks units against (``sdserve.wiring.controlnet_catalog``: the API may not import the
-composition root, so the rule is repeated in :func:`catalog_for`). ``/controlnet/detect``
+The listings read the service's own ControlNet catalog, the one it checks units against
+(built by ``sdserve.wiring.controlnet_catalog``). ``/controlnet/detect``
 runs the built-in preprocessors in this process: they need no torch, and a sync route
 runs in FastAPI's thread pool, off the event loop; images are decoded within the input
 pixel limit, so a decompression bomb is a 4xx.
@@ -27,7 +26,6 @@ from sdserve.api.a1111.controlnet_schemas import (
 )
 from sdserve.api.a1111.schemas import a1111_error_response, decode_b64_image
 from sdserve.api.edge import Edge
-from sdserve.config import Settings
 from sdserve.domain.controls import NO_PREPROCESSOR
 from sdserve.jobs.images import open_image
 from sdserve.models.controlnet import preprocessors
@@ -36,15 +34,10 @@ from sdserve.models.controlnet.catalog import ControlNetCatalog
 
 def mount(edge: Edge) -> None:
     """Serve ``/controlnet/*`` behind the token, with A1111's error JSON."""
-    api = ControlNetApi(edge, catalog_for(edge.settings))
+    # the service's own catalog: what it lists is what it checks units against
+    catalog = edge.service.controlnets() or ControlNetCatalog(None)
+    api = ControlNetApi(edge, catalog)
     edge.include(api.router(), errors=a1111_error_response, under=["/controlnet"])
-
-
-def catalog_for(settings: Settings) -> ControlNetCatalog:
-    """The served ControlNets, as the service sees them (the ControlNet folder, by default
-    ``<data dir>/controlnets``, and the ``--controlnet`` references)."""
-    folder = settings.engine.controlnet_dir or settings.data_dir / "controlnets"
-    return ControlNetCatalog(folder, settings.engine.controlnets)
 
 
 class ControlNetApi:

@@ -374,7 +374,7 @@ def thresholds(module: str, a: float | None, b: float | None) -> dict[str, float
     preprocessor = preprocessors.PREPROCESSORS[module]
     for name, value in (("threshold_a", a), ("threshold_b", b)):
         slider = getattr(preprocessor, name)
-        if slider is not None and value is not None and slider.min <= value <= slider.max:
+        if slider is not None and value is not None and slider.minimum <= value <= slider.maximum:
             chosen[name] = value
     return chosen
 

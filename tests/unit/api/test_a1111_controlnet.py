@@ -349,8 +349,9 @@ def test_detect_runs_the_module_on_each_image(cn_app: App) -> None:
         result = answer.json()
         assert result["info"] == "Success" and len(result["images"]) == 2
         first = Image.open(io.BytesIO(base64.b64decode(result["images"][0])))
-        assert first.size == (40, 24)
-        assert first.convert("RGB").tobytes() != sent.tobytes()  # detected, not echoed
+        # worked at the processor resolution (short side 512), the aspect ratio kept
+        assert first.size == (853, 512)
+        assert first.resize(sent.size).convert("RGB").tobytes() != sent.tobytes()
     plain = cn_app.client.post(
         "/controlnet/detect", json={"controlnet_module": "none", "controlnet_images": [b64(sent)]}
     ).json()
