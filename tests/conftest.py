@@ -82,8 +82,9 @@ def tiny_sdxl_single_file(tiny_sdxl: Path, tiny_models_dir: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_controlnets(tiny_sd: Path, tiny_sdxl: Path, tiny_models_dir: Path) -> Path:
     """A ControlNet folder: two diffusers-format ControlNets for ``tiny_sd`` (canny,
-    scribble), one for ``tiny_sdxl`` (canny) and a single-file one for ``tiny_sd`` (depth,
-    diffusers keys, its config in the ``.sdserve-config`` folder beside it)."""
+    scribble), one for ``tiny_sdxl`` (canny), a single-file one for ``tiny_sd`` (depth,
+    diffusers keys, its config in the ``.sdserve-config`` folder beside it), a union
+    ControlNet for ``tiny_sdxl`` and a canny T2I-Adapter for ``tiny_sd``."""
     import shutil
 
     folder = tiny_models_dir / "controlnets"
@@ -94,4 +95,6 @@ def tiny_controlnets(tiny_sd: Path, tiny_sdxl: Path, tiny_models_dir: Path) -> P
     shutil.copy(depth / "diffusion_pytorch_model.safetensors", folder / "tiny-sd-depth.safetensors")
     (folder / "tiny-sd-depth.sdserve-config").mkdir()
     shutil.copy(depth / "config.json", folder / "tiny-sd-depth.sdserve-config" / "config.json")
+    tiny.build_tiny_union_controlnet(folder / "tiny-sdxl-union", tiny_sdxl, seed=4)
+    tiny.build_tiny_t2i_adapter(folder / "tiny-sd-t2i-adapter-canny", seed=5)
     return folder

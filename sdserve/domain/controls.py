@@ -117,6 +117,12 @@ class ControlUnit(BaseModel):
     control_mode: ControlMode = Field(
         default="balanced", description="balanced, prompt (more important) or controlnet"
     )
+    control_type: str | None = Field(
+        default=None,
+        max_length=40,
+        description="for a union ControlNet: the type of this unit's map (default: the type "
+        "named as model, else the preprocessor's)",
+    )
 
     @model_validator(mode="after")
     def _range_in_order(self) -> ControlUnit:

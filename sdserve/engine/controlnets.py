@@ -39,7 +39,8 @@ from sdserve.engine.tasks import Pipeline
 from sdserve.engine.tasks.pipelines import PipelineKind
 from sdserve.errors import InvalidImage, InvalidInput, ModelLoadError
 from sdserve.models.controlnet import preprocessors
-from sdserve.models.controlnet.catalog import ControlNetCatalog, ControlNetSpec
+from sdserve.models.controlnet.catalog import UNION_TYPES, ControlNetCatalog, ControlNetSpec
+from sdserve.models.controlnet.units import check_units
 from sdserve.models.references import SINGLE_FILE_CONFIG_SUFFIX
 from sdserve.models.results import UnitImages
 
@@ -59,15 +60,18 @@ class PreparedUnit:
     spec: ControlNetSpec
     control_map: Image.Image
     condition: Image.Image | torch.Tensor
+    union_index: int | None = None
 
 
 @dataclass(frozen=True)
 class ChosenUnit:
-    """A unit that takes part: its place in the request and its ControlNet."""
+    """A unit that takes part: its place in the request, its ControlNet, and on a union
+    ControlNet the index of its map's type."""
 
     index: int
     unit: ControlUnit
     spec: ControlNetSpec
+    union_index: int | None = None
 
 
 def resolve_units(
@@ -76,16 +80,23 @@ def resolve_units(
     """The units that take part (weight above 0) with their ControlNets; raises
     :class:`InvalidInput` naming the unit's field for an unknown or unfitting ControlNet or
     preprocessor. Cheap: no image is read, no weight loaded."""
-    chosen = []
+    specs = []
     for index, unit in enumerate(inp.controlnets):
-        spec = catalog.resolve(
-            unit.model, model=model, family=family, field=f"controlnets.{index}.model"
+        specs.append(
+            catalog.resolve(
+                unit.model, model=model, family=family, field=f"controlnets.{index}.model"
+            )
         )
         if unit.preprocessor not in (AUTO, "none"):
             preprocessors.get(unit.preprocessor, field=f"controlnets.{index}.preprocessor")
-        if unit.conditioning_scale > 0:
-            chosen.append(ChosenUnit(index, unit, spec))
-    return chosen
+    union_indexes = check_units(inp.controlnets, specs, has_image=inp.image is not None)
+    return [
+        ChosenUnit(index, unit, spec, union_index)
+        for index, (unit, spec, union_index) in enumerate(
+            zip(inp.controlnets, specs, union_indexes, strict=True)
+        )
+        if unit.conditioning_scale > 0
+    ]
 
 
 def prepare_units(
@@ -110,9 +121,9 @@ def prepare_units(
         unit_mask = images.mask if images.mask is not None else mask
         control_map = _control_map(unit, spec, prep.to_rgb(source), unit_mask, size, seed)
         condition: Image.Image | torch.Tensor = control_map
-        if spec.control_type == "inpaint":
+        if spec.control_type == "inpaint" or choice.union_index == UNION_TYPES["inpaint"]:
             condition = _inpaint_condition(prep.fit(source, size), unit_mask, size)
-        prepared.append(PreparedUnit(unit, spec, control_map, condition))
+        prepared.append(PreparedUnit(unit, spec, control_map, condition, choice.union_index))
     return prepared
 
 
@@ -175,13 +186,38 @@ def _inpaint_condition(
 
 
 def control_kwargs(units: Sequence[PreparedUnit], *, image_key: str) -> dict[str, Any]:
-    """The pipeline arguments of the units (one unit: scalars; several: lists)."""
+    """The pipeline arguments of the units (one unit: scalars; several: lists).
+
+    ControlNets take theirs at ``image_key``; a union ControlNet always at
+    ``control_image``, with the type index of each map and one weight and range for all; a
+    T2I-Adapter at ``image``, for the first ``end`` of the steps.
+    """
     if not units:
         return {}
 
     def one_or_all(values: list[Any]) -> Any:
         return values[0] if len(values) == 1 else values
 
+    first = units[0]
+    if first.spec.kind == "union":
+        return {
+            "control_image": [unit.condition for unit in units],
+            "control_mode": [unit.union_index for unit in units],
+            "controlnet_conditioning_scale": float(first.unit.conditioning_scale),
+            "control_guidance_start": float(first.unit.start),
+            "control_guidance_end": float(first.unit.end),
+            "guess_mode": first.unit.control_mode == "controlnet",
+        }
+    if first.spec.kind == "t2i_adapter":
+        adapters = {
+            "image": one_or_all([unit.condition for unit in units]),
+            "adapter_conditioning_scale": one_or_all(
+                [float(unit.unit.conditioning_scale) for unit in units]
+            ),
+        }
+        if first.spec.family == "sdxl":  # SD's adapter pipeline acts on every step
+            adapters["adapter_conditioning_factor"] = float(first.unit.end)
+        return adapters
     return {
         image_key: one_or_all([unit.condition for unit in units]),
         "controlnet_conditioning_scale": one_or_all(
@@ -194,11 +230,43 @@ def control_kwargs(units: Sequence[PreparedUnit], *, image_key: str) -> dict[str
     }
 
 
-def derive_controlled(pipe: Pipeline, kind: PipelineKind, models: Sequence[Any]) -> Pipeline:
-    """``pipe`` (a task's pipeline) as its ControlNet variant with ``models``: the same
-    modules (``from_pipe`` copies no weights); several models make a Multi-ControlNet."""
+def derive_controlled(
+    pipe: Pipeline, kind: PipelineKind, units: Sequence[PreparedUnit], models: Sequence[Any]
+) -> Pipeline:
+    """``pipe`` (a task's pipeline) as its variant controlled by ``models``: the same
+    modules (``from_pipe`` copies no weights). Several ControlNets make a Multi-ControlNet,
+    several adapters a ``MultiAdapter``; a union ControlNet runs on diffusers' union
+    pipelines, which the AutoPipelines do not map."""
+    control = units[0].spec.kind
+    if control == "union":
+        return _union_pipeline(kind).from_pipe(pipe, controlnet=models[0])
+    if control == "t2i_adapter":
+        from diffusers import (
+            MultiAdapter,
+            StableDiffusionAdapterPipeline,
+            StableDiffusionXLAdapterPipeline,
+        )
+
+        adapter = models[0] if len(models) == 1 else MultiAdapter(list(models))
+        xl = getattr(pipe, "text_encoder_2", None) is not None
+        cls = StableDiffusionXLAdapterPipeline if xl else StableDiffusionAdapterPipeline
+        return cls.from_pipe(pipe, adapter=adapter)
     controlnet: Any = models[0] if len(models) == 1 else list(models)
     return kind.auto.from_pipe(pipe, controlnet=controlnet)
+
+
+def _union_pipeline(kind: PipelineKind) -> Any:
+    from diffusers import (
+        StableDiffusionXLControlNetUnionImg2ImgPipeline,
+        StableDiffusionXLControlNetUnionInpaintPipeline,
+        StableDiffusionXLControlNetUnionPipeline,
+    )
+
+    return {
+        "text2image": StableDiffusionXLControlNetUnionPipeline,
+        "image2image": StableDiffusionXLControlNetUnionImg2ImgPipeline,
+        "inpaint": StableDiffusionXLControlNetUnionInpaintPipeline,
+    }[kind.name]
 
 
 @contextmanager
@@ -265,10 +333,16 @@ class ControlNetModels:
             self._loaded.clear()
 
     def _load(self, spec: ControlNetSpec) -> Any:
-        from diffusers import ControlNetModel
+        from diffusers import ControlNetModel, ControlNetUnionModel, T2IAdapter
 
+        classes = {"controlnet": ControlNetModel, "union": ControlNetUnionModel}
+        model_class = classes.get(spec.kind, T2IAdapter)
         self.loads += 1
         try:
+            if spec.single_file and spec.kind != "controlnet":
+                raise ModelLoadError(
+                    f"{spec.name}: a {spec.kind} is served from a diffusers folder or a hub id"
+                )
             if spec.single_file:
                 path = Path(spec.reference)
                 own = path.with_name(path.stem + SINGLE_FILE_CONFIG_SUFFIX)
@@ -281,7 +355,7 @@ class ControlNetModels:
                     str(path), config=str(config), torch_dtype=self.dtype
                 )
             else:
-                model = ControlNetModel.from_pretrained(
+                model = model_class.from_pretrained(
                     spec.reference,
                     torch_dtype=self.dtype,
                     use_safetensors=True,

@@ -281,9 +281,10 @@ class Engine:
             pipes = self._pipelines(spec, plan)
             models = [self.controlnet_models.get(unit.spec) for unit in units]
             if models:
-                pipes = replace(
-                    pipes, task=control.derive_controlled(pipes.task, plan.task.pipeline, models)
+                controlled = control.derive_controlled(
+                    pipes.task, plan.task.pipeline, units, models
                 )
+                pipes = replace(pipes, task=controlled)
             loaded = time.perf_counter()
             watcher = StepWatcher(hooks, xl=getattr(pipes.task, "text_encoder_2", None) is not None)
             watcher.planned = plan.planned_steps(inp)

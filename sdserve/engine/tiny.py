@@ -390,17 +390,80 @@ def build_tiny_controlnet(folder: Path, base: Path, *, seed: int = 0) -> Path:
     unet = UNet2DConditionModel.from_pretrained(base, subfolder="unet", use_safetensors=True)
     torch.manual_seed(seed)
     controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(16, 32))
-    zero_initialised = [
-        *controlnet.controlnet_down_blocks,
-        controlnet.controlnet_mid_block,
-        controlnet.controlnet_cond_embedding.conv_out,
-    ]
+    _wake_zero_convs(
+        controlnet,
+        [
+            *controlnet.controlnet_down_blocks,
+            controlnet.controlnet_mid_block,
+            controlnet.controlnet_cond_embedding.conv_out,
+        ],
+    )
+    controlnet.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+def _wake_zero_convs(model: Any, layers: list[Any]) -> None:
+    """Small random weights for a fresh control model's zero-initialised output layers
+    (as they are, the model would change nothing)."""
+    import torch
+
     with torch.no_grad():
-        for layer in zero_initialised:
+        for layer in layers:
             layer.weight.normal_(0.0, 0.05)
             if layer.bias is not None:
                 layer.bias.zero_()
-    controlnet.save_pretrained(folder, safe_serialization=True)
+
+
+def build_tiny_union_controlnet(folder: Path, base: Path, *, seed: int = 0) -> Path:
+    """Build a union ControlNet (ControlNet++ layout: one model, eight control types) for
+    the tiny SDXL pipeline at ``base`` under ``folder``; its task embeddings are as wide
+    as the tiny UNet's first block, as the real one's are (320)."""
+    import torch
+    from diffusers import ControlNetUnionModel, UNet2DConditionModel
+
+    unet = UNet2DConditionModel.from_pretrained(base, subfolder="unet", use_safetensors=True)
+    layout = ControlNetUnionModel.from_unet(
+        unet, conditioning_embedding_out_channels=(16, 32), load_weights_from_unet=False
+    ).config
+    width = unet.config.block_out_channels[0]
+    torch.manual_seed(seed)
+    union = ControlNetUnionModel.from_config(
+        {
+            # without diffusers' private keys: "_use_default_values" would undo the widths
+            **{key: value for key, value in dict(layout).items() if not key.startswith("_")},
+            "num_control_type": 8,
+            "num_trans_channel": width,
+            "num_proj_channel": width,
+            "num_trans_head": 4,
+        }
+    )
+    _wake_zero_convs(
+        union,
+        [
+            *union.controlnet_down_blocks,
+            union.controlnet_mid_block,
+            union.controlnet_cond_embedding.conv_out,
+        ],
+    )
+    union.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+def build_tiny_t2i_adapter(folder: Path, *, seed: int = 0) -> Path:
+    """Build a T2I-Adapter for the tiny SD pipeline under ``folder``: it unshuffles the map
+    by the tiny VAE's factor (2) and gives one feature map per UNet down block (32, 64)."""
+    import torch
+    from diffusers import T2IAdapter
+
+    torch.manual_seed(seed)
+    adapter: Any = T2IAdapter(
+        in_channels=3,
+        channels=[32, 64],
+        num_res_blocks=1,
+        downscale_factor=2,
+        adapter_type="full_adapter",
+    )
+    adapter.save_pretrained(folder, safe_serialization=True)
     return folder
 
 
@@ -419,6 +482,9 @@ DEMO_CONTROLNETS: dict[str, str] = {
     "tiny-sd-scribble": "tiny-sd",
     "tiny-sdxl-canny": "tiny-sdxl",
 }
+#: The demo's union ControlNet (for tiny-sdxl) and T2I-Adapter (a canny one, for tiny-sd).
+DEMO_UNION = "tiny-sdxl-union"
+DEMO_ADAPTER = "tiny-sd-t2i-adapter-canny"
 
 
 def build_demo_models(data_dir: Path) -> dict[str, Path]:
@@ -446,4 +512,12 @@ def build_demo_models(data_dir: Path) -> dict[str, Path]:
         if not (folder / "config.json").is_file():
             build_tiny_controlnet(folder, built[base], seed=index)
         built[name] = folder
+    union = data_dir / "controlnets" / DEMO_UNION
+    if not (union / "config.json").is_file():
+        build_tiny_union_controlnet(union, built["tiny-sdxl"], seed=7)
+    built[DEMO_UNION] = union
+    adapter = data_dir / "controlnets" / DEMO_ADAPTER
+    if not (adapter / "config.json").is_file():
+        build_tiny_t2i_adapter(adapter, seed=8)
+    built[DEMO_ADAPTER] = adapter
     return built

@@ -25,6 +25,7 @@ from sdserve.jobs.contract import ServedModel
 from sdserve.jobs.store import utcnow
 from sdserve.models.controlnet import preprocessors
 from sdserve.models.controlnet.catalog import ControlNetCatalog
+from sdserve.models.controlnet.units import check_units
 
 
 class RegistryLike(Protocol):
@@ -224,15 +225,19 @@ class ServedModels:
     def check_controls(self, spec: Any, inp: GenerationInput) -> None:
         """Refuse units whose ControlNet is unknown or of another family than ``spec``, or
         whose preprocessor does not exist, naming the unit's field (422)."""
+        specs = []
         for index, unit in enumerate(inp.controlnets):
             field = f"controlnets.{index}"
             if self.controlnets is None:
                 raise InvalidInput(f"{field}.model", "this server serves no ControlNet")
-            self.controlnets.resolve(
-                unit.model, model=spec.name, family=spec.family, field=f"{field}.model"
+            specs.append(
+                self.controlnets.resolve(
+                    unit.model, model=spec.name, family=spec.family, field=f"{field}.model"
+                )
             )
             if unit.preprocessor not in (AUTO, NO_PREPROCESSOR):
                 preprocessors.get(unit.preprocessor, field=f"{field}.preprocessor")
+        check_units(inp.controlnets, specs, has_image=inp.image is not None)
 
     def controlnet_choices(self, family: str) -> list[str]:
         """What a unit of a ``family`` model may name: the fitting ControlNets, then the
@@ -240,7 +245,7 @@ class ServedModels:
         if self.controlnets is None:
             return []
         fitting = [spec for spec in self.controlnets.all() if spec.fits(family)]
-        kinds = [kind for kind in CONTROL_TYPES if any(s.control_type == kind for s in fitting)]
+        kinds = [kind for kind in CONTROL_TYPES if any(s.takes(kind) for s in fitting)]
         return [spec.name for spec in fitting] + kinds
 
     def _served(self, spec: Any) -> ServedModel:

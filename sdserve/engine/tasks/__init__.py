@@ -12,6 +12,7 @@ selects them is the registry's business (:mod:`sdserve.engine.tasks.registry`).
 from __future__ import annotations
 
 import copy
+import inspect
 import math
 import time
 from collections.abc import Sequence
@@ -161,12 +162,29 @@ def control_kwargs(call: TaskCall, *, image_key: str) -> dict[str, Any]:
     return units_kwargs(call.controls, image_key=image_key)
 
 
-def common_kwargs(call: TaskCall, *, steps: int | None = None) -> dict[str, Any]:
-    """Pipeline arguments every task passes the same way (``steps``: a pass's own count)."""
+def common_kwargs(
+    call: TaskCall, *, steps: int | None = None, pipe: Pipeline | None = None
+) -> dict[str, Any]:
+    """Pipeline arguments every task passes the same way (``steps``: a pass's own count).
+    ``pipe``: given where the pipeline may be one of diffusers' older ones (the T2I-Adapter
+    pipelines) that only take the legacy per-step ``callback``."""
     inp = call.inp
     return {
         "num_inference_steps": inp.num_inference_steps if steps is None else steps,
         "guidance_scale": inp.guidance_scale,
         "generator": call.generators,
-        "callback_on_step_end": call.watcher,
+        **step_callback(pipe, call.watcher),
     }
+
+
+def step_callback(pipe: Pipeline | None, watcher: StepWatcher) -> dict[str, Any]:
+    """The watcher as the pipeline takes it: ``callback_on_step_end``, or the legacy
+    ``callback(step, timestep, latents)`` called every step (cancel and progress work the
+    same; such a pipeline has no interrupt flag, so it cannot stop early)."""
+    if pipe is None or "callback_on_step_end" in inspect.signature(pipe.__call__).parameters:
+        return {"callback_on_step_end": watcher}
+
+    def legacy(step: int, timestep: Any, latents: Any) -> None:
+        watcher(pipe, step, timestep, {"latents": latents})
+
+    return {"callback": legacy, "callback_steps": 1}

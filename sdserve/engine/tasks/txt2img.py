@@ -25,7 +25,7 @@ def run(pipe: Pipeline, call: TaskCall) -> list[Image]:
         width=inp.width,
         height=inp.height,
         output_type="pil",
-        **common_kwargs(call),
+        **common_kwargs(call, pipe=pipe),
         **control_kwargs(call, image_key="image"),
     )
     return list(result.images)

@@ -33,6 +33,24 @@ from sdserve.models.references import (
 )
 
 ControlNetFamily = Literal["sd1", "sd2", "sdxl"]
+#: What a served model is: a ControlNet of one type, a union ControlNet (one SDXL model for
+#: many types, told by an index per unit) or a T2I-Adapter (a light encoder, text to image).
+ControlKind = Literal["controlnet", "union", "t2i_adapter"]
+#: The control types a union ControlNet (xinsir's ControlNet++ layout, which diffusers'
+#: ``ControlNetUnionModel`` follows) takes, by their index in its ``control_mode``.
+UNION_TYPES: dict[str, int] = {
+    "openpose": 0,
+    "depth": 1,
+    "softedge": 2,
+    "scribble": 2,
+    "canny": 3,
+    "lineart": 3,
+    "mlsd": 3,
+    "normal": 4,
+    "seg": 5,
+    "tile": 6,
+    "inpaint": 7,
+}
 #: The model families each ControlNet family steers (turbo models share their base's UNet).
 FITS: dict[str, frozenset[str]] = {
     "sd1": frozenset({"sd1"}),
@@ -57,6 +75,9 @@ class ControlNetSpec:
     family: ControlNetFamily
     control_type: str | None
     short_hash: str
+    kind: ControlKind = "controlnet"
+    #: a union ControlNet's number of control types (indexes of ``UNION_TYPES`` below it)
+    union_types: int = 0
 
     @property
     def title(self) -> str:
@@ -70,6 +91,12 @@ class ControlNetSpec:
     def fits(self, model_family: str) -> bool:
         return model_family in FITS[self.family]
 
+    def takes(self, control_type: str) -> bool:
+        """Whether a unit of ``control_type`` may name it when asking by type."""
+        if self.kind == "union":
+            return UNION_TYPES.get(control_type, self.union_types) < self.union_types
+        return self.control_type == control_type
+
 
 def _read_json(path: Path) -> dict[str, Any] | None:
     try:
@@ -79,9 +106,22 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
+def kind_from_config(config: dict[str, Any]) -> ControlKind:
+    """What a diffusers config describes, by its class name."""
+    name = str(config.get("_class_name", ""))
+    if name == "ControlNetUnionModel":
+        return "union"
+    if name in ("T2IAdapter", "MultiAdapter"):
+        return "t2i_adapter"
+    return "controlnet"
+
+
 def family_from_config(config: dict[str, Any]) -> ControlNetFamily:
-    """A diffusers ``ControlNetModel`` config's family: SDXL adds text-time embeddings,
-    SD 2 attends to 1024-wide OpenCLIP states, SD 1 to 768-wide CLIP ones."""
+    """A diffusers ControlNet or T2I-Adapter config's family: SDXL adds text-time
+    embeddings (its adapters say ``full_adapter_xl``), SD 2 attends to 1024-wide OpenCLIP
+    states, SD 1 to 768-wide CLIP ones (and SD 1 is what the other adapters are for)."""
+    if kind_from_config(config) == "t2i_adapter":
+        return "sdxl" if str(config.get("adapter_type", "")).endswith("_xl") else "sd1"
     if config.get("addition_embed_type") == "text_time":
         return "sdxl"
     width = config.get("cross_attention_dim")
@@ -123,6 +163,7 @@ def inspect_controlnet(reference: str, *, name: str | None = None) -> ControlNet
     """The spec of one ControlNet reference (a folder, a ``.safetensors`` file or a hub id)."""
     check_weights_format(reference)
     path = Path(reference).expanduser()
+    kind: ControlKind
     if path.is_dir():
         config = _read_json(path / "config.json")
         if config is None:
@@ -131,6 +172,7 @@ def inspect_controlnet(reference: str, *, name: str | None = None) -> ControlNet
         if weights is None:
             raise ModelLoadError(f"{path}: no {FOLDER_WEIGHTS[0]} (only .safetensors is loaded)")
         family = family_from_config(config)
+        kind, union_types = kind_from_config(config), int(config.get("num_control_type", 0))
         digest = short_hash(weights)
         served = name or path.name
     elif path.is_file():
@@ -139,6 +181,8 @@ def inspect_controlnet(reference: str, *, name: str | None = None) -> ControlNet
         sidecar = _read_json(path.with_name(path.stem + SINGLE_FILE_CONFIG_SUFFIX) / "config.json")
         header = read_safetensors_header(path)
         family = family_from_config(sidecar) if sidecar else family_from_header(header, path)
+        kind = kind_from_config(sidecar) if sidecar else "controlnet"
+        union_types = int(sidecar.get("num_control_type", 0)) if sidecar else 0
         digest = short_hash(path)
         served = name or path.stem
     elif is_hub_id(reference):
@@ -146,6 +190,11 @@ def inspect_controlnet(reference: str, *, name: str | None = None) -> ControlNet
         if re.search(r"(sd-?2|sd21|v2-)", reference.lower()):
             family = "sd2"
         digest = hashlib.sha256(reference.encode()).hexdigest()[:8]
+        kind, union_types = "controlnet", 0
+        if "union" in reference.lower():
+            kind, union_types = "union", len(set(UNION_TYPES.values()))
+        elif "t2i-adapter" in reference.lower() or "t2iadapter" in reference.lower():
+            kind = "t2i_adapter"
         served = name or reference
     else:
         raise ModelLoadError(f"ControlNet {reference!r} is neither a hub id nor a local path")
@@ -153,8 +202,10 @@ def inspect_controlnet(reference: str, *, name: str | None = None) -> ControlNet
         name=served,
         reference=str(path) if not is_hub_id(reference) else reference,
         family=family,
-        control_type=control_type_of(served),
+        control_type=None if kind == "union" else control_type_of(served),
         short_hash=digest,
+        kind=kind,
+        union_types=union_types,
     )
 
 
@@ -212,14 +263,16 @@ class ControlNetCatalog:
                     allowed=fitting,
                 )
             return spec
-        kind = wanted.lower()
-        if kind in CONTROL_TYPES:
-            for candidate in served:
-                if candidate.control_type == kind and candidate.fits(family):
+        control_type = wanted.lower()
+        if control_type in CONTROL_TYPES:
+            # a ControlNet of that very type first, a union ControlNet taking it next
+            ranked = sorted(served, key=lambda candidate: candidate.kind == "union")
+            for candidate in ranked:
+                if candidate.takes(control_type) and candidate.fits(family):
                     return candidate
             raise InvalidInput(
                 field,
-                f"no served {kind} ControlNet fits model {model} ({family})",
+                f"no served {control_type} ControlNet fits model {model} ({family})",
                 allowed=fitting,
             )
         raise InvalidInput(
@@ -231,11 +284,14 @@ class ControlNetCatalog:
 
 __all__ = [
     "FITS",
+    "UNION_TYPES",
+    "ControlKind",
     "ControlNetCatalog",
     "ControlNetFamily",
     "ControlNetSpec",
     "family_from_config",
     "family_from_header",
     "inspect_controlnet",
+    "kind_from_config",
     "short_hash",
 ]

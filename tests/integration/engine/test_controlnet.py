@@ -307,3 +307,88 @@ def test_outpainting_and_the_expert_ensemble_refuse_units(engine: Engine, tiny_s
             {**COMMON, "refine": "expert_ensemble_refiner", "controlnets": [unit("canny")]}
         ).check_limits(engine.limits)
     assert ensemble.value.field == "controlnets"
+
+
+def test_a_union_controlnet_gives_the_pixels_of_diffusers_union_pipeline(
+    engine: Engine, tiny_sdxl: Path, tiny_controlnets: Path
+) -> None:
+    from diffusers import ControlNetUnionModel, StableDiffusionXLControlNetUnionPipeline
+
+    result = generate(
+        engine,
+        name_of(engine, tiny_sdxl),
+        [unit("tiny-sdxl-union", control_type="depth", conditioning_scale=0.9)],
+        [control_map()],
+    )
+    union = ControlNetUnionModel.from_pretrained(tiny_controlnets / "tiny-sdxl-union")
+    pipe = StableDiffusionXLControlNetUnionPipeline.from_pretrained(tiny_sdxl, controlnet=union)
+    expected = plain(
+        pipe, control_image=[control_map()], control_mode=[1], controlnet_conditioning_scale=0.9
+    )
+    assert np.array_equal(pixels(result.images[0].data), expected)
+
+
+def test_a_t2i_adapter_gives_the_pixels_of_diffusers_adapter_pipeline(
+    engine: Engine, tiny_sd: Path, tiny_controlnets: Path
+) -> None:
+    from diffusers import StableDiffusionAdapterPipeline, T2IAdapter
+
+    result = generate(
+        engine,
+        name_of(engine, tiny_sd),
+        [unit("tiny-sd-t2i-adapter-canny", conditioning_scale=0.8)],
+        [control_map()],
+    )
+    adapter = T2IAdapter.from_pretrained(tiny_controlnets / "tiny-sd-t2i-adapter-canny")
+    pipe = StableDiffusionAdapterPipeline.from_pretrained(
+        tiny_sd, adapter=adapter, safety_checker=None, requires_safety_checker=False
+    )
+    expected = plain(pipe, image=control_map(), adapter_conditioning_scale=0.8)
+    assert np.array_equal(pixels(result.images[0].data), expected)
+
+
+@pytest.mark.parametrize(
+    ("units", "extra", "field", "words"),
+    [
+        (
+            [unit("canny"), unit("tiny-sd-t2i-adapter-canny")],
+            {},
+            "controlnets.1.model",
+            "one request runs one kind",
+        ),
+        (
+            [unit("tiny-sd-t2i-adapter-canny")],
+            {"image": data_uri()},
+            "controlnets.0.model",
+            "text to image only",
+        ),
+        ([unit("tiny-sd-t2i-adapter-canny", start=0.2)], {}, "controlnets.0.start", "first step"),
+        ([unit("tiny-sd-t2i-adapter-canny", end=0.5)], {}, "controlnets.0.end", "every step"),
+    ],
+)
+def test_kinds_that_cannot_run_together_are_refused(
+    engine: Engine,
+    tiny_sd: Path,
+    units: list[dict[str, Any]],
+    extra: dict[str, Any],
+    field: str,
+    words: str,
+) -> None:
+    inp = GenerationInput.model_validate({**COMMON, "controlnets": units, **extra})
+    with pytest.raises(InvalidInput) as refused:
+        engine.generate(
+            inp,
+            model=name_of(engine, tiny_sd),
+            image=control_map() if "image" in extra else None,
+            controls=[UnitImages(image=control_map()) for _ in units],
+        )
+    assert refused.value.field == field and words in refused.value.message
+
+
+def test_a_union_unit_must_say_its_type(engine: Engine, tiny_sdxl: Path) -> None:
+    with pytest.raises(InvalidInput) as refused:
+        generate(engine, name_of(engine, tiny_sdxl), [unit("tiny-sdxl-union")], [control_map()])
+    assert refused.value.field == "controlnets.0.control_type"
+    # a type named as the model picks the union ControlNet when no ControlNet of it is served
+    depth = generate(engine, name_of(engine, tiny_sdxl), [unit("depth")], [control_map()])
+    assert len(depth.images) == 1
