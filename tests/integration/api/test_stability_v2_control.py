@@ -35,9 +35,7 @@ def add_controlnet(data_dir: Path, name: str, family: str) -> None:
     (folder / "diffusion_pytorch_model.safetensors").write_bytes(name.encode())
 
 
-def post(
-    client: TestClient, kind: str, fields: dict[str, Any], image: bytes | None = None
-) -> Any:
+def post(client: TestClient, kind: str, fields: dict[str, Any], image: bytes | None = None) -> Any:
     files = {"image": ("sketch.png", image, "image/png")} if image else {"none": ""}
     data = {key: str(value) for key, value in fields.items()}
     return client.post(f"{V2}/control/{kind}", data=data, files=files)
@@ -120,9 +118,7 @@ def test_a_named_model_without_a_fitting_controlnet_is_400_naming_model(
     assert "test/fake (sd1)" in message
 
 
-def test_style_is_not_served_it_needs_an_ip_adapter(
-    offline_app: FastAPI, tmp_path: Path
-) -> None:
+def test_style_is_not_served_it_needs_an_ip_adapter(offline_app: FastAPI, tmp_path: Path) -> None:
     add_controlnet(tmp_path, "fake-sd15-canny", "sd1")
     with TestClient(offline_app) as client:
         response = post(client, "style", {"prompt": "x", "fidelity": 0.5}, png())
