@@ -131,12 +131,6 @@ def control_types(kind: str) -> list[str]:
     return [control_type for control_type, _ in CONTROL_KINDS[kind]]
 
 
-def serves_kind(kind: str, controlnets: Sequence[ControlNetSpec]) -> bool:
-    """Whether any served ControlNet is of one of ``kind``'s control types."""
-    wanted = control_types(kind)
-    return any(spec.control_type in wanted for spec in controlnets)
-
-
 def fitting_control(
     kind: str, family: str, controlnets: Sequence[ControlNetSpec]
 ) -> ControlChoice | None:
@@ -216,5 +210,4 @@ __all__ = [
     "control_size",
     "control_types",
     "fitting_control",
-    "serves_kind",
 ]

@@ -17,7 +17,6 @@ from sdserve.api.stability.v2_controls import (
     conditioning_scale,
     control_for,
     control_size,
-    serves_kind,
 )
 from sdserve.api.stability.v2_schemas import parse_fields
 from sdserve.domain.controls import ControlUnit, control_type_of
@@ -178,11 +177,6 @@ def test_no_fitting_controlnet_anywhere_and_no_model_named_is_not_served(
 ) -> None:
     models = [served(SD, "sd1")]
     assert control_for("sketch", None, models, controlnets) is None
-
-
-def test_serves_kind_reads_the_types() -> None:
-    assert serves_kind("structure", DEMO) and serves_kind("sketch", DEMO)
-    assert not serves_kind("sketch", [controlnet("tiny-sd-canny", "sd1")])
 
 
 @pytest.mark.parametrize(
