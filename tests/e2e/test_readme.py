@@ -23,7 +23,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from PIL import Image
+from PIL import Image, ImageDraw
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.conftest import ServerProcess, free_port, running_server
@@ -380,8 +380,17 @@ def run_stability_v2(server: ServerProcess, workdir: Path) -> None:
 
 
 def run_stability_v2_curl(server: ServerProcess, workdir: Path) -> None:
+    drawing = Image.new("RGB", (64, 64), "white")
+    ImageDraw.Draw(drawing).rectangle((16, 20, 48, 56), outline="black", width=2)
+    drawing.save(workdir / "sketch.png")
     succeeded(run_shell(example(STABILITY_V2_CURL).code, workdir, server))
-    sizes = {"cat.png": (64, 64), "wider.png": (88, 72), "upscaled.png": (256, 256)}
+    sizes = {
+        "cat.png": (64, 64),
+        "wider.png": (88, 72),
+        "upscaled.png": (256, 256),
+        "house.png": (64, 64),
+        "castle.png": (64, 64),
+    }
     for name, size in sizes.items():
         with Image.open(workdir / name) as image:
             assert (image.format, image.size) == ("PNG", size), name

@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from tests.e2e.conftest import ServerProcess, free_port
 
@@ -303,9 +303,7 @@ def test_erase_repaints_the_mask_without_a_prompt(http: httpx.Client) -> None:
     ("path", "words"),
     [
         ("edit/search-and-replace", "edit/inpaint"),
-        ("control/sketch", "ControlNet"),
-        ("control/structure", "ControlNet"),
-        ("control/style", "ControlNet"),
+        ("control/style", "IP-Adapter"),
         ("upscale/fast", "upscaler"),
     ],
 )
@@ -316,6 +314,107 @@ def test_what_needs_a_model_sdserve_does_not_serve_answers_422_not_served(
     fields = {"prompt": "a dog", "search_prompt": "cat"}
     message = v2_error(post(http, path, fields, files), 422, "not_served")
     assert words in message
+
+
+# -- control --------------------------------------------------------------------------------
+
+
+def sketch(size: tuple[int, int] = (96, 64)) -> bytes:
+    """A line drawing: dark strokes on white paper, as Stability's sketches are."""
+    image = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(image)
+    width, height = size
+    draw.rectangle((width // 4, height // 3, 3 * width // 4, height - 8), outline="black", width=2)
+    draw.line((width // 4, height // 3, width // 2, 6, 3 * width // 4, height // 3), "black", 2)
+    return png(image)
+
+
+def unit_of(http: httpx.Client, response: httpx.Response) -> tuple[str, dict[str, Any]]:
+    job = job_of(http, response)
+    (unit,) = job["input"]["controlnets"]
+    return job["model"], unit
+
+
+@pytest.mark.parametrize(
+    ("path", "model", "controlnet"),
+    [
+        ("control/sketch", "sdserve/tiny-sd", "tiny-sd-scribble"),
+        ("control/structure", "sdserve/tiny-sdxl", "tiny-sdxl-canny"),
+    ],
+)
+def test_control_answers_an_image_of_the_inputs_size_steered_by_a_controlnet(
+    http: httpx.Client, path: str, model: str, controlnet: str
+) -> None:
+    files = {"image": ("sketch.png", sketch((96, 64)), "image/png")}
+    response = post(http, path, {"prompt": "a cottage", "seed": 8}, files)
+    image_of(response, (96, 64))
+    assert response.headers["seed"] == "8"
+    # no model named: the first engine (SDXL first) that has a fitting ControlNet answers
+    served, unit = unit_of(http, response)
+    assert (served, unit["model"]) == (model, controlnet)
+    assert unit["conditioning_scale"] == 1.0  # control_strength's default, 0.7
+    as_json = post(http, path, {"prompt": "a cottage", "seed": 8}, files, "application/json")
+    assert as_json.status_code == 200, as_json.text
+    assert pixels(base64.b64decode(as_json.json()["image"])) == pixels(response.content)
+
+
+def test_control_with_the_same_seed_gives_the_same_bytes_and_strength_changes_the_image(
+    http: httpx.Client,
+) -> None:
+    files = {"image": ("sketch.png", sketch(), "image/png")}
+    fields = {"prompt": "a cottage", "seed": 12, "model": "sdserve--tiny-sd"}
+    first = post(http, "control/sketch", {**fields, "control_strength": 1}, files)
+    again = post(http, "control/sketch", {**fields, "control_strength": 1}, files)
+    assert image_of(again, (96, 64)) == image_of(first, (96, 64))
+    # strength 0 leaves the ControlNet out: the image is the one without it
+    unsteered = post(http, "control/sketch", {**fields, "control_strength": 0}, files)
+    assert pixels(image_of(unsteered, (96, 64))) != pixels(first.content)
+    assert unit_of(http, unsteered)[1]["conditioning_scale"] == 0
+
+
+def test_control_on_the_sdxl_model_uses_its_canny_and_has_no_sketch_controlnet(
+    http: httpx.Client,
+) -> None:
+    files = {"image": ("photo.png", sketch((64, 96)), "image/png")}
+    fields = {"prompt": "a tower", "model": "sdserve--tiny-sdxl", "control_strength": 0.5}
+    structure = post(http, "control/structure", fields, files)
+    image_of(structure, (64, 96))
+    served, unit = unit_of(http, structure)
+    assert (served, unit["model"], unit["preprocessor"]) == (
+        "sdserve/tiny-sdxl",
+        "tiny-sdxl-canny",
+        "canny",
+    )
+    message = v2_error(post(http, "control/sketch", fields, files), 400, "bad_request")
+    assert message.startswith(
+        "model: no served scribble or lineart or softedge ControlNet fits model "
+        "sdserve/tiny-sdxl (sdxl)"
+    )
+    assert "sdserve--tiny-sd" in message  # the engines that have one
+
+
+def test_control_draws_a_large_image_at_the_pixel_limit_keeping_its_aspect(
+    http: httpx.Client,
+) -> None:
+    files = {"image": ("big.png", sketch((256, 128)), "image/png")}
+    response = post(http, "control/structure", {"prompt": "a bridge"}, files)
+    image_of(response, (176, 88))  # 128x128 pixels at most, multiples of 8
+
+
+@pytest.mark.parametrize(
+    ("fields", "files", "field", "name"),
+    [
+        ({"prompt": "x", "control_strength": 2}, True, "control_strength", "bad_request"),
+        ({"prompt": "x"}, False, "image", "invalid_image"),
+        ({"control_strength": 0.5}, True, "prompt", "invalid_prompts"),
+    ],
+)
+def test_a_bad_control_request_is_400_naming_the_field(
+    http: httpx.Client, fields: dict[str, Any], files: bool, field: str, name: str
+) -> None:
+    parts = {"image": ("sketch.png", sketch(), "image/png")} if files else None
+    message = v2_error(post(http, "control/structure", fields, parts), 400, name)
+    assert message.startswith(f"{field}:")
 
 
 # -- upscale --------------------------------------------------------------------------------

@@ -6,9 +6,11 @@ job ends (a client that hangs up cancels it); ``upscale/creative`` answers ``{"i
 once, and ``GET /v2beta/results/{id}`` answers 202 until the job has ended, then its image
 (it answers any Stability job). What needs a model sdserve does not serve answers 422
 ``not_served`` saying what to use instead: ``edit/search-and-replace`` (a segmentation
-model finds what to replace), ``control/*`` (ControlNet) and ``upscale/fast`` (a model
-upscaler such as ESRGAN). ``upscale/conservative`` and ``upscale/creative`` are diffusion
-upscales: the image resized and redrawn by img2img at a low strength.
+model finds what to replace), ``control/style`` (an IP-Adapter) and ``upscale/fast`` (a
+model upscaler such as ESRGAN); ``control/sketch`` and ``control/structure`` too on a
+server without a ControlNet of their types (:mod:`~sdserve.api.stability.v2_controls`).
+``upscale/conservative`` and ``upscale/creative`` are diffusion upscales: the image resized
+and redrawn by img2img at a low strength.
 """
 
 from __future__ import annotations
@@ -28,6 +30,16 @@ from sdserve.api.stability import v2_images as images
 from sdserve.api.stability.engines import SOURCE
 from sdserve.api.stability.results import artifacts, succeeded, v2_error_response
 from sdserve.api.stability.uploads import Upload
+from sdserve.api.stability.v2_controls import (
+    CONTROL_FIELDS,
+    ControlKind,
+    ControlRequest,
+    SketchRequest,
+    StructureRequest,
+    control_for,
+    control_size,
+    control_types,
+)
 from sdserve.api.stability.v2_schemas import (
     EDIT_FIELDS,
     GENERATE_FIELDS,
@@ -69,8 +81,13 @@ _SEARCH_AND_REPLACE = (
     "to edit/inpaint instead"
 )
 _CONTROL = (
-    "control/{kind} needs a ControlNet, and this server serves none yet; "
-    "generate/ultra with an image and a strength redraws an image without one"
+    "control/{kind} needs a served {types} ControlNet fitting a served model, and this "
+    "server has none; an operator adds one to the ControlNet folder"
+)
+_STYLE = (
+    "control/style takes the style of an image with an IP-Adapter, and this server serves "
+    "none yet; control/structure keeps an image's layout with a ControlNet, and "
+    "generate/ultra with an image and a strength redraws an image"
 )
 _FAST_UPSCALE = (
     "upscale/fast needs a model upscaler (such as ESRGAN), and this server serves none "
@@ -146,7 +163,9 @@ class StabilityV2Api:
             "/stable-image/edit/outpaint": (self.outpaint, OutpaintRequest, True),
             "/stable-image/edit/erase": (self.erase, EraseRequest, True),
             "/stable-image/edit/search-and-replace": (self.search_and_replace, None, False),
-            "/stable-image/control/{kind}": (self.control, None, False),
+            "/stable-image/control/sketch": (self.sketch, SketchRequest, True),
+            "/stable-image/control/structure": (self.structure, StructureRequest, True),
+            "/stable-image/control/style": (self.style, None, False),
             "/stable-image/upscale/fast": (self.fast_upscale, None, False),
             "/stable-image/upscale/conservative": (
                 self.conservative_upscale,
@@ -250,8 +269,35 @@ class StabilityV2Api:
     async def search_and_replace(self) -> Response:
         return not_served_response(_SEARCH_AND_REPLACE)
 
-    async def control(self, kind: str) -> Response:
-        return not_served_response(_CONTROL.format(kind=kind))
+    # -- control ----------------------------------------------------------------------------
+
+    async def sketch(self, request: Request) -> Response:
+        return await self._control(request, SketchRequest, "sketch")
+
+    async def structure(self, request: Request) -> Response:
+        return await self._control(request, StructureRequest, "structure")
+
+    async def style(self) -> Response:
+        return not_served_response(_STYLE)
+
+    async def _control(
+        self, request: Request, schema: type[ControlRequest], kind: ControlKind
+    ) -> Response:
+        """Text to image at the image's size, steered by the served ControlNet of ``kind``'s
+        types that fits the engine (:func:`control_for`), the image as its control image."""
+        call, body = await self._begin(request, schema)
+        catalog = self.service.controlnets()
+        controlnets = [] if catalog is None else await asyncio.to_thread(catalog.all)
+        chosen = control_for(kind, body.model, await self._models(), controlnets)
+        if chosen is None:
+            types = " or ".join(control_types(kind))
+            return not_served_response(_CONTROL.format(kind=kind, types=types))
+        model, control = chosen
+        upload = call.form.required_image("image")
+        stored = await asyncio.to_thread(self._store_image, upload, check_size=False)
+        size = control_size(stored.width, stored.height, self.edge.limits.max_pixels)
+        values = body.canonical(size, stored.image, control)
+        return await self._run(call, model, values, CONTROL_FIELDS)
 
     # -- upscale ----------------------------------------------------------------------------
 
