@@ -414,7 +414,7 @@ def render_control_types(controlnets: Sequence[ControlNetSpec]) -> dict[str, Any
     kinds |= {p.control_type for p in preprocessors.PREPROCESSORS.values()}
     for kind in sorted(kinds, key=lambda k: CONTROL_TYPE_TAGS.get(k, k)):
         modules = [n for n, p in preprocessors.PREPROCESSORS.items() if p.control_type == kind]
-        models = [spec.title for spec in controlnets if spec.control_type == kind]
+        models = [spec.title for spec in controlnets if spec.takes(kind)]
         default = preprocessors.default_for(kind) or (modules[0] if modules else NO_PREPROCESSOR)
         types[CONTROL_TYPE_TAGS.get(kind, kind)] = {
             "module_list": [NO_PREPROCESSOR, *modules],

@@ -95,6 +95,8 @@ class ControlRequest(PromptedRequest):
             # they were drawn, at the output's own resolution
             "resize_mode": "just_resize",
             "pixel_perfect": True,
+            # a union ControlNet is told which type the map is
+            "control_type": control.control_type,
         }
         return {
             **self.base_values(),
@@ -134,10 +136,13 @@ def control_types(kind: str) -> list[str]:
 def fitting_control(
     kind: str, family: str, controlnets: Sequence[ControlNetSpec]
 ) -> ControlChoice | None:
-    """The first served ControlNet of ``kind``'s types, in their order, fitting ``family``."""
+    """The first served ControlNet of ``kind``'s types, in their order, fitting ``family``:
+    a ControlNet of that type, else a union ControlNet taking it, else a T2I-Adapter."""
+    rank = {"controlnet": 0, "union": 1, "t2i_adapter": 2}
+    ranked = sorted(controlnets, key=lambda spec: rank[spec.kind])
     for control_type, preprocessor in CONTROL_KINDS[kind]:
-        for spec in controlnets:
-            if spec.control_type == control_type and spec.fits(family):
+        for spec in ranked:
+            if spec.takes(control_type) and spec.fits(family):
                 return ControlChoice(spec.name, control_type, preprocessor)
     return None
 

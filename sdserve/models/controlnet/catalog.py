@@ -59,6 +59,7 @@ FITS: dict[str, frozenset[str]] = {
 }
 #: Names of the weights file in a diffusers ControlNet folder, preferred first.
 FOLDER_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.fp16.safetensors")
+_TYPE_RANK = {"controlnet": 0, "union": 1, "t2i_adapter": 2}
 _TITLE = re.compile(r"^(?P<name>.+?) \[[0-9a-fA-F]{8,}\]$")
 
 
@@ -265,8 +266,9 @@ class ControlNetCatalog:
             return spec
         control_type = wanted.lower()
         if control_type in CONTROL_TYPES:
-            # a ControlNet of that very type first, a union ControlNet taking it next
-            ranked = sorted(served, key=lambda candidate: candidate.kind == "union")
+            # a ControlNet of that very type first, then a union ControlNet taking it, then
+            # a T2I-Adapter (text to image only)
+            ranked = sorted(served, key=lambda candidate: _TYPE_RANK[candidate.kind])
             for candidate in ranked:
                 if candidate.takes(control_type) and candidate.fits(family):
                     return candidate

@@ -111,6 +111,7 @@ def test_the_input_schema_shows_controlnet_inputs_only_where_some_fit(
         "tiny-sd-canny",
         "tiny-sd-depth",
         "tiny-sd-scribble",
+        "tiny-sd-t2i-adapter-canny",
         "canny",
         "depth",
         "scribble",

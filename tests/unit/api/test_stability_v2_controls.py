@@ -66,6 +66,7 @@ def test_defaults_give_text_to_image_with_one_unit_at_weight_1() -> None:
                 "conditioning_scale": 1.0,
                 "resize_mode": "just_resize",
                 "pixel_perfect": True,
+                "control_type": "scribble",  # what a union ControlNet would be told
             }
         ],
     }
