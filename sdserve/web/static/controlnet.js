@@ -243,6 +243,7 @@ class Unit {
       this.pad.brush = Number(brush.value);
       brushValue.textContent = `${brush.value} px`;
     });
+    this.brushInput = brush;
     const clear = el("button", { type: "button", text: "Clear drawing" });
     clear.addEventListener("click", () => {
       this.pad.clear();
@@ -421,9 +422,13 @@ class Unit {
   setSource(source) {
     this.source = source;
     this.sourceRadios[source].checked = true;
-    if (source === "draw" && !this.pad.mask.width) {
+    // an empty pad takes the output's size (a fresh canvas is 300×150, not yet sized)
+    if (source === "draw" && !this.pad.hasPaint()) {
       const [width, height] = this.panel.context.outputSize() || [512, 512];
       this.pad.resize(width, height);
+      // a line about as thick on a small pad as on a large one
+      this.brushInput.value = String(Math.max(3, Math.min(64, Math.round(Math.min(width, height) / 24))));
+      this.brushInput.dispatchEvent(new Event("input"));
     }
     this.showSource();
     this.mapStale();
