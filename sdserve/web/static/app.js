@@ -2,6 +2,7 @@
 // progress, results with reproducible snippets, and the history gallery.
 
 import { api, ApiError, follow, getToken, onUnauthorized, setToken } from "./api.js";
+import { ControlNetPanel } from "./controlnet.js";
 import { el, SchemaForm } from "./form.js";
 import { MaskPainter } from "./mask.js";
 
@@ -29,6 +30,30 @@ const form = new SchemaForm({
   other: $("group-other").querySelector("div"),
 });
 const painter = new MaskPainter($("mask-view"));
+const controlnet = new ControlNetPanel({
+  section: $("group-controlnet"),
+  list: $("controlnet-units"),
+  addButton: $("controlnet-add"),
+  returnMaps: $("controlnet-return-maps"),
+  help: $("controlnet-help"),
+  context: {
+    task: () => state.task,
+    inputImage: () => (IMAGE_TASKS.has(state.task) ? state.imageFile : null),
+    outputSize,
+  },
+});
+
+// the size the next image will have, as far as the page knows (null: the server's default)
+function outputSize() {
+  const width = form.has("width") ? form.get("width") : undefined;
+  const height = form.has("height") ? form.get("height") : undefined;
+  if (width && height) return [width, height];
+  const preview = $("image-preview");
+  if (IMAGE_TASKS.has(state.task) && state.imageFile && preview.naturalWidth) {
+    return [preview.naturalWidth, preview.naturalHeight];
+  }
+  return null;
+}
 
 // token ----------------------------------------------------------------------------------
 
@@ -90,6 +115,7 @@ function selectModel(name) {
     .filter(Boolean).join(" · ");
   const schema = model.latest_version.openapi_schema.components.schemas.Input;
   form.build(schema);
+  controlnet.setModel(schema);
   $("group-refiner").hidden = !(model.family === "sdxl" && form.has("refine"));
   applyTask();
 }
@@ -126,6 +152,7 @@ function applyTask() {
   $("group-outpaint").hidden = task !== "outpaint";
   $("mask-tools").hidden = task !== "inpaint" || !state.imageFile;
   $("mask-view").hidden = task !== "inpaint";
+  controlnet.setTask();
   for (const name of ["width", "height"]) {
     if (!form.has(name)) continue;
     const input = $(`in-${name}`);
@@ -201,6 +228,7 @@ function setupTasks() {
   $("mask-invert").addEventListener("click", () => painter.invert());
   $("reset").addEventListener("click", () => {
     form.reset();
+    controlnet.clear();
     applyTask();
   });
 }
@@ -250,7 +278,11 @@ async function submit(event) {
   try {
     const images = await imageInputs();
     if (!images) return;
-    const prediction = await api.createPrediction(model, { ...input, ...images });
+    const units = await controlnet.collect();
+    if (!units) return;
+    const controls = units.length ? { controlnets: units } : {};
+    if (controlnet.wantsMaps()) controls.return_control_maps = true;
+    const prediction = await api.createPrediction(model, { ...input, ...images, ...controls });
     await run(prediction);
   } catch (error) {
     showSubmitError(error, groups);
@@ -267,6 +299,7 @@ function showSubmitError(error, groups) {
       $(special).textContent = message;
       return;
     }
+    if (controlnet.showError(error.field, message)) return;
     if (form.showServerError(error.field, message, groups)) return;
     $("form-error").textContent = `${error.field}: ${message}`;
     return;
@@ -324,7 +357,7 @@ async function run(prediction) {
 // A job that failed on a bad input ("invalid_input: scheduler: unknown …") is explained
 // beside that field too, as a 422 would be.
 function showJobError(error) {
-  const match = /^(?:invalid_input|invalid_image|input_fetch_failed): (\w+): (.+)$/s.exec(error);
+  const match = /^(?:invalid_input|invalid_image|input_fetch_failed): ([\w.]+): (.+)$/s.exec(error);
   if (!match) return;
   const [, field, message] = match;
   const error422 = new ApiError(422, { detail: message, field });
@@ -367,9 +400,20 @@ function renderPrediction(prediction) {
   }
   const outputs = prediction.output || [];
   const nsfw = prediction.nsfw_content_detected || [];
+  const maps = controlMaps(input, outputs.length);
   if (outputs.length) {
     const images = el("div", { class: "images" });
     outputs.forEach((url, index) => {
+      const map = maps[index - (outputs.length - maps.length)];
+      if (map) {
+        images.append(el("figure", { class: "map" },
+          el("img", { src: url, alt: `${map} of ${prediction.id}` }),
+          el("figcaption", {},
+            el("span", { class: "badge", text: "map" }),
+            el("span", { text: map }),
+            el("a", { href: url, download: `${prediction.id}-map-${index}.png`, text: "Download" }))));
+        return;
+      }
       const imageSeed = seed === undefined || seed === null ? null : seed + index;
       const flagged = nsfw[index] === true;
       const caption = el("figcaption", {},
@@ -389,7 +433,8 @@ function renderPrediction(prediction) {
   fact("Model", prediction.model || "");
   fact("Seed", seed === undefined || seed === null ? "—" : String(seed));
   fact("Time", time === undefined || time === null ? "—" : `${Number(time).toFixed(2)} s`);
-  fact("NSFW", nsfw.length ? nsfw.map((flag, i) => `#${i + 1}: ${flag ? "flagged" : "no"}`).join(", ") : "not checked");
+  const imageFlags = nsfw.slice(0, outputs.length - maps.length); // maps are the request's own input
+  fact("NSFW", imageFlags.length ? imageFlags.map((flag, i) => `#${i + 1}: ${flag ? "flagged" : "no"}`).join(", ") : "not checked");
   fact("Created", prediction.created_at ? new Date(prediction.created_at).toLocaleString() : "");
   root.append(facts);
 
@@ -410,6 +455,17 @@ function renderPrediction(prediction) {
     root.append(el("details", { class: "logs" }, el("summary", { text: "Logs" }), el("pre", { text: prediction.logs })));
   }
   return root;
+}
+
+// Labels of the control maps at the end of the outputs (return_control_maps): one per unit
+// that acted (a unit of weight 0 is left out, and so is its map).
+function controlMaps(input, outputCount) {
+  if (!input.return_control_maps || !Array.isArray(input.controlnets)) return [];
+  const acting = input.controlnets
+    .map((unit, index) => ({ unit, index }))
+    .filter(({ unit }) => unit.conditioning_scale === undefined || unit.conditioning_scale > 0);
+  const count = Math.max(0, Math.min(acting.length, outputCount - (input.num_outputs ?? 1)));
+  return acting.slice(0, count).map(({ unit, index }) => `Control map of unit ${index + 1} (${unit.model})`);
 }
 
 function extension(url, input) {
@@ -443,32 +499,56 @@ function snippet(title, code) {
   return el("section", { class: "snippet" }, el("div", { class: "progress-head" }, el("h3", { text: title }), copy), pre);
 }
 
+// A file the snippet's reader has (an image that was sent inline as a data URI).
+class LocalFile {
+  constructor(name) {
+    this.name = name;
+  }
+}
+
 // Inputs for a snippet: data URIs become a file reference the reader fills in.
 // Values equal to the model's defaults are left out (the server fills them in the same
-// way); prompt and seed always stay, so the snippet reproduces the same images.
+// way); prompt and seed always stay, so the snippet reproduces the same images. ControlNet
+// units keep their model and image and what differs from a unit's defaults.
 function snippetInput(prediction) {
   const model = state.models.get(prediction.model);
-  const properties = model ? model.latest_version.openapi_schema.components.schemas.Input.properties || {} : {};
+  const schema = model ? model.latest_version.openapi_schema.components.schemas.Input : {};
+  const properties = schema.properties || {};
+  const unitProperties = ((schema.$defs || {}).ControlUnit || {}).properties || {};
   const input = {};
-  const files = {};
+  const asFile = (value, name) => (typeof value === "string" && value.startsWith("data:") ? new LocalFile(name) : value);
   for (const [key, value] of Object.entries(prediction.input || {})) {
     const isDefault = key in properties && properties[key].default === value;
     if (isDefault && key !== "prompt" && key !== "seed") continue;
-    if (typeof value === "string" && value.startsWith("data:")) files[key] = `${key}.png`;
-    else input[key] = value;
+    if (key === "controlnets" && Array.isArray(value)) {
+      if (!value.length) continue;
+      input[key] = value.map((unit, index) => {
+        const kept = {};
+        for (const [name, setting] of Object.entries(unit)) {
+          if (setting === null || (name !== "model" && unitProperties[name]?.default === setting)) continue;
+          kept[name] = asFile(setting, `control-${index + 1}.png`);
+        }
+        return kept;
+      });
+    } else {
+      input[key] = asFile(value, `${key}.png`);
+    }
   }
-  return { input, files };
+  return input;
 }
 
 function curlSnippet(prediction) {
-  const { input, files } = snippetInput(prediction);
-  let body = JSON.stringify({ input }, null, 2);
-  for (const [key, file] of Object.entries(files)) {
-    // splice a base64 data URI in from the shell, keeping the JSON valid
-    const insert = `"${key}": "data:image/png;base64,'"$(base64 -w0 ${file})"'"`;
-    body = body.replace('"input": {', `"input": {\n    ${insert},`);
-  }
-  body = body.replace(/,\n(\s*)}/, "\n$1}");
+  const input = snippetInput(prediction);
+  const files = [];
+  let body = JSON.stringify({ input }, (key, value) => {
+    if (!(value instanceof LocalFile)) return value;
+    files.push(value.name);
+    return `@@file-${files.length - 1}@@`;
+  }, 2);
+  // splice each file in as a base64 data URI from the shell, keeping the JSON valid
+  files.forEach((file, index) => {
+    body = body.replace(`"@@file-${index}@@"`, `"data:image/png;base64,'"$(base64 -w0 ${file})"'"`);
+  });
   const lines = [
     `curl -s -X POST ${location.origin}/v1/models/${prediction.model}/predictions \\`,
     `  -H "Authorization: Bearer $SDSERVE_TOKEN" \\`,
@@ -480,9 +560,8 @@ function curlSnippet(prediction) {
 }
 
 function pythonSnippet(prediction) {
-  const { input, files } = snippetInput(prediction);
+  const input = snippetInput(prediction);
   const entries = Object.entries(input).map(([key, value]) => `        "${key}": ${pythonLiteral(value)},`);
-  for (const [key, file] of Object.entries(files)) entries.push(`        "${key}": open("${file}", "rb"),`);
   return [
     "import os",
     "",
@@ -505,6 +584,7 @@ function pythonSnippet(prediction) {
 }
 
 function pythonLiteral(value) {
+  if (value instanceof LocalFile) return `open("${value.name}", "rb")`;
   if (value === true) return "True";
   if (value === false) return "False";
   if (value === null || value === undefined) return "None";
@@ -537,6 +617,7 @@ async function reuseSettings(prediction) {
   }
   applyTask();
   for (const [key, value] of Object.entries(input)) if (key === "width" || key === "height") form.set(key, value);
+  await controlnet.restore(input.controlnets || [], input.return_control_maps);
   $("generate-title").scrollIntoView({ behavior: "smooth" });
   $("in-prompt")?.focus();
 }
@@ -589,7 +670,7 @@ async function openPrediction(id) {
 // start ----------------------------------------------------------------------------------
 
 async function loadAll() {
-  await loadModels();
+  await Promise.all([loadModels(), controlnet.loadCatalog()]);
   loadLoras();
   await loadHistory();
   const match = /^#\/predictions\/([\w-]+)$/.exec(location.hash);

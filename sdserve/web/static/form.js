@@ -26,8 +26,11 @@ const GROUPS = {
   disable_safety_checker: "output",
   output_format: "output",
 };
-// Image inputs are set by the task controls (upload, mask canvas), not typed.
-const TASK_INPUTS = new Set(["image", "mask"]);
+// Image inputs are set by the task controls (upload, mask canvas), not typed; ControlNet
+// units by their own section (controlnet.js), which Replicate's flat controlnet_N inputs
+// would only repeat.
+const TASK_INPUTS = new Set(["image", "mask", "controlnets", "return_control_maps"]);
+const FLAT_CONTROLNET = /^controlnet_\d+(?:_|$)/;
 const MULTIPLE_OF_8 = new Set([
   "width", "height", "outpaint_left", "outpaint_right", "outpaint_up", "outpaint_down",
 ]);
@@ -92,7 +95,7 @@ export class SchemaForm {
       (a, b) => (properties[a]["x-order"] ?? 0) - (properties[b]["x-order"] ?? 0),
     );
     for (const name of names) {
-      if (TASK_INPUTS.has(name)) continue;
+      if (TASK_INPUTS.has(name) || FLAT_CONTROLNET.test(name)) continue;
       const group = GROUPS[name] || "other";
       this.addField(name, properties[name], group);
     }

@@ -1,12 +1,15 @@
 // Painting an inpainting mask on the uploaded image.
 // The mask itself is an offscreen canvas of the image's own size (white = repaint,
 // black = keep); the visible canvas lies over the image and shows it in translucent red.
+// With `shown` set to opaque white on a black canvas it is a scribble pad instead: what
+// you see is the mask itself (the ControlNet units draw their scribbles with it).
 
 const SHOWN = [230, 40, 60, 140]; // rgba of painted pixels on the visible canvas
 
 export class MaskPainter {
-  constructor(view) {
+  constructor(view, { shown = SHOWN } = {}) {
     this.view = view;
+    this.shown = shown;
     this.viewCtx = view.getContext("2d");
     this.mask = document.createElement("canvas");
     this.maskCtx = this.mask.getContext("2d", { willReadFrequently: true });
@@ -63,7 +66,7 @@ export class MaskPainter {
     const source = this.maskCtx.getImageData(0, 0, width, height).data;
     const shown = this.viewCtx.createImageData(width, height);
     for (let i = 0; i < source.length; i += 4) {
-      if (source[i] >= 128) shown.data.set(SHOWN, i);
+      if (source[i] >= 128) shown.data.set(this.shown, i);
     }
     this.viewCtx.putImageData(shown, 0, 0);
   }
@@ -101,7 +104,7 @@ export class MaskPainter {
   }
 
   stroke(from, to) {
-    const [r, g, b, a] = SHOWN;
+    const [r, g, b, a] = this.shown;
     for (const [ctx, color] of [
       [this.maskCtx, this.erasing ? "#000" : "#fff"],
       [this.viewCtx, `rgba(${r}, ${g}, ${b}, ${a / 255})`],
@@ -133,5 +136,10 @@ export class MaskPainter {
 
   dataUri() {
     return this.mask.toDataURL("image/png");
+  }
+
+  // the mask as a PNG file, for an upload
+  blob() {
+    return new Promise((resolve) => this.mask.toBlob(resolve, "image/png"));
   }
 }
