@@ -121,6 +121,9 @@ class TaskCall:
     #: the ControlNet units that take part (``engine.controlnets.PreparedUnit``); the task's
     #: pipeline is then their ControlNet variant
     controls: Sequence[Any] = ()
+    #: the image prompt (``engine.ip_adapter``): the pipeline then carries its image encoder
+    #: and its UNet the IP-Adapter
+    image_prompt: Image | None = None
 
     def given(self, name: Literal["image", "mask"]) -> Image:
         """The prepared image or mask (the registry selects a task needing one only with it)."""
@@ -164,9 +167,11 @@ def control_kwargs(call: TaskCall, *, image_key: str) -> dict[str, Any]:
 def common_kwargs(call: TaskCall, *, steps: int | None = None) -> dict[str, Any]:
     """Pipeline arguments every task passes the same way (``steps``: a pass's own count)."""
     inp = call.inp
+    image_prompt = {} if call.image_prompt is None else {"ip_adapter_image": call.image_prompt}
     return {
         "num_inference_steps": inp.num_inference_steps if steps is None else steps,
         "guidance_scale": inp.guidance_scale,
         "generator": call.generators,
         "callback_on_step_end": call.watcher,
+        **image_prompt,
     }
