@@ -107,6 +107,7 @@ class IpAdapterModels:
         except (OSError, ValueError) as exc:
             raise ModelLoadError(f"cannot load IP-Adapter {spec.name}: {exc}") from exc
         size = encoder.config.image_size
+        encoder.to(self.device)  # type: ignore[arg-type]  # transformers' stub wants a model
         log.info("loaded IP-Adapter %s (%s)", spec.name, spec.family)
         return LoadedIpAdapter(
             spec=spec,
@@ -117,7 +118,7 @@ class IpAdapterModels:
                 }
                 for part, tensors in state_dict.items()
             },
-            image_encoder=encoder.to(self.device).eval(),
+            image_encoder=encoder.eval(),
             # what diffusers' load_ip_adapter makes for a pipeline without one
             feature_extractor=CLIPImageProcessor(size=size, crop_size=size),
         )
