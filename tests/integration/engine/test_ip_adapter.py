@@ -225,3 +225,15 @@ def test_unknown_or_unfitting_ip_adapters_are_refused_before_loading(
         generate(engine, name_of(engine, tiny_sd), ip_adapter=adapter)
     assert refused.value.field == "ip_adapter" and words in str(refused.value)
     assert engine.ip_adapter_models.loads == loads
+
+
+def test_a_lora_and_the_hires_fix_take_the_image_prompt_and_stay_as_they_were(
+    engine: Engine, tiny_sd: Path, tiny_lora: Path
+) -> None:
+    model = name_of(engine, tiny_sd)
+    extra: dict[str, Any] = {"lora": str(tiny_lora), "hires_scale": 1.5, "hires_steps": 2}
+    without = generate(engine, model, prompted=False, **extra)
+    prompted = generate(engine, model, ip_adapter_scale=1.0, **extra)
+    assert prompted.shape == without.shape == (96, 96, 3)
+    assert np.abs(prompted - without).mean() > 0.5
+    assert np.array_equal(generate(engine, model, prompted=False, **extra), without)
