@@ -185,6 +185,12 @@ def _add_model_cache_options(parser: argparse.ArgumentParser) -> None:
         help=described(EngineSettings, "controlnets", "a ControlNet to serve, repeatable"),
     )
     cache.add_argument(
+        "--ip-adapter-dir",
+        type=Path,
+        metavar="FOLDER",
+        help=described(EngineSettings, "ip_adapter_dir"),
+    )
+    cache.add_argument(
         "--idle-unload",
         type=float,
         metavar="SECONDS",
@@ -930,6 +936,7 @@ def _server_settings(args: argparse.Namespace) -> Settings:
             "idle_unload_s": args.idle_unload_s,
             "controlnet_dir": args.controlnet_dir,
             "controlnets": args.controlnets,
+            "ip_adapter_dir": args.ip_adapter_dir,
         }.items()
         if value is not None
     }

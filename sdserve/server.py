@@ -55,6 +55,8 @@ def prepare_demo(settings: Settings) -> Settings:
             "lora_dir": settings.engine.lora_dir or settings.data_dir / "demo" / "loras",
             "controlnet_dir": settings.engine.controlnet_dir
             or settings.data_dir / "demo" / "controlnets",
+            "ip_adapter_dir": settings.engine.ip_adapter_dir
+            or settings.data_dir / "demo" / "ip-adapters",
             "safety_checker": settings.engine.safety_checker or str(built["tiny-safety-checker"]),
         }
     )

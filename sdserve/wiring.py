@@ -58,6 +58,7 @@ from sdserve.jobs.workers import (
     board_for,
 )
 from sdserve.models.controlnet.catalog import ControlNetCatalog
+from sdserve.models.ip_adapter import IpAdapterCatalog
 from sdserve.training.checkpoints import (
     TRAININGS_FOLDER,
     BucketCheckpoints,
@@ -169,6 +170,11 @@ def controlnet_catalog(settings: Settings) -> ControlNetCatalog:
     set) and the references ``--controlnet`` names."""
     folder = settings.engine.controlnet_dir or settings.data_dir / "controlnets"
     return ControlNetCatalog(folder, settings.engine.controlnets)
+
+
+def ip_adapter_catalog(settings: Settings) -> IpAdapterCatalog:
+    """The served IP-Adapters: the IP-Adapter folder (``<data dir>/ip-adapters`` unless set)."""
+    return IpAdapterCatalog(settings.engine.ip_adapter_dir or settings.data_dir / "ip-adapters")
 
 
 def make_queue(
@@ -316,6 +322,7 @@ def engine_factory(
             registry,
             limits=settings.limits.input_limits(),
             controlnets=controlnet_catalog(settings),
+            ip_adapters=ip_adapter_catalog(settings),
         )
 
     return EngineSource(build)
@@ -563,6 +570,7 @@ def build_service(
             refresh=refresh_models,
             trained=trained or trained_catalog(settings),  # who owns which names
             controlnets=controlnet_catalog(settings),
+            ip_adapters=ip_adapter_catalog(settings),
         ),
         webhooks=WebhookDispatcher(
             io.store.outbox,

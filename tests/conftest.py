@@ -98,3 +98,15 @@ def tiny_controlnets(tiny_sd: Path, tiny_sdxl: Path, tiny_models_dir: Path) -> P
     tiny.build_tiny_union_controlnet(folder / "tiny-sdxl-union", tiny_sdxl, seed=4)
     tiny.build_tiny_t2i_adapter(folder / "tiny-sd-t2i-adapter-canny", seed=5)
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_ip_adapters(tiny_sd: Path, tiny_sdxl: Path, tiny_models_dir: Path) -> Path:
+    """An IP-Adapter folder: one for ``tiny_sd`` and one for ``tiny_sdxl``, each with its
+    weights in diffusers' ``load_ip_adapter`` layout and a tiny CLIP image encoder."""
+    from sdserve.engine.tiny_ip_adapter import build_tiny_ip_adapter
+
+    folder = tiny_models_dir / "ip-adapters"
+    build_tiny_ip_adapter(folder / "tiny-sd-ip-adapter", tiny_sd, family="sd1", seed=0)
+    build_tiny_ip_adapter(folder / "tiny-sdxl-ip-adapter", tiny_sdxl, family="sdxl", seed=1)
+    return folder

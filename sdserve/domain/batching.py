@@ -24,6 +24,7 @@ def batch_signature(inp: GenerationInput) -> tuple[object, ...] | None:
         or inp.refine != "no_refiner"
         or inp.hires_size() is not None
         or bool(inp.controlnets)
+        or inp.ip_adapter_image is not None
         or is_weighted(inp.prompt)
         or is_weighted(inp.negative_prompt or "")
     ):

@@ -35,6 +35,10 @@ REFINE_MODES: tuple[str, ...] = ("no_refiner", "expert_ensemble_refiner", "base_
 OUTPUT_FORMATS: tuple[str, ...] = ("png", "webp", "jpg")
 
 
+#: IP-Adapter strength when a request gives none (diffusers' docs and Replicate models use 0.6)
+DEFAULT_IP_ADAPTER_SCALE = 0.6
+
+
 @dataclass(frozen=True)
 class FamilyDefaults:
     """Defaults a model family gives to inputs the request leaves out."""
@@ -142,6 +146,20 @@ class GenerationInput(BaseModel):
     return_control_maps: bool = Field(
         default=False, description="also return each unit's control map, after the images"
     )
+    ip_adapter_image: str | None = Field(
+        default=None,
+        description="image prompt (URL, data URI or upload): an IP-Adapter draws its likeness",
+    )
+    ip_adapter_scale: float = Field(
+        default=DEFAULT_IP_ADAPTER_SCALE,
+        ge=0,
+        le=2,
+        description="how strongly the image prompt steers; 0 = the image without it",
+    )
+    ip_adapter: str | None = Field(
+        default=None,
+        description="a served IP-Adapter; None = the first fitting the model's family",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -217,6 +235,19 @@ class GenerationInput(BaseModel):
         if self.outpaints and self.image is None:
             raise InvalidInput("image", "outpainting needs an image to extend")
         self._check_controlnets(limits)
+        self._check_image_prompt()
+
+    def _check_image_prompt(self) -> None:
+        """Raise :class:`InvalidInput` for an IP-Adapter without an image or in a mode
+        that runs a UNet without it."""
+        if self.ip_adapter is not None and self.ip_adapter_image is None:
+            raise InvalidInput("ip_adapter_image", "an IP-Adapter needs an image prompt")
+        if self.ip_adapter_image is not None and self.refine == "expert_ensemble_refiner":
+            raise InvalidInput(
+                "ip_adapter_image",
+                "the image prompt does not work with the expert_ensemble_refiner; "
+                "use base_image_refiner",
+            )
 
     def _check_controlnets(self, limits: InputLimits) -> None:
         """Raise :class:`InvalidInput` for units the request cannot use, naming the unit."""

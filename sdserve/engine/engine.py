@@ -29,12 +29,13 @@ from sdserve.engine import controlnets as control
 from sdserve.engine import device as devices
 from sdserve.engine import fastpath
 from sdserve.engine import images as prep
+from sdserve.engine import ip_adapter as image_prompts
 from sdserve.engine.cache import Clock, Loader, PipelineCache, RefinerLoader
 from sdserve.engine.schedulers import make_scheduler, resolve_scheduler
 from sdserve.engine.tasks import Pipeline, StepWatcher, TaskCall, with_scheduler
 from sdserve.engine.tasks import registry as tasks
 from sdserve.engine.tasks.pipelines import TEXT2IMAGE
-from sdserve.errors import Canceled, InsufficientGpuMemory, InvalidInput
+from sdserve.errors import Canceled, InsufficientGpuMemory, InvalidImage, InvalidInput
 from sdserve.models.results import (
     GeneratedImage,
     GenerationResult,
@@ -48,6 +49,7 @@ if TYPE_CHECKING:
     from sdserve.engine.safety import SafetyChecker
     from sdserve.models.catalog import ModelRegistry, ModelSpec
     from sdserve.models.controlnet.catalog import ControlNetCatalog
+    from sdserve.models.ip_adapter import IpAdapterCatalog, IpAdapterSpec
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +88,7 @@ class Engine:
         load_refiner: RefinerLoader | None = None,
         clock: Clock = time.monotonic,
         controlnets: ControlNetCatalog | None = None,
+        ip_adapters: IpAdapterCatalog | None = None,
     ) -> None:
         self.settings = settings
         self.registry = registry
@@ -113,6 +116,14 @@ class Engine:
             offline=settings.offline,
             cache_dir=settings.cache_dir,
         )
+        #: the served IP-Adapters (None: this engine serves none) and those loaded
+        self.ip_adapters = ip_adapters
+        self.ip_adapter_models = image_prompts.IpAdapterModels(
+            device=self.device,
+            dtype=self.dtype,
+            offline=settings.offline,
+            cache_dir=settings.cache_dir,
+        )
         self.fast = fastpath.resolve(settings, self.device)
         self._post: ThreadPoolExecutor | None = None  # watermark + encoding, made on first use
         self._post_lock = threading.Lock()
@@ -135,6 +146,7 @@ class Engine:
         the encoding threads."""
         self.cache.clear()
         self.controlnet_models.clear()
+        self.ip_adapter_models.clear()
         self._safety = None
         with self._post_lock:
             if self._post is not None:
@@ -150,11 +162,13 @@ class Engine:
         mask: Image.Image | None = None,
         hooks: RunHooks | None = None,
         controls: Sequence[control.UnitImages] = (),
+        ip_adapter_image: Image.Image | None = None,
     ) -> GenerationResult:
         """Run one generation request and return the encoded images.
 
         ``controls`` hold each ControlNet unit's own image and mask, in unit order (a unit
-        without them uses ``image`` and ``mask``).
+        without them uses ``image`` and ``mask``). ``ip_adapter_image``: the image prompt
+        the input's ``ip_adapter_image`` references.
 
         Raises :class:`InvalidInput`/:class:`InvalidImage` for bad input (before any model
         is loaded where possible), :class:`Canceled` when ``hooks.should_cancel`` fires and
@@ -169,6 +183,7 @@ class Engine:
         plan = tasks.plan(inp, task, spec)
         resolve_scheduler(inp.scheduler or "")
         chosen = self._controlnets_of(inp, spec, controls)
+        adapter = self._ip_adapter_of(inp, spec, ip_adapter_image)
         prepared, prepared_mask = self._prepare(inp, task, image, mask)
         units = control.prepare_units(
             chosen,
@@ -180,9 +195,36 @@ class Engine:
         )
         if hooks.should_cancel():
             raise Canceled("canceled before start")
+        image_prompt = None
+        if adapter is not None and ip_adapter_image is not None:
+            image_prompt = (adapter, prep.to_rgb(ip_adapter_image))
         return self._generate(
-            spec, plan, [inp], hooks, started, image=prepared, mask=prepared_mask, units=units
+            spec,
+            plan,
+            [inp],
+            hooks,
+            started,
+            image=prepared,
+            mask=prepared_mask,
+            units=units,
+            image_prompt=image_prompt,
         )[0]
+
+    def _ip_adapter_of(
+        self, inp: GenerationInput, spec: ModelSpec, given: Image.Image | None
+    ) -> IpAdapterSpec | None:
+        """The request's IP-Adapter, checked before any model loads; None without an image
+        prompt or at scale 0 (exactly the image without it)."""
+        if inp.ip_adapter_image is None:
+            if given is not None:
+                raise InvalidInput("ip_adapter_image", "an image prompt was given unreferenced")
+            return None
+        if given is None:
+            raise InvalidImage("ip_adapter_image", "was referenced but not given")
+        if self.ip_adapters is None:
+            raise InvalidInput("ip_adapter", "this server serves no IP-Adapter")
+        adapter = self.ip_adapters.resolve(inp.ip_adapter, model=spec.name, family=spec.family)
+        return adapter if inp.ip_adapter_scale > 0 else None
 
     def _controlnets_of(
         self, inp: GenerationInput, spec: ModelSpec, given: Sequence[control.UnitImages]
@@ -269,6 +311,7 @@ class Engine:
         image: Image.Image | None = None,
         mask: Image.Image | None = None,
         units: Sequence[control.PreparedUnit] = (),
+        image_prompt: tuple[IpAdapterSpec, Image.Image] | None = None,
     ) -> list[GenerationResult]:
         """Load the plan's pipelines, run it on one request (or ``batched``, on all of
         ``requests`` as one forward), then post-process every image."""
@@ -285,6 +328,10 @@ class Engine:
                     pipes.task, plan.task.pipeline, units, models
                 )
                 pipes = replace(pipes, task=controlled)
+            adapter = None
+            if image_prompt is not None:
+                adapter = self.ip_adapter_models.get(image_prompt[0])
+                pipes = _with_image_encoder(pipes, adapter)
             loaded = time.perf_counter()
             watcher = StepWatcher(hooks, xl=getattr(pipes.task, "text_encoder_2", None) is not None)
             watcher.planned = plan.planned_steps(inp)
@@ -297,8 +344,13 @@ class Engine:
                 mask=mask,
                 batch=requests if batched else (),
                 controls=tuple(units),
+                image_prompt=image_prompt[1] if image_prompt is not None else None,
             )
-            with self._lora_on(pipes.base, inp, spec.lora), control.prompt_weighting(units, models):
+            with (
+                self._lora_on(pipes.base, inp, spec.lora),
+                control.prompt_weighting(units, models),
+                self._image_prompt_on(pipes.base, adapter, inp.ip_adapter_scale),
+            ):
                 images = self._run(plan, pipes, call, seeds)
         inferred = time.perf_counter()
         # every request's images go to the encoding threads at once, then each collects its own
@@ -372,7 +424,10 @@ class Engine:
         images = plan.run(self._scheduled(pipes.task, inp, seeds), call)
         for step, pipe in zip(plan.passes, pipes.passes, strict=True):
             view = self._scheduled(pipe, inp, seeds, refiner=step.on_refiner)
-            images = step.run(view, images, call)
+            # the refiner's own UNet carries no IP-Adapter: it re-draws without the image prompt
+            images = step.run(
+                view, images, replace(call, image_prompt=None) if step.on_refiner else call
+            )
         return images
 
     @staticmethod
@@ -462,6 +517,14 @@ class Engine:
             self._lora = LoraCache(self.settings.lora_dir, max(1, self.settings.lora_cache_size))
         return self._lora.applied(pipe, ref, inp.lora_scale)
 
+    @staticmethod
+    def _image_prompt_on(
+        pipe: Pipeline, adapter: image_prompts.LoadedIpAdapter | None, scale: float
+    ) -> contextlib.AbstractContextManager[None]:
+        if adapter is None:
+            return contextlib.nullcontext()
+        return image_prompts.applied(pipe.unet, adapter, scale)
+
     def _safety_checker(self) -> SafetyChecker | None:
         if self.settings.safety_checker is None:
             return None
@@ -498,6 +561,20 @@ class Engine:
         # it serves no LoRA, so it gets no hot-swap slot
         fastpath.apply(pipe, self.fast, cache_dir=self.settings.compile_cache_dir, lora_slot=False)
         return pipe
+
+
+def _with_image_encoder(pipes: _Pipelines, adapter: image_prompts.LoadedIpAdapter) -> _Pipelines:
+    """The pipelines running on the model's UNet (the task's, a hires pass's) as per-call
+    copies carrying the IP-Adapter's image encoder; the refiner stays as it is."""
+    unet = pipes.base.unet
+    return replace(
+        pipes,
+        task=image_prompts.equip(pipes.task, adapter),
+        passes=[
+            image_prompts.equip(pipe, adapter) if pipe.unet is unet else pipe
+            for pipe in pipes.passes
+        ],
+    )
 
 
 def default_budget(device: str) -> int:

@@ -492,7 +492,7 @@ def build_demo_models(data_dir: Path) -> dict[str, Path]:
 
     Returns name → path for the tiny models, the demo LoRA
     (``data_dir/loras/tiny-style.safetensors``, made for ``tiny-sd``) and the demo
-    ControlNets (``data_dir/controlnets/<name>``).
+    ControlNets (``data_dir/controlnets/<name>``) and IP-Adapters (``data_dir/ip-adapters/<name>``).
     """
     models_dir = data_dir / "models"
     built: dict[str, Path] = {}
@@ -520,4 +520,25 @@ def build_demo_models(data_dir: Path) -> dict[str, Path]:
     if not (adapter / "config.json").is_file():
         build_tiny_t2i_adapter(adapter, seed=8)
     built[DEMO_ADAPTER] = adapter
+    built.update(_build_demo_ip_adapters(data_dir, built))
     return built
+
+
+#: Demo IP-Adapter name → the demo model it is built for and its family.
+DEMO_IP_ADAPTERS: dict[str, tuple[str, str]] = {
+    "tiny-sd-ip-adapter": ("tiny-sd", "sd1"),
+    "tiny-sdxl-ip-adapter": ("tiny-sdxl", "sdxl"),
+}
+
+
+def _build_demo_ip_adapters(data_dir: Path, built: dict[str, Path]) -> dict[str, Path]:
+    """The demo IP-Adapters (``data_dir/ip-adapters/<name>``), built once."""
+    from sdserve.engine.tiny_ip_adapter import build_tiny_ip_adapter
+
+    made = {}
+    for index, (name, (base, family)) in enumerate(DEMO_IP_ADAPTERS.items()):
+        folder = data_dir / "ip-adapters" / name
+        if not (folder / "config.json").is_file():
+            build_tiny_ip_adapter(folder, built[base], family=family, seed=index)
+        made[name] = folder
+    return made

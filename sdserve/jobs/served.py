@@ -26,6 +26,10 @@ from sdserve.jobs.store import utcnow
 from sdserve.models.controlnet import preprocessors
 from sdserve.models.controlnet.catalog import ControlNetCatalog
 from sdserve.models.controlnet.units import check_units
+from sdserve.models.ip_adapter import IpAdapterCatalog
+
+#: The image prompt's inputs, shown in a model's schema only where an IP-Adapter fits it.
+IMAGE_PROMPT_FIELDS = ("ip_adapter_image", "ip_adapter_scale", "ip_adapter")
 
 
 class RegistryLike(Protocol):
@@ -49,7 +53,10 @@ class TrainedNames(Protocol):
 
 
 def input_schema(
-    defaults: FamilyDefaults, limits: InputLimits, controlnets: list[str] | None = None
+    defaults: FamilyDefaults,
+    limits: InputLimits,
+    controlnets: list[str] | None = None,
+    ip_adapters: list[str] | None = None,
 ) -> dict[str, Any]:
     """JSON schema of :class:`GenerationInput` with a family's defaults and the limits.
 
@@ -57,6 +64,7 @@ def input_schema(
     have it, and ``x-order`` keeps the canonical field order for form builders.
     ``controlnets``: the ControlNets fitting the model; with some, the ControlNet inputs are
     shown (Replicate's flat ``controlnet_N*`` ones too), without any they are left out.
+    ``ip_adapters``: the IP-Adapters fitting the model; the image prompt inputs likewise.
     """
     schema = GenerationInput.model_json_schema()
     properties: dict[str, Any] = schema.get("properties", {})
@@ -91,9 +99,14 @@ def input_schema(
     for name in ("num_inference_steps", "refine_steps"):
         if name in properties:
             properties[name]["maximum"] = limits.max_steps
-    for name in ("image", "mask"):
+    for name in ("image", "mask", "ip_adapter_image"):
         if name in properties:
             properties[name]["format"] = "uri"
+    if ip_adapters:
+        properties["ip_adapter"]["enum"] = ip_adapters
+    else:
+        for name in IMAGE_PROMPT_FIELDS:
+            properties.pop(name, None)
     if controlnets and limits.max_controlnets:
         _add_flat_controlnets(properties, controlnets, min(FLAT_UNITS, limits.max_controlnets))
         properties["controlnets"]["maxItems"] = limits.max_controlnets
@@ -155,11 +168,13 @@ class ServedModels:
         refresh: Callable[[], object] | None = None,
         trained: TrainedNames | None = None,
         controlnets: ControlNetCatalog | None = None,
+        ip_adapters: IpAdapterCatalog | None = None,
     ) -> None:
         self.registry = registry
         self.limits = limits
         self.trained = trained
         self.controlnets = controlnets
+        self.ip_adapters = ip_adapters
         # models another process may have added (fine-tuned models published by a worker)
         self._refresh = refresh or (lambda: None)
         self._started_at = utcnow()
@@ -239,6 +254,23 @@ class ServedModels:
                 preprocessors.get(unit.preprocessor, field=f"{field}.preprocessor")
         check_units(inp.controlnets, specs, has_image=inp.image is not None)
 
+    def check_image_prompt(self, spec: Any, inp: GenerationInput) -> None:
+        """Refuse an image prompt no served IP-Adapter fitting ``spec`` can draw, or an
+        unknown IP-Adapter or one of another family (422 naming ``ip_adapter``, or
+        ``ip_adapter_image`` when none was named)."""
+        if inp.ip_adapter_image is None:
+            return
+        field = "ip_adapter" if inp.ip_adapter is not None else "ip_adapter_image"
+        if self.ip_adapters is None:
+            raise InvalidInput(field, "this server serves no IP-Adapter")
+        self.ip_adapters.resolve(inp.ip_adapter, model=spec.name, family=spec.family, field=field)
+
+    def ip_adapter_choices(self, family: str) -> list[str]:
+        """The served IP-Adapters fitting a ``family`` model."""
+        if self.ip_adapters is None:
+            return []
+        return [adapter.name for adapter in self.ip_adapters.fitting(family)]
+
     def controlnet_choices(self, family: str) -> list[str]:
         """What a unit of a ``family`` model may name: the fitting ControlNets, then the
         control types among them."""
@@ -257,6 +289,9 @@ class ServedModels:
             or f"{spec.family} model served from {spec.reference}",
             created_at=getattr(spec, "created_at", None) or self._started_at,
             input_schema=input_schema(
-                spec.defaults, self.limits, self.controlnet_choices(spec.family)
+                spec.defaults,
+                self.limits,
+                self.controlnet_choices(spec.family),
+                self.ip_adapter_choices(spec.family),
             ),
         )

@@ -298,6 +298,7 @@ class Service:
             if getattr(spec, "refiner", None):
                 parsed.check_refiner_runs_a_step(spec.defaults)
             self.served.check_controls(spec, parsed)
+            self.served.check_image_prompt(spec, parsed)
             destination = None
         # the served model whose workers run it: a fine-tuned model's base
         runs_on = routing_model(spec, self.served.specs())
@@ -355,7 +356,8 @@ class Service:
     def _check_images(self, inp: GenerationInput) -> None:
         """Decode an image and mask given inline or as uploads now, so bad bytes are a
         client error naming the field; the worker checks those it fetches from URLs."""
-        references = [(field, getattr(inp, field)) for field in ("image", "mask")]
+        fields = ("image", "mask", "ip_adapter_image")
+        references = [(field, getattr(inp, field)) for field in fields]
         for index, unit in enumerate(inp.controlnets):
             references += [(f"controlnets.{index}.image", unit.image)]
             references += [(f"controlnets.{index}.mask", unit.mask)]

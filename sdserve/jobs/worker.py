@@ -92,6 +92,7 @@ class Predictor(Protocol):
         mask: Image | None,
         hooks: RunHooks,
         controls: Sequence[UnitImages] = (),
+        ip_adapter_image: Image | None = None,
     ) -> GenerationResult: ...
 
 
@@ -364,6 +365,11 @@ class JobRunner:
         if inp.mask is not None:
             mask = decode_image(self.fetcher.fetch(inp.mask, "mask"), "mask", max_pixels=pixels)
         controls = [self._unit_images(inp, index) for index in range(len(inp.controlnets))]
+        image_prompt = None
+        if inp.ip_adapter_image is not None:
+            field = "ip_adapter_image"
+            data = self.fetcher.fetch(inp.ip_adapter_image, field)
+            image_prompt = decode_image(data, field, max_pixels=pixels)
         if tracker.should_cancel():
             raise Canceled("canceled before the generation started")
         hooks = RunHooks(
@@ -375,7 +381,13 @@ class JobRunner:
             preview_interval_s=PROGRESS_WRITE_INTERVAL_S,
         )
         result = self.predictor.generate(
-            inp, model=record.model, image=image, mask=mask, hooks=hooks, controls=controls
+            inp,
+            model=record.model,
+            image=image,
+            mask=mask,
+            hooks=hooks,
+            controls=controls,
+            ip_adapter_image=image_prompt,
         )
         return self.succeed(record.id, result, tracker, started)
 

@@ -83,6 +83,11 @@ class EngineSettings(BaseModel):
         default_factory=list,
         description="more ControlNets to serve: hub ids, folders or .safetensors files",
     )
+    ip_adapter_dir: Path | None = Field(
+        default=None,
+        description="folder of IP-Adapters (each a folder: ip-adapter*.safetensors and its "
+        "image_encoder/); None = <data dir>/ip-adapters",
+    )
     controlnet_cache_size: int = Field(
         default=4, ge=1, description="ControlNets kept loaded (least recently used go first)"
     )

@@ -250,6 +250,12 @@ def run_controlnet(server: ServerProcess, workdir: Path) -> None:
     assert is_png(workdir / "fox-canny.png") and is_png(workdir / "edges.png")
 
 
+def run_ip_adapter(server: ServerProcess, workdir: Path) -> None:
+    result = run_python(example(IP_ADAPTER).code, workdir, server)
+    succeeded(result)
+    assert is_png(workdir / "fox-like-photo.png")
+
+
 def run_openai(server: ServerProcess, workdir: Path) -> None:
     code = example(OPENAI).code
     code += "\nassert len(result.data) == 2 and result.data[0].b64_json\nprint('ok')\n"
@@ -404,6 +410,7 @@ OPENAI = "from openai import OpenAI"
 DEEPINFRA = "curl http://127.0.0.1:8000/v1/inference"
 WEBUIAPI = 'result = api.txt2img(prompt="a red fox'
 WEBUIAPI_CONTROLNET = "webuiapi.ControlNetUnit("
+IP_ADAPTER = '"ip_adapter_image": look,'
 TRAINING = "c.trainings.create("
 CLI_GENERATE = "sdserve models tiny ./tiny-sd"
 CLI_TRAIN = "sdserve train ./dog-photos.zip"
@@ -443,6 +450,7 @@ RUNNERS = {
     CLI_SERVED: run_cli_served_name,
     REPLICATE_DEMO: run_replicate_demo,
     CONTROLNET: run_controlnet,
+    IP_ADAPTER: run_ip_adapter,
     OPENAI: run_openai,
     DEEPINFRA: run_deepinfra_curl,
     WEBUIAPI: run_webuiapi,

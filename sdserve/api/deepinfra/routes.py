@@ -36,7 +36,7 @@ from sdserve.jobs.contract import JobRecord, JobService, WebhookOptions
 from sdserve.jobs.images import open_image
 
 SOURCE = "deepinfra"
-_FILE_FIELDS = ("image", "mask")
+_FILE_FIELDS = ("image", "mask", "ip_adapter_image")
 
 
 def mount(edge: Edge) -> None:
@@ -107,7 +107,9 @@ class DeepInfraApi:
             for key, value in form.multi_items():
                 if isinstance(value, UploadFile):
                     if key not in _FILE_FIELDS:
-                        raise InvalidInput(key, "is not a file field (only image and mask are)")
+                        raise InvalidInput(
+                            key, "is not a file field (only image, mask and ip_adapter_image are)"
+                        )
                     files[key] = await self._store_file(value, key)
                 else:
                     texts[key] = value

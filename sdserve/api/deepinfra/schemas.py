@@ -76,6 +76,10 @@ class InferenceRequest(BaseModel):
     #: ControlNet units (canonical ``ControlUnit`` fields), or their JSON in a form part
     controlnets: list[dict[str, Any]] | str | None = None
     return_control_maps: bool | None = None
+    #: the image prompt (an IP-Adapter's), its strength and which IP-Adapter, as canonical
+    ip_adapter_image: str | None = None
+    ip_adapter_scale: float | None = None
+    ip_adapter: str | None = None
 
     def canonical(self) -> dict[str, Any]:
         """The canonical generation input (webhook and use_compel are not inputs)."""
@@ -98,6 +102,9 @@ class InferenceRequest(BaseModel):
             "scheduler": self.scheduler,
             "controlnets": units_from_wire(self.controlnets),
             "return_control_maps": self.return_control_maps,
+            "ip_adapter_image": self.ip_adapter_image,
+            "ip_adapter_scale": self.ip_adapter_scale,
+            "ip_adapter": self.ip_adapter,
         }
         return {key: value for key, value in values.items() if value is not None}
 

@@ -76,6 +76,10 @@ class ImagesParams(BaseModel):
     #: ControlNet units (canonical ``ControlUnit`` fields), or their JSON in a form part
     controlnets: list[dict[str, Any]] | str | None = None
     return_control_maps: bool | None = None
+    #: the image prompt (an IP-Adapter's), its strength and which IP-Adapter, as canonical
+    ip_adapter_image: str | None = None
+    ip_adapter_scale: float | None = None
+    ip_adapter: str | None = None
 
     def canonical(self) -> dict[str, Any]:
         """The canonical generation input these parameters ask for (images added later)."""
@@ -101,6 +105,9 @@ class ImagesParams(BaseModel):
             "lora_scale": self.lora_scale,
             "controlnets": units_from_wire(self.controlnets),
             "return_control_maps": self.return_control_maps,
+            "ip_adapter_image": self.ip_adapter_image,
+            "ip_adapter_scale": self.ip_adapter_scale,
+            "ip_adapter": self.ip_adapter,
         }
         data.update({key: value for key, value in extras.items() if value is not None})
         return data

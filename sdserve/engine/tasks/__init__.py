@@ -122,6 +122,9 @@ class TaskCall:
     #: the ControlNet units that take part (``engine.controlnets.PreparedUnit``); the task's
     #: pipeline is then their ControlNet variant
     controls: Sequence[Any] = ()
+    #: the image prompt (``engine.ip_adapter``): the pipeline then carries its image encoder
+    #: and its UNet the IP-Adapter
+    image_prompt: Image | None = None
 
     def given(self, name: Literal["image", "mask"]) -> Image:
         """The prepared image or mask (the registry selects a task needing one only with it)."""
@@ -169,11 +172,13 @@ def common_kwargs(
     ``pipe``: given where the pipeline may be one of diffusers' older ones (the T2I-Adapter
     pipelines) that only take the legacy per-step ``callback``."""
     inp = call.inp
+    image_prompt = {} if call.image_prompt is None else {"ip_adapter_image": call.image_prompt}
     return {
         "num_inference_steps": inp.num_inference_steps if steps is None else steps,
         "guidance_scale": inp.guidance_scale,
         "generator": call.generators,
         **step_callback(pipe, call.watcher),
+        **image_prompt,
     }
 
 

@@ -99,7 +99,10 @@ def test_demo_models_build_once_and_register(tmp_path: Path) -> None:
         "tiny-sdxl-refiner",
         "tiny-safety-checker",
         "tiny-style",
+        *tiny.DEMO_CONTROLNETS,
+        *tiny.DEMO_IP_ADAPTERS,
     }
+    assert built["tiny-sd-ip-adapter"] == tmp_path / "ip-adapters" / "tiny-sd-ip-adapter"
     assert built["tiny-style"] == tmp_path / "loras" / "tiny-style.safetensors"
     stamp = (built["tiny-sd"] / "model_index.json").stat().st_mtime_ns
     assert tiny.build_demo_models(tmp_path) == built

@@ -94,6 +94,7 @@ class FakePredictor:
         mask: Image.Image | None,
         hooks: RunHooks,
         controls: Sequence[UnitImages] = (),
+        ip_adapter_image: Image.Image | None = None,
     ) -> GenerationResult:
         self.calls.append(inp)
         self.images_seen.append((image, mask))
