@@ -100,6 +100,8 @@ def test_demo_models_build_once_and_register(tmp_path: Path) -> None:
         "tiny-safety-checker",
         "tiny-style",
         *tiny.DEMO_CONTROLNETS,
+        tiny.DEMO_UNION,
+        tiny.DEMO_ADAPTER,
         *tiny.DEMO_IP_ADAPTERS,
     }
     assert built["tiny-sd-ip-adapter"] == tmp_path / "ip-adapters" / "tiny-sd-ip-adapter"
