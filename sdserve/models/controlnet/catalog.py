@@ -148,6 +148,27 @@ def family_from_header(header: dict[str, Any], path: Path) -> ControlNetFamily:
     return "sd1"
 
 
+def _cached_hub_config(repo_id: str) -> dict[str, Any] | None:
+    """The hub repository's ``config.json`` when it is in the local cache (no download)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(repo_id, "config.json")
+    return _read_json(Path(found)) if isinstance(found, str) else None
+
+
+def _guess_from_hub_id(words: str) -> tuple[ControlNetFamily, ControlKind, int]:
+    """Family, kind and union types from a hub id's words (``...-sdxl-...``, ``union``,
+    ``t2i-adapter``), for a repository not downloaded yet; loading it tells the truth."""
+    family: ControlNetFamily = "sdxl" if "xl" in words else "sd1"
+    if re.search(r"(sd-?2|sd21|v2-)", words):
+        family = "sd2"
+    if "union" in words:
+        return family, "union", len(set(UNION_TYPES.values()))
+    if "t2i-adapter" in words or "t2iadapter" in words:
+        return family, "t2i_adapter", 0
+    return family, "controlnet", 0
+
+
 def short_hash(path: Path) -> str:
     """8 hex digits of the SHA-256 of 64 KiB read at 1 MiB into the file (from its start
     when it is smaller): A1111's quick model hash, cheap for multi-GB files."""
@@ -187,15 +208,13 @@ def inspect_controlnet(reference: str, *, name: str | None = None) -> ControlNet
         digest = short_hash(path)
         served = name or path.stem
     elif is_hub_id(reference):
-        family = "sdxl" if "xl" in reference.lower() else "sd1"
-        if re.search(r"(sd-?2|sd21|v2-)", reference.lower()):
-            family = "sd2"
+        cached = _cached_hub_config(reference)
+        if cached is not None:  # its config in the Hugging Face cache says exactly
+            family, kind = family_from_config(cached), kind_from_config(cached)
+            union_types = int(cached.get("num_control_type", 0))
+        else:  # not downloaded yet: the usual words of hub ids
+            family, kind, union_types = _guess_from_hub_id(reference.lower())
         digest = hashlib.sha256(reference.encode()).hexdigest()[:8]
-        kind, union_types = "controlnet", 0
-        if "union" in reference.lower():
-            kind, union_types = "union", len(set(UNION_TYPES.values()))
-        elif "t2i-adapter" in reference.lower() or "t2iadapter" in reference.lower():
-            kind = "t2i_adapter"
         served = name or reference
     else:
         raise ModelLoadError(f"ControlNet {reference!r} is neither a hub id nor a local path")
