@@ -16,6 +16,7 @@ from sdserve.domain.events import Event
 from sdserve.domain.jobs import FailureCode, JobKind, Status
 from sdserve.jobs.workers import WorkerInfo
 from sdserve.models.controlnet.catalog import ControlNetCatalog
+from sdserve.models.ip_adapter import IpAdapterCatalog
 
 
 @dataclass(frozen=True)
@@ -136,6 +137,10 @@ class JobService(Protocol):
 
     def controlnets(self) -> ControlNetCatalog | None:
         """The served ControlNets (None: this server serves none)."""
+        ...
+
+    def ip_adapters(self) -> IpAdapterCatalog | None:
+        """The served IP-Adapters (None: this server serves none)."""
         ...
 
     def metrics(self) -> bytes:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -37,6 +38,8 @@ from sdserve.models.references import (
 ENCODER_FOLDER = "image_encoder"
 #: The text width the adapter attends to → the base family.
 FAMILY_BY_WIDTH: dict[int, ControlNetFamily] = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
+#: A1111's title of a model: ``name [8+ hex digits]``.
+_TITLE = re.compile(r"^(?P<name>.+?) \[[0-9a-fA-F]{8,}\]$")
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,11 @@ class IpAdapterSpec:
     encoder: str
     family: ControlNetFamily
     short_hash: str
+
+    @property
+    def title(self) -> str:
+        """The name as A1111's ControlNet extension lists it: ``name [hash]``."""
+        return f"{self.name} [{self.short_hash}]"
 
     @property
     def local(self) -> bool:
@@ -137,6 +145,12 @@ def _inspect_folder(folder: Path, *, name: str | None) -> IpAdapterSpec:
     )
 
 
+def title_name(reference: str) -> str:
+    """The served name in A1111's ``name [hash]`` title (the reference itself otherwise)."""
+    titled = _TITLE.match(reference.strip())
+    return titled.group("name") if titled else reference.strip()
+
+
 class IpAdapterCatalog:
     """The IP-Adapters in ``folder`` (read again when it changes) and those ``references``
     name. Thread-safe; cheap to ask."""
@@ -176,9 +190,9 @@ class IpAdapterCatalog:
     def resolve(
         self, name: str | None, *, model: str, family: str, field: str = "ip_adapter"
     ) -> IpAdapterSpec:
-        """The IP-Adapter ``name`` names (None: the first fitting ``family``) for ``model``.
-        Raises :class:`InvalidInput` naming ``field``: unknown, of another family, or (no
-        name) none fitting the model."""
+        """The IP-Adapter ``name`` names (its name or A1111's ``name [hash]`` title; None:
+        the first fitting ``family``) for ``model``. Raises :class:`InvalidInput` naming
+        ``field``: unknown, of another family, or (no name) none fitting the model."""
         served = self.all()
         fitting = [spec.name for spec in served if spec.fits(family)]
         if name is None:
@@ -186,7 +200,8 @@ class IpAdapterCatalog:
             if found is None:
                 raise InvalidInput(field, f"no served IP-Adapter fits model {model} ({family})")
             return found
-        spec = next((spec for spec in served if spec.name.lower() == name.strip().lower()), None)
+        wanted = title_name(name).lower()
+        spec = next((spec for spec in served if spec.name.lower() == wanted), None)
         if spec is None:
             raise InvalidInput(field, f"unknown IP-Adapter {name!r}", allowed=fitting)
         if not spec.fits(family):
@@ -204,4 +219,5 @@ __all__ = [
     "IpAdapterSpec",
     "family_from_header",
     "inspect_ip_adapter",
+    "title_name",
 ]

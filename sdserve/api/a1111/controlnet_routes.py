@@ -1,11 +1,11 @@
 """The sd-webui-controlnet extension's routes, at the server root as the extension serves
 them (``/controlnet/...``, not under ``/sdapi/v1``), behind the same token as ``/sdapi``.
 
-The listings read the service's own ControlNet catalog, the one it checks units against
-(built by ``sdserve.wiring.controlnet_catalog``). ``/controlnet/detect``
-runs the built-in preprocessors in this process: they need no torch, and a sync route
-runs in FastAPI's thread pool, off the event loop; images are decoded within the input
-pixel limit, so a decompression bomb is a 4xx.
+The listings read the service's own ControlNet and IP-Adapter catalogs, those it checks
+units against (built by ``sdserve.wiring.controlnet_catalog`` and ``ip_adapter_catalog``).
+``/controlnet/detect`` runs the built-in preprocessors in this process: they need no
+torch, and a sync route runs in FastAPI's thread pool, off the event loop; images are
+decoded within the input pixel limit, so a decompression bomb is a 4xx.
 """
 
 from __future__ import annotations
@@ -30,13 +30,14 @@ from sdserve.domain.controls import NO_PREPROCESSOR
 from sdserve.jobs.images import open_image
 from sdserve.models.controlnet import preprocessors
 from sdserve.models.controlnet.catalog import ControlNetCatalog
+from sdserve.models.ip_adapter import IpAdapterCatalog
 
 
 def mount(edge: Edge) -> None:
     """Serve ``/controlnet/*`` behind the token, with A1111's error JSON."""
     # the service's own catalog: what it lists is what it checks units against
     catalog = edge.service.controlnets() or ControlNetCatalog(None)
-    api = ControlNetApi(edge, catalog)
+    api = ControlNetApi(edge, catalog, edge.service.ip_adapters() or IpAdapterCatalog(None))
     edge.include(api.router(), errors=a1111_error_response, under=["/controlnet"])
 
 
@@ -44,9 +45,12 @@ class ControlNetApi:
     """``/controlnet/version``, ``model_list``, ``module_list``, ``control_types``,
     ``settings`` and ``detect``."""
 
-    def __init__(self, edge: Edge, catalog: ControlNetCatalog) -> None:
+    def __init__(
+        self, edge: Edge, catalog: ControlNetCatalog, ip_adapters: IpAdapterCatalog
+    ) -> None:
         self.edge = edge
         self.catalog = catalog
+        self.ip_adapters = ip_adapters
 
     def router(self) -> APIRouter:
         router = APIRouter(prefix="/controlnet")
@@ -65,14 +69,16 @@ class ControlNetApi:
         return {"version": API_VERSION}
 
     def model_list(self, update: bool = True) -> Any:
-        # the catalog reads its folder again whenever it changed: always up to date
-        return {"model_list": [spec.title for spec in self.catalog.all()]}
+        # the catalogs read their folders again whenever they changed: always up to date
+        titles = [spec.title for spec in self.catalog.all()]
+        titles += [spec.title for spec in self.ip_adapters.all()]
+        return {"model_list": titles}
 
     def module_list(self, alias_names: bool = False) -> Any:
         return render_module_list(alias_names=alias_names)
 
     def control_types(self) -> Any:
-        return render_control_types(self.catalog.all())
+        return render_control_types(self.catalog.all(), self.ip_adapters.all())
 
     def settings(self) -> Any:
         return {"control_net_unit_count": self.edge.limits.max_controlnets}

@@ -23,6 +23,23 @@ which returns every unit's map) when at least one kept unit runs a preprocessor
 (``module`` other than ``"none"``) and asks to save it: a unit whose image is a map
 already would only get its own image back.
 
+IP-Adapter units: as in the extension, a unit whose ``module`` is an IP-Adapter module
+(:data:`IP_ADAPTER_MODULES`: ``ip-adapter-auto``, ``ip-adapter_clip_sd15``,
+``ip-adapter_clip_sdxl``, ``ip-adapter_clip_sdxl_plus_vith`` or the UI labels
+``ip-adapter_clip_h``/``ip-adapter_clip_g``) is an image prompt, not a ControlNet: its
+``model`` (a served IP-Adapter's ``name [hash]`` title or name), image and ``weight`` become
+the canonical ``ip_adapter``, ``ip_adapter_image`` and ``ip_adapter_scale``
+(:attr:`MappedUnits.image_prompt`). The module only says which CLIP encoder the extension
+runs; a served IP-Adapter brings its own encoder, so every IP-Adapter module works with
+every IP-Adapter (``ip-adapter-auto`` is what the extension picks by default). One such
+unit per request (the canonical input has one image prompt); a second is refused naming
+its ``module``. An img2img unit without an image uses the init image, as the extension
+does. What the extension does not apply to IP-Adapter units (``control_mode``,
+``resize_mode``, ``processor_res``, thresholds, ``pixel_perfect``) changes nothing; what
+it would apply and sdserve cannot, a mask (the extension's attention mask) and a
+``guidance_start``/``guidance_end`` range, is refused naming the field: the image prompt
+steers every step of the whole image here.
+
 A refused unit field is named ``alwayson_scripts.<key>.args.<n>.<field>`` with the key and
 the index the client sent (:meth:`MappedUnits.wire_names`).
 """
@@ -39,6 +56,7 @@ from sdserve.domain.controls import NO_PREPROCESSOR
 from sdserve.errors import InvalidInput
 from sdserve.models.controlnet import preprocessors
 from sdserve.models.controlnet.catalog import ControlNetSpec
+from sdserve.models.ip_adapter import IpAdapterSpec, title_name
 
 #: The extension's API version (``GET /controlnet/version``).
 API_VERSION = 2
@@ -95,6 +113,20 @@ CONTROL_TYPE_TAGS: dict[str, str] = {
     "inpaint": "Inpaint",
     "ip2p": "InstructP2P",
 }
+#: The extension's IP-Adapter modules (the CLIP encoders it runs) → their UI labels
+#: (``alias_names=true``); ``ip-adapter-auto`` first: the extension's default.
+IP_ADAPTER_MODULES: dict[str, str] = {
+    "ip-adapter-auto": "ip-adapter-auto",
+    "ip-adapter_clip_sd15": "ip-adapter_clip_h",
+    "ip-adapter_clip_sdxl": "ip-adapter_clip_g",
+    "ip-adapter_clip_sdxl_plus_vith": "ip-adapter_clip_sdxl_plus_vith",
+}
+_IP_ADAPTER_BY_NAME = {
+    **{name: name for name in IP_ADAPTER_MODULES},
+    **{label: name for name, label in IP_ADAPTER_MODULES.items()},
+}
+#: The extension's control type tag of IP-Adapters (``/controlnet/control_types``).
+IP_ADAPTER_TAG = "IP-Adapter"
 #: The processor resolution canonical units accept; others mean "the default".
 PROCESSOR_RES = (64, 2048)
 
@@ -113,6 +145,13 @@ _UNIT_WIRE = {
     "threshold_a": "threshold_a",
     "threshold_b": "threshold_b",
     "control_mode": "control_mode",
+}
+
+#: The canonical image prompt fields → the IP-Adapter unit's names.
+_IMAGE_PROMPT_WIRE = {
+    "ip_adapter": "model",
+    "ip_adapter_image": "image",
+    "ip_adapter_scale": "weight",
 }
 
 
@@ -154,16 +193,23 @@ class MappedUnits:
     units: list[dict[str, Any]] = field(default_factory=list)
     wire_index: list[int] = field(default_factory=list)
     wants_maps: bool = False
+    #: the IP-Adapter unit's canonical ``ip_adapter*`` values (no ``ip_adapter_image``: an
+    #: img2img unit that takes the init image) and its index as sent
+    image_prompt: dict[str, Any] | None = None
+    image_prompt_index: int | None = None
 
     def wire_names(self) -> dict[str, str]:
-        """Canonical unit fields (``controlnets.0.model``) → the fields the client sent
-        (``alwayson_scripts.ControlNet.args.2.model``)."""
+        """Canonical unit fields (``controlnets.0.model``, ``ip_adapter``) → the fields
+        the client sent (``alwayson_scripts.ControlNet.args.2.model``)."""
         prefix = f"alwayson_scripts.{self.key}.args"
         names = {"controlnets": prefix}
         for kept, sent in enumerate(self.wire_index):
             names[f"controlnets.{kept}"] = f"{prefix}.{sent}"
             for canonical, wire in _UNIT_WIRE.items():
                 names[f"controlnets.{kept}.{canonical}"] = f"{prefix}.{sent}.{wire}"
+        if self.image_prompt_index is not None:
+            for canonical, wire in _IMAGE_PROMPT_WIRE.items():
+                names[canonical] = f"{prefix}.{self.image_prompt_index}.{wire}"
         return names
 
 
@@ -215,6 +261,18 @@ def map_units(
             unit = UnitArgs.model_validate(dict(raw))
         except ValidationError as exc:
             raise _unit_error(exc, where) from None
+        if ip_adapter_module(unit.module) is not None:
+            prompt = _image_prompt_values(unit, where, img2img=img2img, to_image=to_image)
+            if prompt is None:
+                continue
+            if mapped.image_prompt_index is not None:
+                raise InvalidInput(
+                    f"{where}.module",
+                    f"one IP-Adapter unit per request ({prefix}.{mapped.image_prompt_index} "
+                    "is one already)",
+                )
+            mapped.image_prompt, mapped.image_prompt_index = prompt, index
+            continue
         values = _unit_values(
             unit, where, img2img=img2img, init_resize_mode=init_resize_mode, to_image=to_image
         )
@@ -279,6 +337,47 @@ def _unit_values(
     if module != NO_PREPROCESSOR:
         values.update(thresholds(module, unit.threshold_a, unit.threshold_b))
     return values
+
+
+def _image_prompt_values(
+    unit: UnitArgs, where: str, *, img2img: bool, to_image: Any
+) -> dict[str, Any] | None:
+    """An IP-Adapter unit's canonical image prompt values, or None for a unit that takes
+    no part; without ``ip_adapter_image`` when an img2img unit takes the init image."""
+    model = (unit.model or "").strip()
+    if unit.enabled is False or not model or model.lower() == NO_MODEL.lower():
+        return None
+    image, mask = _images(unit, where)
+    if mask is not None:
+        raise InvalidInput(
+            f"{where}.mask", "an IP-Adapter unit takes no mask here (its image prompt is global)"
+        )
+    end = unit.guidance_end if unit.guidance_end is not None else unit.guidance
+    if unit.guidance_start not in (None, 0):
+        raise InvalidInput(
+            f"{where}.guidance_start", "an IP-Adapter unit steers every step here: send 0"
+        )
+    if end not in (None, 1):
+        field_name = "guidance_end" if unit.guidance_end is not None else "guidance"
+        raise InvalidInput(
+            f"{where}.{field_name}", "an IP-Adapter unit steers every step here: send 1"
+        )
+    values: dict[str, Any] = {"ip_adapter": title_name(model)}
+    if image is not None:
+        values["ip_adapter_image"] = to_image(image, f"{where}.image")
+    elif not img2img:
+        raise InvalidInput(
+            f"{where}.image", "needs an image prompt (txt2img has no init image to use)"
+        )
+    if unit.weight is not None:
+        values["ip_adapter_scale"] = unit.weight
+    return values
+
+
+def ip_adapter_module(value: str | None) -> str | None:
+    """The extension's IP-Adapter module ``value`` names (any case, the UI labels too), or
+    None when it names none."""
+    return _IP_ADAPTER_BY_NAME.get((value or "").strip().lower())
 
 
 def _images(unit: UnitArgs, where: str) -> tuple[str | None, str | None]:
@@ -383,25 +482,38 @@ def thresholds(module: str, a: float | None, b: float | None) -> dict[str, float
 
 
 def module_names(*, alias_names: bool = False) -> list[str]:
-    """``/controlnet/module_list``'s names: ``none`` first, then the preprocessors."""
-    names = [NO_PREPROCESSOR, *(n for n in preprocessors.PREPROCESSORS if n != NO_PREPROCESSOR)]
-    return [MODULE_ALIASES.get(n, n) for n in names] if alias_names else names
+    """``/controlnet/module_list``'s names: ``none`` first, then the preprocessors, then
+    the IP-Adapter modules."""
+    names = [
+        NO_PREPROCESSOR,
+        *(n for n in preprocessors.PREPROCESSORS if n != NO_PREPROCESSOR),
+        *IP_ADAPTER_MODULES,
+    ]
+    return [_label(n) for n in names] if alias_names else names
+
+
+def _label(name: str) -> str:
+    return MODULE_ALIASES.get(name) or IP_ADAPTER_MODULES.get(name) or name
 
 
 def render_module_list(*, alias_names: bool = False) -> dict[str, Any]:
-    """``/controlnet/module_list``: the names and each one's sliders."""
+    """``/controlnet/module_list``: the names and each one's sliders (IP-Adapter modules
+    have none)."""
     detail = {NO_PREPROCESSOR: {"model_free": False, "sliders": []}}
     detail.update(preprocessors.module_detail())
+    detail.update({name: {"model_free": False, "sliders": []} for name in IP_ADAPTER_MODULES})
     if alias_names:
-        detail = {MODULE_ALIASES.get(name, name): value for name, value in detail.items()}
+        detail = {_label(name): value for name, value in detail.items()}
     return {"module_list": module_names(alias_names=alias_names), "module_detail": detail}
 
 
-def render_control_types(controlnets: Sequence[ControlNetSpec]) -> dict[str, Any]:
+def render_control_types(
+    controlnets: Sequence[ControlNetSpec], ip_adapters: Sequence[IpAdapterSpec] = ()
+) -> dict[str, Any]:
     """``/controlnet/control_types``: for every control type a served ControlNet or a
     preprocessor has, its modules, its models and the defaults the extension's UI picks;
-    ``All`` lists everything."""
-    titles = [spec.title for spec in controlnets]
+    ``IP-Adapter`` with its modules and the served IP-Adapters; ``All`` lists everything."""
+    titles = [spec.title for spec in controlnets] + [spec.title for spec in ip_adapters]
     types: dict[str, Any] = {
         "All": {
             "module_list": module_names(),
@@ -422,6 +534,13 @@ def render_control_types(controlnets: Sequence[ControlNetSpec]) -> dict[str, Any
             "default_option": default,
             "default_model": models[0] if models else NO_MODEL,
         }
+    adapters = [spec.title for spec in ip_adapters]
+    types[IP_ADAPTER_TAG] = {
+        "module_list": [NO_PREPROCESSOR, *IP_ADAPTER_MODULES],
+        "model_list": [NO_MODEL, *adapters],
+        "default_option": next(iter(IP_ADAPTER_MODULES)),
+        "default_model": adapters[0] if adapters else NO_MODEL,
+    }
     return {"control_types": types}
 
 
@@ -458,7 +577,15 @@ class DetectPlan:
 
 
 def detect_plan(body: DetectRequest) -> DetectPlan:
-    """The checked settings of a detect call (422 naming the field at fault)."""
+    """The checked settings of a detect call (422 naming the field at fault). An
+    IP-Adapter module is refused: it makes image embeddings, not a map to preview (the
+    extension refuses ``ip-adapter-auto`` and answers the others with a torch tensor)."""
+    if ip_adapter_module(body.controlnet_module) is not None:
+        raise InvalidInput(
+            "controlnet_module",
+            f"{body.controlnet_module} reads the image for an IP-Adapter and makes no map: "
+            "nothing to preview; send the image itself as the unit's image",
+        )
     module = _module(body.controlnet_module, "controlnet_module")
     field_name, images = body.images()
     if not images:
@@ -477,6 +604,8 @@ def detect_plan(body: DetectRequest) -> DetectPlan:
 
 __all__ = [
     "API_VERSION",
+    "IP_ADAPTER_MODULES",
+    "IP_ADAPTER_TAG",
     "SCRIPT_NAMES",
     "DetectPlan",
     "DetectRequest",
@@ -485,6 +614,7 @@ __all__ = [
     "control_mode",
     "detect_plan",
     "find_script",
+    "ip_adapter_module",
     "map_units",
     "module_names",
     "render_control_types",

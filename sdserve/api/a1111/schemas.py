@@ -363,6 +363,9 @@ def generation_input(
     if units.units:
         values["controlnets"] = units.units
         values["return_control_maps"] = units.wants_maps
+    if units.image_prompt is not None:
+        # an img2img IP-Adapter unit without its own image reads the init image
+        values.update({"ip_adapter_image": values.get("image"), **units.image_prompt})
     return values, {**WIRE_NAMES, **units.wire_names()}
 
 

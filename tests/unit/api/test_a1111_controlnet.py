@@ -26,6 +26,7 @@ from sdserve.api.a1111.schemas import (
 from sdserve.domain.inputs import parse_generation_input
 from sdserve.domain.jobs import Status
 from sdserve.errors import InvalidInput
+from sdserve.models.settings import EngineSettings
 from tests.unit.api.conftest import TOKEN, App, MakeApp
 
 CANNY = "tiny-sd-canny"
@@ -468,3 +469,169 @@ def test_controlnet_routes_need_the_token(make_app: MakeApp) -> None:
     assert app.client.get("/controlnet/model_list").status_code == 401
     answer = app.client.get("/controlnet/model_list", auth=("user", TOKEN))
     assert answer.status_code == 200 and answer.json() == {"model_list": []}
+
+
+# -- IP-Adapter units -----------------------------------------------------------------------
+
+IP_ADAPTER = "tiny-sd-ip-adapter"
+
+
+def ip_unit(**changes: Any) -> dict[str, Any]:
+    """An IP-Adapter unit as ``webuiapi.ControlNetUnit(...).to_dict()`` sends it."""
+    values: dict[str, Any] = {
+        "image": picture(),
+        "module": "ip-adapter_clip_sd15",
+        "model": f"{IP_ADAPTER} [0123abcd]",
+        "weight": 0.8,
+        **changes,
+    }
+    return webuiapi.ControlNetUnit(**values).to_dict()  # type: ignore[no-untyped-call]
+
+
+def test_an_ip_adapter_unit_becomes_the_canonical_image_prompt() -> None:
+    values = txt2img(ip_unit(), unit())
+    assert values["ip_adapter"] == IP_ADAPTER  # the served name of the title
+    assert values["ip_adapter_scale"] == 0.8
+    assert values["ip_adapter_image"].startswith("data:image/png;base64,")
+    assert [u["model"] for u in values["controlnets"]] == [CANNY]  # the other unit stays
+    parsed = parse_generation_input(values)
+    assert parsed.ip_adapter == IP_ADAPTER and parsed.ip_adapter_scale == 0.8
+
+
+@pytest.mark.parametrize(
+    "module",
+    [
+        "ip-adapter-auto",
+        "ip-adapter_clip_sd15",
+        "IP-Adapter_Clip_SDXL",
+        "ip-adapter_clip_sdxl_plus_vith",
+        "ip-adapter_clip_h",
+        "ip-adapter_clip_g",
+    ],
+)
+def test_every_ip_adapter_module_of_the_extension_makes_an_image_prompt(module: str) -> None:
+    values = txt2img(ip_unit(module=module, model=IP_ADAPTER))
+    assert values["ip_adapter"] == IP_ADAPTER and "controlnets" not in values
+
+
+def test_a_disabled_ip_adapter_unit_or_one_without_a_model_takes_no_part() -> None:
+    values = txt2img(ip_unit(enabled=False), ip_unit(model="None"))
+    assert not any(name.startswith("ip_adapter") for name in values)
+
+
+def test_an_img2img_ip_adapter_unit_without_an_image_reads_the_init_image() -> None:
+    values = img2img(ip_unit(image=None))
+    assert values["ip_adapter_image"] == values["image"]
+
+
+@pytest.mark.parametrize(
+    ("changes", "field", "words"),
+    [
+        ({"image": None}, "image", "image prompt"),
+        ({"mask": picture()}, "mask", "no mask"),
+        ({"guidance_start": 0.2}, "guidance_start", "every step"),
+        ({"guidance_end": 0.5}, "guidance_end", "every step"),
+    ],
+)
+def test_ip_adapter_unit_values_sdserve_cannot_apply_are_refused_naming_them(
+    changes: dict[str, Any], field: str, words: str
+) -> None:
+    error = refused(txt2img, unit(), ip_unit(**changes))
+    assert error.field == f"{PREFIX}.1.{field}" and words in str(error)
+
+
+def test_a_second_ip_adapter_unit_is_refused_naming_its_module() -> None:
+    error = refused(txt2img, ip_unit(), unit(), ip_unit(module="ip-adapter-auto"))
+    assert error.field == f"{PREFIX}.2.module"
+    assert f"{PREFIX}.0" in str(error)
+
+
+def test_ip_adapter_fields_are_named_as_the_unit_sent_them() -> None:
+    request = Txt2ImgRequest.model_validate(body(unit(enabled=False), ip_unit()))
+    _values, names = generation_input(request, known_loras=None, img2img=False)
+    assert names["ip_adapter"] == f"{PREFIX}.1.model"
+    assert names["ip_adapter_image"] == f"{PREFIX}.1.image"
+    assert names["ip_adapter_scale"] == f"{PREFIX}.1.weight"
+
+
+@pytest.fixture
+def ipa_app(make_app: MakeApp, tmp_path: Path, tiny_ip_adapters: Path) -> App:
+    served_controlnet(tmp_path / "controlnets", CANNY)
+    return make_app(engine=EngineSettings(ip_adapter_dir=tiny_ip_adapters))
+
+
+def ip_titles(app: App) -> list[str]:
+    return [title for title in titles(app) if "ip-adapter" in title]
+
+
+def test_model_list_and_control_types_list_the_served_ip_adapters(ipa_app: App) -> None:
+    listed = ip_titles(ipa_app)
+    assert [title.split(" [")[0] for title in listed] == [IP_ADAPTER, "tiny-sdxl-ip-adapter"]
+    assert all(len(title.split("[")[1].rstrip("]")) == 8 for title in listed)
+    types = ipa_app.client.get("/controlnet/control_types").json()["control_types"]
+    ip_type = types["IP-Adapter"]
+    assert ip_type["model_list"] == ["None", *listed]
+    assert ip_type["default_model"] == listed[0]
+    assert ip_type["default_option"] == "ip-adapter-auto"
+    assert "ip-adapter_clip_sd15" in ip_type["module_list"]
+    assert set(listed) <= set(types["All"]["model_list"])
+    assert "ip-adapter_clip_sdxl" in types["All"]["module_list"]
+
+
+def test_module_list_lists_the_ip_adapter_modules_without_sliders(cn_app: App) -> None:
+    answer = cn_app.client.get("/controlnet/module_list").json()
+    for name in ("ip-adapter-auto", "ip-adapter_clip_sd15", "ip-adapter_clip_sdxl"):
+        assert name in answer["module_list"]
+        assert answer["module_detail"][name] == {"model_free": False, "sliders": []}
+    aliased = cn_app.client.get("/controlnet/module_list?alias_names=true").json()
+    assert "ip-adapter_clip_h" in aliased["module_list"]
+    assert "ip-adapter_clip_g" in aliased["module_detail"]
+
+
+@pytest.mark.parametrize("module", ["ip-adapter-auto", "ip-adapter_clip_sd15"])
+def test_detect_with_an_ip_adapter_module_is_422_nothing_to_preview(
+    cn_app: App, module: str
+) -> None:
+    answer = cn_app.client.post(
+        "/controlnet/detect",
+        json={"controlnet_module": module, "controlnet_images": [b64(picture())]},
+    )
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["field"] == "controlnet_module"
+    assert "nothing to preview" in answer.json()["detail"]
+
+
+def test_txt2img_with_an_ip_adapter_unit_creates_the_image_prompt_job(ipa_app: App) -> None:
+    title = ip_titles(ipa_app)[0]
+    worker = finish_first_job(ipa_app, outputs=1)
+    answer = ipa_app.client.post("/sdapi/v1/txt2img", json=body(ip_unit(model=title), seed=5))
+    worker.join()
+    assert answer.status_code == 200, answer.text
+    stored = ipa_app.service.list().results[0].input
+    assert stored["ip_adapter"] == IP_ADAPTER and stored["ip_adapter_scale"] == 0.8
+    assert stored["ip_adapter_image"] and not stored.get("controlnets")
+    assert len(answer.json()["images"]) == 1  # no detected map: nothing was preprocessed
+
+
+@pytest.mark.parametrize(
+    ("changes", "field", "words"),
+    [
+        ({"model": "no-such-adapter"}, "model", "unknown IP-Adapter"),
+        ({"model": "tiny-sdxl-ip-adapter"}, "model", "sdxl"),
+        ({"weight": 2.5}, "weight", "2"),
+    ],
+)
+def test_txt2img_refuses_ip_adapter_units_naming_the_field(
+    ipa_app: App, changes: dict[str, Any], field: str, words: str
+) -> None:
+    answer = ipa_app.client.post("/sdapi/v1/txt2img", json=body(unit(), ip_unit(**changes)))
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["field"] == f"{PREFIX}.1.{field}"
+    assert words in answer.json()["detail"]
+    assert not ipa_app.service.active()
+
+
+def test_an_ip_adapter_unit_on_a_server_without_ip_adapters_is_refused(cn_app: App) -> None:
+    answer = cn_app.client.post("/sdapi/v1/txt2img", json=body(ip_unit()))
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["field"] == f"{PREFIX}.0.model"
