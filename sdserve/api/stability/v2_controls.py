@@ -1,4 +1,5 @@
-"""Stability AI's v2beta ``control/sketch`` and ``control/structure`` on served ControlNets.
+"""Stability AI's v2beta ``control/sketch`` and ``control/structure`` on served ControlNets,
+and ``control/style`` on served IP-Adapters.
 
 Both are text to image steered by one ControlNet unit whose control image is the request's
 ``image``; the output has the image's size (:func:`control_size`). This module is pure (no
@@ -24,6 +25,20 @@ PIL, no I/O): the fields, which ControlNet and which model answer, and the canon
   weight 1, the weight ControlNets are trained at (A1111's default weight, diffusers'
   default ``controlnet_conditioning_scale``); 0 leaves the ControlNet out (the image is the
   one without it) and 1 is about 1.43, still well inside the 0..2 a unit takes.
+
+``control/style`` is text to image at the aspect ratio's size (as ``generate/core``) with
+the ``image`` as the image prompt of a served IP-Adapter (:class:`StyleRequest`):
+
+* **Which model.** The same rule with IP-Adapters for ControlNets (:func:`style_for`):
+  ``model`` names the engine (none fitting it: 400 naming ``model``); without it, the first
+  SDXL, else the first engine, among those with a fitting IP-Adapter; none anywhere: the
+  endpoint is not served.
+* **Fidelity.** ``fidelity`` (0..1, default 0.5) becomes ``ip_adapter_scale`` = fidelity x
+  1.2 (:func:`ip_adapter_scale`): linear, so 0 leaves the image prompt out (the image is the
+  one without it) and each step of fidelity moves the style as much; Stability's default
+  0.5 lands on sdserve's default scale 0.6 (diffusers' and the IP-Adapter authors' usual
+  0.5..0.7 for a "style, not a copy" result), and 1 is 1.2, a strong pull still inside
+  the 0..2 the scale takes, where the prompt is still heard.
 """
 
 from __future__ import annotations
@@ -39,6 +54,7 @@ from sdserve.api.stability.engines import engine_id, is_engine
 from sdserve.api.stability.v2_schemas import (
     MIN_SIDE,
     SIDE_STEP,
+    CoreRequest,
     PromptedRequest,
     default_engine,
     engine_for,
@@ -46,6 +62,7 @@ from sdserve.api.stability.v2_schemas import (
 from sdserve.errors import InvalidInput
 from sdserve.jobs.contract import ServedModel
 from sdserve.models.controlnet.catalog import ControlNetSpec
+from sdserve.models.ip_adapter import IpAdapterSpec
 
 ControlKind = Literal["sketch", "structure"]
 #: Stability's default ``control_strength``; it maps to conditioning scale 1.
@@ -69,6 +86,19 @@ CONTROL_FIELDS = {
     "controlnets.0.conditioning_scale": "control_strength",
     "controlnets.0.model": "model",
     "controlnets.0.preprocessor": "image",
+}
+
+#: Stability's default ``fidelity``, and what one unit of it is as ``ip_adapter_scale``.
+DEFAULT_FIDELITY = 0.5
+FIDELITY_SCALE = 1.2
+#: Canonical fields → the v2beta field a ``control/style`` client sent.
+STYLE_FIELDS = {
+    "num_inference_steps": "steps",
+    "width": "aspect_ratio",
+    "height": "aspect_ratio",
+    "ip_adapter_image": "image",
+    "ip_adapter_scale": "fidelity",
+    "ip_adapter": "model",
 }
 
 
@@ -113,6 +143,65 @@ class SketchRequest(ControlRequest):
 
 class StructureRequest(ControlRequest):
     """``control/structure``: a new image keeping the edges and layout of ``image``."""
+
+
+class StyleRequest(CoreRequest):
+    """``control/style``: a new image of the prompt in the style of ``image``, the style
+    followed ``fidelity`` closely (0: not at all), at ``aspect_ratio`` (default 1:1)."""
+
+    file_parts: ClassVar[tuple[str, ...]] = ("image",)
+
+    fidelity: float = Field(default=DEFAULT_FIDELITY, ge=0, le=1)
+
+    def style_values(self, size: tuple[int, int], image: str, adapter: str) -> dict[str, Any]:
+        """The canonical input: text to image at ``size`` with ``image`` (a stored upload)
+        as the image prompt of the served IP-Adapter ``adapter``."""
+        return {
+            **self.canonical(size),
+            "ip_adapter_image": image,
+            "ip_adapter_scale": ip_adapter_scale(self.fidelity),
+            "ip_adapter": adapter,
+        }
+
+
+def ip_adapter_scale(fidelity: float) -> float:
+    """Stability's ``fidelity`` as ``ip_adapter_scale``: linear, 0.5 → 0.6 (the default)."""
+    return round(fidelity * FIDELITY_SCALE, 4)
+
+
+def style_for(
+    requested: str | None, models: Sequence[ServedModel], adapters: Sequence[IpAdapterSpec]
+) -> tuple[ServedModel, IpAdapterSpec] | None:
+    """The engine and IP-Adapter answering ``control/style``; None when no engine has a
+    fitting one and the request named none (the endpoint is then not served). The engine
+    that ``model`` names without a fitting IP-Adapter is a 400 naming ``model``."""
+    if requested:
+        model = engine_for(requested, models)
+        adapter = _fitting_adapter(model, adapters)
+        if adapter is None:
+            able = [engine_id(m) for m in models if _has_adapter(m, adapters)]
+            raise InvalidInput(
+                "model",
+                f"no served IP-Adapter fits model {model.name} ({model.family}), which "
+                "control/style needs",
+                allowed=able or None,
+            )
+        return model, adapter
+    able_models = [m for m in models if _has_adapter(m, adapters)]
+    if not able_models:
+        return None
+    model = default_engine(able_models)
+    adapter = _fitting_adapter(model, adapters)
+    assert adapter is not None  # an able model has one
+    return model, adapter
+
+
+def _fitting_adapter(model: ServedModel, adapters: Sequence[IpAdapterSpec]) -> IpAdapterSpec | None:
+    return next((adapter for adapter in adapters if adapter.fits(model.family)), None)
+
+
+def _has_adapter(model: ServedModel, adapters: Sequence[IpAdapterSpec]) -> bool:
+    return is_engine(model) and _fitting_adapter(model, adapters) is not None
 
 
 @dataclass(frozen=True)
@@ -205,14 +294,19 @@ __all__ = [
     "CONTROL_FIELDS",
     "CONTROL_KINDS",
     "DEFAULT_CONTROL_STRENGTH",
+    "DEFAULT_FIDELITY",
+    "STYLE_FIELDS",
     "ControlChoice",
     "ControlKind",
     "ControlRequest",
     "SketchRequest",
     "StructureRequest",
+    "StyleRequest",
     "conditioning_scale",
     "control_for",
     "control_size",
     "control_types",
     "fitting_control",
+    "ip_adapter_scale",
+    "style_for",
 ]

@@ -6,9 +6,10 @@ job ends (a client that hangs up cancels it); ``upscale/creative`` answers ``{"i
 once, and ``GET /v2beta/results/{id}`` answers 202 until the job has ended, then its image
 (it answers any Stability job). What needs a model sdserve does not serve answers 422
 ``not_served`` saying what to use instead: ``edit/search-and-replace`` (a segmentation
-model finds what to replace), ``control/style`` (an IP-Adapter) and ``upscale/fast`` (a
-model upscaler such as ESRGAN); ``control/sketch`` and ``control/structure`` too on a
-server without a ControlNet of their types (:mod:`~sdserve.api.stability.v2_controls`).
+model finds what to replace) and ``upscale/fast`` (a model upscaler such as ESRGAN);
+``control/sketch`` and ``control/structure`` too on a server without a ControlNet of their
+types, and ``control/style`` on one without an IP-Adapter
+(:mod:`~sdserve.api.stability.v2_controls`).
 ``upscale/conservative`` and ``upscale/creative`` are diffusion upscales: the image resized
 and redrawn by img2img at a low strength.
 """
@@ -32,13 +33,16 @@ from sdserve.api.stability.results import artifacts, succeeded, v2_error_respons
 from sdserve.api.stability.uploads import Upload
 from sdserve.api.stability.v2_controls import (
     CONTROL_FIELDS,
+    STYLE_FIELDS,
     ControlKind,
     ControlRequest,
     SketchRequest,
     StructureRequest,
+    StyleRequest,
     control_for,
     control_size,
     control_types,
+    style_for,
 )
 from sdserve.api.stability.v2_schemas import (
     EDIT_FIELDS,
@@ -85,9 +89,8 @@ _CONTROL = (
     "server has none; an operator adds one to the ControlNet folder"
 )
 _STYLE = (
-    "control/style takes the style of an image with an IP-Adapter, and this server serves "
-    "none yet; control/structure keeps an image's layout with a ControlNet, and "
-    "generate/ultra with an image and a strength redraws an image"
+    "control/style takes the style of an image with an IP-Adapter fitting a served model, "
+    "and this server has none; an operator adds one to the IP-Adapter folder"
 )
 _FAST_UPSCALE = (
     "upscale/fast needs a model upscaler (such as ESRGAN), and this server serves none "
@@ -165,7 +168,7 @@ class StabilityV2Api:
             "/stable-image/edit/search-and-replace": (self.search_and_replace, None, False),
             "/stable-image/control/sketch": (self.sketch, SketchRequest, True),
             "/stable-image/control/structure": (self.structure, StructureRequest, True),
-            "/stable-image/control/style": (self.style, None, False),
+            "/stable-image/control/style": (self.style, StyleRequest, True),
             "/stable-image/upscale/fast": (self.fast_upscale, None, False),
             "/stable-image/upscale/conservative": (
                 self.conservative_upscale,
@@ -277,8 +280,22 @@ class StabilityV2Api:
     async def structure(self, request: Request) -> Response:
         return await self._control(request, StructureRequest, "structure")
 
-    async def style(self) -> Response:
-        return not_served_response(_STYLE)
+    async def style(self, request: Request) -> Response:
+        """Text to image at the aspect ratio's size, the image as the image prompt of the
+        served IP-Adapter that fits the engine (:func:`style_for`)."""
+        call, body = await self._begin(request, StyleRequest)
+        catalog = self.service.ip_adapters()
+        adapters = [] if catalog is None else await asyncio.to_thread(catalog.all)
+        chosen = style_for(body.model, await self._models(), adapters)
+        if chosen is None:
+            return not_served_response(_STYLE)
+        model, adapter = chosen
+        upload = call.form.required_image("image")
+        stored = await asyncio.to_thread(self._store_image, upload, check_size=False)
+        ratio = body.aspect_ratio or "1:1"
+        size = aspect_size(ratio, pixel_budget(model), self.edge.limits.max_pixels)
+        values = body.style_values(size, stored.image, adapter.name)
+        return await self._run(call, model, values, STYLE_FIELDS)
 
     async def _control(
         self, request: Request, schema: type[ControlRequest], kind: ControlKind

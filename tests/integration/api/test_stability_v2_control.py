@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -118,13 +119,73 @@ def test_a_named_model_without_a_fitting_controlnet_is_400_naming_model(
     assert "test/fake (sd1)" in message
 
 
-def test_style_is_not_served_it_needs_an_ip_adapter(offline_app: FastAPI, tmp_path: Path) -> None:
+def test_style_is_not_served_without_an_ip_adapter(offline_app: FastAPI, tmp_path: Path) -> None:
     add_controlnet(tmp_path, "fake-sd15-canny", "sd1")
     with TestClient(offline_app) as client:
         response = post(client, "style", {"prompt": "x", "fidelity": 0.5}, png())
     assert response.status_code == 422, response.text
     assert response.json()["name"] == "not_served"
     assert "IP-Adapter" in response.json()["errors"][0]
+
+
+@pytest.fixture
+def with_ip_adapters(tmp_path: Path, tiny_ip_adapters: Path) -> Path:
+    """The demo's tiny IP-Adapters in the data dir's IP-Adapter folder."""
+    shutil.copytree(tiny_ip_adapters, tmp_path / "ip-adapters")
+    return tmp_path
+
+
+def test_style_runs_text_to_image_with_the_image_as_image_prompt(
+    offline_app: FastAPI, with_ip_adapters: Path
+) -> None:
+    with TestClient(offline_app) as client:
+        fields = {"prompt": "a castle", "seed": 5, "aspect_ratio": "16:9", "fidelity": 0.25}
+        response = post(client, "style", fields, png())
+        assert response.status_code == 200, response.text
+        assert response.headers["seed"] == "5"
+        job = client.get(f"/v1/predictions/{response.headers['x-sdserve-job-id']}").json()
+    values = job["input"]
+    assert job["source"] == "stability" and job["model"] == "test/fake"
+    assert values["ip_adapter"] == "tiny-sd-ip-adapter"  # the one fitting the sd1 engine
+    assert values["ip_adapter_scale"] == pytest.approx(0.3)
+    assert values["ip_adapter_image"] and values.get("image") is None
+    assert values["width"] > values["height"]  # 16:9 of the model's budget
+    assert not values.get("controlnets")
+
+
+@pytest.mark.parametrize(
+    ("fields", "image", "status", "field"),
+    [
+        ({"prompt": "x", "fidelity": 1.5}, png(), 400, "fidelity"),
+        ({"prompt": "x"}, None, 400, "image"),
+        ({"prompt": "x", "model": "nobody--nothing"}, png(), 404, None),
+    ],
+)
+def test_style_refuses_bad_fields_naming_them(
+    offline_app: FastAPI,
+    with_ip_adapters: Path,
+    fields: dict[str, Any],
+    image: bytes | None,
+    status: int,
+    field: str | None,
+) -> None:
+    with TestClient(offline_app) as client:
+        response = post(client, "style", fields, image)
+    assert response.status_code == status, response.text
+    if field is not None:
+        assert response.json()["errors"][0].startswith(f"{field}: ")
+
+
+def test_style_with_only_an_sdxl_ip_adapter_refuses_the_sd_model_named(
+    offline_app: FastAPI, tmp_path: Path, tiny_ip_adapters: Path
+) -> None:
+    shutil.copytree(tiny_ip_adapters / "tiny-sdxl-ip-adapter", tmp_path / "ip-adapters" / "x")
+    with TestClient(offline_app) as client:
+        named = post(client, "style", {"prompt": "x", "model": "test--fake"}, png())
+        unnamed = post(client, "style", {"prompt": "x"}, png())
+    assert named.status_code == 400, named.text
+    assert named.json()["errors"][0].startswith("model: no served IP-Adapter fits model test/fake")
+    assert unnamed.status_code == 422 and unnamed.json()["name"] == "not_served"
 
 
 @pytest.mark.parametrize(

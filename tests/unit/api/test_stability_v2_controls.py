@@ -1,5 +1,6 @@
-"""Stability v2beta control/sketch and control/structure: fields, strength, which ControlNet
-and engine answer, sizes and refused fields (sdserve.api.stability.v2_controls)."""
+"""Stability v2beta control/sketch, control/structure and control/style: fields, strength
+and fidelity, which ControlNet or IP-Adapter and engine answer, sizes and refused fields
+(sdserve.api.stability.v2_controls)."""
 
 from __future__ import annotations
 
@@ -11,12 +12,16 @@ from sdserve.api.edge import rename_field
 from sdserve.api.stability.v2_controls import (
     CONTROL_FIELDS,
     CONTROL_KINDS,
+    STYLE_FIELDS,
     ControlChoice,
     SketchRequest,
     StructureRequest,
+    StyleRequest,
     conditioning_scale,
     control_for,
     control_size,
+    ip_adapter_scale,
+    style_for,
 )
 from sdserve.api.stability.v2_schemas import parse_fields
 from sdserve.domain.controls import ControlUnit, control_type_of
@@ -25,6 +30,7 @@ from sdserve.errors import InvalidInput, ModelNotFound
 from sdserve.jobs.contract import ServedModel
 from sdserve.models.controlnet import preprocessors
 from sdserve.models.controlnet.catalog import ControlNetFamily, ControlNetSpec
+from sdserve.models.ip_adapter import IpAdapterSpec
 
 SD = "sdserve/tiny-sd"
 SDXL = "sdserve/tiny-sdxl"
@@ -205,3 +211,120 @@ def test_an_image_too_small_or_too_thin_for_the_limit_is_refused_naming_image(
     with pytest.raises(InvalidInput) as caught:
         control_size(*size, limit)
     assert caught.value.field == "image"
+
+
+# -- control/style --------------------------------------------------------------------------
+
+
+def ip_adapter(name: str, family: ControlNetFamily) -> IpAdapterSpec:
+    return IpAdapterSpec(
+        name, f"/ipa/{name}", "ip-adapter.safetensors", "image_encoder", family, "0123abcd"
+    )
+
+
+ADAPTERS = [ip_adapter("tiny-sd-ip-adapter", "sd1"), ip_adapter("tiny-sdxl-ip-adapter", "sdxl")]
+
+
+def test_style_defaults_give_text_to_image_with_the_image_prompt_at_scale_0_6() -> None:
+    body = parse_fields(StyleRequest, {"prompt": "a castle", "aspect_ratio": "16:9"})
+    assert body.fidelity == 0.5 and body.aspect_ratio == "16:9"
+    values = body.style_values((112, 64), "upload-key", "tiny-sd-ip-adapter")
+    assert values == {
+        "output_format": "png",
+        "prompt": "a castle",
+        "negative_prompt": "",
+        "width": 112,
+        "height": 64,
+        "ip_adapter_image": "upload-key",
+        "ip_adapter_scale": 0.6,  # sdserve's default scale
+        "ip_adapter": "tiny-sd-ip-adapter",
+    }
+    parsed = GenerationInput.model_validate(values)
+    assert parsed.ip_adapter_scale == 0.6 and parsed.ip_adapter == "tiny-sd-ip-adapter"
+
+
+def test_style_reads_seed_steps_format_negative_prompt_and_style_preset_as_elsewhere() -> None:
+    fields = {
+        "prompt": "a castle",
+        "negative_prompt": "fog",
+        "seed": "9",
+        "steps": "3",
+        "output_format": "webp",
+        "style_preset": "photographic",
+        "fidelity": "1",
+    }
+    values = parse_fields(StyleRequest, fields).style_values((64, 64), "k", "a")
+    assert (values["seed"], values["num_inference_steps"], values["output_format"]) == (
+        9,
+        3,
+        "webp",
+    )
+    assert values["prompt"].startswith("a castle, ") and values["negative_prompt"].startswith("fog")
+    assert values["ip_adapter_scale"] == 1.2
+
+
+@pytest.mark.parametrize(
+    ("fidelity", "scale"), [(0, 0.0), (0.25, 0.3), (0.5, 0.6), (0.75, 0.9), (1, 1.2)]
+)
+def test_fidelity_maps_linearly_onto_the_ip_adapter_scale(fidelity: float, scale: float) -> None:
+    assert ip_adapter_scale(fidelity) == pytest.approx(scale)
+
+
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        ({"prompt": "x", "fidelity": "1.5"}, "fidelity"),
+        ({"prompt": "x", "fidelity": "-0.1"}, "fidelity"),
+        ({"prompt": "x", "aspect_ratio": "7:3"}, "aspect_ratio"),
+        ({"prompt": ""}, "prompt"),
+    ],
+)
+def test_style_fields_out_of_range_are_refused_naming_them(
+    fields: dict[str, str], field: str
+) -> None:
+    with pytest.raises(InvalidInput) as caught:
+        parse_fields(StyleRequest, fields)
+    assert caught.value.field == field
+
+
+def test_style_goes_to_the_first_sdxl_with_a_fitting_ip_adapter() -> None:
+    chosen = style_for(None, MODELS, ADAPTERS)
+    assert chosen is not None
+    assert (chosen[0].name, chosen[1].name) == (SDXL, "tiny-sdxl-ip-adapter")
+    sd_only = style_for(None, MODELS, ADAPTERS[:1])
+    assert sd_only is not None and (sd_only[0].name, sd_only[1].name) == (
+        SD,
+        "tiny-sd-ip-adapter",
+    )
+    named = style_for("sdserve--tiny-sd", MODELS, ADAPTERS)
+    assert named is not None and named[1].name == "tiny-sd-ip-adapter"
+
+
+def test_style_with_a_named_model_without_a_fitting_ip_adapter_is_refused_naming_model() -> None:
+    with pytest.raises(InvalidInput) as caught:
+        style_for("sdserve--tiny-sdxl", MODELS, ADAPTERS[:1])
+    assert caught.value.field == "model"
+    assert "no served IP-Adapter fits model sdserve/tiny-sdxl (sdxl)" in caught.value.message
+    assert caught.value.allowed == ["sdserve--tiny-sd", "sdserve--tiny-sd-inpaint"]
+
+
+@pytest.mark.parametrize("adapters", [[], [ip_adapter("tiny-sdxl-ip-adapter", "sdxl")]])
+def test_style_without_a_fitting_ip_adapter_anywhere_is_not_served(
+    adapters: list[IpAdapterSpec],
+) -> None:
+    assert style_for(None, [served(SD, "sd1")], adapters) is None
+
+
+@pytest.mark.parametrize(
+    ("canonical", "wire"),
+    [
+        ("ip_adapter_scale", "fidelity"),
+        ("ip_adapter_image", "image"),
+        ("ip_adapter", "model"),
+        ("width", "aspect_ratio"),
+        ("num_inference_steps", "steps"),
+    ],
+)
+def test_a_refused_style_field_is_named_the_v2beta_way(canonical: str, wire: str) -> None:
+    renamed = rename_field(InvalidInput(canonical, "is wrong"), STYLE_FIELDS)
+    assert renamed.field == wire
