@@ -303,7 +303,6 @@ def test_erase_repaints_the_mask_without_a_prompt(http: httpx.Client) -> None:
     ("path", "words"),
     [
         ("edit/search-and-replace", "edit/inpaint"),
-        ("control/style", "IP-Adapter"),
         ("upscale/fast", "upscaler"),
     ],
 )
@@ -401,6 +400,57 @@ def test_control_draws_a_large_image_at_the_pixel_limit_keeping_its_aspect(
     files = {"image": ("big.png", sketch((256, 128)), "image/png")}
     response = post(http, "control/structure", {"prompt": "a bridge"}, files)
     image_of(response, (176, 88))  # 128x128 pixels at most, multiples of 8
+
+
+def style_reference() -> bytes:
+    """A style reference: bold colour bands."""
+    image = Image.new("RGB", (80, 80), (220, 40, 40))
+    ImageDraw.Draw(image).rectangle((0, 40, 80, 80), fill=(30, 30, 200))
+    return png(image)
+
+
+def test_style_answers_the_aspect_ratios_size_from_the_sdxl_ip_adapter(http: httpx.Client) -> None:
+    files = {"image": ("style.png", style_reference(), "image/png")}
+    fields = {"prompt": "a lighthouse", "seed": 21, "aspect_ratio": "16:9"}
+    response = post(http, "control/style", fields, files)
+    first = image_of(response, (112, 64))  # 16:9 of the tiny SDXL's 64x64 budget
+    assert response.headers["seed"] == "21"
+    job = job_of(http, response)
+    # no model named: the SDXL engine and its IP-Adapter; fidelity 0.5 is scale 0.6
+    assert job["model"] == "sdserve/tiny-sdxl"
+    assert job["input"]["ip_adapter"] == "tiny-sdxl-ip-adapter"
+    assert job["input"]["ip_adapter_scale"] == pytest.approx(0.6)
+    again = post(http, "control/style", fields, files)
+    assert image_of(again, (112, 64)) == first
+    as_json = post(http, "control/style", fields, files, "application/json")
+    assert as_json.status_code == 200, as_json.text
+    assert pixels(base64.b64decode(as_json.json()["image"])) == pixels(first)
+
+
+def test_style_fidelity_changes_the_image(http: httpx.Client) -> None:
+    files = {"image": ("style.png", style_reference(), "image/png")}
+    fields = {"prompt": "a lighthouse", "seed": 22, "model": "sdserve--tiny-sd"}
+    loose = post(http, "control/style", {**fields, "fidelity": 0}, files)
+    close = post(http, "control/style", {**fields, "fidelity": 1}, files)
+    assert pixels(image_of(loose, (64, 64))) != pixels(image_of(close, (64, 64)))
+    assert job_of(http, close)["input"]["ip_adapter"] == "tiny-sd-ip-adapter"
+    assert job_of(http, close)["input"]["ip_adapter_scale"] == pytest.approx(1.2)
+
+
+@pytest.mark.parametrize(
+    ("fields", "files", "field", "name"),
+    [
+        ({"prompt": "x", "fidelity": 1.5}, True, "fidelity", "bad_request"),
+        ({"prompt": "x"}, False, "image", "invalid_image"),
+        ({"fidelity": 0.5}, True, "prompt", "invalid_prompts"),
+    ],
+)
+def test_a_bad_style_request_is_400_naming_the_field(
+    http: httpx.Client, fields: dict[str, Any], files: bool, field: str, name: str
+) -> None:
+    parts = {"image": ("style.png", style_reference(), "image/png")} if files else None
+    message = v2_error(post(http, "control/style", fields, parts), 400, name)
+    assert message.startswith(f"{field}:")
 
 
 @pytest.mark.parametrize(

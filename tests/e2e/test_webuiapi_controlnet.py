@@ -101,3 +101,65 @@ def test_units_the_server_cannot_use_are_422s_naming_the_field(
         assert status == 422 and f"alwayson_scripts.ControlNet.args.0.{field}" in text, text
     types = httpx.get(f"{server.url}/controlnet/control_types", timeout=30).json()
     assert types["control_types"]["Canny"]["default_option"] == "canny"
+
+
+def ip_adapter_title(api: webuiapi.WebUIApi) -> str:
+    return next(t for t in api.controlnet_model_list() if t.startswith("tiny-sd-ip-adapter ["))
+
+
+def style_image() -> Image.Image:
+    image = Image.new("RGB", (64, 64), (200, 40, 40))
+    image.paste((20, 20, 220), (0, 32, 64, 64))
+    return image
+
+
+def test_an_ip_adapter_unit_steers_the_image_and_reproduces(
+    api: webuiapi.WebUIApi, server: ServerProcess
+) -> None:
+    title = ip_adapter_title(api)
+    assert len(title.removeprefix("tiny-sd-ip-adapter [").rstrip("]")) == 8
+    assert "ip-adapter_clip_sd15" in api.controlnet_module_list()
+    unit = webuiapi.ControlNetUnit(
+        image=style_image(), module="ip-adapter_clip_sd15", model=title, weight=1.0
+    )
+    plain = api.txt2img(prompt="a tower", seed=11, **FAST)
+    prompted = api.txt2img(prompt="a tower", seed=11, controlnet_units=[unit], **FAST)
+    # an image prompt has no detected map: the image alone
+    assert len(prompted.images) == 1 and prompted.image.size == (64, 64)
+    assert not np.array_equal(pixels(prompted.image), pixels(plain.image))
+    again = api.txt2img(prompt="a tower", seed=11, controlnet_units=[unit], **FAST)
+    np.testing.assert_array_equal(pixels(again.image), pixels(prompted.image))
+    types = httpx.get(f"{server.url}/controlnet/control_types", timeout=30).json()
+    assert title in types["control_types"]["IP-Adapter"]["model_list"]
+
+
+def test_ip_adapter_units_the_server_cannot_use_are_422s_naming_the_field(
+    api: webuiapi.WebUIApi,
+) -> None:
+    title = ip_adapter_title(api)
+    second = webuiapi.ControlNetUnit(image=style_image(), module="ip-adapter-auto", model=title)
+    cases = [
+        (
+            [
+                webuiapi.ControlNetUnit(image=style_image(), module="ip-adapter-auto", model=title),
+                second,
+            ],
+            "1.module",
+        ),
+        (
+            [
+                webuiapi.ControlNetUnit(
+                    image=style_image(), module="ip-adapter_clip_sdxl", model="tiny-sdxl-ip-adapter"
+                )
+            ],
+            "0.model",
+        ),
+    ]
+    for units, field in cases:
+        with pytest.raises(RuntimeError) as caught:
+            api.txt2img(prompt="x", controlnet_units=units, **FAST)
+        status, text = caught.value.args
+        assert status == 422 and f"alwayson_scripts.ControlNet.args.{field}" in text, text
+    with pytest.raises(RuntimeError) as detected:
+        api.controlnet_detect(images=[style_image()], module="ip-adapter_clip_sd15")
+    assert detected.value.args[0] == 422 and "nothing to preview" in detected.value.args[1]
