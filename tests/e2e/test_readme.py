@@ -396,6 +396,7 @@ def run_stability_v2_curl(server: ServerProcess, workdir: Path) -> None:
         "upscaled.png": (256, 256),
         "house.png": (64, 64),
         "castle.png": (64, 64),
+        "styled.png": (112, 64),  # 16:9 of the demo SDXL's 64x64 budget
     }
     for name, size in sizes.items():
         with Image.open(workdir / name) as image:
