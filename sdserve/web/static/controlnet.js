@@ -56,8 +56,15 @@ export class ControlNetPanel {
         request("GET", "/controlnet/module_list"),
         request("GET", "/controlnet/control_types"),
       ]);
-      this.modules = modules;
       this.types = types.control_types || null;
+      // the IP-Adapter modules are the extension's image prompt, not a ControlNet's
+      // preprocessor: this section's units never take them
+      const imagePrompt = new Set(((this.types || {})["IP-Adapter"] || {}).module_list || []);
+      imagePrompt.delete("none");
+      this.modules = {
+        ...modules,
+        module_list: (modules.module_list || []).filter((name) => !imagePrompt.has(name)),
+      };
     } catch {
       this.modules = null;
       this.types = null;
