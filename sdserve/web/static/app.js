@@ -318,7 +318,7 @@ function showSubmitError(error, groups) {
       $(special).textContent = message;
       return;
     }
-    if (controlnet.showError(error.field, message)) return;
+    if (controlnet.showError(error.field, message, error.body.allowed)) return;
     if (imagePrompt.showError(error.field, message)) return;
     if (form.showServerError(error.field, message, groups)) return;
     $("form-error").textContent = `${error.field}: ${message}`;
