@@ -24,7 +24,7 @@ from sdserve.errors import Conflict, InvalidInput, ModelNotFound
 from sdserve.jobs.contract import ServedModel
 from sdserve.jobs.store import utcnow
 from sdserve.models.controlnet import preprocessors
-from sdserve.models.controlnet.catalog import ControlNetCatalog
+from sdserve.models.controlnet.catalog import UNION_TYPES, ControlNetCatalog, ControlNetSpec
 from sdserve.models.controlnet.units import check_units
 from sdserve.models.ip_adapter import IpAdapterCatalog
 
@@ -57,6 +57,7 @@ def input_schema(
     limits: InputLimits,
     controlnets: list[str] | None = None,
     ip_adapters: list[str] | None = None,
+    controlnet_details: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """JSON schema of :class:`GenerationInput` with a family's defaults and the limits.
 
@@ -65,6 +66,10 @@ def input_schema(
     ``controlnets``: the ControlNets fitting the model; with some, the ControlNet inputs are
     shown (Replicate's flat ``controlnet_N*`` ones too), without any they are left out.
     ``ip_adapters``: the IP-Adapters fitting the model; the image prompt inputs likewise.
+    ``controlnet_details``: what each of ``controlnets`` is (:meth:`ServedModels.
+    controlnet_details`), shown as ``x-controlnets`` on ``controlnets`` with the control
+    type each preprocessor makes (``x-preprocessors``), so a form knows which units need a
+    ``control_type`` (union ControlNets) or a fixed range (T2I-Adapters).
     """
     schema = GenerationInput.model_json_schema()
     properties: dict[str, Any] = schema.get("properties", {})
@@ -110,6 +115,12 @@ def input_schema(
     if controlnets and limits.max_controlnets:
         _add_flat_controlnets(properties, controlnets, min(FLAT_UNITS, limits.max_controlnets))
         properties["controlnets"]["maxItems"] = limits.max_controlnets
+        if controlnet_details:
+            properties["controlnets"]["x-controlnets"] = controlnet_details
+            properties["controlnets"]["x-preprocessors"] = {
+                name: preprocessor.control_type
+                for name, preprocessor in preprocessors.PREPROCESSORS.items()
+            }
     else:
         properties.pop("controlnets", None)
         properties.pop("return_control_maps", None)
@@ -280,6 +291,24 @@ class ServedModels:
         kinds = [kind for kind in CONTROL_TYPES if any(s.takes(kind) for s in fitting)]
         return [spec.name for spec in fitting] + kinds
 
+    def controlnet_details(self, family: str) -> dict[str, dict[str, Any]]:
+        """For each of :meth:`controlnet_choices`: its ``kind`` (controlnet, union,
+        t2i_adapter), ``family`` and ``control_type`` (None for a union), and for a union
+        the ``control_types`` it takes. A type name tells what it picks (``picks``)."""
+        if self.controlnets is None:
+            return {}
+        fitting = [spec for spec in self.controlnets.all() if spec.fits(family)]
+        details = {spec.name: _details_of(spec) for spec in fitting}
+        for name in self.controlnet_choices(family)[len(fitting) :]:
+            picked = self.controlnets.resolve(name, model="", family=family, field="model")
+            details[name] = {
+                "kind": picked.kind,
+                "family": picked.family,
+                "control_type": name,
+                "picks": picked.name,
+            }
+        return details
+
     def _served(self, spec: Any) -> ServedModel:
         return ServedModel(
             name=spec.name,
@@ -293,5 +322,17 @@ class ServedModels:
                 self.limits,
                 self.controlnet_choices(spec.family),
                 self.ip_adapter_choices(spec.family),
+                self.controlnet_details(spec.family),
             ),
         )
+
+
+def _details_of(spec: ControlNetSpec) -> dict[str, Any]:
+    details: dict[str, Any] = {
+        "kind": spec.kind,
+        "family": spec.family,
+        "control_type": spec.control_type,
+    }
+    if spec.kind == "union":
+        details["control_types"] = sorted(t for t, i in UNION_TYPES.items() if i < spec.union_types)
+    return details

@@ -4,6 +4,7 @@
 import { api, ApiError, follow, getToken, onUnauthorized, setToken } from "./api.js";
 import { ControlNetPanel } from "./controlnet.js";
 import { el, SchemaForm } from "./form.js";
+import { ImagePromptPanel } from "./ipadapter.js";
 import { MaskPainter } from "./mask.js";
 
 const $ = (id) => document.getElementById(id);
@@ -28,6 +29,7 @@ const form = new SchemaForm({
   lora: $("group-lora").querySelector("div"),
   output: $("group-output").querySelector("div"),
   other: $("group-other").querySelector("div"),
+  ipadapter: $("ipa-fields"),
 });
 const painter = new MaskPainter($("mask-view"));
 const controlnet = new ControlNetPanel({
@@ -41,6 +43,17 @@ const controlnet = new ControlNetPanel({
     inputImage: () => (IMAGE_TASKS.has(state.task) ? state.imageFile : null),
     outputSize,
   },
+});
+
+const imagePrompt = new ImagePromptPanel({
+  section: $("group-ipadapter"),
+  fileInput: $("ipa-file"),
+  dropZone: $("ipa-drop"),
+  preview: $("ipa-preview"),
+  figure: $("ipa-figure"),
+  clearButton: $("ipa-clear"),
+  error: $("ipa-error"),
+  form,
 });
 
 // the size the next image will have, as far as the page knows (null: the server's default)
@@ -116,6 +129,7 @@ function selectModel(name) {
   const schema = model.latest_version.openapi_schema.components.schemas.Input;
   form.build(schema);
   controlnet.setModel(schema);
+  imagePrompt.setModel(schema);
   $("group-refiner").hidden = !(model.family === "sdxl" && form.has("refine"));
   applyTask();
 }
@@ -141,6 +155,8 @@ function visibleGroups() {
   if (!$("group-refiner").hidden) groups.add("refiner");
   if (state.task === "img2img" || state.task === "inpaint") groups.add("strength");
   if (state.task === "outpaint") groups.add("outpaint");
+  // the image prompt's scale and adapter go with its image only
+  if (imagePrompt.active()) groups.add("ipadapter");
   return groups;
 }
 
@@ -229,6 +245,7 @@ function setupTasks() {
   $("reset").addEventListener("click", () => {
     form.reset();
     controlnet.clear();
+    imagePrompt.setFile(null);
     applyTask();
   });
 }
@@ -267,6 +284,7 @@ async function submit(event) {
   if (!form.validate(groups)) return;
   const keep = ["prompt"];
   if (IMAGE_TASKS.has(state.task)) keep.push("width", "height");
+  if (imagePrompt.active()) keep.push("ip_adapter_scale"); // say the scale with the image
   const input = form.values(groups, { keep });
   if (state.task === "outpaint" && !["outpaint_left", "outpaint_right", "outpaint_up", "outpaint_down"]
     .some((name) => input[name] > 0)) {
@@ -282,7 +300,8 @@ async function submit(event) {
     if (!units) return;
     const controls = units.length ? { controlnets: units } : {};
     if (controlnet.wantsMaps()) controls.return_control_maps = true;
-    const prediction = await api.createPrediction(model, { ...input, ...images, ...controls });
+    const prompt = await imagePrompt.value();
+    const prediction = await api.createPrediction(model, { ...input, ...images, ...controls, ...prompt });
     await run(prediction);
   } catch (error) {
     showSubmitError(error, groups);
@@ -299,7 +318,8 @@ function showSubmitError(error, groups) {
       $(special).textContent = message;
       return;
     }
-    if (controlnet.showError(error.field, message)) return;
+    if (controlnet.showError(error.field, message, error.body.allowed)) return;
+    if (imagePrompt.showError(error.field, message)) return;
     if (form.showServerError(error.field, message, groups)) return;
     $("form-error").textContent = `${error.field}: ${message}`;
     return;
@@ -618,6 +638,7 @@ async function reuseSettings(prediction) {
   applyTask();
   for (const [key, value] of Object.entries(input)) if (key === "width" || key === "height") form.set(key, value);
   await controlnet.restore(input.controlnets || [], input.return_control_maps);
+  await imagePrompt.restore(input.ip_adapter_image);
   $("generate-title").scrollIntoView({ behavior: "smooth" });
   $("in-prompt")?.focus();
 }

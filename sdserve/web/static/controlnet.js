@@ -22,6 +22,10 @@ const DEFAULTS = { preprocessor: "auto", conditioning_scale: 0.75, start: 0, end
   resize_mode: "crop_and_resize", processor_res: 512, pixel_perfect: false, control_mode: "balanced" };
 const RESOLUTION_SLIDER = "Preprocessor Resolution";
 const IMAGE_TYPES = "image/png,image/jpeg,image/webp";
+// The types a union ControlNet takes (sdserve/models/controlnet/catalog.py UNION_TYPES), for
+// a server whose schema does not say (no x-controlnets): its 422 names the allowed ones.
+const UNION_TYPES = ["canny", "depth", "inpaint", "lineart", "mlsd", "normal", "openpose", "scribble",
+  "seg", "softedge", "tile"];
 const SCRIBBLE = [255, 255, 255, 255];
 
 let unitIds = 0;
@@ -38,6 +42,8 @@ export class ControlNetPanel {
     this.context = context;
     this.units = [];
     this.choices = [];
+    this.details = {}; // served name or type -> {kind, family, control_type, control_types?, picks?}
+    this.preprocessorTypes = {}; // preprocessor -> the control type of the map it makes
     this.max = 0;
     this.defaults = { ...DEFAULTS };
     this.modules = null; // {module_list, module_detail} once the A1111 dialect answered
@@ -79,6 +85,10 @@ export class ControlNetPanel {
     const pick = properties.controlnet_1;
     this.choices = units && pick && Array.isArray(pick.enum) ? pick.enum.filter((name) => name !== "none") : [];
     this.max = units ? units.maxItems ?? 3 : 0;
+    // what each ControlNet is (x-controlnets): a union needs a control type per unit, a
+    // T2I-Adapter a fixed range
+    this.details = (units && units["x-controlnets"]) || {};
+    this.preprocessorTypes = (units && units["x-preprocessors"]) || {};
     const unitSchema = ((schema.$defs || {}).ControlUnit || {}).properties || {};
     this.defaults = { ...DEFAULTS };
     for (const key of Object.keys(DEFAULTS)) {
@@ -156,7 +166,8 @@ export class ControlNetPanel {
   }
 
   // a server error on `controlnets.N.field` (or `controlnets`), shown in that unit
-  showError(field, message) {
+  showError(field, message, allowed = null) {
+    this.lastAllowed = allowed;
     const match = /^controlnets(?:\.(\d+)(?:\.(\w+))?)?$/.exec(field || "");
     if (!match || !this.available()) return false;
     const unit = this.units[Number(match[1] ?? 0)];
@@ -176,6 +187,11 @@ export class ControlNetPanel {
     }
     this.returnMaps.checked = Boolean(returnMaps) && this.units.length > 0;
     if (this.units.length) this.section.open = true;
+  }
+
+  // what a ControlNet (or a type naming one) is, as the schema says; null when it does not
+  detailsOf(model) {
+    return Object.hasOwn(this.details, model) ? this.details[model] : null;
   }
 
   // what "auto" means for a ControlNet (a served name or a type), from the control types
@@ -273,14 +289,31 @@ class Unit {
     // the ControlNet and how it acts
     this.model = el("select", { id: `${id}-model`, "aria-describedby": `${id}-model-help` });
     this.model.addEventListener("change", () => {
+      this.typeForced = null;
+      this.refreshKind();
       this.refreshSettings();
       this.mapStale();
     });
     this.preprocessor = el("select", { id: `${id}-preprocessor`, "aria-describedby": `${id}-preprocessor-help` });
     this.preprocessor.addEventListener("change", () => {
+      this.refreshKind();
       this.refreshSettings();
       this.mapStale();
     });
+    // a union ControlNet's unit says its map's type (default: the preprocessor's)
+    this.controlType = el("select", { id: `${id}-type`, "aria-describedby": `${id}-type-help` });
+    this.typeChosen = false; // picked by hand (else it follows the preprocessor)
+    this.typeForced = null; // the allowed types a server's 422 named (a schema without x-controlnets)
+    this.controlType.addEventListener("change", () => {
+      this.typeChosen = this.controlType.value !== "";
+      this.refreshSettings();
+      this.mapStale();
+    });
+    this.controlTypeField = field(`${id}-type`, "Control type", this.controlType,
+      el("p", { class: "help", id: `${id}-type-help`,
+        text: "required for a union ControlNet: the type of this unit's map (one model takes several)" }));
+    this.controlTypeField.hidden = true;
+    this.kindHint = el("p", { class: "help cn-kind", id: `${id}-kind` });
     this.weight = number(`${id}-weight`, 0, 2, 0.05);
     const weightSlider = el("input", { type: "range", min: 0, max: 2, step: 0.05, tabindex: -1,
       "aria-label": "Control weight slider" });
@@ -317,21 +350,25 @@ class Unit {
     this.status = el("p", { class: "help", role: "status", "aria-live": "polite" });
 
     const defaultsText = `default ${defaults.conditioning_scale}`;
+    const weightField = field(`${id}-weight`, "Control weight", this.weight, weightSlider,
+      el("p", { class: "help", text: `0–2, ${defaultsText}` }));
+    weightField.classList.add("with-slider");
     const grid = el("div", { class: "grid-2" },
       field(`${id}-model`, "ControlNet", this.model,
         el("p", { class: "help", id: `${id}-model-help`, text: "a served ControlNet, or a type that picks one" })),
       field(`${id}-preprocessor`, "Preprocessor", this.preprocessor,
         el("p", { class: "help", id: `${id}-preprocessor-help`, text: "auto: the ControlNet type's own; none: the image is a map already" })),
-      field(`${id}-weight`, "Control weight", this.weight, weightSlider,
-        el("p", { class: "help", text: `0–2, ${defaultsText}` })),
+      this.controlTypeField,
+      weightField,
       field(`${id}-start`, "Start (share of steps)", this.start),
       field(`${id}-end`, "End (share of steps)", this.end),
       field(`${id}-resize`, "Resize mode", this.resizeMode),
       field(`${id}-mode`, "Control mode", this.controlMode));
-    grid.children[2].classList.add("with-slider");
+    this.start.setAttribute("aria-describedby", `${id}-kind`);
+    this.end.setAttribute("aria-describedby", `${id}-kind`);
 
     this.fieldset = el("fieldset", { class: "cn-unit" }, this.legend, sources, this.uploadPart, this.drawPart,
-      images, this.imageError, grid, this.settings,
+      images, this.imageError, grid, this.kindHint, this.settings,
       el("div", { class: "button-row" }, this.previewButton, this.removeButton), this.status, this.error);
     // a pasted image anywhere in the unit (the drop zone takes the focus for it)
     this.fieldset.addEventListener("paste", (event) => {
@@ -380,8 +417,48 @@ class Unit {
       text: name === "auto" ? "auto (the type's own)" : name === "none" ? "none (the image is a map)" : name })));
     this.preprocessor.value = keepModule;
     this.previewButton.hidden = !this.panel.modules;
+    this.refreshKind();
     this.refreshSettings();
     this.refreshSource();
+  }
+
+  // What the chosen ControlNet asks of the unit: a union ControlNet a control type (unless
+  // the model is named by its type), a T2I-Adapter a range from the first step (and on SD
+  // to the last). The server checks it all again; its 422s land in the unit.
+  refreshKind() {
+    const details = this.panel.detailsOf(this.model.value);
+    const kind = details ? details.kind : "controlnet";
+    const byType = Boolean(details && details.picks);
+    const union = (kind === "union" && !byType) || (this.typeForced !== null && !byType);
+    const types = (details && details.control_types) || this.typeForced || UNION_TYPES;
+    this.controlTypeField.hidden = !union;
+    if (union) {
+      const keep = this.controlType.value;
+      this.controlType.replaceChildren(el("option", { value: "", text: "— choose —" }),
+        ...types.map((type) => el("option", { value: type, text: type })));
+      const implied = this.panel.preprocessorTypes[this.preprocessor.value];
+      const wanted = this.typeChosen ? keep : implied;
+      this.controlType.value = types.includes(wanted) ? wanted : "";
+    }
+    const adapter = kind === "t2i_adapter";
+    const wholeRange = adapter && details.family !== "sdxl";
+    if (adapter) this.start.value = "0";
+    if (wholeRange) this.end.value = "1";
+    if (adapter) this.controlMode.value = "balanced";
+    this.start.disabled = adapter;
+    this.end.disabled = wholeRange;
+    this.controlMode.disabled = adapter;
+    const hints = [];
+    if (adapter) {
+      hints.push(wholeRange
+        ? "A T2I-Adapter (text to image only) acts on every step: start 0, end 1."
+        : "A T2I-Adapter (text to image only) acts from the first step: start 0.");
+    }
+    if (kind === "union") {
+      hints.push("A union ControlNet: the units on it share weight, start, end and control mode.");
+    }
+    this.kindHint.textContent = hints.join(" ");
+    this.kindHint.hidden = !hints.length;
   }
 
   refreshSource() {
@@ -397,7 +474,9 @@ class Unit {
   // the module the preprocessor select means ("auto" resolved), or null when unknown
   module() {
     const chosen = this.preprocessor.value;
-    return chosen === "auto" ? this.panel.autoPreprocessor(this.model.value) : chosen;
+    if (chosen !== "auto") return chosen;
+    const type = !this.controlTypeField.hidden && this.controlType.value;
+    return this.panel.autoPreprocessor(type || this.model.value);
   }
 
   // resolution and thresholds as the chosen module has them (A1111's sliders)
@@ -501,6 +580,15 @@ class Unit {
     this.resolution.placeholder = `default ${defaults.processor_res}`;
     this.thresholdA.value = values.threshold_a ?? "";
     this.thresholdB.value = values.threshold_b ?? "";
+    this.typeChosen = Boolean(values.control_type);
+    this.refreshKind();
+    if (values.control_type) {
+      if (this.controlTypeField.hidden) { // a schema without x-controlnets: show what was sent
+        this.typeForced = UNION_TYPES;
+        this.refreshKind();
+      }
+      this.controlType.value = values.control_type;
+    }
     this.refreshSettings();
     const imageTask = ["img2img", "inpaint"].includes(this.panel.context.task());
     this.setSource(values.image === null && imageTask ? "input" : "upload");
@@ -519,15 +607,22 @@ class Unit {
   clearError() {
     this.error.textContent = "";
     this.imageError.textContent = "";
-    for (const input of [this.model, this.preprocessor, this.weight, this.start, this.end, this.fileInput]) {
+    for (const input of [this.model, this.preprocessor, this.controlType, this.weight, this.start, this.end,
+      this.controlMode, this.resizeMode, this.fileInput]) {
       input.removeAttribute("aria-invalid");
     }
   }
 
   // a message on the unit, beside its field where it has one
   showError(field, message) {
+    if (field === "control_type" && this.controlTypeField.hidden) {
+      // a union ControlNet the schema did not describe: ask for the type now
+      this.typeForced = Array.isArray(this.panel.lastAllowed) ? this.panel.lastAllowed : UNION_TYPES;
+      this.refreshKind();
+    }
     const inputs = { image: this.fileInput, model: this.model, preprocessor: this.preprocessor,
-      conditioning_scale: this.weight, start: this.start, end: this.end };
+      control_type: this.controlType, conditioning_scale: this.weight, start: this.start, end: this.end,
+      resize_mode: this.resizeMode, control_mode: this.controlMode };
     const input = inputs[field];
     if (field === "image") this.imageError.textContent = message;
     else this.error.textContent = message;
@@ -553,6 +648,10 @@ class Unit {
       return fail("start", `Unit ${this.number}: start and end are shares of the steps, 0 to 1.`);
     }
     if (start >= end) return fail("end", `Unit ${this.number}: the start (${start}) must be before the end (${end}).`);
+    if (!this.controlTypeField.hidden && !this.controlType.value) {
+      return fail("control_type", `Unit ${this.number}: ${this.model.value} is a union ControlNet: `
+        + "choose the control type of its map.");
+    }
     if (this.source === "upload" && !this.file) {
       return fail("image", `Unit ${this.number}: choose a control image (or draw one).`);
     }
@@ -593,6 +692,7 @@ class Unit {
       if (!this.thresholdBField.hidden && this.thresholdB.value.trim()) chosen.threshold_b = Number(this.thresholdB.value);
     }
     for (const [key, value] of Object.entries(chosen)) if (value !== defaults[key]) unit[key] = value;
+    if (!this.controlTypeField.hidden && this.controlType.value) unit.control_type = this.controlType.value;
     return unit;
   }
 

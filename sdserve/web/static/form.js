@@ -25,11 +25,13 @@ const GROUPS = {
   apply_watermark: "output",
   disable_safety_checker: "output",
   output_format: "output",
+  ip_adapter_scale: "ipadapter",
+  ip_adapter: "ipadapter",
 };
 // Image inputs are set by the task controls (upload, mask canvas), not typed; ControlNet
 // units by their own section (controlnet.js), which Replicate's flat controlnet_N inputs
-// would only repeat.
-const TASK_INPUTS = new Set(["image", "mask", "controlnets", "return_control_maps"]);
+// would only repeat; the image prompt by its section (ipadapter.js).
+const TASK_INPUTS = new Set(["image", "mask", "controlnets", "return_control_maps", "ip_adapter_image"]);
 const FLAT_CONTROLNET = /^controlnet_\d+(?:_|$)/;
 const MULTIPLE_OF_8 = new Set([
   "width", "height", "outpaint_left", "outpaint_right", "outpaint_up", "outpaint_down",
@@ -39,7 +41,8 @@ const SCHEDULERS = [
   "K_EULER", "K_EULER_ANCESTRAL", "DDIM", "DPMSolverMultistep", "HeunDiscrete", "KarrasDPM", "PNDM",
 ];
 const LABELS = { num_outputs: "Number of images", num_inference_steps: "Steps", lora_scale: "LoRA scale",
-  lora: "LoRA", high_noise_frac: "High noise fraction", prompt_strength: "Prompt strength" };
+  lora: "LoRA", high_noise_frac: "High noise fraction", prompt_strength: "Prompt strength",
+  ip_adapter_scale: "Image prompt scale", ip_adapter: "IP-Adapter" };
 
 function labelOf(name, prop) {
   if (LABELS[name]) return LABELS[name];
@@ -117,6 +120,8 @@ export class SchemaForm {
       input = el("input", { type: "checkbox", id, name, "aria-describedby": describedBy });
     } else if (kind.type === "enum") {
       input = el("select", { id, name, "aria-describedby": describedBy });
+      // no default in the schema: the server picks (an IP-Adapter fitting the model)
+      if (prop.default === undefined) input.append(el("option", { value: "", text: "(default)" }));
       for (const choice of kind.choices) input.append(el("option", { value: choice, text: choice }));
     } else if (name === "prompt" || name === "negative_prompt") {
       input = el("textarea", { id, name, rows: name === "prompt" ? 3 : 2, "aria-describedby": describedBy });

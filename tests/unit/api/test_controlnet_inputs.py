@@ -147,3 +147,37 @@ def test_deepinfra_and_openai_take_units_as_json_or_form_text(app: App) -> None:
         f"/v1/inference/{MODEL}", data={"prompt": "a fox", "controlnets": "[not json"}
     )
     assert broken.status_code == 422 and "controlnets" in broken.text
+
+
+def test_the_input_schema_says_what_each_controlnet_is(app: App) -> None:
+    """``x-controlnets`` tells a form which units need a control type (a union ControlNet)
+    or a fixed range (a T2I-Adapter); ``x-preprocessors`` which type each preprocessor
+    makes, so a form can default a union unit's type from its preprocessor."""
+    schema = app.client.get(f"/v1/models/{MODEL}").json()["latest_version"]["openapi_schema"]
+    units = schema["components"]["schemas"]["Input"]["properties"]["controlnets"]
+    details = units["x-controlnets"]
+    choices = schema["components"]["schemas"]["Input"]["properties"]["controlnet_1"]["enum"]
+    assert sorted(details) == sorted(choices[1:])  # every choice but "none"
+    assert details["tiny-sd-canny"] == {
+        "kind": "controlnet",
+        "family": "sd1",
+        "control_type": "canny",
+    }
+    assert details["tiny-sd-t2i-adapter-canny"]["kind"] == "t2i_adapter"
+    # a type name says what it picks: a ControlNet of that type before a T2I-Adapter
+    assert details["canny"] == {
+        "kind": "controlnet",
+        "family": "sd1",
+        "control_type": "canny",
+        "picks": "tiny-sd-canny",
+    }
+    assert units["x-preprocessors"]["canny"] == "canny"
+    assert units["x-preprocessors"]["scribble_xdog"] == "scribble"
+    sdxl = app.service.served.controlnet_details("sdxl")
+    assert sdxl["tiny-sdxl-union"]["kind"] == "union"
+    assert sdxl["tiny-sdxl-union"]["control_type"] is None
+    assert "canny" in sdxl["tiny-sdxl-union"]["control_types"]
+    assert (
+        "depth" in sdxl and sdxl["depth"]["picks"] == "tiny-sdxl-union"
+    )  # only the union takes it
+    assert sdxl["canny"]["picks"] == "tiny-sdxl-canny"
