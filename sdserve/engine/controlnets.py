@@ -20,8 +20,6 @@ more say.
 from __future__ import annotations
 
 import logging
-import threading
-from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -35,6 +33,7 @@ from PIL import Image
 from sdserve.domain.controls import AUTO, ControlUnit
 from sdserve.domain.inputs import GenerationInput
 from sdserve.engine import images as prep
+from sdserve.engine.loaded import LoadedModels
 from sdserve.engine.tasks import Pipeline
 from sdserve.engine.tasks.pipelines import PipelineKind
 from sdserve.errors import InvalidImage, InvalidInput, ModelLoadError
@@ -294,8 +293,9 @@ def _weight_per_block(module: Any, args: Any, output: Any) -> Any:
     return output
 
 
-class ControlNetModels:
-    """Loaded ControlNets, least recently used dropped beyond ``max_loaded``."""
+class ControlNetModels(LoadedModels[ControlNetSpec, Any]):
+    """Loaded ControlNets (and union ControlNets, T2I-Adapters), least recently used
+    dropped beyond ``max_loaded``."""
 
     def __init__(
         self,
@@ -306,38 +306,20 @@ class ControlNetModels:
         offline: bool = False,
         cache_dir: Path | None = None,
     ) -> None:
+        super().__init__(max_loaded)
         self.device = device
         self.dtype = dtype
-        self.max_loaded = max(1, max_loaded)
         self.offline = offline
         self.cache_dir = cache_dir
-        self.loads = 0
-        self._loaded: OrderedDict[str, Any] = OrderedDict()
-        self._lock = threading.Lock()
 
-    def get(self, spec: ControlNetSpec) -> Any:
-        """The ``ControlNetModel`` of ``spec`` on the engine's device, loaded once."""
-        key = f"{spec.reference}@{spec.short_hash}"
-        with self._lock:
-            if key in self._loaded:
-                self._loaded.move_to_end(key)
-                return self._loaded[key]
-            model = self._load(spec)
-            self._loaded[key] = model
-            while len(self._loaded) > self.max_loaded:
-                self._loaded.popitem(last=False)
-            return model
-
-    def clear(self) -> None:
-        with self._lock:
-            self._loaded.clear()
+    def _key(self, spec: ControlNetSpec) -> str:
+        return f"{spec.reference}@{spec.short_hash}"
 
     def _load(self, spec: ControlNetSpec) -> Any:
         from diffusers import ControlNetModel, ControlNetUnionModel, T2IAdapter
 
         classes = {"controlnet": ControlNetModel, "union": ControlNetUnionModel}
         model_class = classes.get(spec.kind, T2IAdapter)
-        self.loads += 1
         try:
             if spec.single_file and spec.kind != "controlnet":
                 raise ModelLoadError(

@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import threading
-from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -33,6 +31,7 @@ from typing import Any
 
 import torch
 
+from sdserve.engine.loaded import LoadedModels
 from sdserve.engine.tasks import Pipeline
 from sdserve.errors import ModelLoadError
 from sdserve.models.ip_adapter import IpAdapterSpec
@@ -51,7 +50,7 @@ class LoadedIpAdapter:
     feature_extractor: Any
 
 
-class IpAdapterModels:
+class IpAdapterModels(LoadedModels[IpAdapterSpec, LoadedIpAdapter]):
     """Loaded IP-Adapters, least recently used dropped beyond ``max_loaded``. ``loads``
     counts the weight files read."""
 
@@ -64,35 +63,18 @@ class IpAdapterModels:
         offline: bool = False,
         cache_dir: Path | None = None,
     ) -> None:
+        super().__init__(max_loaded)
         self.device = device
         self.dtype = dtype
-        self.max_loaded = max(1, max_loaded)
         self.offline = offline
         self.cache_dir = cache_dir
-        self.loads = 0
-        self._loaded: OrderedDict[str, LoadedIpAdapter] = OrderedDict()
-        self._lock = threading.Lock()
 
-    def get(self, spec: IpAdapterSpec) -> LoadedIpAdapter:
-        key = f"{spec.source}/{spec.weights}@{spec.short_hash}"
-        with self._lock:
-            if key in self._loaded:
-                self._loaded.move_to_end(key)
-                return self._loaded[key]
-            loaded = self._load(spec)
-            self._loaded[key] = loaded
-            while len(self._loaded) > self.max_loaded:
-                self._loaded.popitem(last=False)
-            return loaded
-
-    def clear(self) -> None:
-        with self._lock:
-            self._loaded.clear()
+    def _key(self, spec: IpAdapterSpec) -> str:
+        return f"{spec.source}/{spec.weights}@{spec.short_hash}"
 
     def _load(self, spec: IpAdapterSpec) -> LoadedIpAdapter:
         from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
-        self.loads += 1
         try:
             state_dict = read_state_dict(self._weights_file(spec))
             encoder_source = str(Path(spec.source) / spec.encoder) if spec.local else spec.source

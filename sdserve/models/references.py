@@ -132,7 +132,8 @@ def _with_turbo(info: ModelInfo, name: str) -> ModelInfo:
     return info
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
+def read_json(path: Path) -> dict[str, Any] | None:
+    """A JSON object file's contents; None when it is missing, unreadable or not an object."""
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -176,9 +177,9 @@ def _info_from_configs(
 
 def _info_from_folder(folder: Path) -> ModelInfo:
     return _info_from_configs(
-        _read_json(folder / "model_index.json"),
-        _read_json(folder / "unet" / "config.json"),
-        _read_json(folder / "vae" / "config.json"),
+        read_json(folder / "model_index.json"),
+        read_json(folder / "unet" / "config.json"),
+        read_json(folder / "vae" / "config.json"),
         str(folder),
     )
 
@@ -244,7 +245,7 @@ def _cached_config(repo_id: str, filename: str, cache_dir: Path | str | None) ->
 
     found = try_to_load_from_cache(repo_id, filename, cache_dir=cache_dir)
     if isinstance(found, str):
-        return _read_json(Path(found)) or {}
+        return read_json(Path(found)) or {}
     return {}
 
 

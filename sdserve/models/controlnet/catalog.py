@@ -14,7 +14,6 @@ model's family. A ControlNet of another family is a 4xx naming both.
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 import threading
 from collections.abc import Iterable
@@ -29,6 +28,7 @@ from sdserve.models.references import (
     SINGLE_FILE_CONFIG_SUFFIX,
     check_weights_format,
     is_hub_id,
+    read_json,
     read_safetensors_header,
 )
 
@@ -99,14 +99,6 @@ class ControlNetSpec:
         return self.control_type == control_type
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
 def kind_from_config(config: dict[str, Any]) -> ControlKind:
     """What a diffusers config describes, by its class name."""
     name = str(config.get("_class_name", ""))
@@ -153,7 +145,7 @@ def _cached_hub_config(repo_id: str) -> dict[str, Any] | None:
     from huggingface_hub import try_to_load_from_cache
 
     found = try_to_load_from_cache(repo_id, "config.json")
-    return _read_json(Path(found)) if isinstance(found, str) else None
+    return read_json(Path(found)) if isinstance(found, str) else None
 
 
 def _guess_from_hub_id(words: str) -> tuple[ControlNetFamily, ControlKind, int]:
@@ -187,7 +179,7 @@ def inspect_controlnet(reference: str, *, name: str | None = None) -> ControlNet
     path = Path(reference).expanduser()
     kind: ControlKind
     if path.is_dir():
-        config = _read_json(path / "config.json")
+        config = read_json(path / "config.json")
         if config is None:
             raise ModelLoadError(f"{path}: no config.json; not a diffusers ControlNet folder")
         weights = next((path / file for file in FOLDER_WEIGHTS if (path / file).is_file()), None)
@@ -200,7 +192,7 @@ def inspect_controlnet(reference: str, *, name: str | None = None) -> ControlNet
     elif path.is_file():
         if path.suffix != SAFETENSORS_SUFFIX:
             raise ModelLoadError(f"{path}: a ControlNet file must be .safetensors")
-        sidecar = _read_json(path.with_name(path.stem + SINGLE_FILE_CONFIG_SUFFIX) / "config.json")
+        sidecar = read_json(path.with_name(path.stem + SINGLE_FILE_CONFIG_SUFFIX) / "config.json")
         header = read_safetensors_header(path)
         family = family_from_config(sidecar) if sidecar else family_from_header(header, path)
         kind = kind_from_config(sidecar) if sidecar else "controlnet"
