@@ -43,6 +43,8 @@ IGNORED_WARNINGS: tuple[tuple[type[Warning], str], ...] = (
     (UserWarning, r"Could not find a config file in .* will assume that the vocabulary"),
     # the same look-up of a local folder's name on the hub, online: a folder is no hub id
     (UserWarning, r"Unable to fetch remote file due to the following error .* config\.json"),
+    # diffusers' T2I-Adapter pipeline calls its own deprecated decoder at every image
+    (FutureWarning, r"The decode_latents method is deprecated"),
 )
 
 #: loggers whose INFO lines are for their developers, not for someone running sdserve.

@@ -293,6 +293,14 @@ def _weight_per_block(module: Any, args: Any, output: Any) -> Any:
     return output
 
 
+#: How the server log names each kind of control model.
+_KIND_NAMES = {
+    "controlnet": "ControlNet",
+    "union": "union ControlNet",
+    "t2i_adapter": "T2I-Adapter",
+}
+
+
 class ControlNetModels(LoadedModels[ControlNetSpec, Any]):
     """Loaded ControlNets (and union ControlNets, T2I-Adapters), least recently used
     dropped beyond ``max_loaded``."""
@@ -346,7 +354,7 @@ class ControlNetModels(LoadedModels[ControlNetSpec, Any]):
                 )
         except (OSError, ValueError) as exc:
             raise ModelLoadError(f"cannot load ControlNet {spec.name}: {exc}") from exc
-        log.info("loaded ControlNet %s (%s)", spec.name, spec.family)
+        log.info("loaded %s %s (%s)", _KIND_NAMES[spec.kind], spec.name, spec.family)
         return model.to(self.device).eval()
 
 
