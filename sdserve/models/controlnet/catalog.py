@@ -162,15 +162,14 @@ def _guess_from_hub_id(words: str) -> tuple[ControlNetFamily, ControlKind, int]:
 
 
 def short_hash(path: Path) -> str:
-    """8 hex digits of the SHA-256 of 64 KiB read at 1 MiB into the file (from its start
-    when it is smaller): A1111's quick model hash, cheap for multi-GB files."""
+    """8 hex digits of the SHA-256 of 64 KiB read at 1 MiB into the file: A1111's quick
+    model hash, cheap for multi-GB files. A file of at most 2 MiB is hashed whole (its
+    first bytes are mostly the header, the same for every model of one architecture)."""
+    if path.stat().st_size <= 2 * 0x100000:
+        return hashlib.sha256(path.read_bytes()).hexdigest()[:8]
     with path.open("rb") as handle:
         handle.seek(0x100000)
-        chunk = handle.read(0x10000)
-        if not chunk:
-            handle.seek(0)
-            chunk = handle.read(0x10000)
-    return hashlib.sha256(chunk).hexdigest()[:8]
+        return hashlib.sha256(handle.read(0x10000)).hexdigest()[:8]
 
 
 def inspect_controlnet(reference: str, *, name: str | None = None) -> ControlNetSpec:
