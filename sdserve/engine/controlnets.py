@@ -305,21 +305,6 @@ class ControlNetModels(LoadedModels[ControlNetSpec, Any]):
     """Loaded ControlNets (and union ControlNets, T2I-Adapters), least recently used
     dropped beyond ``max_loaded``."""
 
-    def __init__(
-        self,
-        *,
-        device: str,
-        dtype: torch.dtype,
-        max_loaded: int = 4,
-        offline: bool = False,
-        cache_dir: Path | None = None,
-    ) -> None:
-        super().__init__(max_loaded)
-        self.device = device
-        self.dtype = dtype
-        self.offline = offline
-        self.cache_dir = cache_dir
-
     def _key(self, spec: ControlNetSpec) -> str:
         return f"{spec.reference}@{spec.short_hash}"
 

@@ -121,6 +121,7 @@ class Engine:
         self.ip_adapter_models = image_prompts.IpAdapterModels(
             device=self.device,
             dtype=self.dtype,
+            max_loaded=2,  # each brings its image encoder
             offline=settings.offline,
             cache_dir=settings.cache_dir,
         )

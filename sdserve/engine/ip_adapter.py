@@ -54,21 +54,6 @@ class IpAdapterModels(LoadedModels[IpAdapterSpec, LoadedIpAdapter]):
     """Loaded IP-Adapters, least recently used dropped beyond ``max_loaded``. ``loads``
     counts the weight files read."""
 
-    def __init__(
-        self,
-        *,
-        device: str,
-        dtype: torch.dtype,
-        max_loaded: int = 2,
-        offline: bool = False,
-        cache_dir: Path | None = None,
-    ) -> None:
-        super().__init__(max_loaded)
-        self.device = device
-        self.dtype = dtype
-        self.offline = offline
-        self.cache_dir = cache_dir
-
     def _key(self, spec: IpAdapterSpec) -> str:
         return f"{spec.source}/{spec.weights}@{spec.short_hash}"
 

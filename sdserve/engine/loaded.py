@@ -8,17 +8,34 @@ first time a request names them and kept for the next; a subclass says how a spe
 from __future__ import annotations
 
 import threading
+from abc import ABC, abstractmethod
 from collections import OrderedDict
+from pathlib import Path
 from typing import Generic, TypeVar
+
+import torch
 
 SpecT = TypeVar("SpecT")
 ModelT = TypeVar("ModelT")
 
 
-class LoadedModels(Generic[SpecT, ModelT]):
-    """Loaded models by spec, thread-safe; ``loads`` counts the loads (weights read)."""
+class LoadedModels(ABC, Generic[SpecT, ModelT]):
+    """Loaded models by spec, thread-safe; ``loads`` counts the loads (weights read).
+    ``device``, ``dtype``, ``offline`` and ``cache_dir`` say where and how they load."""
 
-    def __init__(self, max_loaded: int) -> None:
+    def __init__(
+        self,
+        *,
+        device: str,
+        dtype: torch.dtype,
+        max_loaded: int = 4,
+        offline: bool = False,
+        cache_dir: Path | None = None,
+    ) -> None:
+        self.device = device
+        self.dtype = dtype
+        self.offline = offline
+        self.cache_dir = cache_dir
         self.max_loaded = max(1, max_loaded)
         self.loads = 0
         self._loaded: OrderedDict[str, ModelT] = OrderedDict()
@@ -42,11 +59,13 @@ class LoadedModels(Generic[SpecT, ModelT]):
         with self._lock:
             self._loaded.clear()
 
+    @abstractmethod
     def _key(self, spec: SpecT) -> str:
-        raise NotImplementedError
+        """What identifies the spec's weights (a replaced file gets a new key)."""
 
+    @abstractmethod
     def _load(self, spec: SpecT) -> ModelT:
-        raise NotImplementedError
+        """The spec's model, loaded on ``device`` in ``dtype``."""
 
 
 __all__ = ["LoadedModels"]
