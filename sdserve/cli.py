@@ -20,6 +20,7 @@ from pydantic import BaseModel
 
 from sdserve.config import ApiSettings, ServiceSettings, Settings, default_data_dir
 from sdserve.dependencies import check_installed
+from sdserve.domain.controls import ControlUnit
 from sdserve.domain.inputs import OUTPUT_FORMATS, REFINE_MODES, FamilyDefaults, GenerationInput
 from sdserve.domain.schedulers import scheduler_names
 from sdserve.domain.training import LR_SCHEDULERS, TrainingInput
@@ -28,6 +29,8 @@ from sdserve.models.settings import DEVICE_NAMES, DTYPE_NAMES, EngineSettings
 
 if TYPE_CHECKING:
     from PIL.Image import Image
+
+    from sdserve.models.results import UnitImages
 
 TINY_FAMILIES = ("sd", "sd-inpaint", "sdxl", "sdxl-refiner")
 MODEL_HELP = (
@@ -351,6 +354,7 @@ def _add_generate(commands: Any) -> None:
         choices=OUTPUT_FORMATS,
         help=described(GenerationInput, "output_format", "image file format"),
     )
+    _add_control_options(gen)
     _add_engine_options(gen)
     gen.add_argument(
         "--offline",
@@ -375,6 +379,82 @@ def _add_generate(commands: Any) -> None:
         help="replace output files that exist; without it generate refuses before it starts",
     )
     gen.set_defaults(run=run_generate)
+
+
+def _add_control_options(gen: argparse.ArgumentParser) -> None:
+    """``generate``'s ControlNet units and image prompt."""
+    group = gen.add_argument_group(
+        "ControlNet and image prompt",
+        "a unit is MODEL[,field=value...]: a served ControlNet or a control type (canny, "
+        "scribble...) then any unit field, e.g. 'canny,image=edges.png,conditioning_scale=0.8'; "
+        "image= and mask= are files (default: --image and --mask)",
+    )
+    group.add_argument(
+        "--control",
+        action="append",
+        dest="control_units",
+        metavar="UNIT",
+        default=None,
+        help="a ControlNet unit, repeatable (Multi-ControlNet); fields: "
+        + ", ".join(name for name in ControlUnit.model_fields if name != "model")
+        + " (default: none)",
+    )
+    group.add_argument(
+        "--control-maps",
+        action="store_true",
+        help="also write each unit's control map, as <output>-control-<i>.png",
+    )
+    group.add_argument(
+        "--controlnet-dir",
+        type=Path,
+        metavar="FOLDER",
+        help=described(EngineSettings, "controlnet_dir"),
+    )
+    group.add_argument(
+        "--controlnet",
+        action="append",
+        dest="controlnets",
+        metavar="REFERENCE",
+        default=None,
+        help=described(EngineSettings, "controlnets", "a ControlNet to use, repeatable"),
+    )
+    group.add_argument(
+        "--ip-adapter-image",
+        type=Path,
+        help=described(GenerationInput, "ip_adapter_image", "image prompt file"),
+    )
+    group.add_argument(
+        "--ip-adapter-scale", type=float, help=described(GenerationInput, "ip_adapter_scale")
+    )
+    group.add_argument("--ip-adapter", help=described(GenerationInput, "ip_adapter"))
+    group.add_argument(
+        "--ip-adapter-dir",
+        type=Path,
+        metavar="FOLDER",
+        help=described(EngineSettings, "ip_adapter_dir"),
+    )
+
+
+#: the unit fields whose value is a file that ``generate`` reads
+_UNIT_FILES = ("image", "mask")
+
+
+def parse_control_unit(text: str, index: int) -> dict[str, str]:
+    """``canny,image=edges.png,conditioning_scale=0.8`` → the unit's fields as text (the
+    input model converts and checks them, naming ``controlnets.<index>.<field>``)."""
+    model, *rest = (part.strip() for part in text.split(","))
+    where = f"controlnets.{index}"
+    if not model or "=" in model:
+        raise InvalidInput(where, f"starts with the ControlNet or control type, got {text!r}")
+    unit = {"model": model}
+    for part in rest:
+        key, sep, value = part.partition("=")
+        key = key.strip()
+        if not sep or key not in ControlUnit.model_fields or key == "model":
+            fields = [name for name in ControlUnit.model_fields if name != "model"]
+            raise InvalidInput(where, f"expected field=value, got {part!r}", allowed=fields)
+        unit[key] = value.strip()
+    return unit
 
 
 def parse_outpaint(text: str | None) -> dict[str, int]:
@@ -433,6 +513,9 @@ def run_generate(args: argparse.Namespace) -> int:
                 "dtype": args.dtype,
                 "safety_checker": args.safety_checker,
                 "lora_dir": args.lora_dir,
+                "controlnet_dir": args.controlnet_dir,
+                "controlnets": args.controlnets,
+                "ip_adapter_dir": args.ip_adapter_dir,
                 "offline": args.offline or None,
             }.items()
             if value is not None
@@ -453,18 +536,29 @@ def run_generate(args: argparse.Namespace) -> int:
         fields["image"] = str(args.image)
     if args.mask is not None:
         fields["mask"] = str(args.mask)
+    units = [parse_control_unit(text, i) for i, text in enumerate(args.control_units or ())]
+    if units:
+        fields["controlnets"] = units
+        fields["return_control_maps"] = args.control_maps
+    if args.ip_adapter_image is not None:
+        fields["ip_adapter_image"] = str(args.ip_adapter_image)
+    for name in ("ip_adapter_scale", "ip_adapter"):
+        if getattr(args, name) is not None:
+            fields[name] = getattr(args, name)
     # the seeds name the files of a folder output: known now, checked before any work
     inp = parse_generation_input(fields, settings.limits.input_limits()).with_seed()
     seeds = [inp.seed_for(index) for index in range(inp.num_outputs)]
     paths = _output_paths(args.output, seeds, inp.output_format)
+    map_paths = _control_map_paths(paths[0], len(units)) if inp.return_control_maps else []
     if not args.overwrite:
-        _refuse_overwriting(paths)
+        _refuse_overwriting(paths + map_paths)
 
     from sdserve.engine.engine import Engine
     from sdserve.logs import quiet_library_progress
     from sdserve.models.references import check_weights_format
     from sdserve.models.results import RunHooks
     from sdserve.server import check_weights_cached, resolve_model
+    from sdserve.wiring import controlnet_catalog, ip_adapter_catalog
 
     quiet_library_progress()  # the step bar below is the one to watch
     settings, registry, spec = resolve_model(settings, args.model)
@@ -475,9 +569,18 @@ def run_generate(args: argparse.Namespace) -> int:
     pixels = settings.limits.input_limits().max_input_pixels
     image = _read_image(args.image, "image", pixels) if args.image else None
     mask = _read_image(args.mask, "mask", pixels) if args.mask else None
+    controls = [_unit_images(unit, index, pixels) for index, unit in enumerate(units)]
+    prompt_image = args.ip_adapter_image
+    ip_image = _read_image(prompt_image, "ip_adapter_image", pixels) if prompt_image else None
 
     # the engine fills the model's defaults and checks the input against the limits
-    engine = Engine(settings.engine, registry, limits=settings.limits.input_limits())
+    engine = Engine(
+        settings.engine,
+        registry,
+        limits=settings.limits.input_limits(),
+        controlnets=controlnet_catalog(settings),
+        ip_adapters=ip_adapter_catalog(settings),
+    )
     bar = _StepBar("generating")  # shown from the first step: a load error prints no bar
     try:
         result = engine.generate(
@@ -486,11 +589,15 @@ def run_generate(args: argparse.Namespace) -> int:
             image=image,
             mask=mask,
             hooks=RunHooks(on_step=lambda step, total, preview: bar.update(step, total)),
+            controls=controls,
+            ip_adapter_image=ip_image,
         )
     finally:
         bar.close()
         engine.close()
-    for path, generated in zip(paths, result.images, strict=True):
+    # a unit of weight 0 takes no part, so it has no map
+    written = paths + map_paths[: len(result.images) - len(paths)]
+    for path, generated in zip(written, result.images, strict=True):
         _write_output(path, generated.data, overwrite=args.overwrite)
         flag = "  (NSFW: blacked out)" if generated.nsfw else ""
         print(f"{path}  seed={generated.seed}  {generated.width}x{generated.height}{flag}")
@@ -561,6 +668,23 @@ def _read_image(path: Path, field: str, max_pixels: int) -> Image:
     except OSError as exc:
         raise InvalidImage(field, f"cannot read {path}: {exc.strerror or exc}") from None
     return decode_image(data, field, max_pixels=max_pixels)
+
+
+def _unit_images(unit: dict[str, str], index: int, max_pixels: int) -> UnitImages:
+    """A ``--control`` unit's own image and mask files, decoded (None: not given)."""
+    from sdserve.models.results import UnitImages
+
+    read = {
+        name: _read_image(Path(unit[name]), f"controlnets.{index}.{name}", max_pixels)
+        for name in _UNIT_FILES
+        if unit.get(name)
+    }
+    return UnitImages(image=read.get("image"), mask=read.get("mask"))
+
+
+def _control_map_paths(first: Path, count: int) -> list[Path]:
+    """Where ``--control-maps`` writes unit *i*'s map: beside the first image."""
+    return [first.with_name(f"{first.stem}-control-{i}.png") for i in range(count)]
 
 
 def _output_paths(output: str, seeds: list[int], fmt: str) -> list[Path]:

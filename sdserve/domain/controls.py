@@ -30,6 +30,10 @@ RESIZE_MODES: tuple[str, ...] = ("just_resize", "crop_and_resize", "resize_and_f
 #: important", "ControlNet is more important").
 ControlMode = Literal["balanced", "prompt", "controlnet"]
 CONTROL_MODES: tuple[str, ...] = ("balanced", "prompt", "controlnet")
+#: Which passes of the hires fix a unit steers (A1111's ``hr_option``: "Both", "Low res
+#: only", "High res only"); without the hires fix a unit steers the one pass there is.
+HiresFixPasses = Literal["both", "low_res_only", "high_res_only"]
+HIRES_FIX_PASSES: tuple[str, ...] = ("both", "low_res_only", "high_res_only")
 #: ``preprocessor`` values that are not a preprocessor's name.
 AUTO = "auto"
 NO_PREPROCESSOR = "none"
@@ -123,6 +127,16 @@ class ControlUnit(BaseModel):
         description="for a union ControlNet: the type of this unit's map (default: the type "
         "named as model, else the preprocessor's)",
     )
+    hires_fix: HiresFixPasses = Field(
+        default="both",
+        description="with the hires fix, the passes it steers: both, low_res_only (the "
+        "first) or high_res_only (the second)",
+    )
+
+    def steers(self, *, second_pass: bool) -> bool:
+        """Whether the unit steers the hires fix's first or second pass."""
+        skipped = "low_res_only" if second_pass else "high_res_only"
+        return self.hires_fix != skipped
 
     @model_validator(mode="after")
     def _range_in_order(self) -> ControlUnit:

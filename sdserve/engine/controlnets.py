@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -227,6 +227,40 @@ def control_kwargs(units: Sequence[PreparedUnit], *, image_key: str) -> dict[str
         # diffusers takes one guess mode for all units: any unit asking for it sets it
         "guess_mode": any(unit.unit.control_mode == "controlnet" for unit in units),
     }
+
+
+def split_for_hires(
+    units: Sequence[PreparedUnit], *, hires: bool
+) -> tuple[list[PreparedUnit], list[PreparedUnit]]:
+    """The units steering the task's pass and those steering the hires fix's second pass
+    (none without the hires fix), by each unit's ``hires_fix``. A T2I-Adapter never steers
+    the second pass: diffusers has no image-to-image adapter pipeline (the unit check
+    refuses ``high_res_only`` for it)."""
+    if not hires:
+        return list(units), []
+    first = [unit for unit in units if unit.unit.steers(second_pass=False)]
+    second = [
+        unit
+        for unit in units
+        if unit.unit.steers(second_pass=True) and unit.spec.kind != "t2i_adapter"
+    ]
+    return first, second
+
+
+def resized(units: Sequence[PreparedUnit], size: tuple[int, int]) -> list[PreparedUnit]:
+    """The units with their conditions at ``size`` (width, height): a map resized as a
+    picture, an inpaint condition (masked pixels -1) by nearest pixels so -1 stays -1."""
+    result = []
+    for unit in units:
+        condition = unit.condition
+        if isinstance(condition, Image.Image):
+            condition = condition.resize(size, Image.Resampling.LANCZOS)
+        else:
+            condition = torch.nn.functional.interpolate(
+                condition, size=(size[1], size[0]), mode="nearest"
+            )
+        result.append(replace(unit, condition=condition))
+    return result
 
 
 def derive_controlled(

@@ -324,11 +324,9 @@ class Engine:
         with _gpu_errors(), self.cache.busy():
             pipes = self._pipelines(spec, plan)
             models = [self.controlnet_models.get(unit.spec) for unit in units]
-            if models:
-                controlled = control.derive_controlled(
-                    pipes.task, plan.task.pipeline, units, models
-                )
-                pipes = replace(pipes, task=controlled)
+            hires = any(step.controlled for step in plan.passes)
+            first, second = control.split_for_hires(units, hires=hires)
+            pipes = self._controlled(pipes, plan, first, second)
             adapter = None
             if image_prompt is not None:
                 adapter = self.ip_adapter_models.get(image_prompt[0])
@@ -344,7 +342,8 @@ class Engine:
                 image=image,
                 mask=mask,
                 batch=requests if batched else (),
-                controls=tuple(units),
+                controls=tuple(first),
+                pass_controls=tuple(second),
                 image_prompt=image_prompt[1] if image_prompt is not None else None,
             )
             with (
@@ -425,11 +424,37 @@ class Engine:
         images = plan.run(self._scheduled(pipes.task, inp, seeds), call)
         for step, pipe in zip(plan.passes, pipes.passes, strict=True):
             view = self._scheduled(pipe, inp, seeds, refiner=step.on_refiner)
+            controls = call.pass_controls if step.controlled else ()
             # the refiner's own UNet carries no IP-Adapter: it re-draws without the image prompt
+            image_prompt = None if step.on_refiner else call.image_prompt
             images = step.run(
-                view, images, replace(call, image_prompt=None) if step.on_refiner else call
+                view, images, replace(call, controls=controls, image_prompt=image_prompt)
             )
         return images
+
+    def _controlled(
+        self,
+        pipes: _Pipelines,
+        plan: tasks.Plan,
+        first: Sequence[control.PreparedUnit],
+        second: Sequence[control.PreparedUnit],
+    ) -> _Pipelines:
+        """``pipes`` with the task's pipeline controlled by ``first`` and each ``controlled``
+        pass's by ``second`` (their ControlNet variants, derived with ``from_pipe``)."""
+        if first:
+            models = [self.controlnet_models.get(unit.spec) for unit in first]
+            task = control.derive_controlled(pipes.task, plan.task.pipeline, first, models)
+            pipes = replace(pipes, task=task)
+        if second:
+            models = [self.controlnet_models.get(unit.spec) for unit in second]
+            passes = [
+                control.derive_controlled(pipe, step.pipeline, second, models)
+                if step.controlled
+                else pipe
+                for step, pipe in zip(plan.passes, pipes.passes, strict=True)
+            ]
+            pipes = replace(pipes, passes=passes)
+        return pipes
 
     @staticmethod
     def _scheduled(

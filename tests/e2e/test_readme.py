@@ -322,7 +322,10 @@ def run_cli_served_name(server: ServerProcess, workdir: Path) -> None:
     # a fresh HOME: the demo models are built into the default data folder on first use
     result = run_shell(example(CLI_SERVED).code, workdir, None)
     succeeded(result)
-    assert is_png(workdir / "fox.png")
+    for name in ("fox.png", "fox-canny.png", "fox-canny-control-0.png"):
+        assert is_png(workdir / name), name
+    with Image.open(workdir / "fox-canny-control-0.png") as edges:
+        assert "control map of tiny-sd-canny" in edges.info["parameters"]
 
 
 def run_cli_train(server: ServerProcess, workdir: Path) -> None:

@@ -13,8 +13,9 @@ extension does with its loose inputs, this mapping does too, and says so here:
   64 for sliders a module lacks) and ``processor_res`` outside 64..2048 mean "the
   module's default", as the extension resets them;
 * ``resize_mode``/``control_mode`` as text (the old names too) or their numbers;
-* ``low_vram`` and ``hr_option`` are accepted and change nothing (units follow the hires
-  pass as with ``"Both"``).
+* ``hr_option`` (``"Both"``, ``"Low res only"``, ``"High res only"`` or 0..2) is the
+  unit's ``hires_fix``: which passes of the hires fix it steers;
+* ``low_vram`` is accepted and changes nothing.
 
 Detected maps: the extension appends each unit's detected map to ``images`` unless
 ``save_detected_map`` is false or the option ``control_net_no_detectmap`` is set. Here the
@@ -145,6 +146,7 @@ _UNIT_WIRE = {
     "threshold_a": "threshold_a",
     "threshold_b": "threshold_b",
     "control_mode": "control_mode",
+    "hires_fix": "hr_option",
 }
 
 #: The canonical image prompt fields → the IP-Adapter unit's names.
@@ -180,7 +182,7 @@ class UnitArgs(BaseModel):
     guidance: float | None = Field(default=None, ge=0, le=1)  # the old name of the end
     control_mode: str | int | None = "Balanced"
     pixel_perfect: bool | None = False
-    hr_option: str | None = "Both"
+    hr_option: str | int | None = "Both"
     save_detected_map: bool | None = True
 
 
@@ -330,6 +332,7 @@ def _unit_values(
     if end is not None:
         values["end"] = end
     values["control_mode"] = control_mode(unit.control_mode, f"{where}.control_mode")
+    values["hires_fix"] = hires_fix(unit.hr_option, f"{where}.hr_option")
     values["pixel_perfect"] = bool(unit.pixel_perfect)
     res = unit.processor_res
     if res is not None and PROCESSOR_RES[0] <= res <= PROCESSOR_RES[1]:
@@ -463,6 +466,32 @@ def control_mode(value: str | int | None, where: str) -> str:
             "1",
             "2",
         ],
+    )
+
+
+#: The extension's ``hr_option`` values, in its order (0, 1, 2) → the canonical ``hires_fix``.
+HR_OPTIONS = {"both": "both", "low res only": "low_res_only", "high res only": "high_res_only"}
+
+
+def hires_fix(value: str | int | None, where: str) -> str:
+    """The canonical ``hires_fix`` of the extension's ``hr_option`` text or number."""
+    if value is None:
+        return "both"
+    names = list(HR_OPTIONS.values())
+    if isinstance(value, int) and not isinstance(value, bool):
+        if 0 <= value < len(names):
+            return names[value]
+    elif isinstance(value, str):
+        text = value.strip().lower()
+        if text.isdigit():
+            return hires_fix(int(text), where)
+        found = HR_OPTIONS.get(text) or (text if text in names else None)
+        if found is not None:
+            return found
+    raise InvalidInput(
+        where,
+        f"unknown hires fix option {value!r}",
+        allowed=["Both", "Low res only", "High res only", "0", "1", "2"],
     )
 
 
@@ -614,6 +643,7 @@ __all__ = [
     "control_mode",
     "detect_plan",
     "find_script",
+    "hires_fix",
     "ip_adapter_module",
     "map_units",
     "module_names",

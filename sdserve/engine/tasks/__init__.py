@@ -122,6 +122,9 @@ class TaskCall:
     #: the ControlNet units that take part (``engine.controlnets.PreparedUnit``); the task's
     #: pipeline is then their ControlNet variant
     controls: Sequence[Any] = ()
+    #: the units steering the passes that are ``controlled`` (the hires fix's second pass);
+    #: a pass runs with these as its ``controls``
+    pass_controls: Sequence[Any] = ()
     #: the image prompt (``engine.ip_adapter``): the pipeline then carries its image encoder
     #: and its UNet the IP-Adapter
     image_prompt: Image | None = None
@@ -154,15 +157,20 @@ def prompt_kwargs(pipe: Pipeline, call: TaskCall) -> dict[str, Any]:
     }
 
 
-def control_kwargs(call: TaskCall, *, image_key: str) -> dict[str, Any]:
+def control_kwargs(
+    call: TaskCall, *, image_key: str, size: tuple[int, int] | None = None
+) -> dict[str, Any]:
     """The ControlNet arguments of the call's units (none without units). ``image_key`` is
     where the pipeline takes the control maps: ``image`` from text, ``control_image`` when
-    ``image`` is the image to re-draw."""
+    ``image`` is the image to re-draw. ``size``: the maps resized to it (a pass that draws
+    at another size than the output's, as the hires fix's second pass)."""
     if not call.controls:
         return {}
     from sdserve.engine.controlnets import control_kwargs as units_kwargs
+    from sdserve.engine.controlnets import resized
 
-    return units_kwargs(call.controls, image_key=image_key)
+    units = call.controls if size is None else resized(call.controls, size)
+    return units_kwargs(units, image_key=image_key)
 
 
 def common_kwargs(

@@ -5,7 +5,9 @@ A pass after text-to-image. Its images are upscaled in pixel space (Lanczos) to
 (derived with ``from_pipe``, sharing the weights) for ``hires_steps`` steps at
 ``hires_strength``: the second pass adds detail at the larger size instead of the blur a
 plain resize leaves. Each image keeps its own generator, so image *i* still reproduces
-alone from ``seed + i``.
+alone from ``seed + i``. The ControlNet units whose ``hires_fix`` says so steer the second
+pass too (its pipeline is then the image-to-image ControlNet variant), their maps resized to
+the larger size.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from PIL import Image as PILImage
 from PIL.Image import Image
 
 from sdserve.domain.inputs import GenerationInput
-from sdserve.engine.tasks import Pipeline, TaskCall, common_kwargs, prompt_kwargs
+from sdserve.engine.tasks import Pipeline, TaskCall, common_kwargs, control_kwargs, prompt_kwargs
 
 
 def wanted(inp: GenerationInput) -> bool:
@@ -53,5 +55,6 @@ def run(pipe: Pipeline, images: list[Image], call: TaskCall) -> list[Image]:
         strength=inp.hires_strength,
         output_type="pil",
         **common_kwargs(call, steps=inp.hires_steps or inp.num_inference_steps),
+        **control_kwargs(call, image_key="control_image", size=size),
     )
     return list(result.images)

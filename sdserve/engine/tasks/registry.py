@@ -88,7 +88,9 @@ class Pass:
     ``after``: the tasks it may follow (None = every task). ``on_refiner``: it runs on the
     model's refiner (loaded on its own, of kind ``pipeline``) rather than on a pipeline
     derived from the base. ``planned_steps``: the steps of the whole run, known before it
-    starts, so progress counts to one total.
+    starts, so progress counts to one total. ``controlled``: the ControlNet units that ask
+    for it (``hires_fix``) steer it too, on its pipeline's ControlNet variant; the other
+    passes run without units.
     """
 
     name: str
@@ -98,6 +100,7 @@ class Pass:
     after: frozenset[str] | None = None
     on_refiner: bool = False
     planned_steps: Callable[[GenerationInput], int] | None = None
+    controlled: bool = False
 
 
 TASKS: Mapping[str, Task] = {
@@ -119,6 +122,7 @@ PASSES: tuple[Pass, ...] = (
         wanted=hires.wanted,
         after=frozenset({"txt2img"}),
         planned_steps=hires.planned_steps,
+        controlled=True,
     ),
     Pass(
         "refine",

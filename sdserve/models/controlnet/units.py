@@ -72,6 +72,12 @@ def _check_adapters(units: Sequence[ControlUnit], *, xl: bool, has_image: bool) 
             raise InvalidInput(
                 f"controlnets.{index}.control_mode", "a T2I-Adapter takes only balanced"
             )
+        if unit.hires_fix == "high_res_only":
+            raise InvalidInput(
+                f"controlnets.{index}.hires_fix",
+                "a T2I-Adapter steers text to image only, not the hires fix's second pass",
+                allowed=["both", "low_res_only"],
+            )
 
 
 def _union_indexes(
@@ -84,11 +90,12 @@ def _union_indexes(
             raise InvalidInput(
                 f"controlnets.{index}.model", "the units of a request share one union ControlNet"
             )
-        for name in ("conditioning_scale", "start", "end", "control_mode"):
+        for name in ("conditioning_scale", "start", "end", "control_mode", "hires_fix"):
             if getattr(unit, name) != getattr(first_unit, name):
                 raise InvalidInput(
                     f"controlnets.{index}.{name}",
-                    "the units of one union ControlNet share their weight, range and mode",
+                    "the units of one union ControlNet share their weight, range, mode and "
+                    "hires fix passes",
                 )
         control_type = union_type_of(unit)
         if control_type is None:

@@ -216,3 +216,83 @@ def test_an_uncached_hub_model_offline_is_one_error_line_with_the_fix(
     assert error.startswith("error: model 'acme/not-downloaded' is not in the Hugging Face cache")
     assert "hf download acme/not-downloaded" in error
     assert not (tmp_path / "x.png").exists()
+
+
+def test_generate_with_controlnet_units_writes_the_images_and_their_maps(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from sdserve.config import Settings
+    from sdserve.server import prepare_demo
+
+    data_dir = tmp_path / "data"
+    prepare_demo(Settings(data_dir=data_dir, demo=True))
+    edges = tmp_path / "square.png"
+    square = Image.new("RGB", (64, 64), "white")
+    square.paste((0, 0, 0), (16, 16, 48, 48))
+    square.save(edges)
+    out = tmp_path / "fox.png"
+    code = _generate(
+        str(out),
+        "--control",
+        f"canny,image={edges},conditioning_scale=1.5,pixel_perfect=true",
+        "--control",
+        f"tiny-sd-scribble,image={edges},preprocessor=none,end=0.5",
+        "--control-maps",
+        model="sdserve/tiny-sd",
+        data_dir=data_dir,
+    )
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert f"{out}  seed=11  64x64" in printed
+    maps = [tmp_path / "fox-control-0.png", tmp_path / "fox-control-1.png"]
+    assert [str(path) in printed for path in maps] == [True, True]
+    with Image.open(maps[0]) as canny, Image.open(maps[1]) as given:
+        assert "control map of tiny-sd-canny (preprocessor auto)" in canny.info["parameters"]
+        # the canny map has only the square's outline; the given map is the image itself
+        assert canny.convert("L").getpixel((32, 32)) == 0
+        assert max(canny.convert("L").getdata()) == 255
+        assert list(given.convert("RGB").getdata()) == list(square.getdata())
+    plain = tmp_path / "plain.png"
+    assert _generate(str(plain), model="sdserve/tiny-sd", data_dir=data_dir) == 0
+    with Image.open(out) as steered, Image.open(plain) as alone:
+        assert list(steered.getdata()) != list(alone.getdata())
+
+
+def test_a_bad_control_unit_exits_1_naming_its_field(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from sdserve.config import Settings
+    from sdserve.server import prepare_demo
+
+    data_dir = tmp_path / "data"
+    prepare_demo(Settings(data_dir=data_dir, demo=True))
+    out = tmp_path / "fox.png"
+    assert (
+        _generate(
+            str(out), "--control", "canny,weight=2", model="sdserve/tiny-sd", data_dir=data_dir
+        )
+        == 1
+    )
+    assert "error: controlnets.0: expected field=value, got 'weight=2'" in capsys.readouterr().err
+    code = _generate(
+        str(out),
+        "--control",
+        "tiny-sdxl-canny,conditioning_scale=3",
+        model="sdserve/tiny-sd",
+        data_dir=data_dir,
+    )
+    assert code == 1
+    assert "controlnets.0.conditioning_scale" in capsys.readouterr().err
+    code = _generate(
+        str(out), "--control", "tiny-sd-canny", model="sdserve/tiny-sd", data_dir=data_dir
+    )
+    assert code == 1
+    assert "controlnets.0.image: needs a control image" in capsys.readouterr().err
+    edges = tmp_path / "edges.png"
+    Image.new("RGB", (64, 64), "white").save(edges)
+    unit = f"tiny-sdxl-canny,image={edges}"
+    code = _generate(str(out), "--control", unit, model="sdserve/tiny-sd", data_dir=data_dir)
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "controlnets.0.model: ControlNet tiny-sdxl-canny is for sdxl models" in err
+    assert not out.exists()

@@ -15,6 +15,8 @@ from diffusers import (
     EulerDiscreteScheduler,
     StableDiffusionControlNetImg2ImgPipeline,
     StableDiffusionControlNetPipeline,
+    StableDiffusionImg2ImgPipeline,
+    StableDiffusionPipeline,
     StableDiffusionXLControlNetPipeline,
 )
 from PIL import Image
@@ -364,6 +366,12 @@ def test_a_t2i_adapter_gives_the_pixels_of_diffusers_adapter_pipeline(
         ),
         ([unit("tiny-sd-t2i-adapter-canny", start=0.2)], {}, "controlnets.0.start", "first step"),
         ([unit("tiny-sd-t2i-adapter-canny", end=0.5)], {}, "controlnets.0.end", "every step"),
+        (
+            [unit("tiny-sd-t2i-adapter-canny", hires_fix="high_res_only")],
+            {"hires_scale": 2},
+            "controlnets.0.hires_fix",
+            "not the hires fix's second pass",
+        ),
     ],
 )
 def test_kinds_that_cannot_run_together_are_refused(
@@ -392,3 +400,70 @@ def test_a_union_unit_must_say_its_type(engine: Engine, tiny_sdxl: Path) -> None
     # a type named as the model picks the union ControlNet when no ControlNet of it is served
     depth = generate(engine, name_of(engine, tiny_sdxl), [unit("depth")], [control_map()])
     assert len(depth.images) == 1
+
+
+def test_the_hires_fix_second_pass_is_steered_as_each_unit_asks(
+    engine: Engine, tiny_sd: Path, tiny_controlnets: Path
+) -> None:
+    """A1111's hr_option: ``both`` (its default) steers both passes, ``low_res_only`` the
+    first, ``high_res_only`` the second; each gives plain diffusers' pixels."""
+    model = name_of(engine, tiny_sd)
+    hires = {"hires_scale": 2, "hires_steps": 4}
+    got = {
+        passes: pixels(
+            generate(
+                engine,
+                model,
+                [unit("tiny-sd-canny", conditioning_scale=1.5, hires_fix=passes)],
+                [control_map()],
+                **hires,
+            )
+            .images[0]
+            .data
+        )
+        for passes in ("both", "low_res_only", "high_res_only")
+    }
+    controlnet = ControlNetModel.from_pretrained(tiny_controlnets / "tiny-sd-canny")
+    loaded = {"safety_checker": None, "requires_safety_checker": False}
+    text = StableDiffusionControlNetPipeline.from_pretrained(
+        tiny_sd, controlnet=controlnet, **loaded
+    )
+    steered_img2img = StableDiffusionControlNetImg2ImgPipeline.from_pretrained(
+        tiny_sd, controlnet=controlnet, **loaded
+    )
+    plain_img2img = StableDiffusionImg2ImgPipeline.from_pretrained(tiny_sd, **loaded)
+    plain_text = StableDiffusionPipeline.from_pretrained(tiny_sd, **loaded)
+    square = {"controlnet_conditioning_scale": 1.5}
+    big = control_map().resize((128, 128), Image.Resampling.LANCZOS)
+
+    def two_passes(first: Any, first_extra: dict[str, Any], second: Any, second_extra: Any) -> Any:
+        generators = [torch.Generator("cpu").manual_seed(SEED)]
+        common = {"prompt": PROMPT, "guidance_scale": 6.0, "generator": generators}
+        for pipe in (first, second):
+            pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
+            pipe.set_progress_bar_config(disable=True)
+        low = first(**common, num_inference_steps=STEPS, width=64, height=64, **first_extra).images[
+            0
+        ]
+        upscaled = low.resize((128, 128), Image.Resampling.LANCZOS)
+        image = second(
+            **common, image=[upscaled], num_inference_steps=4, strength=0.7, **second_extra
+        ).images[0]
+        return np.asarray(image.convert("RGB")).astype(np.int16)
+
+    expected = {
+        "both": two_passes(
+            text,
+            {"image": control_map(), **square},
+            steered_img2img,
+            {"control_image": big, **square},
+        ),
+        "low_res_only": two_passes(text, {"image": control_map(), **square}, plain_img2img, {}),
+        "high_res_only": two_passes(
+            plain_text, {}, steered_img2img, {"control_image": big, **square}
+        ),
+    }
+    for passes, image in got.items():
+        assert image.shape == (128, 128, 3)
+        assert np.array_equal(image, expected[passes]), passes
+    assert np.abs(got["both"] - got["low_res_only"]).mean() > 1  # the second pass is steered

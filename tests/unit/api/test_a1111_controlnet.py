@@ -204,12 +204,33 @@ def test_old_guidance_and_lowvram_names_and_ignored_fields() -> None:
         "guidance_end": None,
         "guidance": 0.5,
         "lowvram": True,
-        "hr_option": "Low res only",
         "union_control_type": "Canny",
         "advanced_weighting": None,
     }
     mapped = txt2img(raw)["controlnets"][0]
     assert mapped["end"] == 0.5 and "low_vram" not in mapped and "hr_option" not in mapped
+
+
+@pytest.mark.parametrize(
+    ("sent", "canonical"),
+    [
+        ("Both", "both"),
+        ("Low res only", "low_res_only"),
+        ("High res only", "high_res_only"),
+        (None, "both"),
+        (1, "low_res_only"),
+        ("2", "high_res_only"),
+    ],
+)
+def test_hr_option_says_which_hires_fix_passes_the_unit_steers(
+    sent: str | int | None, canonical: str
+) -> None:
+    mapped = txt2img({**unit(), "hr_option": sent})["controlnets"][0]
+    assert mapped["hires_fix"] == canonical
+    assert (
+        parse_generation_input(txt2img({**unit(), "hr_option": sent})).controlnets[0].hires_fix
+        == canonical
+    )
 
 
 def test_the_script_key_in_any_case_names_refusals_as_sent() -> None:
@@ -242,6 +263,7 @@ def test_an_img2img_unit_without_an_image_uses_the_init_image_as_img2img_fits_it
         ({"resize_mode": 7}, "resize_mode"),
         ({"control_mode": "Loud"}, "control_mode"),
         ({"control_mode": 5}, "control_mode"),
+        ({"hr_option": "Medium res only"}, "hr_option"),
         ({"module": "openpose_full"}, "module"),
         ({"image": "not base64!"}, "image"),
         ({"image": [1, 2, 3]}, "image"),
