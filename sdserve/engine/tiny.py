@@ -449,9 +449,12 @@ def build_tiny_union_controlnet(folder: Path, base: Path, *, seed: int = 0) -> P
     return folder
 
 
-def build_tiny_t2i_adapter(folder: Path, *, seed: int = 0) -> Path:
-    """Build a T2I-Adapter for the tiny SD pipeline under ``folder``: it unshuffles the map
-    by the tiny VAE's factor (2) and gives one feature map per UNet down block (32, 64)."""
+def build_tiny_t2i_adapter(folder: Path, *, seed: int = 0, xl: bool = False) -> Path:
+    """Build a T2I-Adapter for the tiny SD pipeline (``xl``: the tiny SDXL one) under
+    ``folder``. SD's unshuffles the map by the tiny VAE's factor (2) and gives one feature
+    map per UNet down block (32, 64). SDXL's (``full_adapter_xl``) adds its features after
+    the first down block, which halves the latents, so it unshuffles by 4; its two
+    features fit the tiny SDXL UNet's two down blocks (32, 64 channels)."""
     import torch
     from diffusers import T2IAdapter
 
@@ -460,8 +463,8 @@ def build_tiny_t2i_adapter(folder: Path, *, seed: int = 0) -> Path:
         in_channels=3,
         channels=[32, 64],
         num_res_blocks=1,
-        downscale_factor=2,
-        adapter_type="full_adapter",
+        downscale_factor=4 if xl else 2,
+        adapter_type="full_adapter_xl" if xl else "full_adapter",
     )
     adapter.save_pretrained(folder, safe_serialization=True)
     return folder

@@ -349,6 +349,41 @@ def test_a_t2i_adapter_gives_the_pixels_of_diffusers_adapter_pipeline(
     assert np.array_equal(pixels(result.images[0].data), expected)
 
 
+def test_an_sdxl_t2i_adapter_gives_the_pixels_of_diffusers_adapter_pipeline(
+    tiny_sdxl: Path, tmp_path: Path
+) -> None:
+    from diffusers import StableDiffusionXLAdapterPipeline, T2IAdapter
+
+    from sdserve.engine.tiny import build_tiny_t2i_adapter
+
+    folder = build_tiny_t2i_adapter(tmp_path / "tiny-sdxl-t2i-adapter-canny", seed=9, xl=True)
+    registry = ModelRegistry.from_references([str(tiny_sdxl)])
+    engine = Engine(
+        EngineSettings(device="cpu", watermark=False),
+        registry,
+        controlnets=ControlNetCatalog(tmp_path),
+    )
+    assert engine.controlnets is not None
+    (spec,) = engine.controlnets.all()
+    assert (spec.kind, spec.family, spec.control_type) == ("t2i_adapter", "sdxl", "canny")
+    # SDXL's adapters stop after a share of the steps (adapter_conditioning_factor)
+    adapted = unit("canny", conditioning_scale=0.8, end=0.5)
+    result = generate(engine, name_of(engine, tiny_sdxl), [adapted], [control_map()])
+    adapter = T2IAdapter.from_pretrained(folder)
+    pipe = StableDiffusionXLAdapterPipeline.from_pretrained(tiny_sdxl, adapter=adapter)
+    expected = plain(
+        pipe,
+        image=control_map(),
+        adapter_conditioning_scale=0.8,
+        adapter_conditioning_factor=0.5,
+    )
+    assert np.array_equal(pixels(result.images[0].data), expected)
+    without = generate(
+        engine, name_of(engine, tiny_sdxl), [{**adapted, "conditioning_scale": 0}], [control_map()]
+    )
+    assert not np.array_equal(pixels(without.images[0].data), expected)  # the adapter acted
+
+
 @pytest.mark.parametrize(
     ("units", "extra", "field", "words"),
     [
