@@ -349,10 +349,8 @@ class ControlNetModels(LoadedModels[ControlNetSpec, Any]):
         model_class = classes.get(spec.kind, T2IAdapter)
         try:
             if spec.single_file and spec.kind != "controlnet":
-                raise ModelLoadError(
-                    f"{spec.name}: a {spec.kind} is served from a diffusers folder or a hub id"
-                )
-            if spec.single_file:
+                model = _from_diffusers_file(spec, model_class, self.dtype)
+            elif spec.single_file:
                 path = Path(spec.reference)
                 own = path.with_name(path.stem + SINGLE_FILE_CONFIG_SUFFIX)
                 config = (
@@ -375,6 +373,27 @@ class ControlNetModels(LoadedModels[ControlNetSpec, Any]):
             raise ModelLoadError(f"cannot load ControlNet {spec.name}: {exc}") from exc
         log.info("loaded %s %s (%s)", _KIND_NAMES[spec.kind], spec.name, spec.family)
         return model.to(self.device).eval()
+
+
+def _from_diffusers_file(spec: ControlNetSpec, model_class: Any, dtype: torch.dtype) -> Any:
+    """A union ControlNet or T2I-Adapter from one ``.safetensors`` file with diffusers' key
+    names and its ``config.json`` in the ``.sdserve-config`` folder beside it (the catalog
+    knows its kind from that config). diffusers reads neither kind from a single file, so
+    the model is built from its config and the weights must fit it exactly."""
+    from safetensors.torch import load_file
+
+    path = Path(spec.reference)
+    config = model_class.load_config(path.with_name(path.stem + SINGLE_FILE_CONFIG_SUFFIX))
+    model = model_class.from_config(config)
+    missing, unexpected = model.load_state_dict(load_file(path), strict=False)
+    if missing or unexpected:
+        wrong = ", ".join([*missing[:2], *unexpected[:2]])
+        raise ModelLoadError(
+            f"cannot load {_KIND_NAMES[spec.kind]} {spec.name}: its weights do not fit its "
+            f"config.json ({len(missing)} missing, {len(unexpected)} unexpected, e.g. {wrong}); "
+            "a single file of this kind carries diffusers' key names"
+        )
+    return model.to(dtype=dtype)
 
 
 def check_units_given(inp: GenerationInput, given: Sequence[UnitImages]) -> None:

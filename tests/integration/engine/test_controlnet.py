@@ -384,6 +384,76 @@ def test_an_sdxl_t2i_adapter_gives_the_pixels_of_diffusers_adapter_pipeline(
     assert not np.array_equal(pixels(without.images[0].data), expected)  # the adapter acted
 
 
+def test_a_union_controlnet_and_a_t2i_adapter_load_from_one_file_with_their_config(
+    tiny_sd: Path, tiny_sdxl: Path, tiny_controlnets: Path, tmp_path: Path
+) -> None:
+    """One .safetensors with diffusers' key names and its config.json beside it gives the
+    pixels of the same model served as a folder."""
+    import shutil
+
+    folder = tmp_path / "controlnets"
+    folder.mkdir()
+    for name in ("tiny-sdxl-union", "tiny-sd-t2i-adapter-canny"):
+        source = tiny_controlnets / name
+        (weights,) = source.glob("*.safetensors")
+        shutil.copy(weights, folder / f"{name}-file.safetensors")
+        (folder / f"{name}-file.sdserve-config").mkdir()
+        shutil.copy(source / "config.json", folder / f"{name}-file.sdserve-config" / "config.json")
+    registry = ModelRegistry.from_references([str(tiny_sd), str(tiny_sdxl)])
+    single = Engine(
+        EngineSettings(device="cpu", watermark=False),
+        registry,
+        controlnets=ControlNetCatalog(folder),
+    )
+    assert single.controlnets is not None
+    kinds = {spec.name: (spec.kind, spec.family) for spec in single.controlnets.all()}
+    assert kinds == {
+        "tiny-sdxl-union-file": ("union", "sdxl"),
+        "tiny-sd-t2i-adapter-canny-file": ("t2i_adapter", "sd1"),
+    }
+    served = Engine(
+        EngineSettings(device="cpu", watermark=False),
+        registry,
+        controlnets=ControlNetCatalog(tiny_controlnets),
+    )
+    cases = [
+        (tiny_sdxl, "tiny-sdxl-union", {"control_type": "depth"}),
+        (tiny_sd, "tiny-sd-t2i-adapter-canny", {}),
+    ]
+    for model, name, extra in cases:
+        from_file = generate(
+            single, name_of(single, model), [unit(f"{name}-file", **extra)], [control_map()]
+        )
+        from_folder = generate(
+            served, name_of(served, model), [unit(name, **extra)], [control_map()]
+        )
+        assert from_file.images[0].data == from_folder.images[0].data, name
+
+
+def test_a_single_file_whose_weights_do_not_fit_its_config_fails_naming_it(
+    tiny_controlnets: Path, tiny_sd: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    from sdserve.errors import ModelLoadError
+
+    source = tiny_controlnets / "tiny-sd-t2i-adapter-canny"
+    shutil.copy(
+        tiny_controlnets / "tiny-sd-canny" / "diffusion_pytorch_model.safetensors",
+        tmp_path / "odd-adapter.safetensors",
+    )
+    (tmp_path / "odd-adapter.sdserve-config").mkdir()
+    shutil.copy(source / "config.json", tmp_path / "odd-adapter.sdserve-config" / "config.json")
+    engine = Engine(
+        EngineSettings(device="cpu", watermark=False),
+        ModelRegistry.from_references([str(tiny_sd)]),
+        controlnets=ControlNetCatalog(tmp_path),
+    )
+    with pytest.raises(ModelLoadError) as failed:
+        generate(engine, name_of(engine, tiny_sd), [unit("odd-adapter")], [control_map()])
+    assert "T2I-Adapter odd-adapter: its weights do not fit its config.json" in str(failed.value)
+
+
 @pytest.mark.parametrize(
     ("units", "extra", "field", "words"),
     [
