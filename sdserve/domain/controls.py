@@ -33,6 +33,9 @@ CONTROL_MODES: tuple[str, ...] = ("balanced", "prompt", "controlnet")
 #: ``preprocessor`` values that are not a preprocessor's name.
 AUTO = "auto"
 NO_PREPROCESSOR = "none"
+#: Preprocessors whose map depends on the request's seed (each is also the control type
+#: whose ``auto`` it is).
+SEEDED_PREPROCESSORS = frozenset({"shuffle"})
 #: Replicate's conditioning scale default (A1111's ``weight`` is 1).
 DEFAULT_CONDITIONING_SCALE = 0.75
 #: How many units Replicate's flat inputs can name (``controlnet_1`` … ``controlnet_3``).
@@ -210,6 +213,7 @@ __all__ = [
     "FLAT_UNITS",
     "NO_PREPROCESSOR",
     "RESIZE_MODES",
+    "SEEDED_PREPROCESSORS",
     "ControlMode",
     "ControlUnit",
     "ResizeMode",

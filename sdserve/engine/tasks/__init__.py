@@ -157,12 +157,14 @@ def prompt_kwargs(pipe: Pipeline, call: TaskCall) -> dict[str, Any]:
 def control_kwargs(call: TaskCall, *, image_key: str) -> dict[str, Any]:
     """The ControlNet arguments of the call's units (none without units). ``image_key`` is
     where the pipeline takes the control maps: ``image`` from text, ``control_image`` when
-    ``image`` is the image to re-draw."""
+    ``image`` is the image to re-draw. A batched call shares the units' maps among all its
+    images."""
     if not call.controls:
         return {}
     from sdserve.engine.controlnets import control_kwargs as units_kwargs
 
-    return units_kwargs(call.controls, image_key=image_key)
+    images = len(call.generators) if call.batch else 1
+    return units_kwargs(call.controls, image_key=image_key, images=images)
 
 
 def common_kwargs(
