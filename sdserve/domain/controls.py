@@ -37,6 +37,9 @@ HIRES_FIX_PASSES: tuple[str, ...] = ("both", "low_res_only", "high_res_only")
 #: ``preprocessor`` values that are not a preprocessor's name.
 AUTO = "auto"
 NO_PREPROCESSOR = "none"
+#: Preprocessors whose map depends on the request's seed (each is also the control type
+#: whose ``auto`` it is).
+SEEDED_PREPROCESSORS = frozenset({"shuffle"})
 #: Replicate's conditioning scale default (A1111's ``weight`` is 1).
 DEFAULT_CONDITIONING_SCALE = 0.75
 #: How many units Replicate's flat inputs can name (``controlnet_1`` … ``controlnet_3``).
@@ -224,6 +227,7 @@ __all__ = [
     "FLAT_UNITS",
     "NO_PREPROCESSOR",
     "RESIZE_MODES",
+    "SEEDED_PREPROCESSORS",
     "ControlMode",
     "ControlUnit",
     "ResizeMode",

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from sdserve.domain.controls import AUTO, ControlUnit
+from sdserve.domain.controls import AUTO, SEEDED_PREPROCESSORS, ControlUnit
 from sdserve.domain.inputs import GenerationInput
 from sdserve.engine import images as prep
 from sdserve.engine.loaded import LoadedModels
@@ -134,9 +134,7 @@ def _control_map(
     size: tuple[int, int],
     seed: int,
 ) -> Image.Image:
-    name = unit.preprocessor
-    if name == AUTO:
-        name = preprocessors.default_for(spec.control_type) or "none"
+    name = preprocessor_of(unit, spec)
     if name != "none":
         source = preprocessors.detect(
             name,
@@ -150,6 +148,20 @@ def _control_map(
             seed=seed,
         )
     return fit_to(source.convert("RGB"), size, unit.resize_mode)
+
+
+def preprocessor_of(unit: ControlUnit, spec: ControlNetSpec) -> str:
+    """The preprocessor the unit runs: its own, or for ``auto`` its ControlNet type's
+    (``none`` where no built-in one fits)."""
+    if unit.preprocessor == AUTO:
+        return preprocessors.default_for(spec.control_type) or "none"
+    return unit.preprocessor
+
+
+def seeded(chosen: Sequence[ChosenUnit]) -> bool:
+    """Whether a unit's map depends on the request's seed (a random preprocessor)."""
+    names = [preprocessor_of(choice.unit, choice.spec) for choice in chosen]
+    return any(name in SEEDED_PREPROCESSORS for name in names)
 
 
 def fit_to(image: Image.Image, size: tuple[int, int], mode: str) -> Image.Image:
@@ -184,12 +196,17 @@ def _inpaint_condition(
     return torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1).unsqueeze(0)
 
 
-def control_kwargs(units: Sequence[PreparedUnit], *, image_key: str) -> dict[str, Any]:
+def control_kwargs(
+    units: Sequence[PreparedUnit], *, image_key: str, images: int = 1
+) -> dict[str, Any]:
     """The pipeline arguments of the units (one unit: scalars; several: lists).
 
     ControlNets take theirs at ``image_key``; a union ControlNet always at
     ``control_image``, with the type index of each map and one weight and range for all; a
-    T2I-Adapter at ``image``, for the first ``end`` of the steps.
+    T2I-Adapter at ``image``, for the first ``end`` of the steps. ``images``: in a batched
+    call (one prompt per image), how many images share the maps: a ControlNet pipeline
+    repeats one map for every prompt, a T2I-Adapter pipeline only per prompt, so it gets
+    the map once per image.
     """
     if not units:
         return {}
@@ -208,8 +225,9 @@ def control_kwargs(units: Sequence[PreparedUnit], *, image_key: str) -> dict[str
             "guess_mode": first.unit.control_mode == "controlnet",
         }
     if first.spec.kind == "t2i_adapter":
+        per_image = [[unit.condition] * images if images > 1 else unit.condition for unit in units]
         adapters = {
-            "image": one_or_all([unit.condition for unit in units]),
+            "image": one_or_all(per_image),
             "adapter_conditioning_scale": one_or_all(
                 [float(unit.unit.conditioning_scale) for unit in units]
             ),
@@ -415,6 +433,8 @@ __all__ = [
     "derive_controlled",
     "fit_to",
     "prepare_units",
+    "preprocessor_of",
     "prompt_weighting",
     "resolve_units",
+    "seeded",
 ]

@@ -243,16 +243,20 @@ class Engine:
         requests: Sequence[tuple[GenerationInput, str]],
         *,
         hooks: RunHooks | None = None,
+        controls: Sequence[control.UnitImages] = (),
     ) -> list[GenerationResult]:
         """Run compatible requests ``(input, model)`` as one batched forward of their task.
 
         Compatible means :func:`batch_signature` is equal (and not None) for every request:
-        same model, size, steps, scheduler, guidance; no image, LoRA, refiner, hires fix or
-        weighted prompt, so the task is one whose registry entry ``batches`` (txt2img).
-        Image *i* of each request keeps its own generator (``seed + i``), so every request
-        gets the pixels it would get alone, within kernel tolerance. ``hooks`` watch the
-        whole batch: cancel it only when every request is canceled. Results come back in
-        request order.
+        same model, size, steps, scheduler, guidance and ControlNet units; no image, LoRA,
+        refiner, hires fix, image prompt or weighted prompt, so the task is one whose
+        registry entry ``batches`` (txt2img). ``controls`` hold the units' images, in unit
+        order, shared by every request (the caller checked they are the same pictures): the
+        maps are prepared once and steer every image; each request asking for them gets
+        them back after its own images. Image *i* of each request keeps its own generator
+        (``seed + i``), so every request gets the pixels it would get alone, within kernel
+        tolerance. ``hooks`` watch the whole batch: cancel it only when every request is
+        canceled. Results come back in request order.
         """
         hooks = hooks or RunHooks()
         started = time.perf_counter()
@@ -271,13 +275,21 @@ class Engine:
             resolved.append(full)
         if spec is None:
             return []
-        task = tasks.select(resolved[0], image=None, mask=None)
+        first = resolved[0]
+        task = tasks.select(first, image=None, mask=None)
         if not task.batches:
             raise InvalidInput("input", f"{task.name} requests cannot run as one batch")
+        plan = tasks.plan(first, task, spec)
+        chosen = self._controlnets_of(first, spec, controls)
+        if control.seeded(chosen) and len({inp.seed_for(0) for inp in resolved}) > 1:
+            raise InvalidInput("controlnets", "a seeded map (shuffle) cannot share a batch")
+        size = (first.width or 0, first.height or 0)
+        units = control.prepare_units(
+            chosen, controls, size=size, image=None, mask=None, seed=first.seed_for(0)
+        )
         if hooks.should_cancel():
             raise Canceled("canceled before start")
-        plan = tasks.plan(resolved[0], task, spec)
-        results = self._generate(spec, plan, resolved, hooks, started, batched=True)
+        results = self._generate(spec, plan, resolved, hooks, started, batched=True, units=units)
         batch_size = {"batch_size": float(len(resolved))}
         return [replace(result, timings={**result.timings, **batch_size}) for result in results]
 
@@ -360,10 +372,12 @@ class Engine:
             done = images[offset : offset + request.num_outputs]
             pending.append(self._finish_soon(done, request, spec, plan.task.name))
             offset += request.num_outputs
+        # the maps are the same for every request of a batch: encoded once
         maps = self._control_maps(units, inp) if inp.return_control_maps else []
         return [
             GenerationResult(
-                images=[future.result() for future in futures] + maps,
+                images=[future.result() for future in futures]
+                + [replace(picture, seed=request.seed_for(0)) for picture in maps],
                 seed=request.seed_for(0),
                 model=spec.name,
                 timings={

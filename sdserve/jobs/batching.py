@@ -1,12 +1,19 @@
 """Batching across requests: compatible queued jobs run as one batched forward.
 
 When the worker has claimed a job, :class:`Batcher` looks for other queued (``starting``)
-jobs with the same :func:`batch_key` (model, size, steps, scheduler, guidance, text-to-image,
-no LoRA/refiner/hires), claims up to ``batch_max_size - 1`` of them and runs all of them in
-one ``Predictor.generate_batch`` call. It looks at the store when the batch starts and again
-each time the queue says a job arrived, until the batch is full or ``batch_window_ms`` has
-passed since the claim. Seeds stay per job (image *i* of a job uses its ``seed + i``), so
-each job gets the pixels it would get alone, within kernel tolerance.
+jobs with the same :func:`batch_key` (model, size, steps, scheduler, guidance, ControlNet
+units, text-to-image, no LoRA/refiner/hires/image prompt), claims up to
+``batch_max_size - 1`` of them and runs all of them in one ``Predictor.generate_batch``
+call. It looks at the store when the batch starts and again each time the queue says a job
+arrived, until the batch is full or ``batch_window_ms`` has passed since the claim. Seeds
+stay per job (image *i* of a job uses its ``seed + i``), so each job gets the pixels it
+would get alone, within kernel tolerance.
+
+Jobs with ControlNet units batch when their units are equal (:func:`batch_signature`), and
+then only with the same pictures: equal references may still answer differently (a URL
+fetched twice), so each claimed job's unit images are fetched and compared with the
+leader's, and a job whose pictures differ (or cannot be fetched) runs alone after the batch.
+The engine gets the leader's pictures once for the whole batch.
 
 Outcomes, per job:
 
@@ -22,6 +29,7 @@ longer ``starting`` and the worker skips them (claims are conditional in the sto
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from dataclasses import dataclass
@@ -32,7 +40,7 @@ from sdserve.domain.batching import batch_signature
 from sdserve.domain.inputs import GenerationInput
 from sdserve.errors import Canceled, SdserveError
 from sdserve.jobs.progress import PROGRESS_WRITE_INTERVAL_S, RunTracker
-from sdserve.models.results import GenerationResult, RunHooks
+from sdserve.models.results import GenerationResult, RunHooks, UnitImages
 
 if TYPE_CHECKING:
     from sdserve.jobs.contract import JobRecord
@@ -116,9 +124,15 @@ class Batcher:
         members = [leader, *partners]
         if len(members) == 1:
             return False
-        ids = [member.record.id for member in members]
-        log.info("running %d jobs as one batch: %s", len(members), ids)
-        _run_members(runner, members, predictor, started)
+        together, apart, controls = _same_pictures(runner, members)
+        if len(together) > 1:
+            ids = [member.record.id for member in together]
+            log.info("running %d jobs as one batch: %s", len(together), ids)
+            _run_members(runner, together, predictor, started, controls)
+        else:
+            apart = together + apart
+        for member in apart:
+            _run_alone(runner, member, started)
         return True
 
     def _claim_partners(
@@ -179,6 +193,46 @@ def _resolved_input(runner: JobRunner, record: JobRecord) -> GenerationInput | N
         return None
 
 
+def _same_pictures(
+    runner: JobRunner, members: list[_Member]
+) -> tuple[list[_Member], list[_Member], list[UnitImages]]:
+    """The members whose ControlNet images are the leader's pictures, the others, and those
+    pictures (none without units). A member whose images cannot be fetched is among the
+    others: alone, it fails with its own error."""
+    leader = members[0]
+    if not leader.inp.controlnets:
+        return members, [], []
+    try:
+        controls = runner.control_images(leader.inp)
+    except Exception:
+        return [], members, []
+    wanted = _digest(controls)
+    together: list[_Member] = [leader]
+    apart: list[_Member] = []
+    for member in members[1:]:
+        try:
+            same = _digest(runner.control_images(member.inp)) == wanted
+        except Exception:
+            same = False
+        if not same:
+            log.info("job %s: its control images differ from the batch's", member.record.id)
+        (together if same else apart).append(member)
+    return together, apart, controls
+
+
+def _digest(controls: list[UnitImages]) -> bytes:
+    """What the units' pictures are: their modes, sizes and pixels, hashed."""
+    digest = hashlib.sha256()
+    for images in controls:
+        for picture in (images.image, images.mask):
+            if picture is None:
+                digest.update(b"-")
+                continue
+            digest.update(f"{picture.mode} {picture.width}x{picture.height};".encode())
+            digest.update(picture.tobytes())
+    return digest.digest()
+
+
 def _batch_hooks(members: list[_Member]) -> RunHooks:
     """Hooks of the whole batch: progress to every job, cancel only when all are canceled."""
 
@@ -203,7 +257,13 @@ def _batch_hooks(members: list[_Member]) -> RunHooks:
     )
 
 
-def _run_members(runner: JobRunner, members: list[_Member], predictor: Any, started: float) -> None:
+def _run_members(
+    runner: JobRunner,
+    members: list[_Member],
+    predictor: Any,
+    started: float,
+    controls: list[UnitImages],
+) -> None:
     for member in members:
         runner.on_change(member.record)
         member.tracker.resolved(member.inp, f"batched with {len(members) - 1} other job(s)")
@@ -212,6 +272,7 @@ def _run_members(runner: JobRunner, members: list[_Member], predictor: Any, star
         results: list[GenerationResult] = predictor.generate_batch(
             [(member.inp, member.record.model) for member in members],
             hooks=_batch_hooks(members),
+            **({"controls": controls} if controls else {}),
         )
     except Canceled:
         for member in members:

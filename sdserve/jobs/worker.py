@@ -364,7 +364,7 @@ class JobRunner:
             image = decode_image(self.fetcher.fetch(inp.image, "image"), "image", max_pixels=pixels)
         if inp.mask is not None:
             mask = decode_image(self.fetcher.fetch(inp.mask, "mask"), "mask", max_pixels=pixels)
-        controls = [self._unit_images(inp, index) for index in range(len(inp.controlnets))]
+        controls = self.control_images(inp)
         image_prompt = None
         if inp.ip_adapter_image is not None:
             field = "ip_adapter_image"
@@ -390,6 +390,11 @@ class JobRunner:
             ip_adapter_image=image_prompt,
         )
         return self.succeed(record.id, result, tracker, started)
+
+    def control_images(self, inp: GenerationInput) -> list[UnitImages]:
+        """Every ControlNet unit's own image and mask, in unit order; raises
+        :class:`~sdserve.errors.InputFetchFailed`/:class:`~sdserve.errors.InvalidImage`."""
+        return [self._unit_images(inp, index) for index in range(len(inp.controlnets))]
 
     def _unit_images(self, inp: GenerationInput, index: int) -> UnitImages:
         """ControlNet unit ``index``'s own image and mask, fetched like the request's."""

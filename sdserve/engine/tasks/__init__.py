@@ -163,14 +163,16 @@ def control_kwargs(
     """The ControlNet arguments of the call's units (none without units). ``image_key`` is
     where the pipeline takes the control maps: ``image`` from text, ``control_image`` when
     ``image`` is the image to re-draw. ``size``: the maps resized to it (a pass that draws
-    at another size than the output's, as the hires fix's second pass)."""
+    at another size than the output's, as the hires fix's second pass). A batched call
+    shares the units' maps among all its images."""
     if not call.controls:
         return {}
     from sdserve.engine.controlnets import control_kwargs as units_kwargs
     from sdserve.engine.controlnets import resized
 
     units = call.controls if size is None else resized(call.controls, size)
-    return units_kwargs(units, image_key=image_key)
+    images = len(call.generators) if call.batch else 1
+    return units_kwargs(units, image_key=image_key, images=images)
 
 
 def common_kwargs(

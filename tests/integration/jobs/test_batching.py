@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import io
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -19,7 +20,8 @@ from sdserve.domain.jobs import Status
 from sdserve.engine.engine import Engine
 from sdserve.jobs.service import Service
 from sdserve.models.catalog import ModelRegistry
-from sdserve.models.results import GenerationResult, RunHooks
+from sdserve.models.controlnet.catalog import ControlNetCatalog
+from sdserve.models.results import GenerationResult, RunHooks, UnitImages
 from sdserve.models.settings import EngineSettings
 from sdserve.wiring import build_service
 
@@ -41,11 +43,15 @@ class CountingEngine(Engine):
         return super().generate(inp, **kwargs)
 
     def generate_batch(
-        self, requests: Sequence[tuple[GenerationInput, str]], *, hooks: RunHooks | None = None
+        self,
+        requests: Sequence[tuple[GenerationInput, str]],
+        *,
+        hooks: RunHooks | None = None,
+        controls: Sequence[UnitImages] = (),
     ) -> list[GenerationResult]:
         self.calls.append(("batch", len(requests)))
         self.before_batch()
-        return super().generate_batch(requests, hooks=hooks)
+        return super().generate_batch(requests, hooks=hooks, controls=controls)
 
 
 @pytest.fixture(scope="module")
@@ -57,14 +63,19 @@ def registry(tiny_sd: Path) -> ModelRegistry:
 def make(tmp_path: Path, registry: ModelRegistry) -> Iterator[Callable[..., Service]]:
     services: list[Service] = []
 
-    def build(batch: int, window_ms: int = 3000) -> Service:
+    def build(batch: int, window_ms: int = 3000, controlnets: Path | None = None) -> Service:
         folder = tmp_path / f"svc{len(services)}"
         settings = Settings(
             data_dir=folder,
-            engine=EngineSettings(device="cpu"),
+            engine=EngineSettings(device="cpu", controlnet_dir=controlnets),
             service=ServiceSettings(batch_max_size=batch, batch_window_ms=window_ms),
         )
-        engine = CountingEngine(settings.engine, registry, limits=settings.limits.input_limits())
+        engine = CountingEngine(
+            settings.engine,
+            registry,
+            limits=settings.limits.input_limits(),
+            controlnets=ControlNetCatalog(controlnets) if controlnets is not None else None,
+        )
         service = build_service(settings, registry, predictor=engine)
         service.engine = engine  # type: ignore[attr-defined]  # the test reads its calls
         service.start()
@@ -177,3 +188,58 @@ def test_a_failed_batch_loses_no_job(make: Callable[..., Service], registry: Mod
     # every job reached a terminal state: each was run again alone after the batch failed
     assert [r.status for r in records] == [Status.SUCCEEDED] * 3, [r.error for r in records]
     assert engine.calls == [("batch", 3)] + [("single", 1)] * 3
+
+
+def _picture_uri(kind: str) -> str:
+    """A 64x64 control map as a data URI: a white square, or a bar, on black."""
+    pixels = np.zeros((64, 64, 3), np.uint8)
+    if kind == "square":
+        pixels[16:48, 16:48] = 255
+    else:
+        pixels[:, 28:36] = 255
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def _units(picture: str = "square", **fields: Any) -> dict[str, Any]:
+    unit = {"model": "tiny-sd-canny", "image": _picture_uri(picture), "preprocessor": "none"}
+    return {"controlnets": [{**unit, **fields}], "return_control_maps": True}
+
+
+@pytest.mark.slow
+def test_jobs_with_equal_controlnet_units_share_a_batch_with_the_pixels_of_each_alone(
+    make: Callable[..., Service], registry: ModelRegistry, tiny_controlnets: Path
+) -> None:
+    inputs = [{"seed": 11, "num_outputs": 2, **_units()}, {"seed": 22, **_units()}]
+    batched = make(batch=4, controlnets=tiny_controlnets)
+    ids = _create_all(batched, _model(registry), inputs)
+    records = _wait_all(batched, ids)
+    assert [r.status for r in records] == [Status.SUCCEEDED] * 2, [r.error for r in records]
+    assert batched.engine.calls == [("batch", 2)]  # type: ignore[attr-defined]
+    assert [r.metrics.get("batch_size") for r in records] == [2, 2]
+    # each job's own images, then its control map
+    assert [len(r.output) for r in records] == [3, 2]
+
+    alone = make(batch=1, controlnets=tiny_controlnets)
+    solo = _wait_all(alone, _create_all(alone, _model(registry), inputs))
+    for together, single in zip(records, solo, strict=True):
+        for a, b in zip(_pixels(batched, together), _pixels(alone, single), strict=True):
+            assert a.shape == b.shape
+            assert int(np.abs(a - b).max()) <= PIXEL_TOLERANCE
+
+
+@pytest.mark.slow
+def test_jobs_with_different_controlnet_units_run_separately(
+    make: Callable[..., Service], registry: ModelRegistry, tiny_controlnets: Path
+) -> None:
+    service = make(batch=4, window_ms=300, controlnets=tiny_controlnets)
+    inputs = [
+        {"seed": 1, **_units()},
+        {"seed": 2, **_units(conditioning_scale=0.5)},
+        {"seed": 3, **_units("bar")},
+        {"seed": 4},
+    ]
+    records = _wait_all(service, _create_all(service, _model(registry), inputs))
+    assert [r.status for r in records] == [Status.SUCCEEDED] * 4, [r.error for r in records]
+    assert service.engine.calls == [("single", 1)] * 4  # type: ignore[attr-defined]

@@ -43,3 +43,49 @@ def test_tasks_that_cannot_batch_are_never_batched() -> None:
         {"negative_prompt": "[blurry]"},
     ):
         assert batch_signature(resolved(**fields)) is None, fields
+
+
+def _units(**fields: object) -> list[dict[str, object]]:
+    return [{"model": "canny", "image": "data:image/png;base64,AAAA", **fields}]
+
+
+def test_equal_controlnet_units_share_a_batch_and_any_difference_splits_it() -> None:
+    base = batch_signature(resolved(prompt="a fox", seed=1, controlnets=_units()))
+    assert base is not None
+    assert batch_signature(resolved(prompt="a cat", seed=2, controlnets=_units())) == base
+    assert base != batch_signature(resolved(prompt="a fox"))
+    for change in (
+        {"model": "scribble"},
+        {"image": "data:image/png;base64,BBBB"},
+        {"mask": "data:image/png;base64,CCCC"},
+        {"preprocessor": "none"},
+        {"conditioning_scale": 0.5},
+        {"start": 0.1},
+        {"end": 0.9},
+        {"resize_mode": "just_resize"},
+        {"processor_res": 256},
+        {"pixel_perfect": True},
+        {"threshold_a": 50.0},
+        {"threshold_b": 150.0},
+        {"control_mode": "prompt"},
+        {"control_type": "canny"},
+    ):
+        other = resolved(prompt="a fox", seed=1, controlnets=_units(**change))
+        assert batch_signature(other) != base, change
+    two = resolved(prompt="a fox", seed=1, controlnets=_units() * 2)
+    assert batch_signature(two) != base
+    maps = resolved(prompt="a fox", seed=1, controlnets=_units(), return_control_maps=True)
+    assert batch_signature(maps) != base
+
+
+def test_a_seeded_map_keeps_apart_requests_of_other_seeds() -> None:
+    for unit in ({"model": "shuffle"}, {"model": "tiny-sd-canny", "preprocessor": "shuffle"}):
+        one = batch_signature(resolved(prompt="a", seed=1, controlnets=_units(**unit)))
+        again = batch_signature(resolved(prompt="b", seed=1, controlnets=_units(**unit)))
+        other = batch_signature(resolved(prompt="a", seed=2, controlnets=_units(**unit)))
+        assert one == again
+        assert one != other, unit
+
+
+def test_an_image_prompt_is_never_batched() -> None:
+    assert batch_signature(resolved(prompt="a", ip_adapter_image="data:x")) is None
