@@ -204,7 +204,7 @@ def _same_pictures(
         return members, [], []
     try:
         controls = runner.control_images(leader.inp)
-    except Exception:
+    except SdserveError:
         return [], members, []
     wanted = _digest(controls)
     together: list[_Member] = [leader]
@@ -212,7 +212,7 @@ def _same_pictures(
     for member in members[1:]:
         try:
             same = _digest(runner.control_images(member.inp)) == wanted
-        except Exception:
+        except SdserveError:
             same = False
         if not same:
             log.info("job %s: its control images differ from the batch's", member.record.id)
