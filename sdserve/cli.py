@@ -194,6 +194,12 @@ def _add_model_cache_options(parser: argparse.ArgumentParser) -> None:
         help=described(EngineSettings, "ip_adapter_dir"),
     )
     cache.add_argument(
+        "--embeddings-dir",
+        type=Path,
+        metavar="FOLDER",
+        help=described(EngineSettings, "embeddings_dir"),
+    )
+    cache.add_argument(
         "--idle-unload",
         type=float,
         metavar="SECONDS",
@@ -433,6 +439,14 @@ def _add_control_options(gen: argparse.ArgumentParser) -> None:
         metavar="FOLDER",
         help=described(EngineSettings, "ip_adapter_dir"),
     )
+    gen.add_argument(
+        "--embeddings-dir",
+        type=Path,
+        metavar="FOLDER",
+        help=described(
+            EngineSettings, "embeddings_dir", default="<data dir>/embeddings, or the demo's"
+        ),
+    )
 
 
 #: the unit fields whose value is a file that ``generate`` reads
@@ -516,6 +530,7 @@ def run_generate(args: argparse.Namespace) -> int:
                 "controlnet_dir": args.controlnet_dir,
                 "controlnets": args.controlnets,
                 "ip_adapter_dir": args.ip_adapter_dir,
+                "embeddings_dir": args.embeddings_dir,
                 "offline": args.offline or None,
             }.items()
             if value is not None
@@ -558,7 +573,7 @@ def run_generate(args: argparse.Namespace) -> int:
     from sdserve.models.references import check_weights_format
     from sdserve.models.results import RunHooks
     from sdserve.server import check_weights_cached, resolve_model
-    from sdserve.wiring import controlnet_catalog, ip_adapter_catalog
+    from sdserve.wiring import controlnet_catalog, embedding_catalog, ip_adapter_catalog
 
     quiet_library_progress()  # the step bar below is the one to watch
     settings, registry, spec = resolve_model(settings, args.model)
@@ -580,6 +595,7 @@ def run_generate(args: argparse.Namespace) -> int:
         limits=settings.limits.input_limits(),
         controlnets=controlnet_catalog(settings),
         ip_adapters=ip_adapter_catalog(settings),
+        embeddings=embedding_catalog(settings),
     )
     bar = _StepBar("generating")  # shown from the first step: a load error prints no bar
     try:
@@ -1061,6 +1077,7 @@ def _server_settings(args: argparse.Namespace) -> Settings:
             "controlnet_dir": args.controlnet_dir,
             "controlnets": args.controlnets,
             "ip_adapter_dir": args.ip_adapter_dir,
+            "embeddings_dir": args.embeddings_dir,
         }.items()
         if value is not None
     }

@@ -58,6 +58,7 @@ from sdserve.jobs.workers import (
     board_for,
 )
 from sdserve.models.controlnet.catalog import ControlNetCatalog
+from sdserve.models.embeddings import EmbeddingCatalog
 from sdserve.models.ip_adapter import IpAdapterCatalog
 from sdserve.training.checkpoints import (
     TRAININGS_FOLDER,
@@ -170,6 +171,11 @@ def controlnet_catalog(settings: Settings) -> ControlNetCatalog:
     set) and the references ``--controlnet`` names."""
     folder = settings.engine.controlnet_dir or settings.data_dir / "controlnets"
     return ControlNetCatalog(folder, settings.engine.controlnets)
+
+
+def embedding_catalog(settings: Settings) -> EmbeddingCatalog:
+    """The served embeddings: the embeddings folder (``<data dir>/embeddings`` unless set)."""
+    return EmbeddingCatalog(settings.engine.embeddings_dir or settings.data_dir / "embeddings")
 
 
 def ip_adapter_catalog(settings: Settings) -> IpAdapterCatalog:
@@ -323,6 +329,7 @@ def engine_factory(
             limits=settings.limits.input_limits(),
             controlnets=controlnet_catalog(settings),
             ip_adapters=ip_adapter_catalog(settings),
+            embeddings=embedding_catalog(settings),
         )
 
     return EngineSource(build)
@@ -571,6 +578,7 @@ def build_service(
             trained=trained or trained_catalog(settings),  # who owns which names
             controlnets=controlnet_catalog(settings),
             ip_adapters=ip_adapter_catalog(settings),
+            embeddings=embedding_catalog(settings),
         ),
         webhooks=WebhookDispatcher(
             io.store.outbox,

@@ -31,6 +31,7 @@ from sdserve.engine import fastpath
 from sdserve.engine import images as prep
 from sdserve.engine import ip_adapter as image_prompts
 from sdserve.engine.cache import Clock, Loader, PipelineCache, RefinerLoader
+from sdserve.engine.embeddings import Embeddings
 from sdserve.engine.schedulers import make_scheduler, resolve_scheduler
 from sdserve.engine.tasks import Pipeline, StepWatcher, TaskCall, with_scheduler
 from sdserve.engine.tasks import registry as tasks
@@ -49,6 +50,7 @@ if TYPE_CHECKING:
     from sdserve.engine.safety import SafetyChecker
     from sdserve.models.catalog import ModelRegistry, ModelSpec
     from sdserve.models.controlnet.catalog import ControlNetCatalog
+    from sdserve.models.embeddings import EmbeddingCatalog
     from sdserve.models.ip_adapter import IpAdapterCatalog, IpAdapterSpec
 
 log = logging.getLogger(__name__)
@@ -89,6 +91,7 @@ class Engine:
         clock: Clock = time.monotonic,
         controlnets: ControlNetCatalog | None = None,
         ip_adapters: IpAdapterCatalog | None = None,
+        embeddings: EmbeddingCatalog | None = None,
     ) -> None:
         self.settings = settings
         self.registry = registry
@@ -116,6 +119,8 @@ class Engine:
             offline=settings.offline,
             cache_dir=settings.cache_dir,
         )
+        #: the served embeddings, put into the text encoders when a prompt uses one
+        self.embeddings = None if embeddings is None else Embeddings(embeddings)
         #: the served IP-Adapters (None: this engine serves none) and those loaded
         self.ip_adapters = ip_adapters
         self.ip_adapter_models = image_prompts.IpAdapterModels(
@@ -335,6 +340,9 @@ class Engine:
         # busy: nothing the run holds moves out of the device or idles out under it
         with _gpu_errors(), self.cache.busy():
             pipes = self._pipelines(spec, plan)
+            if self.embeddings is not None:
+                texts = [text for r in requests for text in (r.prompt, r.negative_prompt or "")]
+                self.embeddings.prepare((pipes.base, pipes.refiner), spec.family, texts)
             models = [self.controlnet_models.get(unit.spec) for unit in units]
             hires = any(step.controlled for step in plan.passes)
             first, second = control.split_for_hires(units, hires=hires)

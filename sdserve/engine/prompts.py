@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from compel import Compel, ReturnedEmbeddingsType
+from compel import Compel, DiffusersTextualInversionManager, ReturnedEmbeddingsType
 from compel.convenience_wrappers import CompelForSD, CompelForSDXL
 
 from sdserve.domain.prompts import is_weighted, uses_compel_syntax
@@ -122,16 +122,21 @@ def encode(pipe: Any, prompt: str, negative_prompt: str) -> PromptEmbeds:
     """Compel embeddings of a prompt pair for an SD1/SD2, SDXL or SDXL-refiner pipeline."""
     positive, negative = to_compel(prompt), to_compel(negative_prompt)
     if getattr(pipe, "text_encoder_2", None) is None:
-        sd = CompelForSD(pipe).__call__(positive, negative_prompt=negative)
+        sd = CompelForSD(pipe, _inversions(pipe)).__call__(positive, negative_prompt=negative)
         return PromptEmbeds(sd.embeds, sd.negative_embeds)
     if getattr(pipe, "text_encoder", None) is None:
         zero = _zero_negative(pipe, negative)
         return _encode_refiner(pipe, positive, negative, zero_negative=zero)
-    xl = CompelForSDXL(pipe).__call__(positive, negative_prompt=negative)
+    xl = CompelForSDXL(pipe, _inversions(pipe)).__call__(positive, negative_prompt=negative)
     embeds = PromptEmbeds(
         xl.embeds, xl.negative_embeds, xl.pooled_embeds, xl.negative_pooled_embeds
     )
     return _zeroed(embeds) if _zero_negative(pipe, negative) else embeds
+
+
+def _inversions(pipe: Any) -> DiffusersTextualInversionManager:
+    """Expands a multi-vector embedding's name to its tokens, as the pipelines do."""
+    return DiffusersTextualInversionManager(pipe)
 
 
 def _zero_negative(pipe: Any, negative: str) -> bool:

@@ -470,6 +470,35 @@ def build_tiny_t2i_adapter(folder: Path, *, seed: int = 0, xl: bool = False) -> 
     return folder
 
 
+def build_tiny_embedding(path: Path, *, xl: bool = False, vectors: int = 2, seed: int = 0) -> Path:
+    """Build a textual-inversion embedding for the tiny SD pipeline (``xl``: the tiny SDXL
+    one) at ``path`` (``.safetensors``): ``vectors`` random vectors as wide as its text
+    encoders (A1111's ``emb_params``; SDXL's ``clip_l`` and ``clip_g``), large enough to
+    visibly change an image, with its family in ``<name>.sdserve-config/config.json``
+    (tiny widths are no standard family's)."""
+    import torch
+    from safetensors.torch import save_file
+
+    from sdserve.models.references import SINGLE_FILE_CONFIG_SUFFIX
+
+    generator = torch.Generator().manual_seed(seed)
+
+    def random(width: int) -> torch.Tensor:
+        return torch.randn(vectors, width, generator=generator) * 4
+
+    tensors = (
+        {"clip_l": random(32), "clip_g": random(TINY_SDXL_HIDDEN_2)}
+        if xl
+        else {"emb_params": random(32)}
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, path)
+    config = path.with_name(path.stem + SINGLE_FILE_CONFIG_SUFFIX)
+    config.mkdir(exist_ok=True)
+    (config / "config.json").write_text(json.dumps({"family": "sdxl" if xl else "sd1"}))
+    return path
+
+
 #: Demo model name → builder; the served names are ``sdserve/<name>``.
 DEMO_BUILDERS: dict[str, Callable[[Path], Path]] = {
     "tiny-sd": build_tiny_sd,
@@ -488,6 +517,8 @@ DEMO_CONTROLNETS: dict[str, str] = {
 #: The demo's union ControlNet (for tiny-sdxl) and T2I-Adapter (a canny one, for tiny-sd).
 DEMO_UNION = "tiny-sdxl-union"
 DEMO_ADAPTER = "tiny-sd-t2i-adapter-canny"
+#: The demo's textual-inversion embeddings (used by name in a prompt) → whether for SDXL.
+DEMO_EMBEDDINGS: dict[str, bool] = {"tiny-glow": False, "tiny-xl-glow": True}
 
 
 def build_demo_models(data_dir: Path) -> dict[str, Path]:
@@ -495,7 +526,8 @@ def build_demo_models(data_dir: Path) -> dict[str, Path]:
 
     Returns name → path for the tiny models, the demo LoRA
     (``data_dir/loras/tiny-style.safetensors``, made for ``tiny-sd``) and the demo
-    ControlNets (``data_dir/controlnets/<name>``) and IP-Adapters (``data_dir/ip-adapters/<name>``).
+    ControlNets (``data_dir/controlnets/<name>``), IP-Adapters (``data_dir/ip-adapters/<name>``)
+    and embeddings (``data_dir/embeddings/<name>.safetensors``).
     """
     models_dir = data_dir / "models"
     built: dict[str, Path] = {}
@@ -524,6 +556,11 @@ def build_demo_models(data_dir: Path) -> dict[str, Path]:
         build_tiny_t2i_adapter(adapter, seed=8)
     built[DEMO_ADAPTER] = adapter
     built.update(_build_demo_ip_adapters(data_dir, built))
+    for name, xl in DEMO_EMBEDDINGS.items():
+        embedding = data_dir / "embeddings" / f"{name}.safetensors"
+        if not embedding.is_file():
+            build_tiny_embedding(embedding, xl=xl, seed=len(name))
+        built[name] = embedding
     return built
 
 

@@ -16,6 +16,7 @@ from sdserve.domain.events import Event
 from sdserve.domain.jobs import FailureCode, JobKind, Status
 from sdserve.jobs.workers import WorkerInfo
 from sdserve.models.controlnet.catalog import ControlNetCatalog
+from sdserve.models.embeddings import EmbeddingCatalog
 from sdserve.models.ip_adapter import IpAdapterCatalog
 
 
@@ -141,6 +142,10 @@ class JobService(Protocol):
 
     def ip_adapters(self) -> IpAdapterCatalog | None:
         """The served IP-Adapters (None: this server serves none)."""
+        ...
+
+    def embeddings(self) -> EmbeddingCatalog | None:
+        """The served textual-inversion embeddings (None: this server serves none)."""
         ...
 
     def metrics(self) -> bytes:

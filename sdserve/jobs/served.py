@@ -26,6 +26,7 @@ from sdserve.jobs.store import utcnow
 from sdserve.models.controlnet import preprocessors
 from sdserve.models.controlnet.catalog import UNION_TYPES, ControlNetCatalog, ControlNetSpec
 from sdserve.models.controlnet.units import check_units
+from sdserve.models.embeddings import EmbeddingCatalog
 from sdserve.models.ip_adapter import IpAdapterCatalog
 
 #: The image prompt's inputs, shown in a model's schema only where an IP-Adapter fits it.
@@ -180,12 +181,14 @@ class ServedModels:
         trained: TrainedNames | None = None,
         controlnets: ControlNetCatalog | None = None,
         ip_adapters: IpAdapterCatalog | None = None,
+        embeddings: EmbeddingCatalog | None = None,
     ) -> None:
         self.registry = registry
         self.limits = limits
         self.trained = trained
         self.controlnets = controlnets
         self.ip_adapters = ip_adapters
+        self.embeddings = embeddings
         # models another process may have added (fine-tuned models published by a worker)
         self._refresh = refresh or (lambda: None)
         self._started_at = utcnow()

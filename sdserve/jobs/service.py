@@ -62,6 +62,7 @@ from sdserve.jobs.webhooks import SigningSecret, WebhookDispatcher
 from sdserve.jobs.worker import JobRunner
 from sdserve.jobs.workers import TTL_S, CachedBoard, Heartbeat
 from sdserve.models.controlnet.catalog import ControlNetCatalog
+from sdserve.models.embeddings import EmbeddingCatalog
 from sdserve.models.ip_adapter import IpAdapterCatalog
 
 log = logging.getLogger(__name__)
@@ -242,6 +243,9 @@ class Service:
 
     def ip_adapters(self) -> IpAdapterCatalog | None:
         return self.served.ip_adapters
+
+    def embeddings(self) -> EmbeddingCatalog | None:
+        return self.served.embeddings
 
     def workers(self) -> Workers:
         """The live workers (from the registry) and the jobs waiting per model (from the

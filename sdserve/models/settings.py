@@ -88,6 +88,11 @@ class EngineSettings(BaseModel):
         description="folder of IP-Adapters (each a folder: ip-adapter*.safetensors and its "
         "image_encoder/); None = <data dir>/ip-adapters",
     )
+    embeddings_dir: Path | None = Field(
+        default=None,
+        description="folder of textual-inversion embeddings (.safetensors, A1111 .pt), each "
+        "used by its file name in prompts; None = <data dir>/embeddings",
+    )
     controlnet_cache_size: int = Field(
         default=4, ge=1, description="ControlNets kept loaded (least recently used go first)"
     )

@@ -277,7 +277,23 @@ class A1111Api:
         return [{"name": name} for name in LATENT_UPSCALE_MODES]
 
     def embeddings(self) -> Any:
-        return {"loaded": {}, "skipped": {}}
+        """The served embeddings as A1111 lists them: ``loaded`` those fitting the current
+        checkpoint's family, ``skipped`` the others (A1111 skips embeddings of another
+        width when it loads a checkpoint)."""
+        catalog = self.service.embeddings()
+        specs = catalog.all() if catalog is not None else []
+        family = self.service.model(self._current_checkpoint().name).family if specs else ""
+        listed: dict[str, dict[str, Any]] = {"loaded": {}, "skipped": {}}
+        for spec in specs:
+            entry = {
+                "step": None,
+                "sd_checkpoint": None,
+                "sd_checkpoint_name": None,
+                "shape": spec.shape,
+                "vectors": spec.vectors,
+            }
+            listed["loaded" if spec.fits(family) else "skipped"][spec.name] = entry
+        return listed
 
     def scripts(self) -> Any:
         # the ControlNet extension's scripts: webuiapi looks for "controlnet m2m" to know
