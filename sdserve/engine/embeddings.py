@@ -8,7 +8,8 @@ name to), once per tokenizer: pipelines derived with ``from_pipe`` share the bas
 every task sees it, and a model loaded again gets it again when a prompt asks. SDXL's
 embeddings carry one set of vectors per encoder (``clip_l``, ``clip_g``); the refiner,
 which has only the second encoder, gets ``clip_g``. Loaded vectors stay: a prompt without
-the name never reads them, so other requests keep their exact pixels.
+the name never reads them, so other requests keep their exact pixels. The name matches
+whole words only, as :meth:`EmbeddingSpec.in_text` finds it.
 
 Files are read without running code: ``.safetensors``, or torch's ``weights_only`` loader
 for A1111's ``.pt``.
@@ -82,8 +83,18 @@ class Embeddings:
                 )
             except ValueError as exc:
                 raise ModelLoadError(f"cannot load embedding {spec.name}: {exc}") from exc
+            _whole_words_only(tokenizer, spec.name, len(part))
             done[spec.name] = stamp
             log.info("loaded embedding %s (%d vectors) into %s", spec.name, len(part), encoder_name)
+
+
+def _whole_words_only(tokenizer: Any, name: str, vectors: int) -> None:
+    """The embedding's tokens match whole words only: a tokenizer's added token would
+    otherwise match inside a longer word (``glow`` in ``glowing``), which is not the name."""
+    from tokenizers import AddedToken
+
+    tokens = [name, *(f"{name}_{index}" for index in range(1, vectors))]
+    tokenizer.add_tokens([AddedToken(token, single_word=True) for token in tokens])
 
 
 def read_vectors(spec: EmbeddingSpec) -> dict[str, torch.Tensor]:
