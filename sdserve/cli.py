@@ -191,6 +191,12 @@ def _add_model_cache_options(parser: argparse.ArgumentParser) -> None:
         help=described(EngineSettings, "ip_adapter_dir"),
     )
     cache.add_argument(
+        "--annotator-dir",
+        type=Path,
+        metavar="FOLDER",
+        help=described(EngineSettings, "annotator_dir"),
+    )
+    cache.add_argument(
         "--idle-unload",
         type=float,
         metavar="SECONDS",
@@ -937,6 +943,7 @@ def _server_settings(args: argparse.Namespace) -> Settings:
             "controlnet_dir": args.controlnet_dir,
             "controlnets": args.controlnets,
             "ip_adapter_dir": args.ip_adapter_dir,
+            "annotator_dir": args.annotator_dir,
         }.items()
         if value is not None
     }

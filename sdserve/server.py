@@ -57,6 +57,8 @@ def prepare_demo(settings: Settings) -> Settings:
             or settings.data_dir / "demo" / "controlnets",
             "ip_adapter_dir": settings.engine.ip_adapter_dir
             or settings.data_dir / "demo" / "ip-adapters",
+            "annotator_dir": settings.engine.annotator_dir
+            or settings.data_dir / "demo" / "annotators",
             "safety_checker": settings.engine.safety_checker or str(built["tiny-safety-checker"]),
         }
     )

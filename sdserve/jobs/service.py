@@ -61,6 +61,7 @@ from sdserve.jobs.waiters import JobWaiters
 from sdserve.jobs.webhooks import SigningSecret, WebhookDispatcher
 from sdserve.jobs.worker import JobRunner
 from sdserve.jobs.workers import TTL_S, CachedBoard, Heartbeat
+from sdserve.models.controlnet.annotators import AnnotatorCatalog
 from sdserve.models.controlnet.catalog import ControlNetCatalog
 from sdserve.models.ip_adapter import IpAdapterCatalog
 
@@ -242,6 +243,9 @@ class Service:
 
     def ip_adapters(self) -> IpAdapterCatalog | None:
         return self.served.ip_adapters
+
+    def annotators(self) -> AnnotatorCatalog | None:
+        return self.served.annotators
 
     def workers(self) -> Workers:
         """The live workers (from the registry) and the jobs waiting per model (from the

@@ -88,6 +88,11 @@ class EngineSettings(BaseModel):
         description="folder of IP-Adapters (each a folder: ip-adapter*.safetensors and its "
         "image_encoder/); None = <data dir>/ip-adapters",
     )
+    annotator_dir: Path | None = Field(
+        default=None,
+        description="folder of ControlNet annotators (each a transformers depth or ADE20K "
+        "segmentation model folder, .safetensors weights); None = <data dir>/annotators",
+    )
     controlnet_cache_size: int = Field(
         default=4, ge=1, description="ControlNets kept loaded (least recently used go first)"
     )
