@@ -33,7 +33,8 @@ from PIL import Image
 from sdserve.domain.controls import ResizeMode
 from sdserve.engine.loaded import LoadedModels
 from sdserve.errors import InvalidInput, ModelLoadError
-from sdserve.models.controlnet.annotators import ADE20K_LABELS, Annotator
+from sdserve.models.controlnet import preprocessors
+from sdserve.models.controlnet.annotators import ADE20K_LABELS, Annotator, AnnotatorCatalog
 from sdserve.models.controlnet.preprocessors import (
     Pixels,
     flatten,
@@ -158,6 +159,55 @@ def detect(
     return Image.fromarray(np.ascontiguousarray(result))
 
 
+class ControlMaps:
+    """Every preprocessor a unit may name, run: the built-in ones (``models.controlnet.
+    preprocessors``) and the annotators ``catalog`` serves, loaded through ``models``."""
+
+    def __init__(self, catalog: AnnotatorCatalog, models: AnnotatorModels) -> None:
+        self.catalog = catalog
+        self.models = models
+
+    def detect(
+        self,
+        name: str,
+        image: Image.Image,
+        *,
+        resolution: int,
+        threshold_a: float | None,
+        threshold_b: float | None,
+        mask: Image.Image | None = None,
+        pixel_perfect_size: tuple[int, int] | None = None,
+        resize_mode: ResizeMode = "crop_and_resize",
+        seed: int = 0,
+        field: str = "preprocessor",
+    ) -> Image.Image:
+        """The map of ``image`` by module ``name``, as :func:`preprocessors.detect` makes
+        a built-in one; an absent or unknown module raises :class:`InvalidInput` naming
+        ``field``."""
+        module = self.catalog.get(name, field=field)
+        annotator = self.catalog.annotator(module.name) if module.needs_weights else None
+        if annotator is None:
+            return preprocessors.detect(
+                module.name,
+                image,
+                resolution=resolution,
+                threshold_a=threshold_a,
+                threshold_b=threshold_b,
+                mask=mask,
+                pixel_perfect_size=pixel_perfect_size,
+                resize_mode=resize_mode,
+                seed=seed,
+            )
+        return detect(
+            self.models.get(annotator),
+            image,
+            resolution=resolution,
+            threshold_a=threshold_a,
+            pixel_perfect_size=pixel_perfect_size,
+            resize_mode=resize_mode,
+        )
+
+
 def _inputs(loaded: LoadedAnnotator, pixels: Pixels) -> dict[str, Any]:
     inputs = loaded.processor(images=Image.fromarray(pixels), return_tensors="pt")
     model = loaded.model
@@ -199,8 +249,8 @@ def normal_map(depth: npt.NDArray[np.float32], background: float) -> npt.NDArray
     x[behind] = 0
     y[behind] = 0
     z = np.full_like(x, NORMAL_Z)
-    normal = np.stack([x, y, z], axis=2)
-    normal /= np.sqrt((normal**2).sum(axis=2, keepdims=True))
+    normal = np.stack([x, y, z], axis=2).astype(np.float32)
+    normal = normal / np.sqrt((normal**2).sum(axis=2, keepdims=True))
     return (normal * 127.5 + 127.5).round().clip(0, 255).astype(np.uint8)
 
 
@@ -223,6 +273,7 @@ def colour_segments(labels: npt.NDArray[Any]) -> npt.NDArray[np.uint8]:
 __all__ = [
     "ADE20K_PALETTE",
     "AnnotatorModels",
+    "ControlMaps",
     "LoadedAnnotator",
     "colour_segments",
     "depth_map",
