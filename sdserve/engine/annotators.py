@@ -34,7 +34,12 @@ from sdserve.domain.controls import ResizeMode
 from sdserve.engine.loaded import LoadedModels
 from sdserve.errors import InvalidInput, ModelLoadError
 from sdserve.models.controlnet import preprocessors
-from sdserve.models.controlnet.annotators import ADE20K_LABELS, Annotator, AnnotatorCatalog
+from sdserve.models.controlnet.annotators import (
+    ADE20K_LABELS,
+    Annotator,
+    AnnotatorCatalog,
+    WeightModule,
+)
 from sdserve.models.controlnet.preprocessors import (
     Pixels,
     flatten,
@@ -97,7 +102,8 @@ class LoadedAnnotator:
 
 
 class AnnotatorModels(LoadedModels[Annotator, LoadedAnnotator]):
-    """Loaded annotators, least recently used dropped beyond ``max_loaded``."""
+    """Loaded annotators, least recently used dropped beyond ``max_loaded``; one folder
+    loads once, whichever of its modules asks."""
 
     def _key(self, spec: Annotator) -> str:
         return f"{spec.folder}@{spec.short_hash}"
@@ -127,6 +133,7 @@ class AnnotatorModels(LoadedModels[Annotator, LoadedAnnotator]):
 
 def detect(
     loaded: LoadedAnnotator,
+    module: WeightModule,
     image: Image.Image,
     *,
     resolution: int,
@@ -135,11 +142,11 @@ def detect(
     resize_mode: ResizeMode = "crop_and_resize",
     field: str = "threshold_a",
 ) -> Image.Image:
-    """The control map of ``image`` by ``loaded``'s module, RGB at the working size (the
-    short side at ``resolution``, or pixel perfect for ``pixel_perfect_size``, as the
-    built-in preprocessors). ``threshold_a``: normal_midas's background threshold (none =
-    its default); a value outside its range raises :class:`InvalidInput` naming ``field``."""
-    module = loaded.annotator.module
+    """The control map of ``image`` by ``module`` on the ``loaded`` model (one DPT model
+    serves depth_midas and normal_midas), RGB at the working size (the short side at
+    ``resolution``, or pixel perfect for ``pixel_perfect_size``, as the built-in
+    preprocessors). ``threshold_a``: normal_midas's background threshold (none = its
+    default); a value outside its range raises :class:`InvalidInput` naming ``field``."""
     background = 0.0
     if module.threshold_a is not None:
         background = module.threshold_a.pick(field, threshold_a, module.name)
@@ -200,6 +207,7 @@ class ControlMaps:
             )
         return detect(
             self.models.get(annotator),
+            annotator.module,
             image,
             resolution=resolution,
             threshold_a=threshold_a,
@@ -233,7 +241,9 @@ def _depth(loaded: LoadedAnnotator, pixels: Pixels) -> npt.NDArray[np.float32]:
 
 def _normalised(depth: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
     low, high = float(depth.min()), float(depth.max())
-    return ((depth - low) / max(high - low, 1e-6)).astype(np.float32)
+    if not high > low:  # flat: no nearer pixel
+        return np.zeros_like(depth, dtype=np.float32)
+    return ((depth - low) / (high - low)).astype(np.float32)
 
 
 def depth_map(depth: npt.NDArray[np.float32]) -> npt.NDArray[np.uint8]:

@@ -521,6 +521,9 @@ def build_demo_models(data_dir: Path) -> dict[str, Path]:
         build_tiny_t2i_adapter(adapter, seed=8)
     built[DEMO_ADAPTER] = adapter
     built.update(_build_demo_ip_adapters(data_dir, built))
+    from sdserve.engine.tiny_annotators import build_demo_annotators
+
+    built.update(build_demo_annotators(data_dir))
     return built
 
 
