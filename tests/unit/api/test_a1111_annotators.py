@@ -72,7 +72,8 @@ def test_replicate_schema_lists_present_annotators_among_the_preprocessors(
         model["latest_version"]["openapi_schema"]["components"]["schemas"]["Input"]
         for model in models
     ]
-    units = next(s["properties"]["controlnets"] for s in schemas if "controlnets" in s["properties"])
+    properties = [schema["properties"] for schema in schemas]
+    units = next(found["controlnets"] for found in properties if "controlnets" in found)
     assert units["x-preprocessors"]["depth_midas"] == "depth"
     assert units["x-preprocessors"]["normal_midas"] == "normal"
     assert "seg_ufade20k" not in units["x-preprocessors"]
