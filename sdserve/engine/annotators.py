@@ -120,8 +120,9 @@ class AnnotatorModels(LoadedModels[Annotator, LoadedAnnotator]):
             if spec.module.kind == "seg"
             else AutoModelForDepthEstimation
         )
+        processors: Any = AutoImageProcessor  # its from_pretrained is untyped
         try:
-            processor = AutoImageProcessor.from_pretrained(str(spec.folder), local_files_only=True)
+            processor = processors.from_pretrained(str(spec.folder), local_files_only=True)
             model = classes.from_pretrained(
                 str(spec.folder), local_files_only=True, use_safetensors=True, dtype=self.dtype
             )
@@ -261,7 +262,7 @@ def normal_map(depth: npt.NDArray[np.float32], background: float) -> npt.NDArray
     z = np.full_like(x, NORMAL_Z)
     normal = np.stack([x, y, z], axis=2).astype(np.float32)
     normal = normal / np.sqrt((normal**2).sum(axis=2, keepdims=True))
-    return (normal * 127.5 + 127.5).round().clip(0, 255).astype(np.uint8)
+    return np.asarray((normal * 127.5 + 127.5).round().clip(0, 255), dtype=np.uint8)
 
 
 def _segment(loaded: LoadedAnnotator, pixels: Pixels) -> npt.NDArray[np.uint8]:
@@ -277,7 +278,7 @@ def _segment(loaded: LoadedAnnotator, pixels: Pixels) -> npt.NDArray[np.uint8]:
 
 def colour_segments(labels: npt.NDArray[Any]) -> npt.NDArray[np.uint8]:
     """ADE20K class indexes (H x W) as the palette's RGB colours."""
-    return ADE20K_PALETTE[np.clip(labels, 0, ADE20K_LABELS - 1)]
+    return np.asarray(ADE20K_PALETTE[np.clip(labels, 0, ADE20K_LABELS - 1)], dtype=np.uint8)
 
 
 __all__ = [
