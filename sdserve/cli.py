@@ -200,6 +200,12 @@ def _add_model_cache_options(parser: argparse.ArgumentParser) -> None:
         help=described(EngineSettings, "embeddings_dir"),
     )
     cache.add_argument(
+        "--annotator-dir",
+        type=Path,
+        metavar="FOLDER",
+        help=described(EngineSettings, "annotator_dir"),
+    )
+    cache.add_argument(
         "--idle-unload",
         type=float,
         metavar="SECONDS",
@@ -425,6 +431,12 @@ def _add_control_options(gen: argparse.ArgumentParser) -> None:
         help=described(EngineSettings, "controlnets", "a ControlNet to use, repeatable"),
     )
     group.add_argument(
+        "--annotator-dir",
+        type=Path,
+        metavar="FOLDER",
+        help=described(EngineSettings, "annotator_dir"),
+    )
+    group.add_argument(
         "--ip-adapter-image",
         type=Path,
         help=described(GenerationInput, "ip_adapter_image", "image prompt file"),
@@ -531,6 +543,7 @@ def run_generate(args: argparse.Namespace) -> int:
                 "controlnets": args.controlnets,
                 "ip_adapter_dir": args.ip_adapter_dir,
                 "embeddings_dir": args.embeddings_dir,
+                "annotator_dir": args.annotator_dir,
                 "offline": args.offline or None,
             }.items()
             if value is not None
@@ -573,7 +586,12 @@ def run_generate(args: argparse.Namespace) -> int:
     from sdserve.models.references import check_weights_format
     from sdserve.models.results import RunHooks
     from sdserve.server import check_weights_cached, resolve_model
-    from sdserve.wiring import controlnet_catalog, embedding_catalog, ip_adapter_catalog
+    from sdserve.wiring import (
+        annotator_catalog,
+        controlnet_catalog,
+        embedding_catalog,
+        ip_adapter_catalog,
+    )
 
     quiet_library_progress()  # the step bar below is the one to watch
     settings, registry, spec = resolve_model(settings, args.model)
@@ -596,6 +614,7 @@ def run_generate(args: argparse.Namespace) -> int:
         controlnets=controlnet_catalog(settings),
         ip_adapters=ip_adapter_catalog(settings),
         embeddings=embedding_catalog(settings),
+        annotators=annotator_catalog(settings),
     )
     bar = _StepBar("generating")  # shown from the first step: a load error prints no bar
     try:
@@ -1078,6 +1097,7 @@ def _server_settings(args: argparse.Namespace) -> Settings:
             "controlnets": args.controlnets,
             "ip_adapter_dir": args.ip_adapter_dir,
             "embeddings_dir": args.embeddings_dir,
+            "annotator_dir": args.annotator_dir,
         }.items()
         if value is not None
     }

@@ -59,6 +59,8 @@ def prepare_demo(settings: Settings) -> Settings:
             or settings.data_dir / "demo" / "ip-adapters",
             "embeddings_dir": settings.engine.embeddings_dir
             or settings.data_dir / "demo" / "embeddings",
+            "annotator_dir": settings.engine.annotator_dir
+            or settings.data_dir / "demo" / "annotators",
             "safety_checker": settings.engine.safety_checker or str(built["tiny-safety-checker"]),
         }
     )

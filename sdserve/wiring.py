@@ -57,6 +57,7 @@ from sdserve.jobs.workers import (
     WorkerInfo,
     board_for,
 )
+from sdserve.models.controlnet.annotators import AnnotatorCatalog
 from sdserve.models.controlnet.catalog import ControlNetCatalog
 from sdserve.models.embeddings import EmbeddingCatalog
 from sdserve.models.ip_adapter import IpAdapterCatalog
@@ -181,6 +182,12 @@ def embedding_catalog(settings: Settings) -> EmbeddingCatalog:
 def ip_adapter_catalog(settings: Settings) -> IpAdapterCatalog:
     """The served IP-Adapters: the IP-Adapter folder (``<data dir>/ip-adapters`` unless set)."""
     return IpAdapterCatalog(settings.engine.ip_adapter_dir or settings.data_dir / "ip-adapters")
+
+
+def annotator_catalog(settings: Settings) -> AnnotatorCatalog:
+    """The ControlNet preprocessors that need weights: the annotators folder
+    (``<data dir>/annotators`` unless set)."""
+    return AnnotatorCatalog(settings.engine.annotator_dir or settings.data_dir / "annotators")
 
 
 def make_queue(
@@ -330,6 +337,7 @@ def engine_factory(
             controlnets=controlnet_catalog(settings),
             ip_adapters=ip_adapter_catalog(settings),
             embeddings=embedding_catalog(settings),
+            annotators=annotator_catalog(settings),
         )
 
     return EngineSource(build)
@@ -579,6 +587,7 @@ def build_service(
             controlnets=controlnet_catalog(settings),
             ip_adapters=ip_adapter_catalog(settings),
             embeddings=embedding_catalog(settings),
+            annotators=annotator_catalog(settings),
         ),
         webhooks=WebhookDispatcher(
             io.store.outbox,

@@ -110,3 +110,13 @@ def tiny_ip_adapters(tiny_sd: Path, tiny_sdxl: Path, tiny_models_dir: Path) -> P
     build_tiny_ip_adapter(folder / "tiny-sd-ip-adapter", tiny_sd, family="sd1", seed=0)
     build_tiny_ip_adapter(folder / "tiny-sdxl-ip-adapter", tiny_sdxl, family="sdxl", seed=1)
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_annotators(tiny_models_dir: Path) -> Path:
+    """An annotators folder: a tiny DPT depth model (depth_midas, normal_midas) and a tiny
+    SegFormer of ADE20K's 150 labels (seg_ufade20k)."""
+    from sdserve.engine.tiny_annotators import build_demo_annotators
+
+    build_demo_annotators(tiny_models_dir)
+    return tiny_models_dir / "annotators"

@@ -146,6 +146,11 @@ class GenerationInput(BaseModel):
     return_control_maps: bool = Field(
         default=False, description="also return each unit's control map, after the images"
     )
+    control_maps_only: bool = Field(
+        default=False,
+        description="return the units' control maps (at the preprocessors' working size) "
+        "without generating: no diffusion, the units' ControlNets are not needed",
+    )
     ip_adapter_image: str | None = Field(
         default=None,
         description="image prompt (URL, data URI or upload): an IP-Adapter draws its likeness",

@@ -33,11 +33,13 @@ from PIL import Image
 from sdserve.domain.controls import AUTO, SEEDED_PREPROCESSORS, ControlUnit
 from sdserve.domain.inputs import GenerationInput
 from sdserve.engine import images as prep
+from sdserve.engine.annotators import AnnotatorModels, ControlMaps
 from sdserve.engine.loaded import LoadedModels
 from sdserve.engine.tasks import Pipeline
 from sdserve.engine.tasks.pipelines import PipelineKind
 from sdserve.errors import InvalidImage, InvalidInput, ModelLoadError
 from sdserve.models.controlnet import preprocessors
+from sdserve.models.controlnet.annotators import AnnotatorCatalog
 from sdserve.models.controlnet.catalog import UNION_TYPES, ControlNetCatalog, ControlNetSpec
 from sdserve.models.controlnet.units import check_units
 from sdserve.models.references import SINGLE_FILE_CONFIG_SUFFIX
@@ -47,6 +49,8 @@ log = logging.getLogger(__name__)
 
 #: Bundled ``config.json`` of each family's ControlNet, for single files without their own.
 CONFIGS = Path(__file__).parent / "configs"
+#: What runs the built-in preprocessors alone (an empty catalog never loads a model).
+_NO_ANNOTATOR_MODELS = AnnotatorModels(device="cpu", dtype=torch.float32, max_loaded=1)
 
 
 @dataclass(frozen=True)
@@ -74,11 +78,18 @@ class ChosenUnit:
 
 
 def resolve_units(
-    inp: GenerationInput, catalog: ControlNetCatalog, *, model: str, family: str
+    inp: GenerationInput,
+    catalog: ControlNetCatalog,
+    *,
+    model: str,
+    family: str,
+    annotators: AnnotatorCatalog | None = None,
 ) -> list[ChosenUnit]:
     """The units that take part (weight above 0) with their ControlNets; raises
     :class:`InvalidInput` naming the unit's field for an unknown or unfitting ControlNet or
-    preprocessor. Cheap: no image is read, no weight loaded."""
+    an unknown or absent preprocessor (``annotators``: those served from model folders).
+    Cheap: no image is read, no weight loaded."""
+    modules = annotators or AnnotatorCatalog(None)
     specs = []
     for index, unit in enumerate(inp.controlnets):
         specs.append(
@@ -87,7 +98,7 @@ def resolve_units(
             )
         )
         if unit.preprocessor not in (AUTO, "none"):
-            preprocessors.get(unit.preprocessor, field=f"controlnets.{index}.preprocessor")
+            modules.get(unit.preprocessor, field=f"controlnets.{index}.preprocessor")
     union_indexes = check_units(inp.controlnets, specs, has_image=inp.image is not None)
     return [
         ChosenUnit(index, unit, spec, union_index)
@@ -106,10 +117,13 @@ def prepare_units(
     image: Image.Image | None,
     mask: Image.Image | None,
     seed: int = 0,
+    maps: ControlMaps | None = None,
 ) -> list[PreparedUnit]:
     """Each unit's control map at ``size`` (``width, height``). A unit without an image of
     its own uses the request's ``image`` (and ``mask``), as A1111 does in img2img.
-    ``seed``: the request's, so a random preprocessor (shuffle) repeats with it."""
+    ``seed``: the request's, so a random preprocessor (shuffle) repeats with it. ``maps``
+    runs the preprocessors (built-in ones only without it)."""
+    maps = maps or ControlMaps(AnnotatorCatalog(None), _NO_ANNOTATOR_MODELS)
     prepared = []
     for choice in chosen:
         index, unit, spec = choice.index, choice.unit, choice.spec
@@ -118,7 +132,9 @@ def prepare_units(
         if source is None:
             raise InvalidImage(f"controlnets.{index}.image", "was not given to the engine")
         unit_mask = images.mask if images.mask is not None else mask
-        control_map = _control_map(unit, spec, prep.to_rgb(source), unit_mask, size, seed)
+        control_map = _control_map(
+            maps, unit, spec, prep.to_rgb(source), unit_mask, size, seed, index=index
+        )
         condition: Image.Image | torch.Tensor = control_map
         if spec.control_type == "inpaint" or choice.union_index == UNION_TYPES["inpaint"]:
             condition = _inpaint_condition(prep.fit(source, size), unit_mask, size)
@@ -127,16 +143,23 @@ def prepare_units(
 
 
 def _control_map(
+    maps: ControlMaps,
     unit: ControlUnit,
     spec: ControlNetSpec,
     source: Image.Image,
     mask: Image.Image | None,
     size: tuple[int, int],
     seed: int,
+    *,
+    index: int,
 ) -> Image.Image:
-    name = preprocessor_of(unit, spec)
+    name = unit.preprocessor
+    if name == AUTO:
+        # a type whose preprocessors need weights (depth…) without any present: the image
+        # is taken as a map already, as before annotators existed
+        name = maps.catalog.default_for(spec.control_type) or "none"
     if name != "none":
-        source = preprocessors.detect(
+        source = maps.detect(
             name,
             source,
             resolution=unit.processor_res,
@@ -146,6 +169,7 @@ def _control_map(
             pixel_perfect_size=size if unit.pixel_perfect else None,
             resize_mode=unit.resize_mode,
             seed=seed,
+            field=f"controlnets.{index}.preprocessor",
         )
     return fit_to(source.convert("RGB"), size, unit.resize_mode)
 

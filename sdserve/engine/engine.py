@@ -24,7 +24,9 @@ import torch
 from PIL import Image
 
 from sdserve.domain.batching import batch_signature
+from sdserve.domain.controls import AUTO, NO_PREPROCESSOR, control_type_of
 from sdserve.domain.inputs import GenerationInput, InputLimits
+from sdserve.engine import annotators as annotator_maps
 from sdserve.engine import controlnets as control
 from sdserve.engine import device as devices
 from sdserve.engine import fastpath
@@ -37,6 +39,7 @@ from sdserve.engine.tasks import Pipeline, StepWatcher, TaskCall, with_scheduler
 from sdserve.engine.tasks import registry as tasks
 from sdserve.engine.tasks.pipelines import TEXT2IMAGE
 from sdserve.errors import Canceled, InsufficientGpuMemory, InvalidImage, InvalidInput
+from sdserve.models.controlnet.annotators import AnnotatorCatalog
 from sdserve.models.results import (
     GeneratedImage,
     GenerationResult,
@@ -92,6 +95,7 @@ class Engine:
         controlnets: ControlNetCatalog | None = None,
         ip_adapters: IpAdapterCatalog | None = None,
         embeddings: EmbeddingCatalog | None = None,
+        annotators: AnnotatorCatalog | None = None,
     ) -> None:
         self.settings = settings
         self.registry = registry
@@ -130,6 +134,12 @@ class Engine:
             offline=settings.offline,
             cache_dir=settings.cache_dir,
         )
+        #: the preprocessors a unit may name (built-in, and those served from model folders)
+        self.annotators = annotators or AnnotatorCatalog(None)
+        self.annotator_models = annotator_maps.AnnotatorModels(
+            device=self.device, dtype=self.dtype, max_loaded=2
+        )
+        self.control_maps = annotator_maps.ControlMaps(self.annotators, self.annotator_models)
         self.fast = fastpath.resolve(settings, self.device)
         self._post: ThreadPoolExecutor | None = None  # watermark + encoding, made on first use
         self._post_lock = threading.Lock()
@@ -153,6 +163,7 @@ class Engine:
         self.cache.clear()
         self.controlnet_models.clear()
         self.ip_adapter_models.clear()
+        self.annotator_models.clear()
         self._safety = None
         with self._post_lock:
             if self._post is not None:
@@ -185,6 +196,8 @@ class Engine:
         spec = self.registry.resolve(model)
         inp = inp.with_defaults(spec.defaults)
         inp.check_limits(self.limits)
+        if inp.control_maps_only:
+            return self._maps_only(inp, spec, hooks, started, image, mask, controls)
         task = tasks.select(inp, image=image, mask=mask)
         plan = tasks.plan(inp, task, spec)
         resolve_scheduler(inp.scheduler or "")
@@ -198,6 +211,7 @@ class Engine:
             image=prepared,
             mask=prepared_mask,
             seed=inp.seed_for(0),
+            maps=self.control_maps,
         )
         if hooks.should_cancel():
             raise Canceled("canceled before start")
@@ -215,6 +229,59 @@ class Engine:
             units=units,
             image_prompt=image_prompt,
         )[0]
+
+    def _maps_only(
+        self,
+        inp: GenerationInput,
+        spec: ModelSpec,
+        hooks: RunHooks,
+        started: float,
+        image: Image.Image | None,
+        mask: Image.Image | None,
+        given: Sequence[control.UnitImages],
+    ) -> GenerationResult:
+        """``control_maps_only``: each unit's map at its preprocessor's working size, as
+        A1111's ``/controlnet/detect`` answers; no pipeline loads and no ControlNet is
+        looked up (a unit's ``auto`` takes the type its ``control_type`` or ``model``
+        names). Not a task of the registry: it runs no pipeline at all."""
+        if not inp.controlnets:
+            raise InvalidInput("controlnets", "control_maps_only needs at least one unit")
+        control.check_units_given(inp, given)
+        if hooks.should_cancel():
+            raise Canceled("canceled before start")
+        output = (inp.width or 0, inp.height or 0)
+        maps = []
+        with _gpu_errors():
+            for index, unit in enumerate(inp.controlnets):
+                own = given[index]
+                source = own.image if own.image is not None else image
+                if source is None:
+                    raise InvalidImage(f"controlnets.{index}.image", "was not given to the engine")
+                name = unit.preprocessor
+                if name == AUTO:
+                    kind = unit.control_type or control_type_of(unit.model)
+                    name = self.annotators.default_for(kind) or NO_PREPROCESSOR
+                picture = prep.to_rgb(source)
+                if name != NO_PREPROCESSOR:
+                    picture = self.control_maps.detect(
+                        name,
+                        picture,
+                        resolution=unit.processor_res,
+                        threshold_a=unit.threshold_a,
+                        threshold_b=unit.threshold_b,
+                        mask=own.mask if own.mask is not None else mask,
+                        pixel_perfect_size=output if unit.pixel_perfect else None,
+                        resize_mode=unit.resize_mode,
+                        seed=inp.seed_for(0),
+                        field=f"controlnets.{index}.preprocessor",
+                    )
+                maps.append(_map_output(picture, f"control map (preprocessor {name})", inp))
+        return GenerationResult(
+            images=maps,
+            seed=inp.seed_for(0),
+            model=spec.name,
+            timings={"inference": time.perf_counter() - started},
+        )
 
     def _ip_adapter_of(
         self, inp: GenerationInput, spec: ModelSpec, given: Image.Image | None
@@ -241,7 +308,9 @@ class Engine:
         if self.controlnets is None:
             raise InvalidInput("controlnets", "this server serves no ControlNet")
         control.check_units_given(inp, given)
-        return control.resolve_units(inp, self.controlnets, model=spec.name, family=spec.family)
+        return control.resolve_units(
+            inp, self.controlnets, model=spec.name, family=spec.family, annotators=self.annotators
+        )
 
     def generate_batch(
         self,
@@ -404,24 +473,14 @@ class Engine:
     ) -> list[GeneratedImage]:
         """Each unit's control map as an extra PNG output (no watermark, no safety check:
         it is the request's own input, preprocessed)."""
-        from sdserve.models.metadata import encode_image
-
-        maps = []
-        for unit in units:
-            picture = unit.control_map
-            text = f"control map of {unit.spec.name} (preprocessor {unit.unit.preprocessor})"
-            maps.append(
-                GeneratedImage(
-                    data=encode_image(picture, "png", text),
-                    format="png",
-                    seed=inp.seed_for(0),
-                    nsfw=False,
-                    width=picture.width,
-                    height=picture.height,
-                    parameters=text,
-                )
+        return [
+            _map_output(
+                unit.control_map,
+                f"control map of {unit.spec.name} (preprocessor {unit.unit.preprocessor})",
+                inp,
             )
-        return maps
+            for unit in units
+        ]
 
     def _pipelines(self, spec: ModelSpec, plan: tasks.Plan) -> _Pipelines:
         """Load (or reuse) every pipeline ``plan`` runs on, before any step runs."""
@@ -609,6 +668,21 @@ class Engine:
         # it serves no LoRA, so it gets no hot-swap slot
         fastpath.apply(pipe, self.fast, cache_dir=self.settings.compile_cache_dir, lora_slot=False)
         return pipe
+
+
+def _map_output(picture: Image.Image, text: str, inp: GenerationInput) -> GeneratedImage:
+    """A control map as a PNG output, ``text`` as its parameters."""
+    from sdserve.models.metadata import encode_image
+
+    return GeneratedImage(
+        data=encode_image(picture, "png", text),
+        format="png",
+        seed=inp.seed_for(0),
+        nsfw=False,
+        width=picture.width,
+        height=picture.height,
+        parameters=text,
+    )
 
 
 def _with_image_encoder(pipes: _Pipelines, adapter: image_prompts.LoadedIpAdapter) -> _Pipelines:

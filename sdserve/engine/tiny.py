@@ -561,6 +561,9 @@ def build_demo_models(data_dir: Path) -> dict[str, Path]:
         if not embedding.is_file():
             build_tiny_embedding(embedding, xl=xl, seed=len(name))
         built[name] = embedding
+    from sdserve.engine.tiny_annotators import build_demo_annotators
+
+    built.update(build_demo_annotators(data_dir))
     return built
 
 

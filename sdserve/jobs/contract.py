@@ -15,6 +15,7 @@ from typing import Any, Protocol
 from sdserve.domain.events import Event
 from sdserve.domain.jobs import FailureCode, JobKind, Status
 from sdserve.jobs.workers import WorkerInfo
+from sdserve.models.controlnet.annotators import AnnotatorCatalog
 from sdserve.models.controlnet.catalog import ControlNetCatalog
 from sdserve.models.embeddings import EmbeddingCatalog
 from sdserve.models.ip_adapter import IpAdapterCatalog
@@ -146,6 +147,10 @@ class JobService(Protocol):
 
     def embeddings(self) -> EmbeddingCatalog | None:
         """The served textual-inversion embeddings (None: this server serves none)."""
+        ...
+
+    def annotators(self) -> AnnotatorCatalog | None:
+        """The ControlNet preprocessors served from model folders (None: none)."""
         ...
 
     def metrics(self) -> bytes:

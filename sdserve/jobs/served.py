@@ -23,7 +23,7 @@ from sdserve.domain.training import check_destination, check_trainable
 from sdserve.errors import Conflict, InvalidInput, ModelNotFound
 from sdserve.jobs.contract import ServedModel
 from sdserve.jobs.store import utcnow
-from sdserve.models.controlnet import preprocessors
+from sdserve.models.controlnet.annotators import AnnotatorCatalog
 from sdserve.models.controlnet.catalog import UNION_TYPES, ControlNetCatalog, ControlNetSpec
 from sdserve.models.controlnet.units import check_units
 from sdserve.models.embeddings import EmbeddingCatalog
@@ -59,6 +59,7 @@ def input_schema(
     controlnets: list[str] | None = None,
     ip_adapters: list[str] | None = None,
     controlnet_details: dict[str, dict[str, Any]] | None = None,
+    modules: AnnotatorCatalog | None = None,
 ) -> dict[str, Any]:
     """JSON schema of :class:`GenerationInput` with a family's defaults and the limits.
 
@@ -69,8 +70,9 @@ def input_schema(
     ``ip_adapters``: the IP-Adapters fitting the model; the image prompt inputs likewise.
     ``controlnet_details``: what each of ``controlnets`` is (:meth:`ServedModels.
     controlnet_details`), shown as ``x-controlnets`` on ``controlnets`` with the control
-    type each preprocessor makes (``x-preprocessors``), so a form knows which units need a
-    ``control_type`` (union ControlNets) or a fixed range (T2I-Adapters).
+    type each preprocessor makes (``x-preprocessors``: the built-in ones and the present
+    annotators of ``modules``), so a form knows which units need a ``control_type`` (union
+    ControlNets) or a fixed range (T2I-Adapters).
     """
     schema = GenerationInput.model_json_schema()
     properties: dict[str, Any] = schema.get("properties", {})
@@ -119,13 +121,15 @@ def input_schema(
         if controlnet_details:
             properties["controlnets"]["x-controlnets"] = controlnet_details
             properties["controlnets"]["x-preprocessors"] = {
-                name: preprocessor.control_type
-                for name, preprocessor in preprocessors.PREPROCESSORS.items()
+                name: module.control_type
+                for name, module in (modules or AnnotatorCatalog(None)).modules().items()
             }
     else:
         properties.pop("controlnets", None)
         properties.pop("return_control_maps", None)
         schema.get("$defs", {}).pop("ControlUnit", None)
+    # what A1111's /controlnet/detect asks a worker for, not a generation input to show
+    properties.pop("control_maps_only", None)
     schema["title"] = "Input"
     schema.pop("additionalProperties", None)
     return schema
@@ -182,6 +186,7 @@ class ServedModels:
         controlnets: ControlNetCatalog | None = None,
         ip_adapters: IpAdapterCatalog | None = None,
         embeddings: EmbeddingCatalog | None = None,
+        annotators: AnnotatorCatalog | None = None,
     ) -> None:
         self.registry = registry
         self.limits = limits
@@ -189,6 +194,8 @@ class ServedModels:
         self.controlnets = controlnets
         self.ip_adapters = ip_adapters
         self.embeddings = embeddings
+        #: the preprocessors units may name: built-in, and those served from model folders
+        self.annotators = annotators or AnnotatorCatalog(None)
         # models another process may have added (fine-tuned models published by a worker)
         self._refresh = refresh or (lambda: None)
         self._started_at = utcnow()
@@ -253,10 +260,16 @@ class ServedModels:
 
     def check_controls(self, spec: Any, inp: GenerationInput) -> None:
         """Refuse units whose ControlNet is unknown or of another family than ``spec``, or
-        whose preprocessor does not exist, naming the unit's field (422)."""
+        whose preprocessor is unknown or not served (an annotator whose weights are absent),
+        naming the unit's field (422). With ``control_maps_only`` the units' ControlNets
+        are not needed, so they are not looked up."""
         specs = []
         for index, unit in enumerate(inp.controlnets):
             field = f"controlnets.{index}"
+            if unit.preprocessor not in (AUTO, NO_PREPROCESSOR):
+                self.annotators.get(unit.preprocessor, field=f"{field}.preprocessor")
+            if inp.control_maps_only:
+                continue
             if self.controlnets is None:
                 raise InvalidInput(f"{field}.model", "this server serves no ControlNet")
             specs.append(
@@ -264,8 +277,8 @@ class ServedModels:
                     unit.model, model=spec.name, family=spec.family, field=f"{field}.model"
                 )
             )
-            if unit.preprocessor not in (AUTO, NO_PREPROCESSOR):
-                preprocessors.get(unit.preprocessor, field=f"{field}.preprocessor")
+        if inp.control_maps_only:
+            return
         check_units(inp.controlnets, specs, has_image=inp.image is not None)
 
     def check_image_prompt(self, spec: Any, inp: GenerationInput) -> None:
@@ -326,6 +339,7 @@ class ServedModels:
                 self.controlnet_choices(spec.family),
                 self.ip_adapter_choices(spec.family),
                 self.controlnet_details(spec.family),
+                self.annotators,
             ),
         )
 

@@ -61,6 +61,7 @@ from sdserve.jobs.waiters import JobWaiters
 from sdserve.jobs.webhooks import SigningSecret, WebhookDispatcher
 from sdserve.jobs.worker import JobRunner
 from sdserve.jobs.workers import TTL_S, CachedBoard, Heartbeat
+from sdserve.models.controlnet.annotators import AnnotatorCatalog
 from sdserve.models.controlnet.catalog import ControlNetCatalog
 from sdserve.models.embeddings import EmbeddingCatalog
 from sdserve.models.ip_adapter import IpAdapterCatalog
@@ -246,6 +247,9 @@ class Service:
 
     def embeddings(self) -> EmbeddingCatalog | None:
         return self.served.embeddings
+
+    def annotators(self) -> AnnotatorCatalog | None:
+        return self.served.annotators
 
     def workers(self) -> Workers:
         """The live workers (from the registry) and the jobs waiting per model (from the

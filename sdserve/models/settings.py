@@ -93,6 +93,11 @@ class EngineSettings(BaseModel):
         description="folder of textual-inversion embeddings (.safetensors, A1111 .pt), each "
         "used by its file name in prompts; None = <data dir>/embeddings",
     )
+    annotator_dir: Path | None = Field(
+        default=None,
+        description="folder of ControlNet annotators (each a transformers depth or ADE20K "
+        "segmentation model folder, .safetensors weights); None = <data dir>/annotators",
+    )
     controlnet_cache_size: int = Field(
         default=4, ge=1, description="ControlNets kept loaded (least recently used go first)"
     )

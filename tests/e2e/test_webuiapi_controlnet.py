@@ -51,6 +51,21 @@ def test_detect_returns_the_control_map(api: webuiapi.WebUIApi) -> None:
     assert not np.array_equal(pixels(detected.resize((64, 64))), pixels(control_image()))
 
 
+def test_detect_runs_an_annotator_on_a_worker(api: webuiapi.WebUIApi) -> None:
+    modules = api.controlnet_module_list()
+    assert {"depth_midas", "normal_midas", "seg_ufade20k"} <= set(modules)  # the demo's
+    result = api.controlnet_detect(
+        images=[control_image(), control_image()], module="depth_midas", processor_res=128
+    )
+    assert result.info == "Success" and len(result.images) == 2
+    depth = pixels(result.images[0])
+    assert result.images[0].size == (128, 128)  # the working size, as the built-ins
+    assert np.array_equal(depth[:, :, 0], depth[:, :, 2]) and depth.max() == 255
+    normal = api.controlnet_detect(images=[control_image()], module="normal_midas")
+    assert normal.image.size == (512, 512)
+    assert pixels(normal.image)[:, :, 2].min() >= 128
+
+
 def test_txt2img_with_a_unit_steers_the_image_and_reproduces(api: webuiapi.WebUIApi) -> None:
     unit = webuiapi.ControlNetUnit(image=control_image(), module="canny", model=canny_title(api))
     plain = api.txt2img(prompt="a tower", seed=11, **FAST)

@@ -55,7 +55,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from sdserve.domain.controls import NO_PREPROCESSOR
 from sdserve.errors import InvalidInput
-from sdserve.models.controlnet import preprocessors
+from sdserve.models.controlnet.annotators import AnnotatorCatalog, known
 from sdserve.models.controlnet.catalog import ControlNetSpec
 from sdserve.models.ip_adapter import IpAdapterSpec, title_name
 
@@ -232,13 +232,15 @@ def map_units(
     init_resize_mode: int | None = None,
     no_detectmap: bool = False,
     to_image: Any,
+    modules: AnnotatorCatalog | None = None,
 ) -> MappedUnits:
     """The ControlNet units of ``alwayson_scripts`` (``scripts``) as canonical unit dicts.
 
     ``to_image(value, field)`` turns a base64 image into the reference the canonical input
     takes (raising :class:`InvalidInput` naming ``field``); ``init_resize_mode`` is
     img2img's, used by units that take the init image; ``no_detectmap`` is the
-    extension's option that keeps detected maps out of the answer.
+    extension's option that keeps detected maps out of the answer. ``modules``: the
+    preprocessors served (built-in ones only without it).
     """
     found = find_script(scripts)
     if found is None:
@@ -276,7 +278,12 @@ def map_units(
             mapped.image_prompt, mapped.image_prompt_index = prompt, index
             continue
         values = _unit_values(
-            unit, where, img2img=img2img, init_resize_mode=init_resize_mode, to_image=to_image
+            unit,
+            where,
+            img2img=img2img,
+            init_resize_mode=init_resize_mode,
+            to_image=to_image,
+            modules=modules or AnnotatorCatalog(None),
         )
         if values is None:
             continue
@@ -302,12 +309,13 @@ def _unit_values(
     img2img: bool,
     init_resize_mode: int | None,
     to_image: Any,
+    modules: AnnotatorCatalog,
 ) -> dict[str, Any] | None:
     """One unit's canonical values, or None for a unit that takes no part."""
     model = (unit.model or "").strip()
     if unit.enabled is False or not model or model.lower() == NO_MODEL.lower():
         return None
-    module = _module(unit.module, f"{where}.module")
+    module = _module(unit.module, f"{where}.module", modules)
     values: dict[str, Any] = {"model": model, "preprocessor": module}
     image, mask = _images(unit, where)
     if image is not None:
@@ -407,18 +415,19 @@ def _images(unit: UnitArgs, where: str) -> tuple[str | None, str | None]:
     return (image or None), (mask or None)
 
 
-def _module(value: str | None, where: str) -> str:
-    """The preprocessor a ``module`` names (any case, the UI aliases too)."""
+def _module(value: str | None, where: str, modules: AnnotatorCatalog) -> str:
+    """The preprocessor a ``module`` names (any case, the UI aliases too) among those
+    ``modules`` serves; an unknown one, or one whose weights are absent, is refused."""
     name = (value or NO_PREPROCESSOR).strip().lower()
     name = _BY_ALIAS.get(name, name)
     if name == NO_PREPROCESSOR:
         return NO_PREPROCESSOR
-    known = {key.lower(): key for key in preprocessors.PREPROCESSORS}
-    if name not in known:
-        # the module's own refusal, with the names it has
-        preprocessors.get(name, field=where)
+    served = {key.lower(): key for key in modules.modules()}
+    if name not in served:
+        # the catalog's own refusal: unknown, or where the weights go
+        modules.get(name, field=where)
         raise InvalidInput(where, f"unknown module {value!r}", allowed=module_names())
-    return known[name]
+    return served[name]
 
 
 def resize_mode(value: str | int | None, where: str) -> str:
@@ -499,7 +508,8 @@ def thresholds(module: str, a: float | None, b: float | None) -> dict[str, float
     """``threshold_a``/``threshold_b`` the module uses: values inside its sliders; the
     rest (-1, the 64 sent for sliders a module lacks) mean its defaults (left out)."""
     chosen: dict[str, float] = {}
-    preprocessor = preprocessors.PREPROCESSORS[module]
+    preprocessor = known(module)
+    assert preprocessor is not None  # _module returned it
     for name, value in (("threshold_a", a), ("threshold_b", b)):
         slider = getattr(preprocessor, name)
         if slider is not None and value is not None and slider.minimum <= value <= slider.maximum:
@@ -510,12 +520,16 @@ def thresholds(module: str, a: float | None, b: float | None) -> dict[str, float
 # -- listings -------------------------------------------------------------------------------
 
 
-def module_names(*, alias_names: bool = False) -> list[str]:
-    """``/controlnet/module_list``'s names: ``none`` first, then the preprocessors, then
-    the IP-Adapter modules."""
+def module_names(
+    *, alias_names: bool = False, modules: AnnotatorCatalog | None = None
+) -> list[str]:
+    """``/controlnet/module_list``'s names: ``none`` first, then the preprocessors (the
+    built-in ones, then the annotators ``modules`` has present), then the IP-Adapter
+    modules."""
+    served = (modules or AnnotatorCatalog(None)).modules()
     names = [
         NO_PREPROCESSOR,
-        *(n for n in preprocessors.PREPROCESSORS if n != NO_PREPROCESSOR),
+        *(n for n in served if n != NO_PREPROCESSOR),
         *IP_ADAPTER_MODULES,
     ]
     return [_label(n) for n in names] if alias_names else names
@@ -525,40 +539,49 @@ def _label(name: str) -> str:
     return MODULE_ALIASES.get(name) or IP_ADAPTER_MODULES.get(name) or name
 
 
-def render_module_list(*, alias_names: bool = False) -> dict[str, Any]:
+def render_module_list(
+    *, alias_names: bool = False, modules: AnnotatorCatalog | None = None
+) -> dict[str, Any]:
     """``/controlnet/module_list``: the names and each one's sliders (IP-Adapter modules
-    have none)."""
+    have none); the annotators only where ``modules`` has them present."""
+    modules = modules or AnnotatorCatalog(None)
     detail = {NO_PREPROCESSOR: {"model_free": False, "sliders": []}}
-    detail.update(preprocessors.module_detail())
+    detail.update(modules.module_detail())
     detail.update({name: {"model_free": False, "sliders": []} for name in IP_ADAPTER_MODULES})
     if alias_names:
         detail = {_label(name): value for name, value in detail.items()}
-    return {"module_list": module_names(alias_names=alias_names), "module_detail": detail}
+    names = module_names(alias_names=alias_names, modules=modules)
+    return {"module_list": names, "module_detail": detail}
 
 
 def render_control_types(
-    controlnets: Sequence[ControlNetSpec], ip_adapters: Sequence[IpAdapterSpec] = ()
+    controlnets: Sequence[ControlNetSpec],
+    ip_adapters: Sequence[IpAdapterSpec] = (),
+    modules: AnnotatorCatalog | None = None,
 ) -> dict[str, Any]:
     """``/controlnet/control_types``: for every control type a served ControlNet or a
     preprocessor has, its modules, its models and the defaults the extension's UI picks;
-    ``IP-Adapter`` with its modules and the served IP-Adapters; ``All`` lists everything."""
+    ``IP-Adapter`` with its modules and the served IP-Adapters; ``All`` lists everything.
+    The preprocessors are the built-in ones and the annotators ``modules`` has present."""
+    modules = modules or AnnotatorCatalog(None)
+    served = modules.modules()
     titles = [spec.title for spec in controlnets] + [spec.title for spec in ip_adapters]
     types: dict[str, Any] = {
         "All": {
-            "module_list": module_names(),
+            "module_list": module_names(modules=modules),
             "model_list": [NO_MODEL, *titles],
             "default_option": NO_PREPROCESSOR,
             "default_model": NO_MODEL,
         }
     }
     kinds = {spec.control_type for spec in controlnets if spec.control_type}
-    kinds |= {p.control_type for p in preprocessors.PREPROCESSORS.values()}
+    kinds |= {p.control_type for p in served.values()}
     for kind in sorted(kinds, key=lambda k: CONTROL_TYPE_TAGS.get(k, k)):
-        modules = [n for n, p in preprocessors.PREPROCESSORS.items() if p.control_type == kind]
+        names = [n for n, p in served.items() if p.control_type == kind]
         models = [spec.title for spec in controlnets if spec.takes(kind)]
-        default = preprocessors.default_for(kind) or (modules[0] if modules else NO_PREPROCESSOR)
+        default = modules.default_for(kind) or (names[0] if names else NO_PREPROCESSOR)
         types[CONTROL_TYPE_TAGS.get(kind, kind)] = {
-            "module_list": [NO_PREPROCESSOR, *modules],
+            "module_list": [NO_PREPROCESSOR, *names],
             "model_list": [NO_MODEL, *models],
             "default_option": default,
             "default_model": models[0] if models else NO_MODEL,
@@ -605,7 +628,7 @@ class DetectPlan:
     threshold_b: float | None
 
 
-def detect_plan(body: DetectRequest) -> DetectPlan:
+def detect_plan(body: DetectRequest, modules: AnnotatorCatalog | None = None) -> DetectPlan:
     """The checked settings of a detect call (422 naming the field at fault). An
     IP-Adapter module is refused: it makes image embeddings, not a map to preview (the
     extension refuses ``ip-adapter-auto`` and answers the others with a torch tensor)."""
@@ -615,7 +638,8 @@ def detect_plan(body: DetectRequest) -> DetectPlan:
             f"{body.controlnet_module} reads the image for an IP-Adapter and makes no map: "
             "nothing to preview; send the image itself as the unit's image",
         )
-    module = _module(body.controlnet_module, "controlnet_module")
+    modules = modules or AnnotatorCatalog(None)
+    module = _module(body.controlnet_module, "controlnet_module", modules)
     field_name, images = body.images()
     if not images:
         raise InvalidInput("controlnet_input_images", "no image to detect (send one or more)")

@@ -134,6 +134,7 @@ class A1111Api:
             img2img=img2img,
             max_input_pixels=self.edge.limits.max_input_pixels,
             no_detectmap=self._no_detectmap(body),
+            modules=self.service.annotators(),
         )
         job = await self.edge.create(checkpoint.name, values, names=names, source=SOURCE)
         # no overall limit: A1111 answers when the image is done, however long that takes

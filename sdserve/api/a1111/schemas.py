@@ -35,6 +35,7 @@ from sdserve.errors import (
 )
 from sdserve.jobs.contract import JobRecord, ServedModel
 from sdserve.jobs.images import open_image
+from sdserve.models.controlnet.annotators import AnnotatorCatalog
 from sdserve.models.lora_tags import parse_a1111_lora_tags
 
 #: A1111 sampler display names and their aliases (k-diffusion spellings), in A1111's order.
@@ -308,12 +309,14 @@ def generation_input(
     img2img: bool,
     max_input_pixels: int = InputLimits().max_input_pixels,
     no_detectmap: bool = False,
+    modules: AnnotatorCatalog | None = None,
 ) -> tuple[dict[str, Any], dict[str, str]]:
     """The canonical values of an A1111 request and the names that spell its canonical
     fields the client's way (:data:`WIRE_NAMES` and its ControlNet units' fields).
 
     ``no_detectmap``: the ControlNet extension's option that keeps detected maps out of
-    the answer (see :mod:`sdserve.api.a1111.controlnet_schemas`).
+    the answer (see :mod:`sdserve.api.a1111.controlnet_schemas`). ``modules``: the
+    ControlNet preprocessors served (the built-in ones only without it).
     """
     prompt, loras = parse_a1111_lora_tags(request.prompt or "")
     negative, negative_loras = parse_a1111_lora_tags(request.negative_prompt or "")
@@ -359,6 +362,7 @@ def generation_input(
         init_resize_mode=request.resize_mode if isinstance(request, Img2ImgRequest) else None,
         no_detectmap=no_detectmap,
         to_image=to_data_uri,
+        modules=modules,
     )
     if units.units:
         values["controlnets"] = units.units

@@ -115,6 +115,8 @@ class Preprocessor:
     #: the name A1111's interface shows when it is not ``name``; requests may use either
     label: str | None = None
     needs_mask: bool = False
+    #: always false here; the annotators (``models.controlnet.annotators``) need weights
+    needs_weights: bool = False
 
     def run(
         self,

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from sdserve.domain.controls import AUTO, CONTROL_TYPES, NO_PREPROCESSOR, ControlUnit
 from sdserve.errors import InvalidInput
-from sdserve.models.controlnet import preprocessors
+from sdserve.models.controlnet import annotators, preprocessors
 from sdserve.models.controlnet.catalog import UNION_TYPES, ControlNetSpec
 
 
@@ -122,7 +122,9 @@ def union_type_of(unit: ControlUnit) -> str | None:
     if unit.model.lower() in CONTROL_TYPES:
         return unit.model.lower()
     if unit.preprocessor not in (AUTO, NO_PREPROCESSOR):
-        return preprocessors.get(unit.preprocessor).control_type
+        # present or not: the service and the engine check presence on their own
+        module = annotators.known(unit.preprocessor)
+        return (module or preprocessors.get(unit.preprocessor)).control_type
     return None
 
 

@@ -25,6 +25,7 @@ from sdserve.domain.inputs import GenerationInput
 from sdserve.engine.engine import Engine
 from sdserve.errors import InvalidInput
 from sdserve.models.catalog import ModelRegistry
+from sdserve.models.controlnet.annotators import AnnotatorCatalog
 from sdserve.models.controlnet.catalog import ControlNetCatalog
 from sdserve.models.results import UnitImages
 from sdserve.models.settings import EngineSettings
@@ -63,12 +64,13 @@ def data_uri() -> str:
 
 
 @pytest.fixture(scope="module")
-def engine(tiny_sd: Path, tiny_sdxl: Path, tiny_controlnets: Path) -> Engine:
+def engine(tiny_sd: Path, tiny_sdxl: Path, tiny_controlnets: Path, tiny_annotators: Path) -> Engine:
     registry = ModelRegistry.from_references([str(tiny_sd), str(tiny_sdxl)])
     return Engine(
         EngineSettings(device="cpu", watermark=False),
         registry,
         controlnets=ControlNetCatalog(tiny_controlnets),
+        annotators=AnnotatorCatalog(tiny_annotators),
     )
 
 
@@ -226,6 +228,58 @@ def test_control_maps_come_back_after_the_images_on_request(engine: Engine, tiny
     assert not np.array_equal(np.asarray(returned.convert("RGB")), np.asarray(control_map()))
 
 
+def test_a_depth_unit_runs_depth_midas_named_or_by_auto(engine: Engine, tiny_sd: Path) -> None:
+    model = name_of(engine, tiny_sd)
+    photo = Image.fromarray(np.random.default_rng(1).integers(0, 256, (64, 64, 3), np.uint8))
+    named, auto, given = (
+        generate(
+            engine,
+            model,
+            [
+                unit(
+                    "tiny-sd-depth",
+                    preprocessor=preprocessor,
+                    conditioning_scale=1.5,
+                    processor_res=64,  # the output's size: the map is not resized
+                )
+            ],
+            [photo],
+            return_control_maps=True,
+        )
+        for preprocessor in ("depth_midas", "auto", "none")
+    )
+    assert len(named.images) == 2
+    depth = np.asarray(Image.open(io.BytesIO(named.images[1].data)).convert("RGB"))
+    assert depth.shape == (64, 64, 3)
+    assert np.array_equal(depth[:, :, 0], depth[:, :, 2])  # a grey map
+    assert depth.max() == 255  # the nearest pixel is white
+    # auto: depth_midas for a depth ControlNet
+    assert np.array_equal(pixels(named.images[1].data), pixels(auto.images[1].data))
+    assert np.array_equal(pixels(named.images[0].data), pixels(auto.images[0].data))
+    # the ControlNet saw the depth map, not the photo
+    assert not np.array_equal(pixels(named.images[0].data), pixels(given.images[0].data))
+
+
+def test_control_maps_only_runs_the_preprocessors_and_no_controlnet(
+    engine: Engine, tiny_sd: Path
+) -> None:
+    loads = engine.controlnet_models.loads
+    photo = Image.new("RGB", (96, 48), (200, 30, 30))
+    result = generate(
+        engine,
+        name_of(engine, tiny_sd),
+        [
+            unit("not-a-served-one", preprocessor="seg_ufade20k", processor_res=64),
+            unit("canny", preprocessor="canny", processor_res=64),
+        ],
+        [photo, photo],
+        control_maps_only=True,
+    )
+    sizes = [Image.open(io.BytesIO(image.data)).size for image in result.images]
+    assert sizes == [(128, 64), (128, 64)]  # the working size: short side 64
+    assert engine.controlnet_models.loads == loads
+
+
 @pytest.mark.parametrize(
     ("units", "field", "words"),
     [
@@ -233,6 +287,7 @@ def test_control_maps_come_back_after_the_images_on_request(engine: Engine, tiny
         ([unit("nothing-like-this")], "controlnets.0.model", "unknown ControlNet"),
         ([unit("depth"), unit("openpose")], "controlnets.1.model", "no served openpose"),
         ([unit("canny", preprocessor="not-a-module")], "controlnets.0.preprocessor", "unknown"),
+        ([unit("depth", preprocessor="depth_zoe")], "controlnets.0.preprocessor", "weights"),
     ],
 )
 def test_bad_units_are_refused_naming_the_field(

@@ -11,7 +11,9 @@ import torch
 from PIL import Image
 
 from sdserve.engine import tiny
+from sdserve.engine.tiny_annotators import DEMO_ANNOTATORS
 from sdserve.models.catalog import ModelRegistry
+from sdserve.models.controlnet.annotators import AnnotatorCatalog
 
 
 def run(pipe: Any, **kwargs: Any) -> np.ndarray:
@@ -103,8 +105,11 @@ def test_demo_models_build_once_and_register(tmp_path: Path) -> None:
         tiny.DEMO_UNION,
         tiny.DEMO_ADAPTER,
         *tiny.DEMO_IP_ADAPTERS,
+        *DEMO_ANNOTATORS,
     }
     assert built["tiny-sd-ip-adapter"] == tmp_path / "ip-adapters" / "tiny-sd-ip-adapter"
+    annotators = AnnotatorCatalog(tmp_path / "annotators")
+    assert [a.name for a in annotators.all()] == ["depth_midas", "normal_midas", "seg_ufade20k"]
     assert built["tiny-style"] == tmp_path / "loras" / "tiny-style.safetensors"
     stamp = (built["tiny-sd"] / "model_index.json").stat().st_mtime_ns
     assert tiny.build_demo_models(tmp_path) == built
