@@ -27,6 +27,11 @@ DROPPED_RECORDS: dict[str, str] = {
     # said on every .to(dtype) of a diffusers model, even with no such module (the SDXL
     # VAE is cast back to float32); a non-empty list still shows
     "diffusers.models.modeling_utils": r"that should be kept in float32: \[\]\.",
+    # loading an embedding grows the token table; diffusers then writes the embedding's
+    # vectors into the new rows, so how transformers initialised them does not matter
+    "transformers.modeling_utils": (
+        r"The new embeddings will be initialized from a multivariate normal distribution"
+    ),
     # a LoRA trained on the UNet only (sdserve train's default) has no text-encoder part,
     # which diffusers reports at every load; the UNet's own warning still shows
     "diffusers.loaders.lora_base": (

@@ -202,6 +202,28 @@ def test_lora_tag_changes_the_image(api: webuiapi.WebUIApi) -> None:
     assert caught.value.args[0] == 422
 
 
+def test_embeddings_are_listed_for_the_current_model_and_used_by_name(
+    api: webuiapi.WebUIApi,
+) -> None:
+    listed = api.get_embeddings()
+    # the current model is tiny-sd: the SDXL embedding is skipped, as A1111 skips it
+    assert listed["loaded"] == {
+        "tiny-glow": {
+            "step": None,
+            "sd_checkpoint": None,
+            "sd_checkpoint_name": None,
+            "shape": 32,
+            "vectors": 2,
+        }
+    }
+    assert set(listed["skipped"]) == {"tiny-xl-glow"}
+    plain = api.txt2img(prompt="a cat", negative_prompt="blurry", seed=8, **FAST)
+    embedded = api.txt2img(prompt="a cat, tiny-glow", negative_prompt="blurry", seed=8, **FAST)
+    again = api.txt2img(prompt="a cat", negative_prompt="blurry", seed=8, **FAST)
+    assert np.abs(pixels(plain.image) - pixels(embedded.image)).mean() > 1
+    assert np.array_equal(pixels(plain.image), pixels(again.image))
+
+
 def test_hires_fix_scales_the_output(api: webuiapi.WebUIApi) -> None:
     result = api.txt2img(
         prompt="a castle",
@@ -219,7 +241,6 @@ def test_hires_fix_scales_the_output(api: webuiapi.WebUIApi) -> None:
 def test_small_endpoints_answer_json(api: webuiapi.WebUIApi) -> None:
     # the ControlNet extension is listed, so webuiapi knows it is there
     assert api.has_controlnet and "controlnet m2m" in api.get_scripts()["img2img"]
-    assert api.get_embeddings() == {"loaded": {}, "skipped": {}}
     assert api.get_sd_vae() == [] and api.get_upscalers()
     assert api.get_latent_upscale_modes()[0]["name"] == "Latent"
     assert api.set_options({"samples_format": "png", "some_extension_option": 3}) is None
