@@ -214,6 +214,7 @@ def test_embeddings_are_listed_for_the_current_model_and_used_by_name(
             "sd_checkpoint_name": None,
             "shape": 32,
             "vectors": 2,
+            "family": "sd1",
         }
     }
     assert set(listed["skipped"]) == {"tiny-xl-glow"}

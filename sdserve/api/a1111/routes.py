@@ -292,6 +292,8 @@ class A1111Api:
                 "sd_checkpoint_name": None,
                 "shape": spec.shape,
                 "vectors": spec.vectors,
+                # beyond A1111's keys: the models it fits (sd1, sd2 or sdxl, turbo alike)
+                "family": spec.family,
             }
             listed["loaded" if spec.fits(family) else "skipped"][spec.name] = entry
         return listed
