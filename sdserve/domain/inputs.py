@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import PurePath
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from sdserve.domain.controls import ControlUnit, fold_flat_units
+from sdserve.domain.presets import Preset, preset_of
 from sdserve.domain.schedulers import (
     A1111_SCHEDULES,
     is_known_noise_schedule,
@@ -41,13 +43,27 @@ DEFAULT_IP_ADAPTER_SCALE = 0.6
 
 @dataclass(frozen=True)
 class FamilyDefaults:
-    """Defaults a model family gives to inputs the request leaves out."""
+    """Defaults a model family gives to inputs the request leaves out (a few-step model's
+    or LoRA's preset, ``domain.presets``, replaces its sampling ones)."""
 
     width: int
     height: int
     num_inference_steps: int
     guidance_scale: float
     scheduler: str = "K_EULER"
+    noise_schedule: str | None = None
+
+    def with_preset(self, preset: Preset | None) -> FamilyDefaults:
+        """These defaults with ``preset``'s scheduler, noise schedule, steps and guidance."""
+        if preset is None:
+            return self
+        return replace(
+            self,
+            scheduler=preset.scheduler,
+            noise_schedule=preset.noise_schedule,
+            num_inference_steps=preset.steps,
+            guidance_scale=preset.guidance,
+        )
 
 
 @dataclass(frozen=True)
@@ -327,16 +343,28 @@ class GenerationInput(BaseModel):
     def _steps(self, defaults: FamilyDefaults | None) -> int | None:
         """The request's steps, else the model's default (None: neither is known)."""
         if self.num_inference_steps is None and defaults is not None:
-            return defaults.num_inference_steps
+            return self.defaults_from(defaults).num_inference_steps
         return self.num_inference_steps
+
+    def defaults_from(self, defaults: FamilyDefaults) -> FamilyDefaults:
+        """The model's ``defaults`` as this request gets them: with the preset of the LoRA
+        it names (``domain.presets``), if that LoRA is a few-step one."""
+        if self.lora is None:
+            return defaults
+        return defaults.with_preset(preset_of(PurePath(self.lora).stem))
 
     def with_defaults(
         self, defaults: FamilyDefaults, rng: random.Random | None = None
     ) -> GenerationInput:
-        """Fill family defaults and a random seed where the request left them out."""
+        """Fill the model's defaults (:meth:`defaults_from`: with its LoRA's preset) and a
+        random seed where the request left them out. A preset's noise schedule goes with
+        its scheduler: a request that names its own scheduler keeps that one's schedule."""
+        defaults = self.defaults_from(defaults)
         updates: dict[str, Any] = {
             "seed": self.with_seed(rng).seed,
             "scheduler": self.scheduler or defaults.scheduler,
+            "noise_schedule": self.noise_schedule
+            or (None if self.scheduler else defaults.noise_schedule),
             "num_inference_steps": self.num_inference_steps or defaults.num_inference_steps,
             "guidance_scale": (
                 defaults.guidance_scale if self.guidance_scale is None else self.guidance_scale

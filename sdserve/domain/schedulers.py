@@ -56,6 +56,7 @@ A1111_SAMPLERS: dict[str, tuple[str, ...]] = {
     "PLMS": ("plms",),
     "UniPC": ("unipc",),
     "LCM": ("k_lcm",),
+    "TCD": ("tcd",),
 }
 
 #: A1111 noise schedules (the ``scheduler`` field since A1111 1.9) and their labels.

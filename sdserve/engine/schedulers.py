@@ -32,6 +32,7 @@ from diffusers import (
     LCMScheduler,
     LMSDiscreteScheduler,
     PNDMScheduler,
+    TCDScheduler,
     UniPCMultistepScheduler,
 )
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
@@ -148,6 +149,9 @@ A1111_CHOICES: dict[str, SchedulerChoice] = {
     "PLMS": _choice(PNDMScheduler, _PLMS),
     "UniPC": _choice(UniPCMultistepScheduler),
     "LCM": _choice(LCMScheduler),
+    # trajectory consistency distillation's sampler (TCD and Hyper-SD 1-step LoRAs); the
+    # pipelines pass eta 0, its deterministic form
+    "TCD": _choice(TCDScheduler),
 }
 
 #: What each A1111 noise schedule (``domain.schedulers.A1111_SCHEDULES``) sets on the

@@ -95,6 +95,8 @@ def input_schema(
         "guidance_scale": defaults.guidance_scale,
         "scheduler": defaults.scheduler,
     }
+    if defaults.noise_schedule is not None:  # a few-step preset's (domain.presets)
+        family["noise_schedule"] = defaults.noise_schedule
     for name, value in family.items():
         if name in properties:
             properties[name]["default"] = value

@@ -7,10 +7,11 @@ model names (``stability-ai/sdxl``) are aliases for the first served model of th
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from sdserve.domain.inputs import FamilyDefaults
+from sdserve.domain.presets import Preset, preset_of
 from sdserve.errors import ModelNotFound
 from sdserve.models.families import ModelFamily, family_defaults
 from sdserve.models.references import (
@@ -49,18 +50,18 @@ class ModelSpec:
     description: str | None = field(default=None, compare=False)
 
     @property
+    def preset(self) -> Preset | None:
+        """The few-step preset the model's name or reference carries (``domain.presets``)."""
+        return preset_of(self.name) or preset_of(Path(self.reference).name)
+
+    @property
     def defaults(self) -> FamilyDefaults:
-        """Family defaults, with the model's own training size when known (tiny models: 64)."""
-        base = family_defaults(self.family)
+        """Family defaults, with the model's own training size when known (tiny models: 64)
+        and its few-step preset."""
+        base = family_defaults(self.family).with_preset(self.preset)
         if self.native_size is None:
             return base
-        return FamilyDefaults(
-            width=self.native_size,
-            height=self.native_size,
-            num_inference_steps=base.num_inference_steps,
-            guidance_scale=base.guidance_scale,
-            scheduler=base.scheduler,
-        )
+        return replace(base, width=self.native_size, height=self.native_size)
 
 
 def spec_for(

@@ -26,7 +26,7 @@ class Pictures:
     def control_images(self, inp: GenerationInput) -> list[UnitImages]:
         picture = self.by_seed[inp.seed or 0]
         if picture is None:
-            raise InputFetchFailed("controlnets.0.image", "unreachable")
+            raise InputFetchFailed("controlnets.0.image: unreachable")
         return [UnitImages(image=picture)]
 
 
