@@ -8,7 +8,9 @@ looked up again after ``refresh()`` (a fine-tuned model another process publishe
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Protocol
 
 from sdserve.domain.controls import (
@@ -19,6 +21,12 @@ from sdserve.domain.controls import (
     NO_PREPROCESSOR,
 )
 from sdserve.domain.inputs import FamilyDefaults, GenerationInput, InputLimits
+from sdserve.domain.schedulers import (
+    A1111_SAMPLERS,
+    A1111_SCHEDULES,
+    REPLICATE_SCHEDULERS,
+    scheduler_names,
+)
 from sdserve.domain.training import check_destination, check_trainable
 from sdserve.errors import Conflict, InvalidInput, ModelNotFound
 from sdserve.jobs.contract import ServedModel
@@ -28,6 +36,10 @@ from sdserve.models.controlnet.catalog import UNION_TYPES, ControlNetCatalog, Co
 from sdserve.models.controlnet.units import check_units
 from sdserve.models.embeddings import EmbeddingCatalog
 from sdserve.models.ip_adapter import IpAdapterCatalog
+
+#: A Hugging Face hub id (``owner/name``), as opposed to a local path.
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+WEIGHT_SUFFIXES = (".safetensors", ".ckpt", ".bin", ".pt", ".pth")
 
 #: The image prompt's inputs, shown in a model's schema only where an IP-Adapter fits it.
 IMAGE_PROMPT_FIELDS = ("ip_adapter_image", "ip_adapter_scale", "ip_adapter")
@@ -112,6 +124,7 @@ def input_schema(
     for name in ("image", "mask", "ip_adapter_image"):
         if name in properties:
             properties[name]["format"] = "uri"
+    _add_scheduler_choices(properties)
     if ip_adapters:
         properties["ip_adapter"]["enum"] = ip_adapters
     else:
@@ -135,6 +148,25 @@ def input_schema(
     schema["title"] = "Input"
     schema.pop("additionalProperties", None)
     return schema
+
+
+def _add_scheduler_choices(properties: dict[str, Any]) -> None:
+    """The accepted scheduler names as an ``enum`` (canonical spellings; lookups also take
+    any case and A1111's ``k_*`` aliases), grouped by dialect in ``x-enum-groups`` so a form
+    can show Replicate's names apart from A1111's; the A1111 noise schedules likewise."""
+    if "scheduler" in properties:
+        a1111 = [name for name in A1111_SAMPLERS if name not in REPLICATE_SCHEDULERS]
+        names = scheduler_names()
+        default = properties["scheduler"].get("default")
+        if default and default not in names:  # a catalog's own spelling of a known name
+            names.insert(0, default)
+        properties["scheduler"]["enum"] = names
+        properties["scheduler"]["x-enum-groups"] = {
+            "Replicate": list(REPLICATE_SCHEDULERS),
+            "AUTOMATIC1111": a1111,
+        }
+    if "noise_schedule" in properties:
+        properties["noise_schedule"]["enum"] = list(A1111_SCHEDULES)
 
 
 def _add_flat_controlnets(properties: dict[str, Any], choices: list[str], units: int) -> None:
@@ -333,7 +365,7 @@ class ServedModels:
             version=spec.version,
             family=spec.family,
             description=getattr(spec, "description", None)
-            or f"{spec.family} model served from {spec.reference}",
+            or default_description(spec.family, spec.reference),
             created_at=getattr(spec, "created_at", None) or self._started_at,
             input_schema=input_schema(
                 spec.defaults,
@@ -344,6 +376,16 @@ class ServedModels:
                 self.annotators,
             ),
         )
+
+
+def default_description(family: str, reference: str) -> str:
+    """What a model without a description is: its family, and its hub id if it has one.
+    A local path is left out: where the weights lie is the operator's business, and a
+    description is shown to every client (the playground's model help)."""
+    local = reference.endswith(WEIGHT_SUFFIXES) or Path(reference).exists()
+    if HUB_ID.fullmatch(reference) and not local:
+        return f"{family} model served from {reference}"
+    return f"{family} model"
 
 
 def _details_of(spec: ControlNetSpec) -> dict[str, Any]:

@@ -68,6 +68,8 @@ export const api = {
   cancel: (id) => request("POST", `/v1/predictions/${encodeURIComponent(id)}/cancel`),
   // `url` is a "next" link from a previous page, or null for the newest page
   predictions: (url) => request("GET", url ? pathOf(url) : "/v1/predictions"),
+  // no token dialog for this one: a page without trainings works without it
+  trainings: () => request("GET", "/v1/trainings", { retry: false }),
   upload: (file) => {
     const form = new FormData();
     form.append("content", file, file.name || "image.png");

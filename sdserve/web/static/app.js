@@ -4,6 +4,8 @@
 import { api, ApiError, follow, getToken, onUnauthorized, setToken } from "./api.js";
 import { ControlNetPanel } from "./controlnet.js";
 import { el, SchemaForm } from "./form.js";
+import { cardFacts, HistoryFilter, historyItem, isRemoved } from "./history.js";
+import { acceptImages, allowedText, examplePrompts, LoraPicker, readableMessage, SizePresets } from "./inputs.js";
 import { ImagePromptPanel } from "./ipadapter.js";
 import { MaskPainter } from "./mask.js";
 
@@ -26,12 +28,17 @@ const form = new SchemaForm({
   outpaint: $("group-outpaint").querySelector(".grid-2"),
   settings: $("group-settings").querySelector(".grid-2"),
   refiner: $("group-refiner").querySelector("div"),
-  lora: $("group-lora").querySelector("div"),
+  lora: $("group-lora").querySelector(":scope > div:not(#lora-picker-field)"),
   output: $("group-output").querySelector("div"),
   other: $("group-other").querySelector("div"),
   ipadapter: $("ipa-fields"),
 });
 const painter = new MaskPainter($("mask-view"));
+const sizePresets = new SizePresets($("size-presets"), form);
+const loraPicker = new LoraPicker($("lora-picker"), { form, selectModel });
+const historyFilter = new HistoryFilter({
+  gallery: $("gallery"), model: $("history-model"), status: $("history-status"), note: $("history-note"),
+});
 const controlnet = new ControlNetPanel({
   section: $("group-controlnet"),
   list: $("controlnet-units"),
@@ -74,7 +81,10 @@ function askToken(reason) {
   const dialog = $("token-dialog");
   $("token-reason").textContent = reason
     ? `The server said: ${reason}. The token is kept in this browser tab only.`
-    : "This server needs a token. It is kept in this browser tab only (session storage).";
+    : document.body.dataset.authRequired === "true"
+      ? "This server needs a token. It is kept in this browser tab only (session storage)."
+      : "This server does not ask for a token; set one only if a proxy in front of it needs one. "
+        + "It is kept in this browser tab only (session storage).";
   $("token-input").value = getToken();
   return new Promise((resolve) => {
     const done = () => {
@@ -116,6 +126,7 @@ async function loadModels() {
     ...[...state.models.keys()].map((name) => el("option", { value: name, text: name })),
   );
   if (state.models.has(previous)) select.value = previous;
+  historyFilter.setModels([...state.models.keys()]);
   selectModel(select.value);
 }
 
@@ -130,6 +141,10 @@ function selectModel(name) {
   form.build(schema);
   controlnet.setModel(schema);
   imagePrompt.setModel(schema);
+  sizePresets.setModel(schema);
+  examplePrompts($("prompt-examples"), form);
+  form.fields.get("lora")?.input.addEventListener("input", () => loraPicker.sync());
+  loraPicker.sync();
   $("group-refiner").hidden = !(model.family === "sdxl" && form.has("refine"));
   applyTask();
 }
@@ -142,9 +157,27 @@ async function loadLoras() {
     });
     if (!response.ok) return;
     const loras = await response.json();
-    if (Array.isArray(loras)) form.setLoras(loras.map((lora) => lora.name).filter(Boolean));
+    if (Array.isArray(loras)) {
+      const names = loras.map((lora) => lora.name).filter(Boolean);
+      form.setLoras(names);
+      loraPicker.setChoices({ loras: names });
+    }
   } catch {
     // not served: nothing to suggest
+  }
+}
+
+// the models trainings published (each a served model with its LoRA built in)
+async function loadTrained() {
+  try {
+    const page = await api.trainings();
+    const names = new Set(page.results
+      .filter((training) => training.status === "succeeded" && training.destination)
+      .map((training) => training.destination)
+      .filter((name) => state.models.has(name)));
+    loraPicker.setChoices({ trained: [...names] });
+  } catch {
+    // trainings not served or not allowed: files only
   }
 }
 
@@ -207,9 +240,65 @@ async function setImage(file, ref = null) {
   if (!state.imageFile) return;
   $("image-stage").hidden = false;
   painter.resize(preview.naturalWidth, preview.naturalHeight);
+  applyBrush();
   $("image-help").textContent =
     `${preview.naturalWidth}×${preview.naturalHeight}; the result keeps this size unless you set width and height.`;
   applyTask();
+}
+
+// the brush is a share of the image's longer side, so it feels the same on any image
+function applyBrush() {
+  const percent = Number($("brush-size").value);
+  const side = Math.max(painter.mask.width, painter.mask.height) || 512;
+  painter.brush = Math.max(1, Math.round((percent / 100) * side));
+  $("brush-size-value").textContent = `${percent}% of the image (${painter.brush} px)`;
+}
+
+function setupMaskTools() {
+  const refresh = () => {
+    $("mask-undo").disabled = !painter.undoStack.length;
+    $("mask-redo").disabled = !painter.redoStack.length;
+    if (painter.hasPaint()) $("mask-error").textContent = ""; // the "paint the area" hint is done
+  };
+  painter.onChange = refresh;
+  $("mask-undo").addEventListener("click", () => painter.undo());
+  $("mask-redo").addEventListener("click", () => painter.redo());
+  document.addEventListener("keydown", (event) => {
+    if (!(event.ctrlKey || event.metaKey) || event.key.toLowerCase() !== "z" || $("mask-tools").hidden) return;
+    // typing in a field keeps the browser's own undo
+    if (event.target.closest && event.target.closest("input, textarea, select, [contenteditable]")) return;
+    event.preventDefault();
+    if (event.shiftKey) painter.redo();
+    else painter.undo();
+  });
+  $("mask-download").addEventListener("click", async () => {
+    // the very pixels the request sends (white = repaint, black = keep)
+    const blob = await painter.blob();
+    const link = el("a", { href: URL.createObjectURL(blob), download: "mask.png" });
+    document.body.append(link);
+    link.click();
+    link.remove();
+    setTimeout(() => URL.revokeObjectURL(link.href), 10_000);
+  });
+  $("mask-colour").addEventListener("change", () => {
+    painter.setColour([...$("mask-colour").value.split(",").map(Number), 120]);
+    $("mask-colour-name").textContent = $("mask-colour").selectedOptions[0].text.toLowerCase();
+  });
+  const loadMaskFile = async (file) => {
+    const url = URL.createObjectURL(file);
+    try {
+      const image = new Image();
+      image.src = url;
+      await image.decode();
+      painter.load(image);
+    } catch {
+      $("mask-error").textContent = "Could not read the mask file.";
+    } finally {
+      URL.revokeObjectURL(url);
+    }
+  };
+  $("mask-file").addEventListener("change", (event) => event.target.files[0] && loadMaskFile(event.target.files[0]));
+  acceptImages($("mask-drop"), loadMaskFile);
 }
 
 async function loadMask(reference) {
@@ -228,10 +317,9 @@ function setupTasks() {
   }
   $("model").addEventListener("change", () => selectModel($("model").value));
   $("image-file").addEventListener("change", (event) => setImage(event.target.files[0] || null));
-  $("brush-size").addEventListener("input", () => {
-    painter.brush = Number($("brush-size").value);
-    $("brush-size-value").textContent = `${painter.brush} px`;
-  });
+  acceptImages($("image-drop"), (file) => setImage(file), { pasteTarget: $("image-section") });
+  $("brush-size").addEventListener("input", applyBrush);
+  setupMaskTools();
   const tools = { brush: $("mask-brush"), eraser: $("mask-eraser") };
   const pick = (eraser) => {
     painter.erasing = eraser;
@@ -240,8 +328,8 @@ function setupTasks() {
   };
   tools.brush.addEventListener("click", () => pick(false));
   tools.eraser.addEventListener("click", () => pick(true));
-  $("mask-clear").addEventListener("click", () => painter.clear());
-  $("mask-invert").addEventListener("click", () => painter.invert());
+  $("mask-clear").addEventListener("click", () => { painter.record(); painter.clear(); });
+  $("mask-invert").addEventListener("click", () => { painter.record(); painter.invert(); });
   $("reset").addEventListener("click", () => {
     form.reset();
     controlnet.clear();
@@ -312,7 +400,10 @@ async function submit(event) {
 
 function showSubmitError(error, groups) {
   if (error instanceof ApiError && error.field) {
-    const message = error.body.allowed ? `${error.message} (allowed: ${error.body.allowed.join(", ")})` : error.message;
+    // the allowed values once (the server's message may name them already), cut short
+    const message = error.body.allowed && !error.message.includes("(allowed:")
+      ? `${error.message} (allowed: ${allowedText(error.body.allowed)})`
+      : readableMessage(error.message);
     const special = { image: "image-error", mask: "mask-error" }[error.field];
     if (special) {
       $(special).textContent = message;
@@ -655,10 +746,11 @@ async function loadHistory(more = false) {
     return;
   }
   if (!more) gallery.replaceChildren();
-  for (const prediction of page.results) gallery.append(historyCard(prediction));
+  for (const prediction of page.results) if (!isRemoved(prediction.id)) gallery.append(historyCard(prediction));
   if (!gallery.children.length) gallery.append(el("li", { class: "empty", text: "No predictions yet." }));
   state.historyNext = page.next;
   $("history-more").hidden = !page.next;
+  historyFilter.apply();
 }
 
 function historyCard(prediction) {
@@ -666,14 +758,19 @@ function historyCard(prediction) {
   const prompt = (prediction.input && prediction.input.prompt) || "(no prompt)";
   const button = el("button", { type: "button", class: "card", "data-id": prediction.id,
     "aria-label": `${prediction.status}: ${prompt} (${prediction.id})` });
+  const thumb = first ? el("img", { src: first, alt: "" }) : null;
   button.append(
-    first ? el("img", { src: first, alt: "" }) : el("div", { class: `thumb ${prediction.status}`, text: prediction.status }),
+    thumb || el("div", { class: `thumb ${prediction.status}`, text: prediction.status }),
     el("span", { class: "card-prompt", text: prompt }),
+    ...cardFacts(prediction, state.models, thumb),
     el("span", { class: `badge ${prediction.status}`, text: prediction.status }),
   );
   if (prediction.error) button.append(el("span", { class: "card-error", title: prediction.error, text: prediction.error }));
   button.addEventListener("click", () => openPrediction(prediction.id));
-  return el("li", {}, button);
+  return historyItem(button, prediction, (next) => {
+    (next?.querySelector(".card") || $("history-refresh")).focus();
+    historyFilter.apply();
+  });
 }
 
 async function openPrediction(id) {
@@ -693,6 +790,7 @@ async function openPrediction(id) {
 async function loadAll() {
   await Promise.all([loadModels(), controlnet.loadCatalog()]);
   loadLoras();
+  loadTrained();
   await loadHistory();
   const match = /^#\/predictions\/([\w-]+)$/.exec(location.hash);
   if (match) openPrediction(match[1]);

@@ -7,6 +7,7 @@
 
 import { api, ApiError, request } from "./api.js";
 import { el } from "./form.js";
+import { acceptImages } from "./inputs.js";
 import { MaskPainter } from "./mask.js";
 
 // Control types as the server names them (sdserve/domain/controls.py): in the schema's
@@ -240,17 +241,6 @@ class Unit {
     this.dropZone = el("div", { class: "drop-zone", tabindex: 0, role: "group",
       "aria-label": "Drop or paste a control image here" },
     el("span", { id: `${id}-drop-help`, text: "…or drop an image here, or click here and paste one (Ctrl+V)." }));
-    this.dropZone.addEventListener("dragover", (event) => {
-      event.preventDefault();
-      this.dropZone.classList.add("over");
-    });
-    this.dropZone.addEventListener("dragleave", () => this.dropZone.classList.remove("over"));
-    this.dropZone.addEventListener("drop", (event) => {
-      event.preventDefault();
-      this.dropZone.classList.remove("over");
-      const file = [...(event.dataTransfer?.files || [])].find((f) => f.type.startsWith("image/"));
-      if (file) this.setFile(file);
-    });
     this.uploadPart = el("div", { class: "field" },
       el("label", { for: `${id}-file`, text: "Control image file" }), this.fileInput, this.dropZone);
 
@@ -371,12 +361,7 @@ class Unit {
       images, this.imageError, grid, this.kindHint, this.settings,
       el("div", { class: "button-row" }, this.previewButton, this.removeButton), this.status, this.error);
     // a pasted image anywhere in the unit (the drop zone takes the focus for it)
-    this.fieldset.addEventListener("paste", (event) => {
-      const item = [...(event.clipboardData?.items || [])].find((i) => i.kind === "file" && i.type.startsWith("image/"));
-      if (!item) return;
-      event.preventDefault();
-      this.setFile(item.getAsFile());
-    });
+    acceptImages(this.dropZone, (file) => this.setFile(file), { pasteTarget: this.fieldset });
     this.root = el("li", { class: "cn-item", id }, this.fieldset);
     this.refreshChoices();
   }

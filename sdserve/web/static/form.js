@@ -122,7 +122,17 @@ export class SchemaForm {
       input = el("select", { id, name, "aria-describedby": describedBy });
       // no default in the schema: the server picks (an IP-Adapter fitting the model)
       if (prop.default === undefined) input.append(el("option", { value: "", text: "(default)" }));
-      for (const choice of kind.choices) input.append(el("option", { value: choice, text: choice }));
+      const groups = prop["x-enum-groups"];
+      if (groups) {
+        // grouped choices (the scheduler: Replicate's names, then AUTOMATIC1111's)
+        for (const [label, names] of Object.entries(groups)) {
+          input.append(el("optgroup", { label }, ...names.map((choice) => el("option", { value: choice, text: choice }))));
+        }
+        const grouped = new Set(Object.values(groups).flat());
+        for (const choice of kind.choices.filter((c) => !grouped.has(c))) input.append(el("option", { value: choice, text: choice }));
+      } else {
+        for (const choice of kind.choices) input.append(el("option", { value: choice, text: choice }));
+      }
     } else if (name === "prompt" || name === "negative_prompt") {
       input = el("textarea", { id, name, rows: name === "prompt" ? 3 : 2, "aria-describedby": describedBy });
     } else if (kind.type === "integer" || kind.type === "number") {
@@ -154,18 +164,18 @@ export class SchemaForm {
       wrapper.append(slider);
       wrapper.classList.add("with-slider");
     }
-    if (name === "scheduler") wrapper.append(datalist("scheduler-list", SCHEDULERS));
+    if (name === "scheduler" && kind.type !== "enum") wrapper.append(datalist("scheduler-list", SCHEDULERS));
     if (name === "lora") wrapper.append(datalist("lora-list", this.loras));
     wrapper.append(el("p", { class: "help", id: `${id}-help`, text: help }), error);
     // validate shortly after typing stops, not on blur: an error appearing on blur moves
     // the Run button between mouse-down and mouse-up, and the click is lost
-    let timer = null;
+    const field = { prop, kind, input, error, wrapper, group, timer: null };
     input.addEventListener("input", () => {
-      clearTimeout(timer);
-      timer = setTimeout(() => this.validateField(name), 500);
+      clearTimeout(field.timer);
+      field.timer = setTimeout(() => this.validateField(name), 500);
     });
     this.groups[group].append(wrapper);
-    this.fields.set(name, { prop, kind, input, error, wrapper, group });
+    this.fields.set(name, field);
   }
 
   setLoras(names) {
@@ -231,6 +241,8 @@ export class SchemaForm {
   showServerError(name, message, visibleGroups) {
     const field = this.fields.get(name);
     if (!field || !visibleGroups.has(field.group)) return false;
+    // a check still pending from the last keystroke must not wipe the server's word
+    clearTimeout(field.timer);
     this.showError(field, message);
     openGroupOf(field.wrapper);
     field.input.focus();

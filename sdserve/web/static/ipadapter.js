@@ -6,6 +6,7 @@
 
 import { api } from "./api.js";
 import { blobOf } from "./controlnet.js";
+import { acceptImages } from "./inputs.js";
 
 export class ImagePromptPanel {
   // `form`: the SchemaForm holding the scale and adapter fields (group "ipadapter")
@@ -14,24 +15,8 @@ export class ImagePromptPanel {
     this.file = null; // the chosen image (File or Blob)
     this.ref = null; // its URL once uploaded (or a URL reused from a prediction)
     fileInput.addEventListener("change", () => this.setFile(fileInput.files[0] || null));
-    dropZone.addEventListener("dragover", (event) => {
-      event.preventDefault();
-      dropZone.classList.add("over");
-    });
-    dropZone.addEventListener("dragleave", () => dropZone.classList.remove("over"));
-    dropZone.addEventListener("drop", (event) => {
-      event.preventDefault();
-      dropZone.classList.remove("over");
-      const file = [...(event.dataTransfer?.files || [])].find((f) => f.type.startsWith("image/"));
-      if (file) this.setFile(file);
-    });
     // a paste anywhere in the section (the drop zone takes focus on click)
-    section.addEventListener("paste", (event) => {
-      const item = [...(event.clipboardData?.items || [])].find((i) => i.type.startsWith("image/"));
-      if (!item) return;
-      event.preventDefault();
-      this.setFile(item.getAsFile());
-    });
+    acceptImages(dropZone, (file) => this.setFile(file), { pasteTarget: section });
     clearButton.addEventListener("click", () => {
       this.setFile(null);
       fileInput.focus();

@@ -1,10 +1,12 @@
 // Painting an inpainting mask on the uploaded image.
 // The mask itself is an offscreen canvas of the image's own size (white = repaint,
-// black = keep); the visible canvas lies over the image and shows it in translucent red.
+// black = keep); the visible canvas lies over the image and shows it in a translucent
+// colour with an opaque outline, so it reads on any image.
 // With `shown` set to opaque white on a black canvas it is a scribble pad instead: what
 // you see is the mask itself (the ControlNet units draw their scribbles with it).
 
-const SHOWN = [230, 40, 60, 140]; // rgba of painted pixels on the visible canvas
+const SHOWN = [255, 0, 200, 120]; // rgba of painted pixels on the visible canvas (magenta)
+const HISTORY = 30; // undo steps kept
 
 export class MaskPainter {
   constructor(view, { shown = SHOWN } = {}) {
@@ -18,6 +20,9 @@ export class MaskPainter {
     this.painting = false;
     this.last = null;
     this.painted = false;
+    this.undoStack = []; // ImageData of the mask before each change
+    this.redoStack = [];
+    this.onChange = null; // called after every change (a stroke, clear, invert, undo, redo)
     view.addEventListener("pointerdown", (event) => this.start(event));
     view.addEventListener("pointermove", (event) => this.move(event));
     for (const type of ["pointerup", "pointercancel", "pointerleave"]) {
@@ -32,6 +37,60 @@ export class MaskPainter {
       canvas.height = height;
     }
     this.clear();
+    this.undoStack = [];
+    this.redoStack = [];
+    this.changed();
+  }
+
+  // remember the mask as it is, before a change
+  record() {
+    const { width, height } = this.mask;
+    if (!width || !height) return;
+    this.undoStack.push(this.maskCtx.getImageData(0, 0, width, height));
+    if (this.undoStack.length > HISTORY) this.undoStack.shift();
+    this.redoStack = [];
+  }
+
+  undo() {
+    this.swap(this.undoStack, this.redoStack);
+  }
+
+  redo() {
+    this.swap(this.redoStack, this.undoStack);
+  }
+
+  swap(from, to) {
+    const pixels = from.pop();
+    if (!pixels) return;
+    const { width, height } = this.mask;
+    to.push(this.maskCtx.getImageData(0, 0, width, height));
+    this.maskCtx.putImageData(pixels, 0, 0);
+    this.painted = true; // hasPaint() reads the pixels
+    this.redraw();
+    this.changed();
+  }
+
+  changed() {
+    this.onChange?.();
+  }
+
+  // the overlay's colour, as [r, g, b, a]
+  setColour(rgba) {
+    this.shown = rgba;
+    this.redraw();
+  }
+
+  // a mask from an image (white = repaint), scaled to the image being painted
+  load(image) {
+    this.record();
+    const { width, height } = this.mask;
+    this.maskCtx.globalCompositeOperation = "source-over";
+    this.maskCtx.fillStyle = "#000";
+    this.maskCtx.fillRect(0, 0, width, height);
+    this.maskCtx.drawImage(image, 0, 0, width, height);
+    this.painted = true;
+    this.redraw();
+    this.changed();
   }
 
   clear() {
@@ -40,6 +99,7 @@ export class MaskPainter {
     this.maskCtx.fillRect(0, 0, this.mask.width, this.mask.height);
     this.painted = false;
     this.redraw();
+    this.changed();
   }
 
   invert() {
@@ -57,16 +117,24 @@ export class MaskPainter {
     this.maskCtx.putImageData(pixels, 0, 0);
     this.painted = any;
     this.redraw();
+    this.changed();
   }
 
-  // rebuild the red overlay from the mask (after clear/invert)
+  // rebuild the overlay from the mask (after clear/invert): the painted area in the
+  // translucent colour, its edge pixels opaque so the outline shows on any image
   redraw() {
     const { width, height } = this.mask;
     if (!width || !height) return;
     const source = this.maskCtx.getImageData(0, 0, width, height).data;
     const shown = this.viewCtx.createImageData(width, height);
+    const edge = [...this.shown.slice(0, 3), 255];
+    const on = (x, y) => x < 0 || y < 0 || x >= width || y >= height || source[(y * width + x) * 4] >= 128;
     for (let i = 0; i < source.length; i += 4) {
-      if (source[i] >= 128) shown.data.set(this.shown, i);
+      if (source[i] < 128) continue;
+      const x = (i / 4) % width;
+      const y = Math.floor(i / 4 / width);
+      const inside = on(x - 1, y) && on(x + 1, y) && on(x, y - 1) && on(x, y + 1);
+      shown.data.set(inside ? this.shown : edge, i);
     }
     this.viewCtx.putImageData(shown, 0, 0);
   }
@@ -84,6 +152,7 @@ export class MaskPainter {
     if (!this.mask.width) return;
     event.preventDefault();
     this.view.setPointerCapture?.(event.pointerId);
+    this.record();
     this.painting = true;
     this.last = this.point(event);
     this.stroke(this.last, this.last);
@@ -98,9 +167,11 @@ export class MaskPainter {
 
   stop() {
     // overlapping translucent segments leave darker joins: redraw the overlay flat
-    if (this.painting) this.redraw();
+    const was = this.painting;
+    if (was) this.redraw();
     this.painting = false;
     this.last = null;
+    if (was) this.changed();
   }
 
   stroke(from, to) {

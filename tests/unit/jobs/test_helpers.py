@@ -10,8 +10,9 @@ from standardwebhooks import Webhook
 
 from sdserve.domain.events import tqdm_line
 from sdserve.domain.inputs import FamilyDefaults, InputLimits
+from sdserve.domain.schedulers import is_known_scheduler, scheduler_names
 from sdserve.errors import InvalidInput
-from sdserve.jobs.served import input_schema
+from sdserve.jobs.served import default_description, input_schema
 from sdserve.jobs.store import decode_cursor, encode_cursor, new_id
 from sdserve.jobs.webhooks import new_secret, sign_headers
 
@@ -72,3 +73,32 @@ def test_secret_is_standard_base64_and_signatures_verify() -> None:
     assert Webhook(secret).verify(body, headers) == {"id": "x", "status": "succeeded"}
     with pytest.raises(Exception, match="signature"):
         Webhook(secret).verify(body + b" ", headers)
+
+
+def test_input_schema_lists_the_accepted_schedulers_grouped_by_dialect() -> None:
+    schema = input_schema(
+        FamilyDefaults(width=512, height=512, num_inference_steps=30, guidance_scale=7.5),
+        InputLimits(),
+    )
+    scheduler = schema["properties"]["scheduler"]
+    assert scheduler["enum"] == scheduler_names()
+    assert scheduler["default"] in scheduler["enum"]
+    groups = scheduler["x-enum-groups"]
+    assert list(groups) == ["Replicate", "AUTOMATIC1111"]
+    assert groups["Replicate"][:2] == ["DDIM", "DPMSolverMultistep"]
+    assert "DPM++ 2M Karras" in groups["AUTOMATIC1111"]
+    # every accepted name is in exactly one group, and each one is accepted
+    assert sorted(groups["Replicate"] + groups["AUTOMATIC1111"]) == sorted(scheduler["enum"])
+    assert all(is_known_scheduler(name) for name in scheduler["enum"])
+    assert schema["properties"]["noise_schedule"]["enum"][:3] == [
+        "automatic",
+        "uniform",
+        "karras",
+    ]
+
+
+def test_a_default_description_names_a_hub_id_but_never_a_local_path() -> None:
+    hub = default_description("sdxl", "stabilityai/stable-diffusion-xl-base-1.0")
+    assert hub == "sdxl model served from stabilityai/stable-diffusion-xl-base-1.0"
+    for path in ("/srv/models/tiny-sd", "models/dreamshaper.safetensors", "./weights", "C:\\m"):
+        assert default_description("sd1", path) == "sd1 model", path
