@@ -8,9 +8,7 @@ looked up again after ``refresh()`` (a fine-tuned model another process publishe
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, Protocol
 
 from sdserve.domain.controls import (
@@ -36,10 +34,7 @@ from sdserve.models.controlnet.catalog import UNION_TYPES, ControlNetCatalog, Co
 from sdserve.models.controlnet.units import check_units
 from sdserve.models.embeddings import EmbeddingCatalog
 from sdserve.models.ip_adapter import IpAdapterCatalog
-
-#: A Hugging Face hub id (``owner/name``), as opposed to a local path.
-HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
-WEIGHT_SUFFIXES = (".safetensors", ".ckpt", ".bin", ".pt", ".pth")
+from sdserve.models.references import PICKLE_SUFFIXES, is_hub_id
 
 #: The image prompt's inputs, shown in a model's schema only where an IP-Adapter fits it.
 IMAGE_PROMPT_FIELDS = ("ip_adapter_image", "ip_adapter_scale", "ip_adapter")
@@ -382,8 +377,7 @@ def default_description(family: str, reference: str) -> str:
     """What a model without a description is: its family, and its hub id if it has one.
     A local path is left out: where the weights lie is the operator's business, and a
     description is shown to every client (the playground's model help)."""
-    local = reference.endswith(WEIGHT_SUFFIXES) or Path(reference).exists()
-    if HUB_ID.fullmatch(reference) and not local:
+    if is_hub_id(reference) and not reference.endswith((".safetensors", *PICKLE_SUFFIXES)):
         return f"{family} model served from {reference}"
     return f"{family} model"
 
