@@ -154,10 +154,12 @@ def applied(unet: Any, loaded: LoadedIpAdapter, scale: float) -> Iterator[None]:
                 processor.scale = [float(scale)] * len(processor.scale)
         yield
     finally:
-        # set_attn_processor pops from the dict it is given: hand it a copy
-        unet.set_attn_processor(dict(processors))
+        # the projection first: a Plus adapter's resampler has attention layers of its own,
+        # which set_attn_processor would count among the UNet's
         unet.encoder_hid_proj = projection
         unet.config.encoder_hid_dim_type = hid_type
+        # set_attn_processor pops from the dict it is given: hand it a copy
+        unet.set_attn_processor(dict(processors))
 
 
 __all__ = ["IpAdapterModels", "LoadedIpAdapter", "applied", "equip", "read_state_dict"]

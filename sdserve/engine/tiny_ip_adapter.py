@@ -12,13 +12,21 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 #: Tokens the plain IP-Adapter's image projection makes (diffusers' ``ImageProjection``).
 IMAGE_TOKENS = 4
 
 
-def build_tiny_ip_adapter(folder: Path, base: Path, *, family: str, seed: int = 0) -> Path:
-    """Build an IP-Adapter for the tiny pipeline at ``base`` under ``folder``."""
+def build_tiny_ip_adapter(
+    folder: Path, base: Path, *, family: str, seed: int = 0, plus: bool = False
+) -> Path:
+    """Build an IP-Adapter for the tiny pipeline at ``base`` under ``folder``; ``plus``: an
+    IP-Adapter Plus, whose projection is a perceiver resampler reading the image encoder's
+    penultimate hidden states (:func:`_plus_projection`)."""
     import torch
     from diffusers import UNet2DConditionModel
     from safetensors.torch import save_file
@@ -39,12 +47,16 @@ def build_tiny_ip_adapter(folder: Path, base: Path, *, family: str, seed: int = 
         )
     ).eval()
     encoder.save_pretrained(folder / "image_encoder", safe_serialization=True)
-    weights: dict[str, torch.Tensor] = {
-        "image_proj.proj.weight": torch.randn(IMAGE_TOKENS * width, 32) * 0.3,
-        "image_proj.proj.bias": torch.zeros(IMAGE_TOKENS * width),
-        "image_proj.norm.weight": torch.ones(width),
-        "image_proj.norm.bias": torch.zeros(width),
-    }
+    weights: dict[str, torch.Tensor] = (
+        _plus_projection(width)
+        if plus
+        else {
+            "image_proj.proj.weight": torch.randn(IMAGE_TOKENS * width, 32) * 0.3,
+            "image_proj.proj.bias": torch.zeros(IMAGE_TOKENS * width),
+            "image_proj.norm.weight": torch.ones(width),
+            "image_proj.norm.bias": torch.zeros(width),
+        }
+    )
     blocks = list(unet.config.block_out_channels)
     key_id = 1  # diffusers numbers the cross-attention processors 1, 3, 5...
     for name in unet.attn_processors:
@@ -58,6 +70,43 @@ def build_tiny_ip_adapter(folder: Path, base: Path, *, family: str, seed: int = 
     save_file(tensors, str(folder / "ip-adapter.safetensors"))
     (folder / "config.json").write_text(json.dumps({"family": family}))
     return folder
+
+
+def _plus_projection(width: int) -> dict[str, torch.Tensor]:
+    """An IP-Adapter Plus projection in the layout ``ip-adapter-plus_sd15.safetensors``
+    ships (the original resampler's names: ``layers.{i}.0.to_kv``, ``layers.{i}.1.1``...):
+    diffusers' own resampler at a tiny size (one head of 64, 32 wide, 4 queries), renamed
+    back, so diffusers' ``load_ip_adapter`` converts it exactly as it converts real ones."""
+    import torch
+    from diffusers.models.embeddings import IPAdapterPlusImageProjection
+
+    resampler = IPAdapterPlusImageProjection(
+        embed_dims=32, output_dims=width, hidden_dims=32, heads=1, num_queries=IMAGE_TOKENS
+    )
+    state = resampler.state_dict()
+    shipped: dict[str, torch.Tensor] = {}
+    for name, value in state.items():
+        if ".attn.to_k." in name:
+            continue  # shipped joined with to_v, as to_kv
+        if ".attn.to_v." in name:
+            value = torch.cat([state[name.replace(".to_v.", ".to_k.")], value])
+            name = name.replace(".attn.to_v.", ".attn.to_kv.")
+        for ours, theirs in _PLUS_NAMES:
+            name = name.replace(ours, theirs)
+        shipped[f"image_proj.{name}"] = value
+    return shipped
+
+
+#: diffusers' resampler names → the original ones (the inverse of its conversion).
+_PLUS_NAMES = (
+    (".ln0.", ".0.norm1."),
+    (".ln1.", ".0.norm2."),
+    (".attn.to_out.0.", ".0.to_out."),
+    (".attn.", ".0."),
+    (".ff.0.", ".1.0."),
+    (".ff.1.net.0.proj.", ".1.1."),
+    (".ff.1.net.2.", ".1.3."),
+)
 
 
 def _hidden_size(name: str, blocks: list[int]) -> int:

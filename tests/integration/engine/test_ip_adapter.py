@@ -127,6 +127,34 @@ def test_sd_image_prompt_gives_the_pixels_of_plain_diffusers(
     assert np.array_equal(ours, expected)
 
 
+def test_an_ip_adapter_plus_gives_the_pixels_of_plain_diffusers(
+    tiny_sd: Path, tmp_path: Path
+) -> None:
+    """A Plus adapter (a resampler on the encoder's penultimate hidden states) in the layout
+    ip-adapter-plus_sd15 ships: served from the same folder, the same pixels as diffusers."""
+    from sdserve.engine.tiny_ip_adapter import build_tiny_ip_adapter
+
+    folder = build_tiny_ip_adapter(
+        tmp_path / "tiny-sd-ip-adapter-plus", tiny_sd, family="sd1", seed=4, plus=True
+    )
+    catalog = IpAdapterCatalog(tmp_path)
+    assert [(spec.name, spec.family) for spec in catalog.all()] == [
+        ("tiny-sd-ip-adapter-plus", "sd1")
+    ]
+    plus = Engine(
+        EngineSettings(device="cpu", watermark=False),
+        ModelRegistry.from_references([str(tiny_sd)]),
+        ip_adapters=catalog,
+    )
+    model = name_of(plus, tiny_sd)
+    ours = generate(plus, model, ip_adapter_scale=0.8)
+    pipe = StableDiffusionPipeline.from_pretrained(
+        tiny_sd, safety_checker=None, requires_safety_checker=False
+    )
+    assert np.array_equal(ours, plain(pipe, folder, 0.8))
+    assert np.abs(ours - generate(plus, model, prompted=False)).mean() > 1  # it steered
+
+
 def test_sdxl_image_prompt_gives_the_pixels_of_plain_diffusers(
     engine: Engine, tiny_sdxl: Path, tiny_ip_adapters: Path
 ) -> None:
