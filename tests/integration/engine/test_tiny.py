@@ -14,6 +14,7 @@ from sdserve.engine import tiny
 from sdserve.engine.tiny_annotators import DEMO_ANNOTATORS
 from sdserve.models.catalog import ModelRegistry
 from sdserve.models.controlnet.annotators import AnnotatorCatalog
+from sdserve.models.embeddings import EmbeddingCatalog
 
 
 def run(pipe: Any, **kwargs: Any) -> np.ndarray:
@@ -106,7 +107,13 @@ def test_demo_models_build_once_and_register(tmp_path: Path) -> None:
         tiny.DEMO_ADAPTER,
         *tiny.DEMO_IP_ADAPTERS,
         *DEMO_ANNOTATORS,
+        *tiny.DEMO_EMBEDDINGS,
     }
+    embeddings = EmbeddingCatalog(tmp_path / "embeddings")
+    assert [(e.name, e.family, e.vectors) for e in embeddings.all()] == [
+        ("tiny-glow", "sd1", 2),
+        ("tiny-xl-glow", "sdxl", 2),
+    ]
     assert built["tiny-sd-ip-adapter"] == tmp_path / "ip-adapters" / "tiny-sd-ip-adapter"
     annotators = AnnotatorCatalog(tmp_path / "annotators")
     assert [a.name for a in annotators.all()] == ["depth_midas", "normal_midas", "seg_ufade20k"]
