@@ -345,7 +345,7 @@ async function run(prediction) {
       $("progress-status").textContent = jobs.standingText(read);
     }
   });
-  $("progress-bar").value = 0;
+  $("progress-bar").removeAttribute("value"); // indeterminate until the first step
   $("progress-steps").textContent = "";
   $("progress-eta").textContent = "";
   $("progress-preview").hidden = true;
@@ -675,7 +675,7 @@ function inputUses() {
     uses.push({ task: radio.value, label: radio.parentElement.textContent.trim() });
   }
   if (!$("group-controlnet").hidden && controlnet.available()) {
-    uses.push({ task: "controlnet", label: "a ControlNet unit" });
+    uses.push({ task: "controlnet", label: "ControlNet" });
   }
   return uses;
 }

@@ -81,7 +81,7 @@ export function standingText(prediction) {
   const cold = standing.model_loaded === false;
   if (prediction.status === "starting") {
     const place = standing.queue_position ? `Queued #${standing.queue_position}` : "Queued";
-    return cold ? `${place}; the model loads first` : `${place}: waiting for a worker`;
+    return cold ? `${place}; the model loads before it runs` : place;
   }
   if (prediction.status === "processing") return cold ? "Loading the model…" : "Preparing…";
   return prediction.status;

@@ -165,13 +165,18 @@ export function decorateResult(root, prediction, { uses, useAsInput }) {
       compare.addEventListener("click", () => openCompare({ url, alt }, input, natural(), compare));
       tools.append(compare);
     }
-    for (const { task, label } of uses) {
-      const use = el("button", { type: "button", class: "small", text: `Use in ${label}`,
-        "aria-label": `Use output ${index + 1} as the input of ${label}` });
-      use.addEventListener("click", () => useAsInput(task, url));
-      tools.append(use);
-    }
     caption.after(tools);
+    if (!uses.length) return;
+    // the visible words are part of each button's name (WCAG "label in name")
+    const useRow = el("div", { class: "image-tools", role: "group", "aria-label": `Use output ${index + 1} as an input` },
+      el("span", { class: "help", text: "Use as input:" }));
+    for (const { task, label } of uses) {
+      const use = el("button", { type: "button", class: "small", text: label,
+        "aria-label": `Use output ${index + 1} in ${label}` });
+      use.addEventListener("click", () => useAsInput(task, url));
+      useRow.append(use);
+    }
+    tools.after(useRow);
   });
   if (figures.length > 1 || images.querySelector("figure.map")) {
     const all = el("button", { type: "button", text: "Download all" });
