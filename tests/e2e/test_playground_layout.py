@@ -254,13 +254,9 @@ def test_phone_layout_scrolls_to_the_output_and_never_sideways(
         phone.fill("#in-seed", "5")
         phone.click("#run")
         expect(phone.locator("#progress")).to_be_visible()
-        # Run brought the output pane into view
-        phone.wait_for_function(
-            "() => Math.abs(document.getElementById('output-pane').getBoundingClientRect().top)"
-            " < 40",
-            timeout=10_000,
-        )
-        assert in_viewport(phone, "#progress-status")
+        # Run brought the output pane into view (the form is above it, a screen or more)
+        assert scroll_y(phone) > 0
+        assert in_viewport(phone, "#progress-status") and in_viewport(phone, "#cancel")
         shot(phone, artifacts, "layout-phone-2-during", full_page=False)
         result_of(phone)
         assert in_viewport(phone, "#result .images img")

@@ -331,6 +331,7 @@ function showSubmitError(error, groups) {
 }
 
 async function run(prediction) {
+  if (state.running === prediction.id) return; // followed already
   state.running = prediction.id;
   jobs.remember(prediction.id);
   showOutput();
@@ -353,7 +354,10 @@ async function run(prediction) {
   await follow(prediction, {
     onProgress: ({ step, total, preview }) => {
       const now = performance.now();
-      if (!first) first = { time: now, step };
+      if (!first) {
+        first = { time: now, step };
+        stopWatch(); // the steps say the rest
+      }
       $("progress-status").textContent = baseSteps && step > baseSteps ? "Refining" : "Processing";
       $("progress-bar").max = total;
       $("progress-bar").value = step;
@@ -383,6 +387,7 @@ async function run(prediction) {
   }
   if (jobs.isTerminal(final.status)) jobs.forget(final.id);
   showPrediction(final);
+  showOutput(); // the image, at the top of the pane (on a phone: in view again)
   if (final.status === "failed") showJobError(final.error || "");
   history.replaceState(null, "", `#/predictions/${final.id}`);
   loadHistory();
