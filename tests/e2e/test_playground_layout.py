@@ -10,6 +10,7 @@ other playground ones (``artifacts/playground/layout-*.png``).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -64,6 +65,17 @@ def no_sideways_scroll(page: Page) -> bool:
     return bool(page.evaluate("document.documentElement.scrollWidth <= innerWidth"))
 
 
+def create_job(base_url: str, prompt: str, *, steps: int) -> dict[str, Any]:
+    """A 64x64 text-to-image job of ``steps`` steps, created by another caller (the API)."""
+    response = httpx.post(
+        f"{base_url}/v1/models/sdserve/tiny-sd/predictions",
+        json={"input": {"prompt": prompt, "num_inference_steps": steps, "width": 64, "height": 64}},
+        timeout=30,
+    )
+    response.raise_for_status()
+    return dict(response.json())
+
+
 def cancel_quietly(base_url: str, prediction_id: str) -> None:
     httpx.post(f"{base_url}/v1/predictions/{prediction_id}/cancel", timeout=30)
 
@@ -110,14 +122,9 @@ def test_a_reload_reattaches_to_the_running_job_and_its_cancel_works(
             f"of {LONG_STEPS}", timeout=RUN_TIMEOUT_MS
         )
         # another caller's job waits behind it: its card says so
-        created = httpx.post(
-            f"{base_url}/v1/models/sdserve/tiny-sd/predictions",
-            json={"input": {"prompt": "behind the long one", "num_inference_steps": 2,
-                            "width": 64, "height": 64}},
-            timeout=30,
-        )
-        queued_id = created.json()["id"]
-        assert created.json()["sdserve_standing"]["queue_position"] == 1
+        created = create_job(base_url, "behind the long one", steps=2)
+        queued_id = created["id"]
+        assert created["sdserve_standing"]["queue_position"] == 1
 
         page.reload()
         page.wait_for_selector("body[data-ready=true]", timeout=30_000)
@@ -209,19 +216,13 @@ def test_zoom_compare_and_use_as_input_by_keyboard(
 
 
 def test_queued_and_running_states_in_the_output_pane(page: Page, base_url: str) -> None:
-    blocker = httpx.post(
-        f"{base_url}/v1/models/sdserve/tiny-sd/predictions",
-        json={"input": {"prompt": "in front", "num_inference_steps": LONG_STEPS,
-                        "width": 64, "height": 64}},
-        timeout=30,
-    ).json()["id"]
+    blocker = create_job(base_url, "in front", steps=LONG_STEPS)["id"]
     try:
-        deadline_ms = RUN_TIMEOUT_MS
         page.wait_for_function(
             "async id => (await (await fetch('/v1/predictions/' + id)).json()).status"
             " === 'processing'",
             arg=blocker,
-            timeout=deadline_ms,
+            timeout=RUN_TIMEOUT_MS,
         )
         page.fill("#in-prompt", "waits its turn")
         fill_small(page)

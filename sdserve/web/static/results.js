@@ -91,16 +91,22 @@ export function openCompare(output, input, natural, opener) {
   const before = el("img", { src: input.image, alt: "Input image", class: "compare-before" });
   const after = fullImage(output.url, output.alt, natural);
   after.classList.add("compare-after");
-  const stage = el("div", { class: "compare-stage" }, before, after);
-  if (width && width < SMALL) stage.style.width = after.style.width;
+  const line = el("div", { class: "compare-line", "aria-hidden": "true" });
+  const stage = el("div", { class: "compare-stage" }, before, after, line);
+  const box = el("div", { class: "compare" });
+  if (width) box.style.width = after.style.width || `${width}px`;
   if (taskOf(input) === "outpaint") placeOutpaintInput(before, input, natural);
   const slider = el("input", { type: "range", min: "0", max: "100", value: "50", id: "compare-split",
     "aria-label": "Split between the input (left) and the output (right), in percent" });
-  const split = () => { after.style.clipPath = `inset(0 0 0 ${slider.value}%)`; };
+  const split = () => {
+    after.style.clipPath = `inset(0 0 0 ${slider.value}%)`;
+    line.style.left = `${slider.value}%`;
+  };
   slider.addEventListener("input", split);
   split();
   const label = el("p", { class: "help", text: "Left of the line: the input image. Right: the output. Move the slider (arrow keys) to compare." });
-  openDialog(`Compare: ${output.alt}`, el("div", {}, stage, slider, label), opener);
+  box.append(stage, slider, label);
+  openDialog(`Compare: ${output.alt}`, box, opener);
   slider.focus();
 }
 
