@@ -146,7 +146,7 @@ def test_a_reload_reattaches_to_the_running_job_and_its_cancel_works(
         shot(page, artifacts, "layout-desktop-4-reattached", full_page=False)
         shot(page, artifacts, "layout-desktop-5-live-cards")
 
-        page.get_by_role("button", name="Cancel").click()
+        page.get_by_role("button", name="Cancel", exact=True).click()
         result = result_of(page, "canceled")
         assert result.get_attribute("data-id") == long_id
         assert prediction(base_url, long_id)["status"] == "canceled"
