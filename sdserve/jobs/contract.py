@@ -7,7 +7,7 @@ dialect is a thin translation from its wire format to these calls.
 from __future__ import annotations
 
 import builtins
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -98,6 +98,20 @@ class RunProgress:
     total: int | None
     preview: bytes | None  # small JPEG of the latest step, while the job runs
     stop_requested: bool = False
+
+
+@dataclass(frozen=True)
+class Standing:
+    """Where an unfinished job stands, as far as the service knows: what a person waiting
+    for it wants to read ("queued #3", "loading the model")."""
+
+    #: 1 + the jobs of its model that were accepted earlier and still wait for a worker,
+    #: while the job itself waits (None once it runs). An estimate: the queue is fair
+    #: across callers, so another caller's newer job may start first.
+    queue_position: int | None
+    #: whether a live worker of its model holds the model in memory now (False: the first
+    #: run loads it); None where the workers cannot be listed
+    model_loaded: bool | None
 
 
 #: Turns a job into the JSON body its dialect's webhook carries.
@@ -224,4 +238,8 @@ class JobService(Protocol):
 
     def progress(self, job_id: str) -> RunProgress:
         """Last step, total and preview of a job; raise JobNotFound."""
+        ...
+
+    def standings(self, jobs: Sequence[JobRecord]) -> Mapping[str, Standing]:
+        """Queue position and model state of the unfinished ones of ``jobs``, by id."""
         ...

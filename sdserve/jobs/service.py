@@ -14,7 +14,7 @@ import asyncio
 import builtins
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -40,6 +40,7 @@ from sdserve.jobs.contract import (
     Renderer,
     RunProgress,
     ServedModel,
+    Standing,
     WebhookOptions,
     Workers,
 )
@@ -442,6 +443,32 @@ class Service:
             preview=state.preview,
             stop_requested=state.stop_requested,
         )
+
+    def standings(self, jobs: Sequence[JobRecord]) -> Mapping[str, Standing]:
+        """Queue position and model state of the unfinished ones of ``jobs``, by id: one
+        read of the waiting jobs and one of the worker registry, whatever their number."""
+        unfinished = [job for job in jobs if not job.status.terminal]
+        if not unfinished:
+            return {}
+        positions: dict[str, int] = {}
+        waiting: dict[str, int] = {}  # per model: how many wait so far
+        for job_id, model in self.store.jobs.waiting():
+            key = model.lower()
+            waiting[key] = waiting.get(key, 0) + 1
+            positions[job_id] = waiting[key]
+        live = self._workers.live() if self._workers is not None else None
+        standings = {}
+        for job in unfinished:
+            loaded = None
+            if live is not None:
+                wanted = job.model.lower()
+                loaded = any(
+                    wanted in (name.lower() for name in worker.loaded)
+                    for worker in live
+                    if worker.serves(job.model)
+                )
+            standings[job.id] = Standing(queue_position=positions.get(job.id), model_loaded=loaded)
+        return standings
 
     async def wait(self, job_id: str, timeout: float) -> JobRecord:
         """The job once terminal, or as it is after ``timeout`` seconds."""

@@ -97,8 +97,14 @@ def shot(page: Page, artifacts: Path, name: str, *, full_page: bool = True) -> N
     page.screenshot(path=str(artifacts / f"{name}.png"), full_page=full_page)
 
 
+def open_settings(page: Page) -> None:
+    """Unfold "Size and sampling" (folded below Run until a person opens it)."""
+    page.locator("#group-settings").evaluate("details => { details.open = true; }")
+
+
 def fill_small(page: Page, *, steps: int = 2, size: bool = True) -> None:
     """Keep runs cheap: a tiny image and few steps."""
+    open_settings(page)
     if size:
         page.fill("#in-width", "64")
         page.fill("#in-height", "64")
@@ -324,6 +330,7 @@ def test_validation_error_shown_beside_its_field(
 ) -> None:
     before = prediction_count(base_url)
     page.fill("#in-prompt", "too narrow")
+    open_settings(page)
     page.fill("#in-width", "100")
     page.click("#run")
     error = page.locator("#in-width-error")
@@ -440,7 +447,8 @@ def test_page_asks_for_a_token_when_the_server_has_tokens(
         # kept for this tab only
         stored = page.evaluate("sessionStorage.getItem('sdserve.token')")
         assert stored == "s3cret-token"
-        assert page.evaluate("localStorage.length") == 0
+        # the page keeps the form in localStorage, never the token
+        assert "s3cret-token" not in page.evaluate("JSON.stringify(localStorage)")
         # with a token the page polls (EventSource cannot send headers) and still finishes
         page.fill("#in-prompt", "behind a token")
         fill_small(page)

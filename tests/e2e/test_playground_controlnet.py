@@ -318,7 +318,7 @@ def test_unit_uses_the_input_image_and_takes_a_dropped_one(
     )
     expect(other.get_by_role("img", name="Control image of unit 2")).to_be_visible()
     page.fill("#in-prompt", "structure from the picture")
-    page.fill("#in-num_inference_steps", "2")
+    fill_small(page, size=False)
     page.click("#run")
     record = prediction(base_url, result_of(page).get_attribute("data-id") or "")
     first, second = record["input"]["controlnets"]

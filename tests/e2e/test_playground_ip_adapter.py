@@ -237,7 +237,7 @@ def test_t2i_adapter_unit_keeps_its_range_and_runs_text_to_image_only(
     page.set_input_files("#image-file", str(write_photo(tmp_path / "photo.png")))
     before = prediction_count(base_url)
     page.fill("#in-prompt", "an adapter")
-    page.fill("#in-num_inference_steps", "2")
+    fill_small(page, size=False)
     page.click("#run")
     expect(unit.locator(".field-error").last).to_contain_text("text to image only")
     assert prediction_count(base_url) == before

@@ -126,8 +126,14 @@ class ReplicateApi:
         return JSONResponse(self._render(job, base), status_code=201)
 
     def _render(self, job: JobRecord, base: str) -> dict[str, Any]:
-        """A prediction as answered at its own URLs (create, get, cancel)."""
-        return render_prediction(job, base, output_as=self._output_renderer(job, base))
+        """A prediction as answered at its own URLs (create, get, cancel), with its
+        standing while unfinished."""
+        return render_prediction(
+            job,
+            base,
+            output_as=self._output_renderer(job, base),
+            standing=self.service.standings([job]).get(job.id),
+        )
 
     def _output_renderer(self, job: JobRecord, base: str) -> Callable[[str], str]:
         """Output files as data URIs when the job's creator asked for them inline (sync
@@ -152,8 +158,13 @@ class ReplicateApi:
     ) -> Any:
         page = self.service.list(cursor=cursor, limit=limit, kind=JobKind.PREDICTION)
         base = base_url(request, self.public_url)
+        standings = self.service.standings(page.results)
         return render_job_page(
-            page, lambda job: render_prediction(job, base), base, "/v1/predictions", limit
+            page,
+            lambda job: render_prediction(job, base, standing=standings.get(job.id)),
+            base,
+            "/v1/predictions",
+            limit,
         )
 
     async def get_prediction(self, request: Request, job_id: str) -> Any:

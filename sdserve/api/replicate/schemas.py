@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sdserve.api.common import file_url, iso, page_url
 from sdserve.domain.events import Done
 from sdserve.domain.jobs import FailureCode, Status
-from sdserve.jobs.contract import JobRecord, Page, ServedModel, WebhookOptions
+from sdserve.jobs.contract import JobRecord, Page, ServedModel, Standing, WebhookOptions
 
 WebhookEvent = Literal["start", "output", "logs", "completed"]
 COG_VERSION = "0.9.0"  # the client reads the schema differently below 0.3.9
@@ -63,9 +63,15 @@ def error_text(status: Status, code: FailureCode | None, message: str | None) ->
 
 
 def render_prediction(
-    job: JobRecord, base: str, *, output_as: Callable[[str], str] | None = None
+    job: JobRecord,
+    base: str,
+    *,
+    output_as: Callable[[str], str] | None = None,
+    standing: Standing | None = None,
 ) -> dict[str, Any]:
-    """A job as Replicate's prediction JSON. ``output_as`` turns a file key into a string."""
+    """A job as Replicate's prediction JSON. ``output_as`` turns a file key into a string.
+    ``standing`` (an unfinished job's queue position and model state) adds the
+    ``sdserve_standing`` key, which Replicate's clients ignore (they drop unknown keys)."""
     to_string = output_as or (lambda key: file_url(base, key))
     urls = {
         "get": f"{base}/v1/predictions/{job.id}",
@@ -74,7 +80,7 @@ def render_prediction(
         "web": f"{base}/#/predictions/{job.id}",
     }
     metrics = dict(job.metrics)
-    return {
+    rendered: dict[str, Any] = {
         "id": job.id,
         "model": job.model,
         "version": job.version,
@@ -92,6 +98,12 @@ def render_prediction(
         "metrics": metrics,
         "nsfw_content_detected": job.nsfw,
     }
+    if standing is not None:
+        rendered["sdserve_standing"] = {
+            "queue_position": standing.queue_position,
+            "model_loaded": standing.model_loaded,
+        }
+    return rendered
 
 
 def render_version(model: ServedModel) -> dict[str, Any]:

@@ -551,6 +551,17 @@ class JobRepository:
             rows = conn.execute(query).all()
         return [(row[0], Status(row[1]), int(row[2]), bool(row[3])) for row in rows]
 
+    def waiting(self) -> list[tuple[str, str]]:
+        """(id, model) of every job waiting to start (``starting``, no cancel asked),
+        oldest first: two columns, so a long queue stays a cheap read."""
+        query = (
+            select(JOBS.c.id, JOBS.c.model)
+            .where(JOBS.c.status == Status.STARTING.value, JOBS.c.cancel_requested.is_(False))
+            .order_by(JOBS.c.created_at.asc(), JOBS.c.id.asc())
+        )
+        with self._db.transaction() as conn:
+            return [(str(row[0]), str(row[1])) for row in conn.execute(query).all()]
+
     def queued(self, limit: int = 100) -> list[JobRecord]:
         """Jobs waiting to start (``starting``, no cancel asked), oldest first."""
         query = (

@@ -7,7 +7,10 @@ import { el, SchemaForm } from "./form.js";
 import { cardFacts, HistoryFilter, historyItem, isRemoved } from "./history.js";
 import { acceptImages, allowedText, examplePrompts, LoraPicker, readableMessage, SizePresets } from "./inputs.js";
 import { ImagePromptPanel } from "./ipadapter.js";
+import * as jobs from "./jobs.js";
+import { setupLayout, showOutput } from "./layout.js";
 import { MaskPainter } from "./mask.js";
+import { appliedParams, decorateResult } from "./results.js";
 
 const $ = (id) => document.getElementById(id);
 const IMAGE_TASKS = new Set(["img2img", "inpaint", "outpaint"]);
@@ -419,12 +422,22 @@ function showSubmitError(error, groups) {
 }
 
 async function run(prediction) {
+  if (state.running === prediction.id) return; // followed already
   state.running = prediction.id;
+  jobs.remember(prediction.id);
+  showOutput();
   let first = null; // {time, step} of the first progress event, for the ETA
+  const baseSteps = jobs.refinerBase(prediction.input, defaultSteps(prediction.model));
   $("progress").hidden = false;
   $("cancel").disabled = false;
-  $("progress-status").textContent = "Starting…";
-  $("progress-bar").value = 0;
+  $("progress-status").textContent = jobs.standingText(prediction);
+  // until the first step, say what the job waits for (its place in line, a model loading)
+  const stopWatch = jobs.watch(prediction.id, (read) => {
+    if (!first && state.running === prediction.id && !jobs.isTerminal(read.status)) {
+      $("progress-status").textContent = jobs.standingText(read);
+    }
+  });
+  $("progress-bar").removeAttribute("value"); // indeterminate until the first step
   $("progress-steps").textContent = "";
   $("progress-eta").textContent = "";
   $("progress-preview").hidden = true;
@@ -432,11 +445,14 @@ async function run(prediction) {
   await follow(prediction, {
     onProgress: ({ step, total, preview }) => {
       const now = performance.now();
-      if (!first) first = { time: now, step };
-      $("progress-status").textContent = "Processing";
+      if (!first) {
+        first = { time: now, step };
+        stopWatch(); // the steps say the rest
+      }
+      $("progress-status").textContent = baseSteps && step > baseSteps ? "Refining" : "Processing";
       $("progress-bar").max = total;
       $("progress-bar").value = step;
-      $("progress-steps").textContent = `Step ${step} of ${total}.`;
+      $("progress-steps").textContent = jobs.stepText(step, total, baseSteps);
       const done = step - first.step;
       if (done > 0 && total > step) {
         const seconds = ((now - first.time) / done) * (total - step) / 1000;
@@ -450,6 +466,7 @@ async function run(prediction) {
       }
     },
   });
+  stopWatch();
   state.running = null;
   $("progress").hidden = true;
   let final;
@@ -459,7 +476,9 @@ async function run(prediction) {
     $("result").replaceChildren(el("p", { class: "error", text: error.message }));
     return;
   }
+  if (jobs.isTerminal(final.status)) jobs.forget(final.id);
   showPrediction(final);
+  showOutput(); // the image, at the top of the pane (on a phone: in view again)
   if (final.status === "failed") showJobError(final.error || "");
   history.replaceState(null, "", `#/predictions/${final.id}`);
   loadHistory();
@@ -550,10 +569,11 @@ function renderPrediction(prediction) {
   root.append(facts);
 
   const params = el("table", { class: "params" }, el("caption", { text: "Parameters" }));
-  for (const [key, value] of Object.entries(input)) {
+  for (const [key, value] of appliedParams(input)) {
     params.append(el("tr", {}, el("th", { scope: "row", text: key }), el("td", { text: shorten(value) })));
   }
   root.append(params);
+  decorateResult(root, prediction, { uses: inputUses(), useAsInput });
 
   const actions = el("div", { class: "button-row" });
   const reuse = el("button", { type: "button", class: "primary", text: "Reuse these settings (same seed)" });
@@ -734,6 +754,75 @@ async function reuseSettings(prediction) {
   $("in-prompt")?.focus();
 }
 
+// using a result and keeping the form ------------------------------------------------------
+
+// the schema's default steps of a served model (to tell the refiner's steps from the base's)
+function defaultSteps(name) {
+  const model = state.models.get(name);
+  const props = model ? model.latest_version.openapi_schema.components.schemas.Input.properties : {};
+  return props.num_inference_steps ? props.num_inference_steps.default : null;
+}
+
+// the tasks an output image can be the input of, as the form offers them now
+function inputUses() {
+  const uses = [];
+  for (const radio of document.querySelectorAll('input[name="task"]')) {
+    if (radio.value === "txt2img" || radio.disabled) continue;
+    uses.push({ task: radio.value, label: radio.parentElement.textContent.trim() });
+  }
+  if (!$("group-controlnet").hidden && controlnet.available()) {
+    uses.push({ task: "controlnet", label: "ControlNet" });
+  }
+  return uses;
+}
+
+// an output image becomes the input of `task` (or of a new ControlNet unit)
+async function useAsInput(task, url) {
+  let blob;
+  try {
+    blob = await (await fetch(url)).blob();
+  } catch (error) {
+    $("form-error").textContent = `Could not load the image: ${error.message}`;
+    return;
+  }
+  const ref = url.startsWith("data:") ? null : url; // the server reads its own file URLs
+  if (task === "controlnet") {
+    const unit = controlnet.add();
+    if (!unit) return;
+    $("group-controlnet").open = true;
+    await unit.setFile(blob, ref);
+    unit.root.scrollIntoView({ block: "center" });
+    unit.focus();
+    return;
+  }
+  setTask(task);
+  await setImage(blob, ref);
+  $("image-section").scrollIntoView({ block: "start" });
+  $("image-file").focus({ preventScroll: true });
+}
+
+function saveForm() {
+  if (!state.model || !state.restored) return;
+  const fields = {};
+  for (const name of form.fields.keys()) {
+    const value = form.get(name);
+    if (value !== undefined) fields[name] = value;
+  }
+  jobs.saveForm({ model: `${state.model.owner}/${state.model.name}`, task: state.task, fields });
+}
+
+// the form as this browser left it (images are not kept: an image task asks for one again)
+function restoreForm() {
+  const saved = jobs.savedForm();
+  state.restored = true;
+  if (!saved) return;
+  if (saved.model && state.models.has(saved.model)) selectModel(saved.model);
+  if (saved.task) setTask(saved.task);
+  for (const [name, value] of Object.entries(saved.fields || {})) {
+    if (form.has(name)) form.set(name, value);
+  }
+}
+
 // history --------------------------------------------------------------------------------
 
 async function loadHistory(more = false) {
@@ -767,15 +856,36 @@ function historyCard(prediction) {
   );
   if (prediction.error) button.append(el("span", { class: "card-error", title: prediction.error, text: prediction.error }));
   button.addEventListener("click", () => openPrediction(prediction.id));
-  return historyItem(button, prediction, (next) => {
+  const item = historyItem(button, prediction, (next) => {
     (next?.querySelector(".card") || $("history-refresh")).focus();
     historyFilter.apply();
   });
+  if (!jobs.isTerminal(prediction.status)) {
+    jobs.liveCard(item, prediction, {
+      defaultSteps: defaultSteps(prediction.model),
+      onEnd: (ended) => {
+        item.replaceWith(historyCard(ended));
+        historyFilter.apply();
+      },
+    });
+  }
+  return item;
 }
 
 async function openPrediction(id) {
   try {
-    showPrediction(await api.prediction(id));
+    const prediction = await api.prediction(id);
+    if (state.running === id) {
+      showOutput(true);
+      return;
+    }
+    if (!jobs.isTerminal(prediction.status) && !state.running) {
+      // a running job opens live, with its progress and Cancel
+      history.replaceState(null, "", `#/predictions/${id}`);
+      run(prediction);
+      return;
+    }
+    showPrediction(prediction);
     history.replaceState(null, "", `#/predictions/${id}`);
     $("result-title").scrollIntoView({ behavior: "smooth" });
     $("result").querySelector(".prediction")?.setAttribute("tabindex", "-1");
@@ -789,17 +899,22 @@ async function openPrediction(id) {
 
 async function loadAll() {
   await Promise.all([loadModels(), controlnet.loadCatalog()]);
+  restoreForm();
   loadLoras();
   loadTrained();
   await loadHistory();
   const match = /^#\/predictions\/([\w-]+)$/.exec(location.hash);
   if (match) openPrediction(match[1]);
+  // a job this browser started and a reload (or another tab) left: follow it again
+  const running = state.running ? null : await jobs.unfinished();
+  if (running && !state.running) run(running);
 }
 
 async function main() {
   setupToken();
   setupTasks();
   $("generate").addEventListener("submit", submit);
+  setupLayout({ form: $("generate"), save: saveForm });
   $("cancel").addEventListener("click", cancel);
   $("history-refresh").addEventListener("click", () => loadHistory());
   $("history-more").addEventListener("click", () => loadHistory(true));

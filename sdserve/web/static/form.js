@@ -88,6 +88,7 @@ export class SchemaForm {
     this.groups = groups;
     this.loras = loras;
     this.fields = new Map(); // name -> {prop, kind, input, error, wrapper, group}
+    this.pending = new Map(); // name -> timer of its delayed check after typing
   }
 
   build(schema) {
@@ -169,10 +170,10 @@ export class SchemaForm {
     wrapper.append(el("p", { class: "help", id: `${id}-help`, text: help }), error);
     // validate shortly after typing stops, not on blur: an error appearing on blur moves
     // the Run button between mouse-down and mouse-up, and the click is lost
-    const field = { prop, kind, input, error, wrapper, group, timer: null };
+    const field = { prop, kind, input, error, wrapper, group };
     input.addEventListener("input", () => {
-      clearTimeout(field.timer);
-      field.timer = setTimeout(() => this.validateField(name), 500);
+      clearTimeout(this.pending.get(name));
+      this.pending.set(name, setTimeout(() => this.validateField(name), 500));
     });
     this.groups[group].append(wrapper);
     this.fields.set(name, field);
@@ -242,7 +243,7 @@ export class SchemaForm {
     const field = this.fields.get(name);
     if (!field || !visibleGroups.has(field.group)) return false;
     // a check still pending from the last keystroke must not wipe the server's word
-    clearTimeout(field.timer);
+    clearTimeout(this.pending.get(name));
     this.showError(field, message);
     openGroupOf(field.wrapper);
     field.input.focus();
@@ -250,6 +251,8 @@ export class SchemaForm {
   }
 
   validateField(name) {
+    // checked now: a delayed check must not wipe a server's message that comes after
+    clearTimeout(this.pending.get(name));
     const field = this.fields.get(name);
     const message = problem(name, field.kind, this.get(name));
     this.showError(field, message || "");
