@@ -21,6 +21,7 @@ from tests.e2e.test_playground import (
     Page,
     expect,
     fill_small,
+    open_settings,
     prediction,
     prediction_count,
     result_of,
@@ -133,6 +134,7 @@ def test_scheduler_is_a_grouped_select_of_the_schema_names(
     assert [label for label, _ in groups] == ["Replicate", "AUTOMATIC1111"]
     assert dict(groups) == scheduler["x-enum-groups"]
     expect(page.locator("#in-scheduler")).to_have_value(scheduler["default"])
+    open_settings(page)  # "Size and sampling" is folded below Run
     page.select_option("#in-scheduler", "DPM++ 2M Karras")
     page.fill("#in-prompt", "a select, not a text box")
     fill_small(page)
@@ -149,6 +151,7 @@ def test_size_presets_stay_within_the_model_budget(page: Page, base_url: str) ->
     schema = input_schema(base_url, "sdserve/tiny-sd")
     width, height = schema["properties"]["width"], schema["properties"]["height"]
     budget = width["default"] * height["default"]
+    open_settings(page)
     presets = page.locator("#size-presets button")
     assert presets.count() >= 5
     for index in range(presets.count()):
@@ -227,6 +230,7 @@ def test_long_allowed_lists_are_shortened(page: Page, base_url: str, artifacts: 
     page.eval_on_selector(
         "#in-scheduler", "s => s.append(new Option('NoSuchSampler', 'NoSuchSampler'))"
     )
+    open_settings(page)
     page.select_option("#in-scheduler", "NoSuchSampler")
     page.fill("#in-prompt", "unknown sampler")
     fill_small(page)
