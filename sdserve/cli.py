@@ -144,6 +144,28 @@ def _add_engine_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_weight_folder_options(group: Any, *, verb: str) -> None:
+    """Where the extra weights are: ControlNets (and more by reference), annotators,
+    IP-Adapters and embeddings (``serve`` and ``generate`` take the same options)."""
+    for option, name in (
+        ("--controlnet-dir", "controlnet_dir"),
+        ("--annotator-dir", "annotator_dir"),
+        ("--ip-adapter-dir", "ip_adapter_dir"),
+        ("--embeddings-dir", "embeddings_dir"),
+    ):
+        group.add_argument(
+            option, type=Path, metavar="FOLDER", help=described(EngineSettings, name)
+        )
+    group.add_argument(
+        "--controlnet",
+        action="append",
+        dest="controlnets",
+        metavar="REFERENCE",
+        default=None,
+        help=described(EngineSettings, "controlnets", f"a ControlNet to {verb}, repeatable"),
+    )
+
+
 def _add_model_cache_options(parser: argparse.ArgumentParser) -> None:
     """The worker's model cache: its two budgets, models loaded at start, idle unloading."""
     cache = parser.add_argument_group(
@@ -173,38 +195,7 @@ def _add_model_cache_options(parser: argparse.ArgumentParser) -> None:
             "worker serves",
         ),
     )
-    cache.add_argument(
-        "--controlnet-dir",
-        type=Path,
-        metavar="FOLDER",
-        help=described(EngineSettings, "controlnet_dir"),
-    )
-    cache.add_argument(
-        "--controlnet",
-        action="append",
-        dest="controlnets",
-        metavar="REFERENCE",
-        default=None,
-        help=described(EngineSettings, "controlnets", "a ControlNet to serve, repeatable"),
-    )
-    cache.add_argument(
-        "--ip-adapter-dir",
-        type=Path,
-        metavar="FOLDER",
-        help=described(EngineSettings, "ip_adapter_dir"),
-    )
-    cache.add_argument(
-        "--embeddings-dir",
-        type=Path,
-        metavar="FOLDER",
-        help=described(EngineSettings, "embeddings_dir"),
-    )
-    cache.add_argument(
-        "--annotator-dir",
-        type=Path,
-        metavar="FOLDER",
-        help=described(EngineSettings, "annotator_dir"),
-    )
+    _add_weight_folder_options(cache, verb="serve")
     cache.add_argument(
         "--idle-unload",
         type=float,
@@ -417,26 +408,6 @@ def _add_control_options(gen: argparse.ArgumentParser) -> None:
         help="also write each unit's control map, as <output>-control-<i>.png",
     )
     group.add_argument(
-        "--controlnet-dir",
-        type=Path,
-        metavar="FOLDER",
-        help=described(EngineSettings, "controlnet_dir"),
-    )
-    group.add_argument(
-        "--controlnet",
-        action="append",
-        dest="controlnets",
-        metavar="REFERENCE",
-        default=None,
-        help=described(EngineSettings, "controlnets", "a ControlNet to use, repeatable"),
-    )
-    group.add_argument(
-        "--annotator-dir",
-        type=Path,
-        metavar="FOLDER",
-        help=described(EngineSettings, "annotator_dir"),
-    )
-    group.add_argument(
         "--ip-adapter-image",
         type=Path,
         help=described(GenerationInput, "ip_adapter_image", "image prompt file"),
@@ -445,20 +416,7 @@ def _add_control_options(gen: argparse.ArgumentParser) -> None:
         "--ip-adapter-scale", type=float, help=described(GenerationInput, "ip_adapter_scale")
     )
     group.add_argument("--ip-adapter", help=described(GenerationInput, "ip_adapter"))
-    group.add_argument(
-        "--ip-adapter-dir",
-        type=Path,
-        metavar="FOLDER",
-        help=described(EngineSettings, "ip_adapter_dir"),
-    )
-    gen.add_argument(
-        "--embeddings-dir",
-        type=Path,
-        metavar="FOLDER",
-        help=described(
-            EngineSettings, "embeddings_dir", default="<data dir>/embeddings, or the demo's"
-        ),
-    )
+    _add_weight_folder_options(group, verb="use")
 
 
 #: the unit fields whose value is a file that ``generate`` reads
