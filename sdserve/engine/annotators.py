@@ -298,16 +298,16 @@ def grey(values: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
 
 def _hed(loaded: LoadedAnnotator, pixels: Pixels) -> npt.NDArray[np.float32]:
     """HED's edge logits at the working size (its input: RGB 0..255)."""
-    rgb = torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1)[None]
+    rgb = torch.from_numpy(np.array(pixels, dtype=np.float32)).permute(2, 0, 1)[None]
     with torch.inference_mode():
-        logits = loaded.model(rgb.to(loaded.device, torch.float32))[0, 0]
+        logits = loaded.model(rgb.to(loaded.device))[0, 0]
     return np.asarray(logits.float().cpu().numpy(), dtype=np.float32)
 
 
 def soft_edges(logits: npt.NDArray[np.float32], *, safe: bool = False) -> npt.NDArray[np.uint8]:
     """HED's edge logits as grey 0..255; ``safe``: quantised to 0, 127, 255 (A1111's
     ``softedge_hedsafe``)."""
-    edge = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
+    edge = 0.5 + 0.5 * np.tanh(logits.astype(np.float64) / 2)  # the sigmoid, no overflow
     if safe:
         edge = np.floor(edge * (SAFE_STEPS + 1)) / SAFE_STEPS
     return np.asarray((edge * 255.0).clip(0, 255), dtype=np.uint8)
@@ -319,9 +319,9 @@ def _lines(loaded: LoadedAnnotator, pixels: Pixels) -> npt.NDArray[np.float32]:
     height, width = pixels.shape[:2]
     pad_h, pad_w = (-height) % LINEART_MULTIPLE, (-width) % LINEART_MULTIPLE
     padded = np.pad(pixels, ((0, pad_h), (0, pad_w), (0, 0)), mode="edge")
-    rgb = torch.from_numpy(np.ascontiguousarray(padded)).permute(2, 0, 1)[None]
+    rgb = torch.from_numpy(np.array(padded, dtype=np.float32)).permute(2, 0, 1)[None]
     with torch.inference_mode():
-        drawn = loaded.model(rgb.to(loaded.device, torch.float32) / 255.0)
+        drawn = loaded.model(rgb.to(loaded.device) / 255.0)
     return np.asarray(drawn[0, 0, :height, :width].float().cpu().numpy(), dtype=np.float32)
 
 
