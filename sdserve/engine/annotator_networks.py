@@ -15,11 +15,17 @@ named as in the public checkpoints ``lllyasviel/Annotators`` ships, so an operat
   two stride-2 downsamplings; ``model2``: three residual blocks; ``model3``: two transposed
   upsamplings; ``model4``: a 7x7 head and a sigmoid) with instance norms, which draws dark
   lines on white from 0..1 RGB.
+
+Their widths (and HED's convolutions per stage, the generator's residual blocks) default to
+the checkpoints' and are read from the weights when loading (:func:`load_network`), so the
+tiny random-weight demo versions (``engine.tiny_annotators``) load the same way.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -57,13 +63,16 @@ class HedStage(nn.Module):
 class HedNetwork(nn.Module):
     """lllyasviel's HED (``ControlNetHED.pth``): RGB 0..255 (N x 3 x H x W) in, the edge
     logits (N x 1 x H x W: the stages' projections brought to the input's size and
-    averaged) out; a sigmoid makes them edge strengths."""
+    averaged) out; a sigmoid makes them edge strengths. ``stages``: (channels,
+    convolutions) of each of the five stages."""
 
-    def __init__(self) -> None:
+    def __init__(self, stages: Sequence[tuple[int, int]] = HED_STAGES) -> None:
         super().__init__()
+        if len(stages) != len(HED_STAGES):
+            raise ValueError(f"HED has {len(HED_STAGES)} stages, not {len(stages)}")
         self.norm = nn.Parameter(torch.zeros(1, 3, 1, 1))
         channels_in = 3
-        for index, (channels, layers) in enumerate(HED_STAGES, start=1):
+        for index, (channels, layers) in enumerate(stages, start=1):
             self.add_module(f"block{index}", HedStage(channels_in, channels, layers))
             channels_in = channels
 
@@ -105,11 +114,12 @@ class ResidualBlock(nn.Module):
 class LineartGenerator(nn.Module):
     """The lineart generator (``sk_model.pth``, ``sk_model2.pth``): RGB 0..1 (N x 3 x H x
     W, sides a multiple of :data:`LINEART_MULTIPLE`) in, lines 0..1 (N x 1 x H x W, dark
-    lines on white) out."""
+    lines on white) out. ``width``: the stem's channels (doubled by each downsampling)."""
 
-    def __init__(self) -> None:
+    def __init__(
+        self, width: int = LINEART_WIDTH, residual_blocks: int = LINEART_RESIDUAL_BLOCKS
+    ) -> None:
         super().__init__()
-        width = LINEART_WIDTH
         self.model0 = nn.Sequential(
             nn.ReflectionPad2d(3), nn.Conv2d(3, width, 7), nn.InstanceNorm2d(width), nn.ReLU(True)
         )
@@ -117,9 +127,7 @@ class LineartGenerator(nn.Module):
             *_down(width, width * 2),
             *_down(width * 2, width * 4),
         )
-        self.model2 = nn.Sequential(
-            *(ResidualBlock(width * 4) for _ in range(LINEART_RESIDUAL_BLOCKS))
-        )
+        self.model2 = nn.Sequential(*(ResidualBlock(width * 4) for _ in range(residual_blocks)))
         self.model3 = nn.Sequential(
             *_up(width * 4, width * 2),
             *_up(width * 2, width),
@@ -155,17 +163,33 @@ NETWORKS: dict[str, type[nn.Module]] = {
 }
 
 
+def sizes_of(model_type: str, state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+    """The constructor arguments of ``model_type``'s network that fit the weights
+    ``state`` (raises KeyError where a parameter it needs is missing)."""
+    if model_type == "hed":
+        stages = []
+        for index in range(1, len(HED_STAGES) + 1):
+            prefix = f"block{index}.convs."
+            layers = {key.split(".")[2] for key in state if key.startswith(prefix)}
+            stages.append((int(state[f"{prefix}0.weight"].shape[0]), len(layers)))
+        return {"stages": tuple(stages)}
+    blocks = {key.split(".")[1] for key in state if key.startswith("model2.")}
+    return {"width": int(state["model0.1.weight"].shape[0]), "residual_blocks": len(blocks)}
+
+
 def load_network(model_type: str, weights: Path, *, device: str) -> nn.Module:
-    """The network of ``model_type`` with the ``.safetensors`` ``weights`` loaded strictly,
-    in eval mode on ``device`` in float32 (small networks, run in float32 as A1111 does:
-    HED sees 0..255 inputs). A file that does not fit raises :class:`ModelLoadError`."""
+    """The network of ``model_type`` sized by and loaded strictly with the ``.safetensors``
+    ``weights``, in eval mode on ``device`` in float32 (small networks, run in float32 as
+    A1111 does: HED sees 0..255 inputs). A file that does not fit raises
+    :class:`ModelLoadError`."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    network = NETWORKS[model_type]()
     try:
-        network.load_state_dict(load_file(str(weights)), strict=True)
-    except (OSError, RuntimeError, SafetensorError) as exc:
+        state = load_file(str(weights))
+        network = NETWORKS[model_type](**sizes_of(model_type, state))
+        network.load_state_dict(state, strict=True)
+    except (OSError, RuntimeError, KeyError, SafetensorError) as exc:
         raise ModelLoadError(
             f"cannot load annotator {weights.parent.name}: {weights.name} is not a "
             f"{model_type} checkpoint: {exc}"
@@ -179,4 +203,5 @@ __all__ = [
     "HedNetwork",
     "LineartGenerator",
     "load_network",
+    "sizes_of",
 ]
