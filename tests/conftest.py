@@ -114,8 +114,9 @@ def tiny_ip_adapters(tiny_sd: Path, tiny_sdxl: Path, tiny_models_dir: Path) -> P
 
 @pytest.fixture(scope="session")
 def tiny_annotators(tiny_models_dir: Path) -> Path:
-    """An annotators folder: a tiny DPT depth model (depth_midas, normal_midas) and a tiny
-    SegFormer of ADE20K's 150 labels (seg_ufade20k)."""
+    """An annotators folder: a tiny DPT depth model (depth_midas, normal_midas), a tiny
+    SegFormer of ADE20K's 150 labels (seg_ufade20k), a tiny HED (softedge_hed,
+    softedge_hedsafe) and two tiny lineart generators (lineart_realistic, lineart_coarse)."""
     from sdserve.engine.tiny_annotators import build_demo_annotators
 
     build_demo_annotators(tiny_models_dir)

@@ -2,9 +2,10 @@
 
 Each is a transformers model folder, loaded with ``AutoImageProcessor`` and
 ``AutoModelForDepthEstimation`` or ``AutoModelForSemanticSegmentation`` (local files,
-``.safetensors`` only) on the engine's device and dtype, and kept in a small LRU
-(:class:`AnnotatorModels`). :func:`detect` makes the map, at the working size the built-in
-preprocessors use (the short side at the unit's resolution, or pixel perfect):
+``.safetensors`` only) on the engine's device and dtype, or a folder of one of sdserve's own
+networks (``engine.annotator_networks``: HED, the lineart generator; float32), and kept in
+a small LRU (:class:`AnnotatorModels`). :func:`detect` makes the map, at the working size
+the built-in preprocessors use (the short side at the unit's resolution, or pixel perfect):
 
 - depth (``depth_midas``, ``depth_anything``, ``depth_zoe``…): the prediction normalised to
   0..255 with the nearest pixel white, as A1111's depth maps (MiDaS, DPT and Depth Anything
@@ -14,7 +15,12 @@ preprocessors use (the short side at the unit's resolution, or pixel perfect):
   (x red, y green, z blue, 0 → 128); where the normalised depth is below the background
   threshold the gradients are dropped, so the background faces the viewer (flat blue);
 - ``seg_ufade20k``: the class of each pixel coloured with the ADE20K palette
-  (:data:`ADE20K_PALETTE`) the seg ControlNets were trained on.
+  (:data:`ADE20K_PALETTE`) the seg ControlNets were trained on;
+- ``softedge_hed``: HED's edge strength (the sigmoid of its averaged stage projections) as
+  grey 0..255; ``softedge_hedsafe``: the same quantised to 0, 127 and 255 (A1111's "safe"
+  step: ``floor(edge * 3) / 2``), which keeps the ControlNet from copying faint detail;
+- ``lineart_realistic`` / ``lineart_coarse``: the generator draws dark lines on white;
+  the map is its inverse, white lines on black, as A1111 hands it to the ControlNet.
 """
 
 from __future__ import annotations
@@ -31,11 +37,13 @@ import torch
 from PIL import Image
 
 from sdserve.domain.controls import ResizeMode
+from sdserve.engine.annotator_networks import LINEART_MULTIPLE, load_network
 from sdserve.engine.loaded import LoadedModels
 from sdserve.errors import InvalidInput, ModelLoadError
 from sdserve.models.controlnet import preprocessors
 from sdserve.models.controlnet.annotators import (
     ADE20K_LABELS,
+    NETWORK_WEIGHTS,
     Annotator,
     AnnotatorCatalog,
     WeightModule,
@@ -90,15 +98,23 @@ assert len(ADE20K_PALETTE) == ADE20K_LABELS
 NORMAL_Z = 2 * math.pi
 #: Model types whose prediction is metric depth (far = larger), flipped to near = white.
 METRIC_DEPTH = frozenset({"zoedepth"})
+#: HED's "safe" step: edges quantised to this many levels above zero (A1111's).
+SAFE_STEPS = 2
 
 
 @dataclass(frozen=True)
 class LoadedAnnotator:
-    """An annotator in memory: its image processor and its model (eval mode, on device)."""
+    """An annotator in memory: its image processor (None for sdserve's own networks) and
+    its model (eval mode, on device)."""
 
     annotator: Annotator
     processor: Any
     model: Any
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model's weights are."""
+        return next(iter(self.model.parameters())).device
 
 
 class AnnotatorModels(LoadedModels[Annotator, LoadedAnnotator]):
@@ -109,6 +125,12 @@ class AnnotatorModels(LoadedModels[Annotator, LoadedAnnotator]):
         return f"{spec.folder}@{spec.short_hash}"
 
     def _load(self, spec: Annotator) -> LoadedAnnotator:
+        if spec.module.network:
+            network = load_network(
+                spec.model_type, spec.folder / NETWORK_WEIGHTS, device=self.device
+            )
+            log.info("loaded annotator %s (%s)", spec.folder.name, spec.model_type)
+            return LoadedAnnotator(spec, None, network)
         from transformers import (
             AutoImageProcessor,
             AutoModelForDepthEstimation,
@@ -158,6 +180,10 @@ def detect(
     pixels = scale_short_side(flatten(image), resolution)
     if module.kind == "seg":
         result = _segment(loaded, pixels)
+    elif module.kind in ("softedge", "softedge_safe"):
+        result = grey(soft_edges(_hed(loaded, pixels), safe=module.kind == "softedge_safe"))
+    elif module.kind == "lineart":
+        result = grey(lineart_map(_lines(loaded, pixels)))
     else:
         depth = _depth(loaded, pixels)
         if module.kind == "normal":
@@ -265,6 +291,46 @@ def normal_map(depth: npt.NDArray[np.float32], background: float) -> npt.NDArray
     return np.asarray((normal * 127.5 + 127.5).round().clip(0, 255), dtype=np.uint8)
 
 
+def grey(values: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
+    """A grey map (H x W) as RGB."""
+    return np.repeat(values[:, :, None], 3, axis=2)
+
+
+def _hed(loaded: LoadedAnnotator, pixels: Pixels) -> npt.NDArray[np.float32]:
+    """HED's edge logits at the working size (its input: RGB 0..255)."""
+    rgb = torch.from_numpy(np.array(pixels, dtype=np.float32)).permute(2, 0, 1)[None]
+    with torch.inference_mode():
+        logits = loaded.model(rgb.to(loaded.device))[0, 0]
+    return np.asarray(logits.float().cpu().numpy(), dtype=np.float32)
+
+
+def soft_edges(logits: npt.NDArray[np.float32], *, safe: bool = False) -> npt.NDArray[np.uint8]:
+    """HED's edge logits as grey 0..255; ``safe``: quantised to 0, 127, 255 (A1111's
+    ``softedge_hedsafe``)."""
+    edge = 0.5 + 0.5 * np.tanh(logits.astype(np.float64) / 2)  # the sigmoid, no overflow
+    if safe:
+        edge = np.floor(edge * (SAFE_STEPS + 1)) / SAFE_STEPS
+    return np.asarray((edge * 255.0).clip(0, 255), dtype=np.uint8)
+
+
+def _lines(loaded: LoadedAnnotator, pixels: Pixels) -> npt.NDArray[np.float32]:
+    """The generator's drawing (0..1, dark lines on white) at the working size: the image
+    padded by its edge pixels to sides the generator keeps, the padding cut off again."""
+    height, width = pixels.shape[:2]
+    pad_h, pad_w = (-height) % LINEART_MULTIPLE, (-width) % LINEART_MULTIPLE
+    padded = np.pad(pixels, ((0, pad_h), (0, pad_w), (0, 0)), mode="edge")
+    rgb = torch.from_numpy(np.array(padded, dtype=np.float32)).permute(2, 0, 1)[None]
+    with torch.inference_mode():
+        drawn = loaded.model(rgb.to(loaded.device) / 255.0)
+    return np.asarray(drawn[0, 0, :height, :width].float().cpu().numpy(), dtype=np.float32)
+
+
+def lineart_map(drawing: npt.NDArray[np.float32]) -> npt.NDArray[np.uint8]:
+    """The generator's drawing (0..1, dark lines on white) as A1111's lineart map: white
+    lines on black, 0..255."""
+    return np.asarray(255 - (drawing * 255.0).clip(0, 255).astype(np.uint8), dtype=np.uint8)
+
+
 def _segment(loaded: LoadedAnnotator, pixels: Pixels) -> npt.NDArray[np.uint8]:
     height, width = pixels.shape[:2]
     with torch.inference_mode():
@@ -289,5 +355,8 @@ __all__ = [
     "colour_segments",
     "depth_map",
     "detect",
+    "grey",
+    "lineart_map",
     "normal_map",
+    "soft_edges",
 ]

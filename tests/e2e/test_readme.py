@@ -71,6 +71,10 @@ NOT_RUN = {
         "Docker, which the test machines lack (tests/unit/deploy checks compose.yaml's "
         "commands; tests/e2e/test_deploy_recipe.py runs them)"
     ),
+    "mkdir -p /data/annotators/hed": (
+        "lllyasviel/Annotators' checkpoint, which cannot be downloaded here (tests/integration/"
+        "engine/test_annotator_networks.py loads a state dict of its names through the engine)"
+    ),
     "useradd --system --home-dir /var/lib/sdserve": (
         "a root install under systemd on a GPU box (tests/unit/deploy checks the units)"
     ),

@@ -1,11 +1,13 @@
 """ControlNet preprocessors that need weights ("annotators"), served from model folders.
 
 A1111's ControlNet extension runs many preprocessors on networks of its own (MiDaS depth,
-OpenPose, HED…). sdserve serves those it can from transformers model folders the operator
-puts in the annotators folder (``--annotator-dir``, ``<data dir>/annotators`` unless set),
-one folder per model (``config.json``, ``preprocessor_config.json``, ``.safetensors``
-weights; a folder with pickle weights only is refused and logged). A folder's
-``model_type`` says which A1111 modules it gives:
+OpenPose, HED…). sdserve serves those it can from model folders the operator puts in the
+annotators folder (``--annotator-dir``, ``<data dir>/annotators`` unless set), one folder
+per model: a transformers model (``config.json``, ``preprocessor_config.json``,
+``.safetensors`` weights), or one of the networks sdserve writes itself
+(``engine.annotator_networks``: a ``config.json`` saying only its ``model_type`` and the
+checkpoint converted to ``model.safetensors``). A folder with pickle weights only is
+refused and logged. A folder's ``model_type`` says which A1111 modules it gives:
 
 =================================  ======================================================
 ``dpt`` (Intel/dpt-hybrid-midas…)  ``depth_midas`` and ``normal_midas`` (the normal map
@@ -16,11 +18,16 @@ weights; a folder with pickle weights only is refused and logged). A folder's
 ``upernet`` / ``segformer``,       ``seg_ufade20k``: A1111's ADE20K segmentation slot,
 150 labels (ADE20K)                filled by an UperNet or SegFormer ADE20K model coloured
                                    with the ADE20K palette the seg ControlNets learnt
+``hed`` (``ControlNetHED.pth``)    ``softedge_hed`` and ``softedge_hedsafe`` (and their
+                                   older names ``hed``, ``hed_safe``)
+``lineart`` (``sk_model.pth``)     ``lineart_realistic``
+``lineart_coarse``                 ``lineart_coarse``
+(``sk_model2.pth``)
 =================================  ======================================================
 
 A module is listed only while a folder gives it; two folders giving one module: the first
 by folder name wins (logged). The other modules A1111 runs on weights (:data:`WEIGHT_MODULES`
-without ``gives``: openpose, HED/softedge, model-based lineart, MLSD, normal_bae…) come from
+without ``gives``: openpose, PiDiNet/TEED softedge, anime lineart, MLSD, normal_bae…) come from
 ``controlnet_aux``, which sdserve does not run; asking for one is a 422 saying so.
 
 This module reads JSON and file names only, never weights, so the API process lists and
@@ -46,13 +53,18 @@ from sdserve.models.references import PICKLE_SUFFIXES, SAFETENSORS_SUFFIX, read_
 log = logging.getLogger(__name__)
 
 #: What the engine makes of a model's output: a depth map, a normal map from the depth,
-#: or a segmentation coloured with the ADE20K palette.
-AnnotatorKind = Literal["depth", "normal", "seg"]
+#: a segmentation coloured with the ADE20K palette, HED soft edges (plain or quantised:
+#: "safe"), or white lines on black.
+AnnotatorKind = Literal["depth", "normal", "seg", "softedge", "softedge_safe", "lineart"]
 #: Labels of an ADE20K segmentation model (150 classes, no background class).
 ADE20K_LABELS = 150
 #: The ``model_type`` values of the depth models and of the segmentation models served.
 DEPTH_MODEL_TYPES = ("dpt", "depth_anything", "zoedepth")
 SEG_MODEL_TYPES = ("upernet", "segformer")
+#: The ``model_type`` values of the networks sdserve writes itself (no transformers class,
+#: no image processor) and the one weights file such a folder holds.
+NETWORK_MODEL_TYPES = ("hed", "lineart", "lineart_coarse")
+NETWORK_WEIGHTS = "model.safetensors"
 
 
 @dataclass(frozen=True)
@@ -72,10 +84,24 @@ class WeightModule:
     needs_mask: bool = False
     needs_weights: bool = True
 
+    @property
+    def network(self) -> bool:
+        """Whether one of sdserve's own networks runs it (not a transformers model)."""
+        return self.kind in ("softedge", "softedge_safe", "lineart")
+
 
 #: A preprocessor as the service and the dialects see it: built in, or run on weights.
 Module = Preprocessor | WeightModule
 
+
+def _network(model_type: str, checkpoint: str) -> str:
+    return (
+        f"{checkpoint} converted to {NETWORK_WEIGHTS} with a config.json of "
+        f'{{"model_type": "{model_type}"}}'
+    )
+
+
+_HED = _network("hed", "lllyasviel/Annotators' ControlNetHED.pth")
 _DPT = "a transformers DPT depth model (model_type dpt, such as Intel/dpt-hybrid-midas)"
 _SERVED = (
     WeightModule("depth_midas", "depth", _DPT),
@@ -108,6 +134,22 @@ _SERVED = (
         "as openmmlab/upernet-convnext-small or nvidia/segformer-b0-finetuned-ade-512-512)",
         kind="seg",
     ),
+    WeightModule("softedge_hed", "softedge", _HED, kind="softedge"),
+    WeightModule("softedge_hedsafe", "softedge", _HED, kind="softedge_safe"),
+    WeightModule("hed", "softedge", _HED, kind="softedge"),
+    WeightModule("hed_safe", "softedge", _HED, kind="softedge_safe"),
+    WeightModule(
+        "lineart_realistic",
+        "lineart",
+        _network("lineart", "lllyasviel/Annotators' sk_model.pth"),
+        kind="lineart",
+    ),
+    WeightModule(
+        "lineart_coarse",
+        "lineart",
+        _network("lineart_coarse", "lllyasviel/Annotators' sk_model2.pth"),
+        kind="lineart",
+    ),
 )
 #: A1111 modules whose networks come from controlnet_aux (not served here).
 _ELSEWHERE = {
@@ -123,16 +165,10 @@ _ELSEWHERE = {
     "depth_hand_refiner": "depth",
     "normal_bae": "normal",
     "normal_dsine": "normal",
-    "hed": "softedge",
-    "hed_safe": "softedge",
-    "softedge_hed": "softedge",
-    "softedge_hedsafe": "softedge",
     "softedge_pidinet": "softedge",
     "softedge_pidisafe": "softedge",
     "softedge_teed": "softedge",
     "softedge_anyline": "softedge",
-    "lineart_realistic": "lineart",
-    "lineart_coarse": "lineart",
     "lineart_anime": "lineart",
     "lineart_anime_denoise": "lineart",
     "mlsd": "mlsd",
@@ -183,9 +219,13 @@ def inspect_annotator(folder: Path) -> list[Annotator]:
     config = read_json(folder / "config.json")
     if config is None:
         raise ModelLoadError(f"{folder}: no config.json; not a transformers model folder")
-    if not (folder / "preprocessor_config.json").is_file():
+    model_type = str(config.get("model_type", ""))
+    if model_type in NETWORK_MODEL_TYPES:
+        weights = [folder / NETWORK_WEIGHTS] if (folder / NETWORK_WEIGHTS).is_file() else []
+    elif not (folder / "preprocessor_config.json").is_file():
         raise ModelLoadError(f"{folder}: no preprocessor_config.json (its image processor)")
-    weights = sorted(folder.glob(f"*{SAFETENSORS_SUFFIX}"))
+    else:
+        weights = sorted(folder.glob(f"*{SAFETENSORS_SUFFIX}"))
     if not weights:
         pickles = [path.name for path in folder.iterdir() if path.suffix in PICKLE_SUFFIXES]
         if pickles:
@@ -193,8 +233,8 @@ def inspect_annotator(folder: Path) -> list[Annotator]:
                 f"{folder}: pickle weights only ({', '.join(sorted(pickles))}); only "
                 ".safetensors is loaded (save it with safe_serialization=True)"
             )
-        raise ModelLoadError(f"{folder}: no .safetensors weights")
-    model_type = str(config.get("model_type", ""))
+        wanted = NETWORK_WEIGHTS if model_type in NETWORK_MODEL_TYPES else ".safetensors"
+        raise ModelLoadError(f"{folder}: no {wanted} weights")
     names = _modules_of(config, model_type, folder)
     digest = short_hash(weights[0])
     return [Annotator(WEIGHT_MODULES[name], folder, model_type, digest) for name in names]
@@ -217,9 +257,15 @@ def _modules_of(config: dict[str, Any], model_type: str, folder: Path) -> list[s
         return ["depth_anything_v2" if "v2" in folder.name.lower() else "depth_anything"]
     if model_type == "zoedepth":
         return ["depth_zoe"]
+    if model_type == "hed":
+        return ["softedge_hed", "softedge_hedsafe", "hed", "hed_safe"]
+    if model_type == "lineart":
+        return ["lineart_realistic"]
+    if model_type == "lineart_coarse":
+        return ["lineart_coarse"]
     raise ModelLoadError(
         f"{folder}: model_type {model_type!r} gives no preprocessor; served: "
-        f"{', '.join(DEPTH_MODEL_TYPES + SEG_MODEL_TYPES)}"
+        f"{', '.join(DEPTH_MODEL_TYPES + SEG_MODEL_TYPES + NETWORK_MODEL_TYPES)}"
     )
 
 
@@ -265,10 +311,11 @@ class AnnotatorCatalog:
                 allowed=self._names(),
             )
         where = str(self.folder) if self.folder is not None else "the annotators folder"
+        files = "" if module.network else " (config.json, preprocessor_config.json, .safetensors)"
         raise InvalidInput(
             field,
             f"the {module.name} preprocessor needs weights: put {module.gives} in a folder "
-            f"of its own in {where} (config.json, preprocessor_config.json, .safetensors)",
+            f"of its own in {where}{files}",
             allowed=self._names(),
         )
 
@@ -331,6 +378,8 @@ class AnnotatorCatalog:
 
 __all__ = [
     "ADE20K_LABELS",
+    "NETWORK_MODEL_TYPES",
+    "NETWORK_WEIGHTS",
     "WEIGHT_MODULES",
     "Annotator",
     "AnnotatorCatalog",

@@ -1,6 +1,7 @@
 """The annotators' maps with the real transformers classes at tiny sizes: depth grey with
 the nearest pixel white, normal maps facing the viewer where there is nothing, ADE20K
-colours for segmentation; all at the working size the built-in preprocessors use."""
+colours for segmentation; the demo's tiny HED and lineart networks; all at the working
+size the built-in preprocessors use."""
 
 from __future__ import annotations
 
@@ -83,3 +84,15 @@ def test_one_dpt_model_serves_both_of_its_modules(maps: ControlMaps) -> None:
     run(maps, "normal_midas")
     assert maps.models.loads == loads
     assert run(maps, "canny").shape == (64, 96, 3)  # built-ins run as before
+
+
+def test_the_demo_hed_and_lineart_networks_load_at_their_tiny_widths(maps: ControlMaps) -> None:
+    for name in ("softedge_hed", "softedge_hedsafe", "lineart_realistic", "lineart_coarse"):
+        drawn = run(maps, name)
+        assert drawn.shape == (64, 96, 3) and drawn.dtype == np.uint8
+        assert np.array_equal(drawn[:, :, 0], drawn[:, :, 2])
+    assert set(np.unique(run(maps, "softedge_hedsafe")).tolist()) <= {0, 127, 255}
+    annotator = maps.catalog.annotator("softedge_hed")
+    assert annotator is not None
+    hed = maps.models.get(annotator).model
+    assert hed.block1.convs[0].out_channels == 4  # the width read from the weights

@@ -116,7 +116,17 @@ def test_demo_models_build_once_and_register(tmp_path: Path) -> None:
     ]
     assert built["tiny-sd-ip-adapter"] == tmp_path / "ip-adapters" / "tiny-sd-ip-adapter"
     annotators = AnnotatorCatalog(tmp_path / "annotators")
-    assert [a.name for a in annotators.all()] == ["depth_midas", "normal_midas", "seg_ufade20k"]
+    assert [a.name for a in annotators.all()] == [
+        "depth_midas",
+        "normal_midas",
+        "seg_ufade20k",
+        "softedge_hed",
+        "softedge_hedsafe",
+        "hed",
+        "hed_safe",
+        "lineart_realistic",
+        "lineart_coarse",
+    ]
     assert built["tiny-style"] == tmp_path / "loras" / "tiny-style.safetensors"
     stamp = (built["tiny-sd"] / "model_index.json").stat().st_mtime_ns
     assert tiny.build_demo_models(tmp_path) == built

@@ -35,6 +35,18 @@ def model_folder(folder: Path, model_type: str, *, pickle: bool = False, **confi
     return folder
 
 
+def network_folder(folder: Path, model_type: str, *, weights: str = "model.safetensors") -> Path:
+    """A folder of one of sdserve's own networks: a config.json of its model_type and the
+    weights file (no image processor)."""
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({"model_type": model_type}))
+    if weights.endswith(".safetensors"):
+        save_file({"w": np.zeros((2, 2), np.float32)}, str(folder / weights))
+    else:
+        (folder / weights).write_bytes(b"not read")
+    return folder
+
+
 def ade20k(labels: int = 150) -> dict[str, Any]:
     return {"id2label": {str(index): f"class {index}" for index in range(labels)}}
 
@@ -160,3 +172,64 @@ def test_every_weight_module_has_a_control_type_and_no_built_in_name() -> None:
         assert name not in PREPROCESSORS and module.control_type in CONTROL_TYPES
         assert known(name) is module
     assert known("no_such_module") is None
+
+
+def test_hed_and_lineart_folders_give_softedge_and_lineart_only_when_present(
+    tmp_path: Path,
+) -> None:
+    catalog = AnnotatorCatalog(tmp_path)
+    assert not {"softedge_hed", "lineart_realistic", "lineart_coarse"} & set(catalog.modules())
+    network_folder(tmp_path / "hed", "hed")
+    network_folder(tmp_path / "lineart", "lineart")
+    network_folder(tmp_path / "lineart-coarse", "lineart_coarse")
+    assert names(catalog) == [
+        "softedge_hed",
+        "softedge_hedsafe",
+        "hed",
+        "hed_safe",
+        "lineart_realistic",
+        "lineart_coarse",
+    ]
+    kinds = {a.name: (a.module.control_type, a.module.kind) for a in catalog.all()}
+    assert kinds["softedge_hed"] == ("softedge", "softedge")
+    assert kinds["softedge_hedsafe"] == ("softedge", "softedge_safe")
+    assert kinds["lineart_coarse"] == ("lineart", "lineart")
+    assert {a.name: a.folder.name for a in catalog.all()}["lineart_coarse"] == "lineart-coarse"
+    assert all(a.module.network for a in catalog.all())
+    assert catalog.default_for("softedge") == "softedge_hed"
+    assert catalog.default_for("lineart") == "lineart_standard"  # the built-in stays auto's
+    assert [s["name"] for s in catalog.module_detail()["softedge_hed"]["sliders"]] == [
+        "Preprocessor Resolution"
+    ]
+
+
+def test_network_folders_need_model_safetensors_and_refuse_pickles(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    network_folder(tmp_path / "hed-pickled", "hed", weights="ControlNetHED.pth")
+    network_folder(tmp_path / "lineart-other-name", "lineart", weights="sk_model.safetensors")
+    with caplog.at_level(logging.WARNING):
+        assert AnnotatorCatalog(tmp_path).all() == []
+    assert "ControlNetHED.pth" in caplog.text and "only .safetensors" in caplog.text
+    assert "no model.safetensors weights" in caplog.text
+
+
+def test_absent_hed_and_lineart_say_where_their_converted_checkpoints_go(tmp_path: Path) -> None:
+    catalog = AnnotatorCatalog(tmp_path / "annotators")
+    for name, checkpoint, model_type in (
+        ("softedge_hed", "ControlNetHED.pth", "hed"),
+        ("softedge_hedsafe", "ControlNetHED.pth", "hed"),
+        ("lineart_realistic", "sk_model.pth", "lineart"),
+        ("lineart_coarse", "sk_model2.pth", "lineart_coarse"),
+    ):
+        with pytest.raises(InvalidInput) as absent:
+            catalog.get(name, field="controlnets.0.preprocessor")
+        message = str(absent.value)
+        assert "needs weights" in message and "controlnet_aux" not in message
+        assert checkpoint in message and "model.safetensors" in message
+        assert f'{{"model_type": "{model_type}"}}' in message
+        assert "preprocessor_config.json" not in message
+    for name in ("softedge_pidinet", "lineart_anime", "mlsd", "normal_bae", "scribble_hed"):
+        with pytest.raises(InvalidInput) as elsewhere:
+            catalog.get(name)
+        assert "controlnet_aux" in str(elsewhere.value)
