@@ -44,6 +44,18 @@ def tiny_sdxl_refiner(tiny_models_dir: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_sd3(tiny_models_dir: Path) -> Path:
+    """A tiny SD3-like pipeline (MMDiT, two CLIP encoders, no T5) in diffusers format."""
+    return tiny.build_tiny_sd3(tiny_models_dir / "tiny-sd3")
+
+
+@pytest.fixture(scope="session")
+def tiny_sd3_lora(tiny_sd3: Path, tiny_models_dir: Path) -> Path:
+    """A LoRA ``.safetensors`` for ``tiny_sd3`` (its transformer) that changes the image."""
+    return tiny.build_tiny_sd3_lora(tiny_models_dir / "loras" / "tiny-sd3-style.safetensors", tiny_sd3)
+
+
+@pytest.fixture(scope="session")
 def tiny_safety_checker(tiny_models_dir: Path) -> Path:
     """A tiny safety checker folder that never flags an image."""
     return tiny.build_tiny_safety_checker(tiny_models_dir / "tiny-safety-checker")
