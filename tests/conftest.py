@@ -52,7 +52,9 @@ def tiny_sd3(tiny_models_dir: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_sd3_lora(tiny_sd3: Path, tiny_models_dir: Path) -> Path:
     """A LoRA ``.safetensors`` for ``tiny_sd3`` (its transformer) that changes the image."""
-    return tiny.build_tiny_sd3_lora(tiny_models_dir / "loras" / "tiny-sd3-style.safetensors", tiny_sd3)
+    return tiny.build_tiny_sd3_lora(
+        tiny_models_dir / "loras" / "tiny-sd3-style.safetensors", tiny_sd3
+    )
 
 
 @pytest.fixture(scope="session")

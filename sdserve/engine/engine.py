@@ -39,8 +39,8 @@ from sdserve.engine.tasks import Pipeline, StepWatcher, TaskCall, with_scheduler
 from sdserve.engine.tasks import registry as tasks
 from sdserve.engine.tasks.pipelines import TEXT2IMAGE
 from sdserve.errors import Canceled, InsufficientGpuMemory, InvalidImage, InvalidInput
-from sdserve.models.families import check_fits_family, is_flow
 from sdserve.models.controlnet.annotators import AnnotatorCatalog
+from sdserve.models.families import check_fits_family, is_flow
 from sdserve.models.results import (
     GeneratedImage,
     GenerationResult,

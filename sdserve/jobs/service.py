@@ -64,8 +64,8 @@ from sdserve.jobs.workers import TTL_S, CachedBoard, Heartbeat
 from sdserve.models.controlnet.annotators import AnnotatorCatalog
 from sdserve.models.controlnet.catalog import ControlNetCatalog
 from sdserve.models.embeddings import EmbeddingCatalog
-from sdserve.models.ip_adapter import IpAdapterCatalog
 from sdserve.models.families import check_fits_family
+from sdserve.models.ip_adapter import IpAdapterCatalog
 
 log = logging.getLogger(__name__)
 

@@ -179,9 +179,7 @@ def _info_from_configs(
     return ModelInfo(family, inpainting, native)
 
 
-def _info_from_sd3(
-    transformer: Mapping[str, Any], vae: Mapping[str, Any] | None
-) -> ModelInfo:
+def _info_from_sd3(transformer: Mapping[str, Any], vae: Mapping[str, Any] | None) -> ModelInfo:
     """An SD3/SD3.5 model (an ``SD3Transformer2DModel`` where the others have a UNet); its
     native size is the transformer's ``sample_size`` x the VAE's scale, as for a UNet."""
     native: int | None = None

@@ -599,7 +599,11 @@ def test_sd3_model_generates_and_its_schema_shows_its_defaults(
     assert props["num_inference_steps"]["default"] == 28
     assert props["guidance_scale"]["default"] == 7.0
     assert props["scheduler"]["default"] == "FlowMatchEuler"
-    assert props["scheduler"]["enum"] == ["FlowMatchEuler", "FlowMatchEulerStochastic", "FlowMatchHeun"]
+    assert props["scheduler"]["enum"] == [
+        "FlowMatchEuler",
+        "FlowMatchEulerStochastic",
+        "FlowMatchHeun",
+    ]
 
 
 def test_sd3_refuses_weighted_prompts_and_other_families_schedulers(

@@ -69,9 +69,7 @@ def test_detected_as_sd3_with_its_defaults(engine: Engine) -> None:
     assert defaults.scheduler == "FlowMatchEuler"
 
 
-def test_txt2img_same_pixels_as_plain_diffusers(
-    engine: Engine, model: str, tiny_sd3: Path
-) -> None:
+def test_txt2img_same_pixels_as_plain_diffusers(engine: Engine, model: str, tiny_sd3: Path) -> None:
     result = engine.generate(GenerationInput(**COMMON, width=64, height=64), model=model)
     plain = _plain(tiny_sd3)
     expected = plain(
