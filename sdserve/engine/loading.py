@@ -31,6 +31,7 @@ from sdserve.models.references import (
     check_weights_format,
     inspect_reference,
     is_hub_id,
+    read_safetensors_header,
 )
 
 if TYPE_CHECKING:
@@ -136,6 +137,7 @@ def _load(
     path = Path(reference).expanduser()
     extra = _no_safety_checker(info.family)
     if path.is_file():
+        extra.update(_single_file_without_t5(info.family, path))
         pipe = _from_single_file(cls, path, info, dtype=dtype, settings=settings, extra=extra)
     elif path.is_dir():
         extra.update(_without_t5(info.family, reference, path / "text_encoder_3", settings))
@@ -177,6 +179,19 @@ def _without_t5(
         "only: about 9.5 GB (float16) less memory, prompts read up to 77 tokens",
         reference,
     )
+    return dict.fromkeys(T5_COMPONENTS)
+
+
+#: A key of the T5 encoder in an SD3 single-file checkpoint that carries one.
+T5_SINGLE_FILE_KEY = "text_encoders.t5xxl.transformer.shared.weight"
+
+
+def _single_file_without_t5(family: str, path: Path) -> dict[str, Any]:
+    """An SD3 checkpoint without the T5 encoder (most are published so) is served with its
+    CLIP encoders only, as a folder without ``text_encoder_3`` is (:func:`_without_t5`)."""
+    if family not in ("sd3", "sd3-turbo") or T5_SINGLE_FILE_KEY in read_safetensors_header(path):
+        return {}
+    log.info("%s: no T5 text encoder in the checkpoint; serving it with its CLIP encoders", path)
     return dict.fromkeys(T5_COMPONENTS)
 
 

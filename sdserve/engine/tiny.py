@@ -274,9 +274,9 @@ def build_tiny_sdxl_refiner(folder: Path, *, seed: int = 0) -> Path:
     return folder
 
 
-#: Width of each tiny SD3 CLIP encoder; SD3 pads their joined hidden states to the T5
-#: width (the transformer's ``joint_attention_dim``), so that is wider than both together.
-TINY_SD3_CLIP_HIDDEN = 32
+#: SD3 pads its CLIP encoders' joined hidden states (32 + 40 here, 768 + 1280 in the real
+#: model) to the T5 width, the transformer's ``joint_attention_dim``. The two widths differ
+#: as the real ones do: single-file loading tells the encoders apart by that width.
 TINY_SD3_JOINT_DIM = 80
 
 
@@ -297,11 +297,12 @@ def build_tiny_sd3(folder: Path, *, seed: int = 0) -> Path:
     tokenizer, vocab_size = _tiny_tokenizer(folder / "tokenizer")
     tokenizer_2, _ = _tiny_tokenizer(folder / "tokenizer_2")
     torch.manual_seed(seed)
-    text_encoder = CLIPTextModelWithProjection(
-        _text_config(tokenizer, vocab_size, hidden_size=TINY_SD3_CLIP_HIDDEN)
-    )
+    text_encoder = CLIPTextModelWithProjection(_text_config(tokenizer, vocab_size))
+    with torch.no_grad():
+        # CLIP-L's projection is the identity in SD3 (its single-file checkpoints have none)
+        text_encoder.text_projection.weight.copy_(torch.eye(32))
     text_encoder_2 = CLIPTextModelWithProjection(
-        _text_config(tokenizer_2, vocab_size, hidden_size=TINY_SD3_CLIP_HIDDEN)
+        _text_config(tokenizer_2, vocab_size, hidden_size=TINY_SDXL_HIDDEN_2)
     )
     transformer = SD3Transformer2DModel(
         sample_size=32,

@@ -143,3 +143,24 @@ def test_lora_at_request_time_changes_the_image(
     assert not np.array_equal(_pixels(plain.images[0].data), _pixels(styled.images[0].data))
     # the adapter is off again for a request without it
     assert np.array_equal(_pixels(plain.images[0].data), _pixels(again.images[0].data))
+
+
+def test_single_file_checkpoint_gives_the_folders_pixels(
+    engine: Engine, model: str, tiny_sd3_single_file: Path
+) -> None:
+    from safetensors import safe_open
+
+    with safe_open(str(tiny_sd3_single_file), "pt") as checkpoint:
+        keys = set(checkpoint.keys())
+    assert "model.diffusion_model.joint_blocks.0.x_block.attn.qkv.weight" in keys
+    assert not any(key.startswith("text_encoders.t5xxl.") for key in keys)
+    single = Engine(
+        EngineSettings(device="cpu", watermark=False),
+        ModelRegistry.from_references([str(tiny_sd3_single_file)]),
+    )
+    (spec,) = single.registry.specs()
+    assert spec.family == "sd3"
+    inp = GenerationInput(**COMMON, width=64, height=64)
+    from_file = single.generate(inp, model=spec.name)
+    from_folder = engine.generate(inp, model=model)
+    assert np.array_equal(_pixels(from_file.images[0].data), _pixels(from_folder.images[0].data))
