@@ -75,7 +75,31 @@ TOKENIZER_SOURCES: dict[str, dict[str, Sequence[tuple[str, str]]]] = {
             ("stabilityai/stable-diffusion-xl-refiner-1.0", "tokenizer_2"),
         ),
     },
+    "sd3": {
+        "tokenizer": (
+            ("openai/clip-vit-large-patch14", ""),
+            ("stabilityai/stable-diffusion-3.5-large", "tokenizer"),
+            ("stabilityai/stable-diffusion-3-medium-diffusers", "tokenizer"),
+        ),
+        "tokenizer_2": (
+            ("laion/CLIP-ViT-bigG-14-laion2B-39B-b160k", ""),
+            ("stabilityai/stable-diffusion-3.5-large", "tokenizer_2"),
+            ("stabilityai/stable-diffusion-3-medium-diffusers", "tokenizer_2"),
+        ),
+    },
 }
+#: Where the T5 tokenizer of a real SD3 single-file checkpoint that carries T5 may be found
+#: in the Hugging Face cache: (repo id, subfolder), tried in order.
+T5_TOKENIZER_SOURCES: tuple[tuple[str, str], ...] = (
+    ("google/t5-v1_1-xxl", ""),
+    ("stabilityai/stable-diffusion-3.5-large", "tokenizer_3"),
+    ("stabilityai/stable-diffusion-3-medium-diffusers", "tokenizer_3"),
+)
+#: The CLIP encoders of an SD3 single-file checkpoint (diffusers needs both in the file).
+SD3_CLIP_KEYS = (
+    "text_encoders.clip_l.transformer.text_model.embeddings.position_embedding.weight",
+    "text_encoders.clip_g.transformer.text_model.embeddings.position_embedding.weight",
+)
 #: Turbo checkpoints share their base architecture.
 ARCHITECTURE_OF = {"sd-turbo": "sd2", "sdxl-turbo": "sdxl", "sd3-turbo": "sd3"}
 #: SD3's third text encoder (T5-XXL) and its tokenizer: optional, see :func:`_without_t5`.
@@ -292,6 +316,8 @@ def config_folder(path: Path, info: ModelInfo) -> tuple[Path, bool]:
         return sidecar, True
     architecture = ARCHITECTURE_OF.get(info.family, info.family)
     name = architecture + ("-inpaint" if info.inpainting else "")
+    if architecture == "sd3":
+        name = sd3_variant(read_safetensors_header(path)) or "unknown SD3 variant"
     shipped = CONFIGS_DIR / name
     if not (shipped / "model_index.json").is_file():
         raise ModelLoadError(
@@ -300,6 +326,67 @@ def config_folder(path: Path, info: ModelInfo) -> tuple[Path, bool]:
             "use the model's diffusers folder instead"
         )
     return shipped, False
+
+
+def sd3_variant(header: dict[str, Any]) -> str | None:
+    """Which SD3 architecture a single file holds, from its header (the shipped config folder
+    of that name): SD3 Medium (24 MMDiT blocks), SD3.5 Large / Large Turbo (38 blocks, q/k
+    norms) or SD3.5 Medium (24 blocks, q/k norms, a second attention in the first 13)."""
+    prefix = "model.diffusion_model.joint_blocks."
+    blocks = {int(key[len(prefix) :].split(".", 1)[0]) for key in header if key.startswith(prefix)}
+    if not blocks:
+        return None
+    layers = max(blocks) + 1
+    qk_norm = any(".attn.ln_q." in key for key in header)
+    dual = any(".x_block.attn2." in key for key in header)
+    if layers == 24 and not qk_norm and not dual:
+        return "sd3"
+    if layers == 38 and qk_norm and not dual:
+        return "sd35-large"
+    if layers == 24 and qk_norm and dual:
+        return "sd35-medium"
+    return None
+
+
+def _sd3_components(path: Path, settings: EngineSettings) -> dict[str, Any]:
+    """What a real SD3 single file needs besides its configs: both CLIP encoders must be in
+    it (diffusers has nowhere else to take them from), and its T5, when it has one, needs
+    the T5 tokenizer from the Hugging Face cache; without that tokenizer the model is
+    served without T5, as it is without the encoder."""
+    header = read_safetensors_header(path)
+    if not all(key in header for key in SD3_CLIP_KEYS):
+        raise ModelLoadError(
+            f"{path}: this SD3 checkpoint carries no CLIP text encoders (text_encoders.clip_l "
+            "and clip_g); use a checkpoint that includes them (Stability publishes "
+            "'..._incl_clips' files) or the model's diffusers folder"
+        )
+    if T5_SINGLE_FILE_KEY not in header:
+        return {}
+    tokenizer = _t5_tokenizer(settings)
+    if tokenizer is None:
+        log.warning(
+            "%s: its T5 encoder is left out: no T5 tokenizer in the Hugging Face cache "
+            "(hf download google/t5-v1_1-xxl spiece.model tokenizer_config.json)",
+            path,
+        )
+        return dict.fromkeys(T5_COMPONENTS)
+    return {"tokenizer_3": tokenizer}
+
+
+def _t5_tokenizer(settings: EngineSettings) -> Any:
+    from transformers import T5Tokenizer
+
+    for repo_id, subfolder in T5_TOKENIZER_SOURCES:
+        try:
+            return T5Tokenizer.from_pretrained(
+                repo_id,
+                subfolder=subfolder or None,
+                cache_dir=settings.cache_dir,
+                local_files_only=True,
+            )
+        except (OSError, ValueError):
+            continue
+    return None
 
 
 def _from_single_file(
@@ -316,7 +403,9 @@ def _from_single_file(
     config, has_tokenizers = config_folder(path, info)
     components: dict[str, Any] = {}
     if not has_tokenizers:
-        components = _cached_tokenizers(info.family, settings)
+        if ARCHITECTURE_OF.get(info.family, info.family) == "sd3":
+            components.update(_sd3_components(path, settings))
+        components.update(_cached_tokenizers(info.family, settings))
     try:
         pipe: DiffusionPipeline = cls.from_single_file(
             str(path),

@@ -14,7 +14,8 @@ from PIL import Image
 
 from sdserve.domain.inputs import GenerationInput
 from sdserve.engine.engine import Engine
-from sdserve.errors import InvalidInput
+from sdserve.engine.loading import CONFIGS_DIR, load_pipeline, sd3_variant
+from sdserve.errors import InvalidInput, ModelLoadError
 from sdserve.models.catalog import ModelRegistry
 from sdserve.models.settings import EngineSettings
 
@@ -164,3 +165,41 @@ def test_single_file_checkpoint_gives_the_folders_pixels(
     from_file = single.generate(inp, model=spec.name)
     from_folder = engine.generate(inp, model=model)
     assert np.array_equal(_pixels(from_file.images[0].data), _pixels(from_folder.images[0].data))
+
+
+def mmdit_header(blocks: int, *, qk_norm: bool = False, dual: int = 0) -> dict[str, object]:
+    """Key names of a Stability-layout SD3 checkpoint (shapes do not matter here)."""
+    header: dict[str, object] = {}
+    for i in range(blocks):
+        block = f"model.diffusion_model.joint_blocks.{i}."
+        header[block + "x_block.attn.qkv.weight"] = {}
+        if qk_norm:
+            header[block + "x_block.attn.ln_q.weight"] = {}
+        if i < dual:
+            header[block + "x_block.attn2.qkv.weight"] = {}
+    return header
+
+
+def test_real_single_files_pick_their_shipped_configs() -> None:
+    assert sd3_variant(mmdit_header(24)) == "sd3"
+    assert sd3_variant(mmdit_header(38, qk_norm=True)) == "sd35-large"
+    assert sd3_variant(mmdit_header(24, qk_norm=True, dual=13)) == "sd35-medium"
+    assert sd3_variant(mmdit_header(7)) is None
+    for name in ("sd3", "sd35-large", "sd35-medium"):
+        assert (CONFIGS_DIR / name / "transformer" / "config.json").is_file()
+
+
+def test_a_single_file_without_clip_encoders_is_refused_with_what_to_do(tmp_path: Path) -> None:
+    from safetensors.numpy import save_file
+
+    path = tmp_path / "sd3_medium.safetensors"
+    save_file(
+        {key: np.zeros((1,), np.float32) for key in mmdit_header(24)},
+        str(path),
+    )
+    registry = ModelRegistry.from_references([str(path)])
+    (spec,) = registry.specs()
+    assert spec.family == "sd3"
+    settings = EngineSettings(device="cpu", offline=True, cache_dir=tmp_path / "hub")
+    with pytest.raises(ModelLoadError, match="no CLIP text encoders"):
+        load_pipeline(spec, device="cpu", dtype=torch.float32, settings=settings)
