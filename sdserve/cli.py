@@ -35,7 +35,8 @@ if TYPE_CHECKING:
 TINY_FAMILIES = ("sd", "sd-inpaint", "sdxl", "sdxl-refiner", "sd3")
 MODEL_HELP = (
     "a name 'sdserve serve' serves from the data folder (the demo models sdserve/tiny-sd, "
-    "sdserve/tiny-sd-inpaint, sdserve/tiny-sdxl, built there on first use; a fine-tuned "
+    "sdserve/tiny-sd-inpaint, sdserve/tiny-sdxl, sdserve/tiny-sd3, built there on first use; "
+    "a fine-tuned "
     "me/my-model), a hub id, a diffusers folder or a .safetensors file"
 )
 

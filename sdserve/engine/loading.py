@@ -182,7 +182,7 @@ def _without_t5(
 ) -> dict[str, Any]:
     """SD3's T5 encoder is optional: when a folder has no ``text_encoder_3`` (or a cached
     hub model was downloaded without it) the model is served with its two CLIP encoders
-    only, which saves the T5-XXL's memory (about 9.5 GB in float16) at some cost in prompt
+    only, which saves the T5-XXL's memory (about 9.8 GB in float16) at some cost in prompt
     following; prompts are then read up to CLIP's 77 tokens. A hub model not cached at all
     is downloaded whole, T5 included."""
     if family not in ("sd3", "sd3-turbo"):
@@ -200,7 +200,7 @@ def _without_t5(
         return {}
     log.info(
         "%s: no T5 text encoder (text_encoder_3); serving it with its two CLIP encoders "
-        "only: about 9.5 GB (float16) less memory, prompts read up to 77 tokens",
+        "only: about 9.8 GB (float16) less memory, prompts read up to 77 tokens",
         reference,
     )
     return dict.fromkeys(T5_COMPONENTS)
