@@ -203,3 +203,17 @@ def test_a_single_file_without_clip_encoders_is_refused_with_what_to_do(tmp_path
     settings = EngineSettings(device="cpu", offline=True, cache_dir=tmp_path / "hub")
     with pytest.raises(ModelLoadError, match="no CLIP text encoders"):
         load_pipeline(spec, device="cpu", dtype=torch.float32, settings=settings)
+
+
+def test_batched_requests_get_the_pixels_they_get_alone(engine: Engine, model: str) -> None:
+    inputs = [
+        GenerationInput(**{**COMMON, "prompt": prompt, "seed": seed}, width=64, height=64)
+        for prompt, seed in (("a red fox", 1), ("a blue cat", 2))
+    ]
+    batched = engine.generate_batch([(inp, model) for inp in inputs])
+    for inp, result in zip(inputs, batched, strict=True):
+        alone = engine.generate(inp, model=model)
+        difference = np.abs(
+            _pixels(result.images[0].data).astype(int) - _pixels(alone.images[0].data).astype(int)
+        )
+        assert difference.max() <= 2  # the same kernels on a batch of 2: float rounding only
