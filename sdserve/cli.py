@@ -32,10 +32,11 @@ if TYPE_CHECKING:
 
     from sdserve.models.results import UnitImages
 
-TINY_FAMILIES = ("sd", "sd-inpaint", "sdxl", "sdxl-refiner")
+TINY_FAMILIES = ("sd", "sd-inpaint", "sdxl", "sdxl-refiner", "sd3")
 MODEL_HELP = (
     "a name 'sdserve serve' serves from the data folder (the demo models sdserve/tiny-sd, "
-    "sdserve/tiny-sd-inpaint, sdserve/tiny-sdxl, built there on first use; a fine-tuned "
+    "sdserve/tiny-sd-inpaint, sdserve/tiny-sdxl, sdserve/tiny-sd3, built there on first use; "
+    "a fine-tuned "
     "me/my-model), a hub id, a diffusers folder or a .safetensors file"
 )
 
@@ -734,6 +735,7 @@ def run_models_tiny(args: argparse.Namespace) -> int:
         "sd-inpaint": tiny.build_tiny_sd_inpaint,
         "sdxl": tiny.build_tiny_sdxl,
         "sdxl-refiner": tiny.build_tiny_sdxl_refiner,
+        "sd3": tiny.build_tiny_sd3,
     }
     folder = builders[args.family](args.path, seed=args.seed)
     print(f"built tiny {args.family} model in {folder}")

@@ -44,6 +44,28 @@ def tiny_sdxl_refiner(tiny_models_dir: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_sd3(tiny_models_dir: Path) -> Path:
+    """A tiny SD3-like pipeline (MMDiT, two CLIP encoders, no T5) in diffusers format."""
+    return tiny.build_tiny_sd3(tiny_models_dir / "tiny-sd3")
+
+
+@pytest.fixture(scope="session")
+def tiny_sd3_single_file(tiny_sd3: Path, tiny_models_dir: Path) -> Path:
+    """``tiny_sd3`` exported as one Stability-layout ``.safetensors`` checkpoint (no T5)."""
+    from sdserve.engine.checkpoint_export import export_single_file
+
+    return export_single_file(tiny_sd3, tiny_models_dir / "single" / "tiny-sd3.safetensors")
+
+
+@pytest.fixture(scope="session")
+def tiny_sd3_lora(tiny_sd3: Path, tiny_models_dir: Path) -> Path:
+    """A LoRA ``.safetensors`` for ``tiny_sd3`` (its transformer) that changes the image."""
+    return tiny.build_tiny_sd3_lora(
+        tiny_models_dir / "loras" / "tiny-sd3-style.safetensors", tiny_sd3
+    )
+
+
+@pytest.fixture(scope="session")
 def tiny_safety_checker(tiny_models_dir: Path) -> Path:
     """A tiny safety checker folder that never flags an image."""
     return tiny.build_tiny_safety_checker(tiny_models_dir / "tiny-safety-checker")

@@ -76,6 +76,21 @@ A1111_SCHEDULES: dict[str, str] = {
 }
 
 
+#: Flow-matching schedulers (SD3, SD3.5) → the names of the other families' samplers that
+#: mean them on a flow model (the Euler, ancestral Euler and Heun samplers of a flow model
+#: are these; nothing else can sample one). The first is the family default.
+FLOW_SCHEDULERS: dict[str, tuple[str, ...]] = {
+    "FlowMatchEuler": ("K_EULER", "Euler", "k_euler", "flow_match_euler"),
+    "FlowMatchEulerStochastic": (
+        "K_EULER_ANCESTRAL",
+        "Euler a",
+        "k_euler_a",
+        "k_euler_ancestral",
+    ),
+    "FlowMatchHeun": ("HeunDiscrete", "Heun", "k_heun", "flow_match_heun"),
+}
+
+
 def lookup_key(name: str) -> str:
     """The form names are compared in: lower case, ``_`` as space, single spaces."""
     return " ".join(name.lower().replace("_", " ").split())
@@ -88,10 +103,34 @@ def scheduler_names() -> list[str]:
     return names
 
 
-_KNOWN_SCHEDULERS = frozenset(
+def flow_scheduler_names() -> list[str]:
+    """The flow-matching schedulers' canonical names (the default first)."""
+    return list(FLOW_SCHEDULERS)
+
+
+_FLOW_INDEX = {
+    lookup_key(spelling): name
+    for name, aliases in FLOW_SCHEDULERS.items()
+    for spelling in (name, *aliases)
+}
+
+
+def flow_scheduler(name: str) -> str | None:
+    """The flow-matching scheduler ``name`` means on a flow model, or None when it has none."""
+    return _FLOW_INDEX.get(lookup_key(name))
+
+
+_OTHER_SCHEDULERS = frozenset(
     lookup_key(name)
     for name in [*scheduler_names(), *(a for aliases in A1111_SAMPLERS.values() for a in aliases)]
 )
+_KNOWN_SCHEDULERS = _OTHER_SCHEDULERS | frozenset(_FLOW_INDEX)
+
+
+def is_flow_only(name: str) -> bool:
+    """Whether ``name`` is a flow-matching scheduler's own name (no other family's sampler)."""
+    key = lookup_key(name)
+    return key in _FLOW_INDEX and key not in _OTHER_SCHEDULERS
 
 
 def is_known_scheduler(name: str) -> bool:

@@ -1,6 +1,8 @@
 """Write a diffusers pipeline folder as one original-layout ``.safetensors`` checkpoint.
 
-This is the layout AUTOMATIC1111 and Civitai users have (Stability's LDM/SGM key names):
+This is the layout AUTOMATIC1111 and Civitai users have (Stability's LDM/SGM key names;
+SD3's, by :func:`sd3_transformer_to_original`, is ``model.diffusion_model.joint_blocks.*``,
+``first_stage_model.*`` and ``text_encoders.clip_l|clip_g.transformer.*``):
 
     SD1                      SDXL base / refiner
     model.diffusion_model.*  model.diffusion_model.*                    UNet
@@ -248,21 +250,133 @@ def _with_prefix(prefix: str, state: StateDict) -> StateDict:
     return {prefix + key: tensor for key, tensor in state.items()}
 
 
+def _swap_halves(tensor: torch.Tensor) -> torch.Tensor:
+    """SD3's final adaptive norms are (shift, scale) where diffusers has (scale, shift)."""
+    import torch
+
+    first, second = tensor.chunk(2, dim=0)
+    return torch.cat([second, first], dim=0)
+
+
+def sd3_transformer_to_original(state: StateDict, config: dict[str, Any]) -> StateDict:
+    """Rename a diffusers ``SD3Transformer2DModel`` state dict to Stability's MMDiT names
+    (without the prefix): the inverse of diffusers' ``convert_sd3_transformer_checkpoint_to_
+    diffusers`` (q, k, v joined as ``qkv``; the last block has no context output)."""
+    import torch
+
+    state = dict(state)
+    out: StateDict = {
+        "pos_embed": state.pop("pos_embed.pos_embed"),
+        "final_layer.linear.weight": state.pop("proj_out.weight"),
+        "final_layer.linear.bias": state.pop("proj_out.bias"),
+    }
+    for part in ("weight", "bias"):
+        out[f"final_layer.adaLN_modulation.1.{part}"] = _swap_halves(
+            state.pop(f"norm_out.linear.{part}")
+        )
+    renames = {
+        "pos_embed.proj.": "x_embedder.proj.",
+        "time_text_embed.timestep_embedder.linear_1.": "t_embedder.mlp.0.",
+        "time_text_embed.timestep_embedder.linear_2.": "t_embedder.mlp.2.",
+        "time_text_embed.text_embedder.linear_1.": "y_embedder.mlp.0.",
+        "time_text_embed.text_embedder.linear_2.": "y_embedder.mlp.2.",
+        "context_embedder.": "context_embedder.",
+    }
+    last = config["num_layers"] - 1
+    for i in range(config["num_layers"]):
+        ours, theirs = f"transformer_blocks.{i}.", f"joint_blocks.{i}."
+        x, context = f"{theirs}x_block.", f"{theirs}context_block."
+        for part in ("weight", "bias"):
+            joined = {
+                f"{x}attn.qkv.{part}": ("to_q", "to_k", "to_v"),
+                f"{context}attn.qkv.{part}": ("add_q_proj", "add_k_proj", "add_v_proj"),
+            }
+            if f"{ours}attn2.to_q.{part}" in state:
+                joined[f"{x}attn2.qkv.{part}"] = ("to_q", "to_k", "to_v")
+            for key, names in joined.items():
+                attention = "attn2" if ".attn2." in key else "attn"
+                out[key] = torch.cat(
+                    [state.pop(f"{ours}{attention}.{name}.{part}") for name in names]
+                )
+            if i == last:
+                out[f"{context}adaLN_modulation.1.{part}"] = _swap_halves(
+                    state.pop(f"{ours}norm1_context.linear.{part}")
+                )
+        renames.update(
+            {
+                f"{ours}attn.norm_q.": f"{x}attn.ln_q.",
+                f"{ours}attn.norm_k.": f"{x}attn.ln_k.",
+                f"{ours}attn.norm_added_q.": f"{context}attn.ln_q.",
+                f"{ours}attn.norm_added_k.": f"{context}attn.ln_k.",
+                f"{ours}attn.to_out.0.": f"{x}attn.proj.",
+                f"{ours}attn.to_add_out.": f"{context}attn.proj.",
+                f"{ours}attn2.norm_q.": f"{x}attn2.ln_q.",
+                f"{ours}attn2.norm_k.": f"{x}attn2.ln_k.",
+                f"{ours}attn2.to_out.0.": f"{x}attn2.proj.",
+                f"{ours}norm1.linear.": f"{x}adaLN_modulation.1.",
+                f"{ours}norm1_context.linear.": f"{context}adaLN_modulation.1.",
+                f"{ours}ff.net.0.proj.": f"{x}mlp.fc1.",
+                f"{ours}ff.net.2.": f"{x}mlp.fc2.",
+                f"{ours}ff_context.net.0.proj.": f"{context}mlp.fc1.",
+                f"{ours}ff_context.net.2.": f"{context}mlp.fc2.",
+            }
+        )
+    for key, tensor in state.items():
+        new = _rename_by_prefix(key, renames)
+        if new is None:
+            raise InvalidInput("model", f"SD3 transformer weight {key!r} has no original name")
+        out[new] = tensor
+    return out
+
+
+def _hf_clip(state: StateDict) -> StateDict:
+    """A ``CLIPTextModelWithProjection`` under Hugging Face names, as SD3 checkpoints keep
+    their CLIP encoders (``text_model.`` restored where newer transformers drop it)."""
+    out: StateDict = {}
+    for key, tensor in state.items():
+        if key.endswith("position_ids"):
+            continue
+        plain = key.removeprefix("text_model.")
+        out[plain if plain == "text_projection.weight" else f"text_model.{plain}"] = tensor
+    return out
+
+
+def _export_sd3(diffusers_folder: Path, index: dict[str, Any]) -> StateDict:
+    """An SD3 pipeline in Stability's single-file layout: the MMDiT under
+    ``model.diffusion_model.``, the VAE under ``first_stage_model.`` and the CLIP encoders
+    under ``text_encoders.clip_l|clip_g.transformer.`` (a T5 encoder is not exported)."""
+    transformer, transformer_config = _load_component(diffusers_folder, "transformer")
+    vae, vae_config = _load_component(diffusers_folder, "vae")
+    state: StateDict = {}
+    state.update(
+        _with_prefix(
+            "model.diffusion_model.", sd3_transformer_to_original(transformer, transformer_config)
+        )
+    )
+    state.update(_with_prefix("first_stage_model.", vae_to_ldm(vae, vae_config)))
+    for component, name in (("text_encoder", "clip_l"), ("text_encoder_2", "clip_g")):
+        if isinstance(index.get(component), list) and index[component][0] is not None:
+            text, _ = _load_component(diffusers_folder, component)
+            state.update(_with_prefix(f"text_encoders.{name}.transformer.", _hf_clip(text)))
+    return state
+
+
 def export_single_file(diffusers_folder: Path, out_file: Path) -> Path:
     """Write the pipeline in ``diffusers_folder`` as one original-layout checkpoint.
 
-    Supports SD1-style pipelines (one CLIP text encoder) and SDXL base/refiner pipelines
-    (``text_encoder_2``). Also writes the pipeline's config files (no weights) to
-    :func:`config_folder_for` so the checkpoint loads offline with ``config=``.
+    Supports SD1-style pipelines (one CLIP text encoder), SDXL base/refiner pipelines
+    (``text_encoder_2``) and SD3 pipelines (Stability's MMDiT layout, without T5). Also
+    writes the pipeline's config files (no weights) to :func:`config_folder_for` so the
+    checkpoint loads offline with ``config=``.
     """
-    from safetensors.torch import save_file
-
     index = json.loads((diffusers_folder / "model_index.json").read_text())
 
     def present(name: str) -> bool:
         value = index.get(name)
         return isinstance(value, list) and value[0] is not None
 
+    if str(index.get("_class_name", "")).startswith("StableDiffusion3"):
+        return _save(_export_sd3(diffusers_folder, index), diffusers_folder, out_file)
     unet, unet_config = _load_component(diffusers_folder, "unet")
     vae, vae_config = _load_component(diffusers_folder, "vae")
     state: StateDict = {}
@@ -286,6 +400,11 @@ def export_single_file(diffusers_folder: Path, out_file: Path) -> Path:
         state.update(_with_prefix("cond_stage_model.", clip_to_ldm(text)))
     else:
         raise InvalidInput("model", f"{diffusers_folder} has no text encoder to export")
+    return _save(state, diffusers_folder, out_file)
+
+
+def _save(state: StateDict, diffusers_folder: Path, out_file: Path) -> Path:
+    from safetensors.torch import save_file
 
     out_file.parent.mkdir(parents=True, exist_ok=True)
     save_file({key: tensor.contiguous() for key, tensor in state.items()}, str(out_file))

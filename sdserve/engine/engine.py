@@ -34,12 +34,13 @@ from sdserve.engine import images as prep
 from sdserve.engine import ip_adapter as image_prompts
 from sdserve.engine.cache import Clock, Loader, PipelineCache, RefinerLoader
 from sdserve.engine.embeddings import Embeddings
-from sdserve.engine.schedulers import make_scheduler, resolve_scheduler
+from sdserve.engine.schedulers import is_flow_scheduler, make_scheduler, resolve_scheduler
 from sdserve.engine.tasks import Pipeline, StepWatcher, TaskCall, with_scheduler
 from sdserve.engine.tasks import registry as tasks
 from sdserve.engine.tasks.pipelines import TEXT2IMAGE
 from sdserve.errors import Canceled, InsufficientGpuMemory, InvalidImage, InvalidInput
 from sdserve.models.controlnet.annotators import AnnotatorCatalog
+from sdserve.models.families import check_fits_family, is_flow
 from sdserve.models.results import (
     GeneratedImage,
     GenerationResult,
@@ -198,9 +199,10 @@ class Engine:
         inp.check_limits(self.limits)
         if inp.control_maps_only:
             return self._maps_only(inp, spec, hooks, started, image, mask, controls)
+        check_fits_family(spec.family, inp)
         task = tasks.select(inp, image=image, mask=mask)
         plan = tasks.plan(inp, task, spec)
-        resolve_scheduler(inp.scheduler or "")
+        resolve_scheduler(inp.scheduler or "", flow=is_flow(spec.family))
         chosen = self._controlnets_of(inp, spec, controls)
         adapter = self._ip_adapter_of(inp, spec, ip_adapter_image)
         prepared, prepared_mask = self._prepare(inp, task, image, mask)
@@ -341,7 +343,8 @@ class Engine:
             spec = self.registry.resolve(model)
             full = inp.with_defaults(spec.defaults)
             full.check_limits(self.limits)
-            resolve_scheduler(full.scheduler or "")
+            check_fits_family(spec.family, full)
+            resolve_scheduler(full.scheduler or "", flow=is_flow(spec.family))
             this = (spec.name, batch_signature(full))
             if this[1] is None or (signature is not None and this != signature):
                 raise InvalidInput("input", "these requests cannot run as one batch")
@@ -551,6 +554,7 @@ class Engine:
             pipe.scheduler.config,
             a1111_schedule=None if refiner else inp.noise_schedule,
             noise_seeds=seeds,
+            flow=is_flow_scheduler(pipe.scheduler),
         )
         return with_scheduler(pipe, scheduler)
 

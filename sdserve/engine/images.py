@@ -126,12 +126,20 @@ def paste_kept(result: Image.Image, original: Image.Image, mask: Image.Image) ->
 
 
 def latent_preview(latents: torch.Tensor, *, xl: bool, max_side: int = 128) -> Image.Image:
-    """A small RGB preview of the first image's latents by a linear map (no VAE decode)."""
-    sample = latents[0, :4].detach().float().cpu()
-    factors = _SDXL_FACTORS if xl else _SD_FACTORS
-    rgb = torch.einsum("chw,cr->hwr", sample, factors)
-    if xl:
-        rgb = rgb + _SDXL_BIAS
+    """A small RGB preview of the first image's latents by a linear map (no VAE decode).
+
+    A latent space without a known map (SD3's 16 channels) is previewed in grey: the mean
+    of its channels, stretched to the full range, which shows the composition forming."""
+    if latents.shape[1] != 4:
+        grey = latents[0].detach().float().cpu().mean(0)
+        grey = (grey - grey.min()) / (grey.max() - grey.min()).clamp(min=1e-6)
+        rgb = (grey * 2 - 1)[..., None].expand(-1, -1, 3)
+    else:
+        sample = latents[0].detach().float().cpu()
+        factors = _SDXL_FACTORS if xl else _SD_FACTORS
+        rgb = torch.einsum("chw,cr->hwr", sample, factors)
+        if xl:
+            rgb = rgb + _SDXL_BIAS
     pixels = ((rgb + 1) / 2).clamp(0, 1).mul(255).round().to(torch.uint8).numpy()
     preview = Image.fromarray(pixels, mode="RGB")
     preview.thumbnail((max_side, max_side))

@@ -17,6 +17,7 @@ at a local folder of diffusers configs, so nothing is fetched from the hub:
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,6 +31,7 @@ from sdserve.models.references import (
     check_weights_format,
     inspect_reference,
     is_hub_id,
+    read_safetensors_header,
 )
 
 if TYPE_CHECKING:
@@ -37,6 +39,8 @@ if TYPE_CHECKING:
     from diffusers import DiffusionPipeline, StableDiffusionXLImg2ImgPipeline
 
     from sdserve.models.settings import EngineSettings
+
+log = logging.getLogger(__name__)
 
 CONFIGS_DIR = Path(__file__).parent / "configs"
 
@@ -71,16 +75,44 @@ TOKENIZER_SOURCES: dict[str, dict[str, Sequence[tuple[str, str]]]] = {
             ("stabilityai/stable-diffusion-xl-refiner-1.0", "tokenizer_2"),
         ),
     },
+    "sd3": {
+        "tokenizer": (
+            ("openai/clip-vit-large-patch14", ""),
+            ("stabilityai/stable-diffusion-3.5-large", "tokenizer"),
+            ("stabilityai/stable-diffusion-3-medium-diffusers", "tokenizer"),
+        ),
+        "tokenizer_2": (
+            ("laion/CLIP-ViT-bigG-14-laion2B-39B-b160k", ""),
+            ("stabilityai/stable-diffusion-3.5-large", "tokenizer_2"),
+            ("stabilityai/stable-diffusion-3-medium-diffusers", "tokenizer_2"),
+        ),
+    },
 }
+#: Where the T5 tokenizer of a real SD3 single-file checkpoint that carries T5 may be found
+#: in the Hugging Face cache: (repo id, subfolder), tried in order.
+T5_TOKENIZER_SOURCES: tuple[tuple[str, str], ...] = (
+    ("google/t5-v1_1-xxl", ""),
+    ("stabilityai/stable-diffusion-3.5-large", "tokenizer_3"),
+    ("stabilityai/stable-diffusion-3-medium-diffusers", "tokenizer_3"),
+)
+#: The CLIP encoders of an SD3 single-file checkpoint (diffusers needs both in the file).
+SD3_CLIP_KEYS = (
+    "text_encoders.clip_l.transformer.text_model.embeddings.position_embedding.weight",
+    "text_encoders.clip_g.transformer.text_model.embeddings.position_embedding.weight",
+)
 #: Turbo checkpoints share their base architecture.
-ARCHITECTURE_OF = {"sd-turbo": "sd2", "sdxl-turbo": "sdxl"}
+ARCHITECTURE_OF = {"sd-turbo": "sd2", "sdxl-turbo": "sdxl", "sd3-turbo": "sd3"}
+#: SD3's third text encoder (T5-XXL) and its tokenizer: optional, see :func:`_without_t5`.
+T5_COMPONENTS = ("text_encoder_3", "tokenizer_3")
 
 
 def pipeline_class(family: str, inpainting: bool) -> type[DiffusionPipeline]:
     """The diffusers pipeline class that serves a family's base task."""
     import diffusers
 
-    if family == "sdxl-refiner":
+    if family in ("sd3", "sd3-turbo"):
+        name = "StableDiffusion3Pipeline"
+    elif family == "sdxl-refiner":
         name = "StableDiffusionXLImg2ImgPipeline"
     elif family in ("sdxl", "sdxl-turbo"):
         name = "StableDiffusionXLInpaintPipeline" if inpainting else "StableDiffusionXLPipeline"
@@ -129,10 +161,13 @@ def _load(
     path = Path(reference).expanduser()
     extra = _no_safety_checker(info.family)
     if path.is_file():
+        extra.update(_single_file_without_t5(info.family, path))
         pipe = _from_single_file(cls, path, info, dtype=dtype, settings=settings, extra=extra)
     elif path.is_dir():
+        extra.update(_without_t5(info.family, reference, path / "text_encoder_3", settings))
         pipe = _from_pretrained(cls, str(path), dtype=dtype, extra=extra, local_files_only=True)
     elif is_hub_id(reference):
+        extra.update(_without_t5(info.family, reference, None, settings))
         pipe = _from_hub(cls, reference, dtype=dtype, settings=settings, extra=extra)
     else:
         raise ModelLoadError(f"{reference!r} is not a folder, a .safetensors file or a hub id")
@@ -140,6 +175,48 @@ def _load(
     loaded.to(device)
     loaded.set_progress_bar_config(disable=True)
     return pipe
+
+
+def _without_t5(
+    family: str, reference: str, folder: Path | None, settings: EngineSettings
+) -> dict[str, Any]:
+    """SD3's T5 encoder is optional: when a folder has no ``text_encoder_3`` (or a cached
+    hub model was downloaded without it) the model is served with its two CLIP encoders
+    only, which saves the T5-XXL's memory (about 9.8 GB in float16) at some cost in prompt
+    following; prompts are then read up to CLIP's 77 tokens. A hub model not cached at all
+    is downloaded whole, T5 included."""
+    if family not in ("sd3", "sd3-turbo"):
+        return {}
+    if folder is not None:
+        present = (folder / "config.json").is_file()
+    else:
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(
+            reference, "text_encoder_3/config.json", cache_dir=settings.cache_dir
+        )
+        present = isinstance(found, str) or not is_cached(reference, settings)
+    if present:
+        return {}
+    log.info(
+        "%s: no T5 text encoder (text_encoder_3); serving it with its two CLIP encoders "
+        "only: about 9.8 GB (float16) less memory, prompts read up to 77 tokens",
+        reference,
+    )
+    return dict.fromkeys(T5_COMPONENTS)
+
+
+#: A key of the T5 encoder in an SD3 single-file checkpoint that carries one.
+T5_SINGLE_FILE_KEY = "text_encoders.t5xxl.transformer.shared.weight"
+
+
+def _single_file_without_t5(family: str, path: Path) -> dict[str, Any]:
+    """An SD3 checkpoint without the T5 encoder (most are published so) is served with its
+    CLIP encoders only, as a folder without ``text_encoder_3`` is (:func:`_without_t5`)."""
+    if family not in ("sd3", "sd3-turbo") or T5_SINGLE_FILE_KEY in read_safetensors_header(path):
+        return {}
+    log.info("%s: no T5 text encoder in the checkpoint; serving it with its CLIP encoders", path)
+    return dict.fromkeys(T5_COMPONENTS)
 
 
 def _no_safety_checker(family: str) -> dict[str, Any]:
@@ -239,6 +316,8 @@ def config_folder(path: Path, info: ModelInfo) -> tuple[Path, bool]:
         return sidecar, True
     architecture = ARCHITECTURE_OF.get(info.family, info.family)
     name = architecture + ("-inpaint" if info.inpainting else "")
+    if architecture == "sd3":
+        name = sd3_variant(read_safetensors_header(path)) or "unknown SD3 variant"
     shipped = CONFIGS_DIR / name
     if not (shipped / "model_index.json").is_file():
         raise ModelLoadError(
@@ -247,6 +326,67 @@ def config_folder(path: Path, info: ModelInfo) -> tuple[Path, bool]:
             "use the model's diffusers folder instead"
         )
     return shipped, False
+
+
+def sd3_variant(header: dict[str, Any]) -> str | None:
+    """Which SD3 architecture a single file holds, from its header (the shipped config folder
+    of that name): SD3 Medium (24 MMDiT blocks), SD3.5 Large / Large Turbo (38 blocks, q/k
+    norms) or SD3.5 Medium (24 blocks, q/k norms, a second attention in the first 13)."""
+    prefix = "model.diffusion_model.joint_blocks."
+    blocks = {int(key[len(prefix) :].split(".", 1)[0]) for key in header if key.startswith(prefix)}
+    if not blocks:
+        return None
+    layers = max(blocks) + 1
+    qk_norm = any(".attn.ln_q." in key for key in header)
+    dual = any(".x_block.attn2." in key for key in header)
+    if layers == 24 and not qk_norm and not dual:
+        return "sd3"
+    if layers == 38 and qk_norm and not dual:
+        return "sd35-large"
+    if layers == 24 and qk_norm and dual:
+        return "sd35-medium"
+    return None
+
+
+def _sd3_components(path: Path, settings: EngineSettings) -> dict[str, Any]:
+    """What a real SD3 single file needs besides its configs: both CLIP encoders must be in
+    it (diffusers has nowhere else to take them from), and its T5, when it has one, needs
+    the T5 tokenizer from the Hugging Face cache; without that tokenizer the model is
+    served without T5, as it is without the encoder."""
+    header = read_safetensors_header(path)
+    if not all(key in header for key in SD3_CLIP_KEYS):
+        raise ModelLoadError(
+            f"{path}: this SD3 checkpoint carries no CLIP text encoders (text_encoders.clip_l "
+            "and clip_g); use a checkpoint that includes them (Stability publishes "
+            "'..._incl_clips' files) or the model's diffusers folder"
+        )
+    if T5_SINGLE_FILE_KEY not in header:
+        return {}
+    tokenizer = _t5_tokenizer(settings)
+    if tokenizer is None:
+        log.warning(
+            "%s: its T5 encoder is left out: no T5 tokenizer in the Hugging Face cache "
+            "(hf download google/t5-v1_1-xxl spiece.model tokenizer_config.json)",
+            path,
+        )
+        return dict.fromkeys(T5_COMPONENTS)
+    return {"tokenizer_3": tokenizer}
+
+
+def _t5_tokenizer(settings: EngineSettings) -> Any:
+    from transformers import T5Tokenizer
+
+    for repo_id, subfolder in T5_TOKENIZER_SOURCES:
+        try:
+            return T5Tokenizer.from_pretrained(
+                repo_id,
+                subfolder=subfolder or None,
+                cache_dir=settings.cache_dir,
+                local_files_only=True,
+            )
+        except (OSError, ValueError):
+            continue
+    return None
 
 
 def _from_single_file(
@@ -263,7 +403,9 @@ def _from_single_file(
     config, has_tokenizers = config_folder(path, info)
     components: dict[str, Any] = {}
     if not has_tokenizers:
-        components = _cached_tokenizers(info.family, settings)
+        if ARCHITECTURE_OF.get(info.family, info.family) == "sd3":
+            components.update(_sd3_components(path, settings))
+        components.update(_cached_tokenizers(info.family, settings))
     try:
         pipe: DiffusionPipeline = cls.from_single_file(
             str(path),

@@ -8,6 +8,10 @@ pipeline's scheduler is never mutated. Lookups ignore case and extra spaces.
 A1111 samplers without an exact diffusers twin map to the nearest one (documented per entry):
 ``DPM fast``/``DPM adaptive`` → single-step DPM-Solver, ``Restart`` → Euler with Karras
 sigmas, ``DDIM CFG++`` → DDIM.
+
+A flow-matching model (SD3, SD3.5: its own scheduler is a ``FlowMatch…`` one) takes the
+flow-matching schedulers only (``domain.schedulers.FLOW_SCHEDULERS``): Euler, stochastic
+Euler and Heun on its flow, each built from the model's own config (its ``shift``).
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ from diffusers import (
     DPMSolverSinglestepScheduler,
     EulerAncestralDiscreteScheduler,
     EulerDiscreteScheduler,
+    FlowMatchEulerDiscreteScheduler,
+    FlowMatchHeunDiscreteScheduler,
     HeunDiscreteScheduler,
     KDPM2AncestralDiscreteScheduler,
     KDPM2DiscreteScheduler,
@@ -40,7 +46,10 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from sdserve.domain.schedulers import (
     A1111_SAMPLERS,
     A1111_SCHEDULES,
+    FLOW_SCHEDULERS,
     REPLICATE_SCHEDULERS,
+    flow_scheduler,
+    flow_scheduler_names,
     lookup_key,
     scheduler_names,
 )
@@ -154,6 +163,17 @@ A1111_CHOICES: dict[str, SchedulerChoice] = {
     "TCD": _choice(TCDScheduler),
 }
 
+#: The scheduler behind each flow-matching name (``domain.schedulers.FLOW_SCHEDULERS``).
+FLOW_CHOICES: dict[str, SchedulerChoice] = {
+    "FlowMatchEuler": _choice(FlowMatchEulerDiscreteScheduler, {"stochastic_sampling": False}),
+    # re-noises at every step, as ancestral Euler does on the other families
+    "FlowMatchEulerStochastic": _choice(
+        FlowMatchEulerDiscreteScheduler, {"stochastic_sampling": True}
+    ),
+    "FlowMatchHeun": _choice(FlowMatchHeunDiscreteScheduler),
+}
+assert set(FLOW_CHOICES) == set(FLOW_SCHEDULERS), "a flow scheduler name without its choice"
+
 #: What each A1111 noise schedule (``domain.schedulers.A1111_SCHEDULES``) sets on the
 #: sampler's scheduler. ``None`` keeps the sampler's own schedule.
 SCHEDULE_OVERRIDES: dict[str, Mapping[str, Any] | None] = {
@@ -210,8 +230,23 @@ def a1111_schedules() -> list[str]:
     return list(A1111_SCHEDULES)
 
 
-def resolve_scheduler(name: str) -> SchedulerChoice:
-    """Look a name up; raise :class:`InvalidInput` listing the valid names when unknown."""
+def is_flow_scheduler(scheduler: Any) -> bool:
+    """Whether a pipeline's scheduler is a flow-matching one (its model samples by flow)."""
+    return type(scheduler).__name__.startswith("FlowMatch")
+
+
+def resolve_scheduler(name: str, *, flow: bool = False) -> SchedulerChoice:
+    """Look a name up (``flow``: for a flow-matching model); raise :class:`InvalidInput`
+    listing the valid names when unknown."""
+    if flow:
+        canonical = flow_scheduler(name)
+        if canonical is None:
+            raise InvalidInput(
+                "scheduler",
+                f"scheduler {name!r} cannot sample a flow-matching model",
+                allowed=flow_scheduler_names(),
+            )
+        return FLOW_CHOICES[canonical]
     found = _INDEX.get(lookup_key(name))
     if found is None:
         raise InvalidInput("scheduler", f"unknown scheduler {name!r}", allowed=scheduler_names())
@@ -228,15 +263,17 @@ def make_scheduler(
     *,
     a1111_schedule: str | None = None,
     noise_seeds: Sequence[int] | None = None,
+    flow: bool = False,
 ) -> SchedulerMixin:
     """Build a new scheduler named ``name`` from a pipeline's scheduler config.
 
     ``a1111_schedule`` applies an A1111 noise schedule (``karras``, ``exponential``...) on
     top of the sampler. ``noise_seeds`` (one per image) seed the Brownian noise of the
     ``DPM++ SDE`` sampler so its images reproduce like every other sampler's.
+    ``flow``: the pipeline is a flow-matching model's (the flow schedulers only).
     The pipeline's own scheduler is never touched.
     """
-    choice = resolve_scheduler(name)
+    choice = resolve_scheduler(name, flow=flow)
     accepted = _accepted_keys(choice.cls)
     overrides: dict[str, Any] = {key: False for key in _SIGMA_KEYS if key in accepted}
     overrides.update(choice.overrides)

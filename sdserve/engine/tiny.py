@@ -274,6 +274,111 @@ def build_tiny_sdxl_refiner(folder: Path, *, seed: int = 0) -> Path:
     return folder
 
 
+#: SD3 pads its CLIP encoders' joined hidden states (32 + 40 here, 768 + 1280 in the real
+#: model) to the T5 width, the transformer's ``joint_attention_dim``. The two widths differ
+#: as the real ones do: single-file loading tells the encoders apart by that width.
+TINY_SD3_JOINT_DIM = 80
+
+
+def build_tiny_sd3(folder: Path, *, seed: int = 0) -> Path:
+    """Build a tiny SD3-like pipeline without T5: an ``SD3Transformer2DModel`` of two layers,
+    two CLIP text encoders with projection, a 16-channel VAE (as SD3's) and the
+    flow-matching Euler scheduler. ``text_encoder_3``/``tokenizer_3`` are left out, as an
+    SD3 model served without its T5 encoder has them."""
+    import torch
+    from diffusers import (
+        AutoencoderKL,
+        FlowMatchEulerDiscreteScheduler,
+        SD3Transformer2DModel,
+        StableDiffusion3Pipeline,
+    )
+    from transformers import CLIPTextModelWithProjection
+
+    tokenizer, vocab_size = _tiny_tokenizer(folder / "tokenizer")
+    tokenizer_2, _ = _tiny_tokenizer(folder / "tokenizer_2")
+    torch.manual_seed(seed)
+    text_encoder = CLIPTextModelWithProjection(_text_config(tokenizer, vocab_size))
+    with torch.no_grad():
+        # CLIP-L's projection is the identity in SD3 (its single-file checkpoints have none)
+        text_encoder.text_projection.weight.copy_(torch.eye(32))
+    text_encoder_2 = CLIPTextModelWithProjection(
+        _text_config(tokenizer_2, vocab_size, hidden_size=TINY_SDXL_HIDDEN_2)
+    )
+    transformer = SD3Transformer2DModel(
+        sample_size=32,
+        patch_size=2,
+        in_channels=16,
+        out_channels=16,
+        num_layers=2,
+        attention_head_dim=8,
+        num_attention_heads=4,
+        joint_attention_dim=TINY_SD3_JOINT_DIM,
+        caption_projection_dim=32,
+        # the pooled vectors of both encoders, joined (projection_dim 32 each)
+        pooled_projection_dim=64,
+        pos_embed_max_size=64,
+    )
+    torch.manual_seed(seed + 1_000)
+    vae = AutoencoderKL(
+        block_out_channels=(32, 64),
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        latent_channels=16,
+        norm_num_groups=8,
+        sample_size=64,
+        # SD3's VAE: its own scale and shift, no quantisation convolutions
+        scaling_factor=1.5305,
+        shift_factor=0.0609,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+    )
+    pipe: Any = StableDiffusion3Pipeline(
+        transformer=transformer,
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        text_encoder_2=text_encoder_2,
+        tokenizer_2=tokenizer_2,
+        text_encoder_3=None,
+        tokenizer_3=None,
+    )
+    pipe.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+def build_tiny_sd3_lora(path: Path, base: Path, *, rank: int = 4, seed: int = 0) -> Path:
+    """Write a LoRA for the tiny SD3 pipeline at ``base`` (its transformer's attention) to
+    ``path``, random and non-zero so it visibly changes the image; the file is what
+    ``StableDiffusion3Pipeline.load_lora_weights()`` reads."""
+    import torch
+    from diffusers import SD3Transformer2DModel, StableDiffusion3Pipeline
+    from peft import LoraConfig, get_peft_model_state_dict
+
+    transformer = SD3Transformer2DModel.from_pretrained(
+        base, subfolder="transformer", use_safetensors=True
+    )
+    torch.manual_seed(seed)
+    transformer.add_adapter(
+        LoraConfig(
+            r=rank,
+            lora_alpha=rank,
+            init_lora_weights=False,
+            target_modules=["to_q", "to_k", "to_v", "to_out.0"],
+        )
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    StableDiffusion3Pipeline.save_lora_weights(
+        path.parent,
+        transformer_lora_layers=get_peft_model_state_dict(transformer),
+        weight_name=path.name,
+        safe_serialization=True,
+    )
+    return path
+
+
 def build_tiny_safety_checker(folder: Path, *, always_flag: bool = False) -> Path:
     """Build a tiny ``StableDiffusionSafetyChecker`` + image processor under ``folder``.
 
@@ -505,6 +610,7 @@ DEMO_BUILDERS: dict[str, Callable[[Path], Path]] = {
     "tiny-sd-inpaint": build_tiny_sd_inpaint,
     "tiny-sdxl": build_tiny_sdxl,
     "tiny-sdxl-refiner": build_tiny_sdxl_refiner,
+    "tiny-sd3": build_tiny_sd3,
     "tiny-safety-checker": build_tiny_safety_checker,
 }
 DEMO_LORA = "tiny-style"

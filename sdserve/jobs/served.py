@@ -23,6 +23,7 @@ from sdserve.domain.schedulers import (
     A1111_SAMPLERS,
     A1111_SCHEDULES,
     REPLICATE_SCHEDULERS,
+    flow_scheduler_names,
     scheduler_names,
 )
 from sdserve.domain.training import check_destination, check_trainable
@@ -33,6 +34,7 @@ from sdserve.models.controlnet.annotators import AnnotatorCatalog
 from sdserve.models.controlnet.catalog import UNION_TYPES, ControlNetCatalog, ControlNetSpec
 from sdserve.models.controlnet.units import check_units
 from sdserve.models.embeddings import EmbeddingCatalog
+from sdserve.models.families import is_flow
 from sdserve.models.ip_adapter import IpAdapterCatalog
 from sdserve.models.references import PICKLE_SUFFIXES, is_hub_id
 
@@ -67,8 +69,12 @@ def input_schema(
     ip_adapters: list[str] | None = None,
     controlnet_details: dict[str, dict[str, Any]] | None = None,
     modules: AnnotatorCatalog | None = None,
+    flow: bool = False,
 ) -> dict[str, Any]:
     """JSON schema of :class:`GenerationInput` with a family's defaults and the limits.
+
+    ``flow``: the model is a flow-matching one (SD3): its scheduler choices are the
+    flow-matching schedulers.
 
     ``anyOf [T, null]`` is flattened to ``T`` (with the family default), as cog schemas
     have it, and ``x-order`` keeps the canonical field order for form builders.
@@ -119,7 +125,7 @@ def input_schema(
     for name in ("image", "mask", "ip_adapter_image"):
         if name in properties:
             properties[name]["format"] = "uri"
-    _add_scheduler_choices(properties)
+    _add_scheduler_choices(properties, flow=flow)
     if ip_adapters:
         properties["ip_adapter"]["enum"] = ip_adapters
     else:
@@ -145,11 +151,14 @@ def input_schema(
     return schema
 
 
-def _add_scheduler_choices(properties: dict[str, Any]) -> None:
+def _add_scheduler_choices(properties: dict[str, Any], *, flow: bool = False) -> None:
     """The accepted scheduler names as an ``enum`` (canonical spellings; lookups also take
     any case and A1111's ``k_*`` aliases), grouped by dialect in ``x-enum-groups`` so a form
     can show Replicate's names apart from A1111's; the A1111 noise schedules likewise."""
-    if "scheduler" in properties:
+    if "scheduler" in properties and flow:
+        properties["scheduler"]["enum"] = flow_scheduler_names()
+        properties["scheduler"]["x-enum-groups"] = {"Flow matching": flow_scheduler_names()}
+    elif "scheduler" in properties:
         a1111 = [name for name in A1111_SAMPLERS if name not in REPLICATE_SCHEDULERS]
         names = scheduler_names()
         default = properties["scheduler"].get("default")
@@ -369,6 +378,7 @@ class ServedModels:
                 self.ip_adapter_choices(spec.family),
                 self.controlnet_details(spec.family),
                 self.annotators,
+                flow=is_flow(spec.family),
             ),
         )
 

@@ -65,6 +65,7 @@ from sdserve.jobs.workers import TTL_S, CachedBoard, Heartbeat
 from sdserve.models.controlnet.annotators import AnnotatorCatalog
 from sdserve.models.controlnet.catalog import ControlNetCatalog
 from sdserve.models.embeddings import EmbeddingCatalog
+from sdserve.models.families import check_fits_family
 from sdserve.models.ip_adapter import IpAdapterCatalog
 
 log = logging.getLogger(__name__)
@@ -307,6 +308,7 @@ class Service:
             self._check_images(parsed)
             stored_input = parsed.model_dump(mode="json", exclude_unset=True)
             spec = self.served.resolve(model)
+            check_fits_family(spec.family, parsed)  # SD3: no weighting, flow schedulers
             parsed.check_a_step_runs(spec.defaults)  # with the steps the model would run
             if getattr(spec, "refiner", None):
                 parsed.check_refiner_runs_a_step(spec.defaults)

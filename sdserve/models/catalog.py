@@ -30,6 +30,10 @@ REPLICATE_ALIASES: dict[str, tuple[str, ...]] = {
     "stability-ai/stable-diffusion": ("sd1", "sd2"),
     "stability-ai/stable-diffusion-inpainting": ("sd1", "sd2"),
     "stability-ai/sdxl-turbo": ("sdxl-turbo",),
+    "stability-ai/stable-diffusion-3": ("sd3", "sd3-turbo"),
+    "stability-ai/stable-diffusion-3.5-large": ("sd3", "sd3-turbo"),
+    "stability-ai/stable-diffusion-3.5-medium": ("sd3", "sd3-turbo"),
+    "stability-ai/stable-diffusion-3.5-large-turbo": ("sd3-turbo", "sd3"),
 }
 
 

@@ -29,6 +29,8 @@ PICKLE_SUFFIXES: tuple[str, ...] = (".ckpt", ".bin", ".pt", ".pth", ".pkl", ".pi
 SINGLE_FILE_CONFIG_SUFFIX = ".sdserve-config"
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+#: The MMDiT blocks of an SD3/SD3.5 checkpoint in Stability's single-file layout.
+SD3_KEY_PREFIX = "model.diffusion_model.joint_blocks."
 _HEADER_LIMIT = 100 * 1024 * 1024  # a safetensors header is JSON; refuse absurd sizes
 
 
@@ -129,6 +131,8 @@ def _with_turbo(info: ModelInfo, name: str) -> ModelInfo:
         return ModelInfo("sdxl-turbo", info.inpainting, info.native_size)
     if info.family in ("sd1", "sd2"):
         return ModelInfo("sd-turbo", info.inpainting, info.native_size)
+    if info.family == "sd3":
+        return ModelInfo("sd3-turbo", info.inpainting, info.native_size)
     return info
 
 
@@ -175,7 +179,29 @@ def _info_from_configs(
     return ModelInfo(family, inpainting, native)
 
 
+def _info_from_sd3(transformer: Mapping[str, Any], vae: Mapping[str, Any] | None) -> ModelInfo:
+    """An SD3/SD3.5 model (an ``SD3Transformer2DModel`` where the others have a UNet); its
+    native size is the transformer's ``sample_size`` x the VAE's scale, as for a UNet."""
+    native: int | None = None
+    sample_size = transformer.get("sample_size")
+    if isinstance(sample_size, int):
+        blocks = len((vae or {}).get("block_out_channels") or (0, 0, 0, 0))
+        native = sample_size * 2 ** (blocks - 1)
+    return ModelInfo("sd3", False, native)
+
+
+def _is_sd3(index: Mapping[str, Any] | None, transformer: Mapping[str, Any] | None) -> bool:
+    named = str((index or {}).get("_class_name", ""))
+    return named.startswith("StableDiffusion3") or (
+        transformer is not None and transformer.get("_class_name") == "SD3Transformer2DModel"
+    )
+
+
 def _info_from_folder(folder: Path) -> ModelInfo:
+    index = read_json(folder / "model_index.json")
+    transformer = read_json(folder / "transformer" / "config.json")
+    if _is_sd3(index, transformer):
+        return _info_from_sd3(transformer or {}, read_json(folder / "vae" / "config.json"))
     return _info_from_configs(
         read_json(folder / "model_index.json"),
         read_json(folder / "unet" / "config.json"),
@@ -224,6 +250,8 @@ def _info_from_single_file(path: Path) -> ModelInfo:
             f"{path}: no UNet weights (model.diffusion_model.*); this does not look like a "
             "Stable Diffusion checkpoint (a LoRA or a VAE alone cannot be served as a model)"
         )
+    if any(key.startswith(SD3_KEY_PREFIX) for key in keys):
+        return ModelInfo("sd3", False)
     width = _cross_attention_width(header)
     family: ModelFamily
     if any(key.startswith("conditioner.embedders.1.") for key in keys) or width == 2048:
@@ -250,6 +278,9 @@ def _cached_config(repo_id: str, filename: str, cache_dir: Path | str | None) ->
 
 
 def _info_from_hub(repo_id: str, cache_dir: Path | str | None) -> ModelInfo:
+    transformer = _cached_config(repo_id, "transformer/config.json", cache_dir)
+    if transformer and _is_sd3(_cached_config(repo_id, "model_index.json", cache_dir), transformer):
+        return _info_from_sd3(transformer, _cached_config(repo_id, "vae/config.json", cache_dir))
     unet = _cached_config(repo_id, "unet/config.json", cache_dir)
     if unet:
         index = _cached_config(repo_id, "model_index.json", cache_dir)
@@ -263,7 +294,9 @@ def _info_from_hub_id(repo_id: str) -> ModelInfo:
     name = repo_id.lower()
     inpainting = "inpaint" in name
     family: ModelFamily
-    if "refiner" in name:
+    if re.search(r"(stable-diffusion-3|sd-?3)", name):
+        family = "sd3"
+    elif "refiner" in name:
         family = "sdxl-refiner"
     elif "xl" in name:
         family = "sdxl"

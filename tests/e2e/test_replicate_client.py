@@ -573,3 +573,48 @@ def test_controlnet_of_the_wrong_family_is_a_422(client: replicate.Client) -> No
         )
     assert refused.value.status == 422
     assert "tiny-sdxl-canny is for sdxl models" in str(refused.value)
+
+
+# -- SD3 ------------------------------------------------------------------------------------
+
+SD3 = "sdserve/tiny-sd3"
+
+
+def test_sd3_model_generates_and_its_schema_shows_its_defaults(
+    client: replicate.Client, server: ServerProcess
+) -> None:
+    fields = {"prompt": "a red fox", "seed": 5, "num_inference_steps": 2}
+    first = client.run(SD3, input=fields)
+    again = client.run(SD3, input=fields)
+    data = first[0].read()
+    with Image.open(io.BytesIO(data)) as image:
+        assert image.size == (64, 64)  # the tiny model's native size
+        assert "Model: sdserve/tiny-sd3" in image.info["parameters"]
+        assert "FlowMatchEuler" in image.info["parameters"]
+    assert png_pixels(data) == png_pixels(again[0].read())
+    body = httpx.get(f"{server.url}/v1/models/{SD3}").json()
+    assert body["latest_version"]["openapi_schema"]
+    schema = body["latest_version"]["openapi_schema"]["components"]["schemas"]["Input"]
+    props = schema["properties"]
+    assert props["num_inference_steps"]["default"] == 28
+    assert props["guidance_scale"]["default"] == 7.0
+    assert props["scheduler"]["default"] == "FlowMatchEuler"
+    assert props["scheduler"]["enum"] == [
+        "FlowMatchEuler",
+        "FlowMatchEulerStochastic",
+        "FlowMatchHeun",
+    ]
+
+
+def test_sd3_refuses_weighted_prompts_and_other_families_schedulers(
+    client: replicate.Client,
+) -> None:
+    with pytest.raises(ReplicateError) as caught:
+        client.run(SD3, input={"prompt": "a (red:1.4) fox", "num_inference_steps": 2})
+    assert caught.value.status == 422
+    assert (caught.value.detail or "").startswith("prompt: prompt weighting is not supported")
+    with pytest.raises(ReplicateError) as caught:
+        client.run(SD3, input={"prompt": "a fox", "scheduler": "DPM++ 2M Karras"})
+    assert caught.value.status == 422
+    detail = caught.value.detail or ""
+    assert detail.startswith("scheduler: ") and "FlowMatchEuler" in detail

@@ -2,7 +2,8 @@
 
 The same prompt, seed, steps, guidance, size and sampler through Replicate, DeepInfra,
 OpenAI Images and AUTOMATIC1111 must give byte-identical pixels for every image of the
-batch (image i uses seed + i everywhere).
+batch (image i uses seed + i everywhere). Run on the tiny SD1.5 and the tiny SD3 (where
+``K_EULER`` and A1111's ``Euler`` are the flow-matching Euler sampler).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from PIL import Image
 
 from tests.e2e.conftest import ServerProcess
 
-MODEL = "sdserve/tiny-sd"
+MODELS = ["sdserve/tiny-sd", "sdserve/tiny-sd3"]
 PROMPT = "a lighthouse on a cliff at dusk"
 SEED = 1234
 STEPS = 3
@@ -47,10 +48,16 @@ def from_data_uri(uri: str) -> bytes:
     return pixels(base64.b64decode(payload))
 
 
+@pytest.fixture(scope="module", params=MODELS)
+def model(request: pytest.FixtureRequest) -> str:
+    name: str = request.param
+    return name
+
+
 @pytest.fixture(scope="module")
-def replicate_pixels(http: httpx.Client) -> list[bytes]:
+def replicate_pixels(http: httpx.Client, model: str) -> list[bytes]:
     response = http.post(
-        f"/v1/models/{MODEL}/predictions",
+        f"/v1/models/{model}/predictions",
         headers={"Prefer": "wait"},
         json={
             "input": {
@@ -73,9 +80,11 @@ def replicate_pixels(http: httpx.Client) -> list[bytes]:
     return images
 
 
-def test_deepinfra_gives_the_same_pixels(http: httpx.Client, replicate_pixels: list[bytes]) -> None:
+def test_deepinfra_gives_the_same_pixels(
+    http: httpx.Client, model: str, replicate_pixels: list[bytes]
+) -> None:
     response = http.post(
-        f"/v1/inference/{MODEL}",
+        f"/v1/inference/{model}",
         json={
             "prompt": PROMPT,
             "seed": SEED,
@@ -91,10 +100,12 @@ def test_deepinfra_gives_the_same_pixels(http: httpx.Client, replicate_pixels: l
     assert [from_data_uri(uri) for uri in response.json()["images"]] == replicate_pixels
 
 
-def test_openai_gives_the_same_pixels(server: ServerProcess, replicate_pixels: list[bytes]) -> None:
+def test_openai_gives_the_same_pixels(
+    server: ServerProcess, model: str, replicate_pixels: list[bytes]
+) -> None:
     client = openai.OpenAI(api_key="anything", base_url=f"{server.url}/v1", max_retries=0)
     result = client.images.generate(
-        model=MODEL,
+        model=model,
         prompt=PROMPT,
         n=COUNT,
         size=f"{SIZE}x{SIZE}",
@@ -110,7 +121,9 @@ def test_openai_gives_the_same_pixels(server: ServerProcess, replicate_pixels: l
     assert decoded == replicate_pixels
 
 
-def test_a1111_gives_the_same_pixels(http: httpx.Client, replicate_pixels: list[bytes]) -> None:
+def test_a1111_gives_the_same_pixels(
+    http: httpx.Client, model: str, replicate_pixels: list[bytes]
+) -> None:
     response = http.post(
         "/sdapi/v1/txt2img",
         json={
@@ -124,7 +137,7 @@ def test_a1111_gives_the_same_pixels(http: httpx.Client, replicate_pixels: list[
             "sampler_name": "Euler",
             "batch_size": COUNT,
             "n_iter": 1,
-            "override_settings": {"sd_model_checkpoint": MODEL},
+            "override_settings": {"sd_model_checkpoint": model},
         },
     )
     if response.status_code == 404 and "no route" in response.text:

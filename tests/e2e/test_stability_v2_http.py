@@ -220,13 +220,24 @@ def test_ultra_refuses_a_strength_without_image_and_an_image_without_strength(
     assert "no denoising step" in v2_error(no_step, 400, "bad_request")
 
 
-@pytest.mark.parametrize("model", [None, "sd3-large", "sd3.5-large-turbo"])
-def test_sd3_with_stabilitys_model_names_says_which_engines_are_served(
+@pytest.mark.parametrize("model", [None, "sd3.5-large", "sd3-large", "sd3.5-large-turbo"])
+def test_sd3_with_stabilitys_model_names_reaches_the_served_sd3_model(
     http: httpx.Client, model: str | None
 ) -> None:
-    fields = {"prompt": "a castle"} | ({"model": model} if model else {})
-    message = v2_error(post(http, "generate/sd3", fields), 404, "not_found")
-    assert "SD3" in message and ENGINES in message
+    fields = {"prompt": "a castle", "seed": 9, **FAST} | ({"model": model} if model else {})
+    response = post(http, "generate/sd3", fields)
+    image_of(response, (64, 64))
+    job = job_of(http, response)
+    assert job["model"] == "sdserve/tiny-sd3"
+    assert job["input"]["seed"] == 9
+
+
+def test_sd3_image_to_image_on_the_sd3_model(http: httpx.Client) -> None:
+    source = {"image": ("in.png", picture(), "image/png")}
+    fields = {"prompt": "a castle", "model": "sd3.5-large", "mode": "image-to-image"}
+    response = post(http, "generate/sd3", {**fields, "strength": 0.6, **FAST}, files=source)
+    image_of(response, (64, 64))
+    assert job_of(http, response)["model"] == "sdserve/tiny-sd3"
 
 
 def test_sd3_with_a_served_engine_id_draws_text_and_image_to_image(http: httpx.Client) -> None:

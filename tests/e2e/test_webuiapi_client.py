@@ -283,3 +283,14 @@ def test_basic_auth_with_the_token_as_password(token_server: ServerProcess) -> N
     assert caught.value.args[0] == 401
     anonymous = httpx.get(f"{token_server.url}/sdapi/v1/progress")
     assert anonymous.status_code == 401 and "error" in anonymous.json()
+
+
+def test_sd3_with_webuiapis_default_sampler_and_a_refused_one(api: webuiapi.WebUIApi) -> None:
+    sd3 = {"sd_model_checkpoint": "sdserve/tiny-sd3"}
+    # webuiapi sends sampler "Euler a": on SD3 it is the stochastic flow-matching Euler
+    result = api.txt2img(prompt="a boat", seed=4, override_settings=sd3, **FAST)
+    assert result.image.size == (64, 64)
+    assert result.info["sd_model_name"] == "sdserve/tiny-sd3"
+    with pytest.raises(RuntimeError) as caught:
+        api.txt2img(prompt="a boat", sampler_name="DPM++ 2M", override_settings=sd3, **FAST)
+    assert "FlowMatchEuler" in str(caught.value)

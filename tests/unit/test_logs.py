@@ -66,6 +66,13 @@ def test_named_library_messages_are_dropped_and_others_kept(
         "related params."
     )
     log("diffusers.loaders.lora_base").warning("LoRA keys do not match the UNet")
+    saving = collect("diffusers.pipelines.pipeline_utils")
+    log("diffusers.pipelines.pipeline_utils").warning(
+        "self.text_encoder_3=None of type <class 'NoneType'> cannot be saved."
+    )
+    log("diffusers.pipelines.pipeline_utils").warning(
+        "self.vae=<object> of type <class 'object'> cannot be saved."
+    )
     log("alembic.runtime.migration").info("Running upgrade  -> 0001")
     log("transformers.utils.import_utils").warning("something else about an import")
     log("alembic.runtime.migration").warning("a real migration problem")
@@ -73,6 +80,7 @@ def test_named_library_messages_are_dropped_and_others_kept(
     assert config.messages == []
     assert migration.messages == ["a real migration problem"]
     assert lora.messages == ["LoRA keys do not match the UNet"]
+    assert saving.messages == ["self.vae=<object> of type <class 'object'> cannot be saved."]
     assert len(diffusers.messages) == 1 and "float32: ['vae']" in diffusers.messages[0]
 
 

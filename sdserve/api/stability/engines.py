@@ -43,7 +43,7 @@ STABILITY_ENGINES: dict[str, tuple[str, ...]] = {
     "stable-diffusion-768-v2-1": ("sd2",),
 }
 #: Families whose models are served as engines (a refiner only finishes another's images).
-_ENGINE_FAMILIES = frozenset({"sd1", "sd2", "sdxl", "sdxl-turbo", "sd-turbo"})
+_ENGINE_FAMILIES = frozenset({"sd1", "sd2", "sdxl", "sdxl-turbo", "sd-turbo", "sd3", "sd3-turbo"})
 
 #: Upscaling is a *diffusion upscale* on the engine's model until a model upscaler is
 #: served: the image resized (Lanczos) to the target, then redrawn by img2img at this share

@@ -75,8 +75,10 @@ SD3_MODELS: tuple[str, ...] = (
     "sd3-large-turbo",
     "sd3-medium",
 )
-#: The model family that answers Stability's SD3 names; no engine of it exists yet.
+#: The model family that answers Stability's SD3 names, and its turbo sibling (which the
+#: ``-turbo`` names prefer).
 SD3_FAMILY = "sd3"
+SD3_TURBO_FAMILY = "sd3-turbo"
 #: The erase endpoint has no prompt: it repaints the masked area as background.
 ERASE_NEGATIVE = "object, person, animal, text, watermark, logo, clutter"
 #: Name and status of an endpoint that needs a kind of model this server does not serve.
@@ -347,9 +349,11 @@ def sd3_engine(requested: str | None, models: Sequence[ServedModel]) -> ServedMo
     name = requested or SD3_MODELS[0]
     if name.lower() not in SD3_MODELS:
         return resolve_engine(name, models)
-    sd3 = next((model for model in models if model.family == SD3_FAMILY), None)
-    if sd3 is not None:
-        return sd3
+    preferred = SD3_TURBO_FAMILY if name.lower().endswith("-turbo") else SD3_FAMILY
+    fitting = [model for model in models if model.family in (SD3_FAMILY, SD3_TURBO_FAMILY)]
+    fitting.sort(key=lambda model: model.family != preferred)
+    if fitting:
+        return fitting[0]
     engines = [model.name.replace("/", "--").lower() for model in models if is_engine(model)]
     raise ModelNotFound(
         f"model {name!r} is Stability's SD3 and needs a served SD3 model; none is served "

@@ -100,12 +100,14 @@ def test_demo_models_build_once_and_register(tmp_path: Path) -> None:
         "tiny-sd-inpaint",
         "tiny-sdxl",
         "tiny-sdxl-refiner",
+        "tiny-sd3",
         "tiny-safety-checker",
         "tiny-style",
         *tiny.DEMO_CONTROLNETS,
         tiny.DEMO_UNION,
         tiny.DEMO_ADAPTER,
         *tiny.DEMO_IP_ADAPTERS,
+        *tiny.DEMO_EMBEDDINGS,
         *DEMO_ANNOTATORS,
         *tiny.DEMO_EMBEDDINGS,
     }
@@ -139,12 +141,14 @@ def test_demo_models_build_once_and_register(tmp_path: Path) -> None:
         "sdserve/tiny-sd-inpaint",
         "sdserve/tiny-sdxl",
         "sdserve/tiny-sdxl-refiner",
+        "sdserve/tiny-sd3",
     }
     assert by_name["sdserve/tiny-sd"].family == "sd1"
     assert by_name["sdserve/tiny-sd-inpaint"].inpainting
     assert by_name["sdserve/tiny-sdxl"].family == "sdxl"
     assert by_name["sdserve/tiny-sdxl"].refiner == str(built["tiny-sdxl-refiner"])
     assert by_name["sdserve/tiny-sdxl-refiner"].family == "sdxl-refiner"
+    assert by_name["sdserve/tiny-sd3"].family == "sd3"
     # tiny models are trained at 64x64: that is their default size
     assert (
         by_name["sdserve/tiny-sd"].defaults.width,

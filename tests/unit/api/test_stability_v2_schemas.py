@@ -380,6 +380,13 @@ def test_sd3_takes_a_served_engine_id_and_a_served_sd3_model() -> None:
     assert sd3_engine("sd3-medium", [TINY_SD, sd3]) is sd3
 
 
+def test_sd3_turbo_names_prefer_a_served_sd3_turbo_and_the_others_a_plain_sd3() -> None:
+    sd3, turbo = served("me/sd3", "sd3"), served("me/sd3-turbo", "sd3-turbo")
+    assert sd3_engine("sd3.5-large-turbo", [TINY_SD, sd3, turbo]) is turbo
+    assert sd3_engine("sd3.5-large", [TINY_SD, turbo, sd3]) is sd3
+    assert sd3_engine(None, [turbo]) is turbo  # the only SD3 served answers every name
+
+
 # -- answers --------------------------------------------------------------------------------
 
 

@@ -126,3 +126,12 @@ def test_to_compel(text: str, compel: str) -> None:
 )
 def test_only_weighted_prompts_go_through_compel(text: str, weighted: bool) -> None:
     assert prompts.is_weighted(text) is weighted
+
+
+def test_sd3_latents_are_previewed_in_grey() -> None:
+    latents = torch.zeros(1, 16, 8, 8)
+    latents[0, :, :, 4:] = 1.0  # the right half brighter
+    preview = images.latent_preview(latents, xl=False)
+    assert preview.mode == "RGB" and preview.size == (8, 8)
+    assert preview.getpixel((0, 0)) == (0, 0, 0)
+    assert preview.getpixel((7, 0)) == (255, 255, 255)

@@ -85,6 +85,9 @@ def test_unknown_family_is_a_clear_error() -> None:
         ("sdxl", "sdxl", False, 1024),
         ("sdxl-inpaint", "sdxl", True, 1024),
         ("sdxl-refiner", "sdxl-refiner", False, 1024),
+        ("sd3", "sd3", False, 1024),
+        ("sd35-large", "sd3", False, 1024),
+        ("sd35-medium", "sd3", False, 1024),
     ],
 )
 def test_shipped_config_folders_detect_as_their_family(
