@@ -153,11 +153,7 @@ def _control_map(
     *,
     index: int,
 ) -> Image.Image:
-    name = unit.preprocessor
-    if name == AUTO:
-        # a type whose preprocessors need weights (depth…) without any present: the image
-        # is taken as a map already, as before annotators existed
-        name = maps.catalog.default_for(spec.control_type) or "none"
+    name = preprocessor_of(unit, spec, maps.catalog)
     if name != "none":
         source = maps.detect(
             name,
@@ -174,17 +170,19 @@ def _control_map(
     return fit_to(source.convert("RGB"), size, unit.resize_mode)
 
 
-def preprocessor_of(unit: ControlUnit, spec: ControlNetSpec) -> str:
+def preprocessor_of(unit: ControlUnit, spec: ControlNetSpec, modules: AnnotatorCatalog) -> str:
     """The preprocessor the unit runs: its own, or for ``auto`` its ControlNet type's
-    (``none`` where no built-in one fits)."""
+    (:meth:`AnnotatorCatalog.default_for`). A type whose preprocessors need weights
+    (depth…) without any present gives ``none``: the image is taken as a map already, as
+    before annotators existed."""
     if unit.preprocessor == AUTO:
-        return preprocessors.default_for(spec.control_type) or "none"
+        return modules.default_for(spec.control_type) or "none"
     return unit.preprocessor
 
 
-def seeded(chosen: Sequence[ChosenUnit]) -> bool:
+def seeded(chosen: Sequence[ChosenUnit], modules: AnnotatorCatalog) -> bool:
     """Whether a unit's map depends on the request's seed (a random preprocessor)."""
-    names = [preprocessor_of(choice.unit, choice.spec) for choice in chosen]
+    names = [preprocessor_of(choice.unit, choice.spec, modules) for choice in chosen]
     return any(name in SEEDED_PREPROCESSORS for name in names)
 
 

@@ -91,7 +91,7 @@ class Embeddings:
 def _whole_words_only(tokenizer: Any, name: str, vectors: int) -> None:
     """The embedding's tokens match whole words only: a tokenizer's added token would
     otherwise match inside a longer word (``glow`` in ``glowing``), which is not the name."""
-    from tokenizers import AddedToken
+    from transformers import AddedToken
 
     tokens = [name, *(f"{name}_{index}" for index in range(1, vectors))]
     tokenizer.add_tokens([AddedToken(token, single_word=True) for token in tokens])

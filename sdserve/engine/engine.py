@@ -358,7 +358,10 @@ class Engine:
             raise InvalidInput("input", f"{task.name} requests cannot run as one batch")
         plan = tasks.plan(first, task, spec)
         chosen = self._controlnets_of(first, spec, controls)
-        if control.seeded(chosen) and len({inp.seed_for(0) for inp in resolved}) > 1:
+        if (
+            control.seeded(chosen, self.annotators)
+            and len({inp.seed_for(0) for inp in resolved}) > 1
+        ):
             raise InvalidInput("controlnets", "a seeded map (shuffle) cannot share a batch")
         size = (first.width or 0, first.height or 0)
         units = control.prepare_units(

@@ -366,7 +366,8 @@ def _sd3_components(path: Path, settings: EngineSettings) -> dict[str, Any]:
     if tokenizer is None:
         log.warning(
             "%s: its T5 encoder is left out: no T5 tokenizer in the Hugging Face cache "
-            "(hf download google/t5-v1_1-xxl spiece.model tokenizer_config.json)",
+            "that loads without sentencepiece (one with tokenizer.json, e.g. hf download "
+            "stabilityai/stable-diffusion-3.5-large --include 'tokenizer_3/*')",
             path,
         )
         return dict.fromkeys(T5_COMPONENTS)
@@ -384,7 +385,9 @@ def _t5_tokenizer(settings: EngineSettings) -> Any:
                 cache_dir=settings.cache_dir,
                 local_files_only=True,
             )
-        except (OSError, ValueError):
+        except (OSError, ValueError, ImportError):
+            # ImportError: a tokenizer saved only as spiece.model needs sentencepiece to
+            # convert, which is not a dependency; a repository with tokenizer.json loads
             continue
     return None
 

@@ -18,17 +18,16 @@ another width (a tiny test embedding) say their family in ``<name>.sdserve-confi
 
 from __future__ import annotations
 
-import json
 import pickle
 import re
-import threading
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 from sdserve.errors import ModelLoadError
-from sdserve.models.controlnet.catalog import FITS, ControlNetFamily
+from sdserve.models.controlnet.catalog import FITS, ControlNetFamily, declared_family
+from sdserve.models.folders import ScannedFolder
 from sdserve.models.references import SINGLE_FILE_CONFIG_SUFFIX, read_safetensors_header
 
 #: The file suffixes an embedding may have.
@@ -76,9 +75,9 @@ def inspect_embedding(path: Path) -> EmbeddingSpec:
         family = FAMILY_BY_WIDTH.get(width)
     else:
         raise ModelLoadError(f"{path}: not an embedding ({len(shapes)} tensors, no clip_l/clip_g)")
-    family = family or _declared_family(path)
+    config = path.with_name(path.stem + SINGLE_FILE_CONFIG_SUFFIX) / "config.json"
+    family = family or declared_family(config)
     if family is None:
-        config = path.with_name(path.stem + SINGLE_FILE_CONFIG_SUFFIX) / "config.json"
         raise ModelLoadError(
             f"{path}: vectors {width} wide are not SD 1, SD 2 or SDXL's; say the family in "
             f'{config} ({{"family": "sd1"}})'
@@ -156,24 +155,15 @@ class _ShapesOnly(pickle.Unpickler):
         return _Storage()
 
 
-def _declared_family(path: Path) -> ControlNetFamily | None:
-    config = path.with_name(path.stem + SINGLE_FILE_CONFIG_SUFFIX) / "config.json"
-    try:
-        declared = json.loads(config.read_text())
-    except (OSError, ValueError):
-        return None
-    family = declared.get("family") if isinstance(declared, dict) else None
-    return family if family in FITS else None
-
-
 class EmbeddingCatalog:
     """The embeddings in ``folder`` (read again when it changes). Thread-safe; cheap to ask.
     A file that is not a usable embedding is not served; :meth:`refused` says why."""
 
     def __init__(self, folder: Path | None) -> None:
         self.folder = folder
-        self._scanned: tuple[object, list[EmbeddingSpec], dict[str, str]] | None = None
-        self._lock = threading.Lock()
+        self._scanned = ScannedFolder(
+            folder, _read_embeddings, lambda: ([], {}), keep=_is_embedding_file
+        )
 
     def all(self) -> list[EmbeddingSpec]:
         """Every served embedding, by name."""
@@ -192,34 +182,28 @@ class EmbeddingCatalog:
         ]
 
     def _scan(self) -> tuple[list[EmbeddingSpec], dict[str, str]]:
-        folder = self.folder
-        if folder is None or not folder.is_dir():
-            return [], {}
-        files = sorted(
-            entry
-            for entry in folder.iterdir()
-            if entry.is_file() and entry.suffix in EMBEDDING_SUFFIXES
-        )
-        stamp = tuple((entry.name, entry.stat().st_mtime_ns) for entry in files)
-        with self._lock:
-            if self._scanned is not None and self._scanned[0] == stamp:
-                return self._scanned[1], self._scanned[2]
-        found: dict[str, EmbeddingSpec] = {}
-        refused: dict[str, str] = {}
-        for entry in files:
-            try:
-                spec = inspect_embedding(entry)
-            except ModelLoadError as exc:
-                refused[entry.stem] = str(exc)
-                continue
-            if spec.name in found:
-                refused[entry.name] = f"{entry}: another file serves the name {spec.name}"
-                continue
-            found[spec.name] = spec
-        served = list(found.values())
-        with self._lock:
-            self._scanned = (stamp, served, refused)
-        return served, refused
+        return self._scanned.get()
+
+
+def _is_embedding_file(entry: Path) -> bool:
+    return entry.is_file() and entry.suffix in EMBEDDING_SUFFIXES
+
+
+def _read_embeddings(files: list[Path]) -> tuple[list[EmbeddingSpec], dict[str, str]]:
+    """The embeddings a folder's files serve, and why each other file does not."""
+    found: dict[str, EmbeddingSpec] = {}
+    refused: dict[str, str] = {}
+    for entry in files:
+        try:
+            spec = inspect_embedding(entry)
+        except ModelLoadError as exc:
+            refused[entry.stem] = str(exc)
+            continue
+        if spec.name in found:
+            refused[entry.name] = f"{entry}: another file serves the name {spec.name}"
+            continue
+        found[spec.name] = spec
+    return list(found.values()), refused
 
 
 __all__ = ["EmbeddingCatalog", "EmbeddingSpec", "inspect_embedding"]

@@ -18,16 +18,20 @@ them (``engine.ip_adapter``).
 from __future__ import annotations
 
 import hashlib
-import json
 import re
-import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sdserve.errors import InvalidInput, ModelLoadError
-from sdserve.models.controlnet.catalog import FITS, ControlNetFamily, short_hash
+from sdserve.models.controlnet.catalog import (
+    FITS,
+    ControlNetFamily,
+    declared_family,
+    short_hash,
+)
+from sdserve.models.folders import ScannedFolder
 from sdserve.models.references import (
     SAFETENSORS_SUFFIX,
     check_weights_format,
@@ -88,15 +92,6 @@ def family_from_header(header: dict[str, Any], *, where: str) -> ControlNetFamil
     return None
 
 
-def _declared_family(folder: Path) -> ControlNetFamily | None:
-    try:
-        config = json.loads((folder / "config.json").read_text())
-    except (OSError, ValueError):
-        return None
-    family = config.get("family") if isinstance(config, dict) else None
-    return family if family in FITS else None
-
-
 def inspect_ip_adapter(reference: str, *, name: str | None = None) -> IpAdapterSpec:
     """The spec of an IP-Adapter folder, or of a hub file ``owner/repo/path.safetensors``."""
     check_weights_format(reference)
@@ -129,7 +124,9 @@ def _inspect_folder(folder: Path, *, name: str | None) -> IpAdapterSpec:
     if not (folder / ENCODER_FOLDER / "config.json").is_file():
         raise ModelLoadError(f"{folder}: no {ENCODER_FOLDER}/ (its CLIP image encoder)")
     header = read_safetensors_header(weights[0])
-    family = family_from_header(header, where=str(weights[0])) or _declared_family(folder)
+    family = family_from_header(header, where=str(weights[0])) or declared_family(
+        folder / "config.json"
+    )
     if family is None:
         raise ModelLoadError(
             f"{weights[0]}: its width is not SD 1, SD 2 or SDXL's; say the family in "
@@ -151,6 +148,16 @@ def title_name(reference: str) -> str:
     return titled.group("name") if titled else reference.strip()
 
 
+def _read_ip_adapters(folders: list[Path]) -> list[IpAdapterSpec]:
+    found = []
+    for folder in folders:
+        try:
+            found.append(inspect_ip_adapter(str(folder)))
+        except ModelLoadError:
+            continue  # not an IP-Adapter folder: not listed
+    return found
+
+
 class IpAdapterCatalog:
     """The IP-Adapters in ``folder`` (read again when it changes) and those ``references``
     name. Thread-safe; cheap to ask."""
@@ -158,8 +165,9 @@ class IpAdapterCatalog:
     def __init__(self, folder: Path | None, references: Iterable[str] = ()) -> None:
         self.folder = folder
         self._named = [inspect_ip_adapter(reference) for reference in references]
-        self._scanned: tuple[object, list[IpAdapterSpec]] | None = None
-        self._lock = threading.Lock()
+        self._scanned: ScannedFolder[list[IpAdapterSpec]] = ScannedFolder(
+            folder, _read_ip_adapters, list, keep=Path.is_dir
+        )
 
     def all(self) -> list[IpAdapterSpec]:
         """Every served IP-Adapter: the named ones first, then the folder's by name."""
@@ -169,23 +177,7 @@ class IpAdapterCatalog:
         return [spec for spec in self.all() if spec.fits(family)]
 
     def _in_folder(self) -> list[IpAdapterSpec]:
-        folder = self.folder
-        if folder is None or not folder.is_dir():
-            return []
-        entries = sorted(entry for entry in folder.iterdir() if entry.is_dir())
-        stamp = tuple((entry.name, entry.stat().st_mtime_ns) for entry in entries)
-        with self._lock:
-            if self._scanned is not None and self._scanned[0] == stamp:
-                return self._scanned[1]
-        found = []
-        for entry in entries:
-            try:
-                found.append(inspect_ip_adapter(str(entry)))
-            except ModelLoadError:
-                continue  # not an IP-Adapter folder: not listed
-        with self._lock:
-            self._scanned = (stamp, found)
-        return found
+        return self._scanned.get()
 
     def resolve(
         self, name: str | None, *, model: str, family: str, field: str = "ip_adapter"

@@ -37,7 +37,6 @@ checks annotators without torch; the engine runs them (``engine.annotators``).
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +47,7 @@ from sdserve.errors import InvalidInput, ModelLoadError
 from sdserve.models.controlnet import preprocessors
 from sdserve.models.controlnet.catalog import short_hash
 from sdserve.models.controlnet.preprocessors import RESOLUTION, Preprocessor, Slider
+from sdserve.models.folders import ScannedFolder
 from sdserve.models.references import PICKLE_SUFFIXES, SAFETENSORS_SUFFIX, read_json
 
 log = logging.getLogger(__name__)
@@ -275,8 +275,9 @@ class AnnotatorCatalog:
 
     def __init__(self, folder: Path | None) -> None:
         self.folder = folder
-        self._scanned: tuple[object, dict[str, Annotator]] | None = None
-        self._lock = threading.Lock()
+        self._scanned: ScannedFolder[dict[str, Annotator]] = ScannedFolder(
+            folder, _read_annotators, dict, keep=Path.is_dir
+        )
 
     def all(self) -> list[Annotator]:
         """The present annotators, in :data:`WEIGHT_MODULES` order."""
@@ -345,35 +346,30 @@ class AnnotatorCatalog:
         return sorted(self.modules())
 
     def _in_folder(self) -> dict[str, Annotator]:
-        folder = self.folder
-        if folder is None or not folder.is_dir():
-            return {}
-        entries = sorted(entry for entry in folder.iterdir() if entry.is_dir())
-        stamp = tuple((entry.name, entry.stat().st_mtime_ns) for entry in entries)
-        with self._lock:
-            if self._scanned is not None and self._scanned[0] == stamp:
-                return self._scanned[1]
-        found: dict[str, Annotator] = {}
-        for entry in entries:
-            try:
-                given = inspect_annotator(entry)
-            except ModelLoadError as exc:
-                log.warning("annotators: %s; not served", exc)
-                continue
-            for annotator in given:
-                first = found.setdefault(annotator.name, annotator)
-                if first is not annotator:
-                    log.warning(
-                        "annotators: %s gives %s, which %s gives already; %s is used",
-                        entry.name,
-                        annotator.name,
-                        first.folder.name,
-                        first.folder.name,
-                    )
-        ordered = {name: found[name] for name in WEIGHT_MODULES if name in found}
-        with self._lock:
-            self._scanned = (stamp, ordered)
-        return ordered
+        return self._scanned.get()
+
+
+def _read_annotators(entries: list[Path]) -> dict[str, Annotator]:
+    """The annotators a folder's subfolders give, by module in :data:`WEIGHT_MODULES`
+    order; a module two folders give comes from the first by name (logged)."""
+    found: dict[str, Annotator] = {}
+    for entry in entries:
+        try:
+            given = inspect_annotator(entry)
+        except ModelLoadError as exc:
+            log.warning("annotators: %s; not served", exc)
+            continue
+        for annotator in given:
+            first = found.setdefault(annotator.name, annotator)
+            if first is not annotator:
+                log.warning(
+                    "annotators: %s gives %s, which %s gives already; %s is used",
+                    entry.name,
+                    annotator.name,
+                    first.folder.name,
+                    first.folder.name,
+                )
+    return {name: found[name] for name in WEIGHT_MODULES if name in found}
 
 
 __all__ = [

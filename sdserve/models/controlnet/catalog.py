@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Any, Literal
 
 from sdserve.domain.controls import CONTROL_TYPES, control_type_of
 from sdserve.errors import InvalidInput, ModelLoadError
+from sdserve.models.folders import ScannedFolder
 from sdserve.models.references import (
     SAFETENSORS_SUFFIX,
     SINGLE_FILE_CONFIG_SUFFIX,
@@ -57,6 +57,15 @@ FITS: dict[str, frozenset[str]] = {
     "sd2": frozenset({"sd2", "sd-turbo"}),
     "sdxl": frozenset({"sdxl", "sdxl-turbo"}),
 }
+
+
+def declared_family(config: Path) -> ControlNetFamily | None:
+    """The family a ``config.json`` declares (``{"family": "sd1"}``) for weights whose
+    shapes are no standard family's (tiny test models); None when it declares none."""
+    family = (read_json(config) or {}).get("family")
+    return family if family in FITS else None
+
+
 #: Names of the weights file in a diffusers ControlNet folder, preferred first.
 FOLDER_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.fp16.safetensors")
 _TYPE_RANK = {"controlnet": 0, "union": 1, "t2i_adapter": 2}
@@ -220,6 +229,19 @@ def inspect_controlnet(reference: str, *, name: str | None = None) -> ControlNet
     )
 
 
+def _read_controlnets(entries: list[Path]) -> list[ControlNetSpec]:
+    """The ControlNets among a folder's entries (diffusers folders, .safetensors files)."""
+    found = []
+    for entry in entries:
+        served = entry.is_dir() and (entry / "config.json").is_file()
+        if served or entry.suffix == SAFETENSORS_SUFFIX:
+            try:
+                found.append(inspect_controlnet(str(entry)))
+            except ModelLoadError:
+                continue  # not a ControlNet (a stray file): not listed
+    return found
+
+
 class ControlNetCatalog:
     """The ControlNets in ``folder`` (read again when it changes) and those ``references``
     name. Thread-safe; cheap to ask (a folder scan only when its contents changed)."""
@@ -227,33 +249,16 @@ class ControlNetCatalog:
     def __init__(self, folder: Path | None, references: Iterable[str] = ()) -> None:
         self.folder = folder
         self._named = [inspect_controlnet(reference) for reference in references]
-        self._scanned: tuple[object, list[ControlNetSpec]] | None = None
-        self._lock = threading.Lock()
+        self._scanned: ScannedFolder[list[ControlNetSpec]] = ScannedFolder(
+            folder, _read_controlnets, list
+        )
 
     def all(self) -> list[ControlNetSpec]:
         """Every served ControlNet: the named ones first, then the folder's by name."""
         return [*self._named, *self._in_folder()]
 
     def _in_folder(self) -> list[ControlNetSpec]:
-        folder = self.folder
-        if folder is None or not folder.is_dir():
-            return []
-        entries = sorted(folder.iterdir())
-        stamp = tuple((entry.name, entry.stat().st_mtime_ns) for entry in entries)
-        with self._lock:
-            if self._scanned is not None and self._scanned[0] == stamp:
-                return self._scanned[1]
-        found = []
-        for entry in entries:
-            served = entry.is_dir() and (entry / "config.json").is_file()
-            if served or entry.suffix == SAFETENSORS_SUFFIX:
-                try:
-                    found.append(inspect_controlnet(str(entry)))
-                except ModelLoadError:
-                    continue  # not a ControlNet (a stray file): not listed
-        with self._lock:
-            self._scanned = (stamp, found)
-        return found
+        return self._scanned.get()
 
     def resolve(self, reference: str, *, model: str, family: str, field: str) -> ControlNetSpec:
         """The ControlNet a unit names for ``model`` of ``family``: a served name (or
