@@ -122,4 +122,4 @@ def build_tiny_upscaler(
     return path
 
 
-__all__ = ["build_tiny_upscaler", "old_esrgan_key"]
+__all__ = ["Arch", "build_tiny_upscaler", "old_esrgan_key"]
