@@ -132,30 +132,44 @@ def upscale(
     overlap: int = 16,
     should_cancel: Callable[[], bool] | None = None,
 ) -> Image.Image:
-    """``image`` upscaled by ``loaded.scale`` (RGB; alpha is dropped). Sides within
-    ``tile`` (or ``tile=0``) run in one forward; larger images in ``tile``-pixel tiles,
-    each seeing ``overlap`` more input pixels on every side, ``should_cancel`` checked
-    before each (:class:`Canceled` when it says so)."""
+    """``image`` upscaled by ``loaded.scale``: RGB (other modes converted, alpha dropped),
+    exactly ``(width * scale, height * scale)``. Sides within ``tile`` (or ``tile=0``) run
+    in one forward; larger images in ``tile``-pixel tiles, each seeing ``overlap`` more
+    input pixels on every side (clipped at the border), of which only its own region is
+    kept; ``should_cancel`` is asked before each tile (:class:`Canceled` when it says so).
+    """
     rgb = np.asarray(image.convert("RGB"))
     height, width = rgb.shape[:2]
-    scale = loaded.scale
     # unshuffling nets group pixels: tiles start at multiples of the group, as in one forward
     multiple = int(getattr(loaded.network, "pixel_multiple", 1))
     pixels = torch.from_numpy(rgb.copy()).permute(2, 0, 1)[None]
     pixels = pad_to_multiple(pixels.float() / 255, multiple)
-    padded_h, padded_w = pixels.shape[-2:]
     with torch.inference_mode():
         if tile <= 0 or (height <= tile and width <= tile):
-            out = _to_uint8(loaded.network(pixels.to(loaded.device, loaded.dtype)))
+            out = _to_uint8(loaded.network(pixels.to(loaded.device, loaded.dtype)))[0]
         else:
-            out = torch.empty(3, padded_h * scale, padded_w * scale, dtype=torch.uint8)
             step, context = _round_up(tile, multiple), _round_up(overlap, multiple)
-            for piece in _tiles(padded_h, padded_w, step, context):
-                if should_cancel is not None and should_cancel():
-                    raise Canceled(f"upscale with {loaded.name} canceled")
-                _run_tile(loaded, pixels, piece, out)
-    array = out.reshape(3, padded_h * scale, padded_w * scale)[:, : height * scale, : width * scale]
+            tiles = _tiles(pixels.shape[-2], pixels.shape[-1], step, context)
+            out = _run_tiles(loaded, pixels, tiles, should_cancel)
+    array = out[:, : height * loaded.scale, : width * loaded.scale]
     return Image.fromarray(array.permute(1, 2, 0).numpy().copy())
+
+
+def _run_tiles(
+    loaded: LoadedUpscaler,
+    pixels: torch.Tensor,
+    tiles: Iterator[_Tile],
+    should_cancel: Callable[[], bool] | None,
+) -> torch.Tensor:
+    """The tiles' outputs joined in one uint8 image on CPU (3 x H*scale x W*scale),
+    allocated once, so that device memory holds one tile at a time."""
+    height, width = pixels.shape[-2:]
+    out = torch.empty(3, height * loaded.scale, width * loaded.scale, dtype=torch.uint8)
+    for piece in tiles:
+        if should_cancel is not None and should_cancel():
+            raise Canceled(f"upscale with {loaded.name} canceled")
+        _run_tile(loaded, pixels, piece, out)
+    return out
 
 
 def _run_tile(

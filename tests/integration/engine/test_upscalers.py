@@ -38,6 +38,8 @@ ARCHS: list[tuple[Arch, int, type[torch.nn.Module]]] = [
     ("esrgan", 2, RRDBNet),  # Real-ESRGAN x2plus: unshuffle by 2, a x4 net
     ("esrgan", 1, RRDBNet),  # unshuffle by 4
     ("esrgan-old", 4, RRDBNet),
+    ("esrgan-old", 8, RRDBNet),
+    ("esrgan-old", 2, RRDBNet),  # one x2 step, no unshuffling
     ("esrgan-old", 1, RRDBNet),  # no upsampling at all
 ]
 
