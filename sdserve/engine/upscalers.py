@@ -64,7 +64,7 @@ def _unwrap(content: object, path: Path) -> dict[str, torch.Tensor]:
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """The named tensors of an upscaler file, on CPU; a file that is unreadable, not a
     plain weights file or not of tensors raises :class:`ModelLoadError`."""
-    if path.suffix == ".safetensors":
+    if path.suffix.lower() == ".safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
