@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +43,16 @@ ARCHS: list[tuple[Arch, int, type[torch.nn.Module]]] = [
     ("esrgan-old", 2, RRDBNet),  # one x2 step, no unshuffling
     ("esrgan-old", 1, RRDBNet),  # no upsampling at all
 ]
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """One torch thread: the tiny nets gain nothing from two, and two threads spinning on
+    a busy 2-core machine made these tests ten times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def load(path: Path, dtype: torch.dtype = torch.float32) -> LoadedUpscaler:
