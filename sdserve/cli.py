@@ -153,6 +153,7 @@ def _add_weight_folder_options(group: Any, *, verb: str) -> None:
         ("--annotator-dir", "annotator_dir"),
         ("--ip-adapter-dir", "ip_adapter_dir"),
         ("--embeddings-dir", "embeddings_dir"),
+        ("--upscaler-dir", "upscaler_dir"),
     ):
         group.add_argument(
             option, type=Path, metavar="FOLDER", help=described(EngineSettings, name)
@@ -503,6 +504,7 @@ def run_generate(args: argparse.Namespace) -> int:
                 "ip_adapter_dir": args.ip_adapter_dir,
                 "embeddings_dir": args.embeddings_dir,
                 "annotator_dir": args.annotator_dir,
+                "upscaler_dir": args.upscaler_dir,
                 "offline": args.offline or None,
             }.items()
             if value is not None
@@ -1058,6 +1060,7 @@ def _server_settings(args: argparse.Namespace) -> Settings:
             "ip_adapter_dir": args.ip_adapter_dir,
             "embeddings_dir": args.embeddings_dir,
             "annotator_dir": args.annotator_dir,
+            "upscaler_dir": args.upscaler_dir,
         }.items()
         if value is not None
     }

@@ -61,6 +61,8 @@ def prepare_demo(settings: Settings) -> Settings:
             or settings.data_dir / "demo" / "embeddings",
             "annotator_dir": settings.engine.annotator_dir
             or settings.data_dir / "demo" / "annotators",
+            "upscaler_dir": settings.engine.upscaler_dir
+            or settings.data_dir / "demo" / "upscalers",
             "safety_checker": settings.engine.safety_checker or str(built["tiny-safety-checker"]),
         }
     )
@@ -92,7 +94,18 @@ def build_registry(settings: Settings, trained: TrainedCatalog | None = None) ->
     (trained or trained_catalog(settings)).register(registry)
     if not registry.specs():
         raise InvalidInput("model", "nothing to serve: pass --model <reference> or --demo")
+    for upscaler in served_upscalers(settings):
+        registry.add(upscaler)
     return registry
+
+
+def served_upscalers(settings: Settings) -> list[ModelSpec]:
+    """The built-in resamplers and the model upscalers of the upscaler folder
+    (``<data dir>/upscalers`` unless set), served after the models."""
+    from sdserve.models.upscalers import builtin_specs, folder_specs
+
+    folder = settings.engine.upscaler_dir or settings.data_dir / "upscalers"
+    return builtin_specs() + folder_specs(folder)
 
 
 def _demo_specs(settings: Settings) -> list[ModelSpec]:

@@ -155,6 +155,36 @@ class GenerationInput(BaseModel):
     hires_strength: float = Field(
         default=0.7, ge=0, le=1, description="hires fix: denoising strength of the second pass"
     )
+    hires_upscaler: str | None = Field(
+        default=None,
+        description="hires fix: the served upscaler that enlarges the first pass "
+        "(upscalers/lanczos, a model upscaler such as upscalers/4x-UltraSharp); "
+        "None = Lanczos",
+    )
+    scale: float | None = Field(
+        default=None,
+        gt=0,
+        le=16,
+        description="upscalers: multiply the image's sides by this; None = the upscaler's own",
+    )
+    upscale_width: int | None = Field(
+        default=None, ge=1, le=16384, description="upscalers: the output width, instead of scale"
+    )
+    upscale_height: int | None = Field(
+        default=None, ge=1, le=16384, description="upscalers: the output height, with width"
+    )
+    upscale_crop: bool = Field(
+        default=False,
+        description="upscalers, with upscale_width and upscale_height: crop to their aspect "
+        "instead of stretching",
+    )
+    upscaler_2: str | None = Field(
+        default=None,
+        description="upscalers: a second served upscaler whose result is blended in",
+    )
+    upscaler_2_visibility: float = Field(
+        default=0, ge=0, le=1, description="upscalers: the share of upscaler_2 in the blend"
+    )
     controlnets: tuple[ControlUnit, ...] = Field(
         default=(),
         description="ControlNet units (Replicate's controlnet_N inputs fold into these)",
@@ -251,12 +281,36 @@ class GenerationInput(BaseModel):
                 f"the hires fix would make {hires[0]}x{hires[1]} images, more than the "
                 f"limit of {limits.max_pixels} pixels",
             )
+        if self.hires_upscaler is not None and self.hires_scale is None:
+            raise InvalidInput("hires_upscaler", "needs hires_scale (the hires fix)")
         if self.hires_steps is not None and self.hires_steps > limits.max_steps:
             raise InvalidInput("hires_steps", f"must be between 1 and {limits.max_steps}")
         if self.outpaints and self.image is None:
             raise InvalidInput("image", "outpainting needs an image to extend")
         self._check_controlnets(limits)
         self._check_image_prompt()
+
+    def upscale_size(self, width: int, height: int, native: int) -> tuple[int, int]:
+        """The size an upscaler makes of a ``width`` x ``height`` image: ``upscale_width`` x
+        ``upscale_height``, else the sides times ``scale`` (the upscaler's ``native`` scale
+        when None), rounded."""
+        if self.upscale_width is not None and self.upscale_height is not None:
+            return self.upscale_width, self.upscale_height
+        factor = self.scale if self.scale is not None else native
+        return max(1, round(width * factor)), max(1, round(height * factor))
+
+    def check_upscale(self) -> None:
+        """Raise :class:`InvalidInput` for an upscale that cannot run: no image, half a
+        target size, a target size and a scale."""
+        if self.image is None:
+            raise InvalidInput("image", "an upscaler needs an image to upscale")
+        if (self.upscale_width is None) != (self.upscale_height is None):
+            missing = "upscale_height" if self.upscale_height is None else "upscale_width"
+            raise InvalidInput(missing, "an upscale to a size needs both width and height")
+        if self.upscale_width is not None and self.scale is not None:
+            raise InvalidInput("scale", "give either scale or upscale_width/upscale_height")
+        if self.upscaler_2_visibility > 0 and self.upscaler_2 is None:
+            raise InvalidInput("upscaler_2", "upscaler_2_visibility needs an upscaler_2")
 
     def _check_image_prompt(self) -> None:
         """Raise :class:`InvalidInput` for an IP-Adapter without an image or in a mode

@@ -15,7 +15,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
@@ -25,7 +25,7 @@ from PIL import Image
 
 from sdserve.domain.batching import batch_signature
 from sdserve.domain.controls import AUTO, NO_PREPROCESSOR, control_type_of
-from sdserve.domain.inputs import GenerationInput, InputLimits
+from sdserve.domain.inputs import GenerationInput, InputLimits, OutputFormat
 from sdserve.engine import annotators as annotator_maps
 from sdserve.engine import controlnets as control
 from sdserve.engine import device as devices
@@ -38,6 +38,8 @@ from sdserve.engine.schedulers import is_flow_scheduler, make_scheduler, resolve
 from sdserve.engine.tasks import Pipeline, StepWatcher, TaskCall, with_scheduler
 from sdserve.engine.tasks import registry as tasks
 from sdserve.engine.tasks.pipelines import TEXT2IMAGE
+from sdserve.engine.tasks.upscale import Upscalers
+from sdserve.engine.upscalers import UpscalerModels
 from sdserve.errors import Canceled, InsufficientGpuMemory, InvalidImage, InvalidInput
 from sdserve.models.controlnet.annotators import AnnotatorCatalog
 from sdserve.models.families import check_fits_family, is_flow
@@ -48,6 +50,7 @@ from sdserve.models.results import (
     RunHooks,
 )
 from sdserve.models.settings import EngineSettings
+from sdserve.models.upscalers import is_upscaler
 
 if TYPE_CHECKING:
     from sdserve.engine.lora import LoraCache
@@ -141,6 +144,12 @@ class Engine:
             device=self.device, dtype=self.dtype, max_loaded=2
         )
         self.control_maps = annotator_maps.ControlMaps(self.annotators, self.annotator_models)
+        #: the served upscalers' runner: upscale jobs and the hires fix's enlargement
+        self.upscalers = Upscalers(
+            UpscalerModels(device=self.device, dtype=self.dtype, max_loaded=2),
+            tile=settings.upscale_tile,
+            overlap=settings.upscale_tile_overlap,
+        )
         self.fast = fastpath.resolve(settings, self.device)
         self._post: ThreadPoolExecutor | None = None  # watermark + encoding, made on first use
         self._post_lock = threading.Lock()
@@ -165,6 +174,7 @@ class Engine:
         self.controlnet_models.clear()
         self.ip_adapter_models.clear()
         self.annotator_models.clear()
+        self.upscalers.models.clear()
         self._safety = None
         with self._post_lock:
             if self._post is not None:
@@ -196,6 +206,8 @@ class Engine:
         started = time.perf_counter()
         spec = self.registry.resolve(model)
         inp = inp.with_defaults(spec.defaults)
+        if is_upscaler(spec):
+            return self._upscale_only(inp, spec, hooks, started, image)
         inp.check_limits(self.limits)
         if inp.control_maps_only:
             return self._maps_only(inp, spec, hooks, started, image, mask, controls)
@@ -283,6 +295,63 @@ class Engine:
             seed=inp.seed_for(0),
             model=spec.name,
             timings={"inference": time.perf_counter() - started},
+        )
+
+    def _upscale_only(
+        self,
+        inp: GenerationInput,
+        spec: ModelSpec,
+        hooks: RunHooks,
+        started: float,
+        image: Image.Image | None,
+    ) -> GenerationResult:
+        """A job on an upscaler (``models.upscalers``): the image made larger, blended with
+        ``upscaler_2``'s result when asked; no pipeline loads. The image is the client's,
+        so neither the safety checker nor the watermark applies (as A1111's extras)."""
+        inp.check_upscale()
+        if image is None:
+            raise InvalidImage("image", "was not given to the engine")
+        source = prep.to_rgb(image)
+        size = inp.upscale_size(source.width, source.height, spec.upscale or 1)
+        if size[0] * size[1] > self.limits.max_pixels:
+            raise InvalidInput(
+                "scale",
+                f"upscaling the {source.width}x{source.height} image to {size[0]}x{size[1]} "
+                f"exceeds the limit of {self.limits.max_pixels} pixels",
+            )
+        second = self.registry.resolve(inp.upscaler_2) if inp.upscaler_2 else None
+        if hooks.should_cancel():
+            raise Canceled("canceled before start")
+        crop = inp.upscale_crop
+        with _gpu_errors():
+            result = self.upscalers.enlarge(
+                spec, source, size, crop=crop, should_cancel=hooks.should_cancel
+            )
+            if second is not None and inp.upscaler_2_visibility > 0:
+                blended = self.upscalers.enlarge(
+                    second, source, size, crop=crop, should_cancel=hooks.should_cancel
+                )
+                result = Image.blend(result, blended, inp.upscaler_2_visibility)
+        text = f"Upscaler: {spec.name}, Size: {size[0]}x{size[1]}"
+        return GenerationResult(
+            images=[_encoded(result, text, inp)],
+            seed=inp.seed_for(0),
+            model=spec.name,
+            timings={"inference": time.perf_counter() - started},
+        )
+
+    def enlarger(
+        self, inp: GenerationInput, hooks: RunHooks
+    ) -> Callable[[Image.Image, tuple[int, int]], Image.Image]:
+        """How the hires fix enlarges its first pass: with ``hires_upscaler`` (Lanczos
+        when None)."""
+        if inp.hires_upscaler is None:
+            return lambda image, size: image.resize(size, Image.Resampling.LANCZOS)
+        spec = self.registry.resolve(inp.hires_upscaler)
+        if not is_upscaler(spec):
+            raise InvalidInput("hires_upscaler", f"{spec.name} is not an upscaler")
+        return lambda image, size: self.upscalers.enlarge(
+            spec, image, size, should_cancel=hooks.should_cancel
         )
 
     def _ip_adapter_of(
@@ -440,6 +509,7 @@ class Engine:
                 controls=tuple(first),
                 pass_controls=tuple(second),
                 image_prompt=image_prompt[1] if image_prompt is not None else None,
+                enlarge=self.enlarger(inp, hooks),
             )
             with (
                 self._lora_on(pipes.base, inp, spec.lora),
@@ -679,11 +749,24 @@ class Engine:
 
 def _map_output(picture: Image.Image, text: str, inp: GenerationInput) -> GeneratedImage:
     """A control map as a PNG output, ``text`` as its parameters."""
+    return _encoded(picture, text, inp, output_format="png")
+
+
+def _encoded(
+    picture: Image.Image,
+    text: str,
+    inp: GenerationInput,
+    *,
+    output_format: OutputFormat | None = None,
+) -> GeneratedImage:
+    """``picture`` encoded as an output (in the request's format unless told), ``text`` as
+    its parameters; no safety check, no watermark."""
     from sdserve.models.metadata import encode_image
 
+    chosen = output_format or inp.output_format
     return GeneratedImage(
-        data=encode_image(picture, "png", text),
-        format="png",
+        data=encode_image(picture, chosen, text),
+        format=chosen,
         seed=inp.seed_for(0),
         nsfw=False,
         width=picture.width,

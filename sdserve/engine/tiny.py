@@ -627,13 +627,18 @@ DEMO_ADAPTER = "tiny-sd-t2i-adapter-canny"
 DEMO_EMBEDDINGS: dict[str, bool] = {"tiny-glow": False, "tiny-xl-glow": True}
 
 
+#: The demo model upscaler (served as ``upscalers/tiny-realesr-x4``).
+DEMO_UPSCALER = "tiny-realesr-x4"
+
+
 def build_demo_models(data_dir: Path) -> dict[str, Path]:
     """Build the offline demo set under ``data_dir/models`` (skipping what exists).
 
     Returns name → path for the tiny models, the demo LoRA
     (``data_dir/loras/tiny-style.safetensors``, made for ``tiny-sd``) and the demo
-    ControlNets (``data_dir/controlnets/<name>``), IP-Adapters (``data_dir/ip-adapters/<name>``)
-    and embeddings (``data_dir/embeddings/<name>.safetensors``).
+    ControlNets (``data_dir/controlnets/<name>``), IP-Adapters (``data_dir/ip-adapters/<name>``),
+    embeddings (``data_dir/embeddings/<name>.safetensors``) and model upscaler (a compact
+    Real-ESRGAN x4, ``data_dir/upscalers/tiny-realesr-x4.safetensors``).
     """
     models_dir = data_dir / "models"
     built: dict[str, Path] = {}
@@ -668,8 +673,13 @@ def build_demo_models(data_dir: Path) -> dict[str, Path]:
             build_tiny_embedding(embedding, xl=xl, seed=len(name))
         built[name] = embedding
     from sdserve.engine.tiny_annotators import build_demo_annotators
+    from sdserve.engine.tiny_upscaler import build_tiny_upscaler
 
     built.update(build_demo_annotators(data_dir))
+    upscaler = data_dir / "upscalers" / f"{DEMO_UPSCALER}.safetensors"
+    if not upscaler.is_file():
+        build_tiny_upscaler(upscaler, arch="compact", scale=4)
+    built[DEMO_UPSCALER] = upscaler
     return built
 
 

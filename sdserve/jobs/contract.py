@@ -149,7 +149,14 @@ class JobService(Protocol):
         with ``render``."""
         ...
 
-    def models(self) -> list[ServedModel]: ...
+    def models(self) -> list[ServedModel]:
+        """The served diffusion models."""
+        ...
+
+    def upscalers(self) -> list[ServedModel]:
+        """The served upscalers (family ``upscaler``): the built-in resamplers, then the
+        model upscalers."""
+        ...
 
     def controlnets(self) -> ControlNetCatalog | None:
         """The served ControlNets (None: this server serves none)."""

@@ -37,9 +37,21 @@ from sdserve.models.embeddings import EmbeddingCatalog
 from sdserve.models.families import is_flow
 from sdserve.models.ip_adapter import IpAdapterCatalog
 from sdserve.models.references import PICKLE_SUFFIXES, is_hub_id
+from sdserve.models.upscalers import is_upscaler
 
 #: The image prompt's inputs, shown in a model's schema only where an IP-Adapter fits it.
 IMAGE_PROMPT_FIELDS = ("ip_adapter_image", "ip_adapter_scale", "ip_adapter")
+#: An upscaler's inputs (``models.upscalers``): its schema has these only, a model's none.
+UPSCALE_FIELDS = (
+    "image",
+    "scale",
+    "upscale_width",
+    "upscale_height",
+    "upscale_crop",
+    "upscaler_2",
+    "upscaler_2_visibility",
+    "output_format",
+)
 
 
 class RegistryLike(Protocol):
@@ -70,8 +82,11 @@ def input_schema(
     controlnet_details: dict[str, dict[str, Any]] | None = None,
     modules: AnnotatorCatalog | None = None,
     flow: bool = False,
+    upscalers: list[str] | None = None,
 ) -> dict[str, Any]:
     """JSON schema of :class:`GenerationInput` with a family's defaults and the limits.
+
+    ``upscalers``: the served upscalers, the choices of ``hires_upscaler``.
 
     ``flow``: the model is a flow-matching one (SD3): its scheduler choices are the
     flow-matching schedulers.
@@ -88,19 +103,7 @@ def input_schema(
     ControlNets) or a fixed range (T2I-Adapters).
     """
     schema = GenerationInput.model_json_schema()
-    properties: dict[str, Any] = schema.get("properties", {})
-    for order, (name, prop) in enumerate(list(properties.items())):
-        branches = prop.get("anyOf")
-        if branches:
-            concrete = [branch for branch in branches if branch.get("type") != "null"]
-            if len(concrete) == 1:
-                merged = {key: value for key, value in prop.items() if key != "anyOf"}
-                merged.update(concrete[0])
-                if merged.get("default", "") is None:
-                    merged.pop("default")
-                prop = merged
-        prop["x-order"] = order
-        properties[name] = prop
+    properties = _flat_properties(schema)
     family = {
         "width": defaults.width,
         "height": defaults.height,
@@ -146,9 +149,46 @@ def input_schema(
         schema.get("$defs", {}).pop("ControlUnit", None)
     # what A1111's /controlnet/detect asks a worker for, not a generation input to show
     properties.pop("control_maps_only", None)
+    for name in UPSCALE_FIELDS:
+        if name not in ("image", "output_format"):
+            properties.pop(name, None)
+    if upscalers:
+        properties["hires_upscaler"]["enum"] = upscalers
     schema["title"] = "Input"
     schema.pop("additionalProperties", None)
     return schema
+
+
+def upscaler_schema(scale: int, upscalers: list[str]) -> dict[str, Any]:
+    """JSON schema of an upscaler's input: the image, how much larger (``scale``, default
+    the upscaler's own, or a size) and a second upscaler to blend in."""
+    properties = _flat_properties(GenerationInput.model_json_schema())
+    kept = {
+        name: {**properties[name], "x-order": order} for order, name in enumerate(UPSCALE_FIELDS)
+    }
+    kept["image"].update(format="uri", description="the image to upscale (URL, data URI or upload)")
+    kept["scale"]["default"] = scale
+    kept["upscaler_2"]["enum"] = upscalers
+    return {"type": "object", "title": "Input", "properties": kept, "required": ["image"]}
+
+
+def _flat_properties(schema: dict[str, Any]) -> dict[str, Any]:
+    """``schema``'s properties with ``anyOf [T, null]`` flattened to ``T`` (a None default
+    dropped) and ``x-order`` in field order, as cog schemas have them."""
+    properties: dict[str, Any] = schema.get("properties", {})
+    for order, (name, prop) in enumerate(list(properties.items())):
+        branches = prop.get("anyOf")
+        if branches:
+            concrete = [branch for branch in branches if branch.get("type") != "null"]
+            if len(concrete) == 1:
+                merged = {key: value for key, value in prop.items() if key != "anyOf"}
+                merged.update(concrete[0])
+                if merged.get("default", "") is None:
+                    merged.pop("default")
+                prop = merged
+        prop["x-order"] = order
+        properties[name] = prop
+    return properties
 
 
 def _add_scheduler_choices(properties: dict[str, Any], *, flow: bool = False) -> None:
@@ -239,8 +279,34 @@ class ServedModels:
         self._started_at = utcnow()
 
     def all(self) -> list[ServedModel]:
+        """The served diffusion models (upscalers are :meth:`upscalers`)."""
         self._refresh()
-        return [self._served(spec) for spec in self.registry.specs()]
+        return [self._served(spec) for spec in self.registry.specs() if not is_upscaler(spec)]
+
+    def upscalers(self) -> list[ServedModel]:
+        """The served upscalers: the built-in resamplers, then the model upscalers."""
+        return [self._served(spec) for spec in self.registry.specs() if is_upscaler(spec)]
+
+    def upscaler_names(self) -> list[str]:
+        return [spec.name for spec in self.registry.specs() if is_upscaler(spec)]
+
+    def check_upscalers(self, spec: Any, inp: GenerationInput) -> None:
+        """Refuse an upscale that cannot run on ``spec`` and upscalers the input names that
+        are not served ones, naming the field, before the job is queued."""
+        if is_upscaler(spec):
+            inp.check_upscale()
+        named = {"upscaler_2": inp.upscaler_2, "hires_upscaler": inp.hires_upscaler}
+        for field, name in named.items():
+            if name is None:
+                continue
+            try:
+                found = self.resolve(name)
+            except ModelNotFound:
+                found = None
+            if not is_upscaler(found):
+                raise InvalidInput(
+                    field, f"{name!r} is not a served upscaler", allowed=self.upscaler_names()
+                )
 
     def specs(self) -> list[Any]:
         """The registry's specs, as they are now."""
@@ -364,6 +430,15 @@ class ServedModels:
         return details
 
     def _served(self, spec: Any) -> ServedModel:
+        if is_upscaler(spec):
+            return ServedModel(
+                name=spec.name,
+                version=spec.version,
+                family=spec.family,
+                description=spec.description or "upscaler",
+                created_at=self._started_at,
+                input_schema=upscaler_schema(spec.upscale or 1, self.upscaler_names()),
+            )
         return ServedModel(
             name=spec.name,
             version=spec.version,
@@ -379,6 +454,7 @@ class ServedModels:
                 self.controlnet_details(spec.family),
                 self.annotators,
                 flow=is_flow(spec.family),
+                upscalers=self.upscaler_names(),
             ),
         )
 

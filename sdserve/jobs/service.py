@@ -67,6 +67,7 @@ from sdserve.models.controlnet.catalog import ControlNetCatalog
 from sdserve.models.embeddings import EmbeddingCatalog
 from sdserve.models.families import check_fits_family
 from sdserve.models.ip_adapter import IpAdapterCatalog
+from sdserve.models.upscalers import is_upscaler
 
 log = logging.getLogger(__name__)
 
@@ -241,6 +242,9 @@ class Service:
     def models(self) -> builtins.list[ServedModel]:
         return self.served.all()
 
+    def upscalers(self) -> builtins.list[ServedModel]:
+        return self.served.upscalers()
+
     def controlnets(self) -> ControlNetCatalog | None:
         return self.served.controlnets
 
@@ -308,12 +312,14 @@ class Service:
             self._check_images(parsed)
             stored_input = parsed.model_dump(mode="json", exclude_unset=True)
             spec = self.served.resolve(model)
-            check_fits_family(spec.family, parsed)  # SD3: no weighting, flow schedulers
-            parsed.check_a_step_runs(spec.defaults)  # with the steps the model would run
-            if getattr(spec, "refiner", None):
-                parsed.check_refiner_runs_a_step(spec.defaults)
-            self.served.check_controls(spec, parsed)
-            self.served.check_image_prompt(spec, parsed)
+            self.served.check_upscalers(spec, parsed)
+            if not is_upscaler(spec):
+                check_fits_family(spec.family, parsed)  # SD3: no weighting, flow schedulers
+                parsed.check_a_step_runs(spec.defaults)  # with the steps the model would run
+                if getattr(spec, "refiner", None):
+                    parsed.check_refiner_runs_a_step(spec.defaults)
+                self.served.check_controls(spec, parsed)
+                self.served.check_image_prompt(spec, parsed)
             destination = None
         # the served model whose workers run it: a fine-tuned model's base
         runs_on = routing_model(spec, self.served.specs())

@@ -21,6 +21,8 @@ from sdserve.models.references import (
     version_of,
 )
 
+#: Reference of a model with no weights, served by code (``models.upscalers``' resamplers).
+BUILTIN_PREFIX = "builtin:"
 SDXL_BASE_HUB_ID = "stabilityai/stable-diffusion-xl-base-1.0"
 SDXL_REFINER_HUB_ID = "stabilityai/stable-diffusion-xl-refiner-1.0"
 
@@ -34,6 +36,8 @@ REPLICATE_ALIASES: dict[str, tuple[str, ...]] = {
     "stability-ai/stable-diffusion-3.5-large": ("sd3", "sd3-turbo"),
     "stability-ai/stable-diffusion-3.5-medium": ("sd3", "sd3-turbo"),
     "stability-ai/stable-diffusion-3.5-large-turbo": ("sd3-turbo", "sd3"),
+    # Replicate's most run upscaler: a model upscaler is sought before a resampler
+    "nightmareai/real-esrgan": ("upscaler",),
 }
 
 
@@ -52,6 +56,8 @@ class ModelSpec:
     #: when a request names no LoRA of its own
     lora: str | None = None
     description: str | None = field(default=None, compare=False)
+    #: an upscaler (family ``upscaler``, ``models.upscalers``): what it multiplies sides by
+    upscale: int | None = field(default=None, compare=False)
 
     @property
     def preset(self) -> Preset | None:
@@ -205,9 +211,15 @@ class ModelRegistry:
         families = REPLICATE_ALIASES.get(key)
         if families:
             candidates = [spec for spec in self._specs.values() if spec.family in families]
-            # the plain alias prefers a text-to-image model; the inpainting alias the opposite
+            # the plain alias prefers a text-to-image model; the inpainting alias the opposite;
+            # an upscaler alias a model upscaler (one with weights) over a built-in resampler
             wants_inpainting = "inpainting" in key
-            candidates.sort(key=lambda spec: spec.inpainting != wants_inpainting)
+            candidates.sort(
+                key=lambda spec: (
+                    spec.inpainting != wants_inpainting,
+                    spec.reference.startswith(BUILTIN_PREFIX),
+                )
+            )
             if candidates:
                 return candidates[0]
         return None

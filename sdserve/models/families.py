@@ -22,7 +22,15 @@ from sdserve.domain.schedulers import (
 from sdserve.errors import InvalidInput, ModelLoadError
 
 ModelFamily = Literal[
-    "sd1", "sd2", "sdxl", "sdxl-refiner", "sdxl-turbo", "sd-turbo", "sd3", "sd3-turbo"
+    "sd1",
+    "sd2",
+    "sdxl",
+    "sdxl-refiner",
+    "sdxl-turbo",
+    "sd-turbo",
+    "sd3",
+    "sd3-turbo",
+    "upscaler",
 ]
 MODEL_FAMILIES: tuple[str, ...] = (
     "sd1",
@@ -33,6 +41,7 @@ MODEL_FAMILIES: tuple[str, ...] = (
     "sd-turbo",
     "sd3",
     "sd3-turbo",
+    "upscaler",
 )
 #: Flow-matching families (rectified flow): SD3 and SD3.5.
 FLOW_FAMILIES: frozenset[str] = frozenset({"sd3", "sd3-turbo"})
@@ -63,6 +72,8 @@ _FAMILY_DEFAULTS: dict[str, FamilyDefaults] = {
         guidance_scale=0.0,
         scheduler="FlowMatchEuler",
     ),
+    # upscalers (``models.upscalers``) run no diffusion: nothing here applies to them
+    "upscaler": FamilyDefaults(width=512, height=512, num_inference_steps=1, guidance_scale=0.0),
 }
 
 

@@ -26,6 +26,7 @@ from PIL import Image, PngImagePlugin, UnidentifiedImageError
 from sdserve.domain.inputs import OUTPUT_FORMATS, GenerationInput
 from sdserve.domain.schedulers import A1111_SAMPLERS, lookup_key
 from sdserve.errors import InvalidImage, InvalidInput
+from sdserve.models.upscalers import display_name_of
 
 #: Our scheduler names (Replicate spellings and extras) → AUTOMATIC1111's sampler names;
 #: A1111's own names (:data:`~sdserve.domain.schedulers.A1111_SAMPLERS`) are written as A1111
@@ -90,6 +91,8 @@ def format_parameters(
         params["Hires upscale"] = _number(inp.hires_scale)
         if inp.hires_steps is not None:
             params["Hires steps"] = str(inp.hires_steps)
+        # A1111 names the upscaler as it lists it (the file stem; Lanczos for the default)
+        params["Hires upscaler"] = display_name_of(inp.hires_upscaler or "upscalers/lanczos")
     if inp.lora:
         params["Lora"] = f"{lora_display_name(inp.lora)}:{_number(inp.lora_scale)}"
     if inp.refine != "no_refiner":

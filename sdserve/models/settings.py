@@ -93,6 +93,26 @@ class EngineSettings(BaseModel):
         description="folder of textual-inversion embeddings (.safetensors, A1111 .pt), each "
         "used by its file name in prompts; None = <data dir>/embeddings",
     )
+    upscaler_dir: Path | None = Field(
+        default=None,
+        description="folder of model upscalers (ESRGAN, Real-ESRGAN and its compact net: "
+        ".safetensors, or .pth read weights-only), each served as upscalers/<file stem>; "
+        "None = <data dir>/upscalers",
+    )
+    upscale_tile: int = Field(
+        default=192,
+        ge=0,
+        le=4096,
+        description="model upscalers run on tiles of this many input pixels a side "
+        "(bounds device memory on large images); 0 = the whole image at once",
+    )
+    upscale_tile_overlap: int = Field(
+        default=16,
+        ge=0,
+        le=512,
+        description="pixels of context each upscaler tile sees beyond its own on every "
+        "side, so tiles join without seams",
+    )
     annotator_dir: Path | None = Field(
         default=None,
         description="folder of ControlNet annotators (each a transformers depth or ADE20K "

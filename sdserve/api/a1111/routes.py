@@ -26,9 +26,18 @@ from fastapi.responses import JSONResponse, Response
 
 from sdserve.api.a1111 import controlnet_routes
 from sdserve.api.a1111.controlnet_schemas import SCRIPT_NAMES
+from sdserve.api.a1111.extras import FIELD_NAMES as EXTRAS_FIELD_NAMES
+from sdserve.api.a1111.extras import (
+    ExtraBatchImagesRequest,
+    ExtraSingleImageRequest,
+    ExtrasRequest,
+    render_upscalers,
+    served_upscaler,
+    unchanged,
+    upscale_job,
+)
 from sdserve.api.a1111.schemas import (
     LATENT_UPSCALE_MODES,
-    UPSCALERS,
     CheckpointInfo,
     Img2ImgRequest,
     OptionsRequest,
@@ -50,7 +59,7 @@ from sdserve.api.a1111.schemas import (
 )
 from sdserve.api.edge import Edge
 from sdserve.domain.jobs import Status
-from sdserve.errors import ModelNotFound
+from sdserve.errors import InvalidInput, ModelNotFound
 from sdserve.jobs.contract import JobRecord
 from sdserve.jobs.images import open_header
 from sdserve.models.metadata import parse_parameters, read_parameters
@@ -101,6 +110,8 @@ class A1111Api:
         router.add_api_route("/png-info", self.png_info, methods=post)
         router.add_api_route("/cmd-flags", self.cmd_flags, methods=get)
         router.add_api_route("/upscalers", self.upscalers, methods=get)
+        router.add_api_route("/extra-single-image", self.extra_single_image, methods=post)
+        router.add_api_route("/extra-batch-images", self.extra_batch_images, methods=post)
         router.add_api_route("/latent-upscale-modes", self.latent_upscale_modes, methods=get)
         router.add_api_route("/embeddings", self.embeddings, methods=get)
         router.add_api_route("/scripts", self.scripts, methods=get)
@@ -136,6 +147,10 @@ class A1111Api:
             no_detectmap=self._no_detectmap(body),
             modules=self.service.annotators(),
         )
+        if isinstance(body, Txt2ImgRequest) and body.enable_hr and not img2img:
+            upscaler = self._hires_upscaler(body.hr_upscaler)
+            if upscaler is not None:
+                values["hires_upscaler"] = upscaler
         job = await self.edge.create(checkpoint.name, values, names=names, source=SOURCE)
         # no overall limit: A1111 answers when the image is done, however long that takes
         job = await self.edge.wait(job.id, request)
@@ -153,6 +168,49 @@ class A1111Api:
                 "info": render_info(job, body, infotexts=infotexts, checkpoint=checkpoint),
             }
         )
+
+    def _hires_upscaler(self, wanted: str | None) -> str | None:
+        """The served upscaler of ``hr_upscaler``; None for Lanczos (the hires fix's own)
+        and for the latent modes, which enlarge in pixel space with Lanczos here."""
+        if not wanted or wanted in LATENT_UPSCALE_MODES:
+            return None
+        return served_upscaler(wanted, "hr_upscaler", self.service.upscalers())
+
+    # extras --------------------------------------------------------------------------------
+
+    async def extra_single_image(self, request: Request, body: ExtraSingleImageRequest) -> Any:
+        image = await self._extra(request, body, body.image, "image")
+        if isinstance(image, Response):
+            return image
+        return {"html_info": "", "image": base64.b64encode(image).decode("ascii")}
+
+    async def extra_batch_images(self, request: Request, body: ExtraBatchImagesRequest) -> Any:
+        if not body.imageList:
+            raise InvalidInput("imageList", "needs at least one image")
+        images = []
+        for index, item in enumerate(body.imageList):
+            image = await self._extra(request, body, item.data, f"imageList.{index}.data")
+            if isinstance(image, Response):
+                return image
+            images.append(base64.b64encode(image).decode("ascii"))
+        return {"html_info": "", "images": images}
+
+    async def _extra(
+        self, request: Request, body: ExtrasRequest, image: str, field: str
+    ) -> bytes | Response:
+        """One image through the extras: a job on the chosen upscaler, awaited (a client
+        that hangs up cancels it), or A1111's error when it did not succeed; the image as
+        it came when no upscaler is chosen."""
+        upscalers = await asyncio.to_thread(self.service.upscalers)
+        model, values = upscale_job(body, image, field, upscalers)
+        if model is None:
+            return unchanged(image, field)
+        names = {**EXTRAS_FIELD_NAMES, "image": field}
+        job = await self.edge.create(model, values, names=names, source=SOURCE)
+        job = await self.edge.wait(job.id, request)
+        if job.status is not Status.SUCCEEDED:
+            return failure_response(job)
+        return (await asyncio.to_thread(self._outputs, job))[0]
 
     def _outputs(self, job: JobRecord) -> list[bytes]:
         return [self.service.open_output(key)[0] for key in job.output or []]
@@ -269,10 +327,7 @@ class A1111Api:
         return {"api": True, "nowebui": True, "api_auth": None, "lora_dir": str(self.lora_dir)}
 
     def upscalers(self) -> Any:
-        return [
-            {"name": name, "model_name": None, "model_path": None, "model_url": None, "scale": 4}
-            for name in UPSCALERS
-        ]
+        return render_upscalers(self.service.upscalers())
 
     def latent_upscale_modes(self) -> Any:
         return [{"name": name} for name in LATENT_UPSCALE_MODES]

@@ -192,7 +192,8 @@ class ReplicateApi:
 
     async def list_models(self, request: Request) -> Any:
         base = base_url(request, self.public_url)
-        models = [render_model(model, base) for model in self.service.models()]
+        served = self.service.models() + self.service.upscalers()
+        models = [render_model(model, base) for model in served]
         openai_models = [
             {key: model[key] for key in ("id", "object", "created", "owned_by")} for model in models
         ]

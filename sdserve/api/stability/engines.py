@@ -26,14 +26,15 @@ from dataclasses import dataclass
 
 from sdserve.errors import InvalidInput, ModelNotFound
 from sdserve.jobs.contract import ServedModel
+from sdserve.models.upscalers import UPSCALER_FAMILY, is_builtin_name
 
 #: ``source`` of the jobs the Stability dialects create (``GET /v1/predictions`` lists it).
 SOURCE = "stability"
 
-#: Stability's engine ids → the model families that may answer them (first served wins).
-#: ``esrgan-v1-x2plus`` and the latent upscaler have no family here yet: no model upscaler
-#: is served, so they are answered 404 with what is.
+#: Stability's engine ids → the model families that may answer them (first served wins;
+#: for ``esrgan-v1-x2plus`` a model upscaler before the built-in resamplers).
 STABILITY_ENGINES: dict[str, tuple[str, ...]] = {
+    "esrgan-v1-x2plus": ("upscaler",),
     "stable-diffusion-xl-1024-v1-0": ("sdxl",),
     "stable-diffusion-xl-1024-v0-9": ("sdxl",),
     "stable-diffusion-xl-beta-v2-2-2": ("sdxl",),
@@ -43,7 +44,9 @@ STABILITY_ENGINES: dict[str, tuple[str, ...]] = {
     "stable-diffusion-768-v2-1": ("sd2",),
 }
 #: Families whose models are served as engines (a refiner only finishes another's images).
-_ENGINE_FAMILIES = frozenset({"sd1", "sd2", "sdxl", "sdxl-turbo", "sd-turbo", "sd3", "sd3-turbo"})
+_ENGINE_FAMILIES = frozenset(
+    {"sd1", "sd2", "sdxl", "sdxl-turbo", "sd-turbo", "sd3", "sd3-turbo", "upscaler"}
+)
 
 #: Upscaling is a *diffusion upscale* on the engine's model until a model upscaler is
 #: served: the image resized (Lanczos) to the target, then redrawn by img2img at this share
@@ -127,6 +130,7 @@ def engine_list(models: Iterable[ServedModel]) -> list[dict[str, str]]:
             "name": model.name,
             # the family, not the model's description, which names where its weights are
             "description": f"{model.name}: {model.family} model served by sdserve",
+            # Stability lists its upscalers as PICTURE engines too
             "type": "PICTURE",
         }
         for model in served
@@ -168,7 +172,14 @@ def resolve_engine(engine: str, models: Sequence[ServedModel]) -> ServedModel:
 
 def _alias_target(alias: str, served: Sequence[ServedModel]) -> ServedModel | None:
     families = STABILITY_ENGINES.get(alias, ())
-    return next((model for model in served if model.family in families), None)
+    # an ESRGAN engine is answered by a model upscaler sooner than by a resampler
+    ordered = sorted(served, key=lambda model: is_builtin_name(model.name))
+    return next((model for model in ordered if model.family in families), None)
+
+
+def is_model_upscaler(model: ServedModel) -> bool:
+    """Whether the served model is an upscaler (a job on it upscales, no diffusion)."""
+    return model.family == UPSCALER_FAMILY
 
 
 # -- samplers and presets --------------------------------------------------------------------
@@ -249,6 +260,7 @@ __all__ = [
     "engine_id",
     "engine_list",
     "is_engine",
+    "is_model_upscaler",
     "resolve_engine",
     "scheduler_for",
     "split_prompts",

@@ -17,9 +17,11 @@ How a ``Request`` reads (names as the client sets them):
   ``parameters[0].schedule.start`` (the share of the steps that run on an init image:
   sdserve's ``prompt_strength``).
 * ``extras``: the client puts the style preset at ``{"$IPC": {"preset": name}}``.
-* An init image *without* a step schedule is what the client's ``upscale()`` sends: a
-  diffusion upscale on the engine's model, the image resized (Lanczos) to the target and
-  redrawn lightly (``engines.UPSCALE_STRENGTH``). The target is ``width`` x ``height``;
+* An init image *without* a step schedule is what the client's ``upscale()`` sends: on an
+  upscaler engine (``esrgan-v1-x2plus``, the client's default) the served model upscaler
+  enlarges it to the target; on a diffusion engine it is a diffusion upscale on its model,
+  the image resized (Lanczos) to the target and redrawn lightly
+  (``engines.UPSCALE_STRENGTH``). The target is ``width`` x ``height``;
   with only one of them the other keeps the aspect ratio; with neither, twice the size.
 
 What would draw something else and sdserve cannot do (T2I adapters, fine-tuning
@@ -110,9 +112,10 @@ class GrpcInput:
         return values
 
 
-def read_request(request: Any, limits: InputLimits) -> GrpcInput:
+def read_request(request: Any, limits: InputLimits, *, model_upscale: bool = False) -> GrpcInput:
     """Read a ``generation.Request``; raise :class:`InvalidInput` naming the field at
-    fault. Decodes the images (blocking: call it off the event loop)."""
+    fault. Decodes the images (blocking: call it off the event loop). ``model_upscale``:
+    the engine is an upscaler (ESRGAN), so an upscale is the target size alone."""
     kind = request.WhichOneof("params")
     if kind not in (None, "image"):
         raise InvalidInput(kind, "sdserve serves image generation only (send image parameters)")
@@ -142,6 +145,10 @@ def read_request(request: Any, limits: InputLimits) -> GrpcInput:
             raise InvalidInput(
                 MASK, "an upscale (an init image without a step schedule) takes no mask"
             )
+        if model_upscale:
+            width, height = upscale_size(image, params, limits)
+            sized = {"upscale_width": width, "upscale_height": height}
+            return GrpcInput(sized, image=image, upscale=True, ignored=tuple(_ignored(step)))
         if params.HasField("steps") and int(params.steps * UPSCALE_STRENGTH) < 1:
             raise InvalidInput(
                 "image.steps",
@@ -262,8 +269,8 @@ def _refuse_unserved(params: Any) -> None:
     if params.HasField("transform") and params.transform.HasField("upscaler"):
         raise InvalidInput(
             "image.transform.upscaler",
-            "model upscalers are not served yet; the client's upscale() on a served "
-            "engine does a diffusion upscale",
+            "an upscaler is an engine here: the client's upscale() with "
+            "upscale_engine='esrgan-v1-x2plus' runs the served model upscaler",
         )
     if params.HasField("adapter") and params.adapter.adapter_type != generation.T2IADAPTER_NONE:
         raise InvalidInput("image.adapter.adapter_type", "T2I adapters are not served")

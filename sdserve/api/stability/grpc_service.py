@@ -35,7 +35,7 @@ import stability_sdk.interfaces.gooseai.generation.generation_pb2_grpc as genera
 from sdserve.api.auth import TokenAuth
 from sdserve.api.edge import WAIT_SLICE_S, Edge, Failure, job_failure
 from sdserve.api.errors import http_status
-from sdserve.api.stability.engines import SOURCE, resolve_engine
+from sdserve.api.stability.engines import SOURCE, is_model_upscaler, resolve_engine
 from sdserve.api.stability.grpc_schemas import GRPC_FIELDS, answer, is_upscale, read_request
 from sdserve.api.stability.results import FAILURES, artifacts, succeeded
 from sdserve.config import ApiSettings, Settings
@@ -52,8 +52,9 @@ _MESSAGE_OVERHEAD = 1024 * 1024
 #: Said when an upscale names an engine that is not served (the client's default
 #: upscale engine is Stability's ESRGAN).
 UPSCALE_HINT = (
-    "No model upscaler (ESRGAN, latent upscaler) is served yet; an upscale on a served "
-    "engine is a diffusion upscale: StabilityInference(upscale_engine=<one of these>)"
+    "An upscale runs on an upscaler engine (esrgan-v1-x2plus: the served model upscaler) "
+    "or is a diffusion upscale on a served model: StabilityInference(upscale_engine=<one "
+    "of these>)"
 )
 
 #: HTTP status of an error or of Stability's answer to a failed job → gRPC status.
@@ -128,13 +129,17 @@ class GenerationServicer(generation_grpc.GenerationServiceServicer):
     def _read(self, request: Any) -> tuple[str, dict[str, Any], tuple[str, ...]]:
         """The served model, the canonical input of ``request`` with its images stored,
         and the fields not applied."""
+        upscale = is_upscale(request)
+        models = self.service.models()
         try:
-            model = resolve_engine(request.engine_id, self.service.models())
+            model = resolve_engine(
+                request.engine_id, models + self.service.upscalers() if upscale else models
+            )
         except ModelNotFound as error:
-            if not is_upscale(request):
+            if not upscale:
                 raise
             raise ModelNotFound(f"{error.message}. {UPSCALE_HINT}") from None
-        read = read_request(request, self.edge.limits)
+        read = read_request(request, self.edge.limits, model_upscale=is_model_upscaler(model))
         return model.name, read.canonical(self.service), read.ignored
 
     async def _wait(self, job_id: str) -> JobRecord:

@@ -20,7 +20,12 @@ from sdserve.api.bodies import request_body
 from sdserve.api.common import ignored_fields_header
 from sdserve.api.edge import Edge
 from sdserve.api.errors import invalid_json
-from sdserve.api.stability.engines import SOURCE, engine_list, resolve_engine
+from sdserve.api.stability.engines import (
+    SOURCE,
+    engine_list,
+    is_model_upscaler,
+    resolve_engine,
+)
 from sdserve.api.stability.results import artifacts, succeeded, v1_error_response
 from sdserve.api.stability.uploads import Upload
 from sdserve.api.stability.v1_schemas import (
@@ -44,6 +49,7 @@ from sdserve.api.stability.v1_schemas import (
     wants_png,
 )
 from sdserve.errors import InvalidInput
+from sdserve.jobs.contract import ServedModel
 
 #: The path prefixes whose errors are v1's shape.
 V1_PATHS = ("/v1/generation", "/v1/engines", "/v1/user")
@@ -93,7 +99,7 @@ class StabilityV1Api:
     # engines and the user ---------------------------------------------------------------------
 
     async def engines(self) -> Any:
-        return engine_list(self.service.models())
+        return engine_list(self.service.models() + self.service.upscalers())
 
     async def account(self) -> Any:
         return account_body()
@@ -105,7 +111,7 @@ class StabilityV1Api:
 
     async def text_to_image(self, request: Request, engine_id: str) -> Response:
         png = wants_png(request.headers.get("accept"))
-        model = resolve_engine(engine_id, self.service.models())
+        model = self._engine(engine_id)
         params = parse(TextToImageRequest, await _json_object(request))
         check_png_samples(png, params.samples)
         canonical = params.canonical(self.edge.limits)
@@ -113,7 +119,7 @@ class StabilityV1Api:
 
     async def image_to_image(self, request: Request, engine_id: str) -> Response:
         png = wants_png(request.headers.get("accept"))
-        model = resolve_engine(engine_id, self.service.models())
+        model = self._engine(engine_id)
         texts, files = await _multipart(request, allowed_files=("init_image",))
         params = parse(ImageToImageParams, form_fields(texts))
         check_png_samples(png, params.samples)
@@ -128,7 +134,7 @@ class StabilityV1Api:
 
     async def masking(self, request: Request, engine_id: str) -> Response:
         png = wants_png(request.headers.get("accept"))
-        model = resolve_engine(engine_id, self.service.models())
+        model = self._engine(engine_id)
         texts, files = await _multipart(request, allowed_files=("init_image", "mask_image"))
         params = parse(MaskingParams, form_fields(texts))
         check_png_samples(png, params.samples)
@@ -148,18 +154,32 @@ class StabilityV1Api:
 
     async def upscale(self, request: Request, engine_id: str) -> Response:
         png = wants_png(request.headers.get("accept"))
-        model = resolve_engine(engine_id, self.service.models())
+        model = self._engine(engine_id, upscale=True)
         texts, files = await _multipart(request, allowed_files=("image",))
         params = parse(UpscaleParams, form_fields(texts))
         image = _required(files, "image")
         size = await asyncio.to_thread(
             image_size, image.data, "image", self.edge.limits.max_input_pixels
         )
-        canonical = params.canonical(size, self.edge.limits)
+        if is_model_upscaler(model):
+            canonical = params.model_upscale(size, self.edge.limits)
+        else:
+            canonical = params.canonical(size, self.edge.limits)
         canonical["image"] = await self._store(image)
         # the strength is fixed: too few steps is what the caller can change
         names = {**V1_FIELD, "image": "image", "prompt_strength": "steps"}
         return await self._generate(request, model.name, canonical, names, png, None)
+
+    def _engine(self, engine_id: str, *, upscale: bool = False) -> ServedModel:
+        """The served model answering ``engine_id``; an upscaler (``esrgan-v1-x2plus``)
+        answers ``image-to-image/upscale`` only."""
+        model = resolve_engine(engine_id, self.service.models() + self.service.upscalers())
+        if is_model_upscaler(model) and not upscale:
+            raise InvalidInput(
+                "engine_id",
+                f"engine {engine_id!r} is an upscaler: it answers image-to-image/upscale",
+            )
+        return model
 
     # the one path every generation ends in ----------------------------------------------------
 

@@ -20,9 +20,10 @@ Choices where Stability's API and a self-hosted server differ (the README says t
   parameters exist here, and ignoring them silently would draw something else.
 * ``step_schedule_end`` stops the diffusion early, which the engine cannot do: only
   0 (the end of the schedule) is accepted.
-* Upscaling is a *diffusion upscale* on the engine's model (Lanczos to the target size,
-  then a light img2img at :data:`UPSCALE_STRENGTH`), since no model upscaler (ESRGAN, the
-  latent upscaler) is served yet.
+* Upscaling on an upscaler engine (``esrgan-v1-x2plus``: a served model upscaler, or a
+  resampler when none is) enlarges the image to the target; on a diffusion engine it is a
+  *diffusion upscale* (Lanczos to the target size, then a light img2img at
+  :data:`UPSCALE_STRENGTH`).
 """
 
 from __future__ import annotations
@@ -256,6 +257,12 @@ class UpscaleParams(BaseModel):
                 f"this server's limit of {limits.max_pixels} pixels",
             )
         return target
+
+    def model_upscale(self, size: tuple[int, int], limits: InputLimits) -> dict[str, Any]:
+        """The upscale of an image of ``size`` by an upscaler engine (ESRGAN): the target
+        size only; the prompts, seed, steps and cfg_scale guide diffusion upscales alone."""
+        width, height = self.target_size(size, limits)
+        return {"upscale_width": width, "upscale_height": height, "output_format": "png"}
 
     def canonical(self, size: tuple[int, int], limits: InputLimits) -> dict[str, Any]:
         """The diffusion upscale of an image of ``size`` (the image itself is added by

@@ -6,12 +6,12 @@ job ends (a client that hangs up cancels it); ``upscale/creative`` answers ``{"i
 once, and ``GET /v2beta/results/{id}`` answers 202 until the job has ended, then its image
 (it answers any Stability job). What needs a model sdserve does not serve answers 422
 ``not_served`` saying what to use instead: ``edit/search-and-replace`` (a segmentation
-model finds what to replace) and ``upscale/fast`` (a model upscaler such as ESRGAN);
-``control/sketch`` and ``control/structure`` too on a server without a ControlNet of their
-types, and ``control/style`` on one without an IP-Adapter
+model finds what to replace); ``control/sketch`` and ``control/structure`` too on a server
+without a ControlNet of their types, and ``control/style`` on one without an IP-Adapter
 (:mod:`~sdserve.api.stability.v2_controls`).
-``upscale/conservative`` and ``upscale/creative`` are diffusion upscales: the image resized
-and redrawn by img2img at a low strength.
+``upscale/fast`` enlarges the image 4x with a served model upscaler (ESRGAN, Real-ESRGAN;
+``models.upscalers``); ``upscale/conservative`` and ``upscale/creative`` are diffusion
+upscales: the image resized and redrawn by img2img at a low strength.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from sdserve.api.bodies import request_body
 from sdserve.api.common import ignored_fields_header
 from sdserve.api.edge import Edge
 from sdserve.api.stability import v2_images as images
-from sdserve.api.stability.engines import SOURCE
+from sdserve.api.stability.engines import SOURCE, resolve_engine
 from sdserve.api.stability.results import artifacts, succeeded, v2_error_response
 from sdserve.api.stability.uploads import Upload
 from sdserve.api.stability.v2_controls import (
@@ -46,12 +46,14 @@ from sdserve.api.stability.v2_controls import (
 )
 from sdserve.api.stability.v2_schemas import (
     EDIT_FIELDS,
+    FAST_UPSCALE_FIELDS,
     GENERATE_FIELDS,
     UPSCALE_FIELDS,
     ConservativeUpscaleRequest,
     CoreRequest,
     CreativeUpscaleRequest,
     EraseRequest,
+    FastUpscaleRequest,
     InpaintRequest,
     OutpaintRequest,
     RequestT,
@@ -92,10 +94,8 @@ _STYLE = (
     "control/style takes the style of an image with an IP-Adapter fitting a served model, "
     "and this server has none; an operator adds one to the IP-Adapter folder"
 )
-_FAST_UPSCALE = (
-    "upscale/fast needs a model upscaler (such as ESRGAN), and this server serves none "
-    "yet; upscale/conservative upscales with the served diffusion model"
-)
+#: The engine whose upscaler ``upscale/fast`` runs: a model upscaler before a resampler.
+FAST_UPSCALE_ENGINE = "esrgan-v1-x2plus"
 
 
 def mount(edge: Edge) -> None:
@@ -169,7 +169,7 @@ class StabilityV2Api:
             "/stable-image/control/sketch": (self.sketch, SketchRequest, True),
             "/stable-image/control/structure": (self.structure, StructureRequest, True),
             "/stable-image/control/style": (self.style, StyleRequest, True),
-            "/stable-image/upscale/fast": (self.fast_upscale, None, False),
+            "/stable-image/upscale/fast": (self.fast_upscale, FastUpscaleRequest, True),
             "/stable-image/upscale/conservative": (
                 self.conservative_upscale,
                 ConservativeUpscaleRequest,
@@ -318,8 +318,24 @@ class StabilityV2Api:
 
     # -- upscale ----------------------------------------------------------------------------
 
-    async def fast_upscale(self) -> Response:
-        return not_served_response(_FAST_UPSCALE)
+    async def fast_upscale(self, request: Request) -> Response:
+        call, body = await self._begin(request, FastUpscaleRequest)
+        upscalers = await asyncio.to_thread(self.service.upscalers)
+        if body.model is not None:
+            model = next((m for m in upscalers if m.name.lower() == body.model.lower()), None)
+            if model is None:
+                raise InvalidInput(
+                    "model",
+                    f"{body.model!r} is not a served upscaler",
+                    allowed=[m.name for m in upscalers],
+                )
+        else:
+            model = resolve_engine(FAST_UPSCALE_ENGINE, upscalers)
+        upload = call.form.required_image("image")
+        stored = await asyncio.to_thread(self._store_image, upload, check_size=False)
+        size = upscale_size(stored.width, stored.height, self.edge.limits.max_pixels)
+        values = {**body.canonical(size), "image": stored.image}
+        return await self._run(call, model, values, FAST_UPSCALE_FIELDS)
 
     async def conservative_upscale(self, request: Request) -> Response:
         call, body = await self._begin(request, ConservativeUpscaleRequest)

@@ -240,6 +240,24 @@ class OutpaintRequest(V2Request):
         }
 
 
+class FastUpscaleRequest(V2Request):
+    """``upscale/fast``: the image 4x larger (within the pixel limit) by a model upscaler;
+    ``model`` is sdserve's: the served upscaler (default: the first model upscaler, a
+    resampler when none is served)."""
+
+    file_parts = ("image",)
+
+    model: str | None = None
+
+    def canonical(self, size: tuple[int, int]) -> dict[str, Any]:
+        width, height = size
+        return {
+            "output_format": OUTPUT_FORMATS[self.output_format],
+            "upscale_width": width,
+            "upscale_height": height,
+        }
+
+
 class ConservativeUpscaleRequest(PromptedRequest):
     """``upscale/conservative``: a diffusion upscale that keeps the image (low creativity)."""
 
@@ -282,6 +300,7 @@ EDIT_FIELDS = {
     "outpaint_up": "up",
     "outpaint_down": "down",
 }
+FAST_UPSCALE_FIELDS = {"upscale_width": "image", "upscale_height": "image"}
 UPSCALE_FIELDS = {
     "num_inference_steps": "steps",
     "prompt_strength": "creativity",
@@ -512,6 +531,7 @@ def not_served_response(message: str) -> Response:
 __all__ = [
     "ASPECT_RATIOS",
     "EDIT_FIELDS",
+    "FAST_UPSCALE_FIELDS",
     "GENERATE_FIELDS",
     "MIN_SIDE",
     "NOT_SERVED",
@@ -522,6 +542,7 @@ __all__ = [
     "CoreRequest",
     "CreativeUpscaleRequest",
     "EraseRequest",
+    "FastUpscaleRequest",
     "InpaintRequest",
     "OutpaintRequest",
     "RequestT",

@@ -15,7 +15,7 @@ import copy
 import inspect
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -128,6 +128,9 @@ class TaskCall:
     #: the image prompt (``engine.ip_adapter``): the pipeline then carries its image encoder
     #: and its UNet the IP-Adapter
     image_prompt: Image | None = None
+    #: how the hires fix enlarges its first pass to a size (its ``hires_upscaler``);
+    #: None: Lanczos
+    enlarge: Callable[[Image, tuple[int, int]], Image] | None = None
 
     def given(self, name: Literal["image", "mask"]) -> Image:
         """The prepared image or mask (the registry selects a task needing one only with it)."""

@@ -1,6 +1,7 @@
 """Hires fix (AUTOMATIC1111): draw at the requested size, upscale, then re-draw lightly.
 
-A pass after text-to-image. Its images are upscaled in pixel space (Lanczos) to
+A pass after text-to-image. Its images are upscaled in pixel space (by the request's
+``hires_upscaler``: Lanczos, or a model upscaler such as ESRGAN, see ``tasks.upscale``) to
 :meth:`GenerationInput.hires_size` and handed to the model's image-to-image pipeline
 (derived with ``from_pipe``, sharing the weights) for ``hires_steps`` steps at
 ``hires_strength``: the second pass adds detail at the larger size instead of the blur a
@@ -44,7 +45,10 @@ def run(pipe: Pipeline, images: list[Image], call: TaskCall) -> list[Image]:
     size = inp.hires_size()
     if size is None or call.watcher.interrupted:
         return images
-    upscaled = [image.resize(size, PILImage.Resampling.LANCZOS) for image in images]
+    if call.enlarge is not None:
+        upscaled = [call.enlarge(image, size) for image in images]
+    else:
+        upscaled = [image.resize(size, PILImage.Resampling.LANCZOS) for image in images]
     if second_pass_steps(inp) < 1:
         # strength 0 (or too few steps to run one): the upscale is the result
         return upscaled
