@@ -618,3 +618,25 @@ def test_sd3_refuses_weighted_prompts_and_other_families_schedulers(
     assert caught.value.status == 422
     detail = caught.value.detail or ""
     assert detail.startswith("scheduler: ") and "FlowMatchEuler" in detail
+
+
+def test_an_upscale_model_takes_an_image_and_a_scale(
+    client: replicate.Client, tmp_path: Path
+) -> None:
+    listed = [model.id for model in client.models.list().results]
+    assert "upscalers/tiny-realesr-x4" in listed and "upscalers/lanczos" in listed
+    schema = client.models.get("upscalers/tiny-realesr-x4").latest_version.openapi_schema
+    inputs = schema["components"]["schemas"]["Input"]["properties"]
+    assert inputs["scale"]["default"] == 4 and "prompt" not in inputs
+    with open(sample_png(tmp_path), "rb") as image:
+        (output,) = client.run("upscalers/tiny-realesr-x4", input={"image": image, "scale": 2})
+    with Image.open(io.BytesIO(output.read())) as upscaled:
+        assert upscaled.size == (128, 128)
+    # Replicate's Real-ESRGAN name reaches the served model upscaler, at its own 4x
+    with open(sample_png(tmp_path), "rb") as image:
+        (output,) = client.run("nightmareai/real-esrgan", input={"image": image})
+    with Image.open(io.BytesIO(output.read())) as upscaled:
+        assert upscaled.size == (256, 256)
+    with pytest.raises(ReplicateError) as missing:
+        client.run("upscalers/lanczos", input={"scale": 2})
+    assert "image" in str(missing.value)

@@ -248,12 +248,24 @@ def test_upscale_redraws_the_image_at_the_asked_size(server: GrpcServer) -> None
     assert pixels(taller[1].binary, (96, 96))
 
 
-def test_upscale_on_the_clients_esrgan_default_names_what_is_served(server: GrpcServer) -> None:
-    error = rpc_error(server.client().upscale(init_image=PHOTO))
+def test_upscale_on_the_clients_esrgan_default_runs_the_model_upscaler(
+    server: GrpcServer,
+) -> None:
+    (image,) = images(server.client().upscale(init_image=PHOTO))
+    pixels(image[1].binary, (128, 128))  # twice the image, as Stability's ESRGAN
+    job = server.job(image[0])
+    assert job["model"] == "upscalers/tiny-realesr-x4"
+    assert (job["input"]["upscale_width"], job["input"]["upscale_height"]) == (128, 128)
+    (wide,) = images(server.client().upscale(init_image=PHOTO, width=96))
+    pixels(wide[1].binary, (96, 96))
+
+
+def test_an_upscale_engine_that_is_not_served_names_what_is(server: GrpcServer) -> None:
+    call = server.client(upscale_engine="esrgan-v1-x4plus").upscale(init_image=PHOTO)
+    error = rpc_error(call)
     assert error.code() == grpc.StatusCode.NOT_FOUND
-    assert "'esrgan-v1-x2plus' is not served" in error.details()
-    assert "sdserve--tiny-sd" in error.details()
-    assert "upscale_engine=" in error.details()
+    assert "'esrgan-v1-x4plus' is not served" in error.details()
+    assert "esrgan-v1-x2plus" in error.details() and "upscale_engine=" in error.details()
 
 
 # -- errors -------------------------------------------------------------------------------------

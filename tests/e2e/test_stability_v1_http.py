@@ -317,12 +317,21 @@ def test_upscale_to_a_width_answers_png(http: httpx.Client) -> None:
     assert decode(response.content).size == (192, 192)
 
 
-def test_an_upscaler_engine_is_not_served_yet(http: httpx.Client) -> None:
+def test_the_esrgan_engine_enlarges_with_the_model_upscaler_and_only_upscales(
+    http: httpx.Client,
+) -> None:
+    listed = {engine["id"] for engine in http.get("/engines/list").json()}
+    assert {"esrgan-v1-x2plus", "upscalers--tiny-realesr-x4"} <= listed
     response = http.post(
         "/generation/esrgan-v1-x2plus/image-to-image/upscale",
+        data={"width": "160"},
         files={"image": ("photo.png", png_bytes(PHOTO), "image/png")},
+        headers={"Accept": "image/png"},
     )
-    assert "stable-diffusion-v1-6" in v1_error(response, 404, "not_found")
+    assert response.status_code == 200, response.text
+    assert decode(response.content).size == (160, 160)
+    drawn = text_to_image(http, engine="esrgan-v1-x2plus")
+    assert "upscale" in v1_error(drawn, 400, "bad_request")
 
 
 # -- errors -----------------------------------------------------------------------------------

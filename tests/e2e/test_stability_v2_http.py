@@ -310,20 +310,31 @@ def test_erase_repaints_the_mask_without_a_prompt(http: httpx.Client) -> None:
     assert v2_error(no_mask, 400, "invalid_mask_image").startswith("mask:")
 
 
-@pytest.mark.parametrize(
-    ("path", "words"),
-    [
-        ("edit/search-and-replace", "edit/inpaint"),
-        ("upscale/fast", "upscaler"),
-    ],
-)
 def test_what_needs_a_model_sdserve_does_not_serve_answers_422_not_served(
-    http: httpx.Client, path: str, words: str
+    http: httpx.Client,
 ) -> None:
     files = {"image": ("in.png", picture(), "image/png")}
     fields = {"prompt": "a dog", "search_prompt": "cat"}
-    message = v2_error(post(http, path, fields, files), 422, "not_served")
-    assert words in message
+    message = v2_error(post(http, "edit/search-and-replace", fields, files), 422, "not_served")
+    assert "edit/inpaint" in message
+
+
+def test_fast_upscale_makes_the_image_four_times_larger_with_the_model_upscaler(
+    http: httpx.Client,
+) -> None:
+    files = {"image": ("in.png", picture((24, 16)), "image/png")}
+    response = post(http, "upscale/fast", {"output_format": "webp"}, files, fast={})
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "image/webp"
+    assert decoded(response.content).size == (96, 64)
+    job = job_of(http, response)
+    assert job["model"] == "upscalers/tiny-realesr-x4"  # the demo's, before a resampler
+    chosen = post(http, "upscale/fast", {"model": "upscalers/nearest"}, files, fast={})
+    assert job_of(http, chosen)["model"] == "upscalers/nearest"
+    # nearest keeps the flat colour exactly
+    assert decoded(chosen.content).getpixel((50, 30)) == (40, 90, 200)
+    refused = post(http, "upscale/fast", {"model": "sdserve/tiny-sd"}, files, fast={})
+    assert v2_error(refused, 400, "bad_request").startswith("model:")
 
 
 # -- control --------------------------------------------------------------------------------

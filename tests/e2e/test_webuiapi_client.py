@@ -294,3 +294,65 @@ def test_sd3_with_webuiapis_default_sampler_and_a_refused_one(api: webuiapi.WebU
     with pytest.raises(RuntimeError) as caught:
         api.txt2img(prompt="a boat", sampler_name="DPM++ 2M", override_settings=sd3, **FAST)
     assert "FlowMatchEuler" in str(caught.value)
+
+
+# -- upscalers ----------------------------------------------------------------------------------
+
+
+def test_upscalers_list_the_resamplers_and_the_model_upscaler(api: webuiapi.WebUIApi) -> None:
+    listed = {item["name"]: item for item in api.get_upscalers()}
+    assert list(listed)[:3] == ["None", "Lanczos", "Nearest"]
+    assert listed["tiny-realesr-x4"]["scale"] == 4
+    assert listed["tiny-realesr-x4"]["model_name"] == "tiny-realesr-x4"
+
+
+def test_extra_single_image_upscales_by_a_factor_or_to_a_size(api: webuiapi.WebUIApi) -> None:
+    photo = Image.radial_gradient("L").resize((48, 32)).convert("RGB")
+    by_model = api.extra_single_image(photo, upscaler_1="tiny-realesr-x4", upscaling_resize=4)
+    assert by_model.image.size == (192, 128)
+    sized = api.extra_single_image(
+        photo,
+        resize_mode=1,
+        upscaling_resize_w=100,
+        upscaling_resize_h=100,
+        upscaler_1="tiny-realesr-x4",
+        upscaler_2="Nearest",
+        extras_upscaler_2_visibility=0.5,
+    )
+    assert sized.image.size == (100, 100)
+    # nothing chosen: the image comes back as it was sent
+    untouched = api.extra_single_image(photo)
+    assert untouched.image.size == (48, 32)
+    assert np.array_equal(pixels(untouched.image), pixels(photo))
+
+
+def test_extra_batch_images_upscales_each_image(api: webuiapi.WebUIApi) -> None:
+    images = [Image.new("RGB", (32, 32), "red"), Image.new("RGB", (16, 24), "blue")]
+    result = api.extra_batch_images(images, upscaler_1="Lanczos", upscaling_resize=2)
+    assert [image.size for image in result.images] == [(64, 64), (32, 48)]
+    assert result.images[1].convert("RGB").getpixel((10, 10)) == (0, 0, 255)
+
+
+def test_an_unknown_upscaler_is_a_422_listing_the_served_ones(server: ServerProcess) -> None:
+    body = {"image": base64.b64encode(b"x").decode(), "upscaler_1": "4x-UltraSharp"}
+    answer = httpx.post(f"{server.url}/sdapi/v1/extra-single-image", json=body, timeout=60)
+    assert answer.status_code == 422
+    assert "upscaler_1" in answer.text and "tiny-realesr-x4" in answer.text
+
+
+def test_hires_fix_with_a_model_upscaler(api: webuiapi.WebUIApi) -> None:
+    common: dict[str, Any] = {
+        "prompt": "a castle",
+        "seed": 3,
+        "enable_hr": True,
+        "hr_scale": 2,
+        "hr_second_pass_steps": 2,
+        "denoising_strength": 0.5,
+        **FAST,
+    }
+    esrgan = api.txt2img(hr_upscaler="tiny-realesr-x4", **common)
+    lanczos = api.txt2img(hr_upscaler="Lanczos", **common)
+    assert esrgan.image.size == lanczos.image.size == (128, 128)
+    assert "Hires upscaler: tiny-realesr-x4" in esrgan.info["infotexts"][0]
+    assert "Hires upscaler: Lanczos" in lanczos.info["infotexts"][0]
+    assert np.abs(pixels(esrgan.image) - pixels(lanczos.image)).max() > 0

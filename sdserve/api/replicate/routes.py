@@ -192,11 +192,12 @@ class ReplicateApi:
 
     async def list_models(self, request: Request) -> Any:
         base = base_url(request, self.public_url)
-        served = self.service.models() + self.service.upscalers()
-        models = [render_model(model, base) for model in served]
+        models = [render_model(model, base) for model in self.service.models()]
+        # OpenAI's list names what draws images; Replicate's lists the upscalers too
         openai_models = [
             {key: model[key] for key in ("id", "object", "created", "owned_by")} for model in models
         ]
+        models += [render_model(model, base) for model in self.service.upscalers()]
         # one body serves both Replicate's page and OpenAI's list (CLIENT_CONTRACTS §5)
         return {**render_page(models, None, None), "object": "list", "data": openai_models}
 

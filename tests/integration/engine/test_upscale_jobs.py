@@ -101,9 +101,7 @@ def test_a_canceled_upscale_stops_between_tiles(engine: Engine) -> None:
     looks = iter([False, False, False, True])  # the run's own check, then per tile
     hooks = RunHooks(should_cancel=lambda: next(looks, True))
     with pytest.raises(Canceled):
-        engine.generate(
-            GenerationInput(image="given"), model=ESRGAN, image=picture(), hooks=hooks
-        )
+        engine.generate(GenerationInput(image="given"), model=ESRGAN, image=picture(), hooks=hooks)
 
 
 def test_the_hires_fix_enlarges_with_the_named_upscaler(engine: Engine) -> None:
@@ -120,9 +118,7 @@ def test_the_hires_fix_enlarges_with_the_named_upscaler(engine: Engine) -> None:
         "apply_watermark": False,
     }
     lanczos = engine.generate(GenerationInput(**base), model=model).images[0]
-    esrgan = engine.generate(
-        GenerationInput(**base, hires_upscaler=ESRGAN), model=model
-    ).images[0]
+    esrgan = engine.generate(GenerationInput(**base, hires_upscaler=ESRGAN), model=model).images[0]
     assert (esrgan.width, esrgan.height) == (lanczos.width, lanczos.height) == (128, 128)
     assert parse_parameters(esrgan.parameters)["Hires upscaler"] == "tiny-esrgan-x4"
     assert parse_parameters(lanczos.parameters)["Hires upscaler"] == "Lanczos"
