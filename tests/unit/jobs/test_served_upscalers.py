@@ -15,6 +15,9 @@ MODEL = ModelSpec(
 )
 
 
+SIZE = {"upscale_width": 9, "upscale_height": 9}
+
+
 @pytest.fixture
 def served() -> ServedModels:
     return ServedModels(ModelRegistry([MODEL, *builtin_specs()]), InputLimits())
@@ -52,7 +55,7 @@ def test_an_upscalers_schema_has_the_upscale_inputs_only(served: ServedModels) -
     [
         ("upscalers/lanczos", {}, "image"),
         ("upscalers/lanczos", {"image": "x", "upscale_width": 100}, "upscale_height"),
-        ("upscalers/lanczos", {"image": "x", "scale": 2, "upscale_width": 9, "upscale_height": 9}, "scale"),
+        ("upscalers/lanczos", {"image": "x", "scale": 2, **SIZE}, "scale"),
         ("upscalers/lanczos", {"image": "x", "upscaler_2": "test/sd"}, "upscaler_2"),
         ("upscalers/lanczos", {"image": "x", "upscaler_2_visibility": 0.5}, "upscaler_2"),
         ("test/sd", {"hires_scale": 2, "hires_upscaler": "upscalers/4x-absent"}, "hires_upscaler"),
