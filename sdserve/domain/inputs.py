@@ -158,8 +158,8 @@ class GenerationInput(BaseModel):
     hires_upscaler: str | None = Field(
         default=None,
         description="hires fix: the served upscaler that enlarges the first pass "
-        "(upscalers/lanczos, a model upscaler such as upscalers/4x-UltraSharp); "
-        "None = Lanczos",
+        "(upscalers/lanczos, a model upscaler such as upscalers/4x-UltraSharp) or a latent "
+        "mode (latent, latent-bicubic...: its latents interpolated); None = Lanczos",
     )
     scale: float | None = Field(
         default=None,

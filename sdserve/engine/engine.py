@@ -26,6 +26,7 @@ from PIL import Image
 from sdserve.domain.batching import batch_signature
 from sdserve.domain.controls import AUTO, NO_PREPROCESSOR, control_type_of
 from sdserve.domain.inputs import GenerationInput, InputLimits, OutputFormat
+from sdserve.domain.upscaling import LATENT_UPSCALERS
 from sdserve.engine import annotators as annotator_maps
 from sdserve.engine import controlnets as control
 from sdserve.engine import device as devices
@@ -345,7 +346,8 @@ class Engine:
     ) -> Callable[[Image.Image, tuple[int, int]], Image.Image]:
         """How the hires fix enlarges its first pass: with ``hires_upscaler`` (Lanczos
         when None)."""
-        if inp.hires_upscaler is None:
+        if inp.hires_upscaler is None or inp.hires_upscaler in LATENT_UPSCALERS:
+            # a latent mode enlarges latents (``tasks.hires``); Lanczos if it has none
             return lambda image, size: image.resize(size, Image.Resampling.LANCZOS)
         spec = self.registry.resolve(inp.hires_upscaler)
         if not is_upscaler(spec):

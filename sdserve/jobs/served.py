@@ -27,6 +27,7 @@ from sdserve.domain.schedulers import (
     scheduler_names,
 )
 from sdserve.domain.training import check_destination, check_trainable
+from sdserve.domain.upscaling import LATENT_UPSCALERS
 from sdserve.errors import Conflict, InvalidInput, ModelNotFound
 from sdserve.jobs.contract import ServedModel
 from sdserve.jobs.store import utcnow
@@ -86,7 +87,8 @@ def input_schema(
 ) -> dict[str, Any]:
     """JSON schema of :class:`GenerationInput` with a family's defaults and the limits.
 
-    ``upscalers``: the served upscalers, the choices of ``hires_upscaler``.
+    ``upscalers``: the served upscalers, the choices of ``hires_upscaler`` with the
+    latent modes.
 
     ``flow``: the model is a flow-matching one (SD3): its scheduler choices are the
     flow-matching schedulers.
@@ -152,8 +154,7 @@ def input_schema(
     for name in UPSCALE_FIELDS:
         if name not in ("image", "output_format"):
             properties.pop(name, None)
-    if upscalers:
-        properties["hires_upscaler"]["enum"] = upscalers
+    properties["hires_upscaler"]["enum"] = [*(upscalers or []), *LATENT_UPSCALERS]
     schema["title"] = "Input"
     schema.pop("additionalProperties", None)
     return schema
@@ -297,16 +298,17 @@ class ServedModels:
             inp.check_upscale()
         named = {"upscaler_2": inp.upscaler_2, "hires_upscaler": inp.hires_upscaler}
         for field, name in named.items():
-            if name is None:
+            if name is None or (field == "hires_upscaler" and name in LATENT_UPSCALERS):
                 continue
             try:
                 found = self.resolve(name)
             except ModelNotFound:
                 found = None
             if not is_upscaler(found):
-                raise InvalidInput(
-                    field, f"{name!r} is not a served upscaler", allowed=self.upscaler_names()
-                )
+                allowed = self.upscaler_names()
+                if field == "hires_upscaler":
+                    allowed += list(LATENT_UPSCALERS)
+                raise InvalidInput(field, f"{name!r} is not a served upscaler", allowed=allowed)
 
     def specs(self) -> list[Any]:
         """The registry's specs, as they are now."""

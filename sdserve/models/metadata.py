@@ -25,6 +25,7 @@ from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
 from sdserve.domain.inputs import OUTPUT_FORMATS, GenerationInput
 from sdserve.domain.schedulers import A1111_SAMPLERS, lookup_key
+from sdserve.domain.upscaling import LATENT_LABELS
 from sdserve.errors import InvalidImage, InvalidInput
 from sdserve.models.upscalers import display_name_of
 
@@ -92,7 +93,8 @@ def format_parameters(
         if inp.hires_steps is not None:
             params["Hires steps"] = str(inp.hires_steps)
         # A1111 names the upscaler as it lists it (the file stem; Lanczos for the default)
-        params["Hires upscaler"] = display_name_of(inp.hires_upscaler or "upscalers/lanczos")
+        upscaler = inp.hires_upscaler or "upscalers/lanczos"
+        params["Hires upscaler"] = LATENT_LABELS.get(upscaler) or display_name_of(upscaler)
     if inp.lora:
         params["Lora"] = f"{lora_display_name(inp.lora)}:{_number(inp.lora_scale)}"
     if inp.refine != "no_refiner":

@@ -356,3 +356,6 @@ def test_hires_fix_with_a_model_upscaler(api: webuiapi.WebUIApi) -> None:
     assert "Hires upscaler: tiny-realesr-x4" in esrgan.info["infotexts"][0]
     assert "Hires upscaler: Lanczos" in lanczos.info["infotexts"][0]
     assert np.abs(pixels(esrgan.image) - pixels(lanczos.image)).max() > 0
+    latent = api.txt2img(hr_upscaler="Latent (bicubic)", **common)
+    assert latent.image.size == (128, 128)
+    assert "Hires upscaler: Latent (bicubic)" in latent.info["infotexts"][0]

@@ -59,6 +59,7 @@ from sdserve.api.a1111.schemas import (
 )
 from sdserve.api.edge import Edge
 from sdserve.domain.jobs import Status
+from sdserve.domain.upscaling import latent_mode_of
 from sdserve.errors import InvalidInput, ModelNotFound
 from sdserve.jobs.contract import JobRecord
 from sdserve.jobs.images import open_header
@@ -170,11 +171,13 @@ class A1111Api:
         )
 
     def _hires_upscaler(self, wanted: str | None) -> str | None:
-        """The served upscaler of ``hr_upscaler``; None for Lanczos (the hires fix's own)
-        and for the latent modes, which enlarge in pixel space with Lanczos here."""
-        if not wanted or wanted in LATENT_UPSCALE_MODES:
+        """The canonical ``hires_upscaler`` of ``hr_upscaler``: a latent mode, a served
+        upscaler, or None (Lanczos, the hires fix's own) without one."""
+        if not wanted:
             return None
-        return served_upscaler(wanted, "hr_upscaler", self.service.upscalers())
+        return latent_mode_of(wanted) or served_upscaler(
+            wanted, "hr_upscaler", self.service.upscalers()
+        )
 
     # extras --------------------------------------------------------------------------------
 

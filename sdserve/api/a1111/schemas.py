@@ -26,6 +26,7 @@ from sdserve.api.edge import FailureTable, WireFailure, job_failure
 from sdserve.domain.inputs import MAX_SEED, InputLimits
 from sdserve.domain.jobs import FailureCode
 from sdserve.domain.schedulers import A1111_SAMPLERS, A1111_SCHEDULES, lookup_key
+from sdserve.domain.upscaling import LATENT_LABELS
 from sdserve.errors import (
     InvalidImage,
     InvalidInput,
@@ -43,13 +44,8 @@ SAMPLERS = A1111_SAMPLERS
 #: A1111 noise schedules (the ``scheduler`` field since A1111 1.9) with their labels.
 SCHEDULES = A1111_SCHEDULES
 
-#: Hires upscalers A1111 offers. sdserve upscales every one of them with Lanczos in pixel
-#: space before the second pass (the second pass is what adds the detail).
-LATENT_UPSCALE_MODES = (
-    "Latent", "Latent (antialiased)", "Latent (bicubic)", "Latent (bicubic antialiased)",
-    "Latent (nearest)", "Latent (nearest-exact)",
-)  # fmt: skip
-UPSCALERS = ("None", "Lanczos", "Nearest")
+#: A1111's latent upscale modes (``/latent-upscale-modes``; ``hr_upscaler`` may name one).
+LATENT_UPSCALE_MODES = tuple(LATENT_LABELS.values())
 DEFAULT_SAMPLER = "Euler"  # A1111's API default when a request names none
 
 

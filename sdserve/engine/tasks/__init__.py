@@ -66,6 +66,8 @@ class StepWatcher:
         self.steps_run = 0
         self.interrupted = False
         self.last_preview = -math.inf  # monotonic time of the last preview built
+        #: the latents after the last step (the hires fix's latent modes enlarge these)
+        self.last_latents: torch.Tensor | None = None
 
     def __call__(
         self, pipe: Pipeline, step: int, timestep: Any, tensors: dict[str, Any]
@@ -75,9 +77,10 @@ class StepWatcher:
         stage_total = int(getattr(pipe, "_num_timesteps", 0) or step + 1)
         total = max(self.planned or 0, self.offset + stage_total, done)
         preview = None
-        if self._preview_due(done):
-            latents = tensors.get("latents")
-            if isinstance(latents, torch.Tensor) and latents.ndim == 4:
+        latents = tensors.get("latents")
+        if isinstance(latents, torch.Tensor) and latents.ndim == 4:
+            self.last_latents = latents
+            if self._preview_due(done):
                 preview = latent_preview(latents, xl=self.xl)
                 self.last_preview = time.monotonic()
         self.hooks.on_step(done, total, preview)

@@ -2,7 +2,8 @@
 
 A pass after text-to-image. Its images are upscaled in pixel space (by the request's
 ``hires_upscaler``: Lanczos, or a model upscaler such as ESRGAN, see ``tasks.upscale``) to
-:meth:`GenerationInput.hires_size` and handed to the model's image-to-image pipeline
+:meth:`GenerationInput.hires_size`, or with a latent mode (``domain.upscaling``) its final
+latents are interpolated to that size's, and handed to the model's image-to-image pipeline
 (derived with ``from_pipe``, sharing the weights) for ``hires_steps`` steps at
 ``hires_strength``: the second pass adds detail at the larger size instead of the blur a
 plain resize leaves. Each image keeps its own generator, so image *i* still reproduces
@@ -13,10 +14,13 @@ the larger size.
 
 from __future__ import annotations
 
+import torch
 from PIL import Image as PILImage
 from PIL.Image import Image
+from torch.nn import functional
 
 from sdserve.domain.inputs import GenerationInput
+from sdserve.domain.upscaling import LATENT_UPSCALERS
 from sdserve.engine.tasks import Pipeline, TaskCall, common_kwargs, control_kwargs, prompt_kwargs
 
 
@@ -45,12 +49,19 @@ def run(pipe: Pipeline, images: list[Image], call: TaskCall) -> list[Image]:
     size = inp.hires_size()
     if size is None or call.watcher.interrupted:
         return images
-    if call.enlarge is not None:
+    latent = LATENT_UPSCALERS.get(inp.hires_upscaler or "")
+    upscaled: list[Image] | torch.Tensor
+    if latent is not None and call.watcher.last_latents is not None:
+        upscaled = enlarged_latents(call.watcher.last_latents, size, pipe.vae_scale_factor, latent)
+    elif call.enlarge is not None:
         upscaled = [call.enlarge(image, size) for image in images]
     else:
         upscaled = [image.resize(size, PILImage.Resampling.LANCZOS) for image in images]
     if second_pass_steps(inp) < 1:
-        # strength 0 (or too few steps to run one): the upscale is the result
+        # strength 0 (or too few steps to run one): the upscale is the result; a latent
+        # one is the first pass resized, as it has nothing to decode it otherwise
+        if isinstance(upscaled, torch.Tensor):
+            return [image.resize(size, PILImage.Resampling.LANCZOS) for image in images]
         return upscaled
     call.watcher.next_stage(call.watcher.steps_run)
     result = pipe(
@@ -62,3 +73,16 @@ def run(pipe: Pipeline, images: list[Image], call: TaskCall) -> list[Image]:
         **control_kwargs(call, image_key="control_image", size=size),
     )
     return list(result.images)
+
+
+def enlarged_latents(
+    latents: torch.Tensor, size: tuple[int, int], vae_scale: int, mode: tuple[str, bool]
+) -> torch.Tensor:
+    """The first pass's ``latents`` interpolated to the latents of a ``size`` image (a latent
+    mode: ``mode`` is torch's interpolation and whether it antialiases); the image-to-image
+    pipeline takes them as they are, in place of an encoded image."""
+    interpolation, antialias = mode
+    target = (size[1] // vae_scale, size[0] // vae_scale)
+    if antialias:
+        return functional.interpolate(latents, size=target, mode=interpolation, antialias=True)
+    return functional.interpolate(latents, size=target, mode=interpolation)

@@ -111,3 +111,51 @@ def test_hires_needs_text_to_image_and_fits_the_pixel_limit(engine: Engine) -> N
             image=white,
         )
     assert caught.value.field == "hires_scale"
+
+
+def test_a_latent_mode_enlarges_the_latents_as_plain_diffusers_would(
+    engine: Engine, tiny_sd: Path
+) -> None:
+    import torch
+    from diffusers import (
+        EulerDiscreteScheduler,
+        StableDiffusionImg2ImgPipeline,
+        StableDiffusionPipeline,
+    )
+
+    inp = GenerationInput(
+        **{**FAST, "num_inference_steps": 3},
+        scheduler="K_EULER",
+        guidance_scale=6.0,
+        disable_safety_checker=True,
+        hires_scale=2,
+        hires_steps=4,
+        hires_strength=0.5,
+        hires_upscaler="latent-bicubic",
+    )
+    ours = engine.generate(inp, model=model(engine)).images[0]
+    assert parse_parameters(ours.parameters)["Hires upscaler"] == "Latent (bicubic)"
+
+    text = StableDiffusionPipeline.from_pretrained(tiny_sd, safety_checker=None)
+    text.scheduler = EulerDiscreteScheduler.from_config(text.scheduler.config)
+    text.set_progress_bar_config(disable=True)
+    generator = torch.Generator("cpu").manual_seed(11)
+    prompts = {"prompt": "a lighthouse", "guidance_scale": 6.0, "generator": generator}
+    latents = text(**prompts, width=64, height=64, num_inference_steps=3, output_type="latent")
+    side = 128 // text.vae_scale_factor  # the latents of a 128x128 image
+    enlarged = torch.nn.functional.interpolate(latents.images, size=(side, side), mode="bicubic")
+    redraw = StableDiffusionImg2ImgPipeline(**text.components)
+    redraw.scheduler = EulerDiscreteScheduler.from_config(text.scheduler.config)
+    theirs = redraw(**prompts, image=enlarged, strength=0.5, num_inference_steps=4).images[0]
+    assert theirs.size == (128, 128)
+    assert np.array_equal(pixels(ours.data), np.asarray(theirs))
+
+
+def test_latent_and_pixel_upscales_give_other_second_passes(engine: Engine) -> None:
+    base = GenerationInput(**FAST, hires_scale=2, hires_steps=2, hires_strength=0.6)
+    lanczos = engine.generate(base, model=model(engine)).images[0]
+    latent = engine.generate(
+        base.model_copy(update={"hires_upscaler": "latent-nearest"}), model=model(engine)
+    ).images[0]
+    assert (latent.width, latent.height) == (128, 128)
+    assert np.abs(pixels(latent.data).astype(int) - pixels(lanczos.data)).max() > 0

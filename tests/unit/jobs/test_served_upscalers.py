@@ -47,7 +47,9 @@ def test_an_upscalers_schema_has_the_upscale_inputs_only(served: ServedModels) -
     assert schema["properties"]["scale"]["default"] == 2
     model = served.get("test/sd").input_schema["properties"]
     assert "scale" not in model and "upscaler_2" not in model
-    assert model["hires_upscaler"]["enum"] == ["upscalers/lanczos", "upscalers/nearest"]
+    choices = model["hires_upscaler"]["enum"]
+    assert choices[:3] == ["upscalers/lanczos", "upscalers/nearest", "latent"]
+    assert "latent-bicubic-antialiased" in choices
 
 
 @pytest.mark.parametrize(
@@ -72,5 +74,6 @@ def test_an_upscale_that_cannot_run_is_refused_naming_the_field(
 def test_a_good_upscale_and_hires_upscaler_pass(served: ServedModels) -> None:
     upscale = GenerationInput(image="x", scale=3, upscaler_2="upscalers/nearest")
     served.check_upscalers(served.resolve("upscalers/lanczos"), upscale)
-    hires = GenerationInput(hires_scale=2, hires_upscaler="upscalers/nearest")
-    served.check_upscalers(served.resolve("test/sd"), hires)
+    for upscaler in ("upscalers/nearest", "latent-nearest-exact"):
+        hires = GenerationInput(hires_scale=2, hires_upscaler=upscaler)
+        served.check_upscalers(served.resolve("test/sd"), hires)
