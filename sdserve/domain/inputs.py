@@ -290,6 +290,12 @@ class GenerationInput(BaseModel):
         self._check_controlnets(limits)
         self._check_image_prompt()
 
+    @property
+    def upscales(self) -> bool:
+        """An upscaler's input: it says how much larger (the service stores an upscaler's
+        own ``scale`` when the request leaves it out; a model's input never has one)."""
+        return self.scale is not None or self.upscale_width is not None
+
     def upscale_size(self, width: int, height: int, native: int) -> tuple[int, int]:
         """The size an upscaler makes of a ``width`` x ``height`` image: ``upscale_width`` x
         ``upscale_height``, else the sides times ``scale`` (the upscaler's ``native`` scale

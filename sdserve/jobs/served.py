@@ -296,6 +296,14 @@ class ServedModels:
         are not served ones, naming the field, before the job is queued."""
         if is_upscaler(spec):
             inp.check_upscale()
+        else:
+            for field in ("scale", "upscale_width", "upscale_height", "upscaler_2"):
+                if getattr(inp, field) is not None:
+                    raise InvalidInput(
+                        field,
+                        f"{spec.name} is not an upscaler; an upscale runs on one",
+                        allowed=self.upscaler_names(),
+                    )
         named = {"upscaler_2": inp.upscaler_2, "hires_upscaler": inp.hires_upscaler}
         for field, name in named.items():
             if name is None or (field == "hires_upscaler" and name in LATENT_UPSCALERS):

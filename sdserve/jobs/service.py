@@ -313,6 +313,8 @@ class Service:
             stored_input = parsed.model_dump(mode="json", exclude_unset=True)
             spec = self.served.resolve(model)
             self.served.check_upscalers(spec, parsed)
+            if is_upscaler(spec) and not parsed.upscales:
+                stored_input["scale"] = spec.upscale  # the job says what it does
             if not is_upscaler(spec):
                 check_fits_family(spec.family, parsed)  # SD3: no weighting, flow schedulers
                 parsed.check_a_step_runs(spec.defaults)  # with the steps the model would run
@@ -573,11 +575,13 @@ class Service:
 
 
 def job_task(record: JobRecord) -> str:
-    """What a job does, in the engine's words: txt2img, img2img, inpaint, outpaint, training."""
+    """What a job does, in the engine's words: txt2img, img2img, inpaint, outpaint,
+    upscale, training."""
     if record.kind is JobKind.TRAINING:
         return "training"
     try:
-        return GenerationInput.model_validate(dict(record.input)).task
+        parsed = GenerationInput.model_validate(dict(record.input))
+        return "upscale" if parsed.upscales else parsed.task
     except ValueError:  # an input stored by an older version: the line still gets written
         return "generation"
 

@@ -282,6 +282,16 @@ def run_webuiapi(server: ServerProcess, workdir: Path) -> None:
     assert result.stdout.strip().splitlines()[-1].isdigit()
 
 
+def run_upscalers(server: ServerProcess, workdir: Path) -> None:
+    result = run_python(example(UPSCALERS).code, workdir, server)
+    succeeded(result)
+    listed, hires = result.stdout.strip().splitlines()[-2:]
+    assert listed == "['None', 'Lanczos', 'Nearest', 'tiny-realesr-x4']"
+    assert hires == "(128, 128)"
+    with Image.open(workdir / "photo-x4.png") as x4, Image.open(workdir / "photo-x2.png") as x2:
+        assert (x4.size, x2.size) == ((256, 192), (128, 96))
+
+
 def run_webuiapi_controlnet(server: ServerProcess, workdir: Path) -> None:
     code = example(WEBUIAPI_CONTROLNET).code
     code += (
@@ -418,6 +428,7 @@ OPENAI = "from openai import OpenAI"
 DEEPINFRA = "curl http://127.0.0.1:8000/v1/inference"
 WEBUIAPI = 'result = api.txt2img(prompt="a red fox'
 WEBUIAPI_CONTROLNET = "webuiapi.ControlNetUnit("
+UPSCALERS = "# AUTOMATIC1111's extras tab"
 IP_ADAPTER = '"ip_adapter_image": look,'
 TRAINING = "c.trainings.create("
 CLI_GENERATE = "sdserve models tiny ./tiny-sd"
@@ -463,6 +474,7 @@ RUNNERS = {
     DEEPINFRA: run_deepinfra_curl,
     WEBUIAPI: run_webuiapi,
     WEBUIAPI_CONTROLNET: run_webuiapi_controlnet,
+    UPSCALERS: run_upscalers,
     TRAINING: run_training,
     CLI_GENERATE: run_cli_generate,
     CLI_TRAIN: run_cli_train,
