@@ -161,6 +161,11 @@ class GenerationInput(BaseModel):
         "(upscalers/lanczos, a model upscaler such as upscalers/4x-UltraSharp) or a latent "
         "mode (latent, latent-bicubic...: its latents interpolated); None = Lanczos",
     )
+    image_upscaler: str | None = Field(
+        default=None,
+        description="image-to-image: the served upscaler that takes a smaller image to the "
+        "output size before it is redrawn (an SD upscale); None = Lanczos",
+    )
     scale: float | None = Field(
         default=None,
         gt=0,

@@ -458,10 +458,24 @@ class Engine:
             return None, None
         source = prep.to_rgb(image)
         size = prep.output_size(source, inp.width, inp.height, max_pixels=self.limits.max_pixels)
-        fitted = prep.fit(source, size)
         if task.check is not None:
             task.check(inp, size, self.limits)
+        fitted = self._fitted(inp, source, size)
         return fitted, (prep.prepare_mask(mask, size) if mask is not None else None)
+
+    def _fitted(
+        self, inp: GenerationInput, source: Image.Image, size: tuple[int, int]
+    ) -> Image.Image:
+        """The image at the output size: a smaller one enlarged by ``image_upscaler`` when
+        the request names one (an SD upscale), else resized with Lanczos."""
+        smaller = source.width < size[0] or source.height < size[1]
+        if inp.image_upscaler is None or not smaller:
+            return prep.fit(source, size)
+        spec = self.registry.resolve(inp.image_upscaler)
+        if not is_upscaler(spec):
+            raise InvalidInput("image_upscaler", f"{spec.name} is not an upscaler")
+        with _gpu_errors():
+            return self.upscalers.enlarge(spec, source, size)
 
     def _generate(
         self,

@@ -155,6 +155,8 @@ def input_schema(
         if name not in ("image", "output_format"):
             properties.pop(name, None)
     properties["hires_upscaler"]["enum"] = [*(upscalers or []), *LATENT_UPSCALERS]
+    if upscalers:
+        properties["image_upscaler"]["enum"] = upscalers
     schema["title"] = "Input"
     schema.pop("additionalProperties", None)
     return schema
@@ -304,7 +306,13 @@ class ServedModels:
                         f"{spec.name} is not an upscaler; an upscale runs on one",
                         allowed=self.upscaler_names(),
                     )
-        named = {"upscaler_2": inp.upscaler_2, "hires_upscaler": inp.hires_upscaler}
+        if inp.image_upscaler is not None and inp.image is None:
+            raise InvalidInput("image_upscaler", "enlarges an image: it needs an image")
+        named = {
+            "upscaler_2": inp.upscaler_2,
+            "hires_upscaler": inp.hires_upscaler,
+            "image_upscaler": inp.image_upscaler,
+        }
         for field, name in named.items():
             if name is None or (field == "hires_upscaler" and name in LATENT_UPSCALERS):
                 continue

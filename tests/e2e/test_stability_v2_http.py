@@ -568,6 +568,8 @@ def test_conservative_upscale_answers_at_once_up_to_the_pixel_limit(http: httpx.
     image_of(response, (128, 128))
     job = job_of(http, response)
     assert job["source"] == "stability" and job["input"]["prompt_strength"] == 0.35
+    # the image is enlarged by the served model upscaler before the redraw
+    assert job["input"]["image_upscaler"] == "upscalers/tiny-realesr-x4"
     big = {"image": ("big.png", picture((128, 128)), "image/png")}
     at_limit = post(http, "upscale/conservative", {"prompt": "sharp", "steps": 4}, big)
     assert "nothing to upscale" in v2_error(at_limit, 400, "invalid_image")

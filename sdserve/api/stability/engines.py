@@ -177,6 +177,12 @@ def _alias_target(alias: str, served: Sequence[ServedModel]) -> ServedModel | No
     return next((model for model in ordered if model.family in families), None)
 
 
+def enlarging_upscaler(upscalers: Sequence[ServedModel]) -> str | None:
+    """The upscaler a diffusion upscale enlarges its image with before the redraw: the
+    first served model upscaler (ESRGAN...), None (Lanczos) when none is served."""
+    return next((m.name for m in upscalers if not is_builtin_name(m.name)), None)
+
+
 def is_model_upscaler(model: ServedModel) -> bool:
     """Whether the served model is an upscaler (a job on it upscales, no diffusion)."""
     return model.family == UPSCALER_FAMILY

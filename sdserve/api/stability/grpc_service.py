@@ -35,7 +35,12 @@ import stability_sdk.interfaces.gooseai.generation.generation_pb2_grpc as genera
 from sdserve.api.auth import TokenAuth
 from sdserve.api.edge import WAIT_SLICE_S, Edge, Failure, job_failure
 from sdserve.api.errors import http_status
-from sdserve.api.stability.engines import SOURCE, is_model_upscaler, resolve_engine
+from sdserve.api.stability.engines import (
+    SOURCE,
+    enlarging_upscaler,
+    is_model_upscaler,
+    resolve_engine,
+)
 from sdserve.api.stability.grpc_schemas import GRPC_FIELDS, answer, is_upscale, read_request
 from sdserve.api.stability.results import FAILURES, artifacts, succeeded
 from sdserve.config import ApiSettings, Settings
@@ -139,8 +144,15 @@ class GenerationServicer(generation_grpc.GenerationServiceServicer):
             if not upscale:
                 raise
             raise ModelNotFound(f"{error.message}. {UPSCALE_HINT}") from None
-        read = read_request(request, self.edge.limits, model_upscale=is_model_upscaler(model))
-        return model.name, read.canonical(self.service), read.ignored
+        model_upscale = is_model_upscaler(model)
+        read = read_request(request, self.edge.limits, model_upscale=model_upscale)
+        values = read.canonical(self.service)
+        if upscale and not model_upscale:
+            # a diffusion upscale enlarges with the model upscaler before its redraw
+            upscaler = enlarging_upscaler(self.service.upscalers())
+            if upscaler is not None:
+                values["image_upscaler"] = upscaler
+        return model.name, values, read.ignored
 
     async def _wait(self, job_id: str) -> JobRecord:
         """The job once it has ended. When the call is canceled first (the client canceled

@@ -23,6 +23,7 @@ from sdserve.api.errors import invalid_json
 from sdserve.api.stability.engines import (
     SOURCE,
     engine_list,
+    enlarging_upscaler,
     is_model_upscaler,
     resolve_engine,
 )
@@ -165,6 +166,9 @@ class StabilityV1Api:
             canonical = params.model_upscale(size, self.edge.limits)
         else:
             canonical = params.canonical(size, self.edge.limits)
+            upscaler = enlarging_upscaler(await asyncio.to_thread(self.service.upscalers))
+            if upscaler is not None:
+                canonical["image_upscaler"] = upscaler
         canonical["image"] = await self._store(image)
         # the strength is fixed: too few steps is what the caller can change
         names = {**V1_FIELD, "image": "image", "prompt_strength": "steps"}

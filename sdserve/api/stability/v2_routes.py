@@ -28,7 +28,7 @@ from sdserve.api.bodies import request_body
 from sdserve.api.common import ignored_fields_header
 from sdserve.api.edge import Edge
 from sdserve.api.stability import v2_images as images
-from sdserve.api.stability.engines import SOURCE, resolve_engine
+from sdserve.api.stability.engines import SOURCE, enlarging_upscaler, resolve_engine
 from sdserve.api.stability.results import artifacts, succeeded, v2_error_response
 from sdserve.api.stability.uploads import Upload
 from sdserve.api.stability.v2_controls import (
@@ -354,13 +354,18 @@ class StabilityV2Api:
     async def _upscale(
         self, form: V2Form, body: ConservativeUpscaleRequest
     ) -> tuple[ServedModel, dict[str, object]]:
-        """A diffusion upscale: the image resized to :func:`upscale_size` and redrawn
-        ``creativity`` of the way by the served model."""
+        """A diffusion upscale: the image enlarged to :func:`upscale_size` (by the first
+        served model upscaler, else Lanczos) and redrawn ``creativity`` of the way by the
+        served model."""
         model = engine_for(body.model, await self._models())
         upload = form.required_image("image")
         stored = await asyncio.to_thread(self._store_image, upload, check_size=False)
         size = upscale_size(stored.width, stored.height, self.edge.limits.max_pixels)
-        return model, {**body.canonical(size), "image": stored.image}
+        values: dict[str, object] = {**body.canonical(size), "image": stored.image}
+        upscaler = enlarging_upscaler(await asyncio.to_thread(self.service.upscalers))
+        if upscaler is not None:
+            values["image_upscaler"] = upscaler
+        return model, values
 
     # -- results ----------------------------------------------------------------------------
 

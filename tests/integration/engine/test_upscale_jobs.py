@@ -125,3 +125,33 @@ def test_the_hires_fix_enlarges_with_the_named_upscaler(engine: Engine) -> None:
     ours = np.asarray(Image.open(io.BytesIO(esrgan.data)), dtype=np.int16)
     theirs = np.asarray(Image.open(io.BytesIO(lanczos.data)), dtype=np.int16)
     assert np.abs(ours - theirs).max() > 10
+
+
+def test_image_to_image_enlarges_a_small_image_with_the_named_upscaler(engine: Engine) -> None:
+    model = engine.registry.specs()[0].name
+    redraw: dict[str, Any] = {
+        "prompt": "a lighthouse",
+        "num_inference_steps": 4,
+        "prompt_strength": 0.5,
+        "seed": 9,
+        "width": 64,
+        "height": 64,
+        "apply_watermark": False,
+    }
+    small = picture((32, 32))
+    with_upscaler = engine.generate(
+        GenerationInput(image="given", image_upscaler=ESRGAN, **redraw), model=model, image=small
+    ).images[0]
+    # the same redraw of the image the upscaler makes alone: the same pixels
+    enlarged = upscaled(engine, ESRGAN, small, upscale_width=64, upscale_height=64)
+    by_hand = engine.generate(
+        GenerationInput(image="given", **redraw), model=model, image=enlarged
+    ).images[0]
+    assert np.array_equal(
+        np.asarray(Image.open(io.BytesIO(with_upscaler.data))),
+        np.asarray(Image.open(io.BytesIO(by_hand.data))),
+    )
+    lanczos = engine.generate(
+        GenerationInput(image="given", **redraw), model=model, image=small
+    ).images[0]
+    assert with_upscaler.data != lanczos.data

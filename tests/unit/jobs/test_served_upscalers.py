@@ -62,6 +62,8 @@ def test_an_upscalers_schema_has_the_upscale_inputs_only(served: ServedModels) -
         ("upscalers/lanczos", {"image": "x", "upscaler_2_visibility": 0.5}, "upscaler_2"),
         ("test/sd", {"hires_scale": 2, "hires_upscaler": "upscalers/4x-absent"}, "hires_upscaler"),
         ("test/sd", {"prompt": "x", "scale": 2}, "scale"),
+        ("test/sd", {"prompt": "x", "image_upscaler": "upscalers/nearest"}, "image_upscaler"),
+        ("test/sd", {"image": "x", "image_upscaler": "latent"}, "image_upscaler"),
         ("test/sd", {"prompt": "x", "upscaler_2": "upscalers/nearest"}, "upscaler_2"),
     ],
 )  # fmt: skip
