@@ -9,7 +9,7 @@ is queued.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 from sdserve.domain.inputs import FamilyDefaults, GenerationInput
 from sdserve.domain.prompts import is_weighted
@@ -32,17 +32,7 @@ ModelFamily = Literal[
     "sd3-turbo",
     "upscaler",
 ]
-MODEL_FAMILIES: tuple[str, ...] = (
-    "sd1",
-    "sd2",
-    "sdxl",
-    "sdxl-refiner",
-    "sdxl-turbo",
-    "sd-turbo",
-    "sd3",
-    "sd3-turbo",
-    "upscaler",
-)
+MODEL_FAMILIES: tuple[str, ...] = get_args(ModelFamily)
 #: Flow-matching families (rectified flow): SD3 and SD3.5.
 FLOW_FAMILIES: frozenset[str] = frozenset({"sd3", "sd3-turbo"})
 
