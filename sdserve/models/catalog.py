@@ -243,12 +243,14 @@ class ModelRegistry:
         if families:
             candidates = [spec for spec in self._specs.values() if spec.family in families]
             # the plain alias prefers a text-to-image model; the inpainting alias the opposite;
-            # an upscaler alias a model upscaler (one with weights) over a built-in resampler
+            # an upscaler alias a model upscaler (Real-ESRGAN's kind) over a diffusion
+            # upscaler, and either over a built-in resampler
             wants_inpainting = "inpainting" in key
             candidates.sort(
                 key=lambda spec: (
                     spec.inpainting != wants_inpainting,
                     spec.reference.startswith(BUILTIN_PREFIX),
+                    spec.diffusion_upscaler is not None,
                 )
             )
             if candidates:

@@ -99,3 +99,10 @@ def test_detection_imports_no_torch(tmp_path: Path) -> None:
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_real_esrgans_name_prefers_a_model_upscaler_to_a_diffusion_one(tmp_path: Path) -> None:
+    pipeline_folder(tmp_path / "a-x4", X4_CLASS)  # listed first
+    (tmp_path / "realesr-x4.pth").write_bytes(b"")
+    registry = ModelRegistry(folder_specs(tmp_path))
+    assert registry.resolve("nightmareai/real-esrgan").name == "upscalers/realesr-x4"
