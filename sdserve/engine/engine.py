@@ -336,6 +336,8 @@ class Engine:
                 f"exceeds the limit of {self.limits.max_pixels} pixels",
             )
         second = self.registry.resolve(inp.upscaler_2) if inp.upscaler_2 else None
+        for used in (spec, second):
+            self._check_diffusion_upscale(used, source)
         if hooks.should_cancel():
             raise Canceled("canceled before start")
         crop = inp.upscale_crop
@@ -367,6 +369,22 @@ class Engine:
             model=spec.name,
             timings={"inference": time.perf_counter() - started},
         )
+
+    def _check_diffusion_upscale(self, spec: ModelSpec | None, source: Image.Image) -> None:
+        """A diffusion upscaler always draws its whole scale (then is resized to the
+        target): refuse an image whose upscale by it would pass the pixel limit, even
+        when the target is smaller, as the device would draw it all."""
+        if spec is None or not is_diffusion_upscaler(spec):
+            return
+        factor = spec.upscale or 1
+        drawn = (source.width * factor, source.height * factor)
+        if drawn[0] * drawn[1] > self.limits.max_pixels:
+            raise InvalidInput(
+                "image",
+                f"{spec.name} draws the {source.width}x{source.height} image at "
+                f"{drawn[0]}x{drawn[1]} ({factor}x) before resizing, beyond the limit of "
+                f"{self.limits.max_pixels} pixels; send a smaller image",
+            )
 
     def _upscale_guide(
         self, given: GenerationInput, seed: int, spec: ModelSpec, hooks: RunHooks

@@ -23,7 +23,7 @@ from sdserve.engine.tiny_diffusion_upscalers import (
     build_tiny_latent_upscaler,
     build_tiny_x4_upscaler,
 )
-from sdserve.errors import Canceled
+from sdserve.errors import Canceled, InvalidInput
 from sdserve.models.catalog import ModelRegistry
 from sdserve.models.metadata import parse_parameters
 from sdserve.models.results import GenerationResult, RunHooks
@@ -178,3 +178,10 @@ def test_the_hires_fix_enlarges_with_a_diffusion_upscaler(engine: Engine) -> Non
     ours = np.asarray(Image.open(io.BytesIO(x4.data)), dtype=np.int16)
     theirs = np.asarray(Image.open(io.BytesIO(lanczos.data)), dtype=np.int16)
     assert np.abs(ours - theirs).max() > 10
+
+
+def test_an_image_it_would_draw_beyond_the_pixel_limit_is_refused(engine: Engine) -> None:
+    # scale 1 asks for 200x200, but the x4 draws 800x800 first: beyond 512x512
+    with pytest.raises(InvalidInput) as refused:
+        run(engine, X4, picture((200, 200)), scale=1)
+    assert refused.value.field == "image"
