@@ -34,12 +34,13 @@ from sdserve.engine import fastpath
 from sdserve.engine import images as prep
 from sdserve.engine import ip_adapter as image_prompts
 from sdserve.engine.cache import Clock, Loader, PipelineCache, RefinerLoader
+from sdserve.engine.diffusion_upscalers import DiffusionUpscalerModels
 from sdserve.engine.embeddings import Embeddings
 from sdserve.engine.schedulers import is_flow_scheduler, make_scheduler, resolve_scheduler
 from sdserve.engine.tasks import Pipeline, StepWatcher, TaskCall, with_scheduler
 from sdserve.engine.tasks import registry as tasks
 from sdserve.engine.tasks.pipelines import TEXT2IMAGE
-from sdserve.engine.tasks.upscale import Upscalers
+from sdserve.engine.tasks.upscale import Guide, Upscalers
 from sdserve.engine.upscalers import UpscalerModels
 from sdserve.errors import Canceled, InsufficientGpuMemory, InvalidImage, InvalidInput
 from sdserve.models.controlnet.annotators import AnnotatorCatalog
@@ -51,7 +52,7 @@ from sdserve.models.results import (
     RunHooks,
 )
 from sdserve.models.settings import EngineSettings
-from sdserve.models.upscalers import is_upscaler
+from sdserve.models.upscalers import is_diffusion_upscaler, is_upscaler
 
 if TYPE_CHECKING:
     from sdserve.engine.lora import LoraCache
@@ -150,6 +151,14 @@ class Engine:
             UpscalerModels(device=self.device, dtype=self.dtype, max_loaded=2),
             tile=settings.upscale_tile,
             overlap=settings.upscale_tile_overlap,
+            # one: a diffusion upscaler is a whole pipeline (the x4 is about 1.9 GB in fp16)
+            diffusion=DiffusionUpscalerModels(
+                device=self.device,
+                dtype=self.dtype,
+                max_loaded=1,
+                offline=settings.offline,
+                cache_dir=settings.cache_dir,
+            ),
         )
         self.fast = fastpath.resolve(settings, self.device)
         self._post: ThreadPoolExecutor | None = None  # watermark + encoding, made on first use
@@ -175,7 +184,7 @@ class Engine:
         self.controlnet_models.clear()
         self.ip_adapter_models.clear()
         self.annotator_models.clear()
-        self.upscalers.models.clear()
+        self.upscalers.clear()
         self._safety = None
         with self._post_lock:
             if self._post is not None:
@@ -206,9 +215,10 @@ class Engine:
         hooks = hooks or RunHooks()
         started = time.perf_counter()
         spec = self.registry.resolve(model)
+        given = inp
         inp = inp.with_defaults(spec.defaults)
         if is_upscaler(spec):
-            return self._upscale_only(inp, spec, hooks, started, image)
+            return self._upscale_only(inp, spec, hooks, started, image, given=given)
         inp.check_limits(self.limits)
         if inp.control_maps_only:
             return self._maps_only(inp, spec, hooks, started, image, mask, controls)
@@ -305,10 +315,15 @@ class Engine:
         hooks: RunHooks,
         started: float,
         image: Image.Image | None,
+        *,
+        given: GenerationInput,
     ) -> GenerationResult:
         """A job on an upscaler (``models.upscalers``): the image made larger, blended with
-        ``upscaler_2``'s result when asked; no pipeline loads. The image is the client's,
-        so neither the safety checker nor the watermark applies (as A1111's extras)."""
+        ``upscaler_2``'s result when asked. A diffusion upscaler follows the request's
+        prompts, steps, guidance and seed (``given``: the request before the first
+        upscaler's defaults filled it, so a second one gets its own). The image is the
+        client's, so neither the safety checker nor the watermark applies (as A1111's
+        extras)."""
         inp.check_upscale()
         if image is None:
             raise InvalidImage("image", "was not given to the engine")
@@ -321,24 +336,71 @@ class Engine:
                 f"exceeds the limit of {self.limits.max_pixels} pixels",
             )
         second = self.registry.resolve(inp.upscaler_2) if inp.upscaler_2 else None
+        for used in (spec, second):
+            self._check_diffusion_upscale(used, source)
         if hooks.should_cancel():
             raise Canceled("canceled before start")
         crop = inp.upscale_crop
+        guide = self._upscale_guide(given, inp.seed_for(0), spec, hooks)
         with _gpu_errors():
             result = self.upscalers.enlarge(
-                spec, source, size, crop=crop, should_cancel=hooks.should_cancel
+                spec, source, size, crop=crop, should_cancel=hooks.should_cancel, guide=guide
             )
             if second is not None and inp.upscaler_2_visibility > 0:
                 blended = self.upscalers.enlarge(
-                    second, source, size, crop=crop, should_cancel=hooks.should_cancel
+                    second,
+                    source,
+                    size,
+                    crop=crop,
+                    should_cancel=hooks.should_cancel,
+                    guide=self._upscale_guide(given, inp.seed_for(0), second, hooks),
                 )
                 result = Image.blend(result, blended, inp.upscaler_2_visibility)
         text = f"Upscaler: {spec.name}, Size: {size[0]}x{size[1]}"
+        if is_diffusion_upscaler(spec):
+            text = (
+                f"{inp.prompt}\nNegative prompt: {inp.negative_prompt}\n"
+                f"Steps: {guide.steps}, CFG scale: {guide.guidance_scale}, "
+                f"Seed: {guide.seed}, {text}"
+            )
         return GenerationResult(
             images=[_encoded(result, text, inp)],
             seed=inp.seed_for(0),
             model=spec.name,
             timings={"inference": time.perf_counter() - started},
+        )
+
+    def _check_diffusion_upscale(self, spec: ModelSpec | None, source: Image.Image) -> None:
+        """A diffusion upscaler always draws its whole scale (then is resized to the
+        target): refuse an image whose upscale by it would pass the pixel limit, even
+        when the target is smaller, as the device would draw it all."""
+        if spec is None or not is_diffusion_upscaler(spec):
+            return
+        factor = spec.upscale or 1
+        drawn = (source.width * factor, source.height * factor)
+        if drawn[0] * drawn[1] > self.limits.max_pixels:
+            raise InvalidInput(
+                "image",
+                f"{spec.name} draws the {source.width}x{source.height} image at "
+                f"{drawn[0]}x{drawn[1]} ({factor}x) before resizing, beyond the limit of "
+                f"{self.limits.max_pixels} pixels; send a smaller image",
+            )
+
+    def _upscale_guide(
+        self, given: GenerationInput, seed: int, spec: ModelSpec, hooks: RunHooks
+    ) -> Guide:
+        """What steers ``spec`` when it is a diffusion upscaler: the request's prompts, and
+        its steps and guidance or else the upscaler's defaults, and ``seed`` (the one
+        written into the result); a model upscaler ignores it."""
+        inp = given.model_copy(update={"seed": seed}).with_defaults(spec.defaults)
+        return Guide(
+            prompt=inp.prompt,
+            negative_prompt=inp.negative_prompt,
+            steps=inp.num_inference_steps or 1,
+            guidance_scale=inp.guidance_scale or 0.0,
+            seed=inp.seed_for(0),
+            generator_device=devices.generator_device(self.device),
+            hooks=hooks,
         )
 
     def enlarger(
@@ -352,8 +414,14 @@ class Engine:
         spec = self.registry.resolve(inp.hires_upscaler)
         if not is_upscaler(spec):
             raise InvalidInput("hires_upscaler", f"{spec.name} is not an upscaler")
+        # a diffusion upscaler follows the request's prompts and seed, with its own steps
+        # and guidance (the request's are the first pass's)
+        first_pass_only = {"num_inference_steps": None, "guidance_scale": None}
+        guide = self._upscale_guide(
+            inp.model_copy(update=first_pass_only), inp.seed_for(0), spec, hooks
+        )
         return lambda image, size: self.upscalers.enlarge(
-            spec, image, size, should_cancel=hooks.should_cancel
+            spec, image, size, should_cancel=hooks.should_cancel, guide=guide
         )
 
     def _ip_adapter_of(

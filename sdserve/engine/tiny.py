@@ -629,6 +629,9 @@ DEMO_EMBEDDINGS: dict[str, bool] = {"tiny-glow": False, "tiny-xl-glow": True}
 
 #: The demo model upscaler (served as ``upscalers/tiny-realesr-x4``).
 DEMO_UPSCALER = "tiny-realesr-x4"
+#: The demo diffusion upscalers (served as ``upscalers/<name>``).
+DEMO_X4_UPSCALER = "tiny-x4-upscaler"
+DEMO_LATENT_UPSCALER = "tiny-latent-upscaler"
 
 
 def build_demo_models(data_dir: Path) -> dict[str, Path]:
@@ -638,7 +641,9 @@ def build_demo_models(data_dir: Path) -> dict[str, Path]:
     (``data_dir/loras/tiny-style.safetensors``, made for ``tiny-sd``) and the demo
     ControlNets (``data_dir/controlnets/<name>``), IP-Adapters (``data_dir/ip-adapters/<name>``),
     embeddings (``data_dir/embeddings/<name>.safetensors``) and model upscaler (a compact
-    Real-ESRGAN x4, ``data_dir/upscalers/tiny-realesr-x4.safetensors``).
+    Real-ESRGAN x4, ``data_dir/upscalers/tiny-realesr-x4.safetensors``) and diffusion
+    upscalers (``data_dir/upscalers/tiny-x4-upscaler`` and ``tiny-latent-upscaler``, each
+    built in well under a second).
     """
     models_dir = data_dir / "models"
     built: dict[str, Path] = {}
@@ -680,7 +685,28 @@ def build_demo_models(data_dir: Path) -> dict[str, Path]:
     if not upscaler.is_file():
         build_tiny_upscaler(upscaler, arch="compact", scale=4)
     built[DEMO_UPSCALER] = upscaler
+    built.update(_build_demo_diffusion_upscalers(data_dir))
     return built
+
+
+def _build_demo_diffusion_upscalers(data_dir: Path) -> dict[str, Path]:
+    """The demo diffusion upscalers (``data_dir/upscalers/<name>``), built once."""
+    from sdserve.engine.tiny_diffusion_upscalers import (
+        build_tiny_latent_upscaler,
+        build_tiny_x4_upscaler,
+    )
+
+    builders = {
+        DEMO_X4_UPSCALER: build_tiny_x4_upscaler,
+        DEMO_LATENT_UPSCALER: build_tiny_latent_upscaler,
+    }
+    made = {}
+    for name, builder in builders.items():
+        folder = data_dir / "upscalers" / name
+        if not (folder / "model_index.json").is_file():
+            builder(folder)
+        made[name] = folder
+    return made
 
 
 #: Demo IP-Adapter name → the demo model it is built for and its family.

@@ -34,6 +34,7 @@ from sdserve.jobs.store import utcnow
 from sdserve.models.controlnet.annotators import AnnotatorCatalog
 from sdserve.models.controlnet.catalog import UNION_TYPES, ControlNetCatalog, ControlNetSpec
 from sdserve.models.controlnet.units import check_units
+from sdserve.models.diffusion_upscalers import DiffusionUpscaler, by_kind
 from sdserve.models.embeddings import EmbeddingCatalog
 from sdserve.models.families import is_flow
 from sdserve.models.ip_adapter import IpAdapterCatalog
@@ -52,6 +53,14 @@ UPSCALE_FIELDS = (
     "upscaler_2",
     "upscaler_2_visibility",
     "output_format",
+)
+#: What a diffusion upscaler (``models.diffusion_upscalers``) also takes: it is guided.
+DIFFUSION_UPSCALE_FIELDS = (
+    "prompt",
+    "negative_prompt",
+    "num_inference_steps",
+    "guidance_scale",
+    "seed",
 )
 
 
@@ -162,16 +171,21 @@ def input_schema(
     return schema
 
 
-def upscaler_schema(scale: int, upscalers: list[str]) -> dict[str, Any]:
+def upscaler_schema(
+    scale: int, upscalers: list[str], diffusion: DiffusionUpscaler | None = None
+) -> dict[str, Any]:
     """JSON schema of an upscaler's input: the image, how much larger (``scale``, default
-    the upscaler's own, or a size) and a second upscaler to blend in."""
+    the upscaler's own, or a size) and a second upscaler to blend in; a ``diffusion``
+    upscaler's also its prompt, steps, guidance and seed, with its defaults."""
     properties = _flat_properties(GenerationInput.model_json_schema())
-    kept = {
-        name: {**properties[name], "x-order": order} for order, name in enumerate(UPSCALE_FIELDS)
-    }
+    fields = UPSCALE_FIELDS if diffusion is None else UPSCALE_FIELDS + DIFFUSION_UPSCALE_FIELDS
+    kept = {name: {**properties[name], "x-order": order} for order, name in enumerate(fields)}
     kept["image"].update(format="uri", description="the image to upscale (URL, data URI or upload)")
     kept["scale"]["default"] = scale
     kept["upscaler_2"]["enum"] = upscalers
+    if diffusion is not None:
+        kept["num_inference_steps"]["default"] = diffusion.steps
+        kept["guidance_scale"]["default"] = diffusion.guidance
     return {"type": "object", "title": "Input", "properties": kept, "required": ["image"]}
 
 
@@ -455,7 +469,9 @@ class ServedModels:
                 family=spec.family,
                 description=spec.description or "upscaler",
                 created_at=self._started_at,
-                input_schema=upscaler_schema(spec.upscale or 1, self.upscaler_names()),
+                input_schema=upscaler_schema(
+                    spec.upscale or 1, self.upscaler_names(), diffusion_upscaler_of(spec)
+                ),
             )
         return ServedModel(
             name=spec.name,
@@ -475,6 +491,12 @@ class ServedModels:
                 upscalers=self.upscaler_names(),
             ),
         )
+
+
+def diffusion_upscaler_of(spec: Any) -> DiffusionUpscaler | None:
+    """The diffusion upscaler a served spec is, None for any other upscaler."""
+    kind = getattr(spec, "diffusion_upscaler", None)
+    return None if kind is None else by_kind(kind)
 
 
 def default_description(family: str, reference: str) -> str:

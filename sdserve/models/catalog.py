@@ -13,6 +13,8 @@ from pathlib import Path
 from sdserve.domain.inputs import FamilyDefaults
 from sdserve.domain.presets import Preset, preset_of
 from sdserve.errors import ModelNotFound
+from sdserve.models import diffusion_upscalers
+from sdserve.models.diffusion_upscalers import DiffusionUpscaler, DiffusionUpscalerKind
 from sdserve.models.families import ModelFamily, family_defaults
 from sdserve.models.references import (
     check_weights_format,
@@ -58,6 +60,8 @@ class ModelSpec:
     description: str | None = field(default=None, compare=False)
     #: an upscaler (family ``upscaler``, ``models.upscalers``): what it multiplies sides by
     upscale: int | None = field(default=None, compare=False)
+    #: a diffusion upscaler (``models.diffusion_upscalers``): which of diffusers' two
+    diffusion_upscaler: DiffusionUpscalerKind | None = None
 
     @property
     def preset(self) -> Preset | None:
@@ -67,7 +71,14 @@ class ModelSpec:
     @property
     def defaults(self) -> FamilyDefaults:
         """Family defaults, with the model's own training size when known (tiny models: 64)
-        and its few-step preset."""
+        and its few-step preset; a diffusion upscaler's own steps and guidance."""
+        if self.diffusion_upscaler is not None:
+            kind = diffusion_upscalers.by_kind(self.diffusion_upscaler)
+            return replace(
+                family_defaults(self.family),
+                num_inference_steps=kind.steps,
+                guidance_scale=kind.guidance,
+            )
         base = family_defaults(self.family).with_preset(self.preset)
         if self.native_size is None:
             return base
@@ -82,7 +93,11 @@ def spec_for(
     cache_dir: Path | str | None = None,
     offline: bool = False,
 ) -> ModelSpec:
-    """Build the :class:`ModelSpec` of one reference (detecting its family)."""
+    """Build the :class:`ModelSpec` of one reference (detecting its family); a diffusion
+    upscaler's is an upscaler's (``models.diffusion_upscalers``)."""
+    upscaler = diffusion_upscalers.of_reference(reference, cache_dir=cache_dir)
+    if upscaler is not None:
+        return diffusion_upscaler_spec(reference, upscaler, name=name or served_name(reference))
     info = inspect_reference(reference, cache_dir=cache_dir, offline=offline)
     if refiner is None and info.family == "sdxl" and reference == SDXL_BASE_HUB_ID:
         refiner = SDXL_REFINER_HUB_ID
@@ -96,6 +111,21 @@ def spec_for(
         refiner=refiner,
         version=version_of(reference),
         native_size=info.native_size,
+    )
+
+
+def diffusion_upscaler_spec(reference: str, upscaler: DiffusionUpscaler, *, name: str) -> ModelSpec:
+    """The served spec of a diffusion upscaler (family ``upscaler``, its own scale)."""
+    return ModelSpec(
+        name=name,
+        reference=reference,
+        family="upscaler",
+        inpainting=False,
+        refiner=None,
+        version=version_of(reference),
+        description=f"diffusion upscaler ({upscaler.class_name}, {upscaler.scale}x)",
+        upscale=upscaler.scale,
+        diffusion_upscaler=upscaler.kind,
     )
 
 
@@ -148,13 +178,14 @@ class ModelRegistry:
     def from_demo(cls, models: Mapping[str, Path]) -> ModelRegistry:
         """Register the tiny demo models (``tiny.build_demo_models``) as ``sdserve/<name>``.
 
-        The safety checker and LoRAs are not generation models and are left out; the tiny
-        SDXL uses the tiny refiner.
+        The safety checker and LoRAs are not generation models and are left out, and so
+        are the diffusion upscalers (the demo's upscaler folder serves them as
+        ``upscalers/<name>``); the tiny SDXL uses the tiny refiner.
         """
         refiner = models.get("tiny-sdxl-refiner")
         specs = []
         for name, path in models.items():
-            if not (path / "model_index.json").is_file():
+            if not (path / "model_index.json").is_file() or diffusion_upscalers.of_folder(path):
                 continue
             specs.append(
                 spec_for(
@@ -212,12 +243,14 @@ class ModelRegistry:
         if families:
             candidates = [spec for spec in self._specs.values() if spec.family in families]
             # the plain alias prefers a text-to-image model; the inpainting alias the opposite;
-            # an upscaler alias a model upscaler (one with weights) over a built-in resampler
+            # an upscaler alias a model upscaler (Real-ESRGAN's kind) over a diffusion
+            # upscaler, and either over a built-in resampler
             wants_inpainting = "inpainting" in key
             candidates.sort(
                 key=lambda spec: (
                     spec.inpainting != wants_inpainting,
                     spec.reference.startswith(BUILTIN_PREFIX),
+                    spec.diffusion_upscaler is not None,
                 )
             )
             if candidates:

@@ -11,8 +11,14 @@ the way it reaches a model: a Replicate prediction on ``upscalers/realesr-genera
   the architecture (ESRGAN and Real-ESRGAN's RRDBNet, Real-ESRGAN's compact net) from the
   weights; a ``.pth`` is read with torch's weights-only unpickler, which refuses anything but
   tensors and plain containers, so no code in a file runs.
+- **Diffusion upscalers**: each diffusers folder of the upscaler folder whose
+  ``model_index.json`` names ``StableDiffusionUpscalePipeline`` (4x, prompt-guided) or
+  ``StableDiffusionLatentUpscalePipeline`` (2x), served by its folder name
+  (``models.diffusion_upscalers``). A ``--model`` reference to one is served as an
+  upscaler too, under its usual name (``models.catalog.spec_for``).
 
-Detection here reads names and, for ``.safetensors``, the header; never weights (the API
+Detection here reads names, ``model_index.json`` and, for ``.safetensors``, the header;
+never weights (the API
 process imports this module and must start without torch).
 """
 
@@ -25,7 +31,8 @@ from pathlib import Path
 from typing import Any, Final
 
 from sdserve.errors import ModelLoadError
-from sdserve.models.catalog import BUILTIN_PREFIX, ModelSpec
+from sdserve.models import diffusion_upscalers
+from sdserve.models.catalog import BUILTIN_PREFIX, ModelSpec, diffusion_upscaler_spec
 from sdserve.models.references import read_safetensors_header, version_of
 
 #: The family every upscaler is served under.
@@ -63,15 +70,19 @@ def builtin_specs() -> list[ModelSpec]:
 
 
 def folder_specs(folder: Path | None) -> list[ModelSpec]:
-    """The model upscalers of ``folder``, sorted by name (none when there is no folder)."""
+    """The model and diffusion upscalers of ``folder``, sorted by name (none when there is
+    no folder); a sub-folder that is no diffusion upscaler is left out."""
     if folder is None or not folder.is_dir():
         return []
-    files = sorted(
-        entry
-        for entry in folder.iterdir()
-        if entry.is_file() and entry.suffix.lower() in UPSCALER_SUFFIXES
-    )
-    return [model_spec(path) for path in files]
+    specs = []
+    for entry in sorted(folder.iterdir()):
+        if entry.is_file() and entry.suffix.lower() in UPSCALER_SUFFIXES:
+            specs.append(model_spec(entry))
+        elif entry.is_dir() and (found := diffusion_upscalers.of_folder(entry)) is not None:
+            specs.append(
+                diffusion_upscaler_spec(str(entry), found, name=f"{UPSCALER_OWNER}/{entry.name}")
+            )
+    return specs
 
 
 def model_spec(path: Path) -> ModelSpec:
@@ -92,6 +103,11 @@ def model_spec(path: Path) -> ModelSpec:
 def is_upscaler(spec: Any) -> bool:
     """Whether a served spec is an upscaler (not a diffusion model)."""
     return getattr(spec, "family", None) == UPSCALER_FAMILY
+
+
+def is_diffusion_upscaler(spec: Any) -> bool:
+    """Whether a served spec is a diffusion upscaler (it takes a prompt, steps, a seed)."""
+    return is_upscaler(spec) and getattr(spec, "diffusion_upscaler", None) is not None
 
 
 def builtin_resampler(spec: ModelSpec) -> str | None:
@@ -167,6 +183,7 @@ __all__ = [
     "display_name_of",
     "folder_specs",
     "is_builtin_name",
+    "is_diffusion_upscaler",
     "is_upscaler",
     "model_spec",
     "scale_of",

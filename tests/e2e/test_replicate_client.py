@@ -640,3 +640,23 @@ def test_an_upscale_model_takes_an_image_and_a_scale(
     with pytest.raises(ReplicateError) as missing:
         client.run("upscalers/lanczos", input={"scale": 2})
     assert "image" in str(missing.value)
+
+
+def test_a_diffusion_upscaler_takes_an_image_and_a_prompt(
+    client: replicate.Client, tmp_path: Path
+) -> None:
+    model = "upscalers/tiny-x4-upscaler"
+    assert model in [model.id for model in client.models.list().results]
+    schema = client.models.get(model).latest_version.openapi_schema
+    inputs = schema["components"]["schemas"]["Input"]["properties"]
+    assert inputs["scale"]["default"] == 4 and inputs["num_inference_steps"]["default"] == 20
+    assert "prompt" in inputs and "seed" in inputs
+    values = {"prompt": "a red fox", "num_inference_steps": 2, "seed": 3}
+    with open(sample_png(tmp_path), "rb") as image:
+        (output,) = client.run(model, input={"image": image, **values})
+    with Image.open(io.BytesIO(output.read())) as upscaled:
+        assert upscaled.size == (256, 256)  # the 64x64 sample, 4x
+    with open(sample_png(tmp_path), "rb") as image:
+        (output,) = client.run(model, input={"image": image, "scale": 1.5, **values})
+    with Image.open(io.BytesIO(output.read())) as upscaled:
+        assert upscaled.size == (96, 96)

@@ -4,7 +4,11 @@ Not a diffusion task: no pipeline runs. A built-in upscaler is PIL's resampler t
 size. A model upscaler (ESRGAN, Real-ESRGAN) multiplies the sides by its own scale, in
 tiles on the device (``engine.upscalers``); like A1111 it runs again while the image is
 smaller than the target (at most :data:`MAX_MODEL_PASSES` times), and Lanczos takes the
-result to the exact size. With ``crop`` the image is scaled to cover the target and its
+result to the exact size. A diffusion upscaler (``engine.diffusion_upscalers``) runs ONCE,
+steered by a :class:`Guide` (prompt, steps, guidance, seed): it multiplies the sides by its
+own scale (4 or 2), and Lanczos then takes the result up or down to the target; running it
+again would cost a whole diffusion per pass and re-invent the detail it just drew. With
+``crop`` the image is scaled to cover the target and its
 centre cut out (A1111's ``upscaling_crop``); without, it is stretched to the target.
 
 The hires fix enlarges its first pass with the same :meth:`Upscalers.enlarge`.
@@ -18,9 +22,10 @@ from pathlib import Path
 from PIL import Image as PILImage
 from PIL.Image import Image
 
+from sdserve.engine.diffusion_upscalers import DiffusionUpscalerModels, Guide, run_once
 from sdserve.engine.upscalers import UpscalerModels, upscale
 from sdserve.models.catalog import ModelSpec
-from sdserve.models.upscalers import builtin_resampler
+from sdserve.models.upscalers import builtin_resampler, is_diffusion_upscaler
 
 #: Most times a model upscaler runs on one image to reach a target (4x three times: 64x).
 MAX_MODEL_PASSES = 3
@@ -34,12 +39,28 @@ _RESAMPLERS = {
 class Upscalers:
     """Enlarges images with any served upscaler; model upscalers load once (least
     recently used dropped beyond the cache's size) and run in tiles of ``tile`` input
-    pixels with ``overlap`` pixels of context each side."""
+    pixels with ``overlap`` pixels of context each side; diffusion upscalers load into
+    ``diffusion`` (none given: a cache of one)."""
 
-    def __init__(self, models: UpscalerModels, *, tile: int, overlap: int) -> None:
+    def __init__(
+        self,
+        models: UpscalerModels,
+        *,
+        tile: int,
+        overlap: int,
+        diffusion: DiffusionUpscalerModels | None = None,
+    ) -> None:
         self.models = models
         self.tile = tile
         self.overlap = overlap
+        self.diffusion = diffusion or DiffusionUpscalerModels(
+            device=models.device, dtype=models.dtype, max_loaded=1
+        )
+
+    def clear(self) -> None:
+        """Drop every loaded upscaler."""
+        self.models.clear()
+        self.diffusion.clear()
 
     def enlarge(
         self,
@@ -49,11 +70,18 @@ class Upscalers:
         *,
         crop: bool = False,
         should_cancel: Callable[[], bool] | None = None,
+        guide: Guide | None = None,
     ) -> Image:
-        """``image`` made ``size`` by ``spec``'s upscaler (see the module docstring)."""
+        """``image`` made ``size`` by ``spec``'s upscaler (see the module docstring);
+        ``guide`` steers a diffusion upscaler, which needs one."""
         resampler = builtin_resampler(spec)
         if resampler is not None:
             return fit(image, size, crop=crop, resample=_RESAMPLERS[resampler])
+        if is_diffusion_upscaler(spec):
+            if guide is None:
+                raise ValueError(f"{spec.name} is a diffusion upscaler: it needs a guide")
+            enlarged = run_once(self.diffusion.get(spec), image.convert("RGB"), guide)
+            return fit(enlarged, size, crop=crop, resample=PILImage.Resampling.LANCZOS)
         cover = _cover_size(image.size, size) if crop else size
         loaded = self.models.get(Path(spec.reference))
         for _ in range(MAX_MODEL_PASSES):
@@ -89,4 +117,4 @@ def _cover_size(source: tuple[int, int], target: tuple[int, int]) -> tuple[int, 
     return max(target[0], round(source[0] * ratio)), max(target[1], round(source[1] * ratio))
 
 
-__all__ = ["MAX_MODEL_PASSES", "Upscalers", "fit"]
+__all__ = ["MAX_MODEL_PASSES", "Guide", "Upscalers", "fit"]

@@ -15,6 +15,7 @@ from sdserve.engine.tiny_annotators import DEMO_ANNOTATORS
 from sdserve.models.catalog import ModelRegistry
 from sdserve.models.controlnet.annotators import AnnotatorCatalog
 from sdserve.models.embeddings import EmbeddingCatalog
+from sdserve.models.upscalers import folder_specs
 
 
 def run(pipe: Any, **kwargs: Any) -> np.ndarray:
@@ -110,6 +111,16 @@ def test_demo_models_build_once_and_register(tmp_path: Path) -> None:
         *tiny.DEMO_EMBEDDINGS,
         *DEMO_ANNOTATORS,
         *tiny.DEMO_EMBEDDINGS,
+        tiny.DEMO_UPSCALER,
+        tiny.DEMO_X4_UPSCALER,
+        tiny.DEMO_LATENT_UPSCALER,
+    }
+    assert built[tiny.DEMO_X4_UPSCALER] == tmp_path / "upscalers" / "tiny-x4-upscaler"
+    served = {spec.name: spec.upscale for spec in folder_specs(tmp_path / "upscalers")}
+    assert served == {
+        "upscalers/tiny-latent-upscaler": 2,
+        "upscalers/tiny-realesr-x4": 4,
+        "upscalers/tiny-x4-upscaler": 4,
     }
     embeddings = EmbeddingCatalog(tmp_path / "embeddings")
     assert [(e.name, e.family, e.vectors) for e in embeddings.all()] == [

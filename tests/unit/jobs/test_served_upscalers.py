@@ -81,3 +81,34 @@ def test_a_good_upscale_and_hires_upscaler_pass(served: ServedModels) -> None:
     for upscaler in ("upscalers/nearest", "latent-nearest-exact"):
         hires = GenerationInput(hires_scale=2, hires_upscaler=upscaler)
         served.check_upscalers(served.resolve("test/sd"), hires)
+
+
+def test_a_diffusion_upscaler_is_listed_with_its_scale_and_prompt_fields() -> None:
+    x4 = ModelSpec(
+        name="upscalers/sd-x4",
+        reference="/upscalers/sd-x4",
+        family="upscaler",
+        inpainting=False,
+        refiner=None,
+        version="v4",
+        upscale=4,
+        diffusion_upscaler="x4",
+    )
+    served = ServedModels(ModelRegistry([MODEL, *builtin_specs(), x4]), InputLimits())
+    assert "upscalers/sd-x4" in [model.name for model in served.upscalers()]
+    assert "upscalers/sd-x4" not in [model.name for model in served.all()]
+    schema = served.get("upscalers/sd-x4").input_schema
+    properties = schema["properties"]
+    assert list(properties)[-5:] == [
+        "prompt",
+        "negative_prompt",
+        "num_inference_steps",
+        "guidance_scale",
+        "seed",
+    ]
+    assert properties["scale"]["default"] == 4
+    assert properties["num_inference_steps"]["default"] == 20
+    assert properties["guidance_scale"]["default"] == 9.0
+    assert [properties[name]["x-order"] for name in properties] == list(range(len(properties)))
+    # a model upscaler takes no prompt
+    assert "prompt" not in served.get("upscalers/lanczos").input_schema["properties"]
