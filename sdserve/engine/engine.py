@@ -228,7 +228,7 @@ class Engine:
         resolve_scheduler(inp.scheduler or "", flow=is_flow(spec.family))
         chosen = self._controlnets_of(inp, spec, controls)
         adapter = self._ip_adapter_of(inp, spec, ip_adapter_image)
-        prepared, prepared_mask = self._prepare(inp, task, image, mask)
+        prepared, prepared_mask = self._prepare(inp, task, image, mask, hooks)
         units = control.prepare_units(
             chosen,
             controls,
@@ -404,21 +404,23 @@ class Engine:
         )
 
     def enlarger(
-        self, inp: GenerationInput, hooks: RunHooks
+        self, inp: GenerationInput, hooks: RunHooks, *, field: str = "hires_upscaler"
     ) -> Callable[[Image.Image, tuple[int, int]], Image.Image]:
-        """How the hires fix enlarges its first pass: with ``hires_upscaler`` (Lanczos
-        when None)."""
-        if inp.hires_upscaler is None or inp.hires_upscaler in LATENT_UPSCALERS:
-            # a latent mode enlarges latents (``tasks.hires``); Lanczos if it has none
+        """How a pass enlarges an image to a size: with the upscaler the input's ``field``
+        names (``hires_upscaler`` for the hires fix's first pass, ``image_upscaler`` for an
+        image-to-image source); Lanczos when it names none, or a latent mode (which
+        enlarges latents, ``tasks.hires``)."""
+        name = getattr(inp, field)
+        if name is None or name in LATENT_UPSCALERS:
             return lambda image, size: image.resize(size, Image.Resampling.LANCZOS)
-        spec = self.registry.resolve(inp.hires_upscaler)
+        spec = self.registry.resolve(name)
         if not is_upscaler(spec):
-            raise InvalidInput("hires_upscaler", f"{spec.name} is not an upscaler")
+            raise InvalidInput(field, f"{spec.name} is not an upscaler")
         # a diffusion upscaler follows the request's prompts and seed, with its own steps
-        # and guidance (the request's are the first pass's)
-        first_pass_only = {"num_inference_steps": None, "guidance_scale": None}
+        # and guidance (the request's are its own pass's)
+        own_sampling = {"num_inference_steps": None, "guidance_scale": None}
         guide = self._upscale_guide(
-            inp.model_copy(update=first_pass_only), inp.seed_for(0), spec, hooks
+            inp.model_copy(update=own_sampling), inp.seed_for(0), spec, hooks
         )
         return lambda image, size: self.upscalers.enlarge(
             spec, image, size, should_cancel=hooks.should_cancel, guide=guide
@@ -520,6 +522,7 @@ class Engine:
         task: tasks.Task,
         image: Image.Image | None,
         mask: Image.Image | None,
+        hooks: RunHooks,
     ) -> tuple[Image.Image | None, Image.Image | None]:
         """The image and mask at the output size; the task's own check before any load."""
         if image is None:
@@ -528,22 +531,20 @@ class Engine:
         size = prep.output_size(source, inp.width, inp.height, max_pixels=self.limits.max_pixels)
         if task.check is not None:
             task.check(inp, size, self.limits)
-        fitted = self._fitted(inp, source, size)
+        fitted = self._fitted(inp, source, size, hooks)
         return fitted, (prep.prepare_mask(mask, size) if mask is not None else None)
 
     def _fitted(
-        self, inp: GenerationInput, source: Image.Image, size: tuple[int, int]
+        self, inp: GenerationInput, source: Image.Image, size: tuple[int, int], hooks: RunHooks
     ) -> Image.Image:
         """The image at the output size: a smaller one enlarged by ``image_upscaler`` when
         the request names one (an SD upscale), else resized with Lanczos."""
         smaller = source.width < size[0] or source.height < size[1]
         if inp.image_upscaler is None or not smaller:
             return prep.fit(source, size)
-        spec = self.registry.resolve(inp.image_upscaler)
-        if not is_upscaler(spec):
-            raise InvalidInput("image_upscaler", f"{spec.name} is not an upscaler")
+        enlarge = self.enlarger(inp, hooks, field="image_upscaler")
         with _gpu_errors():
-            return self.upscalers.enlarge(spec, source, size)
+            return enlarge(source, size)
 
     def _generate(
         self,

@@ -39,7 +39,7 @@ from sdserve.models.embeddings import EmbeddingCatalog
 from sdserve.models.families import is_flow
 from sdserve.models.ip_adapter import IpAdapterCatalog
 from sdserve.models.references import PICKLE_SUFFIXES, is_hub_id
-from sdserve.models.upscalers import is_upscaler
+from sdserve.models.upscalers import builtin_resampler, is_diffusion_upscaler, is_upscaler
 
 #: The image prompt's inputs, shown in a model's schema only where an IP-Adapter fits it.
 IMAGE_PROMPT_FIELDS = ("ip_adapter_image", "ip_adapter_scale", "ip_adapter")
@@ -301,11 +301,18 @@ class ServedModels:
         return [self._served(spec) for spec in self.registry.specs() if not is_upscaler(spec)]
 
     def upscalers(self) -> list[ServedModel]:
-        """The served upscalers: the built-in resamplers, then the model upscalers."""
-        return [self._served(spec) for spec in self.registry.specs() if is_upscaler(spec)]
+        """The served upscalers: the built-in resamplers, the model upscalers, then the
+        diffusion upscalers (what picks "the first model upscaler" finds an ESRGAN)."""
+        return [self._served(spec) for spec in self._upscaler_specs()]
 
     def upscaler_names(self) -> list[str]:
-        return [spec.name for spec in self.registry.specs() if is_upscaler(spec)]
+        return [spec.name for spec in self._upscaler_specs()]
+
+    def _upscaler_specs(self) -> list[Any]:
+        found = [spec for spec in self.registry.specs() if is_upscaler(spec)]
+        return sorted(
+            found, key=lambda spec: (builtin_resampler(spec) is None, is_diffusion_upscaler(spec))
+        )
 
     def check_upscalers(self, spec: Any, inp: GenerationInput) -> None:
         """Refuse an upscale that cannot run on ``spec`` and upscalers the input names that
