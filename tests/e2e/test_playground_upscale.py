@@ -101,6 +101,12 @@ def test_upscale_an_image_then_back_to_a_diffusion_model(
     shot(page, artifacts, "upscale-03-compare", full_page=False)
     page.keyboard.press("Escape")
 
+    # a reload keeps the upscaler and its form, as the page keeps any model's
+    playground.open_playground(page, base_url)
+    expect(page.locator("#model")).to_have_value(UPSCALER)
+    expect(page.locator("#tasks")).to_be_hidden()
+    expect(page.get_by_label("Scale", exact=True)).to_have_value("2")
+
     # back to a diffusion model: its form as it was
     page.select_option("#model", "sdserve/tiny-sd")
     expect(page.locator("#tasks")).to_be_visible()

@@ -246,7 +246,10 @@ function setTask(task) {
   // the upscale task goes with an upscaler only, and an upscaler has no other
   if ((task === UPSCALE_TASK) !== (state.task === UPSCALE_TASK)) return;
   state.task = task;
-  for (const radio of document.querySelectorAll('input[name="task"]')) radio.checked = radio.value === task;
+  // the radios keep the diffusion task while an upscaler is picked, to come back to
+  if (task !== UPSCALE_TASK) {
+    for (const radio of document.querySelectorAll('input[name="task"]')) radio.checked = radio.value === task;
+  }
   applyTask();
 }
 
