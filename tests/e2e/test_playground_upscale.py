@@ -93,6 +93,7 @@ def test_upscale_an_image_then_back_to_a_diffusion_model(
     card = page.locator(f'#gallery .card[data-id="{prediction_id}"]')
     expect(card.locator(".card-prompt")).to_have_text("upscale 2x: 64×48 → 128×96")
     expect(card.locator(".card-task")).to_have_text("upscale")
+    card.screenshot(path=str(artifacts / "upscale-02-history-card.png"))
     shot(page, artifacts, "upscale-02-result", full_page=False)
     result.screenshot(path=str(artifacts / "upscale-02-result-pane.png"))
     # compare with the input: the input under the output, on a slider
