@@ -1,5 +1,6 @@
 // The playground page: model picker, task controls, running a prediction with live
-// progress, results with reproducible snippets, and the history gallery.
+// progress, results with reproducible snippets, and the history gallery. An upscaler
+// (upscale.js) gets an upscale form in place of the diffusion one.
 
 import { api, ApiError, follow, getToken, onUnauthorized, setToken } from "./api.js";
 import { ControlNetPanel } from "./controlnet.js";
@@ -11,14 +12,19 @@ import * as jobs from "./jobs.js";
 import { setupLayout, showOutput } from "./layout.js";
 import { MaskPainter } from "./mask.js";
 import { appliedParams, decorateResult } from "./results.js";
+import {
+  fillModelPicker, imageSize, isUpscale, isUpscaleInput, isUpscaler, showUpscaleForm, UPSCALE_GROUPS, UPSCALE_TASK,
+  upscaleText,
+} from "./upscale.js";
 
 const $ = (id) => document.getElementById(id);
-const IMAGE_TASKS = new Set(["img2img", "inpaint", "outpaint"]);
+const IMAGE_TASKS = new Set(["img2img", "inpaint", "outpaint", UPSCALE_TASK]);
 
 const state = {
   models: new Map(), // "owner/name" -> model JSON
   model: null,
   task: "txt2img",
+  diffusionTask: "txt2img", // the task radio to come back to from an upscaler
   imageFile: null, // the File (or Blob) chosen for image tasks
   imageRef: null, // its URL on the server once uploaded (or a URL reused from a prediction)
   running: null, // id of the prediction being followed
@@ -35,6 +41,9 @@ const form = new SchemaForm({
   output: $("group-output").querySelector("div"),
   other: $("group-other").querySelector("div"),
   ipadapter: $("ipa-fields"),
+  scale: $("group-scale").querySelector("div"),
+  upscaleSize: $("group-upscale-size").querySelector(".grid-2"),
+  upscaleBlend: $("group-upscale-blend").querySelector("div"),
 });
 const painter = new MaskPainter($("mask-view"));
 const sizePresets = new SizePresets($("size-presets"), form);
@@ -125,9 +134,7 @@ async function loadModels() {
   }
   const select = $("model");
   const previous = select.value;
-  select.replaceChildren(
-    ...[...state.models.keys()].map((name) => el("option", { value: name, text: name })),
-  );
+  fillModelPicker(select, state.models);
   if (state.models.has(previous)) select.value = previous;
   historyFilter.setModels([...state.models.keys()]);
   selectModel(select.value);
@@ -149,6 +156,12 @@ function selectModel(name) {
   form.fields.get("lora")?.input.addEventListener("input", () => loraPicker.sync());
   loraPicker.sync();
   $("group-refiner").hidden = !(model.family === "sdxl" && form.has("refine"));
+  // an upscaler has one task; back on a diffusion model, the radio checked before is the task
+  const upscaler = isUpscaler(model);
+  if (upscaler && state.task !== UPSCALE_TASK) state.diffusionTask = state.task;
+  if (upscaler) state.task = UPSCALE_TASK;
+  else if (state.task === UPSCALE_TASK) state.task = state.diffusionTask;
+  showUpscaleForm(upscaler);
   applyTask();
 }
 
@@ -187,6 +200,7 @@ async function loadTrained() {
 // tasks ----------------------------------------------------------------------------------
 
 function visibleGroups() {
+  if (state.task === UPSCALE_TASK) return new Set(UPSCALE_GROUPS);
   const groups = new Set(["main", "settings", "lora", "output", "other"]);
   if (!$("group-refiner").hidden) groups.add("refiner");
   if (state.task === "img2img" || state.task === "inpaint") groups.add("strength");
@@ -204,6 +218,7 @@ function applyTask() {
   $("group-outpaint").hidden = task !== "outpaint";
   $("mask-tools").hidden = task !== "inpaint" || !state.imageFile;
   $("mask-view").hidden = task !== "inpaint";
+  $("image-help").textContent = imageHelp();
   controlnet.setTask();
   for (const name of ["width", "height"]) {
     if (!form.has(name)) continue;
@@ -215,9 +230,26 @@ function applyTask() {
   }
 }
 
+// what becomes of the input image's size, for the task shown
+function imageHelp() {
+  const preview = $("image-preview");
+  const size = state.imageFile && preview.naturalWidth ? `${preview.naturalWidth}×${preview.naturalHeight}` : null;
+  if (state.task === UPSCALE_TASK) {
+    return size ? `${size}; the result is this times the scale (or the size you set).`
+      : "PNG, JPEG or WebP; the result is this image times the scale (or the size you set).";
+  }
+  return size ? `${size}; the result keeps this size unless you set width and height.`
+    : "PNG, JPEG or WebP; the result keeps its size unless you set width and height.";
+}
+
 function setTask(task) {
+  // the upscale task goes with an upscaler only, and an upscaler has no other
+  if ((task === UPSCALE_TASK) !== (state.task === UPSCALE_TASK)) return;
   state.task = task;
-  for (const radio of document.querySelectorAll('input[name="task"]')) radio.checked = radio.value === task;
+  // the radios keep the diffusion task while an upscaler is picked, to come back to
+  if (task !== UPSCALE_TASK) {
+    for (const radio of document.querySelectorAll('input[name="task"]')) radio.checked = radio.value === task;
+  }
   applyTask();
 }
 
@@ -244,8 +276,6 @@ async function setImage(file, ref = null) {
   $("image-stage").hidden = false;
   painter.resize(preview.naturalWidth, preview.naturalHeight);
   applyBrush();
-  $("image-help").textContent =
-    `${preview.naturalWidth}×${preview.naturalHeight}; the result keeps this size unless you set width and height.`;
   applyTask();
 }
 
@@ -531,6 +561,7 @@ function renderPrediction(prediction) {
   const outputs = prediction.output || [];
   const nsfw = prediction.nsfw_content_detected || [];
   const maps = controlMaps(input, outputs.length);
+  const upscale = isUpscale(prediction, state.models);
   if (outputs.length) {
     const images = el("div", { class: "images" });
     outputs.forEach((url, index) => {
@@ -546,14 +577,15 @@ function renderPrediction(prediction) {
       }
       const imageSeed = seed === undefined || seed === null ? null : seed + index;
       const flagged = nsfw[index] === true;
+      const name = el("span", { text: imageSeed === null ? `Image ${index + 1}` : `Seed ${imageSeed}` });
       const caption = el("figcaption", {},
-        el("span", { text: imageSeed === null ? `Image ${index + 1}` : `Seed ${imageSeed}` }),
+        name,
         flagged ? el("span", { class: "badge failed", text: "NSFW: blacked out" }) : null,
         el("a", { href: url, download: `${prediction.id}-${index}.${extension(url, input)}`,
           text: "Download" }));
-      images.append(el("figure", {},
-        el("img", { src: url, alt: `Output ${index + 1} of ${prediction.id}${flagged ? " (flagged NSFW)" : ""}` }),
-        caption));
+      const image = el("img", { src: url, alt: `Output ${index + 1} of ${prediction.id}${flagged ? " (flagged NSFW)" : ""}` });
+      if (upscale) showUpscaledSize(name, image, input);
+      images.append(el("figure", {}, image, caption));
     });
     root.append(images);
   }
@@ -561,22 +593,27 @@ function renderPrediction(prediction) {
   const facts = el("dl", { class: "facts" });
   const fact = (term, value) => facts.append(el("dt", { text: term }), el("dd", { text: value }));
   fact("Model", prediction.model || "");
-  fact("Seed", seed === undefined || seed === null ? "—" : String(seed));
+  // an upscale has no seed and no safety check to report
+  if (!upscale) fact("Seed", seed === undefined || seed === null ? "—" : String(seed));
   fact("Time", time === undefined || time === null ? "—" : `${Number(time).toFixed(2)} s`);
   const imageFlags = nsfw.slice(0, outputs.length - maps.length); // maps are the request's own input
-  fact("NSFW", imageFlags.length ? imageFlags.map((flag, i) => `#${i + 1}: ${flag ? "flagged" : "no"}`).join(", ") : "not checked");
+  if (!upscale) {
+    fact("NSFW", imageFlags.length ? imageFlags.map((flag, i) => `#${i + 1}: ${flag ? "flagged" : "no"}`).join(", ") : "not checked");
+  }
   fact("Created", prediction.created_at ? new Date(prediction.created_at).toLocaleString() : "");
   root.append(facts);
 
   const params = el("table", { class: "params" }, el("caption", { text: "Parameters" }));
   for (const [key, value] of appliedParams(input)) {
+    if (upscale && !isUpscaleInput(key, input)) continue;
     params.append(el("tr", {}, el("th", { scope: "row", text: key }), el("td", { text: shorten(value) })));
   }
   root.append(params);
-  decorateResult(root, prediction, { uses: inputUses(), useAsInput });
+  decorateResult(root, prediction, { uses: inputUses(), useAsInput, seeds: !upscale });
 
   const actions = el("div", { class: "button-row" });
-  const reuse = el("button", { type: "button", class: "primary", text: "Reuse these settings (same seed)" });
+  const reuse = el("button", { type: "button", class: "primary",
+    text: upscale ? "Reuse these settings" : "Reuse these settings (same seed)" });
   reuse.addEventListener("click", () => reuseSettings(prediction));
   actions.append(reuse);
   root.append(actions);
@@ -586,6 +623,17 @@ function renderPrediction(prediction) {
     root.append(el("details", { class: "logs" }, el("summary", { text: "Logs" }), el("pre", { text: prediction.logs })));
   }
   return root;
+}
+
+// An upscaled image's caption says its size and the input's, once both are loaded:
+// "Upscaled: 64×48 → 128×96" (the input's own size, whatever scale or size was asked).
+function showUpscaledSize(caption, image, input) {
+  caption.textContent = upscaleText(input);
+  image.addEventListener("load", async () => {
+    const [width, height] = input.image ? await imageSize(input.image) : [0, 0];
+    const from = width ? `${width}×${height} → ` : "";
+    caption.textContent = `Upscaled: ${from}${image.naturalWidth}×${image.naturalHeight}`;
+  }, { once: true });
 }
 
 // Labels of the control maps at the end of the outputs (return_control_maps): one per unit
@@ -647,9 +695,11 @@ function snippetInput(prediction) {
   const properties = schema.properties || {};
   const unitProperties = ((schema.$defs || {}).ControlUnit || {}).properties || {};
   const input = {};
+  const upscale = isUpscale(prediction, state.models);
   const asFile = (value, name) => (typeof value === "string" && value.startsWith("data:") ? new LocalFile(name) : value);
   for (const [key, value] of Object.entries(prediction.input || {})) {
     const isDefault = key in properties && properties[key].default === value;
+    if (upscale && !isUpscaleInput(key, prediction.input)) continue;
     if (isDefault && key !== "prompt" && key !== "seed") continue;
     if (key === "controlnets" && Array.isArray(value)) {
       if (!value.length) continue;
@@ -765,6 +815,8 @@ function defaultSteps(name) {
 
 // the tasks an output image can be the input of, as the form offers them now
 function inputUses() {
+  // an upscaler's output can only be upscaled again (the task radios are another model's)
+  if (state.task === UPSCALE_TASK) return [{ task: UPSCALE_TASK, label: "Upscale again" }];
   const uses = [];
   for (const radio of document.querySelectorAll('input[name="task"]')) {
     if (radio.value === "txt2img" || radio.disabled) continue;
@@ -844,13 +896,21 @@ async function loadHistory(more = false) {
 
 function historyCard(prediction) {
   const first = (prediction.output || [])[0];
-  const prompt = (prediction.input && prediction.input.prompt) || "(no prompt)";
+  const upscale = isUpscale(prediction, state.models);
+  // an upscale has no prompt: its card says the scale, and the sizes once the thumb loads
+  const prompt = (prediction.input && prediction.input.prompt) || (upscale ? upscaleText(prediction.input) : "(no prompt)");
   const button = el("button", { type: "button", class: "card", "data-id": prediction.id,
     "aria-label": `${prediction.status}: ${prompt} (${prediction.id})` });
   const thumb = first ? el("img", { src: first, alt: "" }) : null;
+  const title = el("span", { class: "card-prompt", text: prompt });
+  if (upscale && thumb) {
+    thumb.addEventListener("load", () => {
+      title.textContent = upscaleText(prediction.input, [thumb.naturalWidth, thumb.naturalHeight]);
+    }, { once: true });
+  }
   button.append(
     thumb || el("div", { class: `thumb ${prediction.status}`, text: prediction.status }),
-    el("span", { class: "card-prompt", text: prompt }),
+    title,
     ...cardFacts(prediction, state.models, thumb),
     el("span", { class: `badge ${prediction.status}`, text: prediction.status }),
   );

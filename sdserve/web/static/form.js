@@ -27,6 +27,13 @@ const GROUPS = {
   output_format: "output",
   ip_adapter_scale: "ipadapter",
   ip_adapter: "ipadapter",
+  // an upscaler's inputs (its image is the task's, as for image to image)
+  scale: "scale",
+  upscale_width: "upscaleSize",
+  upscale_height: "upscaleSize",
+  upscale_crop: "upscaleSize",
+  upscaler_2: "upscaleBlend",
+  upscaler_2_visibility: "upscaleBlend",
 };
 // Image inputs are set by the task controls (upload, mask canvas), not typed; ControlNet
 // units by their own section (controlnet.js), which Replicate's flat controlnet_N inputs
@@ -42,7 +49,11 @@ const SCHEDULERS = [
 ];
 const LABELS = { num_outputs: "Number of images", num_inference_steps: "Steps", lora_scale: "LoRA scale",
   lora: "LoRA", high_noise_frac: "High noise fraction", prompt_strength: "Prompt strength",
-  ip_adapter_scale: "Image prompt scale", ip_adapter: "IP-Adapter" };
+  ip_adapter_scale: "Image prompt scale", ip_adapter: "IP-Adapter",
+  upscale_width: "Width", upscale_height: "Height", upscale_crop: "Crop to this aspect instead of stretching",
+  upscaler_2: "Second upscaler", upscaler_2_visibility: "Second upscaler's share" };
+// what an enum without a default sends when left alone: the server's pick, or nothing
+const NO_CHOICE = { upscaler_2: "(none)" };
 
 function labelOf(name, prop) {
   if (LABELS[name]) return LABELS[name];
@@ -93,6 +104,9 @@ export class SchemaForm {
 
   build(schema) {
     for (const container of Object.values(this.groups)) container.replaceChildren();
+    // checks still pending from the last model's typing would look up fields gone now
+    for (const timer of this.pending.values()) clearTimeout(timer);
+    this.pending.clear();
     this.fields.clear();
     const properties = schema.properties || {};
     const names = Object.keys(properties).sort(
@@ -122,7 +136,7 @@ export class SchemaForm {
     } else if (kind.type === "enum") {
       input = el("select", { id, name, "aria-describedby": describedBy });
       // no default in the schema: the server picks (an IP-Adapter fitting the model)
-      if (prop.default === undefined) input.append(el("option", { value: "", text: "(default)" }));
+      if (prop.default === undefined) input.append(el("option", { value: "", text: NO_CHOICE[name] || "(default)" }));
       const groups = prop["x-enum-groups"];
       if (groups) {
         // grouped choices (the scheduler: Replicate's names, then AUTOMATIC1111's)

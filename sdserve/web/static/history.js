@@ -5,6 +5,7 @@
 // the server and its URL keeps working.
 
 import { el } from "./form.js";
+import { isUpscale } from "./upscale.js";
 
 const REMOVED_KEY = "sdserve.removedPredictions";
 const RUNNING = new Set(["starting", "processing"]);
@@ -67,7 +68,7 @@ export function cardFacts(prediction, models, thumb) {
   return [
     el("span", { class: "card-meta" },
       el("span", { class: "card-model", text: prediction.model || "" }), " · ",
-      el("span", { class: "card-task", text: taskOf(input) }), " · ", size),
+      el("span", { class: "card-task", text: isUpscale(prediction, models) ? "upscale" : taskOf(input) }), " · ", size),
     el("span", { class: "card-meta" },
       el("time", { datetime: prediction.created_at || "", text: when(prediction) }),
       time ? ` · ${Number(time).toFixed(1)} s` : "", " · ",

@@ -141,8 +141,9 @@ async function copyText(text, button, label) {
 
 // Add zoom, compare, copy seed and "use as input" to each output figure of `root`, and
 // "Download all" beside the images. `uses`: [{task, label}] the form offers now;
-// `useAsInput(task, url)` fills the form with the image for that task.
-export function decorateResult(root, prediction, { uses, useAsInput }) {
+// `useAsInput(task, url)` fills the form with the image for that task; `seeds`: false for
+// a prediction whose seed did nothing (an upscale).
+export function decorateResult(root, prediction, { uses, useAsInput, seeds = true }) {
   const input = prediction.input || {};
   const images = root.querySelector(".images");
   if (!images) return;
@@ -158,7 +159,7 @@ export function decorateResult(root, prediction, { uses, useAsInput }) {
     const natural = () => [image.naturalWidth, image.naturalHeight];
     zoom.addEventListener("click", () => openZoom(url, alt, natural(), zoom));
     const caption = figure.querySelector("figcaption");
-    const seed = input.seed === undefined || input.seed === null ? null : input.seed + index;
+    const seed = !seeds || input.seed === undefined || input.seed === null ? null : input.seed + index;
     const tools = el("div", { class: "image-tools" });
     if (seed !== null) {
       const copy = el("button", { type: "button", class: "small", text: "Copy seed",
