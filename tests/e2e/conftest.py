@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,9 +26,13 @@ _PREBUILT_DEMO: list[Path] = []
 @pytest.fixture(scope="session", autouse=True)
 def demo_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from sdserve.engine.tiny import build_demo_models
+    from sdserve.logs import IGNORED_WARNINGS
 
     folder = tmp_path_factory.mktemp("prebuilt-demo")
-    build_demo_models(folder)
+    with warnings.catch_warnings():  # the library warnings a server ignores while building
+        for category, message in IGNORED_WARNINGS:
+            warnings.filterwarnings("ignore", message, category)
+        build_demo_models(folder)
     _PREBUILT_DEMO[:] = [folder]
     return folder
 
