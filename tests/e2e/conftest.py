@@ -3,17 +3,45 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import pytest
+
+#: The tiny demo set, built once for the session (:func:`demo_models`): every server and
+#: worker on a fresh data folder gets a copy instead of building its own (seconds of torch
+#: imports and model building per process; the same seeds give the same bytes).
+_PREBUILT_DEMO: list[Path] = []
+
+
+@pytest.fixture(scope="session", autouse=True)
+def demo_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from sdserve.engine.tiny import build_demo_models
+    from sdserve.logs import IGNORED_WARNINGS
+
+    folder = tmp_path_factory.mktemp("prebuilt-demo")
+    with warnings.catch_warnings():  # the library warnings a server ignores while building
+        for category, message in IGNORED_WARNINGS:
+            warnings.filterwarnings("ignore", message, category)
+        build_demo_models(folder)
+    _PREBUILT_DEMO[:] = [folder]
+    return folder
+
+
+def with_demo_models(data_dir: Path) -> None:
+    """Copy the session's demo set into ``data_dir`` unless it has one: what a first start
+    would build there (``data_dir/demo``), as a later start finds it."""
+    if _PREBUILT_DEMO and not (data_dir / "demo").exists():
+        shutil.copytree(_PREBUILT_DEMO[0], data_dir / "demo")
 
 
 def free_port() -> int:
@@ -31,6 +59,8 @@ class ServerProcess:
     extra_args: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
+    #: False: the server builds the demo models itself, as a first start does
+    prebuilt_demo: bool = True
 
     @property
     def url(self) -> str:
@@ -54,6 +84,8 @@ class ServerProcess:
             str(self.port),
             *self.extra_args,
         ]
+        if self.prebuilt_demo:
+            with_demo_models(self.data_dir)
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + timeout
@@ -85,9 +117,16 @@ class ServerProcess:
             self.kill()
 
 
-def running_server(data_dir: Path, extra_args: list[str] | None = None) -> Iterator[ServerProcess]:
+def running_server(
+    data_dir: Path, extra_args: list[str] | None = None, *, prebuilt_demo: bool = True
+) -> Iterator[ServerProcess]:
     """A started demo server on a free port, stopped (SIGTERM) when the fixture ends."""
-    proc = ServerProcess(data_dir=data_dir, port=free_port(), extra_args=extra_args or [])
+    proc = ServerProcess(
+        data_dir=data_dir,
+        port=free_port(),
+        extra_args=extra_args or [],
+        prebuilt_demo=prebuilt_demo,
+    )
     proc.start()
     yield proc
     proc.stop()

@@ -37,6 +37,9 @@ pytestmark = pytest.mark.slow
 LONG = {"prompt": "a long walk", "num_inference_steps": 500, "width": 64, "height": 64}
 #: Long enough to be killed mid-run, short enough to run again within the timeout.
 KILLED = {"prompt": "a killed run", "num_inference_steps": 200, "width": 64, "height": 64}
+#: Half the default (20 s), as in test_worker_lifecycle: a killed worker's job is found lost
+#: 10 s sooner, and a live one still renews its lease every 3 s.
+LEASE = ["--lease", "10"]
 
 
 @pytest.fixture(scope="module")
@@ -45,9 +48,9 @@ def cluster(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Cluster]:
     data_dir = tmp_path_factory.mktemp("scale-out")
-    api = api_without_worker(data_dir, redis_url)
+    api = api_without_worker(data_dir, redis_url, *LEASE)
     api.start()
-    workers = [WorkerProcess(data_dir, redis_url, f"worker-{n}") for n in (1, 2)]
+    workers = [WorkerProcess(data_dir, redis_url, f"worker-{n}", extra_args=LEASE) for n in (1, 2)]
     try:
         start_side_by_side(workers)
         yield Cluster(api, workers)
@@ -106,8 +109,8 @@ def test_cancel_reaches_the_worker_running_the_job(cluster: Cluster) -> None:
 def test_a_killed_workers_job_is_redelivered_to_the_other_worker(
     cluster: Cluster, record_property: Any
 ) -> None:
-    """kill -9 of the worker running a job: its lease lapses (no heartbeat for the default
-    20 s, well before the visibility timeout) and the job is re-queued; the other worker
+    """kill -9 of the worker running a job: its lease lapses (no heartbeat for the 10 s of
+    ``--lease``, well before the visibility timeout) and the job is re-queued; the other worker
     runs it again (attempt 2) to success."""
     with httpx.Client(base_url=cluster.api.url, timeout=60) as client:
         job_id = create(client, KILLED)["id"]

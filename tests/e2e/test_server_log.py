@@ -36,7 +36,7 @@ NOISE = (
 @pytest.fixture(scope="module")
 def log_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """A fresh server: its log starts with the first start (demo models built then)."""
-    yield from running_server(tmp_path_factory.mktemp("log-server"))
+    yield from running_server(tmp_path_factory.mktemp("log-server"), prebuilt_demo=False)
 
 
 def predict(server: ServerProcess, model: str, inp: dict[str, object]) -> str:

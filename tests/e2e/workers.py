@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 
-from tests.e2e.conftest import ServerProcess, free_port
+from tests.e2e.conftest import ServerProcess, free_port, with_demo_models
 
 MODEL = "sdserve/tiny-sd"
 #: Tiny and quick: the point is where the jobs run, not what they draw.
@@ -100,6 +100,7 @@ class WorkerProcess:
             *self.extra_args,
         ]
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        with_demo_models(self.data_dir)
         self._log_start = len(self.log())
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
