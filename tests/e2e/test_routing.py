@@ -17,6 +17,8 @@ and ``/health`` list the workers, and predictions keep completing while a traini
 
 from __future__ import annotations
 
+import base64
+import io
 import secrets
 import time
 from collections.abc import Iterator
@@ -26,6 +28,7 @@ from typing import Any
 import httpx
 import pytest
 import sqlalchemy
+from PIL import Image
 
 from bench.training_lane import images_zip_uri
 from tests.e2e.conftest import ServerProcess, free_port
@@ -186,7 +189,10 @@ def test_workers_and_health_list_the_live_workers_and_their_models(cluster: Clus
     for name, process in cluster.workers.items():
         assert process.process is not None
         worker = by_pid[process.process.pid]
-        assert worker["models"] == [XL] if name == "xl" else [SD]
+        # its model, and the upscalers every worker serves (they need no model of theirs)
+        drawing = [model for model in worker["models"] if not model.startswith("upscalers/")]
+        assert drawing == ([XL] if name == "xl" else [SD])
+        assert {"upscalers/lanczos", "upscalers/nearest"} <= set(worker["models"])
         assert worker["trainings"] is (name == "trainer")
         assert worker["device"] == "cpu"  # every worker has run a job (the test above)
     # the worker that ran SDXL jobs holds that model now
@@ -195,6 +201,32 @@ def test_workers_and_health_list_the_live_workers_and_their_models(cluster: Clus
     assert health["workers"] == 3
     assert health["queues"][SD] == {"workers": 2, "queued": 0}
     assert "host" not in str(health)  # who and where is behind the token, not here
+
+
+def test_an_upscale_runs_on_the_workers_which_all_serve_the_upscalers(cluster: Cluster) -> None:
+    buffer = io.BytesIO()
+    Image.new("RGB", (24, 16), (10, 200, 30)).save(buffer, format="PNG")
+    image = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+    with httpx.Client(base_url=cluster.api.url, timeout=120) as client:
+        created = client.post(
+            "/v1/models/upscalers/nearest/predictions",
+            json={"input": {"image": image, "scale": 3}},
+            headers={"Prefer": "wait=60"},
+        )
+        assert created.status_code in (200, 201), created.text
+        job = created.json()
+        while job["status"] not in ("succeeded", "failed", "canceled"):
+            time.sleep(0.2)
+            job = client.get(f"/v1/predictions/{job['id']}").json()
+        assert job["status"] == "succeeded", job
+        output = job["output"][0]
+        if output.startswith("data:"):  # Prefer: wait answered it inline
+            data = base64.b64decode(output.partition(",")[2])
+        else:  # polled: a URL that redirects to the cluster's bucket
+            data = client.get(output, follow_redirects=True).content
+    with Image.open(io.BytesIO(data)) as upscaled:
+        assert upscaled.size == (72, 48)
+        assert upscaled.convert("RGB").getpixel((40, 20)) == (10, 200, 30)
 
 
 def predictions_complete_while_a_training_runs(
