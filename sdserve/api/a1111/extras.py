@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from sdserve.api.a1111.schemas import decode_b64_image, to_data_uri
+from sdserve.api.a1111.schemas import to_data_uri
 from sdserve.errors import InvalidInput
 from sdserve.jobs.contract import ServedModel
 from sdserve.models.upscalers import display_name_of, is_builtin_name
@@ -125,11 +125,6 @@ def upscale_job(
     return first, values
 
 
-def unchanged(image: str, field: str) -> bytes:
-    """The image of a request that names no upscaler, as it came."""
-    return decode_b64_image(image, field)
-
-
 def served_upscaler(wanted: str, field: str, upscalers: list[ServedModel]) -> str | None:
     """The served upscaler A1111's name ``wanted`` means (None for ``None``); an unknown
     name is a 422 naming ``field`` with the names there are."""
@@ -156,6 +151,5 @@ __all__ = [
     "ExtrasRequest",
     "render_upscalers",
     "served_upscaler",
-    "unchanged",
     "upscale_job",
 ]

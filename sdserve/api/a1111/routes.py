@@ -33,7 +33,6 @@ from sdserve.api.a1111.extras import (
     ExtrasRequest,
     render_upscalers,
     served_upscaler,
-    unchanged,
     upscale_job,
 )
 from sdserve.api.a1111.schemas import (
@@ -207,7 +206,7 @@ class A1111Api:
         upscalers = await asyncio.to_thread(self.service.upscalers)
         model, values = upscale_job(body, image, field, upscalers)
         if model is None:
-            return unchanged(image, field)
+            return decode_b64_image(image, field)  # the image as it came
         names = {**EXTRAS_FIELD_NAMES, "image": field}
         job = await self.edge.create(model, values, names=names, source=SOURCE)
         job = await self.edge.wait(job.id, request)
